@@ -1,0 +1,113 @@
+"""Argument normalisation and metadata checks shared by every backend.
+
+All checks here read only tensor metadata (shape, dtype, device), so they cost no
+device synchronisation and run on every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# Shifts are clamped to +-SHIFT_LIMIT before they are turned into integer offsets.
+# Beyond this every read falls outside any tensor we accept, so the result does not
+# change, and index arithmetic stays far from integer overflow.
+SHIFT_LIMIT = float(2**24)
+MAX_EXTENT = 2**24
+
+
+def triple(value: int | Sequence[int], name: str, ndims: int = 3) -> tuple[int, ...]:
+    """Turn an int or a sequence of ``ndims`` ints into a tuple, refusing anything else."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a sequence of {ndims} ints, got a bool")
+    if isinstance(value, int):
+        return (value,) * ndims
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an int or a sequence of {ndims} ints, got {type(value).__name__}"
+        ) from None
+    if len(items) != ndims or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in items
+    ):
+        raise TypeError(f"{name} must be an int or a sequence of {ndims} ints, got {value!r}")
+    return items
+
+
+def output_length(length: int, stride: int, padding: int) -> int:
+    """Output size of a size-1 convolution: ``floor((L + 2p - 1) / stride) + 1``."""
+    return (length + 2 * padding - 1) // stride + 1
+
+
+def output_shape(
+    x_shape: Sequence[int], stride: Sequence[int], padding: Sequence[int]
+) -> tuple[int, int, int, int, int]:
+    n, t, c, h, w = x_shape
+    return (
+        n,
+        output_length(t, stride[0], padding[0]),
+        c,
+        output_length(h, stride[1], padding[1]),
+        output_length(w, stride[2], padding[2]),
+    )
+
+
+def check_shift3d_args(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    *,
+    rows: int = 3,
+    op: str = "rubiks_shift3d",
+) -> None:
+    """Refuse every input SPEC §1.7 lists, naming the problem. Metadata only."""
+    if not isinstance(x, torch.Tensor) or not isinstance(shift, torch.Tensor):
+        raise TypeError(f"{op}: x and shift must be tensors")
+    want_rank = 5 if rows == 3 else 4
+    layout = "(N, T, C, H, W)" if rows == 3 else "(N, C, H, W)"
+    if x.dim() != want_rank:
+        raise ValueError(f"{op}: x must have rank {want_rank} {layout}, got shape {tuple(x.shape)}")
+    channels = x.shape[2] if rows == 3 else x.shape[1]
+    if shift.dim() != 2 or tuple(shift.shape) != (rows, channels):
+        raise ValueError(
+            f"{op}: shift must have shape ({rows}, C) = ({rows}, {channels}) for an input "
+            f"with C={channels}, got {tuple(shift.shape)}"
+        )
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{op}: unsupported dtype {x.dtype} for x; use one of {SUPPORTED_DTYPES}")
+    if shift.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{op}: unsupported dtype {shift.dtype} for shift; use one of {SUPPORTED_DTYPES}"
+        )
+    if x.device != shift.device:
+        raise ValueError(
+            f"{op}: x and shift must be on the same device, got x on {x.device} and "
+            f"shift on {shift.device}"
+        )
+    for name, values, low in (("stride", stride, 1), ("padding", padding, 0)):
+        for dim, v in zip("THW", values):
+            if v < low:
+                raise ValueError(f"{op}: {name} must be >= {low} in every dimension, got {dim}={v}")
+    if x.numel() == 0 and any(s == 0 for s in x.shape):
+        empty = [d for d, s in zip("NTCHW" if rows == 3 else "NCHW", x.shape) if s == 0]
+        raise ValueError(f"{op}: x has an empty dimension ({', '.join(empty)}); nothing to shift")
+    spatial = x.shape[1::2] if rows == 3 else x.shape[2:]
+    for v in spatial:
+        if v > MAX_EXTENT:
+            raise ValueError(f"{op}: dimensions larger than {MAX_EXTENT} are not supported")
+
+
+def check_finite_shift(shift: torch.Tensor, op: str = "rubiks_shift3d") -> None:
+    """Raise if ``shift`` holds NaN or +-inf. Synchronises a CUDA device: not for hot paths."""
+    finite = torch.isfinite(shift)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().tolist()
+        raise ValueError(
+            f"{op}: shift has non-finite values at (row, channel) {bad[:8]}"
+            + (" ..." if len(bad) > 8 else "")
+        )

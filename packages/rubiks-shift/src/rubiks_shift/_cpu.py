@@ -1,0 +1,101 @@
+"""CPU backend: prepares tensors for the Numba CPU kernels and post-processes results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from . import _normalize
+from ._checks import SHIFT_LIMIT, output_shape
+
+try:  # Numba is a hard dependency, but keep the package importable without it.
+    from . import _cpu_kernels as _kernels
+except ImportError as exc:  # pragma: no cover - exercised only without numba
+    _kernels = None
+    _IMPORT_ERROR: ImportError | None = exc
+else:
+    _IMPORT_ERROR = None
+
+_NATIVE = (torch.float32, torch.float64)
+
+
+def available() -> bool:
+    return _kernels is not None
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in _NATIVE else torch.float32
+
+
+def _shift_params(shift: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """Clamped float64 shift for the kernels, and the mask of NaN channels."""
+    s = shift.detach().to(torch.float64)
+    nan_channels = torch.isnan(s).any(dim=0)
+    s = torch.nan_to_num(s, nan=0.0).clamp(-SHIFT_LIMIT, SHIFT_LIMIT)
+    return s.contiguous().numpy(), nan_channels
+
+
+def forward(
+    x: torch.Tensor, shift: torch.Tensor, stride: Sequence[int], padding: Sequence[int], quantize: bool
+) -> torch.Tensor:
+    _kernels.set_threads(torch.get_num_threads())
+    work = x.detach().to(_compute_dtype(x.dtype)).contiguous()
+    y = torch.empty(output_shape(x.shape, stride, padding), dtype=work.dtype)
+    params, nan_channels = _shift_params(shift)
+    _kernels.forward(
+        work.numpy(), params, y.numpy(), np.asarray(stride, np.int64), np.asarray(padding, np.int64), quantize
+    )
+    if bool(nan_channels.any()):
+        y[:, :, nan_channels] = float("nan")
+    return y.to(x.dtype)
+
+
+def backward(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
+    normalize_grad: bool,
+    normalize_t_factor: float,
+    need_x: bool,
+    need_shift: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _kernels.set_threads(torch.get_num_threads())
+    dtype = _compute_dtype(x.dtype)
+    work_x = x.detach().to(dtype).contiguous()
+    work_gy = grad_y.detach().to(dtype).contiguous()
+    grad_x = torch.empty(work_x.shape if need_x else (0,) * 5, dtype=dtype)
+    n_batch, channels = x.shape[0], x.shape[2]
+    partial = np.zeros((n_batch, 3, channels) if need_shift else (0, 3, 0), np.float64)
+    params, nan_channels = _shift_params(shift)
+    _kernels.backward(
+        work_gy.numpy(),
+        work_x.numpy(),
+        params,
+        grad_x.numpy(),
+        partial,
+        np.asarray(stride, np.int64),
+        np.asarray(padding, np.int64),
+        quantize,
+        need_x,
+        need_shift,
+    )
+    has_nan = bool(nan_channels.any())
+    if need_x:
+        if has_nan:
+            grad_x[:, :, nan_channels] = float("nan")
+        grad_x = grad_x.to(x.dtype)
+    else:
+        grad_x = x.new_empty(0)
+    if need_shift:
+        raw = torch.from_numpy(partial).sum(dim=0)
+        if has_nan:
+            raw[:, nan_channels] = float("nan")
+        grad_shift = _normalize.finish(raw, normalize_grad, normalize_t_factor).to(shift.dtype)
+    else:
+        grad_shift = shift.new_empty(0)
+    return grad_x, grad_shift

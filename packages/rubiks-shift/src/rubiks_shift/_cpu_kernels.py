@@ -1,0 +1,202 @@
+"""Numba CPU kernels (parallel over planes / channels, cached on disk).
+
+Layout is (N, T, C, H, W), C-contiguous. Every kernel works row by row: for one
+(n, t_out, c, h_out) the contributing input rows are fixed, so the innermost loop is a
+strided walk over W with its valid range computed once (no per-element bounds test).
+Shift parameters arrive as a float64 (3, C) array that is already clamped to
++-SHIFT_LIMIT and finite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+
+@njit(inline="always", cache=True)
+def _valid_range(out_len, length, stride, offset):
+    """Range [lo, hi) of output indices o with 0 <= o*stride + offset < length."""
+    lo = 0
+    if offset < 0:
+        lo = (-offset + stride - 1) // stride
+    hi = out_len
+    last = length - 1 - offset
+    if last < 0:
+        return 0, 0
+    cap = last // stride + 1
+    if cap < hi:
+        hi = cap
+    if lo > hi:
+        lo = hi
+    return lo, hi
+
+
+@njit(inline="always", cache=True)
+def _axis(s, quantize):
+    """Integer base offset f and weights (w0, w1) for the corners f and f+1."""
+    if quantize:
+        q = math.floor(s + 0.5)
+        return np.int64(q), 1.0, 0.0
+    f = math.floor(s)
+    r = s - f
+    return np.int64(f), 1.0 - r, r
+
+
+@njit(inline="always", cache=True)
+def _diff(s):
+    """Gradient stencil along one axis: (lo, hi, coef) relative offsets and scale."""
+    f = math.floor(s)
+    r = s - f
+    if r == 0.0:
+        return np.int64(f) - 1, np.int64(f) + 1, 0.5
+    return np.int64(f), np.int64(f) + 1, 1.0
+
+
+@njit(parallel=True, cache=True)
+def forward(x, shift, y, stride, padding, quantize):
+    n_batch, t_in, channels, h_in, w_in = x.shape
+    _, t_out, _, h_out, w_out = y.shape
+    st, sh, sw = stride[0], stride[1], stride[2]
+    pt, ph, pw = padding[0], padding[1], padding[2]
+    for plane in prange(n_batch * t_out * channels):
+        c = plane % channels
+        nt = plane // channels
+        to = nt % t_out
+        n = nt // t_out
+        ft, wt0, wt1 = _axis(shift[0, c], quantize)
+        fh, wh0, wh1 = _axis(shift[1, c], quantize)
+        fw, ww0, ww1 = _axis(shift[2, c], quantize)
+        out = y[n, to, c]
+        out[:, :] = 0
+        for et in range(2):
+            wt = wt0 if et == 0 else wt1
+            t = to * st - pt + ft + et
+            if wt == 0.0 or t < 0 or t >= t_in:
+                continue
+            src = x[n, t, c]
+            for eh in range(2):
+                wth = wt * (wh0 if eh == 0 else wh1)
+                if wth == 0.0:
+                    continue
+                oh = -ph + fh + eh
+                hlo, hhi = _valid_range(h_out, h_in, sh, oh)
+                for ew in range(2):
+                    wgt = wth * (ww0 if ew == 0 else ww1)
+                    if wgt == 0.0:
+                        continue
+                    ow = -pw + fw + ew
+                    wlo, whi = _valid_range(w_out, w_in, sw, ow)
+                    for ho in range(hlo, hhi):
+                        row = src[ho * sh + oh]
+                        orow = out[ho]
+                        for wo in range(wlo, whi):
+                            orow[wo] += wgt * row[wo * sw + ow]
+
+
+@njit(inline="always", cache=True)
+def _dot(gy_row, x_row, lo, hi, sw, ow):
+    acc = 0.0
+    for wo in range(lo, hi):
+        acc += gy_row[wo] * x_row[wo * sw + ow]
+    return acc
+
+
+@njit(parallel=True, cache=True)
+def backward(grad_y, x, shift, grad_x, partial, stride, padding, quantize, need_x, need_shift):
+    """grad_x (scatter, race-free: one (n, c) column per task) and per-(n, c) shift-grad
+    partial sums ``partial[n, d, c]``, accumulated in float64 in a fixed order."""
+    n_batch, t_in, channels, h_in, w_in = x.shape
+    _, t_out, _, h_out, w_out = grad_y.shape
+    st, sh, sw = stride[0], stride[1], stride[2]
+    pt, ph, pw = padding[0], padding[1], padding[2]
+    for task in prange(n_batch * channels):
+        c = task % channels
+        n = task // channels
+        if need_x:
+            for t in range(t_in):
+                grad_x[n, t, c, :, :] = 0
+            ft, wt0, wt1 = _axis(shift[0, c], quantize)
+            fh, wh0, wh1 = _axis(shift[1, c], quantize)
+            fw, ww0, ww1 = _axis(shift[2, c], quantize)
+            for to in range(t_out):
+                for et in range(2):
+                    wt = wt0 if et == 0 else wt1
+                    t = to * st - pt + ft + et
+                    if wt == 0.0 or t < 0 or t >= t_in:
+                        continue
+                    dst = grad_x[n, t, c]
+                    src = grad_y[n, to, c]
+                    for eh in range(2):
+                        wth = wt * (wh0 if eh == 0 else wh1)
+                        if wth == 0.0:
+                            continue
+                        oh = -ph + fh + eh
+                        hlo, hhi = _valid_range(h_out, h_in, sh, oh)
+                        for ew in range(2):
+                            wgt = wth * (ww0 if ew == 0 else ww1)
+                            if wgt == 0.0:
+                                continue
+                            ow = -pw + fw + ew
+                            wlo, whi = _valid_range(w_out, w_in, sw, ow)
+                            for ho in range(hlo, hhi):
+                                drow = dst[ho * sh + oh]
+                                grow = src[ho]
+                                for wo in range(wlo, whi):
+                                    drow[wo * sw + ow] += wgt * grow[wo]
+        if need_shift:
+            # Continuous weights (straight-through under quantize) and gradient stencils.
+            ft, wt0, wt1 = _axis(shift[0, c], False)
+            fh, wh0, wh1 = _axis(shift[1, c], False)
+            fw, ww0, ww1 = _axis(shift[2, c], False)
+            tlo, thi, ct = _diff(shift[0, c])
+            hlo_, hhi_, ch = _diff(shift[1, c])
+            wlo_, whi_, cw = _diff(shift[2, c])
+            # S[a, b, k] = sum over outputs of gy * x at offsets (f-1+a, f-1+b, f-1+k).
+            s = np.zeros((3, 3, 3))
+            int_t, int_h, int_w = tlo != ft, hlo_ != fh, wlo_ != fw
+            for to in range(t_out):
+                grow_plane = grad_y[n, to, c]
+                for a in range(3):
+                    t = to * st - pt + ft - 1 + a
+                    if t < 0 or t >= t_in or (a == 0 and not int_t):
+                        continue
+                    src = x[n, t, c]
+                    for b in range(3):
+                        if b == 0 and (a == 0 or not int_h):
+                            continue
+                        oh = -ph + fh - 1 + b
+                        hlo, hhi = _valid_range(h_out, h_in, sh, oh)
+                        for k in range(3):
+                            if k == 0 and (a == 0 or b == 0 or not int_w):
+                                continue
+                            ow = -pw + fw - 1 + k
+                            wlo, whi = _valid_range(w_out, w_in, sw, ow)
+                            acc = 0.0
+                            for ho in range(hlo, hhi):
+                                acc += _dot(grow_plane[ho], src[ho * sh + oh], wlo, whi, sw, ow)
+                            s[a, b, k] += acc
+            # Offsets relative to f-1: corner e -> index 1+e; stencil lo/hi -> lo-f+1, hi-f+1.
+            wt_ = (wt0, wt1)
+            wh_ = (wh0, wh1)
+            ww_ = (ww0, ww1)
+            it0, it1 = tlo - ft + 1, thi - ft + 1
+            ih0, ih1 = hlo_ - fh + 1, hhi_ - fh + 1
+            iw0, iw1 = wlo_ - fw + 1, whi_ - fw + 1
+            gt = 0.0
+            gh = 0.0
+            gw = 0.0
+            for e1 in range(2):
+                for e2 in range(2):
+                    gt += wh_[e1] * ww_[e2] * (s[it1, 1 + e1, 1 + e2] - s[it0, 1 + e1, 1 + e2])
+                    gh += wt_[e1] * ww_[e2] * (s[1 + e1, ih1, 1 + e2] - s[1 + e1, ih0, 1 + e2])
+                    gw += wt_[e1] * wh_[e2] * (s[1 + e1, 1 + e2, iw1] - s[1 + e1, 1 + e2, iw0])
+            partial[n, 0, c] = ct * gt
+            partial[n, 1, c] = ch * gh
+            partial[n, 2, c] = cw * gw
+
+
+def set_threads(count: int) -> None:
+    numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))

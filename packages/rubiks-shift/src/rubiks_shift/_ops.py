@@ -1,0 +1,180 @@
+"""torch.library registration of the RubiksShift operator.
+
+Two custom ops carry the computation:
+
+* ``rubiks_shift::shift3d(x, shift, stride, padding, quantize, normalize_grad,
+  normalize_t_factor) -> y``
+* ``rubiks_shift::shift3d_backward(grad_y, x, shift, stride, padding, quantize,
+  normalize_grad, normalize_t_factor, need_x, need_shift) -> (grad_x, grad_shift)``
+
+Each has a CPU kernel (Numba), a CUDA kernel (Numba-CUDA), a default kernel for other
+devices (the float64 reference), a fake kernel for tracing, and the forward has an
+autograd formula and autocast rules. The 2-D op is expressed through the 3-D one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import _cpu, _normalize, reference
+from ._checks import output_shape
+
+_cuda = None
+
+
+def _cuda_backend():
+    global _cuda
+    if _cuda is None:
+        from . import _cuda as backend  # imports numba.cuda: only on first CUDA use
+
+        _cuda = backend
+    return _cuda
+
+
+# ---------------------------------------------------------------------------- forward
+
+
+@torch.library.custom_op("rubiks_shift::shift3d", mutates_args=())
+def shift3d(
+    x: Tensor,
+    shift: Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
+    normalize_grad: bool,
+    normalize_t_factor: float,
+) -> Tensor:
+    """Default kernel (devices without a dedicated one): the float64 reference."""
+    y = reference.shift3d_forward(x, shift, stride, padding, quantize)
+    return y.to(device=x.device, dtype=x.dtype)
+
+
+@shift3d.register_kernel("cpu")
+def _shift3d_cpu(x, shift, stride, padding, quantize, normalize_grad, normalize_t_factor):
+    if not _cpu.available():
+        return reference.shift3d_forward(x, shift, stride, padding, quantize).to(x.dtype)
+    return _cpu.forward(x, shift, stride, padding, quantize)
+
+
+@shift3d.register_kernel("cuda")
+def _shift3d_cuda(x, shift, stride, padding, quantize, normalize_grad, normalize_t_factor):
+    return _cuda_backend().forward(x, shift, stride, padding, quantize)
+
+
+@shift3d.register_fake
+def _shift3d_fake(x, shift, stride, padding, quantize, normalize_grad, normalize_t_factor):
+    return x.new_empty(output_shape(x.shape, stride, padding))
+
+
+# --------------------------------------------------------------------------- backward
+
+
+@torch.library.custom_op("rubiks_shift::shift3d_backward", mutates_args=())
+def shift3d_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    shift: Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
+    normalize_grad: bool,
+    normalize_t_factor: float,
+    need_x: bool,
+    need_shift: bool,
+) -> tuple[Tensor, Tensor]:
+    """Default kernel: the float64 reference. Unrequested outputs are empty tensors."""
+    gx, gs = reference.shift3d_backward(grad_y, x, shift, stride, padding, quantize)
+    gx = gx.to(device=x.device, dtype=x.dtype) if need_x else x.new_empty(0)
+    if need_shift:
+        gs = _normalize.finish(gs, normalize_grad, normalize_t_factor)
+        gs = gs.to(device=shift.device, dtype=shift.dtype)
+    else:
+        gs = shift.new_empty(0)
+    return gx, gs
+
+
+@shift3d_backward.register_kernel("cpu")
+def _backward_cpu(grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift):
+    if not _cpu.available():
+        return shift3d_backward._init_fn(
+            grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
+        )
+    return _cpu.backward(
+        grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
+    )
+
+
+@shift3d_backward.register_kernel("cuda")
+def _backward_cuda(grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift):
+    return _cuda_backend().backward(
+        grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
+    )
+
+
+@shift3d_backward.register_fake
+def _backward_fake(grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift):
+    gx = x.new_empty(x.shape) if need_x else x.new_empty(0)
+    gs = shift.new_empty(shift.shape) if need_shift else shift.new_empty(0)
+    return gx, gs
+
+
+# --------------------------------------------------------------------------- autograd
+
+
+def _setup_context(ctx, inputs, output):
+    x, shift, stride, padding, quantize, normalize_grad, t_factor = inputs
+    ctx.save_for_backward(x, shift)
+    ctx.config = (stride, padding, quantize, normalize_grad, t_factor)
+
+
+def _backward(ctx, grad_y):
+    x, shift = ctx.saved_tensors
+    stride, padding, quantize, normalize_grad, t_factor = ctx.config
+    need_x, need_shift = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (need_x or need_shift):
+        return (None,) * 7
+    grad_x, grad_shift = shift3d_backward(
+        grad_y.contiguous(), x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
+    )
+    return (
+        grad_x if need_x else None,
+        grad_shift if need_shift else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+shift3d.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- autocast
+
+_autocast_lib = torch.library.Library("rubiks_shift", "IMPL")
+
+
+def _register_autocast(device_type: str) -> None:
+    """Under autocast run the shift in the autocast dtype (it is memory-bound, so the
+    narrower type is faster) but keep the shift parameters in their own precision."""
+    key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    dispatch_key = getattr(torch._C.DispatchKey, key)
+
+    def kernel(_keyset, x, shift, stride, padding, quantize, normalize_grad, t_factor):
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(dispatch_key)):
+            dtype = torch.get_autocast_dtype(device_type)
+            if x.is_floating_point() and x.dtype != torch.float64 and x.device.type == device_type:
+                x = x.to(dtype)
+            return torch.ops.rubiks_shift.shift3d.default(
+                x, shift, stride, padding, quantize, normalize_grad, t_factor
+            )
+
+    _autocast_lib.impl("shift3d", kernel, key, with_keyset=True)
+
+
+for _device in ("cpu", "cuda"):
+    _register_autocast(_device)

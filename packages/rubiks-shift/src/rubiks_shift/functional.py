@@ -1,0 +1,100 @@
+"""Functional form of the RubiksShift operator (SPEC §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import _ops  # noqa: F401  (registers torch.ops.rubiks_shift)
+from ._checks import check_finite_shift, check_shift3d_args, triple
+
+__all__ = ["rubiks_shift3d", "rubiks_shift2d"]
+
+
+def _validate_values(shift: torch.Tensor, op: str) -> None:
+    # A per-call finiteness check is free on the CPU; on an accelerator it would sync the
+    # device (and break CUDA-graph capture), so there non-finite shifts are handled by
+    # the kernels (NaN -> NaN output for that channel, +-inf -> shifted out, zeros) and
+    # reported by rubiks_shift.check_shift / module loading instead.
+    if shift.device.type == "cpu" and not torch.compiler.is_compiling():
+        check_finite_shift(shift, op)
+
+
+def _t_factor(value: float | str, x: torch.Tensor) -> float:
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"normalize_t_factor must be a number or 'auto', got {value!r}")
+        return x.shape[1] / x.shape[3]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"normalize_t_factor must be a number or 'auto', got {type(value).__name__}")
+    return float(value)
+
+
+def rubiks_shift3d(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    *,
+    quantize: bool = False,
+    normalize_grad: bool = True,
+    normalize_t_factor: float | str = 1.0,
+) -> torch.Tensor:
+    """Shift every channel of a clip by its own learnable 3-D offset.
+
+    Args:
+        x: clip of shape (N, T, C, H, W); float16, bfloat16, float32 or float64.
+        shift: (3, C) shifts in rows T, H, W; ``y[t] ~ x[t + s]`` with trilinear
+            interpolation and zeros outside the clip.
+        stride, padding: int or (T, H, W) tuple; the output length per dimension is
+            ``(L + 2p - 1) // stride + 1``.
+        quantize: round shifts half up and gather (no interpolation); the shift
+            gradient is the interpolated one at the continuous shift (straight-through).
+        normalize_grad: replace the (3, C) shift gradient by a unit vector per channel.
+        normalize_t_factor: weight of the temporal row in that normalisation; negative
+            freezes spatial shifts; ``"auto"`` uses T / H of ``x``.
+
+    Returns:
+        (N, T_out, C, H_out, W_out) tensor of x's dtype. Non-contiguous inputs are copied.
+    """
+    stride3 = triple(stride, "stride")
+    padding3 = triple(padding, "padding")
+    check_shift3d_args(x, shift, stride3, padding3)
+    factor = _t_factor(normalize_t_factor, x)
+    _validate_values(shift, "rubiks_shift3d")
+    return torch.ops.rubiks_shift.shift3d(
+        x, shift, list(stride3), list(padding3), bool(quantize), bool(normalize_grad), factor
+    )
+
+
+def rubiks_shift2d(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    *,
+    quantize: bool = False,
+    normalize_grad: bool = True,
+) -> torch.Tensor:
+    """Spatial RubiksShift of images: x (N, C, H, W), shift (2, C) in rows H, W.
+
+    The 3-D op with T = 1 and no temporal row; gradient normalisation acts on (g_H, g_W).
+    """
+    stride2 = triple(stride, "stride", 2)
+    padding2 = triple(padding, "padding", 2)
+    check_shift3d_args(x, shift, (1, *stride2), (0, *padding2), rows=2, op="rubiks_shift2d")
+    _validate_values(shift, "rubiks_shift2d")
+    # With T = 1 and a zero temporal shift the temporal gradient is exactly 0 (the central
+    # difference reads only outside the clip), so normalising (0, g_H, g_W) with any
+    # factor is the 2-D rule.
+    shift3 = torch.cat([shift.new_zeros(1, shift.shape[1]), shift], dim=0)
+    y = torch.ops.rubiks_shift.shift3d(
+        x.unsqueeze(1), shift3, [1, *stride2], [0, *padding2], bool(quantize), bool(normalize_grad), 1.0
+    )
+    return y.squeeze(1)
+
+
+def check_shift(shift: torch.Tensor) -> None:
+    """Raise ValueError if ``shift`` has NaN or infinite values (syncs a CUDA device)."""
+    check_finite_shift(shift, "check_shift")
