@@ -1,0 +1,133 @@
+"""Small fakes and a local process-group launcher for tests (no real data or network).
+
+:func:`run_local_group` runs ``fn(rank, *args)`` in ``world_size`` spawned processes that
+share a gloo process group on loopback (127.0.0.1), as ``torchrun`` would set up.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+__all__ = ["FakeSample", "FakeVideoDataset", "FakeVideoModel", "free_port", "run_local_group"]
+
+
+@dataclass
+class FakeSample:
+    """Duck-typed ``rubiks_data.VideoSample``."""
+
+    clip: torch.Tensor | None
+    label: int
+    video_id: str
+    error: str | None = None
+
+
+class FakeVideoDataset:
+    """Deterministic random clips (V, T, 3, H, W) whose class is encoded in the pixels.
+
+    Items listed in ``broken`` come back unreadable with a reason.
+    """
+
+    def __init__(
+        self,
+        n: int = 23,
+        num_classes: int = 7,
+        views: int = 2,
+        frames: int = 4,
+        size: int = 8,
+        broken: tuple[int, ...] = (),
+        seed: int = 0,
+    ) -> None:
+        self.n, self.num_classes, self.views = n, num_classes, views
+        self.frames, self.size, self.broken, self.seed = frames, size, set(broken), seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def label(self, i: int) -> int:
+        return (i * 5 + 3) % self.num_classes
+
+    def __getitem__(self, i: int) -> FakeSample:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        vid = f"video{i:04d}"
+        if i in self.broken:
+            return FakeSample(None, self.label(i), vid, "corrupt stream (fake)")
+        g = torch.Generator().manual_seed(self.seed * 10_007 + i)
+        clip = torch.randn(self.views, self.frames, 3, self.size, self.size, generator=g)
+        clip[:, :, 0] += self.label(i) * 0.3
+        return FakeSample(clip, self.label(i), vid)
+
+
+class FakeVideoModel(nn.Module):
+    """(B, T, 3, H, W) -> (B, K): per-channel means through a linear layer, with dropout."""
+
+    def __init__(self, num_classes: int = 7, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc = nn.Linear(6, num_classes)
+        self.bn = nn.BatchNorm1d(6)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(num_classes, 6, generator=g))
+            self.fc.bias.zero_()
+        self.drop = nn.Dropout(0.1)
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = torch.cat([x.mean(dim=(1, 3, 4)), x.std(dim=(1, 3, 4))], dim=1)
+        return self.fc(self.drop(self.bn(feats)))
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _entry(rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )
+    torch.set_num_threads(1)
+    fn(rank, *args)
+
+
+def run_local_group(fn: Callable[..., Any], world_size: int, *args: Any) -> None:
+    """Run ``fn(rank, *args)`` in ``world_size`` spawned processes (torchrun-like env)."""
+    mp.spawn(_entry, args=(world_size, free_port(), fn, args), nprocs=world_size, join=True)
+
+
+def fake_eval_worker(rank: int, out_dir: str, dataset_kwargs: dict, batch_size: int) -> None:
+    """Evaluate the fake model on the fake dataset in a process group; rank r saves its view."""
+    from .distributed import setup_distributed
+    from .evaluate import evaluate
+
+    env = setup_distributed("cpu")
+    try:
+        dataset = FakeVideoDataset(**dataset_kwargs)
+        model = FakeVideoModel(dataset.num_classes)
+        result = evaluate(model, dataset, batch_size=batch_size, env=env, progress=False)
+        torch.save(
+            {
+                "metrics": result.metrics.as_dict(),
+                "video_ids": result.video_ids,
+                "scores": result.scores,
+                "labels": result.labels,
+                "world_size": result.world_size,
+            },
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
+    finally:
+        env.close()

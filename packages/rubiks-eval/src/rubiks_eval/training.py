@@ -1,0 +1,503 @@
+"""Training and fine-tuning of RubiksNet (TSM recipe, SPEC §3.5), single process.
+
+Defaults follow TSM scaled to the batch: SGD momentum 0.9, lr 0.01 per 64 clips, weight
+decay 5e-4 (none on shifts, BN and biases, via rubiks-models' parameter groups; shifts get
+an lr multiplier), dropout 0.5 before the classifier, gradient-norm clipping at 20, step
+schedule x0.1 at 40 % and 80 % of the epochs (TSM: 20 and 40 of 50) or cosine, optional
+linear warm-up. One-clip validation after every epoch; atomic, resumable checkpoints
+(see :mod:`rubiks_eval.checkpoint`); JSONL logs.
+
+The loop is :func:`train`; datasets and the model can be passed in (tests use fakes),
+otherwise they are built from the config by :mod:`rubiks_eval.builders`. The order of
+batches and every sample's augmentation are functions of (seed, epoch, index), so a
+resumed run continues with the batches the uninterrupted run would have seen; a later
+data-parallel version only has to pass rank and world size to :class:`EpochSampler`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .checkpoint import load_last_checkpoint, save_checkpoint, save_weights
+from .distributed import DistEnv, resolve_device
+from .evaluate import autocast, collate_indexed, evaluate
+from .sampling import EpochSampler, SeededDataset
+
+__all__ = ["TrainConfig", "build_parser", "config_from_args", "lr_at", "main", "train"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved in checkpoints and the log."""
+
+    output: str = "runs/train"
+    # data (see rubiks_eval.builders.build_dataset)
+    dataset: str = "synthetic"
+    root_path: str | None = None
+    train_list: str | None = None
+    val_list: str | None = None
+    labels_file: str | None = None
+    num_frames: int = 8
+    input_size: int = 224
+    scale_size: int | None = None
+    # model
+    arch: str = "rubiksnet_tiny"
+    num_classes: int | None = None
+    pretrained: str | None = None
+    dropout: float = 0.5
+    shift_lr_mult: float = 0.01
+    freeze_temporal_shift: bool = False
+    # optimisation
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    lr_steps: list[float] = field(default_factory=lambda: [0.4, 0.8])
+    warmup_epochs: float = 0.0
+    clip_grad: float | None = 20.0
+    label_smoothing: float = 0.0
+    amp: bool = False
+    # run
+    seed: int = 0
+    workers: int = 4
+    device: str | None = None
+    val_every: int = 1
+    val_batch_size: int | None = None
+    save_every_steps: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    resume: bool = True
+    max_steps: int | None = None
+    progress: bool = True
+
+    @property
+    def base_lr(self) -> float:
+        """The lr given, else 0.01 per 64 clips (linear scaling)."""
+        return self.lr if self.lr is not None else 0.01 * self.batch_size / 64
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning-rate factor (multiplies the base lr) at global ``step``."""
+    epoch = step / steps_per_epoch
+    total = cfg.epochs
+    if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
+        return (step + 1) / (cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "cosine":
+        start = cfg.warmup_epochs
+        progress = (epoch - start) / max(total - start, 1e-9)
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    if cfg.schedule == "step":
+        milestones = [m * total if m < 1 else m for m in cfg.lr_steps]
+        return 0.1 ** sum(epoch >= m for m in milestones)
+    if cfg.schedule == "constant":
+        return 1.0
+    raise ValueError(f"unknown schedule {cfg.schedule!r} (step, cosine, constant)")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class JsonlLog:
+    """Append-only JSON-lines log (one object per line, flushed at once)."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **record: Any) -> None:
+        if not self.enabled:
+            return
+        record.setdefault("time", time.time())
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    from .builders import param_groups
+
+    return param_groups(model, cfg.weight_decay, cfg.shift_lr_mult)
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    model: nn.Module | None = None,
+    train_set: Any = None,
+    val_set: Any = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary with the last/best validation top-1."""
+    env = DistEnv(device=resolve_device(cfg.device))
+    device = env.device
+    run_dir = Path(cfg.output)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = JsonlLog(run_dir / "log.jsonl")
+    _seed_everything(cfg.seed)
+
+    if train_set is None or val_set is None:
+        from .builders import build_dataset
+
+        if train_set is None:
+            train_set = build_dataset(cfg, "train")
+        if val_set is None and cfg.val_every > 0:
+            val_set = build_dataset(cfg, "val")
+    if model is None:
+        from .builders import build_model
+
+        model, metadata = build_model(cfg, dataset=train_set)
+    metadata = dict(metadata or {})
+    metadata.setdefault("train_config", json.dumps(dataclasses.asdict(cfg)))
+    model.to(device)
+
+    groups = _param_groups(model, cfg)
+    for g in groups:
+        g["initial_lr"] = cfg.base_lr * g.get("lr_mult", 1.0)
+        g["lr"] = g["initial_lr"]
+    optimizer = torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+
+    sampler = EpochSampler(len(train_set), seed=cfg.seed, shuffle=True)
+    steps_per_epoch = sampler.per_rank() // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"batch size {cfg.batch_size} exceeds the {len(train_set)} training videos"
+        )
+    seeded = SeededDataset(train_set, cfg.seed)
+
+    start_epoch, start_batch, step, best = 0, 0, 0, -1.0
+    history: list[dict] = []
+    if cfg.resume:
+        found = load_last_checkpoint(run_dir)
+        if found is not None:
+            weights, state, info = found
+            model.load_state_dict(weights)
+            optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+            start_epoch, start_batch = state["epoch"], state["batch_in_epoch"]
+            step, best, history = state["step"], state["best_top1"], state.get("history", [])
+            if start_batch >= steps_per_epoch:
+                start_epoch, start_batch = start_epoch + 1, 0
+            log.write(
+                event="resume",
+                epoch=start_epoch,
+                batch=start_batch,
+                step=step,
+                checkpoint=info["weights"],
+            )
+            print(f"resumed from {info['weights']} (epoch {start_epoch}, step {step})")
+    if start_epoch == 0 and start_batch == 0 and step == 0:
+        log.write(
+            event="start",
+            config=dataclasses.asdict(cfg),
+            train_videos=len(train_set),
+            val_videos=len(val_set) if val_set is not None else 0,
+            steps_per_epoch=steps_per_epoch,
+            device=str(device),
+        )
+
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def checkpoint(epoch: int, batch_in_epoch: int) -> None:
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "rng": _rng_state(),
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "step": step,
+            "best_top1": best,
+            "history": history,
+            "config": dataclasses.asdict(cfg),
+        }
+        save_checkpoint(
+            run_dir,
+            epoch=epoch,
+            step=step,
+            model_state=model.state_dict(),
+            metadata=metadata,
+            train_state=state,
+            keep=cfg.keep_checkpoints,
+        )
+
+    stop = False
+    for epoch in range(start_epoch, cfg.epochs):
+        first = start_batch if epoch == start_epoch else 0
+        sampler.set_epoch(epoch, start=first * cfg.batch_size)
+        seeded.set_epoch(epoch)
+        loader = DataLoader(
+            seeded,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=cfg.workers,
+            collate_fn=collate_indexed,
+            drop_last=True,
+            pin_memory=device.type == "cuda",
+        )
+        model.train()
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=first,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                unit="batch",
+                dynamic_ncols=True,
+            )
+        tic = time.perf_counter()
+        seen, loss_sum, correct, clips_done = 0, 0.0, 0, 0
+        for batch_in_epoch, batch in enumerate(loader, start=first):
+            factor = lr_at(cfg, step, steps_per_epoch)
+            for g in optimizer.param_groups:
+                g["lr"] = g["initial_lr"] * factor
+            if batch.failures:
+                for f in batch.failures:
+                    log.write(
+                        event="unreadable", epoch=epoch, video_id=f["video_id"], reason=f["reason"]
+                    )
+            if batch.clips is not None:
+                b, v = batch.clips.shape[:2]
+                clips = batch.clips.to(device, non_blocking=True).flatten(0, 1)
+                labels = batch.labels.to(device)
+                with autocast(device, cfg.amp):
+                    logits = model(clips)
+                logits = logits.float().reshape(b, v, -1).mean(1)
+                loss = criterion(logits, labels)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.clip_grad:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                seen += b
+                clips_done += b * v
+                loss_sum += float(loss) * b
+                correct += int((logits.argmax(1) == labels).sum())
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{loss_sum / max(seen, 1):.3f}",
+                    acc=f"{100.0 * correct / max(seen, 1):.1f}",
+                    lr=f"{cfg.base_lr * factor:.2e}",
+                    refresh=False,
+                )
+            if cfg.log_every and step % cfg.log_every == 0:
+                elapsed = time.perf_counter() - tic
+                log.write(
+                    event="train",
+                    epoch=epoch,
+                    step=step,
+                    loss=loss_sum / max(seen, 1),
+                    top1=100.0 * correct / max(seen, 1),
+                    lr=cfg.base_lr * factor,
+                    clips_per_s=clips_done / max(elapsed, 1e-9),
+                )
+            last_in_epoch = batch_in_epoch + 1 == steps_per_epoch
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                stop = True
+            if cfg.save_every_steps and step % cfg.save_every_steps == 0 and not last_in_epoch:
+                checkpoint(epoch, batch_in_epoch + 1)
+            if stop and not last_in_epoch:
+                checkpoint(epoch, batch_in_epoch + 1)
+                break
+        if bar is not None:
+            bar.close()
+        if stop and batch_in_epoch + 1 < steps_per_epoch:
+            break
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_top1": 100.0 * correct / max(seen, 1),
+            "seconds": time.perf_counter() - tic,
+        }
+        if (
+            val_set is not None
+            and cfg.val_every
+            and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs)
+        ):
+            res = evaluate(
+                model,
+                val_set,
+                batch_size=cfg.val_batch_size or cfg.batch_size,
+                workers=cfg.workers,
+                env=env,
+                amp=cfg.amp,
+                progress=cfg.progress,
+                desc=f"val {epoch + 1}",
+            )
+            m = res.metrics
+            record.update(
+                val_top1=m.top1,
+                val_top5=m.top5,
+                val_mean_class=m.mean_class_accuracy,
+                val_failed=m.num_failed,
+            )
+            if m.top1 > best:
+                best = m.top1
+                save_weights(
+                    run_dir / "best.safetensors",
+                    model.state_dict(),
+                    {**metadata, "val_top1": m.top1, "epoch": epoch + 1},
+                )
+        history.append(record)
+        log.write(event="epoch", **record)
+        print(json.dumps(record))
+        checkpoint(epoch, steps_per_epoch)
+        if stop:
+            break
+    final = run_dir / "final.safetensors"
+    save_weights(final, model.state_dict(), metadata)
+    summary = {
+        "steps": step,
+        "best_val_top1": best,
+        "history": history,
+        "final_weights": str(final),
+    }
+    log.write(event="end", steps=step, best_val_top1=best)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of ``tools/train.py`` (one per :class:`TrainConfig` field)."""
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train or fine-tune RubiksNet (TSM recipe; resumable, atomic checkpoints).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "dataset",
+        nargs="?",
+        default=d.dataset,
+        help="dataset name (synthetic, ssv2, ssv1, kinetics, ucf101, hmdb51, list)",
+    )
+    p.add_argument("--output", "-o", default=d.output, help="run directory (logs, checkpoints)")
+    p.add_argument("--root-path", default=None, help="videos / frame folders root")
+    p.add_argument("--train-list", default=None, help="training list or annotation file")
+    p.add_argument("--val-list", default=None, help="validation list or annotation file")
+    p.add_argument("--labels-file", default=None, help="class names (e.g. SSv2 labels JSON)")
+    p.add_argument("--num-frames", type=int, default=d.num_frames)
+    p.add_argument("--input-size", type=int, default=d.input_size, help="crop size")
+    p.add_argument(
+        "--scale-size",
+        type=int,
+        default=None,
+        help="short side before cropping (default input_size * 256 / 224)",
+    )
+    p.add_argument("--arch", default=d.arch, help="timm model name, e.g. rubiksnet_tiny")
+    p.add_argument("--num-classes", type=int, default=None, help="default: from the dataset")
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="initial weights (checkpoint file or timm name); a head of another "
+        "class count is replaced (fine-tuning)",
+    )
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--shift-lr-mult", type=float, default=d.shift_lr_mult)
+    p.add_argument(
+        "--freeze-temporal-shift", action="store_true", help="ablation: temporal shifts fixed at 0"
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", "-b", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=None, help="default 0.01 * batch_size / 64")
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--weight-decay", "--wd", type=float, default=d.weight_decay)
+    p.add_argument("--schedule", choices=["step", "cosine", "constant"], default=d.schedule)
+    p.add_argument(
+        "--lr-steps",
+        type=float,
+        nargs="*",
+        default=d.lr_steps,
+        help="step epochs (values < 1 are fractions of --epochs)",
+    )
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument("--clip-grad", type=float, default=d.clip_grad, help="0 disables")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--amp", action="store_true", help="fp16 on CUDA, bf16 on CPU")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", "-j", type=int, default=d.workers)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
+    p.add_argument("--val-every", type=int, default=d.val_every, help="epochs; 0 disables")
+    p.add_argument("--val-batch-size", type=int, default=None)
+    p.add_argument("--save-every-steps", type=int, default=d.save_every_steps)
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="ignore an existing checkpoint in --output",
+    )
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Parse ``argv`` into a :class:`TrainConfig`."""
+    ns = vars(build_parser().parse_args(argv))
+    if ns["clip_grad"] is not None and ns["clip_grad"] <= 0:
+        ns["clip_grad"] = None
+    return TrainConfig(**ns)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tools/train.py`` and ``rubiks-train``."""
+    cfg = config_from_args(argv)
+    summary = train(cfg)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+import torch
+
+from rubiks_eval.evaluate import evaluate
+from rubiks_eval.testing import FakeVideoDataset, FakeVideoModel, fake_eval_worker, run_local_group
+
+KW = dict(n=23, num_classes=7, views=3, broken=(4, 17))
+
+
+def _single(batch_size=4):
+    ds = FakeVideoDataset(**KW)
+    return evaluate(FakeVideoModel(7), ds, batch_size=batch_size, progress=False)
+
+
+def test_single_process_counts_every_video():
+    r = _single()
+    m = r.metrics
+    assert m.num_videos == 23 and m.num_evaluated == 21 and m.num_failed == 2
+    assert [f["video_id"] for f in m.failures] == ["video0004", "video0017"]
+    assert all(f["reason"] == "corrupt stream (fake)" for f in m.failures)
+    assert r.video_ids == [f"video{i:04d}" for i in range(23) if i not in (4, 17)]
+    assert r.num_views == 3 and r.scores.shape == (21, 7)
+
+
+def test_scores_are_mean_logits_over_views():
+    ds = FakeVideoDataset(**KW)
+    model = FakeVideoModel(7).eval()
+    r = evaluate(model, ds, batch_size=5, progress=False)
+    with torch.no_grad():
+        expect = model(ds[0].clip).mean(0)
+    torch.testing.assert_close(r.scores[0], expect)
+    # batch size does not change results beyond float noise
+    torch.testing.assert_close(_single(batch_size=1).scores, r.scores)
+
+
+def test_exception_in_dataset_is_reported_not_dropped():
+    class Flaky(FakeVideoDataset):
+        def __getitem__(self, i):
+            if i == 2:
+                raise OSError("disk on fire")
+            return super().__getitem__(i)
+
+    r = evaluate(FakeVideoModel(7), Flaky(n=5, num_classes=7), progress=False)
+    assert r.metrics.num_videos == 5 and r.metrics.num_failed == 1
+    assert "disk on fire" in r.metrics.failures[0]["reason"]
+
+
+def test_two_processes_equal_one(tmp_path):
+    """2 CPU processes (gloo on 127.0.0.1) give exactly the single-process result."""
+    one = _single(batch_size=1)
+    run_local_group(fake_eval_worker, 2, str(tmp_path), KW, 1)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["world_size"] == 2
+        assert got["metrics"] == one.metrics.as_dict()
+        assert got["video_ids"] == one.video_ids
+        assert torch.equal(got["labels"], one.labels)
+        assert torch.equal(got["scores"], one.scores)
