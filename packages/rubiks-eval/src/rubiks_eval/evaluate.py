@@ -134,6 +134,7 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.devic
         collate_fn=collate_indexed,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),  # leave the global RNG untouched
     )
 
 

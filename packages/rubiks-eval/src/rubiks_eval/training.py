@@ -276,6 +276,9 @@ def train(
             collate_fn=collate_indexed,
             drop_last=True,
             pin_memory=device.type == "cuda",
+            # own generator: creating the iterator must not draw from the global RNG
+            # (that would shift dropout's random stream after a resume)
+            generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
         )
         model.train()
         bar = None
@@ -319,7 +322,7 @@ def train(
                 scaler.update()
                 seen += b
                 clips_done += b * v
-                loss_sum += float(loss) * b
+                loss_sum += float(loss.detach()) * b
                 correct += int((logits.argmax(1) == labels).sum())
             step += 1
             if bar is not None:

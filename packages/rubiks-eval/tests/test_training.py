@@ -1,0 +1,67 @@
+import json
+
+import pytest
+import torch
+
+from rubiks_eval.checkpoint import load_weights
+from rubiks_eval.training import TrainConfig, config_from_args, lr_at, train
+from rubiks_eval.testing import FakeVideoDataset, FakeVideoModel
+
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(output=str(tmp_path / name), epochs=3, batch_size=4, lr=0.05, workers=0,
+                device="cpu", progress=False, log_every=1, schedule="cosine", seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _run(cfg):
+    train_set = FakeVideoDataset(n=18, num_classes=3, views=1, seed=1)
+    val_set = FakeVideoDataset(n=9, num_classes=3, views=2, seed=2, broken=(5,))
+    return train(cfg, model=FakeVideoModel(3, seed=0), train_set=train_set, val_set=val_set,
+                 metadata={"arch": "fake"})
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(epochs=50, batch_size=128)
+    assert cfg.base_lr == pytest.approx(0.02)
+    assert lr_at(cfg, 0, 10) == 1.0
+    assert lr_at(cfg, 200, 10) == pytest.approx(0.1)  # epoch 20 (TSM: x0.1 at 20 and 40)
+    assert lr_at(cfg, 400, 10) == pytest.approx(0.01)
+    cos = TrainConfig(epochs=10, schedule="cosine", warmup_epochs=1)
+    assert lr_at(cos, 0, 10) == pytest.approx(0.1)
+    assert lr_at(cos, 55, 10) == pytest.approx(0.5)
+
+
+def test_train_logs_validates_and_checkpoints(tmp_path):
+    cfg = _cfg(tmp_path, "a")
+    summary = _run(cfg)
+    run = tmp_path / "a"
+    assert len(summary["history"]) == 3
+    assert all("val_top1" in h and h["val_failed"] == 1 for h in summary["history"])
+    events = [json.loads(line)["event"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert events[0] == "start" and events.count("epoch") == 3 and events[-1] == "end"
+    last = json.loads((run / "last.json").read_text())
+    assert last["epoch"] == 2 and (run / last["weights"]).exists()
+    assert len(list((run / "checkpoints").glob("*.safetensors"))) == 2  # pruned to keep=2
+    assert (run / "best.safetensors").exists()
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    full = _run(_cfg(tmp_path, "full"))
+    _run(_cfg(tmp_path, "cut", max_steps=6))  # stops mid-epoch 2 (4 steps per epoch)
+    assert json.loads((tmp_path / "cut" / "last.json").read_text())["step"] == 6
+    resumed = _run(_cfg(tmp_path, "cut"))
+    a = load_weights(tmp_path / "full" / "final.safetensors")
+    b = load_weights(tmp_path / "cut" / "final.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed["history"][-1]["val_top1"] == full["history"][-1]["val_top1"]
+
+
+def test_cli_config_parsing():
+    cfg = config_from_args(["synthetic", "--epochs", "2", "-b", "8", "--clip-grad", "0",
+                            "--schedule", "cosine", "--amp"])
+    assert cfg.epochs == 2 and cfg.batch_size == 8 and cfg.clip_grad is None and cfg.amp
+    assert cfg.base_lr == pytest.approx(0.01 * 8 / 64)
