@@ -1,0 +1,183 @@
+"""RubiksShift timing against the memory floor measured in the same run.
+
+Prints one table: shape, direction, dtype, time, floor, % of floor, reference time
+(SPEC §5, the original CUDA extension on an H100) where known, and host time per eager
+call on a tiny tensor. On a CUDA machine it times the GPU kernels with CUDA events; on a
+CPU-only machine it times the Numba CPU kernels against a same-size memcpy.
+
+    python benchmarks/bench_shift.py [--device cuda|cpu] [--json out.json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+import rubiks_shift
+from rubiks_shift import rubiks_shift3d
+
+# (shape, stride, reference fwd ms, reference fwd+bwd ms) from SPEC §5
+GPU_CASES = [
+    ((8, 8, 72, 56, 56), (1, 1, 1), 0.166, 0.536),
+    ((16, 8, 256, 56, 56), (1, 1, 1), None, None),
+    ((8, 8, 576, 7, 7), (1, 1, 1), 0.038, 0.249),
+    ((8, 8, 72, 112, 112), (1, 2, 2), 0.203, 2.12),
+]
+CPU_CASES = [
+    ((2, 8, 72, 56, 56), (1, 1, 1), None, None),
+    ((2, 8, 576, 7, 7), (1, 1, 1), None, None),
+    ((2, 8, 72, 112, 112), (1, 2, 2), None, None),
+]
+
+
+def _gpu_time(fn, reps: int) -> float:
+    """Median milliseconds per call, CUDA events around each call after warm-up."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _cpu_time(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: str, timer, reps: int) -> float:
+    """Bytes read + written per second of a large device-to-device (or memcpy) copy."""
+    numel = (1 << 28) if device == "cuda" else (1 << 25)
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src), reps)
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def host_overhead_us(device: str, calls: int = 2000) -> dict[str, float]:
+    """Host microseconds per eager call on a tiny tensor (GPU work is negligible)."""
+    x = torch.randn(1, 2, 4, 4, 4, device=device)
+    shift = torch.rand(3, 4, device=device)
+    results = {}
+    for name, fn in {
+        "rubiks_shift3d": lambda: rubiks_shift3d(x, shift),
+        "torch.ops.rubiks_shift.shift3d": lambda: torch.ops.rubiks_shift.shift3d(
+            x, shift, [1, 1, 1], [0, 0, 0], False, True, 1.0
+        ),
+        "torch.clone (scale)": lambda: x.clone(),
+    }.items():
+        for _ in range(50):
+            fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        results[name] = (time.perf_counter() - t0) / calls * 1e6
+    return results
+
+
+def bench_case(device, shape, stride, dtype, timer, reps, bandwidth, quantize=False):
+    g = torch.Generator(device=device).manual_seed(0)
+    # Several input sets, rotated, so repeated calls do not run out of L2.
+    sets = 3 if device == "cuda" else 1
+    xs = [torch.randn(shape, device=device, generator=g).to(dtype) for _ in range(sets)]
+    shift = torch.rand(3, shape[2], device=device, generator=g) * 4 - 2
+    shift_p = torch.nn.Parameter(shift.clone())
+    y = rubiks_shift3d(xs[0], shift, stride)
+    gys = [torch.randn(y.shape, device=device, generator=g).to(dtype) for _ in range(sets)]
+    xg = [x.clone().requires_grad_() for x in xs]
+    state = {"i": 0}
+
+    def nxt():
+        state["i"] = (state["i"] + 1) % sets
+        return state["i"]
+
+    def fwd():
+        rubiks_shift3d(xs[nxt()], shift, stride, quantize=quantize)
+
+    def fwd_bwd():
+        i = nxt()
+        out = rubiks_shift3d(xg[i], shift_p, stride, quantize=quantize)
+        out.backward(gys[i])
+
+    in_bytes = xs[0].numel() * xs[0].element_size()
+    out_bytes = y.numel() * xs[0].element_size()
+    rows = []
+    fwd_ms = timer(fwd, reps)
+    floor = (in_bytes + out_bytes) / bandwidth * 1e3
+    rows.append(("fwd" + ("-quantize" if quantize else ""), fwd_ms, floor))
+    if not quantize:
+        fb_ms = timer(fwd_bwd, reps)
+        # forward: read x, write y; backward: read grad_y and x, write grad_x
+        fb_floor = (3 * in_bytes + 2 * out_bytes) / bandwidth * 1e3
+        rows.append(("fwd+bwd", fb_ms, fb_floor))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="write all figures to this file")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = parser.parse_args()
+    device = args.device
+    cuda = device == "cuda"
+    timer = _gpu_time if cuda else _cpu_time
+    reps = (20 if args.quick else 100) if cuda else (3 if args.quick else 7)
+    bandwidth = copy_bandwidth(device, timer, reps)
+    name = torch.cuda.get_device_name() if cuda else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()}"
+    print(f"# rubiks-shift {rubiks_shift.__version__}, torch {torch.__version__}, {name}, "
+          f"{datetime.date.today().isoformat()}")
+    print(f"# copy bandwidth (read+write): {bandwidth / 1e12:.3f} TB/s")
+    table = []
+    cases = GPU_CASES if cuda else CPU_CASES
+    dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
+    for shape, stride, ref_fwd, ref_fb in cases:
+        for dtype in dtypes:
+            for quantize in (False, True) if dtype == torch.float32 else (False,):
+                for direction, ms, floor in bench_case(device, shape, stride, dtype, timer, reps,
+                                                       bandwidth, quantize):
+                    ref = {"fwd": ref_fwd, "fwd+bwd": ref_fb}.get(direction) if dtype == torch.float32 else None
+                    table.append(dict(shape=shape, stride=stride, dtype=str(dtype).split(".")[1],
+                                      direction=direction, ms=ms, floor_ms=floor, reference_ms=ref))
+    overhead = host_overhead_us(device)
+    header = f"| {'shape':<22} | {'stride':<9} | {'dtype':<8} | {'direction':<12} | {'ms':>8} | " \
+             f"{'floor ms':>8} | {'% floor':>7} | {'ref ms':>7} | {'vs ref':>6} |"
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for r in table:
+        pct = 100 * r["floor_ms"] / r["ms"]
+        ref = f"{r['reference_ms']:.3f}" if r["reference_ms"] else "-"
+        speed = f"{r['reference_ms'] / r['ms']:.2f}x" if r["reference_ms"] else "-"
+        print(f"| {str(r['shape']):<22} | {str(r['stride']):<9} | {r['dtype']:<8} | {r['direction']:<12} | "
+              f"{r['ms']:8.4f} | {r['floor_ms']:8.4f} | {pct:6.1f}% | {ref:>7} | {speed:>6} |")
+    for k, v in overhead.items():
+        print(f"# host time per eager forward call, tiny tensor, {k}: {v:.1f} us")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=name, date=datetime.date.today().isoformat(),
+                           bandwidth=bandwidth, rows=table, host_us=overhead), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

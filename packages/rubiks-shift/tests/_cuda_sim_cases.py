@@ -1,0 +1,58 @@
+"""Run the CUDA kernels under Numba's CUDA simulator on tiny shapes against the reference.
+
+Executed in a subprocess by test_cuda_kernels.py (the simulator must be enabled before
+numba is imported). Prints one line per case and exits non-zero on a mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+import torch  # noqa: E402
+
+from rubiks_shift import _cuda, reference  # noqa: E402
+from rubiks_shift._normalize import normalize_shift_grad  # noqa: E402
+
+CASES = [
+    # shape, stride, padding, quantize, x dtype
+    ((1, 3, 2, 4, 5), (1, 1, 1), (0, 0, 0), False, torch.float64),
+    ((1, 3, 2, 5, 4), (1, 2, 2), (0, 1, 1), False, torch.float64),
+    ((1, 2, 2, 4, 4), (1, 1, 1), (0, 0, 0), True, torch.float64),
+    ((2, 3, 2, 3, 3), (2, 1, 3), (1, 0, 1), False, torch.float64),
+    ((1, 2, 3, 3, 4), (1, 1, 1), (0, 0, 0), False, torch.float32),
+    ((1, 2, 2, 3, 3), (1, 1, 1), (0, 0, 0), False, torch.float16),
+]
+
+
+def main() -> int:
+    g = torch.Generator().manual_seed(0)
+    failures = 0
+    for shape, stride, padding, quantize, dtype in CASES:
+        x = torch.randn(shape, generator=g, dtype=torch.float64)
+        shift = torch.rand(3, shape[2], generator=g, dtype=torch.float64) * 5 - 2.5
+        shift[0, 0], shift[1, -1] = 1.0, -1.0  # exact integers: central-difference rule
+        if shape[2] > 2:
+            shift[:, 1] = torch.tensor([float("inf"), 0.5, 7.0])  # shifted out entirely
+        y_ref = reference.shift3d_forward(x, shift, stride, padding, quantize)
+        gy = torch.randn(y_ref.shape, generator=g, dtype=torch.float64)
+        gx_ref, gs_ref = reference.shift3d_backward(gy, x, shift.clamp(-1e6, 1e6), stride, padding, quantize)
+        gs_ref = normalize_shift_grad(gs_ref, 0.5)
+        s = shift.float() if dtype != torch.float64 else shift
+        y = _cuda.forward(x.to(dtype), s, stride, padding, quantize)
+        gx, gs = _cuda.backward(gy.to(dtype), x.to(dtype), s, stride, padding, quantize, True, 0.5, True, True)
+        tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3}[dtype]
+        errs = [
+            float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-12))
+            for a, b in ((y, y_ref), (gx, gx_ref), (gs, gs_ref))
+        ]
+        ok = all(e < tol for e in errs) and y.dtype == dtype and gx.dtype == dtype
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {shape} {stride} {padding} q={quantize} {dtype} errs={errs}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

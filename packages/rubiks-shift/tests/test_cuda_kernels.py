@@ -1,0 +1,40 @@
+"""CUDA kernels without a GPU: the simulator on tiny shapes, and PTX for every dtype."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+numba_cuda = pytest.importorskip("numba.cuda", reason="numba-cuda (the 'cuda' extra) not installed")
+
+
+def test_kernels_in_cuda_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    script = Path(__file__).with_name("_cuda_sim_cases.py")
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("ok  ") == 6
+
+
+@pytest.mark.parametrize("storage", ["float16", "bfloat16", "float32", "float64"])
+def test_compile_ptx_every_dtype(storage):
+    from numba import cuda
+
+    from rubiks_shift import _cuda_kernels as K
+
+    shift_storages = ["float32", "float64"] if storage == "float32" else ["float32"]
+    for shift_storage in shift_storages:
+        kernels = K.Kernels(storage, shift_storage)
+        for name in ("forward", "grad_x", "grad_shift", "finalize"):
+            ptx, _ = cuda.compile_ptx(
+                getattr(kernels, name).py_func, getattr(kernels, name + "_sig"), cc=(9, 0)
+            )
+            assert ".entry" in ptx
+            if storage != "float64" and shift_storage == "float32":
+                # float32 accumulation must not silently promote to float64
+                assert ".f64" not in ptx, f"{name}/{storage} uses float64 arithmetic"

@@ -1,0 +1,77 @@
+"""torch.library integration: opcheck, torch.compile, torch.export, autocast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import DEVICES
+from rubiks_shift import RubiksShift3d, rubiks_shift3d
+
+
+def _args(device, dtype=torch.float32, quantize=False):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 3, 4, 5, 6, generator=g, dtype=dtype).to(device).requires_grad_()
+    shift = (torch.rand(3, 4, generator=g, dtype=dtype) * 3 - 1.5).to(device).requires_grad_()
+    return (x, shift, [1, 2, 1], [0, 1, 0], quantize, True, 1.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("quantize", [False, True])
+def test_opcheck_forward(device, quantize):
+    torch.library.opcheck(torch.ops.rubiks_shift.shift3d.default, _args(device, quantize=quantize))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_backward(device):
+    x, shift, stride, padding, quantize, norm, factor = _args(device)
+    gy = torch.randn(2, 3, 4, 3, 6, device=device)
+    args = (gy, x.detach(), shift.detach(), stride, padding, quantize, norm, factor, True, True)
+    torch.library.opcheck(torch.ops.rubiks_shift.shift3d_backward.default, args)
+    args = (gy, x.detach(), shift.detach(), stride, padding, quantize, norm, factor, True, False)
+    torch.library.opcheck(torch.ops.rubiks_shift.shift3d_backward.default, args)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(4, 4, 1)
+        self.shift = RubiksShift3d(4, stride=(1, 2, 2))
+
+    def forward(self, x):  # x: (N, T, C, H, W)
+        h = self.conv(x.transpose(1, 2)).transpose(1, 2).relu()
+        return self.shift(h).mean(dim=(1, 3, 4))
+
+
+def test_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    model = _Block()
+    x = torch.randn(2, 3, 4, 8, 8)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), model(x))
+    compiled(x).sum().backward()
+    grad_compiled = model.shift.shift.grad.clone()
+    model.zero_grad()
+    model(x).sum().backward()
+    torch.testing.assert_close(grad_compiled, model.shift.shift.grad)
+
+
+def test_export():
+    model = _Block().eval()
+    x = torch.randn(2, 3, 4, 8, 8)
+    exported = torch.export.export(model, (x,))
+    assert "rubiks_shift.shift3d" in str(exported.graph)
+    torch.testing.assert_close(exported.module()(x), model(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast_runs_in_low_precision_keeps_shift(device):
+    x = torch.randn(2, 3, 4, 6, 6, device=device)
+    shift = torch.rand(3, 4, device=device, requires_grad=True)
+    dtype = torch.bfloat16
+    with torch.autocast(device_type=device, dtype=dtype):
+        y = rubiks_shift3d(x, shift)
+    assert y.dtype == dtype
+    y.float().sum().backward()
+    assert shift.grad.dtype == torch.float32
+    torch.testing.assert_close(y.float(), rubiks_shift3d(x.to(dtype), shift).float())
