@@ -4,13 +4,23 @@ import pytest
 import torch
 
 from rubiks_eval.checkpoint import load_weights
-from rubiks_eval.training import TrainConfig, config_from_args, lr_at, train
 from rubiks_eval.testing import FakeVideoDataset, FakeVideoModel
+from rubiks_eval.training import TrainConfig, config_from_args, lr_at, train
 
 
 def _cfg(tmp_path, name, **kw):
-    base = dict(output=str(tmp_path / name), epochs=3, batch_size=4, lr=0.05, workers=0,
-                device="cpu", progress=False, log_every=1, schedule="cosine", seed=3)
+    base = dict(
+        output=str(tmp_path / name),
+        epochs=3,
+        batch_size=4,
+        lr=0.05,
+        workers=0,
+        device="cpu",
+        progress=False,
+        log_every=1,
+        schedule="cosine",
+        seed=3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -18,8 +28,13 @@ def _cfg(tmp_path, name, **kw):
 def _run(cfg):
     train_set = FakeVideoDataset(n=18, num_classes=3, views=1, seed=1)
     val_set = FakeVideoDataset(n=9, num_classes=3, views=2, seed=2, broken=(5,))
-    return train(cfg, model=FakeVideoModel(3, seed=0), train_set=train_set, val_set=val_set,
-                 metadata={"arch": "fake"})
+    return train(
+        cfg,
+        model=FakeVideoModel(3, seed=0),
+        train_set=train_set,
+        val_set=val_set,
+        metadata={"arch": "fake"},
+    )
 
 
 def test_lr_schedules():
@@ -61,7 +76,19 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
 
 
 def test_cli_config_parsing():
-    cfg = config_from_args(["synthetic", "--epochs", "2", "-b", "8", "--clip-grad", "0",
-                            "--schedule", "cosine", "--amp"])
+    cfg = config_from_args(
+        [
+            "synthetic",
+            "--epochs",
+            "2",
+            "-b",
+            "8",
+            "--clip-grad",
+            "0",
+            "--schedule",
+            "cosine",
+            "--amp",
+        ]
+    )
     assert cfg.epochs == 2 and cfg.batch_size == 8 and cfg.clip_grad is None and cfg.amp
     assert cfg.base_lr == pytest.approx(0.01 * 8 / 64)

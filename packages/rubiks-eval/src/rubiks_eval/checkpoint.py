@@ -13,6 +13,7 @@ so an interruption at any moment leaves the previous checkpoint usable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -95,10 +96,8 @@ def _prune(ckdir: Path, keep: int, keep_stem: str) -> None:
         if stem == keep_stem:
             continue
         for suffix in (".safetensors", ".state.pt"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 (ckdir / f"{stem}{suffix}").unlink()
-            except FileNotFoundError:
-                pass
 
 
 def load_last_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, dict, dict] | None:

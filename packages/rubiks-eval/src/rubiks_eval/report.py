@@ -48,7 +48,8 @@ def format_summary(result: EvalResult, title: str = "") -> str:
 def format_table(rows: list[tuple[str, EvalResult]]) -> str:
     """A Markdown table of several evaluations (e.g. 1-clip and 2-clip)."""
     out = [
-        "| protocol | views | videos | unreadable | top-1 % | top-5 % | mean class acc % | time s |",
+        "| protocol | views | videos | unreadable | top-1 % | top-5 % | mean class acc % "
+        "| time s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:
@@ -78,7 +79,9 @@ def results_dict(result: EvalResult, config: dict[str, Any], per_video: bool = F
         )
         doc["videos"] = [
             {"video_id": vid, "label": int(lab), "prediction": p, "top5": t}
-            for vid, lab, p, t in zip(result.video_ids, result.labels.tolist(), preds, top5)
+            for vid, lab, p, t in zip(
+                result.video_ids, result.labels.tolist(), preds, top5, strict=True
+            )
         ]
     return doc
 
