@@ -36,30 +36,62 @@ CPU_CASES = [
 ]
 
 
-def _gpu_time(fn, reps: int) -> float:
-    """Median milliseconds per call, CUDA events around each call after warm-up."""
-    for _ in range(3):
-        fn()
+def _gpu_time(fns, reps: int) -> tuple[float, float]:
+    """(kernel ms, eager ms) per call, cycling through ``fns`` (one per input set).
+
+    Kernel time: the calls captured in a CUDA graph and replayed, so host overhead and
+    launch gaps are excluded. Eager time: the same calls issued back to back from Python,
+    CUDA events around the whole loop (host overhead shows when it exceeds GPU time).
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            for fn in fns:
+                fn()
+    torch.cuda.current_stream().wait_stream(side)
+    per_graph = 10
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(per_graph):
+            for fn in fns:
+                fn()
+    graph.replay()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(5):
         start.record()
-        fn()
+        for _ in range(max(1, reps // per_graph)):
+            graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+        samples.append(start.elapsed_time(end) / (max(1, reps // per_graph) * per_graph * len(fns)))
+    kernel_ms = statistics.median(samples)
+    samples = []
+    for _ in range(5):
+        start.record()
+        for _ in range(reps):
+            for fn in fns:
+                fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / (reps * len(fns)))
+    return kernel_ms, statistics.median(samples)
 
 
-def _cpu_time(fn, reps: int) -> float:
-    fn()
+def _cpu_time(fns, reps: int) -> tuple[float, float]:
+    """(ms, ms) per call: on the CPU kernel and eager time are the same measurement."""
+    for fn in fns:
+        fn()
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        for fn in fns:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    ms = statistics.median(times)
+    return ms, ms
 
 
 def copy_bandwidth(device: str, timer, reps: int) -> float:
@@ -67,7 +99,7 @@ def copy_bandwidth(device: str, timer, reps: int) -> float:
     numel = (1 << 28) if device == "cuda" else (1 << 25)
     src = torch.randn(numel, device=device)
     dst = torch.empty_like(src)
-    ms = timer(lambda: dst.copy_(src), reps)
+    ms, _ = timer([lambda: dst.copy_(src)], reps)
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
@@ -106,31 +138,28 @@ def bench_case(device, shape, stride, dtype, timer, reps, bandwidth, quantize=Fa
     y = rubiks_shift3d(xs[0], shift, stride)
     gys = [torch.randn(y.shape, device=device, generator=g).to(dtype) for _ in range(sets)]
     xg = [x.clone().requires_grad_() for x in xs]
-    state = {"i": 0}
+    fwd = [
+        (lambda x=x: rubiks_shift3d(x, shift, stride, quantize=quantize)) for x in xs
+    ]
 
-    def nxt():
-        state["i"] = (state["i"] + 1) % sets
-        return state["i"]
+    def make_fwd_bwd(x, gy):
+        def run():
+            out = rubiks_shift3d(x, shift_p, stride, quantize=quantize)
+            torch.autograd.grad(out, (x, shift_p), gy)
+        return run
 
-    def fwd():
-        rubiks_shift3d(xs[nxt()], shift, stride, quantize=quantize)
-
-    def fwd_bwd():
-        i = nxt()
-        out = rubiks_shift3d(xg[i], shift_p, stride, quantize=quantize)
-        out.backward(gys[i])
-
+    fwd_bwd = [make_fwd_bwd(x, gy) for x, gy in zip(xg, gys)]
     in_bytes = xs[0].numel() * xs[0].element_size()
     out_bytes = y.numel() * xs[0].element_size()
     rows = []
-    fwd_ms = timer(fwd, reps)
+    kernel_ms, eager_ms = timer(fwd, reps)
     floor = (in_bytes + out_bytes) / bandwidth * 1e3
-    rows.append(("fwd" + ("-quantize" if quantize else ""), fwd_ms, floor))
+    rows.append(("fwd" + ("-quantize" if quantize else ""), kernel_ms, eager_ms, floor))
     if not quantize:
-        fb_ms = timer(fwd_bwd, reps)
+        kernel_ms, eager_ms = timer(fwd_bwd, reps)
         # forward: read x, write y; backward: read grad_y and x, write grad_x
         fb_floor = (3 * in_bytes + 2 * out_bytes) / bandwidth * 1e3
-        rows.append(("fwd+bwd", fb_ms, fb_floor))
+        rows.append(("fwd+bwd", kernel_ms, eager_ms, fb_floor))
     return rows
 
 
@@ -155,14 +184,15 @@ def main() -> None:
     for shape, stride, ref_fwd, ref_fb in cases:
         for dtype in dtypes:
             for quantize in (False, True) if dtype == torch.float32 else (False,):
-                for direction, ms, floor in bench_case(device, shape, stride, dtype, timer, reps,
-                                                       bandwidth, quantize):
+                for direction, ms, eager, floor in bench_case(device, shape, stride, dtype, timer,
+                                                              reps, bandwidth, quantize):
                     ref = {"fwd": ref_fwd, "fwd+bwd": ref_fb}.get(direction) if dtype == torch.float32 else None
                     table.append(dict(shape=shape, stride=stride, dtype=str(dtype).split(".")[1],
-                                      direction=direction, ms=ms, floor_ms=floor, reference_ms=ref))
+                                      direction=direction, ms=ms, eager_ms=eager, floor_ms=floor,
+                                      reference_ms=ref))
     overhead = host_overhead_us(device)
     header = f"| {'shape':<22} | {'stride':<9} | {'dtype':<8} | {'direction':<12} | {'ms':>8} | " \
-             f"{'floor ms':>8} | {'% floor':>7} | {'ref ms':>7} | {'vs ref':>6} |"
+             f"{'eager ms':>8} | {'floor ms':>8} | {'% floor':>7} | {'ref ms':>7} | {'vs ref':>6} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in table:
@@ -170,7 +200,7 @@ def main() -> None:
         ref = f"{r['reference_ms']:.3f}" if r["reference_ms"] else "-"
         speed = f"{r['reference_ms'] / r['ms']:.2f}x" if r["reference_ms"] else "-"
         print(f"| {str(r['shape']):<22} | {str(r['stride']):<9} | {r['dtype']:<8} | {r['direction']:<12} | "
-              f"{r['ms']:8.4f} | {r['floor_ms']:8.4f} | {pct:6.1f}% | {ref:>7} | {speed:>6} |")
+              f"{r['ms']:8.4f} | {r['eager_ms']:8.4f} | {r['floor_ms']:8.4f} | {pct:6.1f}% | {ref:>7} | {speed:>6} |")
     for k, v in overhead.items():
         print(f"# host time per eager forward call, tiny tensor, {k}: {v:.1f} us")
     if args.json:
