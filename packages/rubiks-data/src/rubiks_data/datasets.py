@@ -294,4 +294,6 @@ def video_list_dataset(
         num_classes = len(class_names)
     records = read_video_list(list_file, num_classes)
     root = Path(root) if root is not None else list_file.parent
-    return VideoFileDataset(root, records, num_classes=num_classes, class_names=class_names, **kwargs)
+    return VideoFileDataset(
+        root, records, num_classes=num_classes, class_names=class_names, **kwargs
+    )

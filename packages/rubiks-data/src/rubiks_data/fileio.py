@@ -14,7 +14,9 @@ __all__ = ["atomic_write_json", "atomic_write_text", "replace_dir", "temp_dir_fo
 def temp_path_for(path: Path) -> Path:
     """A fresh temporary name next to ``path`` with the same suffix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
     os.close(fd)
     return Path(name)
 

@@ -137,7 +137,9 @@ def multiscale_crop_candidates(
     """
     boxes = []
     for cw, ch in multiscale_crop_sizes(width, height, input_size, scales, max_distort):
-        boxes += [(x, y, cw, ch) for x, y in fixed_crop_offsets(width, height, cw, ch, more_fix_crop)]
+        boxes += [
+            (x, y, cw, ch) for x, y in fixed_crop_offsets(width, height, cw, ch, more_fix_crop)
+        ]
     return boxes
 
 

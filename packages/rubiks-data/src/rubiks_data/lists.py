@@ -54,13 +54,15 @@ def _int(text: str, path: Path, line: int, what: str) -> int:
         raise ListFileError(path, line, f"{what} must be an integer, got {text!r}") from None
 
 
-def _check_label(label: int, num_classes: int | None, path: Path, line: int | None, where: str = ""):
+def _check_label(
+    label: int, num_classes: int | None, path: Path, line: int | None, where: str = ""
+):
     if label < 0 or (num_classes is not None and label >= num_classes):
         bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
         raise ListFileError(path, line, f"{where}label {label} out of range {bound}")
 
 
-def _finish(records: list[VideoRecord], path: Path, lines: dict[str, int | None]) -> list[VideoRecord]:
+def _finish(records: list[VideoRecord], path: Path) -> list[VideoRecord]:
     if not records:
         raise ListFileError(path, None, "no videos listed (empty list)")
     return records
@@ -68,7 +70,9 @@ def _finish(records: list[VideoRecord], path: Path, lines: dict[str, int | None]
 
 def _check_unique(video_id: str, seen: dict[str, int], path: Path, line: int) -> None:
     if video_id in seen:
-        raise ListFileError(path, line, f"video {video_id!r} listed twice (first on line {seen[video_id]})")
+        raise ListFileError(
+            path, line, f"video {video_id!r} listed twice (first on line {seen[video_id]})"
+        )
     seen[video_id] = line
 
 
@@ -87,9 +91,7 @@ def read_frame_list(path: str | os.PathLike, num_classes: int | None = None) -> 
             continue
         parts = line.rsplit(maxsplit=2)
         if len(parts) != 3:
-            raise ListFileError(
-                path, n, f"expected '<video_id> <num_frames> <label>', got {raw!r}"
-            )
+            raise ListFileError(path, n, f"expected '<video_id> <num_frames> <label>', got {raw!r}")
         vid, frames_text, label_text = parts
         frames = _int(frames_text, path, n, "num_frames")
         label = _int(label_text, path, n, "label")
@@ -98,7 +100,7 @@ def read_frame_list(path: str | os.PathLike, num_classes: int | None = None) -> 
         _check_label(label, num_classes, path, n)
         _check_unique(vid, seen, path, n)
         records.append(VideoRecord(vid, label, num_frames=frames))
-    return _finish(records, path, seen)
+    return _finish(records, path)
 
 
 def read_video_list(path: str | os.PathLike, num_classes: int | None = None) -> list[VideoRecord]:
@@ -133,7 +135,7 @@ def read_video_list(path: str | os.PathLike, num_classes: int | None = None) -> 
         _check_label(label, num_classes, path, n)
         _check_unique(parts[0], seen, path, n)
         records.append(VideoRecord(parts[0], label, path=parts[0]))
-    return _finish(records, path, seen)
+    return _finish(records, path)
 
 
 def ssv2_class_name(template: str) -> str:
@@ -165,7 +167,9 @@ def read_ssv2_labels(path: str | os.PathLike) -> dict[str, int]:
         try:
             labels[name] = int(value)
         except (TypeError, ValueError):
-            raise ListFileError(path, None, f"class {name!r}: index {value!r} is not an integer") from None
+            raise ListFileError(
+                path, None, f"class {name!r}: index {value!r} is not an integer"
+            ) from None
     if sorted(labels.values()) != list(range(len(labels))):
         raise ListFileError(path, None, f"class indices are not 0..{len(labels) - 1}, each once")
     return labels
@@ -212,10 +216,12 @@ def read_ssv2_annotations(
                 raise ListFileError(path, None, f"{where}template must be a string")
             name = ssv2_class_name(template)
             if name not in labels:
-                raise ListFileError(path, None, f"{where}unknown template {template!r} (class {name!r})")
+                raise ListFileError(
+                    path, None, f"{where}unknown template {template!r} (class {name!r})"
+                )
             label = labels[name]
         if vid in seen:
             raise ListFileError(path, None, f"{where}id listed twice (first in entry {seen[vid]})")
         seen[vid] = n
         records.append(VideoRecord(vid, label))
-    return _finish(records, path, seen)
+    return _finish(records, path)

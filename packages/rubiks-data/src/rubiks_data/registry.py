@@ -52,9 +52,7 @@ def _split(split: str) -> str:
     return SPLITS[split]
 
 
-def find_ssv2_annotations(
-    split: str, *dirs: str | os.PathLike
-) -> tuple[Path, Path] | None:
+def find_ssv2_annotations(split: str, *dirs: str | os.PathLike) -> tuple[Path, Path] | None:
     """Find ``(split_json, labels_json)`` in the first of ``dirs`` holding both.
 
     Accepts SSv2's names (``something-something-v2-validation.json``, ...) and the short
@@ -129,7 +127,9 @@ def build_dataset(
                 num_classes=num_classes,
                 **kwargs,
             )
-        return _ssv2_videos(root / "videos", split, annotations or root, labels_file, num_classes, kwargs)
+        return _ssv2_videos(
+            root / "videos", split, annotations or root, labels_file, num_classes, kwargs
+        )
     if key == "video-list":
         if list_file is None:
             raise ValueError("video-list needs list_file (a '<path> <label>' list or CSV)")
@@ -164,8 +164,10 @@ def _ssv2_videos(root, split, annotations, labels_file, num_classes, kwargs, dir
     annotations = Path(annotations) if annotations is not None else None
     if annotations is not None and annotations.is_file():
         split_file = annotations
-        labels = Path(labels_file) if labels_file else _first(
-            annotations.parent, ["something-something-v2-labels.json", "labels.json"]
+        labels = (
+            Path(labels_file)
+            if labels_file
+            else _first(annotations.parent, ["something-something-v2-labels.json", "labels.json"])
         )
         if labels is None:
             raise FileNotFoundError(f"no labels JSON next to {annotations}; pass labels_file")
@@ -180,6 +182,4 @@ def _ssv2_videos(root, split, annotations, labels_file, num_classes, kwargs, dir
         labels = Path(labels_file) if labels_file else labels
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    return ssv2_video_dataset(
-        root, split_file, labels, allow_unlabeled=split == "test", **kwargs
-    )
+    return ssv2_video_dataset(root, split_file, labels, allow_unlabeled=split == "test", **kwargs)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["dense_indices", "train_indices", "test_indices"]
+__all__ = ["dense_indices", "test_indices", "train_indices"]
 
 RngLike = np.random.Generator | int | None
 

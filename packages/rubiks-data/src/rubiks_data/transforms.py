@@ -54,6 +54,8 @@ def normalize(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
 
     The same arithmetic as torchvision's ``ToTensor`` followed by ``Normalize``.
     """
+    if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
+        pixels = pixels.copy()
     t = torch.as_tensor(np.ascontiguousarray(pixels))
     if t.dtype != torch.uint8 or t.shape[-1] != 3:
         raise ValueError(f"expected uint8 (..., H, W, 3) pixels, got {t.dtype} {tuple(t.shape)}")
@@ -189,7 +191,10 @@ class TrainTransform:
         )
         size = (self.input_size, self.input_size)
         arr = np.stack(
-            [np.asarray(im.crop((x, y, x + cw, y + ch)).resize(size, Image.BILINEAR)) for im in resized]
+            [
+                np.asarray(im.crop((x, y, x + cw, y + ch)).resize(size, Image.BILINEAR))
+                for im in resized
+            ]
         )
         if self.flip and rng.random() < 0.5:
             arr = arr[:, :, ::-1]

@@ -164,6 +164,25 @@ class VideoReader:
             raise DecodeError(f"truncated or corrupt (only {n} frames could be decoded)")
         return [got[i] for i in indices]
 
+    def iter_frames(self):
+        """Yield every frame in presentation order as a PIL RGB image (for extraction)."""
+        codec = self._stream.codec_context
+        if self._decoded_once:
+            codec.flush_buffers()
+        self._decoded_once = True
+        n = 0
+        try:
+            for p in [*self._packets, None]:
+                for f in codec.decode(p):  # decoders emit presentation order
+                    n += 1
+                    yield f.to_image()
+        except (av.FFmpegError, OSError) as err:
+            raise DecodeError(
+                f"corrupt (decoding failed after {n} frames: {_ffmpeg_message(err)})"
+            ) from None
+        if n < self.num_frames:
+            raise DecodeError(f"truncated or corrupt ({n} of {self.num_frames} frames decoded)")
+
     def close(self) -> None:
         container = getattr(self, "_container", None)
         if container is not None:

@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=_frames, default=16, help="frames per clip: N or MIN-MAX (16)")
     p.add_argument("--fps", type=int, default=12, help="frame rate (default 12, as SSv2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=["webm", "mp4"], default="webm", help="VP9 webm or H.264 mp4")
+    p.add_argument(
+        "--format", choices=["webm", "mp4"], default="webm", help="VP9 webm or H.264 mp4"
+    )
     p.add_argument("--frame-folders", action="store_true", help="also write frames + TSM lists")
     p.add_argument(
         "--classes",
@@ -75,13 +77,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         start = time.perf_counter()
         out = generate(
-            args.out_dir, config, workers=args.workers, progress=args.progress, overwrite=args.overwrite
+            args.out_dir,
+            config,
+            workers=args.workers,
+            progress=args.progress,
+            overwrite=args.overwrite,
         )
     except (ValueError, FileExistsError) as err:
         print(f"rubiks-synth: error: {err}", file=sys.stderr)
         return 2
     n = config.num_train + config.num_val
-    print(f"{n} clips ({len(config.class_defs())} classes) in {out} ({time.perf_counter() - start:.1f} s)")
+    seconds = time.perf_counter() - start
+    print(f"{n} clips ({len(config.class_defs())} classes) in {out} ({seconds:.1f} s)")
     return 0
 
 

@@ -21,11 +21,17 @@ FORMATS: dict[str, tuple[str, dict[str, str]]] = {
 
 
 def encode_video(
-    path: str | os.PathLike, frames: np.ndarray, fps: int = 12, crf: int = 20, threads: int = 1
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: int = 12,
+    crf: int = 20,
+    threads: int = 1,
+    keyint: int | None = None,
 ) -> None:
     """Encode uint8 RGB frames (F, H, W, 3) to ``path`` (``.webm`` or ``.mp4``), atomically.
 
-    Width and height must be even (4:2:0 chroma).
+    Width and height must be even (4:2:0 chroma). ``keyint``: maximum keyframe interval
+    (None: the encoder's default).
     """
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
@@ -44,6 +50,8 @@ def encode_video(
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
             stream.codec_context.thread_count = threads
             stream.options = {**options, "crf": str(crf)}
+            if keyint is not None:
+                stream.codec_context.gop_size = keyint
             for frame in frames:
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
                 container.mux(stream.encode(vf))

@@ -61,7 +61,9 @@ class SynthConfig:
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {sorted(FORMATS)}, got {self.format!r}")
         if self.width % 2 or self.height % 2 or self.width < 16 or self.height < 16:
-            raise ValueError(f"width and height must be even and >= 16, got {self.width}x{self.height}")
+            raise ValueError(
+                f"width and height must be even and >= 16, got {self.width}x{self.height}"
+            )
         lo, hi = self.frame_range
         if not 2 <= lo <= hi:
             raise ValueError(f"num_frames must be >= 2 (min <= max), got {self.num_frames}")
@@ -185,8 +187,14 @@ def generate(
     ]
     entries = _run(jobs, workers, progress)
     _write_annotations(out, config, jobs, entries)
-    atomic_write_json(meta, {"format_version": FORMAT_VERSION, "config": wanted, "counts": {
-        s: sum(j[1] == s for j in jobs) for s in SPLITS}})
+    atomic_write_json(
+        meta,
+        {
+            "format_version": FORMAT_VERSION,
+            "config": wanted,
+            "counts": {s: sum(j[1] == s for j in jobs) for s in SPLITS},
+        },
+    )
     return out
 
 
@@ -217,19 +225,29 @@ def _write_annotations(out: Path, config: SynthConfig, jobs, entries: list[dict]
     )
     keys = ("id", "label", "template", "placeholders")
     for split in SPLITS:
-        rows = [e for j, e in zip(jobs, entries) if j[1] == split]
+        rows = [e for j, e in zip(jobs, entries, strict=True) if j[1] == split]
         atomic_write_json(out / f"{split}.json", [{k: e[k] for k in keys} for e in rows])
         if config.frame_folders:
             name = "train" if split == "train" else "val"
             lines = "".join(f"{e['id']} {e['num_frames']} {e['class']}\n" for e in rows)
             atomic_write_text(out / f"{name}_videofolder.txt", lines)
     if config.frame_folders:
-        atomic_write_text(out / "category.txt", "".join(ssv2_class_name(c.template) + "\n" for c in classes))
+        atomic_write_text(
+            out / "category.txt", "".join(ssv2_class_name(c.template) + "\n" for c in classes)
+        )
 
 
 def _clean(out: Path) -> None:
     for sub in ("videos", "frames"):
         shutil.rmtree(out / sub, ignore_errors=True)
-    for name in ("meta.json", "config.json", "labels.json", "train.json", "validation.json",
-                 "train_videofolder.txt", "val_videofolder.txt", "category.txt"):
+    for name in (
+        "meta.json",
+        "config.json",
+        "labels.json",
+        "train.json",
+        "validation.json",
+        "train_videofolder.txt",
+        "val_videofolder.txt",
+        "category.txt",
+    ):
         (out / name).unlink(missing_ok=True)
