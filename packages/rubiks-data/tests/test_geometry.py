@@ -57,9 +57,17 @@ def test_three_crops():
         (114, 16, 224, 224),
     ]
     # TSM --full_res: c = 256, w_step = 49, h_step = 0
-    assert three_crop_boxes(455, 256, 256) == [(0, 0, 256, 256), (196, 0, 256, 256), (98, 0, 256, 256)]
+    assert three_crop_boxes(455, 256, 256) == [
+        (0, 0, 256, 256),
+        (196, 0, 256, 256),
+        (98, 0, 256, 256),
+    ]
     # portrait frames: still left / right / centre along x
-    assert three_crop_boxes(256, 455, 224) == [(0, 114, 224, 224), (32, 114, 224, 224), (16, 114, 224, 224)]
+    assert three_crop_boxes(256, 455, 224) == [
+        (0, 114, 224, 224),
+        (32, 114, 224, 224),
+        (16, 114, 224, 224),
+    ]
 
 
 @pytest.mark.parametrize("fn", [center_crop_box, three_crop_boxes])
@@ -78,7 +86,12 @@ def test_multiscale_sizes_tsm():
     ]  # fmt: skip
     # snapping: short side 255 -> 255, 223 (-> 224), 191, 168
     assert (224, 224) in multiscale_crop_sizes(300, 255)
-    assert multiscale_crop_sizes(300, 255, max_distort=0) == [(255, 255), (224, 224), (191, 191), (168, 168)]
+    assert multiscale_crop_sizes(300, 255, max_distort=0) == [
+        (255, 255),
+        (224, 224),
+        (191, 191),
+        (168, 168),
+    ]
 
 
 def test_fixed_offsets_tsm():
@@ -97,7 +110,7 @@ def test_candidates_are_pair_major():
     assert boxes[0] == (0, 0, 256, 256)
     assert boxes[13 * 3 + 4] == (114, 16, 224, 224)  # pair (224, 224), centre offset
     for x, y, w, h in boxes:
-        assert 0 <= x and x + w <= 455 and 0 <= y and y + h <= 256
+        assert x >= 0 and x + w <= 455 and y >= 0 and y + h <= 256
 
 
 def tsm_sample(rnd: random.Random, W: int, H: int):

@@ -65,7 +65,7 @@ def test_empty_and_missing_lists(tmp_path):
 def test_video_lists(tmp_path):
     txt = write(tmp_path, "v.txt", "a/b c.mp4 1\nd.webm 0\n")
     assert [(r.path, r.label) for r in read_video_list(txt)] == [("a/b c.mp4", 1), ("d.webm", 0)]
-    csv_ = write(tmp_path, "v.csv", "path,label\nx.mp4,2\n\"y, z.webm\",0\n")
+    csv_ = write(tmp_path, "v.csv", 'path,label\nx.mp4,2\n"y, z.webm",0\n')
     assert [(r.path, r.label) for r in read_video_list(csv_)] == [("x.mp4", 2), ("y, z.webm", 0)]
     with pytest.raises(ListFileError, match=r"v2.csv:2: expected '<path> <label>'"):
         read_video_list(write(tmp_path, "v2.csv", "x.mp4,1\ny.mp4\n"))
@@ -77,22 +77,33 @@ def test_ssv2_json(tmp_path):
     labels = {"Moving something up": "0", "Pushing something from left to right": "1"}
     lp = write(tmp_path, "labels.json", json.dumps(labels))
     entries = [
-        {"id": "7", "template": "Pushing [something] from left to right", "label": "x", "placeholders": ["x"]},
+        {"id": "7", "template": "Pushing [something] from left to right", "placeholders": ["x"]},
         {"id": 8, "template": "Moving [something] up", "label": "y", "placeholders": ["y"]},
-    ]  # fmt: skip
+    ]
     ap = write(tmp_path, "validation.json", json.dumps(entries))
     lab = read_ssv2_labels(lp)
     recs = read_ssv2_annotations(ap, lab)
     assert [(r.video_id, r.label) for r in recs] == [("7", 1), ("8", 0)]
     assert read_class_names(lp) == ["Moving something up", "Pushing something from left to right"]
-    assert ssv2_class_name("Putting [something] into [something]") == "Putting something into something"
+    assert (
+        ssv2_class_name("Putting [something] into [something]")
+        == "Putting something into something"
+    )
 
 
 def test_ssv2_json_errors(tmp_path):
     lp = write(tmp_path, "labels.json", json.dumps({"Moving something up": "0"}))
     lab = read_ssv2_labels(lp)
-    bad = write(tmp_path, "v.json", json.dumps([{"id": "1", "template": "Moving [something] up"},
-                                                 {"id": "2", "template": "Flying [something]"}]))
+    bad = write(
+        tmp_path,
+        "v.json",
+        json.dumps(
+            [
+                {"id": "1", "template": "Moving [something] up"},
+                {"id": "2", "template": "Flying [something]"},
+            ]
+        ),
+    )
     with pytest.raises(ListFileError, match=r"v.json: entry 2 \(id '2'\): unknown template"):
         read_ssv2_annotations(bad, lab)
     with pytest.raises(ListFileError, match=r"t.json:2: invalid JSON"):

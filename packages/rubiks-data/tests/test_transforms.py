@@ -60,7 +60,24 @@ def test_one_clip_center_crop():
 def test_two_clip_three_crops_clip_major():
     fr = frames(16)
     t = get_protocol("2clip")
-    assert t.num_views == 6 and t.indices(50, 8) == [3, 9, 15, 21, 28, 34, 40, 46, 0, 6, 12, 18, 25, 31, 37, 43]
+    assert t.num_views == 6 and t.indices(50, 8) == [
+        3,
+        9,
+        15,
+        21,
+        28,
+        34,
+        40,
+        46,
+        0,
+        6,
+        12,
+        18,
+        25,
+        31,
+        37,
+        43,
+    ]
     clip = t(fr, 8)
     assert clip.shape == (6, 8, 3, 224, 224)
     boxes = [(0, 16, 224, 224), (228, 16, 224, 224), (114, 16, 224, 224)]

@@ -24,7 +24,10 @@ def test_counts_and_matches_full_decode(keyint_videos, fmt):
     with VideoReader(path) as r:
         assert r.num_frames == 30 and r.size == (96, 64)
         got = r.frames([29, 0, 13, 13, 4])
-        assert [np.array_equal(np.asarray(g), ref[i]) for g, i in zip(got, [29, 0, 13, 13, 4], strict=True)] == [True] * 5
+        assert [
+            np.array_equal(np.asarray(g), ref[i])
+            for g, i in zip(got, [29, 0, 13, 13, 4], strict=True)
+        ] == [True] * 5
         again = r.frames([7])  # a second call on the same reader
         assert np.array_equal(np.asarray(again[0]), ref[7])
 
@@ -75,7 +78,7 @@ def test_broken_files(tmp_path, keyint_videos):
     for cut in range(50, 1200, 25):  # header only, or a first frame cut short
         (tmp_path / "head.webm").write_bytes(data[:cut])
         reasons.add(_reason(tmp_path / "head.webm").split(" (")[0])
-    assert "zero frames" in reasons and reasons <= {"zero frames", "unreadable", "truncated"}
+    assert "truncated" in reasons and reasons <= {"zero frames", "unreadable", "truncated"}
     mp4 = keyint_videos["mp4"].read_bytes()
     (tmp_path / "half.mp4").write_bytes(mp4[: len(mp4) // 2])
     assert _reason(tmp_path / "half.mp4").startswith(("unreadable", "truncated"))
@@ -85,7 +88,9 @@ def test_audio_only_file_has_no_video_stream(tmp_path):
     path = tmp_path / "audio.webm"
     with av.open(str(path), "w") as c:
         s = c.add_stream("libopus", rate=48000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="flt", layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 960), np.float32), format="flt", layout="mono"
+        )
         frame.sample_rate = 48000
         for _ in range(5):
             c.mux(s.encode(frame))

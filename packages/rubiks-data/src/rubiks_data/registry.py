@@ -109,10 +109,14 @@ def build_dataset(
     - ``synthetic``: a folder written by :func:`rubiks_data.synthetic.generate`: videos
       (default) or, with ``video=False``, its frame folders.
 
+    ``labels_file`` (alias ``class_names``): class names (SSv2 labels JSON, or one name per
+    line); for frame folders it also sets the class count (default: the dataset's).
     ``mode`` defaults to ``"train"`` for the train split, else ``"test"``. Other keywords
     go to the dataset (``num_segments``, ``protocol``, ``crop_size``, ``scale_size``,
     ``strict``, ``seed``, ``transform``, ...).
     """
+    if labels_file is None:
+        labels_file = kwargs.pop("class_names", None)
     key = ALIASES.get(name.lower(), name.lower())
     root = Path(root)
     split = _split(split)
@@ -154,7 +158,7 @@ def build_dataset(
         root,
         _list_file(root, split, list_file),
         template or info.template,
-        num_classes=num_classes or info.num_classes,
+        num_classes=num_classes or (None if labels_file else info.num_classes),
         class_names=labels_file,
         **kwargs,
     )

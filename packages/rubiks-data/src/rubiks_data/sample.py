@@ -38,9 +38,17 @@ class Batch(NamedTuple):
 
 
 class VideoReadError(RuntimeError):
-    """A video (or one of its frame files) could not be read; raised in ``strict`` mode."""
+    """A video (or one of its frame files) could not be read; raised in ``strict`` mode.
 
-    def __init__(self, video_id: str, reason: str) -> None:
+    Re-raised by a DataLoader from a worker process, it is rebuilt from the worker's
+    message alone: then ``video_id`` is ``""`` and ``reason`` holds that whole message.
+    """
+
+    def __init__(self, video_id: str, reason: str | None = None) -> None:
+        if reason is None:  # rebuilt from a message (torch's worker exception wrapper)
+            super().__init__(video_id)
+            self.video_id, self.reason = "", video_id
+            return
         super().__init__(f"video {video_id!r}: {reason}")
         self.video_id = video_id
         self.reason = reason

@@ -72,13 +72,15 @@ class VideoReader:
                 f"truncated or corrupt (demuxing stopped after {len(packets)} frames: "
                 f"{_ffmpeg_message(err)})"
             ) from None
-        if not packets:
-            raise DecodeError("zero frames")
         self._packets = packets
-        self._has_pts = all(p.pts is not None for p in packets)
-        self._pts = sorted(p.pts for p in packets) if self._has_pts else []
         self.num_frames = len(packets)
         self.expected_frames = self._expected_frames()
+        if not packets:
+            if self.expected_frames:
+                raise DecodeError(f"truncated (0 of {self.expected_frames} frames present)")
+            raise DecodeError("zero frames")
+        self._has_pts = all(p.pts is not None for p in packets)
+        self._pts = sorted(p.pts for p in packets) if self._has_pts else []
         if self.expected_frames:
             slack = max(1, round(tolerance * self.expected_frames))
             if self.num_frames < self.expected_frames - slack:
