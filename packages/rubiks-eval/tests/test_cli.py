@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from rubiks_eval.cli import main
+
+ARGS = ["--num-frames", "4", "--crop-size", "24", "-j", "0", "-b", "4", "--no-progress"]
+
+
+@pytest.mark.parametrize("protocol,views", [("1clip", 1), ("2clip", 6)])
+def test_cli_end_to_end(tiny_synthetic, tmp_path, protocol, views, capsys):
+    data, ckpt = tiny_synthetic
+    out = tmp_path / "r.json"
+    scores = tmp_path / "s.npz"
+    rc = main(["synthetic", "--root-path", str(data), "--pretrained", str(ckpt), "--protocol",
+               protocol, "--output", str(out), "--per-video", "--save-scores", str(scores), *ARGS])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    m = doc["metrics"]
+    assert m["num_videos"] == 14 and m["num_evaluated"] == 14 and m["num_failed"] == 0
+    assert doc["num_views"] == views and len(doc["videos"]) == 14
+    assert 0.0 <= m["top1"] <= m["top5"] <= 100.0
+    text = capsys.readouterr().out
+    assert "top-1:" in text and "mean class accuracy" in text
+    import numpy as np
+
+    assert np.load(scores)["scores"].shape == (14, 12)
+
+
+def test_cli_names_unreadable_videos(tiny_synthetic, tmp_path, capsys):
+    import shutil
+
+    data, ckpt = tiny_synthetic
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    first = json.loads((copy / "validation.json").read_text())[0]["id"]
+    victim = next((copy / "videos").glob(f"{first}.*"))
+    victim.write_bytes(b"not a video")
+    out = tmp_path / "r.json"
+    rc = main(["synthetic", "--root-path", str(copy), "--pretrained", str(ckpt),
+               "--output", str(out), *ARGS])
+    assert rc == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert m["num_videos"] == 14 and m["num_failed"] == 1
+    assert m["failures"][0]["video_id"] == victim.stem
+    assert victim.stem in capsys.readouterr().out
+
+
+def test_cli_clear_errors(tmp_path, capsys):
+    rc = main(["synthetic", "--root-path", str(tmp_path / "none"), "--pretrained",
+               str(tmp_path / "missing.safetensors")])
+    assert rc == 2
+    assert "error" in capsys.readouterr().err

@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Train the bundled demo checkpoint (RubiksNet-Tiny on the synthetic temporal data set).
+
+Generates the synthetic training data (rubiks-data; cached), trains with
+:mod:`rubiks_eval.training`, and writes the best validation weights, with the generator
+settings in the metadata that ``python -m rubiks_eval.demo`` reads, to ``--export``.
+
+    python tools/train_demo.py --output runs/demo \\
+        --export packages/rubiks-eval/src/rubiks_eval/assets/rubiksnet_tiny_synthetic.safetensors
+
+Other options go to tools/train.py's parser (``--epochs``, ``-b``, ``--lr``, ...). The
+model is rubiks-models' ``rubiksnet_tiny`` when installed, else the reference-layout port
+in ``tools/demo_model.py`` (same state-dict keys as the released checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+for _src in sorted((ROOT / "packages").glob("*/src")):
+    if str(_src) not in sys.path:
+        sys.path.append(str(_src))
+
+SYNTH = dict(num_train=1800, num_val=240, width=64, height=64, num_frames=16, seed=0)
+DEFAULTS = [
+    "synthetic", "--input-size", "56", "--scale-size", "64", "--num-frames", "8",
+    "--epochs", "6", "--batch-size", "16", "--lr", "0.05", "--schedule", "cosine",
+    "--warmup-epochs", "1", "--dropout", "0.2", "--workers", "1", "--seed", "0",
+]
+
+
+def main() -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--export", help="write the best weights (+ demo metadata) here")
+    pre.add_argument("--data", help="synthetic data folder (default: cache)")
+    known, rest = pre.parse_known_args()
+
+    from rubiks_data.synthetic import SynthConfig, generate
+
+    from rubiks_eval.cache import cache_root
+    from rubiks_eval.checkpoint import load_weights, save_weights
+    from rubiks_eval.training import config_from_args, train
+
+    synth = SynthConfig(**SYNTH)
+    data = Path(known.data or cache_root() / "synthetic-train-demo")
+    generate(data, synth, workers=2)
+    cfg = config_from_args([*DEFAULTS, "--root-path", str(data), *rest])
+    from rubiks_eval.builders import build_dataset
+
+    train_set, val_set = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    try:
+        from rubiks_eval.builders import build_model
+
+        model, _ = build_model(cfg, dataset=train_set)
+        source = "rubiks_models"
+    except ImportError:
+        from rubiks_eval._reference_model import ReferenceLayoutRubiksNet
+
+        model = ReferenceLayoutRubiksNet(train_set.num_classes, "tiny", cfg.dropout)
+        source = "rubiks_eval._reference_model (reference layout)"
+    meta = {
+        "arch": "rubiksnet_tiny",
+        "tier": "tiny",
+        "variant": "rubiks3d",
+        "num_classes": train_set.num_classes,
+        "num_frames": cfg.num_frames,
+        "synthetic": synth.to_json(),
+        "eval": {"num_frames": cfg.num_frames, "crop_size": cfg.input_size,
+                 "scale_size": cfg.scale_size},
+        "class_names": getattr(train_set, "class_names", None),
+        "train_command": "python tools/train_demo.py " + " ".join(sys.argv[1:]),
+        "model_source": source,
+    }
+    tic = time.time()
+    summary = train(cfg, model=model, train_set=train_set, val_set=val_set, metadata=meta)
+    hours = (time.time() - tic) / 3600
+    print(json.dumps({"best_val_top1": summary["best_val_top1"], "hours": hours}))
+    if known.export:
+        best = Path(cfg.output) / "best.safetensors"
+        from rubiks_eval.checkpoint import weights_metadata
+
+        final_meta = {**weights_metadata(best), "train_hours_this_session": hours}
+        final_meta.pop("train_config", None)
+        save_weights(known.export, load_weights(best), final_meta)
+        print(f"exported {best} -> {known.export}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
