@@ -35,8 +35,8 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+_MEAN_NP = np.array(IMAGENET_MEAN, np.float32).reshape(3, 1, 1)
+_STD_NP = np.array(IMAGENET_STD, np.float32).reshape(3, 1, 1)
 
 
 def resize_frame(img: Image.Image, short_side: int | None) -> Image.Image:
@@ -52,15 +52,18 @@ def resize_frame(img: Image.Image, short_side: int | None) -> Image.Image:
 def normalize(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float32 (..., 3, H, W): ``(x / 255 - mean) / std``.
 
-    The same arithmetic as torchvision's ``ToTensor`` followed by ``Normalize``.
+    The same float32 arithmetic as torchvision's ``ToTensor`` followed by ``Normalize``
+    (bit-identical), done in numpy: single-threaded, so it never competes with the model
+    for torch's thread pool.
     """
-    if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
-        pixels = pixels.copy()
-    t = torch.as_tensor(np.ascontiguousarray(pixels))
-    if t.dtype != torch.uint8 or t.shape[-1] != 3:
-        raise ValueError(f"expected uint8 (..., H, W, 3) pixels, got {t.dtype} {tuple(t.shape)}")
-    t = t.movedim(-1, -3).float().div_(255.0)
-    return t.sub_(_MEAN).div_(_STD).contiguous()
+    a = pixels.numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
+    if a.dtype != np.uint8 or a.ndim < 3 or a.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (..., H, W, 3) pixels, got {a.dtype} {a.shape}")
+    x = np.ascontiguousarray(np.moveaxis(a, -1, -3)).astype(np.float32)
+    x /= np.float32(255.0)
+    x -= _MEAN_NP
+    x /= _STD_NP
+    return torch.from_numpy(x)
 
 
 def _stack(frames: Sequence[Image.Image], short_side: int | None) -> np.ndarray:
