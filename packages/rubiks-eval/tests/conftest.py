@@ -16,6 +16,9 @@ def tiny_synthetic(tmp_path_factory):
     torch.manual_seed(0)
     model = ReferenceLayoutRubiksNet(12, "tiny", dropout=0.0)
     ckpt = root / "tiny.safetensors"
-    save_weights(ckpt, model.state_dict(), {"arch": "rubiksnet_tiny", "tier": "tiny",
-                                            "num_classes": 12, "num_frames": 4})
+    save_weights(
+        ckpt,
+        model.state_dict(),
+        {"arch": "rubiksnet_tiny", "tier": "tiny", "num_classes": 12, "num_frames": 4},
+    )
     return root / "data", ckpt

@@ -12,8 +12,23 @@ def test_cli_end_to_end(tiny_synthetic, tmp_path, protocol, views, capsys):
     data, ckpt = tiny_synthetic
     out = tmp_path / "r.json"
     scores = tmp_path / "s.npz"
-    rc = main(["synthetic", "--root-path", str(data), "--pretrained", str(ckpt), "--protocol",
-               protocol, "--output", str(out), "--per-video", "--save-scores", str(scores), *ARGS])
+    rc = main(
+        [
+            "synthetic",
+            "--root-path",
+            str(data),
+            "--pretrained",
+            str(ckpt),
+            "--protocol",
+            protocol,
+            "--output",
+            str(out),
+            "--per-video",
+            "--save-scores",
+            str(scores),
+            *ARGS,
+        ]
+    )
     assert rc == 0
     doc = json.loads(out.read_text())
     m = doc["metrics"]
@@ -37,8 +52,18 @@ def test_cli_names_unreadable_videos(tiny_synthetic, tmp_path, capsys):
     victim = next((copy / "videos").glob(f"{first}.*"))
     victim.write_bytes(b"not a video")
     out = tmp_path / "r.json"
-    rc = main(["synthetic", "--root-path", str(copy), "--pretrained", str(ckpt),
-               "--output", str(out), *ARGS])
+    rc = main(
+        [
+            "synthetic",
+            "--root-path",
+            str(copy),
+            "--pretrained",
+            str(ckpt),
+            "--output",
+            str(out),
+            *ARGS,
+        ]
+    )
     assert rc == 0
     m = json.loads(out.read_text())["metrics"]
     assert m["num_videos"] == 14 and m["num_failed"] == 1
@@ -47,7 +72,49 @@ def test_cli_names_unreadable_videos(tiny_synthetic, tmp_path, capsys):
 
 
 def test_cli_clear_errors(tmp_path, capsys):
-    rc = main(["synthetic", "--root-path", str(tmp_path / "none"), "--pretrained",
-               str(tmp_path / "missing.safetensors")])
+    rc = main(
+        [
+            "synthetic",
+            "--root-path",
+            str(tmp_path / "none"),
+            "--pretrained",
+            str(tmp_path / "missing.safetensors"),
+        ]
+    )
     assert rc == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_cli_two_processes_equal_one(tiny_synthetic, tmp_path):
+    """torchrun-style 2-process CPU run (gloo, 127.0.0.1) reports exactly the 1-process result."""
+    from rubiks_eval.testing import cli_worker, run_local_group
+
+    data, ckpt = tiny_synthetic
+    base = [
+        "synthetic",
+        "--root-path",
+        str(data),
+        "--pretrained",
+        str(ckpt),
+        "--protocol",
+        "2clip",
+        "--per-video",
+        *ARGS[:-3],
+        "-b",
+        "1",
+        "--no-progress",
+    ]
+    assert main([*base, "--output", str(tmp_path / "one.json")]) == 0
+    run_local_group(cli_worker, 2, [*base, "--output", str(tmp_path / "two.json")])
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert two["metrics"] == one["metrics"]
+    assert two["videos"] == one["videos"]
+
+
+def test_installation_check(capsys):
+    from rubiks_eval.check import main as check
+
+    assert check(["--size", "32", "--num-frames", "2", "--device", "cpu"]) == 0
+    assert "Installation successful" in capsys.readouterr().out

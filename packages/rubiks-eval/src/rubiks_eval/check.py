@@ -25,14 +25,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     args = p.parse_args(argv)
 
-    import rubiks_models  # noqa: F401  (registers the RubiksNet architectures with timm)
-    import timm
-
     from .distributed import resolve_device
 
     device = resolve_device(args.device)
-    print(f"torch {torch.__version__}, timm {timm.__version__}, device {device}")
-    model = timm.create_model(args.arch, num_classes=args.num_classes, num_frames=args.num_frames)
+    print(f"torch {torch.__version__}, device {device}")
+    try:
+        import rubiks_models  # noqa: F401  (registers the RubiksNet architectures with timm)
+        import timm
+    except ImportError as exc:
+        from ._reference_model import ReferenceLayoutRubiksNet
+
+        print(f"note: rubiks-models unavailable ({exc}); using rubiks_eval's reference-layout port")
+        tier = args.arch.removeprefix("rubiksnet_")
+        model = ReferenceLayoutRubiksNet(args.num_classes, tier, dropout=0.0)
+    else:
+        model = timm.create_model(
+            args.arch, num_classes=args.num_classes, num_frames=args.num_frames
+        )
     model.to(device).eval()
     n_params = sum(p.numel() for p in model.parameters())
     clip = torch.rand(1, args.num_frames, 3, args.size, args.size, device=device)

@@ -131,3 +131,11 @@ def fake_eval_worker(rank: int, out_dir: str, dataset_kwargs: dict, batch_size: 
         )
     finally:
         env.close()
+
+
+def cli_worker(rank: int, argv: list[str]) -> None:
+    """Run ``rubiks-eval`` with ``argv`` in a process of a local group."""
+    from .cli import main
+
+    if main(argv) != 0:
+        raise SystemExit(f"rank {rank}: rubiks-eval failed")
