@@ -29,9 +29,29 @@ for _src in sorted((ROOT / "packages").glob("*/src")):
 
 SYNTH = dict(num_train=1800, num_val=240, width=64, height=64, num_frames=16, seed=0)
 DEFAULTS = [
-    "synthetic", "--input-size", "56", "--scale-size", "64", "--num-frames", "8",
-    "--epochs", "6", "--batch-size", "16", "--lr", "0.05", "--schedule", "cosine",
-    "--warmup-epochs", "1", "--dropout", "0.2", "--workers", "1", "--seed", "0",
+    "synthetic",
+    "--input-size",
+    "56",
+    "--scale-size",
+    "64",
+    "--num-frames",
+    "8",
+    "--epochs",
+    "6",
+    "--batch-size",
+    "16",
+    "--lr",
+    "0.05",
+    "--schedule",
+    "cosine",
+    "--warmup-epochs",
+    "1",
+    "--dropout",
+    "0.2",
+    "--workers",
+    "1",
+    "--seed",
+    "0",
 ]
 
 
@@ -71,23 +91,36 @@ def main() -> int:
         "num_classes": train_set.num_classes,
         "num_frames": cfg.num_frames,
         "synthetic": synth.to_json(),
-        "eval": {"num_frames": cfg.num_frames, "crop_size": cfg.input_size,
-                 "scale_size": cfg.scale_size},
+        "eval": {
+            "num_frames": cfg.num_frames,
+            "crop_size": cfg.input_size,
+            "scale_size": cfg.scale_size,
+        },
         "class_names": getattr(train_set, "class_names", None),
         "train_command": "python tools/train_demo.py " + " ".join(sys.argv[1:]),
         "model_source": source,
     }
     tic = time.time()
-    summary = train(cfg, model=model, train_set=train_set, val_set=val_set, metadata=meta)
+    summary = train(
+        cfg, model=model, train_set=train_set, val_set=val_set, metadata=meta
+    )
     hours = (time.time() - tic) / 3600
     print(json.dumps({"best_val_top1": summary["best_val_top1"], "hours": hours}))
     if known.export:
         best = Path(cfg.output) / "best.safetensors"
         from rubiks_eval.checkpoint import weights_metadata
 
-        final_meta = {**weights_metadata(best), "train_hours_this_session": hours}
+        final_meta = {
+            **weights_metadata(best),
+            "train_hours_last_session": round(hours, 3),
+        }
         final_meta.pop("train_config", None)
-        save_weights(known.export, load_weights(best), final_meta)
+        # float16 storage keeps the bundled file under 5 MB (1.9 M parameters)
+        state = {
+            k: v.half() if v.is_floating_point() else v
+            for k, v in load_weights(best).items()
+        }
+        save_weights(known.export, state, {**final_meta, "dtype": "float16"})
         print(f"exported {best} -> {known.export}")
     return 0
 

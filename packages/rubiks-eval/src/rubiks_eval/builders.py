@@ -77,6 +77,7 @@ def build_eval_dataset(args: Any) -> tuple[Any, list[str] | None]:
         num_segments=args.num_frames,
         crop_size=args.crop_size,
         scale_size=scale,
+        **({"template": args.template} if getattr(args, "template", None) else {}),
     )
     return ds, getattr(ds, "class_names", None)
 

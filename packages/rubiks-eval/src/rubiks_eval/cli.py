@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--labels-file", help="class list (e.g. something-something-v2-labels.json)")
     p.add_argument("--split", default="val", help="split for named datasets (default: val)")
+    p.add_argument("--template", help="frame file name template, e.g. '{:06d}.jpg'")
     p.add_argument(
         "--pretrained",
         "--weights",
@@ -59,7 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint file (.safetensors, reference .pth.tar) or timm name[.tag]",
     )
     p.add_argument("--arch", help="timm model name when the checkpoint does not say it")
-    p.add_argument("--protocol", choices=["1clip", "2clip"], default="1clip")
+    p.add_argument(
+        "--protocol",
+        choices=["1clip", "2clip", "dense"],
+        default="1clip",
+        help="1clip: 1 clip, centre crop; 2clip: 2 clips x 3 crops (the headline numbers); "
+        "dense: 10 dense clips x 3 crops (TSM's Kinetics test)",
+    )
     p.add_argument("--crop-size", type=int, default=224, help="crop side (TSM --full_res: 256)")
     p.add_argument(
         "--scale-size",
