@@ -27,7 +27,14 @@ for _src in sorted((ROOT / "packages").glob("*/src")):
     if str(_src) not in sys.path:
         sys.path.append(str(_src))
 
-SYNTH = dict(num_train=1800, num_val=240, width=64, height=64, num_frames=16, seed=0)
+SYNTH = {
+    "num_train": 1800,
+    "num_val": 240,
+    "width": 64,
+    "height": 64,
+    "num_frames": 16,
+    "seed": 0,
+}
 DEFAULTS = [
     "synthetic",
     "--input-size",
@@ -62,7 +69,6 @@ def main() -> int:
     known, rest = pre.parse_known_args()
 
     from rubiks_data.synthetic import SynthConfig, generate
-
     from rubiks_eval.cache import cache_root
     from rubiks_eval.checkpoint import load_weights, save_weights
     from rubiks_eval.training import config_from_args, train
