@@ -48,12 +48,19 @@ def measure(dataset, workers: int, repeats: int, batch_size: int = 1) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _decode_only(root: Path, ids: list[str], indices_of) -> float:
+def _decode_only(root: Path, ids: list[str], indices_of, repeats: int) -> float:
+    """Videos per second for demuxing + decoding + RGB conversion only (one process)."""
+
+    def one_pass() -> None:
+        for vid in ids:
+            with VideoReader(root / "videos" / f"{vid}.webm") as r:
+                r.frames(indices_of(r.num_frames))
+
+    one_pass()  # warm-up
     start = time.perf_counter()
-    for vid in ids:
-        with VideoReader(root / "videos" / f"{vid}.webm") as r:
-            r.frames(indices_of(r.num_frames))
-    return len(ids) / (time.perf_counter() - start)
+    for _ in range(repeats):
+        one_pass()
+    return len(ids) * repeats / (time.perf_counter() - start)
 
 
 def _cpu_name() -> str:
@@ -93,7 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ds = build_dataset("synthetic", root, "val", protocol=protocol,
                                num_segments=args.num_segments)  # fmt: skip
             decode = _decode_only(
-                root, ds.video_ids, lambda n, t=ds.transform: t.indices(n, args.num_segments)
+                root,
+                ds.video_ids,
+                lambda n, t=ds.transform: t.indices(n, args.num_segments),
+                args.repeats,
             )
             for workers in args.workers:
                 rate = measure(ds, workers, args.repeats)
@@ -116,9 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "video": f"{w}x{h}, {args.frames} frames, VP9 webm",
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     print(f"\n{info['date']}, {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
-          f"{info['video']}, {args.num_segments} frames per clip\n")  # fmt: skip
+          f"{info['video']}, {args.num_segments} frames per clip, "
+          f"load average {info['load_average_1min']}\n")  # fmt: skip
     print("| source | protocol | workers | clips/s | views/s | decode-only clips/s |")
     print("|---|---|---|---|---|---|")
     for src, prot, wk, rate, views, dec in rows:
