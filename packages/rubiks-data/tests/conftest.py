@@ -6,9 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from rubiks_data.synthetic import SynthConfig, generate
 from rubiks_data.synthetic.encode import encode_video
+
+# deterministic runs: hypothesis derives its examples from the test, not a random seed
+settings.register_profile("rubiks-data", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("rubiks-data")
 
 
 @pytest.fixture(scope="session")

@@ -96,3 +96,14 @@ def test_audio_only_file_has_no_video_stream(tmp_path):
             c.mux(s.encode(frame))
         c.mux(s.encode(None))
     assert _reason(path) == "no video stream"
+
+
+@pytest.mark.parametrize("fmt", ["webm", "mp4"])
+def test_decode_order_fallback_without_timestamps(keyint_videos, fmt):
+    ref = _cached_reference(keyint_videos[fmt])
+    with VideoReader(keyint_videos[fmt]) as r:
+        r._has_pts = False  # as for a container without packet timestamps
+        got = r.frames([5, 1, 29, 5])
+    assert all(
+        np.array_equal(np.asarray(g), ref[i]) for g, i in zip(got, [5, 1, 29, 5], strict=True)
+    )
