@@ -173,8 +173,10 @@ def test_dataloader_workers_and_collate(broken):
     assert sorted(f[0] for b in batches for f in b.failures) == sorted(ids[:3])
     assert batches[0].clips.shape == (1, 1, 4, 3, 112, 112)
     strict = build_dataset("synthetic", root, "val", strict=True, num_segments=2)
+    it = iter(DataLoader(strict, batch_size=2, num_workers=2, collate_fn=collate_samples))
     with pytest.raises(VideoReadError):
-        list(DataLoader(strict, batch_size=2, num_workers=2, collate_fn=collate_samples))
+        next(it)
+    it._shutdown_workers()  # do not leave the workers to the garbage collector
 
 
 def test_all_failed_batch():
