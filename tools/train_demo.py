@@ -35,37 +35,22 @@ SYNTH = {
     "num_frames": 16,
     "seed": 0,
 }
+# fmt: off
 DEFAULTS = [
-    "synthetic",
-    "--input-size",
-    "56",
-    "--scale-size",
-    "64",
-    "--num-frames",
-    "8",
-    "--epochs",
-    "6",
-    "--batch-size",
-    "16",
-    "--lr",
-    "0.05",
-    "--schedule",
-    "cosine",
-    "--warmup-epochs",
-    "1",
-    "--dropout",
-    "0.2",
-    "--workers",
-    "1",
-    "--seed",
-    "0",
+    "synthetic", "--input-size", "56", "--scale-size", "64", "--num-frames", "8",
+    "--epochs", "8", "--batch-size", "16", "--lr", "0.02", "--schedule", "cosine",
+    "--warmup-epochs", "1", "--dropout", "0.2", "--workers", "1", "--seed", "0",
 ]
+# fmt: on
 
 
 def main() -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--export", help="write the best weights (+ demo metadata) here")
     pre.add_argument("--data", help="synthetic data folder (default: cache)")
+    pre.add_argument("--classes", nargs="+", help="subset of the synthetic classes")
+    pre.add_argument("--num-train", type=int, default=SYNTH["num_train"])
+    pre.add_argument("--num-val", type=int, default=SYNTH["num_val"])
     known, rest = pre.parse_known_args()
 
     from rubiks_data.synthetic import SynthConfig, generate
@@ -73,8 +58,12 @@ def main() -> int:
     from rubiks_eval.checkpoint import load_weights, save_weights
     from rubiks_eval.training import config_from_args, train
 
-    synth = SynthConfig(**SYNTH)
-    data = Path(known.data or cache_root() / "synthetic-train-demo")
+    settings = {**SYNTH, "num_train": known.num_train, "num_val": known.num_val}
+    if known.classes:
+        settings["classes"] = tuple(known.classes)
+    synth = SynthConfig(**settings)
+    name = "synthetic-train-demo" + (f"{len(known.classes)}" if known.classes else "")
+    data = Path(known.data or cache_root() / name)
     generate(data, synth, workers=2)
     cfg = config_from_args([*DEFAULTS, "--root-path", str(data), *rest])
     from rubiks_eval.builders import build_dataset
@@ -107,9 +96,7 @@ def main() -> int:
         "model_source": source,
     }
     tic = time.time()
-    summary = train(
-        cfg, model=model, train_set=train_set, val_set=val_set, metadata=meta
-    )
+    summary = train(cfg, model=model, train_set=train_set, val_set=val_set, metadata=meta)
     hours = (time.time() - tic) / 3600
     print(json.dumps({"best_val_top1": summary["best_val_top1"], "hours": hours}))
     if known.export:
@@ -122,10 +109,7 @@ def main() -> int:
         }
         final_meta.pop("train_config", None)
         # float16 storage keeps the bundled file under 5 MB (1.9 M parameters)
-        state = {
-            k: v.half() if v.is_floating_point() else v
-            for k, v in load_weights(best).items()
-        }
+        state = {k: v.half() if v.is_floating_point() else v for k, v in load_weights(best).items()}
         save_weights(known.export, state, {**final_meta, "dtype": "float16"})
         print(f"exported {best} -> {known.export}")
     return 0
