@@ -10,5 +10,5 @@ export RUBIKS_SHARED_DIR="$PWD/.shared"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, numba, numpy; from numba import cuda; print('torch', torch.__version__, 'numba', numba.__version__, 'numpy', numpy.__version__)" | tee -a "$OUT/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider packages/rubiks-shift/tests -k "${PYTEST_K:-not nothing}" 2>&1 | tee "$OUT/tests.txt" | tail -40
+[ -n "${BENCH_ONLY:-}" ] || python3 -m pytest -q -p no:cacheprovider packages/rubiks-shift/tests -k "${PYTEST_K:-not nothing}" 2>&1 | tee "$OUT/tests.txt" | tail -40
 python3 packages/rubiks-shift/benchmarks/bench_shift.py --json "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.txt"

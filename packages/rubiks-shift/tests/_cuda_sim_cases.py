@@ -24,6 +24,12 @@ CASES = [
     ((2, 3, 2, 3, 3), (2, 1, 3), (1, 0, 1), False, torch.float64),
     ((1, 2, 3, 3, 4), (1, 1, 1), (0, 0, 0), False, torch.float32),
     ((1, 2, 2, 3, 3), (1, 1, 1), (0, 0, 0), False, torch.float16),
+    # 16+ rows: several rows per thread, the row-reuse (stride 1) and generic (stride 2) paths
+    ((1, 2, 2, 18, 3), (1, 1, 1), (0, 0, 0), False, torch.float64),
+    ((1, 2, 3, 35, 2), (1, 2, 1), (0, 1, 0), False, torch.float64),
+    ((1, 2, 2, 17, 2), (1, 1, 1), (0, 0, 0), True, torch.float64),
+    # wide enough rows for the 4-column tile fast path of the shift gradient
+    ((1, 2, 3, 17, 13), (1, 1, 1), (0, 0, 0), False, torch.float64),
 ]
 
 
@@ -34,6 +40,8 @@ def main() -> int:
         x = torch.randn(shape, generator=g, dtype=torch.float64)
         shift = torch.rand(3, shape[2], generator=g, dtype=torch.float64) * 5 - 2.5
         shift[0, 0], shift[1, -1] = 1.0, -1.0  # exact integers: central-difference rule
+        if shape[-1] > 8:
+            shift[:, 0] = torch.tensor([0.3, -0.7, 1.4])  # fractional: the tile fast path
         if shape[2] > 2:
             shift[:, 1] = torch.tensor([float("inf"), 0.5, 7.0])  # shifted out entirely
         y_ref = reference.shift3d_forward(x, shift, stride, padding, quantize)
@@ -50,7 +58,7 @@ def main() -> int:
         ]
         ok = all(e < tol for e in errs) and y.dtype == dtype and gx.dtype == dtype
         failures += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {shape} {stride} {padding} q={quantize} {dtype} errs={errs}")
+        print(f"{'ok  ' if ok else 'FAIL'} {shape} {stride} {padding} q={quantize} {dtype} errs={errs} |y|={float(y_ref.norm()):.3g} |gs|={float(gs_ref.norm()):.3g}")
     return 1 if failures else 0
 
 

@@ -18,7 +18,7 @@ def test_kernels_in_cuda_simulator():
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("ok  ") == 6
+    assert proc.stdout.count("ok  ") == 10
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16", "float32", "float64"])

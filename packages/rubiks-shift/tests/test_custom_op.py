@@ -75,3 +75,23 @@ def test_autocast_runs_in_low_precision_keeps_shift(device):
     y.float().sum().backward()
     assert shift.grad.dtype == torch.float32
     torch.testing.assert_close(y.float(), rubiks_shift3d(x.to(dtype), shift).float())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride,quantize", [((1, 1, 1), False), ((1, 2, 2), False), ((1, 1, 1), True)])
+def test_eager_path_equals_registered_op(device, stride, quantize):
+    """The eager fast path and torch.ops.rubiks_shift.shift3d are the same computation."""
+    from rubiks_shift._ops import EagerShift3d
+
+    g = torch.Generator().manual_seed(12)
+    x0 = torch.randn(2, 3, 4, 9, 8, generator=g).to(device)
+    s0 = (torch.rand(3, 4, generator=g) * 4 - 2).to(device)
+    results = []
+    for call in (EagerShift3d.apply, torch.ops.rubiks_shift.shift3d):
+        x = x0.clone().requires_grad_()
+        s = s0.clone().requires_grad_()
+        y = call(x, s, list(stride), [0, 1, 0], quantize, True, 1.0)
+        y.backward(torch.ones_like(y))
+        results.append((y, x.grad, s.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

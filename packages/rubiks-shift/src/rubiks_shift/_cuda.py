@@ -4,8 +4,8 @@ Launch path. Numba's dispatcher spends 25-90 us per launch on argument handling 
 dispatch, wrapping each tensor as a device array). Each kernel here has one explicit
 signature, compiled lazily on first use per device, and is launched through
 ``cuda.core.launch`` with the argument list built directly from the tensors' data
-pointers and sizes, in the layout Numba's kernel ABI expects for a 1-D C-contiguous array
-(meminfo, parent, nitems, itemsize, data, shape, stride). The cost in safety: nothing
+pointers and sizes, in the layout Numba's kernel ABI expects
+(the kernels take raw pointers: one parameter per tensor). The cost in safety: nothing
 checks the arguments at launch, so this module only ever passes contiguous tensors of the
 dtypes in the signature, which the wrapper guarantees (and the tests check against
 Numba's own launch path on the GPU). Kernels go on torch's current stream, read at every
@@ -17,10 +17,10 @@ ordinary dispatcher on CPU tensors, for tests without a GPU.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import math
+import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -34,11 +34,11 @@ _STORAGE = {
     torch.float64: "float64",
 }
 _ACC_DTYPE = {"float64": torch.float64}
-BLOCK = 128  # threads per block of the lane-parallel kernels
-TARGET_THREADS = 1 << 19  # enough resident work to fill an H100 several times over
-MAX_SLABS = 65535  # grid.y limit
+MAX_GRID_YZ = 65535  # grid y (channels) and z (slabs) limits
+GRAD_SHIFT_BLOCKS = 2048  # blocks the shift-gradient kernel aims for (several waves)
 
 
+@functools.cache
 def simulator_enabled() -> bool:
     from numba import config
 
@@ -55,84 +55,96 @@ def _kernels(storage: str, shift_storage: str) -> K.Kernels:
     return _kernel_sets[key]
 
 
-class _Launcher:
-    """One compiled kernel per device, launched without Numba's per-call dispatch."""
+class Step(NamedTuple):
+    """One kernel launch of a plan: grid, block, scalar arguments and, for launches that
+    cover part of the batch, element offsets into the two batch-major tensors."""
 
-    _compiled: dict[tuple[int, int], tuple] = {}
-    _streams: dict[int, object] = {}
-    _configs: dict[tuple, object] = {}
+    name: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    scalars: tuple
+    src_offset: int = 0
+    dst_offset: int = 0
+
+
+class _Launcher:
+    """Compiled kernels per device, launched without Numba's per-call dispatch."""
+
+    functions: dict[tuple[int, int], object] = {}
+    streams: dict[int, object] = {}
+    configs: dict[tuple, object] = {}
 
     @classmethod
-    def launch(cls, dispatcher, signature, grid, block, args, device_index: int) -> None:
+    def function(cls, dispatcher, signature, device_index: int):
         key = (id(dispatcher), device_index)
-        entry = cls._compiled.get(key)
-        if entry is None:
-            entry = cls._compile(dispatcher, signature)
-            cls._compiled[key] = entry
-        function, kinds = entry
-        kernel_args = []
-        for kind, value in zip(kinds, args):
-            if kind == "a":
-                n = value.numel()
-                size = value.element_size()
-                kernel_args += (0, 0, n, size, value.data_ptr(), n, size)
-            elif kind == "i":
-                kernel_args.append(ctypes.c_int64(value))
-            elif kind == "f":
-                kernel_args.append(ctypes.c_float(value))
-            else:
-                kernel_args.append(ctypes.c_double(value))
-        handle = torch.cuda.current_stream(device_index).cuda_stream
-        stream = cls._streams.get(handle)
+        fn = cls.functions.get(key)
+        if fn is None:
+            from numba import types as nt
+
+            kernel = dispatcher.compile(signature)
+            for ty in kernel.argument_types:  # the argument kinds the launch path builds
+                ok = isinstance(ty, nt.CPointer) or ty in (nt.int64, nt.float32, nt.float64)
+                if not ok:
+                    raise TypeError(f"unsupported kernel argument type {ty}")
+            fn = cls.functions[key] = kernel._codelibrary.get_cufunc().kernel
+        return fn
+
+    @classmethod
+    def launch(cls, fn, grid, block, args, device_index: int) -> None:
+        from cuda.core import LaunchConfig, Stream, launch
+
+        handle = torch._C._cuda_getCurrentRawStream(device_index)
+        stream = cls.streams.get(handle)
         if stream is None:
-            from cuda.core import Stream
-
-            stream = cls._streams[handle] = Stream.from_handle(handle)
-        config = cls._configs.get((grid, block))
+            stream = cls.streams[handle] = Stream.from_handle(handle)
+        config = cls.configs.get((grid, block))
         if config is None:
-            from cuda.core import LaunchConfig
-
-            config = cls._configs[(grid, block)] = LaunchConfig(grid=grid, block=block)
-        from cuda.core import launch
-
-        launch(stream, config, function, *kernel_args)
-
-    @staticmethod
-    def _compile(dispatcher, signature):
-        from numba import types as nt
-
-        kernel = dispatcher.compile(signature)
-        kinds = []
-        for ty in kernel.argument_types:
-            if isinstance(ty, nt.Array):
-                if ty.ndim != 1 or ty.layout != "C":
-                    raise TypeError(f"fast launch supports 1-D C arrays only, got {ty}")
-                kinds.append("a")
-            elif isinstance(ty, nt.Integer):
-                if ty.bitwidth != 64:
-                    raise TypeError(f"fast launch supports int64 scalars only, got {ty}")
-                kinds.append("i")
-            elif ty == nt.float32:
-                kinds.append("f")
-            elif ty == nt.float64:
-                kinds.append("d")
-            else:
-                raise TypeError(f"unsupported kernel argument type {ty}")
-        return kernel._codelibrary.get_cufunc().kernel, tuple(kinds)
+            config = cls.configs[(grid, block)] = LaunchConfig(grid=grid, block=block)
+        launch(stream, config, fn, *args)
 
 
-def _launch(kernels: K.Kernels, name: str, grid, block, args, device: torch.device) -> None:
-    dispatcher = getattr(kernels, name)
+def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], device) -> None:
+    """Launch ``step`` with ``tensors`` as its pointer arguments (the first one offset by
+    ``src_offset`` elements and the last one by ``dst_offset`` when they are batch-major)."""
+    dispatcher = getattr(kernels, step.name)
     if simulator_enabled():
-        converted = [a.numpy() if isinstance(a, torch.Tensor) else a for a in args]
-        dispatcher[grid, block](*converted)
+        arrays = [_flat(t).numpy() for t in tensors]
+        arrays[0] = arrays[0][step.src_offset:]
+        arrays[-1] = arrays[-1][step.dst_offset:]
+        dispatcher[step.grid, step.block](*arrays, *step.scalars)
         return
-    _Launcher.launch(dispatcher, getattr(kernels, name + "_sig"), grid, block, args, device.index)
+    fn = _Launcher.function(dispatcher, getattr(kernels, step.name + "_sig"), device.index)
+    ptrs = [t.data_ptr() for t in tensors]
+    if step.src_offset:
+        ptrs[0] += step.src_offset * tensors[0].element_size()
+    if step.dst_offset:
+        ptrs[-1] += step.dst_offset * tensors[-1].element_size()
+    real = ctypes.c_double if kernels.storage == "float64" else ctypes.c_float
+    scalars = [real(v) if isinstance(v, float) else v for v in step.scalars]
+    _Launcher.launch(fn, step.grid, step.block, (*ptrs, *scalars), device.index)
 
 
-def _device_guard(t: torch.Tensor):
-    """Make t's device current (autograd runs backward on its own thread)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+class _DeviceGuard:
+    """Make the tensor's device current if it is not (autograd's backward thread starts on
+    device 0); a no-op on the common path."""
+
+    __slots__ = ("index", "previous")
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.index = t.device.index if t.is_cuda else None
+        self.previous = None
+
+    def __enter__(self):
+        if self.index is not None:
+            current = torch.cuda.current_device()
+            if current != self.index:
+                self.previous = current
+                torch.cuda.set_device(self.index)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            torch.cuda.set_device(self.previous)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -144,51 +156,99 @@ def _shift_for(shift: torch.Tensor) -> torch.Tensor:
     s = shift.detach()
     if s.dtype not in (torch.float32, torch.float64):
         s = s.float()
-    return s.contiguous()
+    return s if s.is_contiguous() else s.contiguous()
 
 
-def _geometry(lanes: int, slabs: int, rows: int) -> tuple[tuple[int, int, int], int]:
-    """Grid (lane blocks, slabs, row strips) and rows per strip."""
-    lane_blocks = (lanes + BLOCK - 1) // BLOCK
-    strips = max(1, min(rows, math.ceil(TARGET_THREADS / max(1, lane_blocks * BLOCK * slabs))))
-    per_strip = math.ceil(rows / strips)
-    strips = math.ceil(rows / per_strip)
-    return (lane_blocks, slabs, strips), per_strip
+def _plan(rows: int, width: int) -> tuple[int, int, int, int]:
+    """Block (lanes, thread rows), rows per thread, and row chunks for one plane."""
+    lanes = 1
+    while lanes < width and lanes < 128:
+        lanes *= 2
+    per_thread = 4 if rows >= 16 else 1
+    thread_rows = -(-rows // per_thread)
+    block_rows = max(1, min(128 // lanes, thread_rows))
+    return lanes, block_rows, per_thread, -(-thread_rows // block_rows)
+
+
+def _check_channels(channels: int) -> None:
+    if channels > MAX_GRID_YZ:
+        raise ValueError(f"rubiks_shift on CUDA supports at most {MAX_GRID_YZ} channels, got {channels}")
+
+
+def _batches(n_batch: int, frames: int):
+    """Batch ranges whose n * frames fit the grid's z limit."""
+    per_launch = max(1, MAX_GRID_YZ // frames)
+    for n0 in range(0, n_batch, per_launch):
+        yield n0, min(n_batch, n0 + per_launch)
+
+
+@functools.lru_cache(maxsize=512)
+def _gather_plan(src_shape, dst_shape, stride, padding, quantize, adjoint) -> tuple[Step, ...]:
+    """Launches of the forward (adjoint=False: src = x, dst = y) or of grad_x
+    (adjoint=True: src = grad_y, dst = grad_x)."""
+    n_batch, t_src, channels, h_src, w_src = src_shape
+    _, t_dst, _, h_dst, w_dst = dst_shape
+    _check_channels(channels)
+    src_frame = channels * h_src * w_src
+    dst_frame = channels * h_dst * w_dst
+    steps = []
+    if stride == (1, 1, 1):
+        lanes, block_rows, per_thread, chunks = _plan(h_dst, -(-w_dst // 4))
+        depth = max(1, 128 // (lanes * block_rows))
+        for n0, n1 in _batches(n_batch, t_dst):
+            scalars = (t_src, h_src, w_src, t_dst, h_dst, w_dst, channels, *padding,
+                       int(adjoint), int(quantize), per_thread)
+            grid = (chunks, -(-channels // depth), (n1 - n0) * t_dst)
+            steps.append(Step("tile", grid, (lanes, block_rows, depth), scalars,
+                              n0 * t_src * src_frame, n0 * t_dst * dst_frame))
+        return tuple(steps)
+    # strided: the generic kernels (forward over output planes, grad_x over input planes)
+    x_shape, y_shape = (dst_shape, src_shape) if adjoint else (src_shape, dst_shape)
+    _, t_in, _, h_in, w_in = x_shape
+    _, t_out, _, h_out, w_out = y_shape
+    lanes, block_rows, per_thread, chunks = _plan(h_dst, w_dst)
+    for n0, n1 in _batches(n_batch, t_dst):
+        scalars = (t_in, channels, h_in, w_in, t_out, h_out, w_out, *stride, *padding,
+                   int(quantize), per_thread)
+        grid = (chunks, channels, (n1 - n0) * t_dst)
+        steps.append(Step("grad_x" if adjoint else "forward", grid, (lanes, block_rows, 1),
+                          scalars, n0 * t_src * src_frame, n0 * t_dst * dst_frame))
+    return tuple(steps)
+
+
+@functools.lru_cache(maxsize=512)
+def _shift_grad_plan(x_shape, y_shape, stride, padding) -> tuple[int, Step, Step]:
+    """(number of partial sums, grad_shift launch, finalize launch without its scalars)."""
+    n_batch, t_in, channels, h_in, w_in = x_shape
+    _, t_out, _, h_out, w_out = y_shape
+    _check_channels(channels)
+    lanes, block_rows, per_thread, chunks = _plan(h_out, -(-w_out // K.TILE))
+    slabs = n_batch * t_out
+    group = max(1, -(-slabs * chunks * channels // GRAD_SHIFT_BLOCKS))
+    groups = -(-slabs // group)
+    parts = chunks * groups
+    scalars = (slabs, t_in, channels, h_in, w_in, t_out, h_out, w_out, *stride, *padding,
+               per_thread, group)
+    reduce = Step("grad_shift", (chunks, channels, groups), (lanes, block_rows, 1), scalars)
+    final = Step("finalize", (channels, 1, 1), (K.FINALIZE_THREADS, 1, 1), (channels, parts))
+    return parts, reduce, final
 
 
 def forward(
     x: torch.Tensor, shift: torch.Tensor, stride: Sequence[int], padding: Sequence[int], quantize: bool
 ) -> torch.Tensor:
-    x = x.detach().contiguous()
+    x = x.detach()
+    if not x.is_contiguous():
+        x = x.contiguous()
     s = _shift_for(shift)
-    y = torch.empty(output_shape(x.shape, stride, padding), dtype=x.dtype, device=x.device)
-    n_batch, t_in, channels, h_in, w_in = x.shape
-    _, t_out, _, h_out, w_out = y.shape
     kernels = _kernels(_STORAGE[x.dtype], _STORAGE[s.dtype])
-    grid, rows = _geometry(channels * w_out, n_batch * t_out, h_out)
-    with _device_guard(x):
-        _launch_slabs(
-            kernels, "forward", grid, x, s, y, n_batch, t_in, t_out, channels, h_in, w_in, h_out, w_out,
-            stride, padding, quantize, rows, t_out,
-        )
+    y = torch.empty(output_shape(x.shape, stride, padding), dtype=x.dtype, device=x.device)
+    steps = _gather_plan(tuple(x.shape), tuple(y.shape), tuple(stride), tuple(padding),
+                         bool(quantize), False)
+    with _DeviceGuard(x):
+        for step in steps:
+            _run(kernels, step, (x, s, y), x.device)
     return y
-
-
-def _launch_slabs(
-    kernels, name, grid, src, s, dst, n_batch, t_in, t_out, channels, h_in, w_in, h_out, w_out,
-    stride, padding, quantize, rows, slab_len,
-):
-    """Launch a lane kernel (one grid row per (n, t) slab of ``slab_len`` frames), splitting
-    the batch when n * slab_len exceeds the grid's y limit."""
-    per_launch = max(1, MAX_SLABS // slab_len)
-    for n0 in range(0, n_batch, per_launch):
-        n1 = min(n_batch, n0 + per_launch)
-        args = (
-            _flat(src[n0:n1]), _flat(s), _flat(dst[n0:n1]), t_in, channels, h_in, w_in, t_out,
-            h_out, w_out, *stride, *padding, int(quantize), rows,
-        )
-        part_grid = (grid[0], (n1 - n0) * slab_len, grid[2])
-        _launch(kernels, name, part_grid, (BLOCK, 1, 1), args, src.device)
 
 
 def backward(
@@ -203,45 +263,34 @@ def backward(
     need_x: bool,
     need_shift: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.detach().contiguous()
-    gy = grad_y.detach().to(x.dtype).contiguous()
+    x = x.detach()
+    if not x.is_contiguous():
+        x = x.contiguous()
+    gy = grad_y.detach()
+    if gy.dtype != x.dtype:
+        gy = gy.to(x.dtype)
+    if not gy.is_contiguous():
+        gy = gy.contiguous()
     s = _shift_for(shift)
-    n_batch, t_in, channels, h_in, w_in = x.shape
-    _, t_out, _, h_out, w_out = gy.shape
     kernels = _kernels(_STORAGE[x.dtype], _STORAGE[s.dtype])
-    with _device_guard(x):
+    stride, padding = tuple(stride), tuple(padding)
+    with _DeviceGuard(x):
         if need_x:
             gx = torch.empty_like(x)
-            grid, rows = _geometry(channels * w_in, n_batch * t_in, h_in)
-            _launch_slabs(
-                kernels, "grad_x", grid, gy, s, gx, n_batch, t_in, t_out, channels, h_in, w_in,
-                h_out, w_out, stride, padding, quantize, rows, t_in,
-            )
+            for step in _gather_plan(tuple(gy.shape), tuple(x.shape), stride, padding,
+                                     bool(quantize), True):
+                _run(kernels, step, (gy, s, gx), x.device)
         else:
             gx = x.new_empty(0)
         if need_shift:
-            gs = _grad_shift(kernels, gy, x, s, stride, padding, normalize_grad, normalize_t_factor)
-            gs = gs.to(shift.dtype)
+            parts, reduce, final = _shift_grad_plan(tuple(x.shape), tuple(gy.shape), stride, padding)
+            acc_dtype = _ACC_DTYPE.get(kernels.storage, torch.float32)
+            partial = torch.empty(parts * 3 * x.shape[2], dtype=acc_dtype, device=x.device)
+            _run(kernels, reduce, (gy, x, s, partial), x.device)
+            out = torch.empty(3, x.shape[2], dtype=acc_dtype, device=x.device)
+            final = final._replace(scalars=(*final.scalars, int(normalize_grad), float(normalize_t_factor)))
+            _run(kernels, final, (partial, s, out), x.device)
+            gs = out if out.dtype == shift.dtype else out.to(shift.dtype)
         else:
             gs = shift.new_empty(0)
     return gx, gs
-
-
-def _grad_shift(kernels, gy, x, s, stride, padding, normalize_grad, t_factor) -> torch.Tensor:
-    n_batch, t_in, channels, h_in, w_in = x.shape
-    _, t_out, _, h_out, w_out = gy.shape
-    acc_dtype = _ACC_DTYPE.get(kernels.storage, torch.float32)
-    total_rows = n_batch * t_out * h_out
-    chunks = max(1, min(1024, math.ceil(1024 / channels), math.ceil(total_rows / 8)))
-    chunk_rows = math.ceil(total_rows / chunks)
-    chunks = math.ceil(total_rows / chunk_rows)
-    partial = torch.empty(chunks * 3 * channels, dtype=acc_dtype, device=x.device)
-    args = (
-        _flat(gy), _flat(x), _flat(s), partial, n_batch, t_in, channels, h_in, w_in, t_out, h_out,
-        w_out, *stride, *padding, chunks, chunk_rows,
-    )
-    _launch(kernels, "grad_shift", (channels, chunks, 1), (32, 8, 1), args, x.device)
-    out = torch.empty(3, channels, dtype=acc_dtype, device=x.device)
-    args = (partial, _flat(s), out.view(-1), channels, chunks, int(normalize_grad), float(t_factor))
-    _launch(kernels, "finalize", ((channels + 127) // 128, 1, 1), (128, 1, 1), args, x.device)
-    return out

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _ops  # noqa: F401  (registers torch.ops.rubiks_shift)
+from ._ops import shift3d_call
 from ._checks import check_finite_shift, check_shift3d_args, triple
 
 __all__ = ["rubiks_shift3d", "rubiks_shift2d"]
@@ -63,7 +63,7 @@ def rubiks_shift3d(
     check_shift3d_args(x, shift, stride3, padding3)
     factor = _t_factor(normalize_t_factor, x)
     _validate_values(shift, "rubiks_shift3d")
-    return torch.ops.rubiks_shift.shift3d(
+    return shift3d_call(
         x, shift, list(stride3), list(padding3), bool(quantize), bool(normalize_grad), factor
     )
 
@@ -89,7 +89,7 @@ def rubiks_shift2d(
     # difference reads only outside the clip), so normalising (0, g_H, g_W) with any
     # factor is the 2-D rule.
     shift3 = torch.cat([shift.new_zeros(1, shift.shape[1]), shift], dim=0)
-    y = torch.ops.rubiks_shift.shift3d(
+    y = shift3d_call(
         x.unsqueeze(1), shift3, [1, *stride2], [0, *padding2], bool(quantize), bool(normalize_grad), 1.0
     )
     return y.squeeze(1)

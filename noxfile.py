@@ -1,0 +1,104 @@
+"""Sessions that tie the rubiksnet packages together.
+
+    nox -s eval          the main job: the evaluation protocol on the embedded default (CPU)
+    nox -s tests         every package's test suite
+    nox -s tests-shift   one package's suite (also tests-models, tests-data, tests-eval)
+    nox -s lint          ruff over the whole tree
+    nox -s bench         pytest-benchmark regressions of the CPU kernels + the op benchmark
+    nox -s train         tools/train.py (arguments after --)
+    nox -s check         the installation check
+
+Every session installs torch from constraints.txt first (the pair that works on these
+machines), so no package can pull a different torch.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_venv = "yes"
+
+PACKAGES = {
+    "shift": "packages/rubiks-shift",
+    "models": "packages/rubiks-models",
+    "data": "packages/rubiks-data",
+    "eval": "packages/rubiks-eval",
+}
+# Local path dependencies, in install order (pip cannot resolve unpublished siblings).
+DEPENDS = {
+    "shift": ["shift"],
+    "models": ["shift", "models"],
+    "data": ["data"],
+    "eval": ["shift", "models", "data", "eval"],
+}
+EXTRAS = {"shift": "[cuda,test]", "models": "[test]", "data": "[test]", "eval": "[test,plot]"}
+
+
+def _install(session: nox.Session, names: list[str], extras: bool = True) -> None:
+    session.install("-c", "constraints.txt", "torch", "torchvision")
+    specs = []
+    for name in names:
+        path = PACKAGES[name]
+        specs += ["-e", f"{path}{EXTRAS[name] if extras else ''}"]
+    session.install("-c", "constraints.txt", *specs)
+
+
+def _run_tests(session: nox.Session, name: str) -> None:
+    session.run(
+        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", PACKAGES[name] + "/tests",
+        *session.posargs,
+    )
+
+
+@nox.session(name="eval")
+def eval_default(session: nox.Session) -> None:
+    """The embedded default: synthetic videos, bundled checkpoint, 1-clip and 2-clip."""
+    _install(session, DEPENDS["eval"], extras=False)
+    session.run("python", "-m", "rubiks_eval.demo", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Every package's suite, each in its own pytest run (their test modules share names)."""
+    _install(session, ["shift", "models", "data", "eval"])
+    for name in PACKAGES:
+        _run_tests(session, name)
+
+
+for _name in PACKAGES:
+
+    def _package_tests(session: nox.Session, name: str = _name) -> None:
+        _install(session, DEPENDS[name])
+        _run_tests(session, name)
+
+    nox.session(_package_tests, name=f"tests-{_name}")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """CPU kernel regressions (pytest-benchmark) and the op benchmark table."""
+    _install(session, ["shift"])
+    session.run(
+        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        "packages/rubiks-shift/benchmarks", "--benchmark-only", *session.posargs,
+    )
+    session.run("python", "packages/rubiks-shift/benchmarks/bench_shift.py", "--quick")
+
+
+@nox.session
+def train(session: nox.Session) -> None:
+    _install(session, DEPENDS["eval"], extras=False)
+    session.run("python", "tools/train.py", *session.posargs)
+
+
+@nox.session
+def check(session: nox.Session) -> None:
+    _install(session, DEPENDS["eval"], extras=False)
+    session.run("python", "-m", "rubiks_eval.check")

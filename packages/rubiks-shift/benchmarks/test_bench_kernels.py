@@ -1,0 +1,73 @@
+"""pytest-benchmark regressions of the op (CPU kernels; CUDA too when a GPU is present).
+
+    pytest packages/rubiks-shift/benchmarks --benchmark-only
+    pytest packages/rubiks-shift/benchmarks --benchmark-only --benchmark-compare  # vs saved
+
+Timings are for regression tracking, never asserted.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rubiks_shift import rubiks_shift3d
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SHAPES = {
+    "stage1": ((1, 8, 72, 56, 56), (1, 1, 1)),
+    "stage4": ((1, 8, 576, 7, 7), (1, 1, 1)),
+    "stride2": ((1, 8, 72, 112, 112), (1, 2, 2)),
+}
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _inputs(shape, device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).to(device)
+    shift = (torch.rand(3, shape[2], generator=g) * 4 - 2).to(device)
+    return x, shift
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_forward(benchmark, device, name):
+    shape, stride = SHAPES[name]
+    x, shift = _inputs(shape, device)
+
+    def run():
+        rubiks_shift3d(x, shift, stride)
+        _sync(device)
+
+    benchmark(run)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_forward_backward(benchmark, device, name):
+    shape, stride = SHAPES[name]
+    x, shift = _inputs(shape, device)
+    x.requires_grad_()
+    shift = torch.nn.Parameter(shift)
+    gy = torch.randn_like(rubiks_shift3d(x, shift, stride))
+
+    def run():
+        torch.autograd.grad(rubiks_shift3d(x, shift, stride), (x, shift), gy)
+        _sync(device)
+
+    benchmark(run)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_host_overhead_tiny(benchmark, device):
+    x, shift = _inputs((1, 2, 4, 4, 4), device)
+
+    def run():
+        rubiks_shift3d(x, shift)
+
+    benchmark(run)
+    _sync(device)
