@@ -69,16 +69,10 @@ def main() -> int:
     from rubiks_eval.builders import build_dataset
 
     train_set, val_set = build_dataset(cfg, "train"), build_dataset(cfg, "val")
-    try:
-        from rubiks_eval.builders import build_model
+    from rubiks_eval.builders import build_model
 
-        model, _ = build_model(cfg, dataset=train_set)
-        source = "rubiks_models"
-    except ImportError:
-        from rubiks_eval._reference_model import ReferenceLayoutRubiksNet
-
-        model = ReferenceLayoutRubiksNet(train_set.num_classes, "tiny", cfg.dropout)
-        source = "rubiks_eval._reference_model (reference layout)"
+    model, model_meta = build_model(cfg, dataset=train_set)
+    source = type(model).__module__
     meta = {
         "arch": "rubiksnet_tiny",
         "tier": "tiny",
@@ -94,6 +88,7 @@ def main() -> int:
         "class_names": getattr(train_set, "class_names", None),
         "train_command": "python tools/train_demo.py " + " ".join(sys.argv[1:]),
         "model_source": source,
+        **{k: v for k, v in model_meta.items() if k == "initialised_from"},
     }
     tic = time.time()
     summary = train(cfg, model=model, train_set=train_set, val_set=val_set, metadata=meta)

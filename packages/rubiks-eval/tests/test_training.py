@@ -92,3 +92,18 @@ def test_cli_config_parsing():
     )
     assert cfg.epochs == 2 and cfg.batch_size == 8 and cfg.clip_grad is None and cfg.amp
     assert cfg.base_lr == pytest.approx(0.01 * 8 / 64)
+
+
+def test_build_model_fine_tunes_with_new_class_count(tmp_path):
+    from rubiks_eval._reference_model import ReferenceLayoutRubiksNet
+    from rubiks_eval.builders import build_model
+    from rubiks_eval.checkpoint import save_weights
+
+    src = ReferenceLayoutRubiksNet(12, "tiny")
+    save_weights(tmp_path / "a.safetensors", src.state_dict(), {"arch": "rubiksnet_tiny"})
+    cfg = TrainConfig(
+        arch="rubiksnet_tiny", num_classes=5, pretrained=str(tmp_path / "a.safetensors")
+    )
+    model, meta = build_model(cfg)
+    assert model.new_fc.out_features == 5 and meta["initialised_from"]
+    torch.testing.assert_close(model.backbone.conv1.weight, src.backbone.conv1.weight)

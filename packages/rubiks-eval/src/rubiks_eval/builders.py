@@ -228,3 +228,59 @@ def load_model(
     model.load_state_dict(state, strict=True)
     info["source"] = "rubiks_eval._reference_model"
     return model, info
+
+
+def load_matching(model: nn.Module, state: dict, head_prefixes: tuple[str, ...]) -> list[str]:
+    """Load ``state`` into ``model``, skipping classifier tensors whose shape differs.
+
+    Returns the skipped keys (a new class count: fine-tuning). Any other missing,
+    unexpected or mis-shaped key is an error.
+    """
+    own = model.state_dict()
+    skipped = [
+        k
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape and k.startswith(head_prefixes)
+    ]
+    kept = {k: v for k, v in state.items() if k not in skipped}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    missing = [k for k in missing if k not in skipped]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return skipped
+
+
+def build_model(cfg: Any, dataset: Any = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The model to train: ``cfg.arch`` with ``cfg.num_classes`` (default: the dataset's).
+
+    ``cfg.pretrained`` (a checkpoint file) initialises it; a classifier of another class
+    count is replaced by a new one (fine-tuning). Without rubiks-models installed the
+    reference-layout port is used (non-AQ tiers only).
+    """
+    num_classes = cfg.num_classes or getattr(dataset, "num_classes", None)
+    if not num_classes:
+        raise ValueError("num_classes unknown: pass --num-classes")
+    tier = cfg.arch.removeprefix("rubiksnet_")
+    if getattr(cfg, "freeze_temporal_shift", False):
+        raise NotImplementedError("--freeze-temporal-shift needs rubiks-models (issue 7)")
+    from ._reference_model import TIERS, ReferenceLayoutRubiksNet
+
+    if tier not in TIERS:
+        raise ValueError(f"arch {cfg.arch!r}: without rubiks-models only {sorted(TIERS)} tiers")
+    model = ReferenceLayoutRubiksNet(num_classes, tier, dropout=cfg.dropout)
+    meta: dict[str, Any] = {
+        "arch": cfg.arch,
+        "tier": tier,
+        "variant": "rubiks3d",
+        "num_classes": num_classes,
+        "num_frames": cfg.num_frames,
+    }
+    if cfg.pretrained:
+        state, _ = _read_checkpoint(Path(cfg.pretrained).expanduser())
+        skipped = load_matching(model, state, ("new_fc.",))
+        meta["initialised_from"] = str(cfg.pretrained)
+        if skipped:
+            print(f"fine-tuning: new classifier ({num_classes} classes), skipped {skipped}")
+    return model, meta
