@@ -46,11 +46,15 @@ def main() -> int:
             shift[:, 1] = torch.tensor([float("inf"), 0.5, 7.0])  # shifted out entirely
         y_ref = reference.shift3d_forward(x, shift, stride, padding, quantize)
         gy = torch.randn(y_ref.shape, generator=g, dtype=torch.float64)
-        gx_ref, gs_ref = reference.shift3d_backward(gy, x, shift.clamp(-1e6, 1e6), stride, padding, quantize)
+        gx_ref, gs_ref = reference.shift3d_backward(
+            gy, x, shift.clamp(-1e6, 1e6), stride, padding, quantize
+        )
         gs_ref = normalize_shift_grad(gs_ref, 0.5)
         s = shift.float() if dtype != torch.float64 else shift
         y = _cuda.forward(x.to(dtype), s, stride, padding, quantize)
-        gx, gs = _cuda.backward(gy.to(dtype), x.to(dtype), s, stride, padding, quantize, True, 0.5, True, True)
+        gx, gs = _cuda.backward(
+            gy.to(dtype), x.to(dtype), s, stride, padding, quantize, True, 0.5, True, True
+        )
         tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3}[dtype]
         errs = [
             float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-12))
@@ -58,7 +62,10 @@ def main() -> int:
         ]
         ok = all(e < tol for e in errs) and y.dtype == dtype and gx.dtype == dtype
         failures += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {shape} {stride} {padding} q={quantize} {dtype} errs={errs} |y|={float(y_ref.norm()):.3g} |gs|={float(gs_ref.norm()):.3g}")
+        print(
+            f"{'ok  ' if ok else 'FAIL'} {shape} {stride} {padding} q={quantize} {dtype} "
+            f"errs={errs} |y|={float(y_ref.norm()):.3g} |gs|={float(gs_ref.norm()):.3g}"
+        )
     return 1 if failures else 0
 
 

@@ -11,7 +11,7 @@ import torch
 
 
 def shared_dir() -> Path:
-    """The steering repo's shared/ folder: $RUBIKS_SHARED_DIR, else ../shared beside the checkout."""
+    """The steering repo's shared/ folder: $RUBIKS_SHARED_DIR, else ../shared beside the repo."""
     env = os.environ.get("RUBIKS_SHARED_DIR")
     if env:
         return Path(env)
@@ -30,8 +30,18 @@ def load_op_cases():
     with safe_open(str(path), "pt") as f:
         cases = json.loads(f.metadata()["cases"])
         for case in cases:
-            tensors = {k: f.get_tensor(f"{case['name']}.{k}") for k in
-                       ("x", "shift", "y", "grad_y", "grad_x", "grad_shift", "grad_shift_normalized")}
+            tensors = {
+                k: f.get_tensor(f"{case['name']}.{k}")
+                for k in (
+                    "x",
+                    "shift",
+                    "y",
+                    "grad_y",
+                    "grad_x",
+                    "grad_shift",
+                    "grad_shift_normalized",
+                )
+            }
             yield case, tensors
 
 

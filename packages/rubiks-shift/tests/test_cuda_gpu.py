@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import rel_err, requires_cuda
+
 from rubiks_shift import rubiks_shift3d
 
 pytestmark = requires_cuda
@@ -37,7 +37,7 @@ def test_cuda_graph_capture_and_replay():
     with torch.cuda.graph(graph):
         y = rubiks_shift3d(static_x, shift, (1, 2, 2))
         y.backward(gy)
-    for trial in range(3):
+    for _ in range(3):
         new_x = torch.randn(x.shape, device="cuda", generator=g)
         static_x.data.copy_(new_x)
         graph.replay()
@@ -58,7 +58,9 @@ def test_fast_launch_matches_numba_launch():
     shift = torch.rand(3, 5, device="cuda") * 4 - 2
     y_fast = _cuda.forward(x, shift, (1, 1, 1), (0, 0, 0), False)
     kernels = _cuda._kernels("float32", "float32")
-    (step,) = _cuda._gather_plan(tuple(x.shape), tuple(y_fast.shape), (1, 1, 1), (0, 0, 0), False, False)
+    (step,) = _cuda._gather_plan(
+        tuple(x.shape), tuple(y_fast.shape), (1, 1, 1), (0, 0, 0), False, False
+    )
     kernel = kernels.tile.compile(kernels.tile_sig)
     y_numba = torch.full_like(y_fast, float("nan"))
     stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
@@ -68,11 +70,14 @@ def test_fast_launch_matches_numba_launch():
     assert torch.equal(y_fast, y_numba)
 
 
-@pytest.mark.parametrize("shape,stride", [
-    ((8, 8, 72, 56, 56), (1, 1, 1)),
-    ((8, 8, 72, 112, 112), (1, 2, 2)),
-    ((8, 8, 576, 7, 7), (1, 1, 1)),
-])
+@pytest.mark.parametrize(
+    "shape,stride",
+    [
+        ((8, 8, 72, 56, 56), (1, 1, 1)),
+        ((8, 8, 72, 112, 112), (1, 2, 2)),
+        ((8, 8, 576, 7, 7), (1, 1, 1)),
+    ],
+)
 def test_network_shapes_against_cpu_float64(shape, stride):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(shape, generator=g)
@@ -82,10 +87,10 @@ def test_network_shapes_against_cpu_float64(shape, stride):
     gy = torch.randn(y.shape, generator=g)
     gpu = _fwd_bwd(x.cuda(), shift.cuda(), gy.cuda(), stride=stride, normalize_grad=False)
     cpu = _fwd_bwd(x.double(), shift.double(), gy.double(), stride=stride, normalize_grad=False)
-    for a, b in zip(gpu, cpu):
+    for a, b in zip(gpu, cpu, strict=True):
         assert rel_err(a, b) < 1e-5
     again = _fwd_bwd(x.cuda(), shift.cuda(), gy.cuda(), stride=stride, normalize_grad=False)
-    for a, b in zip(gpu, again):
+    for a, b in zip(gpu, again, strict=True):
         assert torch.equal(a, b)
 
 
@@ -96,5 +101,5 @@ def test_more_slabs_than_grid_rows():
     gy = torch.randn(8200, 8, 2, 3, 3)
     gpu = _fwd_bwd(x.cuda(), shift.cuda(), gy.cuda(), normalize_grad=False)
     cpu = _fwd_bwd(x.double(), shift.double(), gy.double(), normalize_grad=False)
-    for a, b in zip(gpu, cpu):
+    for a, b in zip(gpu, cpu, strict=True):
         assert rel_err(a, b) < 1e-5

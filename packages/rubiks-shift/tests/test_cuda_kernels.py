@@ -15,7 +15,9 @@ numba_cuda = pytest.importorskip("numba.cuda", reason="numba-cuda (the 'cuda' ex
 def test_kernels_in_cuda_simulator():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     script = Path(__file__).with_name("_cuda_sim_cases.py")
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
+    )
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("ok  ") == 10

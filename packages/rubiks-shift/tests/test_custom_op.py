@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import DEVICES
+
 from rubiks_shift import RubiksShift3d, rubiks_shift3d
 
 
@@ -78,7 +78,9 @@ def test_autocast_runs_in_low_precision_keeps_shift(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("stride,quantize", [((1, 1, 1), False), ((1, 2, 2), False), ((1, 1, 1), True)])
+@pytest.mark.parametrize(
+    "stride,quantize", [((1, 1, 1), False), ((1, 2, 2), False), ((1, 1, 1), True)]
+)
 def test_eager_path_equals_registered_op(device, stride, quantize):
     """The eager fast path and torch.ops.rubiks_shift.shift3d are the same computation."""
     from rubiks_shift._ops import EagerShift3d
@@ -93,5 +95,5 @@ def test_eager_path_equals_registered_op(device, stride, quantize):
         y = call(x, s, list(stride), [0, 1, 0], quantize, True, 1.0)
         y.backward(torch.ones_like(y))
         results.append((y, x.grad, s.grad))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)

@@ -4,44 +4,50 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import requires_cuda
+
 from rubiks_shift import RubiksShift2d, RubiksShift3d, rubiks_shift2d, rubiks_shift3d
 
 X = torch.randn(1, 2, 3, 4, 4)
 S = torch.zeros(3, 3)
 
 
-@pytest.mark.parametrize("x,shift,kwargs,error,match", [
-    (torch.randn(2, 3, 4, 4), S, {}, ValueError, "rank 5"),
-    (X, torch.zeros(3, 4), {}, ValueError, r"shape \(3, C\) = \(3, 3\)"),
-    (X, torch.zeros(2, 3), {}, ValueError, r"shape \(3, C\)"),
-    (X, torch.zeros(3), {}, ValueError, r"shape \(3, C\)"),
-    (X, S, {"stride": 0}, ValueError, "stride must be >= 1"),
-    (X, S, {"stride": (1, 0, 1)}, ValueError, "stride must be >= 1 .* H=0"),
-    (X, S, {"padding": -1}, ValueError, "padding must be >= 0"),
-    (X, S, {"stride": (1, 1)}, TypeError, "stride must be an int or a sequence of 3 ints"),
-    (X, S, {"stride": 1.5}, TypeError, "stride must be an int"),
-    (X, S, {"padding": True}, TypeError, "padding must be an int"),
-    (X.int(), S, {}, TypeError, "unsupported dtype torch.int32 for x"),
-    (X, S.long(), {}, TypeError, "unsupported dtype torch.int64 for shift"),
-    (X.to(torch.complex64), S, {}, TypeError, "unsupported dtype"),
-    (torch.randn(1, 0, 3, 4, 4), S, {}, ValueError, "empty dimension"),
-    (torch.randn(0, 2, 3, 4, 4), S, {}, ValueError, r"empty dimension \(N\)"),
-    (X, S, {"normalize_t_factor": "half"}, ValueError, "normalize_t_factor"),
-    ("x", S, {}, TypeError, "must be tensors"),
-])
+@pytest.mark.parametrize(
+    "x,shift,kwargs,error,match",
+    [
+        (torch.randn(2, 3, 4, 4), S, {}, ValueError, "rank 5"),
+        (X, torch.zeros(3, 4), {}, ValueError, r"shape \(3, C\) = \(3, 3\)"),
+        (X, torch.zeros(2, 3), {}, ValueError, r"shape \(3, C\)"),
+        (X, torch.zeros(3), {}, ValueError, r"shape \(3, C\)"),
+        (X, S, {"stride": 0}, ValueError, "stride must be >= 1"),
+        (X, S, {"stride": (1, 0, 1)}, ValueError, "stride must be >= 1 .* H=0"),
+        (X, S, {"padding": -1}, ValueError, "padding must be >= 0"),
+        (X, S, {"stride": (1, 1)}, TypeError, "stride must be an int or a sequence of 3 ints"),
+        (X, S, {"stride": 1.5}, TypeError, "stride must be an int"),
+        (X, S, {"padding": True}, TypeError, "padding must be an int"),
+        (X.int(), S, {}, TypeError, "unsupported dtype torch.int32 for x"),
+        (X, S.long(), {}, TypeError, "unsupported dtype torch.int64 for shift"),
+        (X.to(torch.complex64), S, {}, TypeError, "unsupported dtype"),
+        (torch.randn(1, 0, 3, 4, 4), S, {}, ValueError, "empty dimension"),
+        (torch.randn(0, 2, 3, 4, 4), S, {}, ValueError, r"empty dimension \(N\)"),
+        (X, S, {"normalize_t_factor": "half"}, ValueError, "normalize_t_factor"),
+        ("x", S, {}, TypeError, "must be tensors"),
+    ],
+)
 def test_bad_inputs_3d(x, shift, kwargs, error, match):
     with pytest.raises(error, match=match):
         rubiks_shift3d(x, shift, **kwargs)
 
 
-@pytest.mark.parametrize("x,shift,kwargs,match", [
-    (torch.randn(1, 2, 3, 4, 4), torch.zeros(2, 3), {}, "rank 4"),
-    (torch.randn(1, 3, 4, 4), torch.zeros(3, 3), {}, r"shape \(2, C\)"),
-    (torch.randn(1, 3, 4, 4), torch.zeros(2, 3), {"stride": (1, 1, 1)}, "sequence of 2 ints"),
-    (torch.randn(1, 3, 4, 4), torch.zeros(2, 3), {"padding": (0, -2)}, "padding must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "x,shift,kwargs,match",
+    [
+        (torch.randn(1, 2, 3, 4, 4), torch.zeros(2, 3), {}, "rank 4"),
+        (torch.randn(1, 3, 4, 4), torch.zeros(3, 3), {}, r"shape \(2, C\)"),
+        (torch.randn(1, 3, 4, 4), torch.zeros(2, 3), {"stride": (1, 1, 1)}, "sequence of 2 ints"),
+        (torch.randn(1, 3, 4, 4), torch.zeros(2, 3), {"padding": (0, -2)}, "padding must be >= 0"),
+    ],
+)
 def test_bad_inputs_2d(x, shift, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         rubiks_shift2d(x, shift, **kwargs)
@@ -58,13 +64,16 @@ def test_device_mismatch_meta():
         rubiks_shift3d(X.to("meta"), S)
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: RubiksShift3d(0), "channels must be >= 1"),
-    (lambda: RubiksShift3d(8, t_init="sideways"), "unknown temporal init mode"),
-    (lambda: RubiksShift3d(8, init="tsm"), "unknown spatial init mode"),
-    (lambda: RubiksShift2d(8, init="groupX"), "unknown spatial init mode"),
-    (lambda: RubiksShift2d(8, stride=(1, 2, 2)), "sequence of 2 ints"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: RubiksShift3d(0), "channels must be >= 1"),
+        (lambda: RubiksShift3d(8, t_init="sideways"), "unknown temporal init mode"),
+        (lambda: RubiksShift3d(8, init="tsm"), "unknown spatial init mode"),
+        (lambda: RubiksShift2d(8, init="groupX"), "unknown spatial init mode"),
+        (lambda: RubiksShift2d(8, stride=(1, 2, 2)), "sequence of 2 ints"),
+    ],
+)
 def test_bad_module_arguments(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()

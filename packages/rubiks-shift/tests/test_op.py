@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import DEVICES, load_op_cases, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import DEVICES, load_op_cases, rel_err
 from rubiks_shift import reference as R
 from rubiks_shift import rubiks_shift2d, rubiks_shift3d
 
@@ -26,37 +26,58 @@ def run(x, shift, gy, device, **kw):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case,t", CASES, ids=[c["name"] for c, _ in CASES])
 def test_fixture(device, case, t):
-    kw = dict(stride=case["stride"], padding=case["padding"], quantize=case["quantize"],
-              normalize_t_factor=case["normalize_t_factor"])
+    kw = dict(
+        stride=case["stride"],
+        padding=case["padding"],
+        quantize=case["quantize"],
+        normalize_t_factor=case["normalize_t_factor"],
+    )
     y, gx, gs = run(t["x"], t["shift"], t["grad_y"], device, **kw)
     assert rel_err(y, t["y"]) < 1e-10
     assert rel_err(gx, t["grad_x"]) < 1e-10
     if case["name"] in REFERENCE_INTEGER_RULE:
-        _, raw = R.shift3d_backward(t["grad_y"], t["x"], t["shift"], case["stride"], case["padding"])
+        _, raw = R.shift3d_backward(
+            t["grad_y"], t["x"], t["shift"], case["stride"], case["padding"]
+        )
         expected = R.normalize_shift_grad(raw, case["normalize_t_factor"])
     else:
         expected = t["grad_shift_normalized"]
     assert rel_err(gs, expected) < 1e-10
     # raw (unnormalised) gradient too
-    _, _, raw_gs = run(t["x"], t["shift"], t["grad_y"], device, normalize_grad=False,
-                       **{k: v for k, v in kw.items() if k != "normalize_t_factor"})
+    _, _, raw_gs = run(
+        t["x"],
+        t["shift"],
+        t["grad_y"],
+        device,
+        normalize_grad=False,
+        **{k: v for k, v in kw.items() if k != "normalize_t_factor"},
+    )
     if case["name"] not in REFERENCE_INTEGER_RULE:
         assert rel_err(raw_gs, t["grad_shift"]) < 1e-10
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("stride,padding,quantize", [
-    (1, 0, False), ((1, 2, 2), (0, 1, 1), False), ((2, 1, 3), (1, 2, 0), False), (1, 0, True),
-])
+@pytest.mark.parametrize(
+    "stride,padding,quantize",
+    [
+        (1, 0, False),
+        ((1, 2, 2), (0, 1, 1), False),
+        ((2, 1, 3), (1, 2, 0), False),
+        (1, 0, True),
+    ],
+)
 def test_gradcheck(device, stride, padding, quantize):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 2, 5, 4, generator=g, dtype=torch.float64, device="cpu").to(device)
     # non-integer shifts, away from the quantisation ties
-    shift = (torch.rand(3, 2, generator=g, dtype=torch.float64) * 0.6 + 0.2
-             + torch.tensor([[-2.0, 1.0], [0.0, -1.0], [1.0, 2.0]], dtype=torch.float64)).to(device)
+    shift = (
+        torch.rand(3, 2, generator=g, dtype=torch.float64) * 0.6
+        + 0.2
+        + torch.tensor([[-2.0, 1.0], [0.0, -1.0], [1.0, 2.0]], dtype=torch.float64)
+    ).to(device)
     x.requires_grad_()
     shift.requires_grad_(not quantize)  # the quantised forward is piecewise constant in shift
-    fn = lambda a, b: rubiks_shift3d(a, b, stride, padding, quantize=quantize, normalize_grad=False)  # noqa: E731
+    fn = lambda a, b: rubiks_shift3d(a, b, stride, padding, quantize=quantize, normalize_grad=False)
     assert torch.autograd.gradcheck(fn, (x, shift), eps=1e-6, atol=1e-7)
 
 
@@ -87,7 +108,8 @@ def test_matches_reference_random(shape, stride, padding, scale, quantize, integ
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
     gx, gs = torch.ops.rubiks_shift.shift3d_backward(
-        gy, x, shift, list(stride), list(padding), quantize, False, 1.0, True, True)
+        gy, x, shift, list(stride), list(padding), quantize, False, 1.0, True, True
+    )
     gx_ref, gs_ref = R.shift3d_backward(gy, x, shift, stride, padding, quantize)
     torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gs, gs_ref, rtol=1e-10, atol=1e-10)
@@ -102,12 +124,14 @@ def test_backward_is_deterministic(device):
     first = run(x, shift, gy, device, normalize_grad=False)
     for _ in range(3):
         again = run(x, shift, gy, device, normalize_grad=False)
-        for a, b in zip(first, again):
+        for a, b in zip(first, again, strict=True):
             assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-2), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize(
+    "dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-2), (torch.bfloat16, 1e-2)]
+)
 def test_low_precision_matches_float64(device, dtype, tol):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 4, 6, 9, 9, generator=g, dtype=torch.float64)
@@ -116,7 +140,7 @@ def test_low_precision_matches_float64(device, dtype, tol):
     ref = run(x, shift, gy, "cpu", normalize_grad=False)
     low = run(x.to(dtype), shift.float(), gy.to(dtype), device, normalize_grad=False)
     assert low[0].dtype == dtype and low[1].dtype == dtype and low[2].dtype == torch.float32
-    for a, b in zip(low, ref):
+    for a, b in zip(low, ref, strict=True):
         assert rel_err(a, b) < tol
 
 
@@ -127,7 +151,9 @@ def test_non_contiguous_input(device):
     x = base.transpose(3, 4).contiguous().transpose(3, 4)  # same values, non-contiguous
     assert not x.is_contiguous()
     shift = (torch.rand(3, 4, generator=g, dtype=torch.float64) * 3).to(device)
-    torch.testing.assert_close(rubiks_shift3d(x, shift), rubiks_shift3d(base, shift), rtol=0, atol=0)
+    torch.testing.assert_close(
+        rubiks_shift3d(x, shift), rubiks_shift3d(base, shift), rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -135,15 +161,22 @@ def test_non_finite_shifts_are_memory_safe(device):
     """The kernels themselves (what runs on a GPU, and on CPU inside torch.compile) accept any
     value: +-inf shifts everything out (zeros), NaN poisons only its channel."""
     x = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64, device=device)
-    shift = torch.tensor([[float("inf"), 1e30, float("nan"), 0.3],
-                          [0.0, -1e30, 0.0, float("-inf")],
-                          [0.0, 0.0, 0.0, 0.2]], dtype=torch.float64, device=device)
+    shift = torch.tensor(
+        [
+            [float("inf"), 1e30, float("nan"), 0.3],
+            [0.0, -1e30, 0.0, float("-inf")],
+            [0.0, 0.0, 0.0, 0.2],
+        ],
+        dtype=torch.float64,
+        device=device,
+    )
     y = torch.ops.rubiks_shift.shift3d(x, shift, [1, 1, 1], [0, 0, 0], False, True, 1.0)
     y = y.cpu()
     assert torch.equal(y[:, :, [0, 1, 3]], torch.zeros_like(y[:, :, [0, 1, 3]]))
     assert torch.isnan(y[:, :, 2]).all()
     gx, gs = torch.ops.rubiks_shift.shift3d_backward(
-        torch.ones_like(x), x, shift, [1, 1, 1], [0, 0, 0], False, True, 1.0, True, True)
+        torch.ones_like(x), x, shift, [1, 1, 1], [0, 0, 0], False, True, 1.0, True, True
+    )
     gx, gs = gx.cpu(), gs.cpu()
     assert torch.equal(gx[:, :, [0, 1, 3]], torch.zeros_like(gx[:, :, [0, 1, 3]]))
     assert torch.isnan(gx[:, :, 2]).all() and torch.isnan(gs[:, 2]).all()
@@ -187,7 +220,9 @@ def test_2d_is_3d_with_one_frame(device):
     y.backward(gy.to(device))
     shift3 = torch.cat([torch.zeros(1, 4, dtype=torch.float64), shift])
     y_ref = R.shift3d_forward(x.unsqueeze(1), shift3, (1, 2, 2), (0, 1, 0)).squeeze(1)
-    gx_ref, gs_ref = R.shift3d_backward(gy.unsqueeze(1), x.unsqueeze(1), shift3, (1, 2, 2), (0, 1, 0))
+    gx_ref, gs_ref = R.shift3d_backward(
+        gy.unsqueeze(1), x.unsqueeze(1), shift3, (1, 2, 2), (0, 1, 0)
+    )
     assert rel_err(y, y_ref) < 1e-12
     assert rel_err(xs.grad, gx_ref.squeeze(1)) < 1e-12
     hw = gs_ref[1:]

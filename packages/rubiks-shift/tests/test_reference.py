@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import load_op_cases, rel_err
+
 from rubiks_shift import reference as R
 
 CASES = list(load_op_cases())
@@ -17,7 +17,9 @@ def test_reference_reproduces_fixture(case, t):
     y = R.shift3d_forward(t["x"], t["shift"], case["stride"], case["padding"], case["quantize"])
     assert tuple(y.shape) == tuple(case["out_shape"])
     assert rel_err(y, t["y"]) < 1e-12
-    gx, gs = R.shift3d_backward(t["grad_y"], t["x"], t["shift"], case["stride"], case["padding"], case["quantize"])
+    gx, gs = R.shift3d_backward(
+        t["grad_y"], t["x"], t["shift"], case["stride"], case["padding"], case["quantize"]
+    )
     assert rel_err(gx, t["grad_x"]) < 1e-12
     if case["name"] not in REFERENCE_INTEGER_RULE:
         assert rel_err(gs, t["grad_shift"]) < 1e-12
@@ -28,7 +30,9 @@ def test_reference_reproduces_fixture(case, t):
 def test_integer_fixture_differs_from_reference_rule_as_documented():
     """At integer shifts we use the central difference (SPEC §1.4), not the original rule."""
     case, t = next((c, t) for c, t in CASES if c["name"] == "integer_shifts")
-    _, gs = R.shift3d_backward(t["grad_y"], t["x"], t["shift"], case["stride"], case["padding"], False)
+    _, gs = R.shift3d_backward(
+        t["grad_y"], t["x"], t["shift"], case["stride"], case["padding"], False
+    )
     assert rel_err(gs, t["grad_shift"]) > 1e-3
 
 
@@ -50,7 +54,9 @@ def test_shift_gradient_matches_finite_differences(stride, padding):
             plus, minus = shift.clone(), shift.clone()
             plus[d, c] += eps
             minus[d, c] -= eps
-            fd = (_loss(x, plus, gy, stride, padding) - _loss(x, minus, gy, stride, padding)) / (2 * eps)
+            fd = (_loss(x, plus, gy, stride, padding) - _loss(x, minus, gy, stride, padding)) / (
+                2 * eps
+            )
             assert abs(float(fd) - float(gs[d, c])) < 1e-6 * max(1.0, abs(float(fd)))
 
 
@@ -76,7 +82,9 @@ def test_quantize_rounds_half_up():
 
 
 def test_normalization_rules():
-    g = torch.tensor([[3.0, 0.0, -2.0, 0.0], [4.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    g = torch.tensor(
+        [[3.0, 0.0, -2.0, 0.0], [4.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64
+    )
     out = R.normalize_shift_grad(g, 1.0)
     assert torch.allclose(out[:, 0], torch.tensor([0.6, 0.8, 0.0], dtype=torch.float64))
     assert torch.equal(out[:, 1], torch.zeros(3, dtype=torch.float64))

@@ -90,11 +90,12 @@ def check_shift3d_args(
             f"shift on {shift.device}"
         )
     for name, values, low in (("stride", stride, 1), ("padding", padding, 0)):
-        for dim, v in zip("THW", values):
+        for dim, v in zip("THW", values, strict=True):
             if v < low:
                 raise ValueError(f"{op}: {name} must be >= {low} in every dimension, got {dim}={v}")
     if x.numel() == 0 and any(s == 0 for s in x.shape):
-        empty = [d for d, s in zip("NTCHW" if rows == 3 else "NCHW", x.shape) if s == 0]
+        names = "NTCHW" if rows == 3 else "NCHW"
+        empty = [d for d, s in zip(names, x.shape, strict=True) if s == 0]
         raise ValueError(f"{op}: x has an empty dimension ({', '.join(empty)}); nothing to shift")
     spatial = x.shape[1::2] if rows == 3 else x.shape[2:]
     for v in spatial:

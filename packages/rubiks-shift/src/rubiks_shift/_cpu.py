@@ -38,14 +38,23 @@ def _shift_params(shift: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
 
 
 def forward(
-    x: torch.Tensor, shift: torch.Tensor, stride: Sequence[int], padding: Sequence[int], quantize: bool
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
 ) -> torch.Tensor:
     _kernels.set_threads(torch.get_num_threads())
     work = x.detach().to(_compute_dtype(x.dtype)).contiguous()
     y = torch.empty(output_shape(x.shape, stride, padding), dtype=work.dtype)
     params, nan_channels = _shift_params(shift)
     _kernels.forward(
-        work.numpy(), params, y.numpy(), np.asarray(stride, np.int64), np.asarray(padding, np.int64), quantize
+        work.numpy(),
+        params,
+        y.numpy(),
+        np.asarray(stride, np.int64),
+        np.asarray(padding, np.int64),
+        quantize,
     )
     if bool(nan_channels.any()):
         y[:, :, nan_channels] = float("nan")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -70,9 +70,9 @@ class Step(NamedTuple):
 class _Launcher:
     """Compiled kernels per device, launched without Numba's per-call dispatch."""
 
-    functions: dict[tuple[int, int], object] = {}
-    streams: dict[int, object] = {}
-    configs: dict[tuple, object] = {}
+    functions: ClassVar[dict[tuple[int, int], object]] = {}
+    streams: ClassVar[dict[int, object]] = {}
+    configs: ClassVar[dict[tuple, object]] = {}
 
     @classmethod
     def function(cls, dispatcher, signature, device_index: int):
@@ -109,8 +109,8 @@ def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], device
     dispatcher = getattr(kernels, step.name)
     if simulator_enabled():
         arrays = [_flat(t).numpy() for t in tensors]
-        arrays[0] = arrays[0][step.src_offset:]
-        arrays[-1] = arrays[-1][step.dst_offset:]
+        arrays[0] = arrays[0][step.src_offset :]
+        arrays[-1] = arrays[-1][step.dst_offset :]
         dispatcher[step.grid, step.block](*arrays, *step.scalars)
         return
     fn = _Launcher.function(dispatcher, getattr(kernels, step.name + "_sig"), device.index)
@@ -172,7 +172,9 @@ def _plan(rows: int, width: int) -> tuple[int, int, int, int]:
 
 def _check_channels(channels: int) -> None:
     if channels > MAX_GRID_YZ:
-        raise ValueError(f"rubiks_shift on CUDA supports at most {MAX_GRID_YZ} channels, got {channels}")
+        raise ValueError(
+            f"rubiks_shift on CUDA supports at most {MAX_GRID_YZ} channels, got {channels}"
+        )
 
 
 def _batches(n_batch: int, frames: int):
@@ -196,11 +198,30 @@ def _gather_plan(src_shape, dst_shape, stride, padding, quantize, adjoint) -> tu
         lanes, block_rows, per_thread, chunks = _plan(h_dst, -(-w_dst // 4))
         depth = max(1, 128 // (lanes * block_rows))
         for n0, n1 in _batches(n_batch, t_dst):
-            scalars = (t_src, h_src, w_src, t_dst, h_dst, w_dst, channels, *padding,
-                       int(adjoint), int(quantize), per_thread)
+            scalars = (
+                t_src,
+                h_src,
+                w_src,
+                t_dst,
+                h_dst,
+                w_dst,
+                channels,
+                *padding,
+                int(adjoint),
+                int(quantize),
+                per_thread,
+            )
             grid = (chunks, -(-channels // depth), (n1 - n0) * t_dst)
-            steps.append(Step("tile", grid, (lanes, block_rows, depth), scalars,
-                              n0 * t_src * src_frame, n0 * t_dst * dst_frame))
+            steps.append(
+                Step(
+                    "tile",
+                    grid,
+                    (lanes, block_rows, depth),
+                    scalars,
+                    n0 * t_src * src_frame,
+                    n0 * t_dst * dst_frame,
+                )
+            )
         return tuple(steps)
     # strided: the generic kernels (forward over output planes, grad_x over input planes)
     x_shape, y_shape = (dst_shape, src_shape) if adjoint else (src_shape, dst_shape)
@@ -208,11 +229,30 @@ def _gather_plan(src_shape, dst_shape, stride, padding, quantize, adjoint) -> tu
     _, t_out, _, h_out, w_out = y_shape
     lanes, block_rows, per_thread, chunks = _plan(h_dst, w_dst)
     for n0, n1 in _batches(n_batch, t_dst):
-        scalars = (t_in, channels, h_in, w_in, t_out, h_out, w_out, *stride, *padding,
-                   int(quantize), per_thread)
+        scalars = (
+            t_in,
+            channels,
+            h_in,
+            w_in,
+            t_out,
+            h_out,
+            w_out,
+            *stride,
+            *padding,
+            int(quantize),
+            per_thread,
+        )
         grid = (chunks, channels, (n1 - n0) * t_dst)
-        steps.append(Step("grad_x" if adjoint else "forward", grid, (lanes, block_rows, 1),
-                          scalars, n0 * t_src * src_frame, n0 * t_dst * dst_frame))
+        steps.append(
+            Step(
+                "grad_x" if adjoint else "forward",
+                grid,
+                (lanes, block_rows, 1),
+                scalars,
+                n0 * t_src * src_frame,
+                n0 * t_dst * dst_frame,
+            )
+        )
     return tuple(steps)
 
 
@@ -227,15 +267,31 @@ def _shift_grad_plan(x_shape, y_shape, stride, padding) -> tuple[int, Step, Step
     group = max(1, -(-slabs * chunks * channels // GRAD_SHIFT_BLOCKS))
     groups = -(-slabs // group)
     parts = chunks * groups
-    scalars = (slabs, t_in, channels, h_in, w_in, t_out, h_out, w_out, *stride, *padding,
-               per_thread, group)
+    scalars = (
+        slabs,
+        t_in,
+        channels,
+        h_in,
+        w_in,
+        t_out,
+        h_out,
+        w_out,
+        *stride,
+        *padding,
+        per_thread,
+        group,
+    )
     reduce = Step("grad_shift", (chunks, channels, groups), (lanes, block_rows, 1), scalars)
     final = Step("finalize", (channels, 1, 1), (K.FINALIZE_THREADS, 1, 1), (channels, parts))
     return parts, reduce, final
 
 
 def forward(
-    x: torch.Tensor, shift: torch.Tensor, stride: Sequence[int], padding: Sequence[int], quantize: bool
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
 ) -> torch.Tensor:
     x = x.detach()
     if not x.is_contiguous():
@@ -243,8 +299,9 @@ def forward(
     s = _shift_for(shift)
     kernels = _kernels(_STORAGE[x.dtype], _STORAGE[s.dtype])
     y = torch.empty(output_shape(x.shape, stride, padding), dtype=x.dtype, device=x.device)
-    steps = _gather_plan(tuple(x.shape), tuple(y.shape), tuple(stride), tuple(padding),
-                         bool(quantize), False)
+    steps = _gather_plan(
+        tuple(x.shape), tuple(y.shape), tuple(stride), tuple(padding), bool(quantize), False
+    )
     with _DeviceGuard(x):
         for step in steps:
             _run(kernels, step, (x, s, y), x.device)
@@ -277,18 +334,23 @@ def backward(
     with _DeviceGuard(x):
         if need_x:
             gx = torch.empty_like(x)
-            for step in _gather_plan(tuple(gy.shape), tuple(x.shape), stride, padding,
-                                     bool(quantize), True):
+            for step in _gather_plan(
+                tuple(gy.shape), tuple(x.shape), stride, padding, bool(quantize), True
+            ):
                 _run(kernels, step, (gy, s, gx), x.device)
         else:
             gx = x.new_empty(0)
         if need_shift:
-            parts, reduce, final = _shift_grad_plan(tuple(x.shape), tuple(gy.shape), stride, padding)
+            parts, reduce, final = _shift_grad_plan(
+                tuple(x.shape), tuple(gy.shape), stride, padding
+            )
             acc_dtype = _ACC_DTYPE.get(kernels.storage, torch.float32)
             partial = torch.empty(parts * 3 * x.shape[2], dtype=acc_dtype, device=x.device)
             _run(kernels, reduce, (gy, x, s, partial), x.device)
             out = torch.empty(3, x.shape[2], dtype=acc_dtype, device=x.device)
-            final = final._replace(scalars=(*final.scalars, int(normalize_grad), float(normalize_t_factor)))
+            final = final._replace(
+                scalars=(*final.scalars, int(normalize_grad), float(normalize_t_factor))
+            )
             _run(kernels, final, (partial, s, out), x.device)
             gs = out if out.dtype == shift.dtype else out.to(shift.dtype)
         else:

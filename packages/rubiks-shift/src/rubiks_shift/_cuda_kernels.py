@@ -29,12 +29,12 @@ import numpy as np
 if not hasattr(np, "row_stack"):  # numba-cuda <= 0.30 still calls this alias, gone in numpy 2.5
     np.row_stack = np.vstack
 
-from numba import cuda  # noqa: E402
-from numba import types as nt  # noqa: E402
+from numba import cuda
+from numba import types as nt
 
 SHIFT_LIMIT = float(2**24)
 # Register cap for the kernels (ptxas maxrregcount); tunable for benchmarking.
-MAX_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_MAX_REGISTERS", "0")) or None
+MAX_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_MAX_REGISTERS", "96")) or None
 REDUCE_THREADS = 256  # shared-memory reduction width (>= threads per block)
 FINALIZE_THREADS = 128
 TILE = 4  # output columns per thread in the shift-gradient kernel (literal 4 in its code)
@@ -64,11 +64,8 @@ def _load_store(storage: str):
         @cuda.jit(device=True, inline="always")
         def store(a, i, v):
             bits = nt.int64(libdevice.float_as_int(v)) & 0xFFFFFFFF
-            if v != v:
-                out = nt.int64(0x7FC0)
-            else:
-                out = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-            a[i] = nt.int16(out)
+            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
+            a[i] = nt.int16(nt.int64(0x7FC0) if v != v else rounded)
 
     elif storage == "float16":
 
@@ -114,7 +111,7 @@ class Kernels:
         )
 
 
-def _build(storage: str, shift_storage: str):  # noqa: C901 - one closure per kernel family
+def _build(storage: str, shift_storage: str):
     acc = accumulator(storage)
     load, store = _load_store(storage)
     sload, _ = _load_store(shift_storage)
@@ -201,7 +198,10 @@ def _build(storage: str, shift_storage: str):  # noqa: C901 - one closure per ke
         return l00 if (valid & m00) else zero
 
     # ------------------------------------------------------------------ forward
-    kernel = cuda.jit(max_registers=MAX_REGISTERS) if MAX_REGISTERS else cuda.jit
+    from numba import config
+
+    capped = MAX_REGISTERS and not config.ENABLE_CUDASIM  # the simulator has no such option
+    kernel = cuda.jit(max_registers=MAX_REGISTERS) if capped else cuda.jit
 
     @kernel
     def forward(x, shift, y, T, C, H, W, To, Ho, Wo, st, sh, sw, pt, ph, pw, quantize, rb):
@@ -253,21 +253,81 @@ def _build(storage: str, shift_storage: str):  # noqa: C901 - one closure per ke
                     store(y, dst + ho * Wo, single(x, a00, m00, clampi(h0, H) * W, inside(h0, H)))
             elif reuse:
                 h0 = r0 + oh
-                prev = quad(x, a00, a01, a10, a11, m00, m01, m10, m11, k00, k01, k10, k11,
-                            clampi(h0, H) * W, inside(h0, H))
+                prev = quad(
+                    x,
+                    a00,
+                    a01,
+                    a10,
+                    a11,
+                    m00,
+                    m01,
+                    m10,
+                    m11,
+                    k00,
+                    k01,
+                    k10,
+                    k11,
+                    clampi(h0, H) * W,
+                    inside(h0, H),
+                )
                 for ho in range(r0, r1):
                     h1 = ho + oh + 1
-                    v1 = quad(x, a00, a01, a10, a11, m00, m01, m10, m11, k00, k01, k10, k11,
-                              clampi(h1, H) * W, inside(h1, H))
+                    v1 = quad(
+                        x,
+                        a00,
+                        a01,
+                        a10,
+                        a11,
+                        m00,
+                        m01,
+                        m10,
+                        m11,
+                        k00,
+                        k01,
+                        k10,
+                        k11,
+                        clampi(h1, H) * W,
+                        inside(h1, H),
+                    )
                     store(y, dst + ho * Wo, wh0 * prev + wh1 * v1)
                     prev = v1
             else:
                 for ho in range(r0, r1):
                     h0 = ho * sh + oh
-                    v0 = quad(x, a00, a01, a10, a11, m00, m01, m10, m11, k00, k01, k10, k11,
-                              clampi(h0, H) * W, inside(h0, H))
-                    v1 = quad(x, a00, a01, a10, a11, m00, m01, m10, m11, k00, k01, k10, k11,
-                              clampi(h0 + 1, H) * W, inside(h0 + 1, H))
+                    v0 = quad(
+                        x,
+                        a00,
+                        a01,
+                        a10,
+                        a11,
+                        m00,
+                        m01,
+                        m10,
+                        m11,
+                        k00,
+                        k01,
+                        k10,
+                        k11,
+                        clampi(h0, H) * W,
+                        inside(h0, H),
+                    )
+                    v1 = quad(
+                        x,
+                        a00,
+                        a01,
+                        a10,
+                        a11,
+                        m00,
+                        m01,
+                        m10,
+                        m11,
+                        k00,
+                        k01,
+                        k10,
+                        k11,
+                        clampi(h0 + 1, H) * W,
+                        inside(h0 + 1, H),
+                    )
                     total = wh0 * v0
                     if wh1 != zero:
                         total += wh1 * v1
@@ -324,26 +384,88 @@ def _build(storage: str, shift_storage: str):  # noqa: C901 - one closure per ke
             if quantize:
                 for h in range(r0, r1):
                     ho, ok = exact_div(h + oh, sh)
-                    store(gx, dst + h * W, single(gy, a00, m00, clampi(ho, Ho) * Wo, ok & (ho < Ho)))
+                    store(
+                        gx, dst + h * W, single(gy, a00, m00, clampi(ho, Ho) * Wo, ok & (ho < Ho))
+                    )
             elif reuse:
                 # input row h receives output rows h+oh (corner 0) and h+oh-1 (corner 1)
                 ho = r0 + oh - 1
-                prev = quad(gy, a00, a01, a10, a11, m00, m01, m10, m11, k00, k01, k10, k11,
-                            clampi(ho, Ho) * Wo, inside(ho, Ho))
+                prev = quad(
+                    gy,
+                    a00,
+                    a01,
+                    a10,
+                    a11,
+                    m00,
+                    m01,
+                    m10,
+                    m11,
+                    k00,
+                    k01,
+                    k10,
+                    k11,
+                    clampi(ho, Ho) * Wo,
+                    inside(ho, Ho),
+                )
                 for h in range(r0, r1):
                     ho = h + oh
-                    v0 = quad(gy, a00, a01, a10, a11, m00, m01, m10, m11, k00, k01, k10, k11,
-                              clampi(ho, Ho) * Wo, inside(ho, Ho))
+                    v0 = quad(
+                        gy,
+                        a00,
+                        a01,
+                        a10,
+                        a11,
+                        m00,
+                        m01,
+                        m10,
+                        m11,
+                        k00,
+                        k01,
+                        k10,
+                        k11,
+                        clampi(ho, Ho) * Wo,
+                        inside(ho, Ho),
+                    )
                     store(gx, dst + h * W, wh0 * v0 + wh1 * prev)
                     prev = v0
             else:
                 for h in range(r0, r1):
                     ho0, ok0 = exact_div(h + oh, sh)
                     ho1, ok1 = exact_div(h + oh - 1, sh)
-                    v0 = quad(gy, a00, a01, a10, a11, m00, m01, m10, m11, k00, k01, k10, k11,
-                              clampi(ho0, Ho) * Wo, ok0 & (ho0 < Ho))
-                    v1 = quad(gy, a00, a01, a10, a11, m00, m01, m10, m11, k00, k01, k10, k11,
-                              clampi(ho1, Ho) * Wo, ok1 & (ho1 < Ho))
+                    v0 = quad(
+                        gy,
+                        a00,
+                        a01,
+                        a10,
+                        a11,
+                        m00,
+                        m01,
+                        m10,
+                        m11,
+                        k00,
+                        k01,
+                        k10,
+                        k11,
+                        clampi(ho0, Ho) * Wo,
+                        ok0 & (ho0 < Ho),
+                    )
+                    v1 = quad(
+                        gy,
+                        a00,
+                        a01,
+                        a10,
+                        a11,
+                        m00,
+                        m01,
+                        m10,
+                        m11,
+                        k00,
+                        k01,
+                        k10,
+                        k11,
+                        clampi(ho1, Ho) * Wo,
+                        ok1 & (ho1 < Ho),
+                    )
                     total = wh0 * v0
                     if wh1 != zero:
                         total += wh1 * v1
@@ -436,16 +558,67 @@ def _build(storage: str, shift_storage: str):  # noqa: C901 - one closure per ke
             ws0 = wd0 + ow
             if (ws0 >= 0) & (ws0 + 4 < Ws) & (wd0 + 4 <= Wd):
                 if mh1:
-                    tile_interp(src, pb0, pb1, r0 + oh, Hs, Ws, ws0, prev, mt0, mt1, wt0, wt1, mw0, mw1, ww0, ww1)
+                    tile_interp(
+                        src,
+                        pb0,
+                        pb1,
+                        r0 + oh,
+                        Hs,
+                        Ws,
+                        ws0,
+                        prev,
+                        mt0,
+                        mt1,
+                        wt0,
+                        wt1,
+                        mw0,
+                        mw1,
+                        ww0,
+                        ww1,
+                    )
                     for h in range(r0, r1):
-                        tile_interp(src, pb0, pb1, h + oh + 1, Hs, Ws, ws0, cur, mt0, mt1, wt0, wt1, mw0, mw1, ww0, ww1)
+                        tile_interp(
+                            src,
+                            pb0,
+                            pb1,
+                            h + oh + 1,
+                            Hs,
+                            Ws,
+                            ws0,
+                            cur,
+                            mt0,
+                            mt1,
+                            wt0,
+                            wt1,
+                            mw0,
+                            mw1,
+                            ww0,
+                            ww1,
+                        )
                         o = out + h * Wd + wd0
                         for j in range(4):
                             store(dst, o + j, (wh0 * prev[j] if mh0 else zero) + wh1 * cur[j])
                             prev[j] = cur[j]
                 else:
                     for h in range(r0, r1):
-                        tile_interp(src, pb0, pb1, h + oh, Hs, Ws, ws0, prev, mt0, mt1, wt0, wt1, mw0, mw1, ww0, ww1)
+                        tile_interp(
+                            src,
+                            pb0,
+                            pb1,
+                            h + oh,
+                            Hs,
+                            Ws,
+                            ws0,
+                            prev,
+                            mt0,
+                            mt1,
+                            wt0,
+                            wt1,
+                            mw0,
+                            mw1,
+                            ww0,
+                            ww1,
+                        )
                         o = out + h * Wd + wd0
                         for j in range(4):
                             store(dst, o + j, wh0 * prev[j])
@@ -464,11 +637,45 @@ def _build(storage: str, shift_storage: str):  # noqa: C901 - one closure per ke
                     k11 = wt1 * ww1
                     for h in range(r0, r1):
                         hs = h + oh
-                        v0 = quad(src, a00, a01, a10, a11, mt0 & mc0, mt0 & mc1, mt1 & mc0, mt1 & mc1,
-                                  k00, k01, k10, k11, clampi(hs, Hs) * Ws, inside(hs, Hs))
-                        v1 = quad(src, a00, a01, a10, a11, mt0 & mc0, mt0 & mc1, mt1 & mc0, mt1 & mc1,
-                                  k00, k01, k10, k11, clampi(hs + 1, Hs) * Ws, inside(hs + 1, Hs))
-                        store(dst, out + h * Wd + wd, (wh0 * v0 if mh0 else zero) + (wh1 * v1 if mh1 else zero))
+                        v0 = quad(
+                            src,
+                            a00,
+                            a01,
+                            a10,
+                            a11,
+                            mt0 & mc0,
+                            mt0 & mc1,
+                            mt1 & mc0,
+                            mt1 & mc1,
+                            k00,
+                            k01,
+                            k10,
+                            k11,
+                            clampi(hs, Hs) * Ws,
+                            inside(hs, Hs),
+                        )
+                        v1 = quad(
+                            src,
+                            a00,
+                            a01,
+                            a10,
+                            a11,
+                            mt0 & mc0,
+                            mt0 & mc1,
+                            mt1 & mc0,
+                            mt1 & mc1,
+                            k00,
+                            k01,
+                            k10,
+                            k11,
+                            clampi(hs + 1, Hs) * Ws,
+                            inside(hs + 1, Hs),
+                        )
+                        store(
+                            dst,
+                            out + h * Wd + wd,
+                            (wh0 * v0 if mh0 else zero) + (wh1 * v1 if mh1 else zero),
+                        )
 
     # ------------------------------------------------------------- grad_shift
     @cuda.jit(device=True, inline="always")
@@ -495,8 +702,9 @@ def _build(storage: str, shift_storage: str):  # noqa: C901 - one closure per ke
         return nt.int64(f), one - r, r, zero, -one, one, False
 
     @cuda.jit(device=True, inline="always")
-    def column_grad(gy, x, g_base, wo, r0, r1, sh, oh, sw, pw, fw, H, W, Wo, planes, valid, flags,
-                    wt, wh, ww):
+    def column_grad(
+        gy, x, g_base, wo, r0, r1, sh, oh, sw, pw, fw, H, W, Wo, planes, valid, flags, wt, wh, ww
+    ):
         """Shift-gradient contributions of one output column over rows [r0, r1) of one
         slab, for any stride and any (integer or fractional) shift. ``wt``/``wh``/``ww``
         are (interp0, interp1, diff-1, diff0, diff+1) per dimension (see ``stencil``)."""
@@ -534,12 +742,22 @@ def _build(storage: str, shift_storage: str):  # noqa: C901 - one closure per ke
             bh = ho * sh + oh
             if fresh or sh != 1:
                 if int_h:
-                    pi_zm, _ = columns(x, pz, vz, bh - 1, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1)
-                    pi_pm, _ = columns(x, pp, vp, bh - 1, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1)
-                pi_zz, pd_zz = columns(x, pz, vz, bh, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1)
-                pi_pz, pd_pz = columns(x, pp, vp, bh, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1)
+                    pi_zm, _ = columns(
+                        x, pz, vz, bh - 1, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1
+                    )
+                    pi_pm, _ = columns(
+                        x, pp, vp, bh - 1, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1
+                    )
+                pi_zz, pd_zz = columns(
+                    x, pz, vz, bh, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1
+                )
+                pi_pz, pd_pz = columns(
+                    x, pp, vp, bh, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1
+                )
                 if int_t:
-                    pi_mz, _ = columns(x, pm, vm, bh, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1)
+                    pi_mz, _ = columns(
+                        x, pm, vm, bh, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1
+                    )
                 fresh = False
             else:
                 pi_zm = pi_zz
@@ -549,10 +767,16 @@ def _build(storage: str, shift_storage: str):  # noqa: C901 - one closure per ke
                 pi_pz = pi_pp
                 pd_pz = pd_pp
                 pi_mz = pi_mp
-            pi_zp, pd_zp = columns(x, pz, vz, bh + 1, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1)
-            pi_pp, pd_pp = columns(x, pp, vp, bh + 1, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1)
+            pi_zp, pd_zp = columns(
+                x, pz, vz, bh + 1, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1
+            )
+            pi_pp, pd_pp = columns(
+                x, pp, vp, bh + 1, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1
+            )
             if int_t:
-                pi_mp, _ = columns(x, pm, vm, bh + 1, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1)
+                pi_mp, _ = columns(
+                    x, pm, vm, bh + 1, H, W, cm, c0, c1, mm, m0, m1, iw0, iw1, dwm, dw0, dw1
+                )
             g = load(gy, g_base + ho * Wo + wo)
             d_t = dt0 * (ih0 * pi_zz + ih1 * pi_zp) + dt1 * (ih0 * pi_pz + ih1 * pi_pp)
             if int_t:
@@ -590,7 +814,9 @@ def _build(storage: str, shift_storage: str):  # noqa: C901 - one closure per ke
         pd[3] = v4 - v3
 
     @kernel
-    def grad_shift(gy, x, shift, partial, NT, T, C, H, W, To, Ho, Wo, st, sh, sw, pt, ph, pw, rb, group):
+    def grad_shift(
+        gy, x, shift, partial, NT, T, C, H, W, To, Ho, Wo, st, sh, sw, pt, ph, pw, rb, group
+    ):
         c = nt.int64(cuda.blockIdx.y)
         tx = nt.int64(cuda.threadIdx.x)
         ty = nt.int64(cuda.threadIdx.y)
@@ -653,7 +879,9 @@ def _build(storage: str, shift_storage: str):  # noqa: C901 - one closure per ke
                             g = load(gy, gi + j)
                             d_t = ih0 * (pi_p0[j] - pi_z0[j]) + ih1 * (pi_p1[j] - pi_z1[j])
                             d_h = it0 * (pi_z1[j] - pi_z0[j]) + it1 * (pi_p1[j] - pi_p0[j])
-                            d_w = it0 * (ih0 * pd_z0[j] + ih1 * pd_z1[j]) + it1 * (ih0 * pd_p0[j] + ih1 * pd_p1[j])
+                            d_w = it0 * (ih0 * pd_z0[j] + ih1 * pd_z1[j]) + it1 * (
+                                ih0 * pd_p0[j] + ih1 * pd_p1[j]
+                            )
                             acc_t += g * d_t
                             acc_h += g * d_h
                             acc_w += g * d_w
@@ -664,10 +892,27 @@ def _build(storage: str, shift_storage: str):  # noqa: C901 - one closure per ke
                 else:
                     for wo in range(wo0, min(wo0 + TILE, Wo)):
                         a_t, a_h, a_w = column_grad(
-                            gy, x, g_base, wo, r0, r1, sh, oh, sw, pw, fw, H, W, Wo,
-                            (pm, pz, pp), (vm, vz, vp), (int_t, int_h, int_w),
-                            (it0, it1, dtm, dt0, dt1), (ih0, ih1, dhm, dh0, dh1),
-                            (iw0, iw1, dwm, dw0, dw1))
+                            gy,
+                            x,
+                            g_base,
+                            wo,
+                            r0,
+                            r1,
+                            sh,
+                            oh,
+                            sw,
+                            pw,
+                            fw,
+                            H,
+                            W,
+                            Wo,
+                            (pm, pz, pp),
+                            (vm, vz, vp),
+                            (int_t, int_h, int_w),
+                            (it0, it1, dtm, dt0, dt1),
+                            (ih0, ih1, dhm, dh0, dh1),
+                            (iw0, iw1, dwm, dw0, dw1),
+                        )
                         acc_t += a_t
                         acc_h += a_h
                         acc_w += a_w

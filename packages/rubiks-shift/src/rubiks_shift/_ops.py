@@ -97,10 +97,21 @@ def shift3d_backward(
 
 
 @shift3d_backward.register_kernel("cpu")
-def _backward_cpu(grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift):
+def _backward_cpu(
+    grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
+):
     if not _cpu.available():
         return shift3d_backward._init_fn(
-            grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
+            grad_y,
+            x,
+            shift,
+            stride,
+            padding,
+            quantize,
+            normalize_grad,
+            t_factor,
+            need_x,
+            need_shift,
         )
     return _cpu.backward(
         grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
@@ -108,14 +119,18 @@ def _backward_cpu(grad_y, x, shift, stride, padding, quantize, normalize_grad, t
 
 
 @shift3d_backward.register_kernel("cuda")
-def _backward_cuda(grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift):
+def _backward_cuda(
+    grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
+):
     return _cuda_backend().backward(
         grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
     )
 
 
 @shift3d_backward.register_fake
-def _backward_fake(grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift):
+def _backward_fake(
+    grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
+):
     gx = x.new_empty(x.shape) if need_x else x.new_empty(0)
     gs = shift.new_empty(shift.shape) if need_shift else shift.new_empty(0)
     return gx, gs
@@ -137,7 +152,16 @@ def _backward(ctx, grad_y):
     if not (need_x or need_shift):
         return (None,) * 7
     grad_x, grad_shift = shift3d_backward(
-        grad_y.contiguous(), x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
+        grad_y.contiguous(),
+        x,
+        shift,
+        stride,
+        padding,
+        quantize,
+        normalize_grad,
+        t_factor,
+        need_x,
+        need_shift,
     )
     return (
         grad_x if need_x else None,
@@ -215,7 +239,16 @@ class EagerShift3d(torch.autograd.Function):
         if not (need_x or need_shift):
             return (None,) * 7
         grad_x, grad_shift = ctx.backend.backward(
-            grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
+            grad_y,
+            x,
+            shift,
+            stride,
+            padding,
+            quantize,
+            normalize_grad,
+            t_factor,
+            need_x,
+            need_shift,
         )
         return (grad_x if need_x else None, grad_shift if need_shift else None) + (None,) * 5
 
@@ -235,4 +268,6 @@ def shift3d_call(x: Tensor, shift: Tensor, stride, padding, quantize, normalize_
         if torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
             x = x.to(torch.get_autocast_dtype(device_type))
         return EagerShift3d.apply(x, shift, stride, padding, quantize, normalize_grad, t_factor)
-    return torch.ops.rubiks_shift.shift3d(x, shift, stride, padding, quantize, normalize_grad, t_factor)
+    return torch.ops.rubiks_shift.shift3d(
+        x, shift, stride, padding, quantize, normalize_grad, t_factor
+    )

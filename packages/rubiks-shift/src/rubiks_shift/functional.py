@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import torch
 
-from ._ops import shift3d_call
 from ._checks import check_finite_shift, check_shift3d_args, triple
+from ._ops import shift3d_call
 
-__all__ = ["rubiks_shift3d", "rubiks_shift2d"]
+__all__ = ["rubiks_shift2d", "rubiks_shift3d"]
 
 
 def _validate_values(shift: torch.Tensor, op: str) -> None:
@@ -27,7 +27,9 @@ def _t_factor(value: float | str, x: torch.Tensor) -> float:
             raise ValueError(f"normalize_t_factor must be a number or 'auto', got {value!r}")
         return x.shape[1] / x.shape[3]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"normalize_t_factor must be a number or 'auto', got {type(value).__name__}")
+        raise TypeError(
+            f"normalize_t_factor must be a number or 'auto', got {type(value).__name__}"
+        )
     return float(value)
 
 
@@ -90,7 +92,13 @@ def rubiks_shift2d(
     # factor is the 2-D rule.
     shift3 = torch.cat([shift.new_zeros(1, shift.shape[1]), shift], dim=0)
     y = shift3d_call(
-        x.unsqueeze(1), shift3, [1, *stride2], [0, *padding2], bool(quantize), bool(normalize_grad), 1.0
+        x.unsqueeze(1),
+        shift3,
+        [1, *stride2],
+        [0, *padding2],
+        bool(quantize),
+        bool(normalize_grad),
+        1.0,
     )
     return y.squeeze(1)
 

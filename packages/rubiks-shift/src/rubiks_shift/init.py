@@ -6,14 +6,16 @@ import re
 
 import torch
 
-__all__ = ["init_temporal", "init_spatial", "group_offsets"]
+__all__ = ["group_offsets", "init_spatial", "init_temporal"]
 
 _TSM_NOISE = re.compile(r"^tsm-g(\d+(?:\.\d*)?(?:e-?\d+)?)$")
 _GROUP = re.compile(r"^group(\d+)$")
 
 
 @torch.no_grad()
-def init_temporal(row: torch.Tensor, mode: str = "uniform", generator: torch.Generator | None = None) -> None:
+def init_temporal(
+    row: torch.Tensor, mode: str = "uniform", generator: torch.Generator | None = None
+) -> None:
     """Fill a (C,) temporal-shift row in place.
 
     Modes: ``uniform`` (U[-1, 1]), ``zero``, ``tsm`` (first C/8 channels +1, next C/8
@@ -57,7 +59,9 @@ def group_offsets(channels: int, kernel: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_spatial(rows: torch.Tensor, mode: str = "uniform", generator: torch.Generator | None = None) -> None:
+def init_spatial(
+    rows: torch.Tensor, mode: str = "uniform", generator: torch.Generator | None = None
+) -> None:
     """Fill (2, C) spatial-shift rows (H, W) in place: ``uniform``, ``zero`` or ``group<K>``."""
     if mode == "uniform":
         rows.copy_(torch.rand(rows.shape, generator=generator, dtype=rows.dtype) * 2 - 1)

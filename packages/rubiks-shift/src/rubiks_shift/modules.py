@@ -11,7 +11,7 @@ from ._checks import triple
 from .functional import rubiks_shift2d, rubiks_shift3d
 from .init import init_spatial, init_temporal
 
-__all__ = ["RubiksShift3d", "RubiksShift2d"]
+__all__ = ["RubiksShift2d", "RubiksShift3d"]
 
 
 class RubiksShift3d(nn.Module):

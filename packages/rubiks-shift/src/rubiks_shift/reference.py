@@ -17,7 +17,7 @@ import torch
 from ._checks import SHIFT_LIMIT, output_length
 from ._normalize import normalize_shift_grad
 
-__all__ = ["shift3d_forward", "shift3d_backward", "normalize_shift_grad"]
+__all__ = ["normalize_shift_grad", "shift3d_backward", "shift3d_forward"]
 
 
 def _axis_operators(
@@ -63,7 +63,9 @@ def _apply(ops: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 def _operators(x_shape, shift, stride, padding, quantize):
     lengths = (x_shape[1], x_shape[3], x_shape[4])
     return [
-        _axis_operators(shift[d].to(torch.float64).cpu(), lengths[d], stride[d], padding[d], quantize)
+        _axis_operators(
+            shift[d].to(torch.float64).cpu(), lengths[d], stride[d], padding[d], quantize
+        )
         for d in range(3)
     ]
 
@@ -102,4 +104,3 @@ def shift3d_backward(
         mats[d] = continuous[d][1]
         grad_shift[d] = (gy * _apply(mats, xd)).sum(dim=(0, 1, 3, 4))
     return grad_x, grad_shift
-
