@@ -119,8 +119,10 @@ def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], device
         ptrs[0] += step.src_offset * tensors[0].element_size()
     if step.dst_offset:
         ptrs[-1] += step.dst_offset * tensors[-1].element_size()
-    real = ctypes.c_double if kernels.storage == "float64" else ctypes.c_float
-    scalars = [real(v) if isinstance(v, float) else v for v in step.scalars]
+    scalars = step.scalars
+    if step.name == "finalize":  # its last argument is a float of the accumulation type
+        real = ctypes.c_double if kernels.storage == "float64" else ctypes.c_float
+        scalars = (*scalars[:-1], real(scalars[-1]))
     _Launcher.launch(fn, step.grid, step.block, (*ptrs, *scalars), device.index)
 
 

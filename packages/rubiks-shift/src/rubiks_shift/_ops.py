@@ -267,7 +267,9 @@ def shift3d_call(x: Tensor, shift: Tensor, stride, padding, quantize, normalize_
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
             x = x.to(torch.get_autocast_dtype(device_type))
-        return EagerShift3d.apply(x, shift, stride, padding, quantize, normalize_grad, t_factor)
+        if torch.is_grad_enabled() and (x.requires_grad or shift.requires_grad):
+            return EagerShift3d.apply(x, shift, stride, padding, quantize, normalize_grad, t_factor)
+        return eager_backend(x).forward(x, shift, stride, padding, quantize)  # nothing to record
     return torch.ops.rubiks_shift.shift3d(
         x, shift, stride, padding, quantize, normalize_grad, t_factor
     )
