@@ -97,7 +97,7 @@ def test_cli_two_processes_equal_one(tiny_synthetic, tmp_path):
         "--pretrained",
         str(ckpt),
         "--protocol",
-        "2clip",
+        "1clip",
         "--per-video",
         *ARGS[:-3],
         "-b",
