@@ -46,7 +46,13 @@ def _install(session: nox.Session, names: list[str], extras: bool = True) -> Non
 
 def _run_tests(session: nox.Session, name: str) -> None:
     session.run(
-        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", PACKAGES[name] + "/tests",
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        PACKAGES[name] + "/tests",
         *session.posargs,
     )
 
@@ -86,8 +92,15 @@ def bench(session: nox.Session) -> None:
     """CPU kernel regressions (pytest-benchmark) and the op benchmark table."""
     _install(session, ["shift"])
     session.run(
-        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
-        "packages/rubiks-shift/benchmarks", "--benchmark-only", *session.posargs,
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "packages/rubiks-shift/benchmarks",
+        "--benchmark-only",
+        *session.posargs,
     )
     session.run("python", "packages/rubiks-shift/benchmarks/bench_shift.py", "--quick")
 
