@@ -22,9 +22,10 @@ def format_summary(result: EvalResult, title: str = "") -> str:
     lines = []
     if title:
         lines.append(title)
+    views = "view" if result.num_views == 1 else "views"
     lines += [
         f"videos listed:        {m.num_videos}",
-        f"videos evaluated:     {m.num_evaluated}  ({result.num_views} views each)",
+        f"videos evaluated:     {m.num_evaluated}  ({result.num_views} {views} each)",
         f"unreadable videos:    {m.num_failed}  (counted as misses)",
         f"top-1:                {m.top1:.2f} %  (of {m.num_videos} listed videos)",
         f"top-5:                {m.top5:.2f} %",
