@@ -1,0 +1,52 @@
+import json
+
+from rubiks_eval.checkpoint import weights_metadata
+from rubiks_eval.demo import DEFAULT_CHECKPOINT, main
+
+
+def test_bundled_checkpoint_is_small_and_described():
+    assert DEFAULT_CHECKPOINT.stat().st_size < 5 * 2**20
+    meta = weights_metadata(DEFAULT_CHECKPOINT)
+    assert json.loads(meta["synthetic"])["classes"] and json.loads(meta["eval"])["crop_size"]
+
+
+def test_demo_runs_on_a_small_generated_sample(tmp_path, capsys):
+    rc = main(
+        [
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--num-val",
+            "8",
+            "--protocols",
+            "1clip",
+            "--no-progress",
+            "-j",
+            "0",
+            "--output",
+            str(tmp_path / "out"),
+            "--min-top1",
+            "0",
+        ]
+    )
+    assert rc == 0
+    assert "| 1clip |" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "out" / "results-1clip.json").read_text())
+    assert doc["metrics"]["num_videos"] == 8
+    # the second run reuses the cached videos
+    assert (
+        main(
+            [
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--num-val",
+                "8",
+                "--protocols",
+                "1clip",
+                "--no-progress",
+                "-j",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert "(cached" in capsys.readouterr().out
