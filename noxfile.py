@@ -2,7 +2,7 @@
 
     nox -s eval          the main job: the evaluation protocol on the embedded default (CPU)
     nox -s tests         every package's test suite
-    nox -s tests-shift   one package's suite (also tests-models, tests-data, tests-eval)
+    nox -s tests-shift   one package's suite (also tests-data, tests-eval)
     nox -s lint          ruff over the whole tree
     nox -s bench         pytest-benchmark regressions of the CPU kernels + the op benchmark
     nox -s train         tools/train.py (arguments after --)
@@ -21,18 +21,17 @@ nox.options.reuse_venv = "yes"
 
 PACKAGES = {
     "shift": "packages/rubiks-shift",
-    "models": "packages/rubiks-models",
     "data": "packages/rubiks-data",
     "eval": "packages/rubiks-eval",
 }
-# Local path dependencies, in install order (pip cannot resolve unpublished siblings).
+# Local path dependencies, installed in one pip call (pip cannot resolve unpublished
+# siblings from an index).
 DEPENDS = {
     "shift": ["shift"],
-    "models": ["shift", "models"],
     "data": ["data"],
-    "eval": ["shift", "models", "data", "eval"],
+    "eval": ["shift", "data", "eval"],
 }
-EXTRAS = {"shift": "[cuda,test]", "models": "[test]", "data": "[test]", "eval": "[test,plot]"}
+EXTRAS = {"shift": "[cuda,test]", "data": "[test]", "eval": "[test,plot]"}
 
 
 def _install(session: nox.Session, names: list[str], extras: bool = True) -> None:
@@ -59,15 +58,19 @@ def _run_tests(session: nox.Session, name: str) -> None:
 
 @nox.session(name="eval")
 def eval_default(session: nox.Session) -> None:
-    """The embedded default: synthetic videos, bundled checkpoint, 1-clip and 2-clip."""
+    """The embedded default (no arguments): synthetic videos, bundled checkpoint, 1-clip and
+    2-clip. With arguments after --, the rubiks-eval CLI itself."""
     _install(session, DEPENDS["eval"], extras=False)
-    session.run("python", "-m", "rubiks_eval.demo", *session.posargs)
+    if session.posargs:
+        session.run("python", "-m", "rubiks_eval", *session.posargs)
+    else:
+        session.run("python", "-m", "rubiks_eval.demo")
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """Every package's suite, each in its own pytest run (their test modules share names)."""
-    _install(session, ["shift", "models", "data", "eval"])
+    _install(session, list(PACKAGES))
     for name in PACKAGES:
         _run_tests(session, name)
 
