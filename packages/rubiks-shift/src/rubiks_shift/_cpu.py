@@ -29,12 +29,27 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in _NATIVE else torch.float32
 
 
-def _shift_params(shift: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+def _shift_params(shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Clamped float64 shift for the kernels, and the mask of NaN channels."""
     s = shift.detach().to(torch.float64)
     nan_channels = torch.isnan(s).any(dim=0)
     s = torch.nan_to_num(s, nan=0.0).clamp(-SHIFT_LIMIT, SHIFT_LIMIT)
-    return s.contiguous().numpy(), nan_channels
+    return s.contiguous(), nan_channels
+
+
+def _corner_tables(
+    s: torch.Tensor, quantize: bool, dtype: torch.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel and dimension: corner 0's integer offset (3, C) and the two corner
+    weights (3, C, 2) in the compute dtype (SPEC §1.2 / §1.3)."""
+    if quantize:
+        offsets = torch.floor(s + 0.5)
+        weights = torch.stack([torch.ones_like(s), torch.zeros_like(s)], dim=-1)
+    else:
+        offsets = torch.floor(s)
+        frac = s - offsets
+        weights = torch.stack([1 - frac, frac], dim=-1)
+    return offsets.to(torch.int64).numpy(), weights.to(dtype).contiguous().numpy()
 
 
 def forward(
@@ -48,13 +63,14 @@ def forward(
     work = x.detach().to(_compute_dtype(x.dtype)).contiguous()
     y = torch.empty(output_shape(x.shape, stride, padding), dtype=work.dtype)
     params, nan_channels = _shift_params(shift)
+    offsets, weights = _corner_tables(params, quantize, work.dtype)
     _kernels.forward(
         work.numpy(),
-        params,
+        offsets,
+        weights,
         y.numpy(),
         np.asarray(stride, np.int64),
         np.asarray(padding, np.int64),
-        quantize,
     )
     if bool(nan_channels.any()):
         y[:, :, nan_channels] = float("nan")
@@ -81,15 +97,17 @@ def backward(
     n_batch, channels = x.shape[0], x.shape[2]
     partial = np.zeros((n_batch, 3, channels) if need_shift else (0, 3, 0), np.float64)
     params, nan_channels = _shift_params(shift)
+    offsets, weights = _corner_tables(params, quantize, dtype)
     _kernels.backward(
         work_gy.numpy(),
         work_x.numpy(),
-        params,
+        params.numpy(),
+        offsets,
+        weights,
         grad_x.numpy(),
         partial,
         np.asarray(stride, np.int64),
         np.asarray(padding, np.int64),
-        quantize,
         need_x,
         need_shift,
     )

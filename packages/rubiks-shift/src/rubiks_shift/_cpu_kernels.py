@@ -35,11 +35,8 @@ def _valid_range(out_len, length, stride, offset):
 
 
 @njit(inline="always", cache=True)
-def _axis(s, quantize):
-    """Integer base offset f and weights (w0, w1) for the corners f and f+1."""
-    if quantize:
-        q = math.floor(s + 0.5)
-        return np.int64(q), 1.0, 0.0
+def _axis(s):
+    """Integer base offset f and interpolation weights (w0, w1) for corners f and f+1."""
     f = math.floor(s)
     r = s - f
     return np.int64(f), 1.0 - r, r
@@ -56,7 +53,10 @@ def _diff(s):
 
 
 @njit(parallel=True, cache=True)
-def forward(x, shift, y, stride, padding, quantize):
+def forward(x, offsets, weights, y, stride, padding):
+    """``offsets[d, c]`` is corner 0's integer offset along d, ``weights[d, c, e]`` the
+    weight of corner e, in the data's dtype (so the inner loops are single-precision SIMD
+    for float32 data)."""
     n_batch, t_in, channels, h_in, w_in = x.shape
     _, t_out, _, h_out, w_out = y.shape
     st, sh, sw = stride[0], stride[1], stride[2]
@@ -66,9 +66,9 @@ def forward(x, shift, y, stride, padding, quantize):
         nt = plane // channels
         to = nt % t_out
         n = nt // t_out
-        ft, wt0, wt1 = _axis(shift[0, c], quantize)
-        fh, wh0, wh1 = _axis(shift[1, c], quantize)
-        fw, ww0, ww1 = _axis(shift[2, c], quantize)
+        ft, wt0, wt1 = offsets[0, c], weights[0, c, 0], weights[0, c, 1]
+        fh, wh0, wh1 = offsets[1, c], weights[1, c, 0], weights[1, c, 1]
+        fw, ww0, ww1 = offsets[2, c], weights[2, c, 0], weights[2, c, 1]
         out = y[n, to, c]
         out[:, :] = 0
         for et in range(2):
@@ -105,7 +105,7 @@ def _dot(gy_row, x_row, lo, hi, sw, ow):
 
 
 @njit(parallel=True, cache=True)
-def backward(grad_y, x, shift, grad_x, partial, stride, padding, quantize, need_x, need_shift):
+def backward(grad_y, x, shift, offsets, weights, grad_x, partial, stride, padding, need_x, need_shift):
     """grad_x (scatter, race-free: one (n, c) column per task) and per-(n, c) shift-grad
     partial sums ``partial[n, d, c]``, accumulated in float64 in a fixed order."""
     n_batch, t_in, channels, h_in, w_in = x.shape
@@ -118,9 +118,9 @@ def backward(grad_y, x, shift, grad_x, partial, stride, padding, quantize, need_
         if need_x:
             for t in range(t_in):
                 grad_x[n, t, c, :, :] = 0
-            ft, wt0, wt1 = _axis(shift[0, c], quantize)
-            fh, wh0, wh1 = _axis(shift[1, c], quantize)
-            fw, ww0, ww1 = _axis(shift[2, c], quantize)
+            ft, wt0, wt1 = offsets[0, c], weights[0, c, 0], weights[0, c, 1]
+            fh, wh0, wh1 = offsets[1, c], weights[1, c, 0], weights[1, c, 1]
+            fw, ww0, ww1 = offsets[2, c], weights[2, c, 0], weights[2, c, 1]
             for to in range(t_out):
                 for et in range(2):
                     wt = wt0 if et == 0 else wt1
@@ -148,9 +148,9 @@ def backward(grad_y, x, shift, grad_x, partial, stride, padding, quantize, need_
                                     drow[wo * sw + ow] += wgt * grow[wo]
         if need_shift:
             # Continuous weights (straight-through under quantize) and gradient stencils.
-            ft, wt0, wt1 = _axis(shift[0, c], False)
-            fh, wh0, wh1 = _axis(shift[1, c], False)
-            fw, ww0, ww1 = _axis(shift[2, c], False)
+            ft, wt0, wt1 = _axis(shift[0, c])
+            fh, wh0, wh1 = _axis(shift[1, c])
+            fw, ww0, ww1 = _axis(shift[2, c])
             tlo, thi, ct = _diff(shift[0, c])
             hlo_, hhi_, ch = _diff(shift[1, c])
             wlo_, whi_, cw = _diff(shift[2, c])
