@@ -1,0 +1,35 @@
+"""RubiksNet video models for timm (importing this package registers them).
+
+``timm.create_model("rubiksnet_large", pretrained=True, pretrained_cfg_overlay=dict(file=...))``,
+the seed-style facade :class:`RubiksNet`, the converter ``rubiks-convert`` and the FLOP
+counter ``rubiks-flops``.
+"""
+
+from .rubiksnet import (
+    TIERS,
+    VARIANTS,
+    RubiksNet,
+    Shift2d,
+    Shift3d,
+    TemporalAttentionShift,
+    checkpoint_filter_fn,
+    inflate,
+    is_shift_param,
+    weights_dir,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TIERS",
+    "VARIANTS",
+    "RubiksNet",
+    "Shift2d",
+    "Shift3d",
+    "TemporalAttentionShift",
+    "__version__",
+    "checkpoint_filter_fn",
+    "inflate",
+    "is_shift_param",
+    "weights_dir",
+]

@@ -1,0 +1,830 @@
+"""RubiksNet: Learnable 3D-Shift for Efficient Video Action Recognition (ECCV 2020).
+
+A timm model file: pretrained configs first, then the layers, the model, the checkpoint
+filter and the registered entrypoints.
+
+* ``rubiksnet_{tiny,small,medium,large}``: the video model, variant ``rubiks3d``
+  (a learnable (T, H, W) RubiksShift per channel in every block).
+* ``rubiksnet_{tier}_aq``: variant ``rubiks3d-aq`` (spatial RubiksShift2d plus a 3-tap
+  temporal attention shift before each block's first 1x1 conv, SPEC §2.3).
+* ``rubiksnet2d_{tier}``: the image form of the backbone (spatial shifts only, for
+  ImageNet-style pretraining); :func:`inflate` turns it into a video model (SPEC §1.6).
+
+Input: clips (B, T, C, H, W), images (B, C, H, W) (a one-frame clip) or TSN-stacked frames
+(B, 3T, H, W). Output: (B, num_classes), the per-frame logits averaged over T.
+``forward_features`` / ``forward_intermediates`` keep the input's layout: (B, C, h, w) for
+images, (B, T, C, h, w) for clips.
+
+Reference checkpoint keys (``backbone.layer1.0.as3.rubiks3d.shift``, ``new_fc.weight``, ...)
+are converted by :func:`checkpoint_filter_fn`; the mapping is in :data:`REFERENCE_KEY_MAP`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import register_notrace_function, register_notrace_module
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from rubiks_shift import RubiksShift2d, RubiksShift3d
+
+__all__ = [
+    "REFERENCE_KEY_MAP",
+    "TIERS",
+    "VARIANTS",
+    "RubiksNet",
+    "Shift2d",
+    "Shift3d",
+    "TemporalAttentionShift",
+    "checkpoint_filter_fn",
+    "inflate",
+    "weights_dir",
+]
+
+# --------------------------------------------------------------------------- configs
+
+# tier: (width, repeats of stages 1-4, squeeze-excitation reduction or 0)
+TIERS: dict[str, tuple[int, tuple[int, int, int, int], int]] = {
+    "tiny": (54, (3, 4, 6, 3), 0),
+    "small": (72, (3, 4, 6, 3), 12),
+    "medium": (72, (3, 4, 23, 3), 0),
+    "large": (72, (3, 8, 36, 3), 0),
+}
+VARIANTS = ("rubiks3d", "rubiks3d-aq", "rubiks2d")
+
+# Released checkpoint files (users own them): timm tag -> file name.
+RELEASED_FILES: dict[str, str] = {
+    **{f"rubiksnet_{t}.ssv2": f"ssv2_{t}.pth.tar" for t in TIERS},
+    **{f"rubiksnet_{t}.kinetics": f"kinetics_{t}.pth.tar" for t in TIERS},
+    "rubiksnet_large_aq.ssv2_budget0125": "ssv2_large_aq_budget0.125.pth.tar",
+}
+
+
+def weights_dir() -> Path:
+    """Where pretrained tags look for weight files: ``$RUBIKSNET_WEIGHTS`` or
+    ``~/.cache/rubiksnet``. Put the released ``.pth.tar`` files there (or their
+    ``rubiks-convert`` output as ``<stem>.safetensors`` or ``<stem>/model.safetensors``)."""
+    return Path(os.environ.get("RUBIKSNET_WEIGHTS", "~/.cache/rubiksnet")).expanduser()
+
+
+def local_weight_file(tag_name: str) -> Path | None:
+    """The local weight file for a pretrained tag, or None when it is not there."""
+    name = RELEASED_FILES.get(tag_name)
+    if name is None:
+        return None
+    root = weights_dir()
+    stem = name.removesuffix(".pth.tar")
+    for candidate in (root / name, root / f"{stem}.safetensors", root / stem / "model.safetensors"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 174,
+        "input_size": (3, 224, 224),
+        "min_input_size": (3, 32, 32),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,  # short side 256, centre crop 224 (TSM test protocol)
+        "interpolation": "bilinear",
+        "crop_mode": "center",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem",
+        "classifier": "fc",
+        "license": "mit",
+        "paper_name": "RubiksNet: Learnable 3D-Shift for Efficient Video Action Recognition",
+        "origin_url": "https://github.com/StanfordVL/RubiksNet",
+        **kwargs,
+    }
+
+
+def _released(tag_name: str, **kwargs: Any) -> dict[str, Any]:
+    """A cfg for a released checkpoint; ``file`` is set only when it is present locally,
+    so ``timm.list_pretrained()`` lists exactly the weights this machine has."""
+    path = local_weight_file(tag_name)
+    name = RELEASED_FILES[tag_name]
+    notes = (f"released file {name}; place it in $RUBIKSNET_WEIGHTS (default ~/.cache/rubiksnet)",)
+    return _cfg(file=str(path) if path else None, notes=notes, **kwargs)
+
+
+_SSV2 = dict(num_classes=174, description="Something-Something-V2, 8 frames")
+_K400 = dict(num_classes=400, description="Kinetics-400 (for fine-tuning), 8 frames")
+
+default_cfgs = generate_default_cfgs(
+    {
+        **{f"rubiksnet_{t}.ssv2": _released(f"rubiksnet_{t}.ssv2", **_SSV2) for t in TIERS},
+        **{f"rubiksnet_{t}.kinetics": _released(f"rubiksnet_{t}.kinetics", **_K400) for t in TIERS},
+        "rubiksnet_large_aq.ssv2_budget0125": _released(
+            "rubiksnet_large_aq.ssv2_budget0125",
+            **{**_SSV2, "description": "Something-Something-V2, AQ budget 0.125, 8 frames"},
+        ),
+        **{f"rubiksnet_{t}_aq": _cfg() for t in ("tiny", "small", "medium")},
+        **{f"rubiksnet2d_{t}": _cfg(num_classes=1000, description="image backbone") for t in TIERS},
+    }
+)
+
+# ------------------------------------------------------------------ shift layers
+
+
+def _conv_init(conv: nn.Conv2d) -> None:
+    k = conv.kernel_size[0] * conv.kernel_size[1]
+    nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (k * conv.out_channels)))
+
+
+@register_notrace_module
+class Shift3d(RubiksShift3d):
+    """:class:`rubiks_shift.RubiksShift3d` that TorchScript can compile (it calls the
+    registered op ``torch.ops.rubiks_shift.shift3d`` directly) and FX keeps as a leaf."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            setting = self.normalize_t_factor
+            if isinstance(setting, str):  # "auto": T / H of the input
+                factor = float(x.shape[1]) / float(x.shape[3])
+            else:
+                factor = float(setting)
+            return torch.ops.rubiks_shift.shift3d(
+                x,
+                self.shift,
+                list(self.stride),
+                list(self.padding),
+                self.quantize,
+                self.normalize_grad,
+                factor,
+            )
+        return super().forward(x)
+
+
+@register_notrace_module
+class Shift2d(RubiksShift2d):
+    """:class:`rubiks_shift.RubiksShift2d`, scriptable and an FX leaf (see :class:`Shift3d`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            shift3 = torch.cat([torch.zeros_like(self.shift[:1]), self.shift], 0)
+            y = torch.ops.rubiks_shift.shift3d(
+                x.unsqueeze(1),
+                shift3,
+                [1, self.stride[0], self.stride[1]],
+                [0, self.padding[0], self.padding[1]],
+                self.quantize,
+                self.normalize_grad,
+                1.0,
+            )
+            return y.squeeze(1)
+        return super().forward(x)
+
+
+class TemporalAttentionShift(nn.Module):
+    """The AQ temporal layer (SPEC §2.3) on clips (B, T, C, H, W).
+
+    ``y[t] = a0 x[t-1] + a1 x[t] + a2 x[t+1]`` per channel (zeros beyond the clip), with
+    ``a_c = softmax(w_c / (std(w_c) + 1e-6) / tau)``; ``w`` (C, 3) is learned, ``tau`` a
+    buffer (2.0 as in the released code; anneal it towards 0 for one-hot taps).
+    """
+
+    def __init__(self, channels: int, tau: float = 2.0) -> None:
+        super().__init__()
+        self.channels = channels
+        self.weight = nn.Parameter(torch.rand(channels, 3))
+        self.register_buffer("tau", torch.tensor(float(tau)))
+
+    def attention(self) -> torch.Tensor:
+        """(C, 3) tap weights (float32 or the parameter's dtype)."""
+        w = self.weight
+        w = w / (w.std(dim=1, keepdim=True) + 1e-6)
+        return torch.softmax(w / self.tau, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attention().to(x.dtype)
+        a0 = a[:, 0].reshape(1, 1, -1, 1, 1)
+        a1 = a[:, 1].reshape(1, 1, -1, 1, 1)
+        a2 = a[:, 2].reshape(1, 1, -1, 1, 1)
+        xp = F.pad(x, [0, 0, 0, 0, 0, 0, 1, 1])  # zeros at t = -1 and t = T
+        t = x.shape[1]
+        return a0 * xp[:, 0:t] + a1 * x + a2 * xp[:, 2 : t + 2]
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, tau={float(self.tau):g}"
+
+
+class SqueezeExcite(nn.Module):
+    """avg-pool -> Linear(C, C//r) -> ReLU -> Linear(C//r, C) -> sigmoid -> scale (no biases)."""
+
+    def __init__(self, channels: int, reduction: int = 12) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, channels // reduction, bias=False)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(channels // reduction, channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3))))))
+        return x * s[:, :, None, None]
+
+
+# ------------------------------------------------------------------------ blocks
+
+
+class RubiksBlock(nn.Module):
+    """Pre-activation bottleneck, expansion 1, bias-free convs (SPEC §2.1), on clips.
+
+    ``a = relu(norm1(x))``; shortcut = x, or a strided 1x1 conv of ``a``;
+    ``h = relu(norm2(conv1(tshift(a))))`` (``tshift`` only in the AQ variant);
+    ``h = rubiks(h)`` (the shift, with the block's spatial stride); optional SE;
+    ``return conv2(h) + shortcut``.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        stride: int = 1,
+        *,
+        variant: str = "rubiks3d",
+        se_reduction: int = 0,
+        shift_init: str = "uniform",
+        t_init: str = "uniform",
+        normalize_grad: bool = True,
+        normalize_t_factor: float | str = 1.0,
+        aq_tau: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.is_3d = variant == "rubiks3d"
+        self.has_tshift = variant == "rubiks3d-aq"
+        self.has_proj = stride != 1 or in_chs != out_chs
+        self.norm1 = nn.BatchNorm2d(in_chs)
+        self.act1 = nn.ReLU(inplace=True)
+        self.tshift = TemporalAttentionShift(in_chs, aq_tau) if self.has_tshift else nn.Identity()
+        self.conv1 = nn.Conv2d(in_chs, out_chs, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(out_chs)
+        self.act2 = nn.ReLU(inplace=True)
+        if self.is_3d:
+            self.rubiks: nn.Module = Shift3d(
+                out_chs,
+                stride=(1, stride, stride),
+                init=shift_init,
+                t_init=t_init,
+                normalize_grad=normalize_grad,
+                normalize_t_factor=normalize_t_factor,
+            )
+        else:
+            self.rubiks = Shift2d(
+                out_chs, stride=stride, init=shift_init, normalize_grad=normalize_grad
+            )
+        self.se = SqueezeExcite(out_chs, se_reduction) if se_reduction else nn.Identity()
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 1, bias=False)
+        self.shortcut = (
+            nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
+            if self.has_proj
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[0], x.shape[1]
+        f = x.flatten(0, 1)
+        a = self.act1(self.norm1(f))
+        skip = self.shortcut(a) if self.has_proj else f
+        if self.has_tshift:
+            a = self.tshift(a.unflatten(0, [b, t])).flatten(0, 1)
+        h = self.act2(self.norm2(self.conv1(a)))
+        if self.is_3d:
+            h = self.rubiks(h.unflatten(0, [b, t])).flatten(0, 1)
+        else:
+            h = self.rubiks(h)
+        h = self.conv2(self.se(h))
+        return (h + skip).unflatten(0, [b, t])
+
+
+class RubiksStage(nn.Module):
+    def __init__(self, blocks: list[RubiksBlock]) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+# ---------------------------------------------------------------- input layouts
+
+
+@register_notrace_function
+def as_clip(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """(B, T, C, H, W) from a clip, an image (B, C, H, W) or TSN-stacked frames (B, 3T, H, W)."""
+    if x.dim() == 5:
+        if x.shape[2] != in_chans:
+            raise ValueError(
+                "clip must be (B, T, C, H, W) with C = "
+                + str(in_chans)
+                + ", got shape "
+                + str(list(x.shape))
+            )
+        return x
+    if x.dim() == 4:
+        c = x.shape[1]
+        if c == in_chans:
+            return x.unsqueeze(1)
+        if in_chans == 3 and c % 3 == 0:
+            return x.reshape(x.shape[0], c // 3, 3, x.shape[2], x.shape[3])
+        raise ValueError(
+            "4-D input must be (B, " + str(in_chans) + ", H, W) or TSN-stacked (B, 3T, H, W), "
+            "got shape " + str(list(x.shape))
+        )
+    raise ValueError(
+        "input must be (B, T, C, H, W), (B, C, H, W) or (B, 3T, H, W), got shape "
+        + str(list(x.shape))
+    )
+
+
+@register_notrace_function
+def match_layout(feat: torch.Tensor, x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Clip features (B, T, C, h, w) as (B, C, h, w) when the input ``x`` was one image."""
+    if x.dim() == 4 and x.shape[1] == in_chans:
+        return feat.squeeze(1)
+    return feat
+
+
+# ------------------------------------------------------------------------- model
+
+
+class RubiksNet(nn.Module):
+    """RubiksNet video classifier (and its 2-D image form).
+
+    Also the seed-compatible facade: ``RubiksNet(tier, num_classes, num_frames=8,
+    variant="rubiks3d")`` and ``RubiksNet.load_pretrained(path)``.
+
+    Args:
+        tier: ``tiny``, ``small``, ``medium`` or ``large`` (SPEC §2.2).
+        num_classes: classes of the head (0: no head, forward returns pooled features).
+        num_frames: nominal frames per clip (metadata; T is read from every input).
+        variant: ``rubiks3d``, ``rubiks3d-aq`` or ``rubiks2d`` (image backbone).
+        in_chans: input channels.
+        global_pool: ``avg`` (spatial and temporal mean) or ``''`` (no pooling, no head).
+        drop_rate: dropout on the per-frame pooled features before the classifier
+            (the reference uses none; TSM's training recipe uses 0.5).
+        shift_init / t_init: spatial / temporal shift initialisation (rubiks-shift modes).
+        normalize_grad / normalize_t_factor: shift-gradient normalisation (SPEC §1.5).
+        aq_tau: initial AQ temperature.
+    """
+
+    def __init__(
+        self,
+        tier: str = "tiny",
+        num_classes: int = 174,
+        num_frames: int = 8,
+        variant: str = "rubiks3d",
+        *,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        shift_init: str = "uniform",
+        t_init: str = "uniform",
+        normalize_grad: bool = True,
+        normalize_t_factor: float | str = 1.0,
+        aq_tau: float = 2.0,
+        width: int | None = None,
+        repeats: tuple[int, ...] | None = None,
+        se_reduction: int | None = None,
+    ) -> None:
+        super().__init__()
+        if tier not in TIERS:
+            raise ValueError(f"unknown tier {tier!r}; choose from {list(TIERS)}")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        t_width, t_repeats, t_se = TIERS[tier]
+        width = width or t_width
+        repeats = tuple(repeats or t_repeats)
+        se_reduction = t_se if se_reduction is None else se_reduction
+        self.tier = tier
+        self.variant = variant
+        self.width, self.repeats, self.se_reduction = width, repeats, se_reduction
+        self.num_frames = num_frames
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        self.stem = nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False)
+        block_args: dict[str, Any] = dict(
+            variant=variant,
+            se_reduction=se_reduction,
+            shift_init=shift_init,
+            t_init=t_init,
+            normalize_grad=normalize_grad,
+            normalize_t_factor=normalize_t_factor,
+            aq_tau=aq_tau,
+        )
+        stages = []
+        self.feature_info: list[dict[str, Any]] = []
+        cin, reduction = width, 2
+        for i, (r, mult) in enumerate(zip((1, *repeats), (1, 1, 2, 4, 8), strict=True)):
+            cout = width * mult
+            stride = 1 if i == 0 else 2
+            reduction *= stride
+            blocks = [
+                RubiksBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1, **block_args)
+                for j in range(r)
+            ]
+            stages.append(RubiksStage(blocks))
+            self.feature_info.append(dict(num_chs=cout, reduction=reduction, module=f"stages.{i}"))
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.num_features = self.head_hidden_size = cin
+        self.norm = nn.BatchNorm2d(cin)
+        self.act = nn.ReLU(inplace=True)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
+        self._check_head()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                _conv_init(m)
+
+    # ---------------------------------------------------------------- timm API
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [(r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Shift tensors (the (3, C) / (2, C) shifts and the AQ tap logits): never decayed,
+        as in the reference policy (decay would pull every shift towards 0, i.e. towards a
+        plain 1x1 network). BN and biases are 1-D, which timm excludes anyway."""
+        return {n for n, _ in self.named_parameters() if is_shift_param(n)}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self._check_head()
+        ref = self.norm.weight
+        self.fc = (
+            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
+
+    def _check_head(self) -> None:
+        if not self.global_pool and self.num_classes > 0:
+            raise ValueError("global_pool='' (unpooled features) needs num_classes=0")
+
+    # ------------------------------------------------------------------ forward
+
+    def _features(self, clip: torch.Tensor) -> torch.Tensor:
+        b, t = clip.shape[0], clip.shape[1]
+        x = self.stem(clip.flatten(0, 1)).unflatten(0, [b, t])
+        x = self.stages(x)
+        return self._final_norm(x)
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[0], x.shape[1]
+        return self.act(self.norm(x.flatten(0, 1))).unflatten(0, [b, t])
+
+    def _head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean((-2, -1))  # (B, T, C): per-frame pooled features
+        x = self.head_drop(x)
+        x = x.mean(1)  # consensus; the head is linear, so these are averaged frame logits
+        return x if pre_logits else self.fc(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Unpooled features after the final norm: (B, C, h, w) for images,
+        (B, T, C, h, w) for clips."""
+        return match_layout(self._features(as_clip(x, self.in_chans)), x, self.in_chans)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool (space, then time), dropout, classifier. Accepts (B, C, h, w) or
+        (B, T, C, h, w) features."""
+        if not self.global_pool:
+            return x
+        if x.dim() == 4:
+            x = x.unsqueeze(1)
+        return self._head(x, pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self._features(as_clip(x, self.in_chans))
+        if not self.global_pool:
+            return match_layout(feat, x, self.in_chans)
+        return self._head(feat)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs (indices 0-4: strides 2, 4, 8, 16, 32), in the input's layout.
+
+        Returns the intermediates, and (unless ``intermediates_only``) the final
+        features as :meth:`forward_features` gives them.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError("output_fmt must be 'NCHW' (clips give (B, T, C, H, W))")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        clip = as_clip(x, self.in_chans)
+        b, t = clip.shape[0], clip.shape[1]
+        h = self.stem(clip.flatten(0, 1)).unflatten(0, [b, t])
+        intermediates: list[torch.Tensor] = []
+        last = len(self.stages) - 1
+        for i, stage in enumerate(self.stages):
+            if stop_early and not torch.jit.is_scripting() and i > max_index:
+                break
+            h = stage(h)
+            if i in take_indices:
+                inter = self._final_norm(h) if norm and i == last else h
+                intermediates.append(match_layout(inter, x, self.in_chans))
+        if intermediates_only:
+            return intermediates
+        return match_layout(self._final_norm(h), x, self.in_chans), intermediates
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        if max_index < len(self.stages) - 1:  # the final norm belongs to the last stage
+            prune_norm = True
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    # --------------------------------------------------------------- facade
+
+    @classmethod
+    def load_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> RubiksNet:
+        """A model with the weights of a reference ``.pth.tar``, a project ``.safetensors``
+        file or a ``rubiks-convert`` output directory; architecture from its metadata."""
+        from .weights import load_model
+
+        return load_model(path, **kwargs)
+
+
+# ------------------------------------------------------------------ shift params
+
+
+def is_shift_param(name: str) -> bool:
+    """True for shift tensors: RubiksShift ``.shift`` and the AQ tap logits."""
+    return name.endswith("rubiks.shift") or name.endswith("tshift.weight")
+
+
+# ----------------------------------------------------------- reference checkpoints
+
+# Reference key suffix inside a block -> ours (SPEC §2.4).
+REFERENCE_KEY_MAP: dict[str, str] = {
+    "bn1.": "norm1.",
+    "bn2.": "norm2.",
+    "conv2.weight": "conv1.weight",
+    "conv2.1.weight": "conv1.weight",
+    "conv2.0.weight": "tshift.weight",
+    "conv2.0.T": "tshift.tau",
+    "as3.rubiks3d.shift": "rubiks.shift",
+    "as3.shift": "rubiks.shift",
+    "se.fc.0.weight": "se.fc1.weight",
+    "se.fc.2.weight": "se.fc2.weight",
+    "conv3.weight": "conv2.weight",
+    "shortcut.weight": "shortcut.weight",
+}
+_BLOCK_KEY = re.compile(r"^backbone\.layer(\d+)\.(\d+)\.(.+)$")
+
+
+def convert_reference_key(key: str) -> str:
+    """Our name for a reference state-dict key; ValueError naming it if it is unknown."""
+    if key == "backbone.conv1.weight":
+        return "stem.weight"
+    if key.startswith("backbone.bn_last."):
+        return "norm." + key.removeprefix("backbone.bn_last.")
+    if key.startswith("new_fc."):
+        return "fc." + key.removeprefix("new_fc.")
+    m = _BLOCK_KEY.match(key)
+    if m:
+        stage, block, rest = m.groups()
+        for ref, ours in REFERENCE_KEY_MAP.items():
+            if rest == ref or (ref.endswith(".") and rest.startswith(ref)):
+                return f"stages.{stage}.blocks.{block}.{ours}{rest[len(ref) :]}"
+    raise ValueError(f"unexpected key in reference checkpoint: {key!r}")
+
+
+def unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The state dict inside a checkpoint dict (``model``/``state_dict`` entry), with a
+    DDP ``module.`` prefix removed."""
+    for key in ("model", "state_dict"):
+        if key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(k, str):
+            raise ValueError(f"checkpoint has a non-string key {k!r}")
+        out[k.removeprefix("module.")] = v
+    return out
+
+
+def is_reference_layout(state: Mapping[str, Any]) -> bool:
+    return any(k.startswith(("backbone.", "new_fc.")) for k in state)
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None = None) -> dict:
+    """Turn a reference (``backbone.*``/``new_fc.*``) or project state dict into this
+    model's keys. Idempotent: our own keys pass through.
+
+    With a ``model``: a (2, C) spatial shift loaded into a 3-D layer is inflated (its T row
+    is kept from the model's initialisation, ``t_init``), as in SPEC §1.6; a 3-D shift
+    loaded into a 2-D layer keeps its (H, W) rows. The AQ temperature is a buffer: a
+    checkpoint without it keeps the model's.
+    """
+    state = unwrap_state_dict(state_dict)
+    if is_reference_layout(state):
+        state = {convert_reference_key(k): v for k, v in state.items()}
+    if model is not None:
+        own = model.state_dict()
+        for k, v in list(state.items()):
+            if not k.endswith("rubiks.shift") or k not in own or not isinstance(v, torch.Tensor):
+                continue
+            target = own[k]
+            if v.dim() == 2 and v.shape[0] == 2 and target.shape == (3, v.shape[1]):
+                state[k] = torch.cat([target[:1].to(v.dtype), v], 0)
+            elif v.dim() == 2 and v.shape[0] == 3 and target.shape == (2, v.shape[1]):
+                state[k] = v[1:]
+        for k, v in own.items():
+            if k.endswith("tshift.tau") and k not in state:
+                state[k] = v
+    return state
+
+
+# ------------------------------------------------------------------ inflation
+
+
+@torch.no_grad()
+def inflate(
+    model2d: RubiksNet,
+    variant: str = "rubiks3d",
+    t_init: str = "tsm",
+    num_frames: int = 8,
+    num_classes: int | None = None,
+) -> RubiksNet:
+    """A video RubiksNet from a (trained) 2-D image RubiksNet (SPEC §1.6).
+
+    Every weight is copied; each spatial shift keeps its (H, W) values and gets a temporal
+    row initialised by ``t_init`` (``tsm``, ``tsm-g<sigma>``, ``uniform``, ``zero``) via
+    :meth:`rubiks_shift.RubiksShift3d.from_2d`. ``variant="rubiks3d-aq"`` keeps the 2-D
+    shifts and adds fresh temporal attention. A new ``num_classes`` gets a fresh head.
+    """
+    if model2d.variant != "rubiks2d":
+        raise ValueError(f"inflate expects a rubiks2d model, got variant {model2d.variant!r}")
+    if variant not in ("rubiks3d", "rubiks3d-aq"):
+        raise ValueError(f"inflate makes a video variant, got {variant!r}")
+    classes = model2d.num_classes if num_classes is None else num_classes
+    ref = model2d.stem.weight
+    video = RubiksNet(
+        model2d.tier,
+        classes,
+        num_frames,
+        variant,
+        in_chans=model2d.in_chans,
+        t_init=t_init,
+        width=model2d.width,
+        repeats=model2d.repeats,
+        se_reduction=model2d.se_reduction,
+    ).to(device=ref.device, dtype=ref.dtype)
+    state = model2d.state_dict()
+    if classes != model2d.num_classes:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if variant == "rubiks3d":
+        for name, layer in model2d.named_modules():
+            if isinstance(layer, Shift2d):
+                state[name + ".shift"] = Shift3d.from_2d(layer, t_init=t_init).shift.detach()
+    missing, unexpected = video.load_state_dict(state, strict=False)
+    bad = [k for k in missing if "tshift." not in k and not k.startswith("fc.")]
+    if bad or unexpected:
+        raise RuntimeError(f"inflation left keys unmatched: {(bad + list(unexpected))[:5]}")
+    return video
+
+
+# ------------------------------------------------------------------ entrypoints
+
+
+def _create(name: str, pretrained: bool, tier: str, variant: str, **kwargs: Any) -> RubiksNet:
+    return build_model_with_cfg(
+        partial(RubiksNet, tier=tier, variant=variant),
+        name,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3, 4)),
+        **kwargs,
+    )
+
+
+@register_model
+def rubiksnet_tiny(pretrained: bool = False, **kwargs: Any) -> RubiksNet:
+    """RubiksNet-Tiny (width 54, 1.9M params, 3.9G MACs per 8x224^2 clip)."""
+    return _create("rubiksnet_tiny", pretrained, "tiny", "rubiks3d", **kwargs)
+
+
+@register_model
+def rubiksnet_small(pretrained: bool = False, **kwargs: Any) -> RubiksNet:
+    """RubiksNet-Small (width 72, squeeze-excitation, 3.6M params, 6.8G)."""
+    return _create("rubiksnet_small", pretrained, "small", "rubiks3d", **kwargs)
+
+
+@register_model
+def rubiksnet_medium(pretrained: bool = False, **kwargs: Any) -> RubiksNet:
+    """RubiksNet-Medium (width 72, 6.2M params, 11.2G)."""
+    return _create("rubiksnet_medium", pretrained, "medium", "rubiks3d", **kwargs)
+
+
+@register_model
+def rubiksnet_large(pretrained: bool = False, **kwargs: Any) -> RubiksNet:
+    """RubiksNet-Large (width 72, 8.5M params, 15.8G)."""
+    return _create("rubiksnet_large", pretrained, "large", "rubiks3d", **kwargs)
+
+
+@register_model
+def rubiksnet_tiny_aq(pretrained: bool = False, **kwargs: Any) -> RubiksNet:
+    """RubiksNet-Tiny with attention-quantized temporal shift."""
+    return _create("rubiksnet_tiny_aq", pretrained, "tiny", "rubiks3d-aq", **kwargs)
+
+
+@register_model
+def rubiksnet_small_aq(pretrained: bool = False, **kwargs: Any) -> RubiksNet:
+    """RubiksNet-Small with attention-quantized temporal shift."""
+    return _create("rubiksnet_small_aq", pretrained, "small", "rubiks3d-aq", **kwargs)
+
+
+@register_model
+def rubiksnet_medium_aq(pretrained: bool = False, **kwargs: Any) -> RubiksNet:
+    """RubiksNet-Medium with attention-quantized temporal shift."""
+    return _create("rubiksnet_medium_aq", pretrained, "medium", "rubiks3d-aq", **kwargs)
+
+
+@register_model
+def rubiksnet_large_aq(pretrained: bool = False, **kwargs: Any) -> RubiksNet:
+    """RubiksNet-Large with attention-quantized temporal shift (released: budget 0.125)."""
+    return _create("rubiksnet_large_aq", pretrained, "large", "rubiks3d-aq", **kwargs)
+
+
+@register_model
+def rubiksnet2d_tiny(pretrained: bool = False, **kwargs: Any) -> RubiksNet:
+    """Image backbone of RubiksNet-Tiny (spatial shifts only)."""
+    return _create("rubiksnet2d_tiny", pretrained, "tiny", "rubiks2d", **kwargs)
+
+
+@register_model
+def rubiksnet2d_small(pretrained: bool = False, **kwargs: Any) -> RubiksNet:
+    """Image backbone of RubiksNet-Small."""
+    return _create("rubiksnet2d_small", pretrained, "small", "rubiks2d", **kwargs)
+
+
+@register_model
+def rubiksnet2d_medium(pretrained: bool = False, **kwargs: Any) -> RubiksNet:
+    """Image backbone of RubiksNet-Medium."""
+    return _create("rubiksnet2d_medium", pretrained, "medium", "rubiks2d", **kwargs)
+
+
+@register_model
+def rubiksnet2d_large(pretrained: bool = False, **kwargs: Any) -> RubiksNet:
+    """Image backbone of RubiksNet-Large."""
+    return _create("rubiksnet2d_large", pretrained, "large", "rubiks2d", **kwargs)
