@@ -261,6 +261,7 @@ class RubiksBlock(nn.Module):
         normalize_grad: bool = True,
         normalize_t_factor: float | str = 1.0,
         aq_tau: float = 2.0,
+        deploy: bool = False,
     ) -> None:
         super().__init__()
         self.is_3d = variant == "rubiks3d"
@@ -268,7 +269,13 @@ class RubiksBlock(nn.Module):
         self.has_proj = stride != 1 or in_chs != out_chs
         self.norm1 = nn.BatchNorm2d(in_chs)
         self.act1 = nn.ReLU(inplace=True)
-        self.tshift = TemporalAttentionShift(in_chs, aq_tau) if self.has_tshift else nn.Identity()
+        self.tshift: nn.Module = nn.Identity()
+        if self.has_tshift:
+            self.tshift = (
+                Shift3d(in_chs, init="zero", t_init="zero", quantize=True)
+                if deploy
+                else TemporalAttentionShift(in_chs, aq_tau)
+            )
         self.conv1 = nn.Conv2d(in_chs, out_chs, 1, bias=False)
         self.norm2 = nn.BatchNorm2d(out_chs)
         self.act2 = nn.ReLU(inplace=True)
@@ -280,10 +287,15 @@ class RubiksBlock(nn.Module):
                 t_init=t_init,
                 normalize_grad=normalize_grad,
                 normalize_t_factor=normalize_t_factor,
+                quantize=deploy,
             )
         else:
             self.rubiks = Shift2d(
-                out_chs, stride=stride, init=shift_init, normalize_grad=normalize_grad
+                out_chs,
+                stride=stride,
+                init=shift_init,
+                normalize_grad=normalize_grad,
+                quantize=deploy,
             )
         self.se = SqueezeExcite(out_chs, se_reduction) if se_reduction else nn.Identity()
         self.conv2 = nn.Conv2d(out_chs, out_chs, 1, bias=False)
@@ -301,10 +313,7 @@ class RubiksBlock(nn.Module):
         if self.has_tshift:
             a = self.tshift(a.unflatten(0, [b, t])).flatten(0, 1)
         h = self.act2(self.norm2(self.conv1(a)))
-        if self.is_3d:
-            h = self.rubiks(h.unflatten(0, [b, t])).flatten(0, 1)
-        else:
-            h = self.rubiks(h)
+        h = self.rubiks(h.unflatten(0, [b, t])).flatten(0, 1) if self.is_3d else self.rubiks(h)
         h = self.conv2(self.se(h))
         return (h + skip).unflatten(0, [b, t])
 
@@ -381,6 +390,8 @@ class RubiksNet(nn.Module):
         shift_init / t_init: spatial / temporal shift initialisation (rubiks-shift modes).
         normalize_grad / normalize_t_factor: shift-gradient normalisation (SPEC §1.5).
         aq_tau: initial AQ temperature.
+        deploy: the zero-multiply deployment form: every shift quantized (integer gather),
+            AQ taps as hard integer temporal shifts (see :mod:`rubiks_models.deploy`).
     """
 
     def __init__(
@@ -398,6 +409,7 @@ class RubiksNet(nn.Module):
         normalize_grad: bool = True,
         normalize_t_factor: float | str = 1.0,
         aq_tau: float = 2.0,
+        deploy: bool = False,
         width: int | None = None,
         repeats: tuple[int, ...] | None = None,
         se_reduction: int | None = None,
@@ -432,7 +444,9 @@ class RubiksNet(nn.Module):
             normalize_grad=normalize_grad,
             normalize_t_factor=normalize_t_factor,
             aq_tau=aq_tau,
+            deploy=deploy,
         )
+        self.deploy = deploy
         stages = []
         self.feature_info: list[dict[str, Any]] = []
         cin, reduction = width, 2
@@ -493,7 +507,7 @@ class RubiksNet(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self._check_head()
-        ref = self.norm.weight
+        ref = self.stem.weight
         self.fc = (
             nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
             if num_classes > 0
@@ -608,7 +622,7 @@ class RubiksNet(nn.Module):
 
 def is_shift_param(name: str) -> bool:
     """True for shift tensors: RubiksShift ``.shift`` and the AQ tap logits."""
-    return name.endswith("rubiks.shift") or name.endswith("tshift.weight")
+    return name.endswith(("rubiks.shift", "tshift.weight", "tshift.shift"))
 
 
 # ----------------------------------------------------------- reference checkpoints
@@ -692,7 +706,20 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None 
         for k, v in own.items():
             if k.endswith("tshift.tau") and k not in state:
                 state[k] = v
+            if k.endswith("tshift.shift") and k not in state:  # soft AQ into a deploy model
+                prefix = k.removesuffix("shift")
+                logits = state.pop(prefix + "weight", None)
+                state.pop(prefix + "tau", None)
+                if logits is not None:
+                    state[k] = hard_temporal_shift(logits).to(v.dtype)
     return state
+
+
+def hard_temporal_shift(logits: torch.Tensor) -> torch.Tensor:
+    """(3, C) integer shifts (rows T, H, W) from AQ tap logits (C, 3): the strongest tap
+    0 / 1 / 2 becomes a temporal shift of -1 / 0 / +1 (``y[t] = x[t + s]``), H = W = 0."""
+    t = logits.detach().argmax(dim=1).to(torch.float32) - 1
+    return torch.stack([t, torch.zeros_like(t), torch.zeros_like(t)])
 
 
 # ------------------------------------------------------------------ inflation

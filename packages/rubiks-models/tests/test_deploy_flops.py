@@ -1,0 +1,73 @@
+"""FLOP counter and deployment export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rubiks_models import RubiksNet
+from rubiks_models.deploy import export_deploy, quantize_model
+from rubiks_models.flops import README_GMACS, count_macs, main
+from rubiks_models.weights import load_model, save_weights
+
+
+@pytest.mark.parametrize("name", list(README_GMACS))
+def test_readme_macs_within_1pct(name: str) -> None:
+    tier = name.split("_")[1]
+    variant = "rubiks3d-aq" if name.endswith("_aq") else "rubiks3d"
+    with torch.device("meta"):
+        model = RubiksNet(tier, 174, variant=variant)
+    report = count_macs(model, (1, 8, 3, 224, 224))
+    assert abs(report.total / 1e9 - README_GMACS[name]) / README_GMACS[name] < 0.01
+    conv = {"tiny": 3.695, "small": 6.506, "medium": 10.926, "large": 15.347}[tier]
+    assert abs(report.conv_linear / 1e9 - conv) < 0.002
+
+
+def test_flops_cli(capsys: pytest.CaptureFixture) -> None:
+    assert main(["rubiksnet_tiny", "--frames", "2", "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "rubiksnet_tiny" in out and "1,898,760" in out
+
+
+def test_quantized_shift_counts_zero() -> None:
+    with torch.device("meta"):
+        model = RubiksNet("tiny", 174, deploy=True)
+    assert count_macs(model, (1, 2, 3, 64, 64)).shift == 0
+
+
+def test_deploy_integer_shifts_are_exact(tmp_path) -> None:
+    model = RubiksNet("tiny", 5).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("rubiks.shift"):
+                p.copy_(torch.randint(-2, 3, p.shape))
+    clip = torch.randn(2, 3, 3, 32, 32)
+    deployed, report = export_deploy(model, clip)
+    assert report["max_abs_logit_diff"] < 1e-4 and report["top1_agreement"] == 1.0
+    assert all(m.quantize for n, m in deployed.named_modules() if n.endswith("rubiks"))
+    save_weights(deployed, tmp_path / "d.safetensors", {"deploy": "true"})
+    again = load_model(tmp_path / "d.safetensors").eval()
+    assert again.deploy
+    with torch.no_grad():
+        torch.testing.assert_close(again(clip), deployed(clip))
+
+
+def test_deploy_hardens_aq() -> None:
+    model = RubiksNet("tiny", 5, variant="rubiks3d-aq").eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("rubiks.shift"):
+                p.copy_(torch.randint(-2, 3, p.shape))
+        for m in model.modules():
+            if hasattr(m, "tau"):
+                m.weight.copy_(F.one_hot(torch.randint(0, 3, (m.channels,)), 3) * 5.0)
+                m.tau.fill_(1e-3)  # effectively one-hot: the hard shift must agree
+    clip = torch.randn(2, 4, 3, 32, 32)
+    deployed, report = export_deploy(model, clip)
+    assert 0 < report["aq_shifted_fraction"] < 1
+    layer = deployed.stages[1].blocks[0].tshift
+    assert layer.quantize and set(layer.shift[0].tolist()) <= {-1.0, 0.0, 1.0}
+    # the released convention: tap 0 reads x[t-1], i.e. a shift of -1
+    assert report["max_rel_logit_diff"] < 1e-3
+    assert isinstance(quantize_model(model), RubiksNet)

@@ -1,0 +1,218 @@
+"""Architecture, input conventions and the timm API."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import rubiks_models
+from rubiks_models import RubiksNet, TemporalAttentionShift, inflate
+from rubiks_models.optim import (
+    aq_budget_penalty,
+    aq_shifted_fraction,
+    aq_temperature,
+    param_groups,
+    set_aq_temperature,
+)
+
+PARAMS_174 = {"tiny": 1_898_760, "small": 3_597_366, "medium": 6_185_622, "large": 8_538_294}
+CLIP = (2, 2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("tier", list(PARAMS_174))
+def test_parameter_counts(tier: str) -> None:
+    model = timm.create_model(f"rubiksnet_{tier}")
+    assert model.num_classes == 174
+    assert sum(p.numel() for p in model.parameters()) == PARAMS_174[tier]
+    facade = RubiksNet(tier, 174)
+    assert sum(p.numel() for p in facade.parameters()) == PARAMS_174[tier]
+
+
+def test_registered_names() -> None:
+    names = set(timm.list_models("rubiksnet*"))
+    for tier in PARAMS_174:
+        assert {f"rubiksnet_{tier}", f"rubiksnet_{tier}_aq", f"rubiksnet2d_{tier}"} <= names
+    tags = set(timm.list_models("rubiksnet*", include_tags=True))
+    assert {"rubiksnet_large.ssv2", "rubiksnet_large_aq.ssv2_budget0125"} <= tags
+    assert timm.models.get_pretrained_cfg("rubiksnet_tiny.kinetics").num_classes == 400
+    cfg = timm.models.get_pretrained_cfg("rubiksnet_large.ssv2")
+    assert (cfg.num_classes, cfg.license, cfg.crop_pct) == (174, "mit", 0.875)
+    assert tuple(cfg.mean) == (0.485, 0.456, 0.406)
+
+
+@pytest.mark.parametrize("name", ["rubiksnet_tiny", "rubiksnet_small_aq", "rubiksnet2d_tiny"])
+def test_input_layouts(name: str) -> None:
+    model = timm.create_model(name, num_classes=7).eval()
+    clip = torch.randn(*CLIP)
+    with torch.no_grad():
+        y = model(clip)
+        assert y.shape == (2, 7)
+        stacked = model(clip.flatten(1, 2))  # TSN-stacked (B, 3T, H, W)
+        torch.testing.assert_close(stacked, y)
+        image = model(clip[:, 0])  # one frame
+        torch.testing.assert_close(image, model(clip[:, :1]))
+        assert model(torch.randn(1, 1, 3, 48, 64)).shape == (1, 7)
+        feats = model.forward_features(clip)
+        assert feats.shape == (2, 2, model.num_features, 1, 1)
+        assert model.forward_features(clip[:, 0]).shape == (2, model.num_features, 1, 1)
+        torch.testing.assert_close(model.forward_head(feats), y)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+    with pytest.raises(ValueError, match="3T"):
+        model(torch.randn(1, 4, 32, 32))
+
+
+def test_consensus_is_mean_of_frame_logits() -> None:
+    model = RubiksNet("tiny", 5, variant="rubiks2d").eval()  # frames independent
+    clip = torch.randn(*CLIP)
+    with torch.no_grad():
+        per_frame = torch.stack([model(clip[:, t]) for t in range(2)], 1)
+        torch.testing.assert_close(model(clip), per_frame.mean(1))
+
+
+def test_classifier_api() -> None:
+    model = timm.create_model("rubiksnet_tiny", num_classes=3, drop_rate=0.5)
+    assert model.get_classifier().out_features == 3
+    model.reset_classifier(0)
+    assert model.eval()(torch.randn(*CLIP)).shape == (2, model.num_features)
+    model.reset_classifier(0, "")
+    assert model(torch.randn(*CLIP)).shape == (2, 2, model.num_features, 1, 1)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, model.num_features, 1, 1)
+    assert model.pretrained_cfg["classifier"] == "fc" and model.default_cfg["first_conv"] == "stem"
+    nwd = model.no_weight_decay()
+    assert nwd and all(n.endswith("rubiks.shift") for n in nwd)
+    assert "stem" in model.group_matcher()
+
+
+def test_features_and_intermediates() -> None:
+    feat = timm.create_model("rubiksnet_tiny", features_only=True).eval()
+    outs = feat(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == feat.feature_info.channels() == [54, 54, 108, 216, 432]
+    assert [64 // o.shape[-1] for o in outs] == feat.feature_info.reduction()
+    model = timm.create_model("rubiksnet_tiny_aq").eval()
+    clip = torch.randn(*CLIP)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(clip, indices=[1, 4])
+        assert [t.shape for t in inter] == [(2, 2, 54, 8, 8), (2, 2, 432, 1, 1)]
+        torch.testing.assert_close(final, model.forward_features(clip))
+
+
+def test_grad_checkpointing_matches() -> None:
+    model = timm.create_model("rubiksnet_tiny", num_classes=4).train()
+    clip = torch.randn(*CLIP)
+    y = model(clip)
+    y.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing()
+    y2 = model(clip)
+    y2.sum().backward()
+    torch.testing.assert_close(y2, y)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6)
+
+
+def test_aq_layer_is_spec_formula() -> None:
+    layer = TemporalAttentionShift(5)
+    x = torch.randn(2, 4, 5, 3, 3)
+    w = layer.weight
+    alpha = torch.softmax(w / (w.std(dim=1, keepdim=True) + 1e-6) / 2.0, dim=1)
+    # y[t] = a0 x[t-1] + a1 x[t] + a2 x[t+1], as a depthwise conv1d over time
+    seq = x.permute(0, 2, 3, 4, 1).reshape(1, -1, 4)
+    kernel = alpha[None, :, None, None, :].expand(2, 5, 3, 3, 3).reshape(-1, 1, 3)
+    ref = F.conv1d(seq, kernel, padding=1, groups=seq.shape[1]).reshape(2, 5, 3, 3, 4)
+    torch.testing.assert_close(layer(x), ref.permute(0, 4, 1, 2, 3))
+    model = RubiksNet("tiny", 4, variant="rubiks3d-aq")
+    assert "stages.1.blocks.0.tshift.tau" in model.state_dict()
+    assert not any(n.endswith("tau") for n, _ in model.named_parameters())
+
+
+def test_aq_training_helpers() -> None:
+    model = RubiksNet("tiny", 4, variant="rubiks3d-aq")
+    assert aq_temperature(0, 100) == 2.0 and abs(aq_temperature(100, 100) - 0.01) < 1e-9
+    set_aq_temperature(model, 0.05)
+    frac = aq_shifted_fraction(model)
+    assert 0 < float(frac.detach()) < 1
+    penalty = aq_budget_penalty(model, budget=0.0)
+    penalty.backward()
+    assert model.stages[0].blocks[0].tshift.weight.grad is not None
+    with pytest.raises(ValueError, match="AQ"):
+        aq_shifted_fraction(RubiksNet("tiny", 4))
+
+
+def test_param_groups() -> None:
+    model = RubiksNet("small", 10, variant="rubiks3d-aq")
+    groups = {g["name"]: g for g in param_groups(model, 1e-4, 0.01, lr=0.1)}
+    assert groups["shift"]["lr"] == pytest.approx(0.001) and groups["shift"]["weight_decay"] == 0
+    assert groups["decay"]["weight_decay"] == 1e-4
+    ids = {id(p) for g in groups.values() for p in g["params"]}
+    assert ids == {id(p) for p in model.parameters()}
+    assert any(p is model.fc.weight for p in groups["decay"]["params"])
+    assert any(p is model.fc.bias for p in groups["no_decay"]["params"])
+    torch.optim.SGD(list(groups.values()), lr=0.1, momentum=0.9)
+
+
+def test_inflate_from_image_backbone() -> None:
+    image = timm.create_model("rubiksnet2d_tiny", num_classes=6).eval()
+    clip = torch.randn(*CLIP)
+    video = inflate(image, t_init="zero").eval()
+    assert video.variant == "rubiks3d" and video.num_classes == 6
+    with torch.no_grad():  # a zero temporal shift is the image model frame by frame
+        torch.testing.assert_close(video(clip), image(clip), rtol=1e-5, atol=1e-5)
+    tsm = inflate(image, t_init="tsm", num_classes=3)
+    assert tsm.stages[1].blocks[0].rubiks.shift[0, :6].tolist() == [1] * 6
+    aq = inflate(image, variant="rubiks3d-aq")
+    assert aq.variant == "rubiks3d-aq"
+    # through timm: a 2-D state dict loads into a 3-D model (shifts inflated by the filter)
+    state = rubiks_models.checkpoint_filter_fn(image.state_dict(), video)
+    video.load_state_dict(state)
+
+
+def test_torchscript_and_fx() -> None:
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = timm.create_model("rubiksnet_tiny_aq", num_classes=5).eval()
+    clip = torch.randn(*CLIP)
+    with torch.no_grad():
+        ref = model(clip)
+        torch.testing.assert_close(torch.jit.script(model)(clip), ref)
+        fx = create_feature_extractor(
+            model,
+            return_nodes=["fc"],
+            tracer_kwargs=dict(
+                leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions()
+            ),
+        )
+        torch.testing.assert_close(fx(clip)["fc"], ref)
+
+
+def test_bf16_autocast_and_channels_last() -> None:
+    model = timm.create_model("rubiksnet_tiny", num_classes=5).eval()
+    clip = torch.randn(*CLIP)
+    with torch.no_grad():
+        ref = model(clip)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(clip)
+        assert y.dtype == torch.bfloat16
+        torch.testing.assert_close(y.float(), ref, rtol=0.1, atol=0.1)
+        model = model.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(model(clip), ref, rtol=1e-4, atol=1e-5)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(clip).float().sum().backward()
+    assert model.stages[0].blocks[0].rubiks.shift.grad.dtype == torch.float32
+
+
+def test_compile_fullgraph() -> None:
+    torch._dynamo.reset()
+    model = timm.create_model("rubiksnet_tiny", num_classes=5).train()
+    clip = torch.randn(*CLIP)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    y = compiled(clip)
+    y.sum().backward()
+    assert model.stages[2].blocks[0].rubiks.shift.grad is not None
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(clip), model(clip))
