@@ -19,7 +19,6 @@ Reference checkpoint keys (``backbone.layer1.0.as3.rubiks3d.shift``, ``new_fc.we
 are converted by :func:`checkpoint_filter_fn`; the mapping is in :data:`REFERENCE_KEY_MAP`.
 """
 
-from __future__ import annotations
 
 import math
 import os
@@ -609,7 +608,7 @@ class RubiksNet(nn.Module):
     # --------------------------------------------------------------- facade
 
     @classmethod
-    def load_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> RubiksNet:
+    def load_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> "RubiksNet":
         """A model with the weights of a reference ``.pth.tar``, a project ``.safetensors``
         file or a ``rubiks-convert`` output directory; architecture from its metadata."""
         from .weights import load_model
