@@ -2,7 +2,7 @@
 
     nox -s eval          the main job: the evaluation protocol on the embedded default (CPU)
     nox -s tests         every package's test suite
-    nox -s tests-shift   one package's suite (also tests-data, tests-eval)
+    nox -s tests-shift   one package's suite (also tests-models, tests-data, tests-eval)
     nox -s lint          ruff over the whole tree
     nox -s bench         pytest-benchmark regressions of the CPU kernels + the op benchmark
     nox -s train         tools/train.py (arguments after --)
@@ -21,6 +21,7 @@ nox.options.reuse_venv = "yes"
 
 PACKAGES = {
     "shift": "packages/rubiks-shift",
+    "models": "packages/rubiks-models",
     "data": "packages/rubiks-data",
     "eval": "packages/rubiks-eval",
 }
@@ -28,10 +29,11 @@ PACKAGES = {
 # siblings from an index).
 DEPENDS = {
     "shift": ["shift"],
+    "models": ["shift", "models"],
     "data": ["data"],
     "eval": ["shift", "data", "eval"],
 }
-EXTRAS = {"shift": "[cuda,test]", "data": "[test]", "eval": "[test,plot]"}
+EXTRAS = {"shift": "[cuda,test]", "models": "[test]", "data": "[test]", "eval": "[test,plot]"}
 
 
 def _install(session: nox.Session, names: list[str], extras: bool = True) -> None:
