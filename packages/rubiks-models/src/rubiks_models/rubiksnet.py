@@ -19,7 +19,6 @@ Reference checkpoint keys (``backbone.layer1.0.as3.rubiks3d.shift``, ``new_fc.we
 are converted by :func:`checkpoint_filter_fn`; the mapping is in :data:`REFERENCE_KEY_MAP`.
 """
 
-
 import math
 import os
 import re
