@@ -105,7 +105,9 @@ def _dot(gy_row, x_row, lo, hi, sw, ow):
 
 
 @njit(parallel=True, cache=True)
-def backward(grad_y, x, shift, offsets, weights, grad_x, partial, stride, padding, need_x, need_shift):
+def backward(
+    grad_y, x, shift, offsets, weights, grad_x, partial, stride, padding, need_x, need_shift
+):
     """grad_x (scatter, race-free: one (n, c) column per task) and per-(n, c) shift-grad
     partial sums ``partial[n, d, c]``, accumulated in float64 in a fixed order."""
     n_batch, t_in, channels, h_in, w_in = x.shape
