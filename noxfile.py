@@ -45,17 +45,12 @@ def _install(session: nox.Session, names: list[str], extras: bool = True) -> Non
     session.install("-c", "constraints.txt", *specs)
 
 
+def _pytest(session: nox.Session, *args: str) -> None:
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, *session.posargs)
+
+
 def _run_tests(session: nox.Session, name: str) -> None:
-    session.run(
-        "python",
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        PACKAGES[name] + "/tests",
-        *session.posargs,
-    )
+    _pytest(session, PACKAGES[name] + "/tests")
 
 
 @nox.session(name="eval")
@@ -96,17 +91,7 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """CPU kernel regressions (pytest-benchmark) and the op benchmark table."""
     _install(session, ["shift"])
-    session.run(
-        "python",
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "packages/rubiks-shift/benchmarks",
-        "--benchmark-only",
-        *session.posargs,
-    )
+    _pytest(session, "packages/rubiks-shift/benchmarks", "--benchmark-only")
     session.run("python", "packages/rubiks-shift/benchmarks/bench_shift.py", "--quick")
 
 

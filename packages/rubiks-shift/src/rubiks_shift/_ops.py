@@ -145,33 +145,22 @@ def _setup_context(ctx, inputs, output):
     ctx.config = (stride, padding, quantize, normalize_grad, t_factor)
 
 
-def _backward(ctx, grad_y):
+def _input_grads(ctx, grad_y, backward):
+    """Autograd's 7 input gradients from ``backward`` (the registered backward op or a
+    backend's ``backward``), computing only what the inputs need."""
     x, shift = ctx.saved_tensors
     stride, padding, quantize, normalize_grad, t_factor = ctx.config
     need_x, need_shift = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if not (need_x or need_shift):
         return (None,) * 7
-    grad_x, grad_shift = shift3d_backward(
-        grad_y.contiguous(),
-        x,
-        shift,
-        stride,
-        padding,
-        quantize,
-        normalize_grad,
-        t_factor,
-        need_x,
-        need_shift,
+    grad_x, grad_shift = backward(
+        grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
     )
-    return (
-        grad_x if need_x else None,
-        grad_shift if need_shift else None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    return (grad_x if need_x else None, grad_shift if need_shift else None) + (None,) * 5
+
+
+def _backward(ctx, grad_y):
+    return _input_grads(ctx, grad_y.contiguous(), shift3d_backward)
 
 
 shift3d.register_autograd(_backward, setup_context=_setup_context)
@@ -233,24 +222,7 @@ class EagerShift3d(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        x, shift = ctx.saved_tensors
-        stride, padding, quantize, normalize_grad, t_factor = ctx.config
-        need_x, need_shift = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if not (need_x or need_shift):
-            return (None,) * 7
-        grad_x, grad_shift = ctx.backend.backward(
-            grad_y,
-            x,
-            shift,
-            stride,
-            padding,
-            quantize,
-            normalize_grad,
-            t_factor,
-            need_x,
-            need_shift,
-        )
-        return (grad_x if need_x else None, grad_shift if need_shift else None) + (None,) * 5
+        return _input_grads(ctx, grad_y, ctx.backend.backward)
 
 
 def shift3d_call(x: Tensor, shift: Tensor, stride, padding, quantize, normalize_grad, t_factor):
