@@ -61,7 +61,7 @@ def test_fast_launch_matches_numba_launch():
     (step,) = _cuda._gather_plan(
         tuple(x.shape), tuple(y_fast.shape), (1, 1, 1), (0, 0, 0), False, False
     )
-    kernel = kernels.tile.compile(kernels.tile_sig)
+    kernel = kernels.gather.compile(kernels.gather_sig)
     y_numba = torch.full_like(y_fast, float("nan"))
     stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
     args = [x.data_ptr(), shift.data_ptr(), y_numba.data_ptr(), *step.scalars]

@@ -2,10 +2,10 @@
 
 Launch path. Numba's dispatcher spends 25-90 us per launch on argument handling (type
 dispatch, wrapping each tensor as a device array). Each kernel here has one explicit
-signature, compiled lazily on first use per device, and is launched through
-``cuda.core.launch`` with the argument list built directly from the tensors' data
-pointers and sizes, in the layout Numba's kernel ABI expects
-(the kernels take raw pointers: one parameter per tensor). The cost in safety: nothing
+signature, compiled lazily on first use per device, and is launched by one ctypes call
+to the driver's ``cuLaunchKernel``, with the argument block built directly from the
+tensors' data pointers and the plan's pre-converted scalars, in the layout Numba's kernel
+ABI expects (the kernels take raw pointers: one parameter per tensor). The cost in safety: nothing
 checks the arguments at launch, so this module only ever passes contiguous tensors of the
 dtypes in the signature, which the wrapper guarantees (and the tests check against
 Numba's own launch path on the GPU). Kernels go on torch's current stream, read at every
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
+import sys
 from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
 
@@ -34,8 +36,11 @@ _STORAGE = {
     torch.float64: "float64",
 }
 _ACC_DTYPE = {"float64": torch.float64}
-MAX_GRID_YZ = 65535  # grid y (channels) and z (slabs) limits
-GRAD_SHIFT_BLOCKS = 2048  # blocks the shift-gradient kernel aims for (several waves)
+MAX_GRID_YZ = 65535  # grid y limit (channels of the shift-gradient kernel)
+GRAD_SHIFT_BLOCKS = 4096  # blocks the shift-gradient kernel aims for (several waves)
+GATHER_THREADS = 256  # threads per block of the gather kernel
+GATHER_TASKS = 1 << 19  # gather tasks to aim for before splitting columns into chunks
+GATHER_ROWS = int(os.environ.get("RUBIKS_SHIFT_GATHER_ROWS", "0"))  # benchmarking override
 
 
 @functools.cache
@@ -56,74 +61,110 @@ def _kernels(storage: str, shift_storage: str) -> K.Kernels:
 
 
 class Step(NamedTuple):
-    """One kernel launch of a plan: grid, block, scalar arguments and, for launches that
-    cover part of the batch, element offsets into the two batch-major tensors."""
+    """One kernel launch of a plan: kernel name, grid, block and scalar arguments."""
 
     name: str
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     scalars: tuple
-    src_offset: int = 0
-    dst_offset: int = 0
+
+
+def _scalar_types() -> dict:
+    """How the launch path passes each scalar kernel argument type."""
+    from numba import types as nt
+
+    return {nt.int64: ctypes.c_int64, nt.float32: ctypes.c_float, nt.float64: ctypes.c_double}
+
+
+@functools.cache
+def _libcuda():
+    return ctypes.CDLL("libcuda.so.1" if sys.platform != "win32" else "nvcuda.dll")
+
+
+def _function_handle(kernel_handle: int) -> int:
+    """The CUfunction of a library kernel (CUkernel) in the current context (a handle that
+    is already a CUfunction, from older cuda.core versions, is returned as it is)."""
+    get = _libcuda().cuKernelGetFunction
+    get.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+    get.restype = ctypes.c_int
+    out = ctypes.c_void_p()
+    if get(ctypes.byref(out), kernel_handle) != 0 or not out.value:
+        return kernel_handle
+    return int(out.value)
+
+
+@functools.cache
+def _cu_launch_kernel():
+    """The driver's cuLaunchKernel through ctypes: one foreign call per launch, with the
+    argument block built from pre-converted scalars (cuda.core's launch spends ~20 us per
+    call converting 20 Python arguments)."""
+    fn = _libcuda().cuLaunchKernel
+    u = ctypes.c_uint
+    fn.argtypes = [ctypes.c_void_p, u, u, u, u, u, u, u, ctypes.c_void_p, ctypes.c_void_p]
+    fn.argtypes.append(ctypes.c_void_p)
+    fn.restype = ctypes.c_int
+    return fn
 
 
 class _Launcher:
     """Compiled kernels per device, launched without Numba's per-call dispatch."""
 
-    functions: ClassVar[dict[tuple[int, int], object]] = {}
-    streams: ClassVar[dict[int, object]] = {}
-    configs: ClassVar[dict[tuple, object]] = {}
+    functions: ClassVar[dict[tuple[int, int], tuple[int, tuple]]] = {}
+    scalars: ClassVar[dict[tuple, tuple]] = {}  # (step, kinds) -> (ctypes objects, addresses)
 
     @classmethod
-    def function(cls, dispatcher, signature, device_index: int):
+    def function(cls, dispatcher, signature, device_index: int) -> tuple[int, tuple]:
+        """(kernel handle, how each scalar argument is passed) for ``dispatcher``."""
         key = (id(dispatcher), device_index)
         fn = cls.functions.get(key)
         if fn is None:
             from numba import types as nt
 
+            passing = _scalar_types()
             kernel = dispatcher.compile(signature)
-            for ty in kernel.argument_types:  # the argument kinds the launch path builds
-                ok = isinstance(ty, nt.CPointer) or ty in (nt.int64, nt.float32, nt.float64)
-                if not ok:
+            kinds = []
+            for ty in kernel.argument_types:
+                if isinstance(ty, nt.CPointer):
+                    continue
+                if ty not in passing:
                     raise TypeError(f"unsupported kernel argument type {ty}")
-            fn = cls.functions[key] = kernel._codelibrary.get_cufunc().kernel
+                kinds.append(passing[ty])
+            handle = _function_handle(int(kernel._codelibrary.get_cufunc().handle))
+            fn = cls.functions[key] = (handle, tuple(kinds))
         return fn
 
     @classmethod
-    def launch(cls, fn, grid, block, args, device_index: int) -> None:
-        from cuda.core import LaunchConfig, Stream, launch
-
-        handle = torch._C._cuda_getCurrentRawStream(device_index)
-        stream = cls.streams.get(handle)
-        if stream is None:
-            stream = cls.streams[handle] = Stream.from_handle(handle)
-        config = cls.configs.get((grid, block))
-        if config is None:
-            config = cls.configs[(grid, block)] = LaunchConfig(grid=grid, block=block)
-        launch(stream, config, fn, *args)
+    def launch(cls, handle: int, kinds: tuple, step: Step, ptrs: list[int], device_index) -> None:
+        key = (step, kinds)  # the same step passes its floats as float or double per dtype
+        prepared = cls.scalars.get(key)
+        if prepared is None:
+            objs = tuple(kind(v) for kind, v in zip(kinds, step.scalars, strict=True))
+            prepared = cls.scalars[key] = (objs, [ctypes.addressof(o) for o in objs])
+        pointers = (ctypes.c_uint64 * len(ptrs))(*ptrs)
+        base = ctypes.addressof(pointers)
+        params = (ctypes.c_void_p * (len(ptrs) + len(kinds)))(
+            *range(base, base + 8 * len(ptrs), 8), *prepared[1]
+        )
+        stream = torch._C._cuda_getCurrentRawStream(device_index)
+        result = _cu_launch_kernel()(handle, *step.grid, *step.block, 0, stream, params, None)
+        if result != 0:
+            raise RuntimeError(
+                f"rubiks_shift: cuLaunchKernel({step.name}) failed (CUresult {result})"
+            )
 
 
 def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], device) -> None:
-    """Launch ``step`` with ``tensors`` as its pointer arguments (the first one offset by
-    ``src_offset`` elements and the last one by ``dst_offset`` when they are batch-major)."""
+    """Launch ``step`` with ``tensors`` as its pointer arguments."""
     dispatcher = getattr(kernels, step.name)
     if simulator_enabled():
         arrays = [_flat(t).numpy() for t in tensors]
-        arrays[0] = arrays[0][step.src_offset :]
-        arrays[-1] = arrays[-1][step.dst_offset :]
         dispatcher[step.grid, step.block](*arrays, *step.scalars)
         return
-    fn = _Launcher.function(dispatcher, getattr(kernels, step.name + "_sig"), device.index)
+    handle, kinds = _Launcher.function(
+        dispatcher, getattr(kernels, step.name + "_sig"), device.index
+    )
     ptrs = [t.data_ptr() for t in tensors]
-    if step.src_offset:
-        ptrs[0] += step.src_offset * tensors[0].element_size()
-    if step.dst_offset:
-        ptrs[-1] += step.dst_offset * tensors[-1].element_size()
-    scalars = step.scalars
-    if step.name == "finalize":  # its last argument is a float of the accumulation type
-        real = ctypes.c_double if kernels.storage == "float64" else ctypes.c_float
-        scalars = (*scalars[:-1], real(scalars[-1]))
-    _Launcher.launch(fn, step.grid, step.block, (*ptrs, *scalars), device.index)
+    _Launcher.launch(handle, kinds, step, ptrs, device.index)
 
 
 class _DeviceGuard:
@@ -161,17 +202,6 @@ def _shift_for(shift: torch.Tensor) -> torch.Tensor:
     return s if s.is_contiguous() else s.contiguous()
 
 
-def _plan(rows: int, width: int) -> tuple[int, int, int, int]:
-    """Block (lanes, thread rows), rows per thread, and row chunks for one plane."""
-    lanes = 1
-    while lanes < width and lanes < 128:
-        lanes *= 2
-    per_thread = 4 if rows >= 16 else 1
-    thread_rows = -(-rows // per_thread)
-    block_rows = max(1, min(128 // lanes, thread_rows))
-    return lanes, block_rows, per_thread, -(-thread_rows // block_rows)
-
-
 def _check_channels(channels: int) -> None:
     if channels > MAX_GRID_YZ:
         raise ValueError(
@@ -179,11 +209,13 @@ def _check_channels(channels: int) -> None:
         )
 
 
-def _batches(n_batch: int, frames: int):
-    """Batch ranges whose n * frames fit the grid's z limit."""
-    per_launch = max(1, MAX_GRID_YZ // frames)
-    for n0 in range(0, n_batch, per_launch):
-        yield n0, min(n_batch, n0 + per_launch)
+def _task_rows(planes: int, rows: int, width: int) -> int:
+    """Destination rows per gather task: whole columns unless that leaves too few tasks
+    to fill the GPU (about two waves of H100-sized residency)."""
+    if GATHER_ROWS:
+        return max(1, min(rows, GATHER_ROWS))
+    chunks = min(rows, max(1, -(-GATHER_TASKS // (planes * width))))
+    return max(min(rows, 4), -(-rows // chunks))
 
 
 @functools.lru_cache(maxsize=512)
@@ -193,82 +225,48 @@ def _gather_plan(src_shape, dst_shape, stride, padding, quantize, adjoint) -> tu
     n_batch, t_src, channels, h_src, w_src = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
     _check_channels(channels)
-    src_frame = channels * h_src * w_src
-    dst_frame = channels * h_dst * w_dst
-    steps = []
-    if stride == (1, 1, 1):
-        lanes, block_rows, per_thread, chunks = _plan(h_dst, -(-w_dst // 4))
-        depth = max(1, 128 // (lanes * block_rows))
-        for n0, n1 in _batches(n_batch, t_dst):
-            scalars = (
-                t_src,
-                h_src,
-                w_src,
-                t_dst,
-                h_dst,
-                w_dst,
-                channels,
-                *padding,
-                int(adjoint),
-                int(quantize),
-                per_thread,
-            )
-            grid = (chunks, -(-channels // depth), (n1 - n0) * t_dst)
-            steps.append(
-                Step(
-                    "tile",
-                    grid,
-                    (lanes, block_rows, depth),
-                    scalars,
-                    n0 * t_src * src_frame,
-                    n0 * t_dst * dst_frame,
-                )
-            )
-        return tuple(steps)
-    # strided: the generic kernels (forward over output planes, grad_x over input planes)
-    x_shape, y_shape = (dst_shape, src_shape) if adjoint else (src_shape, dst_shape)
-    _, t_in, _, h_in, w_in = x_shape
-    _, t_out, _, h_out, w_out = y_shape
-    lanes, block_rows, per_thread, chunks = _plan(h_dst, w_dst)
-    for n0, n1 in _batches(n_batch, t_dst):
-        scalars = (
-            t_in,
-            channels,
-            h_in,
-            w_in,
-            t_out,
-            h_out,
-            w_out,
-            *stride,
-            *padding,
-            int(quantize),
-            per_thread,
-        )
-        grid = (chunks, channels, (n1 - n0) * t_dst)
-        steps.append(
-            Step(
-                "grad_x" if adjoint else "forward",
-                grid,
-                (lanes, block_rows, 1),
-                scalars,
-                n0 * t_src * src_frame,
-                n0 * t_dst * dst_frame,
-            )
-        )
-    return tuple(steps)
+    for h, w in ((h_src, w_src), (h_dst, w_dst)):
+        if h * w >= 2**31:
+            raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
+    planes = n_batch * t_dst * channels
+    rows = _task_rows(planes, h_dst, w_dst)
+    tasks = planes * -(-h_dst // rows) * w_dst
+    scalars = (
+        tasks,
+        channels,
+        t_src,
+        h_src,
+        w_src,
+        t_dst,
+        h_dst,
+        w_dst,
+        *stride,
+        *padding,
+        int(adjoint),
+        int(quantize),
+        rows,
+        1.0 / (tasks // planes),
+        1.0 / w_dst,
+        1.0 / channels,
+        1.0 / t_dst,
+    )
+    grid = (-(-tasks // GATHER_THREADS), 1, 1)
+    return (Step("gather", grid, (GATHER_THREADS, 1, 1), scalars),)
 
 
 @functools.lru_cache(maxsize=512)
 def _shift_grad_plan(x_shape, y_shape, stride, padding) -> tuple[int, Step, Step]:
-    """(number of partial sums, grad_shift launch, finalize launch without its scalars)."""
+    """(number of partial sums per channel, grad_shift launch, finalize launch without its
+    scalars)."""
     n_batch, t_in, channels, h_in, w_in = x_shape
     _, t_out, _, h_out, w_out = y_shape
     _check_channels(channels)
-    lanes, block_rows, per_thread, chunks = _plan(h_out, -(-w_out // K.TILE))
     slabs = n_batch * t_out
-    group = max(1, -(-slabs * chunks * channels // GRAD_SHIFT_BLOCKS))
-    groups = -(-slabs // group)
-    parts = chunks * groups
+    rows = _task_rows(slabs * channels, h_out, w_out)
+    per_plane = -(-h_out // rows) * w_out
+    blocks = max(
+        1, min(-(-slabs * per_plane // K.REDUCE_THREADS), -(-GRAD_SHIFT_BLOCKS // channels))
+    )
     scalars = (
         slabs,
         t_in,
@@ -280,12 +278,14 @@ def _shift_grad_plan(x_shape, y_shape, stride, padding) -> tuple[int, Step, Step
         w_out,
         *stride,
         *padding,
-        per_thread,
-        group,
+        rows,
+        1.0 / per_plane,
+        1.0 / w_out,
+        1.0 / t_out,
     )
-    reduce = Step("grad_shift", (chunks, channels, groups), (lanes, block_rows, 1), scalars)
-    final = Step("finalize", (channels, 1, 1), (K.FINALIZE_THREADS, 1, 1), (channels, parts))
-    return parts, reduce, final
+    reduce = Step("grad_shift", (blocks, channels, 1), (K.REDUCE_THREADS, 1, 1), scalars)
+    final = Step("finalize", (channels, 1, 1), (K.FINALIZE_THREADS, 1, 1), (channels, blocks))
+    return blocks, reduce, final
 
 
 def forward(
