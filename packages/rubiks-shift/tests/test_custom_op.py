@@ -97,3 +97,26 @@ def test_eager_path_equals_registered_op(device, stride, quantize):
         results.append((y, x.grad, s.grad))
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unwrapped_apply_equals_function_apply(device):
+    """The host-time shortcut past torch's Python ``Function.apply`` wrapper records the
+    same graph: same output, same gradients."""
+    from rubiks_shift._ops import EagerShift3d
+
+    bound = torch._C._FunctionBase.__dict__["apply"].__get__(None, EagerShift3d)
+    unwrap = torch._C._functorch.unwrap_if_dead
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 4, 5, 6, generator=g, dtype=torch.float64).to(device)
+    shift = (torch.rand(3, 4, generator=g, dtype=torch.float64) * 4 - 2).to(device)
+    gy = torch.randn(2, 3, 4, 5, 6, generator=g, dtype=torch.float64).to(device)
+    results = []
+    for apply in (EagerShift3d.apply, lambda a, b, *c: bound(unwrap(a), unwrap(b), *c)):
+        xa = x.clone().requires_grad_()
+        sa = shift.clone().requires_grad_()
+        y = apply(xa, sa, [1, 1, 1], [0, 0, 0], False, True, 1.0)
+        y.backward(gy)
+        results.append((y.detach(), xa.grad, sa.grad))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)

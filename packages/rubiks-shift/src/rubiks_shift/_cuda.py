@@ -21,6 +21,7 @@ import ctypes
 import functools
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
 
@@ -38,7 +39,7 @@ _STORAGE = {
 _ACC_DTYPE = {"float64": torch.float64}
 MAX_GRID_YZ = 65535  # grid y limit (channels of the shift-gradient kernel)
 GRAD_SHIFT_BLOCKS = 4096  # blocks the shift-gradient kernel aims for (several waves)
-GATHER_THREADS = 256  # threads per block of the gather kernel
+GATHER_THREADS = int(os.environ.get("RUBIKS_SHIFT_GATHER_THREADS", "256"))  # per block
 GATHER_TASKS = 1 << 19  # gather tasks to aim for before splitting columns into chunks
 GATHER_ROWS = int(os.environ.get("RUBIKS_SHIFT_GATHER_ROWS", "0"))  # benchmarking override
 
@@ -107,10 +108,15 @@ def _cu_launch_kernel():
 
 
 class _Launcher:
-    """Compiled kernels per device, launched without Numba's per-call dispatch."""
+    """Compiled kernels per device, launched without Numba's per-call dispatch.
+
+    Each (plan step, scalar kinds, host thread) gets one preallocated argument block: the
+    pointer slots are rewritten and the block handed to cuLaunchKernel (which copies it),
+    so a launch builds no Python objects beyond the driver call itself."""
 
     functions: ClassVar[dict[tuple[int, int], tuple[int, tuple]]] = {}
-    scalars: ClassVar[dict[tuple, tuple]] = {}  # (step, kinds) -> (ctypes objects, addresses)
+    blocks: ClassVar[dict[tuple, tuple]] = {}
+    cu_launch = None
 
     @classmethod
     def function(cls, dispatcher, signature, device_index: int) -> tuple[int, tuple]:
@@ -131,40 +137,45 @@ class _Launcher:
                 kinds.append(passing[ty])
             handle = _function_handle(int(kernel._codelibrary.get_cufunc().handle))
             fn = cls.functions[key] = (handle, tuple(kinds))
+            cls.cu_launch = _cu_launch_kernel()
         return fn
 
     @classmethod
-    def launch(cls, handle: int, kinds: tuple, step: Step, ptrs: list[int], device_index) -> None:
-        key = (step, kinds)  # the same step passes its floats as float or double per dtype
-        prepared = cls.scalars.get(key)
-        if prepared is None:
-            objs = tuple(kind(v) for kind, v in zip(kinds, step.scalars, strict=True))
-            prepared = cls.scalars[key] = (objs, [ctypes.addressof(o) for o in objs])
-        pointers = (ctypes.c_uint64 * len(ptrs))(*ptrs)
+    def block(cls, step: Step, kinds: tuple, n_ptrs: int) -> tuple:
+        """(pointer slots, argument array, the scalars kept alive) for this thread."""
+        objs = tuple(kind(v) for kind, v in zip(kinds, step.scalars, strict=True))
+        pointers = (ctypes.c_uint64 * n_ptrs)()
         base = ctypes.addressof(pointers)
-        params = (ctypes.c_void_p * (len(ptrs) + len(kinds)))(
-            *range(base, base + 8 * len(ptrs), 8), *prepared[1]
+        params = (ctypes.c_void_p * (n_ptrs + len(objs)))(
+            *range(base, base + 8 * n_ptrs, 8), *(ctypes.addressof(o) for o in objs)
         )
-        stream = torch._C._cuda_getCurrentRawStream(device_index)
-        result = _cu_launch_kernel()(handle, *step.grid, *step.block, 0, stream, params, None)
-        if result != 0:
-            raise RuntimeError(
-                f"rubiks_shift: cuLaunchKernel({step.name}) failed (CUresult {result})"
-            )
+        block = (pointers, params, objs)
+        cls.blocks[(step, kinds, threading.get_ident())] = block
+        return block
 
 
 def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], device) -> None:
-    """Launch ``step`` with ``tensors`` as its pointer arguments."""
+    """Launch ``step`` with ``tensors`` as its pointer arguments, on torch's current
+    stream."""
     dispatcher = getattr(kernels, step.name)
     if simulator_enabled():
-        arrays = [_flat(t).numpy() for t in tensors]
+        arrays = [_flat(t.detach()).numpy() for t in tensors]
         dispatcher[step.grid, step.block](*arrays, *step.scalars)
         return
     handle, kinds = _Launcher.function(
         dispatcher, getattr(kernels, step.name + "_sig"), device.index
     )
-    ptrs = [t.data_ptr() for t in tensors]
-    _Launcher.launch(handle, kinds, step, ptrs, device.index)
+    block = _Launcher.blocks.get((step, kinds, threading.get_ident()))
+    if block is None:
+        block = _Launcher.block(step, kinds, len(tensors))
+    pointers, params = block[0], block[1]
+    for i, t in enumerate(tensors):
+        pointers[i] = t.data_ptr()
+    stream = torch._C._cuda_getCurrentRawStream(device.index)
+    grid, threads = step.grid, step.block
+    result = _Launcher.cu_launch(handle, *grid, *threads, 0, stream, params, None)
+    if result != 0:
+        raise RuntimeError(f"rubiks_shift: cuLaunchKernel({step.name}) failed (CUresult {result})")
 
 
 class _DeviceGuard:
@@ -196,7 +207,7 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 def _shift_for(shift: torch.Tensor) -> torch.Tensor:
-    s = shift.detach()
+    s = shift
     if s.dtype not in (torch.float32, torch.float64):
         s = s.float()
     return s if s.is_contiguous() else s.contiguous()
@@ -295,15 +306,13 @@ def forward(
     padding: Sequence[int],
     quantize: bool,
 ) -> torch.Tensor:
-    x = x.detach()
     if not x.is_contiguous():
         x = x.contiguous()
     s = _shift_for(shift)
     kernels = _kernels(_STORAGE[x.dtype], _STORAGE[s.dtype])
-    y = torch.empty(output_shape(x.shape, stride, padding), dtype=x.dtype, device=x.device)
-    steps = _gather_plan(
-        tuple(x.shape), tuple(y.shape), tuple(stride), tuple(padding), bool(quantize), False
-    )
+    y_shape = output_shape(x.shape, stride, padding)
+    y = torch.empty(y_shape, dtype=x.dtype, device=x.device)
+    steps = _gather_plan(x.shape, y_shape, tuple(stride), tuple(padding), bool(quantize), False)
     with _DeviceGuard(x):
         for step in steps:
             _run(kernels, step, (x, s, y), x.device)
@@ -322,10 +331,9 @@ def backward(
     need_x: bool,
     need_shift: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.detach()
     if not x.is_contiguous():
         x = x.contiguous()
-    gy = grad_y.detach()
+    gy = grad_y
     if gy.dtype != x.dtype:
         gy = gy.to(x.dtype)
     if not gy.is_contiguous():

@@ -14,6 +14,7 @@ autograd formula and autocast rules. The 2-D op is expressed through the 3-D one
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -225,6 +226,27 @@ class EagerShift3d(torch.autograd.Function):
         return _input_grads(ctx, grad_y, ctx.backend.backward)
 
 
+def _eager_apply():
+    """``EagerShift3d.apply`` without torch's Python-level wrapper where it has one (torch
+    <= 2.13: default-argument binding and a pytree pass over the arguments to unwrap dead
+    functorch wrappers, ~10 us per call); the two tensors are unwrapped directly instead.
+    Used only when no functorch transform is active (see ``shift3d_call``)."""
+    wrapper = inspect.getattr_static(torch.autograd.Function, "apply", None)
+    base = torch._C._FunctionBase.__dict__.get("apply")
+    unwrap = getattr(torch._C._functorch, "unwrap_if_dead", None)
+    if not isinstance(wrapper, classmethod) or base is None or unwrap is None:
+        return EagerShift3d.apply
+    bound = base.__get__(None, EagerShift3d)
+
+    def apply(x, shift, *config):
+        return bound(unwrap(x), unwrap(shift), *config)
+
+    return apply
+
+
+_apply = _eager_apply()
+
+
 def shift3d_call(x: Tensor, shift: Tensor, stride, padding, quantize, normalize_grad, t_factor):
     """Run the op: the eager fast path when it is equivalent, the registered op otherwise."""
     if (
@@ -240,7 +262,7 @@ def shift3d_call(x: Tensor, shift: Tensor, stride, padding, quantize, normalize_
         if torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
             x = x.to(torch.get_autocast_dtype(device_type))
         if torch.is_grad_enabled() and (x.requires_grad or shift.requires_grad):
-            return EagerShift3d.apply(x, shift, stride, padding, quantize, normalize_grad, t_factor)
+            return _apply(x, shift, stride, padding, quantize, normalize_grad, t_factor)
         return eager_backend(x).forward(x, shift, stride, padding, quantize)  # nothing to record
     return torch.ops.rubiks_shift.shift3d(
         x, shift, stride, padding, quantize, normalize_grad, t_factor
