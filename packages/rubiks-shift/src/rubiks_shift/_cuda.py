@@ -110,12 +110,12 @@ def _cu_launch_kernel():
 class _Launcher:
     """Compiled kernels per device, launched without Numba's per-call dispatch.
 
-    Each (plan step, scalar kinds, host thread) gets one preallocated argument block: the
-    pointer slots are rewritten and the block handed to cuLaunchKernel (which copies it),
-    so a launch builds no Python objects beyond the driver call itself."""
+    Each (kernel set, plan step, device, host thread) gets one preallocated argument
+    block: the pointer slots are rewritten and the block handed to cuLaunchKernel (which
+    copies it), so a launch builds no Python objects beyond the driver call itself."""
 
     functions: ClassVar[dict[tuple[int, int], tuple[int, tuple]]] = {}
-    blocks: ClassVar[dict[tuple, tuple]] = {}
+    entries: ClassVar[dict[tuple, tuple]] = {}
     cu_launch = None
 
     @classmethod
@@ -141,39 +141,39 @@ class _Launcher:
         return fn
 
     @classmethod
-    def block(cls, step: Step, kinds: tuple, n_ptrs: int) -> tuple:
-        """(pointer slots, argument array, the scalars kept alive) for this thread."""
+    def prepare(cls, kernels: K.Kernels, step: Step, n_ptrs: int, device_index: int) -> tuple:
+        """(handle, pointer slots, argument array, launch dimensions, the scalars kept
+        alive) of ``step`` for this host thread."""
+        handle, kinds = cls.function(
+            getattr(kernels, step.name), getattr(kernels, step.name + "_sig"), device_index
+        )
         objs = tuple(kind(v) for kind, v in zip(kinds, step.scalars, strict=True))
         pointers = (ctypes.c_uint64 * n_ptrs)()
         base = ctypes.addressof(pointers)
         params = (ctypes.c_void_p * (n_ptrs + len(objs)))(
             *range(base, base + 8 * n_ptrs, 8), *(ctypes.addressof(o) for o in objs)
         )
-        block = (pointers, params, objs)
-        cls.blocks[(step, kinds, threading.get_ident())] = block
-        return block
+        entry = (handle, pointers, params, (*step.grid, *step.block), objs)
+        cls.entries[(id(kernels), step, device_index, threading.get_ident())] = entry
+        return entry
 
 
 def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], device) -> None:
     """Launch ``step`` with ``tensors`` as its pointer arguments, on torch's current
     stream."""
-    dispatcher = getattr(kernels, step.name)
     if simulator_enabled():
         arrays = [_flat(t.detach()).numpy() for t in tensors]
-        dispatcher[step.grid, step.block](*arrays, *step.scalars)
+        getattr(kernels, step.name)[step.grid, step.block](*arrays, *step.scalars)
         return
-    handle, kinds = _Launcher.function(
-        dispatcher, getattr(kernels, step.name + "_sig"), device.index
-    )
-    block = _Launcher.blocks.get((step, kinds, threading.get_ident()))
-    if block is None:
-        block = _Launcher.block(step, kinds, len(tensors))
-    pointers, params = block[0], block[1]
+    index = device.index
+    entry = _Launcher.entries.get((id(kernels), step, index, threading.get_ident()))
+    if entry is None:
+        entry = _Launcher.prepare(kernels, step, len(tensors), index)
+    handle, pointers, params, dims = entry[0], entry[1], entry[2], entry[3]
     for i, t in enumerate(tensors):
         pointers[i] = t.data_ptr()
-    stream = torch._C._cuda_getCurrentRawStream(device.index)
-    grid, threads = step.grid, step.block
-    result = _Launcher.cu_launch(handle, *grid, *threads, 0, stream, params, None)
+    stream = torch._C._cuda_getCurrentRawStream(index)
+    result = _Launcher.cu_launch(handle, *dims, 0, stream, params, None)
     if result != 0:
         raise RuntimeError(f"rubiks_shift: cuLaunchKernel({step.name}) failed (CUresult {result})")
 
@@ -311,11 +311,12 @@ def forward(
     s = _shift_for(shift)
     kernels = _kernels(_STORAGE[x.dtype], _STORAGE[s.dtype])
     y_shape = output_shape(x.shape, stride, padding)
-    y = torch.empty(y_shape, dtype=x.dtype, device=x.device)
+    device = x.device
+    y = torch.empty(y_shape, dtype=x.dtype, device=device)
     steps = _gather_plan(x.shape, y_shape, tuple(stride), tuple(padding), bool(quantize), False)
     with _DeviceGuard(x):
         for step in steps:
-            _run(kernels, step, (x, s, y), x.device)
+            _run(kernels, step, (x, s, y), device)
     return y
 
 
