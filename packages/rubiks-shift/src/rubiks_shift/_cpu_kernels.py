@@ -52,15 +52,35 @@ def _diff(s):
     return np.int64(f), np.int64(f) + 1, 1.0
 
 
+@njit(inline="always", cache=True)
+def _edge_value(r0, r1, r2, r3, c00, c01, c10, c11, c20, c21, c30, c31, s, use1):
+    """One output of the up-to-four weighted source rows at columns s and s + 1, for a
+    column where a corner may fall outside the row (and is then not read)."""
+    n = r0.shape[0]
+    v = c00 * 0
+    if 0 <= s < n:
+        v += c00 * r0[s] + c10 * r1[s] + c20 * r2[s] + c30 * r3[s]
+    if use1 and 0 <= s + 1 < n:
+        v += c01 * r0[s + 1] + c11 * r1[s + 1] + c21 * r2[s + 1] + c31 * r3[s + 1]
+    return v
+
+
 @njit(parallel=True, cache=True)
 def forward(x, offsets, weights, y, stride, padding):
     """``offsets[d, c]`` is corner 0's integer offset along d, ``weights[d, c, e]`` the
     weight of corner e, in the data's dtype (so the inner loops are single-precision SIMD
-    for float32 data)."""
+    for float32 data).
+
+    One pass per output row: the (t, h) corners that are inside the clip and have a
+    non-zero weight give up to four source rows (a shared zero row stands in for the
+    others), and every output element is their weighted sum at columns s and s + 1;
+    the columns where a corner falls outside are done separately with checks."""
     n_batch, t_in, channels, h_in, w_in = x.shape
     _, t_out, _, h_out, w_out = y.shape
     st, sh, sw = stride[0], stride[1], stride[2]
     pt, ph, pw = padding[0], padding[1], padding[2]
+    zero_row = np.zeros(w_in, dtype=x.dtype)
+    zero = weights[0, 0, 0] * 0  # the weights' dtype: keeps float32 data in float32
     for plane in prange(n_batch * t_out * channels):
         c = plane % channels
         nt = plane // channels
@@ -70,30 +90,86 @@ def forward(x, offsets, weights, y, stride, padding):
         fh, wh0, wh1 = offsets[1, c], weights[1, c, 0], weights[1, c, 1]
         fw, ww0, ww1 = offsets[2, c], weights[2, c, 0], weights[2, c, 1]
         out = y[n, to, c]
-        out[:, :] = 0
-        for et in range(2):
-            wt = wt0 if et == 0 else wt1
-            t = to * st - pt + ft + et
-            if wt == 0.0 or t < 0 or t >= t_in:
-                continue
-            src = x[n, t, c]
-            for eh in range(2):
-                wth = wt * (wh0 if eh == 0 else wh1)
-                if wth == 0.0:
+        ow = fw - pw
+        use1 = ww1 != 0.0
+        # interior columns: every corner that is read lies inside the row
+        lo, hi = _valid_range(w_out, w_in, sw, ow)
+        if use1:
+            lo1, hi1 = _valid_range(w_out, w_in, sw, ow + 1)
+            lo = max(lo, lo1)
+            hi = min(hi, hi1)
+        if hi < lo:
+            hi = lo
+        for ho in range(h_out):
+            r0 = zero_row
+            r1 = zero_row
+            r2 = zero_row
+            r3 = zero_row
+            k0 = zero
+            k1 = zero
+            k2 = zero
+            k3 = zero
+            slot = 0
+            for et in range(2):
+                wt = wt0 if et == 0 else wt1
+                t = to * st - pt + ft + et
+                if wt == 0.0 or t < 0 or t >= t_in:
                     continue
-                oh = -ph + fh + eh
-                hlo, hhi = _valid_range(h_out, h_in, sh, oh)
-                for ew in range(2):
-                    wgt = wth * (ww0 if ew == 0 else ww1)
-                    if wgt == 0.0:
+                for eh in range(2):
+                    wth = wt * (wh0 if eh == 0 else wh1)
+                    h = ho * sh - ph + fh + eh
+                    if wth == 0.0 or h < 0 or h >= h_in:
                         continue
-                    ow = -pw + fw + ew
-                    wlo, whi = _valid_range(w_out, w_in, sw, ow)
-                    for ho in range(hlo, hhi):
-                        row = src[ho * sh + oh]
-                        orow = out[ho]
-                        for wo in range(wlo, whi):
-                            orow[wo] += wgt * row[wo * sw + ow]
+                    row = x[n, t, c, h]
+                    if slot == 0:
+                        r0, k0 = row, wth
+                    elif slot == 1:
+                        r1, k1 = row, wth
+                    elif slot == 2:
+                        r2, k2 = row, wth
+                    else:
+                        r3, k3 = row, wth
+                    slot += 1
+            orow = out[ho]
+            if slot == 0:
+                orow[:] = 0
+                continue
+            c00, c01 = k0 * ww0, k0 * ww1
+            c10, c11 = k1 * ww0, k1 * ww1
+            c20, c21 = k2 * ww0, k2 * ww1
+            c30, c31 = k3 * ww0, k3 * ww1
+            if slot == 1 and not use1:  # quantized or integer shifts: one plain gather
+                for wo in range(lo, hi):
+                    orow[wo] = c00 * r0[wo * sw + ow]
+            elif slot == 1:
+                for wo in range(lo, hi):
+                    j = wo * sw + ow
+                    orow[wo] = c00 * r0[j] + c01 * r0[j + 1]
+            elif use1:
+                for wo in range(lo, hi):
+                    j = wo * sw + ow
+                    orow[wo] = (
+                        c00 * r0[j]
+                        + c01 * r0[j + 1]
+                        + c10 * r1[j]
+                        + c11 * r1[j + 1]
+                        + c20 * r2[j]
+                        + c21 * r2[j + 1]
+                        + c30 * r3[j]
+                        + c31 * r3[j + 1]
+                    )
+            else:
+                for wo in range(lo, hi):
+                    j = wo * sw + ow
+                    orow[wo] = c00 * r0[j] + c10 * r1[j] + c20 * r2[j] + c30 * r3[j]
+            for wo in range(lo):
+                orow[wo] = _edge_value(
+                    r0, r1, r2, r3, c00, c01, c10, c11, c20, c21, c30, c31, wo * sw + ow, use1
+                )
+            for wo in range(hi, w_out):
+                orow[wo] = _edge_value(
+                    r0, r1, r2, r3, c00, c01, c10, c11, c20, c21, c30, c31, wo * sw + ow, use1
+                )
 
 
 @njit(inline="always", cache=True)
