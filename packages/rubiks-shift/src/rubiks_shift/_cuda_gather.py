@@ -91,6 +91,17 @@ def build_gather(storage: str, shift_storage: str):
         return i
 
     @cuda.jit(device=True, inline="always")
+    def row(p0, p1, hs, Hs, Ws, k00, k01, k10, k11):
+        """Interpolated value of source row hs (frames p0, p1; columns 0 and +1 of the
+        thread's pointers), 0 outside the plane."""
+        v = zero
+        if within(hs, Hs):
+            r = i32(hs * Ws)
+            v = k00 * load(p0, r) + k01 * load(p0, i32(r + 1))
+            v += k10 * load(p1, r) + k11 * load(p1, i32(r + 1))
+        return v
+
+    @cuda.jit(device=True, inline="always")
     def source(i, m, o, e, d, n):
         """(index, valid) of the source position ``(i * m + o + e) / d`` along one axis:
         valid when divisible by d and inside [0, n)."""
@@ -207,21 +218,28 @@ def build_gather(storage: str, shift_storage: str):
         two_rows = wh1 != zero
         if (mh_ == 1) & (dh_ == 1) & two_rows & full:
             # fast path: row reuse, all corners in range; output row h reads source rows
-            # h + oh and h + oh + 1
+            # h + oh and h + oh + 1. Four rows' loads are issued before their stores (the
+            # compiler may not move loads above stores: src and dst could alias), so each
+            # thread keeps 16 loads in flight instead of 4.
             hs = i32(h0 + oh)
-            prev = zero
-            if within(hs, Hs32):
-                r = i32(hs * Ws32)
-                prev = k00 * load(p0, r) + k01 * load(p0, i32(r + 1))
-                prev += k10 * load(p1, r) + k11 * load(p1, i32(r + 1))
+            prev = row(p0, p1, hs, Hs32, Ws32, k00, k01, k10, k11)
             h = h0
+            while h + 4 <= h1:
+                v1 = row(p0, p1, i32(hs + 1), Hs32, Ws32, k00, k01, k10, k11)
+                v2 = row(p0, p1, i32(hs + 2), Hs32, Ws32, k00, k01, k10, k11)
+                v3 = row(p0, p1, i32(hs + 3), Hs32, Ws32, k00, k01, k10, k11)
+                v4 = row(p0, p1, i32(hs + 4), Hs32, Ws32, k00, k01, k10, k11)
+                r = i32(h * Wd32)
+                store(dcol, r, wh0 * prev + wh1 * v1)
+                store(dcol, i32(r + Wd32), wh0 * v1 + wh1 * v2)
+                store(dcol, i32(r + 2 * Wd32), wh0 * v2 + wh1 * v3)
+                store(dcol, i32(r + 3 * Wd32), wh0 * v3 + wh1 * v4)
+                prev = v4
+                hs = i32(hs + 4)
+                h = i32(h + 4)
             while h < h1:
                 hs = i32(hs + 1)
-                cur = zero
-                if within(hs, Hs32):
-                    r = i32(hs * Ws32)
-                    cur = k00 * load(p0, r) + k01 * load(p0, i32(r + 1))
-                    cur += k10 * load(p1, r) + k11 * load(p1, i32(r + 1))
+                cur = row(p0, p1, hs, Hs32, Ws32, k00, k01, k10, k11)
                 store(dcol, i32(h * Wd32), wh0 * prev + wh1 * cur)
                 prev = cur
                 h = i32(h + 1)
