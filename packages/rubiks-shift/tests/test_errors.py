@@ -77,3 +77,18 @@ def test_device_mismatch_meta():
 def test_bad_module_arguments(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+def test_checks_hold_after_a_valid_call_with_the_same_signature():
+    """The per-signature check cache never lets a refused input through."""
+    x = torch.randn(1, 2, 3, 4, 4)
+    shift = torch.zeros(3, 3)
+    rubiks_shift3d(x, shift, 1, 0)  # cached as valid
+    with pytest.raises(TypeError, match="bool"):
+        rubiks_shift3d(x, shift, True, 0)
+    with pytest.raises(TypeError, match="float"):
+        rubiks_shift3d(x, shift, 1.0, 0)
+    with pytest.raises(ValueError, match="shape"):
+        rubiks_shift3d(x, torch.zeros(3, 4), 1, 0)
+    with pytest.raises(TypeError, match="tensors"):
+        rubiks_shift3d(x.numpy(), shift, 1, 0)
