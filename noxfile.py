@@ -31,7 +31,7 @@ DEPENDS = {
     "shift": ["shift"],
     "models": ["shift", "models"],
     "data": ["data"],
-    "eval": ["shift", "data", "eval"],
+    "eval": ["shift", "models", "data", "eval"],
 }
 EXTRAS = {"shift": "[cuda,test]", "models": "[test]", "data": "[test]", "eval": "[test,plot]"}
 

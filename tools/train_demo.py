@@ -9,8 +9,8 @@ settings in the metadata that ``python -m rubiks_eval.demo`` reads, to ``--expor
         --export packages/rubiks-eval/src/rubiks_eval/assets/rubiksnet_tiny_synthetic.safetensors
 
 Other options go to tools/train.py's parser (``--epochs``, ``-b``, ``--lr``, ...). The
-model is rubiks-models' ``rubiksnet_tiny`` when installed, else the reference-layout port
-in ``tools/demo_model.py`` (same state-dict keys as the released checkpoints).
+model is rubiks-models' ``rubiksnet_tiny`` (the bundled checkpoint was trained with an
+earlier port that stored the released checkpoints' key layout; rubiks-models reads both).
 """
 
 from __future__ import annotations

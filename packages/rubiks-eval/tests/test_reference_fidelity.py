@@ -1,6 +1,7 @@
-"""The architecture that builds the bundled checkpoint reproduces the original code's
-outputs (shared/fixtures/reference, SPEC §4): eval logits in float32, and in train mode
-the logits and the gradients (shift gradients normalised) in float64, like the fixture."""
+"""rubiks-eval's loading path reproduces the original code's network (shared/fixtures/
+reference, SPEC §4): the reference ``.pth.tar`` goes through ``builders.load_model``
+(rubiks-models underneath) and gives the original eval logits in float32, and in train
+mode the original logits and gradients (shift gradients normalised) in float64."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rubiks_eval._reference_model import ReferenceLayoutRubiksNet
+from rubiks_eval.builders import load_model
 
 
 def _reference_dir() -> Path:
@@ -27,35 +28,36 @@ def reference():
     from safetensors.torch import load_file
 
     path = _reference_dir()
-    checkpoint = torch.load(
-        path / "orig_tiny_rubiks3d.pth.tar", map_location="cpu", weights_only=False
-    )
     io = load_file(str(path / "model_io.safetensors"))
-    return checkpoint, {k.removeprefix("tiny_rubiks3d."): v for k, v in io.items()}
-
-
-def _model(checkpoint, dtype):
-    assert checkpoint["variant"] == "rubiks3d" and checkpoint["tier"] == "tiny"
-    model = ReferenceLayoutRubiksNet(checkpoint["num_classes"], checkpoint["tier"], dropout=0.0)
-    model.load_state_dict(checkpoint["model"], strict=True)
-    return model.to(dtype)
+    io = {k.removeprefix("tiny_rubiks3d."): v for k, v in io.items()}
+    return path / "orig_tiny_rubiks3d.pth.tar", io
 
 
 def _rel(a, b):
     return float((a.detach().double() - b.double()).norm() / b.double().norm())
 
 
+def test_loads_the_reference_checkpoint(reference):
+    ckpt, io = reference
+    _, info = load_model(str(ckpt), num_frames=io["video"].shape[1])
+    assert info["arch"] == "rubiksnet_tiny" and info["source"] == "checkpoint"
+    assert info["num_classes"] == io["logits_eval"].shape[1]
+
+
 def test_eval_logits_float32(reference):
-    checkpoint, io = reference
-    model = _model(checkpoint, torch.float32).eval()
+    ckpt, io = reference
+    model, _ = load_model(str(ckpt), num_frames=io["video"].shape[1])
     with torch.no_grad():
-        logits = model(io["video"])
+        logits = model.eval()(io["video"])
     assert _rel(logits, io["logits_eval"]) < 1e-5
 
 
 def test_train_logits_and_gradients_float64(reference):
-    checkpoint, io = reference
-    model = _model(checkpoint, torch.float64).train()
+    from rubiks_models.rubiksnet import convert_reference_key
+
+    ckpt, io = reference
+    model, _ = load_model(str(ckpt), num_frames=io["video"].shape[1])
+    model = model.double().train()
     logits = model(io["video"].double())
     assert _rel(logits, io["logits_train"]) < 1e-5
     torch.nn.functional.cross_entropy(logits, io["target"]).backward()
@@ -63,4 +65,12 @@ def test_train_logits_and_gradients_float64(reference):
     grads = {k.removeprefix("grad."): v for k, v in io.items() if k.startswith("grad.")}
     assert any(name.endswith(".shift") for name in grads)
     for name, expected in grads.items():
-        assert _rel(params[name].grad, expected) < 1e-4, name
+        ours = convert_reference_key(name)
+        assert _rel(params[ours].grad, expected) < 1e-4, name
+
+
+def test_unknown_timm_weights_fail_with_instructions():
+    with pytest.raises(FileNotFoundError, match="rubiks-convert"):
+        load_model("rubiksnet_large.ssv2")
+    with pytest.raises(FileNotFoundError, match="not a RubiksNet timm name"):
+        load_model("no_such_model_or_file")

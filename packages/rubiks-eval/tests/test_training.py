@@ -95,15 +95,44 @@ def test_cli_config_parsing():
 
 
 def test_build_model_fine_tunes_with_new_class_count(tmp_path):
-    from rubiks_eval._reference_model import ReferenceLayoutRubiksNet
-    from rubiks_eval.builders import build_model
-    from rubiks_eval.checkpoint import save_weights
+    import timm
+    from rubiks_models.weights import save_weights
 
-    src = ReferenceLayoutRubiksNet(12, "tiny")
-    save_weights(tmp_path / "a.safetensors", src.state_dict(), {"arch": "rubiksnet_tiny"})
+    from rubiks_eval.builders import build_model
+
+    src = timm.create_model("rubiksnet_tiny", num_classes=12)
+    save_weights(src, tmp_path / "a.safetensors")
     cfg = TrainConfig(
         arch="rubiksnet_tiny", num_classes=5, pretrained=str(tmp_path / "a.safetensors")
     )
     model, meta = build_model(cfg)
-    assert model.new_fc.out_features == 5 and meta["initialised_from"]
-    torch.testing.assert_close(model.backbone.conv1.weight, src.backbone.conv1.weight)
+    assert model.fc.out_features == 5 and meta["initialised_from"]
+    torch.testing.assert_close(model.stem.weight, src.stem.weight)
+    # any other mismatch is an error, not a silent partial load
+    other = timm.create_model("rubiksnet_small", num_classes=12)
+    save_weights(other, tmp_path / "b.safetensors")
+    cfg_bad = TrainConfig(
+        arch="rubiksnet_tiny", num_classes=5, pretrained=str(tmp_path / "b.safetensors")
+    )
+    with pytest.raises(ValueError, match="does not fit"):
+        build_model(cfg_bad)
+
+
+def test_freeze_temporal_shift_keeps_the_temporal_row_at_zero():
+    from rubiks_eval.builders import build_model
+
+    cfg = TrainConfig(
+        arch="rubiksnet_tiny", num_classes=4, num_frames=4, freeze_temporal_shift=True
+    )
+    model, meta = build_model(cfg)
+    assert meta["frozen_temporal_shifts"] > 0
+    shifts = [p for n, p in model.named_parameters() if n.endswith("rubiks.shift")]
+    before = [p.detach().clone() for p in shifts]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(2, 4, 3, 32, 32)).logsumexp(1).sum().backward()
+        opt.step()
+    for p in shifts:
+        assert torch.count_nonzero(p[0]) == 0
+    assert any(not torch.equal(p[1:], b[1:]) for p, b in zip(shifts, before, strict=True))

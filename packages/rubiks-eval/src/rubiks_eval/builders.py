@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-__all__ = ["build_dataset", "build_eval_dataset", "default_scale_size", "param_groups"]
+__all__ = [
+    "build_dataset",
+    "build_eval_dataset",
+    "build_model",
+    "default_scale_size",
+    "freeze_temporal_shifts",
+    "load_matching",
+    "load_model",
+    "param_groups",
+]
 
 
 def default_scale_size(crop_size: int) -> int:
@@ -101,72 +109,26 @@ def build_dataset(cfg: Any, split: str) -> Any:
     )
 
 
-def _fallback_param_groups(model: nn.Module, weight_decay: float, shift_lr_mult: float) -> list:
-    shifts, no_decay, decay = [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.endswith("shift"):
-            shifts.append(p)
-        elif p.ndim <= 1:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups: list[dict[str, Any]] = [
-        {"params": decay, "weight_decay": weight_decay, "lr_mult": 1.0, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0, "name": "no_decay"},
-        {"params": shifts, "weight_decay": 0.0, "lr_mult": shift_lr_mult, "name": "shift"},
-    ]
-    return [g for g in groups if g["params"]]
-
-
 def param_groups(model: nn.Module, weight_decay: float, shift_lr_mult: float) -> list[dict]:
-    """SGD groups: shifts (lr x ``shift_lr_mult``, no decay), BN/bias (no decay), the rest.
+    """SGD groups of rubiks-models' policy: shifts (lr x ``shift_lr_mult``, no decay), AQ
+    attention logits and BN/bias (no decay), the rest. Each group carries ``lr_mult``; the
+    training loop sets ``lr = base_lr * lr_mult``."""
+    from rubiks_models.optim import param_groups as groups
 
-    Each group carries ``lr_mult``; the training loop sets ``lr = base_lr * lr_mult``.
-    """
-    return _fallback_param_groups(model, weight_decay, shift_lr_mult)
-
-
-def _json_meta(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
+    return groups(model, weight_decay=weight_decay, shift_lr_mult=shift_lr_mult)
 
 
-_WIDTH_TIER = {54: "tiny"}
+def _describe(model: nn.Module, **extra: Any) -> dict[str, Any]:
+    from rubiks_models.weights import arch_name
 
-
-def _read_checkpoint(path: Path) -> tuple[dict, dict[str, Any]]:
-    """(state dict, metadata) of a safetensors file or a reference ``.pth.tar``."""
-    import torch
-
-    if path.suffix == ".safetensors":
-        from .checkpoint import load_weights, weights_metadata
-
-        return load_weights(path), {k: _json_meta(v) for k, v in weights_metadata(path).items()}
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        meta = {k: v for k, v in obj.items() if k != "model" and not isinstance(v, dict)}
-        return obj["model"], meta
-    if isinstance(obj, dict) and "state_dict" in obj:
-        return obj["state_dict"], {}
-    if isinstance(obj, dict):
-        return obj, {}
-    raise ValueError(f"{path}: not a checkpoint (expected a state dict)")
-
-
-def _infer_tier(state: dict) -> str:
-    width = int(state["backbone.conv1.weight"].shape[0])
-    if width in _WIDTH_TIER:
-        return _WIDTH_TIER[width]
-    if any(".se." in k for k in state):
-        return "small"
-    n3 = len({k.split(".")[2] for k in state if k.startswith("backbone.layer3.")})
-    return "large" if n3 > 23 else "medium"
+    return {
+        "arch": arch_name(model.tier, model.variant),
+        "tier": model.tier,
+        "variant": model.variant,
+        "num_classes": model.num_classes,
+        "num_frames": model.num_frames,
+        **extra,
+    }
 
 
 def load_model(
@@ -176,66 +138,54 @@ def load_model(
     num_frames: int = 8,
     num_classes: int | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A model with weights from a checkpoint file or a timm name[.tag]; and a description.
+    """A RubiksNet (rubiks-models) with weights from ``pretrained``; and a description.
 
-    Checkpoint files: safetensors (metadata ``arch``/``tier``/``num_classes`` when
-    present) or a reference ``.pth.tar``. The class count comes from the checkpoint.
-    Uses rubiks-models when installed; otherwise, for reference-layout checkpoints of
-    the non-AQ variant, the fallback port in :mod:`rubiks_eval._reference_model`.
+    ``pretrained`` is a checkpoint file or directory (safetensors written by rubiks-models,
+    ``rubiks-convert`` or our training, or a reference ``.pth.tar``, plain or AQ: the
+    architecture and class count come from the checkpoint), or a timm name with an
+    optional tag (``rubiksnet_large.ssv2``) whose weights rubiks-models finds locally.
+    ``arch``/``num_classes``, when given, must match what the checkpoint holds.
     """
+    import timm
+    from rubiks_models.weights import load_model as load_checkpoint
+
     path = Path(pretrained).expanduser()
-    try:
-        import rubiks_models
-    except ImportError:
-        rubiks_models = None
-    if not path.is_file():
-        if rubiks_models is None:
+    if path.exists():
+        model = load_checkpoint(path, num_frames=num_frames)
+        info = _describe(model, file=str(path), source="checkpoint")
+    else:
+        name = pretrained.split(".", 1)[0]
+        if name not in timm.list_models("rubiksnet*"):
             raise FileNotFoundError(
-                f"{pretrained}: no such checkpoint file (timm names need rubiks-models)"
+                f"--pretrained {pretrained!r}: no such checkpoint file, and not a RubiksNet "
+                f"timm name (one of {', '.join(timm.list_models('rubiksnet*'))})"
             )
-        import timm
+        try:
+            model = timm.create_model(pretrained, pretrained=True, num_frames=num_frames)
+        except (RuntimeError, OSError, ValueError) as exc:
+            from rubiks_models.rubiksnet import weights_dir
 
-        model = timm.create_model(pretrained, pretrained=True, num_frames=num_frames)
-        return model, {"arch": pretrained, "num_classes": model.num_classes, "source": "timm"}
-    state, meta = _read_checkpoint(path)
-    if "backbone.conv1.weight" not in state or "new_fc.weight" not in state:
-        raise ValueError(
-            f"{path}: not a RubiksNet checkpoint in the reference layout "
-            "(no backbone.conv1.weight / new_fc.weight)"
-        )
-    tier = str(meta.get("tier") or _infer_tier(state))
-    variant = str(
-        meta.get("variant")
-        or ("rubiks3d-aq" if any(k.endswith("conv2.0.T") for k in state) else "rubiks3d")
-    )
-    classes = int(state["new_fc.weight"].shape[0])
-    if num_classes is not None and num_classes != classes:
-        raise ValueError(f"{path} has {classes} classes, not {num_classes}")
-    name = arch or meta.get("arch") or f"rubiksnet_{tier}" + ("_aq" if "aq" in variant else "")
-    info = {
-        "arch": name,
-        "tier": tier,
-        "variant": variant,
-        "num_classes": classes,
-        "num_frames": int(meta.get("num_frames") or num_frames),
-        "file": str(path),
-    }
-    if "aq" in variant:
-        raise RuntimeError(f"{path}: the AQ variant needs rubiks-models (pip install it)")
-    from ._reference_model import ReferenceLayoutRubiksNet
-
-    model = ReferenceLayoutRubiksNet(classes, tier, dropout=0.0)
-    model.load_state_dict(state, strict=True)
-    info["source"] = "rubiks_eval._reference_model"
+            raise FileNotFoundError(
+                f"--pretrained {pretrained!r}: its weights are not available here ({exc}). "
+                f"Download the released checkpoint, convert it with `rubiks-convert FILE "
+                f"{weights_dir()}` (where rubiks-models looks for local weights), or pass "
+                "the checkpoint file itself."
+            ) from exc
+        info = _describe(model, source="timm", pretrained=pretrained)
+    if arch is not None and arch != info["arch"]:
+        raise ValueError(f"{pretrained} holds a {info['arch']}, not the requested {arch}")
+    if num_classes is not None and num_classes != info["num_classes"]:
+        raise ValueError(f"{pretrained} has {info['num_classes']} classes, not {num_classes}")
     return model, info
 
 
 def load_matching(model: nn.Module, state: dict, head_prefixes: tuple[str, ...]) -> list[str]:
-    """Load ``state`` into ``model``, skipping classifier tensors whose shape differs.
+    """Load ``state`` (either key layout) into ``model``, skipping classifier tensors whose
+    shape differs (a new class count: fine-tuning). Returns the skipped keys; any other
+    missing, unexpected or mis-shaped key is an error."""
+    from rubiks_models.rubiksnet import checkpoint_filter_fn
 
-    Returns the skipped keys (a new class count: fine-tuning). Any other missing,
-    unexpected or mis-shaped key is an error.
-    """
+    state = checkpoint_filter_fn(state, model)
     own = model.state_dict()
     skipped = [
         k
@@ -243,44 +193,75 @@ def load_matching(model: nn.Module, state: dict, head_prefixes: tuple[str, ...])
         if k in own and own[k].shape != v.shape and k.startswith(head_prefixes)
     ]
     kept = {k: v for k, v in state.items() if k not in skipped}
-    missing, unexpected = model.load_state_dict(kept, strict=False)
-    missing = [k for k in missing if k not in skipped]
-    if missing or unexpected:
+    wrong = [k for k, v in kept.items() if k in own and own[k].shape != v.shape]
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in kept.items() if k not in wrong}, strict=False
+    )
+    missing = [k for k in missing if k not in skipped and k not in wrong]
+    if missing or unexpected or wrong:
         raise ValueError(
-            f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"checkpoint does not fit the model: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, mis-shaped {wrong[:5]}"
         )
     return skipped
 
 
 def build_model(cfg: Any, dataset: Any = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The model to train: ``cfg.arch`` with ``cfg.num_classes`` (default: the dataset's).
+    """The model to train: timm's ``cfg.arch`` (a RubiksNet from rubiks-models) with
+    ``cfg.num_classes`` (default: the dataset's).
 
-    ``cfg.pretrained`` (a checkpoint file) initialises it; a classifier of another class
-    count is replaced by a new one (fine-tuning). Without rubiks-models installed the
-    reference-layout port is used (non-AQ tiers only).
+    ``cfg.pretrained`` (a checkpoint file, either key layout) initialises it; a
+    classifier of another class count is replaced by a new one (fine-tuning).
     """
+    import timm
+    from rubiks_models.weights import read_checkpoint
+
     num_classes = cfg.num_classes or getattr(dataset, "num_classes", None)
     if not num_classes:
         raise ValueError("num_classes unknown: pass --num-classes")
-    tier = cfg.arch.removeprefix("rubiksnet_")
-    if getattr(cfg, "freeze_temporal_shift", False):
-        raise NotImplementedError("--freeze-temporal-shift needs rubiks-models (issue 7)")
-    from ._reference_model import TIERS, ReferenceLayoutRubiksNet
-
-    if tier not in TIERS:
-        raise ValueError(f"arch {cfg.arch!r}: without rubiks-models only {sorted(TIERS)} tiers")
-    model = ReferenceLayoutRubiksNet(num_classes, tier, dropout=cfg.dropout)
-    meta: dict[str, Any] = {
-        "arch": cfg.arch,
-        "tier": tier,
-        "variant": "rubiks3d",
-        "num_classes": num_classes,
-        "num_frames": cfg.num_frames,
-    }
+    if cfg.arch not in timm.list_models("rubiksnet*"):
+        raise ValueError(
+            f"arch {cfg.arch!r} is not a RubiksNet; one of {timm.list_models('rubiksnet*')}"
+        )
+    model = timm.create_model(
+        cfg.arch, num_classes=num_classes, num_frames=cfg.num_frames, drop_rate=cfg.dropout
+    )
+    meta = _describe(model)
+    freeze = getattr(cfg, "freeze_temporal_shift", False)
     if cfg.pretrained:
-        state, _ = _read_checkpoint(Path(cfg.pretrained).expanduser())
-        skipped = load_matching(model, state, ("new_fc.",))
+        state, _ = read_checkpoint(Path(cfg.pretrained).expanduser())
+        skipped = load_matching(model, state, ("fc.",))
         meta["initialised_from"] = str(cfg.pretrained)
         if skipped:
             print(f"fine-tuning: new classifier ({num_classes} classes), skipped {skipped}")
+    if freeze:
+        meta["frozen_temporal_shifts"] = freeze_temporal_shifts(model)
     return model, meta
+
+
+def freeze_temporal_shifts(model: nn.Module) -> int:
+    """Ablation: every 3-D shift's temporal row set to 0 and kept there (its gradient is
+    zeroed by a hook, and shifts have no weight decay), so the network sees no motion
+    across frames except through the classifier's average. Returns the number of layers.
+    """
+    import torch
+    from rubiks_models.rubiksnet import is_shift_param
+
+    if getattr(model, "variant", None) != "rubiks3d":
+        raise ValueError(
+            "--freeze-temporal-shift applies to the rubiksnet_<tier> models (3-D shifts); "
+            f"this model's variant is {getattr(model, 'variant', None)!r}"
+        )
+    count = 0
+    for name, p in model.named_parameters():
+        if not is_shift_param(name) or p.dim() != 2 or p.shape[0] != 3:
+            continue
+        with torch.no_grad():
+            p[0].zero_()
+        mask = torch.ones_like(p)
+        mask[0] = 0
+        p.register_hook(lambda g, mask=mask: g * mask.to(g.dtype))
+        count += 1
+    if not count:
+        raise ValueError("no 3-D shift parameters found to freeze")
+    return count

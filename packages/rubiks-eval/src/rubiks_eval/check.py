@@ -29,19 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     print(f"torch {torch.__version__}, device {device}")
-    try:
-        import rubiks_models  # noqa: F401  (registers the RubiksNet architectures with timm)
-        import timm
-    except ImportError as exc:
-        from ._reference_model import ReferenceLayoutRubiksNet
+    import rubiks_models  # noqa: F401  (registers the RubiksNet architectures with timm)
+    import timm
 
-        print(f"note: rubiks-models unavailable ({exc}); using rubiks_eval's reference-layout port")
-        tier = args.arch.removeprefix("rubiksnet_")
-        model = ReferenceLayoutRubiksNet(args.num_classes, tier, dropout=0.0)
-    else:
-        model = timm.create_model(
-            args.arch, num_classes=args.num_classes, num_frames=args.num_frames
-        )
+    model = timm.create_model(args.arch, num_classes=args.num_classes, num_frames=args.num_frames)
     model.to(device).eval()
     n_params = sum(p.numel() for p in model.parameters())
     clip = torch.rand(1, args.num_frames, 3, args.size, args.size, device=device)
