@@ -74,3 +74,17 @@ def test_unknown_timm_weights_fail_with_instructions():
         load_model("rubiksnet_large.ssv2")
     with pytest.raises(FileNotFoundError, match="not a RubiksNet timm name"):
         load_model("no_such_model_or_file")
+
+
+def test_aq_checkpoint_loads_through_eval(tmp_path):
+    import timm
+    from rubiks_models.weights import save_weights
+
+    torch.manual_seed(0)
+    src = timm.create_model("rubiksnet_tiny_aq", num_classes=7, num_frames=4).eval()
+    save_weights(src, tmp_path / "aq.safetensors")
+    model, info = load_model(str(tmp_path / "aq.safetensors"), num_frames=4)
+    assert info["arch"] == "rubiksnet_tiny_aq" and info["num_classes"] == 7
+    clip = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(clip), src(clip), rtol=0, atol=0)
