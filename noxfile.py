@@ -66,10 +66,12 @@ def eval_default(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Every package's suite, each in its own pytest run (their test modules share names)."""
+    """Every package's suite, each in its own pytest run (their test modules share names),
+    then the smoke tests of the scripts in tools/."""
     _install(session, list(PACKAGES))
     for name in PACKAGES:
         _run_tests(session, name)
+    _pytest(session, "tools/tests")
 
 
 for _name in PACKAGES:

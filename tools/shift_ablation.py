@@ -8,7 +8,8 @@ synthetic temporal data set three ways and compare on its validation split:
   the same and the six reversal pairs cap top-1 at 50 %;
 * ``aq``     — rubiksnet_tiny_aq: temperature annealed from soft attention to one-hot, a
   budget penalty on the expected fraction of temporally shifted channels, then hardened
-  to integer shifts (``rubiks_models.deploy.quantize_model``) and evaluated again.
+  (channels over the budget re-centred by ``rubiks_models.optim.aq_enforce_budget``,
+  integer shifts by ``rubiks_models.deploy.quantize_model``) and evaluated again.
 
 Clips are rendered in memory (``rubiks_data.synthetic.render_clip``, no video codec
 needed) and kept on the device as uint8; sampling is TSM's (``--segments`` segments, a
@@ -165,7 +166,7 @@ def train_variant(name: str, data: dict, args, out: Path) -> dict:
             "seconds": round(time.perf_counter() - tic, 1),
         }
         if name == "aq":
-            record["aq_expected_shifted_fraction"] = float(aq_shifted_fraction(model))
+            record["aq_expected_shifted_fraction"] = float(aq_shifted_fraction(model).detach())
         history.append(record)
         log.write(json.dumps(record) + "\n")
         log.flush()
@@ -182,13 +183,18 @@ def train_variant(name: str, data: dict, args, out: Path) -> dict:
         shifts = [p for n, p in model.named_parameters() if n.endswith("rubiks.shift")]
         result["max_abs_temporal_shift"] = max(float(p[0].abs().max()) for p in shifts)
     if name == "aq":
+        import copy
+
         from rubiks_models.deploy import quantize_model
+        from rubiks_models.optim import aq_enforce_budget
 
         result["aq_budget"] = args.aq_budget
-        result["aq_expected_shifted_fraction"] = float(aq_shifted_fraction(model))
-        result["aq_hard_shifted_fraction"] = _aq_hard_fraction(model)
-        hard = quantize_model(model)
-        result["hardened_val_top1"] = evaluate(hard, *data["val"], args)
+        result["aq_expected_shifted_fraction"] = float(aq_shifted_fraction(model).detach())
+        result["aq_trained_hard_shifted_fraction"] = _aq_hard_fraction(model)
+        enforced = copy.deepcopy(model)
+        result["aq_channels_recentred"] = aq_enforce_budget(enforced, args.aq_budget)
+        result["aq_hard_shifted_fraction"] = _aq_hard_fraction(enforced)
+        result["hardened_val_top1"] = evaluate(quantize_model(enforced), *data["val"], args)
     torch.save(model.state_dict(), out / f"{name}.pt")
     return result
 

@@ -136,3 +136,121 @@ def test_freeze_temporal_shift_keeps_the_temporal_row_at_zero():
     for p in shifts:
         assert torch.count_nonzero(p[0]) == 0
     assert any(not torch.equal(p[1:], b[1:]) for p, b in zip(shifts, before, strict=True))
+
+
+def _tiny_cfg(tmp_path, name, **kw):
+    base = dict(
+        output=str(tmp_path / name),
+        dataset="dummy",
+        dummy_videos=8,
+        num_classes=4,
+        arch="rubiksnet_tiny",
+        num_frames=4,
+        input_size=32,
+        batch_size=4,
+        lr=0.05,
+        dropout=0.0,
+        schedule="constant",
+        workers=0,
+        device="cpu",
+        progress=False,
+        log_every=0,
+        seed=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_finetune_from_another_class_count_overfits_dummy_data(tmp_path):
+    """The fine-tuning path (pretrained file with another head, new class count, shift lr
+    multiplier) on random clips: the model memorises them, so the loss falls."""
+    import timm
+    from rubiks_models.weights import save_weights
+
+    torch.manual_seed(0)
+    save_weights(timm.create_model("rubiksnet_tiny", num_classes=9), tmp_path / "k.safetensors")
+    cfg = _tiny_cfg(tmp_path, "ft", pretrained=str(tmp_path / "k.safetensors"), epochs=6)
+    summary = train(cfg)
+    losses = [h["train_loss"] for h in summary["history"]]
+    assert losses[-1] < 0.5 * losses[0], losses
+    final = load_weights(tmp_path / "ft" / "final.safetensors")
+    assert final["fc.weight"].shape[0] == 4
+
+
+def test_finetune_refuses_missing_released_weights(tmp_path, monkeypatch):
+    from rubiks_eval.builders import resolve_pretrained
+
+    monkeypatch.setenv("RUBIKSNET_WEIGHTS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"kinetics_tiny\.pth\.tar"):
+        resolve_pretrained("rubiksnet_tiny.kinetics")
+    with pytest.raises(FileNotFoundError, match="not a released tag"):
+        resolve_pretrained("kinetics_tiny")
+    (tmp_path / "kinetics_tiny.safetensors").write_bytes(b"")
+    assert resolve_pretrained("rubiksnet_tiny.kinetics") == tmp_path / "kinetics_tiny.safetensors"
+
+
+def test_aq_training_pulls_towards_the_budget_and_hardens_within_it(tmp_path):
+    """AQ on tiny data: the penalty lowers the expected shifted fraction (compared with the
+    same run without it); hardening respects the budget and is evaluated."""
+    from rubiks_models.weights import load_model
+
+    kw = dict(arch="rubiksnet_tiny_aq", epochs=3, lr=0.1, aq_budget=0.125)
+    free = train(_tiny_cfg(tmp_path, "free", aq_penalty=0.0, **kw))
+    pulled = train(_tiny_cfg(tmp_path, "pulled", aq_penalty=1.0, **kw))
+    assert pulled["aq_expected_shifted_fraction"] < free["aq_expected_shifted_fraction"] - 0.1
+    for s in (free, pulled):
+        assert s["aq_hard_shifted_fraction"] <= 0.125
+        assert s["aq_trained_hard_shifted_fraction"] > 0.125  # so the export had work to do
+        assert 0 <= s["val_top1_hard"] <= 100 and 0 <= s["val_top1_soft"] <= 100
+        assert "aq_tau" in s["history"][-1]
+    assert free["aq_channels_recentred"] > pulled["aq_channels_recentred"]
+    hard = load_model(tmp_path / "pulled" / "final_hard.safetensors")
+    assert hard.deploy and hard.num_classes == 4
+
+
+def test_ddp_two_processes_keep_ranks_identical_and_resume_exactly(tmp_path):
+    """2 CPU processes (gloo): parameters identical on both ranks after training; rank 0
+    alone writes logs/checkpoints; an interrupted + resumed run ends where the
+    uninterrupted one does."""
+    from rubiks_eval.testing import ddp_train_worker, run_local_group
+
+    cfg = dict(
+        dataset="dummy",
+        dummy_videos=16,
+        num_classes=4,
+        arch="rubiksnet_tiny",
+        num_frames=4,
+        input_size=32,
+        batch_size=4,
+        lr=0.05,
+        dropout=0.5,
+        epochs=2,
+        workers=0,
+        device="cpu",
+        progress=False,
+        log_every=1,
+        seed=2,
+        cut_steps=3,
+    )
+    run_local_group(ddp_train_worker, 2, str(tmp_path), cfg)
+    runs = {
+        (name, r): torch.load(tmp_path / f"{name}.rank{r}.pt", weights_only=False)
+        for name in ("full", "cut", "resumed")
+        for r in (0, 1)
+    }
+    for name in ("full", "resumed"):
+        a, b = runs[name, 0]["state"], runs[name, 1]["state"]
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+        assert runs[name, 0]["summary"]["world_size"] == 2
+        assert runs[name, 0]["summary"]["steps"] == 8  # 16 videos / global batch 4 x 2
+    full, resumed = runs["full", 0]["state"], runs["resumed", 0]["state"]
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    saved = load_weights(tmp_path / "full" / "final.safetensors")
+    for k in saved:
+        assert torch.equal(saved[k], full[k]), k
+    log = [json.loads(x) for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in log].count("start") == 1  # one writer
+    assert [r["event"] for r in log].count("train") == 8
+    assert all(r["clips_per_s"] > 0 for r in log if r["event"] == "train")

@@ -71,3 +71,14 @@ def test_deploy_hardens_aq() -> None:
     # the released convention: tap 0 reads x[t-1], i.e. a shift of -1
     assert report["max_rel_logit_diff"] < 1e-3
     assert isinstance(quantize_model(model), RubiksNet)
+
+
+def test_deployed_aq_model_round_trips_through_save_weights(tmp_path) -> None:
+    torch.manual_seed(0)
+    hard = quantize_model(RubiksNet("tiny", 5, num_frames=4, variant="rubiks3d-aq")).eval()
+    save_weights(hard, tmp_path / "hard.safetensors")  # records deploy=true by itself
+    back = load_model(tmp_path / "hard.safetensors").eval()
+    assert back.deploy
+    x = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), hard(x), rtol=0, atol=0)

@@ -11,6 +11,7 @@ import rubiks_models
 from rubiks_models import RubiksNet, TemporalAttentionShift, inflate
 from rubiks_models.optim import (
     aq_budget_penalty,
+    aq_enforce_budget,
     aq_shifted_fraction,
     aq_temperature,
     param_groups,
@@ -139,6 +140,25 @@ def test_aq_training_helpers() -> None:
     assert model.stages[0].blocks[0].tshift.weight.grad is not None
     with pytest.raises(ValueError, match="AQ"):
         aq_shifted_fraction(RubiksNet("tiny", 4))
+
+
+def test_aq_enforce_budget_keeps_the_most_confident_shifted_channels() -> None:
+    model = RubiksNet("tiny", 4, variant="rubiks3d-aq")
+    layers = [m for m in model.modules() if isinstance(m, TemporalAttentionShift)]
+    total = sum(m.channels for m in layers)
+    z = torch.cat([m.weight / (m.weight.std(dim=1, keepdim=True) + 1e-6) for m in layers])
+    before = z.argmax(1) != 1
+    margin = torch.maximum(z[:, 0], z[:, 2]) - z[:, 1]
+    assert int(before.sum()) > total // 8  # random init: about 2/3 shifted
+    moved = aq_enforce_budget(model, 0.125)
+    set_aq_temperature(model, 0.01)
+    hard = torch.cat([m.attention().argmax(1) for m in layers]) != 1
+    assert int(hard.sum()) == total // 8 and moved == int(before.sum()) - total // 8
+    assert not (hard & ~before).any()  # only shifted channels were re-centred
+    assert margin[hard].min() >= margin[before & ~hard].max()  # the largest margins stay
+    assert aq_enforce_budget(model, 0.125) == 0  # idempotent
+    with pytest.raises(ValueError, match="fraction"):
+        aq_enforce_budget(model, 1.5)
 
 
 def test_param_groups() -> None:

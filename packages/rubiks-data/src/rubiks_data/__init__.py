@@ -12,6 +12,7 @@ from .datasets import (
     ssv2_video_dataset,
     video_list_dataset,
 )
+from .dummy import RandomVideoDataset
 from .lists import VideoRecord
 from .registry import DATASETS, build_dataset
 from .sample import Batch, ListFileError, VideoReadError, VideoSample, collate_samples
@@ -28,6 +29,7 @@ __all__ = [
     "DecodeError",
     "FrameFolderDataset",
     "ListFileError",
+    "RandomVideoDataset",
     "TestTransform",
     "TrainTransform",
     "VideoFileDataset",

@@ -12,6 +12,7 @@ from .datasets import (
     ssv2_video_dataset,
     video_list_dataset,
 )
+from .dummy import RandomVideoDataset
 
 __all__ = ["DATASETS", "DatasetInfo", "build_dataset", "find_ssv2_annotations"]
 
@@ -41,6 +42,7 @@ ALIASES = {
     "kinetics400": "kinetics",
     "ucf": "ucf101",
     "hmdb": "hmdb51",
+    "random": "dummy",
 }
 SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 _SSV2_SPLIT_FILES = {"train": "train", "val": "validation", "test": "test"}
@@ -106,6 +108,9 @@ def build_dataset(
       ``list_file`` is given and the JSON files are found (``annotations`` file or folder,
       else ``root``, ``root/labels``, ``root/..``, ``root/../labels``).
     - ``video-list``: a list/CSV of ``(path, label)`` (``list_file``), paths under ``root``.
+    - ``dummy`` (alias ``random``): :class:`~rubiks_data.dummy.RandomVideoDataset`, random
+      clips with random labels and no files (``root`` unused; ``num_videos`` default 32,
+      ``num_classes`` default 10; both splits hold the same clips) for overfitting checks.
     - ``synthetic``: a folder written by :func:`rubiks_data.synthetic.generate`: videos
       (default) or, with ``video=False``, its frame folders.
 
@@ -121,6 +126,8 @@ def build_dataset(
     root = Path(root)
     split = _split(split)
     kwargs["mode"] = mode or ("train" if split == "train" else "test")
+    if key == "dummy":
+        return _dummy(split, num_classes, kwargs)
     if key == "synthetic":
         if video is False:
             return FrameFolderDataset(
@@ -141,7 +148,7 @@ def build_dataset(
             list_file, root, num_classes=num_classes, class_names=labels_file, **kwargs
         )
     if key not in DATASETS:
-        names = sorted([*DATASETS, *ALIASES, "synthetic", "video-list"])
+        names = sorted([*DATASETS, *ALIASES, "dummy", "synthetic", "video-list"])
         raise ValueError(f"unknown dataset {name!r}; choose from {names}")
     info = DATASETS[key]
     if key == "somethingv2" and video is not False and list_file is None:
@@ -162,6 +169,21 @@ def build_dataset(
         class_names=labels_file,
         **kwargs,
     )
+
+
+_DUMMY_KEYS = {"num_videos", "num_segments", "crop_size", "mode", "protocol", "seed"}
+# options that have no meaning for tensors drawn at the crop size
+_DUMMY_MOOT = {"scale_size", "strict"}
+
+
+def _dummy(split: str, num_classes: int | None, kwargs: dict) -> RandomVideoDataset:
+    unknown = set(kwargs) - _DUMMY_KEYS - _DUMMY_MOOT
+    if unknown:
+        raise ValueError(f"dataset 'dummy' does not take {sorted(unknown)}")
+    args = {k: v for k, v in kwargs.items() if k in _DUMMY_KEYS}
+    if args.get("seed") is None:
+        args.pop("seed", None)
+    return RandomVideoDataset(num_classes=num_classes or 10, **args)
 
 
 def _ssv2_videos(root, split, annotations, labels_file, num_classes, kwargs, dirs=None):

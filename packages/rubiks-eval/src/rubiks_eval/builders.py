@@ -16,6 +16,7 @@ __all__ = [
     "load_matching",
     "load_model",
     "param_groups",
+    "resolve_pretrained",
 ]
 
 
@@ -63,7 +64,10 @@ def _make(
             kwargs["video"] = False
         root = root or str(path.parent)
     if root is None:
-        raise ValueError(f"dataset {name!r} needs --root-path")
+        if name.lower() in ("dummy", "random"):
+            root = "."  # random clips: nothing is read
+        else:
+            raise ValueError(f"dataset {name!r} needs --root-path")
     if name in ("somethingv2", "ssv2", "synthetic") and list_file and list_file.endswith(".json"):
         kwargs["annotations"], list_file = list_file, None
     return rubiks_data.build_dataset(
@@ -94,6 +98,21 @@ def build_dataset(cfg: Any, split: str) -> Any:
     """Training (``split="train"``, TSM augmentation) or 1-clip validation dataset."""
     scale = cfg.scale_size or default_scale_size(cfg.input_size)
     train = split == "train"
+    if (cfg.dataset or "").lower() in ("dummy", "random"):
+        # the same random clips in both splits (validation measures memorisation)
+        return _make(
+            cfg.dataset,
+            cfg.root_path,
+            split,
+            None,
+            None,
+            mode="train" if train else "test",
+            num_videos=cfg.dummy_videos,
+            num_classes=cfg.num_classes,
+            num_segments=cfg.num_frames,
+            crop_size=cfg.input_size,
+            seed=cfg.seed,
+        )
     return _make(
         cfg.dataset,
         cfg.root_path,
@@ -206,6 +225,29 @@ def load_matching(model: nn.Module, state: dict, head_prefixes: tuple[str, ...])
     return skipped
 
 
+def resolve_pretrained(pretrained: str) -> Path:
+    """The weight file of ``--pretrained``: a path, or a released tag of a timm name
+    (``rubiksnet_tiny.kinetics``) found where rubiks-models looks for local weights."""
+    from rubiks_models.rubiksnet import RELEASED_FILES, local_weight_file, weights_dir
+
+    path = Path(pretrained).expanduser()
+    if path.exists():
+        return path
+    if pretrained in RELEASED_FILES:
+        found = local_weight_file(pretrained)
+        if found is None:
+            raise FileNotFoundError(
+                f"--pretrained {pretrained}: {RELEASED_FILES[pretrained]} (or its rubiks-convert "
+                f"output) is not in {weights_dir()} ($RUBIKSNET_WEIGHTS); download the released "
+                "checkpoint there or pass the file itself"
+            )
+        return found
+    raise FileNotFoundError(
+        f"--pretrained {pretrained!r}: no such file, and not a released tag "
+        f"({', '.join(sorted(RELEASED_FILES))})"
+    )
+
+
 def build_model(cfg: Any, dataset: Any = None) -> tuple[nn.Module, dict[str, Any]]:
     """The model to train: timm's ``cfg.arch`` (a RubiksNet from rubiks-models) with
     ``cfg.num_classes`` (default: the dataset's).
@@ -229,9 +271,10 @@ def build_model(cfg: Any, dataset: Any = None) -> tuple[nn.Module, dict[str, Any
     meta = _describe(model)
     freeze = getattr(cfg, "freeze_temporal_shift", False)
     if cfg.pretrained:
-        state, _ = read_checkpoint(Path(cfg.pretrained).expanduser())
+        source = resolve_pretrained(cfg.pretrained)
+        state, _ = read_checkpoint(source)
         skipped = load_matching(model, state, ("fc.",))
-        meta["initialised_from"] = str(cfg.pretrained)
+        meta["initialised_from"] = str(source)
         if skipped:
             print(f"fine-tuning: new classifier ({num_classes} classes), skipped {skipped}")
     if freeze:

@@ -139,3 +139,35 @@ def cli_worker(rank: int, argv: list[str]) -> None:
 
     if main(argv) != 0:
         raise SystemExit(f"rank {rank}: rubiks-eval failed")
+
+
+def ddp_train_worker(rank: int, out_dir: str, cfg_kwargs: dict) -> None:
+    """Train RubiksNet on random clips in a 2-process group, three times (uninterrupted;
+    interrupted after ``cut_steps``; resumed), saving each rank's final parameters."""
+    from .builders import build_model
+    from .distributed import setup_distributed
+    from .training import TrainConfig, train
+
+    env = setup_distributed("cpu")  # the group outlives the three runs (train reuses it)
+    try:
+        kwargs = dict(cfg_kwargs)
+        cut = kwargs.pop("cut_steps")
+        runs = {
+            "full": {},
+            "cut": {"max_steps": cut},
+            "resumed": {},
+        }
+        for name, extra in runs.items():
+            folder = "cut" if name == "resumed" else name
+            cfg = TrainConfig(output=os.path.join(out_dir, folder), **{**kwargs, **extra})
+            captured: dict[str, Any] = {}
+
+            torch.manual_seed(cfg.seed)  # the same initialisation for the three runs
+            model, meta = build_model(cfg, dataset=None)
+            summary = train(cfg, model=model, metadata=meta)
+            captured["summary"] = {k: v for k, v in summary.items() if k != "history"}
+            captured["history"] = summary["history"]
+            captured["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            torch.save(captured, os.path.join(out_dir, f"{name}.rank{rank}.pt"))
+    finally:
+        env.close()

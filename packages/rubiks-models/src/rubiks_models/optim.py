@@ -12,6 +12,7 @@ from .rubiksnet import TemporalAttentionShift, is_shift_param
 
 __all__ = [
     "aq_budget_penalty",
+    "aq_enforce_budget",
     "aq_shifted_fraction",
     "aq_temperature",
     "param_groups",
@@ -103,3 +104,35 @@ def aq_budget_penalty(model: nn.Module, budget: float = 0.125) -> torch.Tensor:
     """``max(0, shifted_fraction - budget)``: add ``lambda *`` this to the loss to keep at
     most ``budget`` of the channels temporally shifted (the released checkpoint: 0.125)."""
     return torch.relu(aq_shifted_fraction(model) - budget)
+
+
+@torch.no_grad()
+def aq_enforce_budget(model: nn.Module, budget: float = 0.125) -> int:
+    """Make at most ``floor(budget x channels)`` AQ channels (over the whole model) pick a
+    non-zero temporal shift; returns how many channels were moved to the centre tap.
+
+    Training pushes the expected fraction towards the budget but, once the annealed
+    softmax saturates, cannot move channels that are confidently shifted; hardening then
+    keeps the shifted channels with the largest margin ``max(z0, z2) - z1`` of their
+    normalised logits ``z = w / std(w)`` and re-centres the rest (their ``w`` becomes
+    ``(0, 1, 0)``, a one-hot centre tap at any low temperature).
+    """
+    if not 0.0 <= budget <= 1.0:
+        raise ValueError(f"budget must be a fraction in [0, 1], got {budget}")
+    layers = _layers(model)
+    z = [m.weight / (m.weight.std(dim=1, keepdim=True) + 1e-6) for m in layers]
+    margins = torch.cat([torch.maximum(q[:, 0], q[:, 2]) - q[:, 1] for q in z])
+    shifted = torch.cat([q.argmax(1) != 1 for q in z])
+    allowed = math.floor(budget * margins.numel() + 1e-9)
+    if int(shifted.sum()) <= allowed:
+        return 0
+    order = torch.argsort(torch.where(shifted, margins, -torch.inf), descending=True)
+    recentre = torch.zeros_like(shifted)
+    recentre[order[allowed:]] = True
+    recentre &= shifted
+    start = 0
+    for m in layers:
+        mask = recentre[start : start + m.channels]
+        m.weight[mask] = torch.tensor([0.0, 1.0, 0.0], dtype=m.weight.dtype, device=m.weight.device)
+        start += m.channels
+    return int(recentre.sum())

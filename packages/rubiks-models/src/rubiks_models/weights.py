@@ -237,6 +237,8 @@ def save_weights(
         "num_classes": str(model.num_classes),
         "num_frames": str(model.num_frames),
     }
+    if getattr(model, "deploy", False):  # quantized form: load_model must rebuild it so
+        meta["deploy"] = "true"
     for k, v in (metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
