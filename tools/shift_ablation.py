@@ -14,7 +14,8 @@ synthetic temporal data set three ways and compare on its validation split:
 Clips are rendered in memory (``rubiks_data.synthetic.render_clip``, no video codec
 needed) and kept on the device as uint8; sampling is TSM's (``--segments`` segments, a
 random frame per segment in training, the middle one in validation) with a random /
-centre crop. Writes ``results.json`` (and one JSONL log per variant) to ``--out``.
+centre crop. Writes ``results.json``, one JSONL log and the trained weights
+(``<variant>.safetensors``, for ``tools/plot_shifts.py``) per variant to ``--out``.
 
     python tools/shift_ablation.py --out runs/ablation            # GPU: a few minutes
     python tools/shift_ablation.py --out /tmp/abl --quick         # CPU smoke run
@@ -181,7 +182,7 @@ def train_variant(name: str, data: dict, args, out: Path) -> dict:
     }
     if name == "frozen":
         shifts = [p for n, p in model.named_parameters() if n.endswith("rubiks.shift")]
-        result["max_abs_temporal_shift"] = max(float(p[0].abs().max()) for p in shifts)
+        result["max_abs_temporal_shift"] = max(float(p[0].detach().abs().max()) for p in shifts)
     if name == "aq":
         import copy
 
@@ -195,7 +196,9 @@ def train_variant(name: str, data: dict, args, out: Path) -> dict:
         result["aq_channels_recentred"] = aq_enforce_budget(enforced, args.aq_budget)
         result["aq_hard_shifted_fraction"] = _aq_hard_fraction(enforced)
         result["hardened_val_top1"] = evaluate(quantize_model(enforced), *data["val"], args)
-    torch.save(model.state_dict(), out / f"{name}.pt")
+    from rubiks_models.weights import save_weights
+
+    save_weights(model, out / f"{name}.safetensors")  # for tools/plot_shifts.py
     return result
 
 

@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -742,7 +743,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tools/train.py`` and ``rubiks-train``."""
     cfg = config_from_args(argv)
     summary = train(cfg)
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+    if os.environ.get("RANK", "0") == "0":  # one summary per run, not one per process
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0
 
 
