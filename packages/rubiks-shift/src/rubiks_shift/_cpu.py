@@ -19,6 +19,7 @@ else:
     _IMPORT_ERROR = None
 
 _NATIVE = (torch.float32, torch.float64)
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def available() -> bool:
@@ -37,19 +38,14 @@ def _shift_params(shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return s.contiguous(), nan_channels
 
 
-def _corner_tables(
-    s: torch.Tensor, quantize: bool, dtype: torch.dtype
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel and dimension: corner 0's integer offset (3, C) and the two corner
-    weights (3, C, 2) in the compute dtype (SPEC §1.2 / §1.3)."""
-    if quantize:
-        offsets = torch.floor(s + 0.5)
-        weights = torch.stack([torch.ones_like(s), torch.zeros_like(s)], dim=-1)
-    else:
-        offsets = torch.floor(s)
-        frac = s - offsets
-        weights = torch.stack([1 - frac, frac], dim=-1)
-    return offsets.to(torch.int64).numpy(), weights.to(dtype).contiguous().numpy()
+def _tables(s: torch.Tensor, quantize: bool, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per dimension and channel: tap offsets (3, C, 4) int64 and weights (3, C, 7) in the
+    compute dtype (forward, interpolation and derivative taps; see ``_kernels.tables``)."""
+    channels = s.shape[1]
+    ints = np.empty((3, channels, 4), np.int64)
+    weights = np.empty((3, channels, 7), _NUMPY[dtype])
+    _kernels.tables(s.numpy(), quantize, ints, weights)
+    return ints, weights
 
 
 def forward(
@@ -63,12 +59,12 @@ def forward(
     work = x.detach().to(_compute_dtype(x.dtype)).contiguous()
     y = torch.empty(output_shape(x.shape, stride, padding), dtype=work.dtype)
     params, nan_channels = _shift_params(shift)
-    offsets, weights = _corner_tables(params, quantize, work.dtype)
+    ints, weights = _tables(params, quantize, work.dtype)
     _kernels.forward(
         work.numpy(),
-        offsets,
-        weights,
         y.numpy(),
+        ints,
+        weights,
         np.asarray(stride, np.int64),
         np.asarray(padding, np.int64),
     )
@@ -97,15 +93,14 @@ def backward(
     n_batch, channels = x.shape[0], x.shape[2]
     partial = np.zeros((n_batch, 3, channels) if need_shift else (0, 3, 0), np.float64)
     params, nan_channels = _shift_params(shift)
-    offsets, weights = _corner_tables(params, quantize, dtype)
+    ints, weights = _tables(params, quantize, dtype)
     _kernels.backward(
         work_gy.numpy(),
         work_x.numpy(),
-        params.numpy(),
-        offsets,
-        weights,
         grad_x.numpy(),
         partial,
+        ints,
+        weights,
         np.asarray(stride, np.int64),
         np.asarray(padding, np.int64),
         need_x,
