@@ -34,7 +34,7 @@ def main() -> None:
             x, shift, [1, 1, 1], [0, 0, 0], False, True, 1.0
         ),
         "_cuda.forward": lambda: _cuda.forward(x, shift, (1, 1, 1), (0, 0, 0), False),
-        "_cuda._run (one launch)": lambda: _cuda._run(kernels, step, (x, shift, y), x.device),
+        "_cuda._run (one launch)": lambda: _cuda._run(kernels, step, (x, shift, y), x.get_device()),
         "torch.empty cuda": lambda: torch.empty(1, 2, 4, 4, 4, device="cuda"),
         "x.clone (scale)": lambda: x.clone(),
     }

@@ -33,17 +33,44 @@ CASES = [
 ]
 
 
+def random_cases(count: int, seed: int = 7) -> list:
+    """Seeded random tiny cases: one-column and one-row planes, strides up to 3 (the
+    adjoint's stride-2 and generic row walks), paddings, quantize, both dtypes."""
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    cases = []
+    for i in range(count):
+        shape = (1, pick(1, 3), pick(1, 2), pick(1, 9), pick(1, 7))
+        stride = (pick(1, 2), pick(1, 3), pick(1, 3))
+        padding = (pick(0, 1), pick(0, 2), pick(0, 2))
+        dtype = torch.float32 if i % 4 == 3 else torch.float64
+        cases.append((shape, stride, padding, i % 3 == 2, dtype))
+    return cases
+
+
+FIXED = len(CASES)
+CASES += random_cases(14)
+
+
 def main() -> int:
     g = torch.Generator().manual_seed(0)
     failures = 0
-    for shape, stride, padding, quantize, dtype in CASES:
+    for index, (shape, stride, padding, quantize, dtype) in enumerate(CASES):
         x = torch.randn(shape, generator=g, dtype=torch.float64)
-        shift = torch.rand(3, shape[2], generator=g, dtype=torch.float64) * 5 - 2.5
-        shift[0, 0], shift[1, -1] = 1.0, -1.0  # exact integers: central-difference rule
-        if shape[-1] > 8:
-            shift[:, 0] = torch.tensor([0.3, -0.7, 1.4])  # fractional: the tile fast path
-        if shape[2] > 2:
-            shift[:, 1] = torch.tensor([float("inf"), 0.5, 7.0])  # shifted out entirely
+        spread = 3.0 if index >= FIXED else 5.0
+        shift = torch.rand(3, shape[2], generator=g, dtype=torch.float64) * spread - spread / 2
+        if index >= FIXED:  # random cases: fractional shifts, every other case one integer row
+            if index % 2:
+                shift[index % 3] = shift[index % 3].round()
+        else:
+            shift[0, 0], shift[1, -1] = 1.0, -1.0  # exact integers: central-difference rule
+            if shape[-1] > 8:
+                shift[:, 0] = torch.tensor([0.3, -0.7, 1.4])  # fractional: the cell path
+            if shape[2] > 2:
+                shift[:, 1] = torch.tensor([float("inf"), 0.5, 7.0])  # shifted out entirely
         y_ref = reference.shift3d_forward(x, shift, stride, padding, quantize)
         gy = torch.randn(y_ref.shape, generator=g, dtype=torch.float64)
         gx_ref, gs_ref = reference.shift3d_backward(

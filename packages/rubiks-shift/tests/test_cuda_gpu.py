@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import rel_err, requires_cuda
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_op import check_against_reference
 
 from rubiks_shift import rubiks_shift3d
 
@@ -103,3 +106,25 @@ def test_more_slabs_than_grid_rows():
     cpu = _fwd_bwd(x.double(), shift.double(), gy.double(), normalize_grad=False)
     for a, b in zip(gpu, cpu, strict=True):
         assert rel_err(a, b) < 1e-5
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(
+    shape=st.tuples(
+        st.integers(1, 2),
+        st.integers(1, 5),
+        st.integers(1, 4),
+        st.integers(1, 40),
+        st.integers(1, 40),
+    ),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)),
+    scale=st.sampled_from([0.5, 2.0, 8.0, 60.0, 1e6]),
+    quantize=st.booleans(),
+    integers=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_larger_planes_match_reference(shape, stride, padding, scale, quantize, integers, seed):
+    """Planes up to 40 x 40: several row groups and row chunks per plane, edge columns
+    inside warps, every walk of the gather and the cell path of the shift gradient."""
+    check_against_reference("cuda", shape, stride, padding, scale, quantize, integers, seed)

@@ -86,6 +86,7 @@ shapes = st.tuples(
 )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(
     shape=shapes,
@@ -96,23 +97,38 @@ shapes = st.tuples(
     integers=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_matches_reference_random(shape, stride, padding, scale, quantize, integers, seed):
+def test_matches_reference_random(device, shape, stride, padding, scale, quantize, integers, seed):
+    check_against_reference(device, shape, stride, padding, scale, quantize, integers, seed)
+
+
+def check_against_reference(device, shape, stride, padding, scale, quantize, integers, seed):
+    """Forward, grad_x and the raw shift gradient in float64 on ``device`` against the
+    float64 reference, for random x, grad_y and shifts (rounded to integers if asked)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g, dtype=torch.float64)
     shift = (torch.rand(3, shape[2], generator=g, dtype=torch.float64) * 2 - 1) * scale
     if integers:
         shift = shift.round()
-    y = rubiks_shift3d(x, shift, stride, padding, quantize=quantize)
+    y = rubiks_shift3d(x.to(device), shift.to(device), stride, padding, quantize=quantize)
     y_ref = R.shift3d_forward(x, shift, stride, padding, quantize)
     assert y.shape == y_ref.shape
-    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y.cpu(), y_ref, rtol=1e-12, atol=1e-12)
     gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
     gx, gs = torch.ops.rubiks_shift.shift3d_backward(
-        gy, x, shift, list(stride), list(padding), quantize, False, 1.0, True, True
+        gy.to(device),
+        x.to(device),
+        shift.to(device),
+        list(stride),
+        list(padding),
+        quantize,
+        False,
+        1.0,
+        True,
+        True,
     )
     gx_ref, gs_ref = R.shift3d_backward(gy, x, shift, stride, padding, quantize)
-    torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gs, gs_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gx.cpu(), gx_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gs.cpu(), gs_ref, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -29,6 +29,7 @@ import torch
 
 from . import _cuda_kernels as K
 from ._checks import output_shape
+from ._cuda_gather import GROUP as GATHER_GROUP
 
 _STORAGE = {
     torch.float16: "float16",
@@ -38,7 +39,7 @@ _STORAGE = {
 }
 _ACC_DTYPE = {"float64": torch.float64}
 MAX_GRID_YZ = 65535  # grid y limit (channels of the shift-gradient kernel)
-GRAD_SHIFT_BLOCKS = 4096  # blocks the shift-gradient kernel aims for (several waves)
+GRAD_SHIFT_TASKS = 2  # (column) tasks per thread of the shift-gradient kernel
 GATHER_THREADS = int(os.environ.get("RUBIKS_SHIFT_GATHER_THREADS", "256"))  # per block
 GATHER_TASKS = 1 << 19  # gather tasks to aim for before splitting columns into chunks
 GATHER_ROWS = int(os.environ.get("RUBIKS_SHIFT_GATHER_ROWS", "0"))  # benchmarking override
@@ -143,7 +144,7 @@ class _Launcher:
     @classmethod
     def prepare(cls, kernels: K.Kernels, step: Step, n_ptrs: int, device_index: int) -> tuple:
         """(handle, pointer slots, argument array, launch dimensions, the scalars kept
-        alive) of ``step`` for this host thread."""
+        alive, the step) of ``step`` for this host thread."""
         handle, kinds = cls.function(
             getattr(kernels, step.name), getattr(kernels, step.name + "_sig"), device_index
         )
@@ -153,51 +154,56 @@ class _Launcher:
         params = (ctypes.c_void_p * (n_ptrs + len(objs)))(
             *range(base, base + 8 * n_ptrs, 8), *(ctypes.addressof(o) for o in objs)
         )
-        entry = (handle, pointers, params, (*step.grid, *step.block), objs)
-        cls.entries[(id(kernels), step, device_index, threading.get_ident())] = entry
+        entry = (handle, pointers, params, (*step.grid, *step.block), objs, step)
+        if len(cls.entries) >= 4096:  # plans evicted from their caches leave stale entries
+            cls.entries.clear()
+        cls.entries[(id(kernels), id(step), device_index, threading.get_ident())] = entry
         return entry
 
 
-def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], device) -> None:
-    """Launch ``step`` with ``tensors`` as its pointer arguments, on torch's current
-    stream."""
+def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], index: int) -> None:
+    """Launch ``step`` with ``tensors`` as its pointer arguments on device ``index``, on
+    torch's current stream."""
     if simulator_enabled():
         arrays = [_flat(t.detach()).numpy() for t in tensors]
         getattr(kernels, step.name)[step.grid, step.block](*arrays, *step.scalars)
         return
-    index = device.index
-    entry = _Launcher.entries.get((id(kernels), step, index, threading.get_ident()))
-    if entry is None:
+    # keyed by identity: plan steps are cached objects, and hashing a step's ~25 scalars
+    # on every launch costs about a microsecond; the entry keeps its step, so a recycled
+    # id is recognised
+    entry = _Launcher.entries.get((id(kernels), id(step), index, threading.get_ident()))
+    if entry is None or entry[5] is not step:
         entry = _Launcher.prepare(kernels, step, len(tensors), index)
-    handle, pointers, params, dims = entry[0], entry[1], entry[2], entry[3]
+    pointers = entry[1]
     for i, t in enumerate(tensors):
         pointers[i] = t.data_ptr()
     stream = torch._C._cuda_getCurrentRawStream(index)
-    result = _Launcher.cu_launch(handle, *dims, 0, stream, params, None)
+    result = _Launcher.cu_launch(entry[0], *entry[3], 0, stream, entry[2], None)
     if result != 0:
         raise RuntimeError(f"rubiks_shift: cuLaunchKernel({step.name}) failed (CUresult {result})")
 
 
 class _DeviceGuard:
-    """Make the tensor's device current if it is not (autograd's backward thread starts on
+    """Make device ``index`` current if it is not (autograd's backward thread starts on
     device 0); a no-op on the common path."""
 
     __slots__ = ("index", "previous")
 
-    def __init__(self, t: torch.Tensor) -> None:
-        self.index = t.device.index if t.is_cuda else None
-        self.previous = None
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.previous = -1
 
     def __enter__(self):
-        if self.index is not None:
-            current = torch.cuda.current_device()
-            if current != self.index:
-                self.previous = current
-                torch.cuda.set_device(self.index)
+        if self.index < 0:  # CPU tensors (the CUDA simulator)
+            return self
+        current = torch._C._cuda_getDevice()
+        if current != self.index:
+            self.previous = current
+            torch.cuda.set_device(self.index)
         return self
 
     def __exit__(self, *exc):
-        if self.previous is not None:
+        if self.previous >= 0:
             torch.cuda.set_device(self.previous)
 
 
@@ -220,19 +226,24 @@ def _check_channels(channels: int) -> None:
         )
 
 
-def _task_rows(planes: int, rows: int, width: int) -> int:
-    """Destination rows per gather task: whole columns unless that leaves too few tasks
-    to fill the GPU (about two waves of H100-sized residency)."""
+def _task_rows(planes: int, rows: int, width: int, group: int = 1) -> int:
+    """Destination rows per task: whole columns unless that leaves too few tasks to fill
+    the GPU (about two waves of H100-sized residency); a multiple of ``group`` (the
+    kernel's unrolled row group) where the plane has that many rows."""
     if GATHER_ROWS:
         return max(1, min(rows, GATHER_ROWS))
     chunks = min(rows, max(1, -(-GATHER_TASKS // (planes * width))))
-    return max(min(rows, 4), -(-rows // chunks))
+    per_task = max(min(rows, 4), -(-rows // chunks))
+    return min(rows, -(-per_task // group) * group)
 
 
 @functools.lru_cache(maxsize=512)
-def _gather_plan(src_shape, dst_shape, stride, padding, quantize, adjoint) -> tuple[Step, ...]:
+def _gather_plan(
+    src_shape, dst_shape, stride, padding, quantize, adjoint, rows=None
+) -> tuple[Step, ...]:
     """Launches of the forward (adjoint=False: src = x, dst = y) or of grad_x
-    (adjoint=True: src = grad_y, dst = grad_x)."""
+    (adjoint=True: src = grad_y, dst = grad_x); ``rows`` per task overrides the
+    default (benchmark sweeps)."""
     n_batch, t_src, channels, h_src, w_src = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
     _check_channels(channels)
@@ -240,7 +251,7 @@ def _gather_plan(src_shape, dst_shape, stride, padding, quantize, adjoint) -> tu
         if h * w >= 2**31:
             raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
     planes = n_batch * t_dst * channels
-    rows = _task_rows(planes, h_dst, w_dst)
+    rows = rows or _task_rows(planes, h_dst, w_dst, GATHER_GROUP)
     tasks = planes * -(-h_dst // rows) * w_dst
     scalars = (
         tasks,
@@ -262,22 +273,26 @@ def _gather_plan(src_shape, dst_shape, stride, padding, quantize, adjoint) -> tu
         1.0 / t_dst,
     )
     grid = (-(-tasks // GATHER_THREADS), 1, 1)
-    return (Step("gather", grid, (GATHER_THREADS, 1, 1), scalars),)
+    name = "gather_narrow" if w_src == 1 else "gather"  # a one-column source: one slot
+    return (Step(name, grid, (GATHER_THREADS, 1, 1), scalars),)
 
 
 @functools.lru_cache(maxsize=512)
-def _shift_grad_plan(x_shape, y_shape, stride, padding) -> tuple[int, Step, Step]:
+def _shift_grad_plan(
+    x_shape, y_shape, stride, padding, rows=None, blocks=None
+) -> tuple[int, Step, Step]:
     """(number of partial sums per channel, grad_shift launch, finalize launch without its
-    scalars)."""
+    scalars); ``rows`` per task and ``blocks`` per channel override the defaults
+    (benchmark sweeps)."""
     n_batch, t_in, channels, h_in, w_in = x_shape
     _, t_out, _, h_out, w_out = y_shape
     _check_channels(channels)
     slabs = n_batch * t_out
-    rows = _task_rows(slabs * channels, h_out, w_out)
+    # whole output columns per task, two tasks per thread (the best of a sweep on an
+    # H200, 2026-12-01: benchmarks/sweep_kernels.py)
+    rows = rows or h_out
     per_plane = -(-h_out // rows) * w_out
-    blocks = max(
-        1, min(-(-slabs * per_plane // K.REDUCE_THREADS), -(-GRAD_SHIFT_BLOCKS // channels))
-    )
+    blocks = blocks or max(1, -(-slabs * per_plane // (K.REDUCE_THREADS * GRAD_SHIFT_TASKS)))
     scalars = (
         slabs,
         t_in,
@@ -299,6 +314,24 @@ def _shift_grad_plan(x_shape, y_shape, stride, padding) -> tuple[int, Step, Step
     return blocks, reduce, final
 
 
+_FORWARD_PLANS: dict = {}  # (x shape, x dtype, shift dtype, stride, padding, quantize)
+
+
+def _forward_plan(key: tuple) -> tuple:
+    """(kernels, output shape, launches) of a forward call signature."""
+    shape, dtype, shift_dtype, stride, padding, quantize = key
+    y_shape = output_shape(shape, stride, padding)
+    plan = (
+        _kernels(_STORAGE[dtype], _STORAGE[shift_dtype]),
+        y_shape,
+        _gather_plan(tuple(shape), y_shape, stride, padding, bool(quantize), False),
+    )
+    if len(_FORWARD_PLANS) >= 1024:
+        _FORWARD_PLANS.clear()
+    _FORWARD_PLANS[key] = plan
+    return plan
+
+
 def forward(
     x: torch.Tensor,
     shift: torch.Tensor,
@@ -309,14 +342,14 @@ def forward(
     if not x.is_contiguous():
         x = x.contiguous()
     s = _shift_for(shift)
-    kernels = _kernels(_STORAGE[x.dtype], _STORAGE[s.dtype])
-    y_shape = output_shape(x.shape, stride, padding)
-    device = x.device
-    y = torch.empty(y_shape, dtype=x.dtype, device=device)
-    steps = _gather_plan(x.shape, y_shape, tuple(stride), tuple(padding), bool(quantize), False)
-    with _DeviceGuard(x):
+    key = (x.shape, x.dtype, s.dtype, tuple(stride), tuple(padding), quantize)
+    plan = _FORWARD_PLANS.get(key) or _forward_plan(key)
+    kernels, y_shape, steps = plan
+    y = x.new_empty(y_shape)
+    index = x.get_device()
+    with _DeviceGuard(index):
         for step in steps:
-            _run(kernels, step, (x, s, y), device)
+            _run(kernels, step, (x, s, y), index)
     return y
 
 
@@ -342,13 +375,14 @@ def backward(
     s = _shift_for(shift)
     kernels = _kernels(_STORAGE[x.dtype], _STORAGE[s.dtype])
     stride, padding = tuple(stride), tuple(padding)
-    with _DeviceGuard(x):
+    index = x.get_device()
+    with _DeviceGuard(index):
         if need_x:
             gx = torch.empty_like(x)
             for step in _gather_plan(
                 tuple(gy.shape), tuple(x.shape), stride, padding, bool(quantize), True
             ):
-                _run(kernels, step, (gy, s, gx), x.device)
+                _run(kernels, step, (gy, s, gx), index)
         else:
             gx = x.new_empty(0)
         if need_shift:
@@ -357,12 +391,12 @@ def backward(
             )
             acc_dtype = _ACC_DTYPE.get(kernels.storage, torch.float32)
             partial = torch.empty(parts * 3 * x.shape[2], dtype=acc_dtype, device=x.device)
-            _run(kernels, reduce, (gy, x, s, partial), x.device)
+            _run(kernels, reduce, (gy, x, s, partial), index)
             out = torch.empty(3, x.shape[2], dtype=acc_dtype, device=x.device)
             final = final._replace(
                 scalars=(*final.scalars, int(normalize_grad), float(normalize_t_factor))
             )
-            _run(kernels, final, (partial, s, out), x.device)
+            _run(kernels, final, (partial, s, out), index)
             gs = out if out.dtype == shift.dtype else out.to(shift.dtype)
         else:
             gs = shift.new_empty(0)

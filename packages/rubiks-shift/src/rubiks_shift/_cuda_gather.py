@@ -2,16 +2,32 @@
 
 Thread mapping. One thread per (destination plane, row chunk, column) *task*, tasks
 flattened in that order over a 1-D grid, so consecutive lanes hold consecutive columns of
-one row (coalesced loads and stores) and no lane idles on narrow planes. Each thread
-walks the rows of its chunk; at stride 1 along H it reuses the source row it read for the
-previous output row, so every output costs four loads (two frames x two columns) and one
-store. Per-thread quantities (channel, shift, weights, corner masks) are computed once
-per task; intra-plane offsets are 32-bit (the wrapper guarantees planes < 2^31
-elements), plane bases 64-bit.
+one row (coalesced loads and stores) and no lane idles on narrow planes.
 
-Corners outside the source, or with weight 0 (integer or quantized shifts), are never
-added (selects, not zero weights, so an inf in an unread position cannot leak in as
-inf * 0); every load address is clamped in range. A NaN shift makes its channel NaN.
+Taps. Per task, the frames of the two temporal corners that are inside the source and
+have a non-zero weight give one or two frame pointers (``kind`` 2 or 4; the same for all
+lanes of a plane, so warps do not diverge on it). Columns go through two *slots*, the
+lane's column c0 and c0 + 1, both inside the row: each column corner that is inside the
+source (and, in the adjoint, divisible by the stride) lands in one slot with its weight,
+and a per-lane mask drops the slots no corner landed in. Edge lanes therefore run the
+same instructions as interior ones, with the column offset an immediate. Masked slots and
+rows outside the source are selected away, never multiplied by a zero weight, so an inf
+in an unread position cannot leak in as inf * 0 = NaN; every load address is in range.
+
+Row walks. At row stride 1 (the forward at stride 1 along H, and every adjoint at stride
+1) output row h reads source rows h + o and h + o + 1: the walk reuses the previous row's
+value, so each output costs one row of taps. Rows go in unrolled groups of ``group`` with
+branch-free read-only loads (``ld.global.nc``, which ptxas moves ahead of the group's
+stores): a thread keeps ``group`` rows of loads in flight. The adjoint at row stride 2
+reads one source row per destination row; other strides take a generic walk.
+
+Per-thread quantities (channel, shift, weights, taps) are computed once per task;
+intra-plane offsets are 32-bit (the wrapper guarantees planes < 2^31 elements), plane
+bases 64-bit. A NaN shift makes its channel NaN.
+
+Compile time: every ``inline="always"`` call site costs Numba a copy of the callee's IR,
+so the kernel inlines each walk twice (kind 2 and 4) and no more (7.7 s to PTX here,
+2026-12-01; 29 s with one walk per (frames, columns, row weights) case).
 """
 
 from __future__ import annotations
@@ -24,9 +40,10 @@ from numba import types as nt
 
 from ._cuda_kernels import SHIFT_LIMIT, _load_store, accumulator, kernel_decorator, offset
 
-# 40 registers: no spills, 6 blocks of 256 threads per SM (a 64 cap let ptxas take 44,
-# 5 blocks, and the forward went from 0.092 to 0.102 ms; H100, 2026-11-23)
-GATHER_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_GATHER_REGISTERS", "40")) or None
+# 48 registers: no spills, 5 blocks of 256 threads per SM (the best cap in a sweep of
+# 48 / 64 / 96 on an H200, 2026-12-01: benchmarks/sweep_kernels.py)
+GATHER_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_GATHER_REGISTERS", "48")) or None
+GROUP = int(os.environ.get("RUBIKS_SHIFT_GATHER_GROUP", "8"))  # rows per unrolled group
 i32 = nt.int32
 i64 = nt.int64
 f64 = nt.float64
@@ -40,7 +57,17 @@ def gather_signature(storage: str, shift_storage: str) -> tuple:
     return (ptr, sptr, ptr) + (i64,) * 17 + (f64,) * 4
 
 
-def build_gather(storage: str, shift_storage: str):
+def build_gather(
+    storage: str,
+    shift_storage: str,
+    group: int = GROUP,
+    registers: int | None = GATHER_REGISTERS,
+    narrow: bool = False,
+):
+    """The gather kernel for one (storage, shift storage) pair; ``group`` rows per
+    unrolled row group, ``registers`` the ptxas register cap (benchmark sweeps vary
+    them). ``narrow``: the variant for a one-column source (W = 1), which never reads a
+    second column slot."""
     acc = accumulator(storage)
     load, store = _load_store(storage)
     sload, _ = _load_store(shift_storage)
@@ -83,23 +110,7 @@ def build_gather(storage: str, shift_storage: str):
     @cuda.jit(device=True, inline="always")
     def clamp(i, n):
         """i clamped to [0, n - 1], as int32."""
-        i = i32(i)
-        if i < 0:
-            return i32(0)
-        if i >= n:
-            return i32(n - 1)
-        return i
-
-    @cuda.jit(device=True, inline="always")
-    def row(p0, p1, hs, Hs, Ws, k00, k01, k10, k11):
-        """Interpolated value of source row hs (frames p0, p1; columns 0 and +1 of the
-        thread's pointers), 0 outside the plane."""
-        v = zero
-        if within(hs, Hs):
-            r = i32(hs * Ws)
-            v = k00 * load(p0, r) + k01 * load(p0, i32(r + 1))
-            v += k10 * load(p1, r) + k11 * load(p1, i32(r + 1))
-        return v
+        return i32(min(max(i32(i), i32(0)), i32(n - 1)))
 
     @cuda.jit(device=True, inline="always")
     def source(i, m, o, e, d, n):
@@ -114,7 +125,118 @@ def build_gather(storage: str, shift_storage: str):
         q = i32(num // d)
         return q, (q * d == num) & within(q, n)
 
-    @kernel_decorator(GATHER_REGISTERS)
+    @cuda.jit(device=True, inline="always")
+    def taps(kind, tp, r):
+        """Weighted sum of the taps of the source row at offset r. ``tp`` = (pa, pb, m0,
+        m1, k00, k01, k10, k11): frame pointers pa, pb at the lane's column slot 0 (slot 1
+        is the next column, always inside the row), per-lane slot masks m0, m1, weights
+        k[frame][slot]. ``kind``: 4 = two frames, 2 = one frame (pa)."""
+        pa, pb, m0, m1, k00, k01, k10, k11 = tp
+        qa = offset(pa, r)  # row pointers: the column slots are immediate offsets
+        if narrow:  # one-column source: slot 0 only
+            if kind == 4:
+                v0 = cuda.fma(k10, load(offset(pb, r), 0), k00 * load(qa, 0))
+            else:
+                v0 = k00 * load(qa, 0)
+            return v0 if m0 else zero
+        if kind == 4:
+            qb = offset(pb, r)
+            v0 = cuda.fma(k10, load(qb, 0), k00 * load(qa, 0))
+            v1 = cuda.fma(k11, load(qb, 1), k01 * load(qa, 1))
+        else:
+            v0 = k00 * load(qa, 0)
+            v1 = k01 * load(qa, 1)
+        return (v0 if m0 else zero) + (v1 if m1 else zero)
+
+    @cuda.jit(device=True, inline="always")
+    def row_value(kind, tp, hs, hs_off, Hs):
+        """Taps of source row hs (offset hs_off = hs * Ws), 0 outside [0, Hs); an
+        out-of-range row is not read (row 0 is loaded in its place and discarded)."""
+        ok = nt.uint32(hs) < nt.uint32(Hs)
+        v = taps(kind, tp, hs_off if ok else i32(0))
+        return v if ok else zero
+
+    @cuda.jit(device=True, inline="always")
+    def walk_two(kind, tp, dcol, h0, h1, hs, Hs, Ws, Wd, wr0, wr1):
+        """Row stride 1, two source rows per output (hs + h - h0 and the next), with
+        row reuse, in unrolled groups of ``group`` rows (row and destination offsets
+        advanced by addition, int32 throughout)."""
+        use0 = wr0 != zero  # one row weight is 0 for quantized / integer shifts: that row
+        use1 = wr1 != zero  # is not added (an inf there must not become inf * 0 = NaN)
+        prev = row_value(kind, tp, hs, i32(hs * Ws), Hs)
+        h = h0
+        row = i32(hs + 1)
+        row_off = i32(row * Ws)
+        d_off = i32(h0 * Wd)
+        while h < h1:
+            for _ in range(group):
+                cur = row_value(kind, tp, row, row_off, Hs)
+                if use0 & use1:
+                    out = cuda.fma(wr1, cur, wr0 * prev)
+                else:
+                    out = wr0 * prev if use0 else wr1 * cur
+                if h < h1:
+                    store(dcol, d_off, out)
+                prev = cur
+                h = i32(h + 1)
+                row = i32(row + 1)
+                row_off = i32(row_off + Ws)
+                d_off = i32(d_off + Wd)
+
+    @cuda.jit(device=True, inline="always")
+    def walk_adjoint2(kind, tp, dcol, h0, h1, o, Hs, Ws, Wd, wr0, wr1):
+        """The adjoint at row stride 2: destination row h is read by exactly one source
+        row, (h + o + e) / 2 with e = (h + o) & 1 (weight wr_e)."""
+        h = h0
+        d_off = i32(h0 * Wd)
+        while h < h1:
+            for _ in range(group):
+                num = i32(h + o)
+                odd = (num & 1) != 0
+                q = i32((num + 1) >> 1) if odd else i32(num >> 1)
+                weight = wr1 if odd else wr0
+                v = row_value(kind, tp, q, i32(q * Ws), Hs)
+                if h < h1:
+                    store(dcol, d_off, weight * v if weight != zero else zero)
+                h = i32(h + 1)
+                d_off = i32(d_off + Wd)
+
+    @cuda.jit(device=True, inline="always")
+    def walk_generic(kind, tp, dcol, h0, h1, m, o, d, Hs, Ws, Wd, wr0, wr1):
+        """Any row stride: output row h reads source rows (h * m + o + e) / d, e = 0, 1,
+        where valid and weighted."""
+        h = h0
+        d_off = i32(h0 * Wd)
+        while h < h1:
+            if True:  # one row at a time: the rare strides (compile time)
+                hh0, ok0 = source(h, m, o, 0, d, Hs)
+                hh1, ok1 = source(h, m, o, 1, d, Hs)
+                v0 = taps(kind, tp, i32(hh0 * Ws) if ok0 else i32(0))
+                v1 = taps(kind, tp, i32(hh1 * Ws) if ok1 else i32(0))
+                total = (wr0 * v0 if ok0 & (wr0 != zero) else zero) + (
+                    wr1 * v1 if ok1 & (wr1 != zero) else zero
+                )
+                if h < h1:
+                    store(dcol, d_off, total)
+                h = i32(h + 1)
+                d_off = i32(d_off + Wd)
+
+    @cuda.jit(device=True, inline="always")
+    def walk(kind, tp, dcol, h0, h1, mh, oh, dh, Hs, Ws, Wd, wh0, wh1):
+        """The row walk for this task's row stride and row weights."""
+        if (mh == 1) & (dh == 1):
+            walk_two(kind, tp, dcol, h0, h1, i32(h0 + oh), Hs, Ws, Wd, wh0, wh1)
+        elif (mh == 1) & (dh == 2):
+            walk_adjoint2(kind, tp, dcol, h0, h1, oh, Hs, Ws, Wd, wh0, wh1)
+        else:
+            walk_generic(kind, tp, dcol, h0, h1, mh, oh, dh, Hs, Ws, Wd, wh0, wh1)
+
+    @cuda.jit(device=True, inline="always")
+    def fill(dcol, h0, h1, Wd, value):
+        for h in range(h0, h1):
+            store(dcol, i32(h * Wd), value)
+
+    @kernel_decorator(registers)
     def gather(
         src,
         shift,
@@ -162,13 +284,12 @@ def build_gather(storage: str, shift_storage: str):
         Hs32 = i32(Hs)
         Ws32 = i32(Ws)
         Wd32 = i32(Wd)
-        dbase = plane * Hd * Wd + w
+        dcol = offset(dst, plane * Hd * Wd + w)
         s_t = acc(sload(shift, c))
         s_h = acc(sload(shift, C + c))
         s_w = acc(sload(shift, 2 * C + c))
         if s_t != s_t or s_h != s_h or s_w != s_w:
-            for h in range(h0, h1):
-                store(dst, dbase + h * Wd32, nan)
+            fill(dcol, h0, h1, Wd32, nan)
             return
         ft, wt0, wt1 = axis(s_t, quantize)
         fh, wh0, wh1 = axis(s_h, quantize)
@@ -194,72 +315,41 @@ def build_gather(storage: str, shift_storage: str):
         ts1, okt1 = source(td, mt_, ot, 1, dt_, Ts32)
         ws0, okw0 = source(w, mw_, ow, 0, dw_, Ws32)
         ws1, okw1 = source(w, mw_, ow, 1, dw_, Ws32)
-        mt0 = okt0 & (wt0 != zero)
-        mt1 = okt1 & (wt1 != zero)
-        mw0 = okw0 & (ww0 != zero)
-        mw1 = okw1 & (ww1 != zero)
-        m00 = mt0 & mw0
-        m01 = mt0 & mw1
-        m10 = mt1 & mw0
-        m11 = mt1 & mw1
-        k00 = wt0 * ww0
-        k01 = wt0 * ww1
-        k10 = wt1 * ww0
-        k11 = wt1 * ww1
+        # frames: the active ones (inside the source, non-zero weight), first one first;
+        # columns: the corners with a non-zero weight (the same for the whole channel),
+        # each with a per-lane mask (inside the source and, in the adjoint, divisible by
+        # the stride) so the lanes of a warp take one path
+        fa0 = okt0 & (wt0 != zero)
+        fa1 = okt1 & (wt1 != zero)
+        frames = i32(fa0) + i32(fa1)
+        if frames == 0:
+            fill(dcol, h0, h1, Wd32, zero)
+            return
+        # column slots c0, c0 + 1, both inside the row (one slot, c0 = 0, for a
+        # one-column source: the ``narrow`` kernel); each active column corner (inside,
+        # divisible, non-zero weight) lands in one of them
+        act0 = okw0 & (ww0 != zero)
+        act1 = okw1 & (ww1 != zero)
+        c0 = i32(0) if narrow else i32(min(max(ws0 if act0 else ws1, i32(0)), i32(Ws32 - 2)))
+        s00 = act0 & (ws0 == c0)
+        s10 = act1 & (ws1 == c0)
+        s01 = act0 & (ws0 == c0 + 1)
+        s11 = act1 & (ws1 == c0 + 1)
+        m0 = s00 | s10
+        m1 = (s01 | s11) & (not narrow)
+        v0 = (ww0 if s00 else zero) + (ww1 if s10 else zero)
+        v1 = (ww0 if s01 else zero) + (ww1 if s11 else zero)
+        t_a = ts0 if fa0 else ts1
+        wa = wt0 if fa0 else wt1
         plane_s = Hs * Ws
-        # per-thread pointers to the (t, column) corners 00 and 10 of the source, and to
-        # the destination column: the row loops index them with 32-bit offsets
-        c0 = clamp(ws0, Ws32)
-        p0 = offset(src, ((n * Ts + clamp(ts0, Ts32)) * C + c) * plane_s + c0)
-        p1 = offset(src, ((n * Ts + clamp(ts1, Ts32)) * C + c) * plane_s + c0)
-        dcol = offset(dst, plane * Hd * Wd + w)
-        dc = i32(clamp(ws1, Ws32) - c0)  # column of corner 1 relative to corner 0
-        full = m00 & m01 & m10 & m11
-        two_rows = wh1 != zero
-        if (mh_ == 1) & (dh_ == 1) & two_rows & full:
-            # fast path: row reuse, all corners in range; output row h reads source rows
-            # h + oh and h + oh + 1. Four rows' loads are issued before their stores (the
-            # compiler may not move loads above stores: src and dst could alias), so each
-            # thread keeps 16 loads in flight instead of 4.
-            hs = i32(h0 + oh)
-            prev = row(p0, p1, hs, Hs32, Ws32, k00, k01, k10, k11)
-            h = h0
-            while h + 4 <= h1:
-                v1 = row(p0, p1, i32(hs + 1), Hs32, Ws32, k00, k01, k10, k11)
-                v2 = row(p0, p1, i32(hs + 2), Hs32, Ws32, k00, k01, k10, k11)
-                v3 = row(p0, p1, i32(hs + 3), Hs32, Ws32, k00, k01, k10, k11)
-                v4 = row(p0, p1, i32(hs + 4), Hs32, Ws32, k00, k01, k10, k11)
-                r = i32(h * Wd32)
-                store(dcol, r, wh0 * prev + wh1 * v1)
-                store(dcol, i32(r + Wd32), wh0 * v1 + wh1 * v2)
-                store(dcol, i32(r + 2 * Wd32), wh0 * v2 + wh1 * v3)
-                store(dcol, i32(r + 3 * Wd32), wh0 * v3 + wh1 * v4)
-                prev = v4
-                hs = i32(hs + 4)
-                h = i32(h + 4)
-            while h < h1:
-                hs = i32(hs + 1)
-                cur = row(p0, p1, hs, Hs32, Ws32, k00, k01, k10, k11)
-                store(dcol, i32(h * Wd32), wh0 * prev + wh1 * cur)
-                prev = cur
-                h = i32(h + 1)
+        pa = offset(src, ((n * Ts + clamp(t_a, Ts32)) * C + c) * plane_s + c0)
+        pb = pa
+        if frames == 2:
+            pb = offset(src, ((n * Ts + clamp(ts1, Ts32)) * C + c) * plane_s + c0)
+        tp = (pa, pb, m0, m1, wa * v0, wa * v1, wt1 * v0, wt1 * v1)
+        if frames == 2:
+            walk(4, tp, dcol, h0, h1, mh_, oh, dh_, Hs32, Ws32, Wd32, wh0, wh1)
         else:
-            h = h0
-            while h < h1:
-                total = zero
-                for e_h in range(2):
-                    hh, ok = source(h, mh_, oh, e_h, dh_, Hs32)
-                    weight = wh0 if e_h == 0 else wh1
-                    if ok & (weight != zero):
-                        r = i32(hh * Ws32)
-                        a = load(p0, r)
-                        b = load(p0, i32(r + dc))
-                        d = load(p1, r)
-                        e = load(p1, i32(r + dc))
-                        v = (k00 * a if m00 else zero) + (k01 * b if m01 else zero)
-                        v += (k10 * d if m10 else zero) + (k11 * e if m11 else zero)
-                        total += weight * v
-                store(dcol, i32(h * Wd32), total)
-                h = i32(h + 1)
+            walk(2, tp, dcol, h0, h1, mh_, oh, dh_, Hs32, Ws32, Wd32, wh0, wh1)
 
     return gather

@@ -35,6 +35,7 @@ SHIFT_LIMIT = float(2**24)
 # vs 0.267 ms at 96 for (8,8,72,56,56); the gather kernel needs 40 either way).
 MAX_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_MAX_REGISTERS", "64")) or None
 REDUCE_THREADS = 256  # shared-memory reduction width (>= threads per block)
+GS_GROUP = int(os.environ.get("RUBIKS_SHIFT_GS_GROUP", "4"))  # rows per unrolled group
 FINALIZE_THREADS = 128
 STORAGE = ("float16", "bfloat16", "float32", "float64")
 
@@ -51,25 +52,25 @@ def accumulator(storage: str):
 
 
 def _load_store(storage: str):
+    """(load, store) of one element of ``storage`` at ``a[i]``, converted to and from the
+    accumulation type. Loads are read-only loads (``ld.global.nc``): every tensor a kernel
+    here reads is one it does not write."""
     acc = accumulator(storage)
     if storage == "bfloat16":
-        from numba.cuda import libdevice
 
         @cuda.jit(device=True, inline="always")
         def load(a, i):
-            return libdevice.int_as_float((nt.int32(a[i]) & 0xFFFF) << 16)
+            return bf16_load(a, i)
 
         @cuda.jit(device=True, inline="always")
         def store(a, i, v):
-            bits = nt.int64(libdevice.float_as_int(v)) & 0xFFFFFFFF
-            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
-            a[i] = nt.int16(nt.int64(0x7FC0) if v != v else rounded)
+            a[i] = bf16_bits(v)
 
     elif storage == "float16":
 
         @cuda.jit(device=True, inline="always")
         def load(a, i):
-            return nt.float32(a[i])
+            return nt.float32(ldg(a, i))
 
         @cuda.jit(device=True, inline="always")
         def store(a, i, v):
@@ -79,13 +80,124 @@ def _load_store(storage: str):
 
         @cuda.jit(device=True, inline="always")
         def load(a, i):
-            return acc(a[i])
+            return acc(ldg(a, i))
 
         @cuda.jit(device=True, inline="always")
         def store(a, i, v):
             a[i] = acc(v)
 
     return load, store
+
+
+# PTX type suffix and asm constraint of a read-only load, per element type
+_LDG = {
+    "float32": ("f32", "f"),
+    "float64": ("f64", "d"),
+    "float16": ("b16", "h"),
+    "int16": ("b16", "h"),
+}
+
+
+def _make_ldg():
+    from numba import config
+
+    if config.ENABLE_CUDASIM:
+
+        def ldg(a, i):
+            return a[i]
+
+        return ldg
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def ldg(typingctx, ptr, index):
+        """``ptr[index]`` through the read-only data path (``ld.global.nc``). The load is
+        an opaque asm statement without memory effects, so neither LLVM nor ptxas orders it
+        after the kernel's stores (src and dst could alias as far as they know): ptxas
+        batches a row group's loads ahead of its stores. Only for memory that no thread
+        writes during the kernel."""
+        if not isinstance(ptr, nt.CPointer) or not isinstance(index, nt.Integer):
+            return None
+        kind = _LDG.get(str(ptr.dtype))
+        if kind is None:
+            return None
+        suffix, constraint = kind
+
+        def codegen(context, builder, sig, args):
+            from llvmlite import ir
+
+            i64t = ir.IntType(64)
+            value_type = context.get_value_type(ptr.dtype)
+            asm_type = ir.IntType(16) if suffix == "b16" else value_type
+            address = builder.ptrtoint(builder.gep(args[0], [args[1]]), i64t)
+            fn = ir.FunctionType(asm_type, [i64t])
+            text = f"ld.global.nc.{suffix} $0, [$1];"
+            value = builder.asm(fn, text, f"={constraint},l", [address], side_effect=False)
+            return builder.bitcast(value, value_type) if asm_type != value_type else value
+
+        return ptr.dtype(ptr, index), codegen
+
+    return ldg
+
+
+ldg = _make_ldg()
+
+
+def _make_bf16():
+    """(bf16_load, bf16_bits): a read-only load of a bfloat16 (stored as int16) as
+    float32, and float32 -> bfloat16 bits rounded to nearest even (NaN stays NaN). On a
+    GPU each is one asm statement (``ld.global.nc.u16`` + shift; ``cvt.rn.bf16.f32``);
+    under the simulator, integer arithmetic."""
+    from numba import config
+
+    if config.ENABLE_CUDASIM:
+        from numba.cuda import libdevice
+
+        def bf16_load(a, i):
+            return libdevice.int_as_float((nt.int32(a[i]) & 0xFFFF) << 16)
+
+        def bf16_bits(v):
+            bits = nt.int64(libdevice.float_as_int(v)) & 0xFFFFFFFF
+            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
+            return nt.int16(nt.int64(0x7FC0) if v != v else rounded)
+
+        return bf16_load, bf16_bits
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def bf16_load(typingctx, ptr, index):
+        if not isinstance(ptr, nt.CPointer) or ptr.dtype != nt.int16:
+            return None
+
+        def codegen(context, builder, sig, args):
+            from llvmlite import ir
+
+            i64t = ir.IntType(64)
+            address = builder.ptrtoint(builder.gep(args[0], [args[1]]), i64t)
+            fn = ir.FunctionType(ir.IntType(32), [i64t])
+            text = "{ .reg .b32 t; ld.global.nc.u16 t, [$1]; shl.b32 $0, t, 16; }"
+            bits = builder.asm(fn, text, "=r,l", [address], side_effect=False)
+            return builder.bitcast(bits, ir.FloatType())
+
+        return nt.float32(ptr, index), codegen
+
+    @intrinsic
+    def bf16_bits(typingctx, value):
+        if value != nt.float32:
+            return None
+
+        def codegen(context, builder, sig, args):
+            from llvmlite import ir
+
+            fn = ir.FunctionType(ir.IntType(16), [ir.FloatType()])
+            return builder.asm(fn, "cvt.rn.bf16.f32 $0, $1;", "=h,f", args, side_effect=False)
+
+        return nt.int16(value), codegen
+
+    return bf16_load, bf16_bits
+
+
+bf16_load, bf16_bits = _make_bf16()
 
 
 def _make_offset():
@@ -152,9 +264,19 @@ class Kernels:
 
         self.gather = build_gather(storage, shift_storage)
         self.gather_sig = gather_signature(storage, shift_storage)
+        self.gather_narrow = build_gather(storage, shift_storage, narrow=True)
+        self.gather_narrow_sig = self.gather_sig
 
 
-def _build(storage: str, shift_storage: str):
+def _build(
+    storage: str,
+    shift_storage: str,
+    group: int = GS_GROUP,
+    registers: int | None = MAX_REGISTERS,
+):
+    """(grad_shift, finalize) for one (storage, shift storage) pair; ``group`` rows per
+    unrolled row group of the cell path and ``registers`` the register cap of
+    grad_shift (benchmark sweeps vary them)."""
     acc = accumulator(storage)
     load, _ = _load_store(storage)
     sload, _ = _load_store(shift_storage)
@@ -314,21 +436,78 @@ def _build(storage: str, shift_storage: str):
         return q, r
 
     @cuda.jit(device=True, inline="always")
-    def raw_row(p, p1, q, q1, r, ok):
-        """x at row offset r, columns 0 and +1 (pointers p, p1 of one frame, q, q1 of the
-        next); zeros where the row is outside the plane."""
-        a = zero
-        b = zero
-        d = zero
-        e = zero
-        if ok:
-            a = load(p, r)
-            b = load(p1, r)
-            d = load(q, r)
-            e = load(q1, r)
-        return a, b, d, e
+    def cell_row(pz, pp, hs, row_off, H, live):
+        """x of source row hs (offset row_off = hs * W) at the two column slots (0, +1)
+        of frames z (pointer pz) and z + 1 (pp); zero where the row is outside the plane
+        or the output row is not live (the load then reads row 0 and is discarded)."""
+        ok = live & (nt.uint32(hs) < nt.uint32(H))
+        r = row_off if ok else nt.int32(0)
+        qz = offset(pz, r)
+        qp = offset(pp, r)
+        a = load(qz, 0)
+        b = load(qz, 1)
+        d = load(qp, 0)
+        e = load(qp, 1)
+        return (a if ok else zero), (b if ok else zero), (d if ok else zero), (e if ok else zero)
 
-    @kernel_decorator()
+    @cuda.jit(device=True, inline="always")
+    def cell_sums(reuse, pz, pp, gcol, r0, r1, hs, sh, H, W, Wo):
+        """The eight sums over output rows [r0, r1) of grad_y times x at the two column
+        slots of frames z, z + 1 and source rows 0, +1 of each output row. ``reuse``
+        (stride 1 along H): row 1 of one output is row 0 of the next. Rows go in
+        unrolled groups of ``group``, branch-free, offsets advanced by addition."""
+        sz00 = zero
+        sz01 = zero
+        sp00 = zero
+        sp01 = zero
+        sz10 = zero
+        sz11 = zero
+        sp10 = zero
+        sp11 = zero
+        a0, b0, d0, e0 = cell_row(pz, pp, hs, nt.int32(hs * W), H, True)
+        ho = r0
+        row = nt.int32(hs + 1) if reuse else hs
+        row_off = nt.int32(row * W)
+        step_off = nt.int32(W if reuse else sh * W)
+        g_off = nt.int32(r0 * Wo)
+        g_first = g_off
+        while ho < r1:
+            for _ in range(group):
+                live = ho < r1
+                if reuse:
+                    a1, b1, d1, e1 = cell_row(pz, pp, row, row_off, H, live)
+                else:
+                    a0, b0, d0, e0 = cell_row(pz, pp, row, row_off, H, live)
+                    a1, b1, d1, e1 = cell_row(
+                        pz, pp, nt.int32(row + 1), nt.int32(row_off + W), H, live
+                    )
+                gv = load(gcol, g_off if live else g_first)
+                g = gv if live else zero
+                sz00 = cuda.fma(g, a0, sz00)
+                sz01 = cuda.fma(g, b0, sz01)
+                sp00 = cuda.fma(g, d0, sp00)
+                sp01 = cuda.fma(g, e0, sp01)
+                sz10 = cuda.fma(g, a1, sz10)
+                sz11 = cuda.fma(g, b1, sz11)
+                sp10 = cuda.fma(g, d1, sp10)
+                sp11 = cuda.fma(g, e1, sp11)
+                if reuse:
+                    a0 = a1
+                    b0 = b1
+                    d0 = d1
+                    e0 = e1
+                ho = nt.int32(ho + 1)
+                row = nt.int32(row + (1 if reuse else sh))
+                row_off = nt.int32(row_off + step_off)
+                g_off = nt.int32(g_off + Wo)
+        return sz00, sz01, sp00, sp01, sz10, sz11, sp10, sp11
+
+    @cuda.jit(device=True, inline="always")
+    def corner(s0, s1, e_ok, slot1):
+        """A column corner's sum from the two slot sums (0 where the corner is outside)."""
+        return (s1 if slot1 else s0) if e_ok else zero
+
+    @kernel_decorator(registers)
     def grad_shift(
         gy,
         x,
@@ -357,10 +536,10 @@ def _build(storage: str, shift_storage: str):
 
         Tasks (output plane of this channel, row chunk, column) are spread over the
         blocks of the channel (grid x) with a block-stride loop; consecutive lanes hold
-        consecutive columns. Fractional shifts at stride 1 along H, on columns whose two
-        source columns are in range, take the fast path: row reuse, four loads of x and
-        one of grad_y per output, 32-bit offsets from per-task pointers. Every other
-        case (integer shifts: central differences; edges; stride 2) goes through
+        consecutive columns. Fractional shifts (the training case) take the cell path:
+        eight sums of grad_y times x over the interpolation cell per task (row reuse at
+        stride 1 along H), corners outside the clip masked off, the per-channel weights
+        applied once per task. Integer shift components (central differences) go through
         ``column_grad``."""
         c = nt.int64(cuda.blockIdx.y)
         tid = nt.int64(cuda.threadIdx.x)
@@ -369,7 +548,7 @@ def _build(storage: str, shift_storage: str):
         ft, it0, it1, dtm, dt0, dt1, int_t = stencil(clamp(s_t))
         fh, ih0, ih1, dhm, dh0, dh1, int_h = stencil(clamp(s_h))
         fw, iw0, iw1, dwm, dw0, dw1, int_w = stencil(clamp(s_w))
-        fast = (sh == 1) & (not int_t) & (not int_h) & (not int_w)
+        cell = (not int_t) & (not int_h) & (not int_w) & (W >= 2)
         plane = H * W
         oplane = Ho * Wo
         oh = fh - ph
@@ -382,6 +561,7 @@ def _build(storage: str, shift_storage: str):
         W32 = nt.int32(W)
         H32 = nt.int32(H)
         Wo32 = nt.int32(Wo)
+        sh32 = nt.int32(sh)
         for k in range(
             nt.int64(cuda.blockIdx.x) * nthreads + tid, tasks, cuda.gridDim.x * nthreads
         ):
@@ -399,46 +579,56 @@ def _build(storage: str, shift_storage: str):
             pz = ((n * T + clampi(bt, T)) * C + c) * plane
             pp = ((n * T + clampi(bt + 1, T)) * C + c) * plane
             g_base = (slab * C + c) * oplane
-            if fast & vz & vp & (bw >= 0) & (bw + 1 < W):
-                p = offset(x, pz + bw)
-                p1 = offset(x, pz + bw + 1)
-                q = offset(x, pp + bw)
-                q1 = offset(x, pp + bw + 1)
+            if cell:
+                # column slots c0, c0 + 1 inside the row; corner e (column bw + e) is
+                # slot bw + e - c0 where it is inside. Frames outside the clip are read
+                # clamped and their sums dropped.
+                c0 = min(max(bw, nt.int64(0)), W - 2)
+                pz_ = offset(x, pz + c0)
+                pp_ = offset(x, pp + c0)
                 gcol = offset(gy, g_base + wo)
-                # S sums: grad_y times x at the two frames (z, p) x two rows (0, 1) x two
-                # columns (0, 1) of the interpolation cell; the weights are per-channel
-                # constants, so they are applied once per task (8 FMAs per output)
-                hs = nt.int32(r0 + oh)
-                a0, b0, d0, e0 = raw_row(p, p1, q, q1, nt.int32(hs * W32), (hs >= 0) & (hs < H32))
-                sz00 = zero
-                sz01 = zero
-                sp00 = zero
-                sp01 = zero
-                sz10 = zero
-                sz11 = zero
-                sp10 = zero
-                sp11 = zero
-                ho = nt.int32(r0)
-                ho_end = nt.int32(r1)
-                while ho < ho_end:
-                    hs = nt.int32(hs + 1)
-                    a1, b1, d1, e1 = raw_row(
-                        p, p1, q, q1, nt.int32(hs * W32), (hs >= 0) & (hs < H32)
+                hs = nt.int32(r0 * sh + oh)
+                if sh == 1:
+                    z00, z01, p00, p01, z10, z11, p10, p11 = cell_sums(
+                        True,
+                        pz_,
+                        pp_,
+                        gcol,
+                        nt.int32(r0),
+                        nt.int32(r1),
+                        hs,
+                        sh32,
+                        H32,
+                        W32,
+                        Wo32,
                     )
-                    g = load(gcol, nt.int32(ho * Wo32))
-                    sz00 += g * a0
-                    sz01 += g * b0
-                    sp00 += g * d0
-                    sp01 += g * e0
-                    sz10 += g * a1
-                    sz11 += g * b1
-                    sp10 += g * d1
-                    sp11 += g * e1
-                    a0 = a1
-                    b0 = b1
-                    d0 = d1
-                    e0 = e1
-                    ho = nt.int32(ho + 1)
+                else:
+                    z00, z01, p00, p01, z10, z11, p10, p11 = cell_sums(
+                        False,
+                        pz_,
+                        pp_,
+                        gcol,
+                        nt.int32(r0),
+                        nt.int32(r1),
+                        hs,
+                        sh32,
+                        H32,
+                        W32,
+                        Wo32,
+                    )
+                ok0 = inside(bw, W)
+                ok1 = inside(bw + 1, W)
+                e0_slot1 = bw != c0
+                e1_slot1 = bw + 1 != c0
+                sz00 = corner(z00, z01, ok0 & vz, e0_slot1)
+                sz01 = corner(z00, z01, ok1 & vz, e1_slot1)
+                sz10 = corner(z10, z11, ok0 & vz, e0_slot1)
+                sz11 = corner(z10, z11, ok1 & vz, e1_slot1)
+                sp00 = corner(p00, p01, ok0 & vp, e0_slot1)
+                sp01 = corner(p00, p01, ok1 & vp, e1_slot1)
+                sp10 = corner(p10, p11, ok0 & vp, e0_slot1)
+                sp11 = corner(p10, p11, ok1 & vp, e1_slot1)
+                # the per-channel weights, once per task (8 FMAs per output above)
                 pi_z0 = iw0 * sz00 + iw1 * sz01
                 pi_z1 = iw0 * sz10 + iw1 * sz11
                 pi_p0 = iw0 * sp00 + iw1 * sp01

@@ -1,0 +1,209 @@
+"""Sweep the CUDA kernels' tuning knobs on one GPU (kernel time by CUDA-graph replay).
+
+For each benchmark shape it times the gather kernel (forward and adjoint) over row-group
+sizes, register caps and rows per task, and the shift-gradient kernel over its row group,
+register cap, rows per task and blocks per channel, each against a device-to-device copy
+of the same bytes measured in the same run. Every variant's output is checked against the
+package's default kernels before it is timed.
+
+    python benchmarks/sweep_kernels.py [--json out.json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import types
+
+import torch
+
+from rubiks_shift import _cuda
+from rubiks_shift import _cuda_kernels as K
+from rubiks_shift._checks import output_shape
+from rubiks_shift._cuda_gather import build_gather, gather_signature
+
+SHAPES = [
+    ((8, 8, 72, 56, 56), (1, 1, 1)),
+    ((16, 8, 256, 56, 56), (1, 1, 1)),
+    ((8, 8, 576, 7, 7), (1, 1, 1)),
+    ((8, 8, 72, 112, 112), (1, 2, 2)),
+]
+
+
+def graph_ms(fns, reps: int = 20) -> float:
+    """Median ms per call of ``fns`` (rotated input sets) captured in one CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for fn in fns:
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            for fn in fns:
+                fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(5):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / (reps * len(fns)))
+    return statistics.median(samples)
+
+
+def copy_tbps() -> float:
+    src = torch.randn(1 << 28, device="cuda")
+    dst = torch.empty_like(src)
+    ms = graph_ms([lambda: dst.copy_(src)], reps=10)
+    return 2 * src.numel() * 4 / (ms * 1e-3) / 1e12
+
+
+def gather_variants(quick: bool):
+    groups = [8] if quick else [4, 8, 16]
+    regs = [64] if quick else [48, 64, 96]
+    for group, reg in itertools.product(groups, regs):
+        if group == 16 and reg < 96:
+            continue
+        ns = types.SimpleNamespace(
+            gather=build_gather("float32", "float32", group, reg),
+            gather_sig=gather_signature("float32", "float32"),
+        )
+        yield f"g{group}r{reg}", group, ns
+
+
+def gs_variants(quick: bool):
+    groups = [4] if quick else [4, 8]
+    regs = [64] if quick else [64, 96]
+    for group, reg in itertools.product(groups, regs):
+        grad_shift, finalize = K._build("float32", "float32", group, reg)
+        ns = types.SimpleNamespace(
+            grad_shift=grad_shift,
+            grad_shift_sig=K.Kernels("float32", "float32").grad_shift_sig,
+            finalize=finalize,
+            finalize_sig=K.Kernels("float32", "float32").finalize_sig,
+        )
+        yield f"g{group}r{reg}", group, ns
+
+
+def row_options(h: int, group: int) -> list[int]:
+    return sorted({min(h, group), min(h, 2 * group), min(h, 3 * group), h})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    tbps = copy_tbps()
+    print(f"# {torch.cuda.get_device_name()}, copy {tbps:.3f} TB/s (read + write)")
+    device = torch.cuda.current_device()
+    defaults = _cuda._kernels("float32", "float32")
+    results = []
+    gvars = list(gather_variants(args.quick))
+    svars = list(gs_variants(args.quick))
+    for shape, stride in SHAPES:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        xs = [torch.randn(shape, device="cuda", generator=g) for _ in range(3)]
+        shift = (torch.rand(3, shape[2], device="cuda", generator=g) * 4 - 2).contiguous()
+        y_shape = output_shape(shape, stride, (0, 0, 0))
+        gys = [torch.randn(y_shape, device="cuda", generator=g) for _ in range(3)]
+        bytes_x = xs[0].numel() * 4
+        bytes_y = gys[0].numel() * 4
+        for direction, src_shape, dst_shape, srcs in (
+            ("fwd", shape, y_shape, xs),
+            ("adj", y_shape, shape, gys),
+        ):
+            dst = torch.empty(dst_shape, device="cuda")
+            (ref_step,) = _cuda._gather_plan(
+                src_shape, dst_shape, stride, (0, 0, 0), False, direction == "adj"
+            )
+            ref = torch.empty(dst_shape, device="cuda")
+            _cuda._run(defaults, ref_step, (srcs[0], shift, ref), device)
+            floor = (bytes_x + bytes_y) / (tbps * 1e12) * 1e3
+            for name, group, ns in gvars:
+                for rows in row_options(dst_shape[3], group):
+                    (step,) = _cuda._gather_plan(
+                        src_shape, dst_shape, stride, (0, 0, 0), False, direction == "adj", rows
+                    )
+                    dst.fill_(float("nan"))
+                    _cuda._run(ns, step, (srcs[0], shift, dst), device)
+                    assert torch.allclose(dst, ref, rtol=1e-5, atol=1e-5), (name, rows)
+                    ms = graph_ms(
+                        [lambda a=(ns, step, (s, shift, dst)): _cuda._run(*a, device) for s in srcs]
+                    )
+                    results.append(
+                        dict(
+                            shape=shape,
+                            stride=stride,
+                            kernel=f"gather-{direction}",
+                            variant=name,
+                            rows=rows,
+                            ms=ms,
+                            floor_ms=floor,
+                        )
+                    )
+        # shift gradient: reads grad_y and x
+        parts0, step0, _ = _cuda._shift_grad_plan(shape, y_shape, stride, (0, 0, 0))
+        partial0 = torch.empty(parts0 * 3 * shape[2], device="cuda")
+        _cuda._run(defaults, step0, (gys[0], xs[0], shift, partial0), device)
+        ref = partial0.view(parts0, 3, shape[2]).sum(0)
+        floor = (bytes_x + bytes_y) / (tbps * 1e12) * 1e3
+        for name, group, ns in svars:
+            for rows, per_thread in itertools.product(row_options(y_shape[3], group), (1, 2)):
+                slabs = shape[0] * y_shape[1]
+                per_plane = -(-y_shape[3] // rows) * y_shape[4]
+                blocks = max(1, -(-slabs * per_plane // (K.REDUCE_THREADS * per_thread)))
+                parts, step, _ = _cuda._shift_grad_plan(
+                    shape, y_shape, stride, (0, 0, 0), rows, blocks
+                )
+                partial = torch.empty(parts * 3 * shape[2], device="cuda")
+                _cuda._run(ns, step, (gys[0], xs[0], shift, partial), device)
+                got = partial.view(parts, 3, shape[2]).sum(0)
+                assert torch.allclose(got, ref, rtol=1e-3, atol=1e-2), (name, rows, per_thread)
+                ms = graph_ms(
+                    [
+                        lambda a=(ns, step, (gys[i], xs[i], shift, partial)): _cuda._run(*a, device)
+                        for i in range(3)
+                    ]
+                )
+                results.append(
+                    dict(
+                        shape=shape,
+                        stride=stride,
+                        kernel="grad_shift",
+                        variant=name,
+                        rows=rows,
+                        blocks=blocks,
+                        ms=ms,
+                        floor_ms=floor,
+                    )
+                )
+    for key, rows in itertools.groupby(
+        results, key=lambda r: (tuple(r["shape"]), tuple(r["stride"]), r["kernel"])
+    ):
+        rows = sorted(rows, key=lambda r: r["ms"])
+        best = rows[0]
+        print(
+            f"{key[0]!s:<20} {key[1]!s:<9} {key[2]:<12} best {best['ms']:.4f} ms "
+            f"({100 * best['floor_ms'] / best['ms']:.0f}% of floor {best['floor_ms']:.4f}) "
+            f"{best['variant']} rows={best['rows']} blocks={best.get('blocks', '-')}"
+        )
+        for r in rows[1:4]:
+            print(
+                f"{'':<44} {r['ms']:.4f} ms {r['variant']} rows={r['rows']} "
+                f"blocks={r.get('blocks', '-')}"
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), copy_tbps=tbps, rows=results), f)
+
+
+if __name__ == "__main__":
+    main()
