@@ -55,7 +55,7 @@ def forward(
     padding: Sequence[int],
     quantize: bool,
 ) -> torch.Tensor:
-    _kernels.set_threads(torch.get_num_threads())
+    threads = _kernels.set_threads(torch.get_num_threads())
     work = x.detach().to(_compute_dtype(x.dtype)).contiguous()
     y = torch.empty(output_shape(x.shape, stride, padding), dtype=work.dtype)
     params, nan_channels = _shift_params(shift)
@@ -67,6 +67,7 @@ def forward(
         weights,
         np.asarray(stride, np.int64),
         np.asarray(padding, np.int64),
+        _kernels.blocks(x.shape[0] * x.shape[2], threads),
     )
     if bool(nan_channels.any()):
         y[:, :, nan_channels] = float("nan")
@@ -85,7 +86,7 @@ def backward(
     need_x: bool,
     need_shift: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _kernels.set_threads(torch.get_num_threads())
+    threads = _kernels.set_threads(torch.get_num_threads())
     dtype = _compute_dtype(x.dtype)
     work_x = x.detach().to(dtype).contiguous()
     work_gy = grad_y.detach().to(dtype).contiguous()
@@ -105,6 +106,7 @@ def backward(
         np.asarray(padding, np.int64),
         need_x,
         need_shift,
+        _kernels.blocks(n_batch * channels, threads),
     )
     has_nan = bool(nan_channels.any())
     if need_x:

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 U = np.uint64  # index type without wrap-around handling
-LANES = 32  # float64 partial sums per dot product (fixed order: deterministic)
+BLOCK = 256  # shift-gradient products summed in the data dtype, then added in float64
 
 # Column layout of the tables built by ``tables`` (per dimension d and channel c).
 # ints: forward offset, interpolation offset, derivative offset, derivative tap gap
@@ -74,13 +74,17 @@ def tables(shift, quantize, ints, weights):
 @njit(inline="always", cache=True)
 def _span(n_out, n_in, stride, off):
     """[lo, hi) of the i in [0, n_out) with 0 <= i*stride + off < n_in."""
-    lo = 0
-    if off < 0:
-        lo = (-off + stride - 1) // stride
     last = n_in - 1 - off
     if last < 0:
         return 0, 0
-    hi = min(n_out, last // stride + 1)
+    if stride == 1:  # no integer divisions (they dominate passes over small planes)
+        lo = max(0, -off)
+        hi = min(n_out, last + 1)
+    else:
+        lo = 0
+        if off < 0:
+            lo = (-off + stride - 1) // stride
+        hi = min(n_out, last // stride + 1)
     if lo > hi:
         lo = hi
     return lo, hi
@@ -106,6 +110,8 @@ def _hit(j, n_src, stride, off, gap, two):
     """Whether destination index j is read by some i in [0, n_src) (j = i*stride + off
     or, with ``two``, j = i*stride + off + gap)."""
     k = j - off
+    if stride == 1:
+        return 0 <= k < n_src or (two and 0 <= k - gap < n_src)
     if k >= 0 and k % stride == 0 and k // stride < n_src:
         return True
     k -= gap
@@ -130,32 +136,19 @@ def _blend(dst, d0, src, a0, wa, b0, wb, n, two):
 
 
 @njit(inline="always", cache=True)
-def _decimate(dst, d0, src, s0, n):
-    """dst[d0 + k] = src[s0 + 2k] for 4-byte items, moved as the matching halves of 8-byte
-    words: contiguous SIMD loads where a stride-2 loop would use gathers."""
-    pairs = min(n, (src.size - s0 + s0 % 2) // 2)
-    lo = s0 - s0 % 2
-    words = src[lo : lo + 2 * pairs].view(np.uint64)
-    out = dst[d0 : d0 + pairs].view(np.uint32)
-    if s0 % 2 == 0:
-        for k in range(pairs):
-            out[k] = np.uint32(words[k] & np.uint64(0xFFFFFFFF))
-    else:
-        for k in range(pairs):
-            out[k] = np.uint32(words[k] >> np.uint64(32))
-    for k in range(pairs, n):
-        dst[U(d0 + k)] = src[U(s0 + 2 * k)]
-
-
-@njit(inline="always", cache=True)
 def _wloop(dst, d0, src, s0, n, stride, gap, w0, w1, two):
     """dst[d0 + k] = w0 * src[s0 + k*stride] (+ w1 * src[s0 + k*stride + gap])."""
     if stride == 1:
         _blend(dst, d0, src, s0, w0, s0 + gap, w1, n, two)
-    elif stride == 2 and not two and w0 == 1.0 and src.itemsize == 4:
-        _decimate(dst, d0, src, s0, n)
     elif stride == 2 and not two:
-        for k in range(n):
+        # Reading the unused odd neighbour as well makes this a full interleave group (SIMD
+        # loads and shuffles instead of gathers); it adds an exact zero, even if not finite.
+        zero = w0 - w0
+        last = n - 1 if s0 + 2 * n > src.size else n
+        for k in range(last):
+            b = src[U(s0 + 2 * k + 1)]
+            dst[U(d0 + k)] = w0 * src[U(s0 + 2 * k)] + zero * (b if b - b == 0 else zero)
+        for k in range(last, n):
             dst[U(d0 + k)] = w0 * src[U(s0 + 2 * k)]
     elif stride == 2 and gap == 1:  # constant gaps: interleaved SIMD loads, not gathers
         for k in range(n):
@@ -172,18 +165,26 @@ def _wloop(dst, d0, src, s0, n, stride, gap, w0, w1, two):
 
 
 @njit(inline="always", cache=True)
-def _wedge(dst, d0, src, s0, a, b, alo, ahi, n_in, stride, off, gap, w0, w1, two):
-    """Columns [a, b) of one row with per-tap checks (zero outside [alo, ahi))."""
+def _wedge(dst, d0, dp, src, s0, sp, rows, a, b, alo, ahi, n_in, stride, off, gap, w0, w1, two):
+    """Columns [a, b) of every row, column by column: which taps are inside is known per
+    column, so the loop over rows has no checks (zero outside [alo, ahi))."""
     for i in range(a, b):
-        v = w0 - w0
-        if alo <= i < ahi:
-            j = i * stride + off
-            if 0 <= j < n_in:
-                v += w0 * src[U(s0 + j)]
-            j += gap
-            if two and 0 <= j < n_in:
-                v += w1 * src[U(s0 + j)]
-        dst[U(d0 + i)] = v
+        j = i * stride + off
+        v0 = alo <= i < ahi and 0 <= j < n_in
+        v1 = two and alo <= i < ahi and 0 <= j + gap < n_in
+        if v0 and v1:
+            for r in range(rows):
+                rs = s0 + r * sp + j
+                dst[U(d0 + r * dp + i)] = w0 * src[U(rs)] + w1 * src[U(rs + gap)]
+        elif v0:
+            for r in range(rows):
+                dst[U(d0 + r * dp + i)] = w0 * src[U(s0 + r * sp + j)]
+        elif v1:
+            for r in range(rows):
+                dst[U(d0 + r * dp + i)] = w1 * src[U(s0 + r * sp + j + gap)]
+        else:
+            for r in range(rows):
+                dst[U(d0 + r * dp + i)] = 0
 
 
 @njit(cache=True)
@@ -194,22 +195,67 @@ def _wgather(dst, d0, dp, src, s0, sp, rows, n_out, n_in, stride, off, gap, w0, 
     if rows <= 0 or n_out <= 0:
         return
     lo, hi, alo, ahi = _spans(n_out, n_in, stride, off, gap, two)
-    if hi > lo and rows > 1 and sp == stride * n_out and dp == n_out:
-        # Rows back to back: one loop over all interior columns; the columns between
-        # one row's hi and the next row's lo read in-bounds neighbours and are redone.
-        n = (rows - 1) * n_out + hi - lo
-        _wloop(dst, d0 + lo, src, s0 + lo * stride + off, n, stride, gap, w0, w1, two)
-        for r in range(rows):
-            rd, rs = d0 + r * dp, s0 + r * sp
-            _wedge(dst, rd, src, rs, 0, lo, alo, ahi, n_in, stride, off, gap, w0, w1, two)
-            _wedge(dst, rd, src, rs, hi, n_out, alo, ahi, n_in, stride, off, gap, w0, w1, two)
+    if hi > lo:
+        if rows > 1 and sp == stride * n_out and dp == n_out:
+            # Rows back to back: one loop over all interior columns; the columns between
+            # one row's hi and the next row's lo read in-bounds neighbours, redone below.
+            n = (rows - 1) * n_out + hi - lo
+            _wloop(dst, d0 + lo, src, s0 + lo * stride + off, n, stride, gap, w0, w1, two)
+        else:
+            for r in range(rows):
+                rs = s0 + r * sp + lo * stride + off
+                _wloop(dst, d0 + r * dp + lo, src, rs, hi - lo, stride, gap, w0, w1, two)
+    _wedge(dst, d0, dp, src, s0, sp, rows, 0, lo, alo, ahi, n_in, stride, off, gap, w0, w1, two)
+    _wedge(dst, d0, dp, src, s0, sp, rows, hi, n_out, alo, ahi, n_in, stride, off, gap, w0, w1, two)
+
+
+@njit(inline="always", cache=True)
+def _wloop_pair(da, db, d0, src, s0, n, stride, a0, a1, b0, b1):
+    """da[d0 + k] = a0 * u + a1 * v and db[d0 + k] = b0 * u + b1 * v for the same
+    u = src[s0 + k*stride], v = src[s0 + k*stride + 1]."""
+    if stride == 1:
+        for k in range(n):
+            u = src[U(s0 + k)]
+            v = src[U(s0 + k + 1)]
+            da[U(d0 + k)] = a0 * u + a1 * v
+            db[U(d0 + k)] = b0 * u + b1 * v
+    elif stride == 2:
+        for k in range(n):
+            u = src[U(s0 + 2 * k)]
+            v = src[U(s0 + 2 * k + 1)]
+            da[U(d0 + k)] = a0 * u + a1 * v
+            db[U(d0 + k)] = b0 * u + b1 * v
+    else:
+        for k in range(n):
+            u = src[U(s0 + k * stride)]
+            v = src[U(s0 + k * stride + 1)]
+            da[U(d0 + k)] = a0 * u + a1 * v
+            db[U(d0 + k)] = b0 * u + b1 * v
+
+
+@njit(cache=True)
+def _wgather_pair(da, db, src, s0, sp, rows, n_out, n_in, stride, off, a0, a1, b0, b1):
+    """Two W passes with the same taps (off, off + 1), different weights, in one sweep
+    over src: dense dst rows of n_out values in ``da`` and ``db``."""
+    if rows <= 0 or n_out <= 0:
         return
-    for r in range(rows):
-        rd, rs = d0 + r * dp, s0 + r * sp
-        if hi > lo:
-            _wloop(dst, rd + lo, src, rs + lo * stride + off, hi - lo, stride, gap, w0, w1, two)
-        _wedge(dst, rd, src, rs, 0, lo, alo, ahi, n_in, stride, off, gap, w0, w1, two)
-        _wedge(dst, rd, src, rs, hi, n_out, alo, ahi, n_in, stride, off, gap, w0, w1, two)
+    lo, hi, alo, ahi = _spans(n_out, n_in, stride, off, 1, True)
+    if hi > lo:
+        if rows > 1 and sp == stride * n_out:
+            n = (rows - 1) * n_out + hi - lo
+            _wloop_pair(da, db, lo, src, s0 + lo * stride + off, n, stride, a0, a1, b0, b1)
+        else:
+            for r in range(rows):
+                rs = s0 + r * sp + lo * stride + off
+                _wloop_pair(da, db, r * n_out + lo, src, rs, hi - lo, stride, a0, a1, b0, b1)
+    for e in range(2):
+        d = da if e == 0 else db
+        w0 = a0 if e == 0 else b0
+        w1 = a1 if e == 0 else b1
+        _wedge(d, 0, n_out, src, s0, sp, rows, 0, lo, alo, ahi, n_in, stride, off, 1, w0, w1, True)
+        _wedge(
+            d, 0, n_out, src, s0, sp, rows, hi, n_out, alo, ahi, n_in, stride, off, 1, w0, w1, True
+        )
 
 
 @njit(cache=True)
@@ -328,30 +374,133 @@ def _wadjoint(dst, d0, dp, src, s0, sp, rows, n_dst, n_src, stride, off, gap, w0
         _wspread(dst, d0, dp, src, s0, sp, rows, n_dst, n_src, stride, off, gap, w0, w1, two)
 
 
-@njit(inline="always", cache=True)
-def _dot(acc, a, a0, b, b0, n):
-    """acc[l] += a[a0 + k] * b[b0 + k] over k = l mod LANES, products and sums in
-    float64 in a fixed order."""
-    full = n - n % LANES
-    for base in range(0, full, LANES):
-        for lane in range(LANES):
-            acc[lane] += np.float64(a[U(a0 + base + lane)]) * np.float64(b[U(b0 + base + lane)])
-    for k in range(full, n):
-        acc[k - full] += np.float64(a[U(a0 + k)]) * np.float64(b[U(b0 + k)])
-
-
-@njit(inline="always", cache=True)
-def _sum(acc):
-    s = 0.0
-    for lane in range(LANES):
-        s += acc[lane]
+@njit(fastmath={"reassoc", "contract"}, cache=True)
+def _dot1_block(g, g0, src, a0, wa, b0, wb, n, two):
+    """sum_k g[g0 + k] * (wa * src[a0 + k] + wb * src[b0 + k]) (second term only with
+    ``two``) in the data dtype; reassociation lets the loop keep SIMD partial sums."""
+    s = wa - wa
+    if two:
+        for k in range(n):
+            s += g[U(g0 + k)] * (wa * src[U(a0 + k)] + wb * src[U(b0 + k)])
+    else:
+        for k in range(n):
+            s += g[U(g0 + k)] * (wa * src[U(a0 + k)])
     return s
+
+
+@njit(cache=True)
+def _dot_blend(acc, i, g, g0, src, a0, wa, b0, wb, n, two):
+    """acc[i] += sum_k g[g0 + k] * (wa * src[a0 + k] + wb * src[b0 + k]): blocks of BLOCK
+    products summed in the data dtype, the block sums added in float64, in a fixed order."""
+    total = 0.0
+    for blk in range(0, n, BLOCK):
+        m = min(BLOCK, n - blk)
+        total += np.float64(_dot1_block(g, g0 + blk, src, a0 + blk, wa, b0 + blk, wb, m, two))
+    acc[i] += total
+
+
+@njit(cache=True)
+def _rdot(acc, idx, g, g0, src, s0, width, n_out, n_in, stride, off, gap, w0, w1, two):
+    """acc[idx] += <g rows, row pass of src>: the ``_rgather`` of src (dense rows of
+    ``width``) dotted with the n_out dense rows of g at g0, without storing the pass."""
+    lo, hi, alo, ahi = _spans(n_out, n_in, stride, off, gap, two)
+    for i in range(alo, ahi):  # rows outside [alo, ahi) read nothing
+        if lo <= i < hi:
+            continue
+        j0 = i * stride + off
+        j1 = j0 + gap
+        v0 = 0 <= j0 < n_in
+        v1 = two and 0 <= j1 < n_in
+        gr = g0 + i * width
+        if v0:
+            _dot_blend(acc, idx, g, gr, src, s0 + j0 * width, w0, s0 + j1 * width, w1, width, v1)
+        elif v1:
+            _dot_blend(acc, idx, g, gr, src, s0 + j1 * width, w1, 0, w0, width, False)
+    if hi <= lo:
+        return
+    if stride == 1:
+        j0 = lo + off
+        n = (hi - lo) * width
+        a0, b0 = s0 + j0 * width, s0 + (j0 + gap) * width
+        _dot_blend(acc, idx, g, g0 + lo * width, src, a0, w0, b0, w1, n, two)
+        return
+    for i in range(lo, hi):
+        j = i * stride + off
+        gr = g0 + i * width
+        _dot_blend(acc, idx, g, gr, src, s0 + j * width, w0, s0 + (j + gap) * width, w1, width, two)
+
+
+@njit(fastmath={"reassoc", "contract"}, cache=True)
+def _dot3_block(gd, gi, g0, a, b, r0, r1, n, i0, i1, d0, d1):
+    """With a_e = a[r_e + k], b_e = b[r_e + k]: the sums over k < n of gd (i0 a_0 + i1 a_1),
+    gi (d0 a_0 + d1 a_1) and gi (i0 b_0 + i1 b_1), in the data dtype."""
+    st = i0 - i0
+    sh = i0 - i0
+    sw = i0 - i0
+    for k in range(n):
+        a_0 = a[U(r0 + k)]
+        a_1 = a[U(r1 + k)]
+        b_0 = b[U(r0 + k)]
+        b_1 = b[U(r1 + k)]
+        vi = gi[U(g0 + k)]
+        st += gd[U(g0 + k)] * (i0 * a_0 + i1 * a_1)
+        sh += vi * (d0 * a_0 + d1 * a_1)
+        sw += vi * (i0 * b_0 + i1 * b_1)
+    return st, sh, sw
+
+
+@njit(cache=True)
+def _dot3(acc, gd, gi, g0, a, b, r0, r1, n, i0, i1, d0, d1):
+    """acc[0:3] += the three sums of ``_dot3_block`` over n, blocked as in ``_dot_blend``."""
+    st = 0.0
+    sh = 0.0
+    sw = 0.0
+    for blk in range(0, n, BLOCK):
+        m = min(BLOCK, n - blk)
+        bt, bh, bw = _dot3_block(gd, gi, g0 + blk, a, b, r0 + blk, r1 + blk, m, i0, i1, d0, d1)
+        st += np.float64(bt)
+        sh += np.float64(bh)
+        sw += np.float64(bw)
+    acc[0] += st
+    acc[1] += sh
+    acc[2] += sw
+
+
+@njit(cache=True)
+def _rdot3(acc, gd, gi, g0, a, b, width, n_out, n_in, stride, off, ws):
+    """The three dot products of ``_grad_shift_column`` for one plane in one sweep, when
+    the H interpolation and derivative taps coincide (rows off, off + 1, fractional)."""
+    i0, i1, d0, d1 = ws
+    lo, hi, alo, ahi = _spans(n_out, n_in, stride, off, 1, True)
+    for i in range(alo, ahi):  # edge rows: one of the two source rows is outside
+        if lo <= i < hi:
+            continue
+        j = i * stride + off
+        wi, wd = (i0, d0) if 0 <= j < n_in else (i1, d1)
+        if not 0 <= j < n_in:
+            j += 1
+        if not 0 <= j < n_in:
+            continue
+        gr, sr = g0 + i * width, j * width
+        _dot_blend(acc, 0, gd, gr, a, sr, wi, 0, wi, width, False)
+        _dot_blend(acc, 1, gi, gr, a, sr, wd, 0, wd, width, False)
+        _dot_blend(acc, 2, gi, gr, b, sr, wi, 0, wi, width, False)
+    if hi <= lo:
+        return
+    if stride == 1:
+        r0 = (lo + off) * width
+        n = (hi - lo) * width
+        _dot3(acc, gd, gi, g0 + lo * width, a, b, r0, r0 + width, n, i0, i1, d0, d1)
+        return
+    for i in range(lo, hi):
+        r0 = (i * stride + off) * width
+        _dot3(acc, gd, gi, g0 + i * width, a, b, r0, r0 + width, width, i0, i1, d0, d1)
 
 
 # ----------------------------------------------------------------- plane (H, W) passes
 
 
-@njit(cache=True)
+@njit(inline="always", cache=True)
 def _plane(dst, d0, src, s0, scratch, h_out, w_out, h_in, w_in, sh, sw, hs, ws, k):
     """dst plane (h_out x w_out) = k * H(W(src plane)), ``hs``/``ws`` the taps
     (off, gap, w0, w1, two) of each pass; ``scratch`` holds h_in * w_out values."""
@@ -382,7 +531,7 @@ def _plane(dst, d0, src, s0, scratch, h_out, w_out, h_in, w_in, sh, sw, hs, ws, 
     )
 
 
-@njit(cache=True)
+@njit(inline="always", cache=True)
 def _plane_adjoint(dst, d0, src, s0, scratch, h_out, w_out, h_in, w_in, sh, sw, hs, ws):
     """Adjoint of ``_plane`` with k = 1: dst plane (h_in x w_in) from src (h_out x w_out);
     ``scratch`` holds h_in * w_out values."""
@@ -424,122 +573,180 @@ def _dtaps(ints, weights, d, c, pad):
 # ------------------------------------------------------------------------------ kernels
 
 
+@njit(cache=True)
+def _forward_column(xf, yf, x0, y0, scratch, z, ints, weights, c, dims, stride, padding):
+    """Forward of one (n, c) column: x planes at x0 + t*pitch_in, y planes likewise."""
+    t_in, h_in, w_in, t_out, h_out, w_out, pitch_in, pitch_out = dims
+    st, sh, sw = stride[0], stride[1], stride[2]
+    p_out = h_out * w_out
+    ot, gt, t0, t1, twot = _taps(ints, weights, 0, c, padding[0], 0)
+    hs = _taps(ints, weights, 1, c, padding[1], 0)
+    ws = _taps(ints, weights, 2, c, padding[2], 0)
+    if not twot:  # one source plane per output plane
+        for to in range(t_out):
+            t = to * st + ot
+            d0 = y0 + to * pitch_out
+            if 0 <= t < t_in:
+                s0 = x0 + t * pitch_in
+                _plane(yf, d0, xf, s0, scratch, h_out, w_out, h_in, w_in, sh, sw, hs, ws, t0)
+            else:
+                _fill0(yf, d0, p_out)
+        return
+    one = weights[0, c, 6]
+    for t in range(t_in):
+        if _hit(t, t_out, st, ot, gt, True):
+            s0 = x0 + t * pitch_in
+            _plane(z, t * p_out, xf, s0, scratch, h_out, w_out, h_in, w_in, sh, sw, hs, ws, one)
+    _rgather(yf, y0, pitch_out, z, 0, p_out, p_out, t_out, t_in, st, ot, gt, t0, t1, True)
+
+
 @njit(parallel=True, cache=True)
-def forward(x, y, ints, weights, stride, padding):
-    """y = the (possibly quantized) shift of x, taps from ``tables``."""
+def forward(x, y, ints, weights, stride, padding, blocks):
+    """y = the (possibly quantized) shift of x, taps from ``tables``; the (n, c) columns
+    run in ``blocks`` contiguous parallel blocks (scratch allocated once per block)."""
     n_batch, t_in, channels, h_in, w_in = x.shape
     _, t_out, _, h_out, w_out = y.shape
-    st, sh, sw = stride[0], stride[1], stride[2]
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
     p_in, p_out = h_in * w_in, h_out * w_out
-    for task in prange(n_batch * channels):
-        n, c = task // channels, task % channels
-        ot, gt, t0, t1, twot = _taps(ints, weights, 0, c, padding[0], 0)
-        hs = _taps(ints, weights, 1, c, padding[1], 0)
-        ws = _taps(ints, weights, 2, c, padding[2], 0)
-        x0 = (n * t_in * channels + c) * p_in
-        y0 = (n * t_out * channels + c) * p_out
+    dims = (t_in, h_in, w_in, t_out, h_out, w_out, channels * p_in, channels * p_out)
+    tasks = n_batch * channels
+    chunks = max(1, min(tasks, blocks))
+    for chunk in prange(chunks):
         scratch = np.empty(h_in * w_out, x.dtype)
-        if not twot:  # one source plane per output plane
-            for to in range(t_out):
-                t = to * st + ot
-                d0 = y0 + to * channels * p_out
-                if 0 <= t < t_in:
-                    s0 = x0 + t * channels * p_in
-                    _plane(yf, d0, xf, s0, scratch, h_out, w_out, h_in, w_in, sh, sw, hs, ws, t0)
-                else:
-                    _fill0(yf, d0, p_out)
-            continue
         z = np.empty(t_in * p_out, x.dtype)
-        one = weights[0, c, 6]
-        for t in range(t_in):
-            if _hit(t, t_out, st, ot, gt, True):
-                s0 = x0 + t * channels * p_in
-                _plane(z, t * p_out, xf, s0, scratch, h_out, w_out, h_in, w_in, sh, sw, hs, ws, one)
-        _rgather(
-            yf, y0, channels * p_out, z, 0, p_out, p_out, t_out, t_in, st, ot, gt, t0, t1, True
+        for task in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
+            n, c = task // channels, task % channels
+            x0 = (n * t_in * channels + c) * p_in
+            y0 = (n * t_out * channels + c) * p_out
+            _forward_column(xf, yf, x0, y0, scratch, z, ints, weights, c, dims, stride, padding)
+
+
+@njit(cache=True)
+def _grad_x_column(gyf, gxf, g0, x0, g_fwd, scratch, ints, weights, c, dims, stride, padding):
+    """grad_x of one (n, c) column; leaves the T adjoint of grad_y in ``g_fwd``."""
+    t_in, h_in, w_in, t_out, h_out, w_out, pitch_in, pitch_out = dims
+    st, sh, sw = stride[0], stride[1], stride[2]
+    p_in, p_out = h_in * w_in, h_out * w_out
+    ft, fgt, ft0, ft1, ftwo = _taps(ints, weights, 0, c, padding[0], 0)
+    hs = _taps(ints, weights, 1, c, padding[1], 0)
+    ws = _taps(ints, weights, 2, c, padding[2], 0)
+    _radjoint(g_fwd, 0, p_out, gyf, g0, pitch_out, p_out, t_in, t_out, st, ft, fgt, ft0, ft1, ftwo)
+    for t in range(t_in):
+        d0 = x0 + t * pitch_in
+        if _hit(t, t_out, st, ft, fgt, ftwo):
+            _plane_adjoint(
+                gxf, d0, g_fwd, t * p_out, scratch, h_out, w_out, h_in, w_in, sh, sw, hs, ws
+            )
+        else:
+            _fill0(gxf, d0, p_in)
+
+
+@njit(cache=True)
+def _grad_shift_column(
+    gyf, xf, g0, x0, g_int, have_int, g_der, a, b, acc, ints, weights, c, dims, stride, padding
+):
+    """Shift-gradient sums of one (n, c) column added to acc[0:3] (T, H, W):
+    dT = <D_T^T gy, I_H I_W x>, dH = <I_T^T gy, D_H I_W x>, dW = <I_T^T gy, I_H D_W x>,
+    with continuous weights (straight-through under quantize). ``g_int`` already holds
+    I_T^T gy when ``have_int``."""
+    t_in, h_in, w_in, t_out, h_out, w_out, pitch_in, pitch_out = dims
+    st, sh, sw = stride[0], stride[1], stride[2]
+    p_out = h_out * w_out
+    pt, ph, pw = padding[0], padding[1], padding[2]
+    it, igt, it0, it1, itwo = _taps(ints, weights, 0, c, pt, 1)
+    dt, dgt, dt0, dt1, _ = _dtaps(ints, weights, 0, c, pt)
+    ih, igh, ih0, ih1, itwoh = _taps(ints, weights, 1, c, ph, 1)
+    iw, igw, iw0, iw1, itwow = _taps(ints, weights, 2, c, pw, 1)
+    dh, dgh, dh0, dh1, _ = _dtaps(ints, weights, 1, c, ph)
+    dw, dgw, dw0, dw1, _ = _dtaps(ints, weights, 2, c, pw)
+    if not have_int:
+        _radjoint(
+            g_int, 0, p_out, gyf, g0, pitch_out, p_out, t_in, t_out, st, it, igt, it0, it1, itwo
         )
+    _radjoint(g_der, 0, p_out, gyf, g0, pitch_out, p_out, t_in, t_out, st, dt, dgt, dt0, dt1, True)
+    # fractional components: interpolation and derivative read the same two taps
+    pair_w = itwow and dw == iw and dgw == 1
+    pair_h = itwoh and dh == ih and dgh == 1
+    hws = (ih0, ih1, dh0, dh1)
+    for t in range(t_in):
+        use_i = _hit(t, t_out, st, it, igt, itwo)
+        use_d = _hit(t, t_out, st, dt, dgt, True)
+        if not (use_i or use_d):
+            continue
+        s0 = x0 + t * pitch_in
+        gt0 = t * p_out
+        if pair_w and use_i:  # fractional W: I_W x and D_W x from the same two columns
+            _wgather_pair(a, b, xf, s0, w_in, h_in, w_out, w_in, sw, iw, iw0, iw1, dw0, dw1)
+        else:
+            _wgather(a, 0, w_out, xf, s0, w_in, h_in, w_out, w_in, sw, iw, igw, iw0, iw1, itwow)
+            if use_i:
+                _wgather(b, 0, w_out, xf, s0, w_in, h_in, w_out, w_in, sw, dw, dgw, dw0, dw1, True)
+        if pair_h and use_i and use_d:  # fractional H: the three dots in one sweep
+            _rdot3(acc, g_der, g_int, gt0, a, b, w_out, h_out, h_in, sh, ih, hws)
+            continue
+        if use_d:
+            _rdot(acc, 0, g_der, gt0, a, 0, w_out, h_out, h_in, sh, ih, igh, ih0, ih1, itwoh)
+        if use_i:
+            _rdot(acc, 1, g_int, gt0, a, 0, w_out, h_out, h_in, sh, dh, dgh, dh0, dh1, True)
+            _rdot(acc, 2, g_int, gt0, b, 0, w_out, h_out, h_in, sh, ih, igh, ih0, ih1, itwoh)
 
 
 @njit(parallel=True, cache=True)
-def backward(grad_y, x, grad_x, partial, ints, weights, stride, padding, need_x, need_shift):
+def backward(
+    grad_y, x, grad_x, partial, ints, weights, stride, padding, need_x, need_shift, blocks
+):
     """grad_x (adjoint of the forward that was run) and per-(n, c) shift-gradient sums
-    ``partial[n, d, c]`` (float64, fixed order)."""
+    ``partial[n, d, c]`` (float64, fixed order); ``blocks`` as in ``forward``."""
     n_batch, t_in, channels, h_in, w_in = x.shape
     _, t_out, _, h_out, w_out = grad_y.shape
-    st, sh, sw = stride[0], stride[1], stride[2]
-    pt, ph, pw = padding[0], padding[1], padding[2]
     gyf = grad_y.reshape(grad_y.size)
     xf = x.reshape(x.size)
     gxf = grad_x.reshape(grad_x.size)
     p_in, p_out = h_in * w_in, h_out * w_out
-    for task in prange(n_batch * channels):
-        n, c = task // channels, task % channels
-        x0 = (n * t_in * channels + c) * p_in
-        g0 = (n * t_out * channels + c) * p_out
-        gpitch, xpitch = channels * p_out, channels * p_in
+    dims = (t_in, h_in, w_in, t_out, h_out, w_out, channels * p_in, channels * p_out)
+    tasks = n_batch * channels
+    chunks = max(1, min(tasks, blocks))
+    for chunk in prange(chunks):
         scratch = np.empty(h_in * w_out, x.dtype)
-        # forward taps (quantized or not) and continuous interpolation taps
-        ft, fgt, ft0, ft1, ftwo = _taps(ints, weights, 0, c, pt, 0)
-        it, igt, it0, it1, itwo = _taps(ints, weights, 0, c, pt, 1)
-        same = ft == it and ft0 == it0 and ft1 == it1
+        b = np.empty(h_in * w_out, x.dtype)
         g_fwd = np.empty(t_in * p_out, x.dtype)
-        # g_fwd[t] = (T adjoint of grad_y)[t], the input of the (H, W) adjoint of plane t
-        _radjoint(g_fwd, 0, p_out, gyf, g0, gpitch, p_out, t_in, t_out, st, ft, fgt, ft0, ft1, ftwo)
-        if need_x:
-            hs = _taps(ints, weights, 1, c, ph, 0)
-            ws = _taps(ints, weights, 2, c, pw, 0)
-            for t in range(t_in):
-                d0 = x0 + t * xpitch
-                if _hit(t, t_out, st, ft, fgt, ftwo):
-                    _plane_adjoint(
-                        gxf, d0, g_fwd, t * p_out, scratch, h_out, w_out, h_in, w_in, sh, sw,
-                        hs, ws,
-                    )  # fmt: skip
-                else:
-                    _fill0(gxf, d0, p_in)
-        if not need_shift:
-            continue
-        g_int = g_fwd
-        if not same:
-            g_int = np.empty(t_in * p_out, x.dtype)
-            _radjoint(
-                g_int, 0, p_out, gyf, g0, gpitch, p_out, t_in, t_out, st, it, igt, it0, it1, itwo
-            )
-        dt, dgt, dt0, dt1, _ = _dtaps(ints, weights, 0, c, pt)
+        g_int = np.empty(t_in * p_out, x.dtype)
         g_der = np.empty(t_in * p_out, x.dtype)
-        _radjoint(g_der, 0, p_out, gyf, g0, gpitch, p_out, t_in, t_out, st, dt, dgt, dt0, dt1, True)
-        ih, igh, ih0, ih1, itwoh = _taps(ints, weights, 1, c, ph, 1)
-        iw, igw, iw0, iw1, itwow = _taps(ints, weights, 2, c, pw, 1)
-        dh, dgh, dh0, dh1, _ = _dtaps(ints, weights, 1, c, ph)
-        dw, dgw, dw0, dw1, _ = _dtaps(ints, weights, 2, c, pw)
-        a = np.empty(h_in * w_out, x.dtype)  # I_W x[t]
-        b = np.empty(h_in * w_out, x.dtype)  # D_W x[t]
-        q = np.empty(p_out, x.dtype)
-        acc_t = np.zeros(LANES)
-        acc_h = np.zeros(LANES)
-        acc_w = np.zeros(LANES)
-        for t in range(t_in):
-            use_i = _hit(t, t_out, st, it, igt, itwo)
-            use_d = _hit(t, t_out, st, dt, dgt, True)
-            if not (use_i or use_d):
-                continue
-            s0 = x0 + t * xpitch
-            _wgather(a, 0, w_out, xf, s0, w_in, h_in, w_out, w_in, sw, iw, igw, iw0, iw1, itwow)
-            if use_d:  # dT: <D_T^T gy, I_H I_W x>
-                _rgather(q, 0, w_out, a, 0, w_out, w_out, h_out, h_in, sh, ih, igh, ih0, ih1, itwoh)
-                _dot(acc_t, g_der, t * p_out, q, 0, p_out)
-            if use_i:  # dH: <I_T^T gy, D_H I_W x>, dW: <I_T^T gy, I_H D_W x>
-                _rgather(q, 0, w_out, a, 0, w_out, w_out, h_out, h_in, sh, dh, dgh, dh0, dh1, True)
-                _dot(acc_h, g_int, t * p_out, q, 0, p_out)
-                _wgather(b, 0, w_out, xf, s0, w_in, h_in, w_out, w_in, sw, dw, dgw, dw0, dw1, True)
-                _rgather(q, 0, w_out, b, 0, w_out, w_out, h_out, h_in, sh, ih, igh, ih0, ih1, itwoh)
-                _dot(acc_w, g_int, t * p_out, q, 0, p_out)
-        partial[n, 0, c] = _sum(acc_t)
-        partial[n, 1, c] = _sum(acc_h)
-        partial[n, 2, c] = _sum(acc_w)
+        acc = np.empty(3)
+        for task in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
+            n, c = task // channels, task % channels
+            x0 = (n * t_in * channels + c) * p_in
+            g0 = (n * t_out * channels + c) * p_out
+            # the forward's T taps equal the interpolation taps unless quantized
+            same = (
+                ints[0, c, 0] == ints[0, c, 1]
+                and weights[0, c, 0] == weights[0, c, 2]
+                and weights[0, c, 1] == weights[0, c, 3]
+            )
+            if need_x:
+                _grad_x_column(
+                    gyf, gxf, g0, x0, g_fwd, scratch, ints, weights, c, dims, stride, padding
+                )
+            if need_shift:
+                acc[:] = 0.0
+                have = need_x and same
+                _grad_shift_column(
+                    gyf, xf, g0, x0, g_fwd if have else g_int, have, g_der, scratch, b, acc,
+                    ints, weights, c, dims, stride, padding,
+                )  # fmt: skip
+                partial[n, 0, c] = acc[0]
+                partial[n, 1, c] = acc[1]
+                partial[n, 2, c] = acc[2]
 
 
-def set_threads(count: int) -> None:
+def set_threads(count: int) -> int:
+    """Use ``count`` threads (capped at numba's pool); returns the number in use."""
     numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
+    return numba.get_num_threads()
+
+
+def blocks(tasks: int, threads: int) -> int:
+    """Parallel blocks of (n, c) columns: one per thread (numba splits a prange evenly
+    and statically), so each thread allocates its scratch once per call."""
+    return max(1, min(tasks, threads))

@@ -1,0 +1,184 @@
+"""The Numba CPU kernels' code paths against the float64 reference (SPEC §1).
+
+The kernels pick different loops by stride (1, 2, other), by whether a component is
+fractional (two taps, fused interpolation/derivative sweeps) or integer/quantized (one
+tap, central-difference stencil), by plane width (rows processed back to back or one by
+one) and by where the taps fall (interior, edges, outside). These tests reach each of
+them through ``rubiks_shift._cpu`` directly and compare with ``rubiks_shift.reference``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rubiks_shift import _cpu
+from rubiks_shift import reference as R
+from rubiks_shift._checks import SHIFT_LIMIT
+
+pytestmark = pytest.mark.skipif(not _cpu.available(), reason="needs numba")
+
+
+def _shift(g, channels, kind, scale):
+    s = (torch.rand(3, channels, generator=g, dtype=torch.float64) * 2 - 1) * scale
+    if kind == "integer":
+        s = s.round()
+    elif kind == "half":
+        s = (s * 2).round() / 2  # exact .5 ties: quantize rounds half up
+    elif kind == "mixed":  # per dimension: fractional, integer, fractional
+        s[1] = s[1].round()
+    elif kind == "huge":
+        s = s.sign() * (SHIFT_LIMIT - torch.rand(3, channels, generator=g, dtype=torch.float64))
+    return s
+
+
+def _compare(x, shift, stride, padding, quantize, gy=None, dtype=torch.float64, tol=1e-12):
+    y = _cpu.forward(x.to(dtype), shift, stride, padding, quantize)
+    y_ref = R.shift3d_forward(x, shift, stride, padding, quantize)
+    assert y.shape == y_ref.shape and y.dtype == dtype
+    torch.testing.assert_close(y.double(), y_ref, rtol=tol, atol=tol)
+    if gy is None:
+        gy = torch.randn(y.shape, dtype=torch.float64)
+    gx, gs = _cpu.backward(
+        gy.to(dtype), x.to(dtype), shift, stride, padding, quantize, False, 1.0, True, True
+    )
+    gx_ref, gs_ref = R.shift3d_backward(gy, x, shift, stride, padding, quantize)
+    torch.testing.assert_close(gx.double(), gx_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(gs.double(), gs_ref, rtol=100 * tol, atol=100 * tol)
+    # each output alone, as the op requests them
+    gx_only, _ = _cpu.backward(
+        gy.to(dtype), x.to(dtype), shift, stride, padding, quantize, False, 1.0, True, False
+    )
+    _, gs_only = _cpu.backward(
+        gy.to(dtype), x.to(dtype), shift, stride, padding, quantize, False, 1.0, False, True
+    )
+    assert torch.equal(gx_only, gx) and torch.equal(gs_only, gs)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    shape=st.tuples(
+        st.integers(1, 2),
+        st.integers(1, 5),
+        st.integers(1, 3),
+        st.sampled_from([1, 2, 3, 7, 11]),
+        st.sampled_from([1, 2, 3, 7, 16, 37]),
+    ),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)),
+    kind=st.sampled_from(["fractional", "integer", "half", "mixed", "huge"]),
+    scale=st.sampled_from([0.75, 2.5, 9.0]),
+    quantize=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_reference(shape, stride, padding, kind, scale, quantize, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    _compare(x, _shift(g, shape[2], kind, scale), stride, padding, quantize)
+
+
+@pytest.mark.parametrize(
+    "shape,stride,padding",
+    [
+        ((2, 4, 3, 56, 56), (1, 1, 1), (0, 0, 0)),  # network stage, rows back to back
+        ((1, 4, 5, 7, 7), (1, 1, 1), (0, 0, 0)),  # 7-wide planes
+        ((2, 3, 3, 28, 28), (1, 2, 2), (0, 0, 0)),  # strided stage, even widths
+        ((1, 3, 3, 15, 13), (1, 2, 2), (0, 1, 1)),  # odd widths with padding
+        ((1, 6, 2, 9, 10), (2, 3, 3), (1, 0, 2)),  # generic strides everywhere
+    ],
+)
+@pytest.mark.parametrize("kind", ["fractional", "integer", "half", "mixed"])
+@pytest.mark.parametrize("quantize", [False, True])
+def test_network_like_shapes(shape, stride, padding, kind, quantize):
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    _compare(x, _shift(g, shape[2], kind, 2.5), stride, padding, quantize)
+
+
+@pytest.mark.parametrize("stride", [(1, 1, 1), (1, 2, 2), (3, 3, 3)])
+@pytest.mark.parametrize("quantize", [False, True])
+def test_float32_matches_float64(stride, quantize):
+    """float32 data: single-precision passes, float64 shift-gradient sums."""
+    g = torch.Generator().manual_seed(22)
+    x = torch.randn(2, 4, 6, 20, 18, generator=g, dtype=torch.float64)
+    shift = _shift(g, 6, "fractional", 2.5)
+    shift[:, 0] = shift[:, 0].round()  # one channel on the integer stencil
+    y = _cpu.forward(x, shift, stride, (0, 0, 0), quantize)
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    ref = (y, *_cpu.backward(gy, x, shift, stride, (0, 0, 0), quantize, False, 1.0, True, True))
+    y32 = _cpu.forward(x.float(), shift, stride, (0, 0, 0), quantize)
+    low = (
+        y32,
+        *_cpu.backward(
+            gy.float(), x.float(), shift, stride, (0, 0, 0), quantize, False, 1.0, True, True
+        ),
+    )
+    assert low[0].dtype == low[1].dtype == torch.float32
+    for a, b in zip(low, ref, strict=True):
+        assert float((a.double() - b).norm() / b.norm()) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("stride", [(1, 1, 1), (1, 2, 2), (2, 2, 3)])
+@pytest.mark.parametrize("quantize", [False, True])
+def test_gather_reads_only_what_it_uses(dtype, stride, quantize):
+    """Integer or quantized shifts are a pure gather: inputs it does not use (the
+    zero-weight corners, the columns a stride skips) are never read, so non-finite
+    values there do not leak into the output."""
+    g = torch.Generator().manual_seed(23)
+    x = torch.randn(2, 5, 3, 8, 12, generator=g, dtype=torch.float64)
+    shift = torch.tensor([[0.0, 1.0, -2.0], [-1.0, 2.0, 0.0], [1.0, 0.0, -1.0]])
+    shift = shift.double() + (0.3 if quantize else 0.0)
+    y_ref = R.shift3d_forward(x, shift, stride, (0, 0, 0), quantize)
+    used, _ = R.shift3d_backward(torch.ones_like(y_ref), x, shift, stride, (0, 0, 0), quantize)
+    unused = used == 0
+    assert unused.any()
+    poisoned = x.clone()
+    poisoned[unused] = float("inf")
+    poisoned[unused & (torch.arange(x.numel()).view(x.shape) % 3 == 0)] = float("nan")
+    y = _cpu.forward(poisoned.to(dtype), shift, stride, (0, 0, 0), quantize)
+    assert torch.equal(y.double(), y_ref.to(dtype).double())
+
+
+@pytest.mark.parametrize("stride", [(1, 1, 1), (1, 2, 2), (2, 3, 1)])
+def test_huge_shifts_read_nothing(stride):
+    """Shifts at +-SHIFT_LIMIT (what the op clamps to) move every tap outside."""
+    x = torch.randn(2, 3, 4, 9, 8, dtype=torch.float64)
+    shift = torch.tensor(
+        [
+            [SHIFT_LIMIT, -SHIFT_LIMIT, 0.5, -SHIFT_LIMIT + 0.5],
+            [0.0, 0.25, SHIFT_LIMIT - 0.5, 1.0],
+            [0.0, 0.0, -SHIFT_LIMIT, SHIFT_LIMIT],
+        ],
+        dtype=torch.float64,
+    )
+    y = _cpu.forward(x, shift, stride, (1, 1, 1), False)
+    assert torch.equal(y, torch.zeros_like(y))
+    gx, gs = _cpu.backward(
+        torch.ones_like(y), x, shift, stride, (1, 1, 1), False, False, 1.0, True, True
+    )
+    assert torch.equal(gx, torch.zeros_like(gx)) and torch.equal(gs, torch.zeros_like(gs))
+
+
+def test_bits_do_not_depend_on_threads():
+    """Each (n, c) column is computed whole by one thread, its shift-gradient partial
+    summed in a fixed order: the same bits for any thread count and every run."""
+    g = torch.Generator().manual_seed(24)
+    x = torch.randn(3, 4, 10, 12, 12, generator=g)
+    shift = torch.rand(3, 10, generator=g) * 4 - 2
+    gy = torch.randn(3, 4, 10, 12, 12, generator=g)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, threads, threads):
+            torch.set_num_threads(n)
+            y = _cpu.forward(x, shift, (1, 1, 1), (0, 0, 0), False)
+            gx, gs = _cpu.backward(gy, x, shift, (1, 1, 1), (0, 0, 0), False, True, 1.0, True, True)
+            results.append((y, gx, gs))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
