@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import types
 
 import torch
+from bench_shift import _gpu_time, copy_bandwidth  # this folder (run as a script)
 
 from rubiks_shift import _cuda
 from rubiks_shift import _cuda_kernels as K
@@ -33,36 +33,14 @@ SHAPES = [
 
 
 def graph_ms(fns, reps: int = 20) -> float:
-    """Median ms per call of ``fns`` (rotated input sets) captured in one CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for fn in fns:
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            for fn in fns:
-                fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = []
-    for _ in range(5):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / (reps * len(fns)))
-    return statistics.median(samples)
+    """ms per call of ``fns`` (rotated input sets), by CUDA-graph replay (bench_shift's
+    timer)."""
+    return _gpu_time(fns, reps)[0]
 
 
 def copy_tbps() -> float:
-    src = torch.randn(1 << 28, device="cuda")
-    dst = torch.empty_like(src)
-    ms = graph_ms([lambda: dst.copy_(src)], reps=10)
-    return 2 * src.numel() * 4 / (ms * 1e-3) / 1e12
+    """The device-to-device copy bandwidth of bench_shift (bytes read + written), TB/s."""
+    return copy_bandwidth("cuda", _gpu_time, 20) / 1e12
 
 
 def gather_variants(quick: bool):
