@@ -72,6 +72,19 @@ def tables(shift, quantize, ints, weights):
 
 
 @njit(inline="always", cache=True)
+def _int(v):
+    """``v`` as a plain int64, not a literal: numba compiles a jitted helper once per
+    argument types, and a literal 0 (or True) is a type of its own."""
+    return np.int64(v)
+
+
+@njit(inline="always", cache=True)
+def _flag(v):
+    """``v`` as a plain bool, not a literal (see ``_int``)."""
+    return np.bool_(v)
+
+
+@njit(inline="always", cache=True)
 def _span(n_out, n_in, stride, off):
     """[lo, hi) of the i in [0, n_out) with 0 <= i*stride + off < n_in."""
     last = n_in - 1 - off
@@ -351,13 +364,14 @@ def _rspread(dst, d0, dp, src, s0, sp, width, n_dst, n_src, stride, off, gap, w0
 @njit(inline="always", cache=True)
 def _radjoint(dst, d0, dp, src, s0, sp, width, n_dst, n_src, stride, off, gap, w0, w1, two):
     """Adjoint of ``_rgather`` (dst has the gather's n_in rows, src its n_out rows)."""
+    I1, YES, NO = _int(1), _flag(True), _flag(False)
     if stride == 1:  # a gather again, taps mirrored
         if two:
             _rgather(
-                dst, d0, dp, src, s0, sp, width, n_dst, n_src, 1, -off - gap, gap, w1, w0, True
+                dst, d0, dp, src, s0, sp, width, n_dst, n_src, I1, -off - gap, gap, w1, w0, YES
             )
         else:
-            _rgather(dst, d0, dp, src, s0, sp, width, n_dst, n_src, 1, -off, gap, w0, w1, False)
+            _rgather(dst, d0, dp, src, s0, sp, width, n_dst, n_src, I1, -off, gap, w0, w1, NO)
     else:
         _rspread(dst, d0, dp, src, s0, sp, width, n_dst, n_src, stride, off, gap, w0, w1, two)
 
@@ -365,11 +379,12 @@ def _radjoint(dst, d0, dp, src, s0, sp, width, n_dst, n_src, stride, off, gap, w
 @njit(inline="always", cache=True)
 def _wadjoint(dst, d0, dp, src, s0, sp, rows, n_dst, n_src, stride, off, gap, w0, w1, two):
     """Adjoint of ``_wgather`` (dst rows have n_in columns, src rows n_out)."""
+    I1, YES, NO = _int(1), _flag(True), _flag(False)
     if stride == 1:
         if two:
-            _wgather(dst, d0, dp, src, s0, sp, rows, n_dst, n_src, 1, -off - gap, gap, w1, w0, True)
+            _wgather(dst, d0, dp, src, s0, sp, rows, n_dst, n_src, I1, -off - gap, gap, w1, w0, YES)
         else:
-            _wgather(dst, d0, dp, src, s0, sp, rows, n_dst, n_src, 1, -off, gap, w0, w1, False)
+            _wgather(dst, d0, dp, src, s0, sp, rows, n_dst, n_src, I1, -off, gap, w0, w1, NO)
     else:
         _wspread(dst, d0, dp, src, s0, sp, rows, n_dst, n_src, stride, off, gap, w0, w1, two)
 
@@ -504,6 +519,7 @@ def _rdot3(acc, gd, gi, g0, a, b, width, n_out, n_in, stride, off, ws):
 def _plane(dst, d0, src, s0, scratch, h_out, w_out, h_in, w_in, sh, sw, hs, ws, k):
     """dst plane (h_out x w_out) = k * H(W(src plane)), ``hs``/``ws`` the taps
     (off, gap, w0, w1, two) of each pass; ``scratch`` holds h_in * w_out values."""
+    I0, YES = _int(0), _flag(True)
     oh, gh, h0, h1, twoh = hs
     ow, gw, v0, v1, twow = ws
     if not twoh:  # one source row per output row: the W pass reads x rows directly
@@ -527,7 +543,7 @@ def _plane(dst, d0, src, s0, scratch, h_out, w_out, h_in, w_in, sh, sw, hs, ws, 
         r_hi - r_lo, w_out, w_in, sw, ow, gw, v0, v1, twow,
     )  # fmt: skip
     _rgather(
-        dst, d0, w_out, scratch, 0, w_out, w_out, h_out, h_in, sh, oh, gh, k * h0, k * h1, True
+        dst, d0, w_out, scratch, I0, w_out, w_out, h_out, h_in, sh, oh, gh, k * h0, k * h1, YES
     )
 
 
@@ -535,6 +551,7 @@ def _plane(dst, d0, src, s0, scratch, h_out, w_out, h_in, w_in, sh, sw, hs, ws, 
 def _plane_adjoint(dst, d0, src, s0, scratch, h_out, w_out, h_in, w_in, sh, sw, hs, ws):
     """Adjoint of ``_plane`` with k = 1: dst plane (h_in x w_in) from src (h_out x w_out);
     ``scratch`` holds h_in * w_out values."""
+    I0, YES = _int(0), _flag(True)
     oh, gh, h0, h1, twoh = hs
     ow, gw, v0, v1, twow = ws
     if not twoh:  # src row i goes to dst row i*sh + oh only
@@ -553,8 +570,8 @@ def _plane_adjoint(dst, d0, src, s0, scratch, h_out, w_out, h_in, w_in, sh, sw, 
             hi - lo, w_in, w_out, sw, ow, gw, h0 * v0, h0 * v1, twow,
         )  # fmt: skip
         return
-    _radjoint(scratch, 0, w_out, src, s0, w_out, w_out, h_in, h_out, sh, oh, gh, h0, h1, True)
-    _wadjoint(dst, d0, w_in, scratch, 0, w_out, h_in, w_in, w_out, sw, ow, gw, v0, v1, twow)
+    _radjoint(scratch, I0, w_out, src, s0, w_out, w_out, h_in, h_out, sh, oh, gh, h0, h1, YES)
+    _wadjoint(dst, d0, w_in, scratch, I0, w_out, h_in, w_in, w_out, sw, ow, gw, v0, v1, twow)
 
 
 @njit(inline="always", cache=True)
@@ -576,6 +593,7 @@ def _dtaps(ints, weights, d, c, pad):
 @njit(cache=True)
 def _forward_column(xf, yf, x0, y0, scratch, z, ints, weights, c, dims, stride, padding):
     """Forward of one (n, c) column: x planes at x0 + t*pitch_in, y planes likewise."""
+    I0, YES = _int(0), _flag(True)
     t_in, h_in, w_in, t_out, h_out, w_out, pitch_in, pitch_out = dims
     st, sh, sw = stride[0], stride[1], stride[2]
     p_out = h_out * w_out
@@ -597,7 +615,7 @@ def _forward_column(xf, yf, x0, y0, scratch, z, ints, weights, c, dims, stride, 
         if _hit(t, t_out, st, ot, gt, True):
             s0 = x0 + t * pitch_in
             _plane(z, t * p_out, xf, s0, scratch, h_out, w_out, h_in, w_in, sh, sw, hs, ws, one)
-    _rgather(yf, y0, pitch_out, z, 0, p_out, p_out, t_out, t_in, st, ot, gt, t0, t1, True)
+    _rgather(yf, y0, pitch_out, z, I0, p_out, p_out, t_out, t_in, st, ot, gt, t0, t1, YES)
 
 
 @njit(parallel=True, cache=True)
@@ -625,13 +643,14 @@ def forward(x, y, ints, weights, stride, padding, blocks):
 @njit(cache=True)
 def _grad_x_column(gyf, gxf, g0, x0, g_fwd, scratch, ints, weights, c, dims, stride, padding):
     """grad_x of one (n, c) column; leaves the T adjoint of grad_y in ``g_fwd``."""
+    I0 = _int(0)
     t_in, h_in, w_in, t_out, h_out, w_out, pitch_in, pitch_out = dims
     st, sh, sw = stride[0], stride[1], stride[2]
     p_in, p_out = h_in * w_in, h_out * w_out
     ft, fgt, ft0, ft1, ftwo = _taps(ints, weights, 0, c, padding[0], 0)
     hs = _taps(ints, weights, 1, c, padding[1], 0)
     ws = _taps(ints, weights, 2, c, padding[2], 0)
-    _radjoint(g_fwd, 0, p_out, gyf, g0, pitch_out, p_out, t_in, t_out, st, ft, fgt, ft0, ft1, ftwo)
+    _radjoint(g_fwd, I0, p_out, gyf, g0, pitch_out, p_out, t_in, t_out, st, ft, fgt, ft0, ft1, ftwo)
     for t in range(t_in):
         d0 = x0 + t * pitch_in
         if _hit(t, t_out, st, ft, fgt, ftwo):
@@ -650,6 +669,7 @@ def _grad_shift_column(
     dT = <D_T^T gy, I_H I_W x>, dH = <I_T^T gy, D_H I_W x>, dW = <I_T^T gy, I_H D_W x>,
     with continuous weights (straight-through under quantize). ``g_int`` already holds
     I_T^T gy when ``have_int``."""
+    I0, YES = _int(0), _flag(True)
     t_in, h_in, w_in, t_out, h_out, w_out, pitch_in, pitch_out = dims
     st, sh, sw = stride[0], stride[1], stride[2]
     p_out = h_out * w_out
@@ -662,9 +682,9 @@ def _grad_shift_column(
     dw, dgw, dw0, dw1, _ = _dtaps(ints, weights, 2, c, pw)
     if not have_int:
         _radjoint(
-            g_int, 0, p_out, gyf, g0, pitch_out, p_out, t_in, t_out, st, it, igt, it0, it1, itwo
+            g_int, I0, p_out, gyf, g0, pitch_out, p_out, t_in, t_out, st, it, igt, it0, it1, itwo
         )
-    _radjoint(g_der, 0, p_out, gyf, g0, pitch_out, p_out, t_in, t_out, st, dt, dgt, dt0, dt1, True)
+    _radjoint(g_der, I0, p_out, gyf, g0, pitch_out, p_out, t_in, t_out, st, dt, dgt, dt0, dt1, YES)
     # fractional components: interpolation and derivative read the same two taps
     pair_w = itwow and dw == iw and dgw == 1
     pair_h = itwoh and dh == ih and dgh == 1
@@ -679,9 +699,9 @@ def _grad_shift_column(
         if pair_w and use_i:  # fractional W: I_W x and D_W x from the same two columns
             _wgather_pair(a, b, xf, s0, w_in, h_in, w_out, w_in, sw, iw, iw0, iw1, dw0, dw1)
         else:
-            _wgather(a, 0, w_out, xf, s0, w_in, h_in, w_out, w_in, sw, iw, igw, iw0, iw1, itwow)
+            _wgather(a, I0, w_out, xf, s0, w_in, h_in, w_out, w_in, sw, iw, igw, iw0, iw1, itwow)
             if use_i:
-                _wgather(b, 0, w_out, xf, s0, w_in, h_in, w_out, w_in, sw, dw, dgw, dw0, dw1, True)
+                _wgather(b, I0, w_out, xf, s0, w_in, h_in, w_out, w_in, sw, dw, dgw, dw0, dw1, YES)
         if pair_h and use_i and use_d:  # fractional H: the three dots in one sweep
             _rdot3(acc, g_der, g_int, gt0, a, b, w_out, h_out, h_in, sh, ih, hws)
             continue
