@@ -390,27 +390,41 @@ def _wadjoint(dst, d0, dp, src, s0, sp, rows, n_dst, n_src, stride, off, gap, w0
 
 
 @njit(fastmath={"reassoc", "contract"}, cache=True)
-def _dot1_block(g, g0, src, a0, wa, b0, wb, n, two):
-    """sum_k g[g0 + k] * (wa * src[a0 + k] + wb * src[b0 + k]) (second term only with
-    ``two``) in the data dtype; reassociation lets the loop keep SIMD partial sums."""
+def _dot1_block(g, g0, gp, src, a0, b0, sp, rows, n, wa, wb, two):
+    """Over ``rows`` rows of n (g rows at g0 + r*gp, src rows at a0/b0 + r*sp): the sum of
+    g[k] * (wa * src[a0 + k] + wb * src[b0 + k]) (second term only with ``two``) in the
+    data dtype; reassociation lets the loops keep SIMD partial sums."""
     s = wa - wa
-    if two:
-        for k in range(n):
-            s += g[U(g0 + k)] * (wa * src[U(a0 + k)] + wb * src[U(b0 + k)])
-    else:
-        for k in range(n):
-            s += g[U(g0 + k)] * (wa * src[U(a0 + k)])
+    for r in range(rows):
+        g1, a1, b1 = g0 + r * gp, a0 + r * sp, b0 + r * sp
+        if two:
+            for k in range(n):
+                s += g[U(g1 + k)] * (wa * src[U(a1 + k)] + wb * src[U(b1 + k)])
+        else:
+            for k in range(n):
+                s += g[U(g1 + k)] * (wa * src[U(a1 + k)])
     return s
 
 
 @njit(cache=True)
-def _dot_blend(acc, i, g, g0, src, a0, wa, b0, wb, n, two):
-    """acc[i] += sum_k g[g0 + k] * (wa * src[a0 + k] + wb * src[b0 + k]): blocks of BLOCK
-    products summed in the data dtype, the block sums added in float64, in a fixed order."""
+def _dot_blend(acc, i, g, g0, gp, src, a0, wa, b0, wb, sp, rows, n, two):
+    """acc[i] += the sum of ``_dot1_block``, in blocks of about BLOCK products (whole rows,
+    or pieces of one long row) summed in the data dtype and added in float64 in a fixed
+    order."""
     total = 0.0
-    for blk in range(0, n, BLOCK):
-        m = min(BLOCK, n - blk)
-        total += np.float64(_dot1_block(g, g0 + blk, src, a0 + blk, wa, b0 + blk, wb, m, two))
+    if rows == 1:
+        for blk in range(0, n, BLOCK):
+            m = min(BLOCK, n - blk)
+            v = _dot1_block(g, g0 + blk, gp, src, a0 + blk, b0 + blk, sp, 1, m, wa, wb, two)
+            total += np.float64(v)
+    else:
+        per = max(1, BLOCK // n)
+        for r in range(0, rows, per):
+            m = min(per, rows - r)
+            v = _dot1_block(
+                g, g0 + r * gp, gp, src, a0 + r * sp, b0 + r * sp, sp, m, n, wa, wb, two
+            )
+            total += np.float64(v)
     acc[i] += total
 
 
@@ -428,54 +442,74 @@ def _rdot(acc, idx, g, g0, src, s0, width, n_out, n_in, stride, off, gap, w0, w1
         v1 = two and 0 <= j1 < n_in
         gr = g0 + i * width
         if v0:
-            _dot_blend(acc, idx, g, gr, src, s0 + j0 * width, w0, s0 + j1 * width, w1, width, v1)
+            a0, b0 = s0 + j0 * width, s0 + j1 * width
+            _dot_blend(acc, idx, g, gr, width, src, a0, w0, b0, w1, width, 1, width, v1)
         elif v1:
-            _dot_blend(acc, idx, g, gr, src, s0 + j1 * width, w1, 0, w0, width, False)
+            a0 = s0 + j1 * width
+            _dot_blend(acc, idx, g, gr, width, src, a0, w1, a0, w0, width, 1, width, False)
     if hi <= lo:
         return
     if stride == 1:
         j0 = lo + off
         n = (hi - lo) * width
         a0, b0 = s0 + j0 * width, s0 + (j0 + gap) * width
-        _dot_blend(acc, idx, g, g0 + lo * width, src, a0, w0, b0, w1, n, two)
+        _dot_blend(acc, idx, g, g0 + lo * width, n, src, a0, w0, b0, w1, n, 1, n, two)
         return
-    for i in range(lo, hi):
-        j = i * stride + off
-        gr = g0 + i * width
-        _dot_blend(acc, idx, g, gr, src, s0 + j * width, w0, s0 + (j + gap) * width, w1, width, two)
+    a0 = s0 + (lo * stride + off) * width
+    b0 = a0 + gap * width
+    gr = g0 + lo * width
+    _dot_blend(acc, idx, g, gr, width, src, a0, w0, b0, w1, stride * width, hi - lo, width, two)
 
 
 @njit(fastmath={"reassoc", "contract"}, cache=True)
-def _dot3_block(gd, gi, g0, a, b, r0, r1, n, i0, i1, d0, d1):
-    """With a_e = a[r_e + k], b_e = b[r_e + k]: the sums over k < n of gd (i0 a_0 + i1 a_1),
+def _dot3_block(gd, gi, g0, gp, a, b, r0, r1, sp, rows, n, i0, i1, d0, d1):
+    """Over ``rows`` rows of n (g rows at g0 + r*gp, src rows at r_e + r*sp), with
+    a_e = a[r_e + k], b_e = b[r_e + k]: the sums of gd (i0 a_0 + i1 a_1),
     gi (d0 a_0 + d1 a_1) and gi (i0 b_0 + i1 b_1), in the data dtype."""
     st = i0 - i0
     sh = i0 - i0
     sw = i0 - i0
-    for k in range(n):
-        a_0 = a[U(r0 + k)]
-        a_1 = a[U(r1 + k)]
-        b_0 = b[U(r0 + k)]
-        b_1 = b[U(r1 + k)]
-        vi = gi[U(g0 + k)]
-        st += gd[U(g0 + k)] * (i0 * a_0 + i1 * a_1)
-        sh += vi * (d0 * a_0 + d1 * a_1)
-        sw += vi * (i0 * b_0 + i1 * b_1)
+    for r in range(rows):
+        g = g0 + r * gp
+        p0 = r0 + r * sp
+        p1 = r1 + r * sp
+        for k in range(n):
+            a_0 = a[U(p0 + k)]
+            a_1 = a[U(p1 + k)]
+            b_0 = b[U(p0 + k)]
+            b_1 = b[U(p1 + k)]
+            vi = gi[U(g + k)]
+            st += gd[U(g + k)] * (i0 * a_0 + i1 * a_1)
+            sh += vi * (d0 * a_0 + d1 * a_1)
+            sw += vi * (i0 * b_0 + i1 * b_1)
     return st, sh, sw
 
 
 @njit(cache=True)
-def _dot3(acc, gd, gi, g0, a, b, r0, r1, n, i0, i1, d0, d1):
-    """acc[0:3] += the three sums of ``_dot3_block`` over n, blocked as in ``_dot_blend``."""
+def _dot3(acc, gd, gi, g0, gp, a, b, r0, r1, sp, rows, n, i0, i1, d0, d1):
+    """acc[0:3] += the three sums of ``_dot3_block``, in blocks of about BLOCK products
+    (whole rows, or pieces of one long row) added in float64 in a fixed order."""
     st = 0.0
     sh = 0.0
     sw = 0.0
-    for blk in range(0, n, BLOCK):
-        m = min(BLOCK, n - blk)
-        bt, bh, bw = _dot3_block(gd, gi, g0 + blk, a, b, r0 + blk, r1 + blk, m, i0, i1, d0, d1)
-        st += np.float64(bt)
-        sh += np.float64(bh)
-        sw += np.float64(bw)
+    if rows == 1:
+        for blk in range(0, n, BLOCK):
+            m = min(BLOCK, n - blk)
+            bt, bh, bw = _dot3_block(
+                gd, gi, g0 + blk, gp, a, b, r0 + blk, r1 + blk, sp, 1, m, i0, i1, d0, d1
+            )
+            st += np.float64(bt)
+            sh += np.float64(bh)
+            sw += np.float64(bw)
+    else:
+        per = max(1, BLOCK // n)
+        for r in range(0, rows, per):
+            m = min(per, rows - r)
+            g, p0, p1 = g0 + r * gp, r0 + r * sp, r1 + r * sp
+            bt, bh, bw = _dot3_block(gd, gi, g, gp, a, b, p0, p1, sp, m, n, i0, i1, d0, d1)
+            st += np.float64(bt)
+            sh += np.float64(bh)
+            sw += np.float64(bw)
     acc[0] += st
     acc[1] += sh
     acc[2] += sw
@@ -497,19 +531,20 @@ def _rdot3(acc, gd, gi, g0, a, b, width, n_out, n_in, stride, off, ws):
         if not 0 <= j < n_in:
             continue
         gr, sr = g0 + i * width, j * width
-        _dot_blend(acc, 0, gd, gr, a, sr, wi, 0, wi, width, False)
-        _dot_blend(acc, 1, gi, gr, a, sr, wd, 0, wd, width, False)
-        _dot_blend(acc, 2, gi, gr, b, sr, wi, 0, wi, width, False)
+        _dot_blend(acc, 0, gd, gr, width, a, sr, wi, sr, wi, width, 1, width, False)
+        _dot_blend(acc, 1, gi, gr, width, a, sr, wd, sr, wd, width, 1, width, False)
+        _dot_blend(acc, 2, gi, gr, width, b, sr, wi, sr, wi, width, 1, width, False)
     if hi <= lo:
         return
-    if stride == 1:
-        r0 = (lo + off) * width
+    r0 = (lo * stride + off) * width
+    if stride == 1:  # interior rows back to back
         n = (hi - lo) * width
-        _dot3(acc, gd, gi, g0 + lo * width, a, b, r0, r0 + width, n, i0, i1, d0, d1)
+        _dot3(acc, gd, gi, g0 + lo * width, n, a, b, r0, r0 + width, n, 1, n, i0, i1, d0, d1)
         return
-    for i in range(lo, hi):
-        r0 = (i * stride + off) * width
-        _dot3(acc, gd, gi, g0 + i * width, a, b, r0, r0 + width, width, i0, i1, d0, d1)
+    g = g0 + lo * width
+    _dot3(
+        acc, gd, gi, g, width, a, b, r0, r0 + width, stride * width, hi - lo, width, i0, i1, d0, d1
+    )
 
 
 # ----------------------------------------------------------------- plane (H, W) passes
