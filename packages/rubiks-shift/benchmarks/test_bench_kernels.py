@@ -3,7 +3,10 @@
     pytest packages/rubiks-shift/benchmarks --benchmark-only
     pytest packages/rubiks-shift/benchmarks --benchmark-only --benchmark-compare  # vs saved
 
-Timings are for regression tracking, never asserted.
+The shapes are the CPU rows of BENCHMARKS.md. ``test_copy_floor`` times a copy that reads
+and writes as many bytes as the forward (``fwd``) or the forward plus backward
+(``fwd_bwd``) of each shape, so a regression can be read against the memory floor
+measured in the same run. Timings are for regression tracking, never asserted.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from rubiks_shift import rubiks_shift3d
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SHAPES = {
-    "stage1": ((1, 8, 72, 56, 56), (1, 1, 1)),
-    "stage4": ((1, 8, 576, 7, 7), (1, 1, 1)),
-    "stride2": ((1, 8, 72, 112, 112), (1, 2, 2)),
+    "stage1": ((2, 8, 72, 56, 56), (1, 1, 1)),
+    "stage4": ((2, 8, 576, 7, 7), (1, 1, 1)),
+    "stride2": ((2, 8, 72, 112, 112), (1, 2, 2)),
 }
 
 
@@ -35,12 +38,13 @@ def _inputs(shape, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_forward(benchmark, device, name):
+@pytest.mark.parametrize("quantize", [False, True], ids=["interp", "quantize"])
+def test_forward(benchmark, device, name, quantize):
     shape, stride = SHAPES[name]
     x, shift = _inputs(shape, device)
 
     def run():
-        rubiks_shift3d(x, shift, stride)
+        rubiks_shift3d(x, shift, stride, quantize=quantize)
         _sync(device)
 
     benchmark(run)
@@ -57,6 +61,26 @@ def test_forward_backward(benchmark, device, name):
 
     def run():
         torch.autograd.grad(rubiks_shift3d(x, shift, stride), (x, shift), gy)
+        _sync(device)
+
+    benchmark(run)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(SHAPES))
+@pytest.mark.parametrize("direction", ["fwd", "fwd_bwd"])
+def test_copy_floor(benchmark, device, name, direction):
+    """A copy of n values reads and writes 2n: n = (in + out) / 2 for the forward,
+    (3 in + 2 out) / 2 for forward plus backward (x, y; then grad_y, x, grad_x)."""
+    shape, stride = SHAPES[name]
+    x, shift = _inputs(shape, device)
+    out = rubiks_shift3d(x, shift, stride).numel()
+    n = (x.numel() + out) // 2 if direction == "fwd" else (3 * x.numel() + 2 * out) // 2
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+
+    def run():
+        dst.copy_(src)
         _sync(device)
 
     benchmark(run)
