@@ -9,7 +9,11 @@ tensor product of three 1-D two-tap resamplings, so every kernel is a short chai
   to back when the pitches allow, which makes 7-wide planes one loop), the few edge
   columns with checks;
 * an H pass blends whole rows and a T pass whole planes with the same tap rule;
-* the adjoint of a pass is a gather with mirrored taps at stride 1, else a spread.
+* the adjoint of a pass is a gather with mirrored taps at stride 1, else a spread;
+* the shift gradient is three dot products of the T-adjoint of grad_y with H/W passes
+  of x, summed over blocks of BLOCK products with SIMD partial sums (reassociation only
+  inside a block, in an order fixed by the code) and across blocks in float64. A column
+  is computed whole by one thread, so the bits do not depend on the thread count.
 
 Indices are cast to unsigned before indexing: numba then emits no negative-index
 wrap-around, so the loops vectorise with contiguous SIMD loads instead of gathers.
