@@ -1,7 +1,15 @@
+import pytest
 import torch
 
 from rubiks_eval.evaluate import evaluate
-from rubiks_eval.testing import FakeVideoDataset, FakeVideoModel, fake_eval_worker, run_local_group
+from rubiks_eval.testing import (
+    FakeVideoDataset,
+    FakeVideoModel,
+    failing_rank_worker,
+    fake_eval_worker,
+    run_local_group,
+    sleeping_worker,
+)
 
 KW = dict(n=23, num_classes=7, views=3, broken=(4, 17))
 
@@ -55,3 +63,28 @@ def test_two_processes_equal_one(tmp_path):
         assert got["video_ids"] == one.video_ids
         assert torch.equal(got["labels"], one.labels)
         assert torch.equal(got["scores"], one.scores)
+
+
+def test_a_failing_rank_fails_the_group_promptly():
+    """Rank 1 raises while rank 0 waits in a collective: its error path skips the closing
+    barrier and exits, so the group ends with an error (rank 1's, or rank 0's broken
+    connection, whichever the launcher sees first) instead of a hang."""
+    import torch.multiprocessing as mp
+
+    with pytest.raises(
+        mp.ProcessRaisedException, match=r"rank 1: deliberate failure|Connection|closed"
+    ):
+        run_local_group(failing_rank_worker, 2, 1, timeout=120)
+
+
+def test_run_local_group_reports_a_hung_group_as_a_timeout():
+    with pytest.raises(TimeoutError, match="still running after 3"):
+        run_local_group(sleeping_worker, 2, 60.0, timeout=3)
+
+
+def test_distenv_single_process_is_a_no_op_context():
+    from rubiks_eval.distributed import setup_distributed
+
+    with setup_distributed("cpu") as env:
+        assert not env.distributed and not env.owns_group
+    env.close()  # idempotent

@@ -93,8 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from .builders import build_eval_dataset, load_model
     from .report import format_summary, results_dict, save_confusion_png, save_results, save_scores
 
-    env = setup_distributed(args.device)
-    try:
+    with setup_distributed(args.device) as env:
         dataset, class_names = build_eval_dataset(args)
         if args.limit is not None:
             dataset = _Head(dataset, args.limit)
@@ -139,8 +138,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 save_confusion_png(args.confusion, result, class_names)
                 print(f"confusion matrix written to {args.confusion}")
         return doc
-    finally:
-        env.close()
 
 
 class _Head:

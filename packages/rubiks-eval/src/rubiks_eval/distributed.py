@@ -36,11 +36,28 @@ class DistEnv:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def close(self) -> None:
-        """Destroy the process group if this process created it."""
+    def close(self, *, barrier: bool = True) -> None:
+        """Destroy the process group if this process created it.
+
+        With ``barrier`` (a normal exit) all ranks meet first, so no rank tears its
+        connections down while another is still working (rank 0 writing results, say): a
+        gloo rank that destroyed its group early was seen to abort at exit on a loaded
+        2-core machine. On an error path pass ``barrier=False``: the other ranks may never
+        arrive, and the failing rank should exit at once.
+        """
         if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
+            try:
+                if barrier:
+                    dist.barrier()
+            finally:
+                dist.destroy_process_group()
+                self.owns_group = False
+
+    def __enter__(self) -> DistEnv:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close(barrier=exc_type is None)
 
 
 def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,15 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-__all__ = ["FakeSample", "FakeVideoDataset", "FakeVideoModel", "free_port", "run_local_group"]
+__all__ = [
+    "FakeSample",
+    "FakeVideoDataset",
+    "FakeVideoModel",
+    "failing_rank_worker",
+    "free_port",
+    "run_local_group",
+    "sleeping_worker",
+]
 
 
 @dataclass
@@ -104,9 +113,41 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> 
     fn(rank, *args)
 
 
-def run_local_group(fn: Callable[..., Any], world_size: int, *args: Any) -> None:
-    """Run ``fn(rank, *args)`` in ``world_size`` spawned processes (torchrun-like env)."""
-    mp.spawn(_entry, args=(world_size, free_port(), fn, args), nprocs=world_size, join=True)
+def run_local_group(
+    fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 600.0
+) -> None:
+    """Run ``fn(rank, *args)`` in ``world_size`` spawned processes (torchrun-like env).
+
+    A rank that raises fails the call (the others are terminated); a group still running
+    after ``timeout`` seconds is terminated and reported as a :class:`TimeoutError`, so a
+    deadlocked collective fails a test instead of hanging it.
+    """
+    ctx = mp.spawn(_entry, args=(world_size, free_port(), fn, args), nprocs=world_size, join=False)
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                if proc.is_alive():
+                    proc.kill()
+                proc.join()
+            raise TimeoutError(f"process group of {world_size} still running after {timeout} s")
+
+
+def sleeping_worker(rank: int, seconds: float) -> None:
+    """Sleep ``seconds`` (no group): stands in for a rank stuck in a collective."""
+    time.sleep(seconds)
+
+
+def failing_rank_worker(rank: int, failing: int) -> None:
+    """Rank ``failing`` raises inside the group while the others wait in a collective."""
+    import torch.distributed as dist
+
+    from .distributed import setup_distributed
+
+    with setup_distributed("cpu"):
+        if rank == failing:
+            raise RuntimeError(f"rank {rank}: deliberate failure")
+        dist.all_gather_object([None] * dist.get_world_size(), rank)
 
 
 def fake_eval_worker(rank: int, out_dir: str, dataset_kwargs: dict, batch_size: int) -> None:
@@ -114,8 +155,7 @@ def fake_eval_worker(rank: int, out_dir: str, dataset_kwargs: dict, batch_size: 
     from .distributed import setup_distributed
     from .evaluate import evaluate
 
-    env = setup_distributed("cpu")
-    try:
+    with setup_distributed("cpu") as env:
         dataset = FakeVideoDataset(**dataset_kwargs)
         model = FakeVideoModel(dataset.num_classes)
         result = evaluate(model, dataset, batch_size=batch_size, env=env, progress=False)
@@ -129,8 +169,6 @@ def fake_eval_worker(rank: int, out_dir: str, dataset_kwargs: dict, batch_size: 
             },
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
-    finally:
-        env.close()
 
 
 def cli_worker(rank: int, argv: list[str]) -> None:
@@ -148,8 +186,7 @@ def ddp_train_worker(rank: int, out_dir: str, cfg_kwargs: dict) -> None:
     from .distributed import setup_distributed
     from .training import TrainConfig, train
 
-    env = setup_distributed("cpu")  # the group outlives the three runs (train reuses it)
-    try:
+    with setup_distributed("cpu"):  # the group outlives the three runs (train reuses it)
         kwargs = dict(cfg_kwargs)
         cut = kwargs.pop("cut_steps")
         runs = {
@@ -169,5 +206,3 @@ def ddp_train_worker(rank: int, out_dir: str, cfg_kwargs: dict) -> None:
             captured["history"] = summary["history"]
             captured["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
             torch.save(captured, os.path.join(out_dir, f"{name}.rank{rank}.pt"))
-    finally:
-        env.close()

@@ -250,11 +250,8 @@ def train(
     Under ``torchrun`` (WORLD_SIZE > 1) this is DistributedDataParallel: ``batch_size`` is
     the global batch, split evenly over the ranks; rank 0 writes logs and checkpoints.
     """
-    env = setup_distributed(cfg.device)
-    try:
+    with setup_distributed(cfg.device) as env:
         return _train(cfg, env, model, train_set, val_set, metadata)
-    finally:
-        env.close()
 
 
 def _train(
