@@ -210,3 +210,25 @@ def test_converter_refuses_bad_inputs(
     with pytest.raises(CheckpointError, match=r"stages\.1\.blocks\.0\.rubiks\.shift"):
         load_model(_broken(fixtures, tmp_path, nan_shift))
     shutil.rmtree(out, ignore_errors=True)
+
+
+def test_pretrained_tag_finds_a_file_placed_after_import(fixtures, tmp_path, monkeypatch):
+    """Tags resolve their released file when the model is created, not at import."""
+    monkeypatch.setenv("RUBIKSNET_WEIGHTS", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as err:
+        timm.create_model("rubiksnet_tiny.kinetics", pretrained=True, num_classes=5)
+    message = str(err.value)
+    assert "rubiksnet_tiny.kinetics" in message and "kinetics_tiny.pth.tar" in message
+    assert str(tmp_path) in message and "RUBIKSNET_WEIGHTS" in message
+    shutil.copy(fixtures / CKPT, tmp_path / "kinetics_tiny.pth.tar")
+    model = timm.create_model("rubiksnet_tiny.kinetics", pretrained=True, num_classes=5)
+    reference = RubiksNet.load_pretrained(fixtures / CKPT)
+    got, want = model.state_dict(), reference.state_dict()
+    backbone = [k for k in want if not k.startswith("fc.")]
+    assert backbone and all(torch.equal(got[k], want[k]) for k in backbone)
+    assert model.num_classes == 5
+
+
+def test_pretrained_without_any_weights_says_how_to_pass_a_file():
+    with pytest.raises(FileNotFoundError, match=r"rubiksnet2d_tiny.*pretrained_cfg_overlay"):
+        timm.create_model("rubiksnet2d_tiny", pretrained=True)

@@ -31,7 +31,13 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_function, register_notrace_module
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import (
+    build_model_with_cfg,
+    checkpoint_seq,
+    generate_default_cfgs,
+    register_model,
+    resolve_pretrained_cfg,
+)
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -772,7 +778,41 @@ def inflate(
 # ------------------------------------------------------------------ entrypoints
 
 
+def _with_local_weights(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` whose pretrained cfg names a weight file: one given by the caller, or the
+    released file of the tag as found in :func:`weights_dir` now (files put there after
+    import count); otherwise a FileNotFoundError that says where the file should be."""
+    cfg = resolve_pretrained_cfg(
+        name,
+        pretrained_cfg=kwargs.get("pretrained_cfg"),
+        pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
+    )
+    if cfg.file or cfg.url or cfg.hf_hub_id or cfg.state_dict:
+        return kwargs
+    tag_name = f"{name}.{cfg.tag}" if cfg.tag else name
+    path = local_weight_file(tag_name)
+    if path is None:
+        released = RELEASED_FILES.get(tag_name)
+        if released is None:
+            raise FileNotFoundError(
+                f"{tag_name}: no weight file is configured; pass "
+                "pretrained_cfg_overlay=dict(file=...) with a checkpoint path"
+            )
+        stem = released.removesuffix(".pth.tar")
+        raise FileNotFoundError(
+            f"{tag_name}: weights not found. Put the released {released} (or its "
+            f"rubiks-convert output {stem}.safetensors or {stem}/model.safetensors) in "
+            f"{weights_dir()} (set $RUBIKSNET_WEIGHTS to look elsewhere), or pass "
+            "pretrained_cfg_overlay=dict(file=...)"
+        )
+    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+    overlay["file"] = str(path)
+    return {**kwargs, "pretrained_cfg_overlay": overlay}
+
+
 def _create(name: str, pretrained: bool, tier: str, variant: str, **kwargs: Any) -> RubiksNet:
+    if pretrained:
+        kwargs = _with_local_weights(name, kwargs)
     return build_model_with_cfg(
         partial(RubiksNet, tier=tier, variant=variant),
         name,

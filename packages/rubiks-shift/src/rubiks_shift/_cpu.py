@@ -9,6 +9,7 @@ import torch
 
 from . import _normalize
 from ._checks import SHIFT_LIMIT, output_shape
+from ._compile_notice import compile_notice
 
 try:  # Numba is a hard dependency, but keep the package importable without it.
     from . import _cpu_kernels as _kernels
@@ -24,6 +25,13 @@ _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 def available() -> bool:
     return _kernels is not None
+
+
+_WHEN = "once per machine: then it loads from Numba's disk cache"
+
+
+def _what(kernel: str, dtype: torch.dtype) -> str:
+    return f"the CPU {kernel} kernel for {str(dtype).removeprefix('torch.')}"
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -60,15 +68,16 @@ def forward(
     y = torch.empty(output_shape(x.shape, stride, padding), dtype=work.dtype)
     params, nan_channels = _shift_params(shift)
     ints, weights = _tables(params, quantize, work.dtype)
-    _kernels.forward(
-        work.numpy(),
-        y.numpy(),
-        ints,
-        weights,
-        np.asarray(stride, np.int64),
-        np.asarray(padding, np.int64),
-        _kernels.blocks(x.shape[0] * x.shape[2], threads),
-    )
+    with compile_notice(_what("forward", work.dtype), ("forward", work.dtype), _WHEN):
+        _kernels.forward(
+            work.numpy(),
+            y.numpy(),
+            ints,
+            weights,
+            np.asarray(stride, np.int64),
+            np.asarray(padding, np.int64),
+            _kernels.blocks(x.shape[0] * x.shape[2], threads),
+        )
     if bool(nan_channels.any()):
         y[:, :, nan_channels] = float("nan")
     return y.to(x.dtype)
@@ -95,19 +104,20 @@ def backward(
     partial = np.zeros((n_batch, 3, channels) if need_shift else (0, 3, 0), np.float64)
     params, nan_channels = _shift_params(shift)
     ints, weights = _tables(params, quantize, dtype)
-    _kernels.backward(
-        work_gy.numpy(),
-        work_x.numpy(),
-        grad_x.numpy(),
-        partial,
-        ints,
-        weights,
-        np.asarray(stride, np.int64),
-        np.asarray(padding, np.int64),
-        need_x,
-        need_shift,
-        _kernels.blocks(n_batch * channels, threads),
-    )
+    with compile_notice(_what("backward", dtype), ("backward", dtype), _WHEN):
+        _kernels.backward(
+            work_gy.numpy(),
+            work_x.numpy(),
+            grad_x.numpy(),
+            partial,
+            ints,
+            weights,
+            np.asarray(stride, np.int64),
+            np.asarray(padding, np.int64),
+            need_x,
+            need_shift,
+            _kernels.blocks(n_batch * channels, threads),
+        )
     has_nan = bool(nan_channels.any())
     if need_x:
         if has_nan:

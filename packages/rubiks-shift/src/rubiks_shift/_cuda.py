@@ -29,6 +29,7 @@ import torch
 
 from . import _cuda_kernels as K
 from ._checks import output_shape
+from ._compile_notice import compile_notice
 from ._cuda_gather import GROUP as GATHER_GROUP
 
 _STORAGE = {
@@ -128,7 +129,10 @@ class _Launcher:
             from numba import types as nt
 
             passing = _scalar_types()
-            kernel = dispatcher.compile(signature)
+            name = getattr(getattr(dispatcher, "py_func", None), "__name__", "kernel")
+            what = f"the CUDA kernel {name} ({signature}) for device {device_index}"
+            with compile_notice(what, key, "once per process and dtype"):
+                kernel = dispatcher.compile(signature)
             kinds = []
             for ty in kernel.argument_types:
                 if isinstance(ty, nt.CPointer):
