@@ -69,12 +69,12 @@ def test_a_failing_rank_fails_the_group_promptly():
     """Rank 1 raises while rank 0 waits in a collective: its error path skips the closing
     barrier and exits, so the group ends with an error (rank 1's, or rank 0's broken
     connection, whichever the launcher sees first) instead of a hang."""
-    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
-    with pytest.raises(
-        mp.ProcessRaisedException, match=r"rank 1: deliberate failure|Connection|closed"
-    ):
+    with pytest.raises(ProcessException) as err:  # a hang would be a TimeoutError
         run_local_group(failing_rank_worker, 2, 1, timeout=120)
+    if err.value.error_index == 1:
+        assert "rank 1: deliberate failure" in str(err.value)
 
 
 def test_run_local_group_reports_a_hung_group_as_a_timeout():
