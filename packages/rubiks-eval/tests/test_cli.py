@@ -85,6 +85,14 @@ def test_cli_clear_errors(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
+def test_cli_missing_tag_weights_say_which_file_and_where(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RUBIKSNET_WEIGHTS", str(tmp_path))
+    rc = main(["dummy", "--pretrained", "rubiksnet_tiny.ssv2", *ARGS])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "ssv2_tiny.pth.tar" in err and str(tmp_path) in err and "--pretrained PATH" in err
+
+
 def test_cli_two_processes_equal_one(tiny_synthetic, tmp_path):
     """torchrun-style 2-process CPU run (gloo, 127.0.0.1) reports exactly the 1-process result."""
     from rubiks_eval.testing import cli_worker, run_local_group

@@ -181,14 +181,15 @@ def load_model(
             )
         try:
             model = timm.create_model(pretrained, pretrained=True, num_frames=num_frames)
-        except (RuntimeError, OSError, ValueError) as exc:
-            from rubiks_models.rubiksnet import weights_dir
-
+        except FileNotFoundError as exc:  # rubiks-models says which file and where
             raise FileNotFoundError(
-                f"--pretrained {pretrained!r}: its weights are not available here ({exc}). "
-                f"Download the released checkpoint, convert it with `rubiks-convert FILE "
-                f"{weights_dir()}` (where rubiks-models looks for local weights), or pass "
-                "the checkpoint file itself."
+                f"--pretrained {pretrained!r}: {exc}; or pass the checkpoint file itself "
+                "(--pretrained PATH)"
+            ) from exc
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise FileNotFoundError(
+                f"--pretrained {pretrained!r}: its weights could not be loaded ({exc}); "
+                "pass the checkpoint file itself (--pretrained PATH)"
             ) from exc
         info = _describe(model, source="timm", pretrained=pretrained)
     if arch is not None and arch != info["arch"]:

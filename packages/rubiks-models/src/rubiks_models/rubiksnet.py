@@ -798,12 +798,12 @@ def _with_local_weights(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
                 f"{tag_name}: no weight file is configured; pass "
                 "pretrained_cfg_overlay=dict(file=...) with a checkpoint path"
             )
-        stem = released.removesuffix(".pth.tar")
+        stem, root = released.removesuffix(".pth.tar"), weights_dir()
         raise FileNotFoundError(
-            f"{tag_name}: weights not found. Put the released {released} (or its "
-            f"rubiks-convert output {stem}.safetensors or {stem}/model.safetensors) in "
-            f"{weights_dir()} (set $RUBIKSNET_WEIGHTS to look elsewhere), or pass "
-            "pretrained_cfg_overlay=dict(file=...)"
+            f"{tag_name}: weights not found. Put the released {released} in {root} (or a "
+            f"converted copy: `rubiks-convert {released} {root / stem}` writes "
+            f"{root / stem / 'model.safetensors'}); $RUBIKSNET_WEIGHTS sets the folder, "
+            "pretrained_cfg_overlay=dict(file=...) names a file directly"
         )
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
     overlay["file"] = str(path)
