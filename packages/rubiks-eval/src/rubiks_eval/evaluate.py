@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .distributed import DistEnv, all_gather_objects, shard_indices
 from .metrics import Metrics, RunningAccuracy, aggregate_views, compute_metrics
+from .progress import notices_above
 
 __all__ = ["EvalResult", "IndexedSubset", "autocast", "collate_indexed", "evaluate"]
 
@@ -178,30 +179,32 @@ def evaluate(
         total = len(shard)
         suffix = f" (rank 0 of {env.world_size})" if env.distributed else ""
         bar = tqdm(total=total, desc=desc + suffix, unit="video", dynamic_ncols=True)
-    for batch in loader:
-        failures.extend(batch.failures)
-        if batch.clips is not None:
-            b, v = batch.clips.shape[:2]
-            num_views = v
-            clips = batch.clips.to(device, non_blocking=True).flatten(0, 1)
-            with autocast(device, amp):
-                logits = model(clips)
-            if logits.dim() != 2 or logits.shape[0] != b * v:
-                raise RuntimeError(
-                    f"model returned {tuple(logits.shape)} for {b * v} clips; expected "
-                    "(clips, classes) logits"
-                )
-            video_scores = aggregate_views(logits.float(), v).cpu()
-            indices.extend(batch.indices)
-            ids.extend(batch.video_ids)
-            labels.append(batch.labels)
-            scores.append(video_scores)
-            running.update(video_scores, batch.labels, failed=len(batch.failures))
-        else:
-            running.update(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long), len(batch.failures))
-        if bar is not None:
-            bar.update(len(batch.indices) + len(batch.failures))
-            bar.set_postfix(running.postfix(), refresh=False)
+    with notices_above(bar):
+        for batch in loader:
+            failures.extend(batch.failures)
+            if batch.clips is not None:
+                b, v = batch.clips.shape[:2]
+                num_views = v
+                clips = batch.clips.to(device, non_blocking=True).flatten(0, 1)
+                with autocast(device, amp):
+                    logits = model(clips)
+                if logits.dim() != 2 or logits.shape[0] != b * v:
+                    raise RuntimeError(
+                        f"model returned {tuple(logits.shape)} for {b * v} clips; expected "
+                        "(clips, classes) logits"
+                    )
+                video_scores = aggregate_views(logits.float(), v).cpu()
+                indices.extend(batch.indices)
+                ids.extend(batch.video_ids)
+                labels.append(batch.labels)
+                scores.append(video_scores)
+                running.update(video_scores, batch.labels, failed=len(batch.failures))
+            else:
+                no_labels = torch.zeros(0, dtype=torch.long)
+                running.update(torch.zeros(0, 1), no_labels, len(batch.failures))
+            if bar is not None:
+                bar.update(len(batch.indices) + len(batch.failures))
+                bar.set_postfix(running.postfix(), refresh=False)
     if bar is not None:
         bar.close()
     local = {

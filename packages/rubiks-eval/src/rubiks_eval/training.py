@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import load_last_checkpoint, save_checkpoint, save_weights
 from .distributed import DistEnv, all_gather_objects, barrier, setup_distributed
 from .evaluate import autocast, collate_indexed, evaluate
+from .progress import notices_above
 from .sampling import EpochSampler, SeededDataset
 
 __all__ = ["TrainConfig", "build_parser", "config_from_args", "lr_at", "main", "train"]
@@ -442,85 +443,86 @@ def _train(
             )
         tic = time.perf_counter()
         seen, loss_sum, correct, clips_done = 0, 0.0, 0, 0
-        for batch_in_epoch, batch in enumerate(loader, start=first):
-            factor = lr_at(cfg, step, steps_per_epoch)
-            for g in optimizer.param_groups:
-                g["lr"] = g["initial_lr"] * factor
-            if aq_channels:
-                tau = aq_temperature(step, total_steps, cfg.aq_tau_start, cfg.aq_tau_end)
-                set_aq_temperature(raw, tau)
-            for f in batch.failures:
-                log.write(
-                    event="unreadable", epoch=epoch, video_id=f["video_id"], reason=f["reason"]
-                )
-            if batch.clips is None:
-                # DDP needs every rank in every backward: a whole batch of unreadable
-                # videos is an error, not a silent skip
-                raise RuntimeError(
-                    f"step {step}: no readable video in the batch "
-                    f"({[f['video_id'] for f in batch.failures]})"
-                )
-            b, v = batch.clips.shape[:2]
-            clips = batch.clips.to(device, non_blocking=True).flatten(0, 1)
-            labels = batch.labels.to(device)
-            with autocast(device, cfg.amp):
-                logits = model(clips)
-            logits = logits.float().reshape(b, v, -1).mean(1)
-            loss = criterion(logits, labels)
-            if aq_channels and cfg.aq_penalty:
-                # per-channel weight x channel count: the pull on each channel's taps
-                # does not shrink with the network's width
-                penalty = aq_budget_penalty(raw, cfg.aq_budget)
-                loss = loss + cfg.aq_penalty * aq_channels * penalty
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(raw.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            seen += b
-            clips_done += b * v
-            loss_sum += float(loss.detach()) * b
-            correct += int((logits.argmax(1) == labels).sum())
-            step += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{loss_sum / max(seen, 1):.3f}",
-                    acc=f"{100.0 * correct / max(seen, 1):.1f}",
-                    lr=f"{cfg.base_lr * factor:.2e}",
-                    refresh=False,
-                )
-            if cfg.log_every and step % cfg.log_every == 0:
-                elapsed = time.perf_counter() - tic
-                n, l_sum, c_sum, clips_sum = _reduce_sums(
-                    [seen, loss_sum, correct, clips_done], env
-                )
-                record = {
-                    "epoch": epoch,
-                    "step": step,
-                    "loss": l_sum / max(n, 1),
-                    "top1": 100.0 * c_sum / max(n, 1),
-                    "lr": cfg.base_lr * factor,
-                    "clips_per_s": clips_sum / max(elapsed, 1e-9),
-                }
+        with notices_above(bar):
+            for batch_in_epoch, batch in enumerate(loader, start=first):
+                factor = lr_at(cfg, step, steps_per_epoch)
+                for g in optimizer.param_groups:
+                    g["lr"] = g["initial_lr"] * factor
                 if aq_channels:
-                    record["aq_tau"] = tau
-                    record["aq_expected_shifted_fraction"] = float(
-                        aq_shifted_fraction(raw).detach()
+                    tau = aq_temperature(step, total_steps, cfg.aq_tau_start, cfg.aq_tau_end)
+                    set_aq_temperature(raw, tau)
+                for f in batch.failures:
+                    log.write(
+                        event="unreadable", epoch=epoch, video_id=f["video_id"], reason=f["reason"]
                     )
-                log.write(event="train", **record)
-            last_in_epoch = batch_in_epoch + 1 == steps_per_epoch
-            if cfg.max_steps is not None and step >= cfg.max_steps:
-                stop = True
-            if cfg.save_every_steps and step % cfg.save_every_steps == 0 and not last_in_epoch:
-                checkpoint(epoch, batch_in_epoch + 1)
-            if stop and not last_in_epoch:
-                checkpoint(epoch, batch_in_epoch + 1)
-                break
+                if batch.clips is None:
+                    # DDP needs every rank in every backward: a whole batch of unreadable
+                    # videos is an error, not a silent skip
+                    raise RuntimeError(
+                        f"step {step}: no readable video in the batch "
+                        f"({[f['video_id'] for f in batch.failures]})"
+                    )
+                b, v = batch.clips.shape[:2]
+                clips = batch.clips.to(device, non_blocking=True).flatten(0, 1)
+                labels = batch.labels.to(device)
+                with autocast(device, cfg.amp):
+                    logits = model(clips)
+                logits = logits.float().reshape(b, v, -1).mean(1)
+                loss = criterion(logits, labels)
+                if aq_channels and cfg.aq_penalty:
+                    # per-channel weight x channel count: the pull on each channel's taps
+                    # does not shrink with the network's width
+                    penalty = aq_budget_penalty(raw, cfg.aq_budget)
+                    loss = loss + cfg.aq_penalty * aq_channels * penalty
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.clip_grad:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(raw.parameters(), cfg.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                seen += b
+                clips_done += b * v
+                loss_sum += float(loss.detach()) * b
+                correct += int((logits.argmax(1) == labels).sum())
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{loss_sum / max(seen, 1):.3f}",
+                        acc=f"{100.0 * correct / max(seen, 1):.1f}",
+                        lr=f"{cfg.base_lr * factor:.2e}",
+                        refresh=False,
+                    )
+                if cfg.log_every and step % cfg.log_every == 0:
+                    elapsed = time.perf_counter() - tic
+                    n, l_sum, c_sum, clips_sum = _reduce_sums(
+                        [seen, loss_sum, correct, clips_done], env
+                    )
+                    record = {
+                        "epoch": epoch,
+                        "step": step,
+                        "loss": l_sum / max(n, 1),
+                        "top1": 100.0 * c_sum / max(n, 1),
+                        "lr": cfg.base_lr * factor,
+                        "clips_per_s": clips_sum / max(elapsed, 1e-9),
+                    }
+                    if aq_channels:
+                        record["aq_tau"] = tau
+                        record["aq_expected_shifted_fraction"] = float(
+                            aq_shifted_fraction(raw).detach()
+                        )
+                    log.write(event="train", **record)
+                last_in_epoch = batch_in_epoch + 1 == steps_per_epoch
+                if cfg.max_steps is not None and step >= cfg.max_steps:
+                    stop = True
+                if cfg.save_every_steps and step % cfg.save_every_steps == 0 and not last_in_epoch:
+                    checkpoint(epoch, batch_in_epoch + 1)
+                if stop and not last_in_epoch:
+                    checkpoint(epoch, batch_in_epoch + 1)
+                    break
         if bar is not None:
             bar.close()
         if stop and batch_in_epoch + 1 < steps_per_epoch:
