@@ -8,6 +8,7 @@ index, so the metrics are those of a single process.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,10 @@ class DistEnv:
             finally:
                 dist.destroy_process_group()
                 self.owns_group = False
+                # destroy_process_group drops only c10d's own references; a group kept
+                # alive by a reference cycle until interpreter shutdown can abort there
+                # (gloo worker threads releasing tensors without a Python to return to)
+                gc.collect()
 
     def __enter__(self) -> DistEnv:
         return self
