@@ -63,3 +63,38 @@ def test_cpu_forward_and_backward_announce_their_kernels(quick_notice, caplog, m
     assert len(got) == 2
     assert "the CPU forward kernel for float32" in got[0]
     assert "the CPU backward kernel for float32" in got[1]
+
+
+def test_cuda_launcher_announces_a_slow_compile_with_its_label(quick_notice, caplog, monkeypatch):
+    """The CUDA launch path's one-time compile (a stand-in dispatcher here: no GPU needed)
+    runs inside the notice, labelled with the step and the storage dtypes."""
+    pytest.importorskip("numba.cuda")
+    from types import SimpleNamespace
+
+    from numba import types as nt
+
+    from rubiks_shift import _cuda
+
+    class SlowDispatcher:
+        def compile(self, signature):
+            time.sleep(1.0)  # far past the delay, even on a loaded machine
+            cufunc = SimpleNamespace(handle=1234)
+            library = SimpleNamespace(get_cufunc=lambda: cufunc)
+            return SimpleNamespace(argument_types=signature, _codelibrary=library)
+
+    monkeypatch.setattr(_cuda, "_function_handle", lambda handle: handle)
+    monkeypatch.setattr(_cuda, "_cu_launch_kernel", lambda: None)
+    for name, value in (("functions", {}), ("entries", {}), ("cu_launch", None)):
+        monkeypatch.setattr(_cuda._Launcher, name, value)  # restored after the test
+    kernels = SimpleNamespace(
+        storage="bfloat16", shift_storage="float32", gather=SlowDispatcher(),
+        gather_sig=(nt.CPointer(nt.int16), nt.int64, nt.float64),
+    )  # fmt: skip
+    step = _cuda.Step("gather", (1, 1, 1), (32, 1, 1), (7, 0.5))
+    caplog.set_level(logging.WARNING, logger="rubiks_shift")
+    entry = _cuda._Launcher.prepare(kernels, step, 1, 0)
+    assert entry[0] == 1234 and entry[5] is step
+    assert _notices(caplog) == [
+        "rubiks-shift: compiling the CUDA gather kernel for bfloat16 (shift float32) for "
+        "device 0 with Numba (once per process and dtype) ..."
+    ]

@@ -121,16 +121,18 @@ class _Launcher:
     cu_launch = None
 
     @classmethod
-    def function(cls, dispatcher, signature, device_index: int) -> tuple[int, tuple]:
-        """(kernel handle, how each scalar argument is passed) for ``dispatcher``."""
+    def function(
+        cls, dispatcher, signature, device_index: int, label: str = "kernel"
+    ) -> tuple[int, tuple]:
+        """(kernel handle, how each scalar argument is passed) for ``dispatcher``;
+        ``label`` names it in the first-use compile notice."""
         key = (id(dispatcher), device_index)
         fn = cls.functions.get(key)
         if fn is None:
             from numba import types as nt
 
             passing = _scalar_types()
-            name = getattr(getattr(dispatcher, "py_func", None), "__name__", "kernel")
-            what = f"the CUDA kernel {name} ({signature}) for device {device_index}"
+            what = f"the CUDA {label} for device {device_index}"
             with compile_notice(what, key, "once per process and dtype"):
                 kernel = dispatcher.compile(signature)
             kinds = []
@@ -150,7 +152,10 @@ class _Launcher:
         """(handle, pointer slots, argument array, launch dimensions, the scalars kept
         alive, the step) of ``step`` for this host thread."""
         handle, kinds = cls.function(
-            getattr(kernels, step.name), getattr(kernels, step.name + "_sig"), device_index
+            getattr(kernels, step.name),
+            getattr(kernels, step.name + "_sig"),
+            device_index,
+            f"{step.name} kernel for {kernels.storage} (shift {kernels.shift_storage})",
         )
         objs = tuple(kind(v) for kind, v in zip(kinds, step.scalars, strict=True))
         pointers = (ctypes.c_uint64 * n_ptrs)()
