@@ -229,20 +229,18 @@ def load_matching(model: nn.Module, state: dict, head_prefixes: tuple[str, ...])
 def resolve_pretrained(pretrained: str) -> Path:
     """The weight file of ``--pretrained``: a path, or a released tag of a timm name
     (``rubiksnet_tiny.kinetics``) found where rubiks-models looks for local weights."""
-    from rubiks_models.rubiksnet import RELEASED_FILES, local_weight_file, weights_dir
+    from rubiks_models.rubiksnet import RELEASED_FILES, require_weight_file
 
     path = Path(pretrained).expanduser()
     if path.exists():
         return path
     if pretrained in RELEASED_FILES:
-        found = local_weight_file(pretrained)
-        if found is None:
+        try:
+            return require_weight_file(pretrained)
+        except FileNotFoundError as exc:
             raise FileNotFoundError(
-                f"--pretrained {pretrained}: {RELEASED_FILES[pretrained]} (or its rubiks-convert "
-                f"output) is not in {weights_dir()} ($RUBIKSNET_WEIGHTS); download the released "
-                "checkpoint there or pass the file itself"
-            )
-        return found
+                f"--pretrained {pretrained}: {exc}; or pass the checkpoint file itself"
+            ) from None
     raise FileNotFoundError(
         f"--pretrained {pretrained!r}: no such file, and not a released tag "
         f"({', '.join(sorted(RELEASED_FILES))})"

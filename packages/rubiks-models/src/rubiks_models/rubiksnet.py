@@ -53,6 +53,8 @@ __all__ = [
     "TemporalAttentionShift",
     "checkpoint_filter_fn",
     "inflate",
+    "local_weight_file",
+    "require_weight_file",
     "weights_dir",
 ]
 
@@ -93,6 +95,21 @@ def local_weight_file(tag_name: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def require_weight_file(tag_name: str) -> Path:
+    """The local weight file of a released tag; a FileNotFoundError naming the file, the
+    folder searched and the ``rubiks-convert`` command whose output it would find."""
+    path = local_weight_file(tag_name)
+    if path is not None:
+        return path
+    released = RELEASED_FILES[tag_name]
+    stem, root = released.removesuffix(".pth.tar"), weights_dir()
+    raise FileNotFoundError(
+        f"{tag_name}: weights not found. Put the released {released} in {root} (or a "
+        f"converted copy: `rubiks-convert {released} {root / stem}` writes "
+        f"{root / stem / 'model.safetensors'}); $RUBIKSNET_WEIGHTS sets the folder"
+    )
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
@@ -790,21 +807,17 @@ def _with_local_weights(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if cfg.file or cfg.url or cfg.hf_hub_id or cfg.state_dict:
         return kwargs
     tag_name = f"{name}.{cfg.tag}" if cfg.tag else name
-    path = local_weight_file(tag_name)
-    if path is None:
-        released = RELEASED_FILES.get(tag_name)
-        if released is None:
-            raise FileNotFoundError(
-                f"{tag_name}: no weight file is configured; pass "
-                "pretrained_cfg_overlay=dict(file=...) with a checkpoint path"
-            )
-        stem, root = released.removesuffix(".pth.tar"), weights_dir()
+    if tag_name not in RELEASED_FILES:
         raise FileNotFoundError(
-            f"{tag_name}: weights not found. Put the released {released} in {root} (or a "
-            f"converted copy: `rubiks-convert {released} {root / stem}` writes "
-            f"{root / stem / 'model.safetensors'}); $RUBIKSNET_WEIGHTS sets the folder, "
-            "pretrained_cfg_overlay=dict(file=...) names a file directly"
+            f"{tag_name}: no weight file is configured; pass "
+            "pretrained_cfg_overlay=dict(file=...) with a checkpoint path"
         )
+    try:
+        path = require_weight_file(tag_name)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{exc}, pretrained_cfg_overlay=dict(file=...) names a file directly"
+        ) from None
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
     overlay["file"] = str(path)
     return {**kwargs, "pretrained_cfg_overlay": overlay}
