@@ -12,21 +12,27 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Hashable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 log = logging.getLogger("rubiks_shift")
 DELAY_S = 3.0
 _finished: set[Hashable] = set()
 
 
-@contextmanager
-def compile_notice(what: str, key: Hashable, when: str = "first use") -> Iterator[None]:
+_ALREADY = nullcontext()  # what every call after the first gets: no timer, no generator
+
+
+def compile_notice(
+    what: str, key: Hashable, when: str = "first use"
+) -> AbstractContextManager[None]:
     """Around the first call of a kernel identified by ``key``: if it is still running
     after ``DELAY_S`` seconds, log that ``what`` is being compiled (once per key);
     ``when`` says in the message how often that happens."""
-    if key in _finished:
-        yield
-        return
+    return _ALREADY if key in _finished else _first_call(what, key, when)
+
+
+@contextmanager
+def _first_call(what: str, key: Hashable, when: str) -> Iterator[None]:
     timer = threading.Timer(
         DELAY_S,
         log.warning,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +31,7 @@ def available() -> bool:
 _WHEN = "once per machine: then it loads from Numba's disk cache"
 
 
+@functools.cache  # built once per kernel and dtype, not on every call
 def _what(kernel: str, dtype: torch.dtype) -> str:
     return f"the CPU {kernel} kernel for {str(dtype).removeprefix('torch.')}"
 
