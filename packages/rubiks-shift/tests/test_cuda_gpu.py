@@ -128,3 +128,29 @@ def test_larger_planes_match_reference(shape, stride, padding, scale, quantize, 
     """Planes up to 40 x 40: several row groups and row chunks per plane, edge columns
     inside warps, every walk of the gather and the cell path of the shift gradient."""
     check_against_reference("cuda", shape, stride, padding, scale, quantize, integers, seed)
+
+
+def test_first_cuda_call_of_a_process_announces_its_compile():
+    """On a real GPU the one-time compile takes seconds: a fresh process logs the notice,
+    naming the kernel and dtype, once."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, torch\n"
+        "from rubiks_shift import _compile_notice, rubiks_shift3d\n"
+        "_compile_notice.DELAY_S = 0.2\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(message)s')\n"
+        "x = torch.randn(1, 2, 3, 4, 4, device='cuda', dtype=torch.float16)\n"
+        "s = torch.full((3, 3), 0.25, device='cuda')\n"
+        "for _ in range(2):\n"
+        "    rubiks_shift3d(x, s)\n"
+        "torch.cuda.synchronize()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    notices = [line for line in done.stderr.splitlines() if "rubiks-shift: compiling" in line]
+    assert len(notices) == 1, done.stderr
+    assert "CUDA gather kernel for float16" in notices[0]
