@@ -2,7 +2,8 @@
 # One GPU session: the rubiks-shift test suite on real CUDA, then the benchmark table and
 # the host profile. Run from the repository root on the GPU machine (device tool); results
 # land in $OUT. Needs the reference fixtures in .shared/fixtures/reference (carried).
-#   STEPS        which steps, in order (default "tests bench host")
+#   STEPS        which steps, in order (default "tests bench host"; "sweep" runs
+#                sweep_kernels.py with SWEEP_ARGS, default "--quick --gather-only")
 #   TESTS_S      time limit of the test step in seconds (default 420); the log names every
 #                test as it finishes (pytest -v), so a cut-short run still says what passed
 #   PYTEST_ARGS  worker count etc. (default "-n 8": each worker compiles the kernels of
@@ -11,6 +12,7 @@
 #   PYTEST_K     test selection (default: everything but the simulator and PTX tests,
 #                which CI runs)
 #   BENCH_ARGS   passed to bench_shift.py (e.g. --quick)
+#   STEP_S       time limit of each other step in seconds (default 300)
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -32,8 +34,13 @@ for step in ${STEPS:-tests bench host}; do
       grep -E "FAILED|ERROR" "$OUT/tests.txt" | tee -a "$OUT/steps.txt" | head -20
       tail -3 "$OUT/tests.txt" ;;
     bench)
-      python3 $B/bench_shift.py --json "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.txt"
+      timeout "${STEP_S:-300}" python3 $B/bench_shift.py --json "$OUT/bench.json" ${BENCH_ARGS:-} \
+        2>&1 | tee "$OUT/bench.txt"
       echo "bench: after $(( $(date +%s) - start )) s" | tee -a "$OUT/steps.txt" ;;
+    sweep)
+      timeout "${STEP_S:-300}" python3 $B/sweep_kernels.py --json "$OUT/sweep.json" \
+        ${SWEEP_ARGS:---quick --gather-only} 2>&1 | tee "$OUT/sweep.txt"
+      echo "sweep: after $(( $(date +%s) - start )) s" | tee -a "$OUT/steps.txt" ;;
     host)
       python3 $B/host_profile.py 2>&1 | tee "$OUT/host.txt" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;

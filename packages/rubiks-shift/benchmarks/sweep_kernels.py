@@ -1,12 +1,13 @@
 """Sweep the CUDA kernels' tuning knobs on one GPU (kernel time by CUDA-graph replay).
 
-For each benchmark shape it times the gather kernel (forward and adjoint) over row-group
-sizes, register caps and rows per task, and the shift-gradient kernel over its row group,
-register cap, rows per task and blocks per channel, each against a device-to-device copy
-of the same bytes measured in the same run. Every variant's output is checked against the
-package's default kernels before it is timed.
+For each benchmark shape it times the gather kernel (forward and adjoint) over task
+orders, grid caps (waves of resident blocks; 0 = one thread per task), rows per task and
+(without --quick) row-group sizes and register caps, and the shift-gradient kernel over
+its row group, register cap, rows per task and blocks per channel, each against a
+device-to-device copy of the same bytes measured in the same run. Every variant's output
+is checked against the package's default kernels before it is timed.
 
-    python benchmarks/sweep_kernels.py [--json out.json] [--quick]
+    python benchmarks/sweep_kernels.py [--json out.json] [--quick] [--gather-only]
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from bench_shift import _gpu_time, copy_bandwidth  # this folder (run as a scrip
 from rubiks_shift import _cuda
 from rubiks_shift import _cuda_kernels as K
 from rubiks_shift._checks import output_shape
-from rubiks_shift._cuda_gather import build_gather, gather_signature
+from rubiks_shift._cuda_gather import GATHER_REGISTERS, build_gather, gather_signature
+from rubiks_shift._cuda_gather import GROUP as GATHER_GROUP
 
 SHAPES = [
     ((8, 8, 72, 56, 56), (1, 1, 1)),
@@ -44,16 +46,24 @@ def copy_tbps() -> float:
 
 
 def gather_variants(quick: bool):
-    groups = [8] if quick else [4, 8, 16]
-    regs = [64] if quick else [48, 64, 96]
-    for group, reg in itertools.product(groups, regs):
-        if group == 16 and reg < 96:
-            continue
+    """(name, row group, kernels, grid waves): task order x grid cap, and (unless quick)
+    row groups x register caps in the default order."""
+    group, reg = GATHER_GROUP, GATHER_REGISTERS
+    for frames_inner, waves in itertools.product((True, False), (0, 1, 2)):
+        ns = types.SimpleNamespace(
+            gather=build_gather("float32", "float32", group, reg, frames_inner=frames_inner),
+            gather_sig=gather_signature("float32", "float32"),
+        )
+        order = "frames" if frames_inner else "planes"
+        yield f"{order}-w{waves}-g{group}r{reg}", group, ns, waves
+    if quick:
+        return
+    for group, reg in ((4, 48), (8, 64), (16, 96)):
         ns = types.SimpleNamespace(
             gather=build_gather("float32", "float32", group, reg),
             gather_sig=gather_signature("float32", "float32"),
         )
-        yield f"g{group}r{reg}", group, ns
+        yield f"frames-w1-g{group}r{reg}", group, ns, 1
 
 
 def gs_variants(quick: bool):
@@ -78,11 +88,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--gather-only", action="store_true", help="skip the shift gradient")
     args = parser.parse_args()
     tbps = copy_tbps()
     print(f"# {torch.cuda.get_device_name()}, copy {tbps:.3f} TB/s (read + write)")
     device = torch.cuda.current_device()
     defaults = _cuda._kernels("float32", "float32")
+    default_waves = _cuda.GATHER_WAVES
     results = []
     gvars = list(gather_variants(args.quick))
     svars = list(gs_variants(args.quick))
@@ -105,7 +117,9 @@ def main() -> None:
             ref = torch.empty(dst_shape, device="cuda")
             _cuda._run(defaults, ref_step, (srcs[0], shift, ref), device)
             floor = (bytes_x + bytes_y) / (tbps * 1e12) * 1e3
-            for name, group, ns in gvars:
+            for name, group, ns, waves in gvars:
+                _cuda.GATHER_WAVES = waves  # the launch's grid cap (entries are rebuilt)
+                _cuda._Launcher.entries.clear()
                 for rows in row_options(dst_shape[3], group):
                     (step,) = _cuda._gather_plan(
                         src_shape, dst_shape, stride, (0, 0, 0), False, direction == "adj", rows
@@ -121,12 +135,17 @@ def main() -> None:
                             shape=shape,
                             stride=stride,
                             kernel=f"gather-{direction}",
+                            waves=waves,
                             variant=name,
                             rows=rows,
                             ms=ms,
                             floor_ms=floor,
                         )
                     )
+        _cuda.GATHER_WAVES = default_waves
+        _cuda._Launcher.entries.clear()
+        if args.gather_only:
+            continue
         # shift gradient: reads grad_y and x
         parts0, step0, _ = _cuda._shift_grad_plan(shape, y_shape, stride, (0, 0, 0))
         partial0 = torch.empty(parts0 * 3 * shape[2], device="cuda")

@@ -84,6 +84,8 @@ def test_cuda_launcher_announces_a_slow_compile_with_its_label(quick_notice, cap
 
     monkeypatch.setattr(_cuda, "_function_handle", lambda handle: handle)
     monkeypatch.setattr(_cuda, "_cu_launch_kernel", lambda: None)
+    monkeypatch.setattr(_cuda, "_ensure_context", lambda index: None)
+    monkeypatch.setattr(_cuda, "GATHER_WAVES", 0)  # no occupancy query (no driver here)
     for name, value in (("functions", {}), ("entries", {}), ("cu_launch", None)):
         monkeypatch.setattr(_cuda._Launcher, name, value)  # restored after the test
     kernels = SimpleNamespace(

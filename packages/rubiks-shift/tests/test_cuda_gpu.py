@@ -154,3 +154,64 @@ def test_first_cuda_call_of_a_process_announces_its_compile():
     notices = [line for line in done.stderr.splitlines() if "rubiks-shift: compiling" in line]
     assert len(notices) == 1, done.stderr
     assert "CUDA gather kernel for float16" in notices[0]
+
+
+def _current_context() -> int:
+    import ctypes
+
+    ctx = ctypes.c_void_p()
+    assert ctypes.CDLL("libcuda.so.1").cuCtxGetCurrent(ctypes.byref(ctx)) == 0
+    return ctx.value or 0
+
+
+def test_launch_from_a_thread_without_a_context():
+    """A host thread that has made no CUDA runtime call has no current context (autograd's
+    backward thread when our kernel is its first launch): the op still runs there, kernels
+    compiled in another thread, output memory served from PyTorch's cache."""
+    import threading
+
+    x = torch.randn(2, 3, 4, 8, 8, device="cuda")
+    shift = torch.rand(3, 4, device="cuda") * 2 - 1
+    expected = rubiks_shift3d(x, shift)  # compiles here, in the main thread
+    del expected
+    torch.cuda.synchronize()
+    seen: dict = {}
+
+    def work():
+        seen["context before"] = _current_context()
+        try:
+            seen["y"] = rubiks_shift3d(x, shift)
+            torch.cuda.current_stream().synchronize()
+        except Exception as exc:  # reported in the main thread
+            seen["error"] = exc
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert seen["context before"] == 0, "the thread already had a context: nothing tested"
+    assert "error" not in seen, seen.get("error")
+    assert torch.equal(seen["y"], rubiks_shift3d(x, shift))
+
+
+def test_backward_whose_first_launch_is_on_autograd_thread():
+    """Forward in this thread, backward on autograd's device thread: in a fresh process,
+    so the backward's kernels are already compiled and the device thread has made no call."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from rubiks_shift import rubiks_shift3d\n"
+        "x = torch.randn(2, 3, 4, 8, 8, device='cuda', requires_grad=True)\n"
+        "s = torch.nn.Parameter(torch.rand(3, 4, device='cuda'))\n"
+        "rubiks_shift3d(x.detach(), s.detach())\n"  # compiles the gather in this thread
+        "y = rubiks_shift3d(x, s)\n"
+        "y.backward(torch.ones_like(y))\n"
+        "torch.cuda.synchronize()\n"
+        "assert torch.isfinite(x.grad).all() and torch.isfinite(s.grad).all()\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

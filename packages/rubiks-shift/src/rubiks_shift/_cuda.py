@@ -44,6 +44,10 @@ GRAD_SHIFT_TASKS = 2  # (column) tasks per thread of the shift-gradient kernel
 GATHER_THREADS = int(os.environ.get("RUBIKS_SHIFT_GATHER_THREADS", "256"))  # per block
 GATHER_TASKS = 1 << 19  # gather tasks to aim for before splitting columns into chunks
 GATHER_ROWS = int(os.environ.get("RUBIKS_SHIFT_GATHER_ROWS", "0"))  # benchmarking override
+# The gather's threads loop over tasks with the grid's stride; its grid is capped at this
+# many waves of the blocks resident on the device at once (0: one thread per task)
+GATHER_WAVES = int(os.environ.get("RUBIKS_SHIFT_GATHER_WAVES", "1"))
+SIM_GATHER_THREADS = 16  # the simulator runs the gather as one block of 16 (the task loop)
 
 
 @functools.cache
@@ -94,6 +98,62 @@ def _function_handle(kernel_handle: int) -> int:
     if get(ctypes.byref(out), kernel_handle) != 0 or not out.value:
         return kernel_handle
     return int(out.value)
+
+
+_CUDA_ERROR_INVALID_CONTEXT = 201
+
+
+def _ensure_context(device_index: int) -> None:
+    """Make device ``device_index``'s primary context (the one PyTorch uses) current in
+    this host thread if the thread has none. A thread that has made no CUDA runtime call
+    has no current context: autograd's backward thread, say, whose first launch is ours
+    (PyTorch skips cudaSetDevice when the device number already matches, and an allocation
+    served from its cache calls nothing), where a driver launch fails with
+    CUDA_ERROR_INVALID_CONTEXT."""
+    lib = _libcuda()
+    ctx = ctypes.c_void_p()
+    if lib.cuCtxGetCurrent(ctypes.byref(ctx)) == 0 and ctx.value:
+        return
+    device = ctypes.c_int()
+    calls = (
+        ("cuDeviceGet", lib.cuDeviceGet(ctypes.byref(device), ctypes.c_int(device_index))),
+        ("cuDevicePrimaryCtxRetain", lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), device)),
+        ("cuCtxSetCurrent", lib.cuCtxSetCurrent(ctx)),
+    )
+    for name, result in calls:
+        if result != 0:
+            raise RuntimeError(
+                f"rubiks_shift: {name} failed (CUresult {result}) while making device "
+                f"{device_index}'s context current in this thread"
+            )
+
+
+@functools.cache
+def _resident_blocks(handle: int, threads: int, device_index: int) -> int:
+    """How many blocks of ``threads`` threads of kernel ``handle`` the device holds at
+    once (blocks per multiprocessor from the driver's occupancy calculator x SMs)."""
+    lib = _libcuda()
+    per_sm, sms, device = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    occupancy = lib.cuOccupancyMaxActiveBlocksPerMultiprocessor
+    occupancy.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_int]
+    occupancy.argtypes.append(ctypes.c_size_t)
+    results = (
+        occupancy(ctypes.byref(per_sm), handle, threads, 0),
+        lib.cuDeviceGet(ctypes.byref(device), ctypes.c_int(device_index)),
+        lib.cuDeviceGetAttribute(ctypes.byref(sms), 16, device),  # MULTIPROCESSOR_COUNT
+    )
+    if any(results) or per_sm.value < 1:
+        raise RuntimeError(f"rubiks_shift: occupancy query failed (CUresults {results})")
+    return per_sm.value * sms.value
+
+
+def _launch_grid(step: Step, handle: int, device_index: int) -> tuple[int, int, int]:
+    """The grid of ``step``: the gather's capped at GATHER_WAVES waves of resident blocks
+    (its threads loop over the tasks), every other kernel's as planned."""
+    if not step.name.startswith("gather") or GATHER_WAVES <= 0:
+        return step.grid
+    cap = GATHER_WAVES * _resident_blocks(handle, step.block[0], device_index)
+    return (min(step.grid[0], cap), *step.grid[1:])
 
 
 @functools.cache
@@ -163,7 +223,9 @@ class _Launcher:
         params = (ctypes.c_void_p * (n_ptrs + len(objs)))(
             *range(base, base + 8 * n_ptrs, 8), *(ctypes.addressof(o) for o in objs)
         )
-        entry = (handle, pointers, params, (*step.grid, *step.block), objs, step)
+        _ensure_context(device_index)  # once per thread and step: a new thread may have none
+        grid = _launch_grid(step, handle, device_index)
+        entry = (handle, pointers, params, (*grid, *step.block), objs, step)
         if len(cls.entries) >= 4096:  # plans evicted from their caches leave stale entries
             cls.entries.clear()
         cls.entries[(id(kernels), id(step), device_index, threading.get_ident())] = entry
@@ -175,7 +237,10 @@ def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], index:
     torch's current stream."""
     if simulator_enabled():
         arrays = [_flat(t.detach()).numpy() for t in tensors]
-        getattr(kernels, step.name)[step.grid, step.block](*arrays, *step.scalars)
+        grid, block = step.grid, step.block
+        if step.name.startswith("gather"):  # one small block: each thread loops over tasks
+            grid, block = (1, 1, 1), (SIM_GATHER_THREADS, 1, 1)
+        getattr(kernels, step.name)[grid, block](*arrays, *step.scalars)
         return
     # keyed by identity: plan steps are cached objects, and hashing a step's ~25 scalars
     # on every launch costs about a microsecond; the entry keeps its step, so a recycled
@@ -188,6 +253,9 @@ def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], index:
         pointers[i] = t.data_ptr()
     stream = torch._C._cuda_getCurrentRawStream(index)
     result = _Launcher.cu_launch(entry[0], *entry[3], 0, stream, entry[2], None)
+    if result == _CUDA_ERROR_INVALID_CONTEXT:  # the thread's context was taken away since
+        _ensure_context(index)
+        result = _Launcher.cu_launch(entry[0], *entry[3], 0, stream, entry[2], None)
     if result != 0:
         raise RuntimeError(f"rubiks_shift: cuLaunchKernel({step.name}) failed (CUresult {result})")
 
@@ -280,6 +348,7 @@ def _gather_plan(
         1.0 / w_dst,
         1.0 / channels,
         1.0 / t_dst,
+        1.0 / -(-h_dst // rows),
     )
     grid = (-(-tasks // GATHER_THREADS), 1, 1)
     name = "gather_narrow" if w_src == 1 else "gather"  # a one-column source: one slot

@@ -44,6 +44,10 @@ from ._cuda_kernels import SHIFT_LIMIT, _load_store, accumulator, kernel_decorat
 # 48 / 64 / 96 on an H200, 2026-12-01: benchmarks/sweep_kernels.py)
 GATHER_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_GATHER_REGISTERS", "48")) or None
 GROUP = int(os.environ.get("RUBIKS_SHIFT_GATHER_GROUP", "8"))  # rows per unrolled group
+# task order: the destination frames of one (sample, channel, row chunk) side by side, so
+# the warps of a block that read the same source frame run together (L1 hits instead of
+# a second trip to L2); "0" for destination planes in memory order
+FRAMES_INNER = os.environ.get("RUBIKS_SHIFT_GATHER_FRAMES_INNER", "1") != "0"
 i32 = nt.int32
 i64 = nt.int64
 f64 = nt.float64
@@ -54,7 +58,7 @@ def gather_signature(storage: str, shift_storage: str) -> tuple:
 
     ptr = nt.CPointer(_NUMBA_STORAGE[storage])
     sptr = nt.CPointer(_NUMBA_STORAGE[shift_storage])
-    return (ptr, sptr, ptr) + (i64,) * 17 + (f64,) * 4
+    return (ptr, sptr, ptr) + (i64,) * 17 + (f64,) * 5
 
 
 def build_gather(
@@ -63,11 +67,12 @@ def build_gather(
     group: int = GROUP,
     registers: int | None = GATHER_REGISTERS,
     narrow: bool = False,
+    frames_inner: bool = FRAMES_INNER,
 ):
     """The gather kernel for one (storage, shift storage) pair; ``group`` rows per
-    unrolled row group, ``registers`` the ptxas register cap (benchmark sweeps vary
-    them). ``narrow``: the variant for a one-column source (W = 1), which never reads a
-    second column slot."""
+    unrolled row group, ``registers`` the ptxas register cap, ``frames_inner`` the task
+    order (benchmark sweeps vary them). ``narrow``: the variant for a one-column source
+    (W = 1), which never reads a second column slot."""
     acc = accumulator(storage)
     load, store = _load_store(storage)
     sload, _ = _load_store(shift_storage)
@@ -262,6 +267,7 @@ def build_gather(
         inv_w,
         inv_c,
         inv_t,
+        inv_chunks,
     ):
         """dst[n, td, c, h, w] = trilinear read of src around (td*st, h*sh, w*sw) + offset.
 
@@ -269,87 +275,97 @@ def build_gather(
         grad_y, dst = grad_x, offset = padding - floor(shift) - 1, corner weights swapped,
         and each source index divided by the stride (only divisible ones are read).
         ``rows`` destination rows per task; ``inv_*`` the float64 reciprocals of the tasks
-        per plane, Wd, C and Td (index splitting without integer division)."""
+        per plane, Wd, C, Td and the row chunks per plane (index splitting without integer
+        division). Threads loop over tasks with the grid's stride (the launch may size the
+        grid to what is resident at once)."""
         g = i64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
-        if g >= tasks:
-            return
+        grid_stride = i64(cuda.gridDim.x) * cuda.blockDim.x
         chunks = (Hd + rows - 1) // rows
         per_plane = chunks * Wd
-        plane, k = divmod_(g, per_plane, inv_plane)
-        chunk, w = divmod_(k, Wd, inv_w)
-        slab, c = divmod_(plane, C, inv_c)
-        n, td = divmod_(slab, Td, inv_t)
-        h0 = i32(chunk * rows)
-        h1 = i32(min(h0 + rows, Hd))
         Hs32 = i32(Hs)
         Ws32 = i32(Ws)
         Wd32 = i32(Wd)
-        dcol = offset(dst, plane * Hd * Wd + w)
-        s_t = acc(sload(shift, c))
-        s_h = acc(sload(shift, C + c))
-        s_w = acc(sload(shift, 2 * C + c))
-        if s_t != s_t or s_h != s_h or s_w != s_w:
-            fill(dcol, h0, h1, Wd32, nan)
-            return
-        ft, wt0, wt1 = axis(s_t, quantize)
-        fh, wh0, wh1 = axis(s_h, quantize)
-        fw, ww0, ww1 = axis(s_w, quantize)
-        if adjoint:
-            ot = i32(pt - ft - 1)
-            oh = i32(ph - fh - 1)
-            ow = i32(pw - fw - 1)
-            wt0, wt1 = wt1, wt0
-            wh0, wh1 = wh1, wh0
-            ww0, ww1 = ww1, ww0
-        else:
-            ot = i32(ft - pt)
-            oh = i32(fh - ph)
-            ow = i32(fw - pw)
-        # source index of corner e along each axis: forward i*stride + offset + e;
-        # adjoint (i + offset + e) / stride where divisible (the outputs that read i)
-        mt_, dt_ = (i32(1), i32(st)) if adjoint else (i32(st), i32(1))
-        mh_, dh_ = (i32(1), i32(sh)) if adjoint else (i32(sh), i32(1))
-        mw_, dw_ = (i32(1), i32(sw)) if adjoint else (i32(sw), i32(1))
         Ts32 = i32(Ts)
-        ts0, okt0 = source(td, mt_, ot, 0, dt_, Ts32)
-        ts1, okt1 = source(td, mt_, ot, 1, dt_, Ts32)
-        ws0, okw0 = source(w, mw_, ow, 0, dw_, Ws32)
-        ws1, okw1 = source(w, mw_, ow, 1, dw_, Ws32)
-        # frames: the active ones (inside the source, non-zero weight), first one first;
-        # columns: the corners with a non-zero weight (the same for the whole channel),
-        # each with a per-lane mask (inside the source and, in the adjoint, divisible by
-        # the stride) so the lanes of a warp take one path
-        fa0 = okt0 & (wt0 != zero)
-        fa1 = okt1 & (wt1 != zero)
-        frames = i32(fa0) + i32(fa1)
-        if frames == 0:
-            fill(dcol, h0, h1, Wd32, zero)
-            return
-        # column slots c0, c0 + 1, both inside the row (one slot, c0 = 0, for a
-        # one-column source: the ``narrow`` kernel); each active column corner (inside,
-        # divisible, non-zero weight) lands in one of them
-        act0 = okw0 & (ww0 != zero)
-        act1 = okw1 & (ww1 != zero)
-        c0 = i32(0) if narrow else i32(min(max(ws0 if act0 else ws1, i32(0)), i32(Ws32 - 2)))
-        s00 = act0 & (ws0 == c0)
-        s10 = act1 & (ws1 == c0)
-        s01 = act0 & (ws0 == c0 + 1)
-        s11 = act1 & (ws1 == c0 + 1)
-        m0 = s00 | s10
-        m1 = (s01 | s11) & (not narrow)
-        v0 = (ww0 if s00 else zero) + (ww1 if s10 else zero)
-        v1 = (ww0 if s01 else zero) + (ww1 if s11 else zero)
-        t_a = ts0 if fa0 else ts1
-        wa = wt0 if fa0 else wt1
-        plane_s = Hs * Ws
-        pa = offset(src, ((n * Ts + clamp(t_a, Ts32)) * C + c) * plane_s + c0)
-        pb = pa
-        if frames == 2:
-            pb = offset(src, ((n * Ts + clamp(ts1, Ts32)) * C + c) * plane_s + c0)
-        tp = (pa, pb, m0, m1, wa * v0, wa * v1, wt1 * v0, wt1 * v1)
-        if frames == 2:
-            walk(4, tp, dcol, h0, h1, mh_, oh, dh_, Hs32, Ws32, Wd32, wh0, wh1)
-        else:
-            walk(2, tp, dcol, h0, h1, mh_, oh, dh_, Hs32, Ws32, Wd32, wh0, wh1)
+        while g < tasks:
+            if frames_inner:  # (n, c, chunk, td, w): the frames of a channel side by side
+                r, w = divmod_(g, Wd, inv_w)
+                r, td = divmod_(r, Td, inv_t)
+                r, chunk = divmod_(r, chunks, inv_chunks)
+                n, c = divmod_(r, C, inv_c)
+                plane = (n * Td + td) * C + c
+            else:  # (n, td, c, chunk, w): destination planes in memory order
+                plane, k = divmod_(g, per_plane, inv_plane)
+                chunk, w = divmod_(k, Wd, inv_w)
+                slab, c = divmod_(plane, C, inv_c)
+                n, td = divmod_(slab, Td, inv_t)
+            g += grid_stride
+            h0 = i32(chunk * rows)
+            h1 = i32(min(h0 + rows, Hd))
+            dcol = offset(dst, plane * Hd * Wd + w)
+            s_t = acc(sload(shift, c))
+            s_h = acc(sload(shift, C + c))
+            s_w = acc(sload(shift, 2 * C + c))
+            if s_t != s_t or s_h != s_h or s_w != s_w:
+                fill(dcol, h0, h1, Wd32, nan)
+                continue
+            ft, wt0, wt1 = axis(s_t, quantize)
+            fh, wh0, wh1 = axis(s_h, quantize)
+            fw, ww0, ww1 = axis(s_w, quantize)
+            if adjoint:
+                ot = i32(pt - ft - 1)
+                oh = i32(ph - fh - 1)
+                ow = i32(pw - fw - 1)
+                wt0, wt1 = wt1, wt0
+                wh0, wh1 = wh1, wh0
+                ww0, ww1 = ww1, ww0
+            else:
+                ot = i32(ft - pt)
+                oh = i32(fh - ph)
+                ow = i32(fw - pw)
+            # source index of corner e along each axis: forward i*stride + offset + e;
+            # adjoint (i + offset + e) / stride where divisible (the outputs that read i)
+            mt_, dt_ = (i32(1), i32(st)) if adjoint else (i32(st), i32(1))
+            mh_, dh_ = (i32(1), i32(sh)) if adjoint else (i32(sh), i32(1))
+            mw_, dw_ = (i32(1), i32(sw)) if adjoint else (i32(sw), i32(1))
+            ts0, okt0 = source(td, mt_, ot, 0, dt_, Ts32)
+            ts1, okt1 = source(td, mt_, ot, 1, dt_, Ts32)
+            ws0, okw0 = source(w, mw_, ow, 0, dw_, Ws32)
+            ws1, okw1 = source(w, mw_, ow, 1, dw_, Ws32)
+            # frames: the active ones (inside the source, non-zero weight), first one
+            # first; columns: the corners with a non-zero weight (the same for the whole
+            # channel), each with a per-lane mask (inside the source and, in the adjoint,
+            # divisible by the stride) so the lanes of a warp take one path
+            fa0 = okt0 & (wt0 != zero)
+            fa1 = okt1 & (wt1 != zero)
+            frames = i32(fa0) + i32(fa1)
+            if frames == 0:
+                fill(dcol, h0, h1, Wd32, zero)
+                continue
+            # column slots c0, c0 + 1, both inside the row (one slot, c0 = 0, for a
+            # one-column source: the ``narrow`` kernel); each active column corner
+            # (inside, divisible, non-zero weight) lands in one of them
+            act0 = okw0 & (ww0 != zero)
+            act1 = okw1 & (ww1 != zero)
+            c0 = i32(0) if narrow else i32(min(max(ws0 if act0 else ws1, i32(0)), i32(Ws32 - 2)))
+            s00 = act0 & (ws0 == c0)
+            s10 = act1 & (ws1 == c0)
+            s01 = act0 & (ws0 == c0 + 1)
+            s11 = act1 & (ws1 == c0 + 1)
+            m0 = s00 | s10
+            m1 = (s01 | s11) & (not narrow)
+            v0 = (ww0 if s00 else zero) + (ww1 if s10 else zero)
+            v1 = (ww0 if s01 else zero) + (ww1 if s11 else zero)
+            t_a = ts0 if fa0 else ts1
+            wa = wt0 if fa0 else wt1
+            plane_s = Hs * Ws
+            pa = offset(src, ((n * Ts + clamp(t_a, Ts32)) * C + c) * plane_s + c0)
+            pb = pa
+            if frames == 2:
+                pb = offset(src, ((n * Ts + clamp(ts1, Ts32)) * C + c) * plane_s + c0)
+            tp = (pa, pb, m0, m1, wa * v0, wa * v1, wt1 * v0, wt1 * v1)
+            if frames == 2:
+                walk(4, tp, dcol, h0, h1, mh_, oh, dh_, Hs32, Ws32, Wd32, wh0, wh1)
+            else:
+                walk(2, tp, dcol, h0, h1, mh_, oh, dh_, Hs32, Ws32, Wd32, wh0, wh1)
 
     return gather
