@@ -42,7 +42,7 @@ _ACC_DTYPE = {"float64": torch.float64}
 MAX_GRID_YZ = 65535  # grid y limit (channels of the shift-gradient kernel)
 GRAD_SHIFT_TASKS = 2  # (column) tasks per thread of the shift-gradient kernel
 GATHER_THREADS = int(os.environ.get("RUBIKS_SHIFT_GATHER_THREADS", "256"))  # per block
-GATHER_TASKS = 1 << 19  # gather tasks to aim for before splitting columns into chunks
+GATHER_TASKS = 1 << 18  # fewest gather tasks before columns are split into shorter chunks
 GATHER_ROWS = int(os.environ.get("RUBIKS_SHIFT_GATHER_ROWS", "0"))  # benchmarking override
 # The gather's threads loop over tasks with the grid's stride; its grid is capped at this
 # many waves of the blocks resident on the device at once (0: one thread per task)
@@ -303,15 +303,26 @@ def _check_channels(channels: int) -> None:
         )
 
 
-def _task_rows(planes: int, rows: int, width: int, group: int = 1) -> int:
-    """Destination rows per task: whole columns unless that leaves too few tasks to fill
-    the GPU (about two waves of H100-sized residency); a multiple of ``group`` (the
-    kernel's unrolled row group) where the plane has that many rows."""
+def _task_rows(
+    planes: int, rows: int, width: int, row_stride: int, adjoint: bool, group: int = 1
+) -> int:
+    """Destination rows per gather task, by row walk (the best of a sweep on an H200,
+    2026-12-01, benchmarks/sweep_kernels.py, with the grid capped at one wave): 16 for the
+    row-reusing stride-1 walk, 8 for the generic strided walk, whole columns for the
+    adjoint's stride-2 walk; then halved (in multiples of ``group``, the unrolled row
+    group) while that leaves fewer than GATHER_TASKS tasks to spread over the GPU."""
     if GATHER_ROWS:
         return max(1, min(rows, GATHER_ROWS))
-    chunks = min(rows, max(1, -(-GATHER_TASKS // (planes * width))))
-    per_task = max(min(rows, 4), -(-rows // chunks))
-    return min(rows, -(-per_task // group) * group)
+    if row_stride == 1:
+        per_task = 16
+    elif adjoint and row_stride == 2:
+        per_task = rows
+    else:
+        per_task = 8
+    per_task = min(rows, per_task)
+    while per_task > group and planes * -(-rows // per_task) * width < GATHER_TASKS:
+        per_task = min(rows, -(-(per_task // 2) // group) * group)
+    return per_task
 
 
 @functools.lru_cache(maxsize=512)
@@ -328,7 +339,7 @@ def _gather_plan(
         if h * w >= 2**31:
             raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
     planes = n_batch * t_dst * channels
-    rows = rows or _task_rows(planes, h_dst, w_dst, GATHER_GROUP)
+    rows = rows or _task_rows(planes, h_dst, w_dst, stride[1], adjoint, GATHER_GROUP)
     tasks = planes * -(-h_dst // rows) * w_dst
     scalars = (
         tasks,
