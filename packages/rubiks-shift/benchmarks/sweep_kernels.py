@@ -49,15 +49,15 @@ def gather_variants(quick: bool):
     """(name, row group, kernels, grid waves): task order x grid cap, and (unless quick)
     row groups x register caps in the default order."""
     group, reg = GATHER_GROUP, GATHER_REGISTERS
+    ns = types.SimpleNamespace(
+        storage="float32",
+        shift_storage="float32",
+        gather=build_gather("float32", "float32", group, reg),
+        gather_sig=gather_signature("float32", "float32"),
+    )
     for frames_inner, waves in itertools.product((True, False), (0, 1, 2)):
-        ns = types.SimpleNamespace(
-            storage="float32",
-            shift_storage="float32",
-            gather=build_gather("float32", "float32", group, reg, frames_inner=frames_inner),
-            gather_sig=gather_signature("float32", "float32"),
-        )
         order = "frames" if frames_inner else "planes"
-        yield f"{order}-w{waves}-g{group}r{reg}", group, ns, waves
+        yield f"{order}-w{waves}-g{group}r{reg}", group, ns, (frames_inner, waves)
     if quick:
         return
     for group, reg in ((4, 48), (8, 64), (16, 96)):
@@ -67,7 +67,7 @@ def gather_variants(quick: bool):
             gather=build_gather("float32", "float32", group, reg),
             gather_sig=gather_signature("float32", "float32"),
         )
-        yield f"frames-w1-g{group}r{reg}", group, ns, 1
+        yield f"frames-w1-g{group}r{reg}", group, ns, (True, 1)
 
 
 def gs_variants(quick: bool):
@@ -100,7 +100,6 @@ def main() -> None:
     print(f"# {torch.cuda.get_device_name()}, copy {tbps:.3f} TB/s (read + write)")
     device = torch.cuda.current_device()
     defaults = _cuda._kernels("float32", "float32")
-    default_waves = _cuda.GATHER_WAVES
     results = []
     gvars = list(gather_variants(args.quick))
     svars = list(gs_variants(args.quick))
@@ -123,12 +122,19 @@ def main() -> None:
             ref = torch.empty(dst_shape, device="cuda")
             _cuda._run(defaults, ref_step, (srcs[0], shift, ref), device)
             floor = (bytes_x + bytes_y) / (tbps * 1e12) * 1e3
-            for name, group, ns, waves in gvars:
-                _cuda.GATHER_WAVES = waves  # the launch's grid cap (entries are rebuilt)
-                _cuda._Launcher.entries.clear()
+            for name, group, ns, (frames_inner, waves) in gvars:
                 for rows in row_options(dst_shape[3], group):
                     (step,) = _cuda._gather_plan(
-                        src_shape, dst_shape, stride, (0, 0, 0), False, direction == "adj", rows
+                        src_shape,
+                        dst_shape,
+                        stride,
+                        (0, 0, 0),
+                        False,
+                        direction == "adj",
+                        rows,
+                        "float32",
+                        frames_inner,
+                        waves,
                     )
                     dst.fill_(float("nan"))
                     _cuda._run(ns, step, (srcs[0], shift, dst), device)
@@ -148,8 +154,6 @@ def main() -> None:
                             floor_ms=floor,
                         )
                     )
-        _cuda.GATHER_WAVES = default_waves
-        _cuda._Launcher.entries.clear()
         if args.gather_only:
             continue
         # shift gradient: reads grad_y and x

@@ -43,10 +43,16 @@ MAX_GRID_YZ = 65535  # grid y limit (channels of the shift-gradient kernel)
 GRAD_SHIFT_TASKS = 2  # (column) tasks per thread of the shift-gradient kernel
 GATHER_THREADS = int(os.environ.get("RUBIKS_SHIFT_GATHER_THREADS", "256"))  # per block
 GATHER_TASKS = 1 << 18  # fewest gather tasks before columns are split into shorter chunks
+GATHER_TASKS_ONE_WAVE = 1 << 19  # tasks to aim for with one thread per task (untuned)
 GATHER_ROWS = int(os.environ.get("RUBIKS_SHIFT_GATHER_ROWS", "0"))  # benchmarking override
-# The gather's threads loop over tasks with the grid's stride; its grid is capped at this
-# many waves of the blocks resident on the device at once (0: one thread per task)
+# The gather's threads loop over tasks with the grid's stride; where it is tuned (below) its
+# grid is capped at this many waves of the blocks resident on the device at once (0: one
+# thread per task)
 GATHER_WAVES = int(os.environ.get("RUBIKS_SHIFT_GATHER_WAVES", "1"))
+# The gather's task order: "auto" (frames of a channel side by side where tuned and the
+# rows are at least a warp wide, else planes in memory order), "frames" or "planes"
+GATHER_ORDER = os.environ.get("RUBIKS_SHIFT_GATHER_ORDER", "auto")
+FRAMES_INNER_MIN_WIDTH = 32
 SIM_GATHER_THREADS = 16  # the simulator runs the gather as one block of 16 (the task loop)
 
 
@@ -74,6 +80,7 @@ class Step(NamedTuple):
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     scalars: tuple
+    waves: int = 0  # > 0: a grid-stride kernel, its grid capped at this many resident waves
 
 
 def _scalar_types() -> dict:
@@ -148,11 +155,11 @@ def _resident_blocks(handle: int, threads: int, device_index: int) -> int:
 
 
 def _launch_grid(step: Step, handle: int, device_index: int) -> tuple[int, int, int]:
-    """The grid of ``step``: the gather's capped at GATHER_WAVES waves of resident blocks
-    (its threads loop over the tasks), every other kernel's as planned."""
-    if not step.name.startswith("gather") or GATHER_WAVES <= 0:
+    """The grid of ``step``: capped at ``step.waves`` waves of resident blocks for a
+    grid-stride kernel (its threads loop over the tasks), else as planned."""
+    if step.waves <= 0:
         return step.grid
-    cap = GATHER_WAVES * _resident_blocks(handle, step.block[0], device_index)
+    cap = step.waves * _resident_blocks(handle, step.block[0], device_index)
     return (min(step.grid[0], cap), *step.grid[1:])
 
 
@@ -311,8 +318,6 @@ def _task_rows(
     row-reusing stride-1 walk, 8 for the generic strided walk, whole columns for the
     adjoint's stride-2 walk; then halved (in multiples of ``group``, the unrolled row
     group) while that leaves fewer than GATHER_TASKS tasks to spread over the GPU."""
-    if GATHER_ROWS:
-        return max(1, min(rows, GATHER_ROWS))
     if row_stride == 1:
         per_task = 16
     elif adjoint and row_stride == 2:
@@ -325,13 +330,60 @@ def _task_rows(
     return per_task
 
 
+def _task_rows_per_thread(planes: int, rows: int, width: int, group: int = 1) -> int:
+    """Destination rows per task with one task per thread (the v5 rule): whole columns
+    unless that leaves too few tasks to fill the GPU (about two waves of H100-sized
+    residency); a multiple of ``group`` where the plane has that many rows."""
+    chunks = min(rows, max(1, -(-GATHER_TASKS_ONE_WAVE // (planes * width))))
+    per_task = max(min(rows, 4), -(-rows // chunks))
+    return min(rows, -(-per_task // group) * group)
+
+
+def _gather_layout(
+    storage: str,
+    quantize: bool,
+    adjoint: bool,
+    planes: int,
+    h_dst: int,
+    w_dst: int,
+    row_stride: int,
+) -> tuple[bool, int, int]:
+    """(frames inner, grid waves, rows per task) of a gather launch. Tuned on an H200
+    (2026-12-01, float32 without quantize; BENCHMARKS.md v6): a grid of one resident wave
+    whose threads loop over tasks, rows by row walk, and frames inner where a row fills a
+    warp (narrower rows keep the planes' memory order, which keeps a warp's accesses
+    contiguous). Other dtypes and quantize keep the v5 layout (one thread per task,
+    planes in order), which has not been swept yet."""
+    tuned = storage == "float32" and not quantize
+    if GATHER_ROWS:
+        rows = max(1, min(h_dst, GATHER_ROWS))
+    elif tuned:
+        rows = _task_rows(planes, h_dst, w_dst, row_stride, adjoint, GATHER_GROUP)
+    else:
+        rows = _task_rows_per_thread(planes, h_dst, w_dst, GATHER_GROUP)
+    if GATHER_ORDER == "auto":
+        frames_inner = tuned and w_dst >= FRAMES_INNER_MIN_WIDTH
+    else:
+        frames_inner = GATHER_ORDER == "frames"
+    return frames_inner, GATHER_WAVES if tuned else 0, rows
+
+
 @functools.lru_cache(maxsize=512)
 def _gather_plan(
-    src_shape, dst_shape, stride, padding, quantize, adjoint, rows=None
+    src_shape,
+    dst_shape,
+    stride,
+    padding,
+    quantize,
+    adjoint,
+    rows=None,
+    storage="float32",
+    frames_inner=None,
+    waves=None,
 ) -> tuple[Step, ...]:
     """Launches of the forward (adjoint=False: src = x, dst = y) or of grad_x
-    (adjoint=True: src = grad_y, dst = grad_x); ``rows`` per task overrides the
-    default (benchmark sweeps)."""
+    (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors; ``rows`` per
+    task, the task order and the grid's waves override the defaults (benchmark sweeps)."""
     n_batch, t_src, channels, h_src, w_src = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
     _check_channels(channels)
@@ -339,7 +391,10 @@ def _gather_plan(
         if h * w >= 2**31:
             raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
     planes = n_batch * t_dst * channels
-    rows = rows or _task_rows(planes, h_dst, w_dst, stride[1], adjoint, GATHER_GROUP)
+    auto = _gather_layout(storage, quantize, adjoint, planes, h_dst, w_dst, stride[1])
+    frames_inner = auto[0] if frames_inner is None else frames_inner
+    waves = auto[1] if waves is None else waves
+    rows = rows or auto[2]
     tasks = planes * -(-h_dst // rows) * w_dst
     scalars = (
         tasks,
@@ -355,6 +410,7 @@ def _gather_plan(
         int(adjoint),
         int(quantize),
         rows,
+        int(frames_inner),
         1.0 / (tasks // planes),
         1.0 / w_dst,
         1.0 / channels,
@@ -363,7 +419,7 @@ def _gather_plan(
     )
     grid = (-(-tasks // GATHER_THREADS), 1, 1)
     name = "gather_narrow" if w_src == 1 else "gather"  # a one-column source: one slot
-    return (Step(name, grid, (GATHER_THREADS, 1, 1), scalars),)
+    return (Step(name, grid, (GATHER_THREADS, 1, 1), scalars, waves),)
 
 
 @functools.lru_cache(maxsize=512)
@@ -413,7 +469,9 @@ def _forward_plan(key: tuple) -> tuple:
     plan = (
         _kernels(_STORAGE[dtype], _STORAGE[shift_dtype]),
         y_shape,
-        _gather_plan(tuple(shape), y_shape, stride, padding, bool(quantize), False),
+        _gather_plan(
+            tuple(shape), y_shape, stride, padding, bool(quantize), False, None, _STORAGE[dtype]
+        ),
     )
     if len(_FORWARD_PLANS) >= 1024:
         _FORWARD_PLANS.clear()
@@ -469,7 +527,14 @@ def backward(
         if need_x:
             gx = torch.empty_like(x)
             for step in _gather_plan(
-                tuple(gy.shape), tuple(x.shape), stride, padding, bool(quantize), True
+                tuple(gy.shape),
+                tuple(x.shape),
+                stride,
+                padding,
+                bool(quantize),
+                True,
+                None,
+                kernels.storage,
             ):
                 _run(kernels, step, (gy, s, gx), index)
         else:

@@ -44,10 +44,6 @@ from ._cuda_kernels import SHIFT_LIMIT, _load_store, accumulator, kernel_decorat
 # 48 / 64 / 96 on an H200, 2026-12-01: benchmarks/sweep_kernels.py)
 GATHER_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_GATHER_REGISTERS", "48")) or None
 GROUP = int(os.environ.get("RUBIKS_SHIFT_GATHER_GROUP", "8"))  # rows per unrolled group
-# task order: the destination frames of one (sample, channel, row chunk) side by side, so
-# the warps of a block that read the same source frame run together (L1 hits instead of
-# a second trip to L2); "0" for destination planes in memory order
-FRAMES_INNER = os.environ.get("RUBIKS_SHIFT_GATHER_FRAMES_INNER", "1") != "0"
 i32 = nt.int32
 i64 = nt.int64
 f64 = nt.float64
@@ -58,7 +54,7 @@ def gather_signature(storage: str, shift_storage: str) -> tuple:
 
     ptr = nt.CPointer(_NUMBA_STORAGE[storage])
     sptr = nt.CPointer(_NUMBA_STORAGE[shift_storage])
-    return (ptr, sptr, ptr) + (i64,) * 17 + (f64,) * 5
+    return (ptr, sptr, ptr) + (i64,) * 18 + (f64,) * 5
 
 
 def build_gather(
@@ -67,12 +63,11 @@ def build_gather(
     group: int = GROUP,
     registers: int | None = GATHER_REGISTERS,
     narrow: bool = False,
-    frames_inner: bool = FRAMES_INNER,
 ):
     """The gather kernel for one (storage, shift storage) pair; ``group`` rows per
-    unrolled row group, ``registers`` the ptxas register cap, ``frames_inner`` the task
-    order (benchmark sweeps vary them). ``narrow``: the variant for a one-column source
-    (W = 1), which never reads a second column slot."""
+    unrolled row group, ``registers`` the ptxas register cap (benchmark sweeps vary
+    them). ``narrow``: the variant for a one-column source (W = 1), which never reads a
+    second column slot."""
     acc = accumulator(storage)
     load, store = _load_store(storage)
     sload, _ = _load_store(shift_storage)
@@ -263,6 +258,7 @@ def build_gather(
         adjoint,
         quantize,
         rows,
+        frames_inner,
         inv_plane,
         inv_w,
         inv_c,
@@ -274,7 +270,10 @@ def build_gather(
         Forward: src = x, dst = y, offset = floor(shift) - padding. Adjoint: src =
         grad_y, dst = grad_x, offset = padding - floor(shift) - 1, corner weights swapped,
         and each source index divided by the stride (only divisible ones are read).
-        ``rows`` destination rows per task; ``inv_*`` the float64 reciprocals of the tasks
+        ``rows`` destination rows per task; ``frames_inner`` the task order (1: the
+        destination frames of one sample, channel and row chunk side by side, so the
+        warps of a block that read one source frame run together and hit in L1; 0:
+        destination planes in memory order); ``inv_*`` the float64 reciprocals of the tasks
         per plane, Wd, C, Td and the row chunks per plane (index splitting without integer
         division). Threads loop over tasks with the grid's stride (the launch may size the
         grid to what is resident at once)."""
@@ -287,7 +286,7 @@ def build_gather(
         Wd32 = i32(Wd)
         Ts32 = i32(Ts)
         while g < tasks:
-            if frames_inner:  # (n, c, chunk, td, w): the frames of a channel side by side
+            if frames_inner != 0:  # (n, c, chunk, td, w)
                 r, w = divmod_(g, Wd, inv_w)
                 r, td = divmod_(r, Td, inv_t)
                 r, chunk = divmod_(r, chunks, inv_chunks)
