@@ -130,12 +130,19 @@ def test_larger_planes_match_reference(shape, stride, padding, scale, quantize, 
     check_against_reference("cuda", shape, stride, padding, scale, quantize, integers, seed)
 
 
-def test_first_cuda_call_of_a_process_announces_its_compile():
-    """On a real GPU the one-time compile takes seconds: a fresh process logs the notice,
-    naming the kernel and dtype, once."""
+def _fresh_python(script: str):
+    """Run ``script`` in a new Python process (nothing compiled, no CUDA state)."""
     import subprocess
     import sys
 
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_first_cuda_call_of_a_process_announces_its_compile():
+    """On a real GPU the one-time compile takes seconds: a fresh process logs the notice,
+    naming the kernel and dtype, once."""
     script = (
         "import logging, torch\n"
         "from rubiks_shift import _compile_notice, rubiks_shift3d\n"
@@ -147,9 +154,7 @@ def test_first_cuda_call_of_a_process_announces_its_compile():
         "    rubiks_shift3d(x, s)\n"
         "torch.cuda.synchronize()\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
-    )
+    done = _fresh_python(script)
     assert done.returncode == 0, done.stderr
     notices = [line for line in done.stderr.splitlines() if "rubiks-shift: compiling" in line]
     assert len(notices) == 1, done.stderr
@@ -196,9 +201,6 @@ def test_launch_from_a_thread_without_a_context():
 def test_backward_whose_first_launch_is_on_autograd_thread():
     """Forward in this thread, backward on autograd's device thread: in a fresh process,
     so the backward's kernels are already compiled and the device thread has made no call."""
-    import subprocess
-    import sys
-
     script = (
         "import torch\n"
         "from rubiks_shift import rubiks_shift3d\n"
@@ -211,7 +213,5 @@ def test_backward_whose_first_launch_is_on_autograd_thread():
         "assert torch.isfinite(x.grad).all() and torch.isfinite(s.grad).all()\n"
         "print('ok')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
-    )
+    done = _fresh_python(script)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
