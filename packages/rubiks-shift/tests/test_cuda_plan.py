@@ -1,0 +1,83 @@
+"""The CUDA launch plans without a GPU: rows per task, task order and grid caps."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba.cuda", reason="numba-cuda (the 'cuda' extra) not installed")
+
+from rubiks_shift import _cuda
+
+
+def _step(src, dst, stride=(1, 1, 1), quantize=False, adjoint=False, storage="float32"):
+    (step,) = _cuda._gather_plan(
+        src, dst, stride, (0, 0, 0), quantize, adjoint, None, storage
+    )  # fmt: skip
+    return step
+
+
+def _layout(step):
+    """(frames inner, waves, rows, tasks) of a gather step, read from its scalars."""
+    scalars = step.scalars
+    return bool(scalars[17]), step.waves, scalars[16], scalars[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    planes=st.integers(1, 1 << 16),
+    rows=st.integers(1, 600),
+    width=st.integers(1, 600),
+    row_stride=st.integers(1, 4),
+    adjoint=st.booleans(),
+    group=st.sampled_from([1, 4, 8, 16]),
+)
+def test_task_rows_stay_in_range(planes, rows, width, row_stride, adjoint, group):
+    got = _cuda._task_rows(planes, rows, width, row_stride, adjoint, group)
+    assert 1 <= got <= rows
+    again = _cuda._task_rows_per_thread(planes, rows, width, group)
+    assert 1 <= again <= rows
+
+
+def test_float32_takes_the_swept_layout():
+    frames, waves, rows, tasks = _layout(_step((8, 8, 72, 56, 56), (8, 8, 72, 56, 56)))
+    assert (frames, waves, rows) == (True, _cuda.GATHER_WAVES, 16)
+    assert tasks == 8 * 8 * 72 * (56 // 16 + 1) * 56
+
+
+def test_narrow_rows_keep_planes_in_memory_order():
+    frames, waves, rows, _ = _layout(_step((8, 8, 576, 7, 7), (8, 8, 576, 7, 7)))
+    assert (frames, waves, rows) == (False, _cuda.GATHER_WAVES, 7)
+
+
+def test_strided_walks_get_their_rows():
+    src, dst = (8, 8, 72, 112, 112), (8, 8, 72, 56, 56)
+    assert _layout(_step(src, dst, (1, 2, 2)))[2] == 8  # the generic strided walk
+    assert _layout(_step(dst, src, (1, 2, 2), adjoint=True))[2] == 112  # adjoint, stride 2
+
+
+@pytest.mark.parametrize(
+    "storage,quantize", [("bfloat16", False), ("float16", False), ("float32", True)]
+)
+def test_unswept_cases_keep_one_task_per_thread(storage, quantize):
+    shape = (16, 8, 256, 56, 56)
+    frames, waves, rows, _ = _layout(_step(shape, shape, quantize=quantize, storage=storage))
+    assert (frames, waves) == (False, 0)
+    assert rows == _cuda._task_rows_per_thread(16 * 8 * 256, 56, 56, _cuda.GATHER_GROUP)
+
+
+def test_small_problems_split_columns_to_fill_the_gpu():
+    one_clip = (1, 8, 72, 56, 56)
+    _, _, rows, tasks = _layout(_step(one_clip, one_clip))
+    assert rows == 8  # 16-row tasks would leave 129k tasks, under GATHER_TASKS
+    assert tasks == 576 * 7 * 56
+
+
+def test_grid_cap_applies_to_grid_stride_steps_only(monkeypatch):
+    monkeypatch.setattr(_cuda, "_resident_blocks", lambda handle, threads, index: 660)
+    step = _step((8, 8, 72, 56, 56), (8, 8, 72, 56, 56))
+    assert step.grid[0] > 660
+    assert _cuda._launch_grid(step, 0, 0) == (660 * step.waves, 1, 1)
+    per_task = step._replace(waves=0)
+    assert _cuda._launch_grid(per_task, 0, 0) == step.grid
