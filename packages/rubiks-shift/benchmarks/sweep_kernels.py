@@ -47,8 +47,9 @@ def copy_tbps() -> float:
 
 
 def gather_variants(quick: bool, storage: str = "float32"):
-    """(name, row group, kernels, (frames inner, grid waves)) for ``storage`` tensors:
-    task order x grid cap, and (unless quick) row groups x register caps."""
+    """(name, row group, kernels, (frames inner, grid waves, frame pairs)) for
+    ``storage`` tensors: task order x grid cap, the experimental frame-pair gather, and
+    (unless quick) row groups x register caps."""
     group, reg = GATHER_GROUP, GATHER_REGISTERS
     ns = types.SimpleNamespace(
         storage=storage,
@@ -58,7 +59,17 @@ def gather_variants(quick: bool, storage: str = "float32"):
     )
     for frames_inner, waves in itertools.product((True, False), (0, 1, 2)):
         order = "frames" if frames_inner else "planes"
-        yield f"{order}-w{waves}-g{group}r{reg}", group, ns, (frames_inner, waves)
+        yield f"{order}-w{waves}-g{group}r{reg}", group, ns, (frames_inner, waves, False)
+    # the experimental frame-pair gather (two destination frames per task; stride 1 only)
+    pair = types.SimpleNamespace(
+        storage=storage,
+        shift_storage="float32",
+        gather=build_gather(storage, "float32", group, reg, pair=True),
+        gather_sig=gather_signature(storage, "float32"),
+    )
+    for frames_inner, waves in itertools.product((True, False), (0, 1)):
+        order = "frames" if frames_inner else "planes"
+        yield f"pair-{order}-w{waves}-g{group}r{reg}", group, pair, (frames_inner, waves, True)
     if quick:
         return
     for group, reg in ((4, 48), (8, 64), (16, 96)):
@@ -68,7 +79,7 @@ def gather_variants(quick: bool, storage: str = "float32"):
             gather=build_gather(storage, "float32", group, reg),
             gather_sig=gather_signature(storage, "float32"),
         )
-        yield f"frames-w1-g{group}r{reg}", group, ns, (True, 1)
+        yield f"frames-w1-g{group}r{reg}", group, ns, (True, 1, False)
 
 
 def gs_variants(quick: bool):
@@ -134,7 +145,9 @@ def main() -> None:
             ref = torch.empty(dst_shape, device="cuda", dtype=dtype)
             _cuda._run(defaults, ref_step, (srcs[0], shift, ref), device)
             floor = (bytes_x + bytes_y) / (tbps * 1e12) * 1e3
-            for name, group, ns, (frames_inner, waves) in gvars:
+            for name, group, ns, (frames_inner, waves, pair) in gvars:
+                if pair and (stride[0] != 1 or stride[1] != 1):
+                    continue  # the frame-pair gather takes temporal and row stride 1 only
                 for rows in row_options(dst_shape[3], group):
                     (step,) = _cuda._gather_plan(
                         src_shape,
@@ -147,6 +160,7 @@ def main() -> None:
                         storage,
                         frames_inner,
                         waves,
+                        pair,
                     )
                     dst.fill_(float("nan"))
                     _cuda._run(ns, step, (srcs[0], shift, dst), device)

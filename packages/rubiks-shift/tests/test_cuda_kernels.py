@@ -22,6 +22,7 @@ def test_kernels_in_cuda_simulator():
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("ok  ") == 24
+    assert proc.stdout.count("ok-pair") == 7
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16", "float32", "float64"])
@@ -29,6 +30,7 @@ def test_compile_ptx_every_dtype(storage):
     from numba import cuda
 
     from rubiks_shift import _cuda_kernels as K
+    from rubiks_shift._cuda_gather import build_gather
 
     shift_storages = ["float32", "float64"] if storage == "float32" else ["float32"]
     for shift_storage in shift_storages:
@@ -45,3 +47,7 @@ def test_compile_ptx_every_dtype(storage):
                 f64_ops = set(re.findall(r"\b([a-z]+)(?:\.[a-z]+)*\.f64\b", ptx))
                 allowed = {"ld", "cvt", "mul"} if name != "finalize" else set()
                 assert f64_ops <= allowed, f"{name}/{storage} uses float64 arithmetic: {f64_ops}"
+        # the experimental frame-pair gather (benchmarks/sweep_kernels.py) compiles too
+        pair = build_gather(storage, shift_storage, pair=True)
+        ptx, _ = cuda.compile_ptx(pair.py_func, kernels.gather_sig, cc=(9, 0))
+        assert ".entry" in ptx

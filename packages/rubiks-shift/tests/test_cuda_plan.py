@@ -81,3 +81,18 @@ def test_grid_cap_applies_to_grid_stride_steps_only(monkeypatch):
     assert _cuda._launch_grid(step, 0, 0) == (660 * step.waves, 1, 1)
     per_task = step._replace(waves=0)
     assert _cuda._launch_grid(per_task, 0, 0) == step.grid
+
+
+def test_frame_pair_plan_halves_the_frames_and_refuses_strides():
+    shape = (2, 3, 4, 16, 16)  # three frames: two pairs, the second one frame short
+    (step,) = _cuda._gather_plan(
+        shape, shape, (1, 1, 1), (0, 0, 0), False, False, None, "float32", True, 0, True
+    )  # fmt: skip
+    rows = step.scalars[16]
+    assert step.scalars[0] == 2 * 2 * 4 * -(-16 // rows) * 16
+    assert step.scalars[21] == 1 / 2  # the reciprocal of the pairs per column
+    for stride in ((2, 1, 1), (1, 2, 1)):
+        with pytest.raises(ValueError, match="frame-pair"):
+            _cuda._gather_plan(
+                shape, shape, stride, (0, 0, 0), False, False, None, "float32", True, 0, True
+            )  # fmt: skip

@@ -380,22 +380,28 @@ def _gather_plan(
     storage="float32",
     frames_inner=None,
     waves=None,
+    pair=False,
 ) -> tuple[Step, ...]:
     """Launches of the forward (adjoint=False: src = x, dst = y) or of grad_x
     (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors; ``rows`` per
-    task, the task order and the grid's waves override the defaults (benchmark sweeps)."""
+    task, the task order and the grid's waves override the defaults (benchmark sweeps).
+    ``pair``: the launch of a gather built with ``pair=True`` (two destination frames
+    per task; temporal and row stride 1, sources wider than one column)."""
     n_batch, t_src, channels, h_src, w_src = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
     _check_channels(channels)
     for h, w in ((h_src, w_src), (h_dst, w_dst)):
         if h * w >= 2**31:
             raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
+    if pair and (stride[0] != 1 or stride[1] != 1 or w_src == 1):
+        raise ValueError("a frame-pair gather needs temporal and row stride 1 and W > 1")
     planes = n_batch * t_dst * channels
+    frame_tasks = -(-t_dst // 2) if pair else t_dst  # destination frames (pairs) per column
     auto = _gather_layout(storage, quantize, adjoint, planes, h_dst, w_dst, stride[1])
     frames_inner = auto[0] if frames_inner is None else frames_inner
     waves = auto[1] if waves is None else waves
     rows = rows or auto[2]
-    tasks = planes * -(-h_dst // rows) * w_dst
+    tasks = n_batch * frame_tasks * channels * -(-h_dst // rows) * w_dst
     scalars = (
         tasks,
         channels,
@@ -411,10 +417,10 @@ def _gather_plan(
         int(quantize),
         rows,
         int(frames_inner),
-        1.0 / (tasks // planes),
+        1.0 / (-(-h_dst // rows) * w_dst),
         1.0 / w_dst,
         1.0 / channels,
-        1.0 / t_dst,
+        1.0 / frame_tasks,
         1.0 / -(-h_dst // rows),
     )
     grid = (-(-tasks // GATHER_THREADS), 1, 1)

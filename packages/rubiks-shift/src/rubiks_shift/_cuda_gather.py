@@ -63,11 +63,14 @@ def build_gather(
     group: int = GROUP,
     registers: int | None = GATHER_REGISTERS,
     narrow: bool = False,
+    pair: bool = False,
 ):
     """The gather kernel for one (storage, shift storage) pair; ``group`` rows per
     unrolled row group, ``registers`` the ptxas register cap (benchmark sweeps vary
     them). ``narrow``: the variant for a one-column source (W = 1), which never reads a
-    second column slot."""
+    second column slot. ``pair`` (experimental, for sweeps; not launched by the op yet):
+    each task computes two consecutive destination frames from three source frames (the
+    middle one read once for both), at temporal and row stride 1 only."""
     acc = accumulator(storage)
     load, store = _load_store(storage)
     sload, _ = _load_store(shift_storage)
@@ -76,6 +79,7 @@ def build_gather(
     half = acc(0.5)
     limit = acc(SHIFT_LIMIT)
     nan = acc(math.nan)
+    pair_group = max(1, group // 2)  # a frame pair keeps twice the loads per row in flight
 
     @cuda.jit(device=True, inline="always")
     def divmod_(a, b, inv):
@@ -232,6 +236,77 @@ def build_gather(
             walk_generic(kind, tp, dcol, h0, h1, mh, oh, dh, Hs, Ws, Wd, wh0, wh1)
 
     @cuda.jit(device=True, inline="always")
+    def column_slots(okw0, ws0, ww0, okw1, ws1, ww1, Ws32):
+        """(c0, m0, m1, v0, v1): the lane's first column slot c0 (slots c0 and c0 + 1,
+        both inside the row; c0 = 0 in the ``narrow`` kernel), the slots' masks and
+        column weights. Each active column corner (inside, divisible, non-zero weight)
+        lands in one slot."""
+        act0 = okw0 & (ww0 != zero)
+        act1 = okw1 & (ww1 != zero)
+        c0 = i32(0) if narrow else i32(min(max(ws0 if act0 else ws1, i32(0)), i32(Ws32 - 2)))
+        s00 = act0 & (ws0 == c0)
+        s10 = act1 & (ws1 == c0)
+        s01 = act0 & (ws0 == c0 + 1)
+        s11 = act1 & (ws1 == c0 + 1)
+        m0 = s00 | s10
+        m1 = (s01 | s11) & (not narrow)
+        v0 = (ww0 if s00 else zero) + (ww1 if s10 else zero)
+        v1 = (ww0 if s01 else zero) + (ww1 if s11 else zero)
+        return c0, m0, m1, v0, v1
+
+    @cuda.jit(device=True, inline="always")
+    def frame_row(q, m0, m1, v0, v1):
+        """One frame's row value: its two column slots at q, masked and weighted."""
+        a = v0 * load(q, 0)
+        b = v1 * load(q, 1)
+        return (a if m0 else zero) + (b if m1 else zero)
+
+    @cuda.jit(device=True, inline="always")
+    def pair_row(tp3, hs, hs_off, Hs):
+        """Row hs of the two outputs of a frame pair, (A, B): A blends source frames 0
+        and 1, B frames 1 and 2 (the temporal weights of the channel); a frame that is
+        outside the clip or has a zero weight is selected away; 0 outside [0, Hs)."""
+        p0, p1, p2, m0, m1, v0, v1, a0, a1, b0, b1, wt0, wt1 = tp3
+        ok = nt.uint32(hs) < nt.uint32(Hs)
+        r = hs_off if ok else i32(0)
+        f0 = frame_row(offset(p0, r), m0, m1, v0, v1)
+        f1 = frame_row(offset(p1, r), m0, m1, v0, v1)
+        f2 = frame_row(offset(p2, r), m0, m1, v0, v1)
+        va = (wt0 * f0 if a0 else zero) + (wt1 * f1 if a1 else zero)
+        vb = (wt0 * f1 if b0 else zero) + (wt1 * f2 if b1 else zero)
+        return (va if ok else zero), (vb if ok else zero)
+
+    @cuda.jit(device=True, inline="always")
+    def walk_pair(tp3, da, db, has_b, h0, h1, hs, Hs, Ws, Wd, wr0, wr1):
+        """walk_two for a frame pair: the same row reuse, two outputs per row."""
+        use0 = wr0 != zero
+        use1 = wr1 != zero
+        prev_a, prev_b = pair_row(tp3, hs, i32(hs * Ws), Hs)
+        h = h0
+        row = i32(hs + 1)
+        row_off = i32(row * Ws)
+        d_off = i32(h0 * Wd)
+        while h < h1:
+            for _ in range(pair_group):
+                cur_a, cur_b = pair_row(tp3, row, row_off, Hs)
+                if use0 & use1:
+                    out_a = cuda.fma(wr1, cur_a, wr0 * prev_a)
+                    out_b = cuda.fma(wr1, cur_b, wr0 * prev_b)
+                else:
+                    out_a = wr0 * prev_a if use0 else wr1 * cur_a
+                    out_b = wr0 * prev_b if use0 else wr1 * cur_b
+                if h < h1:
+                    store(da, d_off, out_a)
+                    if has_b:
+                        store(db, d_off, out_b)
+                prev_a = cur_a
+                prev_b = cur_b
+                h = i32(h + 1)
+                row = i32(row + 1)
+                row_off = i32(row_off + Ws)
+                d_off = i32(d_off + Wd)
+
+    @cuda.jit(device=True, inline="always")
     def fill(dcol, h0, h1, Wd, value):
         for h in range(h0, h1):
             store(dcol, i32(h * Wd), value)
@@ -285,10 +360,11 @@ def build_gather(
         Ws32 = i32(Ws)
         Wd32 = i32(Wd)
         Ts32 = i32(Ts)
+        Tt = (Td + 1) // 2 if pair else Td  # destination frames (pairs) per task column
         while g < tasks:
             if frames_inner != 0:  # (n, c, chunk, td, w)
                 r, w = divmod_(g, Wd, inv_w)
-                r, td = divmod_(r, Td, inv_t)
+                r, td = divmod_(r, Tt, inv_t)
                 r, chunk = divmod_(r, chunks, inv_chunks)
                 n, c = divmod_(r, C, inv_c)
                 plane = (n * Td + td) * C + c
@@ -296,7 +372,10 @@ def build_gather(
                 plane, k = divmod_(g, per_plane, inv_plane)
                 chunk, w = divmod_(k, Wd, inv_w)
                 slab, c = divmod_(plane, C, inv_c)
-                n, td = divmod_(slab, Td, inv_t)
+                n, td = divmod_(slab, Tt, inv_t)
+            if pair:  # the pair's first frame
+                td = td * 2
+                plane = (n * Td + td) * C + c
             g += grid_stride
             h0 = i32(chunk * rows)
             h1 = i32(min(h0 + rows, Hd))
@@ -306,6 +385,8 @@ def build_gather(
             s_w = acc(sload(shift, 2 * C + c))
             if s_t != s_t or s_h != s_h or s_w != s_w:
                 fill(dcol, h0, h1, Wd32, nan)
+                if pair and td + 1 < Td:
+                    fill(offset(dst, (plane + C) * Hd * Wd + w), h0, h1, Wd32, nan)
                 continue
             ft, wt0, wt1 = axis(s_t, quantize)
             fh, wh0, wh1 = axis(s_h, quantize)
@@ -330,6 +411,23 @@ def build_gather(
             ts1, okt1 = source(td, mt_, ot, 1, dt_, Ts32)
             ws0, okw0 = source(w, mw_, ow, 0, dw_, Ws32)
             ws1, okw1 = source(w, mw_, ow, 1, dw_, Ws32)
+            if pair:  # temporal and row stride 1 (the plan's condition)
+                c0, m0, m1, v0, v1 = column_slots(okw0, ws0, ww0, okw1, ws1, ww1, Ws32)
+                f0 = i32(td + ot)
+                has_b = td + 1 < Td
+                a0 = within(f0, Ts32) & (wt0 != zero)
+                a1 = within(f0 + 1, Ts32) & (wt1 != zero)
+                b0 = within(f0 + 1, Ts32) & (wt0 != zero) & has_b
+                b1 = within(f0 + 2, Ts32) & (wt1 != zero) & has_b
+                plane_s = Hs * Ws
+                base = n * Ts
+                p0 = offset(src, ((base + clamp(f0, Ts32)) * C + c) * plane_s + c0)
+                p1 = offset(src, ((base + clamp(f0 + 1, Ts32)) * C + c) * plane_s + c0)
+                p2 = offset(src, ((base + clamp(f0 + 2, Ts32)) * C + c) * plane_s + c0)
+                db = offset(dst, (plane + C) * Hd * Wd + w)
+                tp3 = (p0, p1, p2, m0, m1, v0, v1, a0, a1, b0, b1, wt0, wt1)
+                walk_pair(tp3, dcol, db, has_b, h0, h1, i32(h0 + oh), Hs32, Ws32, Wd32, wh0, wh1)
+                continue
             # frames: the active ones (inside the source, non-zero weight), first one
             # first; columns: the corners with a non-zero weight (the same for the whole
             # channel), each with a per-lane mask (inside the source and, in the adjoint,
@@ -340,20 +438,7 @@ def build_gather(
             if frames == 0:
                 fill(dcol, h0, h1, Wd32, zero)
                 continue
-            # column slots c0, c0 + 1, both inside the row (one slot, c0 = 0, for a
-            # one-column source: the ``narrow`` kernel); each active column corner
-            # (inside, divisible, non-zero weight) lands in one of them
-            act0 = okw0 & (ww0 != zero)
-            act1 = okw1 & (ww1 != zero)
-            c0 = i32(0) if narrow else i32(min(max(ws0 if act0 else ws1, i32(0)), i32(Ws32 - 2)))
-            s00 = act0 & (ws0 == c0)
-            s10 = act1 & (ws1 == c0)
-            s01 = act0 & (ws0 == c0 + 1)
-            s11 = act1 & (ws1 == c0 + 1)
-            m0 = s00 | s10
-            m1 = (s01 | s11) & (not narrow)
-            v0 = (ww0 if s00 else zero) + (ww1 if s10 else zero)
-            v1 = (ww0 if s01 else zero) + (ww1 if s11 else zero)
+            c0, m0, m1, v0, v1 = column_slots(okw0, ws0, ww0, okw1, ws1, ww1, Ws32)
             t_a = ts0 if fa0 else ts1
             wa = wt0 if fa0 else wt1
             plane_s = Hs * Ws
