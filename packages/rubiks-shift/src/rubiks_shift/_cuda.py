@@ -401,7 +401,8 @@ def _gather_plan(
     frames_inner = auto[0] if frames_inner is None else frames_inner
     waves = auto[1] if waves is None else waves
     rows = rows or auto[2]
-    tasks = n_batch * frame_tasks * channels * -(-h_dst // rows) * w_dst
+    chunks = -(-h_dst // rows)  # row chunks per destination column
+    tasks = n_batch * frame_tasks * channels * chunks * w_dst
     scalars = (
         tasks,
         channels,
@@ -417,11 +418,11 @@ def _gather_plan(
         int(quantize),
         rows,
         int(frames_inner),
-        1.0 / (-(-h_dst // rows) * w_dst),
+        1.0 / (chunks * w_dst),
         1.0 / w_dst,
         1.0 / channels,
         1.0 / frame_tasks,
-        1.0 / -(-h_dst // rows),
+        1.0 / chunks,
     )
     grid = (-(-tasks // GATHER_THREADS), 1, 1)
     name = "gather_narrow" if w_src == 1 else "gather"  # a one-column source: one slot
