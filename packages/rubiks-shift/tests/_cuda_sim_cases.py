@@ -11,12 +11,9 @@ import sys
 
 assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
-import types  # noqa: E402
-
 import torch  # noqa: E402
 
 from rubiks_shift import _cuda, reference  # noqa: E402
-from rubiks_shift._cuda_gather import build_gather  # noqa: E402
 from rubiks_shift._normalize import normalize_shift_grad  # noqa: E402
 
 CASES = [
@@ -33,6 +30,8 @@ CASES = [
     ((1, 2, 2, 17, 2), (1, 1, 1), (0, 0, 0), True, torch.float64),
     # wide enough rows for the 4-column tile fast path of the shift gradient
     ((1, 2, 3, 17, 13), (1, 1, 1), (0, 0, 0), False, torch.float64),
+    # 5 frames, 11 rows, padding: frame chunks and row bands with tails in the frame walk
+    ((1, 5, 2, 11, 4), (1, 1, 1), (1, 1, 0), False, torch.float64),
 ]
 
 
@@ -102,36 +101,36 @@ def main() -> int:
             f"order={_cuda.GATHER_ORDER} "
             f"errs={errs} |y|={float(y_ref.norm()):.3g} |gs|={float(gs_ref.norm()):.3g}"
         )
-        # the frame-pair variant where it applies, on the small cases (the simulator's
-        # threads made one 17 x 13 case take a minute in some runs, seconds in others)
-        pair_ok = stride[0] == 1 and stride[1] == 1 and min(shape[-1], y_ref.shape[-1]) > 1
-        if pair_ok and x.numel() <= 400:
-            failures += not check_pair(x, s, gy, y_ref, gx_ref, stride, padding, quantize, dtype)
+        # where the frame walk is the default, the row walk too, and the frame walk with
+        # short bands and frame chunks (the small cases: the simulator is slow)
+        if _cuda.frames_walk_applies(shape, stride) and x.numel() <= 400:
+            for kernel, rows, frames in (("rows", None, None), ("frames", 3, 2)):
+                failures += not check_layout(
+                    x, s, gy, y_ref, gx_ref, stride, padding, quantize, dtype, kernel, rows, frames
+                )
     return 1 if failures else 0
 
 
-def check_pair(x, s, gy, y_ref, gx_ref, stride, padding, quantize, dtype) -> bool:
-    """The experimental frame-pair gather (two destination frames per task), forward and
-    adjoint, in the order of this case, against the reference."""
+def check_layout(
+    x, s, gy, y_ref, gx_ref, stride, padding, quantize, dtype, kernel, rows, frames
+) -> bool:
+    """One gather kernel and layout, forward and adjoint, against the reference."""
     storage = _cuda._STORAGE[dtype]
-    kernels = types.SimpleNamespace(
-        storage=storage,
-        shift_storage=_cuda._STORAGE[s.dtype],
-        gather=build_gather(storage, _cuda._STORAGE[s.dtype], pair=True),
-    )
+    kernels = _cuda._kernels(storage, _cuda._STORAGE[s.dtype])
     frames_inner = _cuda.GATHER_ORDER == "frames"
     errs = []
     for src, ref, adjoint in ((x, y_ref, False), (gy, gx_ref, True)):
         dst = torch.full(ref.shape, float("nan"), dtype=dtype)
         (step,) = _cuda._gather_plan(
             tuple(src.shape), tuple(ref.shape), stride, padding, quantize, adjoint,
-            None, storage, frames_inner, 0, True,
+            rows, storage, frames_inner, None, kernel, frames,
         )  # fmt: skip
         _cuda._run(kernels, step, (src.to(dtype), s, dst), -1)
         errs.append(float((dst.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-12)))
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3}[dtype]
     ok = all(e < tol for e in errs)  # NaN (an unwritten output) fails too
-    print(f"{'ok-pair' if ok else 'FAIL-pair'} {tuple(x.shape)} {stride} {padding} errs={errs}")
+    tag = f"ok-{kernel}" if ok else f"FAIL-{kernel}"
+    print(f"{tag} {tuple(x.shape)} {stride} {padding} rows={rows} frames={frames} errs={errs}")
     return ok
 
 

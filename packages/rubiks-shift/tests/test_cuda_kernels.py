@@ -21,8 +21,9 @@ def test_kernels_in_cuda_simulator():
     )
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("ok  ") == 24
-    assert proc.stdout.count("ok-pair") == 7
+    assert proc.stdout.count("ok  ") == 25
+    assert proc.stdout.count("ok-rows") == 8  # the row walk where the frame walk is the default
+    assert proc.stdout.count("ok-frames") == 8  # the frame walk in short bands and chunks
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16", "float32", "float64"])
@@ -30,12 +31,11 @@ def test_compile_ptx_every_dtype(storage):
     from numba import cuda
 
     from rubiks_shift import _cuda_kernels as K
-    from rubiks_shift._cuda_gather import build_gather
 
     shift_storages = ["float32", "float64"] if storage == "float32" else ["float32"]
     for shift_storage in shift_storages:
         kernels = K.Kernels(storage, shift_storage)
-        for name in ("gather", "gather_narrow", "grad_shift", "finalize"):
+        for name in ("gather", "gather_narrow", "gather_frames", "grad_shift", "finalize"):
             ptx, _ = cuda.compile_ptx(
                 getattr(kernels, name).py_func, getattr(kernels, name + "_sig"), cc=(9, 0)
             )
@@ -47,7 +47,3 @@ def test_compile_ptx_every_dtype(storage):
                 f64_ops = set(re.findall(r"\b([a-z]+)(?:\.[a-z]+)*\.f64\b", ptx))
                 allowed = {"ld", "cvt", "mul"} if name != "finalize" else set()
                 assert f64_ops <= allowed, f"{name}/{storage} uses float64 arithmetic: {f64_ops}"
-        # the experimental frame-pair gather (benchmarks/sweep_kernels.py) compiles too
-        pair = build_gather(storage, shift_storage, pair=True)
-        ptx, _ = cuda.compile_ptx(pair.py_func, kernels.gather_sig, cc=(9, 0))
-        assert ".entry" in ptx

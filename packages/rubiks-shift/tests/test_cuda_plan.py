@@ -9,11 +9,15 @@ from hypothesis import strategies as st
 pytest.importorskip("numba.cuda", reason="numba-cuda (the 'cuda' extra) not installed")
 
 from rubiks_shift import _cuda
+from rubiks_shift._cuda_gather import FRAME_ROWS
 
 
-def _step(src, dst, stride=(1, 1, 1), quantize=False, adjoint=False, storage="float32"):
+def _step(
+    src, dst, stride=(1, 1, 1), quantize=False, adjoint=False, storage="float32", kernel="rows"
+):
+    """The gather launch; the row walk unless ``kernel`` says otherwise."""
     (step,) = _cuda._gather_plan(
-        src, dst, stride, (0, 0, 0), quantize, adjoint, None, storage
+        src, dst, stride, (0, 0, 0), quantize, adjoint, None, storage, None, None, kernel
     )  # fmt: skip
     return step
 
@@ -83,16 +87,48 @@ def test_grid_cap_applies_to_grid_stride_steps_only(monkeypatch):
     assert _cuda._launch_grid(per_task, 0, 0) == step.grid
 
 
-def test_frame_pair_plan_halves_the_frames_and_refuses_strides():
-    shape = (2, 3, 4, 16, 16)  # three frames: two pairs, the second one frame short
-    (step,) = _cuda._gather_plan(
-        shape, shape, (1, 1, 1), (0, 0, 0), False, False, None, "float32", True, 0, True
-    )  # fmt: skip
-    rows = step.scalars[16]
-    assert step.scalars[0] == 2 * 2 * 4 * -(-16 // rows) * 16
-    assert step.scalars[21] == 1 / 2  # the reciprocal of the pairs per column
-    for stride in ((2, 1, 1), (1, 2, 1)):
-        with pytest.raises(ValueError, match="frame-pair"):
-            _cuda._gather_plan(
-                shape, shape, stride, (0, 0, 0), False, False, None, "float32", True, 0, True
-            )  # fmt: skip
+def test_stride_one_forms_take_the_frame_walk():
+    shape = (8, 8, 72, 56, 56)
+    for adjoint in (False, True):
+        step = _step(shape, shape, adjoint=adjoint, kernel=None)
+        assert step.name == "gather_frames"
+        frames, rows = step.scalars[15], step.scalars[14]
+        assert (frames, rows) == (8, FRAME_ROWS)  # 8 * 72 * 7 * 56 tasks: above FRAME_TASKS
+        assert step.scalars[0] == 8 * 72 * 1 * 7 * 56
+    # a column stride keeps it; a row or temporal stride, or one-column planes, do not
+    assert _step((8, 8, 72, 56, 112), shape, (1, 1, 2), kernel=None).name == "gather_frames"
+    assert _step((8, 8, 72, 112, 112), shape, (1, 2, 2), kernel=None).name == "gather"
+    assert _step((8, 16, 72, 56, 56), shape, (2, 1, 1), kernel=None).name == "gather"
+    one_column = (2, 8, 4, 16, 1)
+    assert _step(one_column, one_column, kernel=None).name == "gather_narrow"
+
+
+def test_small_problems_split_frames_then_rows():
+    frames, rows = _cuda._frame_layout(8, 576, 8, 7, 7)  # 32k tasks with every frame
+    assert frames < 8 and rows == 7
+    tasks = 8 * 576 * -(-8 // frames) * 7
+    assert tasks >= _cuda.FRAME_TASKS or frames == 1
+    assert _cuda._frame_layout(1, 1, 4, 3, 3) == (1, 1)  # tiny: every split taken
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    batch=st.integers(1, 64),
+    channels=st.integers(1, 1024),
+    t=st.integers(1, 64),
+    h=st.integers(1, 600),
+    w=st.integers(1, 600),
+)
+def test_frame_layout_stays_in_range(batch, channels, t, h, w):
+    frames, rows = _cuda._frame_layout(batch, channels, t, h, w)
+    assert 1 <= frames <= t
+    assert 1 <= rows <= min(h, FRAME_ROWS)
+
+
+def test_frame_walk_refuses_rows_above_its_bound():
+    shape = (1, 2, 2, 32, 8)
+    with pytest.raises(ValueError, match="at most"):
+        _cuda._gather_plan(
+            shape, shape, (1, 1, 1), (0, 0, 0), False, False, FRAME_ROWS + 1, "float32",
+            None, None, "frames",
+        )  # fmt: skip

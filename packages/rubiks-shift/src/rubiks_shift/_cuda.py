@@ -53,7 +53,15 @@ GATHER_WAVES = int(os.environ.get("RUBIKS_SHIFT_GATHER_WAVES", "1"))
 # rows are at least a warp wide, else planes in memory order), "frames" or "planes"
 GATHER_ORDER = os.environ.get("RUBIKS_SHIFT_GATHER_ORDER", "auto")
 FRAMES_INNER_MIN_WIDTH = 32
-SIM_GATHER_THREADS = 16  # the simulator runs the gather as one block of 16 (the task loop)
+# Which gather walks the stride-1 forms (temporal and row stride 1, W > 1): "auto" /
+# "frames" (the frame-walking gather) or "rows" (the row walk, as for every other stride)
+GATHER_KERNEL = os.environ.get("RUBIKS_SHIFT_GATHER_KERNEL", "auto")
+FRAME_TASKS = 1 << 17  # fewest frame-walk tasks before frames, then rows, are split
+# The simulator runs a gather as this many one-thread blocks, so each thread loops over
+# several tasks (the grid stride). One thread per block: the simulator runs blocks one
+# after another, and several threads of one block, polled by the main thread, sometimes
+# ran 100x slower (GIL contention; 0.07 s or 30 s for the same 17 x 13 case, 2026-12-01)
+SIM_GATHER_BLOCKS = 4
 
 
 @functools.cache
@@ -245,8 +253,8 @@ def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], index:
     if simulator_enabled():
         arrays = [_flat(t.detach()).numpy() for t in tensors]
         grid, block = step.grid, step.block
-        if step.name.startswith("gather"):  # one small block: each thread loops over tasks
-            grid, block = (1, 1, 1), (SIM_GATHER_THREADS, 1, 1)
+        if step.name.startswith("gather"):  # a few threads, each looping over tasks
+            grid, block = (SIM_GATHER_BLOCKS, 1, 1), (1, 1, 1)
         getattr(kernels, step.name)[grid, block](*arrays, *step.scalars)
         return
     # keyed by identity: plan steps are cached objects, and hashing a step's ~25 scalars
@@ -368,6 +376,70 @@ def _gather_layout(
     return frames_inner, GATHER_WAVES if tuned else 0, rows
 
 
+def frames_walk_applies(src_shape, stride) -> bool:
+    """Whether the frame-walking gather can run this gather: temporal and row stride 1
+    and a source more than one column wide."""
+    return stride[0] == 1 and stride[1] == 1 and src_shape[4] > 1
+
+
+def _frame_layout(batch: int, channels: int, t_dst: int, h_dst: int, w_dst: int) -> tuple[int, int]:
+    """(frames, rows) per task of the frame-walking gather: all frames and FRAME_ROWS
+    rows, then fewer frames, then fewer rows, while that leaves under FRAME_TASKS tasks
+    to spread over the GPU."""
+    from ._cuda_gather import FRAME_ROWS
+
+    frames, rows = t_dst, min(h_dst, FRAME_ROWS)
+
+    def tasks(f: int, r: int) -> int:
+        return batch * channels * -(-t_dst // f) * -(-h_dst // r) * w_dst
+
+    while frames > 1 and tasks(frames, rows) < FRAME_TASKS:
+        frames = -(-frames // 2)
+    while rows > 1 and tasks(frames, rows) < FRAME_TASKS:
+        rows = -(-rows // 2)
+    return frames, rows
+
+
+def _frames_plan(
+    src_shape, dst_shape, stride, padding, quantize, adjoint, rows, frames, waves
+) -> tuple[Step, ...]:
+    """The launch of the frame-walking gather (see ``_gather_plan``)."""
+    from ._cuda_gather import FRAME_ROWS
+
+    n_batch, t_src, channels, h_src, w_src = src_shape
+    _, t_dst, _, h_dst, w_dst = dst_shape
+    auto_frames, auto_rows = _frame_layout(n_batch, channels, t_dst, h_dst, w_dst)
+    frames = frames or auto_frames
+    rows = rows or auto_rows
+    if not 1 <= rows <= FRAME_ROWS or frames < 1:
+        raise ValueError(f"frame-walk tasks of {rows} rows (at most {FRAME_ROWS}), {frames} frames")
+    bands = -(-h_dst // rows)
+    chunks = -(-t_dst // frames)
+    tasks = n_batch * channels * chunks * bands * w_dst
+    scalars = (
+        tasks,
+        channels,
+        t_src,
+        h_src,
+        w_src,
+        t_dst,
+        h_dst,
+        w_dst,
+        stride[2],
+        *padding,
+        int(adjoint),
+        int(quantize),
+        rows,
+        frames,
+        1.0 / w_dst,
+        1.0 / bands,
+        1.0 / chunks,
+        1.0 / channels,
+    )
+    grid = (-(-tasks // GATHER_THREADS), 1, 1)
+    return (Step("gather_frames", grid, (GATHER_THREADS, 1, 1), scalars, waves or 0),)
+
+
 @functools.lru_cache(maxsize=512)
 def _gather_plan(
     src_shape,
@@ -380,29 +452,32 @@ def _gather_plan(
     storage="float32",
     frames_inner=None,
     waves=None,
-    pair=False,
+    kernel=None,
+    frames=None,
 ) -> tuple[Step, ...]:
     """Launches of the forward (adjoint=False: src = x, dst = y) or of grad_x
-    (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors; ``rows`` per
-    task, the task order and the grid's waves override the defaults (benchmark sweeps).
-    ``pair``: the launch of a gather built with ``pair=True`` (two destination frames
-    per task; temporal and row stride 1, sources wider than one column)."""
+    (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors. ``kernel``:
+    "frames" (the frame-walking gather, where it applies) or "rows" (the row walk);
+    None: GATHER_KERNEL. ``rows`` per task, the row walk's task order, the grid's waves
+    and the frame walk's ``frames`` per task override the defaults (benchmark sweeps)."""
     n_batch, t_src, channels, h_src, w_src = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
     _check_channels(channels)
     for h, w in ((h_src, w_src), (h_dst, w_dst)):
         if h * w >= 2**31:
             raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
-    if pair and (stride[0] != 1 or stride[1] != 1 or w_src == 1):
-        raise ValueError("a frame-pair gather needs temporal and row stride 1 and W > 1")
+    kernel = kernel or ("rows" if GATHER_KERNEL == "rows" else "frames")
+    if kernel == "frames" and frames_walk_applies(src_shape, stride):
+        return _frames_plan(
+            src_shape, dst_shape, stride, padding, quantize, adjoint, rows, frames, waves
+        )
     planes = n_batch * t_dst * channels
-    frame_tasks = -(-t_dst // 2) if pair else t_dst  # destination frames (pairs) per column
     auto = _gather_layout(storage, quantize, adjoint, planes, h_dst, w_dst, stride[1])
     frames_inner = auto[0] if frames_inner is None else frames_inner
     waves = auto[1] if waves is None else waves
     rows = rows or auto[2]
     chunks = -(-h_dst // rows)  # row chunks per destination column
-    tasks = n_batch * frame_tasks * channels * chunks * w_dst
+    tasks = n_batch * t_dst * channels * chunks * w_dst
     scalars = (
         tasks,
         channels,
@@ -421,7 +496,7 @@ def _gather_plan(
         1.0 / (chunks * w_dst),
         1.0 / w_dst,
         1.0 / channels,
-        1.0 / frame_tasks,
+        1.0 / t_dst,
         1.0 / chunks,
     )
     grid = (-(-tasks // GATHER_THREADS), 1, 1)

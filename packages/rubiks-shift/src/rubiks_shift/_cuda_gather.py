@@ -44,6 +44,9 @@ from ._cuda_kernels import SHIFT_LIMIT, _load_store, accumulator, kernel_decorat
 # 48 / 64 / 96 on an H200, 2026-12-01: benchmarks/sweep_kernels.py)
 GATHER_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_GATHER_REGISTERS", "48")) or None
 GROUP = int(os.environ.get("RUBIKS_SHIFT_GATHER_GROUP", "8"))  # rows per unrolled group
+# destination rows per task of the frame-walking gather (a compile-time bound: each pass
+# keeps R + 1 rows of loads in flight and 2R values in registers)
+FRAME_ROWS = int(os.environ.get("RUBIKS_SHIFT_FRAME_ROWS", "8"))
 i32 = nt.int32
 i64 = nt.int64
 f64 = nt.float64
@@ -57,20 +60,30 @@ def gather_signature(storage: str, shift_storage: str) -> tuple:
     return (ptr, sptr, ptr) + (i64,) * 18 + (f64,) * 5
 
 
+def frames_signature(storage: str, shift_storage: str) -> tuple:
+    """The signature of the frame-walking gather (``build_gather(..., frames=True)``)."""
+    from ._cuda_kernels import _NUMBA_STORAGE
+
+    ptr = nt.CPointer(_NUMBA_STORAGE[storage])
+    sptr = nt.CPointer(_NUMBA_STORAGE[shift_storage])
+    return (ptr, sptr, ptr) + (i64,) * 16 + (f64,) * 4
+
+
 def build_gather(
     storage: str,
     shift_storage: str,
     group: int = GROUP,
     registers: int | None = GATHER_REGISTERS,
     narrow: bool = False,
-    pair: bool = False,
+    frames: bool = False,
+    frame_rows: int = 0,
 ):
     """The gather kernel for one (storage, shift storage) pair; ``group`` rows per
     unrolled row group, ``registers`` the ptxas register cap (benchmark sweeps vary
     them). ``narrow``: the variant for a one-column source (W = 1), which never reads a
-    second column slot. ``pair`` (experimental, for sweeps; not launched by the op yet):
-    each task computes two consecutive destination frames from three source frames (the
-    middle one read once for both), at temporal and row stride 1 only."""
+    second column slot. ``frames``: the frame-walking gather instead (temporal and row
+    stride 1), with ``frame_rows`` (default FRAME_ROWS) as its compile-time bound on
+    rows per task."""
     acc = accumulator(storage)
     load, store = _load_store(storage)
     sload, _ = _load_store(shift_storage)
@@ -79,7 +92,6 @@ def build_gather(
     half = acc(0.5)
     limit = acc(SHIFT_LIMIT)
     nan = acc(math.nan)
-    pair_group = max(1, group // 2)  # a frame pair keeps twice the loads per row in flight
 
     @cuda.jit(device=True, inline="always")
     def divmod_(a, b, inv):
@@ -262,51 +274,6 @@ def build_gather(
         return (a if m0 else zero) + (b if m1 else zero)
 
     @cuda.jit(device=True, inline="always")
-    def pair_row(tp3, hs, hs_off, Hs):
-        """Row hs of the two outputs of a frame pair, (A, B): A blends source frames 0
-        and 1, B frames 1 and 2 (the temporal weights of the channel); a frame that is
-        outside the clip or has a zero weight is selected away; 0 outside [0, Hs)."""
-        p0, p1, p2, m0, m1, v0, v1, a0, a1, b0, b1, wt0, wt1 = tp3
-        ok = nt.uint32(hs) < nt.uint32(Hs)
-        r = hs_off if ok else i32(0)
-        f0 = frame_row(offset(p0, r), m0, m1, v0, v1)
-        f1 = frame_row(offset(p1, r), m0, m1, v0, v1)
-        f2 = frame_row(offset(p2, r), m0, m1, v0, v1)
-        va = (wt0 * f0 if a0 else zero) + (wt1 * f1 if a1 else zero)
-        vb = (wt0 * f1 if b0 else zero) + (wt1 * f2 if b1 else zero)
-        return (va if ok else zero), (vb if ok else zero)
-
-    @cuda.jit(device=True, inline="always")
-    def walk_pair(tp3, da, db, has_b, h0, h1, hs, Hs, Ws, Wd, wr0, wr1):
-        """walk_two for a frame pair: the same row reuse, two outputs per row."""
-        use0 = wr0 != zero
-        use1 = wr1 != zero
-        prev_a, prev_b = pair_row(tp3, hs, i32(hs * Ws), Hs)
-        h = h0
-        row = i32(hs + 1)
-        row_off = i32(row * Ws)
-        d_off = i32(h0 * Wd)
-        while h < h1:
-            for _ in range(pair_group):
-                cur_a, cur_b = pair_row(tp3, row, row_off, Hs)
-                if use0 & use1:
-                    out_a = cuda.fma(wr1, cur_a, wr0 * prev_a)
-                    out_b = cuda.fma(wr1, cur_b, wr0 * prev_b)
-                else:
-                    out_a = wr0 * prev_a if use0 else wr1 * cur_a
-                    out_b = wr0 * prev_b if use0 else wr1 * cur_b
-                if h < h1:
-                    store(da, d_off, out_a)
-                    if has_b:
-                        store(db, d_off, out_b)
-                prev_a = cur_a
-                prev_b = cur_b
-                h = i32(h + 1)
-                row = i32(row + 1)
-                row_off = i32(row_off + Ws)
-                d_off = i32(d_off + Wd)
-
-    @cuda.jit(device=True, inline="always")
     def fill(dcol, h0, h1, Wd, value):
         for h in range(h0, h1):
             store(dcol, i32(h * Wd), value)
@@ -360,11 +327,10 @@ def build_gather(
         Ws32 = i32(Ws)
         Wd32 = i32(Wd)
         Ts32 = i32(Ts)
-        Tt = (Td + 1) // 2 if pair else Td  # destination frames (pairs) per task column
         while g < tasks:
             if frames_inner != 0:  # (n, c, chunk, td, w)
                 r, w = divmod_(g, Wd, inv_w)
-                r, td = divmod_(r, Tt, inv_t)
+                r, td = divmod_(r, Td, inv_t)
                 r, chunk = divmod_(r, chunks, inv_chunks)
                 n, c = divmod_(r, C, inv_c)
                 plane = (n * Td + td) * C + c
@@ -372,10 +338,7 @@ def build_gather(
                 plane, k = divmod_(g, per_plane, inv_plane)
                 chunk, w = divmod_(k, Wd, inv_w)
                 slab, c = divmod_(plane, C, inv_c)
-                n, td = divmod_(slab, Tt, inv_t)
-            if pair:  # the pair's first frame
-                td = td * 2
-                plane = (n * Td + td) * C + c
+                n, td = divmod_(slab, Td, inv_t)
             g += grid_stride
             h0 = i32(chunk * rows)
             h1 = i32(min(h0 + rows, Hd))
@@ -385,8 +348,6 @@ def build_gather(
             s_w = acc(sload(shift, 2 * C + c))
             if s_t != s_t or s_h != s_h or s_w != s_w:
                 fill(dcol, h0, h1, Wd32, nan)
-                if pair and td + 1 < Td:
-                    fill(offset(dst, (plane + C) * Hd * Wd + w), h0, h1, Wd32, nan)
                 continue
             ft, wt0, wt1 = axis(s_t, quantize)
             fh, wh0, wh1 = axis(s_h, quantize)
@@ -411,23 +372,6 @@ def build_gather(
             ts1, okt1 = source(td, mt_, ot, 1, dt_, Ts32)
             ws0, okw0 = source(w, mw_, ow, 0, dw_, Ws32)
             ws1, okw1 = source(w, mw_, ow, 1, dw_, Ws32)
-            if pair:  # temporal and row stride 1 (the plan's condition)
-                c0, m0, m1, v0, v1 = column_slots(okw0, ws0, ww0, okw1, ws1, ww1, Ws32)
-                f0 = i32(td + ot)
-                has_b = td + 1 < Td
-                a0 = within(f0, Ts32) & (wt0 != zero)
-                a1 = within(f0 + 1, Ts32) & (wt1 != zero)
-                b0 = within(f0 + 1, Ts32) & (wt0 != zero) & has_b
-                b1 = within(f0 + 2, Ts32) & (wt1 != zero) & has_b
-                plane_s = Hs * Ws
-                base = n * Ts
-                p0 = offset(src, ((base + clamp(f0, Ts32)) * C + c) * plane_s + c0)
-                p1 = offset(src, ((base + clamp(f0 + 1, Ts32)) * C + c) * plane_s + c0)
-                p2 = offset(src, ((base + clamp(f0 + 2, Ts32)) * C + c) * plane_s + c0)
-                db = offset(dst, (plane + C) * Hd * Wd + w)
-                tp3 = (p0, p1, p2, m0, m1, v0, v1, a0, a1, b0, b1, wt0, wt1)
-                walk_pair(tp3, dcol, db, has_b, h0, h1, i32(h0 + oh), Hs32, Ws32, Wd32, wh0, wh1)
-                continue
             # frames: the active ones (inside the source, non-zero weight), first one
             # first; columns: the corners with a non-zero weight (the same for the whole
             # channel), each with a per-lane mask (inside the source and, in the adjoint,
@@ -452,4 +396,147 @@ def build_gather(
             else:
                 walk(2, tp, dcol, h0, h1, mh_, oh, dh_, Hs32, Ws32, Wd32, wh0, wh1)
 
-    return gather
+    if not frames:
+        return gather
+    R = frame_rows or FRAME_ROWS
+
+    @cuda.jit(device=True, inline="always")
+    def frame_pass(p, hs0, nrows, Hs, Ws, cols, rw, cur):
+        """cur[k] for k < nrows: one source frame interpolated along W and H at
+        destination row h0 + k, from source rows hs0 + k and hs0 + k + 1 (``p``: the frame
+        at the lane's first column slot; ``cols`` = (m0, m1, v0, v1) its column slots,
+        ``rw`` = (wh0, wh1, use0, use1) the row weights). Branch-free over the R + 1 rows,
+        so all their loads are in flight at once; a row outside [0, Hs) or past the
+        band is not read (row 0 is loaded in its place and discarded)."""
+        m0, m1, v0, v1 = cols
+        wh0, wh1, use0, use1 = rw
+        above = zero
+        hs = hs0
+        off = i32(hs0 * Ws)
+        for j in range(R + 1):
+            ok = (j <= nrows) & (nt.uint32(hs) < nt.uint32(Hs))
+            v = frame_row(offset(p, off if ok else i32(0)), m0, m1, v0, v1)
+            below = v if ok else zero
+            if j > 0:
+                x = wh0 * above if use0 else zero
+                cur[j - 1] = cuda.fma(wh1, below, x) if use1 else x
+            above = below
+            hs = i32(hs + 1)
+            off = i32(off + Ws)
+
+    @kernel_decorator(registers)
+    def gather_frames(
+        src,
+        shift,
+        dst,
+        tasks,
+        C,
+        Ts,
+        Hs,
+        Ws,
+        Td,
+        Hd,
+        Wd,
+        sw,
+        pt,
+        ph,
+        pw,
+        adjoint,
+        quantize,
+        rows,
+        frames_per_task,
+        inv_w,
+        inv_bands,
+        inv_chunks,
+        inv_c,
+    ):
+        """The gather at temporal and row stride 1 (any column stride), walking frames.
+
+        Task (n, c, frame chunk, row band, column), column fastest: ``rows`` (<= R)
+        destination rows of one column for ``frames_per_task`` consecutive destination
+        frames. The task reads each source frame it needs once (one pass: its R + 1 rows
+        interpolated along W and H, kept in registers) and blends consecutive passes along
+        T, so the frames' two readers share one load, and rows are reused within a pass:
+        per output about (1 + 1/rows)(1 + 1/frames) source rows instead of the row walk's
+        two. Same arguments as ``gather`` otherwise (``inv_*``: float64 reciprocals of Wd,
+        the bands, the frame chunks and C)."""
+        g = i64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
+        grid_stride = i64(cuda.gridDim.x) * cuda.blockDim.x
+        bands = (Hd + rows - 1) // rows
+        chunks = (Td + frames_per_task - 1) // frames_per_task
+        Hs32 = i32(Hs)
+        Ws32 = i32(Ws)
+        Wd32 = i32(Wd)
+        Ts32 = i32(Ts)
+        frame_s = C * Hs * Ws  # source elements from one frame to the next
+        frame_d = C * Hd * Wd
+        prev = cuda.local.array(R, acc)
+        cur = cuda.local.array(R, acc)
+        while g < tasks:
+            r, w = divmod_(g, Wd, inv_w)
+            r, band = divmod_(r, bands, inv_bands)
+            r, chunk = divmod_(r, chunks, inv_chunks)
+            n, c = divmod_(r, C, inv_c)
+            g += grid_stride
+            h0 = i32(band * rows)
+            nrows = i32(min(rows, Hd - h0))
+            t0 = i32(chunk * frames_per_task)
+            t1 = i32(min(t0 + frames_per_task, Td))
+            d0 = ((n * Td + t0) * C + c) * Hd * Wd + h0 * Wd + w
+            s_t = acc(sload(shift, c))
+            s_h = acc(sload(shift, C + c))
+            s_w = acc(sload(shift, 2 * C + c))
+            if s_t != s_t or s_h != s_h or s_w != s_w:
+                for td in range(t0, t1):
+                    fill(offset(dst, d0 + (td - t0) * frame_d), 0, nrows, Wd32, nan)
+                continue
+            ft, wt0, wt1 = axis(s_t, quantize)
+            fh, wh0, wh1 = axis(s_h, quantize)
+            fw, ww0, ww1 = axis(s_w, quantize)
+            if adjoint:
+                ot = i32(pt - ft - 1)
+                oh = i32(ph - fh - 1)
+                ow = i32(pw - fw - 1)
+                wt0, wt1 = wt1, wt0
+                wh0, wh1 = wh1, wh0
+                ww0, ww1 = ww1, ww0
+            else:
+                ot = i32(ft - pt)
+                oh = i32(fh - ph)
+                ow = i32(fw - pw)
+            mw_, dw_ = (i32(1), i32(sw)) if adjoint else (i32(sw), i32(1))
+            ws0, okw0 = source(w, mw_, ow, 0, dw_, Ws32)
+            ws1, okw1 = source(w, mw_, ow, 1, dw_, Ws32)
+            c0, m0, m1, v0, v1 = column_slots(okw0, ws0, ww0, okw1, ws1, ww1, Ws32)
+            cols = (m0, m1, v0, v1)
+            rw = (wh0, wh1, wh0 != zero, wh1 != zero)
+            use_t0 = wt0 != zero  # a zero temporal weight: that frame is not read (inf
+            use_t1 = wt1 != zero  # there must not become inf * 0 = NaN)
+            hs0 = i32(h0 + oh)
+            base = (n * Ts * C + c) * Hs * Ws + c0
+            prev_ok = False
+            # destination frame td blends source frames td + ot (corner 0) and td + ot + 1
+            # (corner 1): pass td reads frame td + ot + 1 and completes td, from the
+            # prologue t0 - 1 (bounded by the task's frames whatever the shift)
+            for td in range(t0 - 1, t1):
+                s = i32(td + ot + 1)
+                need = (use_t0 & (td + 1 < t1)) | (use_t1 & (td >= t0))
+                cur_ok = within(s, Ts32) & need
+                if cur_ok:
+                    frame_pass(
+                        offset(src, base + s * frame_s), hs0, nrows, Hs32, Ws32, cols, rw, cur
+                    )
+                if td >= t0:
+                    q = offset(dst, d0 + (td - t0) * frame_d)
+                    a_ok = prev_ok & use_t0
+                    b_ok = cur_ok & use_t1
+                    for k in range(R):
+                        x = wt0 * prev[k] if a_ok else zero
+                        out = cuda.fma(wt1, cur[k], x) if b_ok else x
+                        if k < nrows:
+                            store(q, i32(k * Wd32), out)
+                for k in range(R):
+                    prev[k] = cur[k]
+                prev_ok = cur_ok
+
+    return gather_frames
