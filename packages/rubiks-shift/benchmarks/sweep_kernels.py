@@ -29,6 +29,7 @@ from rubiks_shift import _cuda_gather as G
 from rubiks_shift import _cuda_kernels as K
 from rubiks_shift._checks import output_shape
 from rubiks_shift._cuda_gather import (
+    FRAME_REGISTERS,
     FRAME_ROWS,
     GATHER_REGISTERS,
     build_gather,
@@ -83,13 +84,14 @@ def gather_variants(quick: bool, storage: str = "float32"):
             order = "frames" if frames_inner else "planes"
             opts = dict(kernel="rows", frames_inner=frames_inner, waves=waves)
             yield f"rows-{order}-w{waves}", rows_set, opts, "rows"
-    for bound, reg in ((8, 48), (8, 64), (16, 64)):
-        ns = _gather_set(storage, True, bound, reg)
-        if bound == FRAME_ROWS and reg == GATHER_REGISTERS:  # the plan's own choice
-            yield "frames-auto", ns, dict(kernel="frames", bound=bound), None
-        for waves, split in itertools.product((0, 1), (1, 2)):
-            opts = dict(kernel="frames", waves=waves, frame_split=split, bound=bound)
-            yield f"frames-R{bound}r{reg}-w{waves}-f/{split}", ns, opts, (bound // 2, bound)
+    ns = _gather_set(storage, True, FRAME_ROWS, FRAME_REGISTERS)
+    yield "frames-auto", ns, dict(kernel="frames", bound=FRAME_ROWS), None
+    for reg in (64, 80):
+        ns = _gather_set(storage, True, FRAME_ROWS, reg)
+        for split in (1, 2, 3):
+            opts = dict(kernel="frames", waves=0, frame_split=split, bound=FRAME_ROWS)
+            rows = tuple(range(FRAME_ROWS // 2 + 1, FRAME_ROWS + 1))
+            yield f"frames-R{FRAME_ROWS}r{reg}-f/{split}", ns, opts, rows
 
 
 def gs_variants(quick: bool):
@@ -291,9 +293,9 @@ def main() -> None:
             if kernel is None or id(kernel) in seen or not kernel.overloads:
                 continue
             seen.add(id(kernel))
-            sig = getattr(ns, kname + "_sig")
-            regs = kernel.get_regs_per_thread(sig)
-            local = kernel.get_local_mem_per_thread(sig)
+            regs = kernel.get_regs_per_thread()  # {signature: count}, one signature here
+            local = kernel.get_local_mem_per_thread()
+            regs, local = list(regs.values()), list(local.values())
             print(f"# {name}: {kname} {regs} registers, {local} bytes of local memory per thread")
     if args.json:
         with open(args.json, "w") as f:

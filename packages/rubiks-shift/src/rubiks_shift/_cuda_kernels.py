@@ -260,13 +260,20 @@ class Kernels:
         self.grad_shift_sig = (ptr, ptr, sptr, acc_ptr) + (i64,) * 15 + (nt.float64,) * 3
         self.finalize_sig = (acc_ptr, sptr, acc_ptr, i64, i64, i64, self.acc)
         self.grad_shift, self.finalize = _build(storage, shift_storage)
-        from ._cuda_gather import build_gather, frames_signature, gather_signature
+        from ._cuda_gather import (
+            FRAME_REGISTERS,
+            build_gather,
+            frames_signature,
+            gather_signature,
+        )
 
         self.gather = build_gather(storage, shift_storage)
         self.gather_sig = gather_signature(storage, shift_storage)
         self.gather_narrow = build_gather(storage, shift_storage, narrow=True)
         self.gather_narrow_sig = self.gather_sig
-        self.gather_frames = build_gather(storage, shift_storage, frames=True)
+        self.gather_frames = build_gather(
+            storage, shift_storage, registers=FRAME_REGISTERS, frames=True
+        )
         self.gather_frames_sig = frames_signature(storage, shift_storage)
 
 
