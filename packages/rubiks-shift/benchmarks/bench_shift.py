@@ -108,6 +108,18 @@ def copy_bandwidth(device: str, timer, reps: int) -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
+def same_size_bandwidth(device: str, timer, reps: int, nbytes: int) -> float:
+    """Bytes read + written per second of a device-to-device copy of ``nbytes`` (rotated
+    over three buffers, as the op's inputs are): the floor at this size, where a copy's
+    own ramp-up, tail and launch show."""
+    numel = max(1, nbytes // 4)
+    sets = 3 if device == "cuda" else 1
+    srcs = [torch.randn(numel, device=device) for _ in range(sets)]
+    dst = torch.empty_like(srcs[0])
+    kernel_ms, eager_ms = timer([lambda s=s: dst.copy_(s) for s in srcs], reps)
+    return 2 * numel * 4 / (min(kernel_ms, eager_ms) * 1e-3)
+
+
 def host_overhead_us(device: str, calls: int = 2000) -> dict[str, float]:
     """Host microseconds per eager call on a tiny tensor (GPU work is negligible)."""
     x = torch.randn(1, 2, 4, 4, 4, device=device)
@@ -156,14 +168,25 @@ def bench_case(device, shape, stride, dtype, timer, reps, bandwidth, quantize=Fa
     in_bytes = xs[0].numel() * xs[0].element_size()
     out_bytes = y.numel() * xs[0].element_size()
     rows = []
+    same = same_size_bandwidth(device, timer, reps, (in_bytes + out_bytes) // 2)
     kernel_ms, eager_ms = timer(fwd, reps)
-    floor = (in_bytes + out_bytes) / bandwidth * 1e3
-    rows.append(("fwd" + ("-quantize" if quantize else ""), kernel_ms, eager_ms, floor))
+    fwd_bytes = in_bytes + out_bytes
+    rows.append(
+        (
+            "fwd" + ("-quantize" if quantize else ""),
+            kernel_ms,
+            eager_ms,
+            fwd_bytes / bandwidth * 1e3,
+            fwd_bytes / same * 1e3,
+        )
+    )
     if not quantize:
         kernel_ms, eager_ms = timer(fwd_bwd, reps)
         # forward: read x, write y; backward: read grad_y and x, write grad_x
-        fb_floor = (3 * in_bytes + 2 * out_bytes) / bandwidth * 1e3
-        rows.append(("fwd+bwd", kernel_ms, eager_ms, fb_floor))
+        fb_bytes = 3 * in_bytes + 2 * out_bytes
+        rows.append(
+            ("fwd+bwd", kernel_ms, eager_ms, fb_bytes / bandwidth * 1e3, fb_bytes / same * 1e3)
+        )
     return rows
 
 
@@ -194,7 +217,7 @@ def main() -> None:
     for shape, stride, ref_fwd, ref_fb in cases:
         for dtype in dtypes:
             for quantize in (False, True) if dtype == torch.float32 else (False,):
-                for direction, ms, eager, floor in bench_case(
+                for direction, ms, eager, floor, same_floor in bench_case(
                     device, shape, stride, dtype, timer, reps, bandwidth, quantize
                 ):
                     ref = (
@@ -211,24 +234,27 @@ def main() -> None:
                             ms=ms,
                             eager_ms=eager,
                             floor_ms=floor,
+                            same_size_floor_ms=same_floor,
                             reference_ms=ref,
                         )
                     )
     overhead = host_overhead_us(device)
     header = (
         f"| {'shape':<22} | {'stride':<9} | {'dtype':<8} | {'direction':<12} | {'ms':>8} | "
-        f"{'eager ms':>8} | {'floor ms':>8} | {'% floor':>7} | {'ref ms':>7} | {'vs ref':>6} |"
+        f"{'eager ms':>8} | {'floor ms':>8} | {'% floor':>7} | {'same-size floor':>15} | "
+        f"{'% same-size':>11} | {'ref ms':>7} | {'vs ref':>6} |"
     )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in table:
         pct = 100 * r["floor_ms"] / r["ms"]
+        same = 100 * r["same_size_floor_ms"] / r["ms"]
         ref = f"{r['reference_ms']:.3f}" if r["reference_ms"] else "-"
         speed = f"{r['reference_ms'] / r['ms']:.2f}x" if r["reference_ms"] else "-"
         print(
             f"| {r['shape']!s:<22} | {r['stride']!s:<9} | {r['dtype']:<8} | {r['direction']:<12} | "
             f"{r['ms']:8.4f} | {r['eager_ms']:8.4f} | {r['floor_ms']:8.4f} | {pct:6.1f}% | "
-            f"{ref:>7} | {speed:>6} |"
+            f"{r['same_size_floor_ms']:15.4f} | {same:10.1f}% | {ref:>7} | {speed:>6} |"
         )
     for k, v in overhead.items():
         print(f"# host time per eager forward call, tiny tensor, {k}: {v:.1f} us")

@@ -51,7 +51,10 @@ def test_cuda_graph_capture_and_replay():
         assert torch.equal(shift.grad, egs)
 
 
-def test_fast_launch_matches_numba_launch():
+@pytest.mark.parametrize(
+    "stride,name", [((1, 1, 1), "gather_frames"), ((1, 2, 2), "gather")]
+)  # fmt: skip
+def test_fast_launch_matches_numba_launch(stride, name):
     """The hand-built launch gives what Numba's own launch path gives for the same kernel."""
     from numba import cuda
 
@@ -59,12 +62,13 @@ def test_fast_launch_matches_numba_launch():
 
     x = torch.randn(2, 3, 5, 9, 7, device="cuda")
     shift = torch.rand(3, 5, device="cuda") * 4 - 2
-    y_fast = _cuda.forward(x, shift, (1, 1, 1), (0, 0, 0), False)
+    y_fast = _cuda.forward(x, shift, stride, (0, 0, 0), False)
     kernels = _cuda._kernels("float32", "float32")
     (step,) = _cuda._gather_plan(
-        tuple(x.shape), tuple(y_fast.shape), (1, 1, 1), (0, 0, 0), False, False
+        tuple(x.shape), tuple(y_fast.shape), stride, (0, 0, 0), False, False
     )
-    kernel = kernels.gather.compile(kernels.gather_sig)
+    assert step.name == name
+    kernel = getattr(kernels, name).compile(getattr(kernels, name + "_sig"))
     y_numba = torch.full_like(y_fast, float("nan"))
     stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
     args = [x.data_ptr(), shift.data_ptr(), y_numba.data_ptr(), *step.scalars]
@@ -158,7 +162,7 @@ def test_first_cuda_call_of_a_process_announces_its_compile():
     assert done.returncode == 0, done.stderr
     notices = [line for line in done.stderr.splitlines() if "rubiks-shift: compiling" in line]
     assert len(notices) == 1, done.stderr
-    assert "CUDA gather kernel for float16" in notices[0]
+    assert "CUDA gather_frames kernel for float16" in notices[0]  # the stride-1 gather
 
 
 def _current_context() -> int:
