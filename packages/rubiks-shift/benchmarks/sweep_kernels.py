@@ -86,11 +86,12 @@ def gather_variants(quick: bool, storage: str = "float32"):
             yield f"rows-{order}-w{waves}", rows_set, opts, "rows"
     ns = _gather_set(storage, True, FRAME_ROWS, FRAME_REGISTERS)
     yield "frames-auto", ns, dict(kernel="frames", bound=FRAME_ROWS), None
-    for bound, reg in itertools.product((8, 12, 16), (48, 64)):
-        ns = _gather_set(storage, True, bound, reg)
-        for split in (1, 2):
-            opts = dict(kernel="frames", waves=0, frame_split=split, bound=bound)
-            yield f"frames-R{bound}r{reg}-f/{split}", ns, opts, (bound,)
+    for reg in (64, 80):
+        ns = _gather_set(storage, True, FRAME_ROWS, reg)
+        for split in (1, 2, 3):
+            opts = dict(kernel="frames", waves=0, frame_split=split, bound=FRAME_ROWS)
+            rows = tuple(range(FRAME_ROWS // 2 + 1, FRAME_ROWS + 1))
+            yield f"frames-R{FRAME_ROWS}r{reg}-f/{split}", ns, opts, rows
 
 
 def gs_variants(quick: bool):

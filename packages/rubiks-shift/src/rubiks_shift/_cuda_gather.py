@@ -404,44 +404,28 @@ def build_gather(
     R = frame_rows or FRAME_ROWS
 
     @cuda.jit(device=True, inline="always")
-    def frame_pass(p, hs0, nrows, Hs, Ws, cols, rw, acc, q, Wd, done, wt):
-        """One source frame's pass: the frame interpolated along W and H at destination
-        rows h0 + k (source rows hs0 + k and hs0 + k + 1; ``p``: the frame at the lane's
-        first column slot, ``cols`` = (m0, m1, v0, v1) its column slots, ``rw`` = (wh0,
-        wh1, use0, use1) the row weights), blended along T: row k of the destination frame
-        this frame completes (at ``q``, if ``done``) is acc[k] + wt1 * value, and acc[k]
-        becomes wt0 * value, the start of the next destination frame. Branch-free over
-        the R + 1 rows, so all their loads are in flight at once; a row outside [0, Hs)
-        or past the band is not read (row 0 is loaded in its place and discarded)."""
+    def frame_pass(p, hs0, nrows, Hs, Ws, cols, rw, cur):
+        """cur[k] for k < nrows: one source frame interpolated along W and H at
+        destination row h0 + k, from source rows hs0 + k and hs0 + k + 1 (``p``: the frame
+        at the lane's first column slot; ``cols`` = (m0, m1, v0, v1) its column slots,
+        ``rw`` = (wh0, wh1, use0, use1) the row weights). Branch-free over the R + 1 rows,
+        so all their loads are in flight at once; a row outside [0, Hs) or past the
+        band is not read (row 0 is loaded in its place and discarded)."""
         m0, m1, v0, v1 = cols
         wh0, wh1, use0, use1 = rw
-        wt0, wt1, use_t0, use_t1 = wt
         above = zero
         hs = hs0
         off = i32(hs0 * Ws)
         for j in range(R + 1):
             ok = (j <= nrows) & (nt.uint32(hs) < nt.uint32(Hs))
-            row = frame_row(offset(p, off if ok else i32(0)), m0, m1, v0, v1)
-            below = row if ok else zero
+            v = frame_row(offset(p, off if ok else i32(0)), m0, m1, v0, v1)
+            below = v if ok else zero
             if j > 0:
                 x = wh0 * above if use0 else zero
-                v = cuda.fma(wh1, below, x) if use1 else x
-                out = cuda.fma(wt1, v, acc[j - 1]) if use_t1 else acc[j - 1]
-                if done & (j - 1 < nrows):
-                    store(q, i32((j - 1) * Wd), out)
-                acc[j - 1] = wt0 * v if use_t0 else zero
+                cur[j - 1] = cuda.fma(wh1, below, x) if use1 else x
             above = below
             hs = i32(hs + 1)
             off = i32(off + Ws)
-
-    @cuda.jit(device=True, inline="always")
-    def empty_pass(acc, q, Wd, done, nrows):
-        """A pass over a frame that is not read (outside the clip or weighted 0): the
-        destination frame it would complete is acc alone; the next one starts from 0."""
-        for k in range(R):
-            if done & (k < nrows):
-                store(q, i32(k * Wd), acc[k])
-            acc[k] = zero
 
     @kernel_decorator(registers)
     def gather_frames(
@@ -489,7 +473,8 @@ def build_gather(
         Ts32 = i32(Ts)
         frame_s = C * Hs * Ws  # source elements from one frame to the next
         frame_d = C * Hd * Wd
-        acc_rows = cuda.local.array(R, acc)
+        prev = cuda.local.array(R, acc)
+        cur = cuda.local.array(R, acc)
         while g < tasks:
             r, w = divmod_(g, Wd, inv_w)
             r, band = divmod_(r, bands, inv_bands)
@@ -532,21 +517,29 @@ def build_gather(
             use_t1 = wt1 != zero  # there must not become inf * 0 = NaN)
             hs0 = i32(h0 + oh)
             base = (n * Ts * C + c) * Hs * Ws + c0
-            wt = (wt0, wt1, use_t0, use_t1)
-            for k in range(R):
-                acc_rows[k] = zero
+            prev_ok = False
             # destination frame td blends source frames td + ot (corner 0) and td + ot + 1
             # (corner 1): pass td reads frame td + ot + 1 and completes td, from the
             # prologue t0 - 1 (bounded by the task's frames whatever the shift)
             for td in range(t0 - 1, t1):
                 s = i32(td + ot + 1)
                 need = (use_t0 & (td + 1 < t1)) | (use_t1 & (td >= t0))
-                done = td >= t0
-                q = offset(dst, d0 + max(td - t0, 0) * frame_d)
-                if within(s, Ts32) & need:
-                    p = offset(src, base + s * frame_s)
-                    frame_pass(p, hs0, nrows, Hs32, Ws32, cols, rw, acc_rows, q, Wd32, done, wt)
-                else:
-                    empty_pass(acc_rows, q, Wd32, done, nrows)
+                cur_ok = within(s, Ts32) & need
+                if cur_ok:
+                    frame_pass(
+                        offset(src, base + s * frame_s), hs0, nrows, Hs32, Ws32, cols, rw, cur
+                    )
+                if td >= t0:
+                    q = offset(dst, d0 + (td - t0) * frame_d)
+                    a_ok = prev_ok & use_t0
+                    b_ok = cur_ok & use_t1
+                    for k in range(R):
+                        x = wt0 * prev[k] if a_ok else zero
+                        out = cuda.fma(wt1, cur[k], x) if b_ok else x
+                        if k < nrows:
+                            store(q, i32(k * Wd32), out)
+                for k in range(R):
+                    prev[k] = cur[k]
+                prev_ok = cur_ok
 
     return gather_frames
