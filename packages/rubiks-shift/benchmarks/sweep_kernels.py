@@ -57,20 +57,12 @@ def copy_tbps() -> float:
     return copy_bandwidth("cuda", _gpu_time, 20) / 1e12
 
 
-def _gather_set(
-    storage: str, frames: bool = False, rows_bound: int = 0, registers=None, unroll: int = 0
-):
+def _gather_set(storage: str, frames: bool = False, rows_bound: int = 0, registers=None):
     """A kernel namespace for ``_cuda._run``: the row-walk or frame-walk gather."""
     reg = registers or GATHER_REGISTERS
     name = "gather_frames" if frames else "gather"
     kernel = build_gather(
-        storage,
-        "float32",
-        GATHER_GROUP,
-        reg,
-        frames=frames,
-        frame_rows=rows_bound,
-        frame_unroll=unroll,
+        storage, "float32", GATHER_GROUP, reg, frames=frames, frame_rows=rows_bound
     )
     sig = frames_signature if frames else gather_signature
     return types.SimpleNamespace(
@@ -83,8 +75,8 @@ def _gather_set(
 def gather_variants(quick: bool, storage: str = "float32"):
     """(name, kernels, plan options, rows per task to try) for ``storage`` tensors: the
     row walk in its default layout and the two task orders x grid caps (not quick), and
-    the frame walk over frames per task, its row bound, passes per step, register cap
-    and block size."""
+    the frame walk over rows per task, frames per task, grid caps, its row bound and
+    register cap."""
     rows_set = _gather_set(storage)
     yield "rows-auto", rows_set, dict(kernel="rows"), None
     if not quick:
@@ -94,15 +86,12 @@ def gather_variants(quick: bool, storage: str = "float32"):
             yield f"rows-{order}-w{waves}", rows_set, opts, "rows"
     ns = _gather_set(storage, True, FRAME_ROWS, FRAME_REGISTERS)
     yield "frames-auto", ns, dict(kernel="frames", bound=FRAME_ROWS), None
-    # (row bound, passes per step, register cap, threads per block)
-    specs = [(8, 1, 64, 128), (8, 1, 64, 512), (7, 1, 64, 256), (8, 2, 64, 256)]
-    specs += [(8, 2, 80, 256), (6, 2, 64, 256), (4, 2, 64, 256), (4, 2, 48, 256)]
-    for bound, unroll, reg, threads in specs:
-        ns = _gather_set(storage, True, bound, reg, unroll)
-        for split in (1, 2):
-            opts = dict(kernel="frames", frame_split=split, bound=bound, threads=threads)
-            name = f"frames-R{bound}u{unroll}r{reg}t{threads}-f/{split}"
-            yield name, ns, opts, (bound,)
+    for reg in (64, 80):
+        ns = _gather_set(storage, True, FRAME_ROWS, reg)
+        for split in (1, 2, 3):
+            opts = dict(kernel="frames", waves=0, frame_split=split, bound=FRAME_ROWS)
+            rows = tuple(range(FRAME_ROWS // 2 + 1, FRAME_ROWS + 1))
+            yield f"frames-R{FRAME_ROWS}r{reg}-f/{split}", ns, opts, rows
 
 
 def gs_variants(quick: bool):
@@ -182,7 +171,6 @@ def main() -> None:
                 opts = dict(opts)
                 split = opts.pop("frame_split", None)
                 bound = opts.pop("bound", FRAME_ROWS)
-                threads = opts.pop("threads", None)
                 if opts["kernel"] == "frames" and not _cuda.frames_walk_applies(src_shape, stride):
                     continue
                 if row_set is None:
@@ -209,11 +197,6 @@ def main() -> None:
                         opts["kernel"],
                         frames,
                     )
-                    if threads:  # another block size: as many threads in all
-                        tasks = step.scalars[0]
-                        step = step._replace(
-                            grid=(-(-tasks // threads), 1, 1), block=(threads, 1, 1)
-                        )
                     dst.fill_(float("nan"))
                     _cuda._run(ns, step, (srcs[0], shift, dst), device)
                     if step.name == ref_step.name:

@@ -50,8 +50,6 @@ GROUP = int(os.environ.get("RUBIKS_SHIFT_GATHER_GROUP", "8"))  # rows per unroll
 # registers spill, 0.061 ms; 16 rows at 64 spill, 0.073 ms)
 FRAME_ROWS = int(os.environ.get("RUBIKS_SHIFT_FRAME_ROWS", "8"))
 FRAME_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_FRAME_REGISTERS", "64")) or None
-# frame passes per step of the frame walk (2: two frames' loads in flight at once)
-FRAME_UNROLL = int(os.environ.get("RUBIKS_SHIFT_FRAME_UNROLL", "1"))
 i32 = nt.int32
 i64 = nt.int64
 f64 = nt.float64
@@ -82,7 +80,6 @@ def build_gather(
     narrow: bool = False,
     frames: bool = False,
     frame_rows: int = 0,
-    frame_unroll: int = 0,
 ):
     """The gather kernel for one (storage, shift storage) pair; ``group`` rows per
     unrolled row group, ``registers`` the ptxas register cap (benchmark sweeps vary
@@ -405,34 +402,22 @@ def build_gather(
     if not frames:
         return gather
     R = frame_rows or FRAME_ROWS
-    unroll = frame_unroll or FRAME_UNROLL
 
     @cuda.jit(device=True, inline="always")
-    def blend(q, Wd, nrows, a, a_ok, wt0, b, b_ok, wt1):
-        """Store rows k < nrows of a destination frame at q: wt0 * a + wt1 * b, each
-        term only where its frame was read."""
-        for k in range(R):
-            x = wt0 * a[k] if a_ok else zero
-            out = cuda.fma(wt1, b[k], x) if b_ok else x
-            if k < nrows:
-                store(q, i32(k * Wd), out)
-
-    @cuda.jit(device=True, inline="always")
-    def frame_pass(p, hs0, nrows, Hs, Ws, cols, rw, cur, fok):
+    def frame_pass(p, hs0, nrows, Hs, Ws, cols, rw, cur):
         """cur[k] for k < nrows: one source frame interpolated along W and H at
         destination row h0 + k, from source rows hs0 + k and hs0 + k + 1 (``p``: the frame
         at the lane's first column slot; ``cols`` = (m0, m1, v0, v1) its column slots,
         ``rw`` = (wh0, wh1, use0, use1) the row weights). Branch-free over the R + 1 rows,
         so all their loads are in flight at once; a row outside [0, Hs) or past the
-        band is not read (row 0 is loaded in its place and discarded); with ``fok``
-        false, no row is (``p`` must still point into the source)."""
+        band is not read (row 0 is loaded in its place and discarded)."""
         m0, m1, v0, v1 = cols
         wh0, wh1, use0, use1 = rw
         above = zero
         hs = hs0
         off = i32(hs0 * Ws)
         for j in range(R + 1):
-            ok = fok & (j <= nrows) & (nt.uint32(hs) < nt.uint32(Hs))
+            ok = (j <= nrows) & (nt.uint32(hs) < nt.uint32(Hs))
             v = frame_row(offset(p, off if ok else i32(0)), m0, m1, v0, v1)
             below = v if ok else zero
             if j > 0:
@@ -490,7 +475,6 @@ def build_gather(
         frame_d = C * Hd * Wd
         prev = cuda.local.array(R, acc)
         cur = cuda.local.array(R, acc)
-        nxt = cuda.local.array(R, acc)
         while g < tasks:
             r, w = divmod_(g, Wd, inv_w)
             r, band = divmod_(r, bands, inv_bands)
@@ -537,41 +521,25 @@ def build_gather(
             # destination frame td blends source frames td + ot (corner 0) and td + ot + 1
             # (corner 1): pass td reads frame td + ot + 1 and completes td, from the
             # prologue t0 - 1 (bounded by the task's frames whatever the shift)
-            if unroll == 1:
-                for td in range(t0 - 1, t1):
-                    s = i32(td + ot + 1)
-                    need = (use_t0 & (td + 1 < t1)) | (use_t1 & (td >= t0))
-                    cur_ok = within(s, Ts32) & need
-                    if cur_ok:
-                        p = offset(src, base + s * frame_s)
-                        frame_pass(p, hs0, nrows, Hs32, Ws32, cols, rw, cur, True)
-                    if td >= t0:
-                        q = offset(dst, d0 + (td - t0) * frame_d)
-                        blend(
-                            q, Wd32, nrows, prev, prev_ok & use_t0, wt0, cur, cur_ok & use_t1, wt1
-                        )
+            for td in range(t0 - 1, t1):
+                s = i32(td + ot + 1)
+                need = (use_t0 & (td + 1 < t1)) | (use_t1 & (td >= t0))
+                cur_ok = within(s, Ts32) & need
+                if cur_ok:
+                    frame_pass(
+                        offset(src, base + s * frame_s), hs0, nrows, Hs32, Ws32, cols, rw, cur
+                    )
+                if td >= t0:
+                    q = offset(dst, d0 + (td - t0) * frame_d)
+                    a_ok = prev_ok & use_t0
+                    b_ok = cur_ok & use_t1
                     for k in range(R):
-                        prev[k] = cur[k]
-                    prev_ok = cur_ok
-            else:  # two passes per step, branch-free, so both frames' loads are in flight
-                td = i32(t0 - 1)
-                while td < t1:
-                    sa = i32(td + ot + 1)
-                    ok_a = within(sa, Ts32) & ((use_t0 & (td + 1 < t1)) | (use_t1 & (td >= t0)))
-                    ok_b = within(sa + 1, Ts32) & (td + 1 < t1) & (use_t0 & (td + 2 < t1) | use_t1)
-                    pa = offset(src, base + clamp(sa, Ts32) * frame_s)
-                    pb = offset(src, base + clamp(sa + 1, Ts32) * frame_s)
-                    frame_pass(pa, hs0, nrows, Hs32, Ws32, cols, rw, cur, ok_a)
-                    frame_pass(pb, hs0, nrows, Hs32, Ws32, cols, rw, nxt, ok_b)
-                    if td >= t0:
-                        q = offset(dst, d0 + (td - t0) * frame_d)
-                        blend(q, Wd32, nrows, prev, prev_ok & use_t0, wt0, cur, ok_a & use_t1, wt1)
-                    if td + 1 < t1:
-                        q = offset(dst, d0 + (td + 1 - t0) * frame_d)
-                        blend(q, Wd32, nrows, cur, ok_a & use_t0, wt0, nxt, ok_b & use_t1, wt1)
-                    for k in range(R):
-                        prev[k] = nxt[k]
-                    prev_ok = ok_b
-                    td = i32(td + 2)
+                        x = wt0 * prev[k] if a_ok else zero
+                        out = cuda.fma(wt1, cur[k], x) if b_ok else x
+                        if k < nrows:
+                            store(q, i32(k * Wd32), out)
+                for k in range(R):
+                    prev[k] = cur[k]
+                prev_ok = cur_ok
 
     return gather_frames
