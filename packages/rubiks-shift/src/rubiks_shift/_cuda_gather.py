@@ -1,6 +1,11 @@
-"""The gather kernel: the forward and its adjoint (grad_x), any stride.
+"""The gather kernels: the forward and its adjoint (grad_x).
 
-Thread mapping. One thread per (destination plane, row chunk, column) *task*, tasks
+Two walks. At temporal and row stride 1 (every stride-1 layer, forward and adjoint) the
+op launches the *frame walk* (``build_gather(..., frames=True)``, documented on its
+kernel): a task is one column of a band of rows through a chunk of frames, and each
+source frame it needs is read once. Every other stride takes the *row walk* below.
+
+Row walk. One thread per (destination plane, row chunk, column) *task*, tasks
 flattened in that order over a 1-D grid, so consecutive lanes hold consecutive columns of
 one row (coalesced loads and stores) and no lane idles on narrow planes.
 
