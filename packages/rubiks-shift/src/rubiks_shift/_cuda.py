@@ -379,6 +379,14 @@ def _gather_layout(
     return frames_inner, GATHER_WAVES if tuned else 0, rows
 
 
+def _extents(src_shape, dst_shape) -> tuple[int, ...]:
+    """(C, Ts, Hs, Ws, Td, Hd, Wd): a gather's channels and source / destination sizes, in
+    the order its kernel takes them."""
+    _, t_src, channels, h_src, w_src = src_shape
+    _, t_dst, _, h_dst, w_dst = dst_shape
+    return channels, t_src, h_src, w_src, t_dst, h_dst, w_dst
+
+
 def frames_walk_applies(src_shape, stride) -> bool:
     """Whether the frame-walking gather can run this gather: temporal and row stride 1
     and a source more than one column wide."""
@@ -409,7 +417,7 @@ def _frames_plan(
     """The launch of the frame-walking gather (see ``_gather_plan``)."""
     from ._cuda_gather import FRAME_ROWS
 
-    n_batch, t_src, channels, h_src, w_src = src_shape
+    n_batch, _, channels, _, _ = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
     auto_frames, auto_rows = _frame_layout(n_batch, channels, t_dst, h_dst, w_dst)
     frames = frames or auto_frames
@@ -421,13 +429,7 @@ def _frames_plan(
     tasks = n_batch * channels * chunks * bands * w_dst
     scalars = (
         tasks,
-        channels,
-        t_src,
-        h_src,
-        w_src,
-        t_dst,
-        h_dst,
-        w_dst,
+        *_extents(src_shape, dst_shape),
         stride[2],
         *padding,
         int(adjoint),
@@ -463,7 +465,7 @@ def _gather_plan(
     "frames" (the frame-walking gather, where it applies) or "rows" (the row walk);
     None: GATHER_KERNEL. ``rows`` per task, the row walk's task order, the grid's waves
     and the frame walk's ``frames`` per task override the defaults (benchmark sweeps)."""
-    n_batch, t_src, channels, h_src, w_src = src_shape
+    n_batch, _, channels, h_src, w_src = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
     _check_channels(channels)
     for h, w in ((h_src, w_src), (h_dst, w_dst)):
@@ -483,13 +485,7 @@ def _gather_plan(
     tasks = n_batch * t_dst * channels * chunks * w_dst
     scalars = (
         tasks,
-        channels,
-        t_src,
-        h_src,
-        w_src,
-        t_dst,
-        h_dst,
-        w_dst,
+        *_extents(src_shape, dst_shape),
         *stride,
         *padding,
         int(adjoint),
