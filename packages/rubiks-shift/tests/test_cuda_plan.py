@@ -1,4 +1,5 @@
-"""The CUDA launch plans without a GPU: rows per task, task order and grid caps."""
+"""The CUDA launch plans without a GPU: which walk a gather takes, rows and frames per task,
+task order and grid caps."""
 
 from __future__ import annotations
 
