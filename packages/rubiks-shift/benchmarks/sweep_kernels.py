@@ -3,12 +3,12 @@
 For each benchmark shape it times the gather kernels (forward and adjoint): the row walk
 in its default layout (without --quick also both task orders x grid caps, waves of
 resident blocks, 0 = one thread per task, over rows per task) and the frame walk over rows
-and frames per task, grid caps, its compile-time row bound and register cap; and the
+per task (up to its FRAME_ROWS bound), frames per task and register cap; and the
 shift-gradient kernel over its row group, register cap, rows per task and blocks per
-channel, each against a
-device-to-device copy of the same bytes measured in the same run. Every variant's output
-is checked against the row walk's default layout before it is timed (bit for bit for the
-same kernel, to 1e-5 of the largest output, 2e-2 in 16-bit types, for the other walk).
+channel, each against a device-to-device copy of the same bytes measured in the same
+run. Every variant's output is checked against the row walk's default layout before it
+is timed (bit for bit for the same kernel, to 1e-5 of the largest output, 2e-2 in 16-bit
+types, for the other walk).
 
     python benchmarks/sweep_kernels.py [--json out.json] [--quick] [--gather-only]
         [--dtype bfloat16] [--quantize]
@@ -17,6 +17,7 @@ same kernel, to 1e-5 of the largest output, 2e-2 in 16-bit types, for the other 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import types
@@ -25,7 +26,6 @@ import torch
 from bench_shift import _gpu_time, copy_bandwidth  # this folder (run as a script)
 
 from rubiks_shift import _cuda
-from rubiks_shift import _cuda_gather as G
 from rubiks_shift import _cuda_kernels as K
 from rubiks_shift._checks import output_shape
 from rubiks_shift._cuda_gather import (
@@ -57,13 +57,12 @@ def copy_tbps() -> float:
     return copy_bandwidth("cuda", _gpu_time, 20) / 1e12
 
 
-def _gather_set(storage: str, frames: bool = False, rows_bound: int = 0, registers=None):
-    """A kernel namespace for ``_cuda._run``: the row-walk or frame-walk gather."""
+def _gather_set(storage: str, frames: bool = False, registers=None):
+    """A kernel namespace for ``_cuda._run``: the row-walk or frame-walk gather (the latter
+    with the package's FRAME_ROWS bound)."""
     reg = registers or GATHER_REGISTERS
     name = "gather_frames" if frames else "gather"
-    kernel = build_gather(
-        storage, "float32", GATHER_GROUP, reg, frames=frames, frame_rows=rows_bound
-    )
+    kernel = build_gather(storage, "float32", GATHER_GROUP, reg, frames=frames)
     sig = frames_signature if frames else gather_signature
     return types.SimpleNamespace(
         storage=storage,
@@ -75,7 +74,7 @@ def _gather_set(storage: str, frames: bool = False, rows_bound: int = 0, registe
 def gather_variants(quick: bool, storage: str = "float32"):
     """(name, kernels, plan options, rows per task to try) for ``storage`` tensors: the
     row walk in its default layout and the two task orders x grid caps (not quick), and
-    the frame walk over rows per task, frames per task, grid caps, its row bound and
+    the frame walk in its default layout and over rows per task, frames per task and
     register cap."""
     rows_set = _gather_set(storage)
     yield "rows-auto", rows_set, dict(kernel="rows"), None
@@ -84,12 +83,12 @@ def gather_variants(quick: bool, storage: str = "float32"):
             order = "frames" if frames_inner else "planes"
             opts = dict(kernel="rows", frames_inner=frames_inner, waves=waves)
             yield f"rows-{order}-w{waves}", rows_set, opts, "rows"
-    ns = _gather_set(storage, True, FRAME_ROWS, FRAME_REGISTERS)
-    yield "frames-auto", ns, dict(kernel="frames", bound=FRAME_ROWS), None
+    default = _gather_set(storage, True, FRAME_REGISTERS)
+    yield "frames-auto", default, dict(kernel="frames"), None
     for reg in (64, 80):
-        ns = _gather_set(storage, True, FRAME_ROWS, reg)
+        ns = default if reg == FRAME_REGISTERS else _gather_set(storage, True, reg)
         for split in (1, 2, 3):
-            opts = dict(kernel="frames", waves=0, frame_split=split, bound=FRAME_ROWS)
+            opts = dict(kernel="frames", waves=0, frame_split=split)
             rows = tuple(range(FRAME_ROWS // 2 + 1, FRAME_ROWS + 1))
             yield f"frames-R{FRAME_ROWS}r{reg}-f/{split}", ns, opts, rows
 
@@ -151,26 +150,17 @@ def main() -> None:
             ("adj", y_shape, shape, gys),
         ):
             dst = torch.empty(dst_shape, device="cuda", dtype=dtype)
-            (ref_step,) = _cuda._gather_plan(
-                src_shape,
-                dst_shape,
-                stride,
-                (0, 0, 0),
-                quantize,
-                direction == "adj",
-                None,
-                storage,
-                None,
-                None,
-                "rows",
+            adjoint = direction == "adj"
+            plan = functools.partial(
+                _cuda._gather_plan, src_shape, dst_shape, stride, (0, 0, 0), quantize, adjoint
             )
+            (ref_step,) = plan(storage=storage, kernel="rows")
             ref = torch.empty(dst_shape, device="cuda", dtype=dtype)
             _cuda._run(defaults, ref_step, (srcs[0], shift, ref), device)
             floor = (bytes_x + bytes_y) / (tbps * 1e12) * 1e3
             for name, ns, opts, row_set in gvars:
                 opts = dict(opts)
                 split = opts.pop("frame_split", None)
-                bound = opts.pop("bound", FRAME_ROWS)
                 if opts["kernel"] == "frames" and not _cuda.frames_walk_applies(src_shape, stride):
                     continue
                 if row_set is None:
@@ -180,22 +170,14 @@ def main() -> None:
                 else:
                     row_set = sorted({min(dst_shape[3], r) for r in row_set})
                 frames = -(-dst_shape[1] // split) if split else None
-                # the plan checks rows against the frame walk's bound: this kernel's
-                G.FRAME_ROWS = bound
                 for rows in row_set:
-                    (step,) = _cuda._gather_plan(
-                        src_shape,
-                        dst_shape,
-                        stride,
-                        (0, 0, 0),
-                        quantize,
-                        direction == "adj",
-                        rows,
-                        storage,
-                        opts.get("frames_inner"),
-                        opts.get("waves"),
-                        opts["kernel"],
-                        frames,
+                    (step,) = plan(
+                        rows=rows,
+                        storage=storage,
+                        frames_inner=opts.get("frames_inner"),
+                        waves=opts.get("waves"),
+                        kernel=opts["kernel"],
+                        frames=frames,
                     )
                     dst.fill_(float("nan"))
                     _cuda._run(ns, step, (srcs[0], shift, dst), device)
