@@ -52,29 +52,39 @@ def test_cuda_graph_capture_and_replay():
 
 
 @pytest.mark.parametrize(
-    "stride,name", [((1, 1, 1), "gather_frames"), ((1, 2, 2), "gather")]
-)  # fmt: skip
-def test_fast_launch_matches_numba_launch(stride, name):
-    """The hand-built launch gives what Numba's own launch path gives for the same kernel."""
+    "stride,kernel,name",
+    [
+        ((1, 1, 1), "tiles", "gather_tiles"),
+        ((1, 1, 1), "frames", "gather_frames"),
+        ((1, 2, 2), None, "gather"),
+    ],
+)
+def test_fast_launch_matches_numba_launch(stride, kernel, name):
+    """The hand-built launch gives what Numba's own launch path gives for the same kernel
+    (the tile walk with its dynamic shared memory)."""
     from numba import cuda
 
     from rubiks_shift import _cuda
 
     x = torch.randn(2, 3, 5, 9, 7, device="cuda")
     shift = torch.rand(3, 5, device="cuda") * 4 - 2
-    y_fast = _cuda.forward(x, shift, stride, (0, 0, 0), False)
+    y_shape = _cuda.output_shape(x.shape, stride, (0, 0, 0))
     kernels = _cuda._kernels("float32", "float32")
     (step,) = _cuda._gather_plan(
-        tuple(x.shape), tuple(y_fast.shape), stride, (0, 0, 0), False, False
+        tuple(x.shape), y_shape, stride, (0, 0, 0), False, False, kernel=kernel
     )
     assert step.name == name
-    kernel = getattr(kernels, name).compile(getattr(kernels, name + "_sig"))
+    y_fast = torch.full(y_shape, float("nan"), device="cuda")
+    _cuda._run(kernels, step, (x, shift, y_fast), x.get_device())
+    compiled = getattr(kernels, name).compile(getattr(kernels, name + "_sig"))
     y_numba = torch.full_like(y_fast, float("nan"))
     stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
     args = [x.data_ptr(), shift.data_ptr(), y_numba.data_ptr(), *step.scalars]
-    kernel.launch(args, step.grid, step.block, stream)
+    compiled.launch(args, step.grid, step.block, stream, step.shared)
     torch.cuda.synchronize()
     assert torch.equal(y_fast, y_numba)
+    reference = _cuda.forward(x.double(), shift.double(), stride, (0, 0, 0), False)
+    assert rel_err(y_fast, reference) < 1e-6
 
 
 @pytest.mark.parametrize(
@@ -162,7 +172,11 @@ def test_first_cuda_call_of_a_process_announces_its_compile():
     assert done.returncode == 0, done.stderr
     notices = [line for line in done.stderr.splitlines() if "rubiks-shift: compiling" in line]
     assert len(notices) == 1, done.stderr
-    assert "CUDA gather_frames kernel for float16" in notices[0]  # the stride-1 gather
+    from rubiks_shift import _cuda
+
+    shape = (1, 2, 3, 4, 4)
+    (step,) = _cuda._gather_plan(shape, shape, (1, 1, 1), (0, 0, 0), False, False, None, "float16")
+    assert f"CUDA {step.name} kernel for float16" in notices[0]  # the stride-1 gather
 
 
 def _current_context() -> int:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import os
+from types import SimpleNamespace
 
 from numba import cuda
 from numba import types as nt
@@ -77,21 +78,9 @@ def frames_signature(storage: str, shift_storage: str) -> tuple:
     return (ptr, sptr, ptr) + (i64,) * 16 + (f64,) * 4
 
 
-def build_gather(
-    storage: str,
-    shift_storage: str,
-    group: int = GROUP,
-    registers: int | None = GATHER_REGISTERS,
-    narrow: bool = False,
-    frames: bool = False,
-    frame_rows: int = 0,
-):
-    """The gather kernel for one (storage, shift storage) pair; ``group`` rows per
-    unrolled row group, ``registers`` the ptxas register cap (benchmark sweeps vary
-    them). ``narrow``: the variant for a one-column source (W = 1), which never reads a
-    second column slot. ``frames``: the frame-walking gather instead (temporal and row
-    stride 1), with ``frame_rows`` (default FRAME_ROWS) as its compile-time bound on
-    rows per task."""
+def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> SimpleNamespace:
+    """The device functions the gather kernels share, for one (storage, shift storage)
+    pair (``narrow``: column slots of a one-column source)."""
     acc = accumulator(storage)
     load, store = _load_store(storage)
     sload, _ = _load_store(shift_storage)
@@ -148,6 +137,84 @@ def build_gather(
             return q, ((num & 1) == 0) & within(q, n)
         q = i32(num // d)
         return q, (q * d == num) & within(q, n)
+
+    @cuda.jit(device=True, inline="always")
+    def column_slots(okw0, ws0, ww0, okw1, ws1, ww1, Ws32):
+        """(c0, m0, m1, v0, v1): the lane's first column slot c0 (slots c0 and c0 + 1,
+        both inside the row; c0 = 0 in the ``narrow`` kernel), the slots' masks and
+        column weights. Each active column corner (inside, divisible, non-zero weight)
+        lands in one slot."""
+        act0 = okw0 & (ww0 != zero)
+        act1 = okw1 & (ww1 != zero)
+        c0 = i32(0) if narrow else i32(min(max(ws0 if act0 else ws1, i32(0)), i32(Ws32 - 2)))
+        s00 = act0 & (ws0 == c0)
+        s10 = act1 & (ws1 == c0)
+        s01 = act0 & (ws0 == c0 + 1)
+        s11 = act1 & (ws1 == c0 + 1)
+        m0 = s00 | s10
+        m1 = (s01 | s11) & (not narrow)
+        v0 = (ww0 if s00 else zero) + (ww1 if s10 else zero)
+        v1 = (ww0 if s01 else zero) + (ww1 if s11 else zero)
+        return c0, m0, m1, v0, v1
+
+    @cuda.jit(device=True, inline="always")
+    def fill(dcol, h0, h1, Wd, value):
+        for h in range(h0, h1):
+            store(dcol, i32(h * Wd), value)
+
+    @cuda.jit(device=True, inline="always")
+    def decode(shift, c, C, adjoint, quantize, pt, ph, pw):
+        """(bad, ot, oh, ow, wt0, wt1, wh0, wh1, ww0, ww1) of channel c: ``bad`` for a NaN
+        shift; per axis the source offset of corner 0 and the corner weights, for the
+        forward (offset floor(shift) - padding) or the adjoint (padding - floor(shift) -
+        1, corner weights swapped)."""
+        s_t = acc(sload(shift, c))
+        s_h = acc(sload(shift, C + c))
+        s_w = acc(sload(shift, 2 * C + c))
+        bad = s_t != s_t or s_h != s_h or s_w != s_w
+        ft, wt0, wt1 = axis(s_t, quantize)
+        fh, wh0, wh1 = axis(s_h, quantize)
+        fw, ww0, ww1 = axis(s_w, quantize)
+        if adjoint:
+            return (
+                bad,
+                i32(pt - ft - 1),
+                i32(ph - fh - 1),
+                i32(pw - fw - 1),
+                wt1,
+                wt0,
+                wh1,
+                wh0,
+                ww1,
+                ww0,
+            )
+        return bad, i32(ft - pt), i32(fh - ph), i32(fw - pw), wt0, wt1, wh0, wh1, ww0, ww1
+
+    parts = dict(locals())
+    del parts["storage"], parts["shift_storage"]
+    return SimpleNamespace(**parts)
+
+
+def build_gather(
+    storage: str,
+    shift_storage: str,
+    group: int = GROUP,
+    registers: int | None = GATHER_REGISTERS,
+    narrow: bool = False,
+    frames: bool = False,
+    frame_rows: int = 0,
+):
+    """The gather kernel for one (storage, shift storage) pair; ``group`` rows per
+    unrolled row group, ``registers`` the ptxas register cap (benchmark sweeps vary
+    them). ``narrow``: the variant for a one-column source (W = 1), which never reads a
+    second column slot. ``frames``: the frame-walking gather instead (temporal and row
+    stride 1), with ``frame_rows`` (default FRAME_ROWS) as its compile-time bound on
+    rows per task."""
+    p = device_parts(storage, shift_storage, narrow)
+    acc, load, store = p.acc, p.load, p.store
+    zero, nan = p.zero, p.nan
+    divmod_, within, clamp, source = p.divmod_, p.within, p.clamp, p.source
+    column_slots, fill, decode = p.column_slots, p.fill, p.decode
 
     @cuda.jit(device=True, inline="always")
     def taps(kind, tp, r):
@@ -256,35 +323,11 @@ def build_gather(
             walk_generic(kind, tp, dcol, h0, h1, mh, oh, dh, Hs, Ws, Wd, wh0, wh1)
 
     @cuda.jit(device=True, inline="always")
-    def column_slots(okw0, ws0, ww0, okw1, ws1, ww1, Ws32):
-        """(c0, m0, m1, v0, v1): the lane's first column slot c0 (slots c0 and c0 + 1,
-        both inside the row; c0 = 0 in the ``narrow`` kernel), the slots' masks and
-        column weights. Each active column corner (inside, divisible, non-zero weight)
-        lands in one slot."""
-        act0 = okw0 & (ww0 != zero)
-        act1 = okw1 & (ww1 != zero)
-        c0 = i32(0) if narrow else i32(min(max(ws0 if act0 else ws1, i32(0)), i32(Ws32 - 2)))
-        s00 = act0 & (ws0 == c0)
-        s10 = act1 & (ws1 == c0)
-        s01 = act0 & (ws0 == c0 + 1)
-        s11 = act1 & (ws1 == c0 + 1)
-        m0 = s00 | s10
-        m1 = (s01 | s11) & (not narrow)
-        v0 = (ww0 if s00 else zero) + (ww1 if s10 else zero)
-        v1 = (ww0 if s01 else zero) + (ww1 if s11 else zero)
-        return c0, m0, m1, v0, v1
-
-    @cuda.jit(device=True, inline="always")
     def frame_row(q, m0, m1, v0, v1):
         """One frame's row value: its two column slots at q, masked and weighted."""
         a = v0 * load(q, 0)
         b = v1 * load(q, 1)
         return (a if m0 else zero) + (b if m1 else zero)
-
-    @cuda.jit(device=True, inline="always")
-    def fill(dcol, h0, h1, Wd, value):
-        for h in range(h0, h1):
-            store(dcol, i32(h * Wd), value)
 
     @kernel_decorator(registers)
     def gather(
@@ -351,26 +394,12 @@ def build_gather(
             h0 = i32(chunk * rows)
             h1 = i32(min(h0 + rows, Hd))
             dcol = offset(dst, plane * Hd * Wd + w)
-            s_t = acc(sload(shift, c))
-            s_h = acc(sload(shift, C + c))
-            s_w = acc(sload(shift, 2 * C + c))
-            if s_t != s_t or s_h != s_h or s_w != s_w:
+            bad, ot, oh, ow, wt0, wt1, wh0, wh1, ww0, ww1 = decode(
+                shift, c, C, adjoint, quantize, pt, ph, pw
+            )
+            if bad:
                 fill(dcol, h0, h1, Wd32, nan)
                 continue
-            ft, wt0, wt1 = axis(s_t, quantize)
-            fh, wh0, wh1 = axis(s_h, quantize)
-            fw, ww0, ww1 = axis(s_w, quantize)
-            if adjoint:
-                ot = i32(pt - ft - 1)
-                oh = i32(ph - fh - 1)
-                ow = i32(pw - fw - 1)
-                wt0, wt1 = wt1, wt0
-                wh0, wh1 = wh1, wh0
-                ww0, ww1 = ww1, ww0
-            else:
-                ot = i32(ft - pt)
-                oh = i32(fh - ph)
-                ow = i32(fw - pw)
             # source index of corner e along each axis: forward i*stride + offset + e;
             # adjoint (i + offset + e) / stride where divisible (the outputs that read i)
             mt_, dt_ = (i32(1), i32(st)) if adjoint else (i32(st), i32(1))
@@ -491,27 +520,13 @@ def build_gather(
             t0 = i32(chunk * frames_per_task)
             t1 = i32(min(t0 + frames_per_task, Td))
             d0 = ((n * Td + t0) * C + c) * Hd * Wd + h0 * Wd + w
-            s_t = acc(sload(shift, c))
-            s_h = acc(sload(shift, C + c))
-            s_w = acc(sload(shift, 2 * C + c))
-            if s_t != s_t or s_h != s_h or s_w != s_w:
+            bad, ot, oh, ow, wt0, wt1, wh0, wh1, ww0, ww1 = decode(
+                shift, c, C, adjoint, quantize, pt, ph, pw
+            )
+            if bad:
                 for td in range(t0, t1):
                     fill(offset(dst, d0 + (td - t0) * frame_d), 0, nrows, Wd32, nan)
                 continue
-            ft, wt0, wt1 = axis(s_t, quantize)
-            fh, wh0, wh1 = axis(s_h, quantize)
-            fw, ww0, ww1 = axis(s_w, quantize)
-            if adjoint:
-                ot = i32(pt - ft - 1)
-                oh = i32(ph - fh - 1)
-                ow = i32(pw - fw - 1)
-                wt0, wt1 = wt1, wt0
-                wh0, wh1 = wh1, wh0
-                ww0, ww1 = ww1, ww0
-            else:
-                ot = i32(ft - pt)
-                oh = i32(fh - ph)
-                ow = i32(fw - pw)
             mw_, dw_ = (i32(1), i32(sw)) if adjoint else (i32(sw), i32(1))
             ws0, okw0 = source(w, mw_, ow, 0, dw_, Ws32)
             ws1, okw1 = source(w, mw_, ow, 1, dw_, Ws32)
