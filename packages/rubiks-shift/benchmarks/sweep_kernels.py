@@ -25,7 +25,7 @@ import types
 import torch
 from bench_shift import _gpu_time, copy_bandwidth  # this folder (run as a script)
 
-from rubiks_shift import _cuda, _cuda_tiles
+from rubiks_shift import _cuda
 from rubiks_shift import _cuda_kernels as K
 from rubiks_shift._checks import output_shape
 from rubiks_shift._cuda_gather import (
@@ -93,41 +93,6 @@ def gather_variants(quick: bool, storage: str = "float32"):
             yield f"frames-R{FRAME_ROWS}r{reg}-f/{split}", ns, opts, rows
 
 
-def _tiles_set(storage: str, outputs: int, stages: int, registers=None):
-    """A kernel namespace with the tile walk built for ``outputs`` per thread,
-    ``stages`` and a register cap (the plan reads outputs and stages from the module:
-    ``tile_constants`` sets them)."""
-    kernel = _cuda_tiles.build_tiles(storage, "float32", outputs, stages, registers)
-    return types.SimpleNamespace(
-        storage=storage,
-        shift_storage="float32",
-        gather_tiles=kernel,
-        gather_tiles_sig=_cuda_tiles.tiles_signature(storage, "float32"),
-        tile=(outputs, stages),
-    )
-
-
-def tile_variants(storage: str):
-    """(name, kernels, plan options, rows) of the tile walk: (outputs per thread, stages,
-    register cap) at 8 rows, and rows per block at 4 outputs, 4 stages, 64 registers."""
-    for outputs, stages, regs in ((4, 4, 64), (4, 3, 64), (2, 4, 48), (2, 3, 48), (1, 4, 40)):
-        ns = _tiles_set(storage, outputs, stages, regs)
-        yield f"tiles-k{outputs}s{stages}r{regs}", ns, dict(kernel="tiles"), (8,)
-    ns = _tiles_set(storage, 4, 4, 64)
-    yield "tiles-k4s4r64-rows", ns, dict(kernel="tiles"), (4, 6, 16)
-
-
-def tile_constants(ns) -> None:
-    """Point the plan's outputs per thread and stages at ``ns``'s tile kernel."""
-    outputs, stages = getattr(ns, "tile", (None, None))
-    if outputs is not None and (
-        outputs,
-        stages,
-    ) != (_cuda_tiles.TILE_OUTPUTS, _cuda_tiles.TILE_STAGES):
-        _cuda_tiles.TILE_OUTPUTS, _cuda_tiles.TILE_STAGES = outputs, stages
-        _cuda._gather_plan.cache_clear()
-
-
 def gs_variants(quick: bool):
     groups = [4] if quick else [4, 8]
     regs = [64] if quick else [64, 96]
@@ -144,24 +109,6 @@ def gs_variants(quick: bool):
         yield f"g{group}r{reg}", group, ns
 
 
-def blocks_per_sm(ns, step, device: int) -> int:
-    """Resident blocks per SM of ``step``'s kernel (the driver's occupancy calculator,
-    with the step's dynamic shared memory)."""
-    import ctypes
-
-    handle, _ = _cuda._Launcher.function(
-        getattr(ns, step.name), getattr(ns, step.name + "_sig"), device
-    )
-    lib = _cuda._libcuda()
-    out = ctypes.c_int()
-    occupancy = lib.cuOccupancyMaxActiveBlocksPerMultiprocessor
-    occupancy.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_int]
-    occupancy.argtypes.append(ctypes.c_size_t)
-    if occupancy(ctypes.byref(out), handle, step.block[0], step.shared) != 0:
-        return -1
-    return out.value
-
-
 def row_options(h: int, group: int) -> list[int]:
     return sorted({min(h, group), min(h, 2 * group), min(h, 3 * group), h})
 
@@ -175,9 +122,6 @@ def main() -> None:
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"]
     )
     parser.add_argument("--quantize", action="store_true", help="the quantized gather")
-    parser.add_argument(
-        "--tiles", action="store_true", help="the tile walk's variants against the defaults"
-    )
     args = parser.parse_args()
     storage, quantize = args.dtype, args.quantize
     dtype = getattr(torch, storage)
@@ -191,11 +135,7 @@ def main() -> None:
     device = torch.cuda.current_device()
     defaults = _cuda._kernels(storage, "float32")
     results = []
-    if args.tiles:
-        gvars = [v for v in gather_variants(True, storage) if v[0].endswith("-auto")]
-        gvars += list(tile_variants(storage))
-    else:
-        gvars = list(gather_variants(args.quick, storage))
+    gvars = list(gather_variants(args.quick, storage))
     svars = list(gs_variants(args.quick))
     for shape, stride in SHAPES:
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -221,11 +161,8 @@ def main() -> None:
             for name, ns, opts, row_set in gvars:
                 opts = dict(opts)
                 split = opts.pop("frame_split", None)
-                if opts["kernel"] in ("frames", "tiles") and not _cuda.frames_walk_applies(
-                    src_shape, stride
-                ):
+                if opts["kernel"] == "frames" and not _cuda.frames_walk_applies(src_shape, stride):
                     continue
-                tile_constants(ns)
                 if row_set is None:
                     row_set = [None]
                 elif row_set == "rows":
@@ -242,7 +179,6 @@ def main() -> None:
                         kernel=opts["kernel"],
                         frames=frames,
                     )
-                    walks_frames = step.name in ("gather_frames", "gather_tiles")
                     dst.fill_(float("nan"))
                     _cuda._run(ns, step, (srcs[0], shift, dst), device)
                     if step.name == ref_step.name:
@@ -266,10 +202,10 @@ def main() -> None:
                             quantize=quantize,
                             waves=step.waves,
                             variant=name,
-                            rows=step.scalars[14] if walks_frames else step.scalars[16],
-                            frames=step.scalars[15] if walks_frames else None,
-                            threads=step.block[0],
-                            blocks_per_sm=blocks_per_sm(ns, step, device),
+                            rows=step.scalars[14]
+                            if step.name == "gather_frames"
+                            else step.scalars[16],
+                            frames=step.scalars[15] if step.name == "gather_frames" else None,
                             ms=ms,
                             floor_ms=floor,
                         )
@@ -321,8 +257,7 @@ def main() -> None:
             f"{key[0]!s:<20} {key[1]!s:<9} {key[2]:<12} best {best['ms']:.4f} ms "
             f"({100 * best['floor_ms'] / best['ms']:.0f}% of floor {best['floor_ms']:.4f}) "
             f"{best['variant']} rows={best['rows']} frames={best.get('frames', '-')} "
-            f"blocks={best.get('blocks', '-')} threads={best.get('threads', '-')} "
-            f"per-SM={best.get('blocks_per_sm', '-')}"
+            f"blocks={best.get('blocks', '-')}"
         )
         shown = {best["variant"]}
         for r in rows[1:]:  # each other variant at its best rows per task
@@ -331,12 +266,11 @@ def main() -> None:
             shown.add(r["variant"])
             print(
                 f"{'':<44} {r['ms']:.4f} ms {r['variant']} rows={r['rows']} "
-                f"frames={r.get('frames', '-')} blocks={r.get('blocks', '-')} "
-                f"threads={r.get('threads', '-')} per-SM={r.get('blocks_per_sm', '-')}"
+                f"frames={r.get('frames', '-')} blocks={r.get('blocks', '-')}"
             )
     seen = set()
     for name, ns, _, _ in gvars:  # registers and spills of each compiled kernel
-        for kname in ("gather", "gather_frames", "gather_tiles"):
+        for kname in ("gather", "gather_frames"):
             kernel = getattr(ns, kname, None)
             if kernel is None or id(kernel) in seen or not kernel.overloads:
                 continue

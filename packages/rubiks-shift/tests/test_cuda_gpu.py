@@ -54,14 +54,12 @@ def test_cuda_graph_capture_and_replay():
 @pytest.mark.parametrize(
     "stride,kernel,name",
     [
-        ((1, 1, 1), "tiles", "gather_tiles"),
         ((1, 1, 1), "frames", "gather_frames"),
         ((1, 2, 2), None, "gather"),
     ],
 )
 def test_fast_launch_matches_numba_launch(stride, kernel, name):
-    """The hand-built launch gives what Numba's own launch path gives for the same kernel
-    (the tile walk with its dynamic shared memory)."""
+    """The hand-built launch gives what Numba's own launch path gives for the same kernel."""
     from numba import cuda
 
     from rubiks_shift import _cuda
@@ -80,7 +78,7 @@ def test_fast_launch_matches_numba_launch(stride, kernel, name):
     y_numba = torch.full_like(y_fast, float("nan"))
     stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
     args = [x.data_ptr(), shift.data_ptr(), y_numba.data_ptr(), *step.scalars]
-    compiled.launch(args, step.grid, step.block, stream, step.shared)
+    compiled.launch(args, step.grid, step.block, stream)
     torch.cuda.synchronize()
     assert torch.equal(y_fast, y_numba)
     reference = _cuda.forward(x.double(), shift.double(), stride, (0, 0, 0), False)

@@ -53,15 +53,9 @@ GATHER_WAVES = int(os.environ.get("RUBIKS_SHIFT_GATHER_WAVES", "1"))
 # rows are at least a warp wide, else planes in memory order), "frames" or "planes"
 GATHER_ORDER = os.environ.get("RUBIKS_SHIFT_GATHER_ORDER", "auto")
 FRAMES_INNER_MIN_WIDTH = 32
-# Which gather walks the stride-1 forms (temporal and row stride 1, W > 1): "auto",
-# "tiles" (shared-memory stages, sm_80+), "frames" (the frame-walking gather) or "rows"
-# (the row walk, as for every other stride)
+# Which gather walks the stride-1 forms (temporal and row stride 1, W > 1): "auto" /
+# "frames" (the frame-walking gather) or "rows" (the row walk, as for every other stride)
 GATHER_KERNEL = os.environ.get("RUBIKS_SHIFT_GATHER_KERNEL", "auto")
-# the tile walk (shared-memory stages): rows per block, fewest blocks before frames are
-# split, and the dynamic shared memory a block may take
-TILE_ROWS = int(os.environ.get("RUBIKS_SHIFT_TILE_ROWS", "8"))
-TILE_BLOCKS = 1 << 11
-TILE_SHARED_BYTES = 48 * 1024
 # fewest frame-walk tasks before frames, then rows, are split (H200, 2026-12-01: at
 # (8,8,576,7,7), 32k tasks of 8 frames 0.0112 ms, 65k of 4 frames 0.0104 ms, 258k of one
 # frame 0.0187 ms)
@@ -98,7 +92,6 @@ class Step(NamedTuple):
     block: tuple[int, int, int]
     scalars: tuple
     waves: int = 0  # > 0: a grid-stride kernel, its grid capped at this many resident waves
-    shared: int = 0  # bytes of dynamic shared memory per block
 
 
 def _scalar_types() -> dict:
@@ -263,11 +256,9 @@ def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], index:
     if simulator_enabled():
         arrays = [_flat(t.detach()).numpy() for t in tensors]
         grid, block = step.grid, step.block
-        if step.name == "gather_tiles":  # one-thread blocks walk their bands in rounds
-            block = (1, 1, 1)
-        elif step.name.startswith("gather"):  # a few threads, each looping over tasks
+        if step.name.startswith("gather"):  # a few threads, each looping over tasks
             grid, block = (SIM_GATHER_BLOCKS, 1, 1), (1, 1, 1)
-        getattr(kernels, step.name)[grid, block, 0, step.shared](*arrays, *step.scalars)
+        getattr(kernels, step.name)[grid, block](*arrays, *step.scalars)
         return
     # keyed by identity: plan steps are cached objects, and hashing a step's ~25 scalars
     # on every launch costs about a microsecond; the entry keeps its step, so a recycled
@@ -279,10 +270,10 @@ def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], index:
     for i, t in enumerate(tensors):
         pointers[i] = t.data_ptr()
     stream = torch._C._cuda_getCurrentRawStream(index)
-    result = _Launcher.cu_launch(entry[0], *entry[3], step.shared, stream, entry[2], None)
+    result = _Launcher.cu_launch(entry[0], *entry[3], 0, stream, entry[2], None)
     if result == _CUDA_ERROR_INVALID_CONTEXT:  # the thread's context was taken away since
         _ensure_context(index)
-        result = _Launcher.cu_launch(entry[0], *entry[3], step.shared, stream, entry[2], None)
+        result = _Launcher.cu_launch(entry[0], *entry[3], 0, stream, entry[2], None)
     if result != 0:
         raise RuntimeError(f"rubiks_shift: cuLaunchKernel({step.name}) failed (CUresult {result})")
 
@@ -396,102 +387,10 @@ def _extents(src_shape, dst_shape) -> tuple[int, ...]:
     return channels, t_src, h_src, w_src, t_dst, h_dst, w_dst
 
 
-def _tiles_preferred(src_shape, dst_shape) -> bool:
-    """Where "auto" takes the tile walk over the frame walk (untuned: never yet)."""
-    return False
-
-
 def frames_walk_applies(src_shape, stride) -> bool:
     """Whether the frame-walking gather can run this gather: temporal and row stride 1
     and a source more than one column wide."""
     return stride[0] == 1 and stride[1] == 1 and src_shape[4] > 1
-
-
-def tiles_walk_applies(src_shape, stride, storage: str) -> bool:
-    """Whether the tile walk can run this gather: stride 1, a source at least two
-    columns wide, devices with ``cp.async`` (sm_80+), source frames of whole 16-byte
-    segments and room for two source rows per stage in shared memory."""
-    from ._cuda_tiles import ITEMSIZE, TILE_STAGES, stage_elements
-
-    if tuple(stride) != (1, 1, 1) or src_shape[4] < 2 or not _tiles_supported():
-        return False
-    _, _, channels, h_src, w_src = src_shape
-    if channels * h_src * w_src * ITEMSIZE[storage] % 16:  # frames of whole segments
-        return False
-    stage = stage_elements(storage, 1, src_shape[4]) * ITEMSIZE[storage]
-    return TILE_STAGES * stage <= TILE_SHARED_BYTES
-
-
-@functools.cache
-def _tiles_supported() -> bool:
-    """cp.async on every visible device (plans are not per device), or the simulator."""
-    if simulator_enabled():
-        return True
-    count = torch.cuda.device_count()
-    return count > 0 and all(torch.cuda.get_device_capability(i)[0] >= 8 for i in range(count))
-
-
-def _tile_layout(
-    storage: str, batch: int, channels: int, t_dst: int, h_dst: int, w_dst: int, w_src: int
-) -> tuple[int, int, int]:
-    """(frames, rows, threads) per block of the tile walk: TILE_ROWS rows (fewer where
-    the stages would not fit TILE_SHARED_BYTES or the band would need over 1024 threads),
-    all frames unless that leaves under TILE_BLOCKS blocks (then halved), and a warp
-    multiple of threads covering the band with TILE_OUTPUTS outputs each."""
-    from ._cuda_tiles import ITEMSIZE, TILE_OUTPUTS, TILE_STAGES, stage_elements
-
-    def fits(r: int) -> bool:
-        shared = TILE_STAGES * stage_elements(storage, r, w_src) * ITEMSIZE[storage]
-        return shared <= TILE_SHARED_BYTES and r * w_dst <= 1024 * TILE_OUTPUTS
-
-    rows = min(h_dst, TILE_ROWS)
-    while rows > 1 and not fits(rows):
-        rows -= 1
-    frames = t_dst
-    while frames > 1 and batch * channels * -(-t_dst // frames) * -(-h_dst // rows) < TILE_BLOCKS:
-        frames = -(-frames // 2)
-    per_thread = -(-(rows * w_dst) // TILE_OUTPUTS)  # threads covering the band
-    threads = min(1024, -(-per_thread // 32) * 32)
-    return frames, rows, threads
-
-
-def _tiles_plan(
-    src_shape, dst_shape, stride, padding, quantize, adjoint, storage, rows, frames
-) -> tuple[Step, ...]:
-    """The launch of the tile walk (see ``_gather_plan``)."""
-    from ._cuda_tiles import ITEMSIZE, TILE_STAGES, stage_elements
-
-    n_batch, _, channels, _, w_src = src_shape
-    _, t_dst, _, h_dst, w_dst = dst_shape
-    auto_frames, auto_rows, threads = _tile_layout(
-        storage, n_batch, channels, t_dst, h_dst, w_dst, w_src
-    )
-    frames = frames or auto_frames
-    rows = rows or auto_rows
-    if not 1 <= rows <= h_dst or frames < 1:
-        raise ValueError(f"tile-walk tasks of {rows} rows, {frames} frames")
-    stage = stage_elements(storage, rows, w_src)
-    bands = -(-h_dst // rows)
-    chunks = -(-t_dst // frames)
-    tasks = n_batch * channels * chunks * bands
-    scalars = (
-        tasks,
-        *_extents(src_shape, dst_shape),
-        stride[2],
-        *padding,
-        int(adjoint),
-        int(quantize),
-        rows,
-        frames,
-        stage,
-        1.0 / w_dst,
-        1.0 / bands,
-        1.0 / chunks,
-        1.0 / channels,
-    )
-    shared = TILE_STAGES * stage * ITEMSIZE[storage]
-    grid = (min(tasks, 2**31 - 1), 1, 1)
-    return (Step("gather_tiles", grid, (threads, 1, 1), scalars, 0, shared),)
 
 
 def _frame_layout(batch: int, channels: int, t_dst: int, h_dst: int, w_dst: int) -> tuple[int, int]:
@@ -563,8 +462,7 @@ def _gather_plan(
 ) -> tuple[Step, ...]:
     """Launches of the forward (adjoint=False: src = x, dst = y) or of grad_x
     (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors. ``kernel``:
-    "tiles" (the tile walk), "frames" (the frame-walking gather), each where it applies,
-    or "rows" (the row walk);
+    "frames" (the frame-walking gather, where it applies) or "rows" (the row walk);
     None: GATHER_KERNEL. ``rows`` per task, the row walk's task order, the grid's waves
     and the frame walk's ``frames`` per task override the defaults (benchmark sweeps)."""
     n_batch, _, channels, h_src, w_src = src_shape
@@ -573,13 +471,8 @@ def _gather_plan(
     for h, w in ((h_src, w_src), (h_dst, w_dst)):
         if h * w >= 2**31:
             raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
-    kernel = kernel or GATHER_KERNEL
-    tiles = kernel == "tiles" or (kernel == "auto" and _tiles_preferred(src_shape, dst_shape))
-    if tiles and tiles_walk_applies(src_shape, stride, storage):
-        return _tiles_plan(
-            src_shape, dst_shape, stride, padding, quantize, adjoint, storage, rows, frames
-        )
-    if kernel in ("auto", "tiles", "frames") and frames_walk_applies(src_shape, stride):
+    kernel = kernel or ("rows" if GATHER_KERNEL == "rows" else "frames")
+    if kernel == "frames" and frames_walk_applies(src_shape, stride):
         return _frames_plan(
             src_shape, dst_shape, stride, padding, quantize, adjoint, rows, frames, waves
         )

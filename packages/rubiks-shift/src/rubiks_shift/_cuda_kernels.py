@@ -275,10 +275,6 @@ class Kernels:
             storage, shift_storage, registers=FRAME_REGISTERS, frames=True
         )
         self.gather_frames_sig = frames_signature(storage, shift_storage)
-        from ._cuda_tiles import build_tiles, tiles_signature
-
-        self.gather_tiles = build_tiles(storage, shift_storage)
-        self.gather_tiles_sig = tiles_signature(storage, shift_storage)
 
 
 def _build(
