@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.cuda.current_device()
     print(f"# {torch.cuda.get_device_name()}, forward (8, 8, C, 56, 56) float32, stride 1")
-    print("C | ms | ms per channel | waves | % of same-size copy")
+    print("C | ms | per channel | waves | % of same-size copy")
     for channels in args.channels:
         shape = (8, 8, channels, 56, 56)
         g = torch.Generator(device="cuda").manual_seed(0)
