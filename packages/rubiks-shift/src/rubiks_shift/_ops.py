@@ -199,9 +199,13 @@ for _device in ("cpu", "cuda"):
 
 def eager_backend(x: Tensor):
     """The backend module for a plain eager call on ``x``'s device, or None."""
-    if x.device.type == "cuda":
+    return _backend_for(x.device.type)
+
+
+def _backend_for(device_type: str):
+    if device_type == "cuda":
         return _cuda_backend()
-    if x.device.type == "cpu" and _cpu.available():
+    if device_type == "cpu" and _cpu.available():
         return _cpu
     return None
 
@@ -248,7 +252,8 @@ _apply = _eager_apply()
 
 
 def shift3d_call(x: Tensor, shift: Tensor, stride, padding, quantize, normalize_grad, t_factor):
-    """Run the op: the eager fast path when it is equivalent, the registered op otherwise."""
+    """Run the op: the eager fast path when it is equivalent, the registered op otherwise.
+    ``stride`` and ``padding`` are int sequences of three (lists for the registered op)."""
     if (
         type(x) is Tensor
         and (type(shift) is Tensor or type(shift) is torch.nn.Parameter)
@@ -256,14 +261,15 @@ def shift3d_call(x: Tensor, shift: Tensor, stride, padding, quantize, normalize_
         and not torch._C._are_functorch_transforms_active()
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
-        and eager_backend(x) is not None
     ):
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
-            x = x.to(torch.get_autocast_dtype(device_type))
-        if torch.is_grad_enabled() and (x.requires_grad or shift.requires_grad):
-            return _apply(x, shift, stride, padding, quantize, normalize_grad, t_factor)
-        return eager_backend(x).forward(x, shift, stride, padding, quantize)  # nothing to record
+        device_type = x.device.type  # a device object per call: read once
+        backend = _backend_for(device_type)
+        if backend is not None:
+            if torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
+                x = x.to(torch.get_autocast_dtype(device_type))
+            if torch.is_grad_enabled() and (x.requires_grad or shift.requires_grad):
+                return _apply(x, shift, stride, padding, quantize, normalize_grad, t_factor)
+            return backend.forward(x, shift, stride, padding, quantize)  # nothing to record
     return torch.ops.rubiks_shift.shift3d(
-        x, shift, stride, padding, quantize, normalize_grad, t_factor
+        x, shift, list(stride), list(padding), quantize, normalize_grad, t_factor
     )

@@ -102,9 +102,7 @@ def rubiks_shift3d(
     stride3, padding3 = _checked_3d(x, shift, stride, padding)
     factor = _t_factor(normalize_t_factor, x)
     _validate_values(shift, "rubiks_shift3d")
-    return shift3d_call(
-        x, shift, list(stride3), list(padding3), bool(quantize), bool(normalize_grad), factor
-    )
+    return shift3d_call(x, shift, stride3, padding3, bool(quantize), bool(normalize_grad), factor)
 
 
 def rubiks_shift2d(
