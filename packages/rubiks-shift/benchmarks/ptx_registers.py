@@ -23,18 +23,14 @@ from pathlib import Path
 
 from numba import cuda
 
-from rubiks_shift import _cuda_gather, _cuda_kernels
+from rubiks_shift import _cuda_kernels
 
 KERNELS = ("gather", "gather_narrow", "gather_frames", "grad_shift", "finalize")
 
 
-def register_cap(name: str) -> int | None:
-    """The register cap the package compiles ``name`` with."""
-    if name == "gather_frames":
-        return _cuda_gather.FRAME_REGISTERS
-    if name.startswith("gather"):
-        return _cuda_gather.GATHER_REGISTERS
-    return _cuda_kernels.MAX_REGISTERS if name == "grad_shift" else None
+def register_cap(kernel) -> int | None:
+    """The register cap ``kernel`` (a Numba CUDA dispatcher) was built with."""
+    return kernel.targetoptions.get("max_registers")
 
 
 def ptxas_report(ptx: str, arch: str, cap: int | None) -> str:
@@ -72,7 +68,7 @@ def main() -> int:
         for name in KERNELS:
             fn = getattr(kernels, name)
             ptx, _ = cuda.compile_ptx(fn.py_func, getattr(kernels, name + "_sig"), cc=cc)
-            cap = register_cap(name)
+            cap = register_cap(fn)
             report = ptxas_report(ptx, args.arch, cap)
             print(f"{storage:<9} {name:<14} cap {cap or '-':<3} {report}")
     return 0

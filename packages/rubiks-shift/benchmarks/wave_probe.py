@@ -35,10 +35,9 @@ def main() -> None:
             [lambda x=x, s=shift: _cuda.forward(x, s, (1, 1, 1), (0, 0, 0), False) for x in xs], 20
         )
         (step,) = _cuda._gather_plan(shape, shape, (1, 1, 1), (0, 0, 0), False, False)
+        kernels = _cuda._kernels("float32", "float32")
         handle, _ = _cuda._Launcher.function(
-            getattr(_cuda._kernels("float32", "float32"), step.name),
-            getattr(_cuda._kernels("float32", "float32"), step.name + "_sig"),
-            device,
+            getattr(kernels, step.name), getattr(kernels, step.name + "_sig"), device
         )
         resident = _cuda._resident_blocks(handle, step.block[0], device) * step.block[0]
         waves = step.scalars[0] / resident
