@@ -30,7 +30,6 @@ from rubiks_shift import _cuda_kernels as K
 from rubiks_shift._checks import output_shape
 from rubiks_shift._cuda_gather import (
     FRAME_REGISTERS,
-    FRAME_ROWS,
     GATHER_REGISTERS,
     build_gather,
     frames_signature,
@@ -57,12 +56,14 @@ def copy_tbps() -> float:
     return copy_bandwidth("cuda", _gpu_time, 20) / 1e12
 
 
-def _gather_set(storage: str, frames: bool = False, registers=None):
+def _gather_set(storage: str, frames: bool = False, registers=None, module=None, **options):
     """A kernel namespace for ``_cuda._run``: the row-walk or frame-walk gather (the latter
-    with the package's FRAME_ROWS bound)."""
+    with the package's FRAME_ROWS bound unless ``options`` say otherwise), from
+    ``module`` (default the package's ``_cuda_gather``)."""
     reg = registers or GATHER_REGISTERS
     name = "gather_frames" if frames else "gather"
-    kernel = build_gather(storage, "float32", GATHER_GROUP, reg, frames=frames)
+    build = module.build_gather if module else build_gather
+    kernel = build(storage, "float32", GATHER_GROUP, reg, frames=frames, **options)
     sig = frames_signature if frames else gather_signature
     return types.SimpleNamespace(
         storage=storage,
@@ -71,11 +72,26 @@ def _gather_set(storage: str, frames: bool = False, registers=None):
     )
 
 
-def gather_variants(quick: bool, storage: str = "float32"):
+# frame-walk variants the sweep builds beside the default: (rows bound R, register cap)
+FRAME_VARIANTS = [(8, 56), (8, 64), (12, 72), (16, 80)]
+
+
+def load_baseline(path: str):
+    """An earlier ``_cuda_gather.py`` (say from git history) as a module inside the
+    package, so that its kernels are timed beside the current ones in the same run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rubiks_shift._cuda_gather_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def gather_variants(quick: bool, storage: str = "float32", baseline=None):
     """(name, kernels, plan options, rows per task to try) for ``storage`` tensors: the
-    row walk in its default layout and the two task orders x grid caps (not quick), and
-    the frame walk in its default layout and over rows per task, frames per task and
-    register cap."""
+    row walk in its default layout and the two task orders x grid caps (not quick), the
+    frame walk in its default layout, over frames per task and FRAME_VARIANTS, and the
+    ``baseline`` module's frame walk."""
     rows_set = _gather_set(storage)
     yield "rows-auto", rows_set, dict(kernel="rows"), None
     if not quick:
@@ -85,12 +101,16 @@ def gather_variants(quick: bool, storage: str = "float32"):
             yield f"rows-{order}-w{waves}", rows_set, opts, "rows"
     default = _gather_set(storage, True, FRAME_REGISTERS)
     yield "frames-auto", default, dict(kernel="frames"), None
-    for reg in (64, 80):
-        ns = default if reg == FRAME_REGISTERS else _gather_set(storage, True, reg)
-        for split in (1, 2, 3):
-            opts = dict(kernel="frames", waves=0, frame_split=split)
-            rows = tuple(range(FRAME_ROWS // 2 + 1, FRAME_ROWS + 1))
-            yield f"frames-R{FRAME_ROWS}r{reg}-f/{split}", ns, opts, rows
+    if baseline is not None:
+        ns = _gather_set(storage, True, FRAME_REGISTERS, module=baseline)
+        yield "baseline-frames-auto", ns, dict(kernel="frames"), None
+    for split in (2,) if quick else (2, 3):
+        opts = dict(kernel="frames", waves=0, frame_split=split)
+        yield f"frames-auto-f/{split}", default, opts, None
+    for bound, reg in FRAME_VARIANTS:
+        ns = _gather_set(storage, True, reg, frame_rows=bound)
+        opts = dict(kernel="frames", waves=0, frame_bound=bound)
+        yield f"frames-R{bound}r{reg}", ns, opts, (bound,)
 
 
 def gs_variants(quick: bool):
@@ -122,6 +142,9 @@ def main() -> None:
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"]
     )
     parser.add_argument("--quantize", action="store_true", help="the quantized gather")
+    parser.add_argument(
+        "--baseline", help="an earlier _cuda_gather.py whose frame walk is timed beside"
+    )
     args = parser.parse_args()
     storage, quantize = args.dtype, args.quantize
     dtype = getattr(torch, storage)
@@ -135,7 +158,8 @@ def main() -> None:
     device = torch.cuda.current_device()
     defaults = _cuda._kernels(storage, "float32")
     results = []
-    gvars = list(gather_variants(args.quick, storage))
+    baseline = load_baseline(args.baseline) if args.baseline else None
+    gvars = list(gather_variants(args.quick, storage, baseline))
     svars = list(gs_variants(args.quick))
     for shape, stride in SHAPES:
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -178,6 +202,7 @@ def main() -> None:
                         waves=opts.get("waves"),
                         kernel=opts["kernel"],
                         frames=frames,
+                        frame_bound=opts.get("frame_bound"),
                     )
                     dst.fill_(float("nan"))
                     _cuda._run(ns, step, (srcs[0], shift, dst), device)

@@ -32,6 +32,10 @@ CASES = [
     ((1, 2, 3, 17, 13), (1, 1, 1), (0, 0, 0), False, torch.float64),
     # 5 frames, 11 rows, padding: frame chunks and row bands with tails in the frame walk
     ((1, 5, 2, 11, 4), (1, 1, 1), (1, 1, 0), False, torch.float64),
+    # 20 rows: full 8-row bands inside the plane (the frame walk's unmasked passes, two
+    # row taps and, quantized or at an integer row shift, one) and a partial last band
+    ((1, 3, 3, 20, 5), (1, 1, 1), (0, 0, 0), False, torch.float64),
+    ((1, 3, 2, 20, 5), (1, 1, 1), (0, 1, 0), True, torch.float32),
 ]
 
 

@@ -412,18 +412,20 @@ def _frame_layout(batch: int, channels: int, t_dst: int, h_dst: int, w_dst: int)
 
 
 def _frames_plan(
-    src_shape, dst_shape, stride, padding, quantize, adjoint, rows, frames, waves
+    src_shape, dst_shape, stride, padding, quantize, adjoint, rows, frames, waves, bound=None
 ) -> tuple[Step, ...]:
-    """The launch of the frame-walking gather (see ``_gather_plan``)."""
+    """The launch of the frame-walking gather (see ``_gather_plan``); ``bound``: the
+    kernel's compile-time bound on rows per task (default FRAME_ROWS)."""
     from ._cuda_gather import FRAME_ROWS
 
+    bound = bound or FRAME_ROWS
     n_batch, _, channels, _, _ = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
     auto_frames, auto_rows = _frame_layout(n_batch, channels, t_dst, h_dst, w_dst)
     frames = frames or auto_frames
     rows = rows or auto_rows
-    if not 1 <= rows <= FRAME_ROWS or frames < 1:
-        raise ValueError(f"frame-walk tasks of {rows} rows (at most {FRAME_ROWS}), {frames} frames")
+    if not 1 <= rows <= bound or frames < 1:
+        raise ValueError(f"frame-walk tasks of {rows} rows (at most {bound}), {frames} frames")
     bands = -(-h_dst // rows)
     chunks = -(-t_dst // frames)
     tasks = n_batch * channels * chunks * bands * w_dst
@@ -459,12 +461,15 @@ def _gather_plan(
     waves=None,
     kernel=None,
     frames=None,
+    frame_bound=None,
 ) -> tuple[Step, ...]:
     """Launches of the forward (adjoint=False: src = x, dst = y) or of grad_x
     (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors. ``kernel``:
     "frames" (the frame-walking gather, where it applies) or "rows" (the row walk);
     None: GATHER_KERNEL. ``rows`` per task, the row walk's task order, the grid's waves
-    and the frame walk's ``frames`` per task override the defaults (benchmark sweeps)."""
+    and the frame walk's ``frames`` per task override the defaults (benchmark sweeps;
+    ``frame_bound``: the rows-per-task bound of a frame-walk kernel built with another
+    than FRAME_ROWS)."""
     n_batch, _, channels, h_src, w_src = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
     _check_channels(channels)
@@ -474,8 +479,9 @@ def _gather_plan(
     kernel = kernel or ("rows" if GATHER_KERNEL == "rows" else "frames")
     if kernel == "frames" and frames_walk_applies(src_shape, stride):
         return _frames_plan(
-            src_shape, dst_shape, stride, padding, quantize, adjoint, rows, frames, waves
-        )
+            src_shape, dst_shape, stride, padding, quantize, adjoint, rows, frames, waves,
+            frame_bound,
+        )  # fmt: skip
     planes = n_batch * t_dst * channels
     auto = _gather_layout(storage, quantize, adjoint, planes, h_dst, w_dst, stride[1])
     frames_inner = auto[0] if frames_inner is None else frames_inner

@@ -44,7 +44,16 @@ from types import SimpleNamespace
 from numba import cuda
 from numba import types as nt
 
-from ._cuda_kernels import SHIFT_LIMIT, _load_store, accumulator, kernel_decorator, offset
+from ._cuda_kernels import (
+    SHIFT_LIMIT,
+    _load_store,
+    accumulator,
+    fresh,
+    kernel_decorator,
+    masked_load,
+    offset,
+    warp_all,
+)
 
 # 48 registers: no spills, 5 blocks of 256 threads per SM (the best cap in a sweep of
 # 48 / 64 / 96 on an H200, 2026-12-01: benchmarks/sweep_kernels.py)
@@ -52,10 +61,11 @@ GATHER_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_GATHER_REGISTERS", "48")) or
 GROUP = int(os.environ.get("RUBIKS_SHIFT_GATHER_GROUP", "8"))  # rows per unrolled group
 # destination rows per task of the frame-walking gather (a compile-time bound: each pass
 # keeps R + 1 rows of loads in flight and 2R values in registers) and its register cap:
-# 8 rows at 64 registers (H200, 2026-12-01: 0.043 ms forward at (8,8,72,56,56); 48
-# registers spill, 0.061 ms; 16 rows at 64 spill, 0.073 ms)
+# 8 rows at 72 registers (H200, 2026-12-01, v8: forward at (8,8,72,56,56) 0.0401 ms at
+# 72, 0.0407 at 64 (8 B spilled by the driver's JIT), 0.0455 at 56; 12 rows at 72 and 16
+# at 80, 0.0437 / 0.0436 ms; BENCHMARKS.md)
 FRAME_ROWS = int(os.environ.get("RUBIKS_SHIFT_FRAME_ROWS", "8"))
-FRAME_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_FRAME_REGISTERS", "64")) or None
+FRAME_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_FRAME_REGISTERS", "72")) or None
 i32 = nt.int32
 i64 = nt.int64
 f64 = nt.float64
@@ -83,6 +93,7 @@ def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> Simp
     pair (``narrow``: column slots of a one-column source)."""
     acc = accumulator(storage)
     load, store = _load_store(storage)
+    load_if = masked_load(storage)
     sload, _ = _load_store(shift_storage)
     zero = acc(0.0)
     one = acc(1.0)
@@ -211,7 +222,7 @@ def build_gather(
     stride 1), with ``frame_rows`` (default FRAME_ROWS) as its compile-time bound on
     rows per task."""
     p = device_parts(storage, shift_storage, narrow)
-    acc, load, store = p.acc, p.load, p.store
+    acc, load, store, load_if = p.acc, p.load, p.store, p.load_if
     zero, nan = p.zero, p.nan
     divmod_, within, clamp, source = p.divmod_, p.within, p.clamp, p.source
     column_slots, fill, decode = p.column_slots, p.fill, p.decode
@@ -438,28 +449,84 @@ def build_gather(
     R = frame_rows or FRAME_ROWS
 
     @cuda.jit(device=True, inline="always")
-    def frame_pass(p, hs0, nrows, Hs, Ws, cols, rw, cur):
-        """cur[k] for k < nrows: one source frame interpolated along W and H at
-        destination row h0 + k, from source rows hs0 + k and hs0 + k + 1 (``p``: the frame
-        at the lane's first column slot; ``cols`` = (m0, m1, v0, v1) its column slots,
-        ``rw`` = (wh0, wh1, use0, use1) the row weights). Branch-free over the R + 1 rows,
-        so all their loads are in flight at once; a row outside [0, Hs) or past the
-        band is not read (row 0 is loaded in its place and discarded)."""
-        m0, m1, v0, v1 = cols
+    def row_bits(hs0, nrows, Hs, m):
+        """Bit j (j <= R) set where pass row j (source row hs0 + j) is read through a column
+        slot of mask ``m``: inside [0, Hs) and the band (j <= nrows)."""
+        lo = i32(min(max(-hs0, i32(0)), i32(R + 1)))
+        hi = i32(min(nrows, i32(Hs - 1 - hs0)))
+        if not m or hi < lo:
+            return i32(0)
+        return i32(((i32(1) << (hi + 1)) - 1) & ~((i32(1) << lo) - 1))
+
+    @cuda.jit(device=True, inline="always")
+    def edge_pass(p, Ws, bits, vw, rw, cur):
+        """cur[k] for k < R: one source frame interpolated along W and H at destination
+        row h0 + k, from its pass rows k and k + 1, for any band (``p``: the frame at source
+        row hs0 and the lane's first column slot, possibly outside the frame; ``bits`` =
+        (b0, b1) the rows each slot reads, from ``row_bits``; ``vw`` = (v0, v1) the slots'
+        column weights, ``rw`` = (wh0, wh1, use0, use1) the row weights). Each slot is a
+        masked load (0 where it reads nothing, the address then unused) from a pointer
+        bumped row by row; straight-line, so all loads can be in flight at once."""
+        v0, v1 = vw
         wh0, wh1, use0, use1 = rw
+        b0 = fresh(bits[0])  # the per-row masks are derived in the pass, not held
+        b1 = fresh(bits[1])
         above = zero
-        hs = hs0
-        off = i32(hs0 * Ws)
         for j in range(R + 1):
-            ok = (j <= nrows) & (nt.uint32(hs) < nt.uint32(Hs))
-            v = frame_row(offset(p, off if ok else i32(0)), m0, m1, v0, v1)
-            below = v if ok else zero
+            a = load_if(p, 0, b0, 1 << j)
+            b = load_if(p, 1, b1, 1 << j)
+            below = cuda.fma(v1, b, v0 * a)
             if j > 0:
                 x = wh0 * above if use0 else zero
                 cur[j - 1] = cuda.fma(wh1, below, x) if use1 else x
             above = below
-            hs = i32(hs + 1)
-            off = i32(off + Ws)
+            p = offset(p, Ws)
+
+    @cuda.jit(device=True, inline="always")
+    def slots(p, m0, m1, v0, v1):
+        """A row's value from its two column slots at ``p`` (both inside the row), a slot
+        outside the source selected away (never multiplied: its value may be inf)."""
+        a = load(p, 0)
+        b = load(p, 1)
+        return cuda.fma(v1, b if m1 else zero, v0 * (a if m0 else zero))
+
+    @cuda.jit(device=True, inline="always")
+    def inner_pass2(p, Ws, cols, wh0, wh1, cur):
+        """``edge_pass`` for a band whose R + 1 rows are all inside the source and two row
+        taps of non-zero weight: plain loads, no row masks."""
+        m0, m1, v0, v1 = cols
+        above = slots(p, m0, m1, v0, v1)
+        for j in range(R):
+            p = offset(p, Ws)
+            below = slots(p, m0, m1, v0, v1)
+            cur[j] = cuda.fma(wh1, below, wh0 * above)
+            above = below
+
+    @cuda.jit(device=True, inline="always")
+    def inner_pass1(p, Ws, cols, wh, cur):
+        """``edge_pass`` for one row tap (weight ``wh``; ``p`` at its first row) whose R rows
+        are all inside the source: R plain rows of loads."""
+        m0, m1, v0, v1 = cols
+        for j in range(R):
+            cur[j] = wh * slots(p, m0, m1, v0, v1)
+            p = offset(p, Ws)
+
+    @cuda.jit(device=True, inline="always")
+    def blend(q, Wd, nrows, prev, cur, tw):
+        """Destination rows k < nrows at ``q`` from the previous and current passes (``tw``
+        = (wt0, wt1, a_ok, b_ok): temporal weights and which pass is used; an unused pass
+        is selected away, not multiplied)."""
+        wt0, wt1, a_ok, b_ok = tw
+        if a_ok & b_ok & (nrows == R):  # the common case: both frames, a full band
+            for k in range(R):
+                store(q, i32(k * Wd), cuda.fma(wt1, cur[k], wt0 * prev[k]))
+        else:
+            for k in range(R):
+                x = wt0 * prev[k] if a_ok else zero
+                out = cuda.fma(wt1, cur[k], x) if b_ok else x
+                if k < nrows:
+                    store(q, 0, out)
+                q = offset(q, Wd)
 
     @kernel_decorator(registers)
     def gather_frames(
@@ -495,8 +562,10 @@ def build_gather(
         interpolated along W and H, kept in registers) and blends consecutive passes along
         T, so the frames' two readers share one load, and rows are reused within a pass:
         per output about (1 + 1/rows)(1 + 1/frames) source rows instead of the row walk's
-        two. Same arguments as ``gather`` otherwise (``inv_*``: float64 reciprocals of Wd,
-        the bands, the frame chunks and C)."""
+        two. A band whose rows are all inside the source takes plain loads (one row tap:
+        R rows, two: R + 1); a band at the top or bottom, the masked ``edge_pass``. Same
+        arguments as ``gather`` otherwise (``inv_*``: float64 reciprocals of Wd, the bands,
+        the frame chunks and C)."""
         g = i64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
         grid_stride = i64(cuda.gridDim.x) * cuda.blockDim.x
         bands = (Hd + rows - 1) // rows
@@ -531,35 +600,52 @@ def build_gather(
             ws0, okw0 = source(w, mw_, ow, 0, dw_, Ws32)
             ws1, okw1 = source(w, mw_, ow, 1, dw_, Ws32)
             c0, m0, m1, v0, v1 = column_slots(okw0, ws0, ww0, okw1, ws1, ww1, Ws32)
-            cols = (m0, m1, v0, v1)
-            rw = (wh0, wh1, wh0 != zero, wh1 != zero)
-            use_t0 = wt0 != zero  # a zero temporal weight: that frame is not read (inf
-            use_t1 = wt1 != zero  # there must not become inf * 0 = NaN)
+            use0 = wh0 != zero  # a zero row or temporal weight: that row or frame is not
+            use1 = wh1 != zero  # read (an inf there must not become inf * 0 = NaN)
+            use_t0 = wt0 != zero
+            use_t1 = wt1 != zero
             hs0 = i32(h0 + oh)
-            base = (n * Ts * C + c) * Hs * Ws + c0
+            # the pass: 2 = two row taps, 1 = one (its first row at hs1), both with every
+            # row inside the source and a full band; 0 = the masked edge pass
+            hs1 = i32(hs0 if use0 else hs0 + 1)
+            taps = i32(use0) + i32(use1)
+            last = i32(hs1 + R - 2 + taps)  # the pass's last source row
+            mode = taps if (nrows == R) & (hs1 >= 0) & (last < Hs32) else i32(0)
+            # one pass for the whole warp (a warp spanning an edge band takes the edge
+            # pass: diverged, it would run both)
+            mode = i32(2) if warp_all(mode == 2) else (i32(1) if warp_all(mode == 1) else i32(0))
+            bits = (row_bits(hs0, nrows, Hs32, m0), row_bits(hs0, nrows, Hs32, m1))
+            cols = (m0, m1, v0, v1)
+            rw = (wh0, wh1, use0, use1)
+            wh = wh0 if use0 else wh1
+            plane0 = (n * Ts * C + c) * Hs * Ws + c0
+            base = plane0 + (hs1 if mode == 1 else hs0) * Ws  # may lie outside src (edge)
             prev_ok = False
             # destination frame td blends source frames td + ot (corner 0) and td + ot + 1
             # (corner 1): pass td reads frame td + ot + 1 and completes td, from the
-            # prologue t0 - 1 (bounded by the task's frames whatever the shift)
-            for td in range(t0 - 1, t1):
+            # prologue t0 - 1 (bounded by the task's frames whatever the shift). The frame
+            # pointers advance by a frame per pass (pa may lie outside src where unused).
+            pa = offset(src, base + i64(t0 + ot) * frame_s)
+            q = offset(dst, d0 - frame_d)
+            td = i32(t0 - 1)
+            while td < t1:
                 s = i32(td + ot + 1)
                 need = (use_t0 & (td + 1 < t1)) | (use_t1 & (td >= t0))
                 cur_ok = within(s, Ts32) & need
                 if cur_ok:
-                    frame_pass(
-                        offset(src, base + s * frame_s), hs0, nrows, Hs32, Ws32, cols, rw, cur
-                    )
+                    if mode == 2:
+                        inner_pass2(pa, Ws32, cols, wh0, wh1, cur)
+                    elif mode == 1:
+                        inner_pass1(pa, Ws32, cols, wh, cur)
+                    else:
+                        edge_pass(pa, Ws32, bits, (v0, v1), rw, cur)
                 if td >= t0:
-                    q = offset(dst, d0 + (td - t0) * frame_d)
-                    a_ok = prev_ok & use_t0
-                    b_ok = cur_ok & use_t1
-                    for k in range(R):
-                        x = wt0 * prev[k] if a_ok else zero
-                        out = cuda.fma(wt1, cur[k], x) if b_ok else x
-                        if k < nrows:
-                            store(q, i32(k * Wd32), out)
+                    blend(q, Wd32, nrows, prev, cur, (wt0, wt1, prev_ok & use_t0, cur_ok & use_t1))
                 for k in range(R):
                     prev[k] = cur[k]
                 prev_ok = cur_ok
+                pa = offset(pa, frame_s)
+                q = offset(q, frame_d)
+                td = i32(td + 1)
 
     return gather_frames

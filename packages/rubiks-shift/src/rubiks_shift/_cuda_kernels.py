@@ -200,13 +200,225 @@ def _make_bf16():
 bf16_load, bf16_bits = _make_bf16()
 
 
+# zero of each element type in PTX, for the masked load's "not loaded" value
+_PTX_ZERO = {"f32": "0f00000000", "f64": "0d0000000000000000", "b16": "0"}
+
+
+def _make_ldg_if():
+    """ldg_if(ptr, index, bits, mask): ``ptr[index]`` through the read-only path where
+    ``bits & mask`` is not 0, else 0, as one predicated load (the test inside the same asm
+    statement, one LOP3 to a predicate): nothing is read where the test fails, so the
+    address may be out of range there (under the simulator: ``ptr[index] if bits & mask
+    else 0``). bf16_load_if: the same for bfloat16 storage, widened to float32."""
+    from numba import config
+
+    if config.ENABLE_CUDASIM:
+
+        def ldg_if(a, i, bits, mask):
+            return a[i] if bits & mask else a.dtype.type(0)
+
+        def bf16_load_if(a, i, bits, mask):
+            return bf16_load(a, i) if bits & mask else nt.float32(0.0)
+
+        return ldg_if, bf16_load_if
+    from numba.cuda.extending import intrinsic
+
+    def operands(builder, args):
+        from llvmlite import ir
+
+        i32t = ir.IntType(32)
+        address = builder.ptrtoint(builder.gep(args[0], [args[1]]), ir.IntType(64))
+        return [address, builder.trunc(args[2], i32t), builder.trunc(args[3], i32t)]
+
+    def valid(ptr, index, bits, mask) -> bool:
+        return (
+            isinstance(ptr, nt.CPointer)
+            and isinstance(index, nt.Integer)
+            and isinstance(bits, nt.Integer)
+            and isinstance(mask, nt.Integer)
+        )
+
+    test = "{ .reg .pred p; .reg .b32 t; and.b32 t, $2, $3; setp.ne.u32 p, t, 0; "
+
+    @intrinsic
+    def ldg_if(typingctx, ptr, index, bits, mask):
+        if not valid(ptr, index, bits, mask) or str(ptr.dtype) not in _LDG:
+            return None
+        suffix, constraint = _LDG[str(ptr.dtype)]
+
+        def codegen(context, builder, sig, args):
+            from llvmlite import ir
+
+            value_type = context.get_value_type(ptr.dtype)
+            asm_type = ir.IntType(16) if suffix == "b16" else value_type
+            i32t = ir.IntType(32)
+            fn = ir.FunctionType(asm_type, [ir.IntType(64), i32t, i32t])
+            mov = "mov.b16" if suffix == "b16" else f"mov.{suffix}"
+            text = test + f"{mov} $0, {_PTX_ZERO[suffix]}; @p ld.global.nc.{suffix} $0, [$1]; }}"
+            ops = operands(builder, args)
+            value = builder.asm(fn, text, f"={constraint},l,r,r", ops, side_effect=False)
+            return builder.bitcast(value, value_type) if asm_type != value_type else value
+
+        return ptr.dtype(ptr, index, bits, mask), codegen
+
+    @intrinsic
+    def bf16_load_if(typingctx, ptr, index, bits, mask):
+        if not valid(ptr, index, bits, mask) or ptr.dtype != nt.int16:
+            return None
+
+        def codegen(context, builder, sig, args):
+            from llvmlite import ir
+
+            i32t = ir.IntType(32)
+            fn = ir.FunctionType(i32t, [ir.IntType(64), i32t, i32t])
+            text = test + (
+                ".reg .b32 v; mov.b32 v, 0; @p ld.global.nc.u16 v, [$1]; shl.b32 $0, v, 16; }"
+            )
+            bits_ = builder.asm(fn, text, "=r,l,r,r", operands(builder, args), False)
+            return builder.bitcast(bits_, ir.FloatType())
+
+        return nt.float32(ptr, index, bits, mask), codegen
+
+    return ldg_if, bf16_load_if
+
+
+ldg_if, bf16_load_if = _make_ldg_if()
+
+
+def _make_fresh():
+    from numba import config
+
+    if config.ENABLE_CUDASIM:
+
+        def fresh(x):
+            return x
+
+        return fresh
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def fresh(typingctx, value):
+        """``value`` (an int32) through an asm statement LLVM must keep where it is: what
+        is derived from it inside a loop is computed there, not hoisted out of the loop
+        into registers held across it."""
+        if value != nt.int32:
+            return None
+
+        def codegen(context, builder, sig, args):
+            from llvmlite import ir
+
+            fn = ir.FunctionType(ir.IntType(32), [ir.IntType(32)])
+            return builder.asm(fn, "mov.b32 $0, $1;", "=r,r", args, side_effect=True)
+
+        return nt.int32(value), codegen
+
+    return fresh
+
+
+fresh = _make_fresh()
+
+
+def _make_warp_all():
+    from numba import config
+
+    if config.ENABLE_CUDASIM:  # the simulator runs the gathers as one-thread blocks
+
+        def warp_all(flag):
+            return bool(flag)
+
+        return warp_all
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def warp_all(typingctx, flag):
+        """Whether ``flag`` holds in every active lane of the warp (``vote.sync.all`` over
+        ``activemask``): a choice of code path the lanes then take together."""
+        if not isinstance(flag, nt.Boolean):
+            return None
+
+        def codegen(context, builder, sig, args):
+            from llvmlite import ir
+
+            i32t = ir.IntType(32)
+            fn = ir.FunctionType(i32t, [i32t])
+            text = (
+                "{ .reg .pred p, q; .reg .b32 m; setp.ne.u32 p, $1, 0; activemask.b32 m; "
+                "vote.sync.all.pred q, p, m; selp.u32 $0, 1, 0, q; }"
+            )
+            value = builder.asm(fn, text, "=r,r", [builder.zext(args[0], i32t)], True)
+            return builder.icmp_unsigned("!=", value, ir.Constant(i32t, 0))
+
+        return nt.boolean(flag), codegen
+
+    return warp_all
+
+
+warp_all = _make_warp_all()
+
+
+def masked_load(storage: str):
+    """load_if(a, i, bits, mask): element ``a[i]`` of ``storage`` as the accumulation type
+    where ``bits & mask`` is not 0, else 0, without reading ``a[i]`` then (one predicated
+    load)."""
+    acc = accumulator(storage)
+    if storage == "bfloat16":
+
+        @cuda.jit(device=True, inline="always")
+        def load_if(a, i, bits, mask):
+            return bf16_load_if(a, i, bits, mask)
+
+    elif storage == "float16":
+
+        @cuda.jit(device=True, inline="always")
+        def load_if(a, i, bits, mask):
+            return nt.float32(ldg_if(a, i, bits, mask))
+
+    else:
+
+        @cuda.jit(device=True, inline="always")
+        def load_if(a, i, bits, mask):
+            return acc(ldg_if(a, i, bits, mask))
+
+    return load_if
+
+
+class SimPointer:
+    """A pointer into a flat array under the CUDA simulator: ``offset`` may leave the
+    array (as a GPU pointer may, where nothing is read through it), and every element
+    read or written through it is checked to lie inside the array."""
+
+    __slots__ = ("array", "start")
+
+    def __init__(self, array, start: int) -> None:
+        self.array = array
+        self.start = start
+
+    @property
+    def dtype(self):
+        return self.array.dtype
+
+    def _index(self, i) -> int:
+        k = self.start + int(i)
+        if not 0 <= k < len(self.array):
+            raise IndexError(f"element {k} of an array of {len(self.array)}")
+        return k
+
+    def __getitem__(self, i):
+        return self.array[self._index(i)]
+
+    def __setitem__(self, i, value) -> None:
+        self.array[self._index(i)] = value
+
+
 def _make_offset():
     from numba import config
 
-    if config.ENABLE_CUDASIM:  # kernels run as Python on numpy arrays: a view does it
+    if config.ENABLE_CUDASIM:  # kernels run as Python on flat arrays
 
         def offset(a, i):
-            return a[i:]
+            if isinstance(a, SimPointer):
+                return SimPointer(a.array, a.start + int(i))
+            return SimPointer(a, int(i))
 
         return offset
     from numba.cuda.extending import intrinsic
