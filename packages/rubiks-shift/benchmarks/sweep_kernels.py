@@ -2,8 +2,9 @@
 
 For each benchmark shape it times the gather kernels (forward and adjoint): the row walk
 in its default layout (without --quick also both task orders x grid caps, waves of
-resident blocks, 0 = one thread per task, over rows per task) and the frame walk over rows
-per task (up to its FRAME_ROWS bound), frames per task and register cap; and the
+resident blocks, 0 = one thread per task, over rows per task) and the frame walk in its
+default layout, over frames per task and over FRAME_VARIANTS (row bound, register cap),
+with --baseline an earlier _cuda_gather.py's frame walk beside it; and the
 shift-gradient kernel over its row group, register cap, rows per task and blocks per
 channel, each against a device-to-device copy of the same bytes measured in the same
 run. Every variant's output is checked against the row walk's default layout before it
@@ -11,7 +12,7 @@ is timed (bit for bit for the same kernel, to 1e-5 of the largest output, 2e-2 i
 types, for the other walk).
 
     python benchmarks/sweep_kernels.py [--json out.json] [--quick] [--gather-only]
-        [--dtype bfloat16] [--quantize]
+        [--dtype bfloat16] [--quantize] [--baseline old_cuda_gather.py]
 """
 
 from __future__ import annotations

@@ -61,9 +61,29 @@ FIXED = len(CASES)
 CASES += random_cases(14)
 
 
+def check_bounds() -> bool:
+    """Under the simulator a kernel's pointer may leave its array (as on a GPU, where it
+    is then not read through), and every element read or written through it is checked."""
+    import numpy as np
+
+    from rubiks_shift._cuda_kernels import ldg_if, offset
+
+    a = np.arange(6.0)
+    p = offset(offset(a, -4), 5)  # outside, then back inside: element 1
+    caught = 0
+    for pointer, index in ((offset(a, 0), -1), (offset(a, 1), 5)):  # elements -1 and 6
+        try:
+            pointer[index]  # numpy's a[-1] would silently read the last element
+        except IndexError:
+            caught += 1
+    ok = p[0] == 1.0 and caught == 2 and ldg_if(offset(a, -3), 0, 0, 1) == 0.0
+    print(f"{'ok-bounds' if ok else 'FAIL-bounds'} caught={caught}")
+    return ok
+
+
 def main() -> int:
     g = torch.Generator().manual_seed(0)
-    failures = 0
+    failures = 0 if check_bounds() else 1
     for index, (shape, stride, padding, quantize, dtype) in enumerate(CASES):
         # both gather task orders on every kind of case (the default picks by dtype and
         # row width, and these rows are all narrower than a warp)

@@ -21,7 +21,8 @@ def test_kernels_in_cuda_simulator():
     )
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("ok  ") == 25
+    assert proc.stdout.count("ok  ") == 27
+    assert "ok-bounds" in proc.stdout  # the simulator's pointers check every access
     assert proc.stdout.count("ok-rows") == 8  # the row walk where the frame walk is the default
     assert proc.stdout.count("ok-frames") == 8  # the frame walk in short bands and chunks
 
