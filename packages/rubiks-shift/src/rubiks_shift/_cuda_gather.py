@@ -333,13 +333,6 @@ def build_gather(
         else:
             walk_generic(kind, tp, dcol, h0, h1, mh, oh, dh, Hs, Ws, Wd, wh0, wh1)
 
-    @cuda.jit(device=True, inline="always")
-    def frame_row(q, m0, m1, v0, v1):
-        """One frame's row value: its two column slots at q, masked and weighted."""
-        a = v0 * load(q, 0)
-        b = v1 * load(q, 1)
-        return (a if m0 else zero) + (b if m1 else zero)
-
     @kernel_decorator(registers)
     def gather(
         src,
