@@ -75,6 +75,9 @@ def _gather_set(storage: str, frames: bool = False, registers=None, module=None,
 
 # frame-walk variants the sweep builds beside the default: (rows bound R, register cap)
 FRAME_VARIANTS = [(8, 56), (8, 64), (12, 72), (16, 80)]
+# and the frame walk's block size (its kernel as built, the launch only): (register cap,
+# threads per block)
+FRAME_BLOCKS = [(72, 128), (64, 128), (80, 128)]
 
 
 def load_baseline(path: str):
@@ -112,6 +115,10 @@ def gather_variants(quick: bool, storage: str = "float32", baseline=None):
         ns = _gather_set(storage, True, reg, frame_rows=bound)
         opts = dict(kernel="frames", waves=0, frame_bound=bound)
         yield f"frames-R{bound}r{reg}", ns, opts, (bound,)
+    for reg, threads in FRAME_BLOCKS:
+        ns = default if reg == FRAME_REGISTERS else _gather_set(storage, True, reg)
+        opts = dict(kernel="frames", threads=threads)
+        yield f"frames-r{reg}-b{threads}", ns, opts, None
 
 
 def gs_variants(quick: bool):
@@ -205,6 +212,10 @@ def main() -> None:
                         frames=frames,
                         frame_bound=opts.get("frame_bound"),
                     )
+                    if opts.get("threads"):  # the same tasks in blocks of another size
+                        threads = opts["threads"]
+                        grid = (-(-step.scalars[0] // threads), 1, 1)
+                        step = step._replace(grid=grid, block=(threads, 1, 1))
                     dst.fill_(float("nan"))
                     _cuda._run(ns, step, (srcs[0], shift, dst), device)
                     if step.name == ref_step.name:

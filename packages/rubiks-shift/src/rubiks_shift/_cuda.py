@@ -42,6 +42,10 @@ _ACC_DTYPE = {"float64": torch.float64}
 MAX_GRID_YZ = 65535  # grid y limit (channels of the shift-gradient kernel)
 GRAD_SHIFT_TASKS = 2  # (column) tasks per thread of the shift-gradient kernel
 GATHER_THREADS = int(os.environ.get("RUBIKS_SHIFT_GATHER_THREADS", "256"))  # per block
+# threads per block of the frame walk: 128 (H200, 2026-12-01, v8 at 72 registers: forward
+# at (8,8,72,56,56) 0.0361 ms in blocks of 128, 0.0404 in blocks of 256 — 7 blocks of 128
+# resident per SM against 3 of 256; BENCHMARKS.md)
+FRAME_THREADS = int(os.environ.get("RUBIKS_SHIFT_FRAME_THREADS", "128"))
 GATHER_TASKS = 1 << 18  # fewest gather tasks before columns are split into shorter chunks
 GATHER_TASKS_ONE_WAVE = 1 << 19  # tasks to aim for with one thread per task (untuned)
 GATHER_ROWS = int(os.environ.get("RUBIKS_SHIFT_GATHER_ROWS", "0"))  # benchmarking override
@@ -443,8 +447,8 @@ def _frames_plan(
         1.0 / chunks,
         1.0 / channels,
     )
-    grid = (-(-tasks // GATHER_THREADS), 1, 1)
-    return (Step("gather_frames", grid, (GATHER_THREADS, 1, 1), scalars, waves or 0),)
+    grid = (-(-tasks // FRAME_THREADS), 1, 1)
+    return (Step("gather_frames", grid, (FRAME_THREADS, 1, 1), scalars, waves or 0),)
 
 
 @functools.lru_cache(maxsize=512)
