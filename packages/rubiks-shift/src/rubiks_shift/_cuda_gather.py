@@ -555,10 +555,11 @@ def build_gather(
         interpolated along W and H, kept in registers) and blends consecutive passes along
         T, so the frames' two readers share one load, and rows are reused within a pass:
         per output about (1 + 1/rows)(1 + 1/frames) source rows instead of the row walk's
-        two. A band whose rows are all inside the source takes plain loads (one row tap:
-        R rows, two: R + 1); a band at the top or bottom, the masked ``edge_pass``. Same
-        arguments as ``gather`` otherwise (``inv_*``: float64 reciprocals of Wd, the bands,
-        the frame chunks and C)."""
+        two. A warp whose tasks' bands are all full and inside the source takes plain
+        loads (one row tap: R rows, two: R + 1); a warp with a band at the top or bottom,
+        or a partial one, takes the masked ``edge_pass`` (chosen per warp: lanes on
+        different passes would run both). Same arguments as ``gather`` otherwise
+        (``inv_*``: float64 reciprocals of Wd, the bands, the frame chunks and C)."""
         g = i64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
         grid_stride = i64(cuda.gridDim.x) * cuda.blockDim.x
         bands = (Hd + rows - 1) // rows
