@@ -3,8 +3,9 @@
 For each benchmark shape it times the gather kernels (forward and adjoint): the row walk
 in its default layout (without --quick also both task orders x grid caps, waves of
 resident blocks, 0 = one thread per task, over rows per task) and the frame walk in its
-default layout, over frames per task and over FRAME_VARIANTS (row bound, register cap),
-with --baseline an earlier _cuda_gather.py's frame walk beside it; and the
+default layout, over frames per task, FRAME_VARIANTS (row bound, register cap) and
+FRAME_BLOCKS (block size), with --baseline an earlier _cuda_gather.py's frame walk beside
+it; and the
 shift-gradient kernel over its row group, register cap, rows per task and blocks per
 channel, each against a device-to-device copy of the same bytes measured in the same
 run. Every variant's output is checked against the row walk's default layout before it
@@ -75,9 +76,9 @@ def _gather_set(storage: str, frames: bool = False, registers=None, module=None,
 
 # frame-walk variants the sweep builds beside the default: (rows bound R, register cap)
 FRAME_VARIANTS = [(8, 56), (8, 64), (12, 72), (16, 80)]
-# and the frame walk's block size (its kernel as built, the launch only): (register cap,
-# threads per block)
-FRAME_BLOCKS = [(72, 128), (64, 128), (80, 128)]
+# and the frame walk at another block size than the plan's FRAME_THREADS (its kernel as
+# built, the launch only): (register cap, threads per block)
+FRAME_BLOCKS = [(72, 256), (64, 256)]
 
 
 def load_baseline(path: str):
