@@ -251,9 +251,19 @@ def _eager_apply():
 _apply = _eager_apply()
 
 
-def shift3d_call(x: Tensor, shift: Tensor, stride, padding, quantize, normalize_grad, t_factor):
+def shift3d_call(
+    x: Tensor,
+    shift: Tensor,
+    stride,
+    padding,
+    quantize,
+    normalize_grad,
+    t_factor,
+    device_type: str | None = None,
+):
     """Run the op: the eager fast path when it is equivalent, the registered op otherwise.
-    ``stride`` and ``padding`` are int sequences of three (lists for the registered op)."""
+    ``stride`` and ``padding`` are int sequences of three (lists for the registered op);
+    ``device_type``: x's, where the caller knows it (reading it costs a device object)."""
     if (
         type(x) is Tensor
         and (type(shift) is Tensor or type(shift) is torch.nn.Parameter)
@@ -262,7 +272,7 @@ def shift3d_call(x: Tensor, shift: Tensor, stride, padding, quantize, normalize_
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
     ):
-        device_type = x.device.type  # a device object per call: read once
+        device_type = device_type or x.device.type  # a device object per call: read once
         backend = _backend_for(device_type)
         if backend is not None:
             if torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:

@@ -12,25 +12,27 @@ from ._ops import shift3d_call
 __all__ = ["rubiks_shift2d", "rubiks_shift3d"]
 
 
-def _validate_values(shift: torch.Tensor, op: str) -> None:
+def _validate_values(shift: torch.Tensor, op: str, device_type: str | None = None) -> None:
     # A per-call finiteness check is free on the CPU; on an accelerator it would sync the
     # device (and break CUDA-graph capture), so there non-finite shifts are handled by
     # the kernels (NaN -> NaN output for that channel, +-inf -> shifted out, zeros) and
-    # reported by rubiks_shift.check_shift / module loading instead.
-    if shift.device.type == "cpu" and not torch.compiler.is_compiling():
+    # reported by rubiks_shift.check_shift / module loading instead. ``device_type``:
+    # shift's, where the caller knows it.
+    if (device_type or shift.device.type) == "cpu" and not torch.compiler.is_compiling():
         check_finite_shift(shift, op)
 
 
-_CHECKED: dict = {}  # argument signatures that passed check_shift3d_args -> (stride, padding)
+_CHECKED: dict = {}  # signatures that passed check_shift3d_args -> (stride, padding, device)
 
 
 def _plain_ints(value) -> bool:
     return type(value) is int or (type(value) is tuple and all(type(v) is int for v in value))
 
 
-def _checked_3d(x, shift, stride, padding) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Normalised (stride, padding) after the SPEC §1.7 checks, which depend only on
-    metadata: a signature seen before skips them (a few µs of the host time per call)."""
+def _checked_3d(x, shift, stride, padding) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+    """Normalised (stride, padding) after the SPEC §1.7 checks, and the device type of
+    both tensors. The checks depend only on metadata: a signature seen before skips them
+    (a few µs of the host time per call)."""
     cacheable = isinstance(x, torch.Tensor) and isinstance(shift, torch.Tensor)
     if not (cacheable and _plain_ints(stride) and _plain_ints(padding)):
         key = hit = None  # bools/floats compare equal to ints: only exact ints are cached
@@ -53,11 +55,12 @@ def _checked_3d(x, shift, stride, padding) -> tuple[tuple[int, ...], tuple[int, 
     stride3 = triple(stride, "stride")
     padding3 = triple(padding, "padding")
     check_shift3d_args(x, shift, stride3, padding3)
+    checked = (stride3, padding3, x.device.type)
     if key is not None:
         if len(_CHECKED) >= 1024:
             _CHECKED.clear()
-        _CHECKED[key] = (stride3, padding3)
-    return stride3, padding3
+        _CHECKED[key] = checked
+    return checked
 
 
 def _t_factor(value: float | str, x: torch.Tensor) -> float:
@@ -99,10 +102,12 @@ def rubiks_shift3d(
     Returns:
         (N, T_out, C, H_out, W_out) tensor of x's dtype. Non-contiguous inputs are copied.
     """
-    stride3, padding3 = _checked_3d(x, shift, stride, padding)
+    stride3, padding3, device_type = _checked_3d(x, shift, stride, padding)
     factor = _t_factor(normalize_t_factor, x)
-    _validate_values(shift, "rubiks_shift3d")
-    return shift3d_call(x, shift, stride3, padding3, bool(quantize), bool(normalize_grad), factor)
+    _validate_values(shift, "rubiks_shift3d", device_type)
+    return shift3d_call(
+        x, shift, stride3, padding3, bool(quantize), bool(normalize_grad), factor, device_type
+    )
 
 
 def rubiks_shift2d(
