@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import json
 import types
 
 import torch
-from bench_shift import _gpu_time, copy_bandwidth  # this folder (run as a script)
+from bench_shift import _gpu_time, copy_bandwidth, write_json  # this folder (a script)
 
 from rubiks_shift import _cuda
 from rubiks_shift import _cuda_kernels as K
@@ -318,8 +317,8 @@ def main() -> None:
             regs, local = list(regs.values()), list(local.values())
             print(f"# {name}: {kname} {regs} registers, {local} bytes of local memory per thread")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=torch.cuda.get_device_name(), copy_tbps=tbps, rows=results), f)
+        device = torch.cuda.get_device_name()
+        write_json(args.json, dict(device=device, copy_tbps=tbps, rows=results))
 
 
 if __name__ == "__main__":
