@@ -81,9 +81,25 @@ def check_bounds() -> bool:
     return ok
 
 
+def check_output_strides() -> bool:
+    """The forward's output has canonical contiguous strides even where the input is
+    contiguous with an unusual stride on a size-1 dimension (the same-shape output is
+    allocated by empty_like, which would otherwise copy that stride)."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(1, 2, 3, 4, 5, generator=g, dtype=torch.float64)
+    x = base.as_strided(base.shape, (999, 60, 20, 5, 1))  # N = 1: still contiguous
+    shift = torch.rand(3, 3, generator=g, dtype=torch.float64) * 2 - 1
+    y = _cuda.forward(x, shift, (1, 1, 1), (0, 0, 0), False)
+    y_ref = reference.shift3d_forward(x, shift, (1, 1, 1), (0, 0, 0), False)
+    ok = x.is_contiguous() and y.stride() == (120, 60, 20, 5, 1) and torch.allclose(y, y_ref, rtol=0, atol=1e-12)
+    print(f"{'ok-strides' if ok else 'FAIL-strides'} {y.stride()}")
+    return ok
+
+
 def main() -> int:
     g = torch.Generator().manual_seed(0)
     failures = 0 if check_bounds() else 1
+    failures += not check_output_strides()
     for index, (shape, stride, padding, quantize, dtype) in enumerate(CASES):
         # both gather task orders on every kind of case (the default picks by dtype and
         # row width, and these rows are all narrower than a warp)

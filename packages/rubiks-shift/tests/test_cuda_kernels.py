@@ -23,6 +23,7 @@ def test_kernels_in_cuda_simulator():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("ok  ") == 27
     assert "ok-bounds" in proc.stdout  # the simulator's pointers check every access
+    assert "ok-strides" in proc.stdout  # a same-shape output gets canonical strides
     assert proc.stdout.count("ok-rows") == 8  # the row walk where the frame walk is the default
     assert proc.stdout.count("ok-frames") == 8  # the frame walk in short bands and chunks
 
