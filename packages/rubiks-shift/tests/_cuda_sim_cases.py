@@ -91,7 +91,8 @@ def check_output_strides() -> bool:
     shift = torch.rand(3, 3, generator=g, dtype=torch.float64) * 2 - 1
     y = _cuda.forward(x, shift, (1, 1, 1), (0, 0, 0), False)
     y_ref = reference.shift3d_forward(x, shift, (1, 1, 1), (0, 0, 0), False)
-    ok = x.is_contiguous() and y.stride() == (120, 60, 20, 5, 1) and torch.allclose(y, y_ref, rtol=0, atol=1e-12)
+    close = torch.allclose(y, y_ref, rtol=0, atol=1e-12)
+    ok = x.is_contiguous() and y.stride() == (120, 60, 20, 5, 1) and close
     print(f"{'ok-strides' if ok else 'FAIL-strides'} {y.stride()}")
     return ok
 
