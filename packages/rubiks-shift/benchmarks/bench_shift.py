@@ -136,11 +136,36 @@ def same_size_bandwidth(device: str, timer, reps: int, nbytes: int) -> float:
     return 2 * numel * 4 / (min(kernel_ms, eager_ms) * 1e-3)
 
 
-def host_overhead_us(device: str, calls: int = 2000, rounds: int = 5) -> dict[str, float]:
-    """Host microseconds per eager call on a tiny tensor (GPU work is negligible): the
-    best of ``rounds`` interleaved rounds per item, as in ``host_profile.py`` (one pass
-    read 27.4 us with the clone at 13.7 where, moments later, the rounds gave 14.9 and
-    8.4 on the same H200 machine, 2026-12-01: host timings drift with neighbours)."""
+def best_us_per_call(
+    items: dict, device: str, calls: int = 2000, rounds: int = 5, warmup: int = 100
+) -> dict[str, float]:
+    """Host microseconds per call of each of ``items`` (name -> function): the best of
+    ``rounds`` interleaved rounds of ``calls`` calls, after ``warmup`` calls, with the
+    device synchronised around each timed loop (one pass read 27.4 us with the clone at
+    13.7 where, moments later, the rounds gave 14.9 and 8.4 on the same H200 machine,
+    2026-12-01: host timings drift with neighbours)."""
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    best = dict.fromkeys(items, float("inf"))
+    for _ in range(rounds):
+        for name, fn in items.items():
+            for _ in range(warmup):
+                fn()
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sync()
+            best[name] = min(best[name], (time.perf_counter() - t0) / calls * 1e6)
+    return best
+
+
+def host_overhead_us(device: str) -> dict[str, float]:
+    """Host microseconds per eager call on a tiny tensor (GPU work is negligible), best
+    of 5 interleaved rounds (``best_us_per_call``)."""
     x = torch.randn(1, 2, 4, 4, 4, device=device)
     shift = torch.rand(3, 4, device=device)
     items = {
@@ -150,23 +175,7 @@ def host_overhead_us(device: str, calls: int = 2000, rounds: int = 5) -> dict[st
         ),
         "torch.clone (scale)": lambda: x.clone(),
     }
-
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    results = dict.fromkeys(items, float("inf"))
-    for _ in range(rounds):
-        for name, fn in items.items():
-            for _ in range(50):
-                fn()
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            sync()
-            results[name] = min(results[name], (time.perf_counter() - t0) / calls * 1e6)
-    return results
+    return best_us_per_call(items, device)
 
 
 def bench_case(device, shape, stride, dtype, timer, reps, bandwidth, quantize=False):

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
+from bench_shift import best_us_per_call  # this folder (run as a script)
 
 from rubiks_shift import _cuda, rubiks_shift3d
-
-
-def per_call(fn, calls=2000):
-    for _ in range(100):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / calls * 1e6
 
 
 def main() -> None:
@@ -40,10 +28,7 @@ def main() -> None:
     }
     # five interleaved rounds, the best of each: host timings drift with clocks and
     # neighbours, and the first item of a single pass is often an outlier
-    best = dict.fromkeys(parts, float("inf"))
-    for _ in range(5):
-        for name, fn in parts.items():
-            best[name] = min(best[name], per_call(fn))
+    best = best_us_per_call(parts, "cuda")
     for name, us in best.items():
         print(f"{name:<42} {us:8.1f} us")
 

@@ -317,8 +317,8 @@ def main() -> None:
             regs, local = list(regs.values()), list(local.values())
             print(f"# {name}: {kname} {regs} registers, {local} bytes of local memory per thread")
     if args.json:
-        device = torch.cuda.get_device_name()
-        write_json(args.json, dict(device=device, copy_tbps=tbps, rows=results))
+        gpu = torch.cuda.get_device_name()
+        write_json(args.json, dict(device=gpu, copy_tbps=tbps, rows=results))
 
 
 if __name__ == "__main__":

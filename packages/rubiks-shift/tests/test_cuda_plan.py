@@ -131,3 +131,18 @@ def test_frame_walk_refuses_rows_above_its_bound():
             shape, shape, (1, 1, 1), (0, 0, 0), False, False, FRAME_ROWS + 1, "float32",
             None, None, "frames",
         )  # fmt: skip
+
+
+def test_make_current_switches_only_when_another_device_is_current(monkeypatch):
+    """The forward and backward make the tensors' device current only where it is not,
+    and report the device to restore (stand-ins for the runtime calls: no GPU needed)."""
+    import torch
+
+    switched = []
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 1, raising=False)
+    monkeypatch.setattr(torch.cuda, "set_device", switched.append)
+    assert _cuda._make_current(-1) == -1  # CPU tensors (the simulator): nothing to do
+    assert _cuda._make_current(1) == -1  # already current
+    assert switched == []
+    assert _cuda._make_current(0) == 1  # switched to 0, 1 to restore
+    assert switched == [0]
