@@ -107,6 +107,8 @@ def main() -> int:
         _cuda.GATHER_ORDER = "frames" if index % 2 else "planes"
         _cuda._gather_plan.cache_clear()
         _cuda._FORWARD_PLANS.clear()
+        _cuda._BACKWARD_PLANS.clear()
+        _cuda._AFFINE_PLANS.clear()
         x = torch.randn(shape, generator=g, dtype=torch.float64)
         spread = 3.0 if index >= FIXED else 5.0
         shift = torch.rand(3, shape[2], generator=g, dtype=torch.float64) * spread - spread / 2

@@ -592,6 +592,75 @@ def forward(
     return y
 
 
+_AFFINE_PLANS: dict = {}  # forward key -> the plan with the prologue kernels
+
+
+def forward_affine(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    shift: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
+) -> torch.Tensor:
+    """``forward`` of relu(x * scale[c] + bias[c]) in one pass: the gathers' affine
+    kernels apply the prologue to every source value they read. ``scale`` and ``bias``:
+    (C,) in the accumulation dtype (float64 for float64 x, else float32)."""
+    if not x.is_contiguous():
+        x = x.contiguous()
+    s = _shift_for(shift)
+    key = (x.shape, x.dtype, s.dtype, tuple(stride), tuple(padding), quantize)
+    plan = _AFFINE_PLANS.get(key)
+    if plan is None:
+        kernels, y_shape, steps = _FORWARD_PLANS.get(key) or _forward_plan(key)
+        steps = tuple(step._replace(name=step.name + "_affine") for step in steps)
+        plan = _AFFINE_PLANS[key] = (kernels, y_shape, steps)
+    kernels, y_shape, steps = plan
+    acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
+    scale = scale.to(acc).contiguous()
+    bias = bias.to(acc).contiguous()
+    y = torch.empty_like(x, memory_format=_CONTIGUOUS) if y_shape is None else x.new_empty(y_shape)
+    index = x.get_device()
+    previous = _make_current(index)
+    try:
+        for step in steps:
+            _run(kernels, step, (x, s, y, scale, bias), index)
+    finally:
+        if previous >= 0:
+            torch.cuda.set_device(previous)
+    return y
+
+
+_BACKWARD_PLANS: dict = {}  # forward key + (normalize, t_factor, need_x, need_shift)
+
+
+def _backward_plan(key: tuple) -> tuple:
+    """(kernels, grad_x launches or None, shift-gradient partial count, its two launches or
+    None, accumulation dtype) of a backward call signature. Every launch is a cached object,
+    so each is prepared for the driver once (a step rebuilt per call would be prepared on
+    every call)."""
+    shape, dtype, shift_dtype, stride, padding, quantize, normalize, t_factor, need_x, need_s = key
+    kernels = _kernels(_STORAGE[dtype], _STORAGE[shift_dtype])
+    y_shape = output_shape(shape, stride, padding)
+    gather = None
+    if need_x:
+        gather = _gather_plan(
+            y_shape, tuple(shape), stride, padding, bool(quantize), True, None, kernels.storage
+        )
+    shift_grad = None
+    parts = 0
+    if need_s:
+        parts, reduce, final = _shift_grad_plan(tuple(shape), y_shape, stride, padding)
+        final = final._replace(scalars=(*final.scalars, int(normalize), float(t_factor)))
+        shift_grad = (reduce, final)
+    plan = (kernels, gather, parts, shift_grad, _ACC_DTYPE.get(kernels.storage, torch.float32))
+    if len(_BACKWARD_PLANS) >= 1024:
+        _BACKWARD_PLANS.clear()
+    _BACKWARD_PLANS[key] = plan
+    return plan
+
+
 def backward(
     grad_y: torch.Tensor,
     x: torch.Tensor,
@@ -612,37 +681,35 @@ def backward(
     if not gy.is_contiguous():
         gy = gy.contiguous()
     s = _shift_for(shift)
-    kernels = _kernels(_STORAGE[x.dtype], _STORAGE[s.dtype])
-    stride, padding = tuple(stride), tuple(padding)
+    key = (
+        x.shape,
+        x.dtype,
+        s.dtype,
+        tuple(stride),
+        tuple(padding),
+        quantize,
+        normalize_grad,
+        normalize_t_factor,
+        need_x,
+        need_shift,
+    )
+    plan = _BACKWARD_PLANS.get(key) or _backward_plan(key)
+    kernels, gather, parts, shift_grad, acc_dtype = plan
     index = x.get_device()
     previous = _make_current(index)
     try:
-        if need_x:
-            gx = torch.empty_like(x)
-            for step in _gather_plan(
-                tuple(gy.shape),
-                tuple(x.shape),
-                stride,
-                padding,
-                bool(quantize),
-                True,
-                None,
-                kernels.storage,
-            ):
+        if gather is not None:
+            gx = torch.empty_like(x, memory_format=_CONTIGUOUS)
+            for step in gather:
                 _run(kernels, step, (gy, s, gx), index)
         else:
             gx = x.new_empty(0)
-        if need_shift:
-            parts, reduce, final = _shift_grad_plan(
-                tuple(x.shape), tuple(gy.shape), stride, padding
-            )
-            acc_dtype = _ACC_DTYPE.get(kernels.storage, torch.float32)
-            partial = torch.empty(parts * 3 * x.shape[2], dtype=acc_dtype, device=x.device)
+        if shift_grad is not None:
+            reduce, final = shift_grad
+            channels = x.shape[2]
+            partial = x.new_empty(parts * 3 * channels, dtype=acc_dtype)
             _run(kernels, reduce, (gy, x, s, partial), index)
-            out = torch.empty(3, x.shape[2], dtype=acc_dtype, device=x.device)
-            final = final._replace(
-                scalars=(*final.scalars, int(normalize_grad), float(normalize_t_factor))
-            )
+            out = x.new_empty((3, channels), dtype=acc_dtype)
             _run(kernels, final, (partial, s, out), index)
             gs = out if out.dtype == shift.dtype else out.to(shift.dtype)
         else:

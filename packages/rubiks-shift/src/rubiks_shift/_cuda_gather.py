@@ -50,6 +50,7 @@ from ._cuda_kernels import (
     accumulator,
     fresh,
     kernel_decorator,
+    ldg,
     masked_load,
     offset,
     warp_all,
@@ -71,21 +72,49 @@ i64 = nt.int64
 f64 = nt.float64
 
 
-def gather_signature(storage: str, shift_storage: str) -> tuple:
+# The scalar arguments of the two walks, in launch order (after the pointers src, shift,
+# dst and, in the affine kernels, scale and bias).
+GATHER_SCALARS = (
+    "tasks, C, Ts, Hs, Ws, Td, Hd, Wd, st, sh, sw, pt, ph, pw, adjoint, quantize, rows, "
+    "frames_inner, inv_plane, inv_w, inv_c, inv_t, inv_chunks"
+)
+FRAMES_SCALARS = (
+    "tasks, C, Ts, Hs, Ws, Td, Hd, Wd, sw, pt, ph, pw, adjoint, quantize, rows, "
+    "frames_per_task, inv_w, inv_bands, inv_chunks, inv_c"
+)
+
+
+def _pointers(storage: str, shift_storage: str, affine: bool) -> tuple:
     from ._cuda_kernels import _NUMBA_STORAGE
 
     ptr = nt.CPointer(_NUMBA_STORAGE[storage])
     sptr = nt.CPointer(_NUMBA_STORAGE[shift_storage])
-    return (ptr, sptr, ptr) + (i64,) * 18 + (f64,) * 5
+    acc_ptr = nt.CPointer(accumulator(storage))
+    return (ptr, sptr, ptr) + ((acc_ptr, acc_ptr) if affine else ())
 
 
-def frames_signature(storage: str, shift_storage: str) -> tuple:
+def gather_signature(storage: str, shift_storage: str, affine: bool = False) -> tuple:
+    """The signature of the row-walk gather (``affine``: with the input prologue)."""
+    return _pointers(storage, shift_storage, affine) + (i64,) * 18 + (f64,) * 5
+
+
+def frames_signature(storage: str, shift_storage: str, affine: bool = False) -> tuple:
     """The signature of the frame-walking gather (``build_gather(..., frames=True)``)."""
-    from ._cuda_kernels import _NUMBA_STORAGE
+    return _pointers(storage, shift_storage, affine) + (i64,) * 16 + (f64,) * 4
 
-    ptr = nt.CPointer(_NUMBA_STORAGE[storage])
-    sptr = nt.CPointer(_NUMBA_STORAGE[shift_storage])
-    return (ptr, sptr, ptr) + (i64,) * 16 + (f64,) * 4
+
+def _entry(name: str, body, scalars: str, affine: bool, registers: int | None):
+    """Kernel ``name``(src, shift, dst[, scale, bias], *scalars) running the inlined device
+    function ``body``(src, shift, dst, scale, bias, *scalars); without ``affine`` the
+    scale and bias slots get ``src``, which the body then never reads. (Generated, so each
+    walk's argument list is written once.)"""
+    args = scalars
+    head = "src, shift, dst, scale, bias" if affine else "src, shift, dst"
+    slots = "scale, bias" if affine else "src, src"
+    source = f"def {name}({head}, {args}):\n    body(src, shift, dst, {slots}, {args})\n"
+    namespace = {"body": body, "__name__": __name__}
+    exec(source, namespace)
+    return kernel_decorator(registers)(namespace[name])
 
 
 def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> SimpleNamespace:
@@ -214,40 +243,70 @@ def build_gather(
     narrow: bool = False,
     frames: bool = False,
     frame_rows: int = 0,
+    affine: bool = False,
 ):
     """The gather kernel for one (storage, shift storage) pair; ``group`` rows per
     unrolled row group, ``registers`` the ptxas register cap (benchmark sweeps vary
     them). ``narrow``: the variant for a one-column source (W = 1), which never reads a
     second column slot. ``frames``: the frame-walking gather instead (temporal and row
     stride 1), with ``frame_rows`` (default FRAME_ROWS) as its compile-time bound on
-    rows per task."""
+    rows per task. ``affine``: the forward with an input prologue, two more pointer
+    arguments (scale, bias: per-channel, accumulation dtype) after dst, each source value
+    read as relu(value * scale[c] + bias[c]) (the batch norm and ReLU before a shift, in
+    the same pass)."""
     p = device_parts(storage, shift_storage, narrow)
     acc, load, store, load_if = p.acc, p.load, p.store, p.load_if
-    zero, nan = p.zero, p.nan
+    zero, one, nan = p.zero, p.one, p.nan
     divmod_, within, clamp, source = p.divmod_, p.within, p.clamp, p.source
     column_slots, fill, decode = p.column_slots, p.fill, p.decode
 
     @cuda.jit(device=True, inline="always")
+    def channel_affine(scale, bias, c):
+        """(scale, bias) of channel c for the prologue (unused without ``affine``)."""
+        if affine:
+            return acc(ldg(scale, c)), acc(ldg(bias, c))
+        return one, zero
+
+    @cuda.jit(device=True, inline="always")
+    def activate(v, af):
+        """A loaded source value as the walk uses it: relu(v * scale + bias) with ``af`` =
+        (scale, bias) in the affine kernels (NaN stays NaN, as in torch.relu), else v."""
+        if affine:
+            u = cuda.fma(v, af[0], af[1])
+            return zero if u <= zero else u
+        return v
+
+    @cuda.jit(device=True, inline="always")
+    def activate_if(v, bits, mask, af):
+        """``activate`` of a masked load: 0 where nothing was read (``bits & mask`` == 0)."""
+        if affine:
+            u = cuda.fma(v, af[0], af[1])
+            return zero if (u <= zero) | ((bits & mask) == 0) else u
+        return v
+
+    @cuda.jit(device=True, inline="always")
     def taps(kind, tp, r):
         """Weighted sum of the taps of the source row at offset r. ``tp`` = (pa, pb, m0,
-        m1, k00, k01, k10, k11): frame pointers pa, pb at the lane's column slot 0 (slot 1
-        is the next column, always inside the row), per-lane slot masks m0, m1, weights
-        k[frame][slot]. ``kind``: 4 = two frames, 2 = one frame (pa)."""
-        pa, pb, m0, m1, k00, k01, k10, k11 = tp
+        m1, k00, k01, k10, k11, af): frame pointers pa, pb at the lane's column slot 0 (slot
+        1 is the next column, always inside the row), per-lane slot masks m0, m1, weights
+        k[frame][slot], the prologue's (scale, bias). ``kind``: 4 = two frames, 2 = one
+        frame (pa)."""
+        pa, pb, m0, m1, k00, k01, k10, k11, af = tp
         qa = offset(pa, r)  # row pointers: the column slots are immediate offsets
         if narrow:  # one-column source: slot 0 only
             if kind == 4:
-                v0 = cuda.fma(k10, load(offset(pb, r), 0), k00 * load(qa, 0))
+                b0 = activate(load(offset(pb, r), 0), af)
+                v0 = cuda.fma(k10, b0, k00 * activate(load(qa, 0), af))
             else:
-                v0 = k00 * load(qa, 0)
+                v0 = k00 * activate(load(qa, 0), af)
             return v0 if m0 else zero
         if kind == 4:
             qb = offset(pb, r)
-            v0 = cuda.fma(k10, load(qb, 0), k00 * load(qa, 0))
-            v1 = cuda.fma(k11, load(qb, 1), k01 * load(qa, 1))
+            v0 = cuda.fma(k10, activate(load(qb, 0), af), k00 * activate(load(qa, 0), af))
+            v1 = cuda.fma(k11, activate(load(qb, 1), af), k01 * activate(load(qa, 1), af))
         else:
-            v0 = k00 * load(qa, 0)
-            v1 = k01 * load(qa, 1)
+            v0 = k00 * activate(load(qa, 0), af)
+            v1 = k01 * activate(load(qa, 1), af)
         return (v0 if m0 else zero) + (v1 if m1 else zero)
 
     @cuda.jit(device=True, inline="always")
@@ -333,11 +392,13 @@ def build_gather(
         else:
             walk_generic(kind, tp, dcol, h0, h1, mh, oh, dh, Hs, Ws, Wd, wh0, wh1)
 
-    @kernel_decorator(registers)
-    def gather(
+    @cuda.jit(device=True, inline="always")
+    def gather_body(
         src,
         shift,
         dst,
+        scale,
+        bias,
         tasks,
         C,
         Ts,
@@ -431,14 +492,15 @@ def build_gather(
             pb = pa
             if frames == 2:
                 pb = offset(src, ((n * Ts + clamp(ts1, Ts32)) * C + c) * plane_s + c0)
-            tp = (pa, pb, m0, m1, wa * v0, wa * v1, wt1 * v0, wt1 * v1)
+            af = channel_affine(scale, bias, c)
+            tp = (pa, pb, m0, m1, wa * v0, wa * v1, wt1 * v0, wt1 * v1, af)
             if frames == 2:
                 walk(4, tp, dcol, h0, h1, mh_, oh, dh_, Hs32, Ws32, Wd32, wh0, wh1)
             else:
                 walk(2, tp, dcol, h0, h1, mh_, oh, dh_, Hs32, Ws32, Wd32, wh0, wh1)
 
     if not frames:
-        return gather
+        return _entry("gather", gather_body, GATHER_SCALARS, affine, registers)
     R = frame_rows or FRAME_ROWS
 
     @cuda.jit(device=True, inline="always")
@@ -456,18 +518,19 @@ def build_gather(
         """cur[k] for k < R: one source frame interpolated along W and H at destination
         row h0 + k, from its pass rows k and k + 1, for any band (``p``: the frame at source
         row hs0 and the lane's first column slot, possibly outside the frame; ``bits`` =
-        (b0, b1) the rows each slot reads, from ``row_bits``; ``vw`` = (v0, v1) the slots'
-        column weights, ``rw`` = (wh0, wh1, use0, use1) the row weights). Each slot is a
+        (b0, b1) the rows each slot reads, from ``row_bits``; ``vw`` = (v0, v1, af) the
+        slots' column weights and the prologue's (scale, bias), ``rw`` = (wh0, wh1, use0,
+        use1) the row weights). Each slot is a
         masked load (0 where it reads nothing, the address then unused) from a pointer
         bumped row by row; straight-line, so all loads can be in flight at once."""
-        v0, v1 = vw
+        v0, v1, af = vw
         wh0, wh1, use0, use1 = rw
         b0 = fresh(bits[0])  # the per-row masks are derived in the pass, not held
         b1 = fresh(bits[1])
         above = zero
         for j in range(R + 1):
-            a = load_if(p, 0, b0, 1 << j)
-            b = load_if(p, 1, b1, 1 << j)
+            a = activate_if(load_if(p, 0, b0, 1 << j), b0, 1 << j, af)
+            b = activate_if(load_if(p, 1, b1, 1 << j), b1, 1 << j, af)
             below = cuda.fma(v1, b, v0 * a)
             if j > 0:
                 x = wh0 * above if use0 else zero
@@ -476,22 +539,22 @@ def build_gather(
             p = offset(p, Ws)
 
     @cuda.jit(device=True, inline="always")
-    def slots(p, m0, m1, v0, v1):
+    def slots(p, m0, m1, v0, v1, af):
         """A row's value from its two column slots at ``p`` (both inside the row), a slot
         outside the source selected away (never multiplied: its value may be inf)."""
-        a = load(p, 0)
-        b = load(p, 1)
+        a = activate(load(p, 0), af)
+        b = activate(load(p, 1), af)
         return cuda.fma(v1, b if m1 else zero, v0 * (a if m0 else zero))
 
     @cuda.jit(device=True, inline="always")
     def inner_pass2(p, Ws, cols, wh0, wh1, cur):
         """``edge_pass`` for a band whose R + 1 rows are all inside the source and two row
         taps of non-zero weight: plain loads, no row masks."""
-        m0, m1, v0, v1 = cols
-        above = slots(p, m0, m1, v0, v1)
+        m0, m1, v0, v1, af = cols
+        above = slots(p, m0, m1, v0, v1, af)
         for j in range(R):
             p = offset(p, Ws)
-            below = slots(p, m0, m1, v0, v1)
+            below = slots(p, m0, m1, v0, v1, af)
             cur[j] = cuda.fma(wh1, below, wh0 * above)
             above = below
 
@@ -499,9 +562,9 @@ def build_gather(
     def inner_pass1(p, Ws, cols, wh, cur):
         """``edge_pass`` for one row tap (weight ``wh``; ``p`` at its first row) whose R rows
         are all inside the source: R plain rows of loads."""
-        m0, m1, v0, v1 = cols
+        m0, m1, v0, v1, af = cols
         for j in range(R):
-            cur[j] = wh * slots(p, m0, m1, v0, v1)
+            cur[j] = wh * slots(p, m0, m1, v0, v1, af)
             p = offset(p, Ws)
 
     @cuda.jit(device=True, inline="always")
@@ -521,11 +584,13 @@ def build_gather(
                     store(q, 0, out)
                 q = offset(q, Wd)
 
-    @kernel_decorator(registers)
-    def gather_frames(
+    @cuda.jit(device=True, inline="always")
+    def frames_body(
         src,
         shift,
         dst,
+        scale,
+        bias,
         tasks,
         C,
         Ts,
@@ -609,7 +674,8 @@ def build_gather(
             # pass: diverged, it would run both)
             mode = i32(2) if warp_all(mode == 2) else (i32(1) if warp_all(mode == 1) else i32(0))
             bits = (row_bits(hs0, nrows, Hs32, m0), row_bits(hs0, nrows, Hs32, m1))
-            cols = (m0, m1, v0, v1)
+            af = channel_affine(scale, bias, c)
+            cols = (m0, m1, v0, v1, af)
             rw = (wh0, wh1, use0, use1)
             wh = wh0 if use0 else wh1
             plane0 = (n * Ts * C + c) * Hs * Ws + c0
@@ -632,7 +698,7 @@ def build_gather(
                     elif mode == 1:
                         inner_pass1(pa, Ws32, cols, wh, cur)
                     else:
-                        edge_pass(pa, Ws32, bits, (v0, v1), rw, cur)
+                        edge_pass(pa, Ws32, bits, (v0, v1, af), rw, cur)
                 if td >= t0:
                     blend(q, Wd32, nrows, prev, cur, (wt0, wt1, prev_ok & use_t0, cur_ok & use_t1))
                 for k in range(R):
@@ -642,4 +708,4 @@ def build_gather(
                 q = offset(q, frame_d)
                 td = i32(td + 1)
 
-    return gather_frames
+    return _entry("gather_frames", frames_body, FRAMES_SCALARS, affine, registers)

@@ -479,14 +479,22 @@ class Kernels:
             gather_signature,
         )
 
-        self.gather = build_gather(storage, shift_storage)
-        self.gather_sig = gather_signature(storage, shift_storage)
-        self.gather_narrow = build_gather(storage, shift_storage, narrow=True)
-        self.gather_narrow_sig = self.gather_sig
-        self.gather_frames = build_gather(
-            storage, shift_storage, registers=FRAME_REGISTERS, frames=True
-        )
-        self.gather_frames_sig = frames_signature(storage, shift_storage)
+        # each gather also as ``<name>_affine``: the forward with the input prologue
+        # relu(x * scale + bias) (two more pointer arguments after dst)
+        for affine, suffix in ((False, ""), (True, "_affine")):
+            sig = gather_signature(storage, shift_storage, affine)
+            setattr(self, "gather" + suffix, build_gather(storage, shift_storage, affine=affine))
+            setattr(self, f"gather{suffix}_sig", sig)
+            narrow = build_gather(storage, shift_storage, narrow=True, affine=affine)
+            setattr(self, f"gather_narrow{suffix}", narrow)
+            setattr(self, f"gather_narrow{suffix}_sig", sig)
+            frames = build_gather(
+                storage, shift_storage, registers=FRAME_REGISTERS, frames=True, affine=affine
+            )
+            setattr(self, f"gather_frames{suffix}", frames)
+            setattr(
+                self, f"gather_frames{suffix}_sig", frames_signature(storage, shift_storage, affine)
+            )
 
 
 def _build(

@@ -283,3 +283,65 @@ def shift3d_call(
     return torch.ops.rubiks_shift.shift3d(
         x, shift, list(stride), list(padding), quantize, normalize_grad, t_factor
     )
+
+
+# ------------------------------------------------------ affine + ReLU + shift (inference)
+
+
+def _affine_relu(x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    """relu(x * scale[c] + bias[c]) of a (N, T, C, H, W) clip, in scale's dtype (the
+    precision the CUDA prologue computes in)."""
+    view = (1, 1, -1, 1, 1)
+    return torch.relu(torch.addcmul(bias.view(view), x.to(scale.dtype), scale.view(view)))
+
+
+@torch.library.custom_op("rubiks_shift::affine_relu_shift3d", mutates_args=())
+def affine_relu_shift3d(
+    x: Tensor,
+    scale: Tensor,
+    bias: Tensor,
+    shift: Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
+) -> Tensor:
+    """Default kernel (devices without a dedicated one): the float64 reference."""
+    a = _affine_relu(x, scale, bias)
+    return reference.shift3d_forward(a, shift, stride, padding, quantize).to(x.dtype)
+
+
+@affine_relu_shift3d.register_kernel("cpu")
+def _affine_cpu(x, scale, bias, shift, stride, padding, quantize):
+    a = _affine_relu(x, scale, bias)
+    if not _cpu.available():
+        return reference.shift3d_forward(a, shift, stride, padding, quantize).to(x.dtype)
+    return _cpu.forward(a, shift, stride, padding, quantize).to(x.dtype)
+
+
+@affine_relu_shift3d.register_kernel("cuda")
+def _affine_cuda(x, scale, bias, shift, stride, padding, quantize):
+    return _cuda_backend().forward_affine(x, scale, bias, shift, stride, padding, quantize)
+
+
+@affine_relu_shift3d.register_fake
+def _affine_fake(x, scale, bias, shift, stride, padding, quantize):
+    return x.new_empty(output_shape(x.shape, stride, padding))
+
+
+def affine_shift3d_call(x, scale, bias, shift, stride, padding, quantize, device_type):
+    """Run the affine op: the backend directly for plain tensors in eager mode (no
+    dispatcher round trip), the registered op otherwise."""
+    if (
+        type(x) is Tensor
+        and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+    ):
+        if device_type == "cuda":
+            return _cuda_backend().forward_affine(x, scale, bias, shift, stride, padding, quantize)
+        if device_type == "cpu":
+            return _affine_cpu(x, scale, bias, shift, stride, padding, quantize)
+    return torch.ops.rubiks_shift.affine_relu_shift3d(
+        x, scale, bias, shift, list(stride), list(padding), quantize
+    )

@@ -1,0 +1,248 @@
+"""The fused inference form of a RubiksNet: fewer passes over memory, fewer launches.
+
+A RubiksNet block is pre-activation: ``a = relu(bn1(x))``, ``h = relu(bn2(conv1(a)))``,
+``h = shift(h)``, ``out = conv2(h) + shortcut``. In eager PyTorch that is eight kernels
+and eight passes over the activation. :func:`fuse_model` rewrites a trained model for
+inference (batch norms with their running statistics) as four:
+
+1. ``a = relu(x * s1 + b1)``: one pass (the shift kernel with a zero shift and its input
+   prologue; for a hardened AQ block the integer temporal shift is this same pass);
+2. ``conv1`` as a batched matrix product, with ``bn2``'s scale folded into its weights;
+3. ``relu(. + b2)`` applied inside the RubiksShift kernel as it reads its input
+   (:func:`rubiks_shift.affine_relu_shift3d`): the activation is never written;
+4. ``conv2`` and the residual sum as one in-place ``baddbmm_`` into the shortcut (the
+   squeeze-excitation scale, where present, folded into conv2's weights per sample).
+
+The result equals the unfused eval-mode model up to rounding (float32: about 1e-6
+relative on the logits; the tests state the tolerances). The fused model is inference
+only: it has no gradient, refuses training mode, and its blocks update their input
+tensors in place (no caller sees them). It computes in the input's dtype, or in the
+autocast dtype where autocast is on; its weights are kept in float32 and cast once per
+dtype (cached), so autocast adds no per-call weight casts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from rubiks_shift import affine_relu_shift3d, rubiks_shift3d
+from torch import nn
+
+from .rubiksnet import RubiksBlock, RubiksNet, Shift3d, TemporalAttentionShift, as_clip
+
+__all__ = ["FusedRubiksNet", "fuse_model"]
+
+
+def _fold_bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, bias) with bn(x) = x * scale + bias in eval mode (running statistics)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("fuse_model needs batch norms with running statistics")
+    scale = bn.running_var.double().add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    bias = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias.double()
+    return scale.float(), bias.float()
+
+
+def _matrix(conv: nn.Conv2d) -> torch.Tensor:
+    return conv.weight.detach().float().flatten(1)  # (out, in) of a 1x1 convolution
+
+
+class _Weights:
+    """GEMM weights of a fused module cast to each compute dtype once (the float32 masters
+    stay in the module's buffers)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, module: nn.Module, name: str, dtype: torch.dtype) -> torch.Tensor:
+        master = getattr(module, name)
+        if dtype == master.dtype or torch.compiler.is_compiling():
+            return master.to(dtype)
+        key = (name, dtype)
+        cached = self.cache.get(key)
+        if cached is None or cached.device != master.device:
+            cached = self.cache[key] = master.to(dtype)
+        return cached
+
+
+class FusedBlock(nn.Module):
+    """One :class:`RubiksBlock` in fused inference form (see the module docstring)."""
+
+    def __init__(self, block: RubiksBlock) -> None:
+        super().__init__()
+        conv1 = block.conv1
+        cin, cout = conv1.in_channels, conv1.out_channels
+        self.has_proj = block.has_proj
+        self.stride = block.shortcut.stride[0] if block.has_proj else 1
+        s1, b1 = _fold_bn(block.norm1)
+        s2, b2 = _fold_bn(block.norm2)
+        self.register_buffer("s1", s1)
+        self.register_buffer("b1", b1)
+        self.register_buffer("w1", _matrix(conv1) * s2[:, None])
+        self.register_buffer("ones2", torch.ones_like(b2))
+        self.register_buffer("b2", b2)
+        self.register_buffer("w2", _matrix(block.conv2))
+        self.register_buffer("zero_shift", torch.zeros(3, cin))
+        if self.has_proj:
+            self.register_buffer("w_proj", _matrix(block.shortcut))
+        # the block's shift as a 3-D op: a 2-D shift acts on one-frame clips
+        layer = block.rubiks
+        shift = layer.shift.detach().float()
+        self.shift_2d = shift.shape[0] == 2
+        if self.shift_2d:
+            shift = torch.cat([torch.zeros_like(shift[:1]), shift], 0)
+        self.register_buffer("shift", shift)
+        self.quantize = bool(layer.quantize)
+        stride, padding = tuple(layer.stride), tuple(layer.padding)
+        self.shift_stride = (1, *stride) if self.shift_2d else stride
+        self.shift_padding = (0, *padding) if self.shift_2d else padding
+        # AQ: a hard integer temporal shift (deploy form) or the soft 3-tap attention
+        self.tshift_kind = "none"
+        if isinstance(block.tshift, Shift3d):
+            self.tshift_kind = "hard"
+            self.register_buffer("tshift", block.tshift.shift.detach().float())
+            self.tshift_quantize = bool(block.tshift.quantize)
+        elif isinstance(block.tshift, TemporalAttentionShift):
+            self.tshift_kind = "soft"
+            self.register_buffer("taps", block.tshift.attention().detach().float())
+        self.has_se = not isinstance(block.se, nn.Identity)
+        if self.has_se:
+            self.register_buffer("se_fc1", block.se.fc1.weight.detach().float())
+            self.register_buffer("se_fc2", block.se.fc2.weight.detach().float())
+        self.cin, self.cout = cin, cout
+        self.weights = _Weights()
+
+    def _soft_tshift(self, a: torch.Tensor) -> torch.Tensor:
+        t = a.shape[1]
+        taps = self.taps.to(a.dtype)
+        view = (1, 1, -1, 1, 1)
+        out = a * taps[:, 1].view(view)
+        out[:, 1:] += a[:, :-1] * taps[:, 0].view(view)
+        out[:, : t - 1] += a[:, 1:] * taps[:, 2].view(view)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        b, t, _, height, width = x.shape
+        # 1. a = relu(bn1(x)), with the hard AQ temporal shift in the same pass where the
+        # shortcut does not need a itself
+        if self.tshift_kind == "hard" and not self.has_proj:
+            a = None
+            mixed = affine_relu_shift3d(
+                x, self.s1, self.b1, self.tshift, quantize=self.tshift_quantize
+            )
+        else:
+            a = affine_relu_shift3d(x, self.s1, self.b1, self.zero_shift, quantize=True)
+            if self.tshift_kind == "hard":
+                mixed = rubiks_shift3d(
+                    a, self.tshift, quantize=self.tshift_quantize, normalize_grad=False
+                )
+            elif self.tshift_kind == "soft":
+                mixed = self._soft_tshift(a)
+            else:
+                mixed = a
+        # 2. conv1 (bn2's scale folded in)
+        w1 = self.weights.get(self, "w1", dtype)
+        h = torch.matmul(w1, mixed.reshape(b * t, self.cin, height * width))
+        # 3. relu(. + b2) inside the shift
+        h = h.view(b, t, self.cout, height, width)
+        if self.shift_2d:
+            h = h.view(b * t, 1, self.cout, height, width)
+        h = affine_relu_shift3d(
+            h,
+            self.ones2,
+            self.b2,
+            self.shift,
+            self.shift_stride,
+            self.shift_padding,
+            quantize=self.quantize,
+        )
+        ho, wo = h.shape[-2:]
+        h = h.reshape(b * t, self.cout, ho * wo)
+        # 4. conv2 (+ squeeze-excitation scale) and the residual sum
+        w2 = self.weights.get(self, "w2", dtype)
+        if self.has_se:
+            pooled = h.mean(2)
+            fc1 = self.weights.get(self, "se_fc1", dtype)
+            fc2 = self.weights.get(self, "se_fc2", dtype)
+            gate = torch.sigmoid(F.linear(torch.relu(F.linear(pooled, fc1)), fc2))
+            w2 = w2 * gate[:, None, :]  # (b * t, out, in): conv2(h * gate) per sample
+        else:
+            w2 = w2.expand(b * t, -1, -1)
+        if self.has_proj:
+            frames = a.reshape(b * t, self.cin, height, width)
+            if self.stride != 1:
+                frames = frames[:, :, :: self.stride, :: self.stride]
+            w_proj = self.weights.get(self, "w_proj", dtype)
+            skip = torch.matmul(w_proj, frames.reshape(b * t, self.cin, ho * wo))
+        else:
+            skip = x.view(b * t, self.cin, height * width)
+        return skip.baddbmm_(w2, h).view(b, t, self.cout, ho, wo)
+
+
+class FusedRubiksNet(nn.Module):
+    """A RubiksNet in fused inference form; built by :func:`fuse_model`.
+
+    Takes what the model takes ((B, T, C, H, W) clips, images, TSN-stacked frames) and
+    returns the same logits (or pooled features for ``num_classes=0``).
+    """
+
+    def __init__(self, model: RubiksNet) -> None:
+        super().__init__()
+        if not model.global_pool:
+            raise ValueError("fuse_model needs a pooled model (global_pool='avg')")
+        self.in_chans = model.in_chans
+        self.num_classes = model.num_classes
+        self.tier, self.variant = model.tier, model.variant
+        self.register_buffer("stem_weight", model.stem.weight.detach().float().clone())
+        self.blocks = nn.ModuleList(
+            FusedBlock(block) for stage in model.stages for block in stage.blocks
+        )
+        s, b = _fold_bn(model.norm)
+        self.register_buffer("s_last", s)
+        self.register_buffer("b_last", b)
+        self.register_buffer("zero_shift", torch.zeros(3, s.shape[0]))
+        self.has_head = isinstance(model.fc, nn.Linear)
+        if self.has_head:
+            self.register_buffer("fc_weight", model.fc.weight.detach().float().clone())
+            self.register_buffer("fc_bias", model.fc.bias.detach().float().clone())
+        self.weights = _Weights()
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError("a fused RubiksNet is for inference only; keep it in eval mode")
+        device_type = x.device.type
+        dtype = x.dtype
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            return self._forward(x.to(dtype))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        clip = as_clip(x, self.in_chans)
+        b, t = clip.shape[0], clip.shape[1]
+        stem = self.weights.get(self, "stem_weight", x.dtype)
+        h = F.conv2d(clip.flatten(0, 1), stem, stride=2, padding=1).unflatten(0, (b, t))
+        for block in self.blocks:
+            h = block(h)
+        h = affine_relu_shift3d(h, self.s_last, self.b_last, self.zero_shift, quantize=True)
+        pooled = h.mean((1, 3, 4))  # space and time: the frame logits' mean (linear head)
+        if not self.has_head:
+            return pooled
+        weight = self.weights.get(self, "fc_weight", x.dtype)
+        bias = self.weights.get(self, "fc_bias", x.dtype)
+        return F.linear(pooled, weight, bias)
+
+
+@torch.no_grad()
+def fuse_model(model: RubiksNet) -> FusedRubiksNet:
+    """The fused inference form of ``model`` (a new module on the model's device;
+    ``model`` is left as it is). Batch norms contribute their running statistics, as in
+    ``model.eval()``."""
+    if not isinstance(model, RubiksNet):
+        raise TypeError(f"fuse_model expects a RubiksNet, got {type(model).__name__}")
+    return FusedRubiksNet(model).to(model.stem.weight.device)

@@ -1,0 +1,74 @@
+"""Inference building block: batch norm + ReLU + RubiksShift in one pass.
+
+In a RubiksNet block the shift reads ``relu(bn(conv(a)))``. With the batch norm folded to
+a per-channel scale and bias, :func:`affine_relu_shift3d` applies that affine map and the
+ReLU as the CUDA kernel reads each source value, so the activation is never written to
+memory (one pass instead of three). With a zero shift and ``quantize=True`` it is a plain
+per-channel affine + ReLU. Inference only: it has no gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ._checks import check_shift3d_args, triple
+from ._ops import affine_shift3d_call
+from .functional import _validate_values
+
+__all__ = ["affine_relu_shift3d"]
+
+
+def _check_affine(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> None:
+    op = "affine_relu_shift3d"
+    channels = x.shape[2]
+    for name, t in (("scale", scale), ("bias", bias)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+        if tuple(t.shape) != (channels,):
+            raise ValueError(
+                f"{op}: {name} must have shape (C,) = ({channels},), got {tuple(t.shape)}"
+            )
+        if not t.is_floating_point():
+            raise TypeError(f"{op}: {name} must be floating point, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {t.device}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, scale, bias)):
+        raise RuntimeError(
+            f"{op} is for inference and has no gradient; run it under torch.no_grad() or "
+            "torch.inference_mode(), or use rubiks_shift3d(relu(...)) for training"
+        )
+
+
+def affine_relu_shift3d(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    shift: torch.Tensor,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    *,
+    quantize: bool = False,
+) -> torch.Tensor:
+    """``rubiks_shift3d(relu(x * scale[c] + bias[c]), shift, stride, padding)`` in one pass.
+
+    Args:
+        x: clip (N, T, C, H, W); float16, bfloat16, float32 or float64.
+        scale, bias: (C,) per-channel affine map (a folded batch norm); computed in
+            float32 (float64 for float64 x), the result rounded to x's dtype once.
+        shift, stride, padding, quantize: as in :func:`rubiks_shift.rubiks_shift3d`.
+
+    Returns:
+        (N, T_out, C, H_out, W_out) tensor of x's dtype. No gradient (inference only).
+    """
+    stride3 = triple(stride, "stride")
+    padding3 = triple(padding, "padding")
+    check_shift3d_args(x, shift, stride3, padding3, op="affine_relu_shift3d")
+    _check_affine(x, scale, bias)
+    device_type = x.device.type
+    _validate_values(shift, "affine_relu_shift3d", device_type)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return affine_shift3d_call(
+        x, scale.to(acc), bias.to(acc), shift, stride3, padding3, bool(quantize), device_type
+    )
