@@ -1,4 +1,6 @@
-"""Break the host time of one eager CUDA forward call into its parts (microseconds)."""
+"""Host time of eager CUDA calls of the op, forward and forward + backward, and of the
+parts of a forward call (microseconds per call; tiny tensors, so the GPU work is
+negligible and the loop runs at the host's pace)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import torch
 from bench_shift import best_us_per_call  # this folder (run as a script)
 
 from rubiks_shift import _cuda, rubiks_shift3d
+
+CHAIN = 16  # shift layers per backward call in the chained measurement
 
 
 def main() -> None:
@@ -15,6 +19,22 @@ def main() -> None:
     y = torch.empty_like(x)
     kernels = _cuda._kernels("float32", "float32")
     (step,) = _cuda._gather_plan(tuple(x.shape), tuple(x.shape), (1, 1, 1), (0, 0, 0), False, False)
+    shifts = [torch.nn.Parameter(torch.rand(3, 4, device="cuda")) for _ in range(CHAIN)]
+    gy = torch.ones_like(x)
+    conv_w = torch.nn.Parameter(torch.randn(4, 4, 1, 1, device="cuda"))
+    x4 = xg.flatten(0, 1)
+
+    def fwd_bwd(layers: int) -> None:
+        """``layers`` shift layers in a chain, one backward: the engine's fixed cost of a
+        backward call is shared by the layers (as in a model)."""
+        y = xg
+        for s in shifts[:layers]:
+            y = rubiks_shift3d(y, s)
+        y.backward(gy)
+
+    def conv_fwd_bwd() -> None:
+        torch.nn.functional.conv2d(x4, conv_w).backward(gy.flatten(0, 1))
+
     parts = {
         "public rubiks_shift3d (no grad)": lambda: rubiks_shift3d(x, shift),
         "public rubiks_shift3d (x requires grad)": lambda: rubiks_shift3d(xg, shift),
@@ -23,12 +43,16 @@ def main() -> None:
         ),
         "_cuda.forward": lambda: _cuda.forward(x, shift, (1, 1, 1), (0, 0, 0), False),
         "_cuda._run (one launch)": lambda: _cuda._run(kernels, step, (x, shift, y), x.get_device()),
+        "rubiks_shift3d forward + backward (one call)": lambda: fwd_bwd(1),
+        f"rubiks_shift3d forward + backward (per layer of {CHAIN})": lambda: fwd_bwd(CHAIN),
+        "conv2d 1x1 forward + backward (scale)": conv_fwd_bwd,
         "torch.empty cuda": lambda: torch.empty(1, 2, 4, 4, 4, device="cuda"),
         "x.clone (scale)": lambda: x.clone(),
     }
     # five interleaved rounds, the best of each: host timings drift with clocks and
     # neighbours, and the first item of a single pass is often an outlier
-    best = best_us_per_call(parts, "cuda")
+    best = best_us_per_call(parts, "cuda", calls=500)
+    best[f"rubiks_shift3d forward + backward (per layer of {CHAIN})"] /= CHAIN
     for name, us in best.items():
         print(f"{name:<42} {us:8.1f} us")
 

@@ -144,6 +144,8 @@ def main() -> int:
             f"order={_cuda.GATHER_ORDER} "
             f"errs={errs} |y|={float(y_ref.norm()):.3g} |gs|={float(gs_ref.norm()):.3g}"
         )
+        if index < FIXED:  # the forward with the input prologue (batch norm + ReLU)
+            failures += not check_affine(x, s, y_ref, stride, padding, quantize, dtype, g)
         # where the frame walk is the default, the row walk too, and the frame walk with
         # short bands and frame chunks (the small cases: the simulator is slow)
         if _cuda.frames_walk_applies(shape, stride) and x.numel() <= 400:
@@ -152,6 +154,24 @@ def main() -> int:
                     x, s, gy, y_ref, gx_ref, stride, padding, quantize, dtype, kernel, rows, frames
                 )
     return 1 if failures else 0
+
+
+def check_affine(x, s, y_ref, stride, padding, quantize, dtype, g) -> bool:
+    """forward_affine against the reference forward of relu(x * scale + bias); the bias
+    is large enough that a zero read outside the clip would show up as relu(bias)."""
+    channels = x.shape[2]
+    scale = torch.rand(channels, generator=g, dtype=torch.float64) + 0.5
+    bias = torch.rand(channels, generator=g, dtype=torch.float64) * 2 - 0.5
+    view = (1, 1, -1, 1, 1)
+    a = torch.relu(x.to(dtype).double() * scale.view(view) + bias.view(view))
+    ref = reference.shift3d_forward(a, s.double().clamp(-1e6, 1e6), stride, padding, quantize)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    y = _cuda.forward_affine(x.to(dtype), scale.to(acc), bias.to(acc), s, stride, padding, quantize)
+    err = float((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3}[dtype]
+    ok = err < tol and y.dtype == dtype and y.shape == y_ref.shape
+    print(f"{'ok-affine' if ok else 'FAIL-affine'} {tuple(x.shape)} {stride} err={err}")
+    return ok
 
 
 def check_layout(

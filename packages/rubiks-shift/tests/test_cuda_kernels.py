@@ -26,6 +26,7 @@ def test_kernels_in_cuda_simulator():
     assert "ok-strides" in proc.stdout  # a same-shape output gets canonical strides
     assert proc.stdout.count("ok-rows") == 8  # the row walk where the frame walk is the default
     assert proc.stdout.count("ok-frames") == 8  # the frame walk in short bands and chunks
+    assert proc.stdout.count("ok-affine") == 13  # the forward with the input prologue
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16", "float32", "float64"])
@@ -37,7 +38,8 @@ def test_compile_ptx_every_dtype(storage):
     shift_storages = ["float32", "float64"] if storage == "float32" else ["float32"]
     for shift_storage in shift_storages:
         kernels = K.Kernels(storage, shift_storage)
-        for name in ("gather", "gather_narrow", "gather_frames", "grad_shift", "finalize"):
+        names = ("gather", "gather_narrow", "gather_frames", "grad_shift", "finalize")
+        for name in names + tuple(n + "_affine" for n in names[:3]):
             ptx, _ = cuda.compile_ptx(
                 getattr(kernels, name).py_func, getattr(kernels, name + "_sig"), cc=(9, 0)
             )

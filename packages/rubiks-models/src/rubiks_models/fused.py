@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from rubiks_shift import affine_relu_shift3d, rubiks_shift3d
 from torch import nn
+
+from rubiks_shift import affine_relu_shift3d, rubiks_shift3d
 
 from .rubiksnet import RubiksBlock, RubiksNet, Shift3d, TemporalAttentionShift, as_clip
 

@@ -1,0 +1,320 @@
+"""RubiksNet against TSM-ResNet50 on one GPU, side by side, in the modes people run.
+
+    python packages/rubiks-models/benchmarks/bench_models.py [--models ...] [--modes ...]
+        [--batch 8 --frames 8 --size 224] [--json OUT.json]
+
+Every figure is the time per batch (8 clips x 8 frames x 224², 174 classes by default) as
+a user meets it: ``--iters`` calls back to back with the host's issuing included, the
+device synchronised once at the end; the median of ``--repeats`` such loops. Models:
+
+* ``tsm_r50``: torchvision's ResNet-50 with TSM's temporal shift (1/8 of the channels one
+  frame forward, 1/8 one frame back, in the residual branch before conv1 of every
+  bottleneck), frame logits averaged.
+* ``rubiksnet_<tier>`` (timm, eval-mode batch norms) and ``rubiksnet_<tier>:fused``, its
+  fused inference form (:func:`rubiks_models.fused.fuse_model`; inference modes only).
+* ``rubiksnet_<tier>_aq`` (soft temporal attention) and ``rubiksnet_<tier>_aq:hard`` (the
+  deployment form, integer temporal shifts; ``:hard:fused`` fused as well).
+
+Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
+SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_bf16``
+(channels-last model and input, autocast), ``infer_compile_fp32`` / ``_bf16``
+(``torch.compile``, default mode; compile time reported apart), ``infer_graph_fp32`` /
+``_bf16`` (:class:`rubiks_models.cuda_graphs.GraphedInference`), ``train_fp32``,
+``train_bf16``, ``train_compile_fp32`` / ``_bf16``, ``train_graph_fp32`` / ``_bf16``
+(:class:`rubiks_models.cuda_graphs.GraphedTrainStep`); each train mode also reports the
+peak memory of a step. The table gives each figure's ratio to TSM-R50 in the same mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = (
+    "infer_fp32",
+    "infer_bf16",
+    "infer_cl_bf16",
+    "infer_compile_fp32",
+    "infer_compile_bf16",
+    "infer_graph_fp32",
+    "infer_graph_bf16",
+    "train_fp32",
+    "train_bf16",
+    "train_compile_fp32",
+    "train_compile_bf16",
+    "train_graph_fp32",
+    "train_graph_bf16",
+)
+DEFAULT_MODELS = (
+    "tsm_r50",
+    "rubiksnet_tiny",
+    "rubiksnet_tiny:fused",
+    "rubiksnet_large",
+    "rubiksnet_large:fused",
+    "rubiksnet_large_aq",
+    "rubiksnet_large_aq:hard:fused",
+)
+
+
+# ------------------------------------------------------------------------- TSM-R50
+
+
+def temporal_shift(x: torch.Tensor, frames: int, fold_div: int = 8) -> torch.Tensor:
+    """TSM's shift of (N*T, C, H, W): channels [0, C/8) read frame t + 1, [C/8, C/4) frame
+    t - 1 (zeros past the clip ends), the rest stay."""
+    nt, c, h, w = x.shape
+    clip = x.view(nt // frames, frames, c, h, w)
+    fold = c // fold_div
+    out = torch.zeros_like(clip)
+    out[:, :-1, :fold] = clip[:, 1:, :fold]
+    out[:, 1:, fold : 2 * fold] = clip[:, :-1, fold : 2 * fold]
+    out[:, :, 2 * fold :] = clip[:, :, 2 * fold :]
+    return out.view(nt, c, h, w)
+
+
+class _ShiftThen(nn.Module):
+    def __init__(self, conv: nn.Module, frames: int) -> None:
+        super().__init__()
+        self.conv, self.frames = conv, frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(temporal_shift(x, self.frames))
+
+
+class TSMResNet50(nn.Module):
+    """TSM-ResNet50 for (B, T, 3, H, W) clips: frame logits averaged over T."""
+
+    def __init__(self, num_classes: int, frames: int) -> None:
+        super().__init__()
+        from torchvision.models import resnet50
+
+        self.net = resnet50(num_classes=num_classes)
+        for layer in (self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4):
+            for block in layer:
+                block.conv1 = _ShiftThen(block.conv1, frames)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[:2]
+        logits = self.net(x.flatten(0, 1))
+        return logits.view(b, t, -1).mean(1)
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def build(name: str, num_classes: int, frames: int) -> tuple[nn.Module, bool]:
+    """(model on the GPU, whether it can train)."""
+    if name == "tsm_r50":
+        return TSMResNet50(num_classes, frames).cuda(), True
+    import timm
+
+    import rubiks_models  # noqa: F401  (registers the models)
+    from rubiks_models.deploy import quantize_model
+    from rubiks_models.fused import fuse_model
+
+    arch, *forms = name.split(":")
+    unknown = set(forms) - {"hard", "fused"}
+    if unknown:
+        raise ValueError(f"unknown model form(s) {sorted(unknown)} in {name!r}")
+    model = timm.create_model(arch, num_classes=num_classes).cuda()
+    for m in model.modules():  # trained-looking batch norms (the statistics matter to fusion)
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 1.5)
+            m.running_mean.uniform_(-0.1, 0.1)
+    if "hard" in forms:
+        model = quantize_model(model.eval())
+    if "fused" in forms:
+        return fuse_model(model.eval()), False
+    return model, True
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+def time_loop(fn: Callable[[], object], iters: int, repeats: int) -> float:
+    """Median over ``repeats`` of the wall time per call of ``iters`` back-to-back calls
+    (host issuing included), in ms."""
+    results = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+        results.append((time.perf_counter() - start) * 1e3 / iters)
+    return statistics.median(results)
+
+
+def _autocast(dtype: str):
+    if dtype == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def run_mode(name: str, mode: str, args) -> dict:
+    from rubiks_models.cuda_graphs import GraphedInference, GraphedTrainStep
+
+    kind, *rest = mode.split("_")
+    variant, dtype = (rest[0], rest[1]) if len(rest) == 2 else ("eager", rest[0])
+    model, trainable = build(name, args.classes, args.frames)
+    if kind == "train" and not trainable:
+        return {"skipped": "inference-only form"}
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(args.batch, args.frames, 3, args.size, args.size, device="cuda", generator=g)
+    target = torch.randint(0, args.classes, (args.batch,), device="cuda", generator=g)
+    result: dict = {}
+    if variant == "cl":
+        model = model.to(memory_format=torch.channels_last)
+        flat = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        x = flat.unflatten(0, (args.batch, args.frames))
+    if variant == "compile":
+        model = torch.compile(model)
+    if kind == "infer":
+        model.eval()
+        if variant == "graph":
+            dt = torch.bfloat16 if dtype == "bf16" else None
+            with torch.inference_mode(False):
+                start = time.perf_counter()
+                runner = GraphedInference(model, x, autocast_dtype=dt, copy_output=False)
+                result["setup_s"] = round(time.perf_counter() - start, 2)
+            fn = lambda: runner(x)
+        else:
+
+            def fn():
+                with torch.inference_mode(), _autocast(dtype):
+                    return model(x)
+
+            start = time.perf_counter()
+            for _ in range(3):
+                fn()
+            torch.cuda.synchronize()
+            result["setup_s"] = round(time.perf_counter() - start, 2)
+        result["ms"] = time_loop(fn, args.iters, args.repeats)
+        return result
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    if variant == "graph":
+        dt = torch.bfloat16 if dtype == "bf16" else None
+        start = time.perf_counter()
+        runner = GraphedTrainStep(model, opt, F.cross_entropy, x, target, autocast_dtype=dt)
+        result["setup_s"] = round(time.perf_counter() - start, 2)
+        fn = lambda: runner.step(x, target)
+    else:
+
+        def fn():
+            opt.zero_grad(set_to_none=True)
+            with _autocast(dtype):
+                loss = F.cross_entropy(model(x), target)
+            loss.backward()
+            opt.step()
+
+        start = time.perf_counter()
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        result["setup_s"] = round(time.perf_counter() - start, 2)
+    torch.cuda.reset_peak_memory_stats()
+    result["ms"] = time_loop(fn, args.iters, args.repeats)
+    result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return result
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def table(results: dict, models: list[str], modes: list[str]) -> str:
+    lines = ["| mode | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for mode in modes:
+        base = results.get("tsm_r50", {}).get(mode, {}).get("ms")
+        cells = []
+        for name in models:
+            r = results.get(name, {}).get(mode, {})
+            if "ms" in r:
+                cell = f"{r['ms']:.2f}"
+                if base and name != "tsm_r50":
+                    cell += f" ({r['ms'] / base:.2f}x)"
+                if "peak_gib" in r:
+                    cell += f", {r['peak_gib']} GiB"
+            elif "error" in r:
+                cell = "error"
+            else:
+                cell = "-"
+            cells.append(cell)
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(path: str, payload: dict) -> None:
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--modes", nargs="+", default=[m for m in MODES if "compile" not in m])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--classes", type=int, default=174)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--budget", type=float, default=0, help="stop starting new runs after S s")
+    p.add_argument("--json", help="write the results here (atomically)")
+    args = p.parse_args(argv)
+    unknown = [m for m in args.modes if m not in MODES]
+    if unknown:
+        p.error(f"unknown modes {unknown}; choose from {list(MODES)}")
+    for n in ("batch", "frames", "size", "classes", "iters", "repeats"):
+        if getattr(args, n) < 1:
+            p.error(f"--{n} must be >= 1")
+    if args.json and not Path(args.json).parent.is_dir():
+        p.error(f"--json: folder {Path(args.json).parent} does not exist")
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA GPU")
+    torch.backends.cudnn.benchmark = True
+    info = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "shape": [args.batch, args.frames, 3, args.size, args.size],
+    }
+    print(json.dumps(info), flush=True)
+    results: dict = {}
+    started = time.perf_counter()
+    for mode in args.modes:
+        for name in args.models:
+            if args.budget and time.perf_counter() - started > args.budget:
+                results.setdefault(name, {})[mode] = {"skipped": "budget"}
+                continue
+            try:
+                r = run_mode(name, mode, args)
+            except Exception as exc:  # one failing run must not lose the others
+                r = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            results.setdefault(name, {})[mode] = r
+            torch.cuda.empty_cache()
+            torch._dynamo.reset()
+            print(f"{mode:<20} {name:<32} {r}", flush=True)
+    print(table(results, args.models, args.modes))
+    if args.json:
+        write_json(args.json, {"info": info, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The fused inference form equals the eval-mode model; CUDA-graph runners equal eager."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import rubiks_models  # noqa: F401  (registers the models)
+from rubiks_models.cuda_graphs import GraphedInference, GraphedTrainStep
+from rubiks_models.deploy import quantize_model
+from rubiks_models.fused import fuse_model
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _trained_looking(name: str, device: str = "cpu", **kwargs) -> torch.nn.Module:
+    """A model with random, non-trivial batch-norm statistics and affines (fusion folds
+    them, so identity statistics would hide mistakes)."""
+    model = timm.create_model(name, num_classes=10, **kwargs).to(device).eval()
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t, lo, hi in (
+                (m.running_mean, -0.3, 0.3),
+                (m.running_var, 0.4, 1.6),
+                (m.weight.data, 0.5, 1.5),
+                (m.bias.data, -0.3, 0.3),
+            ):
+                t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+    return model
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+# Float32 on the CPU: the fused form rounds differently (batch norm folded into the conv
+# weights, conv2 and the residual sum in one product), so logits agree to ~1e-6 relative.
+FP32_TOL = 1e-5
+
+
+@pytest.mark.parametrize(
+    "name,hard",
+    [
+        ("rubiksnet_tiny", False),
+        ("rubiksnet_small", False),  # squeeze-excitation folded into conv2 per sample
+        ("rubiksnet_tiny_aq", False),  # soft temporal attention
+        ("rubiksnet_tiny_aq", True),  # hardened: integer temporal shifts fused with bn1
+        ("rubiksnet2d_tiny", False),  # image backbone: 2-D shifts
+    ],
+)
+def test_fused_equals_eval_model_cpu(name, hard):
+    model = _trained_looking(name)
+    if hard:
+        model = quantize_model(model).eval()
+    fused = fuse_model(model)
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 3, 48, 40) if name.startswith("rubiksnet2d") else (2, 4, 3, 48, 40)
+    x = torch.randn(shape, generator=g)
+    with torch.no_grad():
+        expected = model(x)
+        got = fused(x)
+    assert got.shape == expected.shape
+    assert _rel(got, expected) < FP32_TOL
+
+
+def test_fused_accepts_tsn_frames_and_leaves_model_alone():
+    model = _trained_looking("rubiksnet_tiny")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_model(model)
+    x = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        a = fused(x)
+        b = fused(x.flatten(1, 2))  # TSN-stacked (B, 3T, H, W)
+    torch.testing.assert_close(a, b)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_fused_refuses_training_and_non_rubiksnet():
+    fused = fuse_model(_trained_looking("rubiksnet_tiny"))
+    fused.train()
+    with pytest.raises(RuntimeError, match="inference only"):
+        fused(torch.randn(1, 2, 3, 32, 32))
+    with pytest.raises(TypeError, match="expects a RubiksNet"):
+        fuse_model(torch.nn.Linear(2, 2))
+
+
+def test_fused_compiles_fullgraph():
+    fused = fuse_model(_trained_looking("rubiksnet_tiny"))
+    x = torch.randn(1, 2, 3, 32, 32)
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), fused(x))
+
+
+def test_graph_runners_refuse_cpu_tensors():
+    model = _trained_looking("rubiksnet_tiny")
+    x = torch.randn(1, 2, 3, 32, 32)
+    with pytest.raises(ValueError, match="CUDA graphs need CUDA tensors"):
+        GraphedInference(model, x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="CUDA graphs need CUDA tensors"):
+        GraphedTrainStep(model, opt, F.cross_entropy, x, torch.zeros(1, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+@requires_cuda
+@pytest.mark.parametrize("name,hard", [("rubiksnet_small", False), ("rubiksnet_tiny_aq", True)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
+def test_fused_equals_eval_model_cuda(name, hard, dtype, tol):
+    """On the GPU the prologue runs inside the shift kernel. Tolerances: float32 convs
+    run in TF32 (cuDNN's default), bfloat16 rounds every activation."""
+    model = _trained_looking(name, "cuda")
+    if hard:
+        model = quantize_model(model).eval()
+    fused = fuse_model(model)
+    x = torch.randn(2, 8, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        expected = model.double()(x.double()).float()
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            got = fused(x)
+    assert _rel(got, expected) < tol
+
+
+@requires_cuda
+def test_graphed_inference_equals_eager():
+    model = fuse_model(_trained_looking("rubiksnet_tiny", "cuda"))
+    x = torch.randn(2, 4, 3, 64, 64, device="cuda")
+    runner = GraphedInference(model, x)
+    for seed in range(3):
+        new = torch.randn(
+            x.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(seed)
+        )
+        with torch.no_grad():
+            expected = model(new)
+        assert torch.equal(runner(new), expected)
+    with pytest.raises(ValueError, match="does not match the captured"):
+        runner(torch.randn(1, 4, 3, 64, 64, device="cuda"))
+
+
+@requires_cuda
+def test_graphed_train_step_equals_eager():
+    torch.manual_seed(0)
+    eager = _trained_looking("rubiksnet_tiny", "cuda").train()
+    graphed = _trained_looking("rubiksnet_tiny", "cuda").train()
+    graphed.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 4, 3, 48, 48, device="cuda")
+    y = torch.randint(0, 10, (2,), device="cuda")
+    opt_e = torch.optim.SGD(eager.parameters(), lr=0.05, momentum=0.9)
+    opt_g = torch.optim.SGD(graphed.parameters(), lr=0.05, momentum=0.9)
+    runner = GraphedTrainStep(graphed, opt_g, F.cross_entropy, x, y, warmup=2)
+    for _ in range(2):  # the warm-up steps the runner took
+        opt_e.zero_grad(set_to_none=False)
+        F.cross_entropy(eager(x), y).backward()
+        opt_e.step()
+    for _ in range(3):
+        opt_e.zero_grad(set_to_none=False)
+        loss_e = F.cross_entropy(eager(x), y)
+        loss_e.backward()
+        opt_e.step()
+        loss_g = runner.step(x, y)
+        torch.testing.assert_close(loss_g, loss_e.detach(), rtol=1e-4, atol=1e-5)
+    for (name, p_e), p_g in zip(eager.named_parameters(), graphed.parameters(), strict=True):
+        torch.testing.assert_close(p_g, p_e, rtol=1e-4, atol=1e-5, msg=name)

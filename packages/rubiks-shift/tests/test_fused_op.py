@@ -1,0 +1,129 @@
+"""affine_relu_shift3d: equal to rubiks_shift3d(relu(x * scale + bias)), on every device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DEVICES, rel_err, requires_cuda
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rubiks_shift import affine_relu_shift3d, rubiks_shift3d
+
+
+def _composed(x, scale, bias, shift, stride, padding, quantize):
+    """The unfused computation in float64."""
+    view = (1, 1, -1, 1, 1)
+    a = torch.relu(x.double() * scale.double().view(view) + bias.double().view(view))
+    return rubiks_shift3d(a, shift.double(), stride, padding, quantize=quantize)
+
+
+def _case(seed, shape, device, dtype=torch.float32, spread=4.0):
+    g = torch.Generator().manual_seed(seed)
+    c = shape[2]
+    x = torch.randn(shape, generator=g).to(device, dtype)
+    scale = (torch.rand(c, generator=g) + 0.5).to(device)
+    bias = (torch.randn(c, generator=g) * 0.5).to(device)
+    shift = (torch.rand(3, c, generator=g) * spread - spread / 2).to(device)
+    return x, scale, bias, shift
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(1, 2),
+    t=st.integers(1, 5),
+    c=st.integers(1, 5),
+    h=st.integers(1, 11),
+    w=st.integers(1, 11),
+    stride=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 2)),
+    padding=st.tuples(st.integers(0, 1), st.integers(0, 1), st.integers(0, 1)),
+    quantize=st.booleans(),
+)
+def test_matches_composition(device, seed, n, t, c, h, w, stride, padding, quantize):
+    x, scale, bias, shift = _case(seed, (n, t, c, h, w), device, torch.float64)
+    if seed % 3 == 0:  # exact integers and ties on some axes
+        shift[seed % 3] = shift[seed % 3].round()
+    with torch.no_grad():
+        y = affine_relu_shift3d(x, scale, bias, shift, stride, padding, quantize=quantize)
+    expected = _composed(x, scale, bias, shift, stride, padding, quantize)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_shift_quantized_is_affine_relu(device):
+    x, scale, bias, _ = _case(1, (2, 3, 4, 5, 6), device)
+    zero = torch.zeros(3, 4, device=device)
+    with torch.no_grad():
+        y = affine_relu_shift3d(x, scale, bias, zero, quantize=True)
+    expected = torch.relu(x * scale.view(1, 1, -1, 1, 1) + bias.view(1, 1, -1, 1, 1))
+    torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_out_of_range_reads_are_zero_not_relu_of_bias(device):
+    """A positive bias must not leak in where the shift reads outside the clip."""
+    x = torch.zeros(1, 2, 1, 3, 3, device=device)
+    scale = torch.ones(1, device=device)
+    bias = torch.full((1,), 5.0, device=device)
+    shift = torch.tensor([[0.0], [2.0], [0.0]], device=device)  # rows 2.. read outside
+    with torch.no_grad():
+        y = affine_relu_shift3d(x, scale, bias, shift)
+    assert torch.equal(y[0, :, 0, 0], torch.full((2, 3), 5.0, device=device))
+    assert torch.equal(y[0, :, 0, 1:], torch.zeros(2, 2, 3, device=device))
+
+
+def test_refuses_gradients_and_bad_affine():
+    x, scale, bias, shift = _case(2, (1, 2, 3, 4, 4), "cpu")
+    with pytest.raises(RuntimeError, match="inference"):
+        affine_relu_shift3d(x.requires_grad_(), scale, bias, shift)
+    x = x.detach()
+    with pytest.raises(ValueError, match=r"scale must have shape \(C,\) = \(3,\)"):
+        affine_relu_shift3d(x, scale[:2], bias, shift)
+    with pytest.raises(TypeError, match="bias must be floating point"):
+        affine_relu_shift3d(x, scale, torch.zeros(3, dtype=torch.int64), shift)
+    with pytest.raises(ValueError, match="shift must have shape"):
+        affine_relu_shift3d(x, scale, bias, shift[:2])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    x, scale, bias, shift = _case(3, (2, 3, 4, 5, 6), device)
+    args = (x, scale, bias, shift, [1, 2, 1], [0, 1, 0], False)
+    torch.library.opcheck(torch.ops.rubiks_shift.affine_relu_shift3d.default, args)
+
+
+def test_compile_fullgraph_matches_eager():
+    x, scale, bias, shift = _case(4, (2, 3, 4, 6, 6), "cpu")
+
+    def fn(x):
+        return affine_relu_shift3d(x * 2, scale, bias, shift, (1, 2, 2)).sum(2)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), fn(x))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape,stride,quantize",
+    [
+        ((2, 8, 6, 20, 19), (1, 1, 1), False),  # frame walk: inner and edge passes
+        ((2, 8, 6, 20, 19), (1, 1, 1), True),
+        ((2, 3, 5, 17, 13), (1, 2, 2), False),  # row walk (strided)
+        ((1, 4, 7, 9, 1), (1, 1, 1), False),  # one-column source
+        ((3, 2, 40, 7, 7), (1, 1, 1), False),  # short bands, many channels
+    ],
+)
+def test_cuda_matches_composition(dtype, shape, stride, quantize):
+    x, scale, bias, shift = _case(5, shape, "cuda", dtype, spread=6.0)
+    shift[:, 0] = torch.tensor([1.0, -1.0, 0.0])  # integer shifts: one row tap
+    with torch.no_grad():
+        y = affine_relu_shift3d(x, scale, bias, shift, stride, quantize=quantize)
+    expected = _composed(x, scale, bias, shift, stride, 0, quantize)
+    assert y.dtype == dtype
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6, torch.float64: 1e-13}
+    assert rel_err(y, expected) < tol[dtype]
