@@ -1,4 +1,4 @@
-"""SPEC §3.3 / §3.5 crop geometry against hand-computed TSM numbers."""
+"""docs/spec.md §3.3 / §3.5 crop geometry against hand-computed TSM numbers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §3.2 temporal sampling, checked against worked examples and TSM's formulas."""
+"""docs/spec.md §3.2 temporal sampling, checked against worked examples and TSM's formulas."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def tsm_dense_offsets(L: int, n: int) -> list[int]:
 
 
 def test_worked_example_short_video():
-    # SPEC: L=3, n=8 -> frames 1,1,1,2,2,3,3,3 (1-based)
+    # docs/spec.md §3.2: L=3, n=8 -> frames 1,1,1,2,2,3,3,3 (1-based)
     assert [i + 1 for i in test_indices(3, 8)] == [1, 1, 1, 2, 2, 3, 3, 3]
 
 
@@ -67,7 +67,7 @@ def test_dense_matches_tsm_and_spec(L, n):
     got = dense_indices(L, n)
     assert [i + 1 for i in got] == tsm_dense_offsets(L, n)
     S = max(1, L - 63)
-    starts = [k * (S - 1) // 9 for k in range(10)]  # SPEC's floor(k (S-1) / 9)
+    starts = [k * (S - 1) // 9 for k in range(10)]  # docs/spec.md §3.2: floor(k (S-1) / 9)
     assert got == [((i * (64 // n)) + s) % L for s in starts for i in range(n)]
 
 

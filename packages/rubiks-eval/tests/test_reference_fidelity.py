@@ -1,5 +1,5 @@
 """rubiks-eval's loading path reproduces the original code's network (shared/fixtures/
-reference, SPEC §4): the reference ``.pth.tar`` goes through ``builders.load_model``
+reference, docs/spec.md §4): the reference ``.pth.tar`` goes through ``builders.load_model``
 (rubiks-models underneath) and gives the original eval logits in float32, and in train
 mode the original logits and gradients (shift gradients normalised) in float64."""
 

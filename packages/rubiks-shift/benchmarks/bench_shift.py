@@ -1,7 +1,7 @@
 """RubiksShift timing against the memory floor measured in the same run.
 
 Prints one table: shape, direction, dtype, time, floor, % of floor, reference time
-(SPEC §5, the original CUDA extension on an H100) where known, and host time per eager
+(docs/spec.md §5, the original CUDA extension on an H100) where known, and host time per eager
 call on a tiny tensor. On a CUDA machine it times the GPU kernels with CUDA events; on a
 CPU-only machine it times the Numba CPU kernels against a same-size memcpy.
 
@@ -24,7 +24,7 @@ import torch
 import rubiks_shift
 from rubiks_shift import rubiks_shift3d
 
-# (shape, stride, reference fwd ms, reference fwd+bwd ms) from SPEC §5
+# (shape, stride, reference fwd ms, reference fwd+bwd ms) from docs/spec.md §5
 GPU_CASES = [
     ((8, 8, 72, 56, 56), (1, 1, 1), 0.166, 0.536),
     ((16, 8, 256, 56, 56), (1, 1, 1), None, None),

@@ -1,4 +1,4 @@
-"""The Numba CPU kernels' code paths against the float64 reference (SPEC §1).
+"""The Numba CPU kernels' code paths against the float64 reference (docs/spec.md §1).
 
 The kernels pick different loops by stride (1, 2, other), by whether a component is
 fractional (two taps, fused interpolation/derivative sweeps) or integer/quantized (one

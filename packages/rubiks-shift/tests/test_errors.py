@@ -1,4 +1,4 @@
-"""Every bad input of SPEC §1.7 is refused with an error naming the problem."""
+"""Every bad input of docs/spec.md §1.7 is refused with an error naming the problem."""
 
 from __future__ import annotations
 

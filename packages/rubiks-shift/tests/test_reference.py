@@ -28,7 +28,8 @@ def test_reference_reproduces_fixture(case, t):
 
 
 def test_integer_fixture_differs_from_reference_rule_as_documented():
-    """At integer shifts we use the central difference (SPEC §1.4), not the original rule."""
+    """At integer shifts we use the central difference (docs/spec.md §1.4), not the original
+    rule."""
     case, t = next((c, t) for c, t in CASES if c["name"] == "integer_shifts")
     _, gs = R.shift3d_backward(
         t["grad_y"], t["x"], t["shift"], case["stride"], case["padding"], False

@@ -1,4 +1,4 @@
-"""Spatial geometry of TSM's pipeline (SPEC §3.3, §3.5), as pure functions.
+"""Spatial geometry of TSM's pipeline (docs/spec.md §3.3, §3.5), as pure functions.
 
 Sizes are ``(width, height)`` and boxes ``(x, y, w, h)`` with (x, y) the top-left corner,
 in pixels of the (already resized) frame, as PIL's ``Image.crop((x, y, x + w, y + h))``.

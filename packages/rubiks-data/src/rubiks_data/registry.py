@@ -19,7 +19,7 @@ __all__ = ["DATASETS", "DatasetInfo", "build_dataset", "find_ssv2_annotations"]
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Frame template and class count of a named frame-folder dataset (SPEC §3.1)."""
+    """Frame template and class count of a named frame-folder dataset (docs/spec.md §3.1)."""
 
     template: str
     num_classes: int
@@ -102,7 +102,7 @@ def build_dataset(
 
     - ``somethingv2``/``ssv2``, ``somethingv1``, ``kinetics``, ``ucf101``, ``hmdb51``:
       frame folders under ``root`` with ``list_file`` (default
-      ``<root or its parent>/<split>_videofolder.txt``); template from SPEC §3.1 unless
+      ``<root or its parent>/<split>_videofolder.txt``); template from docs/spec.md §3.1 unless
       given. ``somethingv2`` reads the ``.webm`` videos under ``root`` with SSv2's JSON
       annotations instead when ``video=True``, or when ``video`` is None, no
       ``list_file`` is given and the JSON files are found (``annotations`` file or folder,

@@ -1,4 +1,4 @@
-"""Temporal sampling rules of TSM (SPEC §3.2), as pure functions.
+"""Temporal sampling rules of TSM (docs/spec.md §3.2), as pure functions.
 
 All functions return **0-based** frame indices as a list of ints, clip after clip (add 1 for
 the 1-based frame numbers of frame folders). ``num_frames`` is L, the number of frames in
@@ -52,7 +52,7 @@ def train_indices(num_frames: int, num_segments: int, rng: RngLike = None) -> li
     """Training indices: ``i*d + u_i`` with ``d = floor(L/n)``, ``u_i ~ U{0..d-1}``.
 
     For L < n (d = 0) the test rule (segment centres) is used instead of TSM's repetition
-    of frame 1 (ours, SPEC §3.2). ``rng`` is a ``numpy.random.Generator``, a seed or None.
+    of frame 1 (ours, docs/spec.md §3.2). ``rng`` is a ``numpy.random.Generator``, a seed or None.
     """
     _check(num_frames, num_segments)
     d = num_frames // num_segments

@@ -4,10 +4,10 @@ A pipeline has ``indices(num_frames, num_segments, rng)`` (0-based, clip after c
 ``num_views`` and ``__call__(frames, num_segments, rng) -> (views, T, 3, H, W)`` float32,
 normalised with the ImageNet mean/std (RGB in [0, 1]). Frames are PIL RGB images.
 
-- :class:`TestTransform`: a test protocol (SPEC §3.3): resize the short side to
+- :class:`TestTransform`: a test protocol (docs/spec.md §3.3): resize the short side to
   ``scale_size`` with PIL bilinear (frames already at that size are untouched), then a
   centre crop (``1clip``) or three crops (``2clip``) per clip. Named presets: :data:`PROTOCOLS`.
-- :class:`TrainTransform`: TSM's training augmentation (SPEC §3.5): same resize, one
+- :class:`TrainTransform`: TSM's training augmentation (docs/spec.md §3.5): same resize, one
   multi-scale crop per clip resized to ``input_size`` (PIL bilinear), flip off by default.
 """
 
@@ -84,7 +84,7 @@ class TestTransform:
     """A test protocol: ``num_clips`` clips x ``num_crops`` crops of ``crop_size``.
 
     ``sampling`` is ``"uniform"`` (segment centres; with 2 clips also the segment starts,
-    SPEC §3.2) or ``"dense"`` (I3D-style, :func:`rubiks_data.sampling.dense_indices`).
+    docs/spec.md §3.2) or ``"dense"`` (I3D-style, :func:`rubiks_data.sampling.dense_indices`).
     ``num_crops`` is 1 (centre crop, round half to even) or 3 (left, right, centre).
     Views are clip-major: view ``c * num_crops + k`` is crop k of clip c.
     """

@@ -1,4 +1,4 @@
-"""Video-level metrics of the TSM protocol (SPEC §3.3).
+"""Video-level metrics of the TSM protocol (docs/spec.md §3.3).
 
 Every listed video counts: an unreadable video has no score and is a miss for top-1,
 top-5 and its class's recall. Scores are per-video logits already averaged over views.

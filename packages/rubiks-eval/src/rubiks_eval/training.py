@@ -1,4 +1,4 @@
-"""Training and fine-tuning of RubiksNet (TSM recipe, SPEC §3.5), on one or many processes.
+"""Training and fine-tuning of RubiksNet (TSM recipe, docs/spec.md §3.5), on one or many processes.
 
 Defaults follow TSM scaled to the batch: SGD momentum 0.9, lr 0.01 per 64 clips, weight
 decay 5e-4 (none on shifts, BN and biases, via rubiks-models' parameter groups; shifts get
@@ -15,13 +15,13 @@ takes a strided slice of the epoch's permutation; dropout draws from a per-rank 
 Metrics are summed over ranks; rank 0 writes logs and checkpoints (with every rank's RNG
 state), so a resumed run continues with the batches the uninterrupted run would have seen.
 
-Shift-gradient normalisation under DDP (SPEC §1.5): each rank's backward normalises its own
+Shift-gradient normalisation under DDP (docs/spec.md §1.5): each rank's backward normalises its own
 shift gradient per channel to a unit vector, then DDP averages the ranks' normalised
 vectors. The update of a shift is therefore an average of W unit vectors (length <= 1,
 exactly 1 when the ranks agree), not the normalisation of the full batch's gradient; the
 reference code behaves the same way. With one process the two coincide.
 
-AQ models (``rubiksnet_*_aq``, SPEC §2.3): the attention temperature is annealed
+AQ models (``rubiksnet_*_aq``, docs/spec.md §2.3): the attention temperature is annealed
 exponentially from ``aq_tau_start`` to ``aq_tau_end`` over the run, and
 ``aq_penalty x (AQ channels) x max(0, expected shifted fraction - aq_budget)`` is added to
 the loss. At the end the model is hardened (integer shifts, one-hot temporal taps), the

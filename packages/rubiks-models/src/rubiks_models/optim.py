@@ -1,4 +1,4 @@
-"""Optimizer parameter groups (SPEC §2.5) and AQ training helpers (SPEC §2.3, ours)."""
+"""Optimizer parameter groups (docs/spec.md §2.5) and AQ training helpers (§2.3, ours)."""
 
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ filter and the registered entrypoints.
 * ``rubiksnet_{tiny,small,medium,large}``: the video model, variant ``rubiks3d``
   (a learnable (T, H, W) RubiksShift per channel in every block).
 * ``rubiksnet_{tier}_aq``: variant ``rubiks3d-aq`` (spatial RubiksShift2d plus a 3-tap
-  temporal attention shift before each block's first 1x1 conv, SPEC §2.3).
+  temporal attention shift before each block's first 1x1 conv, docs/spec.md §2.3).
 * ``rubiksnet2d_{tier}``: the image form of the backbone (spatial shifts only, for
-  ImageNet-style pretraining); :func:`inflate` turns it into a video model (SPEC §1.6).
+  ImageNet-style pretraining); :func:`inflate` turns it into a video model (docs/spec.md §1.6).
 
 Input: clips (B, T, C, H, W), images (B, C, H, W) (a one-frame clip) or TSN-stacked frames
 (B, 3T, H, W). Output: (B, num_classes), the per-frame logits averaged over T.
@@ -211,7 +211,7 @@ class Shift2d(RubiksShift2d):
 
 
 class TemporalAttentionShift(nn.Module):
-    """The AQ temporal layer (SPEC §2.3) on clips (B, T, C, H, W).
+    """The AQ temporal layer (docs/spec.md §2.3) on clips (B, T, C, H, W).
 
     ``y[t] = a0 x[t-1] + a1 x[t] + a2 x[t+1]`` per channel (zeros beyond the clip), with
     ``a_c = softmax(w_c / (std(w_c) + 1e-6) / tau)``; ``w`` (C, 3) is learned, ``tau`` a
@@ -261,7 +261,7 @@ class SqueezeExcite(nn.Module):
 
 
 class RubiksBlock(nn.Module):
-    """Pre-activation bottleneck, expansion 1, bias-free convs (SPEC §2.1), on clips.
+    """Pre-activation bottleneck, expansion 1, bias-free convs (docs/spec.md §2.1), on clips.
 
     ``a = relu(norm1(x))``; shortcut = x, or a strided 1x1 conv of ``a``;
     ``h = relu(norm2(conv1(tshift(a))))`` (``tshift`` only in the AQ variant);
@@ -400,7 +400,7 @@ class RubiksNet(nn.Module):
     variant="rubiks3d")`` and ``RubiksNet.load_pretrained(path)``.
 
     Args:
-        tier: ``tiny``, ``small``, ``medium`` or ``large`` (SPEC §2.2).
+        tier: ``tiny``, ``small``, ``medium`` or ``large`` (docs/spec.md §2.2).
         num_classes: classes of the head (0: no head, forward returns pooled features).
         num_frames: nominal frames per clip (metadata; T is read from every input).
         variant: ``rubiks3d``, ``rubiks3d-aq`` or ``rubiks2d`` (image backbone).
@@ -409,7 +409,7 @@ class RubiksNet(nn.Module):
         drop_rate: dropout on the per-frame pooled features before the classifier
             (the reference uses none; TSM's training recipe uses 0.5).
         shift_init / t_init: spatial / temporal shift initialisation (rubiks-shift modes).
-        normalize_grad / normalize_t_factor: shift-gradient normalisation (SPEC §1.5).
+        normalize_grad / normalize_t_factor: shift-gradient normalisation (docs/spec.md §1.5).
         aq_tau: initial AQ temperature.
         deploy: the zero-multiply deployment form: every shift quantized (integer gather),
             AQ taps as hard integer temporal shifts (see :mod:`rubiks_models.deploy`).
@@ -648,7 +648,7 @@ def is_shift_param(name: str) -> bool:
 
 # ----------------------------------------------------------- reference checkpoints
 
-# Reference key suffix inside a block -> ours (SPEC §2.4).
+# Reference key suffix inside a block -> ours (docs/spec.md §2.4).
 REFERENCE_KEY_MAP: dict[str, str] = {
     "bn1.": "norm1.",
     "bn2.": "norm2.",
@@ -707,7 +707,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None 
     model's keys. Idempotent: our own keys pass through.
 
     With a ``model``: a (2, C) spatial shift loaded into a 3-D layer is inflated (its T row
-    is kept from the model's initialisation, ``t_init``), as in SPEC §1.6; a 3-D shift
+    is kept from the model's initialisation, ``t_init``), as in docs/spec.md §1.6; a 3-D shift
     loaded into a 2-D layer keeps its (H, W) rows. The AQ temperature is a buffer: a
     checkpoint without it keeps the model's.
     """
@@ -754,7 +754,7 @@ def inflate(
     num_frames: int = 8,
     num_classes: int | None = None,
 ) -> RubiksNet:
-    """A video RubiksNet from a (trained) 2-D image RubiksNet (SPEC §1.6).
+    """A video RubiksNet from a (trained) 2-D image RubiksNet (docs/spec.md §1.6).
 
     Every weight is copied; each spatial shift keeps its (H, W) values and gets a temporal
     row initialised by ``t_init`` (``tsm``, ``tsm-g<sigma>``, ``uniform``, ``zero``) via

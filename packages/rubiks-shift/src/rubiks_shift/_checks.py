@@ -65,7 +65,7 @@ def check_shift3d_args(
     rows: int = 3,
     op: str = "rubiks_shift3d",
 ) -> None:
-    """Refuse every input SPEC §1.7 lists, naming the problem. Metadata only."""
+    """Refuse every input docs/spec.md §1.7 lists, naming the problem. Metadata only."""
     if not isinstance(x, torch.Tensor) or not isinstance(shift, torch.Tensor):
         raise TypeError(f"{op}: x and shift must be tensors")
     want_rank = 5 if rows == 3 else 4

@@ -1,4 +1,4 @@
-"""Numba CPU kernels of the RubiksShift op (SPEC §1), parallel over (n, c) columns.
+"""Numba CPU kernels of the RubiksShift op (docs/spec.md §1), parallel over (n, c) columns.
 
 Layout (N, T, C, H, W), C-contiguous, used as flat arrays. Per channel the shift is a
 tensor product of three 1-D two-tap resamplings, so every kernel is a short chain of
@@ -40,7 +40,7 @@ BLOCK = 256  # shift-gradient products summed in the data dtype, then added in f
 @njit(cache=True)
 def tables(shift, quantize, ints, weights):
     """Per (d, c): forward taps (quantized under ``quantize``), the continuous
-    interpolation taps and the derivative stencil of SPEC §1.4 (central difference
+    interpolation taps and the derivative stencil of docs/spec.md §1.4 (central difference
     ``(x[f+1] - x[f-1]) / 2`` at an exactly integer component). Weights are written in
     the data's dtype; padding is not included in the offsets."""
     for d in range(shift.shape[0]):

@@ -1,4 +1,4 @@
-"""Per-channel shift-gradient normalisation (SPEC §1.5), in torch, for any device."""
+"""Per-channel shift-gradient normalisation (docs/spec.md §1.5), in torch, for any device."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Functional form of the RubiksShift operator (SPEC §1)."""
+"""Functional form of the RubiksShift operator (docs/spec.md §1)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _plain_ints(value) -> bool:
 
 
 def _checked_3d(x, shift, stride, padding) -> tuple[tuple[int, ...], tuple[int, ...], str]:
-    """Normalised (stride, padding) after the SPEC §1.7 checks, and the device type of
+    """Normalised (stride, padding) after the docs/spec.md §1.7 checks, and the device type of
     both tensors. The checks depend only on metadata: a signature seen before skips them
     (a few µs of the host time per call)."""
     cacheable = isinstance(x, torch.Tensor) and isinstance(shift, torch.Tensor)

@@ -1,4 +1,4 @@
-"""Initialisation modes for shift parameters (SPEC §1.6)."""
+"""Initialisation modes for shift parameters (docs/spec.md §1.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Plain-PyTorch float64 reference of the RubiksShift operator (SPEC §1).
+"""Plain-PyTorch float64 reference of the RubiksShift operator (docs/spec.md §1).
 
 The trilinear shift is separable: per channel it is the product of three 1-D linear
 interpolation operators, one per dimension. This module builds those operators as
@@ -27,7 +27,7 @@ def _axis_operators(
 
     ``shift`` is (C,) float64. Returns two (C, L_out, L_in) float64 tensors.
     The derivative is the analytic one for a fractional shift and the central
-    difference for an exactly integer shift (SPEC §1.4, ours); under ``quantize``
+    difference for an exactly integer shift (docs/spec.md §1.4, ours); under ``quantize``
     A is the rounded gather while dA stays the continuous one (straight-through).
     """
     out_len = output_length(length, stride, padding)
@@ -77,7 +77,7 @@ def shift3d_forward(
     padding: Sequence[int] = (0, 0, 0),
     quantize: bool = False,
 ) -> torch.Tensor:
-    """Forward of SPEC §1.2/§1.3, computed in float64 on the CPU."""
+    """Forward of docs/spec.md §1.2/§1.3, computed in float64 on the CPU."""
     ops = _operators(x.shape, shift, stride, padding, quantize)
     return _apply([m for m, _ in ops], x.detach().to("cpu", torch.float64))
 
@@ -90,7 +90,7 @@ def shift3d_backward(
     padding: Sequence[int] = (0, 0, 0),
     quantize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_x, raw grad_shift) of SPEC §1.4 in float64 on the CPU, before normalisation."""
+    """(grad_x, raw grad_shift) of docs/spec.md §1.4 in float64 on the CPU, before normalisation."""
     ops = _operators(x.shape, shift, stride, padding, quantize)
     gy = grad_y.detach().to("cpu", torch.float64)
     xd = x.detach().to("cpu", torch.float64)

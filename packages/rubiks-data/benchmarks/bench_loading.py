@@ -1,15 +1,17 @@
-"""``rubiks-data-bench``: data-loading throughput (clips/s) through a DataLoader.
+"""Data-loading throughput (clips/s) of rubiks-data's datasets through a DataLoader.
 
 Generates SSv2-like ``.webm`` videos (default 426x240, 48 frames = 4 s at 12 fps, VP9) with
 the synthetic generator, optionally their frame folders at short side 256, and measures
 videos per second for the ``1clip`` and ``2clip`` protocols (8 frames, resize to short side
 256, 224 crops, normalised) with 0 and 2 DataLoader workers. Prints a Markdown table.
+A maintainer's script (not installed with the package):
+
+    python packages/rubiks-data/benchmarks/bench_loading.py [--frame-folders] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -20,11 +22,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .registry import build_dataset
-from .sample import collate_samples
-from .synthetic import SynthConfig, generate
-from .tools.extract_frames import extract_video
-from .video import VideoReader
+from rubiks_data.fileio import atomic_write_json
+from rubiks_data.registry import build_dataset
+from rubiks_data.sample import collate_samples
+from rubiks_data.synthetic import SynthConfig, generate
+from rubiks_data.tools.extract_frames import extract_video
+from rubiks_data.video import VideoReader
 
 __all__ = ["main", "measure"]
 
@@ -74,7 +77,7 @@ def _cpu_name() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rubiks-data-bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", type=int, default=24, help="number of videos (default 24)")
     p.add_argument("--size", default="426x240", help="video WxH (default 426x240, like SSv2)")
     p.add_argument("--frames", type=int, default=48, help="frames per video (default 48)")
@@ -139,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         keys = ("source", "protocol", "workers", "clips_per_s", "views_per_s", "decode_only")
         doc = {**info, "rows": [dict(zip(keys, r, strict=True)) for r in rows]}
-        Path(args.json).write_text(json.dumps(doc, indent=1))
+        atomic_write_json(args.json, doc)
     return 0
 
 
