@@ -64,12 +64,12 @@ def _check_out_dir(parser: argparse.ArgumentParser, out: Path, overwrite: bool) 
     """A new folder, a synthetic dataset's folder, or (with --overwrite) any folder."""
     if out.exists() and not out.is_dir():
         parser.error(f"{out} exists and is not a folder")
-    if out.is_dir() and not (out / "config.json").is_file() and any(out.iterdir()):
-        if not overwrite:
-            parser.error(
-                f"{out} is a non-empty folder that holds no synthetic dataset; choose an "
-                "empty or new folder (or --overwrite to write the dataset's files into it)"
-            )
+    foreign = out.is_dir() and not (out / "config.json").is_file() and any(out.iterdir())
+    if foreign and not overwrite:
+        parser.error(
+            f"{out} is a non-empty folder that holds no synthetic dataset; choose an "
+            "empty or new folder (or --overwrite to write the dataset's files into it)"
+        )
     parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
     if not os.access(parent, os.W_OK):
         parser.error(f"cannot write under {parent}")
