@@ -254,3 +254,30 @@ def test_ddp_two_processes_keep_ranks_identical_and_resume_exactly(tmp_path):
     assert [r["event"] for r in log].count("start") == 1  # one writer
     assert [r["event"] for r in log].count("train") == 8
     assert all(r["clips_per_s"] > 0 for r in log if r["event"] == "train")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["-b", "0"], "--batch-size must be >= 1"),
+        (["--lr", "-0.1"], "--lr must be a positive number"),
+        (["--aq-budget", "1.5"], "--aq-budget must be a fraction"),
+        (["--input-size", "100", "--scale-size", "64"], "--input-size 100 is larger"),
+        (["--device", "gpu9"], "--device 'gpu9' is not a device"),
+        (["--val-list", "no/such/list.txt"], "--val-list no/such/list.txt: no such file"),
+    ],
+)
+def test_cli_refuses_impossible_values(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(["dummy", *argv])
+    assert exc.value.code == 2
+    assert f"train.py: error: {message}" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_file_as_run_folder(tmp_path, capsys):
+    run_file = tmp_path / "run"
+    run_file.write_text("not a folder")
+    with pytest.raises(SystemExit):
+        config_from_args(["dummy", "--output", str(run_file)])
+    assert "is a file; it must be a run folder" in capsys.readouterr().err
