@@ -72,17 +72,20 @@ def test_cli_names_unreadable_videos(tiny_synthetic, tmp_path, capsys):
 
 
 def test_cli_clear_errors(tmp_path, capsys):
-    rc = main(
-        [
-            "synthetic",
-            "--root-path",
-            str(tmp_path / "none"),
-            "--pretrained",
-            str(tmp_path / "missing.safetensors"),
-        ]
-    )
-    assert rc == 2
-    assert "error" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # parser.error: exit status 2
+        main(
+            [
+                "synthetic",
+                "--root-path",
+                str(tmp_path / "none"),
+                "--pretrained",
+                str(tmp_path / "missing.safetensors"),
+            ]
+        )
+    assert exc.value.code == 2
+    assert "rubiks-eval: error: --root-path" in capsys.readouterr().err
+    rc = main(["dummy", "--pretrained", str(tmp_path / "missing.safetensors")])
+    assert rc == 2 and "missing.safetensors" in capsys.readouterr().err
 
 
 def test_cli_missing_tag_weights_say_which_file_and_where(tmp_path, capsys, monkeypatch):
