@@ -129,3 +129,16 @@ def test_installation_check(capsys):
 
     assert check(["--size", "32", "--num-frames", "2", "--device", "cpu"]) == 0
     assert "Installation successful" in capsys.readouterr().out
+
+
+def test_installation_check_refuses_bad_options(capsys):
+    from rubiks_eval.check import main as check
+
+    for argv, message in (
+        (["--device", "gpu9"], "is not a device"),
+        (["--arch", "resnet50"], "is not a RubiksNet"),
+        (["--size", "8"], "--size >= 32"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            check(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
