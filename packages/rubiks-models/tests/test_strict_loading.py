@@ -164,3 +164,13 @@ def test_converted_config_is_valid_json(four_class, tmp_path):
     (out / "config.json").write_text("{broken")
     with pytest.raises(CheckpointError, match=r"config\.json"):
         load_model(out)
+
+
+def test_timm_adaptations_still_apply(four_class):
+    gray = _timm(four_class, in_chans=1)  # timm sums the stem's input channels
+    ref = load_model(four_class).stem.weight.sum(1, keepdim=True)
+    torch.testing.assert_close(gray.stem.weight, ref)
+    features = _timm(four_class, features_only=True)
+    inner = [m for m in features.modules() if isinstance(m, RubiksNet)]
+    assert inner and all(m.pretrained_cfg["state_dict"] is None for m in inner)
+    assert len(features(torch.randn(1, 2, 3, 32, 32))) == 5

@@ -837,9 +837,10 @@ def _create(name: str, pretrained: bool, tier: str, variant: str, **kwargs: Any)
         feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3, 4)),
         **kwargs,
     )
-    cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(cfg, dict) and cfg.get("state_dict") is not None:
-        cfg["state_dict"] = None  # loaded; the model must not keep a second copy alive
+    for module in (model, *model.modules()):  # a features_only wrapper and its model
+        cfg = getattr(module, "pretrained_cfg", None)
+        if isinstance(cfg, dict) and cfg.get("state_dict") is not None:
+            cfg["state_dict"] = None  # loaded; the model must not keep a second copy alive
     return model
 
 
@@ -872,7 +873,9 @@ def _strict_pretrained(name: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any
 
     def strict_filter(state_dict: Mapping[str, Any], model: nn.Module) -> dict:
         try:
-            return validate_state_dict(dict(state_dict), model, new_head=new_head)
+            return validate_state_dict(
+                dict(state_dict), model, new_head=new_head, adapt_in_chans=True
+            )
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: does not fit {name}: {exc}") from exc
 

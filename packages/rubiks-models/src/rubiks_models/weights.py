@@ -145,13 +145,19 @@ def infer_arch(state: dict[str, torch.Tensor]) -> tuple[str, str, int]:
 
 
 def validate_state_dict(
-    state: dict[str, torch.Tensor], model: RubiksNet, *, new_head: bool = False
+    state: dict[str, torch.Tensor],
+    model: RubiksNet,
+    *,
+    new_head: bool = False,
+    adapt_in_chans: bool = False,
 ) -> dict:
     """``state`` converted to ``model``'s keys, every key, shape and shift value checked.
 
     Raises :class:`CheckpointError` naming the first unexpected, missing or mis-shaped key,
     or a shift with non-finite values. ``new_head``: the classifier (``fc.*``) is to be
     replaced, so its keys may be absent or of another shape (every other key is checked).
+    ``adapt_in_chans``: the stem may have another number of input channels (timm's
+    ``in_chans`` adaptation follows).
     """
     try:
         converted = checkpoint_filter_fn(state, model)
@@ -168,7 +174,14 @@ def validate_state_dict(
             continue
         if k not in converted:
             raise CheckpointError(f"missing key {k!r} (truncated or another architecture?)")
-        if tuple(converted[k].shape) != tuple(v.shape):
+        shape = tuple(converted[k].shape)
+        if (
+            adapt_in_chans
+            and k == "stem.weight"
+            and shape[:1] + shape[2:] == v.shape[:1] + v.shape[2:]
+        ):
+            continue  # timm converts the input channels of the stem after this check
+        if shape != tuple(v.shape):
             raise CheckpointError(
                 f"key {k!r} has shape {tuple(converted[k].shape)}, expected {tuple(v.shape)}"
             )
