@@ -114,8 +114,17 @@ def test_build_model_fine_tunes_with_new_class_count(tmp_path):
     cfg_bad = TrainConfig(
         arch="rubiksnet_tiny", num_classes=5, pretrained=str(tmp_path / "b.safetensors")
     )
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match=r"b\.safetensors.*does not fit"):
         build_model(cfg_bad)
+    # a non-finite shift is refused at load, naming the file and the key
+    with torch.no_grad():
+        src.stages[1].blocks[0].rubiks.shift[0, 0] = float("nan")
+    save_weights(src, tmp_path / "nan.safetensors")
+    cfg_nan = TrainConfig(
+        arch="rubiksnet_tiny", num_classes=5, pretrained=str(tmp_path / "nan.safetensors")
+    )
+    with pytest.raises(ValueError, match=r"nan\.safetensors.*stages\.1\.blocks\.0\.rubiks\.shift"):
+        build_model(cfg_nan)
 
 
 def test_freeze_temporal_shift_keeps_the_temporal_row_at_zero():

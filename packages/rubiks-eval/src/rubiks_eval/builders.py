@@ -290,6 +290,9 @@ def load_matching(model: nn.Module, state: dict, head_prefixes: tuple[str, ...])
     from rubiks_models.rubiksnet import checkpoint_filter_fn
 
     state = checkpoint_filter_fn(state, model)
+    for k, v in state.items():
+        if k.endswith("rubiks.shift") and not bool(v.isfinite().all()):
+            raise ValueError(f"checkpoint key {k!r} has non-finite shift values")
     own = model.state_dict()
     skipped = [
         k
@@ -359,7 +362,10 @@ def build_model(cfg: Any, dataset: Any = None) -> tuple[nn.Module, dict[str, Any
     if cfg.pretrained:
         source = resolve_pretrained(cfg.pretrained)
         state, _ = read_checkpoint(source)
-        skipped = load_matching(model, state, ("fc.",))
+        try:
+            skipped = load_matching(model, state, ("fc.",))
+        except ValueError as exc:
+            raise ValueError(f"--pretrained {source}: {exc}") from exc
         meta["initialised_from"] = str(source)
         if skipped:
             print(f"fine-tuning: new classifier ({num_classes} classes), skipped {skipped}")
