@@ -4,9 +4,10 @@ Writes ``OUT_DIR/model.safetensors`` (this package's key layout, architecture in
 metadata) and ``OUT_DIR/config.json`` (timm's format), so that
 ``timm.create_model("local-dir:OUT_DIR", pretrained=True)`` loads it. Both files are
 written into a temporary folder beside ``OUT_DIR`` that is renamed into place, so
-``OUT_DIR`` holds the complete pair or nothing. A non-empty existing ``OUT_DIR`` is refused unless
-``--overwrite``, and never one that holds the input. Wrong or truncated inputs are
-refused with an error naming the file and the offending key; nothing is written then.
+``OUT_DIR`` holds the complete pair or nothing. A non-empty existing ``OUT_DIR`` is
+refused unless ``--overwrite``, and one that is or holds the input always. Wrong or
+truncated inputs are refused with an error naming the file and the offending key;
+nothing is written then.
 """
 
 from __future__ import annotations
