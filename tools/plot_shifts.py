@@ -13,11 +13,8 @@ temperature. A short per-stage summary is printed (and written next to the PNG a
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -114,43 +111,57 @@ def plot(shifts: dict[int, dict[str, torch.Tensor]], title: str, out: Path, limi
         ax.set_xlabel(f"shift (clamped to ±{limit:g})")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
+    from rubiks_eval.io import atomic_write
+
+    def write(tmp: str) -> None:
+        fig.savefig(tmp, dpi=120, format="png")
+
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, out)
+        atomic_write(out, write)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="plot_shifts.py", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="checkpoint file/dir, or a timm name.tag with local weights")
-    p.add_argument("-o", "--output", default="shifts.png", help="PNG to write")
+    p.add_argument("-o", "--output", default="shifts.png", help="PNG to write (+ .json summary)")
     p.add_argument("--limit", type=float, default=3.0, help="histogram range ±limit")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = p.parse_args(argv)
-    if args.limit <= 0:
+    if not args.limit > 0:
         p.error("--limit must be > 0")
     try:
         from rubiks_eval.builders import load_model
     except ImportError:
         _use_checkout_sources()
         from rubiks_eval.builders import load_model
+    from rubiks_eval.argcheck import module_error, output_errors
+    from rubiks_eval.io import atomic_write_json
 
-    model, info = load_model(args.checkpoint)
+    out = Path(args.output).expanduser()
+    if out.suffix.lower() != ".png":
+        p.error(f"--output {out}: name a .png file (the summary goes beside it as .json)")
+    summary_path = out.with_suffix(".json")
+    errors = output_errors(
+        {"--output": out, "--output's summary": summary_path},
+        inputs=[args.checkpoint],
+        input_roots=[args.checkpoint],
+        overwrite=args.overwrite,
+    )
+    error = errors[0] if errors else module_error("plotting", "matplotlib", "plot")
+    if error:
+        p.error(error)
+    try:
+        model, info = load_model(args.checkpoint)
+    except (OSError, ValueError) as exc:
+        print(f"plot_shifts.py: error: {exc}", file=sys.stderr)
+        return 2
     shifts = collect_shifts(model)
-    out = Path(args.output)
     title = f"{info['arch']} — {Path(args.checkpoint).name}"
     plot(shifts, title, out, args.limit)
     summary = {"checkpoint": str(args.checkpoint), "arch": info["arch"], **summarise(shifts)}
-    summary_path = out.with_suffix(".json")
-    fd, tmp = tempfile.mkstemp(dir=summary_path.parent, prefix=f".{summary_path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(summary, fh, indent=2)
-    os.replace(tmp, summary_path)
+    atomic_write_json(summary_path, summary)
     for stage, axes in summarise(shifts).items():
         line = "  ".join(
             f"{a}: mean|s| {v['mean_abs']:.3f}, |s|>=0.5 {100 * v['frac_abs_ge_0.5']:.0f}%"

@@ -29,7 +29,6 @@ import math
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -202,15 +201,42 @@ def train_variant(name: str, data: dict, args, out: Path) -> dict:
     return result
 
 
-def _atomic_json(path: Path, doc: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=2)
-    os.replace(tmp, path)
+VARIANTS = ("full", "frozen", "aq")
+
+
+def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace, out: Path) -> None:
+    """Refuse impossible settings and a folder holding another run, before any work."""
+    from rubiks_eval.argcheck import device_error
+
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; choose from {','.join(VARIANTS)}")
+    for name in ("num_train", "num_val", "epochs", "batch_size", "segments", "workers"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.batch_size > args.num_train:
+        p.error(f"--batch-size {args.batch_size} is more than --num-train {args.num_train}")
+    if args.crop > args.size or args.crop < 1:
+        p.error(f"--crop must be in 1..--size ({args.size}), got {args.crop}")
+    if args.segments > args.frames:
+        p.error(f"--segments {args.segments} is more than --frames {args.frames}")
+    if not args.lr > 0 or args.shift_lr_mult < 0 or not 0 <= args.dropout < 1:
+        p.error("--lr must be > 0, --shift-lr-mult >= 0 and --dropout in [0, 1)")
+    if not 0 <= args.aq_budget <= 1:
+        p.error(f"--aq-budget must be a fraction in [0, 1], got {args.aq_budget}")
+    error = device_error(args.device)
+    if error:
+        p.error(error)
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} is a file; name a folder")
+    names = ["results.json"] + [f"{v}.{ext}" for v in VARIANTS for ext in ("jsonl", "safetensors")]
+    taken = [n for n in names if (out / n).exists()]
+    if taken and not args.overwrite:
+        p.error(f"--out {out} holds a previous run ({taken[0]}, ...); pass --overwrite")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="shift_ablation.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--variants", default="full,frozen,aq")
     p.add_argument("--num-train", type=int, default=2400)
@@ -237,13 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny smoke-test sizes")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of a run in --out")
     args = p.parse_args(argv)
     if args.quick:
         args.num_train, args.num_val, args.epochs, args.batch_size = 48, 24, 2, 8
         args.size, args.crop, args.frames, args.segments = 40, 32, 8, 4
+    out = Path(args.out).expanduser()
+    _check_args(p, args, out)
     from rubiks_data.synthetic.generate import SynthConfig
+    from rubiks_eval.io import atomic_write_json
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = SynthConfig(
         num_train=args.num_train,
@@ -274,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in args.variants.split(","):
         doc["variants"][name] = train_variant(name, data, args, out)
-        _atomic_json(out / "results.json", doc)
+        atomic_write_json(out / "results.json", doc)
     print(json.dumps(doc["variants"], indent=2))
     return 0
 

@@ -6,7 +6,8 @@ Generates the synthetic training data (rubiks-data; cached), trains with
 settings in the metadata that ``python -m rubiks_eval.demo`` reads, to ``--export``.
 
     python tools/train_demo.py --output runs/demo \\
-        --export packages/rubiks-eval/src/rubiks_eval/assets/rubiksnet_tiny_synthetic.safetensors
+        --export packages/rubiks-eval/src/rubiks_eval/assets/rubiksnet_tiny_synthetic.safetensors \\
+        --overwrite
 
 Other options go to tools/train.py's parser (``--epochs``, ``-b``, ``--lr``, ...). The
 model is rubiks-models' ``rubiksnet_tiny`` (the bundled checkpoint was trained with an
@@ -45,15 +46,17 @@ DEFAULTS = [
 
 
 def main() -> int:
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(prog="train_demo.py", add_help=False)
     pre.add_argument("--export", help="write the best weights (+ demo metadata) here")
     pre.add_argument("--data", help="synthetic data folder (default: cache)")
     pre.add_argument("--classes", nargs="+", help="subset of the synthetic classes")
     pre.add_argument("--num-train", type=int, default=SYNTH["num_train"])
     pre.add_argument("--num-val", type=int, default=SYNTH["num_val"])
+    pre.add_argument("--overwrite", action="store_true", help="replace an existing --export")
     known, rest = pre.parse_known_args()
 
     from rubiks_data.synthetic import SynthConfig, generate
+    from rubiks_eval.argcheck import output_errors
     from rubiks_eval.cache import cache_root
     from rubiks_eval.checkpoint import load_weights, save_weights
     from rubiks_eval.training import config_from_args, train
@@ -61,11 +64,22 @@ def main() -> int:
     settings = {**SYNTH, "num_train": known.num_train, "num_val": known.num_val}
     if known.classes:
         settings["classes"] = tuple(known.classes)
-    synth = SynthConfig(**settings)
+    try:
+        synth = SynthConfig(**settings)
+    except ValueError as exc:
+        pre.error(str(exc))
     name = "synthetic-train-demo" + (f"{len(known.classes)}" if known.classes else "")
     data = Path(known.data or cache_root() / name)
-    generate(data, synth, workers=2)
     cfg = config_from_args([*DEFAULTS, "--root-path", str(data), *rest])
+    if known.export:
+        errors = output_errors(
+            {"--export": known.export},
+            input_roots=[data, cfg.output],
+            overwrite=known.overwrite,
+        )
+        if errors:
+            pre.error(errors[0])
+    generate(data, synth, workers=2)
     from rubiks_eval.builders import build_dataset
 
     train_set, val_set = build_dataset(cfg, "train"), build_dataset(cfg, "val")

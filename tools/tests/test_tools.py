@@ -65,3 +65,40 @@ def test_shift_ablation_quick_run_writes_every_variant(tmp_path):
     assert 0 <= aq["hardened_val_top1"] <= 100
     lines = (tmp_path / "full.jsonl").read_text().splitlines()
     assert len(lines) == doc["settings"]["epochs"]
+
+
+def test_plot_shifts_never_replaces_a_file(tmp_path):
+    from rubiks_models import RubiksNet
+    from rubiks_models.weights import save_weights
+
+    ckpt = tmp_path / "m.safetensors"
+    save_weights(RubiksNet("tiny", 3), ckpt)
+    before = ckpt.read_bytes()
+    taken = tmp_path / "old.png"
+    taken.write_bytes(b"mine")
+    cases = [
+        (["-o", str(ckpt)], "name a .png file"),
+        (["-o", str(taken)], "exists; pass --overwrite"),
+        (["-o", str(tmp_path / "p.png"), "--limit", "0"], "--limit must be > 0"),
+    ]
+    for extra, message in cases:
+        proc = _run(str(TOOLS / "plot_shifts.py"), str(ckpt), *extra)
+        assert proc.returncode == 2 and "plot_shifts.py: error: " in proc.stderr
+        assert message in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert ckpt.read_bytes() == before and taken.read_bytes() == b"mine"
+
+
+def test_shift_ablation_checks_settings_and_an_earlier_run_first(tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    cases = [
+        (["--variants", "full,sideways"], "unknown ['sideways']"),
+        (["--crop", "99"], "--crop must be in 1..--size"),
+        (["--device", "gpu9"], "is not a device"),
+        ([], "holds a previous run (results.json"),
+    ]
+    for extra, message in cases:
+        proc = _run(str(TOOLS / "shift_ablation.py"), "--out", str(tmp_path), *extra)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert (tmp_path / "results.json").read_text() == "{}"

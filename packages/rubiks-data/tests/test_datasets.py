@@ -221,3 +221,17 @@ def test_build_dataset_errors(synth_webm, tmp_path):
         ValueError, match=r"val_videofolder.txt:2: label 400 out of range \[0, 400\)"
     ):
         build_dataset("kinetics", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["synthetic", "ssv2"])
+def test_relative_root_resolves_like_an_absolute_one(synth_webm, monkeypatch, name):
+    monkeypatch.chdir(synth_webm.parent)
+    root = synth_webm.name if name == "synthetic" else f"{synth_webm.name}/videos"
+    kw = {} if name == "synthetic" else {"annotations": f"{synth_webm.name}/validation.json"}
+    rel = build_dataset(name, root, "val", crop_size=32, scale_size=48, **kw)
+    s = rel[0]
+    assert s.error is None, s.error  # read once, not <root>/<root>/<id>.webm
+    absolute = build_dataset(
+        name, synth_webm.parent / root, "val", crop_size=32, scale_size=48, **kw
+    )
+    assert torch.equal(absolute[0].clip, s.clip)

@@ -147,3 +147,30 @@ def test_config_validation():
         SynthConfig(num_frames=(9, 4))
     with pytest.raises(ValueError, match="format"):
         SynthConfig(format="avi")
+
+
+def test_cli_refuses_bad_settings_before_writing(tmp_path, capsys):
+    victim = tmp_path / "mine"
+    victim.mkdir()
+    (victim / "labels.json").write_text("my labels")
+    args = ["--num-train", "2", "--num-val", "2", "--no-progress", "-j", "1"]
+    with pytest.raises(SystemExit) as exc:
+        synth_main([str(victim), *args])
+    assert exc.value.code == 2
+    assert "holds no synthetic dataset" in capsys.readouterr().err
+    assert (victim / "labels.json").read_text() == "my labels"
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit):
+        synth_main([str(a_file), *args])
+    assert "is not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        synth_main([str(tmp_path / "w"), *args, "--workers", "0"])
+    assert "--workers must be >= 1" in capsys.readouterr().err
+    for bad, message in (("--crf=99", "crf must be in 0..63"), ("--fps=0", "fps must be >= 1")):
+        assert synth_main([str(tmp_path / "new"), bad, *args]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    # --overwrite writes into the folder
+    assert synth_main([str(victim), "--overwrite", *args]) == 0
+    assert (victim / "meta.json").is_file()

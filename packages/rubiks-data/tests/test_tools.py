@@ -58,8 +58,26 @@ def test_extract_frames_and_lists(synth_webm, tmp_path, capsys):
     assert (s.clip - video).abs().mean() < 0.05 and torch.isfinite(s.clip).all()
 
 
+def _code(main, argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # parser.error
+        return exc.code
+
+
 def test_tool_argument_errors(tmp_path, capsys):
-    assert extract_main([str(tmp_path / "none"), str(tmp_path / "o")]) == 2
-    assert extract_main([str(tmp_path), str(tmp_path / "o"), "--template", "x.jpg"]) == 2
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for argv, message in (
+        ([str(tmp_path / "none"), str(tmp_path / "o")], "no folder"),
+        ([str(tmp_path), str(tmp_path / "o"), "--template", "x.jpg"], "bad frame template"),
+        ([str(tmp_path), str(tmp_path / "o"), "-j", "0"], "-j must be >= 1"),
+        ([str(tmp_path), str(a_file)], "is not a folder"),
+        ([str(tmp_path), str(tmp_path)], "is the video folder"),
+    ):
+        assert _code(extract_main, argv) == 2
+        err = capsys.readouterr().err
+        assert "rubiks-extract-frames: error: " in err and message in err
+    assert a_file.read_text() == "x"
     assert lists_main([str(tmp_path), str(tmp_path)]) == 2
     assert "no SSv2 train annotations" in capsys.readouterr().err

@@ -133,3 +133,10 @@ def test_train_flip_off_by_default_on_when_asked():
     assert 0 < flipped < 12
     for o, p in zip(outs, plain, strict=True):
         assert torch.equal(o, p) or torch.equal(o, p.flip(-1))
+
+
+@pytest.mark.parametrize("protocol", ["1clip", "2clip", "dense"])
+def test_crop_larger_than_scaled_short_side_is_refused(protocol):
+    with pytest.raises(ValueError, match="crop_size 100 is larger than scale_size 64"):
+        get_protocol(protocol, crop_size=100, scale_size=64)
+    assert get_protocol(protocol, crop_size=64, scale_size=64).crop_size == 64

@@ -72,17 +72,20 @@ def test_cli_names_unreadable_videos(tiny_synthetic, tmp_path, capsys):
 
 
 def test_cli_clear_errors(tmp_path, capsys):
-    rc = main(
-        [
-            "synthetic",
-            "--root-path",
-            str(tmp_path / "none"),
-            "--pretrained",
-            str(tmp_path / "missing.safetensors"),
-        ]
-    )
-    assert rc == 2
-    assert "error" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # parser.error: exit status 2
+        main(
+            [
+                "synthetic",
+                "--root-path",
+                str(tmp_path / "none"),
+                "--pretrained",
+                str(tmp_path / "missing.safetensors"),
+            ]
+        )
+    assert exc.value.code == 2
+    assert "rubiks-eval: error: --root-path" in capsys.readouterr().err
+    rc = main(["dummy", "--pretrained", str(tmp_path / "missing.safetensors")])
+    assert rc == 2 and "missing.safetensors" in capsys.readouterr().err
 
 
 def test_cli_missing_tag_weights_say_which_file_and_where(tmp_path, capsys, monkeypatch):
@@ -126,3 +129,16 @@ def test_installation_check(capsys):
 
     assert check(["--size", "32", "--num-frames", "2", "--device", "cpu"]) == 0
     assert "Installation successful" in capsys.readouterr().out
+
+
+def test_installation_check_refuses_bad_options(capsys):
+    from rubiks_eval.check import main as check
+
+    for argv, message in (
+        (["--device", "gpu9"], "is not a device"),
+        (["--arch", "resnet50"], "is not a RubiksNet"),
+        (["--size", "8"], "--size >= 32"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            check(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -50,3 +50,23 @@ def test_demo_runs_on_a_small_generated_sample(tmp_path, capsys):
         == 0
     )
     assert "(cached" in capsys.readouterr().out
+
+
+def test_demo_refuses_bad_options_before_work(tmp_path, capsys):
+    import pytest
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results-1clip.json").write_text("keep")
+    for argv, message in (
+        (["--device", "gpu9"], "is not a device"),
+        (["-b", "0"], "--batch-size must be >= 1"),
+        (["--output", str(out), "--protocols", "1clip"], "exists; pass --overwrite"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["--cache-dir", str(tmp_path / "cache"), *argv])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "error: " in err and message in err
+    assert (out / "results-1clip.json").read_text() == "keep"
+    assert not (tmp_path / "cache").exists()  # nothing was generated

@@ -114,8 +114,17 @@ def test_build_model_fine_tunes_with_new_class_count(tmp_path):
     cfg_bad = TrainConfig(
         arch="rubiksnet_tiny", num_classes=5, pretrained=str(tmp_path / "b.safetensors")
     )
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match=r"b\.safetensors.*does not fit"):
         build_model(cfg_bad)
+    # a non-finite shift is refused at load, naming the file and the key
+    with torch.no_grad():
+        src.stages[1].blocks[0].rubiks.shift[0, 0] = float("nan")
+    save_weights(src, tmp_path / "nan.safetensors")
+    cfg_nan = TrainConfig(
+        arch="rubiksnet_tiny", num_classes=5, pretrained=str(tmp_path / "nan.safetensors")
+    )
+    with pytest.raises(ValueError, match=r"nan\.safetensors.*stages\.1\.blocks\.0\.rubiks\.shift"):
+        build_model(cfg_nan)
 
 
 def test_freeze_temporal_shift_keeps_the_temporal_row_at_zero():
@@ -254,3 +263,30 @@ def test_ddp_two_processes_keep_ranks_identical_and_resume_exactly(tmp_path):
     assert [r["event"] for r in log].count("start") == 1  # one writer
     assert [r["event"] for r in log].count("train") == 8
     assert all(r["clips_per_s"] > 0 for r in log if r["event"] == "train")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["-b", "0"], "--batch-size must be >= 1"),
+        (["--lr", "-0.1"], "--lr must be a positive number"),
+        (["--aq-budget", "1.5"], "--aq-budget must be a fraction"),
+        (["--input-size", "100", "--scale-size", "64"], "--input-size 100 is larger"),
+        (["--device", "gpu9"], "--device 'gpu9' is not a device"),
+        (["--val-list", "no/such/list.txt"], "--val-list no/such/list.txt: no such file"),
+    ],
+)
+def test_cli_refuses_impossible_values(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(["dummy", *argv])
+    assert exc.value.code == 2
+    assert f"train.py: error: {message}" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_file_as_run_folder(tmp_path, capsys):
+    run_file = tmp_path / "run"
+    run_file.write_text("not a folder")
+    with pytest.raises(SystemExit):
+        config_from_args(["dummy", "--output", str(run_file)])
+    assert "is a file; it must be a run folder" in capsys.readouterr().err

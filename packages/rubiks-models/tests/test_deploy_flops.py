@@ -82,3 +82,53 @@ def test_deployed_aq_model_round_trips_through_save_weights(tmp_path) -> None:
     x = torch.randn(1, 4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(back(x), hard(x), rtol=0, atol=0)
+
+
+def _code(fn, argv) -> int:
+    try:
+        return fn(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["rubiksnet_huge"], "unknown model 'rubiksnet_huge'"),
+        (["rubiksnet_tiny", "--frames", "0"], "--frames and --num-classes must be >= 1"),
+        (
+            ["rubiksnet_tiny", "--size", "8"],
+            "--frames and --num-classes must be >= 1 and --size >= 32",
+        ),
+    ],
+)
+def test_flops_cli_refuses_bad_arguments(argv, message, capsys) -> None:
+    assert _code(main, argv) == 2
+    err = capsys.readouterr().err
+    assert f"rubiks-flops: error: {message}" in err and "Traceback" not in err
+
+
+def test_export_cli_checks_paths_before_work(tmp_path, capsys) -> None:
+    from rubiks_models.deploy import main as export_main
+
+    ckpt = tmp_path / "m.safetensors"
+    save_weights(RubiksNet("tiny", 3), ckpt)
+    before = ckpt.read_bytes()
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"keep")
+    cases = [
+        ([str(tmp_path / "none.safetensors")], "no such checkpoint"),
+        ([str(ckpt), "--output", str(ckpt), "--overwrite"], "would replace an input"),
+        ([str(ckpt), "--output", str(taken)], "exists; pass --overwrite"),
+        ([str(ckpt), "--output", str(tmp_path)], "would replace an input"),
+        ([str(ckpt), "--input", str(tmp_path / "clip.safetensors")], "no such file"),
+        ([str(ckpt), "--frames", "0"], "--frames must be >= 1"),
+    ]
+    for argv, message in cases:
+        assert _code(export_main, argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert ckpt.read_bytes() == before and taken.read_bytes() == b"keep"
+    out = tmp_path / "deployed.safetensors"
+    argv = [str(ckpt), "--frames", "2", "--size", "32", "--output", str(out)]
+    assert export_main(argv) == 0 and out.is_file()

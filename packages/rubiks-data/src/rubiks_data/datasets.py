@@ -274,7 +274,9 @@ def ssv2_video_dataset(
     for rec in read_ssv2_annotations(annotation_file, labels, allow_unlabeled):
         candidates = [video_root / f"{rec.video_id}{ext}" for ext in extensions]
         path = next((p for p in candidates if p.is_file()), candidates[0])
-        records.append(VideoRecord(rec.video_id, rec.label, path=str(path)))
+        # relative to video_root, which the dataset joins in front (a relative root
+        # must not be joined twice)
+        records.append(VideoRecord(rec.video_id, rec.label, path=path.name))
     kwargs.setdefault("num_classes", len(names))
     return VideoFileDataset(video_root, records, class_names=names, **kwargs)
 

@@ -107,6 +107,11 @@ class TestTransform:
             raise ValueError(f"sampling must be 'uniform' or 'dense', got {self.sampling!r}")
         if self.crop_size < 1:
             raise ValueError(f"crop_size must be positive, got {self.crop_size}")
+        if self.scale_size is not None and self.crop_size > self.scale_size:
+            raise ValueError(
+                f"crop_size {self.crop_size} is larger than scale_size {self.scale_size} "
+                "(the short side after resizing): no crop fits"
+            )
 
     @property
     def num_views(self) -> int:

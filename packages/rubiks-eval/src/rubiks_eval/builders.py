@@ -11,10 +11,12 @@ __all__ = [
     "build_dataset",
     "build_eval_dataset",
     "build_model",
+    "checkpoint_class_names",
     "default_scale_size",
     "freeze_temporal_shifts",
     "load_matching",
     "load_model",
+    "match_classes",
     "param_groups",
     "resolve_pretrained",
 ]
@@ -172,6 +174,9 @@ def load_model(
     if path.exists():
         model = load_checkpoint(path, num_frames=num_frames)
         info = _describe(model, file=str(path), source="checkpoint")
+        names = checkpoint_class_names(path)
+        if names is not None:
+            info["class_names"] = names
     else:
         name = pretrained.split(".", 1)[0]
         if name not in timm.list_models("rubiksnet*"):
@@ -199,6 +204,85 @@ def load_model(
     return model, info
 
 
+def checkpoint_class_names(path: str | Path) -> list[str] | None:
+    """The class names a safetensors checkpoint (file, or ``rubiks-convert``/training
+    folder) stores in its ``class_names`` metadata, or None."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("class_names")
+    except (SafetensorError, OSError):
+        return None
+    if raw is None:
+        return None
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: metadata 'class_names' is not a JSON list of strings")
+    return names
+
+
+def match_classes(
+    model: nn.Module, info: dict[str, Any], dataset: Any, *, allow_mismatch: bool = False
+) -> str | None:
+    """Check the checkpoint's classes against the dataset's before scoring.
+
+    The class counts must agree (a dataset without class names, whose count is its
+    largest label + 1, may have fewer), and class names stored in both must be the same
+    set: the same names in another order are remapped (the classifier's rows permuted to
+    the dataset's order). Anything else is a ValueError unless ``allow_mismatch``.
+    Returns a notice to print, or None.
+    """
+    classes = int(info.get("num_classes") or 0)
+    ds_classes = int(getattr(dataset, "num_classes", 0) or 0)
+    ds_names = getattr(dataset, "class_names", None)
+    names = info.get("class_names")
+    source = info.get("file") or info.get("pretrained") or "the checkpoint"
+    problem = None
+    if (ds_names is not None and ds_classes != classes) or ds_classes > classes:
+        problem = f"{source} has {classes} classes but the dataset has {ds_classes}"
+    elif names is not None and ds_names is not None and list(names) != list(ds_names):
+        if len(set(names)) == len(names) and set(names) == set(ds_names):
+            _reorder_classifier(model, [names.index(n) for n in ds_names])
+            return f"classes of {source} reordered to the dataset's order (same names)"
+        missing = sorted(set(ds_names) - set(names))[:3]
+        problem = (
+            f"the class names of {source} differ from the dataset's (e.g. dataset classes "
+            f"{missing} are not in the checkpoint)"
+        )
+    if problem is None:
+        if ds_names is None and ds_classes < classes:
+            return (
+                f"the dataset names no classes; its labels 0..{ds_classes - 1} are scored "
+                f"against the {classes} classes of {source}"
+            )
+        return None
+    if not allow_mismatch:
+        raise ValueError(f"{problem}; pass --allow-class-mismatch to evaluate anyway")
+    return f"warning: {problem}; evaluated anyway (--allow-class-mismatch)"
+
+
+def _reorder_classifier(model: nn.Module, order: list[int]) -> None:
+    import torch
+
+    head = model.get_classifier() if hasattr(model, "get_classifier") else model.fc
+    index = torch.tensor(order, device=head.weight.device)
+    with torch.no_grad():
+        head.weight.copy_(head.weight[index])
+        if head.bias is not None:
+            head.bias.copy_(head.bias[index])
+
+
 def load_matching(model: nn.Module, state: dict, head_prefixes: tuple[str, ...]) -> list[str]:
     """Load ``state`` (either key layout) into ``model``, skipping classifier tensors whose
     shape differs (a new class count: fine-tuning). Returns the skipped keys; any other
@@ -206,6 +290,9 @@ def load_matching(model: nn.Module, state: dict, head_prefixes: tuple[str, ...])
     from rubiks_models.rubiksnet import checkpoint_filter_fn
 
     state = checkpoint_filter_fn(state, model)
+    for k, v in state.items():
+        if k.endswith("rubiks.shift") and not bool(v.isfinite().all()):
+            raise ValueError(f"checkpoint key {k!r} has non-finite shift values")
     own = model.state_dict()
     skipped = [
         k
@@ -268,11 +355,17 @@ def build_model(cfg: Any, dataset: Any = None) -> tuple[nn.Module, dict[str, Any
         cfg.arch, num_classes=num_classes, num_frames=cfg.num_frames, drop_rate=cfg.dropout
     )
     meta = _describe(model)
+    names = getattr(dataset, "class_names", None)
+    if names is not None and len(names) == num_classes:
+        meta["class_names"] = list(names)  # checked by rubiks-eval against its dataset
     freeze = getattr(cfg, "freeze_temporal_shift", False)
     if cfg.pretrained:
         source = resolve_pretrained(cfg.pretrained)
         state, _ = read_checkpoint(source)
-        skipped = load_matching(model, state, ("fc.",))
+        try:
+            skipped = load_matching(model, state, ("fc.",))
+        except ValueError as exc:
+            raise ValueError(f"--pretrained {source}: {exc}") from exc
         meta["initialised_from"] = str(source)
         if skipped:
             print(f"fine-tuning: new classifier ({num_classes} classes), skipped {skipped}")

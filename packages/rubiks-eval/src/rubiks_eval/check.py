@@ -25,13 +25,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     args = p.parse_args(argv)
 
-    from .distributed import resolve_device
-
-    device = resolve_device(args.device)
-    print(f"torch {torch.__version__}, device {device}")
     import rubiks_models  # noqa: F401  (registers the RubiksNet architectures with timm)
     import timm
 
+    from .argcheck import device_error
+    from .distributed import resolve_device
+
+    error = device_error(args.device)
+    if error is None and args.arch not in timm.list_models("rubiksnet*"):
+        error = f"--arch {args.arch!r} is not a RubiksNet; one of {timm.list_models('rubiksnet*')}"
+    if error is None and (args.num_classes < 1 or args.num_frames < 1 or args.size < 32):
+        error = "--num-classes and --num-frames must be >= 1 and --size >= 32"
+    if error:
+        p.error(error)
+    device = resolve_device(args.device)
+    print(f"torch {torch.__version__}, device {device}")
     model = timm.create_model(args.arch, num_classes=args.num_classes, num_frames=args.num_frames)
     model.to(device).eval()
     n_params = sum(p.numel() for p in model.parameters())

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .distributed import setup_distributed
 from .evaluate import evaluate
 
-__all__ = ["build_parser", "main", "run"]
+__all__ = ["build_parser", "check_args", "main", "run"]
 
 EPILOG = """\
 examples:
@@ -84,23 +85,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-video", action="store_true", help="add per-video predictions to JSON")
     p.add_argument("--save-scores", help="write per-video scores (.npz, mean logits)")
     p.add_argument("--confusion", help="write a confusion-matrix PNG (needs matplotlib)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing --output/--save-scores/--confusion files (never an input)",
+    )
+    p.add_argument(
+        "--allow-class-mismatch",
+        action="store_true",
+        help="evaluate although the checkpoint's class count or class names differ from "
+        "the dataset's (default: an error; the same names in another order are remapped)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as configured by ``args``; returns the results document (on every rank)."""
-    from .builders import build_eval_dataset, load_model
+    from .builders import build_eval_dataset, load_model, match_classes
     from .report import format_summary, results_dict, save_confusion_png, save_results, save_scores
 
     with setup_distributed(args.device) as env:
         dataset, class_names = build_eval_dataset(args)
-        if args.limit is not None:
-            dataset = _Head(dataset, args.limit)
         model, info = load_model(
             args.pretrained, arch=args.arch, num_frames=args.num_frames, num_classes=None
         )
+        notice = match_classes(
+            model, info, dataset, allow_mismatch=getattr(args, "allow_class_mismatch", False)
+        )
+        if args.limit is not None:
+            dataset = _Head(dataset, args.limit)
         model.to(env.device).eval()
+        if env.is_main and notice:
+            print(notice, flush=True)
         if env.is_main:
             print(
                 f"model {info.get('arch', '?')} ({info.get('num_classes', '?')} classes) from "
@@ -145,7 +162,7 @@ class _Head:
 
     def __init__(self, dataset: Any, n: int) -> None:
         if n < 1:
-            raise SystemExit(f"--limit must be >= 1, got {n}")
+            raise ValueError(f"--limit must be >= 1, got {n}")
         self.dataset, self.n = dataset, min(n, len(dataset))
 
     def __len__(self) -> int:
@@ -157,14 +174,58 @@ class _Head:
         return self.dataset[i]
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse impossible options and unsafe output paths (``parser.error``) before any work."""
+    from .argcheck import device_error, module_error, output_errors
+    from .builders import default_scale_size
+
+    if args.dataset is None and args.val_list is None:
+        parser.error("give a dataset name or --val-list")
+    for flag, value, low in (
+        ("--limit", args.limit, 1),
+        ("--num-frames", args.num_frames, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--workers", args.workers, 0),
+        ("--crop-size", args.crop_size, 1),
+        ("--scale-size", args.scale_size, 1),
+    ):
+        if value is not None and value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
+    scale = args.scale_size or default_scale_size(args.crop_size)
+    if args.crop_size > scale:
+        parser.error(
+            f"--crop-size {args.crop_size} is larger than --scale-size {scale} (the short "
+            "side after resizing): no crop fits"
+        )
+    for path, flag in ((args.val_list, "--val-list"), (args.labels_file, "--labels-file")):
+        if path and not Path(path).expanduser().is_file():
+            parser.error(f"{flag} {path}: no such file")
+    if args.root_path and not Path(args.root_path).expanduser().is_dir():
+        parser.error(f"--root-path {args.root_path}: no such folder")
+    error = device_error(args.device)
+    if error is None and args.confusion:
+        error = module_error("--confusion", "matplotlib", "plot")
+    if error:
+        parser.error(error)
+    pretrained = Path(args.pretrained).expanduser()
+    errors = output_errors(
+        {"--output": args.output, "--save-scores": args.save_scores, "--confusion": args.confusion},
+        inputs=[pretrained, args.val_list, args.labels_file],
+        input_roots=[args.root_path, pretrained],
+        overwrite=args.overwrite,
+    )
+    if errors:
+        parser.error(errors[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if args.dataset is None and args.val_list is None:
-        build_parser().error("give a dataset name or --val-list")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     try:
         run(args)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError) as exc:
         print(f"rubiks-eval: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--workers", type=int, default=1)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--output", "-o", help="folder for results-<protocol>.json")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results files")
     p.add_argument(
         "--min-top1", type=float, help="exit with status 1 if a protocol's top-1 is below this (%%)"
     )
@@ -94,9 +95,30 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from .argcheck import device_error, output_errors
     from .builders import build_eval_dataset, load_model
 
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0)):
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
+    for flag, value in (("--num-val", args.num_val), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    error = device_error(args.device)
+    if error:
+        parser.error(error)
+    if args.output:
+        if Path(args.output).exists() and not Path(args.output).is_dir():
+            parser.error(f"--output {args.output} is a file; name a folder")
+        outputs = {
+            f"--output's results-{p}.json": Path(args.output) / f"results-{p}.json"
+            for p in args.protocols
+        }
+        errors = output_errors(outputs, inputs=[args.checkpoint], overwrite=args.overwrite)
+        if errors:
+            parser.error(errors[0])
     if args.threads:
         torch.set_num_threads(args.threads)
     ckpt = Path(args.checkpoint)

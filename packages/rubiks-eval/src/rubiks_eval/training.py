@@ -731,17 +731,84 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Parse ``argv`` into a :class:`TrainConfig`."""
-    ns = vars(build_parser().parse_args(argv))
+    """Parse ``argv`` into a :class:`TrainConfig`; impossible values are refused with
+    ``parser.error`` (exit 2, one line) before any work."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    ns = vars(args)
     if ns["clip_grad"] is not None and ns["clip_grad"] <= 0:
         ns["clip_grad"] = None
     return TrainConfig(**ns)
 
 
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from .argcheck import device_error
+    from .builders import default_scale_size
+
+    minimum = {
+        "epochs": 1,
+        "batch_size": 1,
+        "num_frames": 1,
+        "input_size": 1,
+        "scale_size": 1,
+        "num_classes": 1,
+        "dummy_videos": 1,
+        "workers": 0,
+        "val_every": 0,
+        "val_batch_size": 1,
+        "save_every_steps": 0,
+        "keep_checkpoints": 1,
+        "log_every": 1,
+        "max_steps": 1,
+    }
+    for name, low in minimum.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    for name in ("lr", "aq_tau_start", "aq_tau_end"):
+        value = getattr(args, name)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            parser.error(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    for name in ("momentum", "weight_decay", "dropout", "label_smoothing", "aq_penalty"):
+        value = getattr(args, name)
+        if not (value >= 0 and math.isfinite(value)):
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    if not 0 <= args.dropout < 1 or not 0 <= args.label_smoothing < 1:
+        parser.error("--dropout and --label-smoothing must be in [0, 1)")
+    if not 0 <= args.aq_budget <= 1:
+        parser.error(f"--aq-budget must be a fraction in [0, 1], got {args.aq_budget}")
+    if args.warmup_epochs < 0 or args.warmup_epochs > args.epochs:
+        parser.error(f"--warmup-epochs must be in [0, --epochs], got {args.warmup_epochs}")
+    scale = args.scale_size or default_scale_size(args.input_size)
+    if args.input_size > scale:
+        parser.error(
+            f"--input-size {args.input_size} is larger than --scale-size {scale} (the short "
+            "side after resizing): no validation crop fits"
+        )
+    error = device_error(args.device)
+    if error:
+        parser.error(error)
+    out = Path(args.output).expanduser()
+    if out.exists() and not out.is_dir():
+        parser.error(f"--output {out} is a file; it must be a run folder")
+    for flag, path in (
+        ("--train-list", args.train_list),
+        ("--val-list", args.val_list),
+        ("--labels-file", args.labels_file),
+    ):
+        if path and not Path(path).expanduser().is_file():
+            parser.error(f"{flag} {path}: no such file")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tools/train.py`` and ``rubiks-train``."""
     cfg = config_from_args(argv)
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
     if os.environ.get("RANK", "0") == "0":  # one summary per run, not one per process
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0

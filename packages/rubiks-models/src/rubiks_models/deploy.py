@@ -84,24 +84,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=112, help="random clip side (no --input)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="write the deployment weights here (safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     args = p.parse_args(argv)
-    from .weights import load_model, save_weights
+    from pathlib import Path
 
-    model = load_model(args.checkpoint)
-    if args.input:
-        from safetensors.torch import load_file
+    from .weights import CheckpointError, load_model, save_weights
 
-        x = load_file(args.input)["video"]
-    else:
-        g = torch.Generator().manual_seed(args.seed)
-        x = torch.randn(2, args.frames, 3, args.size, args.size, generator=g)
-    deployed, report = export_deploy(model, x)
+    checkpoint = Path(args.checkpoint).expanduser()
+    if not checkpoint.exists():
+        p.error(f"{checkpoint}: no such checkpoint file or folder")
+    if args.frames < 1 or args.size < 32:
+        p.error(f"--frames must be >= 1 and --size >= 32, got {args.frames} and {args.size}")
+    if args.input and not Path(args.input).expanduser().is_file():
+        p.error(f"--input {args.input}: no such file")
+    if args.output:
+        out = Path(args.output).expanduser()
+        inputs = [checkpoint] + ([Path(args.input).expanduser()] if args.input else [])
+        if any(
+            out.resolve() == i.resolve() or out.resolve() in i.resolve().parents for i in inputs
+        ):
+            p.error(f"--output {out} would replace an input of this run")
+        if out.is_dir():
+            p.error(f"--output {out} is a folder; name a .safetensors file")
+        if out.exists() and not args.overwrite:
+            p.error(f"--output {out} exists; pass --overwrite to replace it")
+    try:
+        model = load_model(checkpoint)
+        if args.input:
+            x = _read_clip(Path(args.input).expanduser())
+        else:
+            g = torch.Generator().manual_seed(args.seed)
+            x = torch.randn(2, args.frames, 3, args.size, args.size, generator=g)
+        deployed, report = export_deploy(model, x)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"rubiks-export: error: {exc}", file=sys.stderr)
+        return 2
     for k, v in report.items():
         print(f"{k}: {v:.6g}")
     if args.output:
         save_weights(deployed, args.output, {"deploy": "true"})
         print(f"wrote {args.output} (load with RubiksNet(..., deploy=True))")
     return 0
+
+
+def _read_clip(path) -> torch.Tensor:
+    """The 'video' tensor (B, T, 3, H, W) of a safetensors file; ValueError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"--input {path}: not a readable safetensors file ({exc})") from exc
+    x = tensors.get("video")
+    if x is None or x.dim() != 5 or x.shape[2] != 3 or not x.is_floating_point():
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        raise ValueError(
+            f"--input {path}: needs a float tensor 'video' (B, T, 3, H, W); has {found}"
+        )
+    return x.float()
 
 
 if __name__ == "__main__":

@@ -129,6 +129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     import timm
 
+    known = timm.list_models("rubiksnet*")
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        p.error(f"unknown model {unknown[0]!r}; choose from {', '.join(known)}")
+    if args.frames < 1 or args.size < 32 or args.num_classes < 1:
+        p.error(
+            f"--frames and --num-classes must be >= 1 and --size >= 32, got {args.frames}, "
+            f"{args.num_classes} and {args.size}"
+        )
     print(
         f"multiply-adds per {args.frames}x{args.size}^2 clip (convention: python -m "
         "rubiks_models.flops --help / module docstring)"

@@ -824,16 +824,66 @@ def _with_local_weights(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _create(name: str, pretrained: bool, tier: str, variant: str, **kwargs: Any) -> RubiksNet:
+    filter_fn = checkpoint_filter_fn
     if pretrained:
         kwargs = _with_local_weights(name, kwargs)
-    return build_model_with_cfg(
+        if kwargs.get("pretrained_strict", True):
+            kwargs, filter_fn = _strict_pretrained(name, kwargs)
+    model = build_model_with_cfg(
         partial(RubiksNet, tier=tier, variant=variant),
         name,
         pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=filter_fn,
         feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3, 4)),
         **kwargs,
     )
+    for module in (model, *model.modules()):  # a features_only wrapper and its model
+        cfg = getattr(module, "pretrained_cfg", None)
+        if isinstance(cfg, dict) and cfg.get("state_dict") is not None:
+            cfg["state_dict"] = None  # loaded; the model must not keep a second copy alive
+    return model
+
+
+def _strict_pretrained(name: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Our loading of a weight file through timm, as strict as ``load_pretrained``.
+
+    The file is read here (errors name it), its architecture resolved, and timm is handed
+    the tensors. The model takes the file's class count unless ``num_classes`` is given:
+    a different explicit ``num_classes`` replaces the head (fine-tuning), every other key
+    must be present, of the right shape and (shifts) finite. ``pretrained_strict=False``
+    skips this for timm's own non-strict loading.
+    """
+    from .weights import CheckpointError, resolve_checkpoint, validate_state_dict
+
+    cfg = resolve_pretrained_cfg(
+        name,
+        pretrained_cfg=kwargs.get("pretrained_cfg"),
+        pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
+    )
+    if (
+        not cfg.file
+        or cfg.state_dict is not None
+        or cfg.source not in (None, "", "timm", "local-dir")
+    ):
+        return kwargs, checkpoint_filter_fn
+    path = Path(cfg.file).expanduser()
+    state, _, (_, _, classes, _) = resolve_checkpoint(path)
+    requested = kwargs.get("num_classes")
+    new_head = requested is not None and requested != classes
+
+    def strict_filter(state_dict: Mapping[str, Any], model: nn.Module) -> dict:
+        try:
+            return validate_state_dict(
+                dict(state_dict), model, new_head=new_head, adapt_in_chans=True
+            )
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: does not fit {name}: {exc}") from exc
+
+    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+    overlay.update(source="", state_dict=state, num_classes=classes, file=str(path))
+    out = {**kwargs, "pretrained_cfg_overlay": overlay}
+    out.setdefault("num_classes", classes)
+    return out, strict_filter
 
 
 @register_model

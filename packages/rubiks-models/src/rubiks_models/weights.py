@@ -33,6 +33,7 @@ __all__ = [
     "infer_arch",
     "load_model",
     "read_checkpoint",
+    "resolve_checkpoint",
     "save_weights",
     "validate_state_dict",
 ]
@@ -68,7 +69,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if path.is_dir():
         config = path / "config.json"
         if config.is_file():
-            cfg = json.loads(config.read_text())
+            try:
+                cfg = json.loads(config.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise CheckpointError(f"{config}: not a readable JSON config ({exc})") from exc
+            if not isinstance(cfg, dict) or not isinstance(cfg.get("rubiksnet", {}), dict):
+                raise CheckpointError(f"{config}: expected a JSON object with a 'rubiksnet' entry")
             meta.update(cfg.get("rubiksnet", {}))
             meta.setdefault("arch", cfg.get("architecture"))
             meta.setdefault("num_classes", cfg.get("num_classes"))
@@ -138,11 +144,20 @@ def infer_arch(state: dict[str, torch.Tensor]) -> tuple[str, str, int]:
     return tier, variant, int(fc.shape[0]) if fc is not None else 0
 
 
-def validate_state_dict(state: dict[str, torch.Tensor], model: RubiksNet) -> dict:
+def validate_state_dict(
+    state: dict[str, torch.Tensor],
+    model: RubiksNet,
+    *,
+    new_head: bool = False,
+    adapt_in_chans: bool = False,
+) -> dict:
     """``state`` converted to ``model``'s keys, every key, shape and shift value checked.
 
     Raises :class:`CheckpointError` naming the first unexpected, missing or mis-shaped key,
-    or a shift with non-finite values.
+    or a shift with non-finite values. ``new_head``: the classifier (``fc.*``) is to be
+    replaced, so its keys may be absent or of another shape (every other key is checked).
+    ``adapt_in_chans``: the stem may have another number of input channels (timm's
+    ``in_chans`` adaptation follows).
     """
     try:
         converted = checkpoint_filter_fn(state, model)
@@ -150,14 +165,23 @@ def validate_state_dict(state: dict[str, torch.Tensor], model: RubiksNet) -> dic
         raise CheckpointError(str(exc)) from exc
     own = model.state_dict()
     for k in converted:
-        if k not in own:
+        if k not in own and not (new_head and k.startswith("fc.")):
             raise CheckpointError(
                 f"unexpected key {k!r} for {arch_name(model.tier, model.variant)}"
             )
     for k, v in own.items():
+        if new_head and k.startswith("fc."):
+            continue
         if k not in converted:
             raise CheckpointError(f"missing key {k!r} (truncated or another architecture?)")
-        if tuple(converted[k].shape) != tuple(v.shape):
+        shape = tuple(converted[k].shape)
+        if (
+            adapt_in_chans
+            and k == "stem.weight"
+            and shape[:1] + shape[2:] == v.shape[:1] + v.shape[2:]
+        ):
+            continue  # timm converts the input channels of the stem after this check
+        if shape != tuple(v.shape):
             raise CheckpointError(
                 f"key {k!r} has shape {tuple(converted[k].shape)}, expected {tuple(v.shape)}"
             )
@@ -169,35 +193,63 @@ def validate_state_dict(state: dict[str, torch.Tensor], model: RubiksNet) -> dic
     return converted
 
 
+def _meta_int(meta: dict[str, Any], key: str) -> int | None:
+    """An integer metadata value (``4`` or ``"4"``), None when absent; else CheckpointError."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(f"metadata {key!r} is {value!r}, not a non-negative integer")
+    return value
+
+
 def _resolve(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[str, str, int, int]:
     tier, variant, classes = infer_arch(state)
+    meta_classes, frames = _meta_int(meta, "num_classes"), _meta_int(meta, "num_frames")
     if meta.get("tier") not in (None, tier):
         raise CheckpointError(f"metadata 'tier' is {meta['tier']!r} but the tensors are {tier!r}")
     if meta.get("variant") not in (None, variant):
         raise CheckpointError(
             f"metadata 'variant' is {meta['variant']!r} but the tensors are {variant!r}"
         )
-    if meta.get("num_classes") not in (None, classes) and int(meta["num_classes"]) != classes:
+    if meta_classes not in (None, classes):
         raise CheckpointError(
-            f"metadata 'num_classes' is {meta['num_classes']} but the head has {classes}"
+            f"metadata 'num_classes' is {meta_classes} but the head has {classes}"
         )
     if variant not in VARIANTS:
         raise CheckpointError(f"unknown variant {variant!r}")
-    return tier, variant, classes, int(meta.get("num_frames") or 8)
+    return tier, variant, classes, frames or 8
+
+
+def resolve_checkpoint(
+    path: str | os.PathLike,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], tuple[str, str, int, int]]:
+    """(state, metadata, (tier, variant, num_classes, num_frames)) of a checkpoint file or
+    folder; every error (:class:`CheckpointError`, FileNotFoundError) names ``path``."""
+    state, meta = read_checkpoint(path)
+    try:
+        return state, meta, _resolve(meta, state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{Path(path).expanduser()}: {exc}") from exc
 
 
 def load_model(path: str | os.PathLike, num_classes: int | None = None, **kwargs: Any) -> RubiksNet:
     """A :class:`RubiksNet` built from a checkpoint's metadata/tensors and loaded strictly.
 
-    A ``num_classes`` different from the checkpoint's gets a fresh head (fine-tuning).
-    Other keyword arguments go to the model (e.g. ``drop_rate``).
+    A ``num_classes`` different from the checkpoint's gets a fresh head (fine-tuning:
+    asked for explicitly). Other keyword arguments go to the model (e.g. ``drop_rate``).
+    Every error names the file.
     """
-    state, meta = read_checkpoint(path)
-    tier, variant, classes, frames = _resolve(meta, state)
+    state, meta, (tier, variant, classes, frames) = resolve_checkpoint(path)
     if meta.get("deploy") in (True, "true"):
         kwargs.setdefault("deploy", True)
     model = RubiksNet(tier, classes, kwargs.pop("num_frames", frames), variant, **kwargs)
-    converted = validate_state_dict(state, model)
+    try:
+        converted = validate_state_dict(state, model)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{Path(path).expanduser()}: {exc}") from exc
     model.load_state_dict(converted, strict=True)
     if num_classes is not None and num_classes != classes:
         model.reset_classifier(num_classes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -63,15 +64,25 @@ def _checked_3d(x, shift, stride, padding) -> tuple[tuple[int, ...], tuple[int, 
     return checked
 
 
-def _t_factor(value: float | str, x: torch.Tensor) -> float:
+def check_t_factor(value: float | str) -> None:
+    """Raise unless ``value`` is a finite number or ``"auto"`` (a NaN or infinite factor
+    would turn every normalised shift gradient into NaN)."""
     if isinstance(value, str):
         if value != "auto":
             raise ValueError(f"normalize_t_factor must be a number or 'auto', got {value!r}")
-        return x.shape[1] / x.shape[3]
+        return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
             f"normalize_t_factor must be a number or 'auto', got {type(value).__name__}"
         )
+    if not math.isfinite(value):
+        raise ValueError(f"normalize_t_factor must be finite, got {value!r}")
+
+
+def _t_factor(value: float | str, x: torch.Tensor) -> float:
+    check_t_factor(value)
+    if isinstance(value, str):
+        return x.shape[1] / x.shape[3]
     return float(value)
 
 

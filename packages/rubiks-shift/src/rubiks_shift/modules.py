@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ._checks import triple
-from .functional import rubiks_shift2d, rubiks_shift3d
+from .functional import check_t_factor, rubiks_shift2d, rubiks_shift3d
 from .init import init_spatial, init_temporal
 
 __all__ = ["RubiksShift2d", "RubiksShift3d"]
@@ -39,6 +39,7 @@ class RubiksShift3d(nn.Module):
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
+        check_t_factor(normalize_t_factor)
         self.channels = channels
         self.stride = triple(stride, "stride")
         self.padding = triple(padding, "padding")

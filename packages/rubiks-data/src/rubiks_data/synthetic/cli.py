@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from .generate import SynthConfig, generate
 from .render import CLASSES
@@ -59,8 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_out_dir(parser: argparse.ArgumentParser, out: Path, overwrite: bool) -> None:
+    """A new folder, a synthetic dataset's folder, or (with --overwrite) any folder."""
+    if out.exists() and not out.is_dir():
+        parser.error(f"{out} exists and is not a folder")
+    foreign = out.is_dir() and not (out / "config.json").is_file() and any(out.iterdir())
+    if foreign and not overwrite:
+        parser.error(
+            f"{out} is a non-empty folder that holds no synthetic dataset; choose an "
+            "empty or new folder (or --overwrite to write the dataset's files into it)"
+        )
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        parser.error(f"cannot write under {parent}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    _check_out_dir(parser, Path(args.out_dir).expanduser(), args.overwrite)
     try:
         config = SynthConfig(
             num_train=args.num_train,
@@ -77,13 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         start = time.perf_counter()
         out = generate(
-            args.out_dir,
+            Path(args.out_dir).expanduser(),
             config,
             workers=args.workers,
             progress=args.progress,
             overwrite=args.overwrite,
         )
-    except (ValueError, FileExistsError) as err:
+    except (ValueError, OSError) as err:
         print(f"rubiks-synth: error: {err}", file=sys.stderr)
         return 2
     n = config.num_train + config.num_val

@@ -69,6 +69,13 @@ class SynthConfig:
             raise ValueError(f"num_frames must be >= 2 (min <= max), got {self.num_frames}")
         if self.num_train < 0 or self.num_val < 0:
             raise ValueError("num_train and num_val must be >= 0")
+        if self.fps < 1:
+            raise ValueError(f"fps must be >= 1, got {self.fps}")
+        max_crf = 63 if self.format == "webm" else 51  # libvpx-vp9 / libx264 ranges
+        if not 0 <= self.crf <= max_crf:
+            raise ValueError(f"crf must be in 0..{max_crf} for {self.format}, got {self.crf}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         self.class_defs()
 
     @property

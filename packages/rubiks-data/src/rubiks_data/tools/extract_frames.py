@@ -86,16 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         check_template(args.template)
     except ValueError as err:
-        print(f"rubiks-extract-frames: error: {err}", file=sys.stderr)
-        return 2
-    src, out = Path(args.src), Path(args.out)
+        parser.error(str(err))
+    src, out = Path(args.src).expanduser(), Path(args.out).expanduser()
     if not src.is_dir():
-        print(f"rubiks-extract-frames: error: no folder {src}", file=sys.stderr)
-        return 2
+        parser.error(f"no folder {src}")
+    if args.workers < 1 or args.short_side < 0 or not 1 <= args.quality <= 100:
+        parser.error("-j must be >= 1, --short-side >= 0 and --quality in 1..100")
+    if out.exists() and not out.is_dir():
+        parser.error(f"output {out} exists and is not a folder")
+    if out.resolve() == src.resolve():
+        parser.error(f"output {out} is the video folder; choose another folder")
     videos = find_videos(src, args.ext)
     jobs, done = [], 0
     for v in videos:
