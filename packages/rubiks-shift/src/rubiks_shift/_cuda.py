@@ -2,7 +2,8 @@
 
 Launch path. Numba's dispatcher spends 25-90 us per launch on argument handling (type
 dispatch, wrapping each tensor as a device array). Each kernel here has one explicit
-signature, compiled lazily on first use per device, and is launched by one ctypes call
+signature, loaded on first use per device from the on-disk kernel cache (``_kernel_cache``;
+compiled into it on a miss), and is launched by one ctypes call
 to the driver's ``cuLaunchKernel``, with the argument block built directly from the
 tensors' data pointers and the plan's pre-converted scalars, in the layout Numba's kernel
 ABI expects (the kernels take raw pointers: one parameter per tensor). The cost in safety: nothing
