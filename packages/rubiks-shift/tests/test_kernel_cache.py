@@ -439,3 +439,31 @@ def test_warmup_kernel_sets():
         ("bfloat16", "float32"),
     ]
     assert warmup.kernel_sets(["float64"]) == [("float64", "float32"), ("float64", "float64")]
+
+
+def test_an_entry_the_driver_refuses_is_recompiled(cache, launcher, monkeypatch, caplog):
+    _cuda._Launcher.cached(_kernel_set(FakeDispatcher(b"refused")), "gather", 0)
+    _cuda._Launcher.loaded.clear()
+    real = _kernel_cache.load
+
+    def picky(entry, index):
+        if entry.image == b"refused":
+            raise _kernel_cache.CacheError("cuModuleLoadData failed (CUresult 200)")
+        return real(entry, index)
+
+    monkeypatch.setattr(_kernel_cache, "load", picky)
+    caplog.set_level(logging.INFO, logger="rubiks_shift")
+    again = FakeDispatcher(b"accepted")
+    _cuda._Launcher.cached(_kernel_set(again), "gather", 0)
+    assert again.compiles == 1 and launcher[-1][0].image == b"accepted"
+    assert "CUresult 200" in caplog.text
+
+
+def test_no_usable_driver_query_compiles_without_the_cache(cache, launcher, monkeypatch):
+    def broken(index):
+        raise OSError("libcuda.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(_kernel_cache, "device_facts", broken)
+    dispatcher = FakeDispatcher()
+    handle, _ = _cuda._Launcher.cached(_kernel_set(dispatcher), "gather", 0)
+    assert (handle, dispatcher.compiles, launcher) == (4321, 1, [])

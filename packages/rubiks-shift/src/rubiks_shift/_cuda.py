@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -284,10 +285,17 @@ class _Launcher:
         kc = _kernel_cache
         label = f"{name} kernel for {kernels.storage} (shift {kernels.shift_storage})"
         directory = kc.cache_dir()
-        if directory is None:
-            return cls.function(
-                getattr(kernels, name), getattr(kernels, name + "_sig"), index, label
-            )
+        if directory is not None:
+            try:
+                return cls._through_cache(kernels, name, index, label, directory)
+            except (OSError, kc.CacheError) as e:  # no usable cache: as without one
+                kc.log.info("rubiks-shift: kernel cache not used for %s (%s)", label, e)
+        return cls.function(getattr(kernels, name), getattr(kernels, name + "_sig"), index, label)
+
+    @classmethod
+    def _through_cache(cls, kernels, name, index, label, directory) -> tuple[int, tuple]:
+        """Load ``name`` from the cache, compiling it into the cache on a miss."""
+        kc = _kernel_cache
         what = f"the CUDA {label} for device {index}"
         notice_key = ("cuda", kernels.storage, kernels.shift_storage, name, index)
         facts = kc.device_facts(index)
@@ -295,10 +303,15 @@ class _Launcher:
         path = kc.entry_path(directory, ckey)
         entry = kc.read(path, ckey)
         if entry is not None:
-            with compile_notice(what, notice_key, source=f"the kernel cache in {directory}"):
-                handle = kc.load(entry, index)
-            kc.log.debug("rubiks-shift: loaded %s from %s", what, path)
-            return handle, tuple(kc.ARG_KINDS[a] for a in entry.args)
+            try:
+                with compile_notice(what, notice_key, source=f"the kernel cache in {directory}"):
+                    handle = kc.load(entry, index)
+                kc.log.debug("rubiks-shift: loaded %s from %s", what, path)
+                return handle, tuple(kc.ARG_KINDS[a] for a in entry.args)
+            except kc.CacheError as e:  # an entry the driver refuses: compile it again
+                kc.log.info("rubiks-shift: cannot load %s (%s); recompiling", path, e)
+                with suppress(OSError):
+                    path.unlink()
         start = time.perf_counter()
         when = f"once per machine and dtype; cached in {directory}"
         with compile_notice(what, notice_key, when):
