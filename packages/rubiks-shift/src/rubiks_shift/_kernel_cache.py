@@ -313,8 +313,9 @@ def load(entry: Entry, device_index: int) -> int:
     lib = _libcuda()
     ctx, device = ctypes.c_void_p(), ctypes.c_int()
     _check(lib.cuDeviceGet(ctypes.byref(device), ctypes.c_int(device_index)), "cuDeviceGet")
+    # retained and never released: the module lives as long as the context
     _check(lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), device), "cuDevicePrimaryCtxRetain")
-    _check(lib.cuCtxPushCurrent(ctx), "cuCtxPushCurrent")
+    _check(lib.cuCtxPushCurrent_v2(ctx), "cuCtxPushCurrent")
     try:
         module, function = ctypes.c_void_p(), ctypes.c_void_p()
         image = ctypes.create_string_buffer(entry.image, len(entry.image))
@@ -324,7 +325,7 @@ def load(entry: Entry, device_index: int) -> int:
         _check(lib.cuModuleGetFunction(ctypes.byref(function), module, name), "cuModuleGetFunction")
     finally:
         popped = ctypes.c_void_p()
-        lib.cuCtxPopCurrent(ctypes.byref(popped))
+        lib.cuCtxPopCurrent_v2(ctypes.byref(popped))
     return int(function.value)
 
 
