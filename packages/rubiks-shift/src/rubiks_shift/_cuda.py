@@ -339,7 +339,7 @@ class _Launcher:
         if cls.workers is None:
             cls.workers = kc.Workers(count)
         missing = [name]
-        for other in kc.KERNELS:
+        for other in kc.PREFETCH:
             key = kc.make_key(kernels.storage, kernels.shift_storage, other, *facts)
             if other != name and not kc.entry_path(directory, key).exists():
                 missing.append(other)

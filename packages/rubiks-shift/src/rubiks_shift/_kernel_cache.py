@@ -53,6 +53,9 @@ ENV = "RUBIKS_SHIFT_CACHE_DIR"
 WORKERS_ENV = "RUBIKS_SHIFT_COMPILE_WORKERS"
 OFF = ("", "0", "off", "none", "false", "no")  # values of ENV that disable the cache
 KERNELS = ("gather_frames", "gather", "grad_shift", "finalize", "gather_narrow")
+# compiled together on a set's first miss, longest first (the one-column gather, for
+# sources one pixel wide, only when a launch needs it)
+PREFETCH = ("grad_shift", "gather", "gather_frames", "finalize")
 SOURCES = ("_cuda_config.py", "_cuda_kernels.py", "_cuda_gather.py")
 # distributions whose versions can change the compiled code
 DISTRIBUTIONS = (
