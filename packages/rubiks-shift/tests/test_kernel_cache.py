@@ -467,3 +467,33 @@ def test_no_usable_driver_query_compiles_without_the_cache(cache, launcher, monk
     dispatcher = FakeDispatcher()
     handle, _ = _cuda._Launcher.cached(_kernel_set(dispatcher), "gather", 0)
     assert (handle, dispatcher.compiles, launcher) == (4321, 1, [])
+
+
+@pytest.fixture
+def numba_without_gpu(monkeypatch):
+    """Numba compiling CUDA kernels for compute capability 9.0 with no GPU: the device
+    queries answered, the driver's module load skipped (nvJitLink links the cubin)."""
+    from numba import cuda
+    from numba.cuda import codegen, dispatcher
+    from numba.cuda.cudadrv import driver
+
+    if not driver._have_nvjitlink():
+        pytest.skip("needs nvJitLink to link a cubin without a GPU")
+    monkeypatch.setattr(dispatcher, "get_current_device", lambda: SimpleNamespace(
+        compute_capability=(9, 0)))  # fmt: skip
+    monkeypatch.setattr(dispatcher._Kernel, "bind", lambda self: None)
+    monkeypatch.setattr(codegen.CUDACodeLibrary, "_ensure_cc", lambda self, cc: cc or (9, 0, "a"))
+    monkeypatch.setattr(cuda, "select_device", lambda index: None)
+    monkeypatch.setattr(_kernel_cache, "device_facts", lambda index: ((9, 0), 12080))
+
+
+def test_fill_compiles_a_real_kernel_into_a_loadable_entry(cache, numba_without_gpu):
+    """Numba's compiled kernel gives the entry: a cubin, the mangled entry name, the
+    scalar argument kinds of the signature; a second fill finds it cached."""
+    assert _kernel_cache.fill("float32", "float32", "finalize", 0) == "compiled"
+    key = _kernel_cache.make_key("float32", "float32", "finalize", (9, 0), 12080)
+    entry = _kernel_cache.read(_kernel_cache.entry_path(cache, key), key)
+    assert entry.image.startswith(b"\x7fELF")
+    assert entry.name.startswith("_ZN") and "finalize" in entry.name
+    assert entry.args == ("int64", "int64", "int64", "float32")  # C, parts, normalize, t
+    assert _kernel_cache.fill("float32", "float32", "finalize", 0) == "cached"
