@@ -497,3 +497,26 @@ def test_fill_compiles_a_real_kernel_into_a_loadable_entry(cache, numba_without_
     assert entry.name.startswith("_ZN") and "finalize" in entry.name
     assert entry.args == ("int64", "int64", "int64", "float32")  # C, parts, normalize, t
     assert _kernel_cache.fill("float32", "float32", "finalize", 0) == "cached"
+
+
+def test_warmup_progress_counts_and_failures(cache, monkeypatch, capsys):
+    """In-process warmup (--jobs 0) with a stand-in compile: one line per kernel, cached
+    entries only checked, a failed kernel reported and the exit status 1."""
+    monkeypatch.setattr(_kernel_cache, "device_facts", lambda index: ((9, 0), 12080))
+    monkeypatch.setattr(warmup, "_unavailable", lambda args: None)
+
+    def fill(storage, shift, kernel, index):
+        if kernel == "finalize":
+            raise _kernel_cache.CacheError("no standalone cubin")
+        key = _kernel_cache.make_key(storage, shift, kernel, (9, 0), 12080)
+        _kernel_cache.write(_kernel_cache.entry_path(cache, key), key, ENTRY)
+        return "compiled"
+
+    monkeypatch.setattr(_kernel_cache, "fill", fill)
+    assert warmup.main(["--dtypes", "float32", "--jobs", "0"]) == 1
+    out = capsys.readouterr()
+    assert "4 compiled, 0 already cached, 1 failed" in out.out
+    assert "CacheError: no standalone cubin" in out.err
+    assert out.out.count(" compiled in ") == 4 and "[ 5/5]" in out.out
+    assert warmup.main(["--dtypes", "float32", "--jobs", "0", "--kernels", "gather"]) == 0
+    assert "0 compiled, 1 already cached, 0 failed" in capsys.readouterr().out
