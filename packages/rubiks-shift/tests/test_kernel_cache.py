@@ -386,6 +386,15 @@ def test_worker_runs_without_torch_and_reports_errors(cache):
         assert "libcuda" in done.stderr.decode() or "CacheError" in done.stderr.decode()
     bad = subprocess.run([*command[:-1], "gatherer"], capture_output=True)
     assert bad.returncode == 2 and b"invalid choice" in bad.stderr
+    # what a worker imports to compile: the kernel modules, without torch
+    stub = command[2].split("from rubiks_shift._compile_worker")[0]
+    code = stub + "import rubiks_shift._cuda_kernels, rubiks_shift._cuda_gather"
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code, command[3]], capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    imported = {line.split("|")[-1].strip() for line in done.stderr.decode().splitlines()}
+    assert "rubiks_shift._cuda_gather" in imported and "torch" not in imported
 
 
 # ---------------------------------------------------------------- warmup CLI

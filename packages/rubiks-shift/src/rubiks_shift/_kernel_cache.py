@@ -457,7 +457,7 @@ class Job:
     returncode: int | None = None
     output: str = ""
     seconds: float = 0.0
-    state: str = ""  # the worker's last line: "cached" or "compiled" on success
+    state: str = ""  # what the worker reported: "cached" or "compiled" on success
 
 
 class Workers:
@@ -504,8 +504,9 @@ class Workers:
                     out.seek(0)
                     job.output = out.read().decode(errors="replace")
                 job.returncode = proc.returncode
-                lines = job.output.strip().splitlines()
-                job.state = lines[-1].strip() if lines else ""
+                states = [x.strip() for x in job.output.splitlines()]
+                states = [x for x in states if x in ("cached", "compiled")]
+                job.state = states[-1] if states else ""
             except OSError as e:
                 job.returncode = -errno.ENOEXEC
                 job.output = str(e)
