@@ -365,11 +365,12 @@ def entry_of(compiled) -> Entry | None:
     return Entry(image, name, tuple(args))
 
 
-def compile_kernel(storage: str, shift_storage: str, kernel: str):
-    """Compile ``kernel`` of the (storage, shift storage) kernel set with Numba for the
-    current device: the compiled kernel."""
-    from . import _cuda_kernels as K
+def compile_kernel(storage: str, shift_storage: str, kernel: str, device_index: int):
+    """Compile ``kernel`` of the (storage, shift storage) kernel set with Numba for
+    device ``device_index`` (made Numba's current device): the compiled kernel."""
+    from . import _cuda_kernels as K  # (sets its numpy compatibility alias first)
 
+    K.cuda.select_device(device_index)
     kernels = K.Kernels(storage, shift_storage)
     return getattr(kernels, kernel).compile(getattr(kernels, kernel + "_sig"))
 
@@ -387,10 +388,7 @@ def fill(storage: str, shift_storage: str, kernel: str, device_index: int) -> st
     with locked(path):
         if read(path, key) is not None:
             return "cached"
-        from numba import cuda
-
-        cuda.select_device(device_index)
-        entry = entry_of(compile_kernel(storage, shift_storage, kernel))
+        entry = entry_of(compile_kernel(storage, shift_storage, kernel, device_index))
         if entry is None:
             raise CacheError(f"Numba gave no standalone cubin for {kernel} ({storage})")
         write(path, key, entry)
