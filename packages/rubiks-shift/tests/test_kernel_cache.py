@@ -529,3 +529,33 @@ def test_warmup_progress_counts_and_failures(cache, monkeypatch, capsys):
     assert out.out.count(" compiled in ") == 4 and "[ 5/5]" in out.out
     assert warmup.main(["--dtypes", "float32", "--jobs", "0", "--kernels", "gather"]) == 0
     assert "0 compiled, 1 already cached, 0 failed" in capsys.readouterr().out
+
+
+_FAKE_WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from rubiks_shift import _kernel_cache as kc
+    storage, shift, kernel = sys.argv[1:4]
+    key = kc.make_key(storage, shift, kernel, (9, 0), 12080)
+    entry = kc.Entry(f"cubin of {kernel}".encode(), "_Z" + kernel, ("int64",))
+    kc.write(kc.entry_path(kc.cache_dir(), key), key, entry)
+    print("compiled")
+    """
+)
+
+
+def test_workers_compile_the_set_and_this_process_only_loads(cache, launcher, monkeypatch):
+    """With compile workers (stand-ins that write entries) the launching process compiles
+    nothing: it loads the worker's entry, and the set's other kernels are cached too."""
+    monkeypatch.setenv(_kernel_cache.WORKERS_ENV, "4")
+    monkeypatch.setattr(_kernel_cache, "worker_command", lambda s, t, k, i: [
+        sys.executable, "-c", _FAKE_WORKER, s, t, k])  # fmt: skip
+    dispatcher = FakeDispatcher()
+    _cuda._Launcher.cached(_kernel_set(dispatcher), "gather", 0)
+    assert dispatcher.compiles == 0
+    assert launcher[0][0].image == b"cubin of gather"
+    for job in _cuda._Launcher.workers.jobs.values():
+        assert job.done.wait(120) and job.state == "compiled"
+    names = sorted(p.name.split("-")[0] for p in cache.glob("*.cubin"))
+    assert names == sorted(_kernel_cache.PREFETCH)
