@@ -5,7 +5,8 @@
     nox -s tests-shift   one package's suite (also tests-models, tests-data, tests-eval)
     nox -s lint          ruff over the whole tree
     nox -s bench         pytest-benchmark regressions of the CPU kernels + the op benchmark
-    nox -s train         tools/train.py (arguments after --)
+    nox -s train         tools/train.py (arguments after --), after warming the kernel cache
+    nox -s warmup        compile the CUDA kernels into the on-disk cache (arguments after --)
     nox -s check         the installation check
 
 Every session installs torch from constraints.txt first (the pair that works on these
@@ -98,8 +99,26 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def warmup(session: nox.Session) -> None:
+    """Compile the CUDA kernels into the on-disk kernel cache for this machine's GPU
+    (default float32 and bfloat16; e.g. ``nox -s warmup -- --dtypes float16``)."""
+    _install(session, ["shift"])
+    session.run("python", "-m", "rubiks_shift.warmup", *session.posargs)
+
+
+def _train_dtypes(args: list[str]) -> list[str]:
+    """Storage dtypes a training run launches the op with: float32, and float16 under
+    --amp (autocast on CUDA)."""
+    return ["float32", "float16"] if "--amp" in args else ["float32"]
+
+
+@nox.session
 def train(session: nox.Session) -> None:
+    """tools/train.py; first the kernel cache is warmed for the GPU (skipped quietly
+    without one), so the ranks start from cached kernels instead of each compiling."""
     _install(session, DEPENDS["eval"], extras=False)
+    dtypes = _train_dtypes(list(session.posargs))
+    session.run("python", "-m", "rubiks_shift.warmup", "--if-available", "--dtypes", *dtypes)
     session.run("python", "tools/train.py", *session.posargs)
 
 

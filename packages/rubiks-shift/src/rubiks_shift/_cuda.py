@@ -2,7 +2,8 @@
 
 Launch path. Numba's dispatcher spends 25-90 us per launch on argument handling (type
 dispatch, wrapping each tensor as a device array). Each kernel here has one explicit
-signature, compiled lazily on first use per device, and is launched by one ctypes call
+signature, loaded on first use per device from the on-disk kernel cache (``_kernel_cache``;
+compiled into it on a miss), and is launched by one ctypes call
 to the driver's ``cuLaunchKernel``, with the argument block built directly from the
 tensors' data pointers and the plan's pre-converted scalars, in the layout Numba's kernel
 ABI expects (the kernels take raw pointers: one parameter per tensor). The cost in safety: nothing
@@ -22,15 +23,18 @@ import functools
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import ClassVar, NamedTuple
 
 import torch
 
-from . import _cuda_kernels as K
+from . import _cuda_config as K
+from . import _kernel_cache
 from ._checks import output_shape
 from ._compile_notice import compile_notice
-from ._cuda_gather import GROUP as GATHER_GROUP
+from ._cuda_config import GATHER_GROUP
 
 _STORAGE = {
     torch.float16: "float16",
@@ -78,13 +82,37 @@ def simulator_enabled() -> bool:
     return bool(config.ENABLE_CUDASIM)
 
 
-_kernel_sets: dict[tuple[str, str], K.Kernels] = {}
+class KernelSet:
+    """The kernels of one (storage, shift storage) pair, as the launch path sees them.
+
+    Launches load each kernel from the on-disk cache (``_kernel_cache``) where it is
+    there, so a warm process never imports Numba's CUDA target. The Numba dispatchers
+    (``gather``, ``gather_sig``, ... of ``_cuda_kernels.Kernels``) are built on first
+    attribute access: on a cache miss, under the simulator, and for tests and
+    benchmarks that use them directly."""
+
+    def __init__(self, storage: str, shift_storage: str) -> None:
+        self.storage = storage
+        self.shift_storage = shift_storage
+        self._built = None
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._built is None:
+            from ._cuda_kernels import Kernels
+
+            self._built = Kernels(self.storage, self.shift_storage)
+        return getattr(self._built, name)
 
 
-def _kernels(storage: str, shift_storage: str) -> K.Kernels:
+_kernel_sets: dict[tuple[str, str], KernelSet] = {}
+
+
+def _kernels(storage: str, shift_storage: str) -> KernelSet:
     key = (storage, shift_storage)
     if key not in _kernel_sets:
-        _kernel_sets[key] = K.Kernels(storage, shift_storage)
+        _kernel_sets[key] = KernelSet(storage, shift_storage)
     return _kernel_sets[key]
 
 
@@ -103,6 +131,21 @@ def _scalar_types() -> dict:
     from numba import types as nt
 
     return {nt.int64: ctypes.c_int64, nt.float32: ctypes.c_float, nt.float64: ctypes.c_double}
+
+
+def _scalar_kinds(kernel) -> tuple:
+    """How each scalar argument of a compiled Numba kernel is passed (ctypes types)."""
+    from numba import types as nt
+
+    passing = _scalar_types()
+    kinds = []
+    for ty in kernel.argument_types:
+        if isinstance(ty, nt.CPointer):
+            continue
+        if ty not in passing:
+            raise TypeError(f"unsupported kernel argument type {ty}")
+        kinds.append(passing[ty])
+    return tuple(kinds)
 
 
 @functools.cache
@@ -197,8 +240,11 @@ class _Launcher:
     builds no Python objects beyond the stream handle and the driver call itself."""
 
     functions: ClassVar[dict[tuple[int, int], tuple[int, tuple]]] = {}
+    loaded: ClassVar[dict[tuple, tuple[int, tuple]]] = {}  # (dtypes, kernel, device)
     entries: ClassVar[dict[tuple, tuple]] = {}
     cu_launch = None
+    lock = threading.RLock()
+    workers: _kernel_cache.Workers | None = None
 
     @classmethod
     def function(
@@ -209,35 +255,139 @@ class _Launcher:
         key = (id(dispatcher), device_index)
         fn = cls.functions.get(key)
         if fn is None:
-            from numba import types as nt
-
-            passing = _scalar_types()
             what = f"the CUDA {label} for device {device_index}"
             with compile_notice(what, key, "once per process and dtype"):
                 kernel = dispatcher.compile(signature)
-            kinds = []
-            for ty in kernel.argument_types:
-                if isinstance(ty, nt.CPointer):
-                    continue
-                if ty not in passing:
-                    raise TypeError(f"unsupported kernel argument type {ty}")
-                kinds.append(passing[ty])
             handle = _function_handle(int(kernel._codelibrary.get_cufunc().handle))
-            fn = cls.functions[key] = (handle, tuple(kinds))
+            fn = cls.functions[key] = (handle, _scalar_kinds(kernel))
             cls.cu_launch = _cu_launch_kernel()
         return fn
 
     @classmethod
-    def prepare(cls, kernels: K.Kernels, step: Step, n_ptrs: int, device_index: int) -> tuple:
+    def cached(cls, kernels: KernelSet, name: str, device_index: int) -> tuple[int, tuple]:
+        """(kernel handle, how each scalar argument is passed) of kernel ``name`` of
+        ``kernels`` on device ``device_index``: loaded from the on-disk cache, or compiled
+        into it on a miss (with the set's other missing kernels compiled in parallel
+        worker processes); compiled in this process as before where the cache is off."""
+        key = (kernels.storage, kernels.shift_storage, name, device_index)
+        fn = cls.loaded.get(key)
+        if fn is not None:
+            return fn
+        with cls.lock:
+            fn = cls.loaded.get(key)
+            if fn is None:
+                fn = cls.loaded[key] = cls._load_or_compile(kernels, name, device_index)
+                cls.cu_launch = _cu_launch_kernel()
+        return fn
+
+    @classmethod
+    def _load_or_compile(cls, kernels: KernelSet, name: str, index: int) -> tuple[int, tuple]:
+        kc = _kernel_cache
+        label = f"{name} kernel for {kernels.storage} (shift {kernels.shift_storage})"
+        directory = kc.cache_dir()
+        if directory is not None:
+            try:
+                return cls._through_cache(kernels, name, index, label, directory)
+            except (OSError, kc.CacheError) as e:  # no usable cache: as without one
+                kc.log.info("rubiks-shift: kernel cache not used for %s (%s)", label, e)
+        return cls.function(getattr(kernels, name), getattr(kernels, name + "_sig"), index, label)
+
+    @classmethod
+    def _through_cache(cls, kernels, name, index, label, directory) -> tuple[int, tuple]:
+        """Load ``name`` from the cache, compiling it into the cache on a miss."""
+        kc = _kernel_cache
+        what = f"the CUDA {label} for device {index}"
+        notice_key = ("cuda", kernels.storage, kernels.shift_storage, name, index)
+        facts = kc.device_facts(index)
+        ckey = kc.make_key(kernels.storage, kernels.shift_storage, name, *facts)
+        path = kc.entry_path(directory, ckey)
+        entry = kc.read(path, ckey)
+        if entry is not None:
+            try:
+                with compile_notice(what, notice_key, source=f"the kernel cache in {directory}"):
+                    handle = kc.load(entry, index)
+                kc.log.debug("rubiks-shift: loaded %s from %s", what, path)
+                return handle, tuple(kc.ARG_KINDS[a] for a in entry.args)
+            except kc.CacheError as e:  # an entry the driver refuses: compile it again
+                kc.log.info("rubiks-shift: cannot load %s (%s); recompiling", path, e)
+                with suppress(OSError):
+                    path.unlink()
+        start = time.perf_counter()
+        when = f"once per machine and dtype; cached in {directory}"
+        with compile_notice(what, notice_key, when):
+            entry = cls._from_workers(kernels, name, index, facts, directory, ckey, path)
+            fn = None
+            if entry is None:
+                entry, fn = cls._compile_here(kernels, name, path, ckey)
+            if fn is None:
+                fn = (kc.load(entry, index), tuple(kc.ARG_KINDS[a] for a in entry.args))
+        kc.log.info(
+            "rubiks-shift: compiled %s in %.1f s (cached in %s)",
+            what, time.perf_counter() - start, directory,
+        )  # fmt: skip
+        return fn
+
+    @classmethod
+    def _from_workers(cls, kernels, name, index, facts, directory, ckey, path):
+        """The entry of ``name`` compiled by a worker process, started together with
+        workers for the set's other kernels that are not cached yet; None where workers
+        are off or the worker failed (its output is logged at INFO level)."""
+        kc = _kernel_cache
+        count = kc.worker_count()
+        if count == 0:
+            return None
+        if cls.workers is None:
+            cls.workers = kc.Workers(count)
+        missing = [name]
+        for other in kc.PREFETCH_AFFINE if name.endswith("_affine") else kc.PREFETCH:
+            key = kc.make_key(kernels.storage, kernels.shift_storage, other, *facts)
+            if other != name and not kc.entry_path(directory, key).exists():
+                missing.append(other)
+        job = cls.workers.submit(kernels.storage, kernels.shift_storage, missing, index)[0]
+        job.done.wait()
+        entry = kc.read(path, ckey)
+        if entry is None:
+            kc.log.info(
+                "rubiks-shift: the compile worker for %s failed (exit status %s), compiling "
+                "in this process: %s", name, job.returncode, job.output.strip()[-2000:],
+            )  # fmt: skip
+        return entry
+
+    @classmethod
+    def _compile_here(cls, kernels, name, path, ckey):
+        """(entry, None) of ``name`` compiled with Numba in this process and written to
+        the cache, or (None, (handle, argument kinds)) from Numba's own module where
+        Numba gives no standalone cubin."""
+        kc = _kernel_cache
+        with kc.locked(path):  # another process may be compiling it: wait for it
+            entry = kc.read(path, ckey)
+            if entry is not None:
+                return entry, None
+            compiled = getattr(kernels, name).compile(getattr(kernels, name + "_sig"))
+            entry = kc.entry_of(compiled)
+            if entry is None:
+                handle = _function_handle(int(compiled._codelibrary.get_cufunc().handle))
+                return None, (handle, _scalar_kinds(compiled))
+            try:
+                kc.write(path, ckey, entry)
+            except OSError as e:
+                kc.log.info("rubiks-shift: cannot write kernel cache entry %s (%s)", path, e)
+        return entry, None
+
+    @classmethod
+    def prepare(cls, kernels: KernelSet, step: Step, n_ptrs: int, device_index: int) -> tuple:
         """(handle, pointer slots, argument array, the function, launch dimensions and
         shared-memory size as ctypes, the scalars kept alive, the step) of ``step`` for
         this host thread."""
-        handle, kinds = cls.function(
-            getattr(kernels, step.name),
-            getattr(kernels, step.name + "_sig"),
-            device_index,
-            f"{step.name} kernel for {kernels.storage} (shift {kernels.shift_storage})",
-        )
+        if isinstance(kernels, KernelSet):
+            handle, kinds = cls.cached(kernels, step.name, device_index)
+        else:  # a benchmark's variant kernels: compiled in this process, not cached
+            handle, kinds = cls.function(
+                getattr(kernels, step.name),
+                getattr(kernels, step.name + "_sig"),
+                device_index,
+                f"{step.name} kernel for {kernels.storage} (shift {kernels.shift_storage})",
+            )
         objs = tuple(kind(v) for kind, v in zip(kinds, step.scalars, strict=True))
         pointers = (ctypes.c_uint64 * n_ptrs)()
         base = ctypes.addressof(pointers)
@@ -255,7 +405,7 @@ class _Launcher:
         return entry
 
 
-def _run(kernels: K.Kernels, step: Step, tensors: Sequence[torch.Tensor], index: int) -> None:
+def _run(kernels: KernelSet, step: Step, tensors: Sequence[torch.Tensor], index: int) -> None:
     """Launch ``step`` with ``tensors`` as its pointer arguments on device ``index``, on
     torch's current stream."""
     if simulator_enabled():
@@ -393,7 +543,7 @@ def _frame_layout(batch: int, channels: int, t_dst: int, h_dst: int, w_dst: int)
     """(frames, rows) per task of the frame-walking gather: all frames and FRAME_ROWS
     rows, then fewer frames, then fewer rows, while that leaves under FRAME_TASKS tasks
     to spread over the GPU."""
-    from ._cuda_gather import FRAME_ROWS
+    from ._cuda_config import FRAME_ROWS
 
     frames, rows = t_dst, min(h_dst, FRAME_ROWS)
 
@@ -412,7 +562,7 @@ def _frames_plan(
 ) -> tuple[Step, ...]:
     """The launch of the frame-walking gather (see ``_gather_plan``); ``bound``: the
     kernel's compile-time bound on rows per task (default FRAME_ROWS)."""
-    from ._cuda_gather import FRAME_ROWS
+    from ._cuda_config import FRAME_ROWS
 
     bound = bound or FRAME_ROWS
     n_batch, _, channels, _, _ = src_shape

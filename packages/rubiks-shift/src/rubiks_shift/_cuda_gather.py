@@ -38,12 +38,13 @@ so the kernel inlines each walk twice (kind 2 and 4) and no more (7.7 s to PTX h
 from __future__ import annotations
 
 import math
-import os
 from types import SimpleNamespace
 
 from numba import cuda
 from numba import types as nt
 
+from ._cuda_config import FRAME_REGISTERS, FRAME_ROWS, GATHER_REGISTERS  # noqa: F401
+from ._cuda_config import GATHER_GROUP as GROUP
 from ._cuda_kernels import (
     SHIFT_LIMIT,
     _load_store,
@@ -56,17 +57,6 @@ from ._cuda_kernels import (
     warp_all,
 )
 
-# 48 registers: no spills, 5 blocks of 256 threads per SM (the best cap in a sweep of
-# 48 / 64 / 96 on an H200, 2026-12-01: benchmarks/sweep_kernels.py)
-GATHER_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_GATHER_REGISTERS", "48")) or None
-GROUP = int(os.environ.get("RUBIKS_SHIFT_GATHER_GROUP", "8"))  # rows per unrolled group
-# destination rows per task of the frame-walking gather (a compile-time bound: each pass
-# keeps R + 1 rows of loads in flight and 2R values in registers) and its register cap:
-# 8 rows at 72 registers (H200, 2026-12-01, v8: forward at (8,8,72,56,56) 0.0401 ms at
-# 72, 0.0407 at 64 (8 B spilled by the driver's JIT), 0.0455 at 56; 12 rows at 72 and 16
-# at 80, 0.0437 / 0.0436 ms; BENCHMARKS.md)
-FRAME_ROWS = int(os.environ.get("RUBIKS_SHIFT_FRAME_ROWS", "8"))
-FRAME_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_FRAME_REGISTERS", "72")) or None
 i32 = nt.int32
 i64 = nt.int64
 f64 = nt.float64

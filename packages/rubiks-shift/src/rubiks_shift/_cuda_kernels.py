@@ -19,7 +19,6 @@ deterministic.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -29,15 +28,14 @@ if not hasattr(np, "row_stack"):  # numba-cuda <= 0.30 still calls this alias, g
 from numba import cuda
 from numba import types as nt
 
-SHIFT_LIMIT = float(2**24)
-# Register cap for the kernels (ptxas maxrregcount); tunable for benchmarking. 64 keeps
-# the shift-gradient kernel at 50% occupancy (H100, 2026-11-23: 0.171 ms at 64 registers
-# vs 0.267 ms at 96 for (8,8,72,56,56); the gather kernel needs 40 either way).
-MAX_REGISTERS = int(os.environ.get("RUBIKS_SHIFT_MAX_REGISTERS", "64")) or None
-REDUCE_THREADS = 256  # shared-memory reduction width (>= threads per block)
-GS_GROUP = int(os.environ.get("RUBIKS_SHIFT_GS_GROUP", "4"))  # rows per unrolled group
-FINALIZE_THREADS = 128
-STORAGE = ("float16", "bfloat16", "float32", "float64")
+from ._cuda_config import (  # noqa: F401  (re-exported: benchmarks read them here)
+    FINALIZE_THREADS,
+    GS_GROUP,
+    MAX_REGISTERS,
+    REDUCE_THREADS,
+    SHIFT_LIMIT,
+    STORAGE,
+)
 
 _NUMBA_STORAGE = {
     "float16": nt.float16,

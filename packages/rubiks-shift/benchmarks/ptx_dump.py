@@ -1,0 +1,96 @@
+"""Dump (or compare) the PTX of every CUDA kernel, without a GPU.
+
+Compiles each kernel of every (storage, shift storage) pair the op uses with Numba's
+``compile_ptx`` (the same typing, lowering and NVVM steps as a kernel compiled on the GPU,
+for one architecture) and writes one ``<storage>-<shift>-<kernel>.ptx`` file per kernel
+plus ``times.json`` (seconds per compile) into a folder. ``--compare A B`` reports which
+kernels' PTX differ between two such folders (exit status 1 where any does), so a change
+to how the kernels are built, compiled or cached can be checked to leave the generated
+code as it was.
+
+    python benchmarks/ptx_dump.py --out /tmp/ptx-before [--cc 9.0] [--pairs all]
+    python benchmarks/ptx_dump.py --compare /tmp/ptx-before /tmp/ptx-after
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+KERNELS = ("gather", "gather_narrow", "gather_frames", "grad_shift", "finalize")
+STORAGE = ("float32", "bfloat16", "float16", "float64")
+
+
+def pairs(which: str) -> list[tuple[str, str]]:
+    """(storage, shift storage) pairs: the ones models use ("used") or every one ("all")."""
+    if which == "all":
+        return [(s, t) for s in STORAGE for t in ("float32", "float64")]
+    return [(s, "float32") for s in STORAGE] + [("float64", "float64")]
+
+
+def dump(out: Path, cc: tuple[int, int], which: str) -> None:
+    from numba import cuda
+
+    from rubiks_shift import _cuda_kernels
+
+    out.mkdir(parents=True, exist_ok=True)
+    times = {}
+    for storage, shift in pairs(which):
+        kernels = _cuda_kernels.Kernels(storage, shift)
+        for name in KERNELS:
+            fn = getattr(kernels, name)
+            start = time.perf_counter()
+            ptx, _ = cuda.compile_ptx(fn.py_func, getattr(kernels, name + "_sig"), cc=cc)
+            label = f"{storage}-{shift}-{name}"
+            times[label] = round(time.perf_counter() - start, 3)
+            _write(out / f"{label}.ptx", ptx)
+            print(f"{label:<36} {times[label]:7.2f} s", flush=True)
+    _write(out / "times.json", json.dumps(times, indent=1) + "\n")
+
+
+def _write(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
+def compare(a: Path, b: Path) -> int:
+    names = sorted({p.name for p in a.glob("*.ptx")} | {p.name for p in b.glob("*.ptx")})
+    if not names:
+        print(f"no .ptx files in {a} or {b}", file=sys.stderr)
+        return 2
+    differ = 0
+    for name in names:
+        pa, pb = a / name, b / name
+        if not pa.exists() or not pb.exists():
+            print(f"{name}: only in {a if pa.exists() else b}")
+            differ += 1
+        elif pa.read_bytes() != pb.read_bytes():
+            print(f"{name}: PTX differs")
+            differ += 1
+    print(f"{len(names) - differ} of {len(names)} kernels' PTX identical")
+    return 1 if differ else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--out", type=Path, help="folder to write the PTX into")
+    group.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"))
+    parser.add_argument("--cc", default="9.0", help="compute capability (default 9.0)")
+    parser.add_argument("--pairs", choices=("used", "all"), default="used")
+    args = parser.parse_args(argv)
+    if args.compare:
+        return compare(*args.compare)
+    major, _, minor = args.cc.partition(".")
+    dump(args.out, (int(major), int(minor or 0)), args.pairs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
