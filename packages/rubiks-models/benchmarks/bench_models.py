@@ -13,7 +13,8 @@ device synchronised once at the end; the median of ``--repeats`` such loops. Mod
 * ``rubiksnet_<tier>`` (timm, eval-mode batch norms) and ``rubiksnet_<tier>:fused``, its
   fused inference form (:func:`rubiks_models.fused.fuse_model`; inference modes only).
 * ``rubiksnet_<tier>_aq`` (soft temporal attention) and ``rubiksnet_<tier>_aq:hard`` (the
-  deployment form, integer temporal shifts; ``:hard:fused`` fused as well).
+  deployment form, integer temporal shifts; ``:hard:fused`` fused as well);
+  ``:fused-conv`` / ``:fused-bmm`` force the fused form's 1x1-convolution path.
 
 Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
 SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_bf16``
@@ -125,7 +126,7 @@ def build(name: str, num_classes: int, frames: int) -> tuple[nn.Module, bool]:
     from rubiks_models.fused import fuse_model
 
     arch, *forms = name.split(":")
-    unknown = set(forms) - {"hard", "fused"}
+    unknown = set(forms) - {"hard", "fused", "fused-conv", "fused-bmm"}
     if unknown:
         raise ValueError(f"unknown model form(s) {sorted(unknown)} in {name!r}")
     model = timm.create_model(arch, num_classes=num_classes).cuda()
@@ -135,8 +136,10 @@ def build(name: str, num_classes: int, frames: int) -> tuple[nn.Module, bool]:
             m.running_mean.uniform_(-0.1, 0.1)
     if "hard" in forms:
         model = quantize_model(model.eval())
-    if "fused" in forms:
-        return fuse_model(model.eval()), False
+    fused = [f for f in forms if f.startswith("fused")]
+    if fused:
+        gemm = fused[0].removeprefix("fused").removeprefix("-") or "auto"
+        return fuse_model(model.eval(), gemm), False
     return model, True
 
 

@@ -51,11 +51,12 @@ FP32_TOL = 1e-5
         ("rubiksnet2d_tiny", False),  # image backbone: 2-D shifts
     ],
 )
-def test_fused_equals_eval_model_cpu(name, hard):
+@pytest.mark.parametrize("gemm", ["conv", "bmm"])
+def test_fused_equals_eval_model_cpu(name, hard, gemm):
     model = _trained_looking(name)
     if hard:
         model = quantize_model(model).eval()
-    fused = fuse_model(model)
+    fused = fuse_model(model, gemm)
     g = torch.Generator().manual_seed(0)
     shape = (2, 3, 48, 40) if name.startswith("rubiksnet2d") else (2, 4, 3, 48, 40)
     x = torch.randn(shape, generator=g)
@@ -86,6 +87,8 @@ def test_fused_refuses_training_and_non_rubiksnet():
         fused(torch.randn(1, 2, 3, 32, 32))
     with pytest.raises(TypeError, match="expects a RubiksNet"):
         fuse_model(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="gemm must be one of"):
+        fuse_model(_trained_looking("rubiksnet_tiny"), "cublas")
 
 
 def test_fused_compiles_fullgraph():
@@ -112,13 +115,14 @@ def test_graph_runners_refuse_cpu_tensors():
 @requires_cuda
 @pytest.mark.parametrize("name,hard", [("rubiksnet_small", False), ("rubiksnet_tiny_aq", True)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
-def test_fused_equals_eval_model_cuda(name, hard, dtype, tol):
+@pytest.mark.parametrize("gemm", ["conv", "bmm"])
+def test_fused_equals_eval_model_cuda(name, hard, dtype, tol, gemm):
     """On the GPU the prologue runs inside the shift kernel. Tolerances: float32 convs
     run in TF32 (cuDNN's default), bfloat16 rounds every activation."""
     model = _trained_looking(name, "cuda")
     if hard:
         model = quantize_model(model).eval()
-    fused = fuse_model(model)
+    fused = fuse_model(model, gemm)
     x = torch.randn(2, 8, 3, 64, 64, device="cuda")
     with torch.no_grad():
         expected = model.double()(x.double()).float()

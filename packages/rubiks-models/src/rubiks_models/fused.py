@@ -47,6 +47,18 @@ def _fold_bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale.float(), bias.float()
 
 
+GEMMS = ("auto", "conv", "bmm")
+
+
+def _use_conv(gemm: str, dtype: torch.dtype) -> bool:
+    """Whether the 1x1 convolutions run as cuDNN convolutions (float32 by default: cuDNN
+    may use TF32 there, as the unfused model does) or as batched matrix products with the
+    residual sum fused in (``baddbmm_``; narrower dtypes by default)."""
+    if gemm == "auto":
+        return dtype == torch.float32
+    return gemm == "conv"
+
+
 def _matrix(conv: nn.Conv2d) -> torch.Tensor:
     return conv.weight.detach().float().flatten(1)  # (out, in) of a 1x1 convolution
 
@@ -114,6 +126,7 @@ class FusedBlock(nn.Module):
             self.register_buffer("se_fc1", block.se.fc1.weight.detach().float())
             self.register_buffer("se_fc2", block.se.fc2.weight.detach().float())
         self.cin, self.cout = cin, cout
+        self.gemm = "auto"
         self.weights = _Weights()
 
     def _soft_tshift(self, a: torch.Tensor) -> torch.Tensor:
@@ -124,6 +137,13 @@ class FusedBlock(nn.Module):
         out[:, 1:] += a[:, :-1] * taps[:, 0].view(view)
         out[:, : t - 1] += a[:, 1:] * taps[:, 2].view(view)
         return out
+
+    def _se_gate(self, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(b * t, C) squeeze-excitation gate of the shift output h (b * t, C, H * W)."""
+        pooled = h.flatten(2).mean(2)
+        fc1 = self.weights.get(self, "se_fc1", dtype)
+        fc2 = self.weights.get(self, "se_fc2", dtype)
+        return torch.sigmoid(F.linear(torch.relu(F.linear(pooled, fc1)), fc2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
@@ -147,7 +167,12 @@ class FusedBlock(nn.Module):
                 mixed = a
         # 2. conv1 (bn2's scale folded in)
         w1 = self.weights.get(self, "w1", dtype)
-        h = torch.matmul(w1, mixed.reshape(b * t, self.cin, height * width))
+        conv = _use_conv(self.gemm, dtype)
+        if conv:
+            frames = mixed.reshape(b * t, self.cin, height, width)
+            h = F.conv2d(frames, w1[:, :, None, None])
+        else:
+            h = torch.matmul(w1, mixed.reshape(b * t, self.cin, height * width))
         # 3. relu(. + b2) inside the shift
         h = h.view(b, t, self.cout, height, width)
         if self.shift_2d:
@@ -165,14 +190,21 @@ class FusedBlock(nn.Module):
         h = h.reshape(b * t, self.cout, ho * wo)
         # 4. conv2 (+ squeeze-excitation scale) and the residual sum
         w2 = self.weights.get(self, "w2", dtype)
-        if self.has_se:
-            pooled = h.mean(2)
-            fc1 = self.weights.get(self, "se_fc1", dtype)
-            fc2 = self.weights.get(self, "se_fc2", dtype)
-            gate = torch.sigmoid(F.linear(torch.relu(F.linear(pooled, fc1)), fc2))
-            w2 = w2 * gate[:, None, :]  # (b * t, out, in): conv2(h * gate) per sample
-        else:
-            w2 = w2.expand(b * t, -1, -1)
+        if conv:  # cuDNN's convolutions, then the residual sum
+            frames = h.view(b * t, self.cout, ho, wo)
+            if self.has_se:
+                frames = frames * self._se_gate(h, dtype)[:, :, None, None]
+            out = F.conv2d(frames, w2[:, :, None, None])
+            if self.has_proj:
+                a4 = a.reshape(b * t, self.cin, height, width)
+                w_proj = self.weights.get(self, "w_proj", dtype)
+                out += F.conv2d(a4, w_proj[:, :, None, None], stride=self.stride)
+            else:
+                out += x.view(b * t, self.cout, ho, wo)
+            return out.view(b, t, self.cout, ho, wo)
+        # per sample (b * t, out, in): conv2(h * gate) with the gate folded into the weights
+        gate = self._se_gate(h, dtype) if self.has_se else None
+        w2 = w2 * gate[:, None, :] if gate is not None else w2.expand(b * t, -1, -1)
         if self.has_proj:
             frames = a.reshape(b * t, self.cin, height, width)
             if self.stride != 1:
@@ -191,8 +223,10 @@ class FusedRubiksNet(nn.Module):
     returns the same logits (or pooled features for ``num_classes=0``).
     """
 
-    def __init__(self, model: RubiksNet) -> None:
+    def __init__(self, model: RubiksNet, gemm: str = "auto") -> None:
         super().__init__()
+        if gemm not in GEMMS:
+            raise ValueError(f"gemm must be one of {GEMMS}, got {gemm!r}")
         if not model.global_pool:
             raise ValueError("fuse_model needs a pooled model (global_pool='avg')")
         self.in_chans = model.in_chans
@@ -210,6 +244,8 @@ class FusedRubiksNet(nn.Module):
         if self.has_head:
             self.register_buffer("fc_weight", model.fc.weight.detach().float().clone())
             self.register_buffer("fc_bias", model.fc.bias.detach().float().clone())
+        for block in self.blocks:
+            block.gemm = gemm
         self.weights = _Weights()
         self.eval()
 
@@ -240,10 +276,12 @@ class FusedRubiksNet(nn.Module):
 
 
 @torch.no_grad()
-def fuse_model(model: RubiksNet) -> FusedRubiksNet:
+def fuse_model(model: RubiksNet, gemm: str = "auto") -> FusedRubiksNet:
     """The fused inference form of ``model`` (a new module on the model's device;
     ``model`` is left as it is). Batch norms contribute their running statistics, as in
-    ``model.eval()``."""
+    ``model.eval()``. ``gemm``: how the 1x1 convolutions run: "conv" (cuDNN, then the
+    residual sum), "bmm" (batched products, residual sum fused) or "auto" (conv for
+    float32, bmm otherwise)."""
     if not isinstance(model, RubiksNet):
         raise TypeError(f"fuse_model expects a RubiksNet, got {type(model).__name__}")
-    return FusedRubiksNet(model).to(model.stem.weight.device)
+    return FusedRubiksNet(model, gemm).to(model.stem.weight.device)
