@@ -524,9 +524,10 @@ def test_warmup_progress_counts_and_failures(cache, monkeypatch, capsys):
     monkeypatch.setattr(_kernel_cache, "fill", fill)
     assert warmup.main(["--dtypes", "float32", "--jobs", "0"]) == 1
     out = capsys.readouterr()
-    assert "4 compiled, 0 already cached, 1 failed" in out.out
+    total = len(_kernel_cache.KERNELS)
+    assert f"{total - 1} compiled, 0 already cached, 1 failed" in out.out
     assert "CacheError: no standalone cubin" in out.err
-    assert out.out.count(" compiled in ") == 4 and "[ 5/5]" in out.out
+    assert out.out.count(" compiled in ") == total - 1 and f"[ {total}/{total}]" in out.out
     assert warmup.main(["--dtypes", "float32", "--jobs", "0", "--kernels", "gather"]) == 0
     assert "0 compiled, 1 already cached, 0 failed" in capsys.readouterr().out
 
