@@ -138,23 +138,22 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child)))
         return 0
-    rows = []
+    rows: list[dict] = []
+    head = ("precision", "cache", *PHASES, "process")
+    print(" | ".join(f"{h:>11}" for h in head), flush=True)
     for precision in args.precisions:
         with tempfile.TemporaryDirectory(prefix="rubiks-shift-cache-") as tmp:
             cache = Path(tmp) / "kernels"
             for state in ["cold"] + ["warm"] * args.repeat_warm:
-                result = run(precision, cache, args.workers)
-                rows.append(dict(result, precision=precision, cache=state))
+                row = dict(run(precision, cache, args.workers), precision=precision, cache=state)
+                rows.append(row)
+                cells = [precision, state, *(f"{row[p]:.2f}" for p in (*PHASES, "process"))]
+                print(" | ".join(f"{c:>11}" for c in cells), flush=True)
+                if args.json:  # rewritten after every run: a run cut short still reports
+                    tmp_json = args.json.with_name(args.json.name + ".tmp")
+                    tmp_json.write_text(json.dumps({"runs": rows}, indent=1) + "\n")
+                    os.replace(tmp_json, args.json)
     print(f"# {rows[0]['device']}, {rows[0]['model']}, 1x8x3x224x224; seconds")
-    head = ("precision", "cache", *PHASES, "process")
-    print(" | ".join(f"{h:>11}" for h in head))
-    for row in rows:
-        cells = [row["precision"], row["cache"], *(f"{row[p]:.2f}" for p in (*PHASES, "process"))]
-        print(" | ".join(f"{c:>11}" for c in cells))
-    if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps({"runs": rows}, indent=1) + "\n")
-        os.replace(tmp, args.json)
     return 0
 
 

@@ -273,8 +273,9 @@ def launcher(cache, monkeypatch):
     monkeypatch.setattr(_cuda, "_function_handle", lambda handle: handle)
     monkeypatch.setattr(_cuda, "_cu_launch_kernel", lambda: None)
     monkeypatch.setenv(_kernel_cache.WORKERS_ENV, "0")
-    for name, value in (("functions", {}), ("loaded", {}), ("workers", None)):
-        monkeypatch.setattr(_cuda._Launcher, name, value)
+    stand_ins = (("functions", {}), ("loaded", {}), ("entries", {}), ("workers", None))
+    for name, value in (*stand_ins, ("cu_launch", None)):
+        monkeypatch.setattr(_cuda._Launcher, name, value)  # all restored after the test
     monkeypatch.setattr(_compile_notice, "_finished", set())
     return loads
 

@@ -395,6 +395,8 @@ class _Launcher:
             *range(base, base + 8 * n_ptrs, 8), *(ctypes.addressof(o) for o in objs)
         )
         _ensure_context(device_index)  # once per thread and step: a new thread may have none
+        if cls.cu_launch is None:  # kernels loaded before its first use in this process
+            cls.cu_launch = _cu_launch_kernel()
         grid = _launch_grid(step, handle, device_index)
         dims = (*grid, *step.block, 0)  # grid, block, dynamic shared memory
         head = (ctypes.c_void_p(handle), *(ctypes.c_uint(d) for d in dims))
