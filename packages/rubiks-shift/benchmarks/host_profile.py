@@ -12,6 +12,22 @@ from rubiks_shift import _cuda, rubiks_shift3d
 CHAIN = 16  # shift layers per backward call in the chained measurement
 
 
+class EmptyFunction(torch.autograd.Function):
+    """The floor of any Python-level autograd op: saves its inputs, allocates its outputs
+    and launches nothing (the op's own Function does the same plus its kernels)."""
+
+    @staticmethod
+    def forward(ctx, x, shift):
+        ctx.save_for_backward(x, shift)
+        return torch.empty_like(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, shift = ctx.saved_tensors
+        return torch.empty_like(x), torch.empty_like(shift)
+
+
 def main() -> None:
     x = torch.randn(1, 2, 4, 4, 4, device="cuda")
     shift = torch.rand(3, 4, device="cuda")
@@ -24,13 +40,17 @@ def main() -> None:
     conv_w = torch.nn.Parameter(torch.randn(4, 4, 1, 1, device="cuda"))
     x4 = xg.flatten(0, 1)
 
-    def fwd_bwd(layers: int) -> None:
+    def fwd_bwd(layers: int, layer=rubiks_shift3d) -> None:
         """``layers`` shift layers in a chain, one backward: the engine's fixed cost of a
-        backward call is shared by the layers (as in a model)."""
+        backward call is shared by the layers (as in a model); gradients are set to None
+        afterwards, as a training step's ``zero_grad`` does."""
         y = xg
         for s in shifts[:layers]:
-            y = rubiks_shift3d(y, s)
+            y = layer(y, s)
         y.backward(gy)
+        for s in shifts[:layers]:
+            s.grad = None
+        xg.grad = None
 
     def conv_fwd_bwd() -> None:
         torch.nn.functional.conv2d(x4, conv_w).backward(gy.flatten(0, 1))
@@ -42,9 +62,15 @@ def main() -> None:
             x, shift, [1, 1, 1], [0, 0, 0], False, True, 1.0
         ),
         "_cuda.forward": lambda: _cuda.forward(x, shift, (1, 1, 1), (0, 0, 0), False),
+        "_cuda.backward (grad_x and grad_shift)": lambda: _cuda.backward(
+            gy, x, shift, (1, 1, 1), (0, 0, 0), False, True, 1.0, True, True
+        ),
         "_cuda._run (one launch)": lambda: _cuda._run(kernels, step, (x, shift, y), x.get_device()),
         "rubiks_shift3d forward + backward (one call)": lambda: fwd_bwd(1),
         f"rubiks_shift3d forward + backward (per layer of {CHAIN})": lambda: fwd_bwd(CHAIN),
+        f"floor: an empty autograd.Function (per layer of {CHAIN})": lambda: fwd_bwd(
+            CHAIN, EmptyFunction.apply
+        ),
         "conv2d 1x1 forward + backward (scale)": conv_fwd_bwd,
         "torch.empty cuda": lambda: torch.empty(1, 2, 4, 4, 4, device="cuda"),
         "x.clone (scale)": lambda: x.clone(),
@@ -53,6 +79,7 @@ def main() -> None:
     # neighbours, and the first item of a single pass is often an outlier
     best = best_us_per_call(parts, "cuda", calls=500)
     best[f"rubiks_shift3d forward + backward (per layer of {CHAIN})"] /= CHAIN
+    best[f"floor: an empty autograd.Function (per layer of {CHAIN})"] /= CHAIN
     for name, us in best.items():
         print(f"{name:<42} {us:8.1f} us")
 

@@ -34,8 +34,6 @@ def pairs(which: str) -> list[tuple[str, str]]:
 
 
 def dump(out: Path, cc: tuple[int, int], which: str) -> None:
-    from numba import cuda
-
     from rubiks_shift import _cuda_kernels
 
     out.mkdir(parents=True, exist_ok=True)
@@ -45,7 +43,7 @@ def dump(out: Path, cc: tuple[int, int], which: str) -> None:
         for name in KERNELS:
             fn = getattr(kernels, name)
             start = time.perf_counter()
-            ptx, _ = cuda.compile_ptx(fn.py_func, getattr(kernels, name + "_sig"), cc=cc)
+            ptx = _cuda_kernels.kernel_ptx(fn, getattr(kernels, name + "_sig"), cc)
             label = f"{storage}-{shift}-{name}"
             times[label] = round(time.perf_counter() - start, 3)
             _write(out / f"{label}.ptx", ptx)

@@ -21,8 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from numba import cuda
-
 from rubiks_shift import _cuda_kernels
 
 KERNELS = ("gather", "gather_narrow", "gather_frames", "grad_shift", "finalize")
@@ -67,7 +65,7 @@ def main() -> int:
         kernels = _cuda_kernels.Kernels(storage, "float32")
         for name in KERNELS:
             fn = getattr(kernels, name)
-            ptx, _ = cuda.compile_ptx(fn.py_func, getattr(kernels, name + "_sig"), cc=cc)
+            ptx = _cuda_kernels.kernel_ptx(fn, getattr(kernels, name + "_sig"), cc)
             cap = register_cap(fn)
             report = ptxas_report(ptx, args.arch, cap)
             print(f"{storage:<9} {name:<14} cap {cap or '-':<3} {report}")

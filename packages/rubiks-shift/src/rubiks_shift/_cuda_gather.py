@@ -30,9 +30,9 @@ Per-thread quantities (channel, shift, weights, taps) are computed once per task
 intra-plane offsets are 32-bit (the wrapper guarantees planes < 2^31 elements), plane
 bases 64-bit. A NaN shift makes its channel NaN.
 
-Compile time: every ``inline="always"`` call site costs Numba a copy of the callee's IR,
-so the kernel inlines each walk twice (kind 2 and 4) and no more (7.7 s to PTX here,
-2026-12-01; 29 s with one walk per (frames, columns, row weights) case).
+Compile time: device functions are ``inlined`` by NVVM, not copied in Numba's IR, so
+each walk may be called from several sites at little cost (the row walk inlines each
+walk twice, for kind 2 and 4).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from ._cuda_kernels import (
     _load_store,
     accumulator,
     fresh,
+    inlined,
     kernel_decorator,
     ldg,
     masked_load,
@@ -120,7 +121,7 @@ def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> Simp
     limit = acc(SHIFT_LIMIT)
     nan = acc(math.nan)
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def divmod_(a, b, inv):
         """(a // b, a % b) for 0 <= a < 2^52 with a float64 reciprocal ``inv`` of b."""
         q = i64(f64(a) * inv)
@@ -133,7 +134,7 @@ def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> Simp
             r -= b
         return q, r
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def axis(s, quantize):
         """Base offset and corner weights (w0, w1) of one shift component."""
         if s > limit:
@@ -146,16 +147,16 @@ def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> Simp
         r = s - acc(f)
         return i32(f), one - r, r
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def within(i, n):
         return (i >= 0) & (i < n)
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def clamp(i, n):
         """i clamped to [0, n - 1], as int32."""
         return i32(min(max(i32(i), i32(0)), i32(n - 1)))
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def source(i, m, o, e, d, n):
         """(index, valid) of the source position ``(i * m + o + e) / d`` along one axis:
         valid when divisible by d and inside [0, n)."""
@@ -168,7 +169,7 @@ def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> Simp
         q = i32(num // d)
         return q, (q * d == num) & within(q, n)
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def column_slots(okw0, ws0, ww0, okw1, ws1, ww1, Ws32):
         """(c0, m0, m1, v0, v1): the lane's first column slot c0 (slots c0 and c0 + 1,
         both inside the row; c0 = 0 in the ``narrow`` kernel), the slots' masks and
@@ -187,12 +188,12 @@ def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> Simp
         v1 = (ww0 if s01 else zero) + (ww1 if s11 else zero)
         return c0, m0, m1, v0, v1
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def fill(dcol, h0, h1, Wd, value):
         for h in range(h0, h1):
             store(dcol, i32(h * Wd), value)
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def decode(shift, c, C, adjoint, quantize, pt, ph, pw):
         """(bad, ot, oh, ow, wt0, wt1, wh0, wh1, ww0, ww1) of channel c: ``bad`` for a NaN
         shift; per axis the source offset of corner 0 and the corner weights, for the
@@ -250,14 +251,14 @@ def build_gather(
     divmod_, within, clamp, source = p.divmod_, p.within, p.clamp, p.source
     column_slots, fill, decode = p.column_slots, p.fill, p.decode
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def channel_affine(scale, bias, c):
         """(scale, bias) of channel c for the prologue (unused without ``affine``)."""
         if affine:
             return acc(ldg(scale, c)), acc(ldg(bias, c))
         return one, zero
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def activate(v, af):
         """A loaded source value as the walk uses it: relu(v * scale + bias) with ``af`` =
         (scale, bias) in the affine kernels (NaN stays NaN, as in torch.relu), else v."""
@@ -266,7 +267,7 @@ def build_gather(
             return zero if u <= zero else u
         return v
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def activate_if(v, bits, mask, af):
         """``activate`` of a masked load: 0 where nothing was read (``bits & mask`` == 0)."""
         if affine:
@@ -274,7 +275,7 @@ def build_gather(
             return zero if (u <= zero) | ((bits & mask) == 0) else u
         return v
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def taps(kind, tp, r):
         """Weighted sum of the taps of the source row at offset r. ``tp`` = (pa, pb, m0,
         m1, k00, k01, k10, k11, af): frame pointers pa, pb at the lane's column slot 0 (slot
@@ -299,7 +300,7 @@ def build_gather(
             v1 = k01 * activate(load(qa, 1), af)
         return (v0 if m0 else zero) + (v1 if m1 else zero)
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def row_value(kind, tp, hs, hs_off, Hs):
         """Taps of source row hs (offset hs_off = hs * Ws), 0 outside [0, Hs); an
         out-of-range row is not read (row 0 is loaded in its place and discarded)."""
@@ -307,7 +308,7 @@ def build_gather(
         v = taps(kind, tp, hs_off if ok else i32(0))
         return v if ok else zero
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def walk_two(kind, tp, dcol, h0, h1, hs, Hs, Ws, Wd, wr0, wr1):
         """Row stride 1, two source rows per output (hs + h - h0 and the next), with
         row reuse, in unrolled groups of ``group`` rows (row and destination offsets
@@ -334,7 +335,7 @@ def build_gather(
                 row_off = i32(row_off + Ws)
                 d_off = i32(d_off + Wd)
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def walk_adjoint2(kind, tp, dcol, h0, h1, o, Hs, Ws, Wd, wr0, wr1):
         """The adjoint at row stride 2: destination row h is read by exactly one source
         row, (h + o + e) / 2 with e = (h + o) & 1 (weight wr_e)."""
@@ -352,7 +353,7 @@ def build_gather(
                 h = i32(h + 1)
                 d_off = i32(d_off + Wd)
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def walk_generic(kind, tp, dcol, h0, h1, m, o, d, Hs, Ws, Wd, wr0, wr1):
         """Any row stride: output row h reads source rows (h * m + o + e) / d, e = 0, 1,
         where valid and weighted."""
@@ -372,7 +373,7 @@ def build_gather(
                 h = i32(h + 1)
                 d_off = i32(d_off + Wd)
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def walk(kind, tp, dcol, h0, h1, mh, oh, dh, Hs, Ws, Wd, wh0, wh1):
         """The row walk for this task's row stride and row weights."""
         if (mh == 1) & (dh == 1):
@@ -382,7 +383,7 @@ def build_gather(
         else:
             walk_generic(kind, tp, dcol, h0, h1, mh, oh, dh, Hs, Ws, Wd, wh0, wh1)
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def gather_body(
         src,
         shift,
@@ -493,7 +494,7 @@ def build_gather(
         return _entry("gather", gather_body, GATHER_SCALARS, affine, registers)
     R = frame_rows or FRAME_ROWS
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def row_bits(hs0, nrows, Hs, m):
         """Bit j (j <= R) set where pass row j (source row hs0 + j) is read through a column
         slot of mask ``m``: inside [0, Hs) and the band (j <= nrows)."""
@@ -503,7 +504,7 @@ def build_gather(
             return i32(0)
         return i32(((i32(1) << (hi + 1)) - 1) & ~((i32(1) << lo) - 1))
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def edge_pass(p, Ws, bits, vw, rw, cur):
         """cur[k] for k < R: one source frame interpolated along W and H at destination
         row h0 + k, from its pass rows k and k + 1, for any band (``p``: the frame at source
@@ -528,7 +529,7 @@ def build_gather(
             above = below
             p = offset(p, Ws)
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def slots(p, m0, m1, v0, v1, af):
         """A row's value from its two column slots at ``p`` (both inside the row), a slot
         outside the source selected away (never multiplied: its value may be inf)."""
@@ -536,7 +537,7 @@ def build_gather(
         b = activate(load(p, 1), af)
         return cuda.fma(v1, b if m1 else zero, v0 * (a if m0 else zero))
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def inner_pass2(p, Ws, cols, wh0, wh1, cur):
         """``edge_pass`` for a band whose R + 1 rows are all inside the source and two row
         taps of non-zero weight: plain loads, no row masks."""
@@ -548,7 +549,7 @@ def build_gather(
             cur[j] = cuda.fma(wh1, below, wh0 * above)
             above = below
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def inner_pass1(p, Ws, cols, wh, cur):
         """``edge_pass`` for one row tap (weight ``wh``; ``p`` at its first row) whose R rows
         are all inside the source: R plain rows of loads."""
@@ -557,7 +558,7 @@ def build_gather(
             cur[j] = wh * slots(p, m0, m1, v0, v1, af)
             p = offset(p, Ws)
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def blend(q, Wd, nrows, prev, cur, tw):
         """Destination rows k < nrows at ``q`` from the previous and current passes (``tw``
         = (wt0, wt1, a_ok, b_ok): temporal weights and which pass is used; an unused pass
@@ -574,7 +575,7 @@ def build_gather(
                     store(q, 0, out)
                 q = offset(q, Wd)
 
-    @cuda.jit(device=True, inline="always")
+    @inlined
     def frames_body(
         src,
         shift,
