@@ -23,6 +23,17 @@ def fixtures() -> Path:
     return path
 
 
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """``tmp_path / "m.safetensors"``: a random three-class tiny RubiksNet (save_weights)."""
+    from rubiks_models import RubiksNet
+    from rubiks_models.weights import save_weights
+
+    path = tmp_path / "m.safetensors"
+    save_weights(RubiksNet("tiny", 3), path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

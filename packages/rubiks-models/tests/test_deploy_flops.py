@@ -108,11 +108,10 @@ def test_flops_cli_refuses_bad_arguments(argv, message, capsys) -> None:
     assert f"rubiks-flops: error: {message}" in err and "Traceback" not in err
 
 
-def test_export_cli_checks_paths_before_work(tmp_path, capsys) -> None:
+def test_export_cli_checks_paths_before_work(tiny_checkpoint, tmp_path, capsys) -> None:
     from rubiks_models.deploy import main as export_main
 
-    ckpt = tmp_path / "m.safetensors"
-    save_weights(RubiksNet("tiny", 3), ckpt)
+    ckpt = tiny_checkpoint  # in tmp_path
     before = ckpt.read_bytes()
     taken = tmp_path / "taken.safetensors"
     taken.write_bytes(b"keep")

@@ -5,18 +5,17 @@ the seed-style facade :class:`RubiksNet`, the converter ``rubiks-convert`` and t
 counter ``rubiks-flops``.
 """
 
+from .archs import TIERS, VARIANTS
+from .inflation import inflate
 from .rubiksnet import (
-    TIERS,
-    VARIANTS,
     RubiksNet,
     Shift2d,
     Shift3d,
     TemporalAttentionShift,
     checkpoint_filter_fn,
-    inflate,
     is_shift_param,
-    weights_dir,
 )
+from .weight_files import weights_dir
 
 __version__ = "0.1.0"
 

@@ -1,14 +1,15 @@
 """RubiksNet: Learnable 3D-Shift for Efficient Video Action Recognition (ECCV 2020).
 
-A timm model file: pretrained configs first, then the layers, the model, the checkpoint
-filter and the registered entrypoints.
+A timm model file, in timm's order: layers and blocks, the model, the checkpoint filter,
+``_create``, the pretrained configs and the registered entrypoints.
 
 * ``rubiksnet_{tiny,small,medium,large}``: the video model, variant ``rubiks3d``
   (a learnable (T, H, W) RubiksShift per channel in every block).
 * ``rubiksnet_{tier}_aq``: variant ``rubiks3d-aq`` (spatial RubiksShift2d plus a 3-tap
   temporal attention shift before each block's first 1x1 conv, docs/spec.md §2.3).
 * ``rubiksnet2d_{tier}``: the image form of the backbone (spatial shifts only, for
-  ImageNet-style pretraining); :func:`inflate` turns it into a video model (docs/spec.md §1.6).
+  ImageNet-style pretraining); :func:`rubiks_models.inflation.inflate` turns it into a
+  video model (docs/spec.md §1.6).
 
 Input: clips (B, T, C, H, W), images (B, C, H, W) (a one-frame clip) or TSN-stacked frames
 (B, 3T, H, W). Output: (B, num_classes), the per-frame logits averaged over T.
@@ -16,12 +17,12 @@ Input: clips (B, T, C, H, W), images (B, C, H, W) (a one-frame clip) or TSN-stac
 images, (B, T, C, h, w) for clips.
 
 Reference checkpoint keys (``backbone.layer1.0.as3.rubiks3d.shift``, ``new_fc.weight``, ...)
-are converted by :func:`checkpoint_filter_fn`; the mapping is in :data:`REFERENCE_KEY_MAP`.
+are converted by :func:`checkpoint_filter_fn` (the mapping: :mod:`.reference_keys`).
+Weight files are found by :mod:`.weight_files`, read and checked by :mod:`.checkpoint`.
 """
 
 import math
 import os
-import re
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -31,20 +32,27 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_function, register_notrace_module
-from timm.models import (
-    build_model_with_cfg,
-    checkpoint_seq,
-    generate_default_cfgs,
-    register_model,
-    resolve_pretrained_cfg,
-)
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from rubiks_shift import RubiksShift2d, RubiksShift3d
 
-__all__ = [
+from .archs import TIERS, VARIANTS
+from .checkpoint import CheckpointError, check_state_dict, resolve_checkpoint, strict_pretrained
+from .reference_keys import REFERENCE_KEY_MAP, convert_reference_key, convert_reference_state
+from .weight_files import (
+    RELEASED_FILES,
+    local_weight_file,
+    released_cfg_fields,
+    require_weight_file,
+    weights_dir,
+    with_local_weights,
+)
+
+__all__ = [  # with the names other modules import from here (re-exported)
     "REFERENCE_KEY_MAP",
+    "RELEASED_FILES",
     "TIERS",
     "VARIANTS",
     "RubiksNet",
@@ -52,113 +60,14 @@ __all__ = [
     "Shift3d",
     "TemporalAttentionShift",
     "checkpoint_filter_fn",
-    "inflate",
+    "convert_reference_key",
+    "is_shift_param",
     "local_weight_file",
     "require_weight_file",
     "weights_dir",
 ]
 
-# --------------------------------------------------------------------------- configs
-
-# tier: (width, repeats of stages 1-4, squeeze-excitation reduction or 0)
-TIERS: dict[str, tuple[int, tuple[int, int, int, int], int]] = {
-    "tiny": (54, (3, 4, 6, 3), 0),
-    "small": (72, (3, 4, 6, 3), 12),
-    "medium": (72, (3, 4, 23, 3), 0),
-    "large": (72, (3, 8, 36, 3), 0),
-}
-VARIANTS = ("rubiks3d", "rubiks3d-aq", "rubiks2d")
-
-# Released checkpoint files (users own them): timm tag -> file name.
-RELEASED_FILES: dict[str, str] = {
-    **{f"rubiksnet_{t}.ssv2": f"ssv2_{t}.pth.tar" for t in TIERS},
-    **{f"rubiksnet_{t}.kinetics": f"kinetics_{t}.pth.tar" for t in TIERS},
-    "rubiksnet_large_aq.ssv2_budget0125": "ssv2_large_aq_budget0.125.pth.tar",
-}
-
-
-def weights_dir() -> Path:
-    """Where pretrained tags look for weight files: ``$RUBIKSNET_WEIGHTS`` or
-    ``~/.cache/rubiksnet``. Put the released ``.pth.tar`` files there (or their
-    ``rubiks-convert`` output as ``<stem>.safetensors`` or ``<stem>/model.safetensors``)."""
-    return Path(os.environ.get("RUBIKSNET_WEIGHTS", "~/.cache/rubiksnet")).expanduser()
-
-
-def local_weight_file(tag_name: str) -> Path | None:
-    """The local weight file for a pretrained tag, or None when it is not there."""
-    name = RELEASED_FILES.get(tag_name)
-    if name is None:
-        return None
-    root = weights_dir()
-    stem = name.removesuffix(".pth.tar")
-    for candidate in (root / name, root / f"{stem}.safetensors", root / stem / "model.safetensors"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def require_weight_file(tag_name: str) -> Path:
-    """The local weight file of a released tag; a FileNotFoundError naming the file, the
-    folder searched and the ``rubiks-convert`` command whose output it would find."""
-    path = local_weight_file(tag_name)
-    if path is not None:
-        return path
-    released = RELEASED_FILES[tag_name]
-    stem, root = released.removesuffix(".pth.tar"), weights_dir()
-    raise FileNotFoundError(
-        f"{tag_name}: weights not found. Put the released {released} in {root} (or a "
-        f"converted copy: `rubiks-convert {released} {root / stem}` writes "
-        f"{root / stem / 'model.safetensors'}); $RUBIKSNET_WEIGHTS sets the folder"
-    )
-
-
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 174,
-        "input_size": (3, 224, 224),
-        "min_input_size": (3, 32, 32),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,  # short side 256, centre crop 224 (TSM test protocol)
-        "interpolation": "bilinear",
-        "crop_mode": "center",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem",
-        "classifier": "fc",
-        "license": "mit",
-        "paper_name": "RubiksNet: Learnable 3D-Shift for Efficient Video Action Recognition",
-        "origin_url": "https://github.com/StanfordVL/RubiksNet",
-        **kwargs,
-    }
-
-
-def _released(tag_name: str, **kwargs: Any) -> dict[str, Any]:
-    """A cfg for a released checkpoint; ``file`` is set only when it is present locally,
-    so ``timm.list_pretrained()`` lists exactly the weights this machine has."""
-    path = local_weight_file(tag_name)
-    name = RELEASED_FILES[tag_name]
-    notes = (f"released file {name}; place it in $RUBIKSNET_WEIGHTS (default ~/.cache/rubiksnet)",)
-    return _cfg(file=str(path) if path else None, notes=notes, **kwargs)
-
-
-_SSV2 = dict(num_classes=174, description="Something-Something-V2, 8 frames")
-_K400 = dict(num_classes=400, description="Kinetics-400 (for fine-tuning), 8 frames")
-
-default_cfgs = generate_default_cfgs(
-    {
-        **{f"rubiksnet_{t}.ssv2": _released(f"rubiksnet_{t}.ssv2", **_SSV2) for t in TIERS},
-        **{f"rubiksnet_{t}.kinetics": _released(f"rubiksnet_{t}.kinetics", **_K400) for t in TIERS},
-        "rubiksnet_large_aq.ssv2_budget0125": _released(
-            "rubiksnet_large_aq.ssv2_budget0125",
-            **{**_SSV2, "description": "Something-Something-V2, AQ budget 0.125, 8 frames"},
-        ),
-        **{f"rubiksnet_{t}_aq": _cfg() for t in ("tiny", "small", "medium")},
-        **{f"rubiksnet2d_{t}": _cfg(num_classes=1000, description="image backbone") for t in TIERS},
-    }
-)
-
-# ------------------------------------------------------------------ shift layers
+# ------------------------------------------------------------------ layers and blocks
 
 
 def _conv_init(conv: nn.Conv2d) -> None:
@@ -243,6 +152,13 @@ class TemporalAttentionShift(nn.Module):
         return f"{self.channels}, tau={float(self.tau):g}"
 
 
+def hard_temporal_shift(logits: torch.Tensor) -> torch.Tensor:
+    """(3, C) integer shifts (rows T, H, W) from AQ tap logits (C, 3): the strongest tap
+    0 / 1 / 2 becomes a temporal shift of -1 / 0 / +1 (``y[t] = x[t + s]``), H = W = 0."""
+    t = logits.detach().argmax(dim=1).to(torch.float32) - 1
+    return torch.stack([t, torch.zeros_like(t), torch.zeros_like(t)])
+
+
 class SqueezeExcite(nn.Module):
     """avg-pool -> Linear(C, C//r) -> ReLU -> Linear(C//r, C) -> sigmoid -> scale (no biases)."""
 
@@ -255,9 +171,6 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3))))))
         return x * s[:, :, None, None]
-
-
-# ------------------------------------------------------------------------ blocks
 
 
 class RubiksBlock(nn.Module):
@@ -351,9 +264,6 @@ class RubiksStage(nn.Module):
         return self.blocks(x)
 
 
-# ---------------------------------------------------------------- input layouts
-
-
 @register_notrace_function
 def as_clip(x: torch.Tensor, in_chans: int) -> torch.Tensor:
     """(B, T, C, H, W) from a clip, an image (B, C, H, W) or TSN-stacked frames (B, 3T, H, W)."""
@@ -390,7 +300,12 @@ def match_layout(feat: torch.Tensor, x: torch.Tensor, in_chans: int) -> torch.Te
     return feat
 
 
-# ------------------------------------------------------------------------- model
+def is_shift_param(name: str) -> bool:
+    """True for shift tensors: RubiksShift ``.shift`` and the AQ tap logits."""
+    return name.endswith(("rubiks.shift", "tshift.weight", "tshift.shift"))
+
+
+# ------------------------------------------------------------------------------ model
 
 
 class RubiksNet(nn.Module):
@@ -627,79 +542,33 @@ class RubiksNet(nn.Module):
             self.reset_classifier(0, "")
         return take_indices
 
-    # --------------------------------------------------------------- facade
-
     @classmethod
-    def load_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> "RubiksNet":
+    def load_pretrained(
+        cls, path: str | os.PathLike, num_classes: int | None = None, **kwargs: Any
+    ) -> "RubiksNet":
         """A model with the weights of a reference ``.pth.tar``, a project ``.safetensors``
-        file or a ``rubiks-convert`` output directory; architecture from its metadata."""
-        from .weights import load_model
+        file or a ``rubiks-convert`` output directory, loaded strictly; architecture from
+        its metadata and tensors.
 
-        return load_model(path, **kwargs)
-
-
-# ------------------------------------------------------------------ shift params
-
-
-def is_shift_param(name: str) -> bool:
-    """True for shift tensors: RubiksShift ``.shift`` and the AQ tap logits."""
-    return name.endswith(("rubiks.shift", "tshift.weight", "tshift.shift"))
-
-
-# ----------------------------------------------------------- reference checkpoints
-
-# Reference key suffix inside a block -> ours (docs/spec.md §2.4).
-REFERENCE_KEY_MAP: dict[str, str] = {
-    "bn1.": "norm1.",
-    "bn2.": "norm2.",
-    "conv2.weight": "conv1.weight",
-    "conv2.1.weight": "conv1.weight",
-    "conv2.0.weight": "tshift.weight",
-    "conv2.0.T": "tshift.tau",
-    "as3.rubiks3d.shift": "rubiks.shift",
-    "as3.shift": "rubiks.shift",
-    "se.fc.0.weight": "se.fc1.weight",
-    "se.fc.2.weight": "se.fc2.weight",
-    "conv3.weight": "conv2.weight",
-    "shortcut.weight": "shortcut.weight",
-}
-_BLOCK_KEY = re.compile(r"^backbone\.layer(\d+)\.(\d+)\.(.+)$")
+        A ``num_classes`` different from the checkpoint's gets a fresh head (fine-tuning:
+        asked for explicitly). Other keyword arguments go to the model (e.g. ``drop_rate``).
+        Every error names the file.
+        """
+        state, meta, (tier, variant, classes, frames) = resolve_checkpoint(path)
+        if meta.get("deploy") in (True, "true"):
+            kwargs.setdefault("deploy", True)
+        model = cls(tier, classes, kwargs.pop("num_frames", frames), variant, **kwargs)
+        try:
+            converted = check_state_dict(state, model, checkpoint_filter_fn)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{Path(path).expanduser()}: {exc}") from exc
+        model.load_state_dict(converted, strict=True)
+        if num_classes is not None and num_classes != classes:
+            model.reset_classifier(num_classes)
+        return model
 
 
-def convert_reference_key(key: str) -> str:
-    """Our name for a reference state-dict key; ValueError naming it if it is unknown."""
-    if key == "backbone.conv1.weight":
-        return "stem.weight"
-    if key.startswith("backbone.bn_last."):
-        return "norm." + key.removeprefix("backbone.bn_last.")
-    if key.startswith("new_fc."):
-        return "fc." + key.removeprefix("new_fc.")
-    m = _BLOCK_KEY.match(key)
-    if m:
-        stage, block, rest = m.groups()
-        for ref, ours in REFERENCE_KEY_MAP.items():
-            if rest == ref or (ref.endswith(".") and rest.startswith(ref)):
-                return f"stages.{stage}.blocks.{block}.{ours}{rest[len(ref) :]}"
-    raise ValueError(f"unexpected key in reference checkpoint: {key!r}")
-
-
-def unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """The state dict inside a checkpoint dict (``model``/``state_dict`` entry), with a
-    DDP ``module.`` prefix removed."""
-    for key in ("model", "state_dict"):
-        if key in obj and isinstance(obj[key], Mapping):
-            obj = obj[key]
-            break
-    out = {}
-    for k, v in obj.items():
-        if not isinstance(k, str):
-            raise ValueError(f"checkpoint has a non-string key {k!r}")
-        out[k.removeprefix("module.")] = v
-    return out
-
-
-def is_reference_layout(state: Mapping[str, Any]) -> bool:
-    return any(k.startswith(("backbone.", "new_fc.")) for k in state)
+# ------------------------------------------------------------------ checkpoint filter
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None = None) -> dict:
@@ -711,9 +580,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None 
     loaded into a 2-D layer keeps its (H, W) rows. The AQ temperature is a buffer: a
     checkpoint without it keeps the model's.
     """
-    state = unwrap_state_dict(state_dict)
-    if is_reference_layout(state):
-        state = {convert_reference_key(k): v for k, v in state.items()}
+    state = convert_reference_state(state_dict)
     if model is not None:
         own = model.state_dict()
         for k, v in list(state.items()):
@@ -736,99 +603,18 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None 
     return state
 
 
-def hard_temporal_shift(logits: torch.Tensor) -> torch.Tensor:
-    """(3, C) integer shifts (rows T, H, W) from AQ tap logits (C, 3): the strongest tap
-    0 / 1 / 2 becomes a temporal shift of -1 / 0 / +1 (``y[t] = x[t + s]``), H = W = 0."""
-    t = logits.detach().argmax(dim=1).to(torch.float32) - 1
-    return torch.stack([t, torch.zeros_like(t), torch.zeros_like(t)])
-
-
-# ------------------------------------------------------------------ inflation
-
-
-@torch.no_grad()
-def inflate(
-    model2d: RubiksNet,
-    variant: str = "rubiks3d",
-    t_init: str = "tsm",
-    num_frames: int = 8,
-    num_classes: int | None = None,
-) -> RubiksNet:
-    """A video RubiksNet from a (trained) 2-D image RubiksNet (docs/spec.md §1.6).
-
-    Every weight is copied; each spatial shift keeps its (H, W) values and gets a temporal
-    row initialised by ``t_init`` (``tsm``, ``tsm-g<sigma>``, ``uniform``, ``zero``) via
-    :meth:`rubiks_shift.RubiksShift3d.from_2d`. ``variant="rubiks3d-aq"`` keeps the 2-D
-    shifts and adds fresh temporal attention. A new ``num_classes`` gets a fresh head.
-    """
-    if model2d.variant != "rubiks2d":
-        raise ValueError(f"inflate expects a rubiks2d model, got variant {model2d.variant!r}")
-    if variant not in ("rubiks3d", "rubiks3d-aq"):
-        raise ValueError(f"inflate makes a video variant, got {variant!r}")
-    classes = model2d.num_classes if num_classes is None else num_classes
-    ref = model2d.stem.weight
-    video = RubiksNet(
-        model2d.tier,
-        classes,
-        num_frames,
-        variant,
-        in_chans=model2d.in_chans,
-        t_init=t_init,
-        width=model2d.width,
-        repeats=model2d.repeats,
-        se_reduction=model2d.se_reduction,
-    ).to(device=ref.device, dtype=ref.dtype)
-    state = model2d.state_dict()
-    if classes != model2d.num_classes:
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    if variant == "rubiks3d":
-        for name, layer in model2d.named_modules():
-            if isinstance(layer, Shift2d):
-                state[name + ".shift"] = Shift3d.from_2d(layer, t_init=t_init).shift.detach()
-    missing, unexpected = video.load_state_dict(state, strict=False)
-    bad = [k for k in missing if "tshift." not in k and not k.startswith("fc.")]
-    if bad or unexpected:
-        raise RuntimeError(f"inflation left keys unmatched: {(bad + list(unexpected))[:5]}")
-    return video
-
-
-# ------------------------------------------------------------------ entrypoints
-
-
-def _with_local_weights(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` whose pretrained cfg names a weight file: one given by the caller, or the
-    released file of the tag as found in :func:`weights_dir` now (files put there after
-    import count); otherwise a FileNotFoundError that says where the file should be."""
-    cfg = resolve_pretrained_cfg(
-        name,
-        pretrained_cfg=kwargs.get("pretrained_cfg"),
-        pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
-    )
-    if cfg.file or cfg.url or cfg.hf_hub_id or cfg.state_dict:
-        return kwargs
-    tag_name = f"{name}.{cfg.tag}" if cfg.tag else name
-    if tag_name not in RELEASED_FILES:
-        raise FileNotFoundError(
-            f"{tag_name}: no weight file is configured; pass "
-            "pretrained_cfg_overlay=dict(file=...) with a checkpoint path"
-        )
-    try:
-        path = require_weight_file(tag_name)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(
-            f"{exc}, pretrained_cfg_overlay=dict(file=...) names a file directly"
-        ) from None
-    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
-    overlay["file"] = str(path)
-    return {**kwargs, "pretrained_cfg_overlay": overlay}
+# -------------------------------------------------------------------------- builder
 
 
 def _create(name: str, pretrained: bool, tier: str, variant: str, **kwargs: Any) -> RubiksNet:
+    """The timm build of a RubiksNet. Pretrained weights come from a local file, loaded
+    strictly (:func:`.checkpoint.strict_pretrained`) unless ``pretrained_strict=False``
+    asks for timm's own non-strict loading."""
     filter_fn = checkpoint_filter_fn
     if pretrained:
-        kwargs = _with_local_weights(name, kwargs)
+        kwargs = with_local_weights(name, kwargs)
         if kwargs.get("pretrained_strict", True):
-            kwargs, filter_fn = _strict_pretrained(name, kwargs)
+            kwargs, filter_fn = strict_pretrained(name, kwargs, checkpoint_filter_fn)
     model = build_model_with_cfg(
         partial(RubiksNet, tier=tier, variant=variant),
         name,
@@ -844,46 +630,54 @@ def _create(name: str, pretrained: bool, tier: str, variant: str, **kwargs: Any)
     return model
 
 
-def _strict_pretrained(name: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """Our loading of a weight file through timm, as strict as ``load_pretrained``.
+# -------------------------------------------------------------------------- configs
 
-    The file is read here (errors name it), its architecture resolved, and timm is handed
-    the tensors. The model takes the file's class count unless ``num_classes`` is given:
-    a different explicit ``num_classes`` replaces the head (fine-tuning), every other key
-    must be present, of the right shape and (shifts) finite. ``pretrained_strict=False``
-    skips this for timm's own non-strict loading.
-    """
-    from .weights import CheckpointError, resolve_checkpoint, validate_state_dict
 
-    cfg = resolve_pretrained_cfg(
-        name,
-        pretrained_cfg=kwargs.get("pretrained_cfg"),
-        pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
-    )
-    if (
-        not cfg.file
-        or cfg.state_dict is not None
-        or cfg.source not in (None, "", "timm", "local-dir")
-    ):
-        return kwargs, checkpoint_filter_fn
-    path = Path(cfg.file).expanduser()
-    state, _, (_, _, classes, _) = resolve_checkpoint(path)
-    requested = kwargs.get("num_classes")
-    new_head = requested is not None and requested != classes
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 174,
+        "input_size": (3, 224, 224),
+        "min_input_size": (3, 32, 32),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,  # short side 256, centre crop 224 (TSM test protocol)
+        "interpolation": "bilinear",
+        "crop_mode": "center",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem",
+        "classifier": "fc",
+        "license": "mit",
+        "paper_name": "RubiksNet: Learnable 3D-Shift for Efficient Video Action Recognition",
+        "origin_url": "https://github.com/StanfordVL/RubiksNet",
+        **kwargs,
+    }
 
-    def strict_filter(state_dict: Mapping[str, Any], model: nn.Module) -> dict:
-        try:
-            return validate_state_dict(
-                dict(state_dict), model, new_head=new_head, adapt_in_chans=True
-            )
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path}: does not fit {name}: {exc}") from exc
 
-    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
-    overlay.update(source="", state_dict=state, num_classes=classes, file=str(path))
-    out = {**kwargs, "pretrained_cfg_overlay": overlay}
-    out.setdefault("num_classes", classes)
-    return out, strict_filter
+def _released(tag_name: str, **kwargs: Any) -> dict[str, Any]:
+    """A cfg for a released checkpoint; ``file`` is set only when it is present locally,
+    so ``timm.list_pretrained()`` lists exactly the weights this machine has."""
+    return _cfg(**released_cfg_fields(tag_name), **kwargs)
+
+
+_SSV2 = dict(num_classes=174, description="Something-Something-V2, 8 frames")
+_K400 = dict(num_classes=400, description="Kinetics-400 (for fine-tuning), 8 frames")
+
+default_cfgs = generate_default_cfgs(
+    {
+        **{f"rubiksnet_{t}.ssv2": _released(f"rubiksnet_{t}.ssv2", **_SSV2) for t in TIERS},
+        **{f"rubiksnet_{t}.kinetics": _released(f"rubiksnet_{t}.kinetics", **_K400) for t in TIERS},
+        "rubiksnet_large_aq.ssv2_budget0125": _released(
+            "rubiksnet_large_aq.ssv2_budget0125",
+            **{**_SSV2, "description": "Something-Something-V2, AQ budget 0.125, 8 frames"},
+        ),
+        **{f"rubiksnet_{t}_aq": _cfg() for t in ("tiny", "small", "medium")},
+        **{f"rubiksnet2d_{t}": _cfg(num_classes=1000, description="image backbone") for t in TIERS},
+    }
+)
+
+
+# ---------------------------------------------------------------------- entrypoints
 
 
 @register_model
