@@ -1,4 +1,4 @@
-"""Checks of command-line values that run before any work: devices and output paths.
+"""Checks of command-line values that run before any work: devices, crops and output paths.
 
 Each check returns an error message (or None) for the CLI to report with
 ``parser.error``, so a user mistake costs one line and no computation.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["device_error", "module_error", "output_errors"]
+__all__ = ["crop_error", "device_error", "module_error", "output_errors"]
 
 
 def device_error(device: str | None) -> str | None:
@@ -33,6 +33,20 @@ def device_error(device: str | None) -> str | None:
     count = torch.cuda.device_count()
     if dev.index is not None and dev.index >= count:
         return f"--device {device}: this machine has {count} CUDA device(s) (cuda:0..{count - 1})"
+    return None
+
+
+def crop_error(flag: str, crop: int, scale_size: int | None, crop_kind: str = "crop") -> str | None:
+    """Why a ``crop``-pixel crop (option ``flag``) cannot be cut from frames whose short
+    side is resized to ``scale_size`` (None: the default for the crop)."""
+    from .builders import default_scale_size
+
+    scale = scale_size or default_scale_size(crop)
+    if crop > scale:
+        return (
+            f"{flag} {crop} is larger than --scale-size {scale} (the short side after "
+            f"resizing): no {crop_kind} fits"
+        )
     return None
 
 

@@ -176,8 +176,7 @@ class _Head:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse impossible options and unsafe output paths (``parser.error``) before any work."""
-    from .argcheck import device_error, module_error, output_errors
-    from .builders import default_scale_size
+    from .argcheck import crop_error, device_error, module_error, output_errors
 
     if args.dataset is None and args.val_list is None:
         parser.error("give a dataset name or --val-list")
@@ -191,12 +190,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     ):
         if value is not None and value < low:
             parser.error(f"{flag} must be >= {low}, got {value}")
-    scale = args.scale_size or default_scale_size(args.crop_size)
-    if args.crop_size > scale:
-        parser.error(
-            f"--crop-size {args.crop_size} is larger than --scale-size {scale} (the short "
-            "side after resizing): no crop fits"
-        )
+    error = crop_error("--crop-size", args.crop_size, args.scale_size)
+    if error:
+        parser.error(error)
     for path, flag in ((args.val_list, "--val-list"), (args.labels_file, "--labels-file")):
         if path and not Path(path).expanduser().is_file():
             parser.error(f"{flag} {path}: no such file")
