@@ -142,3 +142,20 @@ def test_installation_check_refuses_bad_options(capsys):
         with pytest.raises(SystemExit) as exc:
             check(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_fused_form_scores_like_the_eager_model(tiny_synthetic, tmp_path):
+    data, ckpt = tiny_synthetic
+    base = ["synthetic", "--root-path", str(data), "--pretrained", str(ckpt), *ARGS]
+    docs = {}
+    for form in ("eager", "fused", "auto"):
+        out = tmp_path / f"{form}.json"
+        assert main([*base, "--form", form, "--save-scores", str(tmp_path / f"{form}.npz"),
+                     "--output", str(out)]) == 0  # fmt: skip
+        docs[form] = json.loads(out.read_text())
+    import numpy as np
+
+    assert docs["auto"]["config"]["form"] == "eager"  # the CPU default
+    assert docs["fused"]["config"]["form"] == "fused"
+    eager, fused = (np.load(tmp_path / f"{f}.npz")["scores"] for f in ("eager", "fused"))
+    np.testing.assert_allclose(fused, eager, rtol=1e-4, atol=1e-5)
