@@ -313,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
             torch._dynamo.reset()
             print(f"{mode:<20} {name:<32} {r}", flush=True)
+            if args.json:  # after every run: a call cut short keeps what it measured
+                write_json(args.json, {"info": info, "results": results})
     print(table(results, args.models, args.modes))
     if args.json:
         write_json(args.json, {"info": info, "results": results})
