@@ -22,7 +22,16 @@ import tempfile
 import time
 from pathlib import Path
 
-KERNELS = ("gather", "gather_narrow", "gather_frames", "grad_shift", "finalize")
+KERNELS = (
+    "gather",
+    "gather_narrow",
+    "gather_frames",
+    "gather_affine",
+    "gather_narrow_affine",
+    "gather_frames_affine",
+    "grad_shift",
+    "finalize",
+)
 STORAGE = ("float32", "bfloat16", "float16", "float64")
 
 
