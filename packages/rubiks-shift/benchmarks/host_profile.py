@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from bench_shift import best_us_per_call  # this folder (run as a script)
 
-from rubiks_shift import _cuda, rubiks_shift3d
+from rubiks_shift import _cuda, _cuda_launch, _cuda_plan, rubiks_shift3d
 
 CHAIN = 16  # shift layers per backward call in the chained measurement
 
@@ -33,8 +33,10 @@ def main() -> None:
     shift = torch.rand(3, 4, device="cuda")
     xg = x.clone().requires_grad_()
     y = torch.empty_like(x)
-    kernels = _cuda._kernels("float32", "float32")
-    (step,) = _cuda._gather_plan(tuple(x.shape), tuple(x.shape), (1, 1, 1), (0, 0, 0), False, False)
+    kernels = _cuda_launch.kernel_set("float32", "float32")
+    (step,) = _cuda_plan.gather_plan(
+        tuple(x.shape), tuple(x.shape), (1, 1, 1), (0, 0, 0), False, False
+    )
     shifts = [torch.nn.Parameter(torch.rand(3, 4, device="cuda")) for _ in range(CHAIN)]
     gy = torch.ones_like(x)
     conv_w = torch.nn.Parameter(torch.randn(4, 4, 1, 1, device="cuda"))
@@ -65,7 +67,9 @@ def main() -> None:
         "_cuda.backward (grad_x and grad_shift)": lambda: _cuda.backward(
             gy, x, shift, (1, 1, 1), (0, 0, 0), False, True, 1.0, True, True
         ),
-        "_cuda._run (one launch)": lambda: _cuda._run(kernels, step, (x, shift, y), x.get_device()),
+        "_cuda_launch.run (one launch)": lambda: _cuda_launch.run(
+            kernels, step, (x, shift, y), x.get_device()
+        ),
         "rubiks_shift3d forward + backward (one call)": lambda: fwd_bwd(1),
         f"rubiks_shift3d forward + backward (per layer of {CHAIN})": lambda: fwd_bwd(CHAIN),
         f"floor: an empty autograd.Function (per layer of {CHAIN})": lambda: fwd_bwd(

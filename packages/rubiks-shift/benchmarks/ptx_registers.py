@@ -5,8 +5,8 @@ CI's PTX test does) and assembles it with ``ptxas -v`` for one architecture at t
 kernel's register cap, printing what ptxas reports: registers per thread and bytes of
 spill stores / loads. On 2026-12-01 the local ptxas (CUDA 13.0) gave the H200's counts
 for the gathers (the driver's JIT reported the same registers; its spill bytes for the
-frame walk were 40 where this ptxas says 8), so register work can be done before a GPU
-session and only timed on it.
+frame walk were 40 where this ptxas says 8), so register work can be done without a GPU
+and only timed on one.
 
     python benchmarks/ptx_registers.py [--arch sm_90] [--dtype float32 ...]
 """
@@ -24,6 +24,7 @@ from pathlib import Path
 from rubiks_shift import _cuda_kernels
 
 KERNELS = ("gather", "gather_narrow", "gather_frames", "grad_shift", "finalize")
+STORAGE = ("float16", "bfloat16", "float32", "float64")
 
 
 def register_cap(kernel) -> int | None:
@@ -54,7 +55,7 @@ def ptxas_report(ptx: str, arch: str, cap: int | None) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="sm_90")
-    parser.add_argument("--dtype", nargs="+", default=list(_cuda_kernels.STORAGE))
+    parser.add_argument("--dtype", nargs="+", default=list(STORAGE))
     args = parser.parse_args()
     if shutil.which("ptxas") is None:
         print("ptxas not found on PATH (it comes with the CUDA toolkit)", file=sys.stderr)

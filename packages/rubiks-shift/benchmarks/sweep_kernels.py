@@ -5,10 +5,11 @@ in its default layout (without --quick also both task orders x grid caps, waves 
 resident blocks, 0 = one thread per task, over rows per task) and the frame walk in its
 default layout, over frames per task, FRAME_VARIANTS (row bound, register cap) and
 FRAME_BLOCKS (block size), with --baseline an earlier _cuda_gather.py's frame walk beside
-it; and the
-shift-gradient kernel over its row group, register cap, rows per task and blocks per
-channel, each against a device-to-device copy of the same bytes measured in the same
-run. Every variant's output is checked against the row walk's default layout before it
+it; and the shift-gradient kernel over its row group, register cap, rows per task and
+blocks per channel, each against a device-to-device copy of the same bytes measured in
+the same run. Each variant is a ``dataclasses.replace`` of the default ``Tuning``: its
+kernels are built from it (compiled in this process, not cached) and its launches
+planned with it. Every variant's output is checked against the row walk's default layout before it
 is timed (bit for bit for the same kernel, to 1e-5 of the largest output, 2e-2 in 16-bit
 types, for the other walk).
 
@@ -19,24 +20,18 @@ types, for the other walk).
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import types
+from dataclasses import replace
 
 import torch
 from bench_shift import _gpu_time, copy_bandwidth, write_json  # this folder (a script)
 
-from rubiks_shift import _cuda
-from rubiks_shift import _cuda_kernels as K
+from rubiks_shift import _cuda_launch, _cuda_plan
 from rubiks_shift._checks import output_shape
-from rubiks_shift._cuda_gather import (
-    FRAME_REGISTERS,
-    GATHER_REGISTERS,
-    build_gather,
-    frames_signature,
-    gather_signature,
-)
-from rubiks_shift._cuda_gather import GROUP as GATHER_GROUP
+from rubiks_shift._cuda_gather import gather_signature
+from rubiks_shift._cuda_kernels import Kernels
+from rubiks_shift._cuda_tuning import TUNING, Tuning
 
 SHAPES = [
     ((8, 8, 72, 56, 56), (1, 1, 1)),
@@ -57,27 +52,44 @@ def copy_tbps() -> float:
     return copy_bandwidth("cuda", _gpu_time, 20) / 1e12
 
 
-def _gather_set(storage: str, frames: bool = False, registers=None, module=None, **options):
-    """A kernel namespace for ``_cuda._run``: the row-walk or frame-walk gather (the latter
-    with the package's FRAME_ROWS bound unless ``options`` say otherwise), from
-    ``module`` (default the package's ``_cuda_gather``)."""
-    reg = registers or GATHER_REGISTERS
-    name = "gather_frames" if frames else "gather"
-    build = module.build_gather if module else build_gather
-    kernel = build(storage, "float32", GATHER_GROUP, reg, frames=frames, **options)
-    sig = frames_signature if frames else gather_signature
+_built: dict = {}
+
+
+def kernels_for(storage: str, tuning: Tuning = TUNING) -> Kernels:
+    """The kernels of ``storage`` (float32 shifts) built with ``tuning``'s compile-time
+    values, for ``_cuda_launch.run``: one set per distinct values, so variants that differ
+    in their launches only share compiled kernels."""
+    key = (storage, tuple(tuning.kernel_values().items()))
+    if key not in _built:
+        _built[key] = Kernels(storage, "float32", tuning)
+    return _built[key]
+
+
+def baseline_set(storage: str, module, tuning: Tuning = TUNING):
+    """The frame walk of an earlier ``_cuda_gather.py`` (``load_baseline``; its
+    ``build_gather`` called as this version's is) as a kernel namespace for
+    ``_cuda_launch.run``."""
+    kernel = module.build_gather(
+        storage,
+        "float32",
+        registers=tuning.frame_walk_registers,
+        frame_rows=tuning.frame_walk_rows,
+        frames=True,
+    )
     return types.SimpleNamespace(
         storage=storage,
         shift_storage="float32",
-        **{name: kernel, name + "_sig": sig(storage, "float32")},
+        gather_frames=kernel,
+        gather_frames_sig=gather_signature(storage, "float32", frames=True),
     )
 
 
 # frame-walk variants the sweep builds beside the default: (rows bound R, register cap)
 FRAME_VARIANTS = [(8, 56), (8, 64), (12, 72), (16, 80)]
-# and the frame walk at another block size than the plan's FRAME_THREADS (its kernel as
-# built, the launch only): (register cap, threads per block)
+# and the frame walk at another block size than the default (its kernel as built with the
+# cap, the launch only): (register cap, threads per block)
 FRAME_BLOCKS = [(72, 256), (64, 256)]
+ROWS = replace(TUNING, stride_one_walk="rows")  # the row walk at every stride
 
 
 def load_baseline(path: str):
@@ -92,49 +104,35 @@ def load_baseline(path: str):
 
 
 def gather_variants(quick: bool, storage: str = "float32", baseline=None):
-    """(name, kernels, plan options, rows per task to try) for ``storage`` tensors: the
-    row walk in its default layout and the two task orders x grid caps (not quick), the
-    frame walk in its default layout, over frames per task and FRAME_VARIANTS, and the
-    ``baseline`` module's frame walk."""
-    rows_set = _gather_set(storage)
-    yield "rows-auto", rows_set, dict(kernel="rows"), None
+    """(name, kernels, tuning, rows per task to try, frame split) for ``storage`` tensors:
+    the row walk in its default layout and the two task orders x grid caps (not quick),
+    the frame walk in its default layout, over frames per task (the task's frames split
+    in 2 or 3) and FRAME_VARIANTS, and the ``baseline`` module's frame walk."""
+    yield "rows-auto", kernels_for(storage, ROWS), ROWS, None, None
     if not quick:
-        for frames_inner, waves in itertools.product((True, False), (0, 1)):
-            order = "frames" if frames_inner else "planes"
-            opts = dict(kernel="rows", frames_inner=frames_inner, waves=waves)
-            yield f"rows-{order}-w{waves}", rows_set, opts, "rows"
-    default = _gather_set(storage, True, FRAME_REGISTERS)
-    yield "frames-auto", default, dict(kernel="frames"), None
+        for order, waves in itertools.product(("frames", "planes"), (0, 1)):
+            tuning = replace(ROWS, row_walk_order=order, row_walk_waves=waves)
+            yield f"rows-{order}-w{waves}", kernels_for(storage, tuning), tuning, "rows", None
+    yield "frames-auto", kernels_for(storage), TUNING, None, None
     if baseline is not None:
-        ns = _gather_set(storage, True, FRAME_REGISTERS, module=baseline)
-        yield "baseline-frames-auto", ns, dict(kernel="frames"), None
+        yield "baseline-frames-auto", baseline_set(storage, baseline), TUNING, None, None
     for split in (2,) if quick else (2, 3):
-        opts = dict(kernel="frames", waves=0, frame_split=split)
-        yield f"frames-auto-f/{split}", default, opts, None
+        yield f"frames-auto-f/{split}", kernels_for(storage), TUNING, None, split
     for bound, reg in FRAME_VARIANTS:
-        ns = _gather_set(storage, True, reg, frame_rows=bound)
-        opts = dict(kernel="frames", waves=0, frame_bound=bound)
-        yield f"frames-R{bound}r{reg}", ns, opts, (bound,)
+        tuning = replace(TUNING, frame_walk_rows=bound, frame_walk_registers=reg)
+        yield f"frames-R{bound}r{reg}", kernels_for(storage, tuning), tuning, (bound,), None
     for reg, threads in FRAME_BLOCKS:
-        ns = default if reg == FRAME_REGISTERS else _gather_set(storage, True, reg)
-        opts = dict(kernel="frames", threads=threads)
-        yield f"frames-r{reg}-b{threads}", ns, opts, None
+        tuning = replace(TUNING, frame_walk_registers=reg, frame_walk_threads=threads)
+        yield f"frames-r{reg}-b{threads}", kernels_for(storage, tuning), tuning, None, None
 
 
 def gs_variants(quick: bool):
+    """(name, tuning, kernels) of the shift-gradient variants: row group x register cap."""
     groups = [4] if quick else [4, 8]
     regs = [64] if quick else [64, 96]
     for group, reg in itertools.product(groups, regs):
-        grad_shift, finalize = K._build("float32", "float32", group, reg)
-        ns = types.SimpleNamespace(
-            storage="float32",
-            shift_storage="float32",
-            grad_shift=grad_shift,
-            grad_shift_sig=K.Kernels("float32", "float32").grad_shift_sig,
-            finalize=finalize,
-            finalize_sig=K.Kernels("float32", "float32").finalize_sig,
-        )
-        yield f"g{group}r{reg}", group, ns
+        tuning = replace(TUNING, grad_shift_group=group, grad_shift_registers=reg)
+        yield f"g{group}r{reg}", tuning, kernels_for("float32", tuning)
 
 
 def row_options(h: int, group: int) -> list[int]:
@@ -164,7 +162,7 @@ def main() -> None:
         f"{storage}{' quantized' if quantize else ''}"
     )
     device = torch.cuda.current_device()
-    defaults = _cuda._kernels(storage, "float32")
+    defaults = _cuda_launch.kernel_set(storage, "float32")
     results = []
     baseline = load_baseline(args.baseline) if args.baseline else None
     gvars = list(gather_variants(args.quick, storage, baseline))
@@ -183,41 +181,26 @@ def main() -> None:
         ):
             dst = torch.empty(dst_shape, device="cuda", dtype=dtype)
             adjoint = direction == "adj"
-            plan = functools.partial(
-                _cuda._gather_plan, src_shape, dst_shape, stride, (0, 0, 0), quantize, adjoint
-            )
-            (ref_step,) = plan(storage=storage, kernel="rows")
+            shapes = (src_shape, dst_shape, stride, (0, 0, 0), quantize, adjoint, storage)
+            (ref_step,) = _cuda_plan.gather_plan(*shapes, ROWS)
             ref = torch.empty(dst_shape, device="cuda", dtype=dtype)
-            _cuda._run(defaults, ref_step, (srcs[0], shift, ref), device)
+            _cuda_launch.run(defaults, ref_step, (srcs[0], shift, ref), device)
             floor = (bytes_x + bytes_y) / (tbps * 1e12) * 1e3
-            for name, ns, opts, row_set in gvars:
-                opts = dict(opts)
-                split = opts.pop("frame_split", None)
-                if opts["kernel"] == "frames" and not _cuda.frames_walk_applies(src_shape, stride):
+            for name, ns, tuning, row_set, split in gvars:
+                frame_walk = tuning.stride_one_walk == "frames"
+                if frame_walk and not _cuda_plan.frames_walk_applies(src_shape, stride):
                     continue
                 if row_set is None:
                     row_set = [None]
                 elif row_set == "rows":
-                    row_set = row_options(dst_shape[3], GATHER_GROUP)
+                    row_set = row_options(dst_shape[3], tuning.row_walk_group)
                 else:
                     row_set = sorted({min(dst_shape[3], r) for r in row_set})
                 frames = -(-dst_shape[1] // split) if split else None
                 for rows in row_set:
-                    (step,) = plan(
-                        rows=rows,
-                        storage=storage,
-                        frames_inner=opts.get("frames_inner"),
-                        waves=opts.get("waves"),
-                        kernel=opts["kernel"],
-                        frames=frames,
-                        frame_bound=opts.get("frame_bound"),
-                    )
-                    if opts.get("threads"):  # the same tasks in blocks of another size
-                        threads = opts["threads"]
-                        grid = (-(-step.scalars[0] // threads), 1, 1)
-                        step = step._replace(grid=grid, block=(threads, 1, 1))
+                    (step,) = _cuda_plan.gather_plan(*shapes, tuning, rows, frames)
                     dst.fill_(float("nan"))
-                    _cuda._run(ns, step, (srcs[0], shift, dst), device)
+                    _cuda_launch.run(ns, step, (srcs[0], shift, dst), device)
                     if step.name == ref_step.name:
                         # the layout decides which thread computes an output, not how:
                         # the default kernel's bits
@@ -228,7 +211,10 @@ def main() -> None:
                         scale = float(ref.double().abs().max())
                         assert err <= tol * scale, (name, rows, err, scale)
                     ms = graph_ms(
-                        [lambda a=(ns, step, (s, shift, dst)): _cuda._run(*a, device) for s in srcs]
+                        [
+                            lambda a=(ns, step, (s, shift, dst)): _cuda_launch.run(*a, device)
+                            for s in srcs
+                        ]
                     )
                     results.append(
                         dict(
@@ -239,10 +225,8 @@ def main() -> None:
                             quantize=quantize,
                             waves=step.waves,
                             variant=name,
-                            rows=step.scalars[14]
-                            if step.name == "gather_frames"
-                            else step.scalars[16],
-                            frames=step.scalars[15] if step.name == "gather_frames" else None,
+                            rows=step.scalars.rows,
+                            frames=getattr(step.scalars, "frames_per_task", None),
                             ms=ms,
                             floor_ms=floor,
                         )
@@ -250,26 +234,27 @@ def main() -> None:
         if args.gather_only:
             continue
         # shift gradient: reads grad_y and x
-        parts0, step0, _ = _cuda._shift_grad_plan(shape, y_shape, stride, (0, 0, 0))
+        gs_shapes = (shape, y_shape, stride, (0, 0, 0), True, 1.0)
+        parts0, step0, _ = _cuda_plan.shift_grad_plan(*gs_shapes)
         partial0 = torch.empty(parts0 * 3 * shape[2], device="cuda")
-        _cuda._run(defaults, step0, (gys[0], xs[0], shift, partial0), device)
+        _cuda_launch.run(defaults, step0, (gys[0], xs[0], shift, partial0), device)
         ref = partial0.view(parts0, 3, shape[2]).sum(0)
         floor = (bytes_x + bytes_y) / (tbps * 1e12) * 1e3
-        for name, group, ns in svars:
+        for name, tuning, ns in svars:
+            group = tuning.grad_shift_group
             for rows, per_thread in itertools.product(row_options(y_shape[3], group), (1, 2)):
-                slabs = shape[0] * y_shape[1]
-                per_plane = -(-y_shape[3] // rows) * y_shape[4]
-                blocks = max(1, -(-slabs * per_plane // (K.REDUCE_THREADS * per_thread)))
-                parts, step, _ = _cuda._shift_grad_plan(
-                    shape, y_shape, stride, (0, 0, 0), rows, blocks
-                )
+                variant = replace(tuning, grad_shift_tasks_per_thread=per_thread)
+                parts, step, _ = _cuda_plan.shift_grad_plan(*gs_shapes, variant, rows)
+                blocks = parts
                 partial = torch.empty(parts * 3 * shape[2], device="cuda")
-                _cuda._run(ns, step, (gys[0], xs[0], shift, partial), device)
+                _cuda_launch.run(ns, step, (gys[0], xs[0], shift, partial), device)
                 got = partial.view(parts, 3, shape[2]).sum(0)
                 assert torch.allclose(got, ref, rtol=1e-3, atol=1e-2), (name, rows, per_thread)
                 ms = graph_ms(
                     [
-                        lambda a=(ns, step, (gys[i], xs[i], shift, partial)): _cuda._run(*a, device)
+                        lambda a=(ns, step, (gys[i], xs[i], shift, partial)): _cuda_launch.run(
+                            *a, device
+                        )
                         for i in range(3)
                     ]
                 )
@@ -306,7 +291,7 @@ def main() -> None:
                 f"frames={r.get('frames', '-')} blocks={r.get('blocks', '-')}"
             )
     seen = set()
-    for name, ns, _, _ in gvars:  # registers and spills of each compiled kernel
+    for name, ns, *_ in gvars:  # registers and spills of each compiled kernel
         for kname in ("gather", "gather_frames"):
             kernel = getattr(ns, kname, None)
             if kernel is None or id(kernel) in seen or not kernel.overloads:

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from rubiks_shift import _cuda, rubiks_shift3d
+from rubiks_shift import _cuda_launch, rubiks_shift3d
 
 messages = []
 
@@ -34,7 +34,9 @@ for shape, stride in (((2, 4, 6, 9, 7), (1, 1, 1)), ((2, 4, 6, 9, 7), (1, 2, 2))
     y.backward(torch.randn(y.shape, generator=g).cuda())
     results += [y.detach().cpu(), x.grad.cpu(), shift.grad.cpu()]
 torch.save(results, sys.argv[1])
-built = sorted(f"{k[0]}/{k[1]}" for k, s in _cuda._kernel_sets.items() if s._built is not None)
-loaded = sorted(k[2] for k in _cuda._Launcher.loaded)
+built = sorted(
+    f"{k[0]}/{k[1]}" for k, s in _cuda_launch._kernel_sets.items() if s._built is not None
+)
+loaded = sorted(k[2] for k in _cuda_launch._Launcher.loaded)
 report = {"built": built, "loaded": loaded, "numba_cuda": "numba.cuda" in sys.modules}
 print(json.dumps(dict(report, messages=messages)))

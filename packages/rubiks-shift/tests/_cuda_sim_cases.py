@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 
 assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 import torch  # noqa: E402
 
-from rubiks_shift import _cuda, reference  # noqa: E402
+from rubiks_shift import _cuda, _cuda_launch, _cuda_plan, reference  # noqa: E402
+from rubiks_shift._cuda_tuning import TUNING  # noqa: E402
 from rubiks_shift._normalize import normalize_shift_grad  # noqa: E402
 
 CASES = [
@@ -66,7 +68,7 @@ def check_bounds() -> bool:
     is then not read through), and every element read or written through it is checked."""
     import numpy as np
 
-    from rubiks_shift._cuda_kernels import ldg_if, offset
+    from rubiks_shift._cuda_device import ldg_if, offset
 
     a = np.arange(6.0)
     p = offset(offset(a, -4), 5)  # outside, then back inside: element 1
@@ -104,11 +106,8 @@ def main() -> int:
     for index, (shape, stride, padding, quantize, dtype) in enumerate(CASES):
         # both gather task orders on every kind of case (the default picks by dtype and
         # row width, and these rows are all narrower than a warp)
-        _cuda.GATHER_ORDER = "frames" if index % 2 else "planes"
-        _cuda._gather_plan.cache_clear()
-        _cuda._FORWARD_PLANS.clear()
-        _cuda._BACKWARD_PLANS.clear()
-        _cuda._AFFINE_PLANS.clear()
+        order = "frames" if index % 2 else "planes"
+        _cuda.use_tuning(replace(TUNING, row_walk_order=order))
         x = torch.randn(shape, generator=g, dtype=torch.float64)
         spread = 3.0 if index >= FIXED else 5.0
         shift = torch.rand(3, shape[2], generator=g, dtype=torch.float64) * spread - spread / 2
@@ -141,17 +140,18 @@ def main() -> int:
         failures += not ok
         print(
             f"{'ok  ' if ok else 'FAIL'} {shape} {stride} {padding} q={quantize} {dtype} "
-            f"order={_cuda.GATHER_ORDER} "
+            f"order={order} "
             f"errs={errs} |y|={float(y_ref.norm()):.3g} |gs|={float(gs_ref.norm()):.3g}"
         )
         if index < FIXED:  # the forward with the input prologue (batch norm + ReLU)
             failures += not check_affine(x, s, y_ref, stride, padding, quantize, dtype, g)
         # where the frame walk is the default, the row walk too, and the frame walk with
         # short bands and frame chunks (the small cases: the simulator is slow)
-        if _cuda.frames_walk_applies(shape, stride) and x.numel() <= 400:
-            for kernel, rows, frames in (("rows", None, None), ("frames", 3, 2)):
+        if _cuda_plan.frames_walk_applies(shape, stride) and x.numel() <= 400:
+            for walk, rows, frames in (("rows", None, None), ("frames", 3, 2)):
+                tuning = replace(TUNING, row_walk_order=order, stride_one_walk=walk)
                 failures += not check_layout(
-                    x, s, gy, y_ref, gx_ref, stride, padding, quantize, dtype, kernel, rows, frames
+                    x, s, gy, y_ref, gx_ref, stride, padding, quantize, dtype, tuning, rows, frames
                 )
     return 1 if failures else 0
 
@@ -175,24 +175,25 @@ def check_affine(x, s, y_ref, stride, padding, quantize, dtype, g) -> bool:
 
 
 def check_layout(
-    x, s, gy, y_ref, gx_ref, stride, padding, quantize, dtype, kernel, rows, frames
+    x, s, gy, y_ref, gx_ref, stride, padding, quantize, dtype, tuning, rows, frames
 ) -> bool:
-    """One gather kernel and layout, forward and adjoint, against the reference."""
+    """One gather kernel and layout (``tuning``'s walk and task order, ``rows`` and
+    ``frames`` per task), forward and adjoint, against the reference."""
     storage = _cuda._STORAGE[dtype]
-    kernels = _cuda._kernels(storage, _cuda._STORAGE[s.dtype])
-    frames_inner = _cuda.GATHER_ORDER == "frames"
+    kernels = _cuda_launch.kernel_set(storage, _cuda._STORAGE[s.dtype])
     errs = []
     for src, ref, adjoint in ((x, y_ref, False), (gy, gx_ref, True)):
         dst = torch.full(ref.shape, float("nan"), dtype=dtype)
-        (step,) = _cuda._gather_plan(
+        (step,) = _cuda_plan.gather_plan(
             tuple(src.shape), tuple(ref.shape), stride, padding, quantize, adjoint,
-            rows, storage, frames_inner, None, kernel, frames,
+            storage, tuning, rows, frames,
         )  # fmt: skip
-        _cuda._run(kernels, step, (src.to(dtype), s, dst), -1)
+        _cuda_launch.run(kernels, step, (src.to(dtype), s, dst), -1)
         errs.append(float((dst.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-12)))
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3}[dtype]
     ok = all(e < tol for e in errs)  # NaN (an unwritten output) fails too
-    tag = f"ok-{kernel}" if ok else f"FAIL-{kernel}"
+    walk = tuning.stride_one_walk
+    tag = f"ok-{walk}" if ok else f"FAIL-{walk}"
     print(f"{tag} {tuple(x.shape)} {stride} {padding} rows={rows} frames={frames} errs={errs}")
     return ok
 

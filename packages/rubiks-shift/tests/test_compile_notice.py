@@ -73,7 +73,8 @@ def test_cuda_launcher_announces_a_slow_compile_with_its_label(quick_notice, cap
 
     from numba import types as nt
 
-    from rubiks_shift import _cuda
+    from rubiks_shift import _cuda_launch
+    from rubiks_shift._cuda_plan import Step
 
     class SlowDispatcher:
         def compile(self, signature):
@@ -82,20 +83,19 @@ def test_cuda_launcher_announces_a_slow_compile_with_its_label(quick_notice, cap
             library = SimpleNamespace(get_cufunc=lambda: cufunc)
             return SimpleNamespace(argument_types=signature, _codelibrary=library)
 
-    monkeypatch.setattr(_cuda, "_function_handle", lambda handle: handle)
-    monkeypatch.setattr(_cuda, "_cu_launch_kernel", lambda: None)
-    monkeypatch.setattr(_cuda, "_ensure_context", lambda index: None)
-    monkeypatch.setattr(_cuda, "GATHER_WAVES", 0)  # no occupancy query (no driver here)
+    monkeypatch.setattr(_cuda_launch, "_function_handle", lambda handle: handle)
+    monkeypatch.setattr(_cuda_launch, "_cu_launch_kernel", lambda: None)
+    monkeypatch.setattr(_cuda_launch, "_ensure_context", lambda index: None)
     for name, value in (("functions", {}), ("entries", {}), ("cu_launch", None)):
-        monkeypatch.setattr(_cuda._Launcher, name, value)  # restored after the test
+        monkeypatch.setattr(_cuda_launch._Launcher, name, value)  # restored after the test
     kernels = SimpleNamespace(
         storage="bfloat16", shift_storage="float32", gather=SlowDispatcher(),
         gather_sig=(nt.CPointer(nt.int16), nt.int64, nt.float64),
     )  # fmt: skip
-    step = _cuda.Step("gather", (1, 1, 1), (32, 1, 1), (7, 0.5))
+    step = Step("gather", (1, 1, 1), (32, 1, 1), (7, 0.5))  # waves 0: no occupancy query
     caplog.set_level(logging.WARNING, logger="rubiks_shift")
-    entry = _cuda._Launcher.prepare(kernels, step, 1, 0)
-    assert entry[0] == 1234 and entry[5] is step
+    entry = _cuda_launch._Launcher.prepare(kernels, step, 1, 0)
+    assert entry.handle == 1234 and entry.step is step
     assert _notices(caplog) == [
         "rubiks-shift: compiling the CUDA gather kernel for bfloat16 (shift float32) for "
         "device 0 with Numba (once per process and dtype) ..."

@@ -52,28 +52,26 @@ def test_cuda_graph_capture_and_replay():
 
 
 @pytest.mark.parametrize(
-    "stride,kernel,name",
+    "stride,name",
     [
-        ((1, 1, 1), "frames", "gather_frames"),
-        ((1, 2, 2), None, "gather"),
+        ((1, 1, 1), "gather_frames"),
+        ((1, 2, 2), "gather"),
     ],
 )
-def test_fast_launch_matches_numba_launch(stride, kernel, name):
+def test_fast_launch_matches_numba_launch(stride, name):
     """The hand-built launch gives what Numba's own launch path gives for the same kernel."""
     from numba import cuda
 
-    from rubiks_shift import _cuda
+    from rubiks_shift import _cuda, _cuda_launch, _cuda_plan
 
     x = torch.randn(2, 3, 5, 9, 7, device="cuda")
     shift = torch.rand(3, 5, device="cuda") * 4 - 2
     y_shape = _cuda.output_shape(x.shape, stride, (0, 0, 0))
-    kernels = _cuda._kernels("float32", "float32")
-    (step,) = _cuda._gather_plan(
-        tuple(x.shape), y_shape, stride, (0, 0, 0), False, False, kernel=kernel
-    )
+    kernels = _cuda_launch.kernel_set("float32", "float32")
+    (step,) = _cuda_plan.gather_plan(tuple(x.shape), y_shape, stride, (0, 0, 0), False, False)
     assert step.name == name
     y_fast = torch.full(y_shape, float("nan"), device="cuda")
-    _cuda._run(kernels, step, (x, shift, y_fast), x.get_device())
+    _cuda_launch.run(kernels, step, (x, shift, y_fast), x.get_device())
     compiled = getattr(kernels, name).compile(getattr(kernels, name + "_sig"))
     y_numba = torch.full_like(y_fast, float("nan"))
     stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
@@ -170,10 +168,10 @@ def test_first_cuda_call_of_a_process_announces_its_compile():
     assert done.returncode == 0, done.stderr
     notices = [line for line in done.stderr.splitlines() if "rubiks-shift: compiling" in line]
     assert len(notices) == 1, done.stderr
-    from rubiks_shift import _cuda
+    from rubiks_shift import _cuda_plan
 
     shape = (1, 2, 3, 4, 4)
-    (step,) = _cuda._gather_plan(shape, shape, (1, 1, 1), (0, 0, 0), False, False, None, "float16")
+    (step,) = _cuda_plan.gather_plan(shape, shape, (1, 1, 1), (0, 0, 0), False, False, "float16")
     assert f"CUDA {step.name} kernel for float16" in notices[0]  # the stride-1 gather
 
 

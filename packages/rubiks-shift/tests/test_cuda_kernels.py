@@ -31,11 +31,11 @@ def test_kernels_in_cuda_simulator():
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16", "float32", "float64"])
 def test_compile_ptx_every_dtype(storage):
-    from rubiks_shift import _cuda_kernels as K
+    from rubiks_shift import _cuda_kernels
 
     shift_storages = ["float32", "float64"] if storage == "float32" else ["float32"]
     for shift_storage in shift_storages:
-        kernels = K.Kernels(storage, shift_storage)
+        kernels = _cuda_kernels.Kernels(storage, shift_storage)
         names = ("gather", "gather_narrow", "gather_frames", "grad_shift", "finalize")
         # the fused inference form's prologue kernels: float32 shifts only (it stores
         # its shifts in float32); the one-column variant in one dtype (CI time)
@@ -43,7 +43,8 @@ def test_compile_ptx_every_dtype(storage):
         if affine and storage == "float32":
             affine += ("gather_narrow_affine",)
         for name in names + affine:
-            ptx = K.kernel_ptx(getattr(kernels, name), getattr(kernels, name + "_sig"), (9, 0))
+            sig = getattr(kernels, name + "_sig")
+            ptx = _cuda_kernels.kernel_ptx(getattr(kernels, name), sig, (9, 0))
             assert ".entry" in ptx
             if storage != "float64" and shift_storage == "float32":
                 # float32 accumulation must not silently promote to float64 (gather and grad_shift
@@ -52,3 +53,21 @@ def test_compile_ptx_every_dtype(storage):
                 f64_ops = set(re.findall(r"\b([a-z]+)(?:\.[a-z]+)*\.f64\b", ptx))
                 allowed = {"ld", "cvt", "mul"} if name != "finalize" else set()
                 assert f64_ops <= allowed, f"{name}/{storage} uses float64 arithmetic: {f64_ops}"
+
+
+def test_kernel_parameters_are_checked_against_their_scalar_block():
+    """A kernel whose parameter list disagrees with its ``_cuda_scalars`` block (another
+    order, a missing field) is refused when it is built, not miscalled at launch."""
+    from rubiks_shift._cuda_device import check_parameters
+    from rubiks_shift._cuda_scalars import FinalizeScalars
+
+    def finalize(partial, shift, out, C, parts, normalize, t_factor):
+        pass
+
+    def swapped(partial, shift, out, parts, C, normalize, t_factor):
+        pass
+
+    pointers = ("partial", "shift", "out")
+    check_parameters(finalize, pointers, FinalizeScalars)
+    with pytest.raises(TypeError, match="FinalizeScalars says"):
+        check_parameters(swapped, pointers, FinalizeScalars)

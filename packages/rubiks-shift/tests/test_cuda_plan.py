@@ -3,30 +3,36 @@ task order and grid caps."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("numba.cuda", reason="numba-cuda (the 'cuda' extra) not installed")
 
-from rubiks_shift import _cuda
-from rubiks_shift._cuda_gather import FRAME_ROWS
+from rubiks_shift import _cuda, _cuda_launch, _cuda_plan
+from rubiks_shift._cuda_tuning import TUNING, Tuning
+
+FRAME_ROWS = TUNING.frame_walk_rows
 
 
 def _step(
-    src, dst, stride=(1, 1, 1), quantize=False, adjoint=False, storage="float32", kernel="rows"
+    src, dst, stride=(1, 1, 1), quantize=False, adjoint=False, storage="float32", walk="rows"
 ):
-    """The gather launch; the row walk unless ``kernel`` says otherwise."""
-    (step,) = _cuda._gather_plan(
-        src, dst, stride, (0, 0, 0), quantize, adjoint, None, storage, None, None, kernel
-    )  # fmt: skip
+    """The gather launch; the row walk unless ``walk`` says otherwise."""
+    tuning = replace(TUNING, stride_one_walk=walk)
+    (step,) = _cuda_plan.gather_plan(
+        src, dst, stride, (0, 0, 0), quantize, adjoint, storage, tuning
+    )
     return step
 
 
 def _layout(step):
     """(frames inner, waves, rows, tasks) of a gather step, read from its scalars."""
     scalars = step.scalars
-    return bool(scalars[17]), step.waves, scalars[16], scalars[0]
+    return bool(scalars.frames_inner), step.waves, scalars.rows, scalars.tasks
 
 
 @settings(max_examples=300, deadline=None)
@@ -39,21 +45,22 @@ def _layout(step):
     group=st.sampled_from([1, 4, 8, 16]),
 )
 def test_task_rows_stay_in_range(planes, rows, width, row_stride, adjoint, group):
-    got = _cuda._task_rows(planes, rows, width, row_stride, adjoint, group)
+    tuning = replace(TUNING, row_walk_group=group)
+    got = _cuda_plan.task_rows(planes, rows, width, row_stride, adjoint, tuning)
     assert 1 <= got <= rows
-    again = _cuda._task_rows_per_thread(planes, rows, width, group)
+    again = _cuda_plan.task_rows_per_thread(planes, rows, width, tuning)
     assert 1 <= again <= rows
 
 
 def test_float32_takes_the_swept_layout():
     frames, waves, rows, tasks = _layout(_step((8, 8, 72, 56, 56), (8, 8, 72, 56, 56)))
-    assert (frames, waves, rows) == (True, _cuda.GATHER_WAVES, 16)
+    assert (frames, waves, rows) == (True, TUNING.row_walk_waves, 16)
     assert tasks == 8 * 8 * 72 * (56 // 16 + 1) * 56
 
 
 def test_narrow_rows_keep_planes_in_memory_order():
     frames, waves, rows, _ = _layout(_step((8, 8, 576, 7, 7), (8, 8, 576, 7, 7)))
-    assert (frames, waves, rows) == (False, _cuda.GATHER_WAVES, 7)
+    assert (frames, waves, rows) == (False, TUNING.row_walk_waves, 7)
 
 
 def test_strided_walks_get_their_rows():
@@ -69,45 +76,46 @@ def test_unswept_cases_keep_one_task_per_thread(storage, quantize):
     shape = (16, 8, 256, 56, 56)
     frames, waves, rows, _ = _layout(_step(shape, shape, quantize=quantize, storage=storage))
     assert (frames, waves) == (False, 0)
-    assert rows == _cuda._task_rows_per_thread(16 * 8 * 256, 56, 56, _cuda.GATHER_GROUP)
+    assert rows == _cuda_plan.task_rows_per_thread(16 * 8 * 256, 56, 56)
 
 
 def test_small_problems_split_columns_to_fill_the_gpu():
     one_clip = (1, 8, 72, 56, 56)
     _, _, rows, tasks = _layout(_step(one_clip, one_clip))
-    assert rows == 8  # 16-row tasks would leave 129k tasks, under GATHER_TASKS
+    assert rows == 8  # 16-row tasks would leave 129k tasks, under row_walk_min_tasks
     assert tasks == 576 * 7 * 56
 
 
 def test_grid_cap_applies_to_grid_stride_steps_only(monkeypatch):
-    monkeypatch.setattr(_cuda, "_resident_blocks", lambda handle, threads, index: 660)
+    monkeypatch.setattr(_cuda_launch, "_resident_blocks", lambda handle, threads, index: 660)
     step = _step((8, 8, 72, 56, 56), (8, 8, 72, 56, 56))
     assert step.grid[0] > 660
-    assert _cuda._launch_grid(step, 0, 0) == (660 * step.waves, 1, 1)
+    assert _cuda_launch._launch_grid(step, 0, 0) == (660 * step.waves, 1, 1)
     per_task = step._replace(waves=0)
-    assert _cuda._launch_grid(per_task, 0, 0) == step.grid
+    assert _cuda_launch._launch_grid(per_task, 0, 0) == step.grid
 
 
 def test_stride_one_forms_take_the_frame_walk():
     shape = (8, 8, 72, 56, 56)
     for adjoint in (False, True):
-        step = _step(shape, shape, adjoint=adjoint, kernel=None)
+        step = _step(shape, shape, adjoint=adjoint, walk="frames")
         assert step.name == "gather_frames"
-        frames, rows = step.scalars[15], step.scalars[14]
-        assert (frames, rows) == (8, FRAME_ROWS)  # 8 * 72 * 7 * 56 tasks: above FRAME_TASKS
-        assert step.scalars[0] == 8 * 72 * 1 * 7 * 56
+        frames, rows = step.scalars.frames_per_task, step.scalars.rows
+        # 8 * 72 * 7 * 56 tasks: above frame_walk_min_tasks
+        assert (frames, rows) == (8, FRAME_ROWS)
+        assert step.scalars.tasks == 8 * 72 * 1 * 7 * 56
     # a column stride keeps it; a row or temporal stride, or one-column planes, do not
-    assert _step((8, 8, 72, 56, 112), shape, (1, 1, 2), kernel=None).name == "gather_frames"
-    assert _step((8, 8, 72, 112, 112), shape, (1, 2, 2), kernel=None).name == "gather"
-    assert _step((8, 16, 72, 56, 56), shape, (2, 1, 1), kernel=None).name == "gather"
+    assert _step((8, 8, 72, 56, 112), shape, (1, 1, 2), walk="frames").name == "gather_frames"
+    assert _step((8, 8, 72, 112, 112), shape, (1, 2, 2), walk="frames").name == "gather"
+    assert _step((8, 16, 72, 56, 56), shape, (2, 1, 1), walk="frames").name == "gather"
     one_column = (2, 8, 4, 16, 1)
-    assert _step(one_column, one_column, kernel=None).name == "gather_narrow"
+    assert _step(one_column, one_column, walk="frames").name == "gather_narrow"
 
 
 def test_small_problems_split_frames_then_rows():
-    # 8 * 576 * 7 = 32k tasks with every frame, under FRAME_TASKS: two chunks of 4 frames
-    assert _cuda._frame_layout(8, 576, 8, 7, 7) == (4, 7)
-    assert _cuda._frame_layout(1, 1, 4, 3, 3) == (1, 1)  # tiny: every split taken
+    # 8 * 576 * 7 = 32k tasks with every frame, under frame_walk_min_tasks: two chunks of 4
+    assert _cuda_plan.frame_walk_layout(8, 576, 8, 7, 7) == (4, 7)
+    assert _cuda_plan.frame_walk_layout(1, 1, 4, 3, 3) == (1, 1)  # tiny: every split taken
 
 
 @settings(max_examples=300, deadline=None)
@@ -119,7 +127,7 @@ def test_small_problems_split_frames_then_rows():
     w=st.integers(1, 600),
 )
 def test_frame_layout_stays_in_range(batch, channels, t, h, w):
-    frames, rows = _cuda._frame_layout(batch, channels, t, h, w)
+    frames, rows = _cuda_plan.frame_walk_layout(batch, channels, t, h, w)
     assert 1 <= frames <= t
     assert 1 <= rows <= min(h, FRAME_ROWS)
 
@@ -127,17 +135,14 @@ def test_frame_layout_stays_in_range(batch, channels, t, h, w):
 def test_frame_walk_refuses_rows_above_its_bound():
     shape = (1, 2, 2, 32, 8)
     with pytest.raises(ValueError, match="at most"):
-        _cuda._gather_plan(
-            shape, shape, (1, 1, 1), (0, 0, 0), False, False, FRAME_ROWS + 1, "float32",
-            None, None, "frames",
-        )  # fmt: skip
+        _cuda_plan.gather_plan(
+            shape, shape, (1, 1, 1), (0, 0, 0), False, False, "float32", rows=FRAME_ROWS + 1
+        )
 
 
 def test_make_current_switches_only_when_another_device_is_current(monkeypatch):
     """The forward and backward make the tensors' device current only where it is not,
     and report the device to restore (stand-ins for the runtime calls: no GPU needed)."""
-    import torch
-
     switched = []
     monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 1, raising=False)
     monkeypatch.setattr(torch.cuda, "set_device", switched.append)
@@ -146,3 +151,43 @@ def test_make_current_switches_only_when_another_device_is_current(monkeypatch):
     assert switched == []
     assert _cuda._make_current(0) == 1  # switched to 0, 1 to restore
     assert switched == [0]
+
+
+def test_tuning_is_validated_and_frozen():
+    with pytest.raises(ValueError, match=r"Tuning.row_walk_order must be 'auto', 'frames'"):
+        Tuning(row_walk_order="frame")  # a typo is refused, not another order
+    with pytest.raises(ValueError, match=r"Tuning.grad_shift_threads must be a power of two"):
+        Tuning(grad_shift_threads=192)
+    with pytest.raises(ValueError, match=r"Tuning.frame_walk_registers must be None"):
+        Tuning(frame_walk_registers=0)
+    with pytest.raises(ValueError, match=r"Tuning.row_walk_waves must be an integer >= 0"):
+        Tuning(row_walk_waves=True)
+    with pytest.raises(AttributeError):
+        TUNING.row_walk_waves = 0  # frozen
+    assert set(TUNING.kernel_values()) == {
+        "row_walk_registers",
+        "row_walk_group",
+        "frame_walk_rows",
+        "frame_walk_registers",
+        "grad_shift_registers",
+        "grad_shift_group",
+        "grad_shift_threads",
+        "finalize_threads",
+    }
+
+
+def test_use_tuning_changes_launches_not_kernels():
+    shape = (1, 2, 3, 4, 5)
+    previous = _cuda.use_tuning(replace(TUNING, row_walk_order="frames"))
+    try:
+        assert previous == TUNING
+        plan = _cuda._forward_plan(
+            (shape, torch.float32, torch.float32, (1, 2, 1), (0, 0, 0), False)
+        )
+        assert plan.steps[0].scalars.frames_inner == 1
+        with pytest.raises(ValueError, match="compile-time values: \\['frame_walk_rows'\\]"):
+            _cuda.use_tuning(replace(TUNING, frame_walk_rows=4))
+    finally:
+        _cuda.use_tuning(previous)
+    plan = _cuda._forward_plan((shape, torch.float32, torch.float32, (1, 2, 1), (0, 0, 0), False))
+    assert plan.steps[0].scalars.frames_inner == 0

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,10 +19,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rubiks_shift import _compile_notice, _cuda_config, _kernel_cache, warmup
+from rubiks_shift import _compile_notice, _cuda_tuning, _kernel_cache, warmup
 
 pytest.importorskip("numba.cuda")
-from rubiks_shift import _cuda
+from rubiks_shift import _cuda_launch
 
 KEY_ARGS = ("float32", "float32", "gather", (9, 0), 12080)
 ENTRY = _kernel_cache.Entry(bytes(range(256)) * 40, "_Zkernel", ("int64", "float64"))
@@ -59,10 +60,10 @@ def test_cache_dir_default_env_override_and_disable(tmp_path, monkeypatch):
         assert _kernel_cache.cache_dir() is None
 
 
-def test_key_covers_source_constants_device_and_versions(monkeypatch):
+def test_key_covers_source_tuning_device_and_versions(monkeypatch):
     key = _kernel_cache.make_key(*KEY_ARGS)
     assert key["source"] == _kernel_cache.source_digest()
-    assert key["constants"]["FRAME_REGISTERS"] == _cuda_config.FRAME_REGISTERS
+    assert key["tuning"]["frame_walk_registers"] == _cuda_tuning.TUNING.frame_walk_registers
     assert key["versions"]["numba"] and key["versions"]["numba-cuda"]
     folder = Path("/c")
     path = _kernel_cache.entry_path(folder, key)
@@ -73,7 +74,11 @@ def test_key_covers_source_constants_device_and_versions(monkeypatch):
         _kernel_cache.make_key("float32", "float32", "gather", (8, 0), 12080),
         _kernel_cache.make_key("float32", "float32", "gather", (9, 0), 12090),
     ]
-    monkeypatch.setattr(_cuda_config, "GATHER_REGISTERS", 64)  # a register cap changed
+    launch_only = replace(_cuda_tuning.TUNING, frame_walk_threads=256, row_walk_waves=0)
+    monkeypatch.setattr(_cuda_tuning, "TUNING", launch_only)  # launches, not kernels, change
+    assert _kernel_cache.make_key(*KEY_ARGS) == key
+    cap = replace(_cuda_tuning.TUNING, row_walk_registers=64)  # a register cap changed
+    monkeypatch.setattr(_cuda_tuning, "TUNING", cap)
     others.append(_kernel_cache.make_key(*KEY_ARGS))
     monkeypatch.setenv("NUMBA_CUDA_DEBUGINFO", "1")  # a code-generation setting
     others.append(_kernel_cache.make_key(*KEY_ARGS))
@@ -249,10 +254,10 @@ class FakeDispatcher:
         return SimpleNamespace(argument_types=signature, _codelibrary=library)
 
 
-def _kernel_set(dispatcher) -> _cuda.KernelSet:
+def _kernel_set(dispatcher) -> _cuda_launch.KernelSet:
     from numba import types as nt
 
-    kernels = _cuda.KernelSet("float32", "float32")
+    kernels = _cuda_launch.KernelSet("float32", "float32")
     sig = (nt.CPointer(nt.float32), nt.CPointer(nt.float32), nt.int64, nt.float64)
     kernels._built = SimpleNamespace(gather=dispatcher, gather_sig=sig)
     return kernels
@@ -270,12 +275,12 @@ def launcher(cache, monkeypatch):
 
     monkeypatch.setattr(_kernel_cache, "device_facts", lambda index: ((9, 0), 12080))
     monkeypatch.setattr(_kernel_cache, "load", load)
-    monkeypatch.setattr(_cuda, "_function_handle", lambda handle: handle)
-    monkeypatch.setattr(_cuda, "_cu_launch_kernel", lambda: None)
+    monkeypatch.setattr(_cuda_launch, "_function_handle", lambda handle: handle)
+    monkeypatch.setattr(_cuda_launch, "_cu_launch_kernel", lambda: None)
     monkeypatch.setenv(_kernel_cache.WORKERS_ENV, "0")
     stand_ins = (("functions", {}), ("loaded", {}), ("entries", {}), ("workers", None))
     for name, value in (*stand_ins, ("cu_launch", None)):
-        monkeypatch.setattr(_cuda._Launcher, name, value)  # all restored after the test
+        monkeypatch.setattr(_cuda_launch._Launcher, name, value)  # all restored after the test
     monkeypatch.setattr(_compile_notice, "_finished", set())
     return loads
 
@@ -287,23 +292,23 @@ def _entry_file(cache: Path) -> Path:
 
 def test_miss_compiles_and_caches_then_a_new_process_loads_without_compiling(cache, launcher):
     first = FakeDispatcher()
-    handle, kinds = _cuda._Launcher.cached(_kernel_set(first), "gather", 0)
+    handle, kinds = _cuda_launch._Launcher.cached(_kernel_set(first), "gather", 0)
     assert first.compiles == 1 and handle == 1001
     assert kinds == (ctypes.c_int64, ctypes.c_double)
     entry, index = launcher[0]
     assert (entry.image, entry.name, entry.args, index) == (
         b"\x7fELF-fake-cubin", "_Zfake_gather", ("int64", "float64"), 0
     )  # fmt: skip
-    assert _cuda._Launcher.cached(_kernel_set(first), "gather", 0) == (1001, kinds)  # memo
-    _cuda._Launcher.loaded.clear()  # a new process: nothing in memory
+    assert _cuda_launch._Launcher.cached(_kernel_set(first), "gather", 0) == (1001, kinds)  # memo
+    _cuda_launch._Launcher.loaded.clear()  # a new process: nothing in memory
     second = FakeDispatcher(cubin=b"never used")
-    assert _cuda._Launcher.cached(_kernel_set(second), "gather", 0) == (1002, kinds)
+    assert _cuda_launch._Launcher.cached(_kernel_set(second), "gather", 0) == (1002, kinds)
     assert second.compiles == 0 and launcher[1][0] == entry
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "stale"])
 def test_a_bad_entry_is_recompiled_and_rewritten(cache, launcher, caplog, damage):
-    _cuda._Launcher.cached(_kernel_set(FakeDispatcher(b"old-cubin")), "gather", 0)
+    _cuda_launch._Launcher.cached(_kernel_set(FakeDispatcher(b"old-cubin")), "gather", 0)
     path = _entry_file(cache)
     data = path.read_bytes()
     if damage == "flip":
@@ -313,10 +318,10 @@ def test_a_bad_entry_is_recompiled_and_rewritten(cache, launcher, caplog, damage
     else:  # same file name, written for another key
         _, key = _write_entry(cache, _kernel_cache.make_key(*KEY_ARGS))
         path.write_bytes(_kernel_cache.serialize(dict(key, driver=1), ENTRY))
-    _cuda._Launcher.loaded.clear()
+    _cuda_launch._Launcher.loaded.clear()
     caplog.set_level(logging.INFO, logger="rubiks_shift")
     again = FakeDispatcher(b"new-cubin")
-    _cuda._Launcher.cached(_kernel_set(again), "gather", 0)
+    _cuda_launch._Launcher.cached(_kernel_set(again), "gather", 0)
     assert again.compiles == 1
     assert launcher[-1][0].image == b"new-cubin"  # the recompiled kernel, not the bad one
     assert "ignoring kernel cache entry" in caplog.text
@@ -327,14 +332,14 @@ def test_a_bad_entry_is_recompiled_and_rewritten(cache, launcher, caplog, damage
 def test_disabled_cache_compiles_in_process_with_numbas_handle(cache, launcher, monkeypatch):
     monkeypatch.setenv(_kernel_cache.ENV, "off")
     dispatcher = FakeDispatcher()
-    handle, _kinds = _cuda._Launcher.cached(_kernel_set(dispatcher), "gather", 0)
+    handle, _kinds = _cuda_launch._Launcher.cached(_kernel_set(dispatcher), "gather", 0)
     assert (handle, dispatcher.compiles, launcher) == (4321, 1, [])
     assert not cache.exists()
 
 
 def test_no_cubin_from_numba_falls_back_to_numbas_handle(cache, launcher):
     dispatcher = FakeDispatcher(cubin=None)
-    handle, _ = _cuda._Launcher.cached(_kernel_set(dispatcher), "gather", 0)
+    handle, _ = _cuda_launch._Launcher.cached(_kernel_set(dispatcher), "gather", 0)
     assert (handle, dispatcher.compiles, launcher) == (4321, 1, [])
     assert not any(p.suffix == ".cubin" for p in cache.glob("*"))
 
@@ -344,10 +349,10 @@ def test_a_failed_compile_worker_falls_back_to_this_process(cache, launcher, mon
     monkeypatch.setenv(_kernel_cache.WORKERS_ENV, "2")
     caplog.set_level(logging.INFO, logger="rubiks_shift")
     dispatcher = FakeDispatcher()
-    handle, _ = _cuda._Launcher.cached(_kernel_set(dispatcher), "gather", 0)
+    handle, _ = _cuda_launch._Launcher.cached(_kernel_set(dispatcher), "gather", 0)
     assert dispatcher.compiles == 1 and handle == 1001
     assert "the compile worker for gather failed (exit status 1)" in caplog.text
-    jobs = _cuda._Launcher.workers.jobs
+    jobs = _cuda_launch._Launcher.workers.jobs
     assert {k[2] for k in jobs} == set(_kernel_cache.PREFETCH)  # the set was started
     for job in jobs.values():
         assert job.done.wait(120)
@@ -356,8 +361,8 @@ def test_a_failed_compile_worker_falls_back_to_this_process(cache, launcher, mon
 def test_notice_says_compiling_or_loading_from_the_cache(cache, launcher, monkeypatch, caplog):
     monkeypatch.setattr(_compile_notice, "DELAY_S", 0.05)
     caplog.set_level(logging.WARNING, logger="rubiks_shift")
-    _cuda._Launcher.cached(_kernel_set(FakeDispatcher(delay=1.0)), "gather", 0)
-    _cuda._Launcher.loaded.clear()
+    _cuda_launch._Launcher.cached(_kernel_set(FakeDispatcher(delay=1.0)), "gather", 0)
+    _cuda_launch._Launcher.loaded.clear()
     monkeypatch.setattr(_compile_notice, "_finished", set())
 
     def slow_load(entry, index):
@@ -365,7 +370,7 @@ def test_notice_says_compiling_or_loading_from_the_cache(cache, launcher, monkey
         return 7
 
     monkeypatch.setattr(_kernel_cache, "load", slow_load)
-    _cuda._Launcher.cached(_kernel_set(FakeDispatcher()), "gather", 0)
+    _cuda_launch._Launcher.cached(_kernel_set(FakeDispatcher()), "gather", 0)
     what = "the CUDA gather kernel for float32 (shift float32) for device 0"
     assert [r.getMessage() for r in caplog.records if r.name == "rubiks_shift"] == [
         f"rubiks-shift: compiling {what} with Numba (once per machine and dtype; cached in "
@@ -452,8 +457,8 @@ def test_warmup_kernel_sets():
 
 
 def test_an_entry_the_driver_refuses_is_recompiled(cache, launcher, monkeypatch, caplog):
-    _cuda._Launcher.cached(_kernel_set(FakeDispatcher(b"refused")), "gather", 0)
-    _cuda._Launcher.loaded.clear()
+    _cuda_launch._Launcher.cached(_kernel_set(FakeDispatcher(b"refused")), "gather", 0)
+    _cuda_launch._Launcher.loaded.clear()
     real = _kernel_cache.load
 
     def picky(entry, index):
@@ -464,7 +469,7 @@ def test_an_entry_the_driver_refuses_is_recompiled(cache, launcher, monkeypatch,
     monkeypatch.setattr(_kernel_cache, "load", picky)
     caplog.set_level(logging.INFO, logger="rubiks_shift")
     again = FakeDispatcher(b"accepted")
-    _cuda._Launcher.cached(_kernel_set(again), "gather", 0)
+    _cuda_launch._Launcher.cached(_kernel_set(again), "gather", 0)
     assert again.compiles == 1 and launcher[-1][0].image == b"accepted"
     assert "CUresult 200" in caplog.text
 
@@ -475,7 +480,7 @@ def test_no_usable_driver_query_compiles_without_the_cache(cache, launcher, monk
 
     monkeypatch.setattr(_kernel_cache, "device_facts", broken)
     dispatcher = FakeDispatcher()
-    handle, _ = _cuda._Launcher.cached(_kernel_set(dispatcher), "gather", 0)
+    handle, _ = _cuda_launch._Launcher.cached(_kernel_set(dispatcher), "gather", 0)
     assert (handle, dispatcher.compiles, launcher) == (4321, 1, [])
 
 
@@ -554,10 +559,10 @@ def test_workers_compile_the_set_and_this_process_only_loads(cache, launcher, mo
     monkeypatch.setattr(_kernel_cache, "worker_command", lambda s, t, k, i: [
         sys.executable, "-c", _FAKE_WORKER, s, t, k])  # fmt: skip
     dispatcher = FakeDispatcher()
-    _cuda._Launcher.cached(_kernel_set(dispatcher), "gather", 0)
+    _cuda_launch._Launcher.cached(_kernel_set(dispatcher), "gather", 0)
     assert dispatcher.compiles == 0
     assert launcher[0][0].image == b"cubin of gather"
-    for job in _cuda._Launcher.workers.jobs.values():
+    for job in _cuda_launch._Launcher.workers.jobs.values():
         assert job.done.wait(120) and job.state == "compiled"
     names = sorted(p.name.split("-")[0] for p in cache.glob("*.cubin"))
     assert names == sorted(_kernel_cache.PREFETCH)

@@ -43,66 +43,53 @@ from types import SimpleNamespace
 from numba import cuda
 from numba import types as nt
 
-from ._cuda_config import FRAME_REGISTERS, FRAME_ROWS, GATHER_REGISTERS  # noqa: F401
-from ._cuda_config import GATHER_GROUP as GROUP
-from ._cuda_kernels import (
-    SHIFT_LIMIT,
-    _load_store,
+from ._cuda_device import (
+    acc_constants,
     accumulator,
+    check_parameters,
+    divmod_,
     fresh,
     inlined,
     kernel_decorator,
     ldg,
+    load_store,
     masked_load,
     offset,
+    scalar_types,
+    storage_pointer,
     warp_all,
 )
+from ._cuda_scalars import GatherFramesScalars, GatherScalars
 
 i32 = nt.int32
 i64 = nt.int64
-f64 = nt.float64
 
 
-# The scalar arguments of the two walks, in launch order (after the pointers src, shift,
-# dst and, in the affine kernels, scale and bias).
-GATHER_SCALARS = (
-    "tasks, C, Ts, Hs, Ws, Td, Hd, Wd, st, sh, sw, pt, ph, pw, adjoint, quantize, rows, "
-    "frames_inner, inv_plane, inv_w, inv_c, inv_t, inv_chunks"
-)
-FRAMES_SCALARS = (
-    "tasks, C, Ts, Hs, Ws, Td, Hd, Wd, sw, pt, ph, pw, adjoint, quantize, rows, "
-    "frames_per_task, inv_w, inv_bands, inv_chunks, inv_c"
-)
+def gather_signature(
+    storage: str, shift_storage: str, affine: bool = False, frames: bool = False
+) -> tuple:
+    """The signature of a gather kernel: (src, shift, dst[, scale, bias], *scalars), the
+    scalars a ``GatherScalars`` block (the row walk) or, with ``frames``, a
+    ``GatherFramesScalars`` one (the frame walk); ``affine``: with the input prologue."""
+    acc = accumulator(storage)
+    ptr = storage_pointer(storage)
+    affine_ptrs = (nt.CPointer(acc),) * 2 if affine else ()
+    pointers = (ptr, storage_pointer(shift_storage), ptr, *affine_ptrs)
+    return pointers + scalar_types(GatherFramesScalars if frames else GatherScalars, acc)
 
 
-def _pointers(storage: str, shift_storage: str, affine: bool) -> tuple:
-    from ._cuda_kernels import _NUMBA_STORAGE
-
-    ptr = nt.CPointer(_NUMBA_STORAGE[storage])
-    sptr = nt.CPointer(_NUMBA_STORAGE[shift_storage])
-    acc_ptr = nt.CPointer(accumulator(storage))
-    return (ptr, sptr, ptr) + ((acc_ptr, acc_ptr) if affine else ())
-
-
-def gather_signature(storage: str, shift_storage: str, affine: bool = False) -> tuple:
-    """The signature of the row-walk gather (``affine``: with the input prologue)."""
-    return _pointers(storage, shift_storage, affine) + (i64,) * 18 + (f64,) * 5
-
-
-def frames_signature(storage: str, shift_storage: str, affine: bool = False) -> tuple:
-    """The signature of the frame-walking gather (``build_gather(..., frames=True)``)."""
-    return _pointers(storage, shift_storage, affine) + (i64,) * 16 + (f64,) * 4
-
-
-def _entry(name: str, body, scalars: str, affine: bool, registers: int | None):
-    """Kernel ``name``(src, shift, dst[, scale, bias], *scalars) running the inlined device
-    function ``body``(src, shift, dst, scale, bias, *scalars); without ``affine`` the
-    scale and bias slots get ``src``, which the body then never reads. (Generated, so each
-    walk's argument list is written once.)"""
-    args = scalars
+def _entry(name: str, body, scalars, affine: bool, registers: int | None):
+    """Kernel ``name``(src, shift, dst[, scale, bias], *fields) running the inlined device
+    function ``body``(src, shift, dst, scale, bias, *fields), ``fields`` those of the
+    ``_cuda_scalars`` block ``scalars`` (generated, so each walk's scalar order is written
+    there only; ``body``'s parameters are checked against it). Without ``affine`` the
+    scale and bias slots get ``src``, which the body then never reads."""
+    python_body = getattr(body, "py_func", None) or body.fn  # the simulator's: fn
+    check_parameters(python_body, ("src", "shift", "dst", "scale", "bias"), scalars)
+    fields = ", ".join(scalars._fields)
     head = "src, shift, dst, scale, bias" if affine else "src, shift, dst"
     slots = "scale, bias" if affine else "src, src"
-    source = f"def {name}({head}, {args}):\n    body(src, shift, dst, {slots}, {args})\n"
+    source = f"def {name}({head}, {fields}):\n    body(src, shift, dst, {slots}, {fields})\n"
     namespace = {"body": body, "__name__": __name__}
     exec(source, namespace)
     return kernel_decorator(registers)(namespace[name])
@@ -111,28 +98,10 @@ def _entry(name: str, body, scalars: str, affine: bool, registers: int | None):
 def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> SimpleNamespace:
     """The device functions the gather kernels share, for one (storage, shift storage)
     pair (``narrow``: column slots of a one-column source)."""
-    acc = accumulator(storage)
-    load, store = _load_store(storage)
+    acc, zero, one, half, limit, nan = acc_constants(storage)
+    load, store = load_store(storage)
     load_if = masked_load(storage)
-    sload, _ = _load_store(shift_storage)
-    zero = acc(0.0)
-    one = acc(1.0)
-    half = acc(0.5)
-    limit = acc(SHIFT_LIMIT)
-    nan = acc(math.nan)
-
-    @inlined
-    def divmod_(a, b, inv):
-        """(a // b, a % b) for 0 <= a < 2^52 with a float64 reciprocal ``inv`` of b."""
-        q = i64(f64(a) * inv)
-        r = a - q * b
-        if r < 0:
-            q -= 1
-            r += b
-        elif r >= b:
-            q += 1
-            r -= b
-        return q, r
+    sload, _ = load_store(shift_storage)
 
     @inlined
     def axis(s, quantize):
@@ -229,26 +198,29 @@ def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> Simp
 def build_gather(
     storage: str,
     shift_storage: str,
-    group: int = GROUP,
-    registers: int | None = GATHER_REGISTERS,
+    *,
+    registers: int | None,
+    group: int = 0,
+    frame_rows: int = 0,
     narrow: bool = False,
     frames: bool = False,
-    frame_rows: int = 0,
     affine: bool = False,
 ):
-    """The gather kernel for one (storage, shift storage) pair; ``group`` rows per
-    unrolled row group, ``registers`` the ptxas register cap (benchmark sweeps vary
-    them). ``narrow``: the variant for a one-column source (W = 1), which never reads a
-    second column slot. ``frames``: the frame-walking gather instead (temporal and row
-    stride 1), with ``frame_rows`` (default FRAME_ROWS) as its compile-time bound on
-    rows per task. ``affine``: the forward with an input prologue, two more pointer
-    arguments (scale, bias: per-channel, accumulation dtype) after dst, each source value
-    read as relu(value * scale[c] + bias[c]) (the batch norm and ReLU before a shift, in
-    the same pass)."""
+    """The gather kernel for one (storage, shift storage) pair with register cap
+    ``registers``: the row walk, ``group`` rows per unrolled row group (``narrow``: the
+    variant for a one-column source, W = 1, which never reads a second column slot), or
+    with ``frames`` the frame walk (temporal and row stride 1), ``frame_rows`` its
+    compile-time bound on rows per task (``Tuning``'s ``row_walk_*`` / ``frame_walk_*``).
+    ``affine``: the forward with an input prologue, two more pointer arguments (scale,
+    bias: per-channel, accumulation dtype) after dst, each source value read as
+    relu(value * scale[c] + bias[c]) (the batch norm and ReLU before a shift, in the same
+    pass)."""
+    if (frame_rows if frames else group) < 1:
+        raise ValueError("the row walk needs group >= 1, the frame walk frame_rows >= 1")
     p = device_parts(storage, shift_storage, narrow)
     acc, load, store, load_if = p.acc, p.load, p.store, p.load_if
     zero, one, nan = p.zero, p.one, p.nan
-    divmod_, within, clamp, source = p.divmod_, p.within, p.clamp, p.source
+    within, clamp, source = p.within, p.clamp, p.source
     column_slots, fill, decode = p.column_slots, p.fill, p.decode
 
     @inlined
@@ -491,8 +463,8 @@ def build_gather(
                 walk(2, tp, dcol, h0, h1, mh_, oh, dh_, Hs32, Ws32, Wd32, wh0, wh1)
 
     if not frames:
-        return _entry("gather", gather_body, GATHER_SCALARS, affine, registers)
-    R = frame_rows or FRAME_ROWS
+        return _entry("gather", gather_body, GatherScalars, affine, registers)
+    R = frame_rows
 
     @inlined
     def row_bits(hs0, nrows, Hs, m):
@@ -699,4 +671,4 @@ def build_gather(
                 q = offset(q, frame_d)
                 td = i32(td + 1)
 
-    return _entry("gather_frames", frames_body, FRAMES_SCALARS, affine, registers)
+    return _entry("gather_frames", frames_body, GatherFramesScalars, affine, registers)

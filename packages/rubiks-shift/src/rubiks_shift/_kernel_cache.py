@@ -2,10 +2,11 @@
 
 Entries live in one folder (:func:`cache_dir`: ``$RUBIKS_SHIFT_CACHE_DIR``, else the
 user cache folder), one file per kernel, named by a digest of its key: the kernel-
-defining sources (bytes of ``_cuda_config.py``, ``_cuda_kernels.py``,
-``_cuda_gather.py``) and their compile-time constants, kernel name, storage dtypes, GPU
-compute capability, CUDA driver version, the versions of Numba and of the CUDA Python
-packages it compiles with, and the Numba settings that change CUDA code generation. A
+defining sources (the bytes of ``SOURCES``), the compile-time values of the tuning
+(``_cuda_tuning.TUNING.kernel_values()``: register caps, unroll groups, row bounds,
+reduction widths), kernel name, storage dtypes, GPU compute capability, CUDA driver
+version, the versions of Numba and of the CUDA Python packages it compiles with, and the
+Numba settings that change CUDA code generation. A
 file holds a magic line, a JSON header (the full key, the kernel's entry name, how its
 scalar arguments are passed, the payload's size and a SHA-256 over name, arguments and
 payload) and the cubin. A reader checks all of it: a truncated, corrupted or stale entry
@@ -67,7 +68,15 @@ KERNELS = (
 # fused inference form's (``*_affine``) when one of those missed
 PREFETCH = ("grad_shift", "gather", "gather_frames", "finalize")
 PREFETCH_AFFINE = ("gather_affine", "gather_frames_affine")
-SOURCES = ("_cuda_config.py", "_cuda_kernels.py", "_cuda_gather.py")
+# the files that define the kernels' code (the launch-only tuning fields are not part of
+# a kernel, so ``_cuda_tuning.py`` is keyed by its kernel values instead)
+SOURCES = (
+    "_cuda_device.py",
+    "_cuda_scalars.py",
+    "_cuda_gather.py",
+    "_cuda_shift_grad.py",
+    "_cuda_kernels.py",
+)
 # distributions whose versions can change the compiled code
 DISTRIBUTIONS = (
     "numba",
@@ -117,10 +126,10 @@ def source_digest() -> str:
     return digest.hexdigest()
 
 
-def _constants() -> dict:
-    from . import _cuda_config
+def _tuning() -> dict:
+    from ._cuda_tuning import TUNING
 
-    return _cuda_config.values()
+    return TUNING.kernel_values()
 
 
 @functools.cache
@@ -158,7 +167,7 @@ def make_key(
         "cc": f"{cc[0]}.{cc[1]}",
         "driver": driver,
         "source": source_digest(),
-        "constants": _constants(),
+        "tuning": _tuning(),
         "versions": _versions(),
         "settings": _settings(),
         "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
@@ -379,10 +388,10 @@ def entry_of(compiled) -> Entry | None:
 def compile_kernel(storage: str, shift_storage: str, kernel: str, device_index: int):
     """Compile ``kernel`` of the (storage, shift storage) kernel set with Numba for
     device ``device_index`` (made Numba's current device): the compiled kernel."""
-    from . import _cuda_kernels as K  # (sets its numpy compatibility alias first)
+    from . import _cuda_kernels  # before numba.cuda: it gives numpy the alias numba-cuda needs
 
-    K.cuda.select_device(device_index)
-    kernels = K.Kernels(storage, shift_storage)
+    _cuda_kernels.cuda.select_device(device_index)
+    kernels = _cuda_kernels.Kernels(storage, shift_storage)
     return getattr(kernels, kernel).compile(getattr(kernels, kernel + "_sig"))
 
 

@@ -1,0 +1,290 @@
+"""Launch plans of the CUDA kernels: which kernel, with which grid, block and scalars.
+
+A plan is a tuple of ``Step`` launches, made once per call signature (the plans are
+cached, here and in ``_cuda``) from the shapes and a ``Tuning`` (``_cuda_tuning``): the
+gathers' (``gather_plan``: the frame walk at temporal and row stride 1, the row walk
+elsewhere, with the layout heuristics ``row_walk_layout`` / ``frame_walk_layout``) and
+the shift gradient's (``shift_grad_plan``). Imports neither Numba nor torch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+from ._cuda_scalars import FinalizeScalars, GatherFramesScalars, GatherScalars, GradShiftScalars
+from ._cuda_tuning import TUNING, Tuning
+
+MAX_GRID_YZ = 65535  # grid y limit (channels of the shift-gradient kernel)
+
+
+class Step(NamedTuple):
+    """One kernel launch of a plan: kernel name, grid, block and scalar arguments (a
+    ``_cuda_scalars`` block)."""
+
+    name: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    scalars: tuple
+    waves: int = 0  # > 0: a grid-stride kernel, its grid capped at this many resident waves
+
+
+class RowWalkLayout(NamedTuple):
+    """How a row-walk gather spreads its tasks."""
+
+    frames_inner: bool  # task order: a channel's frames side by side, else memory order
+    waves: int  # grid cap in waves of resident blocks (0: one thread per task)
+    rows: int  # destination rows per task
+
+
+class FrameWalkLayout(NamedTuple):
+    """How a frame-walk gather spreads its tasks."""
+
+    frames: int  # destination frames per task
+    rows: int  # destination rows per task (at most the kernel's compile-time bound)
+
+
+class ShiftGradPlan(NamedTuple):
+    """The shift gradient's two launches."""
+
+    parts: int  # partial sums per channel (grad_shift's blocks per channel)
+    grad_shift: Step
+    finalize: Step
+
+
+def check_channels(channels: int) -> None:
+    if channels > MAX_GRID_YZ:
+        raise ValueError(
+            f"rubiks_shift on CUDA supports at most {MAX_GRID_YZ} channels, got {channels}"
+        )
+
+
+def task_rows(
+    planes: int, rows: int, width: int, row_stride: int, adjoint: bool, tuning: Tuning = TUNING
+) -> int:
+    """Destination rows per row-walk task (the best of a sweep on an H200, 2026-12-01,
+    benchmarks/sweep_kernels.py, with the grid capped at one wave): 16 for the
+    row-reusing stride-1 walk, 8 for the generic strided walk, whole columns for the
+    adjoint's stride-2 walk; then halved (in multiples of the unrolled row group) while
+    that leaves fewer than ``row_walk_min_tasks`` tasks to spread over the GPU."""
+    group = tuning.row_walk_group
+    if row_stride == 1:
+        per_task = 16
+    elif adjoint and row_stride == 2:
+        per_task = rows
+    else:
+        per_task = 8
+    per_task = min(rows, per_task)
+    while per_task > group and planes * -(-rows // per_task) * width < tuning.row_walk_min_tasks:
+        per_task = min(rows, -(-(per_task // 2) // group) * group)
+    return per_task
+
+
+def task_rows_per_thread(planes: int, rows: int, width: int, tuning: Tuning = TUNING) -> int:
+    """Destination rows per row-walk task with one task per thread: whole columns unless
+    that leaves fewer than ``one_task_per_thread_tasks`` tasks; a multiple of the
+    unrolled row group where the plane has that many rows."""
+    group = tuning.row_walk_group
+    chunks = min(rows, max(1, -(-tuning.one_task_per_thread_tasks // (planes * width))))
+    per_task = max(min(rows, 4), -(-rows // chunks))
+    return min(rows, -(-per_task // group) * group)
+
+
+def row_walk_layout(
+    storage: str,
+    quantize: bool,
+    adjoint: bool,
+    planes: int,
+    h_dst: int,
+    w_dst: int,
+    row_stride: int,
+    tuning: Tuning = TUNING,
+) -> RowWalkLayout:
+    """The layout of a row-walk launch. Tuned on an H200 (2026-12-01, float32 without
+    quantize; BENCHMARKS.md): a grid of ``row_walk_waves`` resident waves whose threads
+    loop over tasks, rows by row walk (``task_rows``), and frames inner where a row fills
+    a warp (narrower rows keep the planes' memory order, which keeps a warp's accesses
+    contiguous). Other dtypes and quantize, not swept yet, keep one thread per task and
+    planes in order (``task_rows_per_thread``)."""
+    tuned = storage == "float32" and not quantize
+    if tuned:
+        rows = task_rows(planes, h_dst, w_dst, row_stride, adjoint, tuning)
+    else:
+        rows = task_rows_per_thread(planes, h_dst, w_dst, tuning)
+    if tuning.row_walk_order == "auto":
+        frames_inner = tuned and w_dst >= tuning.frames_inner_min_width
+    else:
+        frames_inner = tuning.row_walk_order == "frames"
+    return RowWalkLayout(frames_inner, tuning.row_walk_waves if tuned else 0, rows)
+
+
+def frames_walk_applies(src_shape, stride) -> bool:
+    """Whether the frame walk can run this gather: temporal and row stride 1 and a
+    source more than one column wide."""
+    return stride[0] == 1 and stride[1] == 1 and src_shape[4] > 1
+
+
+def frame_walk_layout(
+    batch: int, channels: int, t_dst: int, h_dst: int, w_dst: int, tuning: Tuning = TUNING
+) -> FrameWalkLayout:
+    """The layout of a frame-walk launch: all frames and ``frame_walk_rows`` rows per
+    task, then fewer frames, then fewer rows, while that leaves under
+    ``frame_walk_min_tasks`` tasks to spread over the GPU."""
+    frames, rows = t_dst, min(h_dst, tuning.frame_walk_rows)
+
+    def tasks(f: int, r: int) -> int:
+        return batch * channels * -(-t_dst // f) * -(-h_dst // r) * w_dst
+
+    while frames > 1 and tasks(frames, rows) < tuning.frame_walk_min_tasks:
+        frames = -(-frames // 2)
+    while rows > 1 and tasks(frames, rows) < tuning.frame_walk_min_tasks:
+        rows = -(-rows // 2)
+    return FrameWalkLayout(frames, rows)
+
+
+def _gather_fields(src_shape, dst_shape, padding, quantize, adjoint) -> dict:
+    """The scalars both gathers take alike, by name: channels, source and destination
+    sizes, padding and the flags."""
+    _, t_src, channels, h_src, w_src = src_shape
+    _, t_dst, _, h_dst, w_dst = dst_shape
+    sizes = dict(C=channels, Ts=t_src, Hs=h_src, Ws=w_src, Td=t_dst, Hd=h_dst, Wd=w_dst)
+    pads = dict(pt=padding[0], ph=padding[1], pw=padding[2])
+    return dict(**sizes, **pads, adjoint=int(adjoint), quantize=int(quantize))
+
+
+def _frame_walk_plan(
+    src_shape, dst_shape, stride, padding, quantize, adjoint, tuning, rows, frames
+) -> tuple[Step, ...]:
+    """The launch of the frame walk (see ``gather_plan``)."""
+    n_batch, _, channels, _, _ = src_shape
+    _, t_dst, _, h_dst, w_dst = dst_shape
+    auto = frame_walk_layout(n_batch, channels, t_dst, h_dst, w_dst, tuning)
+    frames = frames or auto.frames
+    rows = rows or auto.rows
+    bound = tuning.frame_walk_rows
+    if not 1 <= rows <= bound or frames < 1:
+        raise ValueError(f"frame-walk tasks of {rows} rows (at most {bound}), {frames} frames")
+    bands = -(-h_dst // rows)
+    chunks = -(-t_dst // frames)
+    tasks = n_batch * channels * chunks * bands * w_dst
+    scalars = GatherFramesScalars(
+        tasks=tasks,
+        **_gather_fields(src_shape, dst_shape, padding, quantize, adjoint),
+        sw=stride[2],
+        rows=rows,
+        frames_per_task=frames,
+        inv_w=1.0 / w_dst,
+        inv_bands=1.0 / bands,
+        inv_chunks=1.0 / chunks,
+        inv_c=1.0 / channels,
+    )
+    threads = tuning.frame_walk_threads
+    return (Step("gather_frames", (-(-tasks // threads), 1, 1), (threads, 1, 1), scalars),)
+
+
+@functools.lru_cache(maxsize=512)
+def gather_plan(
+    src_shape,
+    dst_shape,
+    stride,
+    padding,
+    quantize: bool,
+    adjoint: bool,
+    storage: str = "float32",
+    tuning: Tuning = TUNING,
+    rows: int | None = None,
+    frames: int | None = None,
+) -> tuple[Step, ...]:
+    """Launches of the forward (adjoint=False: src = x, dst = y) or of grad_x
+    (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors: the frame walk
+    where it applies and ``tuning.stride_one_walk`` is "frames", else the row walk.
+    ``rows`` and (frame walk) ``frames`` per task override the layout's (benchmark
+    sweeps); a ``tuning`` other than the default with kernel values of its own must be
+    launched with kernels built from it (``_cuda_kernels.Kernels``)."""
+    n_batch, _, channels, h_src, w_src = src_shape
+    _, t_dst, _, h_dst, w_dst = dst_shape
+    check_channels(channels)
+    for h, w in ((h_src, w_src), (h_dst, w_dst)):
+        if h * w >= 2**31:
+            raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
+    if tuning.stride_one_walk == "frames" and frames_walk_applies(src_shape, stride):
+        return _frame_walk_plan(
+            src_shape, dst_shape, stride, padding, quantize, adjoint, tuning, rows, frames
+        )
+    planes = n_batch * t_dst * channels
+    layout = row_walk_layout(storage, quantize, adjoint, planes, h_dst, w_dst, stride[1], tuning)
+    rows = rows or layout.rows
+    chunks = -(-h_dst // rows)  # row chunks per destination column
+    tasks = n_batch * t_dst * channels * chunks * w_dst
+    scalars = GatherScalars(
+        tasks=tasks,
+        **_gather_fields(src_shape, dst_shape, padding, quantize, adjoint),
+        st=stride[0],
+        sh=stride[1],
+        sw=stride[2],
+        rows=rows,
+        frames_inner=int(layout.frames_inner),
+        inv_plane=1.0 / (chunks * w_dst),
+        inv_w=1.0 / w_dst,
+        inv_c=1.0 / channels,
+        inv_t=1.0 / t_dst,
+        inv_chunks=1.0 / chunks,
+    )
+    threads = tuning.row_walk_threads
+    grid = (-(-tasks // threads), 1, 1)
+    name = "gather_narrow" if w_src == 1 else "gather"  # a one-column source: one slot
+    return (Step(name, grid, (threads, 1, 1), scalars, layout.waves),)
+
+
+@functools.lru_cache(maxsize=512)
+def shift_grad_plan(
+    x_shape,
+    y_shape,
+    stride,
+    padding,
+    normalize: bool,
+    t_factor: float,
+    tuning: Tuning = TUNING,
+    rows: int | None = None,
+    blocks: int | None = None,
+) -> ShiftGradPlan:
+    """The shift gradient's launches (``normalize`` and ``t_factor``: see
+    ``normalize_shift_grad``); ``rows`` per task and ``blocks`` per channel override the
+    defaults (benchmark sweeps)."""
+    n_batch, t_in, channels, h_in, w_in = x_shape
+    _, t_out, _, h_out, w_out = y_shape
+    check_channels(channels)
+    slabs = n_batch * t_out
+    # whole output columns per task, grad_shift_tasks_per_thread tasks per thread (the
+    # best of a sweep on an H200, 2026-12-01: benchmarks/sweep_kernels.py)
+    rows = rows or h_out
+    per_plane = -(-h_out // rows) * w_out
+    threads = tuning.grad_shift_threads
+    per_block = threads * tuning.grad_shift_tasks_per_thread
+    blocks = blocks or max(1, -(-slabs * per_plane // per_block))
+    scalars = GradShiftScalars(
+        NT=slabs,
+        T=t_in,
+        C=channels,
+        H=h_in,
+        W=w_in,
+        To=t_out,
+        Ho=h_out,
+        Wo=w_out,
+        st=stride[0],
+        sh=stride[1],
+        sw=stride[2],
+        pt=padding[0],
+        ph=padding[1],
+        pw=padding[2],
+        rows=rows,
+        inv_plane=1.0 / per_plane,
+        inv_w=1.0 / w_out,
+        inv_t=1.0 / t_out,
+    )
+    final = FinalizeScalars(C=channels, parts=blocks, normalize=int(normalize), t_factor=t_factor)
+    return ShiftGradPlan(
+        blocks,
+        Step("grad_shift", (blocks, channels, 1), (threads, 1, 1), scalars),
+        Step("finalize", (channels, 1, 1), (tuning.finalize_threads, 1, 1), final),
+    )

@@ -1,0 +1,100 @@
+"""The scalar arguments of each CUDA kernel, one NamedTuple per kernel (no Numba, no torch).
+
+A block's field order is the kernel's parameter order after its pointer arguments: the
+kernel builders generate each kernel's parameter list and Numba signature from the
+fields (``_cuda_device.kernel_entry``, ``_cuda_device.scalar_types``), and the launch
+plans (``_cuda_plan``) fill the fields by name, so the order is written here only.
+Annotations give how each value is passed: ``int`` as int64, ``float`` as float64,
+``Acc`` in the kernel's accumulation type (float64 for float64 tensors, else float32).
+(No ``from __future__ import annotations`` here: the annotations are read as types.)
+"""
+
+from typing import NamedTuple, NewType
+
+Acc = NewType("Acc", float)
+
+
+class GatherScalars(NamedTuple):
+    """``gather`` and ``gather_narrow`` (the row walk), and their ``_affine`` forms."""
+
+    tasks: int  # (destination plane, row chunk, column) tasks
+    C: int
+    Ts: int  # source frames, rows, columns
+    Hs: int
+    Ws: int
+    Td: int  # destination frames, rows, columns
+    Hd: int
+    Wd: int
+    st: int  # stride
+    sh: int
+    sw: int
+    pt: int  # padding
+    ph: int
+    pw: int
+    adjoint: int  # 1: grad_x (src = grad_y), 0: the forward (src = x)
+    quantize: int
+    rows: int  # destination rows per task
+    frames_inner: int  # task order: 1 a channel's frames side by side, 0 memory order
+    inv_plane: float  # float64 reciprocals: tasks per plane, Wd, C, Td, row chunks
+    inv_w: float
+    inv_c: float
+    inv_t: float
+    inv_chunks: float
+
+
+class GatherFramesScalars(NamedTuple):
+    """``gather_frames`` (the frame walk, temporal and row stride 1) and its ``_affine``
+    form."""
+
+    tasks: int  # (sample, channel, frame chunk, row band, column) tasks
+    C: int
+    Ts: int
+    Hs: int
+    Ws: int
+    Td: int
+    Hd: int
+    Wd: int
+    sw: int  # column stride
+    pt: int
+    ph: int
+    pw: int
+    adjoint: int
+    quantize: int
+    rows: int  # destination rows per task (at most the kernel's compile-time bound)
+    frames_per_task: int
+    inv_w: float  # float64 reciprocals: Wd, row bands, frame chunks, C
+    inv_bands: float
+    inv_chunks: float
+    inv_c: float
+
+
+class GradShiftScalars(NamedTuple):
+    """``grad_shift``: per-block partial sums of the shift gradient."""
+
+    NT: int  # output slabs (samples x output frames)
+    T: int  # input frames, channels, rows, columns
+    C: int
+    H: int
+    W: int
+    To: int  # output frames, rows, columns
+    Ho: int
+    Wo: int
+    st: int
+    sh: int
+    sw: int
+    pt: int
+    ph: int
+    pw: int
+    rows: int  # output rows per task
+    inv_plane: float  # float64 reciprocals: tasks per plane, Wo, To
+    inv_w: float
+    inv_t: float
+
+
+class FinalizeScalars(NamedTuple):
+    """``finalize``: the partial sums reduced in a fixed order, then normalised."""
+
+    C: int
+    parts: int  # partial sums per channel (grad_shift's blocks per channel)
+    normalize: int
+    t_factor: Acc  # < 0: (sign g_T, 0, 0)

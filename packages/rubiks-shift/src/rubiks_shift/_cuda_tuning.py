@@ -1,0 +1,151 @@
+"""The tuning of the CUDA backend: one frozen, validated object (no Numba, no torch).
+
+``TUNING`` holds the defaults every kernel is built with and every launch is planned
+with. The kernels (``_cuda_kernels.Kernels``) take their compile-time values from it, the
+launch plans (``_cuda_plan``) their block sizes and layouts, and the on-disk kernel cache
+keys its entries on its kernel-defining fields (:meth:`Tuning.kernel_values`), so a
+process that loads every kernel from the cache never imports Numba. Benchmarks and tests
+that try other values pass a ``dataclasses.replace(TUNING, ...)`` to the kernel registry
+and the plans; nothing in the environment changes a kernel or a launch.
+
+Each value was chosen on an H200 on 2026-12-01 unless marked H100; the figures are
+forward ms at (8, 8, 72, 56, 56) float32 unless stated (``benchmarks/sweep_kernels.py``;
+``BENCHMARKS.md``, "Tuning defaults").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+_KERNEL = {"kernel": True}  # field metadata: the value is compiled into a kernel
+
+
+def _kernel(default):
+    """A field whose value is compiled into a kernel (part of the kernel cache's key)."""
+    return field(default=default, metadata=_KERNEL)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Compile-time values of the CUDA kernels and the layouts of their launches.
+
+    Row walk: the gathers ``gather`` / ``gather_narrow`` (every stride but temporal and
+    row stride 1). Frame walk: ``gather_frames`` (temporal and row stride 1). Shift
+    gradient: ``grad_shift`` and ``finalize``. Fields made with ``_kernel`` are compiled
+    into a kernel; the others only shape launches."""
+
+    # no spills, 5 blocks of 256 threads per SM; the best of 48 / 64 / 96, within 2 %
+    row_walk_registers: int | None = _kernel(48)
+    # rows per unrolled row group: the group's loads are all issued before its stores
+    row_walk_group: int = _kernel(8)
+    # threads per block (5 resident at 48 registers); not swept since
+    row_walk_threads: int = 256
+    # fewest tasks before rows per task are halved (keeps the GPU filled)
+    row_walk_min_tasks: int = 1 << 18
+    # grid capped at this many waves of resident blocks, threads looping over tasks (0:
+    # one thread per task): 6-7 % at 56 x 56, no partial last wave
+    row_walk_waves: int = 1
+    # task order: "auto" (a channel's frames side by side where tuned and a row is at
+    # least frames_inner_min_width wide, else planes in memory order), "frames", "planes"
+    row_walk_order: str = "auto"
+    # frames side by side from this row width: +3.5 % at 256 channels, +8 % strided;
+    # narrower planes keep memory order (frames side by side loses 6 % at 7 x 7)
+    frames_inner_min_width: int = 32
+    # tasks to aim for with one thread per task, for the layouts not swept (dtypes other
+    # than float32, quantize): about two waves of H100-sized residency (untuned)
+    one_task_per_thread_tasks: int = 1 << 19
+    # the walk of the stride-1 forms (temporal and row stride 1, W > 1): "frames" reads
+    # each source frame once; "rows" takes the row walk there too
+    stride_one_walk: str = "frames"
+    # rows per frame-walk task, a compile-time bound (each pass keeps R + 1 rows of loads
+    # in flight and 2R values in registers): 0.0401; 12 rows at 72 registers 0.0437, 16
+    # at 80 0.0436
+    frame_walk_rows: int = _kernel(8)
+    # 0.0401 at 72, 0.0407 at 64 (the driver's JIT spilled 8 B), 0.0455 at 56; a cap of
+    # 80 compiled to the same 72-register binary
+    frame_walk_registers: int | None = _kernel(72)
+    # 7 resident blocks of 128 per SM against 3 of 256 at 72 registers, a finer last
+    # wave: 0.0361 against 0.0404
+    frame_walk_threads: int = 128
+    # fewest tasks before frames, then rows, are split: at (8, 8, 576, 7, 7) 8 frames per
+    # task (32k tasks) 0.0112, 4 (65k) 0.0104, 1 (258k) 0.0187
+    frame_walk_min_tasks: int = 1 << 15
+    # 50 % occupancy (H100, 2026-11-23): 48 / 56 / 64 / 72 / 80 / 96 registers gave
+    # 0.187 / 0.174 / 0.166 / 0.186 / 0.183 / 0.256 ms of shift gradient (another run:
+    # 0.171 ms at 64 against 0.267 at 96)
+    grad_shift_registers: int | None = _kernel(64)
+    # rows per unrolled row group of the cell path: the best in its sweep at 64 registers
+    grad_shift_group: int = _kernel(4)
+    # threads per block, the width of the fixed shared-memory reduction tree (a power of
+    # two): the same tree on every run, bit-identical shift gradients
+    grad_shift_threads: int = _kernel(256)
+    # whole-column tasks, two per thread: the best of its sweep (shift gradient 0.0589 ms)
+    grad_shift_tasks_per_thread: int = 2
+    # threads per block of the fixed-order cross-block sum (a power of two)
+    finalize_threads: int = _kernel(128)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed = _ALLOWED[f.name]
+            if not allowed[0](value):
+                raise ValueError(f"Tuning.{f.name} must be {allowed[1]}, got {value!r}")
+
+    def kernel_values(self) -> dict[str, object]:
+        """The fields compiled into a kernel, by name (part of the kernel cache's key)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata.get("kernel")
+        }
+
+
+def _integer(low: int, high: int | None = None):
+    def check(value) -> bool:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return False
+        return low <= value and (high is None or value <= high)
+
+    return check
+
+
+def _registers(value) -> bool:
+    return value is None or _integer(16, 255)(value)
+
+
+def _threads(value) -> bool:
+    return _integer(32, 1024)(value) and value % 32 == 0
+
+
+def _power_of_two_threads(value) -> bool:
+    return _threads(value) and value & (value - 1) == 0
+
+
+_REGISTERS = (_registers, "None (no cap) or a register cap from 16 to 255")
+_THREADS = (_threads, "a multiple of 32 from 32 to 1024")
+_TREE = (_power_of_two_threads, "a power of two from 32 to 1024")
+_POSITIVE = (_integer(1), "an integer >= 1")
+_ALLOWED = {
+    "row_walk_registers": _REGISTERS,
+    "row_walk_group": _POSITIVE,
+    "row_walk_threads": _THREADS,
+    "row_walk_min_tasks": _POSITIVE,
+    "row_walk_waves": (_integer(0), "an integer >= 0 (0: one thread per task)"),
+    "row_walk_order": (lambda v: v in ("auto", "frames", "planes"), "'auto', 'frames' or 'planes'"),
+    "frames_inner_min_width": _POSITIVE,
+    "one_task_per_thread_tasks": _POSITIVE,
+    "stride_one_walk": (lambda v: v in ("frames", "rows"), "'frames' or 'rows'"),
+    # bit j of a pass's 32-bit row masks stands for its row j <= R
+    "frame_walk_rows": (_integer(1, 30), "an integer from 1 to 30"),
+    "frame_walk_registers": _REGISTERS,
+    "frame_walk_threads": _THREADS,
+    "frame_walk_min_tasks": _POSITIVE,
+    "grad_shift_registers": _REGISTERS,
+    "grad_shift_group": _POSITIVE,
+    "grad_shift_threads": _TREE,
+    "grad_shift_tasks_per_thread": _POSITIVE,
+    "finalize_threads": _TREE,
+}
+
+TUNING = Tuning()
