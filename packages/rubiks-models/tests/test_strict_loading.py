@@ -65,19 +65,19 @@ def test_convert_interrupted_between_files_leaves_the_old_pair(fixtures, tmp_pat
     out = tmp_path / "out"
     assert convert_main([str(four_class), str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    real = convert_module._atomic_write
+    real = convert_module.atomic_write
 
     def killed(path, write):
         if Path(path).name == "config.json":
             raise KeyboardInterrupt  # as if killed after model.safetensors was written
         return real(path, write)
 
-    convert_module._atomic_write = killed
+    convert_module.atomic_write = killed
     try:
         with pytest.raises(KeyboardInterrupt):
             convert_module.convert(fixtures / CKPT, out, overwrite=True)
     finally:
-        convert_module._atomic_write = real
+        convert_module.atomic_write = real
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert load_model(out).num_classes == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

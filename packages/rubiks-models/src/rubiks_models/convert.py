@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .io import atomic_write
 from .weights import (
     CheckpointError,
-    _atomic_write,
     arch_name,
     resolve_checkpoint,
     save_weights,
@@ -95,7 +95,7 @@ def convert(src: str | Path, out_dir: str | Path, *, overwrite: bool = False) ->
         save_weights(
             model, tmp / "model.safetensors", {"source_file": src.name, "source_sha256": digest}
         )
-        _atomic_write(tmp / "config.json", lambda name: Path(name).write_text(text))
+        atomic_write(tmp / "config.json", lambda name: Path(name).write_text(text))
 
     _atomic_write_dir(out, write, overwrite=overwrite)
     return config

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from .checkpoint import (
     read_checkpoint,
     resolve_checkpoint,
 )
+from .io import atomic_write
 from .rubiksnet import RubiksNet, checkpoint_filter_fn
 
 __all__ = [
@@ -63,22 +62,6 @@ def load_model(path: str | os.PathLike, num_classes: int | None = None, **kwargs
     return RubiksNet.load_pretrained(path, num_classes, **kwargs)
 
 
-def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    """Run ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_weights(
     model: RubiksNet, path: str | os.PathLike, metadata: dict[str, Any] | None = None
 ) -> Path:
@@ -101,5 +84,5 @@ def save_weights(
         meta["deploy"] = "true"
     for k, v in (metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
