@@ -19,7 +19,8 @@ device synchronised once at the end; the median of ``--repeats`` such loops. Mod
 Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
 SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_bf16``
 (channels-last model and input, autocast), ``infer_compile_fp32`` / ``_bf16``
-(``torch.compile``, default mode; compile time reported apart), ``infer_graph_fp32`` /
+(``torch.compile``, ``--compile-mode`` and ``--fullgraph`` as asked; compile time
+reported apart), ``infer_graph_fp32`` /
 ``_bf16`` (:class:`rubiks_models.cuda_graphs.GraphedInference`), ``train_fp32``,
 ``train_bf16``, ``train_compile_fp32`` / ``_bf16``, ``train_graph_fp32`` / ``_bf16``
 (:class:`rubiks_models.cuda_graphs.GraphedTrainStep`); each train mode also reports the
@@ -183,7 +184,7 @@ def run_mode(name: str, mode: str, args) -> dict:
         flat = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
         x = flat.unflatten(0, (args.batch, args.frames))
     if variant == "compile":
-        model = torch.compile(model)
+        model = torch.compile(model, mode=args.compile_mode, fullgraph=args.fullgraph)
     if kind == "infer":
         model.eval()
         if variant == "graph":
@@ -277,6 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", type=int, default=174)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--compile-mode", default=None,
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        help="torch.compile mode of the *_compile_* modes (default: torch's default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fullgraph", action="store_true",
+        help="torch.compile(fullgraph=True): a graph break is an error instead",
+    )  # fmt: skip
     p.add_argument("--budget", type=float, default=0, help="stop starting new runs after S s")
     p.add_argument("--json", help="write the results here (atomically)")
     args = p.parse_args(argv)
@@ -295,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
+        "compile": {"mode": args.compile_mode or "default", "fullgraph": args.fullgraph},
         "shape": [args.batch, args.frames, 3, args.size, args.size],
     }
     print(json.dumps(info), flush=True)
