@@ -159,3 +159,21 @@ def test_cli_fused_form_scores_like_the_eager_model(tiny_synthetic, tmp_path):
     assert docs["fused"]["config"]["form"] == "fused"
     eager, fused = (np.load(tmp_path / f"{f}.npz")["scores"] for f in ("eager", "fused"))
     np.testing.assert_allclose(fused, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_model_form_resolution():
+    import timm
+    import torch
+
+    from rubiks_eval.cli import model_form
+
+    rubiks = timm.create_model("rubiksnet_tiny", num_classes=3)
+    other = torch.nn.Linear(2, 2)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert model_form("auto", rubiks, cuda) == "fused"
+    assert model_form("auto", rubiks, cpu) == "eager"
+    assert model_form("auto", other, cuda) == "eager"
+    assert model_form("eager", rubiks, cuda) == "eager"
+    assert model_form("fused", rubiks, cpu) == "fused"
+    with pytest.raises(ValueError, match="needs a RubiksNet"):
+        model_form("fused", other, cpu)
