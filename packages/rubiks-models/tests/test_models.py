@@ -225,9 +225,12 @@ def test_bf16_autocast_and_channels_last() -> None:
     assert model.stages[0].blocks[0].rubiks.shift.grad.dtype == torch.float32
 
 
-def test_compile_fullgraph() -> None:
+@pytest.mark.parametrize("name", ["rubiksnet_tiny", "rubiksnet_tiny_aq", "rubiksnet2d_tiny"])
+def test_compile_fullgraph(name: str) -> None:
+    """Every variant compiles without a graph break, trains and infers (the tiers differ
+    from Tiny only in widths and depths)."""
     torch._dynamo.reset()
-    model = timm.create_model("rubiksnet_tiny", num_classes=5).train()
+    model = timm.create_model(name, num_classes=5).train()
     clip = torch.randn(*CLIP)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     y = compiled(clip)
