@@ -276,10 +276,8 @@ def launcher(cache, monkeypatch):
     monkeypatch.setattr(_kernel_cache, "device_facts", lambda index: ((9, 0), 12080))
     monkeypatch.setattr(_kernel_cache, "load", load)
     monkeypatch.setattr(_cuda_launch, "_function_handle", lambda handle: handle)
-    monkeypatch.setattr(_cuda_launch, "_cu_launch_kernel", lambda: None)
     monkeypatch.setenv(_kernel_cache.WORKERS_ENV, "0")
-    stand_ins = (("functions", {}), ("loaded", {}), ("entries", {}), ("workers", None))
-    for name, value in (*stand_ins, ("cu_launch", None)):
+    for name, value in (("functions", {}), ("loaded", {}), ("entries", {}), ("workers", None)):
         monkeypatch.setattr(_cuda_launch._Launcher, name, value)  # all restored after the test
     monkeypatch.setattr(_compile_notice, "_finished", set())
     return loads

@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.limit is not None:
             dataset = _Head(dataset, args.limit)
         model.to(env.device).eval()
-        form = model_form(getattr(args, "form", "auto"), model, env.device)
+        form = model_form(args.form, model, env.device)
         if form == "fused":
             from rubiks_models.fused import fuse_model
 

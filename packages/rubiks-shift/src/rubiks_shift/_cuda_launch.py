@@ -239,7 +239,6 @@ class _Launcher:
                 kernel = dispatcher.compile(signature)
             handle = _function_handle(int(kernel._codelibrary.get_cufunc().handle))
             fn = cls.functions[key] = LoadedKernel(handle, _scalar_kinds(kernel))
-            cls.cu_launch = _cu_launch_kernel()
         return fn
 
     @classmethod
@@ -256,7 +255,6 @@ class _Launcher:
             fn = cls.loaded.get(key)
             if fn is None:
                 fn = cls.loaded[key] = cls._load_or_compile(kernels, name, device_index)
-                cls.cu_launch = _cu_launch_kernel()
         return fn
 
     @classmethod
@@ -373,7 +371,7 @@ class _Launcher:
             *range(base, base + 8 * n_ptrs, 8), *(ctypes.addressof(o) for o in objs)
         )
         _ensure_context(device_index)  # once per thread and step: a new thread may have none
-        if cls.cu_launch is None:  # kernels loaded before its first use in this process
+        if cls.cu_launch is None:  # every launch goes through a prepared step: bound here
             cls.cu_launch = _cu_launch_kernel()
         grid = _launch_grid(step, handle, device_index)
         dims = (*grid, *step.block, 0)  # grid, block, dynamic shared memory
