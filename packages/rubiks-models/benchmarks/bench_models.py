@@ -161,6 +161,59 @@ def time_loop(fn: Callable[[], object], iters: int, repeats: int) -> float:
     return statistics.median(results)
 
 
+KERNEL_KINDS = (  # (kind, pattern on the kernel name), first match wins
+    ("shift (numba)", r"cudapy|numba|rubiks|gather|shift_grad"),
+    ("gemm / conv", r"gemm|conv|cutlass|cudnn|sm\d+_xmma|implicit|dgrad|wgrad|nhwc|nchw|cublas"),
+    ("batch norm", r"batch_norm|bn_|welford"),
+    ("triton (inductor)", r"^triton"),
+    ("reduce", r"reduce"),
+    ("copy / cat", r"copy|cat_|CatArray|fill"),
+    ("elementwise", r"elementwise|vectorized|unrolled"),
+)
+
+
+def profile_kernels(fn: Callable[[], object], iters: int) -> dict:
+    """GPU kernel time per call by kind of kernel (torch.profiler over ``iters`` calls):
+    where the device time goes, and how many kernels a call issues."""
+    import re
+
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    kinds: dict[str, float] = {}
+    per_kernel: dict[str, list[float]] = {}
+    count = 0
+    for ev in prof.events():
+        if ev.device_type != torch.autograd.DeviceType.CUDA or ev.device_time <= 0:
+            continue
+        if "memcpy" in ev.name.lower() or "memset" in ev.name.lower():
+            kind = "memcpy / memset"
+        else:
+            kind = next((k for k, pat in KERNEL_KINDS if re.search(pat, ev.name, re.I)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + ev.device_time
+        entry = per_kernel.setdefault(ev.name[:90], [0.0, 0])
+        entry[0] += ev.device_time
+        entry[1] += 1
+        count += 1
+    total = sum(kinds.values())
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:12]
+    return {
+        "kernels_per_call": round(count / iters, 1),
+        "gpu_ms_per_call": round(total / iters / 1e3, 3),
+        "by_kind_ms": {
+            k: round(v / iters / 1e3, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])
+        },
+        "top_kernels": [
+            {"name": n, "ms": round(t / iters / 1e3, 3), "calls": round(c / iters, 1)}
+            for n, (t, c) in top
+        ],
+    }
+
+
 def _autocast(dtype: str):
     if dtype == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -206,6 +259,8 @@ def run_mode(name: str, mode: str, args) -> dict:
             torch.cuda.synchronize()
             result["setup_s"] = round(time.perf_counter() - start, 2)
         result["ms"] = time_loop(fn, args.iters, args.repeats)
+        if args.profile:
+            result["profile"] = profile_kernels(fn, args.profile)
         return result
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -232,6 +287,8 @@ def run_mode(name: str, mode: str, args) -> dict:
     torch.cuda.reset_peak_memory_stats()
     result["ms"] = time_loop(fn, args.iters, args.repeats)
     result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if args.profile:
+        result["profile"] = profile_kernels(fn, args.profile)
     return result
 
 
@@ -287,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         "--fullgraph", action="store_true",
         help="torch.compile(fullgraph=True): a graph break is an error instead",
     )  # fmt: skip
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="N",
+        help="also profile N calls of each run: GPU time per kind of kernel",
+    )  # fmt: skip
     p.add_argument("--budget", type=float, default=0, help="stop starting new runs after S s")
     p.add_argument("--json", help="write the results here (atomically)")
     args = p.parse_args(argv)
@@ -323,7 +384,11 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault(name, {})[mode] = r
             torch.cuda.empty_cache()
             torch._dynamo.reset()
+            prof = r.pop("profile", None)
             print(f"{mode:<20} {name:<32} {r}", flush=True)
+            if prof is not None:
+                r["profile"] = prof
+                print(json.dumps(prof, indent=1), flush=True)
             if args.json:  # after every run: a call cut short keeps what it measured
                 write_json(args.json, {"info": info, "results": results})
     print(table(results, args.models, args.modes))

@@ -99,6 +99,45 @@ def test_fused_compiles_fullgraph():
         torch.testing.assert_close(compiled(x), fused(x))
 
 
+def test_fused_half_weights_are_stored_not_cast_per_call():
+    fused = fuse_model(_trained_looking("rubiksnet_tiny"), "bmm")
+    block = fused.blocks[0]
+    for dtype in (torch.bfloat16, torch.float16):
+        w = block.gemm_weight("w1", dtype)
+        assert w.dtype == dtype and w is block.gemm_weight("w1", dtype)
+        assert torch.equal(w, block.w1.to(dtype))
+    assert not any(k.endswith(("_bf16", "_f16")) for k in fused.state_dict())
+    # a compiled call reads the stored copies: no weight cast in the traced graph
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(fused, backend=backend, fullgraph=True)
+    x = torch.randn(1, 2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(compiled(x), fused(x))
+    casts = [
+        n for n in graphs[0].graph.nodes
+        if n.target == "to" and torch.bfloat16 in (*n.args, *n.kwargs.values())
+    ]  # fmt: skip
+    assert len(casts) == 1  # the input only
+
+
+def test_fused_half_weights_follow_state_dict_and_module_casts():
+    fused = fuse_model(_trained_looking("rubiksnet_tiny"), "bmm")
+    state = fused.state_dict()
+    state["blocks.0.w1"] = state["blocks.0.w1"] * 2
+    fused.load_state_dict(state)
+    assert torch.equal(fused.blocks[0].w1_bf16, (state["blocks.0.w1"]).to(torch.bfloat16))
+    fused.double()  # the copies are cast too: the weight is cast from the master instead
+    assert fused.blocks[0].gemm_weight("w1", torch.bfloat16).dtype == torch.bfloat16
+    x = torch.randn(1, 2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert fused(x).dtype == torch.float64
+
+
 def test_graph_runners_refuse_cpu_tensors():
     model = _trained_looking("rubiksnet_tiny")
     x = torch.randn(1, 2, 3, 32, 32)

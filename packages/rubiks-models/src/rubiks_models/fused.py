@@ -17,8 +17,9 @@ The result equals the unfused eval-mode model up to rounding (float32: about 1e-
 relative on the logits; the tests state the tolerances). The fused model is inference
 only: it has no gradient, refuses training mode, and its blocks update their input
 tensors in place (no caller sees them). It computes in the input's dtype, or in the
-autocast dtype where autocast is on; its weights are kept in float32 and cast once per
-dtype (cached), so autocast adds no per-call weight casts.
+autocast dtype where autocast is on; its GEMM weights are kept in float32 with bfloat16
+and float16 copies beside them, so neither autocast nor a compiled model casts weights
+on every call.
 """
 
 from __future__ import annotations
@@ -63,25 +64,46 @@ def _matrix(conv: nn.Conv2d) -> torch.Tensor:
     return conv.weight.detach().float().flatten(1)  # (out, in) of a 1x1 convolution
 
 
-class _Weights:
-    """GEMM weights of a fused module cast to each compute dtype once (the float32 masters
-    stay in the module's buffers)."""
+_HALF = {torch.bfloat16: "bf16", torch.float16: "f16"}
 
-    def __init__(self) -> None:
-        self.cache: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
-    def get(self, module: nn.Module, name: str, dtype: torch.dtype) -> torch.Tensor:
+class _GemmWeights(nn.Module):
+    """A module whose GEMM weights are float32 masters (buffers, in the state dict) with
+    bfloat16 and float16 copies beside them (non-persistent buffers, refreshed when a state
+    dict is loaded). The copies follow the module's device, and a compiled model reads
+    them as inputs instead of casting every weight on every call."""
+
+    def add_weight(self, name: str, master: torch.Tensor) -> None:
+        self.register_buffer(name, master)
+        for dtype, tag in _HALF.items():
+            self.register_buffer(f"{name}_{tag}", master.to(dtype), persistent=False)
+        if not hasattr(self, "_weight_names"):
+            self._weight_names: list[str] = []
+            self.register_load_state_dict_post_hook(_refresh_copies)
+        self._weight_names.append(name)
+
+    def gemm_weight(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """The weight ``name`` in ``dtype``: the master, its stored copy, or a cast."""
+        master = getattr(self, name)
+        if master.dtype == dtype:
+            return master
+        tag = _HALF.get(dtype)
+        if tag is not None:
+            copy = getattr(self, f"{name}_{tag}")
+            if copy.dtype == dtype:  # a module cast as a whole (.half()) casts copies too
+                return copy
+        return master.to(dtype)
+
+
+@torch.no_grad()
+def _refresh_copies(module: nn.Module, incompatible_keys: object = None) -> None:
+    for name in module._weight_names:
         master = getattr(module, name)
-        if dtype == master.dtype or torch.compiler.is_compiling():
-            return master.to(dtype)
-        key = (name, dtype)
-        cached = self.cache.get(key)
-        if cached is None or cached.device != master.device:
-            cached = self.cache[key] = master.to(dtype)
-        return cached
+        for dtype, tag in _HALF.items():
+            setattr(module, f"{name}_{tag}", master.to(dtype))
 
 
-class FusedBlock(nn.Module):
+class FusedBlock(_GemmWeights):
     """One :class:`RubiksBlock` in fused inference form (see the module docstring)."""
 
     def __init__(self, block: RubiksBlock) -> None:
@@ -94,13 +116,13 @@ class FusedBlock(nn.Module):
         s2, b2 = _fold_bn(block.norm2)
         self.register_buffer("s1", s1)
         self.register_buffer("b1", b1)
-        self.register_buffer("w1", _matrix(conv1) * s2[:, None])
+        self.add_weight("w1", _matrix(conv1) * s2[:, None])
         self.register_buffer("ones2", torch.ones_like(b2))
         self.register_buffer("b2", b2)
-        self.register_buffer("w2", _matrix(block.conv2))
+        self.add_weight("w2", _matrix(block.conv2))
         self.register_buffer("zero_shift", torch.zeros(3, cin))
         if self.has_proj:
-            self.register_buffer("w_proj", _matrix(block.shortcut))
+            self.add_weight("w_proj", _matrix(block.shortcut))
         # the block's shift as a 3-D op: a 2-D shift acts on one-frame clips
         layer = block.rubiks
         shift = layer.shift.detach().float()
@@ -123,11 +145,10 @@ class FusedBlock(nn.Module):
             self.register_buffer("taps", block.tshift.attention().detach().float())
         self.has_se = not isinstance(block.se, nn.Identity)
         if self.has_se:
-            self.register_buffer("se_fc1", block.se.fc1.weight.detach().float())
-            self.register_buffer("se_fc2", block.se.fc2.weight.detach().float())
+            self.add_weight("se_fc1", block.se.fc1.weight.detach().float())
+            self.add_weight("se_fc2", block.se.fc2.weight.detach().float())
         self.cin, self.cout = cin, cout
         self.gemm = "auto"
-        self.weights = _Weights()
 
     def _soft_tshift(self, a: torch.Tensor) -> torch.Tensor:
         t = a.shape[1]
@@ -141,8 +162,8 @@ class FusedBlock(nn.Module):
     def _se_gate(self, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(b * t, C) squeeze-excitation gate of the shift output h (b * t, C, H * W)."""
         pooled = h.flatten(2).mean(2)
-        fc1 = self.weights.get(self, "se_fc1", dtype)
-        fc2 = self.weights.get(self, "se_fc2", dtype)
+        fc1 = self.gemm_weight("se_fc1", dtype)
+        fc2 = self.gemm_weight("se_fc2", dtype)
         return torch.sigmoid(F.linear(torch.relu(F.linear(pooled, fc1)), fc2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +187,7 @@ class FusedBlock(nn.Module):
             else:
                 mixed = a
         # 2. conv1 (bn2's scale folded in)
-        w1 = self.weights.get(self, "w1", dtype)
+        w1 = self.gemm_weight("w1", dtype)
         conv = _use_conv(self.gemm, dtype)
         if conv:
             frames = mixed.reshape(b * t, self.cin, height, width)
@@ -189,7 +210,7 @@ class FusedBlock(nn.Module):
         ho, wo = h.shape[-2:]
         h = h.reshape(b * t, self.cout, ho * wo)
         # 4. conv2 (+ squeeze-excitation scale) and the residual sum
-        w2 = self.weights.get(self, "w2", dtype)
+        w2 = self.gemm_weight("w2", dtype)
         if conv:  # cuDNN's convolutions, then the residual sum
             frames = h.view(b * t, self.cout, ho, wo)
             if self.has_se:
@@ -197,7 +218,7 @@ class FusedBlock(nn.Module):
             out = F.conv2d(frames, w2[:, :, None, None])
             if self.has_proj:
                 a4 = a.reshape(b * t, self.cin, height, width)
-                w_proj = self.weights.get(self, "w_proj", dtype)
+                w_proj = self.gemm_weight("w_proj", dtype)
                 out += F.conv2d(a4, w_proj[:, :, None, None], stride=self.stride)
             else:
                 out += x.view(b * t, self.cout, ho, wo)
@@ -209,14 +230,14 @@ class FusedBlock(nn.Module):
             frames = a.reshape(b * t, self.cin, height, width)
             if self.stride != 1:
                 frames = frames[:, :, :: self.stride, :: self.stride]
-            w_proj = self.weights.get(self, "w_proj", dtype)
+            w_proj = self.gemm_weight("w_proj", dtype)
             skip = torch.matmul(w_proj, frames.reshape(b * t, self.cin, ho * wo))
         else:
             skip = x.view(b * t, self.cin, height * width)
         return skip.baddbmm_(w2, h).view(b, t, self.cout, ho, wo)
 
 
-class FusedRubiksNet(nn.Module):
+class FusedRubiksNet(_GemmWeights):
     """A RubiksNet in fused inference form; built by :func:`fuse_model`.
 
     Takes what the model takes ((B, T, C, H, W) clips, images, TSN-stacked frames) and
@@ -232,7 +253,7 @@ class FusedRubiksNet(nn.Module):
         self.in_chans = model.in_chans
         self.num_classes = model.num_classes
         self.tier, self.variant = model.tier, model.variant
-        self.register_buffer("stem_weight", model.stem.weight.detach().float().clone())
+        self.add_weight("stem_weight", model.stem.weight.detach().float().clone())
         self.blocks = nn.ModuleList(
             FusedBlock(block) for stage in model.stages for block in stage.blocks
         )
@@ -242,11 +263,10 @@ class FusedRubiksNet(nn.Module):
         self.register_buffer("zero_shift", torch.zeros(3, s.shape[0]))
         self.has_head = isinstance(model.fc, nn.Linear)
         if self.has_head:
-            self.register_buffer("fc_weight", model.fc.weight.detach().float().clone())
-            self.register_buffer("fc_bias", model.fc.bias.detach().float().clone())
+            self.add_weight("fc_weight", model.fc.weight.detach().float().clone())
+            self.add_weight("fc_bias", model.fc.bias.detach().float().clone())
         for block in self.blocks:
             block.gemm = gemm
-        self.weights = _Weights()
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -262,7 +282,7 @@ class FusedRubiksNet(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         clip = as_clip(x, self.in_chans)
         b, t = clip.shape[0], clip.shape[1]
-        stem = self.weights.get(self, "stem_weight", x.dtype)
+        stem = self.gemm_weight("stem_weight", x.dtype)
         h = F.conv2d(clip.flatten(0, 1), stem, stride=2, padding=1).unflatten(0, (b, t))
         for block in self.blocks:
             h = block(h)
@@ -270,8 +290,8 @@ class FusedRubiksNet(nn.Module):
         pooled = h.mean((1, 3, 4))  # space and time: the frame logits' mean (linear head)
         if not self.has_head:
             return pooled
-        weight = self.weights.get(self, "fc_weight", x.dtype)
-        bias = self.weights.get(self, "fc_bias", x.dtype)
+        weight = self.gemm_weight("fc_weight", x.dtype)
+        bias = self.gemm_weight("fc_bias", x.dtype)
         return F.linear(pooled, weight, bias)
 
 
