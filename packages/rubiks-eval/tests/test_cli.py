@@ -7,18 +7,20 @@ from rubiks_eval.cli import main
 ARGS = ["--num-frames", "4", "--crop-size", "24", "-j", "0", "-b", "4", "--no-progress"]
 
 
+def _synthetic(data, ckpt, *extra: str) -> list[str]:
+    """The command line for the synthetic set at ``data`` and checkpoint ``ckpt``."""
+    return ["synthetic", "--root-path", str(data), "--pretrained", str(ckpt), *extra]
+
+
 @pytest.mark.parametrize("protocol,views", [("1clip", 1), ("2clip", 6)])
 def test_cli_end_to_end(tiny_synthetic, tmp_path, protocol, views, capsys):
     data, ckpt = tiny_synthetic
     out = tmp_path / "r.json"
     scores = tmp_path / "s.npz"
     rc = main(
-        [
-            "synthetic",
-            "--root-path",
-            str(data),
-            "--pretrained",
-            str(ckpt),
+        _synthetic(
+            data,
+            ckpt,
             "--protocol",
             protocol,
             "--output",
@@ -27,7 +29,7 @@ def test_cli_end_to_end(tiny_synthetic, tmp_path, protocol, views, capsys):
             "--save-scores",
             str(scores),
             *ARGS,
-        ]
+        )
     )
     assert rc == 0
     doc = json.loads(out.read_text())
@@ -52,18 +54,7 @@ def test_cli_names_unreadable_videos(tiny_synthetic, tmp_path, capsys):
     victim = next((copy / "videos").glob(f"{first}.*"))
     victim.write_bytes(b"not a video")
     out = tmp_path / "r.json"
-    rc = main(
-        [
-            "synthetic",
-            "--root-path",
-            str(copy),
-            "--pretrained",
-            str(ckpt),
-            "--output",
-            str(out),
-            *ARGS,
-        ]
-    )
+    rc = main(_synthetic(copy, ckpt, "--output", str(out), *ARGS))
     assert rc == 0
     m = json.loads(out.read_text())["metrics"]
     assert m["num_videos"] == 14 and m["num_failed"] == 1
@@ -73,15 +64,7 @@ def test_cli_names_unreadable_videos(tiny_synthetic, tmp_path, capsys):
 
 def test_cli_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # parser.error: exit status 2
-        main(
-            [
-                "synthetic",
-                "--root-path",
-                str(tmp_path / "none"),
-                "--pretrained",
-                str(tmp_path / "missing.safetensors"),
-            ]
-        )
+        main(_synthetic(tmp_path / "none", tmp_path / "missing.safetensors"))
     assert exc.value.code == 2
     assert "rubiks-eval: error: --root-path" in capsys.readouterr().err
     rc = main(["dummy", "--pretrained", str(tmp_path / "missing.safetensors")])
@@ -101,20 +84,9 @@ def test_cli_two_processes_equal_one(tiny_synthetic, tmp_path):
     from rubiks_eval.testing import cli_worker, run_local_group
 
     data, ckpt = tiny_synthetic
-    base = [
-        "synthetic",
-        "--root-path",
-        str(data),
-        "--pretrained",
-        str(ckpt),
-        "--protocol",
-        "1clip",
-        "--per-video",
-        *ARGS[:-3],
-        "-b",
-        "1",
-        "--no-progress",
-    ]
+    base = _synthetic(
+        data, ckpt, "--protocol", "1clip", "--per-video", *ARGS[:-3], "-b", "1", "--no-progress"
+    )
     assert main([*base, "--output", str(tmp_path / "one.json")]) == 0
     run_local_group(cli_worker, 2, [*base, "--output", str(tmp_path / "two.json")])
     one = json.loads((tmp_path / "one.json").read_text())
@@ -146,7 +118,7 @@ def test_installation_check_refuses_bad_options(capsys):
 
 def test_cli_fused_form_scores_like_the_eager_model(tiny_synthetic, tmp_path):
     data, ckpt = tiny_synthetic
-    base = ["synthetic", "--root-path", str(data), "--pretrained", str(ckpt), *ARGS]
+    base = _synthetic(data, ckpt, *ARGS)
     docs = {}
     for form in ("eager", "fused", "auto"):
         out = tmp_path / f"{form}.json"

@@ -11,44 +11,15 @@ def test_bundled_checkpoint_is_small_and_described():
 
 
 def test_demo_runs_on_a_small_generated_sample(tmp_path, capsys):
-    rc = main(
-        [
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--num-val",
-            "8",
-            "--protocols",
-            "1clip",
-            "--no-progress",
-            "-j",
-            "0",
-            "--output",
-            str(tmp_path / "out"),
-            "--min-top1",
-            "0",
-        ]
-    )
+    sample = ["--cache-dir", str(tmp_path / "cache"), "--num-val", "8", "--protocols", "1clip"]
+    sample += ["--no-progress", "-j", "0"]
+    rc = main([*sample, "--output", str(tmp_path / "out"), "--min-top1", "0"])
     assert rc == 0
     assert "| 1clip |" in capsys.readouterr().out
     doc = json.loads((tmp_path / "out" / "results-1clip.json").read_text())
     assert doc["metrics"]["num_videos"] == 8
     # the second run reuses the cached videos
-    assert (
-        main(
-            [
-                "--cache-dir",
-                str(tmp_path / "cache"),
-                "--num-val",
-                "8",
-                "--protocols",
-                "1clip",
-                "--no-progress",
-                "-j",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert main(sample) == 0
     assert "(cached" in capsys.readouterr().out
 
 

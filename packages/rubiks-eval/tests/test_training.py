@@ -7,19 +7,13 @@ from rubiks_eval.checkpoint import load_weights
 from rubiks_eval.testing import FakeVideoDataset, FakeVideoModel
 from rubiks_eval.training import TrainConfig, config_from_args, lr_at, train
 
+# a small, quiet run on the CPU
+QUICK = dict(batch_size=4, lr=0.05, workers=0, device="cpu", progress=False)
+
 
 def _cfg(tmp_path, name, **kw):
     base = dict(
-        output=str(tmp_path / name),
-        epochs=3,
-        batch_size=4,
-        lr=0.05,
-        workers=0,
-        device="cpu",
-        progress=False,
-        log_every=1,
-        schedule="cosine",
-        seed=3,
+        QUICK, output=str(tmp_path / name), epochs=3, log_every=1, schedule="cosine", seed=3
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -147,22 +141,19 @@ def test_freeze_temporal_shift_keeps_the_temporal_row_at_zero():
     assert any(not torch.equal(p[1:], b[1:]) for p, b in zip(shifts, before, strict=True))
 
 
+# RubiksNet-Tiny on small random clips
+TINY_DUMMY = dict(
+    QUICK, dataset="dummy", num_classes=4, arch="rubiksnet_tiny", num_frames=4, input_size=32
+)
+
+
 def _tiny_cfg(tmp_path, name, **kw):
     base = dict(
+        TINY_DUMMY,
         output=str(tmp_path / name),
-        dataset="dummy",
         dummy_videos=8,
-        num_classes=4,
-        arch="rubiksnet_tiny",
-        num_frames=4,
-        input_size=32,
-        batch_size=4,
-        lr=0.05,
         dropout=0.0,
         schedule="constant",
-        workers=0,
-        device="cpu",
-        progress=False,
         log_every=0,
         seed=1,
     )
@@ -223,24 +214,7 @@ def test_ddp_two_processes_keep_ranks_identical_and_resume_exactly(tmp_path):
     uninterrupted one does."""
     from rubiks_eval.testing import ddp_train_worker, run_local_group
 
-    cfg = dict(
-        dataset="dummy",
-        dummy_videos=16,
-        num_classes=4,
-        arch="rubiksnet_tiny",
-        num_frames=4,
-        input_size=32,
-        batch_size=4,
-        lr=0.05,
-        dropout=0.5,
-        epochs=2,
-        workers=0,
-        device="cpu",
-        progress=False,
-        log_every=1,
-        seed=2,
-        cut_steps=3,
-    )
+    cfg = dict(TINY_DUMMY, dummy_videos=16, dropout=0.5, epochs=2, log_every=1, seed=2, cut_steps=3)
     run_local_group(ddp_train_worker, 2, str(tmp_path), cfg)
     runs = {
         (name, r): torch.load(tmp_path / f"{name}.rank{r}.pt", weights_only=False)

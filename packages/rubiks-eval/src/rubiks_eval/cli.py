@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .distributed import setup_distributed
-from .evaluate import evaluate
+from .distributed import DistEnv, setup_distributed
+from .evaluate import EvalResult, evaluate
 
 if TYPE_CHECKING:
     import torch
@@ -126,6 +126,27 @@ def model_form(form: str, model: Any, device: torch.device) -> str:
     return form
 
 
+def evaluate_from_args(
+    model: torch.nn.Module,
+    dataset: Any,
+    args: argparse.Namespace,
+    env: DistEnv,
+    desc: str,
+    amp: bool = False,
+) -> EvalResult:
+    """``evaluate`` with the command line's batch size, workers and progress setting."""
+    return evaluate(
+        model,
+        dataset,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        env=env,
+        amp=amp,
+        progress=args.progress,
+        desc=desc,
+    )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as configured by ``args``; returns the results document (on every rank)."""
     from .builders import build_eval_dataset, load_model, match_classes
@@ -157,16 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{form} form" + (f", {env.world_size} processes" if env.distributed else ""),
                 flush=True,
             )
-        result = evaluate(
-            model,
-            dataset,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            env=env,
-            amp=args.amp,
-            progress=args.progress,
-            desc=args.protocol,
-        )
+        result = evaluate_from_args(model, dataset, args, env, args.protocol, amp=args.amp)
         config = {
             k: v
             for k, v in vars(args).items()

@@ -23,8 +23,9 @@ import torch
 
 from .cache import cache_root, cached_directory
 from .checkpoint import weights_metadata
+from .cli import evaluate_from_args
 from .distributed import DistEnv, resolve_device
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult
 from .report import format_summary, format_table, save_results
 
 __all__ = ["DEFAULT_CHECKPOINT", "ensure_synthetic_val", "main"]
@@ -171,15 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         dataset, _ = build_eval_dataset(ns)
         chance = 100.0 / dataset.num_classes
-        result = evaluate(
-            model,
-            dataset,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            env=env,
-            progress=args.progress,
-            desc=protocol,
-        )
+        result = evaluate_from_args(model, dataset, args, env, protocol)
         print(format_summary(result, title=f"== {protocol} =="))
         rows.append((protocol, result))
         if args.output:

@@ -1,7 +1,8 @@
 """RubiksNet: Learnable 3D-Shift for Efficient Video Action Recognition (ECCV 2020).
 
-A timm model file, in timm's order: layers and blocks, the model, the checkpoint filter,
-``_create``, the pretrained configs and the registered entrypoints.
+A timm model file, in timm's order: layers and blocks (the shift layers are in
+:mod:`.shift_layers`), the model, the checkpoint filter, ``_create``, the pretrained configs
+and the registered entrypoints.
 
 * ``rubiksnet_{tiny,small,medium,large}``: the video model, variant ``rubiks3d``
   (a learnable (T, H, W) RubiksShift per channel in every block).
@@ -29,18 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import register_notrace_function, register_notrace_module
+from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from rubiks_shift import RubiksShift2d, RubiksShift3d
-
 from .archs import TIERS, VARIANTS
 from .checkpoint import CheckpointError, check_state_dict, resolve_checkpoint, strict_pretrained
 from .reference_keys import REFERENCE_KEY_MAP, convert_reference_key, convert_reference_state
+from .shift_layers import Shift2d, Shift3d, TemporalAttentionShift, hard_temporal_shift
 from .weight_files import (
     RELEASED_FILES,
     local_weight_file,
@@ -75,90 +74,6 @@ def _conv_init(conv: nn.Conv2d) -> None:
     nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (k * conv.out_channels)))
 
 
-@register_notrace_module
-class Shift3d(RubiksShift3d):
-    """:class:`rubiks_shift.RubiksShift3d` that TorchScript can compile (it calls the
-    registered op ``torch.ops.rubiks_shift.shift3d`` directly) and FX keeps as a leaf."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            setting = self.normalize_t_factor
-            if isinstance(setting, str):  # "auto": T / H of the input
-                factor = float(x.shape[1]) / float(x.shape[3])
-            else:
-                factor = float(setting)
-            return torch.ops.rubiks_shift.shift3d(
-                x,
-                self.shift,
-                list(self.stride),
-                list(self.padding),
-                self.quantize,
-                self.normalize_grad,
-                factor,
-            )
-        return super().forward(x)
-
-
-@register_notrace_module
-class Shift2d(RubiksShift2d):
-    """:class:`rubiks_shift.RubiksShift2d`, scriptable and an FX leaf (see :class:`Shift3d`)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            shift3 = torch.cat([torch.zeros_like(self.shift[:1]), self.shift], 0)
-            y = torch.ops.rubiks_shift.shift3d(
-                x.unsqueeze(1),
-                shift3,
-                [1, self.stride[0], self.stride[1]],
-                [0, self.padding[0], self.padding[1]],
-                self.quantize,
-                self.normalize_grad,
-                1.0,
-            )
-            return y.squeeze(1)
-        return super().forward(x)
-
-
-class TemporalAttentionShift(nn.Module):
-    """The AQ temporal layer (docs/spec.md §2.3) on clips (B, T, C, H, W).
-
-    ``y[t] = a0 x[t-1] + a1 x[t] + a2 x[t+1]`` per channel (zeros beyond the clip), with
-    ``a_c = softmax(w_c / (std(w_c) + 1e-6) / tau)``; ``w`` (C, 3) is learned, ``tau`` a
-    buffer (2.0 as in the released code; anneal it towards 0 for one-hot taps).
-    """
-
-    def __init__(self, channels: int, tau: float = 2.0) -> None:
-        super().__init__()
-        self.channels = channels
-        self.weight = nn.Parameter(torch.rand(channels, 3))
-        self.register_buffer("tau", torch.tensor(float(tau)))
-
-    def attention(self) -> torch.Tensor:
-        """(C, 3) tap weights (float32 or the parameter's dtype)."""
-        w = self.weight
-        w = w / (w.std(dim=1, keepdim=True) + 1e-6)
-        return torch.softmax(w / self.tau, dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.attention().to(x.dtype)
-        a0 = a[:, 0].reshape(1, 1, -1, 1, 1)
-        a1 = a[:, 1].reshape(1, 1, -1, 1, 1)
-        a2 = a[:, 2].reshape(1, 1, -1, 1, 1)
-        xp = F.pad(x, [0, 0, 0, 0, 0, 0, 1, 1])  # zeros at t = -1 and t = T
-        t = x.shape[1]
-        return a0 * xp[:, 0:t] + a1 * x + a2 * xp[:, 2 : t + 2]
-
-    def extra_repr(self) -> str:
-        return f"{self.channels}, tau={float(self.tau):g}"
-
-
-def hard_temporal_shift(logits: torch.Tensor) -> torch.Tensor:
-    """(3, C) integer shifts (rows T, H, W) from AQ tap logits (C, 3): the strongest tap
-    0 / 1 / 2 becomes a temporal shift of -1 / 0 / +1 (``y[t] = x[t + s]``), H = W = 0."""
-    t = logits.detach().argmax(dim=1).to(torch.float32) - 1
-    return torch.stack([t, torch.zeros_like(t), torch.zeros_like(t)])
-
-
 class SqueezeExcite(nn.Module):
     """avg-pool -> Linear(C, C//r) -> ReLU -> Linear(C//r, C) -> sigmoid -> scale (no biases)."""
 
@@ -179,7 +94,8 @@ class RubiksBlock(nn.Module):
     ``a = relu(norm1(x))``; shortcut = x, or a strided 1x1 conv of ``a``;
     ``h = relu(norm2(conv1(tshift(a))))`` (``tshift`` only in the AQ variant);
     ``h = rubiks(h)`` (the shift, with the block's spatial stride); optional SE;
-    ``return conv2(h) + shortcut``.
+    ``return conv2(h) + shortcut``. The keyword options are :class:`RubiksNet`'s (it passes
+    them all, so their defaults are set there).
     """
 
     def __init__(
@@ -188,14 +104,14 @@ class RubiksBlock(nn.Module):
         out_chs: int,
         stride: int = 1,
         *,
-        variant: str = "rubiks3d",
-        se_reduction: int = 0,
-        shift_init: str = "uniform",
-        t_init: str = "uniform",
-        normalize_grad: bool = True,
-        normalize_t_factor: float | str = 1.0,
-        aq_tau: float = 2.0,
-        deploy: bool = False,
+        variant: str,
+        se_reduction: int,
+        shift_init: str,
+        t_init: str,
+        normalize_grad: bool,
+        normalize_t_factor: float | str,
+        aq_tau: float,
+        deploy: bool,
     ) -> None:
         super().__init__()
         self.is_3d = variant == "rubiks3d"

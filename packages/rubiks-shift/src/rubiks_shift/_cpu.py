@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -58,13 +57,9 @@ def _tables(s: torch.Tensor, quantize: bool, dtype: torch.dtype) -> tuple[np.nda
     return ints, weights
 
 
-def forward(
-    x: torch.Tensor,
-    shift: torch.Tensor,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    quantize: bool,
-) -> torch.Tensor:
+def forward(x, shift, stride, padding, quantize) -> torch.Tensor:
+    """The forward of ``_ops.shift3d``, whose schema types the arguments (less the
+    gradient settings)."""
     threads = _kernels.set_threads(torch.get_num_threads())
     work = x.detach().to(_compute_dtype(x.dtype)).contiguous()
     y = torch.empty(output_shape(x.shape, stride, padding), dtype=work.dtype)
@@ -86,17 +81,9 @@ def forward(
 
 
 def backward(
-    grad_y: torch.Tensor,
-    x: torch.Tensor,
-    shift: torch.Tensor,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    quantize: bool,
-    normalize_grad: bool,
-    normalize_t_factor: float,
-    need_x: bool,
-    need_shift: bool,
+    grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_ops.shift3d_backward``: the arguments and results its schema types."""
     threads = _kernels.set_threads(torch.get_num_threads())
     dtype = _compute_dtype(x.dtype)
     work_x = x.detach().to(dtype).contiguous()
@@ -131,7 +118,7 @@ def backward(
         raw = torch.from_numpy(partial).sum(dim=0)
         if has_nan:
             raw[:, nan_channels] = float("nan")
-        grad_shift = _normalize.finish(raw, normalize_grad, normalize_t_factor).to(shift.dtype)
+        grad_shift = _normalize.finish(raw, normalize_grad, t_factor).to(shift.dtype)
     else:
         grad_shift = shift.new_empty(0)
     return grad_x, grad_shift

@@ -91,6 +91,14 @@ def _shift_for(shift: torch.Tensor) -> torch.Tensor:
     return s if s.is_contiguous() else s.contiguous()
 
 
+def _keep(plans: dict, key: tuple, plan):
+    """Keep ``plan`` in ``plans`` under ``key`` (emptying a dict of 1024 first); ``plan``."""
+    if len(plans) >= 1024:
+        plans.clear()
+    plans[key] = plan
+    return plan
+
+
 _CONTIGUOUS = torch.contiguous_format
 _FORWARD_PLANS: dict = {}  # (x shape, x dtype, shift dtype, stride, padding, quantize)
 
@@ -100,26 +108,17 @@ def _forward_plan(key: tuple) -> ForwardPlan:
     shape, dtype, shift_dtype, stride, padding, quantize = key
     y_shape = output_shape(shape, stride, padding)
     storage = _STORAGE[dtype]
+    kernels = kernel_set(storage, _STORAGE[shift_dtype])
+    args = (tuple(shape), y_shape, stride, padding, bool(quantize), False, storage)
     plan = ForwardPlan(
-        kernel_set(storage, _STORAGE[shift_dtype]),
-        None if y_shape == tuple(shape) else y_shape,
-        gather_plan(
-            tuple(shape), y_shape, stride, padding, bool(quantize), False, storage, _tuning
-        ),
+        kernels, None if y_shape == tuple(shape) else y_shape, gather_plan(*args, _tuning)
     )
-    if len(_FORWARD_PLANS) >= 1024:
-        _FORWARD_PLANS.clear()
-    _FORWARD_PLANS[key] = plan
-    return plan
+    return _keep(_FORWARD_PLANS, key, plan)
 
 
-def forward(
-    x: torch.Tensor,
-    shift: torch.Tensor,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    quantize: bool,
-) -> torch.Tensor:
+def forward(x, shift, stride, padding, quantize) -> torch.Tensor:
+    """The forward of ``_ops.shift3d``, whose schema types the arguments (less the
+    gradient settings)."""
     if not x.is_contiguous():
         x = x.contiguous()
     s = _shift_for(shift)
@@ -200,25 +199,13 @@ def _backward_plan(key: tuple) -> BackwardPlan:
         args = (tuple(shape), y_shape, stride, padding, bool(normalize), float(t_factor))
         shift_grad = shift_grad_plan(*args, _tuning)
     acc_dtype = _ACC_DTYPE.get(kernels.storage, torch.float32)
-    plan = BackwardPlan(kernels, gather, shift_grad, acc_dtype)
-    if len(_BACKWARD_PLANS) >= 1024:
-        _BACKWARD_PLANS.clear()
-    _BACKWARD_PLANS[key] = plan
-    return plan
+    return _keep(_BACKWARD_PLANS, key, BackwardPlan(kernels, gather, shift_grad, acc_dtype))
 
 
 def backward(
-    grad_y: torch.Tensor,
-    x: torch.Tensor,
-    shift: torch.Tensor,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    quantize: bool,
-    normalize_grad: bool,
-    normalize_t_factor: float,
-    need_x: bool,
-    need_shift: bool,
+    grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_ops.shift3d_backward``: the arguments and results its schema types."""
     if not x.is_contiguous():
         x = x.contiguous()
     gy = grad_y
@@ -235,7 +222,7 @@ def backward(
         tuple(padding),
         quantize,
         normalize_grad,
-        normalize_t_factor,
+        t_factor,
         need_x,
         need_shift,
     )

@@ -14,7 +14,39 @@ from .init import init_spatial, init_temporal
 __all__ = ["RubiksShift2d", "RubiksShift3d"]
 
 
-class RubiksShift3d(nn.Module):
+def _check_channels(channels: int) -> None:
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+
+
+class _ShiftLayer(nn.Module):
+    """What both layers hold: the (rows, C) parameter ``shift`` and the shared settings."""
+
+    def __init__(
+        self, rows, channels, stride, padding, init, quantize, normalize_grad, device, dtype
+    ):
+        super().__init__()
+        self.channels = channels
+        self.stride = triple(stride, "stride", rows)
+        self.padding = triple(padding, "padding", rows)
+        self.init = init
+        self.quantize = quantize
+        self.normalize_grad = normalize_grad
+        self.shift = nn.Parameter(torch.empty(rows, channels, device=device, dtype=dtype))
+
+    def _repr_parts(self) -> list[str]:
+        parts = [f"{self.channels}", f"stride={self.stride}", f"padding={self.padding}"]
+        if self.quantize:
+            parts.append("quantize=True")
+        if not self.normalize_grad:
+            parts.append("normalize_grad=False")
+        return parts
+
+    def extra_repr(self) -> str:
+        return ", ".join(self._repr_parts())
+
+
+class RubiksShift3d(_ShiftLayer):
     """Learnable per-channel 3-D shift of clips (N, T, C, H, W).
 
     The parameter ``shift`` has shape (3, C), rows T, H, W. ``t_init`` picks the temporal
@@ -36,19 +68,13 @@ class RubiksShift3d(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        if channels < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}")
+        _check_channels(channels)
         check_t_factor(normalize_t_factor)
-        self.channels = channels
-        self.stride = triple(stride, "stride")
-        self.padding = triple(padding, "padding")
-        self.init = init
+        super().__init__(
+            3, channels, stride, padding, init, quantize, normalize_grad, device, dtype
+        )
         self.t_init = t_init
-        self.quantize = quantize
-        self.normalize_grad = normalize_grad
         self.normalize_t_factor = normalize_t_factor
-        self.shift = nn.Parameter(torch.empty(3, channels, device=device, dtype=dtype))
         self.reset_parameters()
 
     @torch.no_grad()
@@ -89,17 +115,13 @@ class RubiksShift3d(nn.Module):
         return inflated
 
     def extra_repr(self) -> str:
-        parts = [f"{self.channels}", f"stride={self.stride}", f"padding={self.padding}"]
-        if self.quantize:
-            parts.append("quantize=True")
-        if not self.normalize_grad:
-            parts.append("normalize_grad=False")
-        elif self.normalize_t_factor != 1.0:
+        parts = self._repr_parts()
+        if self.normalize_grad and self.normalize_t_factor != 1.0:
             parts.append(f"normalize_t_factor={self.normalize_t_factor}")
         return ", ".join(parts)
 
 
-class RubiksShift2d(nn.Module):
+class RubiksShift2d(_ShiftLayer):
     """Learnable per-channel spatial shift of images (N, C, H, W); ``shift`` is (2, C)."""
 
     def __init__(
@@ -114,16 +136,10 @@ class RubiksShift2d(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        if channels < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}")
-        self.channels = channels
-        self.stride = triple(stride, "stride", 2)
-        self.padding = triple(padding, "padding", 2)
-        self.init = init
-        self.quantize = quantize
-        self.normalize_grad = normalize_grad
-        self.shift = nn.Parameter(torch.empty(2, channels, device=device, dtype=dtype))
+        _check_channels(channels)
+        super().__init__(
+            2, channels, stride, padding, init, quantize, normalize_grad, device, dtype
+        )
         self.reset_parameters()
 
     @torch.no_grad()
@@ -141,11 +157,3 @@ class RubiksShift2d(nn.Module):
             quantize=self.quantize,
             normalize_grad=self.normalize_grad,
         )
-
-    def extra_repr(self) -> str:
-        parts = [f"{self.channels}", f"stride={self.stride}", f"padding={self.padding}"]
-        if self.quantize:
-            parts.append("quantize=True")
-        if not self.normalize_grad:
-            parts.append("normalize_grad=False")
-        return ", ".join(parts)
