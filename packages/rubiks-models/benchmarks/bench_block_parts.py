@@ -1,0 +1,171 @@
+"""Where a fused RubiksNet block's time goes, stage by stage, against a copy of its tensor.
+
+    python packages/rubiks-models/benchmarks/bench_block_parts.py [--tier large]
+        [--dtype bfloat16] [--batch 8 --frames 8 --size 224] [--json OUT.json]
+
+For each stage of a tier (its channels, its H x W at the given input size, its number of
+blocks) this times, on one (B, T, C, H, W) tensor: a copy (the memory floor of one pass),
+each pass of the fused block (``rubiks_models.fused``) — relu(bn1(x)) through the shift
+kernel with a zero shift, the shift with relu(. + b2) applied as it reads, and the 1x1
+convolutions as batched products over H * W columns or as single products over rows
+(channels-last) — and the whole fused block as ``fuse_model`` runs it. On a GPU a figure
+is the time per call of 20 calls captured in one CUDA graph and replayed 10 times (host
+time excluded); on a CPU, the median of 5 calls. ``totals`` weighs each stage by its
+number of blocks: a whole network's time in that part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+
+import rubiks_models  # noqa: F401  (registers the models)
+from rubiks_models.archs import TIERS
+from rubiks_models.fused import FusedBlock
+from rubiks_models.io import atomic_write
+from rubiks_models.rubiksnet import RubiksBlock
+from rubiks_shift import affine_relu_shift3d
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def time_us(fn: Callable[[], object], device: str) -> float:
+    """Time per call in µs (see the module docstring)."""
+    if device == "cpu":
+        samples = []
+        for _ in range(5):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples) * 1e6
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(20):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / 200
+
+
+def stages(tier: str, size: int) -> list[tuple[int, int, int]]:
+    """(channels, H = W, blocks) per stage of ``tier`` at input ``size`` (stem stride 2,
+    stages 1-4 stride 2)."""
+    width, repeats, _ = TIERS[tier]
+    side = -(-size // 2)
+    out = []
+    for i, (blocks, mult) in enumerate(zip((1, *repeats), (1, 1, 2, 4, 8), strict=True)):
+        if i:
+            side = -(-side // 2)
+        out.append((width * mult, side, blocks))
+    return out
+
+
+def stage_parts(
+    block: RubiksBlock, side: int, args, device: str, dtype: torch.dtype
+) -> dict[str, float]:
+    c = block.conv2.out_channels
+    b, t = args.batch, args.frames
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(b, t, c, side, side, device=device, dtype=dtype, generator=g)
+    scale = torch.rand(c, device=device, generator=g) + 0.5
+    bias = torch.randn(c, device=device, generator=g) * 0.1
+    ones, zero = torch.ones(c, device=device), torch.zeros(3, c, device=device)
+    shift = (torch.rand(3, c, device=device, generator=g) - 0.5) * 2
+    w = (torch.randn(c, c, device=device, generator=g) / c**0.5).to(dtype)
+    cols = x.view(b * t, c, side * side)  # per frame: C x (H * W)
+    rows = torch.randn(b * t * side * side, c, device=device, dtype=dtype, generator=g)
+    out_cols, out_rows = torch.empty_like(cols), torch.empty_like(rows)
+    w_batched = w.expand(b * t, -1, -1)
+    block = block.to(device).eval()
+    with torch.no_grad():
+        for bn in (block.norm1, block.norm2):
+            bn.running_var.uniform_(0.5, 1.5)
+            bn.running_mean.uniform_(-0.1, 0.1)
+    fused = FusedBlock(block).to(device)
+    fused.gemm = "bmm"
+    work = x.clone()  # the fused block adds into its input in place
+    parts = {
+        "copy": lambda: out_cols.copy_(cols),
+        "bn1_relu (shift kernel, zero shift)": lambda: affine_relu_shift3d(
+            x, scale, bias, zero, quantize=True
+        ),
+        "shift with relu(. + b2)": lambda: affine_relu_shift3d(x, ones, bias, shift),
+        "1x1 conv, batched over H*W columns": lambda: torch.matmul(w, cols),
+        "1x1 conv, one product over rows": lambda: F.linear(rows, w),
+        "1x1 conv + residual, batched": lambda: out_cols.baddbmm_(w_batched, cols),
+        "1x1 conv + residual, rows": lambda: out_rows.addmm_(rows, w.t()),
+        "fused block": lambda: fused(work),
+    }
+    with torch.inference_mode():
+        return {name: round(time_us(fn, device), 1) for name, fn in parts.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tier", default="large", choices=sorted(TIERS))
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", help="write the results here (atomically)")
+    args = p.parse_args(argv)
+    for n in ("batch", "frames", "size"):
+        if getattr(args, n) < 1:
+            p.error(f"--{n} must be >= 1")
+    if args.json and not Path(args.json).parent.is_dir():
+        p.error(f"--json: folder {Path(args.json).parent} does not exist")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU here")
+    torch.backends.cudnn.benchmark = True
+    dtype = DTYPES[args.dtype]
+    model = timm.create_model(f"rubiksnet_{args.tier}", num_classes=10)
+    per_stage, totals = {}, {}
+    for stage, (c, side, blocks) in zip(model.stages, stages(args.tier, args.size), strict=True):
+        # a block of the stage that keeps its input's size (the first where it is alone)
+        block = stage.blocks[-1]
+        parts = stage_parts(block, side, args, args.device, dtype)
+        key = f"C={c} {side}x{side} x{blocks}"
+        per_stage[key] = parts
+        print(key, json.dumps(parts), flush=True)
+        for name, us in parts.items():
+            totals[name] = totals.get(name, 0.0) + us * blocks / 1e3
+    totals = {name: round(ms, 3) for name, ms in totals.items()}
+    print("totals over the network's blocks (ms):", json.dumps(totals, indent=1))
+    if args.json:
+        info = {
+            "device": torch.cuda.get_device_name() if args.device != "cpu" else "cpu",
+            "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"),
+            "tier": args.tier,
+            "dtype": args.dtype,
+            "shape": [args.batch, args.frames, 3, args.size, args.size],
+        }
+        payload = {"info": info, "stages_us": per_stage, "totals_ms": totals}
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
