@@ -93,7 +93,7 @@ def evaluate(model, clips, labels, args) -> float:
 
 
 def _aq_hard_fraction(model) -> float:
-    from rubiks_models.rubiksnet import TemporalAttentionShift
+    from rubiks_models import TemporalAttentionShift
 
     taps = [
         m.attention().argmax(1) for m in model.modules() if isinstance(m, TemporalAttentionShift)

@@ -7,14 +7,8 @@ counter ``rubiks-flops``.
 
 from .archs import TIERS, VARIANTS
 from .inflation import inflate
-from .rubiksnet import (
-    RubiksNet,
-    Shift2d,
-    Shift3d,
-    TemporalAttentionShift,
-    checkpoint_filter_fn,
-    is_shift_param,
-)
+from .rubiksnet import RubiksNet, checkpoint_filter_fn, is_shift_param
+from .shift_layers import Shift2d, Shift3d, TemporalAttentionShift
 from .weight_files import weights_dir
 
 __version__ = "0.1.0"

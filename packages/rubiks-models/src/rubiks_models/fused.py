@@ -30,7 +30,8 @@ from torch import nn
 
 from rubiks_shift import affine_relu_shift3d, rubiks_shift3d
 
-from .rubiksnet import RubiksBlock, RubiksNet, Shift3d, TemporalAttentionShift, as_clip
+from .rubiksnet import RubiksBlock, RubiksNet, as_clip
+from .shift_layers import Shift3d, TemporalAttentionShift
 
 __all__ = ["FusedRubiksNet", "fuse_model"]
 

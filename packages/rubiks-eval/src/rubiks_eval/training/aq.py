@@ -42,7 +42,7 @@ __all__ = [
 
 def aq_channels(model: nn.Module) -> int:
     """Number of channels with AQ temporal attention (0 for other models)."""
-    from rubiks_models.rubiksnet import TemporalAttentionShift
+    from rubiks_models import TemporalAttentionShift
 
     return sum(
         int(m.weight.shape[0]) for m in model.modules() if isinstance(m, TemporalAttentionShift)
@@ -52,7 +52,7 @@ def aq_channels(model: nn.Module) -> int:
 def aq_hard_fraction(model: nn.Module) -> float:
     """Fraction of AQ channels whose strongest tap is not the centre one (a non-zero
     integer temporal shift once hardened)."""
-    from rubiks_models.rubiksnet import TemporalAttentionShift
+    from rubiks_models import TemporalAttentionShift
 
     taps = [
         m.attention().argmax(1) for m in model.modules() if isinstance(m, TemporalAttentionShift)
