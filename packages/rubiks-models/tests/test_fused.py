@@ -67,26 +67,6 @@ def test_fused_equals_eval_model_cpu(name, hard, gemm):
     assert _rel(got, expected) < FP32_TOL
 
 
-def test_fused_bmm_runs_unaligned_stages_on_rows():
-    """Where H * W is not a multiple of 8 the products run over rows: those blocks return
-    channels-last clips; aligned stages stay (N, T, C, H, W)-contiguous."""
-    fused = fuse_model(_trained_looking("rubiksnet_tiny"), "bmm")
-    layouts = []
-    for block in fused.blocks:
-        block.register_forward_hook(
-            lambda m, i, out: layouts.append((out.shape[-2:].numel(), out.stride(2) == 1))
-        )
-    with torch.no_grad():
-        fused(torch.randn(1, 2, 3, 48, 40))
-    assert {hw: rows for hw, rows in layouts} == {
-        480: False,
-        120: False,
-        30: True,
-        9: True,
-        4: True,
-    }
-
-
 def test_fused_accepts_tsn_frames_and_leaves_model_alone():
     model = _trained_looking("rubiksnet_tiny")
     before = {k: v.clone() for k, v in model.state_dict().items()}

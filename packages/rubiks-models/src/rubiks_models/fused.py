@@ -50,7 +50,6 @@ def _fold_bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 GEMMS = ("auto", "conv", "bmm")
-_MAX_SHIFT_CHANNELS = 65535  # channels rubiks_shift's CUDA kernels take in one call
 
 
 def _use_conv(gemm: str, dtype: torch.dtype) -> bool:
@@ -99,7 +98,6 @@ class _GemmWeights(nn.Module):
 
 @torch.no_grad()
 def _refresh_copies(module: nn.Module, incompatible_keys: object = None) -> None:
-    getattr(module, "_pixel_cache", {}).clear()
     for name in module._weight_names:
         master = getattr(module, name)
         for dtype, tag in _HALF.items():
@@ -152,7 +150,6 @@ class FusedBlock(_GemmWeights):
             self.add_weight("se_fc2", block.se.fc2.weight.detach().float())
         self.cin, self.cout = cin, cout
         self.gemm = "auto"
-        self._pixel_cache: dict = {}
 
     def _soft_tshift(self, a: torch.Tensor) -> torch.Tensor:
         t = a.shape[1]
@@ -173,9 +170,6 @@ class FusedBlock(_GemmWeights):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         b, t, _, height, width = x.shape
-        if self._uses_rows(x):
-            return self._forward_rows(x)
-        x = x.contiguous()  # the stream may arrive channels-last from a rows-form block
         # 1. a = relu(bn1(x)), with the hard AQ temporal shift in the same pass where the
         # shortcut does not need a itself
         if self.tshift_kind == "hard" and not self.has_proj:
@@ -243,105 +237,6 @@ class FusedBlock(_GemmWeights):
             skip = x.view(b * t, self.cin, height * width)
         return skip.baddbmm_(w2, h).view(b, t, self.cout, ho, wo)
 
-    def _per_pixel(self, name: str, pixels: int) -> torch.Tensor:
-        """A (C,) or (3, C) buffer repeated for each of ``pixels`` positions, channels
-        fastest: the parameters of a temporal shift over rows-form frames (cached)."""
-        value = getattr(self, name)
-        key = (name, pixels, value.device, value.dtype)
-        cached = self._pixel_cache.get(key)
-        if cached is None:
-            cached = value.repeat(*(1,) * (value.dim() - 1), pixels)
-            if not torch.compiler.is_compiling():
-                self._pixel_cache[key] = cached
-        return cached
-
-    def _uses_rows(self, x: torch.Tensor) -> bool:
-        """Whether the block runs in rows form (see ``_forward_rows``)."""
-        hw = x.shape[-2] * x.shape[-1]
-        if _use_conv(self.gemm, x.dtype) or hw % 8 == 0:
-            return False
-        return self.tshift_kind != "hard" or hw * self.cin <= _MAX_SHIFT_CHANNELS
-
-    def _rows_tshift(self, m: torch.Tensor, b: int, t: int, hw: int, affine: bool) -> torch.Tensor:
-        """The hard temporal shift of rows ``m`` (after relu(bn1(.)) where ``affine``):
-        the shift kernel over frames of hw * C one-pixel channels."""
-        frames = m.view(b, t, hw * self.cin, 1, 1)
-        tshift = self._per_pixel("tshift", hw)
-        if affine:
-            s1, b1 = self._per_pixel("s1", hw), self._per_pixel("b1", hw)
-            out = affine_relu_shift3d(frames, s1, b1, tshift, quantize=self.tshift_quantize)
-        else:
-            out = rubiks_shift3d(
-                frames, tshift, quantize=self.tshift_quantize, normalize_grad=False
-            )
-        return out.view(-1, self.cin)
-
-    def _forward_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """The block with its 1x1 convolutions as single matrix products over rows (one
-        row per pixel, channels contiguous): batched products over H * W columns are slow
-        where H * W is not a multiple of 8 (unaligned rows). The shift itself runs on
-        (N, T, C, H, W) frames; the result is returned channels-last."""
-        dtype = x.dtype
-        b, t, cin, height, width = x.shape
-        hw = height * width
-        xr = _rows(x)
-        # 1. a = relu(bn1(x)) over (1, rows, C, 1, 1) frames (and the AQ temporal shift)
-        if self.tshift_kind == "hard" and not self.has_proj:
-            a = None
-            mixed = self._rows_tshift(xr, b, t, hw, affine=True)
-        else:
-            frames = xr.view(1, -1, cin, 1, 1)
-            a = affine_relu_shift3d(frames, self.s1, self.b1, self.zero_shift, quantize=True)
-            a = a.view(-1, cin)
-            if self.tshift_kind == "hard":
-                mixed = self._rows_tshift(a, b, t, hw, affine=False)
-            elif self.tshift_kind == "soft":
-                mixed = _rows(self._soft_tshift(_from_rows(a, b, t, height, width)))
-            else:
-                mixed = a
-        # 2. conv1 (bn2's scale folded in), one product over all rows
-        h = F.linear(mixed, self.gemm_weight("w1", dtype))
-        # 3. relu(. + b2) inside the shift, on frames
-        h = _from_rows(h, b, t, height, width).contiguous()
-        if self.shift_2d:
-            h = h.view(b * t, 1, self.cout, height, width)
-        h = affine_relu_shift3d(
-            h, self.ones2, self.b2, self.shift, self.shift_stride, self.shift_padding,
-            quantize=self.quantize,
-        )  # fmt: skip
-        ho, wo = h.shape[-2:]
-        h = h.view(b, t, self.cout, ho, wo)
-        # 4. conv2 (+ squeeze-excitation scale) and the residual sum, into the shortcut
-        if self.has_proj:
-            a5 = _from_rows(a, b, t, height, width)
-            if self.stride != 1:
-                a5 = a5[..., :: self.stride, :: self.stride]
-            skip = F.linear(_rows(a5), self.gemm_weight("w_proj", dtype))
-        else:
-            skip = xr
-        w2 = self.gemm_weight("w2", dtype)
-        hr = _rows(h)
-        if self.has_se:  # per frame: conv2(h * gate), the gate folded into the weights
-            gate = self._se_gate(h.reshape(b * t, self.cout, ho * wo), dtype)
-            per_frame = (w2 * gate[:, None, :]).transpose(1, 2)
-            out = skip.view(b * t, ho * wo, self.cout).baddbmm_(
-                hr.view(b * t, ho * wo, self.cout), per_frame
-            )
-        else:
-            out = skip.addmm_(hr, w2.t())
-        return _from_rows(out.view(-1, self.cout), b, t, ho, wo)
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """(B, T, C, H, W) as a (B * T * H * W, C) matrix: a view where x is channels-last,
-    else a copy."""
-    return x.permute(0, 1, 3, 4, 2).reshape(-1, x.shape[2])
-
-
-def _from_rows(m: torch.Tensor, b: int, t: int, height: int, width: int) -> torch.Tensor:
-    """The (B, T, C, H, W) view of a rows matrix (channels-last strides)."""
-    return m.view(b, t, height, width, m.shape[1]).permute(0, 1, 4, 2, 3)
-
 
 class FusedRubiksNet(_GemmWeights):
     """A RubiksNet in fused inference form; built by :func:`fuse_model`.
@@ -392,15 +287,8 @@ class FusedRubiksNet(_GemmWeights):
         h = F.conv2d(clip.flatten(0, 1), stem, stride=2, padding=1).unflatten(0, (b, t))
         for block in self.blocks:
             h = block(h)
-        # space and time pooled: the frame logits' mean (the head is linear)
-        if h.stride(2) == 1 and h.shape[2] > 1:  # channels-last from a rows-form block
-            channels = h.shape[2]
-            rows = _rows(h).view(1, -1, channels, 1, 1)
-            h = affine_relu_shift3d(rows, self.s_last, self.b_last, self.zero_shift, quantize=True)
-            pooled = h.view(b, -1, channels).mean(1)
-        else:
-            h = affine_relu_shift3d(h, self.s_last, self.b_last, self.zero_shift, quantize=True)
-            pooled = h.mean((1, 3, 4))
+        h = affine_relu_shift3d(h, self.s_last, self.b_last, self.zero_shift, quantize=True)
+        pooled = h.mean((1, 3, 4))  # space and time: the frame logits' mean (linear head)
         if not self.has_head:
             return pooled
         weight = self.gemm_weight("fc_weight", x.dtype)
