@@ -163,7 +163,7 @@ def time_loop(fn: Callable[[], object], iters: int, repeats: int) -> float:
 
 KERNEL_KINDS = (  # (kind, pattern on the kernel name), first match wins
     ("shift (numba)", r"cudapy|numba|rubiks|gather|shift_grad"),
-    ("gemm / conv", r"gemm|nvjet|conv|cutlass|cudnn|sm\d+_xmma|implicit|dgrad|wgrad|nhwc|nchw|cublas"),
+    ("gemm / conv", r"gemm|nvjet|conv|cutlass|cudnn|xmma|implicit|dgrad|wgrad|nhwc|nchw|cublas"),
     ("batch norm", r"batch_norm|bn_|welford"),
     ("triton (inductor)", r"^triton"),
     ("reduce", r"reduce"),
