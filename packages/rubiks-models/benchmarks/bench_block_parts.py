@@ -8,9 +8,8 @@ blocks) this times, on one (B, T, C, H, W) tensor: a copy (the memory floor of o
 each pass of the fused block (``rubiks_models.fused``) — relu(bn1(x)) through the shift
 kernel with a zero shift, the shift with relu(. + b2) applied as it reads, and the 1x1
 convolutions as batched products over H * W columns or as single products over rows
-(channels-last) — and the whole fused block as ``fuse_model`` runs it. On a GPU a figure
-is the time per call of 20 calls captured in one CUDA graph and replayed 10 times (host
-time excluded); on a CPU, the median of 5 calls. ``totals`` weighs each stage by its
+(channels-last). On a GPU a figure is the time per call of 20 calls captured in one CUDA
+graph and replayed 10 times (host time excluded); on a CPU, the median of 5 calls. ``totals`` weighs each stage by its
 number of blocks: a whole network's time in that part.
 """
 
@@ -24,15 +23,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 
-import rubiks_models  # noqa: F401  (registers the models)
 from rubiks_models.archs import TIERS
-from rubiks_models.fused import FusedBlock
 from rubiks_models.io import atomic_write
-from rubiks_models.rubiksnet import RubiksBlock
 from rubiks_shift import affine_relu_shift3d
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -81,10 +76,7 @@ def stages(tier: str, size: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def stage_parts(
-    block: RubiksBlock, side: int, args, device: str, dtype: torch.dtype
-) -> dict[str, float]:
-    c = block.conv2.out_channels
+def stage_parts(c: int, side: int, args, device: str, dtype: torch.dtype) -> dict[str, float]:
     b, t = args.batch, args.frames
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(b, t, c, side, side, device=device, dtype=dtype, generator=g)
@@ -97,14 +89,6 @@ def stage_parts(
     rows = torch.randn(b * t * side * side, c, device=device, dtype=dtype, generator=g)
     out_cols, out_rows = torch.empty_like(cols), torch.empty_like(rows)
     w_batched = w.expand(b * t, -1, -1)
-    block = block.to(device).eval()
-    with torch.no_grad():
-        for bn in (block.norm1, block.norm2):
-            bn.running_var.uniform_(0.5, 1.5)
-            bn.running_mean.uniform_(-0.1, 0.1)
-    fused = FusedBlock(block).to(device)
-    fused.gemm = "bmm"
-    work = x.clone()  # the fused block adds into its input in place
     parts = {
         "copy": lambda: out_cols.copy_(cols),
         "bn1_relu (shift kernel, zero shift)": lambda: affine_relu_shift3d(
@@ -115,7 +99,6 @@ def stage_parts(
         "1x1 conv, one product over rows": lambda: F.linear(rows, w),
         "1x1 conv + residual, batched": lambda: out_cols.baddbmm_(w_batched, cols),
         "1x1 conv + residual, rows": lambda: out_rows.addmm_(rows, w.t()),
-        "fused block": lambda: fused(work),
     }
     with torch.inference_mode():
         return {name: round(time_us(fn, device), 1) for name, fn in parts.items()}
@@ -140,12 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--device cuda: no CUDA GPU here")
     torch.backends.cudnn.benchmark = True
     dtype = DTYPES[args.dtype]
-    model = timm.create_model(f"rubiksnet_{args.tier}", num_classes=10)
     per_stage, totals = {}, {}
-    for stage, (c, side, blocks) in zip(model.stages, stages(args.tier, args.size), strict=True):
-        # a block of the stage that keeps its input's size (the first where it is alone)
-        block = stage.blocks[-1]
-        parts = stage_parts(block, side, args, args.device, dtype)
+    for c, side, blocks in stages(args.tier, args.size):
+        parts = stage_parts(c, side, args, args.device, dtype)
         key = f"C={c} {side}x{side} x{blocks}"
         per_stage[key] = parts
         print(key, json.dumps(parts), flush=True)
