@@ -9,8 +9,9 @@ each pass of the fused block (``rubiks_models.fused``) — relu(bn1(x)) through 
 kernel with a zero shift, the shift with relu(. + b2) applied as it reads, and the 1x1
 convolutions as batched products over H * W columns or as single products over rows
 (channels-last). On a GPU a figure is the time per call of 20 calls captured in one CUDA
-graph and replayed 10 times (host time excluded); on a CPU, the median of 5 calls. ``totals`` weighs each stage by its
-number of blocks: a whole network's time in that part.
+graph and replayed 10 times (host time excluded); on a CPU, the median of 5 calls.
+``totals`` weighs each stage by its number of blocks: a whole network's time in that
+part.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import timm
 import torch
 import torch.nn.functional as F
 
+import rubiks_models  # noqa: F401  (registers the models)
 from rubiks_models.archs import TIERS
 from rubiks_models.io import atomic_write
 from rubiks_shift import affine_relu_shift3d
@@ -64,16 +67,13 @@ def time_us(fn: Callable[[], object], device: str) -> float:
 
 
 def stages(tier: str, size: int) -> list[tuple[int, int, int]]:
-    """(channels, H = W, blocks) per stage of ``tier`` at input ``size`` (stem stride 2,
-    stages 1-4 stride 2)."""
-    width, repeats, _ = TIERS[tier]
-    side = -(-size // 2)
-    out = []
-    for i, (blocks, mult) in enumerate(zip((1, *repeats), (1, 1, 2, 4, 8), strict=True)):
-        if i:
-            side = -(-side // 2)
-        out.append((width * mult, side, blocks))
-    return out
+    """(channels, H = W, blocks) per stage of ``tier`` at input ``size``, from the model's
+    own feature_info (each stride-2 step rounds up, so H = ceil(size / reduction))."""
+    model = timm.create_model(f"rubiksnet_{tier}", num_classes=0)
+    return [
+        (info["num_chs"], -(-size // info["reduction"]), len(stage.blocks))
+        for info, stage in zip(model.feature_info, model.stages, strict=True)
+    ]
 
 
 def stage_parts(c: int, side: int, args, device: str, dtype: torch.dtype) -> dict[str, float]:

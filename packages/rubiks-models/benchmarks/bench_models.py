@@ -32,10 +32,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
+import re
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -175,8 +174,6 @@ KERNEL_KINDS = (  # (kind, pattern on the kernel name), first match wins
 def profile_kernels(fn: Callable[[], object], iters: int) -> dict:
     """GPU kernel time per call by kind of kernel (torch.profiler over ``iters`` calls):
     where the device time goes, and how many kernels a call issues."""
-    import re
-
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
@@ -318,11 +315,9 @@ def table(results: dict, models: list[str], modes: list[str]) -> str:
 
 
 def write_json(path: str, payload: dict) -> None:
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, target)
+    from rubiks_models.io import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
 
 
 def main(argv: list[str] | None = None) -> int:
