@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -57,9 +58,14 @@ def _tables(s: torch.Tensor, quantize: bool, dtype: torch.dtype) -> tuple[np.nda
     return ints, weights
 
 
-def forward(x, shift, stride, padding, quantize) -> torch.Tensor:
-    """The forward of ``_ops.shift3d``, whose schema types the arguments (less the
-    gradient settings)."""
+def forward(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
+) -> torch.Tensor:
+    """The forward of ``_ops.shift3d`` (its arguments less the gradient settings)."""
     threads = _kernels.set_threads(torch.get_num_threads())
     work = x.detach().to(_compute_dtype(x.dtype)).contiguous()
     y = torch.empty(output_shape(x.shape, stride, padding), dtype=work.dtype)
@@ -81,9 +87,18 @@ def forward(x, shift, stride, padding, quantize) -> torch.Tensor:
 
 
 def backward(
-    grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
+    normalize_grad: bool,
+    t_factor: float,
+    need_x: bool,
+    need_shift: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_ops.shift3d_backward``: the arguments and results its schema types."""
+    """``_ops.shift3d_backward``: (grad_x, grad_shift), empty where not needed."""
     threads = _kernels.set_threads(torch.get_num_threads())
     dtype = _compute_dtype(x.dtype)
     work_x = x.detach().to(dtype).contiguous()

@@ -116,9 +116,14 @@ def _forward_plan(key: tuple) -> ForwardPlan:
     return _keep(_FORWARD_PLANS, key, plan)
 
 
-def forward(x, shift, stride, padding, quantize) -> torch.Tensor:
-    """The forward of ``_ops.shift3d``, whose schema types the arguments (less the
-    gradient settings)."""
+def forward(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
+) -> torch.Tensor:
+    """The forward of ``_ops.shift3d`` (its arguments less the gradient settings)."""
     if not x.is_contiguous():
         x = x.contiguous()
     s = _shift_for(shift)
@@ -163,7 +168,7 @@ def forward_affine(
     if plan is None:
         kernels, y_shape, steps = _FORWARD_PLANS.get(key) or _forward_plan(key)
         steps = tuple(step._replace(name=step.name + "_affine") for step in steps)
-        plan = _AFFINE_PLANS[key] = ForwardPlan(kernels, y_shape, steps)
+        plan = _keep(_AFFINE_PLANS, key, ForwardPlan(kernels, y_shape, steps))
     kernels, y_shape, steps = plan
     acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
     scale = scale.to(acc).contiguous()
@@ -203,9 +208,18 @@ def _backward_plan(key: tuple) -> BackwardPlan:
 
 
 def backward(
-    grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
+    normalize_grad: bool,
+    t_factor: float,
+    need_x: bool,
+    need_shift: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_ops.shift3d_backward``: the arguments and results its schema types."""
+    """``_ops.shift3d_backward``: (grad_x, grad_shift), empty where not needed."""
     if not x.is_contiguous():
         x = x.contiguous()
     gy = grad_y
