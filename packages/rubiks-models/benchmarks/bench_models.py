@@ -14,7 +14,8 @@ device synchronised once at the end; the median of ``--repeats`` such loops. Mod
   fused inference form (:func:`rubiks_models.fused.fuse_model`; inference modes only).
 * ``rubiksnet_<tier>_aq`` (soft temporal attention) and ``rubiksnet_<tier>_aq:hard`` (the
   deployment form, integer temporal shifts; ``:hard:fused`` fused as well);
-  ``:fused-conv`` / ``:fused-bmm`` force the fused form's 1x1-convolution path.
+  ``:fused-conv`` / ``:fused-bmm`` force the fused form's 1x1-convolution path, and a
+  suffix ``@<pixels>`` sets its ``channel_major_plane`` (``:fused@0``: frame by frame).
 
 Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
 SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_bf16``
@@ -126,7 +127,7 @@ def build(name: str, num_classes: int, frames: int) -> tuple[nn.Module, bool]:
     from rubiks_models.fused import fuse_model
 
     arch, *forms = name.split(":")
-    unknown = set(forms) - {"hard", "fused", "fused-conv", "fused-bmm"}
+    unknown = {f for f in forms if not re.fullmatch(r"hard|fused(-conv|-bmm)?(@\d+)?", f)}
     if unknown:
         raise ValueError(f"unknown model form(s) {sorted(unknown)} in {name!r}")
     model = timm.create_model(arch, num_classes=num_classes).cuda()
@@ -138,8 +139,10 @@ def build(name: str, num_classes: int, frames: int) -> tuple[nn.Module, bool]:
         model = quantize_model(model.eval())
     fused = [f for f in forms if f.startswith("fused")]
     if fused:
-        gemm = fused[0].removeprefix("fused").removeprefix("-") or "auto"
-        return fuse_model(model.eval(), gemm), False
+        form, _, plane = fused[0].partition("@")
+        gemm = form.removeprefix("fused").removeprefix("-") or "auto"
+        kwargs = {"channel_major_plane": int(plane)} if plane else {}
+        return fuse_model(model.eval(), gemm, **kwargs), False
     return model, True
 
 

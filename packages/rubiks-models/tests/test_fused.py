@@ -52,11 +52,12 @@ FP32_TOL = 1e-5
     ],
 )
 @pytest.mark.parametrize("gemm", ["conv", "bmm"])
-def test_fused_equals_eval_model_cpu(name, hard, gemm):
+@pytest.mark.parametrize("plane", [0, 130, 10_000])  # frames, mixed, channel-major
+def test_fused_equals_eval_model_cpu(name, hard, gemm, plane):
     model = _trained_looking(name)
     if hard:
         model = quantize_model(model).eval()
-    fused = fuse_model(model, gemm)
+    fused = fuse_model(model, gemm, channel_major_plane=plane)
     g = torch.Generator().manual_seed(0)
     shape = (2, 3, 48, 40) if name.startswith("rubiksnet2d") else (2, 4, 3, 48, 40)
     x = torch.randn(shape, generator=g)
@@ -65,6 +66,31 @@ def test_fused_equals_eval_model_cpu(name, hard, gemm):
         got = fused(x)
     assert got.shape == expected.shape
     assert _rel(got, expected) < FP32_TOL
+
+
+def test_fused_runs_small_planes_channel_major():
+    """Blocks whose input planes are at most channel_major_plane pixels (and all after
+    them) return channel-major clips; larger planes stay (N, T, C, H, W)-contiguous."""
+    fused = fuse_model(_trained_looking("rubiksnet_tiny"), "bmm", channel_major_plane=130)
+    layouts = []
+    for block in fused.blocks:
+        block.register_forward_hook(
+            lambda m, i, out: layouts.append(
+                (i[0].shape[-2:].numel(), out.permute(2, 0, 1, 3, 4).is_contiguous())
+            )
+        )
+    with torch.no_grad():
+        fused(torch.randn(1, 2, 3, 48, 40))
+    assert {hw for hw, _ in layouts} == {480, 120, 30, 9, 4}
+    assert all(major == (hw <= 130) for hw, major in layouts)
+
+
+def test_fuse_model_checks_channel_major_plane():
+    model = _trained_looking("rubiksnet_tiny")
+    with pytest.raises(ValueError, match="channel_major_plane must be >= 0"):
+        fuse_model(model, channel_major_plane=-1)
+    with pytest.raises(TypeError, match="channel_major_plane must be an int"):
+        fuse_model(model, channel_major_plane=1.5)
 
 
 def test_fused_accepts_tsn_frames_and_leaves_model_alone():
@@ -155,13 +181,14 @@ def test_graph_runners_refuse_cpu_tensors():
 @pytest.mark.parametrize("name,hard", [("rubiksnet_small", False), ("rubiksnet_tiny_aq", True)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("gemm", ["conv", "bmm"])
-def test_fused_equals_eval_model_cuda(name, hard, dtype, tol, gemm):
+@pytest.mark.parametrize("plane", [0, 784])  # frames; channel-major from 28 x 28
+def test_fused_equals_eval_model_cuda(name, hard, dtype, tol, gemm, plane):
     """On the GPU the prologue runs inside the shift kernel. Tolerances: float32 convs
     run in TF32 (cuDNN's default), bfloat16 rounds every activation."""
     model = _trained_looking(name, "cuda")
     if hard:
         model = quantize_model(model).eval()
-    fused = fuse_model(model, gemm)
+    fused = fuse_model(model, gemm, channel_major_plane=plane)
     x = torch.randn(2, 8, 3, 64, 64, device="cuda")
     with torch.no_grad():
         expected = model.double()(x.double()).float()

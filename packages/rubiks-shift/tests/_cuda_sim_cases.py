@@ -171,7 +171,13 @@ def check_affine(x, s, y_ref, stride, padding, quantize, dtype, g) -> bool:
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3}[dtype]
     ok = err < tol and y.dtype == dtype and y.shape == y_ref.shape
     print(f"{'ok-affine' if ok else 'FAIL-affine'} {tuple(x.shape)} {stride} err={err}")
-    return ok
+    # channel-major planes: the same values, written channel-major
+    major = x.to(dtype).permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+    y_cm = _cuda.forward_affine(major, scale.to(acc), bias.to(acc), s, stride, padding, quantize)
+    layout_ok = y_cm.permute(2, 0, 1, 3, 4).is_contiguous() or y_cm.is_contiguous()
+    ok_cm = layout_ok and torch.equal(y_cm, y)
+    print(f"{'ok-affine-cm' if ok_cm else 'FAIL-affine-cm'} {tuple(x.shape)} {stride}")
+    return ok and ok_cm
 
 
 def check_layout(

@@ -26,7 +26,8 @@ def test_kernels_in_cuda_simulator():
     assert "ok-strides" in proc.stdout  # a same-shape output gets canonical strides
     assert proc.stdout.count("ok-rows") == 8  # the row walk where the frame walk is the default
     assert proc.stdout.count("ok-frames") == 8  # the frame walk in short bands and chunks
-    assert proc.stdout.count("ok-affine") == 13  # the forward with the input prologue
+    assert proc.stdout.count("ok-affine ") == 13  # the forward with the input prologue
+    assert proc.stdout.count("ok-affine-cm") == 13  # ... on channel-major planes
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16", "float32", "float64"])

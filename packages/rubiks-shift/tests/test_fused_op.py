@@ -88,6 +88,47 @@ def test_refuses_gradients_and_bad_affine():
         affine_relu_shift3d(x, scale, bias, shift[:2])
 
 
+def _channel_major(x):
+    """x's values stored channel-major: (C, N, T, H, W) contiguous, seen as (N, T, C, H, W)."""
+    return x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+
+
+def _is_channel_major(y) -> bool:
+    return y.permute(2, 0, 1, 3, 4).is_contiguous() and not y.is_contiguous()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "shape,stride,quantize",
+    [((2, 4, 3, 6, 5), (1, 1, 1), False), ((2, 3, 4, 7, 6), (1, 2, 2), False),
+     ((1, 3, 5, 4, 4), (1, 1, 1), True)],
+)  # fmt: skip
+def test_channel_major_in_channel_major_out(device, shape, stride, quantize):
+    """A channel-major clip gives the same values as a contiguous one, channel-major."""
+    x, scale, bias, shift = _case(6, shape, device)
+    with torch.no_grad():
+        y = affine_relu_shift3d(x, scale, bias, shift, stride, quantize=quantize)
+        y_cm = affine_relu_shift3d(_channel_major(x), scale, bias, shift, stride, quantize=quantize)
+    assert _is_channel_major(y_cm)
+    assert torch.equal(y_cm, y)
+
+
+def test_other_layouts_give_contiguous_results():
+    x, scale, bias, shift = _case(7, (2, 3, 4, 5, 6), "cpu")
+    channels_last = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    with torch.no_grad():
+        y = affine_relu_shift3d(channels_last, scale, bias, shift)
+    assert y.is_contiguous()
+    assert torch.equal(y, affine_relu_shift3d(x, scale, bias, shift))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_channel_major(device):
+    x, scale, bias, shift = _case(3, (2, 3, 4, 5, 6), device)
+    args = (_channel_major(x), scale, bias, shift, [1, 2, 1], [0, 1, 0], False)
+    torch.library.opcheck(torch.ops.rubiks_shift.affine_relu_shift3d.default, args)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     x, scale, bias, shift = _case(3, (2, 3, 4, 5, 6), device)
@@ -123,7 +164,9 @@ def test_cuda_matches_composition(dtype, shape, stride, quantize):
     shift[:, 0] = torch.tensor([1.0, -1.0, 0.0])  # integer shifts: one row tap
     with torch.no_grad():
         y = affine_relu_shift3d(x, scale, bias, shift, stride, quantize=quantize)
+        y_cm = affine_relu_shift3d(_channel_major(x), scale, bias, shift, stride, quantize=quantize)
     expected = _composed(x, scale, bias, shift, stride, 0, quantize)
     assert y.dtype == dtype
     tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6, torch.float64: 1e-13}
     assert rel_err(y, expected) < tol[dtype]
+    assert _is_channel_major(y_cm) and torch.equal(y_cm, y)  # the same arithmetic

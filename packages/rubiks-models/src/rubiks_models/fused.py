@@ -104,6 +104,26 @@ def _refresh_copies(module: nn.Module, incompatible_keys: object = None) -> None
             setattr(module, f"{name}_{tag}", master.to(dtype))
 
 
+def _is_channel_major(x: torch.Tensor) -> bool:
+    """Whether clip x (N, T, C, H, W) is a permuted (C, N, T, H, W)-contiguous tensor."""
+    return not x.is_contiguous() and x.permute(2, 0, 1, 3, 4).is_contiguous()
+
+
+def _channel_major(x: torch.Tensor) -> torch.Tensor:
+    """Clip x's values stored channel-major: (C, N, T, H, W) contiguous, seen as x."""
+    return x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+
+
+def _points(x: torch.Tensor) -> torch.Tensor:
+    """The (C, N * T * H * W) matrix of a clip: a view where x is channel-major."""
+    return x.permute(2, 0, 1, 3, 4).reshape(x.shape[2], -1)
+
+
+# Blocks whose input planes have at most this many pixels run channel-major
+# (FusedRubiksNet.channel_major_plane; see that class).
+CHANNEL_MAJOR_PLANE = 28 * 28
+
+
 class FusedBlock(_GemmWeights):
     """One :class:`RubiksBlock` in fused inference form (see the module docstring)."""
 
@@ -150,6 +170,7 @@ class FusedBlock(_GemmWeights):
             self.add_weight("se_fc2", block.se.fc2.weight.detach().float())
         self.cin, self.cout = cin, cout
         self.gemm = "auto"
+        self.channel_major_plane = CHANNEL_MAJOR_PLANE
 
     def _soft_tshift(self, a: torch.Tensor) -> torch.Tensor:
         t = a.shape[1]
@@ -168,6 +189,80 @@ class FusedBlock(_GemmWeights):
         return torch.sigmoid(F.linear(torch.relu(F.linear(pooled, fc1)), fc2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if _is_channel_major(x) or height * width <= self.channel_major_plane:
+            return self._forward_channel_major(x)
+        return self._forward_frames(x.contiguous())
+
+    def _first_pass(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(a, mixed) of a channel-major block: a = relu(bn1(x)) where the shortcut needs
+        it, mixed what conv1 reads (a, or a after the AQ temporal shift), both
+        channel-major. A hard temporal shift reads x again with bn1 as its prologue."""
+        mixed = None
+        if self.tshift_kind == "hard":
+            tq = self.tshift_quantize
+            mixed = affine_relu_shift3d(x, self.s1, self.b1, self.tshift, quantize=tq)
+            if not self.has_proj:
+                return None, mixed
+        a = affine_relu_shift3d(x, self.s1, self.b1, self.zero_shift, quantize=True)
+        if self.tshift_kind == "soft":
+            mixed = self._soft_tshift(a)
+        return a, a if mixed is None else mixed
+
+    def _product(self, name: str, m: torch.Tensor, conv: bool) -> torch.Tensor:
+        """weight ``name`` (out, in) times the (in, points) matrix ``m``: cuDNN's 1x1
+        convolution over a (1, in, points, 1) image where ``conv``, else one GEMM."""
+        weight = self.gemm_weight(name, m.dtype)
+        if conv:
+            out = F.conv2d(m[None, :, :, None], weight[:, :, None, None])
+            return out.view(weight.shape[0], -1)
+        return torch.mm(weight, m)
+
+    def _forward_channel_major(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on a channel-major clip (``_channel_major``), returned channel-major:
+        every 1x1 convolution is one product over all the clip's points, whatever H * W
+        (batched per-frame products are slow where it is not a multiple of 8)."""
+        if not _is_channel_major(x):
+            x = _channel_major(x)
+        b, t, _, height, width = x.shape
+        conv = _use_conv(self.gemm, x.dtype)
+        a, mixed = self._first_pass(x)
+        # 2. conv1 (bn2's scale folded in)
+        h = self._product("w1", _points(mixed), conv)
+        # 3. relu(. + b2) inside the shift
+        if self.shift_2d:
+            h = h.view(self.cout, b * t, 1, height, width).permute(1, 2, 0, 3, 4)
+        else:
+            h = h.view(self.cout, b, t, height, width).permute(1, 2, 0, 3, 4)
+        h = affine_relu_shift3d(
+            h,
+            self.ones2,
+            self.b2,
+            self.shift,
+            self.shift_stride,
+            self.shift_padding,
+            quantize=self.quantize,
+        )
+        ho, wo = h.shape[-2:]
+        hm = _points(h)
+        if self.has_se:  # conv2(h * gate): the gate per frame and channel
+            gate = self._se_gate(hm.view(self.cout, b * t, ho * wo).transpose(0, 1), x.dtype)
+            hm = (hm.view(self.cout, b * t, ho * wo) * gate.t()[:, :, None]).view(self.cout, -1)
+        # 4. conv2 and the residual sum, into the shortcut
+        if self.has_proj:
+            if self.stride != 1:
+                a = a[..., :: self.stride, :: self.stride]
+            skip = self._product("w_proj", _points(a), conv)
+        else:
+            skip = _points(x)
+        if conv:
+            skip += self._product("w2", hm, conv)
+        else:
+            skip.addmm_(self.gemm_weight("w2", x.dtype), hm)
+        return skip.view(self.cout, b, t, ho, wo).permute(1, 2, 0, 3, 4)
+
+    def _forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on a contiguous (N, T, C, H, W) clip, products batched per frame."""
         dtype = x.dtype
         b, t, _, height, width = x.shape
         # 1. a = relu(bn1(x)), with the hard AQ temporal shift in the same pass where the
@@ -245,10 +340,16 @@ class FusedRubiksNet(_GemmWeights):
     returns the same logits (or pooled features for ``num_classes=0``).
     """
 
-    def __init__(self, model: RubiksNet, gemm: str = "auto") -> None:
+    def __init__(
+        self, model: RubiksNet, gemm: str = "auto", channel_major_plane: int = CHANNEL_MAJOR_PLANE
+    ) -> None:
         super().__init__()
         if gemm not in GEMMS:
             raise ValueError(f"gemm must be one of {GEMMS}, got {gemm!r}")
+        if isinstance(channel_major_plane, bool) or not isinstance(channel_major_plane, int):
+            raise TypeError(f"channel_major_plane must be an int, got {channel_major_plane!r}")
+        if channel_major_plane < 0:
+            raise ValueError(f"channel_major_plane must be >= 0, got {channel_major_plane}")
         if not model.global_pool:
             raise ValueError("fuse_model needs a pooled model (global_pool='avg')")
         self.in_chans = model.in_chans
@@ -268,6 +369,7 @@ class FusedRubiksNet(_GemmWeights):
             self.add_weight("fc_bias", model.fc.bias.detach().float().clone())
         for block in self.blocks:
             block.gemm = gemm
+            block.channel_major_plane = channel_major_plane
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -297,12 +399,18 @@ class FusedRubiksNet(_GemmWeights):
 
 
 @torch.no_grad()
-def fuse_model(model: RubiksNet, gemm: str = "auto") -> FusedRubiksNet:
+def fuse_model(
+    model: RubiksNet, gemm: str = "auto", channel_major_plane: int = CHANNEL_MAJOR_PLANE
+) -> FusedRubiksNet:
     """The fused inference form of ``model`` (a new module on the model's device;
     ``model`` is left as it is). Batch norms contribute their running statistics, as in
     ``model.eval()``. ``gemm``: how the 1x1 convolutions run: "conv" (cuDNN, then the
-    residual sum), "bmm" (batched products, residual sum fused) or "auto" (conv for
-    float32, bmm otherwise)."""
+    residual sum), "bmm" (matrix products, residual sum fused) or "auto" (conv for
+    float32, bmm otherwise). ``channel_major_plane``: blocks whose input planes have at
+    most this many pixels (and every block after them) run on channel-major clips, each
+    1x1 convolution one product over all points; larger planes run frame by frame; 0:
+    never channel-major."""
     if not isinstance(model, RubiksNet):
         raise TypeError(f"fuse_model expects a RubiksNet, got {type(model).__name__}")
-    return FusedRubiksNet(model, gemm).to(model.stem.weight.device)
+    fused = FusedRubiksNet(model, gemm, channel_major_plane)
+    return fused.to(model.stem.weight.device)

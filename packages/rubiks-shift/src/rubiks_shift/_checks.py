@@ -43,6 +43,22 @@ def output_length(length: int, stride: int, padding: int) -> int:
     return (length + 2 * padding - 1) // stride + 1
 
 
+def channel_major(x: torch.Tensor) -> bool:
+    """Whether the (N, T, C, H, W) clip ``x`` is stored channel-major: a (C, N, T, H, W)
+    contiguous tensor seen through ``permute(1, 2, 0, 3, 4)`` (and not also contiguous,
+    as it can be where dimensions have size 1)."""
+    return not x.is_contiguous() and x.permute(2, 0, 1, 3, 4).is_contiguous()
+
+
+def empty_like_layout(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """An uninitialised (N, T, C, H, W) tensor of ``shape`` like ``x``: channel-major
+    where ``x`` is (``channel_major``), else contiguous."""
+    if channel_major(x):
+        n, t, c, h, w = shape
+        return x.new_empty((c, n, t, h, w)).permute(1, 2, 0, 3, 4)
+    return x.new_empty(tuple(shape))
+
+
 def output_shape(
     x_shape: Sequence[int], stride: Sequence[int], padding: Sequence[int]
 ) -> tuple[int, int, int, int, int]:

@@ -5,7 +5,8 @@ dict looked up by that key: the dtype pair's kernels (``_cuda_launch.KernelSet``
 launches (``_cuda_plan``: the gather for the forward and grad_x, ``grad_shift`` and
 ``finalize`` for the shift gradient). A call then allocates its outputs and runs the
 plan's steps (``_cuda_launch.run``: one driver call each, on torch's current stream).
-The tensors passed are contiguous and of the plan's dtypes: nothing is checked at
+The tensors passed are contiguous (the affine forward's may be channel-major) and of the
+plan's dtypes: nothing is checked at
 launch, so the wrapper in ``_ops`` guarantees them. Plans use the default ``Tuning``
 unless a test or benchmark chose another launch layout with ``use_tuning``.
 """
@@ -17,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import output_shape
+from ._checks import channel_major, empty_like_layout, output_shape
 from ._cuda_launch import KernelSet, kernel_set, run
 from ._cuda_plan import ShiftGradPlan, Step, gather_plan, shift_grad_plan
 from ._cuda_tuning import TUNING, Tuning
@@ -145,7 +146,24 @@ def forward(
     return y
 
 
-_AFFINE_PLANS: dict = {}  # forward key -> the plan with the prologue kernels
+_AFFINE_PLANS: dict = {}  # forward key + (channel-major,) -> the plan with the prologue
+
+
+def _affine_plan(key: tuple) -> ForwardPlan:
+    """The plan of an affine forward call signature: the forward's launches with the
+    prologue kernels, on channel-major planes where the key says so."""
+    shape, dtype, shift_dtype, stride, padding, quantize, major = key
+    if major:
+        y_shape = output_shape(shape, stride, padding)
+        storage = _STORAGE[dtype]
+        kernels = kernel_set(storage, _STORAGE[shift_dtype])
+        args = (tuple(shape), y_shape, stride, padding, bool(quantize), False, storage)
+        steps = gather_plan(*args, _tuning, channel_major=True)
+        plan = ForwardPlan(kernels, None if y_shape == tuple(shape) else y_shape, steps)
+    else:
+        plan = _FORWARD_PLANS.get(key[:-1]) or _forward_plan(key[:-1])
+    steps = tuple(step._replace(name=step.name + "_affine") for step in plan.steps)
+    return _keep(_AFFINE_PLANS, key, plan._replace(steps=steps))
 
 
 def forward_affine(
@@ -159,21 +177,29 @@ def forward_affine(
 ) -> torch.Tensor:
     """``forward`` of relu(x * scale[c] + bias[c]) in one pass: the gathers' affine
     kernels apply the prologue to every source value they read. ``scale`` and ``bias``:
-    (C,) in the accumulation dtype (float64 for float64 x, else float32)."""
+    (C,) in the accumulation dtype (float64 for float64 x, else float32). A channel-major
+    ``x`` (``_checks.channel_major``) gives a channel-major result; any other layout is
+    made contiguous and gives a contiguous one."""
+    major = False
     if not x.is_contiguous():
-        x = x.contiguous()
+        major = channel_major(x)
+        if not major:
+            x = x.contiguous()
     s = _shift_for(shift)
-    key = (x.shape, x.dtype, s.dtype, tuple(stride), tuple(padding), quantize)
+    key = (x.shape, x.dtype, s.dtype, tuple(stride), tuple(padding), quantize, major)
     plan = _AFFINE_PLANS.get(key)
     if plan is None:
-        kernels, y_shape, steps = _FORWARD_PLANS.get(key) or _forward_plan(key)
-        steps = tuple(step._replace(name=step.name + "_affine") for step in steps)
-        plan = _keep(_AFFINE_PLANS, key, ForwardPlan(kernels, y_shape, steps))
+        plan = _affine_plan(key)
     kernels, y_shape, steps = plan
     acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
     scale = scale.to(acc).contiguous()
     bias = bias.to(acc).contiguous()
-    y = torch.empty_like(x, memory_format=_CONTIGUOUS) if y_shape is None else x.new_empty(y_shape)
+    if major:
+        y = empty_like_layout(x, y_shape or x.shape)
+    elif y_shape is None:
+        y = torch.empty_like(x, memory_format=_CONTIGUOUS)
+    else:
+        y = x.new_empty(y_shape)
     index = x.get_device()
     previous = _make_current(index)
     try:

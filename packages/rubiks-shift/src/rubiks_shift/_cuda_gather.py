@@ -126,6 +126,15 @@ def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> Simp
         return i32(min(max(i32(i), i32(0)), i32(n - 1)))
 
     @inlined
+    def plane_index(n, t, c, N, T, C, channel_major):
+        """Index of plane (sample n, frame t, channel c) of a tensor with N samples, T
+        frames and C channels: planes in (N, T, C) order, or (C, N, T) where
+        ``channel_major``."""
+        if channel_major != 0:
+            return (c * N + n) * T + t
+        return (n * T + t) * C + c
+
+    @inlined
     def source(i, m, o, e, d, n):
         """(index, valid) of the source position ``(i * m + o + e) / d`` along one axis:
         valid when divisible by d and inside [0, n)."""
@@ -220,7 +229,7 @@ def build_gather(
     p = device_parts(storage, shift_storage, narrow)
     acc, load, store, load_if = p.acc, p.load, p.store, p.load_if
     zero, one, nan = p.zero, p.one, p.nan
-    within, clamp, source = p.within, p.clamp, p.source
+    within, clamp, source, plane_index = p.within, p.clamp, p.source, p.plane_index
     column_slots, fill, decode = p.column_slots, p.fill, p.decode
 
     @inlined
@@ -363,6 +372,7 @@ def build_gather(
         scale,
         bias,
         tasks,
+        N,
         C,
         Ts,
         Hs,
@@ -378,6 +388,7 @@ def build_gather(
         pw,
         adjoint,
         quantize,
+        channel_major,
         rows,
         frames_inner,
         inv_plane,
@@ -385,6 +396,7 @@ def build_gather(
         inv_c,
         inv_t,
         inv_chunks,
+        inv_n,
     ):
         """dst[n, td, c, h, w] = trilinear read of src around (td*st, h*sh, w*sw) + offset.
 
@@ -394,10 +406,11 @@ def build_gather(
         ``rows`` destination rows per task; ``frames_inner`` the task order (1: the
         destination frames of one sample, channel and row chunk side by side, so the
         warps of a block that read one source frame run together and hit in L1; 0:
-        destination planes in memory order); ``inv_*`` the float64 reciprocals of the tasks
-        per plane, Wd, C, Td and the row chunks per plane (index splitting without integer
-        division). Threads loop over tasks with the grid's stride (the launch may size the
-        grid to what is resident at once)."""
+        destination planes in memory order); ``channel_major``: both tensors' planes in
+        (C, N, T) order instead of (N, T, C); ``inv_*`` the float64 reciprocals of the
+        tasks per plane, Wd, C, Td, the row chunks per plane and N (index splitting
+        without integer division). Threads loop over tasks with the grid's stride (the
+        launch may size the grid to what is resident at once)."""
         g = i64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
         grid_stride = i64(cuda.gridDim.x) * cuda.blockDim.x
         chunks = (Hd + rows - 1) // rows
@@ -412,12 +425,16 @@ def build_gather(
                 r, td = divmod_(r, Td, inv_t)
                 r, chunk = divmod_(r, chunks, inv_chunks)
                 n, c = divmod_(r, C, inv_c)
-                plane = (n * Td + td) * C + c
-            else:  # (n, td, c, chunk, w): destination planes in memory order
+                plane = plane_index(n, td, c, N, Td, C, channel_major)
+            else:  # destination planes in memory order, (n, td, c) or (c, n, td)
                 plane, k = divmod_(g, per_plane, inv_plane)
                 chunk, w = divmod_(k, Wd, inv_w)
-                slab, c = divmod_(plane, C, inv_c)
-                n, td = divmod_(slab, Td, inv_t)
+                if channel_major != 0:
+                    r, td = divmod_(plane, Td, inv_t)
+                    c, n = divmod_(r, N, inv_n)
+                else:
+                    slab, c = divmod_(plane, C, inv_c)
+                    n, td = divmod_(slab, Td, inv_t)
             g += grid_stride
             h0 = i32(chunk * rows)
             h1 = i32(min(h0 + rows, Hd))
@@ -451,10 +468,12 @@ def build_gather(
             t_a = ts0 if fa0 else ts1
             wa = wt0 if fa0 else wt1
             plane_s = Hs * Ws
-            pa = offset(src, ((n * Ts + clamp(t_a, Ts32)) * C + c) * plane_s + c0)
+            ta = clamp(t_a, Ts32)
+            pa = offset(src, plane_index(n, ta, c, N, Ts, C, channel_major) * plane_s + c0)
             pb = pa
             if frames == 2:
-                pb = offset(src, ((n * Ts + clamp(ts1, Ts32)) * C + c) * plane_s + c0)
+                tb = clamp(ts1, Ts32)
+                pb = offset(src, plane_index(n, tb, c, N, Ts, C, channel_major) * plane_s + c0)
             af = channel_affine(scale, bias, c)
             tp = (pa, pb, m0, m1, wa * v0, wa * v1, wt1 * v0, wt1 * v1, af)
             if frames == 2:
@@ -555,6 +574,7 @@ def build_gather(
         scale,
         bias,
         tasks,
+        N,
         C,
         Ts,
         Hs,
@@ -568,6 +588,7 @@ def build_gather(
         pw,
         adjoint,
         quantize,
+        channel_major,
         rows,
         frames_per_task,
         inv_w,
@@ -596,8 +617,9 @@ def build_gather(
         Ws32 = i32(Ws)
         Wd32 = i32(Wd)
         Ts32 = i32(Ts)
-        frame_s = C * Hs * Ws  # source elements from one frame to the next
-        frame_d = C * Hd * Wd
+        # elements from one frame to the next: a plane where channel-major, else C planes
+        frame_s = Hs * Ws if channel_major != 0 else C * Hs * Ws
+        frame_d = Hd * Wd if channel_major != 0 else C * Hd * Wd
         prev = cuda.local.array(R, acc)
         cur = cuda.local.array(R, acc)
         while g < tasks:
@@ -610,7 +632,7 @@ def build_gather(
             nrows = i32(min(rows, Hd - h0))
             t0 = i32(chunk * frames_per_task)
             t1 = i32(min(t0 + frames_per_task, Td))
-            d0 = ((n * Td + t0) * C + c) * Hd * Wd + h0 * Wd + w
+            d0 = plane_index(n, t0, c, N, Td, C, channel_major) * Hd * Wd + h0 * Wd + w
             bad, ot, oh, ow, wt0, wt1, wh0, wh1, ww0, ww1 = decode(
                 shift, c, C, adjoint, quantize, pt, ph, pw
             )
@@ -641,7 +663,7 @@ def build_gather(
             cols = (m0, m1, v0, v1, af)
             rw = (wh0, wh1, use0, use1)
             wh = wh0 if use0 else wh1
-            plane0 = (n * Ts * C + c) * Hs * Ws + c0
+            plane0 = plane_index(n, 0, c, N, Ts, C, channel_major) * Hs * Ws + c0
             base = plane0 + (hs1 if mode == 1 else hs0) * Ws  # may lie outside src (edge)
             prev_ok = False
             # destination frame td blends source frames td + ot (corner 0) and td + ot + 1

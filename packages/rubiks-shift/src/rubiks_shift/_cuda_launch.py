@@ -412,5 +412,7 @@ def run(kernels: KernelSet, step: Step, tensors: Sequence[torch.Tensor], index: 
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    t = t.reshape(-1)
+    """The elements of a dense tensor in storage order, as a view (the simulator's kernels
+    write through it): a channel-major clip flattens to its (C, N, T, H, W) order."""
+    t = t.as_strided((t.numel(),), (1,)) if not t.is_contiguous() else t.reshape(-1)
     return t.view(torch.int16) if t.dtype == torch.bfloat16 else t

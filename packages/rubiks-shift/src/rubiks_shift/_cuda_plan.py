@@ -142,18 +142,19 @@ def frame_walk_layout(
     return FrameWalkLayout(frames, rows)
 
 
-def _gather_fields(src_shape, dst_shape, padding, quantize, adjoint) -> dict:
-    """The scalars both gathers take alike, by name: channels, source and destination
-    sizes, padding and the flags."""
-    _, t_src, channels, h_src, w_src = src_shape
+def _gather_fields(src_shape, dst_shape, padding, quantize, adjoint, channel_major) -> dict:
+    """The scalars both gathers take alike, by name: samples, channels, source and
+    destination sizes, padding and the flags."""
+    n_batch, t_src, channels, h_src, w_src = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
-    sizes = dict(C=channels, Ts=t_src, Hs=h_src, Ws=w_src, Td=t_dst, Hd=h_dst, Wd=w_dst)
+    sizes = dict(N=n_batch, C=channels, Ts=t_src, Hs=h_src, Ws=w_src, Td=t_dst, Hd=h_dst, Wd=w_dst)
     pads = dict(pt=padding[0], ph=padding[1], pw=padding[2])
-    return dict(**sizes, **pads, adjoint=int(adjoint), quantize=int(quantize))
+    flags = dict(adjoint=int(adjoint), quantize=int(quantize), channel_major=int(channel_major))
+    return dict(**sizes, **pads, **flags)
 
 
 def _frame_walk_plan(
-    src_shape, dst_shape, stride, padding, quantize, adjoint, tuning, rows, frames
+    src_shape, dst_shape, stride, padding, quantize, adjoint, tuning, rows, frames, channel_major
 ) -> tuple[Step, ...]:
     """The launch of the frame walk (see ``gather_plan``)."""
     n_batch, _, channels, _, _ = src_shape
@@ -169,7 +170,7 @@ def _frame_walk_plan(
     tasks = n_batch * channels * chunks * bands * w_dst
     scalars = GatherFramesScalars(
         tasks=tasks,
-        **_gather_fields(src_shape, dst_shape, padding, quantize, adjoint),
+        **_gather_fields(src_shape, dst_shape, padding, quantize, adjoint, channel_major),
         sw=stride[2],
         rows=rows,
         frames_per_task=frames,
@@ -194,10 +195,12 @@ def gather_plan(
     tuning: Tuning = TUNING,
     rows: int | None = None,
     frames: int | None = None,
+    channel_major: bool = False,
 ) -> tuple[Step, ...]:
     """Launches of the forward (adjoint=False: src = x, dst = y) or of grad_x
-    (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors: the frame walk
-    where it applies and ``tuning.stride_one_walk`` is "frames", else the row walk.
+    (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors whose planes are in
+    (N, T, C) order, or (C, N, T) order where ``channel_major``: the frame walk where it
+    applies and ``tuning.stride_one_walk`` is "frames", else the row walk.
     ``rows`` and (frame walk) ``frames`` per task override the layout's (benchmark
     sweeps); a ``tuning`` other than the default with kernel values of its own must be
     launched with kernels built from it (``_cuda_kernels.Kernels``)."""
@@ -209,7 +212,16 @@ def gather_plan(
             raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
     if tuning.stride_one_walk == "frames" and frames_walk_applies(src_shape, stride):
         return _frame_walk_plan(
-            src_shape, dst_shape, stride, padding, quantize, adjoint, tuning, rows, frames
+            src_shape,
+            dst_shape,
+            stride,
+            padding,
+            quantize,
+            adjoint,
+            tuning,
+            rows,
+            frames,
+            channel_major,
         )
     planes = n_batch * t_dst * channels
     layout = row_walk_layout(storage, quantize, adjoint, planes, h_dst, w_dst, stride[1], tuning)
@@ -218,7 +230,7 @@ def gather_plan(
     tasks = n_batch * t_dst * channels * chunks * w_dst
     scalars = GatherScalars(
         tasks=tasks,
-        **_gather_fields(src_shape, dst_shape, padding, quantize, adjoint),
+        **_gather_fields(src_shape, dst_shape, padding, quantize, adjoint, channel_major),
         st=stride[0],
         sh=stride[1],
         sw=stride[2],
@@ -229,6 +241,7 @@ def gather_plan(
         inv_c=1.0 / channels,
         inv_t=1.0 / t_dst,
         inv_chunks=1.0 / chunks,
+        inv_n=1.0 / n_batch,
     )
     threads = tuning.row_walk_threads
     grid = (-(-tasks // threads), 1, 1)

@@ -18,6 +18,7 @@ class GatherScalars(NamedTuple):
     """``gather`` and ``gather_narrow`` (the row walk), and their ``_affine`` forms."""
 
     tasks: int  # (destination plane, row chunk, column) tasks
+    N: int  # samples
     C: int
     Ts: int  # source frames, rows, columns
     Hs: int
@@ -33,13 +34,15 @@ class GatherScalars(NamedTuple):
     pw: int
     adjoint: int  # 1: grad_x (src = grad_y), 0: the forward (src = x)
     quantize: int
+    channel_major: int  # 1: both tensors' planes in (C, N, T) order, 0: (N, T, C)
     rows: int  # destination rows per task
     frames_inner: int  # task order: 1 a channel's frames side by side, 0 memory order
-    inv_plane: float  # float64 reciprocals: tasks per plane, Wd, C, Td, row chunks
+    inv_plane: float  # float64 reciprocals: tasks per plane, Wd, C, Td, row chunks, N
     inv_w: float
     inv_c: float
     inv_t: float
     inv_chunks: float
+    inv_n: float
 
 
 class GatherFramesScalars(NamedTuple):
@@ -47,6 +50,7 @@ class GatherFramesScalars(NamedTuple):
     form."""
 
     tasks: int  # (sample, channel, frame chunk, row band, column) tasks
+    N: int
     C: int
     Ts: int
     Hs: int
@@ -60,6 +64,7 @@ class GatherFramesScalars(NamedTuple):
     pw: int
     adjoint: int
     quantize: int
+    channel_major: int
     rows: int  # destination rows per task (at most the kernel's compile-time bound)
     frames_per_task: int
     inv_w: float  # float64 reciprocals: Wd, row bands, frame chunks, C

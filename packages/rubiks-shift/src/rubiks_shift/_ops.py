@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _cpu, _normalize, reference
-from ._checks import output_shape
+from ._checks import channel_major, empty_like_layout, output_shape
 
 _cuda = None
 
@@ -307,15 +307,25 @@ def affine_relu_shift3d(
 ) -> Tensor:
     """Default kernel (devices without a dedicated one): the float64 reference."""
     a = _affine_relu(x, scale, bias)
-    return reference.shift3d_forward(a, shift, stride, padding, quantize).to(x.dtype)
+    y = reference.shift3d_forward(a, shift, stride, padding, quantize)
+    return _in_layout_of(y.to(device=x.device, dtype=x.dtype), x)
+
+
+def _in_layout_of(y: Tensor, x: Tensor) -> Tensor:
+    """The affine op's result ``y`` in its layout: channel-major where x is, else as is."""
+    if not channel_major(x):
+        return y
+    return empty_like_layout(x, y.shape).copy_(y)
 
 
 @affine_relu_shift3d.register_kernel("cpu")
 def _affine_cpu(x, scale, bias, shift, stride, padding, quantize):
     a = _affine_relu(x, scale, bias)
     if not _cpu.available():
-        return reference.shift3d_forward(a, shift, stride, padding, quantize).to(x.dtype)
-    return _cpu.forward(a, shift, stride, padding, quantize).to(x.dtype)
+        y = reference.shift3d_forward(a, shift, stride, padding, quantize)
+    else:
+        y = _cpu.forward(a, shift, stride, padding, quantize)
+    return _in_layout_of(y.to(x.dtype), x)
 
 
 @affine_relu_shift3d.register_kernel("cuda")
@@ -325,7 +335,7 @@ def _affine_cuda(x, scale, bias, shift, stride, padding, quantize):
 
 @affine_relu_shift3d.register_fake
 def _affine_fake(x, scale, bias, shift, stride, padding, quantize):
-    return x.new_empty(output_shape(x.shape, stride, padding))
+    return empty_like_layout(x, output_shape(x.shape, stride, padding))
 
 
 def affine_shift3d_call(x, scale, bias, shift, stride, padding, quantize, device_type):

@@ -61,6 +61,9 @@ def affine_relu_shift3d(
 
     Returns:
         (N, T_out, C, H_out, W_out) tensor of x's dtype. No gradient (inference only).
+        Channel-major where x is (a (C, N, T, H, W) contiguous tensor seen through
+        ``permute(1, 2, 0, 3, 4)``: each channel's frames side by side, so the 1x1
+        convolutions around the shift are single matrix products), else contiguous.
     """
     stride3 = triple(stride, "stride")
     padding3 = triple(padding, "padding")
