@@ -5,11 +5,12 @@
 
 For each stage of a tier (its channels, its H x W at the given input size, its number of
 blocks) this times, on one (B, T, C, H, W) tensor: a copy (the memory floor of one pass),
-each pass of the fused block (``rubiks_models.fused``) — relu(bn1(x)) through the shift
-kernel with a zero shift, the shift with relu(. + b2) applied as it reads, and the 1x1
-convolutions as batched products over H * W columns or as single products over rows
-(channels-last). On a GPU a figure is the time per call of 20 calls captured in one CUDA
-graph and replayed 10 times (host time excluded); on a CPU, the median of 5 calls.
+each pass of the fused block (``rubiks_models.fused``) in its two layouts — relu(bn1(x))
+through the shift kernel with a zero shift, the shift with relu(. + b2) applied as it
+reads, and the 1x1 convolutions: on (N, T, C, H, W) frames, products batched per frame
+over H * W columns; on channel-major clips, one product over all N * T * H * W points.
+On a GPU a figure is the time per call of 20 calls captured in one CUDA graph and
+replayed 10 times (host time excluded); on a CPU, the median of 5 calls.
 ``totals`` weighs each stage by its number of blocks: a whole network's time in that
 part.
 """
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.nn.functional as F
 
 import rubiks_models  # noqa: F401  (registers the models)
 from rubiks_models.archs import TIERS
@@ -86,19 +86,26 @@ def stage_parts(c: int, side: int, args, device: str, dtype: torch.dtype) -> dic
     shift = (torch.rand(3, c, device=device, generator=g) - 0.5) * 2
     w = (torch.randn(c, c, device=device, generator=g) / c**0.5).to(dtype)
     cols = x.view(b * t, c, side * side)  # per frame: C x (H * W)
-    rows = torch.randn(b * t * side * side, c, device=device, dtype=dtype, generator=g)
-    out_cols, out_rows = torch.empty_like(cols), torch.empty_like(rows)
+    major = x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+    points = major.permute(2, 0, 1, 3, 4).reshape(c, -1)  # channel-major: C x points
+    out_cols, out_points = torch.empty_like(cols), torch.empty_like(points)
     w_batched = w.expand(b * t, -1, -1)
     parts = {
         "copy": lambda: out_cols.copy_(cols),
-        "bn1_relu (shift kernel, zero shift)": lambda: affine_relu_shift3d(
+        "frames: bn1_relu (shift kernel, zero shift)": lambda: affine_relu_shift3d(
             x, scale, bias, zero, quantize=True
         ),
-        "shift with relu(. + b2)": lambda: affine_relu_shift3d(x, ones, bias, shift),
-        "1x1 conv, batched over H*W columns": lambda: torch.matmul(w, cols),
-        "1x1 conv, one product over rows": lambda: F.linear(rows, w),
-        "1x1 conv + residual, batched": lambda: out_cols.baddbmm_(w_batched, cols),
-        "1x1 conv + residual, rows": lambda: out_rows.addmm_(rows, w.t()),
+        "frames: shift with relu(. + b2)": lambda: affine_relu_shift3d(x, ones, bias, shift),
+        "frames: 1x1 conv, batched over H*W columns": lambda: torch.matmul(w, cols),
+        "frames: 1x1 conv + residual, batched": lambda: out_cols.baddbmm_(w_batched, cols),
+        "channel-major: bn1_relu": lambda: affine_relu_shift3d(
+            major, scale, bias, zero, quantize=True
+        ),
+        "channel-major: shift with relu(. + b2)": lambda: affine_relu_shift3d(
+            major, ones, bias, shift
+        ),
+        "channel-major: 1x1 conv, one product": lambda: torch.mm(w, points),
+        "channel-major: 1x1 conv + residual": lambda: out_points.addmm_(w, points),
     }
     with torch.inference_mode():
         return {name: round(time_us(fn, device), 1) for name, fn in parts.items()}
