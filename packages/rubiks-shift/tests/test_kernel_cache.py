@@ -531,7 +531,7 @@ def test_warmup_progress_counts_and_failures(cache, monkeypatch, capsys):
     total = len(_kernel_cache.KERNELS)
     assert f"{total - 1} compiled, 0 already cached, 1 failed" in out.out
     assert "CacheError: no standalone cubin" in out.err
-    assert out.out.count(" compiled in ") == total - 1 and f"[ {total}/{total}]" in out.out
+    assert out.out.count(" compiled in ") == total - 1 and f"[{total:>2}/{total}]" in out.out
     assert warmup.main(["--dtypes", "float32", "--jobs", "0", "--kernels", "gather"]) == 0
     assert "0 compiled, 1 already cached, 0 failed" in capsys.readouterr().out
 

@@ -189,9 +189,10 @@ class FusedBlock(_GemmWeights):
         return torch.sigmoid(F.linear(torch.relu(F.linear(pooled, fc1)), fc2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        if _is_channel_major(x) or height * width <= self.channel_major_plane:
+        if _is_channel_major(x):
             return self._forward_channel_major(x)
+        if x.shape[-2] * x.shape[-1] <= self.channel_major_plane:
+            return self._forward_channel_major(_channel_major(x))
         return self._forward_frames(x.contiguous())
 
     def _first_pass(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -222,8 +223,6 @@ class FusedBlock(_GemmWeights):
         """The block on a channel-major clip (``_channel_major``), returned channel-major:
         every 1x1 convolution is one product over all the clip's points, whatever H * W
         (batched per-frame products are slow where it is not a multiple of 8)."""
-        if not _is_channel_major(x):
-            x = _channel_major(x)
         b, t, _, height, width = x.shape
         conv = _use_conv(self.gemm, x.dtype)
         a, mixed = self._first_pass(x)
@@ -248,7 +247,8 @@ class FusedBlock(_GemmWeights):
         if self.has_se:  # conv2(h * gate): the gate per frame and channel
             gate = self._se_gate(hm.view(self.cout, b * t, ho * wo).transpose(0, 1), x.dtype)
             hm = (hm.view(self.cout, b * t, ho * wo) * gate.t()[:, :, None]).view(self.cout, -1)
-        # 4. conv2 and the residual sum, into the shortcut
+        # 4. conv2 and the residual sum, into the shortcut (x itself where it is the
+        # identity: the result is then x, updated in place)
         if self.has_proj:
             if self.stride != 1:
                 a = a[..., :: self.stride, :: self.stride]
@@ -259,6 +259,8 @@ class FusedBlock(_GemmWeights):
             skip += self._product("w2", hm, conv)
         else:
             skip.addmm_(self.gemm_weight("w2", x.dtype), hm)
+        if not self.has_proj:
+            return x
         return skip.view(self.cout, b, t, ho, wo).permute(1, 2, 0, 3, 4)
 
     def _forward_frames(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import channel_major, empty_like_layout, output_shape
+from ._checks import channel_major, output_shape
 from ._cuda_launch import KernelSet, kernel_set, run
 from ._cuda_plan import ShiftGradPlan, Step, gather_plan, shift_grad_plan
 from ._cuda_tuning import TUNING, Tuning
@@ -192,10 +192,13 @@ def forward_affine(
         plan = _affine_plan(key)
     kernels, y_shape, steps = plan
     acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
-    scale = scale.to(acc).contiguous()
-    bias = bias.to(acc).contiguous()
-    if major:
-        y = empty_like_layout(x, y_shape or x.shape)
+    if scale.dtype != acc or not scale.is_contiguous():
+        scale = scale.to(acc).contiguous()
+    if bias.dtype != acc or not bias.is_contiguous():
+        bias = bias.to(acc).contiguous()
+    if major:  # (C, N, T, H, W) storage seen as (N, T, C, H, W)
+        n, t, c, h, w = y_shape or x.shape
+        y = x.new_empty((c, n, t, h, w)).permute(1, 2, 0, 3, 4)
     elif y_shape is None:
         y = torch.empty_like(x, memory_format=_CONTIGUOUS)
     else:
