@@ -54,7 +54,7 @@ def test_cuda_graph_capture_and_replay():
 @pytest.mark.parametrize(
     "stride,name",
     [
-        ((1, 1, 1), "gather_frames_short"),  # a 9-row plane: the short frame walk
+        ((1, 1, 1), "gather_frames"),
         ((1, 2, 2), "gather"),
     ],
 )
@@ -229,38 +229,3 @@ def test_backward_whose_first_launch_is_on_autograd_thread():
     )
     done = _fresh_python(script)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(2, 8, 6, 14, 14), (3, 5, 7, 7, 9), (2, 8, 4, 28, 28)])
-@pytest.mark.parametrize("quantize", [False, True])
-def test_short_frame_walk_equals_long(dtype, shape, quantize):
-    """The short frame walk does the long one's arithmetic, one row per task: the same
-    values, forward (with and without the prologue) and adjoint."""
-    from rubiks_shift import _cuda, _cuda_launch, _cuda_plan
-
-    g = torch.Generator().manual_seed(11)
-    x = torch.randn(shape, generator=g).to("cuda", dtype)
-    shift = (torch.rand(3, shape[2], generator=g) * 6 - 3).cuda()
-    shift[:, 0] = torch.tensor([1.0, -1.0, 0.0])  # integer shifts: one row and frame tap
-    scale = (torch.rand(shape[2], generator=g) + 0.5).cuda()
-    bias = torch.randn(shape[2], generator=g).cuda()
-    storage = _cuda._STORAGE[dtype]
-    kernels = _cuda_launch.kernel_set(storage, "float32")
-    for adjoint, affine in ((False, False), (False, True), (True, False)):
-        outs = []
-        for short in (False, True):
-            (step,) = _cuda_plan.gather_plan(
-                shape, shape, (1, 1, 1), (0, 0, 0), quantize, adjoint, storage, short=short
-            )
-            assert step.name == ("gather_frames_short" if short else "gather_frames")
-            y = torch.full_like(x, float("nan"))
-            tensors = (x, shift, y)
-            if affine:
-                step = step._replace(name=step.name + "_affine")
-                tensors += (scale, bias)
-            _cuda_launch.run(kernels, step, tensors, 0)
-            outs.append(y)
-        torch.cuda.synchronize()
-        assert not outs[1].isnan().any()
-        assert torch.equal(outs[0], outs[1]), (adjoint, affine)

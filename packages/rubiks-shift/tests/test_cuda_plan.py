@@ -95,23 +95,6 @@ def test_grid_cap_applies_to_grid_stride_steps_only(monkeypatch):
     assert _cuda_launch._launch_grid(per_task, 0, 0) == step.grid
 
 
-def test_small_planes_take_the_short_frame_walk():
-    """Planes of at most short_walk_max_height rows: one row per task, every frame."""
-    bound = TUNING.short_walk_max_height
-    for side in (7, 14, bound):
-        shape = (8, 8, 288, side, side)
-        for adjoint in (False, True):
-            step = _step(shape, shape, adjoint=adjoint, walk="frames")
-            assert step.name == "gather_frames_short"
-            assert (step.scalars.rows, step.scalars.frames_per_task) == (1, 8)
-            assert step.scalars.tasks == 8 * 288 * side * side
-    shape = (8, 8, 72, bound + 1, bound + 1)
-    assert _step(shape, shape, walk="frames").name == "gather_frames"
-    with pytest.raises(ValueError, match="frame-walk tasks of 2 rows"):
-        _cuda_plan.gather_plan((1, 2, 3, 8, 8), (1, 2, 3, 8, 8), (1, 1, 1), (0, 0, 0),
-                               False, False, rows=2)  # fmt: skip
-
-
 def test_stride_one_forms_take_the_frame_walk():
     shape = (8, 8, 72, 56, 56)
     for adjoint in (False, True):
@@ -186,7 +169,6 @@ def test_tuning_is_validated_and_frozen():
         "row_walk_group",
         "frame_walk_rows",
         "frame_walk_registers",
-        "short_walk_rows",
         "grad_shift_registers",
         "grad_shift_group",
         "grad_shift_threads",

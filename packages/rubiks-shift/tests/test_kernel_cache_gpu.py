@@ -63,7 +63,7 @@ def test_warmup_then_a_process_loads_every_kernel_without_compiling(tmp_path, re
     report = _run(tmp_path / "warm.pt", str(cache))
     assert report["built"] == [] and not report["numba_cuda"]
     assert sorted(report["loaded"]) == sorted(
-        ["gather_frames_short", "gather", "gather_narrow", "grad_shift", "finalize"]
+        ["gather_frames", "gather", "gather_narrow", "grad_shift", "finalize"]
     )
     assert not any("compiled" in m for m in report["messages"]), report["messages"]
     _same(tmp_path / "warm.pt", reference)
@@ -74,14 +74,14 @@ def test_first_use_fills_the_cache_and_a_corrupted_entry_is_recompiled(tmp_path,
     cold = _run(tmp_path / "cold.pt", str(cache))  # compile workers, in parallel
     assert cold["built"] == [], cold["messages"]  # the workers compiled, not this process
     _same(tmp_path / "cold.pt", reference)
-    entries = sorted(cache.glob("gather_frames_short-*.cubin"))  # the walk these planes take
+    entries = sorted(cache.glob("gather_frames-*.cubin"))
     assert len(entries) == 1
     data = bytearray(entries[0].read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside the cubin
     entries[0].write_bytes(bytes(data))
     again = _run(tmp_path / "again.pt", str(cache), workers="0")  # recompiled in-process
     assert any("ignoring kernel cache entry" in m for m in again["messages"])
-    assert any("compiled the CUDA gather_frames_short" in m for m in again["messages"])
+    assert any("compiled the CUDA gather_frames" in m for m in again["messages"])
     assert again["built"] == ["float32/float32"]
     _same(tmp_path / "again.pt", reference)
     assert entries[0].read_bytes() != bytes(data)  # rewritten

@@ -19,9 +19,9 @@ from ._cuda_tuning import TUNING, Tuning
 
 class Kernels:
     """The compiled-on-demand kernels of one (storage, shift storage) pair, built with
-    ``tuning``'s compile-time values: ``gather``, ``gather_narrow``, ``gather_frames``,
-    ``gather_frames_short`` (and each ``*_affine``), ``grad_shift`` and ``finalize``,
-    each with its signature ``<name>_sig``."""
+    ``tuning``'s compile-time values: ``gather``, ``gather_narrow``, ``gather_frames``
+    (and each ``*_affine``), ``grad_shift`` and ``finalize``, each with its signature
+    ``<name>_sig``."""
 
     def __init__(self, storage: str, shift_storage: str, tuning: Tuning = TUNING) -> None:
         self.storage = storage
@@ -41,7 +41,6 @@ class Kernels:
         frame_walk = dict(
             registers=tuning.frame_walk_registers, frame_rows=tuning.frame_walk_rows, frames=True
         )
-        short_walk = dict(frame_walk, frame_rows=tuning.short_walk_rows)
         for affine, suffix in ((False, ""), (True, "_affine")):
             gathers = {
                 "gather": build_gather(storage, shift_storage, affine=affine, **row_walk),
@@ -49,12 +48,9 @@ class Kernels:
                     storage, shift_storage, narrow=True, affine=affine, **row_walk
                 ),
                 "gather_frames": build_gather(storage, shift_storage, affine=affine, **frame_walk),
-                "gather_frames_short": build_gather(
-                    storage, shift_storage, affine=affine, **short_walk
-                ),
             }
             for name, dispatcher in gathers.items():
-                frames = name.startswith("gather_frames")
+                frames = name == "gather_frames"
                 setattr(self, name + suffix, dispatcher)
                 sig = gather_signature(storage, shift_storage, affine, frames)
                 setattr(self, f"{name}{suffix}_sig", sig)

@@ -124,25 +124,13 @@ def frames_walk_applies(src_shape, stride) -> bool:
     return stride[0] == 1 and stride[1] == 1 and src_shape[4] > 1
 
 
-def short_walk_applies(h_dst: int, tuning: Tuning = TUNING) -> bool:
-    """Whether a frame walk onto planes of ``h_dst`` rows takes the short walk."""
-    return h_dst <= tuning.short_walk_max_height
-
-
 def frame_walk_layout(
-    batch: int,
-    channels: int,
-    t_dst: int,
-    h_dst: int,
-    w_dst: int,
-    tuning: Tuning = TUNING,
-    bound: int | None = None,
+    batch: int, channels: int, t_dst: int, h_dst: int, w_dst: int, tuning: Tuning = TUNING
 ) -> FrameWalkLayout:
-    """The layout of a frame-walk launch: all frames and ``bound`` rows per task (the
-    kernel's compile-time bound: ``frame_walk_rows`` by default), then fewer frames,
-    then fewer rows, while that leaves under ``frame_walk_min_tasks`` tasks to spread
-    over the GPU."""
-    frames, rows = t_dst, min(h_dst, bound or tuning.frame_walk_rows)
+    """The layout of a frame-walk launch: all frames and ``frame_walk_rows`` rows per
+    task, then fewer frames, then fewer rows, while that leaves under
+    ``frame_walk_min_tasks`` tasks to spread over the GPU."""
+    frames, rows = t_dst, min(h_dst, tuning.frame_walk_rows)
 
     def tasks(f: int, r: int) -> int:
         return batch * channels * -(-t_dst // f) * -(-h_dst // r) * w_dst
@@ -166,27 +154,15 @@ def _gather_fields(src_shape, dst_shape, padding, quantize, adjoint, channel_maj
 
 
 def _frame_walk_plan(
-    src_shape,
-    dst_shape,
-    stride,
-    padding,
-    quantize,
-    adjoint,
-    tuning,
-    rows,
-    frames,
-    channel_major,
-    short,
+    src_shape, dst_shape, stride, padding, quantize, adjoint, tuning, rows, frames, channel_major
 ) -> tuple[Step, ...]:
-    """The launch of the frame walk, long or ``short`` (see ``gather_plan``)."""
+    """The launch of the frame walk (see ``gather_plan``)."""
     n_batch, _, channels, _, _ = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
-    if short is None:
-        short = short_walk_applies(h_dst, tuning)
-    bound = tuning.short_walk_rows if short else tuning.frame_walk_rows
-    auto = frame_walk_layout(n_batch, channels, t_dst, h_dst, w_dst, tuning, bound)
+    auto = frame_walk_layout(n_batch, channels, t_dst, h_dst, w_dst, tuning)
     frames = frames or auto.frames
     rows = rows or auto.rows
+    bound = tuning.frame_walk_rows
     if not 1 <= rows <= bound or frames < 1:
         raise ValueError(f"frame-walk tasks of {rows} rows (at most {bound}), {frames} frames")
     bands = -(-h_dst // rows)
@@ -204,8 +180,7 @@ def _frame_walk_plan(
         inv_c=1.0 / channels,
     )
     threads = tuning.frame_walk_threads
-    name = "gather_frames_short" if short else "gather_frames"
-    return (Step(name, (-(-tasks // threads), 1, 1), (threads, 1, 1), scalars),)
+    return (Step("gather_frames", (-(-tasks // threads), 1, 1), (threads, 1, 1), scalars),)
 
 
 @functools.lru_cache(maxsize=512)
@@ -221,13 +196,11 @@ def gather_plan(
     rows: int | None = None,
     frames: int | None = None,
     channel_major: bool = False,
-    short: bool | None = None,
 ) -> tuple[Step, ...]:
     """Launches of the forward (adjoint=False: src = x, dst = y) or of grad_x
     (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors whose planes are in
     (N, T, C) order, or (C, N, T) order where ``channel_major``: the frame walk where it
-    applies and ``tuning.stride_one_walk`` is "frames" (its short form on planes of at
-    most ``tuning.short_walk_max_height`` rows, or as ``short`` says), else the row walk.
+    applies and ``tuning.stride_one_walk`` is "frames", else the row walk.
     ``rows`` and (frame walk) ``frames`` per task override the layout's (benchmark
     sweeps); a ``tuning`` other than the default with kernel values of its own must be
     launched with kernels built from it (``_cuda_kernels.Kernels``)."""
@@ -249,7 +222,6 @@ def gather_plan(
             rows,
             frames,
             channel_major,
-            short,
         )
     planes = n_batch * t_dst * channels
     layout = row_walk_layout(storage, quantize, adjoint, planes, h_dst, w_dst, stride[1], tuning)

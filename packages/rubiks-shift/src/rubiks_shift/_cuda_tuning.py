@@ -31,8 +31,7 @@ class Tuning:
     """Compile-time values of the CUDA kernels and the layouts of their launches.
 
     Row walk: the gathers ``gather`` / ``gather_narrow`` (every stride but temporal and
-    row stride 1). Frame walk: ``gather_frames`` and, on small planes,
-    ``gather_frames_short`` (temporal and row stride 1). Shift
+    row stride 1). Frame walk: ``gather_frames`` (temporal and row stride 1). Shift
     gradient: ``grad_shift`` and ``finalize``. Fields made with ``_kernel`` are compiled
     into a kernel; the others only shape launches."""
 
@@ -72,12 +71,6 @@ class Tuning:
     # fewest tasks before frames, then rows, are split: at (8, 8, 576, 7, 7) 8 frames per
     # task (32k tasks) 0.0112, 4 (65k) 0.0104, 1 (258k) 0.0187
     frame_walk_min_tasks: int = 1 << 15
-    # the short frame walk (``gather_frames_short``): the frame walk compiled with this
-    # bound on rows per task, for planes of at most short_walk_max_height rows. The
-    # long walk's passes always compute frame_walk_rows rows, so on a small plane its
-    # tasks are either few (whole bands: the GPU idles) or mostly wasted (short bands)
-    short_walk_rows: int = _kernel(1)
-    short_walk_max_height: int = 28
     # 50 % occupancy (H100, 2026-11-23): 48 / 56 / 64 / 72 / 80 / 96 registers gave
     # 0.187 / 0.174 / 0.166 / 0.186 / 0.183 / 0.256 ms of shift gradient (another run:
     # 0.171 ms at 64 against 0.267 at 96)
@@ -148,8 +141,6 @@ _ALLOWED = {
     "frame_walk_registers": _REGISTERS,
     "frame_walk_threads": _THREADS,
     "frame_walk_min_tasks": _POSITIVE,
-    "short_walk_rows": (_integer(1, 30), "an integer from 1 to 30"),
-    "short_walk_max_height": (_integer(0), "an integer >= 0 (0: never)"),
     "grad_shift_registers": _REGISTERS,
     "grad_shift_group": _POSITIVE,
     "grad_shift_threads": _TREE,

@@ -57,19 +57,17 @@ KERNELS = (
     "gather_frames",
     "gather",
     "grad_shift",
-    "gather_frames_short",
     "finalize",
     "gather_narrow",
     "gather_frames_affine",
     "gather_affine",
-    "gather_frames_short_affine",
     "gather_narrow_affine",
 )
 # compiled together on a set's first miss, longest first (the one-column gathers, for
 # sources one pixel wide, only when a launch needs them): training's kernels, and the
 # fused inference form's (``*_affine``) when one of those missed
-PREFETCH = ("grad_shift", "gather", "gather_frames", "gather_frames_short", "finalize")
-PREFETCH_AFFINE = ("gather_affine", "gather_frames_affine", "gather_frames_short_affine")
+PREFETCH = ("grad_shift", "gather", "gather_frames", "finalize")
+PREFETCH_AFFINE = ("gather_affine", "gather_frames_affine")
 # the files that define the kernels' code (the launch-only tuning fields are not part of
 # a kernel, so ``_cuda_tuning.py`` is keyed by its kernel values instead)
 SOURCES = (

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         took = f" in {seconds:.1f} s" if state == "compiled" else ""
         print(
             f"[{sum(counts.values()):>2}/{len(todo)}] {elapsed:6.1f} s  {storage:<8} "
-            f"(shift {shift:<7}) {kernel:<26} {state}{took}",
+            f"(shift {shift:<7}) {kernel:<20} {state}{took}",
             flush=True,
         )
 
