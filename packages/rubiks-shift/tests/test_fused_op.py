@@ -8,7 +8,7 @@ from conftest import DEVICES, rel_err, requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rubiks_shift import affine_relu_shift3d, rubiks_shift3d
+from rubiks_shift import affine_relu_shift3d, is_channel_major, rubiks_shift3d
 
 
 def _composed(x, scale, bias, shift, stride, padding, quantize):
@@ -112,6 +112,30 @@ def test_channel_major_in_channel_major_out(device, shape, stride, quantize):
         y_cm = affine_relu_shift3d(_channel_major(x), scale, bias, shift, stride, quantize=quantize)
     assert _is_channel_major(y_cm)
     assert torch.equal(y_cm, y)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5, 6), (1, 3, 4, 5, 6), (2, 1, 4, 1, 6),
+                                   (2, 3, 1, 5, 6), (1, 1, 1, 1, 1), (2, 3, 4, 5, 1)])  # fmt: skip
+def test_channel_major_detection_reads_strides_as_torch_does(shape):
+    """The stride rule equals permute(...).is_contiguous() for every layout and any
+    dimension of size 1 (whose stride is free)."""
+    from rubiks_shift._checks import empty_channel_major
+
+    x = torch.randn(shape)
+    layouts = [
+        x,
+        _channel_major(x),
+        x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3),  # channels-last
+        x.transpose(0, 1).contiguous().transpose(0, 1),
+        x[..., ::2],
+    ]
+    for y in layouts:
+        expected = not y.is_contiguous() and y.permute(2, 0, 1, 3, 4).is_contiguous()
+        assert is_channel_major(y) == expected
+    made = empty_channel_major(x, shape)
+    assert made.shape == x.shape and made.permute(2, 0, 1, 3, 4).is_contiguous()
+    with pytest.raises(ValueError, match="must have rank 5"):
+        is_channel_major(x[0])
 
 
 def test_other_layouts_give_contiguous_results():

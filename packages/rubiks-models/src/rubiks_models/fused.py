@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rubiks_shift import affine_relu_shift3d, rubiks_shift3d
+from rubiks_shift import affine_relu_shift3d, is_channel_major, rubiks_shift3d
 
 from .rubiksnet import RubiksBlock, RubiksNet, as_clip
 from .shift_layers import Shift3d, TemporalAttentionShift
@@ -102,11 +102,6 @@ def _refresh_copies(module: nn.Module, incompatible_keys: object = None) -> None
         master = getattr(module, name)
         for dtype, tag in _HALF.items():
             setattr(module, f"{name}_{tag}", master.to(dtype))
-
-
-def _is_channel_major(x: torch.Tensor) -> bool:
-    """Whether clip x (N, T, C, H, W) is a permuted (C, N, T, H, W)-contiguous tensor."""
-    return not x.is_contiguous() and x.permute(2, 0, 1, 3, 4).is_contiguous()
 
 
 def _channel_major(x: torch.Tensor) -> torch.Tensor:
@@ -189,7 +184,7 @@ class FusedBlock(_GemmWeights):
         return torch.sigmoid(F.linear(torch.relu(F.linear(pooled, fc1)), fc2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _is_channel_major(x):
+        if is_channel_major(x):
             return self._forward_channel_major(x)
         if x.shape[-2] * x.shape[-1] <= self.channel_major_plane:
             return self._forward_channel_major(_channel_major(x))

@@ -43,19 +43,37 @@ def output_length(length: int, stride: int, padding: int) -> int:
     return (length + 2 * padding - 1) // stride + 1
 
 
+CHANNEL_MAJOR = (2, 0, 1, 3, 4)  # the dimensions of a channel-major clip, outermost first
+
+
 def channel_major(x: torch.Tensor) -> bool:
     """Whether the (N, T, C, H, W) clip ``x`` is stored channel-major: a (C, N, T, H, W)
     contiguous tensor seen through ``permute(1, 2, 0, 3, 4)`` (and not also contiguous,
-    as it can be where dimensions have size 1)."""
-    return not x.is_contiguous() and x.permute(2, 0, 1, 3, 4).is_contiguous()
+    as it can be where dimensions have size 1). Read from the strides, as
+    ``is_contiguous`` reads them (a dimension of size 1 may have any stride)."""
+    if x.is_contiguous():
+        return False
+    n, t, c, h, w = x.shape
+    sn, st, sc, sh, sw = x.stride()
+    expected = 1
+    for size, stride in ((w, sw), (h, sh), (t, st), (n, sn), (c, sc)):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def empty_channel_major(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """An uninitialised channel-major (N, T, C, H, W) tensor of ``shape``, x's dtype and
+    device."""
+    return torch.empty_permuted(tuple(shape), CHANNEL_MAJOR, dtype=x.dtype, device=x.device)
 
 
 def empty_like_layout(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """An uninitialised (N, T, C, H, W) tensor of ``shape`` like ``x``: channel-major
     where ``x`` is (``channel_major``), else contiguous."""
     if channel_major(x):
-        n, t, c, h, w = shape
-        return x.new_empty((c, n, t, h, w)).permute(1, 2, 0, 3, 4)
+        return empty_channel_major(x, shape)
     return x.new_empty(tuple(shape))
 
 

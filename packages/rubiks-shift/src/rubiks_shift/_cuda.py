@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import channel_major, output_shape
+from ._checks import channel_major, empty_channel_major, output_shape
 from ._cuda_launch import KernelSet, kernel_set, run
 from ._cuda_plan import ShiftGradPlan, Step, gather_plan, shift_grad_plan
 from ._cuda_tuning import TUNING, Tuning
@@ -197,8 +197,7 @@ def forward_affine(
     if bias.dtype != acc or not bias.is_contiguous():
         bias = bias.to(acc).contiguous()
     if major:  # (C, N, T, H, W) storage seen as (N, T, C, H, W)
-        n, t, c, h, w = y_shape or x.shape
-        y = x.new_empty((c, n, t, h, w)).permute(1, 2, 0, 3, 4)
+        y = empty_channel_major(x, y_shape or x.shape)
     elif y_shape is None:
         y = torch.empty_like(x, memory_format=_CONTIGUOUS)
     else:

@@ -13,11 +13,21 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_shift3d_args, triple
+from ._checks import channel_major, check_shift3d_args, triple
 from ._ops import affine_shift3d_call
 from .functional import _plain_ints, _validate_values
 
-__all__ = ["affine_relu_shift3d"]
+__all__ = ["affine_relu_shift3d", "is_channel_major"]
+
+
+def is_channel_major(x: torch.Tensor) -> bool:
+    """Whether the (N, T, C, H, W) clip ``x`` is channel-major, the layout
+    :func:`affine_relu_shift3d` keeps: a (C, N, T, H, W)-contiguous tensor seen through
+    ``permute(1, 2, 0, 3, 4)``, and not also contiguous (as it can be where dimensions
+    have size 1). Metadata only."""
+    if x.dim() != 5:
+        raise ValueError(f"is_channel_major: x must have rank 5 (N, T, C, H, W), got {x.dim()}")
+    return channel_major(x)
 
 
 _OP = "affine_relu_shift3d"
