@@ -137,6 +137,24 @@ def check_shift3d_args(
             raise ValueError(f"{op}: dimensions larger than {MAX_EXTENT} are not supported")
 
 
+def check_affine(
+    x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, op: str = "affine_relu_shift3d"
+) -> None:
+    """Refuse a scale or bias that is not a floating (C,) tensor on x's device."""
+    channels = x.shape[2]
+    for name, t in (("scale", scale), ("bias", bias)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+        if tuple(t.shape) != (channels,):
+            raise ValueError(
+                f"{op}: {name} must have shape (C,) = ({channels},), got {tuple(t.shape)}"
+            )
+        if not t.is_floating_point():
+            raise TypeError(f"{op}: {name} must be floating point, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {t.device}")
+
+
 def check_finite_shift(shift: torch.Tensor, op: str = "rubiks_shift3d") -> None:
     """Raise if ``shift`` holds NaN or +-inf. Synchronises a CUDA device: not for hot paths."""
     finite = torch.isfinite(shift)

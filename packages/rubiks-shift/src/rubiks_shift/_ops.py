@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _cpu, _normalize, reference
-from ._checks import channel_major, empty_like_layout, output_shape
+from ._checks import channel_major, empty_channel_major, empty_like_layout, output_shape
 
 _cuda = None
 
@@ -315,7 +315,7 @@ def _in_layout_of(y: Tensor, x: Tensor) -> Tensor:
     """The affine op's result ``y`` in its layout: channel-major where x is, else as is."""
     if not channel_major(x):
         return y
-    return empty_like_layout(x, y.shape).copy_(y)
+    return empty_channel_major(x, y.shape).copy_(y)
 
 
 @affine_relu_shift3d.register_kernel("cpu")

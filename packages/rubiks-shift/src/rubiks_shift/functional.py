@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_finite_shift, check_shift3d_args, triple
+from ._checks import check_affine, check_finite_shift, check_shift3d_args, triple
 from ._ops import shift3d_call
 
 __all__ = ["rubiks_shift2d", "rubiks_shift3d"]
@@ -23,21 +23,23 @@ def _validate_values(shift: torch.Tensor, op: str, device_type: str | None = Non
         check_finite_shift(shift, op)
 
 
-_CHECKED: dict = {}  # signatures that passed check_shift3d_args -> (stride, padding, device)
+_CHECKED: dict = {}  # signatures that passed the metadata checks -> (stride, padding, device)
 
 
 def _plain_ints(value) -> bool:
     return type(value) is int or (type(value) is tuple and all(type(v) is int for v in value))
 
 
-def _checked_3d(x, shift, stride, padding) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+def _checked_3d(
+    x, shift, stride, padding, affine: tuple | None = None
+) -> tuple[tuple[int, ...], tuple[int, ...], str]:
     """Normalised (stride, padding) after the docs/spec.md §1.7 checks, and the device type of
-    both tensors. The checks depend only on metadata: a signature seen before skips them
-    (a few µs of the host time per call)."""
+    both tensors; ``affine``: the (scale, bias) of ``affine_relu_shift3d``, checked too.
+    The checks depend only on metadata: a signature seen before skips them (a few µs of
+    the host time per call)."""
     cacheable = isinstance(x, torch.Tensor) and isinstance(shift, torch.Tensor)
-    if not (cacheable and _plain_ints(stride) and _plain_ints(padding)):
-        key = hit = None  # bools/floats compare equal to ints: only exact ints are cached
-    else:
+    key = hit = None  # bools/floats compare equal to ints: only exact ints are cached
+    if cacheable and _plain_ints(stride) and _plain_ints(padding):
         key = (
             type(x),
             type(shift),
@@ -50,12 +52,24 @@ def _checked_3d(x, shift, stride, padding) -> tuple[tuple[int, ...], tuple[int, 
             stride,
             padding,
         )
-        hit = _CHECKED.get(key)
+        if affine is not None:
+            scale, bias = affine
+            if isinstance(scale, torch.Tensor) and isinstance(bias, torch.Tensor):
+                key += (type(scale), scale.shape, scale.dtype, scale.device)
+                key += (type(bias), bias.shape, bias.dtype, bias.device)
+            else:
+                key = None
+        if key is not None:
+            hit = _CHECKED.get(key)
     if hit is not None:
         return hit
     stride3 = triple(stride, "stride")
     padding3 = triple(padding, "padding")
-    check_shift3d_args(x, shift, stride3, padding3)
+    if affine is None:
+        check_shift3d_args(x, shift, stride3, padding3)
+    else:
+        check_shift3d_args(x, shift, stride3, padding3, op="affine_relu_shift3d")
+        check_affine(x, *affine)
     checked = (stride3, padding3, x.device.type)
     if key is not None:
         if len(_CHECKED) >= 1024:
