@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rubiks_shift import affine_relu_shift3d, is_channel_major, rubiks_shift3d
+from rubiks_shift import affine_relu_shift3d, is_channel_major
 
 from .rubiksnet import RubiksBlock, RubiksNet, as_clip
 from .shift_layers import Shift3d, TemporalAttentionShift
@@ -191,9 +191,9 @@ class FusedBlock(_GemmWeights):
         return self._forward_frames(x.contiguous())
 
     def _first_pass(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(a, mixed) of a channel-major block: a = relu(bn1(x)) where the shortcut needs
-        it, mixed what conv1 reads (a, or a after the AQ temporal shift), both
-        channel-major. A hard temporal shift reads x again with bn1 as its prologue."""
+        """(a, mixed): a = relu(bn1(x)) where the shortcut needs it, mixed what conv1
+        reads (a, or a after the AQ temporal shift), both in x's layout. A hard temporal
+        shift takes bn1 as its prologue, reading x (again, where a is needed too)."""
         mixed = None
         if self.tshift_kind == "hard":
             tq = self.tshift_quantize
@@ -204,6 +204,18 @@ class FusedBlock(_GemmWeights):
         if self.tshift_kind == "soft":
             mixed = self._soft_tshift(a)
         return a, a if mixed is None else mixed
+
+    def _shift_pass(self, h: torch.Tensor) -> torch.Tensor:
+        """The block's shift of conv1's output h, with relu(. + b2) as its prologue."""
+        return affine_relu_shift3d(
+            h,
+            self.ones2,
+            self.b2,
+            self.shift,
+            self.shift_stride,
+            self.shift_padding,
+            quantize=self.quantize,
+        )
 
     def _product(self, name: str, m: torch.Tensor, conv: bool) -> torch.Tensor:
         """weight ``name`` (out, in) times the (in, points) matrix ``m``: cuDNN's 1x1
@@ -220,6 +232,7 @@ class FusedBlock(_GemmWeights):
         (batched per-frame products are slow where it is not a multiple of 8)."""
         b, t, _, height, width = x.shape
         conv = _use_conv(self.gemm, x.dtype)
+        # 1. relu(bn1(x)) (and the AQ temporal shift)
         a, mixed = self._first_pass(x)
         # 2. conv1 (bn2's scale folded in)
         h = self._product("w1", _points(mixed), conv)
@@ -228,15 +241,7 @@ class FusedBlock(_GemmWeights):
             h = h.view(self.cout, b * t, 1, height, width).permute(1, 2, 0, 3, 4)
         else:
             h = h.view(self.cout, b, t, height, width).permute(1, 2, 0, 3, 4)
-        h = affine_relu_shift3d(
-            h,
-            self.ones2,
-            self.b2,
-            self.shift,
-            self.shift_stride,
-            self.shift_padding,
-            quantize=self.quantize,
-        )
+        h = self._shift_pass(h)
         ho, wo = h.shape[-2:]
         hm = _points(h)
         if self.has_se:  # conv2(h * gate): the gate per frame and channel
@@ -262,23 +267,8 @@ class FusedBlock(_GemmWeights):
         """The block on a contiguous (N, T, C, H, W) clip, products batched per frame."""
         dtype = x.dtype
         b, t, _, height, width = x.shape
-        # 1. a = relu(bn1(x)), with the hard AQ temporal shift in the same pass where the
-        # shortcut does not need a itself
-        if self.tshift_kind == "hard" and not self.has_proj:
-            a = None
-            mixed = affine_relu_shift3d(
-                x, self.s1, self.b1, self.tshift, quantize=self.tshift_quantize
-            )
-        else:
-            a = affine_relu_shift3d(x, self.s1, self.b1, self.zero_shift, quantize=True)
-            if self.tshift_kind == "hard":
-                mixed = rubiks_shift3d(
-                    a, self.tshift, quantize=self.tshift_quantize, normalize_grad=False
-                )
-            elif self.tshift_kind == "soft":
-                mixed = self._soft_tshift(a)
-            else:
-                mixed = a
+        # 1. relu(bn1(x)) (and the AQ temporal shift)
+        a, mixed = self._first_pass(x)
         # 2. conv1 (bn2's scale folded in)
         w1 = self.gemm_weight("w1", dtype)
         conv = _use_conv(self.gemm, dtype)
@@ -291,15 +281,7 @@ class FusedBlock(_GemmWeights):
         h = h.view(b, t, self.cout, height, width)
         if self.shift_2d:
             h = h.view(b * t, 1, self.cout, height, width)
-        h = affine_relu_shift3d(
-            h,
-            self.ones2,
-            self.b2,
-            self.shift,
-            self.shift_stride,
-            self.shift_padding,
-            quantize=self.quantize,
-        )
+        h = self._shift_pass(h)
         ho, wo = h.shape[-2:]
         h = h.reshape(b * t, self.cout, ho * wo)
         # 4. conv2 (+ squeeze-excitation scale) and the residual sum
