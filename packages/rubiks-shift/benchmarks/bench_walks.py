@@ -1,0 +1,179 @@
+"""The gather's walks side by side on a GPU: which one each plane size should take.
+
+    python packages/rubiks-shift/benchmarks/bench_walks.py [--dtypes bfloat16 float32]
+        [--batch 8 --frames 8] [--json OUT.json]
+
+For RubiksNet's shift shapes (its stages at 224 x 224: channels, H = W, stride) this
+times every walk that can run each gather (the tile walk, the frame walk, the row walk;
+``_cuda_plan.gather_plan`` with the walk forced through ``Tuning``), in three forms: the
+fused inference form's forward with its batch norm + ReLU prologue
+(``affine_relu_shift3d``) on channel-major clips and on (N, T, C) ones, the plain
+forward, and the adjoint (grad_x). Beside them, a copy of the source tensor (the floor of
+one pass). A figure is the time per call of 20 calls captured in one CUDA graph, replayed
+10 times (host time excluded). Every walk's output is compared with the tile walk's
+(``same``: bit-equal; else the largest difference relative to the output's largest
+value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+
+from rubiks_shift import _cuda
+from rubiks_shift._cuda_tuning import TUNING
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# (channels, source H = W, stride H, W): RubiksNet's stages at 224 x 224 and the
+# stride-2 shifts between them
+SHAPES = [
+    (72, 112, 1),
+    (72, 56, 1),
+    (144, 28, 1),
+    (288, 14, 1),
+    (576, 7, 1),
+    (72, 112, 2),
+    (144, 56, 2),
+    (288, 28, 2),
+    (576, 14, 2),
+]
+WALKS = {
+    "tile": replace(TUNING, tile_walk_max_plane=1 << 30),
+    "frames": replace(TUNING, tile_walk_max_plane=0),
+    "rows": replace(TUNING, tile_walk_max_plane=0, stride_one_walk="rows"),
+}
+
+
+def time_us(fn: Callable[[], object]) -> float:
+    """Time per call in µs of ``fn`` (see the module docstring)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(20):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / 200
+
+
+def step_name(form: str, shape, stride, dtype) -> str:
+    """The kernel the current tuning launches for ``form`` (``_cuda``'s plans)."""
+    key = (torch.Size(shape), dtype, torch.float32, tuple(stride), (0, 0, 0), False)
+    if form == "adjoint":
+        return _cuda._backward_plan((*key, True, 0.5, True, False)).gather[0].name
+    return _cuda._forward_plan(key).steps[0].name
+
+
+def forms(x, x_cm, shift, scale, bias, gy, stride) -> dict[str, Callable[[], torch.Tensor]]:
+    """The gathers timed, by name."""
+    args = (stride, (0, 0, 0), False)
+    return {
+        "affine, channel-major": lambda: _cuda.forward_affine(x_cm, scale, bias, shift, *args),
+        "affine": lambda: _cuda.forward_affine(x, scale, bias, shift, *args),
+        "forward": lambda: _cuda.forward(x, shift, *args),
+        "adjoint": lambda: _cuda.backward(gy, x, shift, *args, True, 0.5, True, False)[0],
+    }
+
+
+def difference(a: torch.Tensor, b: torch.Tensor) -> str:
+    if torch.equal(a, b):
+        return "same"
+    scale = b.double().abs().max().clamp_min(1e-30)
+    return f"{float((a.double() - b.double()).abs().max() / scale):.1e}"
+
+
+def run_shape(channels: int, side: int, s: int, dtype: torch.dtype, args) -> list[dict]:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    shape = (args.batch, args.frames, channels, side, side)
+    x = torch.randn(shape, device="cuda", generator=g).to(dtype)
+    x_cm = x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+    shift = torch.rand(3, channels, device="cuda", generator=g) * 4 - 2
+    scale = torch.rand(channels, device="cuda", generator=g) + 0.5
+    bias = torch.rand(channels, device="cuda", generator=g) - 0.5
+    stride = (1, s, s)
+    out = _cuda.output_shape(shape, stride, (0, 0, 0))
+    gy = torch.randn(out, device="cuda", generator=g).to(dtype)
+    copy = time_us(lambda: x.clone())
+    rows = []
+    for form in forms(x, x_cm, shift, scale, bias, gy, stride):
+        baseline, timed = None, set()
+        for walk, tuning in WALKS.items():
+            previous = _cuda.use_tuning(tuning)
+            try:
+                fn = forms(x, x_cm, shift, scale, bias, gy, stride)[form]
+                name = step_name(form, shape, stride, dtype)
+                if walk == "tile" and name != "gather_tile":
+                    continue  # the tile walk does not run this gather (strided adjoint)
+                if (walk != "tile" and name == "gather_tile") or name in timed:
+                    continue  # another walk's kernel, or one timed already
+                timed.add(name)
+                result = fn()
+                baseline = result if baseline is None else baseline
+                us = time_us(fn)
+            finally:
+                _cuda.use_tuning(previous)
+            rows.append(
+                dict(
+                    channels=channels, side=side, stride=s, dtype=str(dtype).split(".")[-1],
+                    form=form, walk=walk, kernel=name, us=round(us, 2), copy_us=round(copy, 2),
+                    vs_copy=round(us / copy, 2), check=difference(result, baseline),
+                )
+            )  # fmt: skip
+            print(
+                f"{channels:4d} ch {side:3d}² /{s} {rows[-1]['dtype']:9s} {form:22s} "
+                f"{walk:7s} {us:8.1f} µs  copy {copy:6.1f}  x{us / copy:5.2f}  {rows[-1]['check']}",
+                flush=True,
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=DTYPES)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--json", help="write every figure to this file")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("the walks are CUDA kernels: this needs a GPU")
+    rows = []
+    for dtype in args.dtypes:
+        for channels, side, s in SHAPES:
+            rows += run_shape(channels, side, s, DTYPES[dtype], args)
+    if args.json:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        meta = dict(
+            device=torch.cuda.get_device_name(),
+            date=datetime.date.today().isoformat(),
+            commit=commit,
+            torch=torch.__version__,
+        )
+        directory = os.path.dirname(os.path.abspath(args.json))
+        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+        os.replace(f.name, args.json)
+
+
+if __name__ == "__main__":
+    main()
