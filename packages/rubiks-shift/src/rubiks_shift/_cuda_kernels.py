@@ -50,7 +50,9 @@ class Kernels:
                     storage, shift_storage, narrow=True, affine=affine, **row_walk
                 ),
                 "gather_frames": build_gather(storage, shift_storage, affine=affine, **frame_walk),
-                "gather_tile": build_tile_gather(storage, shift_storage, affine=affine),
+                "gather_tile": build_tile_gather(
+                    storage, shift_storage, loads=tuning.tile_walk_loads, affine=affine
+                ),
             }
             for name, dispatcher in gathers.items():
                 scalars = {"gather_frames": "frames", "gather_tile": "tile"}.get(name, "rows")

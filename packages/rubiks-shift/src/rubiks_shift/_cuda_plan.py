@@ -259,6 +259,7 @@ def _tile_walk_plan(
         FW=cols,
         inv_bands=1.0 / bands,
         inv_c=1.0 / channels,
+        inv_plane=1.0 / (rows * cols),
         inv_fw=1.0 / cols,
         inv_wd=1.0 / w_dst,
     )

@@ -131,7 +131,8 @@ class GatherTileScalars(NamedTuple):
     FT: int  # the window in shared memory: frames, rows, columns
     FH: int
     FW: int
-    inv_bands: float  # float64 reciprocals: row bands, C, FW, Wd
+    inv_bands: float  # float64 reciprocals: row bands, C, FH * FW, FW, Wd
     inv_c: float
+    inv_plane: float
     inv_fw: float
     inv_wd: float

@@ -5,7 +5,9 @@ phases. It first copies the *window* its outputs read (every source frame, row a
 column that a trilinear tap of the band can touch, zeros where the window leaves the
 source, the affine kernels' prologue relu(x * scale + bias) applied once per element)
 from global into shared memory, each element read once, with consecutive threads on
-consecutive columns. Then each thread takes one (row, column) position of the band and
+consecutive columns and each thread's loads issued in groups before their stores, so a
+group is in flight together (one load, then its store, would wait a memory latency per
+element). Then each thread takes one (row, column) position of the band and
 walks its frames: every output is the window's eight taps blended along W, then H, then
 T, in the frame walk's order and with its rule that a zero-weight corner is selected
 away, never multiplied, so both walks give the same bits. At temporal stride 1 a frame's
@@ -36,9 +38,10 @@ i32 = nt.int32
 i64 = nt.int64
 
 
-def build_tile_gather(storage: str, shift_storage: str, *, affine: bool = False):
-    """The tile-walk gather for one (storage, shift storage) pair; ``affine``: with the
-    input prologue (two more pointers, scale and bias, after dst; see ``build_gather``)."""
+def build_tile_gather(storage: str, shift_storage: str, *, loads: int, affine: bool = False):
+    """The tile-walk gather for one (storage, shift storage) pair, each thread issuing
+    ``loads`` window loads at a time (a compile-time bound); ``affine``: with the input
+    prologue (two more pointers, scale and bias, after dst; see ``build_gather``)."""
     p = device_parts(storage, shift_storage)
     acc, load, store, decode = p.acc, p.load, p.store, p.decode
     zero, one, nan = p.zero, p.one, p.nan
@@ -106,6 +109,7 @@ def build_tile_gather(storage: str, shift_storage: str, *, affine: bool = False)
         FW,
         inv_bands,
         inv_c,
+        inv_plane,
         inv_fw,
         inv_wd,
     ):
@@ -113,14 +117,16 @@ def build_tile_gather(storage: str, shift_storage: str, *, affine: bool = False)
         offset (the adjoint: stride 1), for tasks (sample, channel, band of ``rows``
         destination rows), one per block (blocks loop over tasks with the grid's
         stride). ``FT x FH x FW``: the window, in shared memory; ``inv_*``: float64
-        reciprocals of the bands, C, FW and Wd."""
+        reciprocals of the bands, C, FH * FW, FW and Wd."""
         tile = cuda.shared.array(0, acc)
+        held = cuda.local.array(loads, acc)
         tid = i32(cuda.threadIdx.x)
         threads = i32(cuda.blockDim.x)
         bands = (Hd + rows - 1) // rows
         Ts32, Hs32, Ws32, Wd32 = i32(Ts), i32(Hs), i32(Ws), i32(Wd)
         FT32, FH32, FW32 = i32(FT), i32(FH), i32(FW)
         plane_t = i32(FH32 * FW32)
+        size = i32(FT32 * plane_t)
         st32, sh32, sw32 = i32(st), i32(sh), i32(sw)
         # elements from one frame to the next: a plane where channel-major, else C planes
         frame_s = i32(Hs * Ws if channel_major != 0 else C * Hs * Ws)
@@ -148,27 +154,32 @@ def build_tile_gather(storage: str, shift_storage: str, *, affine: bool = False)
                     pos += threads
                 continue
             # the window: source frames ot.., rows h0 * sh + oh.., columns ow.., zero
-            # outside the source (the adjoint's offsets at stride 1 read the same way)
+            # outside the source (the adjoint's offsets at stride 1 read the same way);
+            # each thread issues ``loads`` loads before it stores any (all in flight)
             h_org = i32(h0 * sh32 + oh)
             p = offset(src, plane_index(n, 0, c, N, Ts, C, channel_major) * Hs * Ws)
             af = channel_affine(scale, bias, c)
-            pos = tid
-            while pos < plane_t:
-                hr, wc = divmod_(pos, FW, inv_fw)
-                hs = i32(h_org + hr)
-                ws = i32(ow + wc)
-                inside = within(hs, Hs32) & within(ws, Ws32)
-                at = i32(hs * Ws32 + ws)
-                ts = i32(ot)
-                k = i32(pos)
-                for _ in range(FT32):
+            first = tid
+            while first < size:
+                got = i32(0)
+                for j in range(loads):
+                    i = i32(first + j * threads)
                     v = zero
-                    if inside & within(ts, Ts32):
-                        v = prologue(load(p, i32(ts * frame_s + at)), af)
-                    tile[k] = v
-                    ts = i32(ts + 1)
-                    k = i32(k + plane_t)
-                pos += threads
+                    if i < size:
+                        f, rem = divmod_(i, plane_t, inv_plane)
+                        hr, wc = divmod_(rem, FW, inv_fw)
+                        ts = i32(ot + f)
+                        hs = i32(h_org + hr)
+                        ws = i32(ow + wc)
+                        if within(ts, Ts32) & within(hs, Hs32) & within(ws, Ws32):
+                            v = load(p, i32(ts * frame_s + hs * Ws32 + ws))
+                            got |= i32(1) << j
+                    held[j] = v
+                for j in range(loads):
+                    i = i32(first + j * threads)
+                    if i < size:
+                        tile[i] = prologue(held[j], af) if got & (i32(1) << j) else zero
+                first = i32(first + loads * threads)
             cuda.syncthreads()
             hw = (wh0, wh1, wh0 != zero, wh1 != zero, ww0, ww1, ww0 != zero, ww1 != zero)
             u0 = wt0 != zero  # a zero temporal weight: that frame is not read

@@ -82,6 +82,8 @@ class Tuning:
     tile_walk_shared: int = 32 * 1024
     # most threads per tile-walk block (fewer where the window is smaller)
     tile_walk_threads: int = 256
+    # window loads a tile-walk thread keeps in flight (issued before their stores)
+    tile_walk_loads: int = _kernel(8)
     # 50 % occupancy (H100, 2026-11-23): 48 / 56 / 64 / 72 / 80 / 96 registers gave
     # 0.187 / 0.174 / 0.166 / 0.186 / 0.183 / 0.256 ms of shift gradient (another run:
     # 0.171 ms at 64 against 0.267 at 96)
@@ -155,6 +157,7 @@ _ALLOWED = {
     "tile_walk_max_plane": (_integer(0), "an integer >= 0 (0: never)"),
     "tile_walk_shared": (_integer(64, 48 * 1024), "a byte count from 64 to 49152"),
     "tile_walk_threads": _THREADS,
+    "tile_walk_loads": (_integer(1, 30), "an integer from 1 to 30"),
     "grad_shift_registers": _REGISTERS,
     "grad_shift_group": _POSITIVE,
     "grad_shift_threads": _TREE,
