@@ -4,13 +4,13 @@
         [--batch 8 --frames 8] [--json OUT.json]
 
 For RubiksNet's shift shapes (its stages at 224 x 224: channels, H = W, stride) this
-times every walk that can run each gather (the tile walk, the frame walk, the row walk;
-``_cuda_plan.gather_plan`` with the walk forced through ``Tuning``), in three forms: the
+times every walk that can run each gather (the frame walk where it applies, the row walk;
+``_cuda_plan.gather_plan`` with the walk forced through ``Tuning``), in four forms: the
 fused inference form's forward with its batch norm + ReLU prologue
 (``affine_relu_shift3d``) on channel-major clips and on (N, T, C) ones, the plain
 forward, and the adjoint (grad_x). Beside them, a copy of the source tensor (the floor of
 one pass). A figure is the time per call of 20 calls captured in one CUDA graph, replayed
-10 times (host time excluded). Every walk's output is compared with the tile walk's
+10 times (host time excluded). Every walk's output is compared with the default walk's
 (``same``: bit-equal; else the largest difference relative to the output's largest
 value).
 """
@@ -45,11 +45,7 @@ SHAPES = [
     (288, 28, 2),
     (576, 14, 2),
 ]
-WALKS = {
-    "tile": replace(TUNING, tile_walk_max_plane=1 << 30),
-    "frames": replace(TUNING, tile_walk_max_plane=0),
-    "rows": replace(TUNING, tile_walk_max_plane=0, stride_one_walk="rows"),
-}
+WALKS = {"default": TUNING, "rows": replace(TUNING, stride_one_walk="rows")}
 
 
 def time_us(fn: Callable[[], object]) -> float:
@@ -121,10 +117,8 @@ def run_shape(channels: int, side: int, s: int, dtype: torch.dtype, args) -> lis
             try:
                 fn = forms(x, x_cm, shift, scale, bias, gy, stride)[form]
                 name = step_name(form, shape, stride, dtype)
-                if walk == "tile" and name != "gather_tile":
-                    continue  # the tile walk does not run this gather (strided adjoint)
-                if (walk != "tile" and name == "gather_tile") or name in timed:
-                    continue  # another walk's kernel, or one timed already
+                if name in timed:
+                    continue  # the row walk is the default at this stride
                 timed.add(name)
                 result = fn()
                 baseline = result if baseline is None else baseline

@@ -80,7 +80,7 @@ def baseline_set(storage: str, module, tuning: Tuning = TUNING):
         storage=storage,
         shift_storage="float32",
         gather_frames=kernel,
-        gather_frames_sig=gather_signature(storage, "float32", walk="frames"),
+        gather_frames_sig=gather_signature(storage, "float32", frames=True),
     )
 
 

@@ -24,9 +24,7 @@ def test_kernels_in_cuda_simulator():
     assert proc.stdout.count("ok  ") == 27
     assert "ok-bounds" in proc.stdout  # the simulator's pointers check every access
     assert "ok-strides" in proc.stdout  # a same-shape output gets canonical strides
-    assert proc.stdout.count("ok-tile") == 22  # the tile walk (the default) in one-row bands
-    assert proc.stdout.count("ok-walks") == 22  # the walks of larger planes, laid out by default
-    assert proc.stdout.count("ok-rows") == 8  # the row walk where the frame walk applies
+    assert proc.stdout.count("ok-rows") == 8  # the row walk where the frame walk is the default
     assert proc.stdout.count("ok-frames") == 8  # the frame walk in short bands and chunks
     assert proc.stdout.count("ok-affine ") == 13  # the forward with the input prologue
     assert proc.stdout.count("ok-affine-cm") == 13  # ... on channel-major planes
@@ -39,12 +37,10 @@ def test_compile_ptx_every_dtype(storage):
     shift_storages = ["float32", "float64"] if storage == "float32" else ["float32"]
     for shift_storage in shift_storages:
         kernels = _cuda_kernels.Kernels(storage, shift_storage)
-        names = ("gather", "gather_narrow", "gather_frames", "gather_tile")
-        names += ("grad_shift", "finalize")
+        names = ("gather", "gather_narrow", "gather_frames", "grad_shift", "finalize")
         # the fused inference form's prologue kernels: float32 shifts only (it stores
         # its shifts in float32); the one-column variant in one dtype (CI time)
-        affine = ("gather_affine", "gather_frames_affine", "gather_tile_affine")
-        affine = affine if shift_storage == "float32" else ()
+        affine = ("gather_affine", "gather_frames_affine") if shift_storage == "float32" else ()
         if affine and storage == "float32":
             affine += ("gather_narrow_affine",)
         for name in names + affine:

@@ -21,12 +21,8 @@ FRAME_ROWS = TUNING.frame_walk_rows
 def _step(
     src, dst, stride=(1, 1, 1), quantize=False, adjoint=False, storage="float32", walk="rows"
 ):
-    """The gather launch; the row walk unless ``walk`` says otherwise ("frames", or
-    "tile": the default with the tile walk on small planes)."""
-    if walk == "tile":
-        tuning = TUNING
-    else:
-        tuning = replace(TUNING, stride_one_walk=walk, tile_walk_max_plane=0)
+    """The gather launch; the row walk unless ``walk`` says otherwise."""
+    tuning = replace(TUNING, stride_one_walk=walk)
     (step,) = _cuda_plan.gather_plan(
         src, dst, stride, (0, 0, 0), quantize, adjoint, storage, tuning
     )
@@ -138,61 +134,10 @@ def test_frame_layout_stays_in_range(batch, channels, t, h, w):
 
 def test_frame_walk_refuses_rows_above_its_bound():
     shape = (1, 2, 2, 32, 8)
-    no_tiles = replace(TUNING, tile_walk_max_plane=0)
     with pytest.raises(ValueError, match="at most"):
         _cuda_plan.gather_plan(
-            shape, shape, (1, 1, 1), (0, 0, 0), False, False, "float32", no_tiles,
-            rows=FRAME_ROWS + 1,
-        )  # fmt: skip
-
-
-def test_small_planes_take_the_tile_walk():
-    for shape in ((8, 8, 144, 28, 28), (8, 8, 288, 14, 14), (8, 8, 576, 7, 7)):
-        for adjoint in (False, True):
-            step = _step(shape, shape, adjoint=adjoint, walk="tile")
-            assert step.name == "gather_tile"
-            assert step.grid == (8 * shape[2], 1, 1)  # one band per channel, one block each
-            assert step.shared == 9 * (shape[3] + 1) * (shape[4] + 1) * 4  # the window
-    # the forward at any stride, the adjoint at stride 1 only
-    big, small = (8, 8, 144, 28, 28), (8, 8, 144, 14, 14)
-    assert _step(big, small, (1, 2, 2), walk="tile").name == "gather_tile"
-    assert _step(small, big, (1, 2, 2), adjoint=True, walk="tile").name == "gather"
-    # above tile_walk_max_plane: the frame walk
-    assert _step((8, 8, 72, 56, 56), (8, 8, 72, 56, 56), walk="tile").name == "gather_frames"
-
-
-def test_tile_bands_fit_the_shared_budget():
-    shape = (8, 8, 144, 28, 28)
-    (step,) = _cuda_plan.gather_plan(shape, shape, (1, 1, 1), (0, 0, 0), False, False, "float64")
-    # 9 x 29 x 29 float64 values are over the 32 KiB budget: two bands of 14 rows
-    assert (step.scalars.rows, step.grid[0]) == (14, 8 * 144 * 2)
-    assert (step.scalars.FT, step.scalars.FH, step.scalars.FW) == (9, 15, 29)
-    tight = replace(TUNING, tile_walk_shared=9 * 29 * 4)  # under one row pair of the window
-    assert _cuda_plan.tile_walk_layout(shape, shape, (1, 1, 1), False, "float32", tight) is None
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    t=st.integers(1, 32),
-    h=st.integers(1, 64),
-    w=st.integers(1, 64),
-    stride=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
-    storage=st.sampled_from(["float32", "float64", "bfloat16"]),
-    budget=st.integers(64, 48 * 1024),
-)
-def test_tile_layout_stays_in_range(t, h, w, stride, storage, budget):
-    tuning = replace(TUNING, tile_walk_shared=budget, tile_walk_max_plane=4096)
-    src = (2, (t - 1) * stride[0] + 1, 3, (h - 1) * stride[1] + 1, (w - 1) * stride[2] + 1)
-    layout = _cuda_plan.tile_walk_layout(src, (2, t, 3, h, w), stride, False, storage, tuning)
-    if layout is None:
-        return
-    frames, rows, cols = layout.window
-    assert 1 <= layout.rows <= h
-    assert layout.shared <= budget
-    # every tap of a band lies in its window: rows (band - 1) * sh + 1, columns, frames
-    assert rows == (layout.rows - 1) * stride[1] + 2
-    assert (frames, cols) == ((t - 1) * stride[0] + 2, (w - 1) * stride[2] + 2)
-    assert 32 <= layout.threads <= TUNING.tile_walk_threads and layout.threads % 32 == 0
+            shape, shape, (1, 1, 1), (0, 0, 0), False, False, "float32", rows=FRAME_ROWS + 1
+        )
 
 
 def test_make_current_switches_only_when_another_device_is_current(monkeypatch):
@@ -233,8 +178,7 @@ def test_tuning_is_validated_and_frozen():
 
 def test_use_tuning_changes_launches_not_kernels():
     shape = (1, 2, 3, 4, 5)
-    no_tiles = replace(TUNING, tile_walk_max_plane=0)
-    previous = _cuda.use_tuning(replace(no_tiles, row_walk_order="frames"))
+    previous = _cuda.use_tuning(replace(TUNING, row_walk_order="frames"))
     try:
         assert previous == TUNING
         plan = _cuda._forward_plan(
@@ -243,12 +187,7 @@ def test_use_tuning_changes_launches_not_kernels():
         assert plan.steps[0].scalars.frames_inner == 1
         with pytest.raises(ValueError, match="compile-time values: \\['frame_walk_rows'\\]"):
             _cuda.use_tuning(replace(TUNING, frame_walk_rows=4))
-        _cuda.use_tuning(no_tiles)
-        plan = _cuda._forward_plan(
-            (shape, torch.float32, torch.float32, (1, 2, 1), (0, 0, 0), False)
-        )
-        assert plan.steps[0].scalars.frames_inner == 0
     finally:
         _cuda.use_tuning(previous)
     plan = _cuda._forward_plan((shape, torch.float32, torch.float32, (1, 2, 1), (0, 0, 0), False))
-    assert plan.steps[0].name == "gather_tile"
+    assert plan.steps[0].scalars.frames_inner == 0

@@ -59,27 +59,23 @@ from ._cuda_device import (
     storage_pointer,
     warp_all,
 )
-from ._cuda_scalars import GatherFramesScalars, GatherScalars, GatherTileScalars
+from ._cuda_scalars import GatherFramesScalars, GatherScalars
 
 i32 = nt.int32
 i64 = nt.int64
 
 
-_WALK_SCALARS = {"rows": GatherScalars, "frames": GatherFramesScalars, "tile": GatherTileScalars}
-
-
 def gather_signature(
-    storage: str, shift_storage: str, affine: bool = False, walk: str = "rows"
+    storage: str, shift_storage: str, affine: bool = False, frames: bool = False
 ) -> tuple:
     """The signature of a gather kernel: (src, shift, dst[, scale, bias], *scalars), the
-    scalars the ``walk``'s block: ``GatherScalars`` (the row walk, "rows"),
-    ``GatherFramesScalars`` ("frames") or ``GatherTileScalars`` ("tile"); ``affine``:
-    with the input prologue."""
+    scalars a ``GatherScalars`` block (the row walk) or, with ``frames``, a
+    ``GatherFramesScalars`` one (the frame walk); ``affine``: with the input prologue."""
     acc = accumulator(storage)
     ptr = storage_pointer(storage)
     affine_ptrs = (nt.CPointer(acc),) * 2 if affine else ()
     pointers = (ptr, storage_pointer(shift_storage), ptr, *affine_ptrs)
-    return pointers + scalar_types(_WALK_SCALARS[walk], acc)
+    return pointers + scalar_types(GatherFramesScalars if frames else GatherScalars, acc)
 
 
 def _entry(name: str, body, scalars, affine: bool, registers: int | None):

@@ -1,9 +1,8 @@
 """The CUDA kernels of one (storage, shift storage) pair, and their PTX without a GPU.
 
 ``Kernels`` builds every kernel the op launches as a Numba dispatcher (compiled on first
-use, for its one signature ``<name>_sig``): the gathers of ``_cuda_gather`` and
-``_cuda_tile`` (forward and grad_x; each also as ``<name>_affine``, the forward with the
-input prologue) and the
+use, for its one signature ``<name>_sig``): the gathers of ``_cuda_gather`` (forward and
+grad_x; each also as ``<name>_affine``, the forward with the input prologue) and the
 shift-gradient kernels of ``_cuda_shift_grad``, with the compile-time values of a
 ``Tuning`` (``_cuda_tuning``). The launch path (``_cuda_launch.KernelSet``) builds one
 only where a kernel is not in the on-disk cache; the compile workers build one to fill it.
@@ -15,15 +14,14 @@ from numba import cuda
 
 from ._cuda_gather import build_gather, gather_signature
 from ._cuda_shift_grad import build_shift_grad, finalize_signature, grad_shift_signature
-from ._cuda_tile import build_tile_gather
 from ._cuda_tuning import TUNING, Tuning
 
 
 class Kernels:
     """The compiled-on-demand kernels of one (storage, shift storage) pair, built with
-    ``tuning``'s compile-time values: ``gather``, ``gather_narrow``, ``gather_frames``,
-    ``gather_tile`` (and each ``*_affine``), ``grad_shift`` and ``finalize``, each with
-    its signature ``<name>_sig``."""
+    ``tuning``'s compile-time values: ``gather``, ``gather_narrow``, ``gather_frames``
+    (and each ``*_affine``), ``grad_shift`` and ``finalize``, each with its signature
+    ``<name>_sig``."""
 
     def __init__(self, storage: str, shift_storage: str, tuning: Tuning = TUNING) -> None:
         self.storage = storage
@@ -50,14 +48,11 @@ class Kernels:
                     storage, shift_storage, narrow=True, affine=affine, **row_walk
                 ),
                 "gather_frames": build_gather(storage, shift_storage, affine=affine, **frame_walk),
-                "gather_tile": build_tile_gather(
-                    storage, shift_storage, loads=tuning.tile_walk_loads, affine=affine
-                ),
             }
             for name, dispatcher in gathers.items():
-                scalars = {"gather_frames": "frames", "gather_tile": "tile"}.get(name, "rows")
+                frames = name == "gather_frames"
                 setattr(self, name + suffix, dispatcher)
-                sig = gather_signature(storage, shift_storage, affine, scalars)
+                sig = gather_signature(storage, shift_storage, affine, frames)
                 setattr(self, f"{name}{suffix}_sig", sig)
 
 

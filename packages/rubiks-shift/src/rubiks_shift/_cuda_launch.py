@@ -374,7 +374,7 @@ class _Launcher:
         if cls.cu_launch is None:  # every launch goes through a prepared step: bound here
             cls.cu_launch = _cu_launch_kernel()
         grid = _launch_grid(step, handle, device_index)
-        dims = (*grid, *step.block, step.shared)  # grid, block, dynamic shared memory
+        dims = (*grid, *step.block, 0)  # grid, block, dynamic shared memory
         head = (ctypes.c_void_p(handle), *(ctypes.c_uint(d) for d in dims))
         entry = _Prepared(handle, pointers, params, head, objs, step)
         if len(cls.entries) >= 4096:  # plans evicted from their caches leave stale entries
@@ -391,7 +391,7 @@ def run(kernels: KernelSet, step: Step, tensors: Sequence[torch.Tensor], index: 
         grid, block = step.grid, step.block
         if step.name.startswith("gather"):  # a few threads, each looping over tasks
             grid, block = (SIM_GATHER_BLOCKS, 1, 1), (1, 1, 1)
-        getattr(kernels, step.name)[grid, block, 0, step.shared](*arrays, *step.scalars)
+        getattr(kernels, step.name)[grid, block](*arrays, *step.scalars)
         return
     # keyed by identity: plan steps are cached objects, and hashing a step's ~25 scalars
     # on every launch costs about a microsecond; the entry keeps its step, so a recycled

@@ -2,9 +2,8 @@
 
 A plan is a tuple of ``Step`` launches, made once per call signature (the plans are
 cached, here and in ``_cuda``) from the shapes and a ``Tuning`` (``_cuda_tuning``): the
-gathers' (``gather_plan``: the tile walk on small planes, the frame walk at temporal and
-row stride 1, the row walk elsewhere, with the layout heuristics ``tile_walk_layout`` /
-``row_walk_layout`` / ``frame_walk_layout``) and
+gathers' (``gather_plan``: the frame walk at temporal and row stride 1, the row walk
+elsewhere, with the layout heuristics ``row_walk_layout`` / ``frame_walk_layout``) and
 the shift gradient's (``shift_grad_plan``). Imports neither Numba nor torch.
 """
 
@@ -13,13 +12,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-from ._cuda_scalars import (
-    FinalizeScalars,
-    GatherFramesScalars,
-    GatherScalars,
-    GatherTileScalars,
-    GradShiftScalars,
-)
+from ._cuda_scalars import FinalizeScalars, GatherFramesScalars, GatherScalars, GradShiftScalars
 from ._cuda_tuning import TUNING, Tuning
 
 MAX_GRID_YZ = 65535  # grid y limit (channels of the shift-gradient kernel)
@@ -34,7 +27,6 @@ class Step(NamedTuple):
     block: tuple[int, int, int]
     scalars: tuple
     waves: int = 0  # > 0: a grid-stride kernel, its grid capped at this many resident waves
-    shared: int = 0  # bytes of dynamic shared memory per block
 
 
 class RowWalkLayout(NamedTuple):
@@ -50,15 +42,6 @@ class FrameWalkLayout(NamedTuple):
 
     frames: int  # destination frames per task
     rows: int  # destination rows per task (at most the kernel's compile-time bound)
-
-
-class TileWalkLayout(NamedTuple):
-    """How a tile-walk gather spreads its tasks: one block per (sample, channel, band)."""
-
-    rows: int  # destination rows per band
-    window: tuple[int, int, int]  # the window in shared memory: frames, rows, columns
-    shared: int  # its bytes
-    threads: int  # per block
 
 
 class ShiftGradPlan(NamedTuple):
@@ -159,44 +142,6 @@ def frame_walk_layout(
     return FrameWalkLayout(frames, rows)
 
 
-def tile_walk_layout(
-    src_shape,
-    dst_shape,
-    stride,
-    adjoint: bool,
-    storage: str,
-    tuning: Tuning = TUNING,
-    rows: int | None = None,
-) -> TileWalkLayout | None:
-    """The layout of a tile-walk launch, or None where the tile walk does not take this
-    gather: destination planes above ``tile_walk_max_plane`` pixels, the adjoint at a
-    stride other than 1, a window of one row over the ``tile_walk_shared`` budget, or a
-    sample past 32-bit offsets. Bands hold as many rows as the budget allows (``rows``
-    overrides), balanced so that no band is much shorter than the others."""
-    _, t_src, channels, h_src, w_src = src_shape
-    _, t_dst, _, h_dst, w_dst = dst_shape
-    if not 0 < h_dst * w_dst <= tuning.tile_walk_max_plane or t_dst < 1:
-        return None
-    if adjoint and tuple(stride) != (1, 1, 1):
-        return None
-    if max(t_src * h_src * w_src, t_dst * h_dst * w_dst) * channels >= 2**31:
-        return None
-    st, sh, sw = stride
-    item = 8 if storage == "float64" else 4  # the accumulation type
-    frames, cols = (t_dst - 1) * st + 2, (w_dst - 1) * sw + 2
-    fit = ((tuning.tile_walk_shared // (frames * cols * item)) - 2) // sh + 1
-    if rows is None:
-        if fit < 1:
-            return None
-        rows = min(h_dst, fit)
-        rows = -(-h_dst // -(-h_dst // rows))  # balanced bands
-    elif not 1 <= rows <= h_dst:
-        raise ValueError(f"tile-walk bands of {rows} rows for planes of {h_dst}")
-    window = (frames, (rows - 1) * sh + 2, cols)
-    threads = min(tuning.tile_walk_threads, -(-window[1] * window[2] // 32) * 32)
-    return TileWalkLayout(rows, window, window[0] * window[1] * window[2] * item, threads)
-
-
 def _gather_fields(src_shape, dst_shape, padding, quantize, adjoint, channel_major) -> dict:
     """The scalars both gathers take alike, by name: samples, channels, source and
     destination sizes, padding and the flags."""
@@ -238,35 +183,6 @@ def _frame_walk_plan(
     return (Step("gather_frames", (-(-tasks // threads), 1, 1), (threads, 1, 1), scalars),)
 
 
-def _tile_walk_plan(
-    src_shape, dst_shape, stride, padding, quantize, adjoint, layout, channel_major
-) -> tuple[Step, ...]:
-    """The launch of the tile walk (see ``gather_plan``)."""
-    n_batch, _, channels, _, _ = src_shape
-    _, _, _, h_dst, w_dst = dst_shape
-    bands = -(-h_dst // layout.rows)
-    tasks = n_batch * channels * bands
-    frames, rows, cols = layout.window
-    scalars = GatherTileScalars(
-        tasks=tasks,
-        **_gather_fields(src_shape, dst_shape, padding, quantize, adjoint, channel_major),
-        st=stride[0],
-        sh=stride[1],
-        sw=stride[2],
-        rows=layout.rows,
-        FT=frames,
-        FH=rows,
-        FW=cols,
-        inv_bands=1.0 / bands,
-        inv_c=1.0 / channels,
-        inv_plane=1.0 / (rows * cols),
-        inv_fw=1.0 / cols,
-        inv_wd=1.0 / w_dst,
-    )
-    block = (layout.threads, 1, 1)
-    return (Step("gather_tile", (tasks, 1, 1), block, scalars, shared=layout.shared),)
-
-
 @functools.lru_cache(maxsize=512)
 def gather_plan(
     src_shape,
@@ -283,25 +199,17 @@ def gather_plan(
 ) -> tuple[Step, ...]:
     """Launches of the forward (adjoint=False: src = x, dst = y) or of grad_x
     (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors whose planes are in
-    (N, T, C) order, or (C, N, T) order where ``channel_major``: the tile walk on small
-    planes (``tile_walk_layout``), else the frame walk where it applies and
-    ``tuning.stride_one_walk`` is "frames", else the row walk. ``rows`` (per task, or
-    per band in the tile walk) and (frame walk) ``frames`` per task override the
-    layout's (benchmark sweeps); a ``tuning`` other than the default with kernel values
-    of its own must be launched with kernels built from it (``_cuda_kernels.Kernels``)."""
+    (N, T, C) order, or (C, N, T) order where ``channel_major``: the frame walk where it
+    applies and ``tuning.stride_one_walk`` is "frames", else the row walk.
+    ``rows`` and (frame walk) ``frames`` per task override the layout's (benchmark
+    sweeps); a ``tuning`` other than the default with kernel values of its own must be
+    launched with kernels built from it (``_cuda_kernels.Kernels``)."""
     n_batch, _, channels, h_src, w_src = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
     check_channels(channels)
     for h, w in ((h_src, w_src), (h_dst, w_dst)):
         if h * w >= 2**31:
             raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
-    tile = None
-    if not frames:
-        tile = tile_walk_layout(src_shape, dst_shape, stride, adjoint, storage, tuning, rows)
-    if tile is not None:
-        return _tile_walk_plan(
-            src_shape, dst_shape, stride, padding, quantize, adjoint, tile, channel_major
-        )
     if tuning.stride_one_walk == "frames" and frames_walk_applies(src_shape, stride):
         return _frame_walk_plan(
             src_shape,

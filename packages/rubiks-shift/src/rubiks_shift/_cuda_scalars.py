@@ -103,36 +103,3 @@ class FinalizeScalars(NamedTuple):
     parts: int  # partial sums per channel (grad_shift's blocks per channel)
     normalize: int
     t_factor: Acc  # < 0: (sign g_T, 0, 0)
-
-
-class GatherTileScalars(NamedTuple):
-    """``gather_tile`` (the tile walk: small planes, one block per channel band) and its
-    ``_affine`` form."""
-
-    tasks: int  # (sample, channel, row band) tasks, one per block
-    N: int
-    C: int
-    Ts: int
-    Hs: int
-    Ws: int
-    Td: int
-    Hd: int
-    Wd: int
-    st: int  # stride (the adjoint: 1, 1, 1)
-    sh: int
-    sw: int
-    pt: int
-    ph: int
-    pw: int
-    adjoint: int
-    quantize: int
-    channel_major: int
-    rows: int  # destination rows per band
-    FT: int  # the window in shared memory: frames, rows, columns
-    FH: int
-    FW: int
-    inv_bands: float  # float64 reciprocals: row bands, C, FH * FW, FW, Wd
-    inv_c: float
-    inv_plane: float
-    inv_fw: float
-    inv_wd: float

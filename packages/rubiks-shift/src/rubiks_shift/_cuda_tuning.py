@@ -30,10 +30,8 @@ def _kernel(default):
 class Tuning:
     """Compile-time values of the CUDA kernels and the layouts of their launches.
 
-    Tile walk: ``gather_tile`` (small planes: the forward at any stride, the adjoint at
-    stride 1). Row walk: the gathers ``gather`` / ``gather_narrow`` (every other stride
-    but temporal and row stride 1). Frame walk: ``gather_frames`` (temporal and row
-    stride 1). Shift
+    Row walk: the gathers ``gather`` / ``gather_narrow`` (every stride but temporal and
+    row stride 1). Frame walk: ``gather_frames`` (temporal and row stride 1). Shift
     gradient: ``grad_shift`` and ``finalize``. Fields made with ``_kernel`` are compiled
     into a kernel; the others only shape launches."""
 
@@ -73,17 +71,6 @@ class Tuning:
     # fewest tasks before frames, then rows, are split: at (8, 8, 576, 7, 7) 8 frames per
     # task (32k tasks) 0.0112, 4 (65k) 0.0104, 1 (258k) 0.0187
     frame_walk_min_tasks: int = 1 << 15
-    # the tile walk (one block per channel band, its window in shared memory) for
-    # destination planes of at most this many pixels (0: never); larger planes take the
-    # frame or row walk
-    tile_walk_max_plane: int = 784
-    # bytes of shared memory a tile-walk block may hold its window in (at most 48 KiB,
-    # the limit without an opt-in): 28 x 28 planes of 8 frames fit in one band in float32
-    tile_walk_shared: int = 32 * 1024
-    # most threads per tile-walk block (fewer where the window is smaller)
-    tile_walk_threads: int = 256
-    # window loads a tile-walk thread keeps in flight (issued before their stores)
-    tile_walk_loads: int = _kernel(8)
     # 50 % occupancy (H100, 2026-11-23): 48 / 56 / 64 / 72 / 80 / 96 registers gave
     # 0.187 / 0.174 / 0.166 / 0.186 / 0.183 / 0.256 ms of shift gradient (another run:
     # 0.171 ms at 64 against 0.267 at 96)
@@ -154,10 +141,6 @@ _ALLOWED = {
     "frame_walk_registers": _REGISTERS,
     "frame_walk_threads": _THREADS,
     "frame_walk_min_tasks": _POSITIVE,
-    "tile_walk_max_plane": (_integer(0), "an integer >= 0 (0: never)"),
-    "tile_walk_shared": (_integer(64, 48 * 1024), "a byte count from 64 to 49152"),
-    "tile_walk_threads": _THREADS,
-    "tile_walk_loads": (_integer(1, 30), "an integer from 1 to 30"),
     "grad_shift_registers": _REGISTERS,
     "grad_shift_group": _POSITIVE,
     "grad_shift_threads": _TREE,

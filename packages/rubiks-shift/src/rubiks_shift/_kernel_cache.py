@@ -54,7 +54,6 @@ ENV = "RUBIKS_SHIFT_CACHE_DIR"
 WORKERS_ENV = "RUBIKS_SHIFT_COMPILE_WORKERS"
 OFF = ("", "0", "off", "none", "false", "no")  # values of ENV that disable the cache
 KERNELS = (
-    "gather_tile",
     "gather_frames",
     "gather",
     "grad_shift",
@@ -63,20 +62,18 @@ KERNELS = (
     "gather_frames_affine",
     "gather_affine",
     "gather_narrow_affine",
-    "gather_tile_affine",
 )
 # compiled together on a set's first miss, longest first (the one-column gathers, for
 # sources one pixel wide, only when a launch needs them): training's kernels, and the
 # fused inference form's (``*_affine``) when one of those missed
-PREFETCH = ("grad_shift", "gather", "gather_frames", "gather_tile", "finalize")
-PREFETCH_AFFINE = ("gather_affine", "gather_frames_affine", "gather_tile_affine")
+PREFETCH = ("grad_shift", "gather", "gather_frames", "finalize")
+PREFETCH_AFFINE = ("gather_affine", "gather_frames_affine")
 # the files that define the kernels' code (the launch-only tuning fields are not part of
 # a kernel, so ``_cuda_tuning.py`` is keyed by its kernel values instead)
 SOURCES = (
     "_cuda_device.py",
     "_cuda_scalars.py",
     "_cuda_gather.py",
-    "_cuda_tile.py",
     "_cuda_shift_grad.py",
     "_cuda_kernels.py",
 )
