@@ -139,17 +139,19 @@ class FusedBlock(_GemmWeights):
         self.register_buffer("zero_shift", torch.zeros(3, cin))
         if self.has_proj:
             self.add_weight("w_proj", _matrix(block.shortcut))
-        # the block's shift as a 3-D op: a 2-D shift acts on one-frame clips
+        # the block's shift as a 3-D op: a 2-D shift gets a zero temporal component,
+        # which reads each frame alone (temporal weights 1 and 0, the second frame never
+        # read), so the kernel walks the whole clip instead of one-frame clips
         layer = block.rubiks
         shift = layer.shift.detach().float()
-        self.shift_2d = shift.shape[0] == 2
-        if self.shift_2d:
+        shift_2d = shift.shape[0] == 2
+        if shift_2d:
             shift = torch.cat([torch.zeros_like(shift[:1]), shift], 0)
         self.register_buffer("shift", shift)
         self.quantize = bool(layer.quantize)
         stride, padding = tuple(layer.stride), tuple(layer.padding)
-        self.shift_stride = (1, *stride) if self.shift_2d else stride
-        self.shift_padding = (0, *padding) if self.shift_2d else padding
+        self.shift_stride = (1, *stride) if shift_2d else stride
+        self.shift_padding = (0, *padding) if shift_2d else padding
         # AQ: a hard integer temporal shift (deploy form) or the soft 3-tap attention
         self.tshift_kind = "none"
         if isinstance(block.tshift, Shift3d):
@@ -237,10 +239,7 @@ class FusedBlock(_GemmWeights):
         # 2. conv1 (bn2's scale folded in)
         h = self._product("w1", _points(mixed), conv)
         # 3. relu(. + b2) inside the shift
-        if self.shift_2d:
-            h = h.view(self.cout, b * t, 1, height, width).permute(1, 2, 0, 3, 4)
-        else:
-            h = h.view(self.cout, b, t, height, width).permute(1, 2, 0, 3, 4)
+        h = h.view(self.cout, b, t, height, width).permute(1, 2, 0, 3, 4)
         h = self._shift_pass(h)
         ho, wo = h.shape[-2:]
         hm = _points(h)
@@ -279,8 +278,6 @@ class FusedBlock(_GemmWeights):
             h = torch.matmul(w1, mixed.reshape(b * t, self.cin, height * width))
         # 3. relu(. + b2) inside the shift
         h = h.view(b, t, self.cout, height, width)
-        if self.shift_2d:
-            h = h.view(b * t, 1, self.cout, height, width)
         h = self._shift_pass(h)
         ho, wo = h.shape[-2:]
         h = h.reshape(b * t, self.cout, ho * wo)
