@@ -5,10 +5,11 @@
 
 For RubiksNet's shift shapes (its stages at 224 x 224: channels, H = W, stride) this
 times every walk that can run each gather (the frame walk where it applies, the row walk;
-``_cuda_plan.gather_plan`` with the walk forced through ``Tuning``), in four forms: the
-fused inference form's forward with its batch norm + ReLU prologue
-(``affine_relu_shift3d``) on channel-major clips and on (N, T, C) ones, the plain
-forward, and the adjoint (grad_x). Beside them, a copy of the source tensor (the floor of
+``_cuda_plan.gather_plan`` with the walk forced through ``Tuning``), in the forms of
+``forms``: the fused inference form's passes (the shift with its batch norm + ReLU
+prologue, ``affine_relu_shift3d``, on channel-major and (N, T, C) clips; the bn1 pass; a
+2-D shift over whole clips and on one-frame clips), the plain forward and the adjoint
+(grad_x). Beside them, a copy of the source tensor (the floor of
 one pass). A figure is the time per call of 20 calls captured in one CUDA graph, replayed
 10 times (host time excluded). Every walk's output is compared with the default walk's
 (``same``: bit-equal; else the largest difference relative to the output's largest
@@ -25,6 +26,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 
@@ -71,23 +73,59 @@ def time_us(fn: Callable[[], object]) -> float:
     return start.elapsed_time(end) * 1e3 / 200
 
 
-def step_name(form: str, shape, stride, dtype) -> str:
-    """The kernel the current tuning launches for ``form`` (``_cuda``'s plans)."""
-    key = (torch.Size(shape), dtype, torch.float32, tuple(stride), (0, 0, 0), False)
-    if form == "adjoint":
+def step_name(adjoint: bool, shape, stride, quantize: bool, dtype) -> str:
+    """The kernel the current tuning launches for a gather (``_cuda``'s plans)."""
+    key = (torch.Size(shape), dtype, torch.float32, tuple(stride), (0, 0, 0), quantize)
+    if adjoint:
         return _cuda._backward_plan((*key, True, 0.5, True, False)).gather[0].name
     return _cuda._forward_plan(key).steps[0].name
 
 
-def forms(x, x_cm, shift, scale, bias, gy, stride) -> dict[str, Callable[[], torch.Tensor]]:
-    """The gathers timed, by name."""
+class Form(NamedTuple):
+    """One gather as timed: the call, and what picks its kernel."""
+
+    call: Callable[[], torch.Tensor]
+    shape: tuple  # the source's shape
+    stride: tuple
+    quantize: bool
+    adjoint: bool
+
+
+def forms(x, x_cm, shift, scale, bias, gy, stride) -> dict[str, Form]:
+    """The gathers timed, by name: the fused form's shift with its prologue (channel-major
+    and (N, T, C) clips), its bn1 pass (a zero shift, quantized), a 2-D shift as the
+    AQ tiers have it (a zero temporal component) over the whole clip and on one-frame
+    clips, the plain forward and the adjoint."""
     args = (stride, (0, 0, 0), False)
+    shape, s = tuple(x.shape), tuple(stride)
+    zero = torch.zeros_like(shift)
+    n, t, c, h, w = shape  # channel-major one-frame clips (the same storage), as the fused
+    flat = x_cm.permute(2, 0, 1, 3, 4).reshape(c, n * t, 1, h, w).permute(1, 2, 0, 3, 4)
+    spatial = torch.cat([zero[:1], shift[1:]])  # a 2-D shift as a 3-D one
     return {
-        "affine, channel-major": lambda: _cuda.forward_affine(x_cm, scale, bias, shift, *args),
-        "affine": lambda: _cuda.forward_affine(x, scale, bias, shift, *args),
-        "forward": lambda: _cuda.forward(x, shift, *args),
-        "adjoint": lambda: _cuda.backward(gy, x, shift, *args, True, 0.5, True, False)[0],
-    }
+        "affine, channel-major": Form(
+            lambda: _cuda.forward_affine(x_cm, scale, bias, shift, *args), shape, s, False, False
+        ),
+        "affine": Form(
+            lambda: _cuda.forward_affine(x, scale, bias, shift, *args), shape, s, False, False
+        ),
+        "bn1 pass, channel-major": Form(
+            lambda: _cuda.forward_affine(x_cm, scale, bias, zero, (1, 1, 1), (0, 0, 0), True),
+            shape, (1, 1, 1), True, False,
+        ),
+        "2-D affine, channel-major": Form(
+            lambda: _cuda.forward_affine(x_cm, scale, bias, spatial, *args), shape, s, False, False
+        ),
+        "2-D affine, one-frame clips": Form(
+            lambda: _cuda.forward_affine(flat, scale, bias, spatial, *args),
+            tuple(flat.shape), s, False, False,
+        ),
+        "forward": Form(lambda: _cuda.forward(x, shift, *args), shape, s, False, False),
+        "adjoint": Form(
+            lambda: _cuda.backward(gy, x, shift, *args, True, 0.5, True, False)[0],
+            shape, s, False, True,
+        ),
+    }  # fmt: skip
 
 
 def difference(a: torch.Tensor, b: torch.Tensor) -> str:
@@ -115,8 +153,10 @@ def run_shape(channels: int, side: int, s: int, dtype: torch.dtype, args) -> lis
         for walk, tuning in WALKS.items():
             previous = _cuda.use_tuning(tuning)
             try:
-                fn = forms(x, x_cm, shift, scale, bias, gy, stride)[form]
-                name = step_name(form, shape, stride, dtype)
+                fn, src_shape, src_stride, quantize, adjoint = forms(
+                    x, x_cm, shift, scale, bias, gy, stride
+                )[form]
+                name = step_name(adjoint, src_shape, src_stride, quantize, dtype)
                 if name in timed:
                     continue  # the row walk is the default at this stride
                 timed.add(name)
