@@ -9,26 +9,25 @@ times every walk that can run each gather (the frame walk where it applies, the 
 ``forms``: the fused inference form's passes (the shift with its batch norm + ReLU
 prologue, ``affine_relu_shift3d``, on channel-major and (N, T, C) clips; the bn1 pass; a
 2-D shift over whole clips and on one-frame clips), the plain forward and the adjoint
-(grad_x). Beside them, a copy of the source tensor (the floor of
-one pass). A figure is the time per call of 20 calls captured in one CUDA graph, replayed
-10 times (host time excluded). Every walk's output is compared with the default walk's
-(``same``: bit-equal; else the largest difference relative to the output's largest
-value).
+(grad_x). Beside them, a copy of the source tensor (the floor of one pass). Timed as
+``bench_shift.py`` times (``_gpu_time``): per call, the median of 5 samples of calls
+captured in a CUDA graph and replayed (host time excluded), and ``eager``: the same
+calls issued back to back from Python (host time included). Every walk's output is
+compared with the default walk's (``same``: bit-equal; else the largest difference
+relative to the output's largest value).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from typing import NamedTuple
 
 import torch
+from bench_shift import _gpu_time, write_json  # this folder (a script)
 
 from rubiks_shift import _cuda
 from rubiks_shift._cuda_tuning import TUNING
@@ -48,29 +47,7 @@ SHAPES = [
     (576, 14, 2),
 ]
 WALKS = {"default": TUNING, "rows": replace(TUNING, stride_one_walk="rows")}
-
-
-def time_us(fn: Callable[[], object]) -> float:
-    """Time per call in µs of ``fn`` (see the module docstring)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(20):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / 200
+REPS = 20  # graph replays x calls per graph, and eager calls, per sample
 
 
 def step_name(adjoint: bool, shape, stride, quantize: bool, dtype) -> str:
@@ -146,35 +123,36 @@ def run_shape(channels: int, side: int, s: int, dtype: torch.dtype, args) -> lis
     stride = (1, s, s)
     out = _cuda.output_shape(shape, stride, (0, 0, 0))
     gy = torch.randn(out, device="cuda", generator=g).to(dtype)
-    copy = time_us(lambda: x.clone())
+    copy = _gpu_time([lambda: x.clone()], REPS)[0] * 1e3
     rows = []
-    for form in forms(x, x_cm, shift, scale, bias, gy, stride):
+    for form, (fn, src_shape, src_stride, quantize, adjoint) in forms(
+        x, x_cm, shift, scale, bias, gy, stride
+    ).items():
         baseline, timed = None, set()
         for walk, tuning in WALKS.items():
             previous = _cuda.use_tuning(tuning)
             try:
-                fn, src_shape, src_stride, quantize, adjoint = forms(
-                    x, x_cm, shift, scale, bias, gy, stride
-                )[form]
                 name = step_name(adjoint, src_shape, src_stride, quantize, dtype)
                 if name in timed:
                     continue  # the row walk is the default at this stride
                 timed.add(name)
                 result = fn()
                 baseline = result if baseline is None else baseline
-                us = time_us(fn)
+                us, eager_us = (ms * 1e3 for ms in _gpu_time([fn], REPS))
             finally:
                 _cuda.use_tuning(previous)
             rows.append(
                 dict(
                     channels=channels, side=side, stride=s, dtype=str(dtype).split(".")[-1],
-                    form=form, walk=walk, kernel=name, us=round(us, 2), copy_us=round(copy, 2),
+                    form=form, walk=walk, kernel=name, us=round(us, 2),
+                    eager_us=round(eager_us, 2), copy_us=round(copy, 2),
                     vs_copy=round(us / copy, 2), check=difference(result, baseline),
                 )
             )  # fmt: skip
             print(
-                f"{channels:4d} ch {side:3d}² /{s} {rows[-1]['dtype']:9s} {form:22s} "
-                f"{walk:7s} {us:8.1f} µs  copy {copy:6.1f}  x{us / copy:5.2f}  {rows[-1]['check']}",
+                f"{channels:4d} ch {side:3d}² /{s} {rows[-1]['dtype']:9s} {form:28s} "
+                f"{walk:7s} {us:8.1f} µs (eager {eager_us:7.1f})  copy {copy:6.1f}  "
+                f"x{us / copy:5.2f}  {rows[-1]['check']}",
                 flush=True,
             )
     return rows
@@ -203,10 +181,7 @@ def main() -> None:
             commit=commit,
             torch=torch.__version__,
         )
-        directory = os.path.dirname(os.path.abspath(args.json))
-        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1)
-        os.replace(f.name, args.json)
+        write_json(args.json, dict(meta=meta, rows=rows), indent=1)
 
 
 if __name__ == "__main__":
