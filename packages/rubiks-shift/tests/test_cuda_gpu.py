@@ -140,19 +140,25 @@ def test_larger_planes_match_reference(shape, stride, padding, scale, quantize, 
     check_against_reference("cuda", shape, stride, padding, scale, quantize, integers, seed)
 
 
-def _fresh_python(script: str):
-    """Run ``script`` in a new Python process (nothing compiled, no CUDA state)."""
+def _fresh_python(script: str, cache_dir=None):
+    """Run ``script`` in a new Python process (nothing compiled, no CUDA state; with
+    ``cache_dir``, its kernel cache there)."""
+    import os
     import subprocess
     import sys
 
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["RUBIKS_SHIFT_CACHE_DIR"] = str(cache_dir)
     return subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
     )
 
 
-def test_first_cuda_call_of_a_process_announces_its_compile():
-    """On a real GPU the one-time compile takes seconds: a fresh process logs the notice,
-    naming the kernel and dtype, once."""
+def test_first_cuda_call_of_a_process_announces_its_compile(tmp_path):
+    """On a real GPU the one-time compile takes seconds: a fresh process with an empty
+    kernel cache (the shared one may hold the kernel already: other tests fill it) logs
+    the notice, naming the kernel and dtype, once."""
     script = (
         "import logging, torch\n"
         "from rubiks_shift import _compile_notice, rubiks_shift3d\n"
@@ -164,7 +170,7 @@ def test_first_cuda_call_of_a_process_announces_its_compile():
         "    rubiks_shift3d(x, s)\n"
         "torch.cuda.synchronize()\n"
     )
-    done = _fresh_python(script)
+    done = _fresh_python(script, tmp_path / "kernels")
     assert done.returncode == 0, done.stderr
     notices = [line for line in done.stderr.splitlines() if "rubiks-shift: compiling" in line]
     assert len(notices) == 1, done.stderr

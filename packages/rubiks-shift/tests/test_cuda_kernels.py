@@ -28,6 +28,7 @@ def test_kernels_in_cuda_simulator():
     assert proc.stdout.count("ok-frames") == 8  # the frame walk in short bands and chunks
     assert proc.stdout.count("ok-affine ") == 13  # the forward with the input prologue
     assert proc.stdout.count("ok-affine-cm") == 13  # ... on channel-major planes
+    assert proc.stdout.count("ok-prologue") == 6  # the prologue alone, both layouts
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16", "float32", "float64"])
@@ -38,6 +39,7 @@ def test_compile_ptx_every_dtype(storage):
     for shift_storage in shift_storages:
         kernels = _cuda_kernels.Kernels(storage, shift_storage)
         names = ("gather", "gather_narrow", "gather_frames", "grad_shift", "finalize")
+        names += ("affine_relu",) if shift_storage == "float32" else ()
         # the fused inference form's prologue kernels: float32 shifts only (it stores
         # its shifts in float32); the one-column variant in one dtype (CI time)
         affine = ("gather_affine", "gather_frames_affine") if shift_storage == "float32" else ()

@@ -173,6 +173,7 @@ def test_tuning_is_validated_and_frozen():
         "grad_shift_group",
         "grad_shift_threads",
         "finalize_threads",
+        "prologue_per_thread",
     }
 
 
@@ -191,3 +192,25 @@ def test_use_tuning_changes_launches_not_kernels():
         _cuda.use_tuning(previous)
     plan = _cuda._forward_plan((shape, torch.float32, torch.float32, (1, 2, 1), (0, 0, 0), False))
     assert plan.steps[0].scalars.frames_inner == 0
+
+
+@pytest.mark.parametrize(
+    "shape,major,rows,inner",
+    [
+        ((2, 3, 4, 5, 6), False, 24, 30),
+        ((2, 3, 4, 5, 6), True, 4, 180),
+        ((1, 1, 1, 1, 1), True, 1, 1),
+    ],
+)
+def test_affine_relu_plan_covers_every_row(shape, major, rows, inner):
+    """One block per (row, chunk of threads x values per thread) of the rows of one
+    channel: (N·T·C, H·W) contiguous, (C, N·T·H·W) channel-major."""
+    from rubiks_shift._cuda_plan import affine_relu_plan
+
+    tuning = replace(TUNING, prologue_threads=32)
+    step = affine_relu_plan(shape, major, tuning)
+    span = 32 * TUNING.prologue_per_thread
+    assert step.name == "affine_relu" and step.block == (32, 1, 1)
+    assert (step.scalars.inner, step.scalars.C) == (inner, shape[2])
+    assert step.grid == (rows * -(-inner // span), 1, 1)
+    assert step.scalars.chunks * span >= inner > (step.scalars.chunks - 1) * span

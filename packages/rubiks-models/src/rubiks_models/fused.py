@@ -5,8 +5,8 @@ A RubiksNet block is pre-activation: ``a = relu(bn1(x))``, ``h = relu(bn2(conv1(
 and eight passes over the activation. :func:`fuse_model` rewrites a trained model for
 inference (batch norms with their running statistics) as four:
 
-1. ``a = relu(x * s1 + b1)``: one pass (the shift kernel with a zero shift and its input
-   prologue; for a hardened AQ block the integer temporal shift is this same pass);
+1. ``a = relu(x * s1 + b1)``: one elementwise pass (:func:`rubiks_shift.affine_relu`;
+   for a hardened AQ block the integer temporal shift takes it as its prologue instead);
 2. ``conv1`` as a batched matrix product, with ``bn2``'s scale folded into its weights;
 3. ``relu(. + b2)`` applied inside the RubiksShift kernel as it reads its input
    (:func:`rubiks_shift.affine_relu_shift3d`): the activation is never written;
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rubiks_shift import affine_relu_shift3d, is_channel_major
+from rubiks_shift import affine_relu, affine_relu_shift3d, is_channel_major
 
 from .rubiksnet import RubiksBlock, RubiksNet, as_clip
 from .shift_layers import Shift3d, TemporalAttentionShift
@@ -136,7 +136,6 @@ class FusedBlock(_GemmWeights):
         self.register_buffer("ones2", torch.ones_like(b2))
         self.register_buffer("b2", b2)
         self.add_weight("w2", _matrix(block.conv2))
-        self.register_buffer("zero_shift", torch.zeros(3, cin))
         if self.has_proj:
             self.add_weight("w_proj", _matrix(block.shortcut))
         # the block's shift as a 3-D op: a 2-D shift gets a zero temporal component,
@@ -202,7 +201,7 @@ class FusedBlock(_GemmWeights):
             mixed = affine_relu_shift3d(x, self.s1, self.b1, self.tshift, quantize=tq)
             if not self.has_proj:
                 return None, mixed
-        a = affine_relu_shift3d(x, self.s1, self.b1, self.zero_shift, quantize=True)
+        a = affine_relu(x, self.s1, self.b1)
         if self.tshift_kind == "soft":
             mixed = self._soft_tshift(a)
         return a, a if mixed is None else mixed
@@ -338,7 +337,6 @@ class FusedRubiksNet(_GemmWeights):
         s, b = _fold_bn(model.norm)
         self.register_buffer("s_last", s)
         self.register_buffer("b_last", b)
-        self.register_buffer("zero_shift", torch.zeros(3, s.shape[0]))
         self.has_head = isinstance(model.fc, nn.Linear)
         if self.has_head:
             self.add_weight("fc_weight", model.fc.weight.detach().float().clone())
@@ -365,7 +363,7 @@ class FusedRubiksNet(_GemmWeights):
         h = F.conv2d(clip.flatten(0, 1), stem, stride=2, padding=1).unflatten(0, (b, t))
         for block in self.blocks:
             h = block(h)
-        h = affine_relu_shift3d(h, self.s_last, self.b_last, self.zero_shift, quantize=True)
+        h = affine_relu(h, self.s_last, self.b_last)
         pooled = h.mean((1, 3, 4))  # space and time: the frame logits' mean (linear head)
         if not self.has_head:
             return pooled

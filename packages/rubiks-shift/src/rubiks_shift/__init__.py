@@ -6,7 +6,7 @@ with autograd, fake and autocast rules.
 
 from ._normalize import normalize_shift_grad
 from .functional import check_shift, rubiks_shift2d, rubiks_shift3d
-from .fused import affine_relu_shift3d, is_channel_major
+from .fused import affine_relu, affine_relu_shift3d, is_channel_major
 from .init import group_offsets, init_spatial, init_temporal
 from .modules import RubiksShift2d, RubiksShift3d
 
@@ -16,6 +16,7 @@ __all__ = [
     "RubiksShift2d",
     "RubiksShift3d",
     "__version__",
+    "affine_relu",
     "affine_relu_shift3d",
     "check_shift",
     "group_offsets",

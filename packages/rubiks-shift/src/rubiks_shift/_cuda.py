@@ -20,7 +20,7 @@ import torch
 
 from ._checks import channel_major, empty_channel_major, output_shape
 from ._cuda_launch import KernelSet, kernel_set, run
-from ._cuda_plan import ShiftGradPlan, Step, gather_plan, shift_grad_plan
+from ._cuda_plan import ShiftGradPlan, Step, affine_relu_plan, gather_plan, shift_grad_plan
 from ._cuda_tuning import TUNING, Tuning
 
 _STORAGE = {
@@ -65,7 +65,7 @@ def use_tuning(tuning: Tuning) -> Tuning:
         changed = sorted(k for k, v in tuning.kernel_values().items() if v != getattr(TUNING, k))
         raise ValueError(f"use_tuning cannot change the kernels' compile-time values: {changed}")
     previous, _tuning = _tuning, tuning
-    for plans in (_FORWARD_PLANS, _AFFINE_PLANS, _BACKWARD_PLANS):
+    for plans in (_FORWARD_PLANS, _AFFINE_PLANS, _BACKWARD_PLANS, _PROLOGUE_PLANS):
         plans.clear()
     return previous
 
@@ -207,6 +207,45 @@ def forward_affine(
     try:
         for step in steps:
             run(kernels, step, (x, s, y, scale, bias), index)
+    finally:
+        if previous >= 0:
+            torch.cuda.set_device(previous)
+    return y
+
+
+_PROLOGUE_PLANS: dict = {}  # (shape, dtype, channel-major) -> (kernels, step)
+
+
+def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """relu(x * scale[c] + bias[c]) in one pass, in x's layout: a channel-major x
+    (``_checks.channel_major``) gives a channel-major result; any other layout is made
+    contiguous and gives a contiguous one. ``scale`` and ``bias``: (C,) in the
+    accumulation dtype (float64 for float64 x, else float32)."""
+    major = False
+    if not x.is_contiguous():
+        major = channel_major(x)
+        if not major:
+            x = x.contiguous()
+    key = (x.shape, x.dtype, major)
+    plan = _PROLOGUE_PLANS.get(key)
+    if plan is None:
+        kernels = kernel_set(_STORAGE[x.dtype], "float32")
+        plan = _keep(
+            _PROLOGUE_PLANS, key, (kernels, affine_relu_plan(tuple(x.shape), major, _tuning))
+        )
+    kernels, step = plan
+    acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
+    if scale.dtype != acc or not scale.is_contiguous():
+        scale = scale.to(acc).contiguous()
+    if bias.dtype != acc or not bias.is_contiguous():
+        bias = bias.to(acc).contiguous()
+    y = empty_channel_major(x, x.shape) if major else torch.empty_like(x, memory_format=_CONTIGUOUS)
+    if y.numel() == 0:
+        return y
+    index = x.get_device()
+    previous = _make_current(index)
+    try:
+        run(kernels, step, (x, y, scale, bias), index)
     finally:
         if previous >= 0:
             torch.cuda.set_device(previous)

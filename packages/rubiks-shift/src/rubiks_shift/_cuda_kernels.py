@@ -2,10 +2,11 @@
 
 ``Kernels`` builds every kernel the op launches as a Numba dispatcher (compiled on first
 use, for its one signature ``<name>_sig``): the gathers of ``_cuda_gather`` (forward and
-grad_x; each also as ``<name>_affine``, the forward with the input prologue) and the
-shift-gradient kernels of ``_cuda_shift_grad``, with the compile-time values of a
-``Tuning`` (``_cuda_tuning``). The launch path (``_cuda_launch.KernelSet``) builds one
-only where a kernel is not in the on-disk cache; the compile workers build one to fill it.
+grad_x; each also as ``<name>_affine``, the forward with the input prologue), the
+shift-gradient kernels of ``_cuda_shift_grad`` and the prologue alone (``_cuda_prologue``),
+with the compile-time values of a ``Tuning`` (``_cuda_tuning``). The launch path
+(``_cuda_launch.KernelSet``) builds one only where a kernel is not in the on-disk cache;
+the compile workers build one to fill it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from numba import cuda
 
 from ._cuda_gather import build_gather, gather_signature
+from ._cuda_prologue import affine_relu_signature, build_affine_relu
 from ._cuda_shift_grad import build_shift_grad, finalize_signature, grad_shift_signature
 from ._cuda_tuning import TUNING, Tuning
 
@@ -20,8 +22,8 @@ from ._cuda_tuning import TUNING, Tuning
 class Kernels:
     """The compiled-on-demand kernels of one (storage, shift storage) pair, built with
     ``tuning``'s compile-time values: ``gather``, ``gather_narrow``, ``gather_frames``
-    (and each ``*_affine``), ``grad_shift`` and ``finalize``, each with its signature
-    ``<name>_sig``."""
+    (and each ``*_affine``), ``grad_shift``, ``finalize`` and ``affine_relu`` (the
+    prologue alone), each with its signature ``<name>_sig``."""
 
     def __init__(self, storage: str, shift_storage: str, tuning: Tuning = TUNING) -> None:
         self.storage = storage
@@ -37,6 +39,8 @@ class Kernels:
         )
         self.grad_shift_sig = grad_shift_signature(storage, shift_storage)
         self.finalize_sig = finalize_signature(storage, shift_storage)
+        self.affine_relu = build_affine_relu(storage, tuning.prologue_per_thread)
+        self.affine_relu_sig = affine_relu_signature(storage)
         row_walk = dict(registers=tuning.row_walk_registers, group=tuning.row_walk_group)
         frame_walk = dict(
             registers=tuning.frame_walk_registers, frame_rows=tuning.frame_walk_rows, frames=True

@@ -316,7 +316,7 @@ class _Launcher:
         if cls.workers is None:
             cls.workers = kc.Workers(count)
         missing = [name]
-        for other in kc.PREFETCH_AFFINE if name.endswith("_affine") else kc.PREFETCH:
+        for other in kc.PREFETCH_AFFINE if name in kc.PREFETCH_AFFINE else kc.PREFETCH:
             key = kc.make_key(kernels.storage, kernels.shift_storage, other, *facts)
             if other != name and not kc.entry_path(directory, key).exists():
                 missing.append(other)

@@ -4,7 +4,8 @@ A plan is a tuple of ``Step`` launches, made once per call signature (the plans 
 cached, here and in ``_cuda``) from the shapes and a ``Tuning`` (``_cuda_tuning``): the
 gathers' (``gather_plan``: the frame walk at temporal and row stride 1, the row walk
 elsewhere, with the layout heuristics ``row_walk_layout`` / ``frame_walk_layout``) and
-the shift gradient's (``shift_grad_plan``). Imports neither Numba nor torch.
+the shift gradient's (``shift_grad_plan``), and the prologue alone's
+(``affine_relu_plan``). Imports neither Numba nor torch.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-from ._cuda_scalars import FinalizeScalars, GatherFramesScalars, GatherScalars, GradShiftScalars
+from ._cuda_scalars import (
+    AffineReluScalars,
+    FinalizeScalars,
+    GatherFramesScalars,
+    GatherScalars,
+    GradShiftScalars,
+)
 from ._cuda_tuning import TUNING, Tuning
 
 MAX_GRID_YZ = 65535  # grid y limit (channels of the shift-gradient kernel)
@@ -301,3 +308,21 @@ def shift_grad_plan(
         Step("grad_shift", (blocks, channels, 1), (threads, 1, 1), scalars),
         Step("finalize", (channels, 1, 1), (tuning.finalize_threads, 1, 1), final),
     )
+
+
+@functools.lru_cache(maxsize=512)
+def affine_relu_plan(shape, channel_major: bool, tuning: Tuning = TUNING) -> Step:
+    """The launch of ``affine_relu`` over an (N, T, C, H, W) clip stored channel-major
+    ((C, N·T·H·W) rows) or contiguous ((N·T·C, H·W) rows)."""
+    n_batch, frames, channels, height, width = shape
+    check_channels(channels)
+    if channel_major:
+        rows, inner = channels, n_batch * frames * height * width
+    else:
+        rows, inner = n_batch * frames * channels, height * width
+    threads = tuning.prologue_threads
+    chunks = -(-inner // (threads * tuning.prologue_per_thread))
+    if rows * chunks >= 2**31:
+        raise ValueError(f"rubiks_shift on CUDA: a clip of {tuple(shape)} is too large")
+    scalars = AffineReluScalars(inner=inner, C=channels, chunks=chunks)
+    return Step("affine_relu", (rows * chunks, 1, 1), (threads, 1, 1), scalars)

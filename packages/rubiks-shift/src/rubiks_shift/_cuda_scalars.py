@@ -103,3 +103,11 @@ class FinalizeScalars(NamedTuple):
     parts: int  # partial sums per channel (grad_shift's blocks per channel)
     normalize: int
     t_factor: Acc  # < 0: (sign g_T, 0, 0)
+
+
+class AffineReluScalars(NamedTuple):
+    """``affine_relu``: relu(x * scale[c] + bias[c]) over rows of one channel each."""
+
+    inner: int  # elements per row (a row: one channel's values, contiguous)
+    C: int  # channels: row r holds channel r % C
+    chunks: int  # blocks per row

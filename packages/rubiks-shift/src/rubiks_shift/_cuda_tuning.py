@@ -32,8 +32,8 @@ class Tuning:
 
     Row walk: the gathers ``gather`` / ``gather_narrow`` (every stride but temporal and
     row stride 1). Frame walk: ``gather_frames`` (temporal and row stride 1). Shift
-    gradient: ``grad_shift`` and ``finalize``. Fields made with ``_kernel`` are compiled
-    into a kernel; the others only shape launches."""
+    gradient: ``grad_shift`` and ``finalize``. The prologue alone: ``affine_relu``. Fields
+    made with ``_kernel`` are compiled into a kernel; the others only shape launches."""
 
     # no spills, 5 blocks of 256 threads per SM; the best of 48 / 64 / 96, within 2 %
     row_walk_registers: int | None = _kernel(48)
@@ -84,6 +84,11 @@ class Tuning:
     grad_shift_tasks_per_thread: int = 2
     # threads per block of the fixed-order cross-block sum (a power of two)
     finalize_threads: int = _kernel(128)
+    # the prologue alone (``affine_relu``): consecutive values per thread, all loaded
+    # before any is stored (untuned)
+    prologue_per_thread: int = _kernel(4)
+    # its threads per block (untuned)
+    prologue_threads: int = 256
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -136,8 +141,9 @@ _ALLOWED = {
     "frames_inner_min_width": _POSITIVE,
     "one_task_per_thread_tasks": _POSITIVE,
     "stride_one_walk": (lambda v: v in ("frames", "rows"), "'frames' or 'rows'"),
-    # bit j of a pass's 32-bit row masks stands for its row j <= R
-    "frame_walk_rows": (_integer(1, 30), "an integer from 1 to 30"),
+    # bit j of a pass's 32-bit row masks stands for its row j <= R, and bit j + 1 of the
+    # prologue's shifted copy (bit 31, the sign, left unused)
+    "frame_walk_rows": (_integer(1, 29), "an integer from 1 to 29"),
     "frame_walk_registers": _REGISTERS,
     "frame_walk_threads": _THREADS,
     "frame_walk_min_tasks": _POSITIVE,
@@ -146,6 +152,8 @@ _ALLOWED = {
     "grad_shift_threads": _TREE,
     "grad_shift_tasks_per_thread": _POSITIVE,
     "finalize_threads": _TREE,
+    "prologue_per_thread": (_integer(1, 16), "an integer from 1 to 16"),
+    "prologue_threads": _THREADS,
 }
 
 TUNING = Tuning()

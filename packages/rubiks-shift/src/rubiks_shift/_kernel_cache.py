@@ -62,12 +62,13 @@ KERNELS = (
     "gather_frames_affine",
     "gather_affine",
     "gather_narrow_affine",
+    "affine_relu",
 )
 # compiled together on a set's first miss, longest first (the one-column gathers, for
 # sources one pixel wide, only when a launch needs them): training's kernels, and the
 # fused inference form's (``*_affine``) when one of those missed
 PREFETCH = ("grad_shift", "gather", "gather_frames", "finalize")
-PREFETCH_AFFINE = ("gather_affine", "gather_frames_affine")
+PREFETCH_AFFINE = ("gather_affine", "gather_frames_affine", "affine_relu")
 # the files that define the kernels' code (the launch-only tuning fields are not part of
 # a kernel, so ``_cuda_tuning.py`` is keyed by its kernel values instead)
 SOURCES = (
@@ -75,6 +76,7 @@ SOURCES = (
     "_cuda_scalars.py",
     "_cuda_gather.py",
     "_cuda_shift_grad.py",
+    "_cuda_prologue.py",
     "_cuda_kernels.py",
 )
 # distributions whose versions can change the compiled code

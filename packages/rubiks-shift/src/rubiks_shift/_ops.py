@@ -355,3 +355,37 @@ def affine_shift3d_call(x, scale, bias, shift, stride, padding, quantize, device
     return torch.ops.rubiks_shift.affine_relu_shift3d(
         x, scale, bias, shift, list(stride), list(padding), quantize
     )
+
+
+# ------------------------------------------------------------ affine + ReLU (inference)
+
+
+@torch.library.custom_op("rubiks_shift::affine_relu", mutates_args=())
+def affine_relu(x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    """Default kernel (CPU and devices without a dedicated one): torch, in scale's dtype."""
+    return _in_layout_of(_affine_relu(x, scale, bias).to(x.dtype), x)
+
+
+@affine_relu.register_kernel("cuda")
+def _affine_relu_cuda(x, scale, bias):
+    return _cuda_backend().affine_relu(x, scale, bias)
+
+
+@affine_relu.register_fake
+def _affine_relu_fake(x, scale, bias):
+    return empty_like_layout(x, x.shape)
+
+
+def affine_relu_call(x: Tensor, scale: Tensor, bias: Tensor, device_type: str) -> Tensor:
+    """Run the affine + ReLU op: the CUDA backend directly for plain tensors in eager mode
+    (no dispatcher round trip), the registered op otherwise."""
+    if (
+        device_type == "cuda"
+        and type(x) is Tensor
+        and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+    ):
+        return _cuda_backend().affine_relu(x, scale, bias)
+    return torch.ops.rubiks_shift.affine_relu(x, scale, bias)

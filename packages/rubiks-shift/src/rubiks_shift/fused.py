@@ -3,8 +3,10 @@
 In a RubiksNet block the shift reads ``relu(bn(conv(a)))``. With the batch norm folded to
 a per-channel scale and bias, :func:`affine_relu_shift3d` applies that affine map and the
 ReLU as the CUDA kernel reads each source value, so the activation is never written to
-memory (one pass instead of three). With a zero shift and ``quantize=True`` it is a plain
-per-channel affine + ReLU. Inference only: it has no gradient.
+memory (one pass instead of three). :func:`affine_relu` is the same prologue with
+nothing to shift (a batch norm + ReLU whose result a 1x1 convolution reads): one
+elementwise pass, where a zero shift would take the gathers' walk. Inference only: neither
+has a gradient.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import channel_major
-from ._ops import affine_shift3d_call
+from ._checks import SUPPORTED_DTYPES, channel_major, check_affine
+from ._ops import affine_relu_call, affine_shift3d_call
 from .functional import _checked_3d, _validate_values
 
-__all__ = ["affine_relu_shift3d", "is_channel_major"]
+__all__ = ["affine_relu", "affine_relu_shift3d", "is_channel_major"]
 
 
 def is_channel_major(x: torch.Tensor) -> bool:
@@ -72,3 +74,62 @@ def affine_relu_shift3d(
     return affine_shift3d_call(
         x, scale, bias, shift, stride3, padding3, bool(quantize), device_type
     )
+
+
+_CHECKED_PROLOGUE: dict = {}  # signatures that passed affine_relu's checks -> device type
+
+
+def _checked_prologue(x, scale, bias) -> str:
+    """The device type of ``affine_relu``'s tensors after its metadata checks (a signature
+    seen before skips them)."""
+    tensors = all(isinstance(t, torch.Tensor) for t in (x, scale, bias))
+    key = None
+    if tensors:
+        key = tuple((type(t), t.shape, t.dtype, t.device) for t in (x, scale, bias))
+        hit = _CHECKED_PROLOGUE.get(key)
+        if hit is not None:
+            return hit
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"affine_relu: x must be a tensor, got {type(x).__name__}")
+    if x.dim() != 5:
+        raise ValueError(f"affine_relu: x must have rank 5 (N, T, C, H, W), got {tuple(x.shape)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"affine_relu: unsupported dtype {x.dtype} for x; use one of {SUPPORTED_DTYPES}"
+        )
+    if x.numel() == 0:
+        raise ValueError(f"affine_relu: x is empty (shape {tuple(x.shape)})")
+    check_affine(x, scale, bias, op="affine_relu")
+    if key is not None:
+        if len(_CHECKED_PROLOGUE) >= 1024:
+            _CHECKED_PROLOGUE.clear()
+        _CHECKED_PROLOGUE[key] = x.device.type
+    return x.device.type
+
+
+def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``relu(x * scale[c] + bias[c])`` over a clip in one pass (no shift).
+
+    Args:
+        x: clip (N, T, C, H, W); float16, bfloat16, float32 or float64.
+        scale, bias: (C,) per-channel affine map (a folded batch norm); computed in
+            float32 (float64 for float64 x), the result rounded to x's dtype once.
+
+    Returns:
+        A tensor of x's shape and dtype, channel-major where x is (see
+        :func:`affine_relu_shift3d`), else contiguous; equal to
+        ``affine_relu_shift3d(x, scale, bias, zeros(3, C), quantize=True)``. No gradient
+        (inference only). On CUDA one elementwise kernel; elsewhere torch.
+    """
+    device_type = _checked_prologue(x, scale, bias)
+    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad):
+        raise RuntimeError(
+            "affine_relu is for inference and has no gradient; run it under torch.no_grad() "
+            "or torch.inference_mode(), or use torch.relu(x * scale + bias) for training"
+        )
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if scale.dtype != acc:
+        scale = scale.to(acc)
+    if bias.dtype != acc:
+        bias = bias.to(acc)
+    return affine_relu_call(x, scale, bias, device_type)

@@ -1,0 +1,132 @@
+"""affine_relu: relu(x * scale + bias) in one pass, equal to the zero-shift affine op."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DEVICES, requires_cuda
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rubiks_shift import affine_relu, affine_relu_shift3d, is_channel_major
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _case(seed, shape, device, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    c = shape[2]
+    x = torch.randn(shape, generator=g).to(device, dtype)
+    scale = (torch.rand(c, generator=g) * 2 - 0.5).to(device)  # some negative
+    bias = (torch.randn(c, generator=g) * 0.5).to(device)
+    return x, scale, bias
+
+
+def _channel_major(x):
+    return x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+
+
+def _expected(x, scale, bias):
+    """float64 reference, rounded to x's dtype once."""
+    view = (1, 1, -1, 1, 1)
+    return torch.relu(x.double() * scale.double().view(view) + bias.double().view(view))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    shape=st.tuples(*(st.integers(1, n) for n in (2, 3, 5, 9, 9))),
+    major=st.booleans(),
+)
+def test_matches_float64_reference(device, seed, shape, major):
+    x, scale, bias = _case(seed, shape, device, torch.float64)
+    x = _channel_major(x) if major else x
+    with torch.no_grad():
+        y = affine_relu(x, scale.double(), bias.double())
+    assert y.dtype == torch.float64 and y.shape == x.shape
+    torch.testing.assert_close(y, _expected(x, scale, bias), rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5, 6), (1, 2, 3, 7, 7), (2, 1, 5, 1, 9)])
+def test_equals_the_zero_shift_pass(device, dtype, shape):
+    """Bit for bit the affine shift op with a zero shift (the same arithmetic: one fma in
+    the accumulation dtype, rounded once), in both layouts, the layout kept."""
+    x, scale, bias = _case(7, shape, device, dtype)
+    zero = torch.zeros(3, shape[2], device=device)
+    for clip in (x, _channel_major(x)):
+        with torch.no_grad():
+            y = affine_relu(clip, scale, bias)
+            z = affine_relu_shift3d(clip, scale, bias, zero, quantize=True)
+        assert y.dtype == dtype
+        assert torch.equal(y, z)
+        assert is_channel_major(y) == is_channel_major(clip)
+        assert y.stride() == z.stride()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_stays_nan_and_negatives_are_zero(device):
+    x = torch.tensor([float("nan"), -1.0, 2.0, float("inf")], device=device).view(1, 1, 1, 2, 2)
+    one, zero = torch.ones(1, device=device), torch.zeros(1, device=device)
+    with torch.no_grad():
+        y = affine_relu(x, one, zero)
+    assert torch.isnan(y.flatten()[0])
+    assert y.flatten()[1:].tolist() == [0.0, 2.0, float("inf")]
+
+
+def test_refuses_bad_input():
+    x, scale, bias = _case(3, (1, 2, 3, 4, 4), "cpu")
+    affine_relu(x, scale, bias)  # a signature that passed stays checked:
+    with pytest.raises(RuntimeError, match="inference"):
+        affine_relu(x.clone().requires_grad_(), scale, bias)
+    with pytest.raises(ValueError, match=r"scale must have shape \(C,\) = \(3,\)"):
+        affine_relu(x, scale[:2], bias)
+    with pytest.raises(TypeError, match="bias must be floating point"):
+        affine_relu(x, scale, torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="rank 5"):
+        affine_relu(x[0], scale, bias)
+    with pytest.raises(TypeError, match="unsupported dtype"):
+        affine_relu(x.to(torch.int32), scale, bias)
+    with pytest.raises(ValueError, match="empty"):
+        affine_relu(x[:0], scale, bias)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    x, scale, bias = _case(4, (2, 3, 4, 5, 5), device)
+    for clip in (x, _channel_major(x)):
+        torch.library.opcheck(torch.ops.rubiks_shift.affine_relu.default, (clip, scale, bias))
+
+
+def test_compile_fullgraph_matches_eager():
+    x, scale, bias = _case(5, (2, 3, 4, 6, 6), "cpu")
+
+    def fn(x):
+        return affine_relu(x * 2, scale, bias).sum(2)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), fn(x))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(8, 8, 64, 14, 14), (2, 3, 5, 7, 7), (1, 1, 3, 1, 1023)])
+def test_cuda_at_row_tails(dtype, shape):
+    """Rows whose length is not a multiple of a block's span (the tail path), both
+    layouts: the float64 reference within one rounding of the dtype, and bit for bit the
+    zero-shift pass."""
+    x, scale, bias = _case(6, shape, "cuda", dtype)
+    zero = torch.zeros(3, shape[2], device="cuda")
+    for clip in (x, _channel_major(x)):
+        with torch.no_grad():
+            y = affine_relu(clip, scale, bias)
+            z = affine_relu_shift3d(clip, scale, bias, zero, quantize=True)
+        expected = _expected(clip, scale, bias)
+        info = torch.finfo(dtype)  # one rounding, down to the subnormals' spacing
+        torch.testing.assert_close(
+            y.double(), expected, rtol=info.eps, atol=info.smallest_normal * info.eps
+        )
+        assert torch.equal(y, z)
