@@ -11,8 +11,6 @@ import rubiks_models  # noqa: F401  (registers the models)
 from rubiks_models.cuda_graphs import GraphedInference, GraphedTrainStep
 from rubiks_models.deploy import quantize_model
 from rubiks_models.fused import fuse_model
-from rubiks_models.rubiksnet import RubiksBlock
-from rubiks_models.shift_layers import Shift3d
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -60,9 +58,6 @@ def test_fused_equals_eval_model_cpu(name, hard, gemm, plane):
     if hard:
         model = quantize_model(model).eval()
     fused = fuse_model(model, gemm, channel_major_plane=plane)
-    if hard:  # whole-frame shifts: read by the elementwise bn1 pass, not a gather
-        hard_blocks = [b for b in fused.blocks if b.tshift_kind == "hard"]
-        assert hard_blocks and all(b.frame_offset is not None for b in hard_blocks)
     g = torch.Generator().manual_seed(0)
     shape = (2, 3, 48, 40) if name.startswith("rubiksnet2d") else (2, 4, 3, 48, 40)
     x = torch.randn(shape, generator=g)
@@ -250,20 +245,3 @@ def test_graphed_train_step_equals_eager(monkeypatch):
         torch.testing.assert_close(loss_g, loss_e.detach(), rtol=1e-4, atol=1e-5)
     for (name, p_e), p_g in zip(eager.named_parameters(), graphed.parameters(), strict=True):
         torch.testing.assert_close(p_g, p_e, rtol=1e-3, atol=1e-4, msg=name)
-
-
-def test_fused_hard_shift_with_a_fraction_keeps_the_gather():
-    """A hard temporal shift that is not whole frames (not from quantize_model) is not
-    taken for a frame offset: the fused block runs it through the shift kernel, still
-    equal to the model."""
-    model = quantize_model(_trained_looking("rubiksnet_tiny_aq")).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, RubiksBlock) and isinstance(m.tshift, Shift3d):
-                m.tshift.shift[0, 0] += 0.25
-    fused = fuse_model(model, "conv")
-    hard_blocks = [b for b in fused.blocks if b.tshift_kind == "hard"]
-    assert hard_blocks and all(b.frame_offset is None for b in hard_blocks)
-    x = torch.randn(2, 4, 3, 48, 40, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        assert _rel(fused(x), model(x)) < FP32_TOL

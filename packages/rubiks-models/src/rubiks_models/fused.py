@@ -6,7 +6,7 @@ and eight passes over the activation. :func:`fuse_model` rewrites a trained mode
 inference (batch norms with their running statistics) as four:
 
 1. ``a = relu(x * s1 + b1)``: one elementwise pass (:func:`rubiks_shift.affine_relu`;
-   a hardened AQ block's integer temporal shift is read in this same pass);
+   for a hardened AQ block the integer temporal shift takes it as its prologue instead);
 2. ``conv1`` as a batched matrix product, with ``bn2``'s scale folded into its weights;
 3. ``relu(. + b2)`` applied inside the RubiksShift kernel as it reads its input
    (:func:`rubiks_shift.affine_relu_shift3d`): the activation is never written;
@@ -155,15 +155,8 @@ class FusedBlock(_GemmWeights):
         self.tshift_kind = "none"
         if isinstance(block.tshift, Shift3d):
             self.tshift_kind = "hard"
-            tshift = block.tshift.shift.detach().float()
-            self.register_buffer("tshift", tshift)
+            self.register_buffer("tshift", block.tshift.shift.detach().float())
             self.tshift_quantize = bool(block.tshift.quantize)
-            # whole frames only (the deploy form's rounded shifts): the elementwise
-            # prologue reads them on the way (rubiks_shift.affine_relu's frame_offset)
-            plain = tuple(block.tshift.stride) == (1, 1, 1) and not any(block.tshift.padding)
-            frames_only = bool((tshift[1:] == 0).all() and (tshift[0] == tshift[0].round()).all())
-            offset = tshift[0].clamp(-(2**30), 2**30).to(torch.int32)
-            self.register_buffer("frame_offset", offset if plain and frames_only else None)
         elif isinstance(block.tshift, TemporalAttentionShift):
             self.tshift_kind = "soft"
             self.register_buffer("taps", block.tshift.attention().detach().float())
@@ -203,9 +196,7 @@ class FusedBlock(_GemmWeights):
         reads (a, or a after the AQ temporal shift), both in x's layout. A hard temporal
         shift takes bn1 as its prologue, reading x (again, where a is needed too)."""
         mixed = None
-        if self.tshift_kind == "hard" and self.frame_offset is not None:
-            mixed = affine_relu(x, self.s1, self.b1, self.frame_offset)
-        elif self.tshift_kind == "hard":
+        if self.tshift_kind == "hard":
             tq = self.tshift_quantize
             mixed = affine_relu_shift3d(x, self.s1, self.b1, self.tshift, quantize=tq)
             if not self.has_proj:

@@ -216,44 +216,36 @@ def forward_affine(
 _PROLOGUE_PLANS: dict = {}  # (shape, dtype, channel-major) -> (kernels, step)
 
 
-def affine_relu(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor,
-    frame_offset: torch.Tensor | None = None,
-) -> torch.Tensor:
+def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """relu(x * scale[c] + bias[c]) in one pass, in x's layout: a channel-major x
     (``_checks.channel_major``) gives a channel-major result; any other layout is made
     contiguous and gives a contiguous one. ``scale`` and ``bias``: (C,) in the
-    accumulation dtype (float64 for float64 x, else float32); ``frame_offset``: None or
-    (C,) int32, output frame t of channel c then reading input frame t + frame_offset[c]
-    (0 where that frame is outside the clip)."""
+    accumulation dtype (float64 for float64 x, else float32)."""
     major = False
     if not x.is_contiguous():
         major = channel_major(x)
         if not major:
             x = x.contiguous()
-    shifted = frame_offset is not None
-    key = (x.shape, x.dtype, major, shifted)
+    key = (x.shape, x.dtype, major)
     plan = _PROLOGUE_PLANS.get(key)
     if plan is None:
         kernels = kernel_set(_STORAGE[x.dtype], "float32")
-        step = affine_relu_plan(tuple(x.shape), major, shifted, _tuning)
-        plan = _keep(_PROLOGUE_PLANS, key, (kernels, step))
+        plan = _keep(
+            _PROLOGUE_PLANS, key, (kernels, affine_relu_plan(tuple(x.shape), major, _tuning))
+        )
     kernels, step = plan
     acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
     if scale.dtype != acc or not scale.is_contiguous():
         scale = scale.to(acc).contiguous()
     if bias.dtype != acc or not bias.is_contiguous():
         bias = bias.to(acc).contiguous()
-    if shifted and (frame_offset.dtype != torch.int32 or not frame_offset.is_contiguous()):
-        frame_offset = frame_offset.to(torch.int32).contiguous()
-    offsets = frame_offset if shifted else scale  # not read unless shifted
     y = empty_channel_major(x, x.shape) if major else torch.empty_like(x, memory_format=_CONTIGUOUS)
+    if y.numel() == 0:
+        return y
     index = x.get_device()
     previous = _make_current(index)
     try:
-        run(kernels, step, (x, y, scale, bias, offsets), index)
+        run(kernels, step, (x, y, scale, bias), index)
     finally:
         if previous >= 0:
             torch.cuda.set_device(previous)

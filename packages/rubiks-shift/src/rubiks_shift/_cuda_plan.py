@@ -311,12 +311,9 @@ def shift_grad_plan(
 
 
 @functools.lru_cache(maxsize=512)
-def affine_relu_plan(
-    shape, channel_major: bool, shifted: bool = False, tuning: Tuning = TUNING
-) -> Step:
+def affine_relu_plan(shape, channel_major: bool, tuning: Tuning = TUNING) -> Step:
     """The launch of ``affine_relu`` over an (N, T, C, H, W) clip stored channel-major
-    ((C, N·T·H·W) rows) or contiguous ((N·T·C, H·W) rows); ``shifted``: with a
-    per-channel integer frame offset."""
+    ((C, N·T·H·W) rows) or contiguous ((N·T·C, H·W) rows)."""
     n_batch, frames, channels, height, width = shape
     check_channels(channels)
     if channel_major:
@@ -327,13 +324,5 @@ def affine_relu_plan(
     chunks = -(-inner // (threads * tuning.prologue_per_thread))
     if rows * chunks >= 2**31:
         raise ValueError(f"rubiks_shift on CUDA: a clip of {tuple(shape)} is too large")
-    scalars = AffineReluScalars(
-        inner=inner,
-        C=channels,
-        chunks=chunks,
-        T=frames,
-        plane=height * width,
-        major=int(channel_major),
-        shifted=int(shifted),
-    )
+    scalars = AffineReluScalars(inner=inner, C=channels, chunks=chunks)
     return Step("affine_relu", (rows * chunks, 1, 1), (threads, 1, 1), scalars)

@@ -111,7 +111,3 @@ class AffineReluScalars(NamedTuple):
     inner: int  # elements per row (a row: one channel's values, contiguous)
     C: int  # channels: row r holds channel r % C
     chunks: int  # blocks per row
-    T: int  # frames
-    plane: int  # H·W
-    major: int  # 1: rows are (C, N·T·H·W) (channel-major), 0: (N·T·C, H·W)
-    shifted: int  # 1: output frame t reads frame t + offsets[c] (0 outside the clip)

@@ -360,38 +360,23 @@ def affine_shift3d_call(x, scale, bias, shift, stride, padding, quantize, device
 # ------------------------------------------------------------ affine + ReLU (inference)
 
 
-def _frame_shifted(a: Tensor, frame_offset: Tensor) -> Tensor:
-    """Output frame t of channel c from frame t + frame_offset[c] of the clip ``a``, 0
-    where that frame is outside it."""
-    n, t, c, h, w = a.shape
-    source = torch.arange(t, device=a.device)[:, None] + frame_offset.to(a.device, torch.int64)
-    inside = ((source >= 0) & (source < t)).view(1, t, c, 1, 1)
-    index = source.clamp(0, t - 1).view(1, t, c, 1, 1).expand(n, t, c, h, w)
-    return torch.where(inside, torch.take_along_dim(a, index, dim=1), 0)
-
-
 @torch.library.custom_op("rubiks_shift::affine_relu", mutates_args=())
-def affine_relu(x: Tensor, scale: Tensor, bias: Tensor, frame_offset: Tensor | None) -> Tensor:
+def affine_relu(x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
     """Default kernel (CPU and devices without a dedicated one): torch, in scale's dtype."""
-    a = _affine_relu(x, scale, bias)
-    if frame_offset is not None:
-        a = _frame_shifted(a, frame_offset)
-    return _in_layout_of(a.to(x.dtype), x)
+    return _in_layout_of(_affine_relu(x, scale, bias).to(x.dtype), x)
 
 
 @affine_relu.register_kernel("cuda")
-def _affine_relu_cuda(x, scale, bias, frame_offset):
-    return _cuda_backend().affine_relu(x, scale, bias, frame_offset)
+def _affine_relu_cuda(x, scale, bias):
+    return _cuda_backend().affine_relu(x, scale, bias)
 
 
 @affine_relu.register_fake
-def _affine_relu_fake(x, scale, bias, frame_offset):
+def _affine_relu_fake(x, scale, bias):
     return empty_like_layout(x, x.shape)
 
 
-def affine_relu_call(
-    x: Tensor, scale: Tensor, bias: Tensor, frame_offset: Tensor | None, device_type: str
-) -> Tensor:
+def affine_relu_call(x: Tensor, scale: Tensor, bias: Tensor, device_type: str) -> Tensor:
     """Run the affine + ReLU op: the CUDA backend directly for plain tensors in eager mode
     (no dispatcher round trip), the registered op otherwise."""
     if (
@@ -402,5 +387,5 @@ def affine_relu_call(
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
     ):
-        return _cuda_backend().affine_relu(x, scale, bias, frame_offset)
-    return torch.ops.rubiks_shift.affine_relu(x, scale, bias, frame_offset)
+        return _cuda_backend().affine_relu(x, scale, bias)
+    return torch.ops.rubiks_shift.affine_relu(x, scale, bias)

@@ -79,42 +79,27 @@ def affine_relu_shift3d(
 _CHECKED_PROLOGUE: dict = {}  # signatures that passed affine_relu's checks -> device type
 
 
-def _meta(t) -> tuple | None:
-    return None if t is None else (type(t), t.shape, t.dtype, t.device)
-
-
-def _checked_prologue(x, scale, bias, frame_offset) -> str:
+def _checked_prologue(x, scale, bias) -> str:
     """The device type of ``affine_relu``'s tensors after its metadata checks (a signature
     seen before skips them)."""
     tensors = all(isinstance(t, torch.Tensor) for t in (x, scale, bias))
     key = None
-    if tensors and (frame_offset is None or isinstance(frame_offset, torch.Tensor)):
-        key = (_meta(x), _meta(scale), _meta(bias), _meta(frame_offset))
+    if tensors:
+        key = tuple((type(t), t.shape, t.dtype, t.device) for t in (x, scale, bias))
         hit = _CHECKED_PROLOGUE.get(key)
         if hit is not None:
             return hit
-    op = "affine_relu"
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a tensor, got {type(x).__name__}")
+        raise TypeError(f"affine_relu: x must be a tensor, got {type(x).__name__}")
     if x.dim() != 5:
-        raise ValueError(f"{op}: x must have rank 5 (N, T, C, H, W), got {tuple(x.shape)}")
+        raise ValueError(f"affine_relu: x must have rank 5 (N, T, C, H, W), got {tuple(x.shape)}")
     if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{op}: unsupported dtype {x.dtype} for x; use one of {SUPPORTED_DTYPES}")
+        raise TypeError(
+            f"affine_relu: unsupported dtype {x.dtype} for x; use one of {SUPPORTED_DTYPES}"
+        )
     if x.numel() == 0:
-        raise ValueError(f"{op}: x is empty (shape {tuple(x.shape)})")
-    check_affine(x, scale, bias, op=op)
-    if frame_offset is not None:
-        if not isinstance(frame_offset, torch.Tensor):
-            raise TypeError(f"{op}: frame_offset must be a tensor or None")
-        if tuple(frame_offset.shape) != (x.shape[2],):
-            raise ValueError(
-                f"{op}: frame_offset must have shape (C,) = ({x.shape[2]},), "
-                f"got {tuple(frame_offset.shape)}"
-            )
-        if frame_offset.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
-            raise TypeError(f"{op}: frame_offset must be integer, got {frame_offset.dtype}")
-        if frame_offset.device != x.device:
-            raise ValueError(f"{op}: frame_offset must be on x's device {x.device}")
+        raise ValueError(f"affine_relu: x is empty (shape {tuple(x.shape)})")
+    check_affine(x, scale, bias, op="affine_relu")
     if key is not None:
         if len(_CHECKED_PROLOGUE) >= 1024:
             _CHECKED_PROLOGUE.clear()
@@ -122,30 +107,21 @@ def _checked_prologue(x, scale, bias, frame_offset) -> str:
     return x.device.type
 
 
-def affine_relu(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor,
-    frame_offset: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``relu(x * scale[c] + bias[c])`` over a clip in one pass (no spatial shift).
+def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``relu(x * scale[c] + bias[c])`` over a clip in one pass (no shift).
 
     Args:
         x: clip (N, T, C, H, W); float16, bfloat16, float32 or float64.
         scale, bias: (C,) per-channel affine map (a folded batch norm); computed in
             float32 (float64 for float64 x), the result rounded to x's dtype once.
-        frame_offset: None, or (C,) integers: an integer temporal shift read on the way,
-            output frame t of channel c from input frame t + frame_offset[c], 0 where that
-            frame is outside the clip (a hardened AQ block's temporal shift).
 
     Returns:
         A tensor of x's shape and dtype, channel-major where x is (see
         :func:`affine_relu_shift3d`), else contiguous; equal to
-        ``affine_relu_shift3d(x, scale, bias, shift, quantize=True)`` with ``shift`` =
-        zeros (3, C) holding frame_offset in its temporal row. No gradient (inference
-        only). On CUDA one elementwise kernel; elsewhere torch.
+        ``affine_relu_shift3d(x, scale, bias, zeros(3, C), quantize=True)``. No gradient
+        (inference only). On CUDA one elementwise kernel; elsewhere torch.
     """
-    device_type = _checked_prologue(x, scale, bias, frame_offset)
+    device_type = _checked_prologue(x, scale, bias)
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad):
         raise RuntimeError(
             "affine_relu is for inference and has no gradient; run it under torch.no_grad() "
@@ -156,8 +132,4 @@ def affine_relu(
         scale = scale.to(acc)
     if bias.dtype != acc:
         bias = bias.to(acc)
-    if frame_offset is not None and frame_offset.dtype != torch.int32:
-        if frame_offset.dtype == torch.int64:  # |offset| >= T reads nothing: clamped to fit
-            frame_offset = frame_offset.clamp(-(2**30), 2**30)
-        frame_offset = frame_offset.to(torch.int32)
-    return affine_relu_call(x, scale, bias, frame_offset, device_type)
+    return affine_relu_call(x, scale, bias, device_type)
