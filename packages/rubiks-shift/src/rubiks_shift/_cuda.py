@@ -146,6 +146,23 @@ def forward(
     return y
 
 
+def _prologue_layout(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(x, whether it is channel-major) for the prologue kernels: a channel-major x as it
+    is, any other layout made contiguous."""
+    if x.is_contiguous():
+        return x, False
+    if channel_major(x):
+        return x, True
+    return x.contiguous(), False
+
+
+def _per_channel(kernels: KernelSet, t: torch.Tensor) -> torch.Tensor:
+    """A prologue's (C,) scale or bias as its kernels read it: contiguous, in their
+    accumulation dtype."""
+    acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
+    return t if t.dtype == acc and t.is_contiguous() else t.to(acc).contiguous()
+
+
 _AFFINE_PLANS: dict = {}  # forward key + (channel-major,) -> the plan with the prologue
 
 
@@ -180,22 +197,14 @@ def forward_affine(
     (C,) in the accumulation dtype (float64 for float64 x, else float32). A channel-major
     ``x`` (``_checks.channel_major``) gives a channel-major result; any other layout is
     made contiguous and gives a contiguous one."""
-    major = False
-    if not x.is_contiguous():
-        major = channel_major(x)
-        if not major:
-            x = x.contiguous()
+    x, major = _prologue_layout(x)
     s = _shift_for(shift)
     key = (x.shape, x.dtype, s.dtype, tuple(stride), tuple(padding), quantize, major)
     plan = _AFFINE_PLANS.get(key)
     if plan is None:
         plan = _affine_plan(key)
     kernels, y_shape, steps = plan
-    acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
-    if scale.dtype != acc or not scale.is_contiguous():
-        scale = scale.to(acc).contiguous()
-    if bias.dtype != acc or not bias.is_contiguous():
-        bias = bias.to(acc).contiguous()
+    scale, bias = _per_channel(kernels, scale), _per_channel(kernels, bias)
     if major:  # (C, N, T, H, W) storage seen as (N, T, C, H, W)
         y = empty_channel_major(x, y_shape or x.shape)
     elif y_shape is None:
@@ -221,11 +230,7 @@ def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> tor
     (``_checks.channel_major``) gives a channel-major result; any other layout is made
     contiguous and gives a contiguous one. ``scale`` and ``bias``: (C,) in the
     accumulation dtype (float64 for float64 x, else float32)."""
-    major = False
-    if not x.is_contiguous():
-        major = channel_major(x)
-        if not major:
-            x = x.contiguous()
+    x, major = _prologue_layout(x)
     key = (x.shape, x.dtype, major)
     plan = _PROLOGUE_PLANS.get(key)
     if plan is None:
@@ -234,11 +239,7 @@ def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> tor
             _PROLOGUE_PLANS, key, (kernels, affine_relu_plan(tuple(x.shape), major, _tuning))
         )
     kernels, step = plan
-    acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
-    if scale.dtype != acc or not scale.is_contiguous():
-        scale = scale.to(acc).contiguous()
-    if bias.dtype != acc or not bias.is_contiguous():
-        bias = bias.to(acc).contiguous()
+    scale, bias = _per_channel(kernels, scale), _per_channel(kernels, bias)
     y = empty_channel_major(x, x.shape) if major else torch.empty_like(x, memory_format=_CONTIGUOUS)
     if y.numel() == 0:
         return y

@@ -251,6 +251,17 @@ def _eager_apply():
 _apply = _eager_apply()
 
 
+def _plain_eager() -> bool:
+    """Whether a call is plain eager PyTorch (no compile, functorch transform, dispatch or
+    function mode): the backends may then be called directly, skipping the dispatcher."""
+    return (
+        not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+    )
+
+
 def shift3d_call(
     x: Tensor,
     shift: Tensor,
@@ -267,10 +278,7 @@ def shift3d_call(
     if (
         type(x) is Tensor
         and (type(shift) is Tensor or type(shift) is torch.nn.Parameter)
-        and not torch.compiler.is_compiling()
-        and not torch._C._are_functorch_transforms_active()
-        and torch._C._len_torch_dispatch_stack() == 0
-        and not torch._C._is_torch_function_mode_enabled()
+        and _plain_eager()
     ):
         device_type = device_type or x.device.type  # a device object per call: read once
         backend = _backend_for(device_type)
@@ -341,13 +349,7 @@ def _affine_fake(x, scale, bias, shift, stride, padding, quantize):
 def affine_shift3d_call(x, scale, bias, shift, stride, padding, quantize, device_type):
     """Run the affine op: the backend directly for plain tensors in eager mode (no
     dispatcher round trip), the registered op otherwise."""
-    if (
-        type(x) is Tensor
-        and not torch.compiler.is_compiling()
-        and not torch._C._are_functorch_transforms_active()
-        and torch._C._len_torch_dispatch_stack() == 0
-        and not torch._C._is_torch_function_mode_enabled()
-    ):
+    if type(x) is Tensor and _plain_eager():
         if device_type == "cuda":
             return _cuda_backend().forward_affine(x, scale, bias, shift, stride, padding, quantize)
         if device_type == "cpu":
@@ -379,13 +381,6 @@ def _affine_relu_fake(x, scale, bias):
 def affine_relu_call(x: Tensor, scale: Tensor, bias: Tensor, device_type: str) -> Tensor:
     """Run the affine + ReLU op: the CUDA backend directly for plain tensors in eager mode
     (no dispatcher round trip), the registered op otherwise."""
-    if (
-        device_type == "cuda"
-        and type(x) is Tensor
-        and not torch.compiler.is_compiling()
-        and not torch._C._are_functorch_transforms_active()
-        and torch._C._len_torch_dispatch_stack() == 0
-        and not torch._C._is_torch_function_mode_enabled()
-    ):
+    if device_type == "cuda" and type(x) is Tensor and _plain_eager():
         return _cuda_backend().affine_relu(x, scale, bias)
     return torch.ops.rubiks_shift.affine_relu(x, scale, bias)

@@ -32,6 +32,13 @@ def is_channel_major(x: torch.Tensor) -> bool:
     return channel_major(x)
 
 
+def _in_acc_dtype(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A prologue's scale or bias in the dtype it is computed in: float64 for float64 x,
+    else float32."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return t if t.dtype == acc else t.to(acc)
+
+
 _OP = "affine_relu_shift3d"
 
 
@@ -66,11 +73,7 @@ def affine_relu_shift3d(
             "torch.inference_mode(), or use rubiks_shift3d(relu(...)) for training"
         )
     _validate_values(shift, _OP, device_type)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if scale.dtype != acc:
-        scale = scale.to(acc)
-    if bias.dtype != acc:
-        bias = bias.to(acc)
+    scale, bias = _in_acc_dtype(x, scale), _in_acc_dtype(x, bias)
     return affine_shift3d_call(
         x, scale, bias, shift, stride3, padding3, bool(quantize), device_type
     )
@@ -127,9 +130,5 @@ def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> tor
             "affine_relu is for inference and has no gradient; run it under torch.no_grad() "
             "or torch.inference_mode(), or use torch.relu(x * scale + bias) for training"
         )
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if scale.dtype != acc:
-        scale = scale.to(acc)
-    if bias.dtype != acc:
-        bias = bias.to(acc)
+    scale, bias = _in_acc_dtype(x, scale), _in_acc_dtype(x, bias)
     return affine_relu_call(x, scale, bias, device_type)
