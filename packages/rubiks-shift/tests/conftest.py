@@ -45,6 +45,11 @@ def load_op_cases():
             yield case, tensors
 
 
+def channel_major(x: torch.Tensor) -> torch.Tensor:
+    """x's values stored channel-major: (C, N, T, H, W) contiguous, seen as (N, T, C, H, W)."""
+    return x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a = a.detach().to("cpu", torch.float64)
     b = b.detach().to("cpu", torch.float64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES, requires_cuda
+from conftest import DEVICES, channel_major, requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,10 +22,6 @@ def _case(seed, shape, device, dtype=torch.float32):
     return x, scale, bias
 
 
-def _channel_major(x):
-    return x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
-
-
 def _expected(x, scale, bias):
     """float64 reference, rounded to x's dtype once."""
     view = (1, 1, -1, 1, 1)
@@ -41,7 +37,7 @@ def _expected(x, scale, bias):
 )
 def test_matches_float64_reference(device, seed, shape, major):
     x, scale, bias = _case(seed, shape, device, torch.float64)
-    x = _channel_major(x) if major else x
+    x = channel_major(x) if major else x
     with torch.no_grad():
         y = affine_relu(x, scale.double(), bias.double())
     assert y.dtype == torch.float64 and y.shape == x.shape
@@ -56,7 +52,7 @@ def test_equals_the_zero_shift_pass(device, dtype, shape):
     the accumulation dtype, rounded once), in both layouts, the layout kept."""
     x, scale, bias = _case(7, shape, device, dtype)
     zero = torch.zeros(3, shape[2], device=device)
-    for clip in (x, _channel_major(x)):
+    for clip in (x, channel_major(x)):
         with torch.no_grad():
             y = affine_relu(clip, scale, bias)
             z = affine_relu_shift3d(clip, scale, bias, zero, quantize=True)
@@ -96,7 +92,7 @@ def test_refuses_bad_input():
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     x, scale, bias = _case(4, (2, 3, 4, 5, 5), device)
-    for clip in (x, _channel_major(x)):
+    for clip in (x, channel_major(x)):
         torch.library.opcheck(torch.ops.rubiks_shift.affine_relu.default, (clip, scale, bias))
 
 
@@ -120,7 +116,7 @@ def test_cuda_at_row_tails(dtype, shape):
     zero-shift pass."""
     x, scale, bias = _case(6, shape, "cuda", dtype)
     zero = torch.zeros(3, shape[2], device="cuda")
-    for clip in (x, _channel_major(x)):
+    for clip in (x, channel_major(x)):
         with torch.no_grad():
             y = affine_relu(clip, scale, bias)
             z = affine_relu_shift3d(clip, scale, bias, zero, quantize=True)

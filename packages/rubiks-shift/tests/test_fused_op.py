@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES, rel_err, requires_cuda
+from conftest import DEVICES, channel_major, rel_err, requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,11 +89,6 @@ def test_refuses_gradients_and_bad_affine():
         affine_relu_shift3d(x, scale, bias, shift[:2])
 
 
-def _channel_major(x):
-    """x's values stored channel-major: (C, N, T, H, W) contiguous, seen as (N, T, C, H, W)."""
-    return x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
-
-
 def _is_channel_major(y) -> bool:
     return y.permute(2, 0, 1, 3, 4).is_contiguous() and not y.is_contiguous()
 
@@ -109,7 +104,7 @@ def test_channel_major_in_channel_major_out(device, shape, stride, quantize):
     x, scale, bias, shift = _case(6, shape, device)
     with torch.no_grad():
         y = affine_relu_shift3d(x, scale, bias, shift, stride, quantize=quantize)
-        y_cm = affine_relu_shift3d(_channel_major(x), scale, bias, shift, stride, quantize=quantize)
+        y_cm = affine_relu_shift3d(channel_major(x), scale, bias, shift, stride, quantize=quantize)
     assert _is_channel_major(y_cm)
     assert torch.equal(y_cm, y)
 
@@ -124,7 +119,7 @@ def test_channel_major_detection_reads_strides_as_torch_does(shape):
     x = torch.randn(shape)
     layouts = [
         x,
-        _channel_major(x),
+        channel_major(x),
         x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3),  # channels-last
         x.transpose(0, 1).contiguous().transpose(0, 1),
         x[..., ::2],
@@ -150,7 +145,7 @@ def test_other_layouts_give_contiguous_results():
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_channel_major(device):
     x, scale, bias, shift = _case(3, (2, 3, 4, 5, 6), device)
-    args = (_channel_major(x), scale, bias, shift, [1, 2, 1], [0, 1, 0], False)
+    args = (channel_major(x), scale, bias, shift, [1, 2, 1], [0, 1, 0], False)
     torch.library.opcheck(torch.ops.rubiks_shift.affine_relu_shift3d.default, args)
 
 
@@ -189,7 +184,7 @@ def test_cuda_matches_composition(dtype, shape, stride, quantize):
     shift[:, 0] = torch.tensor([1.0, -1.0, 0.0])  # integer shifts: one row tap
     with torch.no_grad():
         y = affine_relu_shift3d(x, scale, bias, shift, stride, quantize=quantize)
-        y_cm = affine_relu_shift3d(_channel_major(x), scale, bias, shift, stride, quantize=quantize)
+        y_cm = affine_relu_shift3d(channel_major(x), scale, bias, shift, stride, quantize=quantize)
     expected = _composed(x, scale, bias, shift, stride, 0, quantize)
     assert y.dtype == dtype
     tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6, torch.float64: 1e-13}
