@@ -9,7 +9,9 @@ Two custom ops carry the computation:
 
 Each has a CPU kernel (Numba), a CUDA kernel (Numba-CUDA), a default kernel for other
 devices (the float64 reference), a fake kernel for tracing, and the forward has an
-autograd formula and autocast rules. The 2-D op is expressed through the 3-D one.
+autograd formula and autocast rules. The device kernels sit at the dispatcher's backend
+and autograd keys directly (``_dispatch``), past the custom op's Python wrappers. The 2-D
+op is expressed through the 3-D one.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import _cpu, _normalize, reference
+from . import _cpu, _dispatch, _normalize, reference
 from ._checks import channel_major, empty_channel_major, empty_like_layout, output_shape
 
 _cuda = None
@@ -53,14 +55,12 @@ def shift3d(
     return y.to(device=x.device, dtype=x.dtype)
 
 
-@shift3d.register_kernel("cpu")
 def _shift3d_cpu(x, shift, stride, padding, quantize, normalize_grad, normalize_t_factor):
     if not _cpu.available():
         return reference.shift3d_forward(x, shift, stride, padding, quantize).to(x.dtype)
     return _cpu.forward(x, shift, stride, padding, quantize)
 
 
-@shift3d.register_kernel("cuda")
 def _shift3d_cuda(x, shift, stride, padding, quantize, normalize_grad, normalize_t_factor):
     return _cuda_backend().forward(x, shift, stride, padding, quantize)
 
@@ -97,7 +97,6 @@ def shift3d_backward(
     return gx, gs
 
 
-@shift3d_backward.register_kernel("cpu")
 def _backward_cpu(
     grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
 ):
@@ -119,7 +118,6 @@ def _backward_cpu(
     )
 
 
-@shift3d_backward.register_kernel("cuda")
 def _backward_cuda(
     grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
 ):
@@ -146,12 +144,13 @@ def _setup_context(ctx, inputs, output):
     ctx.config = (stride, padding, quantize, normalize_grad, t_factor)
 
 
-def _input_grads(ctx, grad_y, backward):
+def _input_grads(ctx, grad_y, backward, first: int = 0):
     """Autograd's 7 input gradients from ``backward`` (the registered backward op or a
-    backend's ``backward``), computing only what the inputs need."""
+    backend's ``backward``), computing only what the inputs need; x is the node's input
+    number ``first``."""
     x, shift = ctx.saved_tensors
     stride, padding, quantize, normalize_grad, t_factor = ctx.config
-    need_x, need_shift = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    need_x, need_shift = ctx.needs_input_grad[first], ctx.needs_input_grad[first + 1]
     if not (need_x or need_shift):
         return (None,) * 7
     grad_x, grad_shift = backward(
@@ -165,6 +164,36 @@ def _backward(ctx, grad_y):
 
 
 shift3d.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _DispatchedShift3d(torch.autograd.Function):
+    """shift3d's autograd node where the dispatcher runs it with an input that needs a
+    gradient (compiled or traced code, ``torch.ops`` calls): the formula above, its
+    forward the kernel below autograd."""
+
+    @staticmethod
+    def forward(ctx, keyset, x, shift, stride, padding, quantize, normalize_grad, t_factor):
+        ctx.save_for_backward(x, shift)
+        ctx.config = (stride, padding, quantize, normalize_grad, t_factor)
+        args = (x, shift, stride, padding, quantize, normalize_grad, t_factor)
+        return _dispatch.redispatch(torch.ops.rubiks_shift.shift3d.default, keyset, args)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return (None, *_input_grads(ctx, grad_y.contiguous(), shift3d_backward, first=1))
+
+
+_dispatch.register(
+    torch.ops.rubiks_shift.shift3d.default,
+    {"cpu": _shift3d_cpu, "cuda": _shift3d_cuda},
+    _DispatchedShift3d.apply,
+)
+_BACKWARD_OP = torch.ops.rubiks_shift.shift3d_backward.default
+_dispatch.register(
+    _BACKWARD_OP,
+    {"cpu": _backward_cpu, "cuda": _backward_cuda},
+    _dispatch.no_gradient_node(_BACKWARD_OP),
+)
 
 
 # --------------------------------------------------------------------------- autocast
@@ -326,7 +355,6 @@ def _in_layout_of(y: Tensor, x: Tensor) -> Tensor:
     return empty_channel_major(x, y.shape).copy_(y)
 
 
-@affine_relu_shift3d.register_kernel("cpu")
 def _affine_cpu(x, scale, bias, shift, stride, padding, quantize):
     a = _affine_relu(x, scale, bias)
     if not _cpu.available():
@@ -336,7 +364,6 @@ def _affine_cpu(x, scale, bias, shift, stride, padding, quantize):
     return _in_layout_of(y.to(x.dtype), x)
 
 
-@affine_relu_shift3d.register_kernel("cuda")
 def _affine_cuda(x, scale, bias, shift, stride, padding, quantize):
     return _cuda_backend().forward_affine(x, scale, bias, shift, stride, padding, quantize)
 
@@ -344,6 +371,12 @@ def _affine_cuda(x, scale, bias, shift, stride, padding, quantize):
 @affine_relu_shift3d.register_fake
 def _affine_fake(x, scale, bias, shift, stride, padding, quantize):
     return empty_like_layout(x, output_shape(x.shape, stride, padding))
+
+
+_AFFINE_OP = torch.ops.rubiks_shift.affine_relu_shift3d.default
+_dispatch.register(
+    _AFFINE_OP, {"cpu": _affine_cpu, "cuda": _affine_cuda}, _dispatch.no_gradient_node(_AFFINE_OP)
+)
 
 
 def affine_shift3d_call(x, scale, bias, shift, stride, padding, quantize, device_type):
@@ -362,13 +395,16 @@ def affine_shift3d_call(x, scale, bias, shift, stride, padding, quantize, device
 # ------------------------------------------------------------ affine + ReLU (inference)
 
 
-@torch.library.custom_op("rubiks_shift::affine_relu", mutates_args=())
-def affine_relu(x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-    """Default kernel (CPU and devices without a dedicated one): torch, in scale's dtype."""
+def _affine_relu_cpu(x, scale, bias):
     return _in_layout_of(_affine_relu(x, scale, bias).to(x.dtype), x)
 
 
-@affine_relu.register_kernel("cuda")
+@torch.library.custom_op("rubiks_shift::affine_relu", mutates_args=())
+def affine_relu(x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    """Default kernel (devices without a dedicated one): torch, in scale's dtype."""
+    return _affine_relu_cpu(x, scale, bias)
+
+
 def _affine_relu_cuda(x, scale, bias):
     return _cuda_backend().affine_relu(x, scale, bias)
 
@@ -376,6 +412,14 @@ def _affine_relu_cuda(x, scale, bias):
 @affine_relu.register_fake
 def _affine_relu_fake(x, scale, bias):
     return empty_like_layout(x, x.shape)
+
+
+_AFFINE_RELU_OP = torch.ops.rubiks_shift.affine_relu.default
+_dispatch.register(
+    _AFFINE_RELU_OP,
+    {"cpu": _affine_relu_cpu, "cuda": _affine_relu_cuda},
+    _dispatch.no_gradient_node(_AFFINE_RELU_OP),
+)
 
 
 def affine_relu_call(x: Tensor, scale: Tensor, bias: Tensor, device_type: str) -> Tensor:
