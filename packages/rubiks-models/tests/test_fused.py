@@ -198,6 +198,21 @@ def test_fused_equals_eval_model_cuda(name, hard, dtype, tol, gemm, plane):
 
 
 @requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inductor_compiled_equals_eager_cuda(dtype):
+    """Inductor's compiled code calls the shift ops through the dispatcher (the eager
+    model calls the kernels directly): the same kernels, so the same values up to the
+    convolution algorithms (TF32) and fusions Inductor picks around them."""
+    model = fuse_model(_trained_looking("rubiksnet_tiny", "cuda"))
+    x = torch.randn(2, 4, 3, 64, 64, device="cuda")
+    compiled = torch.compile(model, fullgraph=True)
+    half = dtype != torch.float32
+    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=half):
+        expected, got = model(x), compiled(x)
+    assert _rel(got.float(), expected.float()) < (5e-2 if half else 2e-3)
+
+
+@requires_cuda
 def test_graphed_inference_equals_eager():
     model = fuse_model(_trained_looking("rubiksnet_tiny", "cuda"))
     x = torch.randn(2, 4, 3, 64, 64, device="cuda")
