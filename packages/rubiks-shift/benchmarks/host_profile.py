@@ -86,6 +86,33 @@ def main() -> None:
     best[f"floor: an empty autograd.Function (per layer of {CHAIN})"] /= CHAIN
     for name, us in best.items():
         print(f"{name:<42} {us:8.1f} us")
+    print("\nThe registered ops as compiled code calls them (torch.ops), against the backend:")
+    for context in (torch.inference_mode, torch.no_grad):
+        with context():
+            for name, us in best_us_per_call(_registered_calls(), "cuda", calls=500).items():
+                print(f"{context.__name__:<15} {name:<40} {us:8.1f} us")
+
+
+def _registered_calls() -> dict:
+    """Each inference-path op through ``torch.ops`` beside its backend's direct call."""
+    x = torch.randn(1, 2, 4, 4, 4, device="cuda")
+    shift = torch.rand(3, 4, device="cuda")
+    scale, bias = torch.rand(4, device="cuda"), torch.rand(4, device="cuda")
+    ops = torch.ops.rubiks_shift
+    one, zero = [1, 1, 1], [0, 0, 0]
+    return {
+        "shift3d: torch.ops": lambda: ops.shift3d.default(x, shift, one, zero, False, True, 1.0),
+        "shift3d: _cuda.forward": lambda: _cuda.forward(x, shift, one, zero, False),
+        "affine_relu_shift3d: torch.ops": lambda: ops.affine_relu_shift3d.default(
+            x, scale, bias, shift, one, zero, False
+        ),
+        "affine_relu_shift3d: _cuda.forward_affine": lambda: _cuda.forward_affine(
+            x, scale, bias, shift, one, zero, False
+        ),
+        "affine_relu: torch.ops": lambda: ops.affine_relu.default(x, scale, bias),
+        "affine_relu: _cuda.affine_relu": lambda: _cuda.affine_relu(x, scale, bias),
+        "torch.empty_like (scale)": lambda: torch.empty_like(x),
+    }
 
 
 if __name__ == "__main__":
