@@ -241,7 +241,8 @@ def _backend_for(device_type: str):
 
 class EagerShift3d(torch.autograd.Function):
     """The same kernels as ``torch.ops.rubiks_shift.shift3d``, called without the
-    dispatcher round trip of a custom op (tens of microseconds of host time per call).
+    dispatcher round trip (3-6 µs of host time per call on the H200 machine: the
+    schema's argument conversion and a Python kernel entered from C++).
     Used only for plain tensors in eager mode; tracing, compiling, export, functorch
     transforms and dispatch modes all take the registered op."""
 
