@@ -38,6 +38,16 @@ def triple(value: int | Sequence[int], name: str, ndims: int = 3) -> tuple[int, 
     return items
 
 
+def remember(memo: dict, key: tuple, value):
+    """Store ``value`` under ``key`` in a per-signature memo (emptying one of 1024 entries
+    first, so a process calling with ever new shapes does not grow it without bound);
+    ``value``."""
+    if len(memo) >= 1024:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
 def output_length(length: int, stride: int, padding: int) -> int:
     """Output size of a size-1 convolution: ``floor((L + 2p - 1) / stride) + 1``."""
     return (length + 2 * padding - 1) // stride + 1

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import channel_major, empty_channel_major, output_shape
+from ._checks import channel_major, empty_channel_major, output_shape, remember
 from ._cuda_launch import KernelSet, kernel_set, run
 from ._cuda_plan import ShiftGradPlan, Step, affine_relu_plan, gather_plan, shift_grad_plan
 from ._cuda_tuning import TUNING, Tuning
@@ -92,14 +92,6 @@ def _shift_for(shift: torch.Tensor) -> torch.Tensor:
     return s if s.is_contiguous() else s.contiguous()
 
 
-def _keep(plans: dict, key: tuple, plan):
-    """Keep ``plan`` in ``plans`` under ``key`` (emptying a dict of 1024 first); ``plan``."""
-    if len(plans) >= 1024:
-        plans.clear()
-    plans[key] = plan
-    return plan
-
-
 _CONTIGUOUS = torch.contiguous_format
 _FORWARD_PLANS: dict = {}  # (x shape, x dtype, shift dtype, stride, padding, quantize)
 
@@ -114,7 +106,7 @@ def _forward_plan(key: tuple) -> ForwardPlan:
     plan = ForwardPlan(
         kernels, None if y_shape == tuple(shape) else y_shape, gather_plan(*args, _tuning)
     )
-    return _keep(_FORWARD_PLANS, key, plan)
+    return remember(_FORWARD_PLANS, key, plan)
 
 
 def forward(
@@ -180,7 +172,7 @@ def _affine_plan(key: tuple) -> ForwardPlan:
     else:
         plan = _FORWARD_PLANS.get(key[:-1]) or _forward_plan(key[:-1])
     steps = tuple(step._replace(name=step.name + "_affine") for step in plan.steps)
-    return _keep(_AFFINE_PLANS, key, plan._replace(steps=steps))
+    return remember(_AFFINE_PLANS, key, plan._replace(steps=steps))
 
 
 def forward_affine(
@@ -235,7 +227,7 @@ def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> tor
     plan = _PROLOGUE_PLANS.get(key)
     if plan is None:
         kernels = kernel_set(_STORAGE[x.dtype], "float32")
-        plan = _keep(
+        plan = remember(
             _PROLOGUE_PLANS, key, (kernels, affine_relu_plan(tuple(x.shape), major, _tuning))
         )
     kernels, step = plan
@@ -272,7 +264,7 @@ def _backward_plan(key: tuple) -> BackwardPlan:
         args = (tuple(shape), y_shape, stride, padding, bool(normalize), float(t_factor))
         shift_grad = shift_grad_plan(*args, _tuning)
     acc_dtype = _ACC_DTYPE.get(kernels.storage, torch.float32)
-    return _keep(_BACKWARD_PLANS, key, BackwardPlan(kernels, gather, shift_grad, acc_dtype))
+    return remember(_BACKWARD_PLANS, key, BackwardPlan(kernels, gather, shift_grad, acc_dtype))
 
 
 def backward(

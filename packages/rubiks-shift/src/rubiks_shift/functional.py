@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_affine, check_finite_shift, check_shift3d_args, triple
+from ._checks import check_affine, check_finite_shift, check_shift3d_args, remember, triple
 from ._ops import shift3d_call
 
 __all__ = ["rubiks_shift2d", "rubiks_shift3d"]
@@ -71,11 +71,7 @@ def _checked_3d(
         check_shift3d_args(x, shift, stride3, padding3, op="affine_relu_shift3d")
         check_affine(x, *affine)
     checked = (stride3, padding3, x.device.type)
-    if key is not None:
-        if len(_CHECKED) >= 1024:
-            _CHECKED.clear()
-        _CHECKED[key] = checked
-    return checked
+    return checked if key is None else remember(_CHECKED, key, checked)
 
 
 def check_t_factor(value: float | str) -> None:

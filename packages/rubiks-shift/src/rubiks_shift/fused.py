@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import SUPPORTED_DTYPES, channel_major, check_affine
+from ._checks import SUPPORTED_DTYPES, channel_major, check_affine, remember
 from ._ops import affine_relu_call, affine_shift3d_call
 from .functional import _checked_3d, _validate_values
 
@@ -103,11 +103,8 @@ def _checked_prologue(x, scale, bias) -> str:
     if x.numel() == 0:
         raise ValueError(f"affine_relu: x is empty (shape {tuple(x.shape)})")
     check_affine(x, scale, bias, op="affine_relu")
-    if key is not None:
-        if len(_CHECKED_PROLOGUE) >= 1024:
-            _CHECKED_PROLOGUE.clear()
-        _CHECKED_PROLOGUE[key] = x.device.type
-    return x.device.type
+    device_type = x.device.type
+    return device_type if key is None else remember(_CHECKED_PROLOGUE, key, device_type)
 
 
 def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
