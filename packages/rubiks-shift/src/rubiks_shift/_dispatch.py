@@ -42,10 +42,15 @@ def redispatch(op: torch._ops.OpOverload, keyset, args: tuple):
         return op.redispatch(keyset & _AFTER_AUTOGRAD, *args)
 
 
-def register(op: torch._ops.OpOverload, kernels: dict[str, Callable], node: Node) -> None:
+def register(
+    op: torch._ops.OpOverload, kernels: dict[str, Callable], node: Node | None = None
+) -> None:
     """Register ``kernels`` (device type -> kernel taking the op's arguments) at their
     backend keys, and the autograd kernel described in the module docstring at each
-    device's autograd key; ``node`` runs the op where an input requires a gradient."""
+    device's autograd key; ``node`` runs the op where an input requires a gradient
+    (default: ``no_gradient_node(op)``, for an op without a gradient formula)."""
+    if node is None:
+        node = no_gradient_node(op)
     name = op._schema.name.split("::", 1)[1]
     tensors = tuple(
         i for i, a in enumerate(op._schema.arguments) if isinstance(a.type, torch.TensorType)

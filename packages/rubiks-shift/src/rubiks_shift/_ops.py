@@ -159,8 +159,8 @@ def _input_grads(ctx, grad_y, backward, first: int = 0):
     return (grad_x if need_x else None, grad_shift if need_shift else None) + (None,) * 5
 
 
-def _backward(ctx, grad_y):
-    return _input_grads(ctx, grad_y.contiguous(), shift3d_backward)
+def _backward(ctx, grad_y, first: int = 0):
+    return _input_grads(ctx, grad_y.contiguous(), shift3d_backward, first)
 
 
 shift3d.register_autograd(_backward, setup_context=_setup_context)
@@ -172,15 +172,13 @@ class _DispatchedShift3d(torch.autograd.Function):
     forward the kernel below autograd."""
 
     @staticmethod
-    def forward(ctx, keyset, x, shift, stride, padding, quantize, normalize_grad, t_factor):
-        ctx.save_for_backward(x, shift)
-        ctx.config = (stride, padding, quantize, normalize_grad, t_factor)
-        args = (x, shift, stride, padding, quantize, normalize_grad, t_factor)
+    def forward(ctx, keyset, *args):
+        _setup_context(ctx, args, None)
         return _dispatch.redispatch(torch.ops.rubiks_shift.shift3d.default, keyset, args)
 
     @staticmethod
     def backward(ctx, grad_y):
-        return (None, *_input_grads(ctx, grad_y.contiguous(), shift3d_backward, first=1))
+        return (None, *_backward(ctx, grad_y, first=1))
 
 
 _dispatch.register(
@@ -188,11 +186,9 @@ _dispatch.register(
     {"cpu": _shift3d_cpu, "cuda": _shift3d_cuda},
     _DispatchedShift3d.apply,
 )
-_BACKWARD_OP = torch.ops.rubiks_shift.shift3d_backward.default
 _dispatch.register(
-    _BACKWARD_OP,
+    torch.ops.rubiks_shift.shift3d_backward.default,
     {"cpu": _backward_cpu, "cuda": _backward_cuda},
-    _dispatch.no_gradient_node(_BACKWARD_OP),
 )
 
 
@@ -374,9 +370,8 @@ def _affine_fake(x, scale, bias, shift, stride, padding, quantize):
     return empty_like_layout(x, output_shape(x.shape, stride, padding))
 
 
-_AFFINE_OP = torch.ops.rubiks_shift.affine_relu_shift3d.default
 _dispatch.register(
-    _AFFINE_OP, {"cpu": _affine_cpu, "cuda": _affine_cuda}, _dispatch.no_gradient_node(_AFFINE_OP)
+    torch.ops.rubiks_shift.affine_relu_shift3d.default, {"cpu": _affine_cpu, "cuda": _affine_cuda}
 )
 
 
@@ -415,11 +410,8 @@ def _affine_relu_fake(x, scale, bias):
     return empty_like_layout(x, x.shape)
 
 
-_AFFINE_RELU_OP = torch.ops.rubiks_shift.affine_relu.default
 _dispatch.register(
-    _AFFINE_RELU_OP,
-    {"cpu": _affine_relu_cpu, "cuda": _affine_relu_cuda},
-    _dispatch.no_gradient_node(_AFFINE_RELU_OP),
+    torch.ops.rubiks_shift.affine_relu.default, {"cpu": _affine_relu_cpu, "cuda": _affine_relu_cuda}
 )
 
 
