@@ -31,6 +31,7 @@ peak memory of a step. The table gives each figure's ratio to TSM-R50 in the sam
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import json
 import re
@@ -41,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 import torch.nn.functional as F
 from torch import nn
 
@@ -346,6 +348,16 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=int, default=0, metavar="N",
         help="also profile N calls of each run: GPU time per kind of kernel",
     )  # fmt: skip
+    p.add_argument(
+        "--inductor", action="append", default=[], metavar="KEY=VALUE",
+        help="set torch._inductor.config.KEY (a Python literal) for every compiled run, "
+        "e.g. layout_optimization=False; repeatable",
+    )  # fmt: skip
+    p.add_argument(
+        "--compile-ops", choices=("torch", "registered"), default="torch",
+        help="how compiled code runs the fused model's inference ops: as plain torch that "
+        "Inductor fuses (rubiks_shift.COMPILE_AS_TORCH, the default) or the registered ops",
+    )  # fmt: skip
     p.add_argument("--budget", type=float, default=0, help="stop starting new runs after S s")
     p.add_argument("--json", help="write the results here (atomically)")
     args = p.parse_args(argv)
@@ -360,11 +372,30 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU")
     torch.backends.cudnn.benchmark = True
+    inductor = {}
+    for item in args.inductor:
+        key, sep, value = item.partition("=")
+        if not sep or not hasattr(torch._inductor.config, key):
+            p.error(f"--inductor: expected KEY=VALUE, KEY in torch._inductor.config; got {item!r}")
+        try:
+            inductor[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            p.error(f"--inductor {key}: {value!r} is not a Python literal")
+        setattr(torch._inductor.config, key, inductor[key])
+    from rubiks_shift import COMPILE_AS_TORCH
+
+    for op in COMPILE_AS_TORCH:
+        COMPILE_AS_TORCH[op] = args.compile_ops == "torch"
     info = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
-        "compile": {"mode": args.compile_mode or "default", "fullgraph": args.fullgraph},
+        "compile": {
+            "mode": args.compile_mode or "default",
+            "fullgraph": args.fullgraph,
+            "inductor": inductor,
+            "ops": args.compile_ops,
+        },
         "shape": [args.batch, args.frames, 3, args.size, args.size],
     }
     print(json.dumps(info), flush=True)

@@ -6,13 +6,14 @@ with autograd, fake and autocast rules.
 
 from ._normalize import normalize_shift_grad
 from .functional import check_shift, rubiks_shift2d, rubiks_shift3d
-from .fused import affine_relu, affine_relu_shift3d, is_channel_major
+from .fused import COMPILE_AS_TORCH, affine_relu, affine_relu_shift3d, is_channel_major
 from .init import group_offsets, init_spatial, init_temporal
 from .modules import RubiksShift2d, RubiksShift3d
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "COMPILE_AS_TORCH",
     "RubiksShift2d",
     "RubiksShift3d",
     "__version__",

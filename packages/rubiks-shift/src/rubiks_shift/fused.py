@@ -17,9 +17,15 @@ import torch
 
 from ._checks import SUPPORTED_DTYPES, channel_major, check_affine, remember
 from ._ops import affine_relu_call, affine_shift3d_call
+from ._traceable import affine_relu_shift3d_torch, affine_relu_torch
 from .functional import _checked_3d, _validate_values
 
-__all__ = ["affine_relu", "affine_relu_shift3d", "is_channel_major"]
+__all__ = ["COMPILE_AS_TORCH", "affine_relu", "affine_relu_shift3d", "is_channel_major"]
+
+# Which inference ops torch.compile traces as plain torch (indexing and elementwise ops
+# that Inductor fuses and lays out itself) instead of calling the registered op; eager
+# calls always run the kernels. See rubiks_shift._traceable.
+COMPILE_AS_TORCH: dict[str, bool] = {"affine_relu": True, "affine_relu_shift3d": True}
 
 
 def is_channel_major(x: torch.Tensor) -> bool:
@@ -73,6 +79,8 @@ def affine_relu_shift3d(
             "torch.inference_mode(), or use rubiks_shift3d(relu(...)) for training"
         )
     _validate_values(shift, _OP, device_type)
+    if COMPILE_AS_TORCH["affine_relu_shift3d"] and torch.compiler.is_compiling():
+        return affine_relu_shift3d_torch(x, scale, bias, shift, stride3, padding3, bool(quantize))
     scale, bias = _in_acc_dtype(x, scale), _in_acc_dtype(x, bias)
     return affine_shift3d_call(
         x, scale, bias, shift, stride3, padding3, bool(quantize), device_type
@@ -127,5 +135,7 @@ def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> tor
             "affine_relu is for inference and has no gradient; run it under torch.no_grad() "
             "or torch.inference_mode(), or use torch.relu(x * scale + bias) for training"
         )
+    if COMPILE_AS_TORCH["affine_relu"] and torch.compiler.is_compiling():
+        return affine_relu_torch(x, scale, bias)
     scale, bias = _in_acc_dtype(x, scale), _in_acc_dtype(x, bias)
     return affine_relu_call(x, scale, bias, device_type)
