@@ -167,9 +167,9 @@ def time_loop(fn: Callable[[], object], iters: int, repeats: int) -> float:
 
 KERNEL_KINDS = (  # (kind, pattern on the kernel name), first match wins
     ("shift (numba)", r"cudapy|numba|rubiks|gather|shift_grad"),
+    ("triton (inductor)", r"^triton"),
     ("gemm / conv", r"gemm|nvjet|conv|cutlass|cudnn|xmma|implicit|dgrad|wgrad|nhwc|nchw|cublas"),
     ("batch norm", r"batch_norm|bn_|welford"),
-    ("triton (inductor)", r"^triton"),
     ("reduce", r"reduce"),
     ("copy / cat", r"copy|cat_|CatArray|fill"),
     ("elementwise", r"elementwise|vectorized|unrolled"),
@@ -354,9 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         "e.g. layout_optimization=False; repeatable",
     )  # fmt: skip
     p.add_argument(
-        "--compile-ops", choices=("torch", "registered"), default="torch",
-        help="how compiled code runs the fused model's inference ops: as plain torch that "
-        "Inductor fuses (rubiks_shift.COMPILE_AS_TORCH, the default) or the registered ops",
+        "--compile-ops", choices=("torch", "registered", "all-torch"), default="torch",
+        help="how compiled code runs the fused model's inference ops: 'torch' keeps "
+        "rubiks_shift.COMPILE_AS_TORCH as it is (the default), 'registered' calls every "
+        "registered op, 'all-torch' traces every op as plain torch",
     )  # fmt: skip
     p.add_argument("--budget", type=float, default=0, help="stop starting new runs after S s")
     p.add_argument("--json", help="write the results here (atomically)")
@@ -384,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
         setattr(torch._inductor.config, key, inductor[key])
     from rubiks_shift import COMPILE_AS_TORCH
 
-    for op in COMPILE_AS_TORCH:
-        COMPILE_AS_TORCH[op] = args.compile_ops == "torch"
+    if args.compile_ops != "torch":
+        for op in COMPILE_AS_TORCH:
+            COMPILE_AS_TORCH[op] = args.compile_ops == "all-torch"
     info = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,

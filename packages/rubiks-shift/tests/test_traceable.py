@@ -93,25 +93,38 @@ def _traced_targets(fn, *args):
     with torch.no_grad():
         out = torch.compile(fn, backend=backend, fullgraph=True)(*args)
     torch._dynamo.reset()
-    targets = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
     return out, targets
 
 
-@pytest.mark.parametrize("as_torch", [True, False])
-def test_compiled_code_traces_the_setting(as_torch, monkeypatch):
-    """COMPILE_AS_TORCH decides whether compiled code calls the registered ops or traces
-    their torch forms; the values are the op's either way."""
+_REGISTERED = {  # setting -> the registered op it replaces
+    "affine_relu": "rubiks_shift.affine_relu",
+    "affine_relu_shift3d_quantized": "rubiks_shift.affine_relu_shift3d",
+    "affine_relu_shift3d_interpolated": "rubiks_shift.affine_relu_shift3d",
+}
+
+
+@pytest.mark.parametrize("traced", [None, *_REGISTERED])
+def test_compiled_code_traces_the_setting(traced, monkeypatch):
+    """Each COMPILE_AS_TORCH entry decides alone whether compiled code calls its
+    registered op or traces the torch form; the values are the ops' either way."""
+    assert set(COMPILE_AS_TORCH) == set(_REGISTERED)
     for op in COMPILE_AS_TORCH:
-        monkeypatch.setitem(COMPILE_AS_TORCH, op, as_torch)
+        monkeypatch.setitem(COMPILE_AS_TORCH, op, op == traced)
     x, scale, bias, shift = _case(9, (1, 4, 3, 6, 6), "cpu", torch.float32)
 
     def block(x):
         a = affine_relu(x, scale, bias)
-        return affine_relu_shift3d(a, scale, bias, shift, 1, 1)
+        b = affine_relu_shift3d(a, scale, bias, shift, 1, 1)
+        return affine_relu_shift3d(b, scale, bias, shift, 1, 1, quantize=True)
 
     with torch.no_grad():
         expected = block(x)
     out, targets = _traced_targets(block, x)
-    registered = {t for t in targets if "rubiks_shift" in t}
-    assert bool(registered) != as_torch, targets
+    calls = {op: targets.count(op) for op in set(_REGISTERED.values())}
+    expected_calls = {"rubiks_shift.affine_relu": 1}
+    expected_calls["rubiks_shift.affine_relu_shift3d"] = 2
+    if traced is not None:
+        expected_calls[_REGISTERED[traced]] -= 1
+    assert calls == expected_calls
     torch.testing.assert_close(out, expected, rtol=2e-5, atol=2e-5)

@@ -24,8 +24,14 @@ __all__ = ["COMPILE_AS_TORCH", "affine_relu", "affine_relu_shift3d", "is_channel
 
 # Which inference ops torch.compile traces as plain torch (indexing and elementwise ops
 # that Inductor fuses and lays out itself) instead of calling the registered op; eager
-# calls always run the kernels. See rubiks_shift._traceable.
-COMPILE_AS_TORCH: dict[str, bool] = {"affine_relu": True, "affine_relu_shift3d": True}
+# calls always run the kernels. See rubiks_shift._traceable; the defaults are measured
+# in BENCHMARKS.md: Inductor's gathers of interpolated shifts (up to 8 reads per
+# value) ran 2-5x slower than the shift kernels, so those stay registered ops.
+COMPILE_AS_TORCH: dict[str, bool] = {
+    "affine_relu": True,
+    "affine_relu_shift3d_quantized": True,  # quantize=True: one read per value
+    "affine_relu_shift3d_interpolated": False,
+}
 
 
 def is_channel_major(x: torch.Tensor) -> bool:
@@ -79,7 +85,8 @@ def affine_relu_shift3d(
             "torch.inference_mode(), or use rubiks_shift3d(relu(...)) for training"
         )
     _validate_values(shift, _OP, device_type)
-    if COMPILE_AS_TORCH["affine_relu_shift3d"] and torch.compiler.is_compiling():
+    form = "quantized" if quantize else "interpolated"
+    if COMPILE_AS_TORCH[f"affine_relu_shift3d_{form}"] and torch.compiler.is_compiling():
         return affine_relu_shift3d_torch(x, scale, bias, shift, stride3, padding3, bool(quantize))
     scale, bias = _in_acc_dtype(x, scale), _in_acc_dtype(x, bias)
     return affine_shift3d_call(
