@@ -24,13 +24,12 @@ __all__ = ["COMPILE_AS_TORCH", "affine_relu", "affine_relu_shift3d", "is_channel
 
 # Which inference ops torch.compile traces as plain torch (indexing and elementwise ops
 # that Inductor fuses and lays out itself) instead of calling the registered op; eager
-# calls always run the kernels. See rubiks_shift._traceable; the defaults are measured
-# in BENCHMARKS.md: Inductor's gathers of interpolated shifts (up to 8 reads per
-# value) ran 2-5x slower than the shift kernels, so those stay registered ops.
+# calls always run the kernels. See rubiks_shift._traceable; why each default is what it
+# is, measured, in BENCHMARKS.md ("Compiled code").
 COMPILE_AS_TORCH: dict[str, bool] = {
-    "affine_relu": True,
-    "affine_relu_shift3d_quantized": True,  # quantize=True: one read per value
-    "affine_relu_shift3d_interpolated": False,
+    "affine_relu": True,  # fused into Inductor's layout copies: less GPU time, one call less
+    "affine_relu_shift3d_quantized": False,  # compiling Large-AQ this way took minutes
+    "affine_relu_shift3d_interpolated": False,  # Inductor's 8-read gathers: 2-5x slower
 }
 
 
