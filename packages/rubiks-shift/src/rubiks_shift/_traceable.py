@@ -26,18 +26,21 @@ from ._checks import SHIFT_LIMIT, channel_major, output_length
 __all__ = ["affine_relu_shift3d_torch", "affine_relu_torch"]
 
 
-def _acc(x: torch.Tensor) -> torch.dtype:
+def acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the prologue computes in for x: float64 for float64 x, else float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return t.to(_acc(x)).view(1, 1, -1, 1, 1)
+def _prologue(v: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """relu(v * scale + bias) in scale's dtype, scale and bias shaped to broadcast."""
+    return torch.relu(v.to(scale.dtype) * scale + bias)
 
 
 def affine_relu_torch(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``relu(x * scale[c] + bias[c])`` of an (N, T, C, H, W) clip, in x's layout."""
-    y = torch.relu(x.to(_acc(x)) * _per_channel(scale, x) + _per_channel(bias, x))
-    return y.to(x.dtype)
+    view = (1, 1, -1, 1, 1)
+    acc = acc_dtype(x)
+    return _prologue(x, scale.to(acc).view(view), bias.to(acc).view(view)).to(x.dtype)
 
 
 def _taps(
@@ -76,7 +79,7 @@ def affine_relu_shift3d_torch(
     indexing (one read per interpolation tap: 1 under ``quantize``, else up to 8),
     channel-major where x is, else contiguous. Arguments already checked."""
     n, t, c, h, w = x.shape
-    acc = _acc(x)
+    acc = acc_dtype(x)
     sh = shift.to(acc)
     dims = [(sh[d], (t, h, w)[d], stride[d], padding[d]) for d in range(3)]
     taps_t, taps_h, taps_w = (_taps(*dim, quantize) for dim in dims)
@@ -116,7 +119,7 @@ def affine_relu_shift3d_torch(
             for iw, ww in taps_w:
                 ti, hi, wi = place(it, ih, iw)
                 v = src[chan, batch, ti, hi, wi] if major else src[batch, ti, chan, hi, wi]
-                a = torch.relu(v.to(acc) * acc_scale + acc_bias)
+                a = _prologue(v, acc_scale, acc_bias)
                 ft, fh, fw = place(wt, wh, ww)
                 term = a * (ft * fh * fw)
                 out = term if out is None else out + term

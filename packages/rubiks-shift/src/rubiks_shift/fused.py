@@ -17,7 +17,7 @@ import torch
 
 from ._checks import SUPPORTED_DTYPES, channel_major, check_affine, remember
 from ._ops import affine_relu_call, affine_shift3d_call
-from ._traceable import affine_relu_shift3d_torch, affine_relu_torch
+from ._traceable import acc_dtype, affine_relu_shift3d_torch, affine_relu_torch
 from .functional import _checked_3d, _validate_values
 
 __all__ = ["COMPILE_AS_TORCH", "affine_relu", "affine_relu_shift3d", "is_channel_major"]
@@ -46,7 +46,7 @@ def is_channel_major(x: torch.Tensor) -> bool:
 def _in_acc_dtype(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """A prologue's scale or bias in the dtype it is computed in: float64 for float64 x,
     else float32."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x)
     return t if t.dtype == acc else t.to(acc)
 
 
