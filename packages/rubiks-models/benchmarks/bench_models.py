@@ -354,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         "e.g. layout_optimization=False; repeatable",
     )  # fmt: skip
     p.add_argument(
-        "--compile-ops", choices=("torch", "registered", "all-torch"), default="torch",
-        help="how compiled code runs the fused model's inference ops: 'torch' keeps "
+        "--compile-ops", choices=("default", "registered", "all-torch"), default="default",
+        help="how compiled code runs the fused model's inference ops: 'default' keeps "
         "rubiks_shift.COMPILE_AS_TORCH as it is (the default), 'registered' calls every "
         "registered op, 'all-torch' traces every op as plain torch",
     )  # fmt: skip
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         setattr(torch._inductor.config, key, inductor[key])
     from rubiks_shift import COMPILE_AS_TORCH
 
-    if args.compile_ops != "torch":
+    if args.compile_ops != "default":
         for op in COMPILE_AS_TORCH:
             COMPILE_AS_TORCH[op] = args.compile_ops == "all-torch"
     info = {
