@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import rubiks_models  # noqa: F401  (registers the models)
 from rubiks_models.cuda_graphs import GraphedInference, GraphedTrainStep
 from rubiks_models.deploy import quantize_model
-from rubiks_models.fused import fuse_model
+from rubiks_models.fused import FusedBlock, fuse_model
+from rubiks_models.rubiksnet import RubiksBlock
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -66,6 +67,45 @@ def test_fused_equals_eval_model_cpu(name, hard, gemm, plane):
         got = fused(x)
     assert got.shape == expected.shape
     assert _rel(got, expected) < FP32_TOL
+
+
+def _with_temporal_shifts(model: torch.nn.Module, spatial: bool = False) -> torch.nn.Module:
+    """A hardened AQ model whose temporal shifts are -1, 0 or +1 frames per channel (and,
+    where ``spatial``, a non-zero spatial part, which only the gather can apply)."""
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for block in (m for m in model.modules() if isinstance(m, RubiksBlock)):
+            shift = block.tshift.shift
+            shift.zero_()
+            shift[0] = torch.randint(-1, 2, (shift.shape[1],), generator=g).float()
+            if spatial:
+                shift[1] = 1.0
+    return model
+
+
+@pytest.mark.parametrize("plane", [0, 10_000])
+def test_fused_hard_aq_reads_whole_frames_in_the_bn1_pass(plane):
+    """A hardened AQ block's integer temporal shift is read by the bn1 pass (its frame
+    shift), equal to the model; with a spatial part the gather applies it instead; a state
+    dict loaded later is followed."""
+    model = _with_temporal_shifts(quantize_model(_trained_looking("rubiksnet_tiny_aq")).eval())
+    x = torch.randn(2, 4, 3, 48, 40, generator=torch.Generator().manual_seed(1))
+    fused = fuse_model(model, "bmm", channel_major_plane=plane)
+    blocks = [m for m in fused.modules() if isinstance(m, FusedBlock)]
+    frames = [b.tframes for b in blocks]
+    assert all(f is not None and f.dtype == torch.int32 for f in frames)
+    assert any(bool(f.any()) for f in frames)
+    with torch.no_grad():
+        assert _rel(fused(x), model(x)) < FP32_TOL
+    spatial = _with_temporal_shifts(quantize_model(_trained_looking("rubiksnet_tiny_aq")), True)
+    fused_spatial = fuse_model(spatial.eval(), "bmm", channel_major_plane=plane)
+    assert all(b.tframes is None for b in fused_spatial.modules() if isinstance(b, FusedBlock))
+    with torch.no_grad():
+        assert _rel(fused_spatial(x), spatial(x)) < FP32_TOL
+    fused.load_state_dict(fused_spatial.state_dict())
+    assert all(b.tframes is None for b in blocks)
+    with torch.no_grad():
+        assert _rel(fused(x), spatial(x)) < FP32_TOL
 
 
 def test_fused_runs_small_planes_channel_major():
@@ -188,7 +228,7 @@ def test_fused_equals_eval_model_cuda(name, hard, dtype, tol, gemm, plane):
     run in TF32 (cuDNN's default), bfloat16 rounds every activation."""
     model = _trained_looking(name, "cuda")
     if hard:
-        model = quantize_model(model).eval()
+        model = _with_temporal_shifts(quantize_model(model).eval())
     fused = fuse_model(model, gemm, channel_major_plane=plane)
     x = torch.randn(2, 8, 3, 64, 64, device="cuda")
     with torch.no_grad():

@@ -102,14 +102,15 @@ def check_output_strides() -> bool:
 PROLOGUE_CASES = [  # (bfloat16: PTX and GPU tests; the simulator has no bit casts)
     ((1, 2, 3, 5, 7), torch.float32),
     ((2, 1, 2, 9, 17), torch.float16),
-    ((1, 1, 2, 4, 4), torch.float64),
+    ((1, 3, 2, 4, 4), torch.float64),
 ]
 
 
 def check_prologue() -> int:
-    """affine_relu (the prologue alone) bit for bit against the zero-shift affine pass,
-    contiguous and channel-major, with rows longer and shorter than a block's span (32
-    threads here: the simulator runs a thread per CUDA thread). Returns the failures."""
+    """affine_relu (the prologue alone, without and with a frame shift) bit for bit
+    against the affine pass with that temporal shift, contiguous and channel-major, with
+    rows longer and shorter than a block's span (32 threads here: the simulator runs a
+    thread per CUDA thread). Returns the failures."""
     g = torch.Generator().manual_seed(5)
     previous = _cuda.use_tuning(replace(TUNING, prologue_threads=32))
     failures = 0
@@ -119,13 +120,19 @@ def check_prologue() -> int:
             x = torch.randn(shape, generator=g).to(dtype)
             scale = (torch.rand(shape[2], generator=g) * 2 - 0.5).to(acc)
             bias = (torch.randn(shape[2], generator=g) * 0.5).to(acc)
-            zero = torch.zeros(3, shape[2], dtype=acc)
+            frames = (torch.arange(shape[2], dtype=torch.int32) % 3) - 1  # -1, 0, +1, ...
             for clip in (x, x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)):
-                y = _cuda.affine_relu(clip, scale, bias)
-                z = _cuda.forward_affine(clip, scale, bias, zero, (1, 1, 1), (0, 0, 0), True)
-                ok = torch.equal(y, z) and y.stride() == z.stride()
-                failures += not ok
-                print(f"{'ok-prologue' if ok else 'FAIL-prologue'} {shape} {dtype} {clip.stride()}")
+                for frame_shift in (None, frames):
+                    shift = torch.zeros(3, shape[2], dtype=acc)
+                    if frame_shift is not None:
+                        shift[0] = frame_shift.to(acc)
+                    y = _cuda.affine_relu(clip, scale, bias, frame_shift)
+                    z = _cuda.forward_affine(clip, scale, bias, shift, (1, 1, 1), (0, 0, 0), True)
+                    ok = torch.equal(y, z) and y.stride() == z.stride()
+                    failures += not ok
+                    what = "shifted" if frame_shift is not None else "plain"
+                    label = "ok-prologue" if ok else "FAIL-prologue"
+                    print(f"{label} {what} {shape} {dtype} {clip.stride()}")
     finally:
         _cuda.use_tuning(previous)
     return failures

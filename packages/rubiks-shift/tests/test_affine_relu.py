@@ -1,4 +1,5 @@
-"""affine_relu: relu(x * scale + bias) in one pass, equal to the zero-shift affine op."""
+"""affine_relu: relu(x * scale + bias) in one pass, equal to the zero-shift affine op;
+with a frame shift, equal to the affine op with that integer temporal shift."""
 
 from __future__ import annotations
 
@@ -22,10 +23,27 @@ def _case(seed, shape, device, dtype=torch.float32):
     return x, scale, bias
 
 
-def _expected(x, scale, bias):
-    """float64 reference, rounded to x's dtype once."""
+def _expected(x, scale, bias, frame_shift=None):
+    """float64 reference: frame t of channel c from frame t + frame_shift[c] (0 outside
+    the clip), written as a loop over channels and frames."""
     view = (1, 1, -1, 1, 1)
-    return torch.relu(x.double() * scale.double().view(view) + bias.double().view(view))
+    y = torch.relu(x.double() * scale.double().view(view) + bias.double().view(view))
+    if frame_shift is None:
+        return y
+    out = torch.zeros_like(y)
+    frames = x.shape[1]
+    for c, d in enumerate(frame_shift.tolist()):
+        for t in range(frames):
+            if 0 <= t + d < frames:
+                out[:, t, c] = y[:, t + d, c]
+    return out
+
+
+def _temporal(frame_shift, device, dtype=torch.float32):
+    """The (3, C) shift of the affine op that moves whole frames by ``frame_shift``."""
+    shift = torch.zeros(3, frame_shift.numel(), device=device, dtype=dtype)
+    shift[0] = frame_shift.to(device, dtype)
+    return shift
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -38,10 +56,36 @@ def _expected(x, scale, bias):
 def test_matches_float64_reference(device, seed, shape, major):
     x, scale, bias = _case(seed, shape, device, torch.float64)
     x = channel_major(x) if major else x
-    with torch.no_grad():
-        y = affine_relu(x, scale.double(), bias.double())
-    assert y.dtype == torch.float64 and y.shape == x.shape
-    torch.testing.assert_close(y, _expected(x, scale, bias), rtol=1e-15, atol=1e-15)
+    g = torch.Generator().manual_seed(seed)
+    frame_shift = torch.randint(-shape[1] - 1, shape[1] + 2, (shape[2],), generator=g)
+    for fs in (None, frame_shift.to(device)):
+        with torch.no_grad():
+            y = affine_relu(x, scale.double(), bias.double(), fs)
+        assert y.dtype == torch.float64 and y.shape == x.shape
+        assert is_channel_major(y) == is_channel_major(x)
+        expected = _expected(x, scale, bias, frame_shift if fs is not None else None)
+        torch.testing.assert_close(y.cpu(), expected.cpu(), rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5, 6), (1, 4, 3, 7, 7), (2, 1, 5, 1, 9)])
+def test_frame_shift_equals_the_temporal_shift_pass(device, dtype, shape):
+    """With a frame shift (int32 or int64, beyond the clip too), bit for bit the affine
+    shift op with that integer temporal shift, in both layouts, the layout kept."""
+    x, scale, bias = _case(8, shape, device, dtype)
+    c = shape[2]
+    for frame_shift in (torch.arange(c) % 3 - 1, torch.arange(c, dtype=torch.int32) - 2):
+        fs = frame_shift.to(device)
+        shift = _temporal(fs, device)
+        for clip in (x, channel_major(x)):
+            with torch.no_grad():
+                y = affine_relu(clip, scale, bias, fs)
+                z = affine_relu_shift3d(clip, scale, bias, shift, quantize=True)
+            assert y.dtype == dtype
+            assert torch.equal(y, z)
+            assert is_channel_major(y) == is_channel_major(clip)
+            assert y.stride() == z.stride()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -87,20 +131,35 @@ def test_refuses_bad_input():
         affine_relu(x.to(torch.int32), scale, bias)
     with pytest.raises(ValueError, match="empty"):
         affine_relu(x[:0], scale, bias)
+    frames = torch.tensor([1, 0, -1])
+    affine_relu(x, scale, bias, frames)
+    with pytest.raises(TypeError, match="signed integer tensor"):
+        affine_relu(x, scale, bias, frames.float())
+    with pytest.raises(TypeError, match="tensor or None"):
+        affine_relu(x, scale, bias, [1, 0, -1])
+    with pytest.raises(ValueError, match=r"frame_shift must have shape \(C,\) = \(3,\)"):
+        affine_relu(x, scale, bias, frames[:2])
+    with pytest.raises(ValueError, match="frame_shift is on meta"):
+        affine_relu(x, scale, bias, frames.to("meta"))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     x, scale, bias = _case(4, (2, 3, 4, 5, 5), device)
+    frames = torch.tensor([2, 0, -1, 1], device=device, dtype=torch.int32)
     for clip in (x, channel_major(x)):
         torch.library.opcheck(torch.ops.rubiks_shift.affine_relu.default, (clip, scale, bias))
+        op = torch.ops.rubiks_shift.affine_relu.default
+        torch.library.opcheck(op, (clip, scale, bias, frames))
 
 
 def test_compile_fullgraph_matches_eager():
     x, scale, bias = _case(5, (2, 3, 4, 6, 6), "cpu")
 
+    frames = torch.tensor([1, 0, -1, 2])
+
     def fn(x):
-        return affine_relu(x * 2, scale, bias).sum(2)
+        return affine_relu(x * 2, scale, bias).sum(2) + affine_relu(x, scale, bias, frames).sum(2)
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
@@ -115,14 +174,16 @@ def test_cuda_at_row_tails(dtype, shape):
     layouts: the float64 reference within one rounding of the dtype, and bit for bit the
     zero-shift pass."""
     x, scale, bias = _case(6, shape, "cuda", dtype)
-    zero = torch.zeros(3, shape[2], device="cuda")
-    for clip in (x, channel_major(x)):
-        with torch.no_grad():
-            y = affine_relu(clip, scale, bias)
-            z = affine_relu_shift3d(clip, scale, bias, zero, quantize=True)
-        expected = _expected(clip, scale, bias)
-        info = torch.finfo(dtype)  # one rounding, down to the subnormals' spacing
-        torch.testing.assert_close(
-            y.double(), expected, rtol=info.eps, atol=info.smallest_normal * info.eps
-        )
-        assert torch.equal(y, z)
+    frames = (torch.arange(shape[2], dtype=torch.int32) % 5 - 2).cuda()
+    for fs in (None, frames):
+        shift = _temporal(fs if fs is not None else torch.zeros_like(frames), "cuda")
+        for clip in (x, channel_major(x)):
+            with torch.no_grad():
+                y = affine_relu(clip, scale, bias, fs)
+                z = affine_relu_shift3d(clip, scale, bias, shift, quantize=True)
+            expected = _expected(clip, scale, bias, fs.cpu() if fs is not None else None)
+            info = torch.finfo(dtype)  # one rounding, down to the subnormals' spacing
+            torch.testing.assert_close(
+                y.double(), expected.cuda(), rtol=info.eps, atol=info.smallest_normal * info.eps
+            )
+            assert torch.equal(y, z)

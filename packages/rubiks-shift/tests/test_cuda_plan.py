@@ -195,22 +195,27 @@ def test_use_tuning_changes_launches_not_kernels():
 
 
 @pytest.mark.parametrize(
-    "shape,major,rows,inner",
+    "shape,major,rows,inner,frame_stride",
     [
-        ((2, 3, 4, 5, 6), False, 24, 30),
-        ((2, 3, 4, 5, 6), True, 4, 180),
-        ((1, 1, 1, 1, 1), True, 1, 1),
+        ((2, 3, 4, 5, 6), False, 24, 30, 120),
+        ((2, 3, 4, 5, 6), True, 4, 180, 30),
+        ((1, 1, 1, 1, 1), True, 1, 1, 1),
     ],
 )
-def test_affine_relu_plan_covers_every_row(shape, major, rows, inner):
+@pytest.mark.parametrize("shifted", [False, True])
+def test_affine_relu_plan_covers_every_row(shape, major, rows, inner, frame_stride, shifted):
     """One block per (row, chunk of threads x values per thread) of the rows of one
-    channel: (N·T·C, H·W) contiguous, (C, N·T·H·W) channel-major."""
+    channel: (N·T·C, H·W) contiguous, (C, N·T·H·W) channel-major; a frame is H·W values
+    on channel-major, C·H·W contiguous."""
     from rubiks_shift._cuda_plan import affine_relu_plan
 
     tuning = replace(TUNING, prologue_threads=32)
-    step = affine_relu_plan(shape, major, tuning)
+    step = affine_relu_plan(shape, major, shifted, tuning)
     span = 32 * TUNING.prologue_per_thread
     assert step.name == "affine_relu" and step.block == (32, 1, 1)
     assert (step.scalars.inner, step.scalars.C) == (inner, shape[2])
+    assert (step.scalars.frame_stride, step.scalars.frames) == (frame_stride, shape[1])
+    assert step.scalars.shifted == int(shifted)
+    assert step.scalars.inv_frame_stride == 1.0 / frame_stride
     assert step.grid == (rows * -(-inner // span), 1, 1)
     assert step.scalars.chunks * span >= inner > (step.scalars.chunks - 1) * span

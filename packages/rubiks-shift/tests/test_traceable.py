@@ -74,12 +74,14 @@ def test_shift_form_equals_the_op_and_keeps_its_layout(device, dtype, quantize, 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
 def test_affine_relu_form_equals_the_op(device, dtype):
     x, scale, bias, _ = _case(5, (2, 3, 4, 5, 6), device, dtype)
+    frames = torch.tensor([1, 0, -2, 5], device=device, dtype=torch.int32)
     for clip in (x, channel_major(x)):
-        with torch.no_grad():
-            op = affine_relu(clip, scale, bias)
-        got = affine_relu_torch(clip, scale, bias)
-        assert got.stride() == op.stride() and got.dtype == dtype
-        torch.testing.assert_close(got, op, rtol=TOL[dtype], atol=TOL[dtype])
+        for fs in (None, frames):
+            with torch.no_grad():
+                op = affine_relu(clip, scale, bias, fs)
+            got = affine_relu_torch(clip, scale, bias, fs)
+            assert got.stride() == op.stride() and got.dtype == dtype
+            torch.testing.assert_close(got, op, rtol=TOL[dtype], atol=TOL[dtype])
 
 
 def _traced_targets(fn, *args):

@@ -6,7 +6,8 @@ and eight passes over the activation. :func:`fuse_model` rewrites a trained mode
 inference (batch norms with their running statistics) as four:
 
 1. ``a = relu(x * s1 + b1)``: one elementwise pass (:func:`rubiks_shift.affine_relu`;
-   for a hardened AQ block the integer temporal shift takes it as its prologue instead);
+   a hardened AQ block's integer temporal shift is read by the same pass, as its
+   ``frame_shift``);
 2. ``conv1`` as a batched matrix product, with ``bn2``'s scale folded into its weights;
 3. ``relu(. + b2)`` applied inside the RubiksShift kernel as it reads its input
    (:func:`rubiks_shift.affine_relu_shift3d`): the activation is never written;
@@ -104,6 +105,25 @@ def _refresh_copies(module: nn.Module, incompatible_keys: object = None) -> None
             setattr(module, f"{name}_{tag}", master.to(dtype))
 
 
+@torch.no_grad()
+def _whole_frames(shift: torch.Tensor, quantize: bool) -> torch.Tensor | None:
+    """A (3, C) shift as whole frames per channel, int32 (C,), where it moves whole
+    frames only (zero spatial rows; a temporal row of integers or rounded by
+    ``quantize`` as the op rounds, floor(s + 0.5)); else None (the gather does it)."""
+    if bool(shift[1:].any()) or not bool(shift[0].isfinite().all()):
+        return None
+    t = shift[0].clamp(-(2**24), 2**24)
+    frames = torch.floor(t + 0.5) if quantize else t
+    if not torch.equal(frames, t) and not quantize:
+        return None
+    return frames.to(torch.int32)
+
+
+@torch.no_grad()
+def _refresh_frames(module: nn.Module, incompatible_keys: object = None) -> None:
+    module.tframes = _whole_frames(module.tshift, module.tshift_quantize)
+
+
 def _channel_major(x: torch.Tensor) -> torch.Tensor:
     """Clip x's values stored channel-major: (C, N, T, H, W) contiguous, seen as x."""
     return x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
@@ -157,6 +177,9 @@ class FusedBlock(_GemmWeights):
             self.tshift_kind = "hard"
             self.register_buffer("tshift", block.tshift.shift.detach().float())
             self.tshift_quantize = bool(block.tshift.quantize)
+            # whole frames, no spatial part (a hardened AQ layer): read by the bn1 pass
+            self.register_buffer("tframes", _whole_frames(self.tshift, self.tshift_quantize), False)
+            self.register_load_state_dict_post_hook(_refresh_frames)
         elif isinstance(block.tshift, TemporalAttentionShift):
             self.tshift_kind = "soft"
             self.register_buffer("taps", block.tshift.attention().detach().float())
@@ -197,8 +220,11 @@ class FusedBlock(_GemmWeights):
         shift takes bn1 as its prologue, reading x (again, where a is needed too)."""
         mixed = None
         if self.tshift_kind == "hard":
-            tq = self.tshift_quantize
-            mixed = affine_relu_shift3d(x, self.s1, self.b1, self.tshift, quantize=tq)
+            if self.tframes is not None:
+                mixed = affine_relu(x, self.s1, self.b1, self.tframes)
+            else:
+                tq = self.tshift_quantize
+                mixed = affine_relu_shift3d(x, self.s1, self.b1, self.tshift, quantize=tq)
             if not self.has_proj:
                 return None, mixed
         a = affine_relu(x, self.s1, self.b1)

@@ -214,31 +214,40 @@ def forward_affine(
     return y
 
 
-_PROLOGUE_PLANS: dict = {}  # (shape, dtype, channel-major) -> (kernels, step)
+_PROLOGUE_PLANS: dict = {}  # (shape, dtype, channel-major, shifted) -> (kernels, step)
 
 
-def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def affine_relu(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    frame_shift: torch.Tensor | None = None,
+) -> torch.Tensor:
     """relu(x * scale[c] + bias[c]) in one pass, in x's layout: a channel-major x
     (``_checks.channel_major``) gives a channel-major result; any other layout is made
     contiguous and gives a contiguous one. ``scale`` and ``bias``: (C,) in the
-    accumulation dtype (float64 for float64 x, else float32)."""
+    accumulation dtype (float64 for float64 x, else float32). ``frame_shift``: None, or
+    (C,) int32 on x's device: frame t of channel c then reads frame t + frame_shift[c]
+    (0 outside the clip)."""
     x, major = _prologue_layout(x)
-    key = (x.shape, x.dtype, major)
+    shifted = frame_shift is not None
+    key = (x.shape, x.dtype, major, shifted)
     plan = _PROLOGUE_PLANS.get(key)
     if plan is None:
         kernels = kernel_set(_STORAGE[x.dtype], "float32")
-        plan = remember(
-            _PROLOGUE_PLANS, key, (kernels, affine_relu_plan(tuple(x.shape), major, _tuning))
-        )
+        step = affine_relu_plan(tuple(x.shape), major, shifted, _tuning)
+        plan = remember(_PROLOGUE_PLANS, key, (kernels, step))
     kernels, step = plan
     scale, bias = _per_channel(kernels, scale), _per_channel(kernels, bias)
+    if shifted and (frame_shift.dtype != torch.int32 or not frame_shift.is_contiguous()):
+        frame_shift = frame_shift.to(torch.int32).contiguous()
     y = empty_channel_major(x, x.shape) if major else torch.empty_like(x, memory_format=_CONTIGUOUS)
     if y.numel() == 0:
         return y
     index = x.get_device()
     previous = _make_current(index)
-    try:
-        run(kernels, step, (x, y, scale, bias), index)
+    try:  # without a frame shift the kernel never reads its shift pointer: scale stands in
+        run(kernels, step, (x, y, scale, bias, frame_shift if shifted else scale), index)
     finally:
         if previous >= 0:
             torch.cuda.set_device(previous)

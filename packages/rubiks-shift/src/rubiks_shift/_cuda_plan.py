@@ -311,18 +311,32 @@ def shift_grad_plan(
 
 
 @functools.lru_cache(maxsize=512)
-def affine_relu_plan(shape, channel_major: bool, tuning: Tuning = TUNING) -> Step:
+def affine_relu_plan(
+    shape, channel_major: bool, shifted: bool = False, tuning: Tuning = TUNING
+) -> Step:
     """The launch of ``affine_relu`` over an (N, T, C, H, W) clip stored channel-major
-    ((C, N·T·H·W) rows) or contiguous ((N·T·C, H·W) rows)."""
+    ((C, N·T·H·W) rows, a frame H·W values on) or contiguous ((N·T·C, H·W) rows, a frame
+    C·H·W values on), reading a per-channel frame shift where ``shifted``."""
     n_batch, frames, channels, height, width = shape
     check_channels(channels)
     if channel_major:
         rows, inner = channels, n_batch * frames * height * width
+        frame_stride = height * width
     else:
         rows, inner = n_batch * frames * channels, height * width
+        frame_stride = channels * height * width
     threads = tuning.prologue_threads
     chunks = -(-inner // (threads * tuning.prologue_per_thread))
     if rows * chunks >= 2**31:
         raise ValueError(f"rubiks_shift on CUDA: a clip of {tuple(shape)} is too large")
-    scalars = AffineReluScalars(inner=inner, C=channels, chunks=chunks)
+    scalars = AffineReluScalars(
+        inner=inner,
+        C=channels,
+        chunks=chunks,
+        frame_stride=frame_stride,
+        frames=frames,
+        inv_frame_stride=1.0 / frame_stride,
+        inv_frames=1.0 / frames,
+        shifted=int(shifted),
+    )
     return Step("affine_relu", (rows * chunks, 1, 1), (threads, 1, 1), scalars)

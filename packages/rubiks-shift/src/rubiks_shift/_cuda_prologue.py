@@ -1,12 +1,17 @@
-"""The prologue alone: relu(x * scale[c] + bias[c]) in one pass (no shift).
+"""The prologue alone: relu(x * scale[c] + bias[c]) in one pass, optionally reading each
+value a whole number of frames later per channel (a hard temporal shift).
 
 The fused inference form applies a batch norm + ReLU before a block's first 1x1
-convolution with nothing to shift; the gathers would do it as a zero shift, at 3-6x a
-copy on small planes, where this elementwise kernel moves each value once. The tensor is
-seen as rows of one channel each, contiguous: (C, N·T·H·W) for a channel-major clip,
-(N·T·C, H·W) for a contiguous one; row r holds channel r % C either way. Each block
-covers a chunk of one row (its channel's scale and bias loaded once), each thread
-``Tuning.prologue_per_thread`` consecutive values, all loaded before any is stored.
+convolution with nothing to shift, or (a hardened AQ block) with an integer temporal
+shift only; the gathers would do either at 3-6x a copy on small planes, where this
+elementwise kernel moves each value once. The tensor is seen as rows of one channel
+each, contiguous: (C, N·T·H·W) for a channel-major clip, (N·T·C, H·W) for a contiguous
+one; row r holds channel r % C either way. Each block covers a chunk of one row (its
+channel's scale, bias and frame shift loaded once); a thread takes
+``Tuning.prologue_per_thread`` values one block width apart, so each load instruction of
+a warp reads consecutive addresses, all loaded before any is stored. A value at storage
+index i lies in frame (i // frame_stride) % T, in either layout; shifted by d frames it
+reads index i + d * frame_stride, and is zero where frame + d falls outside [0, T).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from numba import types as nt
 
 from ._cuda_device import (
     acc_constants,
+    divmod_,
     inlined,
     kernel,
     ldg,
@@ -27,16 +33,20 @@ from ._cuda_scalars import AffineReluScalars
 
 
 def affine_relu_signature(storage: str) -> tuple:
-    """affine_relu's signature: (src, dst, scale, bias, *AffineReluScalars)."""
+    """affine_relu's signature: (src, dst, scale, bias, shift, *AffineReluScalars), shift
+    the (C,) int32 frame shift (any pointer where ``shifted`` is 0: it is not read)."""
     acc, *_ = acc_constants(storage)
     ptr = storage_pointer(storage)
-    return (ptr, ptr, nt.CPointer(acc), nt.CPointer(acc), *scalar_types(AffineReluScalars, acc))
+    frames = nt.CPointer(nt.int32)
+    acc_ptr = nt.CPointer(acc)
+    return (ptr, ptr, acc_ptr, acc_ptr, frames, *scalar_types(AffineReluScalars, acc))
 
 
 def build_affine_relu(storage: str, per_thread: int):
     """The affine_relu kernel for ``storage`` tensors, ``per_thread`` values per thread
     (scale and bias in the accumulation dtype; the result rounded to the storage dtype
-    once, NaN kept as in torch.relu)."""
+    once, NaN kept as in torch.relu; a value read from outside the clip's frames is 0,
+    after the prologue, as in the shift of the activated clip)."""
     acc, zero, *_ = acc_constants(storage)
     load, store = load_store(storage)
 
@@ -45,25 +55,56 @@ def build_affine_relu(storage: str, per_thread: int):
         u = cuda.fma(v, s, b)
         return zero if u <= zero else u
 
-    def affine_relu(src, dst, scale, bias, inner, C, chunks):
+    def affine_relu(
+        src,
+        dst,
+        scale,
+        bias,
+        shift,
+        inner,
+        C,
+        chunks,
+        frame_stride,
+        frames,
+        inv_frame_stride,
+        inv_frames,
+        shifted,
+    ):
         block = nt.int64(cuda.blockIdx.x)
+        width = nt.int64(cuda.blockDim.x)
         row = block // chunks
-        first = (block - row * chunks) * (cuda.blockDim.x * per_thread)
-        first += nt.int64(cuda.threadIdx.x) * per_thread
+        first = (block - row * chunks) * (width * per_thread) + nt.int64(cuda.threadIdx.x)
         if first >= inner:
             return
         c = row % C
         s = acc(ldg(scale, c))
         b = acc(ldg(bias, c))
+        d = nt.int64(ldg(shift, c)) if shifted != 0 else nt.int64(0)
         base = row * inner + first
-        if first + per_thread <= inner:  # a full run: every load before any store
-            values = cuda.local.array(per_thread, acc)
-            for k in range(per_thread):
-                values[k] = load(src, base + k)
-            for k in range(per_thread):
-                store(dst, base + k, activate(values[k], s, b))
-        else:  # the row's tail
-            for k in range(inner - first):
-                store(dst, base + k, activate(load(src, base + k), s, b))
+        values = cuda.local.array(per_thread, acc)
+        if d == 0:
+            if first + (per_thread - 1) * width < inner:  # every value: loads, then stores
+                for k in range(per_thread):
+                    values[k] = load(src, base + k * width)
+                for k in range(per_thread):
+                    store(dst, base + k * width, activate(values[k], s, b))
+            else:  # the row's tail
+                for k in range(per_thread):
+                    if first + k * width < inner:
+                        store(dst, base + k * width, activate(load(src, base + k * width), s, b))
+            return
+        jump = d * frame_stride
+        for k in range(per_thread):
+            values[k] = zero
+            if first + k * width < inner:
+                i = base + k * width
+                q, _ = divmod_(i, frame_stride, inv_frame_stride)
+                _, t = divmod_(q, frames, inv_frames)
+                if 0 <= t + d < frames:
+                    values[k] = activate(load(src, i + jump), s, b)
+        for k in range(per_thread):
+            if first + k * width < inner:
+                store(dst, base + k * width, values[k])
 
-    return kernel(affine_relu, ("src", "dst", "scale", "bias"), AffineReluScalars, None)
+    pointers = ("src", "dst", "scale", "bias", "shift")
+    return kernel(affine_relu, pointers, AffineReluScalars, None)

@@ -106,8 +106,14 @@ class FinalizeScalars(NamedTuple):
 
 
 class AffineReluScalars(NamedTuple):
-    """``affine_relu``: relu(x * scale[c] + bias[c]) over rows of one channel each."""
+    """``affine_relu``: relu(x * scale[c] + bias[c]) over rows of one channel each, each
+    value read ``shift[c]`` frames later where a frame shift is given."""
 
     inner: int  # elements per row (a row: one channel's values, contiguous)
     C: int  # channels: row r holds channel r % C
     chunks: int  # blocks per row
+    frame_stride: int  # elements from a value to the same one a frame later
+    frames: int  # T: a value at storage index i is in frame (i // frame_stride) % T
+    inv_frame_stride: float  # 1 / frame_stride (divmod_'s reciprocal)
+    inv_frames: float  # 1 / T
+    shifted: int  # 1: read shift[c] (the frame shift), 0: no shift (shift is not read)

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from . import _cpu, _dispatch, _normalize, reference
 from ._checks import channel_major, empty_channel_major, empty_like_layout, output_shape
+from ._traceable import shift_frames
 
 _cuda = None
 
@@ -391,22 +392,27 @@ def affine_shift3d_call(x, scale, bias, shift, stride, padding, quantize, device
 # ------------------------------------------------------------ affine + ReLU (inference)
 
 
-def _affine_relu_cpu(x, scale, bias):
-    return _in_layout_of(_affine_relu(x, scale, bias).to(x.dtype), x)
+def _affine_relu_cpu(x, scale, bias, frame_shift=None):
+    y = _affine_relu(x, scale, bias)
+    if frame_shift is not None:
+        y = shift_frames(y, frame_shift)
+    return _in_layout_of(y.to(x.dtype), x)
 
 
 @torch.library.custom_op("rubiks_shift::affine_relu", mutates_args=())
-def affine_relu(x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+def affine_relu(
+    x: Tensor, scale: Tensor, bias: Tensor, frame_shift: Tensor | None = None
+) -> Tensor:
     """Default kernel (devices without a dedicated one): torch, in scale's dtype."""
-    return _affine_relu_cpu(x, scale, bias)
+    return _affine_relu_cpu(x, scale, bias, frame_shift)
 
 
-def _affine_relu_cuda(x, scale, bias):
-    return _cuda_backend().affine_relu(x, scale, bias)
+def _affine_relu_cuda(x, scale, bias, frame_shift=None):
+    return _cuda_backend().affine_relu(x, scale, bias, frame_shift)
 
 
 @affine_relu.register_fake
-def _affine_relu_fake(x, scale, bias):
+def _affine_relu_fake(x, scale, bias, frame_shift=None):
     return empty_like_layout(x, x.shape)
 
 
@@ -415,9 +421,11 @@ _dispatch.register(
 )
 
 
-def affine_relu_call(x: Tensor, scale: Tensor, bias: Tensor, device_type: str) -> Tensor:
+def affine_relu_call(
+    x: Tensor, scale: Tensor, bias: Tensor, frame_shift: Tensor | None, device_type: str
+) -> Tensor:
     """Run the affine + ReLU op: the CUDA backend directly for plain tensors in eager mode
     (no dispatcher round trip), the registered op otherwise."""
     if device_type == "cuda" and type(x) is Tensor and _plain_eager():
-        return _cuda_backend().affine_relu(x, scale, bias)
-    return torch.ops.rubiks_shift.affine_relu(x, scale, bias)
+        return _cuda_backend().affine_relu(x, scale, bias, frame_shift)
+    return torch.ops.rubiks_shift.affine_relu(x, scale, bias, frame_shift)

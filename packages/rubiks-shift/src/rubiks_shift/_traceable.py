@@ -23,7 +23,7 @@ import torch
 
 from ._checks import SHIFT_LIMIT, channel_major, output_length
 
-__all__ = ["affine_relu_shift3d_torch", "affine_relu_torch"]
+__all__ = ["affine_relu_shift3d_torch", "affine_relu_torch", "shift_frames"]
 
 
 def acc_dtype(x: torch.Tensor) -> torch.dtype:
@@ -36,11 +36,39 @@ def _prologue(v: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch
     return torch.relu(v.to(scale.dtype) * scale + bias)
 
 
-def affine_relu_torch(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``relu(x * scale[c] + bias[c])`` of an (N, T, C, H, W) clip, in x's layout."""
+def shift_frames(a: torch.Tensor, frame_shift: torch.Tensor) -> torch.Tensor:
+    """Frame t of channel c of the (N, T, C, H, W) clip ``a`` replaced by its frame
+    t + frame_shift[c], zero where that falls outside the clip (one indexed read),
+    channel-major where ``a`` is, else contiguous."""
+    frames = a.shape[1]
+    d = frame_shift.to(device=a.device, dtype=torch.int64).clamp(-frames, frames)
+    source = torch.arange(frames, device=a.device)[None, :] + d[:, None]  # (C, T)
+    inside = (source >= 0) & (source < frames)
+    index = source.clamp(0, frames - 1)
+    zero = torch.zeros((), dtype=a.dtype, device=a.device)
+    if channel_major(a):  # gather in the (C, N, T, H, W) storage order, returned in it
+        planes = a.permute(2, 0, 1, 3, 4)
+        view = (planes.shape[0], 1, frames, 1, 1)
+        picked = torch.gather(planes, 2, index.view(view).expand(planes.shape))
+        return torch.where(inside.view(view), picked, zero).contiguous().permute(1, 2, 0, 3, 4)
+    view = (1, frames, a.shape[2], 1, 1)
+    a = a.contiguous()
+    picked = torch.gather(a, 1, index.t().reshape(view).expand(a.shape))
+    return torch.where(inside.t().reshape(view), picked, zero).contiguous()
+
+
+def affine_relu_torch(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    frame_shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``relu(x * scale[c] + bias[c])`` of an (N, T, C, H, W) clip, in x's layout, each
+    frame read ``frame_shift[c]`` frames later where given (zero outside the clip)."""
     view = (1, 1, -1, 1, 1)
     acc = acc_dtype(x)
-    return _prologue(x, scale.to(acc).view(view), bias.to(acc).view(view)).to(x.dtype)
+    y = _prologue(x, scale.to(acc).view(view), bias.to(acc).view(view)).to(x.dtype)
+    return y if frame_shift is None else shift_frames(y, frame_shift)
 
 
 def _taps(

@@ -96,13 +96,16 @@ def affine_relu_shift3d(
 _CHECKED_PROLOGUE: dict = {}  # signatures that passed affine_relu's checks -> device type
 
 
-def _checked_prologue(x, scale, bias) -> str:
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _checked_prologue(x, scale, bias, frame_shift) -> str:
     """The device type of ``affine_relu``'s tensors after its metadata checks (a signature
     seen before skips them)."""
-    tensors = all(isinstance(t, torch.Tensor) for t in (x, scale, bias))
+    args = (x, scale, bias) if frame_shift is None else (x, scale, bias, frame_shift)
     key = None
-    if tensors:
-        key = tuple((type(t), t.shape, t.dtype, t.device) for t in (x, scale, bias))
+    if all(isinstance(t, torch.Tensor) for t in args):
+        key = tuple((type(t), t.shape, t.dtype, t.device) for t in args)
         hit = _CHECKED_PROLOGUE.get(key)
         if hit is not None:
             return hit
@@ -117,31 +120,65 @@ def _checked_prologue(x, scale, bias) -> str:
     if x.numel() == 0:
         raise ValueError(f"affine_relu: x is empty (shape {tuple(x.shape)})")
     check_affine(x, scale, bias, op="affine_relu")
+    if frame_shift is not None:
+        _check_frame_shift(x, frame_shift)
     device_type = x.device.type
     return device_type if key is None else remember(_CHECKED_PROLOGUE, key, device_type)
 
 
-def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``relu(x * scale[c] + bias[c])`` over a clip in one pass (no shift).
+def _check_frame_shift(x: torch.Tensor, frame_shift: object) -> None:
+    if not isinstance(frame_shift, torch.Tensor):
+        raise TypeError(
+            f"affine_relu: frame_shift must be a tensor or None, got {type(frame_shift).__name__}"
+        )
+    if frame_shift.dtype not in _INT_DTYPES:
+        raise TypeError(
+            "affine_relu: frame_shift must be a signed integer tensor (whole frames), "
+            f"got {frame_shift.dtype}"
+        )
+    if tuple(frame_shift.shape) != (x.shape[2],):
+        raise ValueError(
+            f"affine_relu: frame_shift must have shape (C,) = ({x.shape[2]},), "
+            f"got {tuple(frame_shift.shape)}"
+        )
+    if frame_shift.device != x.device:
+        raise ValueError(f"affine_relu: frame_shift is on {frame_shift.device}, x on {x.device}")
+
+
+def affine_relu(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    frame_shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``relu(x * scale[c] + bias[c])`` over a clip in one pass, optionally with a whole-
+    frame temporal shift per channel.
 
     Args:
         x: clip (N, T, C, H, W); float16, bfloat16, float32 or float64.
         scale, bias: (C,) per-channel affine map (a folded batch norm); computed in
             float32 (float64 for float64 x), the result rounded to x's dtype once.
+        frame_shift: None, or (C,) integers on x's device: frame t of channel c is then
+            computed from frame ``t + frame_shift[c]`` of x, and is 0 where that frame is
+            outside the clip (the integer temporal shift of a hardened AQ block).
 
     Returns:
         A tensor of x's shape and dtype, channel-major where x is (see
         :func:`affine_relu_shift3d`), else contiguous; equal to
-        ``affine_relu_shift3d(x, scale, bias, zeros(3, C), quantize=True)``. No gradient
-        (inference only). On CUDA one elementwise kernel; elsewhere torch.
+        ``affine_relu_shift3d(x, scale, bias, shift, quantize=True)`` with ``shift`` =
+        (frame_shift, 0, 0) (zeros without one). No gradient (inference only). On CUDA
+        one elementwise kernel; elsewhere torch.
     """
-    device_type = _checked_prologue(x, scale, bias)
+    device_type = _checked_prologue(x, scale, bias, frame_shift)
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad):
         raise RuntimeError(
             "affine_relu is for inference and has no gradient; run it under torch.no_grad() "
             "or torch.inference_mode(), or use torch.relu(x * scale + bias) for training"
         )
+    if frame_shift is not None and frame_shift.dtype != torch.int32:
+        # beyond +-T every frame reads outside the clip: clamping keeps the int32 exact
+        frame_shift = frame_shift.clamp(-(2**24), 2**24).to(torch.int32)
     if COMPILE_AS_TORCH["affine_relu"] and torch.compiler.is_compiling():
-        return affine_relu_torch(x, scale, bias)
+        return affine_relu_torch(x, scale, bias, frame_shift)
     scale, bias = _in_acc_dtype(x, scale), _in_acc_dtype(x, bias)
-    return affine_relu_call(x, scale, bias, device_type)
+    return affine_relu_call(x, scale, bias, frame_shift, device_type)
