@@ -12,7 +12,7 @@ random taps) and the same shifted pass as the quantized gather (``affine_relu_sh
 with that temporal shift), which the frame shift replaces. Timed as ``bench_shift.py``
 times (``_gpu_time``): per call, the median of 5 samples of calls captured in a CUDA
 graph and replayed (host time excluded), and ``eager``: the same calls issued back to
-back from Python. ``--sweep`` adds the kernel built with each (values per thread,
+back from Python. ``--sweep`` adds the kernel built with each (bytes per thread,
 threads per block) of ``SWEEP``, every output checked bit for bit against the default's
 before it is timed.
 """
@@ -37,19 +37,19 @@ STORAGE = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: 
 # (channels, H = W): the planes RubiksNet-Large's blocks read at 224 x 224
 SHAPES = [(72, 112), (72, 56), (144, 28), (288, 14), (576, 7)]
 CHANNEL_MAJOR_PLANE = 28 * 28  # the fused form's default layout switch
-SWEEP = [(per, threads) for per in (2, 4, 8, 16) for threads in (128, 256, 512)]
+SWEEP = [(size, threads) for size in (16, 32, 64) for threads in (64, 128, 256)]
 REPS = 20
 
 
 def _variant_call(x, y, scale, bias, frames, per: int, threads: int, kernels: dict):
-    """A call of the affine_relu kernel built with ``per`` values per thread, launched
+    """A call of the affine_relu kernel built with ``per`` bytes per thread, launched
     with ``threads`` per block, writing ``y``."""
     key = (STORAGE[x.dtype], per)
     if key not in kernels:
-        kernels[key] = Kernels(key[0], "float32", replace(TUNING, prologue_per_thread=per))
-    tuning = replace(TUNING, prologue_per_thread=per, prologue_threads=threads)
+        kernels[key] = Kernels(key[0], "float32", replace(TUNING, prologue_bytes=per))
+    tuning = replace(TUNING, prologue_bytes=per, prologue_threads=threads)
     major = not x.is_contiguous()
-    step = affine_relu_plan(tuple(x.shape), major, frames is not None, tuning)
+    step = affine_relu_plan(tuple(x.shape), key[0], major, frames is not None, tuning)
     ptrs = (x, y, scale, bias, frames if frames is not None else scale)
     return lambda: _cuda_launch.run(kernels[key], step, ptrs, x.get_device())
 
@@ -97,7 +97,7 @@ def run_shape(channels: int, side: int, dtype: torch.dtype, args, kernels: dict)
                     if not torch.equal(y, expected):
                         raise AssertionError(f"{label} {per}x{threads} differs at {row}")
                     kernel_ms, _ = _gpu_time([fn], REPS)
-                    form = f"{label}, {per} per thread x {threads}"
+                    form = f"{label}, {per} B per thread x {threads}"
                     rows.append({**row, "form": form, "us": kernel_ms * 1e3})
     return rows
 

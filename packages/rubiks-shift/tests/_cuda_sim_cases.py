@@ -100,9 +100,10 @@ def check_output_strides() -> bool:
 
 
 PROLOGUE_CASES = [  # (bfloat16: PTX and GPU tests; the simulator has no bit casts)
-    ((1, 2, 3, 5, 7), torch.float32),
-    ((2, 1, 2, 9, 17), torch.float16),
-    ((1, 3, 2, 4, 4), torch.float64),
+    ((1, 2, 3, 9, 33), torch.float32),  # rows over a block's span (32 threads x 8 values)
+    ((2, 3, 3, 2, 3), torch.float32),  # frames shorter than a block's width
+    ((2, 1, 2, 9, 37), torch.float16),
+    ((1, 3, 2, 7, 7), torch.float64),
 ]
 
 

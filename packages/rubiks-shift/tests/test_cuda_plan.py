@@ -173,7 +173,7 @@ def test_tuning_is_validated_and_frozen():
         "grad_shift_group",
         "grad_shift_threads",
         "finalize_threads",
-        "prologue_per_thread",
+        "prologue_bytes",
     }
 
 
@@ -210,12 +210,13 @@ def test_affine_relu_plan_covers_every_row(shape, major, rows, inner, frame_stri
     from rubiks_shift._cuda_plan import affine_relu_plan
 
     tuning = replace(TUNING, prologue_threads=32)
-    step = affine_relu_plan(shape, major, shifted, tuning)
-    span = 32 * TUNING.prologue_per_thread
+    step = affine_relu_plan(shape, "bfloat16", major, shifted, tuning)
+    span = 32 * TUNING.prologue_bytes // 2
     assert step.name == "affine_relu" and step.block == (32, 1, 1)
     assert (step.scalars.inner, step.scalars.C) == (inner, shape[2])
     assert (step.scalars.frame_stride, step.scalars.frames) == (frame_stride, shape[1])
     assert step.scalars.shifted == int(shifted)
     assert step.scalars.inv_frame_stride == 1.0 / frame_stride
+    assert step.scalars.inv_chunks == 1.0 / step.scalars.chunks
     assert step.grid == (rows * -(-inner // span), 1, 1)
     assert step.scalars.chunks * span >= inner > (step.scalars.chunks - 1) * span

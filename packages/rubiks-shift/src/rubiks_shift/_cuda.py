@@ -235,7 +235,7 @@ def affine_relu(
     plan = _PROLOGUE_PLANS.get(key)
     if plan is None:
         kernels = kernel_set(_STORAGE[x.dtype], "float32")
-        step = affine_relu_plan(tuple(x.shape), major, shifted, _tuning)
+        step = affine_relu_plan(tuple(x.shape), kernels.storage, major, shifted, _tuning)
         plan = remember(_PROLOGUE_PLANS, key, (kernels, step))
     kernels, step = plan
     scale, bias = _per_channel(kernels, scale), _per_channel(kernels, bias)

@@ -16,7 +16,7 @@ from numba import cuda
 from ._cuda_gather import build_gather, gather_signature
 from ._cuda_prologue import affine_relu_signature, build_affine_relu
 from ._cuda_shift_grad import build_shift_grad, finalize_signature, grad_shift_signature
-from ._cuda_tuning import TUNING, Tuning
+from ._cuda_tuning import TUNING, Tuning, prologue_per_thread
 
 
 class Kernels:
@@ -39,7 +39,7 @@ class Kernels:
         )
         self.grad_shift_sig = grad_shift_signature(storage, shift_storage)
         self.finalize_sig = finalize_signature(storage, shift_storage)
-        self.affine_relu = build_affine_relu(storage, tuning.prologue_per_thread)
+        self.affine_relu = build_affine_relu(storage, prologue_per_thread(storage, tuning))
         self.affine_relu_sig = affine_relu_signature(storage)
         row_walk = dict(registers=tuning.row_walk_registers, group=tuning.row_walk_group)
         frame_walk = dict(

@@ -20,7 +20,7 @@ from ._cuda_scalars import (
     GatherScalars,
     GradShiftScalars,
 )
-from ._cuda_tuning import TUNING, Tuning
+from ._cuda_tuning import TUNING, Tuning, prologue_per_thread
 
 MAX_GRID_YZ = 65535  # grid y limit (channels of the shift-gradient kernel)
 
@@ -312,11 +312,12 @@ def shift_grad_plan(
 
 @functools.lru_cache(maxsize=512)
 def affine_relu_plan(
-    shape, channel_major: bool, shifted: bool = False, tuning: Tuning = TUNING
+    shape, storage: str, channel_major: bool, shifted: bool = False, tuning: Tuning = TUNING
 ) -> Step:
-    """The launch of ``affine_relu`` over an (N, T, C, H, W) clip stored channel-major
-    ((C, N·T·H·W) rows, a frame H·W values on) or contiguous ((N·T·C, H·W) rows, a frame
-    C·H·W values on), reading a per-channel frame shift where ``shifted``."""
+    """The launch of ``affine_relu`` over an (N, T, C, H, W) clip of ``storage`` values
+    stored channel-major ((C, N·T·H·W) rows, a frame H·W values on) or contiguous
+    ((N·T·C, H·W) rows, a frame C·H·W values on), reading a per-channel frame shift where
+    ``shifted``."""
     n_batch, frames, channels, height, width = shape
     check_channels(channels)
     if channel_major:
@@ -326,13 +327,15 @@ def affine_relu_plan(
         rows, inner = n_batch * frames * channels, height * width
         frame_stride = channels * height * width
     threads = tuning.prologue_threads
-    chunks = -(-inner // (threads * tuning.prologue_per_thread))
+    chunks = -(-inner // (threads * prologue_per_thread(storage, tuning)))
     if rows * chunks >= 2**31:
         raise ValueError(f"rubiks_shift on CUDA: a clip of {tuple(shape)} is too large")
     scalars = AffineReluScalars(
         inner=inner,
         C=channels,
         chunks=chunks,
+        inv_chunks=1.0 / chunks,
+        inv_C=1.0 / channels,
         frame_stride=frame_stride,
         frames=frames,
         inv_frame_stride=1.0 / frame_stride,

@@ -8,8 +8,8 @@ elementwise kernel moves each value once. The tensor is seen as rows of one chan
 each, contiguous: (C, N·T·H·W) for a channel-major clip, (N·T·C, H·W) for a contiguous
 one; row r holds channel r % C either way. Each block covers a chunk of one row (its
 channel's scale, bias and frame shift loaded once); a thread takes
-``Tuning.prologue_per_thread`` values one block width apart, so each load instruction of
-a warp reads consecutive addresses, all loaded before any is stored. A value at storage
+``Tuning.prologue_bytes`` of values one block width apart, so each load instruction of a
+warp reads consecutive addresses, all loaded before any is stored. A value at storage
 index i lies in frame (i // frame_stride) % T, in either layout; shifted by d frames it
 reads index i + d * frame_stride, and is zero where frame + d falls outside [0, T).
 """
@@ -64,19 +64,20 @@ def build_affine_relu(storage: str, per_thread: int):
         inner,
         C,
         chunks,
+        inv_chunks,
+        inv_C,
         frame_stride,
         frames,
         inv_frame_stride,
         inv_frames,
         shifted,
     ):
-        block = nt.int64(cuda.blockIdx.x)
         width = nt.int64(cuda.blockDim.x)
-        row = block // chunks
-        first = (block - row * chunks) * (width * per_thread) + nt.int64(cuda.threadIdx.x)
+        row, chunk = divmod_(nt.int64(cuda.blockIdx.x), chunks, inv_chunks)
+        first = chunk * (width * per_thread) + nt.int64(cuda.threadIdx.x)
         if first >= inner:
             return
-        c = row % C
+        _, c = divmod_(row, C, inv_C)
         s = acc(ldg(scale, c))
         b = acc(ldg(bias, c))
         d = nt.int64(ldg(shift, c)) if shifted != 0 else nt.int64(0)
@@ -93,15 +94,18 @@ def build_affine_relu(storage: str, per_thread: int):
                     if first + k * width < inner:
                         store(dst, base + k * width, activate(load(src, base + k * width), s, b))
             return
+        # the frame t of each value, from the first one's, followed as the index steps on
+        q, r = divmod_(base, frame_stride, inv_frame_stride)
+        _, t = divmod_(q, frames, inv_frames)
         jump = d * frame_stride
         for k in range(per_thread):
             values[k] = zero
-            if first + k * width < inner:
-                i = base + k * width
-                q, _ = divmod_(i, frame_stride, inv_frame_stride)
-                _, t = divmod_(q, frames, inv_frames)
-                if 0 <= t + d < frames:
-                    values[k] = activate(load(src, i + jump), s, b)
+            if first + k * width < inner and 0 <= t + d < frames:
+                values[k] = activate(load(src, base + k * width + jump), s, b)
+            r += width
+            while r >= frame_stride:
+                r -= frame_stride
+                t = t + 1 if t + 1 < frames else nt.int64(0)
         for k in range(per_thread):
             if first + k * width < inner:
                 store(dst, base + k * width, values[k])

@@ -112,6 +112,8 @@ class AffineReluScalars(NamedTuple):
     inner: int  # elements per row (a row: one channel's values, contiguous)
     C: int  # channels: row r holds channel r % C
     chunks: int  # blocks per row
+    inv_chunks: float  # 1 / chunks (divmod_'s reciprocal)
+    inv_C: float  # 1 / C
     frame_stride: int  # elements from a value to the same one a frame later
     frames: int  # T: a value at storage index i is in frame (i // frame_stride) % T
     inv_frame_stride: float  # 1 / frame_stride (divmod_'s reciprocal)

@@ -84,11 +84,11 @@ class Tuning:
     grad_shift_tasks_per_thread: int = 2
     # threads per block of the fixed-order cross-block sum (a power of two)
     finalize_threads: int = _kernel(128)
-    # the prologue alone (``affine_relu``): consecutive values per thread, all loaded
-    # before any is stored (untuned)
-    prologue_per_thread: int = _kernel(4)
-    # its threads per block (untuned)
-    prologue_threads: int = 256
+    # the prologue alone (``affine_relu``): bytes each thread loads (its values, one block
+    # width apart, all loaded before any is stored: 16 bfloat16 or 8 float32 values)
+    prologue_bytes: int = _kernel(32)
+    # its threads per block
+    prologue_threads: int = 128
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -152,8 +152,16 @@ _ALLOWED = {
     "grad_shift_threads": _TREE,
     "grad_shift_tasks_per_thread": _POSITIVE,
     "finalize_threads": _TREE,
-    "prologue_per_thread": (_integer(1, 16), "an integer from 1 to 16"),
+    "prologue_bytes": (_integer(8, 512), "an integer from 8 to 512"),
     "prologue_threads": _THREADS,
 }
 
 TUNING = Tuning()
+
+
+ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def prologue_per_thread(storage: str, tuning: Tuning = TUNING) -> int:
+    """Values each thread of ``affine_relu`` takes for ``storage`` tensors."""
+    return max(1, tuning.prologue_bytes // ELEMENT_BYTES[storage])
