@@ -216,7 +216,9 @@ def test_affine_relu_plan_covers_every_row(shape, major, rows, inner, frame_stri
     assert (step.scalars.inner, step.scalars.C) == (inner, shape[2])
     assert (step.scalars.frame_stride, step.scalars.frames) == (frame_stride, shape[1])
     assert step.scalars.shifted == int(shifted)
-    assert step.scalars.inv_frame_stride == 1.0 / frame_stride
+    plane = shape[3] * shape[4]
+    assert step.scalars.plane == plane
+    assert step.scalars.segment == (shape[1] * plane if major else plane)
     assert step.scalars.inv_chunks == 1.0 / step.scalars.chunks
     assert step.grid == (rows * -(-inner // span), 1, 1)
     assert step.scalars.chunks * span >= inner > (step.scalars.chunks - 1) * span

@@ -320,12 +320,13 @@ def affine_relu_plan(
     ``shifted``."""
     n_batch, frames, channels, height, width = shape
     check_channels(channels)
+    plane = height * width
     if channel_major:
-        rows, inner = channels, n_batch * frames * height * width
-        frame_stride = height * width
+        rows, inner = channels, n_batch * frames * plane
+        frame_stride, segment = plane, frames * plane
     else:
-        rows, inner = n_batch * frames * channels, height * width
-        frame_stride = channels * height * width
+        rows, inner = n_batch * frames * channels, plane
+        frame_stride, segment = channels * plane, plane
     threads = tuning.prologue_threads
     chunks = -(-inner // (threads * prologue_per_thread(storage, tuning)))
     if rows * chunks >= 2**31:
@@ -336,9 +337,11 @@ def affine_relu_plan(
         chunks=chunks,
         inv_chunks=1.0 / chunks,
         inv_C=1.0 / channels,
+        plane=plane,
+        segment=segment,
+        inv_segment=1.0 / segment,
         frame_stride=frame_stride,
         frames=frames,
-        inv_frame_stride=1.0 / frame_stride,
         inv_frames=1.0 / frames,
         shifted=int(shifted),
     )

@@ -9,9 +9,11 @@ each, contiguous: (C, N·T·H·W) for a channel-major clip, (N·T·C, H·W) for 
 one; row r holds channel r % C either way. Each block covers a chunk of one row (its
 channel's scale, bias and frame shift loaded once); a thread takes
 ``Tuning.prologue_bytes`` of values one block width apart, so each load instruction of a
-warp reads consecutive addresses, all loaded before any is stored. A value at storage
-index i lies in frame (i // frame_stride) % T, in either layout; shifted by d frames it
-reads index i + d * frame_stride, and is zero where frame + d falls outside [0, T).
+warp reads consecutive addresses, all loaded before any is stored. Shifted by d frames a
+value reads the one ``d * frame_stride`` further on, and is zero where its frame + d
+falls outside [0, T): in a row the frames repeat every ``segment`` values (a clip's
+T·H·W channel-major, one frame's H·W contiguous), so those values are one band of
+positions in each segment, found once per block.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ._cuda_device import (
     kernel,
     ldg,
     load_store,
+    masked_load,
     scalar_types,
     storage_pointer,
 )
@@ -49,6 +52,7 @@ def build_affine_relu(storage: str, per_thread: int):
     after the prologue, as in the shift of the activated clip)."""
     acc, zero, *_ = acc_constants(storage)
     load, store = load_store(storage)
+    load_if = masked_load(storage)
 
     @inlined
     def activate(v, s, b):
@@ -66,9 +70,11 @@ def build_affine_relu(storage: str, per_thread: int):
         chunks,
         inv_chunks,
         inv_C,
+        plane,
+        segment,
+        inv_segment,
         frame_stride,
         frames,
-        inv_frame_stride,
         inv_frames,
         shifted,
     ):
@@ -77,7 +83,7 @@ def build_affine_relu(storage: str, per_thread: int):
         first = chunk * (width * per_thread) + nt.int64(cuda.threadIdx.x)
         if first >= inner:
             return
-        _, c = divmod_(row, C, inv_C)
+        slab, c = divmod_(row, C, inv_C)
         s = acc(ldg(scale, c))
         b = acc(ldg(bias, c))
         d = nt.int64(ldg(shift, c)) if shifted != 0 else nt.int64(0)
@@ -94,18 +100,17 @@ def build_affine_relu(storage: str, per_thread: int):
                     if first + k * width < inner:
                         store(dst, base + k * width, activate(load(src, base + k * width), s, b))
             return
-        # the frame t of each value, from the first one's, followed as the index steps on
-        q, r = divmod_(base, frame_stride, inv_frame_stride)
-        _, t = divmod_(q, frames, inv_frames)
+        # the row starts in frame t0; a value at position p of its segment is in frame
+        # t0 + p // plane, so the values whose frame + d lies in the clip are one band of p
+        _, t0 = divmod_(slab, frames, inv_frames)
+        low = max(nt.int64(0), -(t0 + d)) * plane
+        high = max(nt.int64(0), frames - t0 - d) * plane
         jump = d * frame_stride
-        for k in range(per_thread):
-            values[k] = zero
-            if first + k * width < inner and 0 <= t + d < frames:
-                values[k] = activate(load(src, base + k * width + jump), s, b)
-            r += width
-            while r >= frame_stride:
-                r -= frame_stride
-                t = t + 1 if t + 1 < frames else nt.int64(0)
+        for k in range(per_thread):  # nothing is read outside the band (predicated loads)
+            _, p = divmod_(first + k * width, segment, inv_segment)
+            inside = first + k * width < inner and low <= p and p < high
+            v = load_if(src, base + k * width + jump, nt.int32(inside), nt.int32(1))
+            values[k] = activate(v, s, b) if inside else zero
         for k in range(per_thread):
             if first + k * width < inner:
                 store(dst, base + k * width, values[k])

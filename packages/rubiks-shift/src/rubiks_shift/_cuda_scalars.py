@@ -110,12 +110,14 @@ class AffineReluScalars(NamedTuple):
     value read ``shift[c]`` frames later where a frame shift is given."""
 
     inner: int  # elements per row (a row: one channel's values, contiguous)
-    C: int  # channels: row r holds channel r % C
+    C: int  # channels: row r holds channel r % C, starting in frame (r // C) % T
     chunks: int  # blocks per row
     inv_chunks: float  # 1 / chunks (divmod_'s reciprocal)
     inv_C: float  # 1 / C
+    plane: int  # H * W: the values of one frame of a channel, contiguous
+    segment: int  # a row's values repeat their frames every segment values (T·H·W or H·W)
+    inv_segment: float  # 1 / segment
     frame_stride: int  # elements from a value to the same one a frame later
-    frames: int  # T: a value at storage index i is in frame (i // frame_stride) % T
-    inv_frame_stride: float  # 1 / frame_stride (divmod_'s reciprocal)
+    frames: int  # T
     inv_frames: float  # 1 / T
     shifted: int  # 1: read shift[c] (the frame shift), 0: no shift (shift is not read)
