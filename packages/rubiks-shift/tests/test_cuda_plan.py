@@ -219,6 +219,7 @@ def test_affine_relu_plan_covers_every_row(shape, major, rows, inner, frame_stri
     plane = shape[3] * shape[4]
     assert step.scalars.plane == plane
     assert step.scalars.segment == (shape[1] * plane if major else plane)
+    assert step.scalars.segment_step == 32 % step.scalars.segment
     assert step.scalars.inv_chunks == 1.0 / step.scalars.chunks
     assert step.grid == (rows * -(-inner // span), 1, 1)
     assert step.scalars.chunks * span >= inner > (step.scalars.chunks - 1) * span

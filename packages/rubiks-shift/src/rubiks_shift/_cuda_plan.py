@@ -340,6 +340,7 @@ def affine_relu_plan(
         plane=plane,
         segment=segment,
         inv_segment=1.0 / segment,
+        segment_step=threads % segment,
         frame_stride=frame_stride,
         frames=frames,
         inv_frames=1.0 / frames,

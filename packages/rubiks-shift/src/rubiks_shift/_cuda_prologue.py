@@ -73,6 +73,7 @@ def build_affine_relu(storage: str, per_thread: int):
         plane,
         segment,
         inv_segment,
+        segment_step,
         frame_stride,
         frames,
         inv_frames,
@@ -106,11 +107,13 @@ def build_affine_relu(storage: str, per_thread: int):
         low = max(nt.int64(0), -(t0 + d)) * plane
         high = max(nt.int64(0), frames - t0 - d) * plane
         jump = d * frame_stride
+        _, p = divmod_(first, segment, inv_segment)  # then stepped on, one wrap at most
         for k in range(per_thread):  # nothing is read outside the band (predicated loads)
-            _, p = divmod_(first + k * width, segment, inv_segment)
             inside = first + k * width < inner and low <= p and p < high
             v = load_if(src, base + k * width + jump, nt.int32(inside), nt.int32(1))
             values[k] = activate(v, s, b) if inside else zero
+            p += segment_step
+            p = p - segment if p >= segment else p
         for k in range(per_thread):
             if first + k * width < inner:
                 store(dst, base + k * width, values[k])

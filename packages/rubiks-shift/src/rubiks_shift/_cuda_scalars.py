@@ -117,6 +117,7 @@ class AffineReluScalars(NamedTuple):
     plane: int  # H * W: the values of one frame of a channel, contiguous
     segment: int  # a row's values repeat their frames every segment values (T·H·W or H·W)
     inv_segment: float  # 1 / segment
+    segment_step: int  # threads per block % segment: a thread's next value's move in its segment
     frame_stride: int  # elements from a value to the same one a frame later
     frames: int  # T
     inv_frames: float  # 1 / T
