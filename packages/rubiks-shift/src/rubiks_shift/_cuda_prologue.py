@@ -29,6 +29,7 @@ from ._cuda_device import (
     ldg,
     load_store,
     masked_load,
+    offset,
     scalar_types,
     storage_pointer,
 )
@@ -90,12 +91,16 @@ def build_affine_relu(storage: str, per_thread: int):
         d = nt.int64(ldg(shift, c)) if shifted != 0 else nt.int64(0)
         base = row * inner + first
         values = cuda.local.array(per_thread, acc)
+        full = first + (per_thread - 1) * width < inner
+        w = nt.int32(width)  # a full run indexes from per-thread pointers, in 32 bits
+        to = offset(dst, base)
         if d == 0:
-            if first + (per_thread - 1) * width < inner:  # every value: loads, then stores
+            if full:  # every value: loads, then stores
+                at = offset(src, base)
                 for k in range(per_thread):
-                    values[k] = load(src, base + k * width)
+                    values[k] = load(at, k * w)
                 for k in range(per_thread):
-                    store(dst, base + k * width, activate(values[k], s, b))
+                    store(to, k * w, activate(values[k], s, b))
             else:  # the row's tail
                 for k in range(per_thread):
                     if first + k * width < inner:
@@ -104,19 +109,21 @@ def build_affine_relu(storage: str, per_thread: int):
         # the row starts in frame t0; a value at position p of its segment is in frame
         # t0 + p // plane, so the values whose frame + d lies in the clip are one band of p
         _, t0 = divmod_(slab, frames, inv_frames)
-        low = max(nt.int64(0), -(t0 + d)) * plane
-        high = max(nt.int64(0), frames - t0 - d) * plane
-        jump = d * frame_stride
-        _, p = divmod_(first, segment, inv_segment)  # then stepped on, one wrap at most
+        low = nt.int32(max(nt.int64(0), -(t0 + d)) * plane)
+        high = nt.int32(max(nt.int64(0), frames - t0 - d) * plane)
+        _, p64 = divmod_(first, segment, inv_segment)  # then stepped on, one wrap at most
+        p = nt.int32(p64)
+        length, step = nt.int32(segment), nt.int32(segment_step)
+        at = offset(src, base + d * frame_stride)
         for k in range(per_thread):  # nothing is read outside the band (predicated loads)
-            inside = first + k * width < inner and low <= p and p < high
-            v = load_if(src, base + k * width + jump, nt.int32(inside), nt.int32(1))
-            values[k] = activate(v, s, b) if inside else zero
-            p += segment_step
-            p = p - segment if p >= segment else p
+            inside = nt.int32(low <= p and p < high and (full or first + k * width < inner))
+            v = load_if(at, k * w, inside, nt.int32(1))
+            values[k] = activate(v, s, b) if inside != 0 else zero
+            p += step
+            p = p - length if p >= length else p
         for k in range(per_thread):
-            if first + k * width < inner:
-                store(dst, base + k * width, values[k])
+            if full or first + k * width < inner:
+                store(to, k * w, values[k])
 
     pointers = ("src", "dst", "scale", "bias", "shift")
     return kernel(affine_relu, pointers, AffineReluScalars, None)
