@@ -28,7 +28,6 @@ from ._cuda_device import (
     kernel,
     ldg,
     load_store,
-    masked_load,
     offset,
     scalar_types,
     storage_pointer,
@@ -53,7 +52,6 @@ def build_affine_relu(storage: str, per_thread: int):
     after the prologue, as in the shift of the activated clip)."""
     acc, zero, *_ = acc_constants(storage)
     load, store = load_store(storage)
-    load_if = masked_load(storage)
 
     @inlined
     def activate(v, s, b):
@@ -114,11 +112,13 @@ def build_affine_relu(storage: str, per_thread: int):
         _, p64 = divmod_(first, segment, inv_segment)  # then stepped on, one wrap at most
         p = nt.int32(p64)
         length, step = nt.int32(segment), nt.int32(segment_step)
-        at = offset(src, base + d * frame_stride)
-        for k in range(per_thread):  # nothing is read outside the band (predicated loads)
-            inside = nt.int32(low <= p and p < high and (full or first + k * width < inner))
-            v = load_if(at, k * w, inside, nt.int32(1))
-            values[k] = activate(v, s, b) if inside != 0 else zero
+        jump = nt.int32(min(max(d, -frames), frames) * frame_stride)
+        at = offset(src, base)
+        for k in range(per_thread):  # outside the band a value reads its own place, kept 0
+            inside = low <= p and p < high
+            if full or first + k * width < inner:
+                v = load(at, k * w + (jump if inside else nt.int32(0)))
+                values[k] = activate(v, s, b) if inside else zero
             p += step
             p = p - length if p >= length else p
         for k in range(per_thread):
