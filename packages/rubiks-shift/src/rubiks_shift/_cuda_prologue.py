@@ -114,16 +114,22 @@ def build_affine_relu(storage: str, per_thread: int):
         length, step = nt.int32(segment), nt.int32(segment_step)
         jump = nt.int32(min(max(d, -frames), frames) * frame_stride)
         at = offset(src, base)
-        for k in range(per_thread):  # outside the band a value reads its own place, kept 0
-            inside = low <= p and p < high
-            if full or first + k * width < inner:
-                v = load(at, k * w + (jump if inside else nt.int32(0)))
-                values[k] = activate(v, s, b) if inside else zero
+        inside = nt.int32(0)  # bit k: value k's frame + d is in the clip
+        for k in range(per_thread):  # outside the band a value reads its own place
+            if low <= p and p < high:
+                inside |= nt.int32(1) << k
             p += step
             p = p - length if p >= length else p
-        for k in range(per_thread):
-            if full or first + k * width < inner:
-                store(to, k * w, values[k])
+        if full:  # every value: loads, then stores
+            for k in range(per_thread):
+                values[k] = load(at, k * w + (jump if inside & (1 << k) else nt.int32(0)))
+            for k in range(per_thread):
+                store(to, k * w, activate(values[k], s, b) if inside & (1 << k) else zero)
+        else:  # the row's tail
+            for k in range(per_thread):
+                if first + k * width < inner:
+                    v = load(at, k * w + (jump if inside & (1 << k) else nt.int32(0)))
+                    store(to, k * w, activate(v, s, b) if inside & (1 << k) else zero)
 
     pointers = ("src", "dst", "scale", "bias", "shift")
     return kernel(affine_relu, pointers, AffineReluScalars, None)

@@ -152,7 +152,7 @@ _ALLOWED = {
     "grad_shift_threads": _TREE,
     "grad_shift_tasks_per_thread": _POSITIVE,
     "finalize_threads": _TREE,
-    "prologue_bytes": (_integer(8, 512), "an integer from 8 to 512"),
+    "prologue_bytes": (_integer(8, 64), "an integer from 8 to 64 (32 values at most per thread)"),
     "prologue_threads": _THREADS,
 }
 
