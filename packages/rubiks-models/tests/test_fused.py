@@ -157,8 +157,14 @@ def test_fused_refuses_training_and_non_rubiksnet():
         fuse_model(_trained_looking("rubiksnet_tiny"), "cublas")
 
 
-def test_fused_compiles_fullgraph():
-    fused = fuse_model(_trained_looking("rubiksnet_tiny"))
+@pytest.mark.parametrize("hard_aq", [False, True])
+def test_fused_compiles_fullgraph(hard_aq):
+    """Every fused form traces whole (the hardened AQ's frame shift included)."""
+    if hard_aq:
+        model = quantize_model(_trained_looking("rubiksnet_tiny_aq")).eval()
+        fused = fuse_model(_with_temporal_shifts(model))
+    else:
+        fused = fuse_model(_trained_looking("rubiksnet_tiny"))
     x = torch.randn(1, 2, 3, 32, 32)
     compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
     with torch.no_grad():

@@ -116,14 +116,17 @@ def check_prologue() -> int:
     previous = _cuda.use_tuning(replace(TUNING, prologue_threads=32))
     failures = 0
     try:
-        for shape, dtype in PROLOGUE_CASES:
+        for index, (shape, dtype) in enumerate(PROLOGUE_CASES):
             acc = torch.float64 if dtype == torch.float64 else torch.float32
             x = torch.randn(shape, generator=g).to(dtype)
             scale = (torch.rand(shape[2], generator=g) * 2 - 0.5).to(acc)
             bias = (torch.randn(shape[2], generator=g) * 0.5).to(acc)
             frames = (torch.arange(shape[2], dtype=torch.int32) % 3) - 1  # -1, 0, +1, ...
             for clip in (x, x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)):
-                for frame_shift in (None, frames):
+                shifts = [None, frames]
+                if index == 0:  # shifts far beyond the clip, both ways
+                    shifts.append(torch.tensor([-(2**31), 2**31 - 1, 1], dtype=torch.int32))
+                for frame_shift in shifts:
                     shift = torch.zeros(3, shape[2], dtype=acc)
                     if frame_shift is not None:
                         shift[0] = frame_shift.to(acc)

@@ -71,11 +71,15 @@ def test_matches_float64_reference(device, seed, shape, major):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5, 6), (1, 4, 3, 7, 7), (2, 1, 5, 1, 9)])
 def test_frame_shift_equals_the_temporal_shift_pass(device, dtype, shape):
-    """With a frame shift (int32 or int64, beyond the clip too), bit for bit the affine
-    shift op with that integer temporal shift, in both layouts, the layout kept."""
+    """With a frame shift (int32 or int64, beyond the clip too, as far as int32 goes),
+    bit for bit the affine shift op with that integer temporal shift, in both layouts,
+    the layout kept."""
     x, scale, bias = _case(8, shape, device, dtype)
     c = shape[2]
-    for frame_shift in (torch.arange(c) % 3 - 1, torch.arange(c, dtype=torch.int32) - 2):
+    extreme = torch.full((c,), 2**31 - 1, dtype=torch.int32)  # far beyond the clip
+    extreme[::2] = -(2**31)
+    shifts = (torch.arange(c) % 3 - 1, torch.arange(c, dtype=torch.int32) - 2, extreme)
+    for frame_shift in shifts:
         fs = frame_shift.to(device)
         shift = _temporal(fs, device)
         for clip in (x, channel_major(x)):

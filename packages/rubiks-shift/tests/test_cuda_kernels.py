@@ -29,7 +29,7 @@ def test_kernels_in_cuda_simulator():
     assert proc.stdout.count("ok-affine ") == 13  # the forward with the input prologue
     assert proc.stdout.count("ok-affine-cm") == 13  # ... on channel-major planes
     # the prologue alone, both layouts, without and with a frame shift
-    assert proc.stdout.count("ok-prologue") == 16
+    assert proc.stdout.count("ok-prologue") == 18
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16", "float32", "float64"])

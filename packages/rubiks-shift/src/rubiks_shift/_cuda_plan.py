@@ -329,7 +329,7 @@ def affine_relu_plan(
         frame_stride, segment = channels * plane, plane
     threads = tuning.prologue_threads
     chunks = -(-inner // (threads * prologue_per_thread(storage, tuning)))
-    if rows * chunks >= 2**31 or frames * frame_stride >= 2**31:
+    if rows * chunks >= 2**31 or 2 * frames * frame_stride >= 2**31:  # the kernel's int32s
         raise ValueError(f"rubiks_shift on CUDA: a clip of {tuple(shape)} is too large")
     scalars = AffineReluScalars(
         inner=inner,

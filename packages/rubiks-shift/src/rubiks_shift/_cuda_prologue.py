@@ -106,13 +106,14 @@ def build_affine_relu(storage: str, per_thread: int):
             return
         # the row starts in frame t0; a value at position p of its segment is in frame
         # t0 + p // plane, so the values whose frame + d lies in the clip are one band of p
+        d = min(max(d, -frames), frames)  # beyond +-T every value is outside the clip
         _, t0 = divmod_(slab, frames, inv_frames)
         low = nt.int32(max(nt.int64(0), -(t0 + d)) * plane)
         high = nt.int32(max(nt.int64(0), frames - t0 - d) * plane)
         _, p64 = divmod_(first, segment, inv_segment)  # then stepped on, one wrap at most
         p = nt.int32(p64)
         length, step = nt.int32(segment), nt.int32(segment_step)
-        jump = nt.int32(min(max(d, -frames), frames) * frame_stride)
+        jump = nt.int32(d * frame_stride)
         at = offset(src, base)
         inside = nt.int32(0)  # bit k: value k's frame + d is in the clip
         for k in range(per_thread):  # outside the band a value reads its own place
