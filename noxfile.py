@@ -5,6 +5,7 @@
     nox -s tests-shift   one package's suite (also tests-models, tests-data, tests-eval)
     nox -s lint          ruff over the whole tree
     nox -s bench         pytest-benchmark regressions of the CPU kernels + the op benchmark
+    nox -s bench-models  the whole-model GPU benchmark against TSM-ResNet50 (arguments after --)
     nox -s train         tools/train.py (arguments after --), after warming the kernel cache
     nox -s warmup        compile the CUDA kernels into the on-disk cache (arguments after --)
     nox -s check         the installation check
@@ -96,6 +97,15 @@ def bench(session: nox.Session) -> None:
     _install(session, ["shift"])
     _pytest(session, "packages/rubiks-shift/benchmarks", "--benchmark-only")
     session.run("python", "packages/rubiks-shift/benchmarks/bench_shift.py", "--quick")
+
+
+@nox.session(name="bench-models")
+def bench_models(session: nox.Session) -> None:
+    """RubiksNet against TSM-ResNet50 on the GPU, side by side (arguments after -- go to
+    packages/rubiks-models/benchmarks/bench_models.py), after warming the kernel cache."""
+    _install(session, DEPENDS["models"])
+    session.run("python", "-m", "rubiks_shift.warmup", "--if-available")
+    session.run("python", "packages/rubiks-models/benchmarks/bench_models.py", *session.posargs)
 
 
 @nox.session
