@@ -20,12 +20,10 @@ before it is timed.
 from __future__ import annotations
 
 import argparse
-import datetime
-import subprocess
 from dataclasses import replace
 
 import torch
-from bench_shift import _gpu_time, write_json  # this folder (a script)
+from bench_shift import _gpu_time, write_gpu_rows  # this folder (a script)
 
 from rubiks_shift import _cuda, _cuda_launch, affine_relu
 from rubiks_shift._cuda_kernels import Kernels
@@ -126,16 +124,7 @@ def main() -> None:
                 )
             rows += shape_rows
     if args.json:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        meta = {
-            "device": torch.cuda.get_device_name(),
-            "date": datetime.date.today().isoformat(),
-            "commit": commit,
-            "torch": torch.__version__,
-        }
-        write_json(args.json, {"meta": meta, "rows": rows}, indent=1)
+        write_gpu_rows(args.json, rows)
 
 
 if __name__ == "__main__":

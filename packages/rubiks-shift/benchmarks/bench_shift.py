@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 
@@ -122,6 +123,21 @@ def write_json(path: str, data: dict, **kwargs) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_gpu_rows(path: str, rows: list[dict]) -> None:
+    """Write a GPU benchmark's ``rows`` to ``path`` (atomically, ``write_json``) with the
+    run's device, date, commit and torch version."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    meta = {
+        "device": torch.cuda.get_device_name(),
+        "date": datetime.date.today().isoformat(),
+        "commit": commit,
+        "torch": torch.__version__,
+    }
+    write_json(path, {"meta": meta, "rows": rows}, indent=1)
 
 
 def same_size_bandwidth(device: str, timer, reps: int, nbytes: int) -> float:

@@ -20,14 +20,12 @@ relative to the output's largest value).
 from __future__ import annotations
 
 import argparse
-import datetime
-import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from typing import NamedTuple
 
 import torch
-from bench_shift import _gpu_time, write_json  # this folder (a script)
+from bench_shift import _gpu_time, write_gpu_rows  # this folder (a script)
 
 from rubiks_shift import _cuda
 from rubiks_shift._cuda_tuning import TUNING
@@ -172,16 +170,7 @@ def main() -> None:
         for channels, side, s in SHAPES:
             rows += run_shape(channels, side, s, DTYPES[dtype], args)
     if args.json:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        meta = dict(
-            device=torch.cuda.get_device_name(),
-            date=datetime.date.today().isoformat(),
-            commit=commit,
-            torch=torch.__version__,
-        )
-        write_json(args.json, dict(meta=meta, rows=rows), indent=1)
+        write_gpu_rows(args.json, rows)
 
 
 if __name__ == "__main__":
