@@ -12,7 +12,9 @@ random taps) and the same shifted pass as the quantized gather (``affine_relu_sh
 with that temporal shift), which the frame shift replaces. Timed as ``bench_shift.py``
 times (``_gpu_time``): per call, the median of 5 samples of calls captured in a CUDA
 graph and replayed (host time excluded), and ``eager``: the same calls issued back to
-back from Python. ``--sweep`` adds the kernel built with each (bytes per thread,
+back from Python. bfloat16 clips with even planes, which the default moves as 32-bit
+pairs, add both passes launched one value at a time (``Tuning.prologue_pairs=False``).
+``--sweep`` adds the kernel built with each (bytes per thread,
 threads per block) of ``SWEEP``, every output checked bit for bit against the default's
 before it is timed.
 """
@@ -39,15 +41,21 @@ SWEEP = [(size, threads) for size in (16, 32, 64) for threads in (64, 128, 256)]
 REPS = 20
 
 
-def _variant_call(x, y, scale, bias, frames, per: int, threads: int, kernels: dict):
+def _variant_call(
+    x, y, scale, bias, frames, per: int, threads: int, kernels: dict, pairs: bool = True
+):
     """A call of the affine_relu kernel built with ``per`` bytes per thread, launched
-    with ``threads`` per block, writing ``y``."""
+    with ``threads`` per block, writing ``y``; bfloat16 values in pairs where ``pairs``
+    and the plane allows it, else one at a time."""
     key = (STORAGE[x.dtype], per)
     if key not in kernels:
         kernels[key] = Kernels(key[0], "float32", replace(TUNING, prologue_bytes=per))
-    tuning = replace(TUNING, prologue_bytes=per, prologue_threads=threads)
+    tuning = replace(TUNING, prologue_bytes=per, prologue_threads=threads, prologue_pairs=pairs)
     major = not x.is_contiguous()
-    step = affine_relu_plan(tuple(x.shape), key[0], major, frames is not None, tuning)
+    aligned = x.data_ptr() % 4 == 0 and y.data_ptr() % 4 == 0
+    step = affine_relu_plan(
+        tuple(x.shape), key[0], major, frames is not None, tuning, word_aligned=aligned
+    )
     ptrs = (x, y, scale, bias, frames if frames is not None else scale)
     return lambda: _cuda_launch.run(kernels[key], step, ptrs, x.get_device())
 
@@ -85,6 +93,16 @@ def run_shape(channels: int, side: int, dtype: torch.dtype, args, kernels: dict)
         for name, fn in calls.items():
             kernel_ms, eager_ms = _gpu_time([fn], REPS)
             rows.append({**row, "form": name, "us": kernel_ms * 1e3, "eager_us": eager_ms * 1e3})
+        if dtype == torch.bfloat16 and side % 2 == 0:  # the default moves pairs here
+            per, threads = TUNING.prologue_bytes, TUNING.prologue_threads
+            for fs, label in ((None, "affine_relu"), (frames, "affine_relu, frame shift")):
+                y = torch.empty_like(x)
+                fn = _variant_call(x, y, scale, bias, fs, per, threads, kernels, pairs=False)
+                fn()
+                if not torch.equal(y, affine_relu(x, scale, bias, fs)):
+                    raise AssertionError(f"{label} one value at a time differs at {row}")
+                kernel_ms, _ = _gpu_time([fn], REPS)
+                rows.append({**row, "form": f"{label}, one value at a time", "us": kernel_ms * 1e3})
         if args.sweep:
             for fs, label in ((None, "affine_relu"), (frames, "affine_relu, frame shift")):
                 expected = affine_relu(x, scale, bias, fs)

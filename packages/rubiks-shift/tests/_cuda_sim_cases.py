@@ -6,6 +6,7 @@ numba is imported). Prints one line per case and exits non-zero on a mismatch.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import replace
@@ -99,12 +100,23 @@ def check_output_strides() -> bool:
     return ok
 
 
-PROLOGUE_CASES = [  # (bfloat16: PTX and GPU tests; the simulator has no bit casts)
-    ((1, 2, 3, 9, 33), torch.float32),  # rows over a block's span (32 threads x 8 values)
-    ((2, 3, 3, 2, 3), torch.float32),  # frames shorter than a block's width
-    ((2, 1, 2, 9, 37), torch.float16),
-    ((1, 3, 2, 7, 7), torch.float64),
+PROLOGUE_CASES = [  # (shape, dtype, storage offset: 1 leaves bfloat16 off 4-byte words)
+    ((1, 2, 3, 9, 33), torch.float32, 0),  # rows over a block's span (32 threads x 8 values)
+    ((2, 3, 3, 2, 3), torch.float32, 0),  # frames shorter than a block's width
+    ((2, 1, 2, 9, 37), torch.float16, 0),
+    ((1, 3, 2, 7, 7), torch.float64, 0),
+    ((2, 3, 3, 2, 4), torch.bfloat16, 0),  # even planes: pairs
+    ((1, 2, 1, 17, 32), torch.bfloat16, 0),  # pairs, rows over a block's span (256 words)
+    ((2, 3, 2, 3, 5), torch.bfloat16, 0),  # odd planes: one value at a time
+    ((2, 3, 3, 2, 4), torch.bfloat16, 1),  # even planes, misaligned: one value at a time
 ]
+
+
+def _prologue_paired(clip: torch.Tensor, shifted: bool) -> bool:
+    """Whether affine_relu's last launch over ``clip`` moved bfloat16 pairs."""
+    x, major = _cuda._prologue_layout(clip)
+    key = (x.shape, x.dtype, major, shifted, x.data_ptr() % 4 == 0)
+    return bool(_cuda._PROLOGUE_PLANS[key][1].scalars.paired)
 
 
 def check_prologue() -> int:
@@ -116,13 +128,19 @@ def check_prologue() -> int:
     previous = _cuda.use_tuning(replace(TUNING, prologue_threads=32))
     failures = 0
     try:
-        for index, (shape, dtype) in enumerate(PROLOGUE_CASES):
+        for index, (shape, dtype, start) in enumerate(PROLOGUE_CASES):
             acc = torch.float64 if dtype == torch.float64 else torch.float32
-            x = torch.randn(shape, generator=g).to(dtype)
+            flat = torch.randn(start + math.prod(shape), generator=g).to(dtype)
+            x = flat[start:].view(shape)
             scale = (torch.rand(shape[2], generator=g) * 2 - 0.5).to(acc)
             bias = (torch.randn(shape[2], generator=g) * 0.5).to(acc)
             frames = (torch.arange(shape[2], dtype=torch.int32) % 3) - 1  # -1, 0, +1, ...
-            for clip in (x, x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)):
+            major = x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+            if start:  # the channel-major copy at the same offset
+                flat = torch.zeros(start + x.numel(), dtype=dtype)
+                flat[start:] = x.permute(2, 0, 1, 3, 4).flatten()
+                major = flat[start:].view(shape[2], *shape[:2], *shape[3:]).permute(1, 2, 0, 3, 4)
+            for clip in (x, major):
                 shifts = [None, frames]
                 if index == 0:  # shifts far beyond the clip, both ways
                     shifts.append(torch.tensor([-(2**31), 2**31 - 1, 1], dtype=torch.int32))
@@ -135,8 +153,9 @@ def check_prologue() -> int:
                     ok = torch.equal(y, z) and y.stride() == z.stride()
                     failures += not ok
                     what = "shifted" if frame_shift is not None else "plain"
+                    paired = _prologue_paired(clip, frame_shift is not None)
                     label = "ok-prologue" if ok else "FAIL-prologue"
-                    print(f"{label} {what} {shape} {dtype} {clip.stride()}")
+                    print(f"{label} {what} {shape} {dtype} {clip.stride()} paired={paired}")
     finally:
         _cuda.use_tuning(previous)
     return failures

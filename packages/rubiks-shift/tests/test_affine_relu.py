@@ -191,3 +191,26 @@ def test_cuda_at_row_tails(dtype, shape):
                 y.double(), expected.cuda(), rtol=info.eps, atol=info.smallest_normal * info.eps
             )
             assert torch.equal(y, z)
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape", [(8, 8, 72, 56, 56), (2, 3, 4, 1, 1026), (2, 3, 4, 5, 5)])
+def test_cuda_bfloat16_pairs_equal_values_one_by_one(shape):
+    """bfloat16 clips move as 32-bit pairs where H·W is even and the tensor is aligned to
+    4 bytes; the same values one element off that boundary (a view) take one value at a
+    time. Both equal the gather pass bit for bit, in both layouts, with frame shifts."""
+    x, scale, bias = _case(9, shape, "cuda", torch.bfloat16)
+    flat = torch.empty(x.numel() + 1, device="cuda", dtype=torch.bfloat16)
+    flat[1:] = x.flatten()
+    off = flat[1:].view(shape)
+    assert off.data_ptr() % 4 == 2
+    frames = (torch.arange(shape[2], dtype=torch.int32) % 5 - 2).cuda()
+    for fs in (None, frames):
+        shift = _temporal(fs if fs is not None else torch.zeros_like(frames), "cuda")
+        for clip, moved in ((x, off), (channel_major(x), None)):
+            with torch.no_grad():
+                y = affine_relu(clip, scale, bias, fs)
+                z = affine_relu_shift3d(clip, scale, bias, shift, quantize=True)
+                assert torch.equal(y, z)
+                if moved is not None:
+                    assert torch.equal(affine_relu(moved, scale, bias, fs), y)

@@ -223,3 +223,37 @@ def test_affine_relu_plan_covers_every_row(shape, major, rows, inner, frame_stri
     assert step.scalars.inv_chunks == 1.0 / step.scalars.chunks
     assert step.grid == (rows * -(-inner // span), 1, 1)
     assert step.scalars.chunks * span >= inner > (step.scalars.chunks - 1) * span
+
+
+@pytest.mark.parametrize("major", [False, True])
+def test_affine_relu_plan_pairs_bfloat16_on_even_planes(major):
+    """bfloat16 clips with an even H·W on 4-byte boundaries move words of two values:
+    every extent halves, each thread takes half as many units (the same bytes); odd
+    planes, unaligned tensors, other dtypes and ``prologue_pairs=False`` do not."""
+    from rubiks_shift._cuda_plan import affine_relu_plan
+
+    tuning = replace(TUNING, prologue_threads=32)
+    shape = (2, 3, 4, 5, 6)
+    values = affine_relu_plan(shape, "bfloat16", major, True, tuning, word_aligned=False)
+    pairs = affine_relu_plan(shape, "bfloat16", major, True, tuning, word_aligned=True)
+    assert (values.scalars.paired, pairs.scalars.paired) == (0, 1)
+    for name in ("inner", "plane", "segment", "frame_stride"):
+        assert getattr(pairs.scalars, name) * 2 == getattr(values.scalars, name)
+    assert pairs.scalars.segment_step == 32 % pairs.scalars.segment
+    span = 32 * TUNING.prologue_bytes // 4  # words per block
+    assert pairs.scalars.chunks * span >= pairs.scalars.inner > (pairs.scalars.chunks - 1) * span
+    assert pairs.grid[0] == values.grid[0] // values.scalars.chunks * pairs.scalars.chunks
+    unpaired = [
+        affine_relu_plan((2, 3, 4, 5, 5), "bfloat16", major, True, tuning, word_aligned=True),
+        affine_relu_plan(shape, "float16", major, True, tuning, word_aligned=True),
+        affine_relu_plan(shape, "float32", major, True, tuning, word_aligned=True),
+        affine_relu_plan(
+            shape, "bfloat16", major, True, replace(tuning, prologue_pairs=False), word_aligned=True
+        ),
+    ]
+    assert [step.scalars.paired for step in unpaired] == [0, 0, 0, 0]
+
+
+def test_prologue_pairs_must_be_a_bool():
+    with pytest.raises(ValueError, match="prologue_pairs must be True or False"):
+        replace(TUNING, prologue_pairs=1)

@@ -214,7 +214,7 @@ def forward_affine(
     return y
 
 
-_PROLOGUE_PLANS: dict = {}  # (shape, dtype, channel-major, shifted) -> (kernels, step)
+_PROLOGUE_PLANS: dict = {}  # (shape, dtype, channel-major, shifted, aligned) -> (kernels, step)
 
 
 def affine_relu(
@@ -231,11 +231,14 @@ def affine_relu(
     (0 outside the clip)."""
     x, major = _prologue_layout(x)
     shifted = frame_shift is not None
-    key = (x.shape, x.dtype, major, shifted)
+    aligned = x.data_ptr() % 4 == 0  # the result is a fresh allocation: aligned
+    key = (x.shape, x.dtype, major, shifted, aligned)
     plan = _PROLOGUE_PLANS.get(key)
     if plan is None:
         kernels = kernel_set(_STORAGE[x.dtype], "float32")
-        step = affine_relu_plan(tuple(x.shape), kernels.storage, major, shifted, _tuning)
+        step = affine_relu_plan(
+            tuple(x.shape), kernels.storage, major, shifted, _tuning, word_aligned=aligned
+        )
         plan = remember(_PROLOGUE_PLANS, key, (kernels, step))
     kernels, step = plan
     scale, bias = _per_channel(kernels, scale), _per_channel(kernels, bias)

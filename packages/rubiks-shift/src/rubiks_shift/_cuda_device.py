@@ -9,12 +9,12 @@ inner loops index with 32-bit offsets instead of Numba's 64-bit index arithmetic
 
 Here: ``inlined`` (device functions NVVM inlines), the per-dtype ``load_store`` and
 ``masked_load``, the intrinsics (``ldg`` read-only loads, ``ldg_if`` predicated ones,
-bfloat16 conversion, ``offset``, ``fresh``, ``warp_all``), ``divmod_`` by a float64
-reciprocal, and how a kernel is declared: pointer types, scalar types from its
-``_cuda_scalars`` block, its parameter list checked against that block
-(``check_parameters``, ``kernel``) and its register cap (``kernel_decorator``). Each
-intrinsic has a simulator form (``NUMBA_ENABLE_CUDASIM=1``: the kernels run as Python on
-flat arrays).
+bfloat16 conversion of one value or of a 32-bit pair, ``offset``, ``fresh``,
+``warp_all``), ``divmod_`` by a float64 reciprocal, and how a kernel is declared:
+pointer types, scalar types from its ``_cuda_scalars`` block, its parameter list checked
+against that block (``check_parameters``, ``kernel``) and its register cap
+(``kernel_decorator``). Each intrinsic has a simulator form (``NUMBA_ENABLE_CUDASIM=1``:
+the kernels run as Python on flat arrays, bit casts through numpy views).
 """
 
 from __future__ import annotations
@@ -172,6 +172,26 @@ def _make_ldg():
 ldg = _make_ldg()
 
 
+def _sim_bits16(value) -> int:
+    """The simulator's int16 element as its 16 bits (0 to 0xFFFF)."""
+    return int(value) & 0xFFFF
+
+
+def _sim_int16(bits: int):
+    """The low 16 bits of ``bits`` as the simulator's int16 element."""
+    return np.array([bits & 0xFFFF], np.uint16).view(np.int16)[0]
+
+
+def _sim_int32(bits: int):
+    """The low 32 bits of ``bits`` as the simulator's int32 (a word of two bfloat16)."""
+    return np.array([bits & 0xFFFFFFFF], np.uint32).view(np.int32)[0]
+
+
+def _sim_float(bits: int):
+    """The low 32 bits of ``bits`` as a float32 (the simulator's bit cast)."""
+    return np.array([bits & 0xFFFFFFFF], np.uint32).view(np.float32)[0]
+
+
 def _make_bf16():
     """(bf16_load, bf16_bits): a read-only load of a bfloat16 (stored as int16) as
     float32, and float32 -> bfloat16 bits rounded to nearest even (NaN stays NaN). On a
@@ -180,15 +200,14 @@ def _make_bf16():
     from numba import config
 
     if config.ENABLE_CUDASIM:
-        from numba.cuda import libdevice
 
         def bf16_load(a, i):
-            return libdevice.int_as_float((nt.int32(a[i]) & 0xFFFF) << 16)
+            return _sim_float(_sim_bits16(a[i]) << 16)
 
         def bf16_bits(v):
-            bits = nt.int64(libdevice.float_as_int(v)) & 0xFFFFFFFF
+            bits = int(np.array([v], np.float32).view(np.uint32)[0])
             rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
-            return nt.int16(nt.int64(0x7FC0) if v != v else rounded)
+            return _sim_int16(0x7FC0 if v != v else rounded)
 
         return bf16_load, bf16_bits
     from numba.cuda.extending import intrinsic
@@ -227,6 +246,116 @@ def _make_bf16():
 
 
 bf16_load, bf16_bits = _make_bf16()
+
+
+def _make_bf16_pairs():
+    """Two adjacent bfloat16 values as one 32-bit word: (bf16x2_load, bf16x2_store,
+    bf16_low, bf16_high, bf16x2_bits). ``bf16x2_load(a, i)`` reads word ``i`` of an int16
+    pointer (elements 2i and 2i + 1, 4-byte aligned) through the read-only path;
+    ``bf16x2_store(a, i, w)`` writes it; ``bf16_low`` / ``bf16_high`` give its first /
+    second value as float32; ``bf16x2_bits(first, second)`` rounds two float32 values to
+    one word (``cvt.rn.bf16x2.f32``, as ``bf16_bits`` rounds each). Little-endian: the
+    first value is the low half."""
+    from numba import config
+
+    if config.ENABLE_CUDASIM:
+
+        def bf16x2_load(a, i):
+            return _sim_int32(_sim_bits16(a[2 * i]) | (_sim_bits16(a[2 * i + 1]) << 16))
+
+        def bf16x2_store(a, i, w):
+            a[2 * i] = _sim_int16(int(w))
+            a[2 * i + 1] = _sim_int16(int(w) >> 16)
+
+        def bf16_low(w):
+            return _sim_float(int(w) << 16)
+
+        def bf16_high(w):
+            return _sim_float(int(w) & 0xFFFF0000)
+
+        def bf16x2_bits(first, second):
+            return _sim_int32(
+                _sim_bits16(bf16_bits(first)) | (_sim_bits16(bf16_bits(second)) << 16)
+            )
+
+        return bf16x2_load, bf16x2_store, bf16_low, bf16_high, bf16x2_bits
+    from numba.cuda.extending import intrinsic
+
+    def word_address(builder, ptr, index):
+        from llvmlite import ir
+
+        words = builder.bitcast(ptr, ir.IntType(32).as_pointer())
+        return builder.gep(words, [index])
+
+    @intrinsic
+    def bf16x2_load(typingctx, ptr, index):
+        if not isinstance(ptr, nt.CPointer) or ptr.dtype != nt.int16:
+            return None
+        if not isinstance(index, nt.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            from llvmlite import ir
+
+            i64t = ir.IntType(64)
+            address = builder.ptrtoint(word_address(builder, args[0], args[1]), i64t)
+            fn = ir.FunctionType(ir.IntType(32), [i64t])
+            text = "ld.global.nc.u32 $0, [$1];"
+            return builder.asm(fn, text, "=r,l", [address], side_effect=False)
+
+        return nt.int32(ptr, index), codegen
+
+    @intrinsic
+    def bf16x2_store(typingctx, ptr, index, word):
+        if not isinstance(ptr, nt.CPointer) or ptr.dtype != nt.int16 or word != nt.int32:
+            return None
+        if not isinstance(index, nt.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            builder.store(args[2], word_address(builder, args[0], args[1]), align=4)
+            return context.get_dummy_value()
+
+        return nt.void(ptr, index, word), codegen
+
+    def half_as_float(shifted: bool):
+        def typer(typingctx, word):
+            if word != nt.int32:
+                return None
+
+            def codegen(context, builder, sig, args):
+                from llvmlite import ir
+
+                i32t = ir.IntType(32)
+                if shifted:
+                    bits = builder.shl(args[0], ir.Constant(i32t, 16))
+                else:
+                    bits = builder.and_(args[0], ir.Constant(i32t, 0xFFFF0000))
+                return builder.bitcast(bits, ir.FloatType())
+
+            return nt.float32(word), codegen
+
+        return intrinsic(typer)
+
+    @intrinsic
+    def bf16x2_bits(typingctx, first, second):
+        if first != nt.float32 or second != nt.float32:
+            return None
+
+        def codegen(context, builder, sig, args):
+            from llvmlite import ir
+
+            fn = ir.FunctionType(ir.IntType(32), [ir.FloatType(), ir.FloatType()])
+            text = "cvt.rn.bf16x2.f32 $0, $1, $2;"  # $1 to the high half, $2 to the low
+            operands = [args[1], args[0]]
+            return builder.asm(fn, text, "=r,f,f", operands, side_effect=False)
+
+        return nt.int32(first, second), codegen
+
+    return bf16x2_load, bf16x2_store, half_as_float(True), half_as_float(False), bf16x2_bits
+
+
+bf16x2_load, bf16x2_store, bf16_low, bf16_high, bf16x2_bits = _make_bf16_pairs()
 
 
 # zero of each element type in PTX, for the masked load's "not loaded" value

@@ -312,12 +312,18 @@ def shift_grad_plan(
 
 @functools.lru_cache(maxsize=512)
 def affine_relu_plan(
-    shape, storage: str, channel_major: bool, shifted: bool = False, tuning: Tuning = TUNING
+    shape,
+    storage: str,
+    channel_major: bool,
+    shifted: bool = False,
+    tuning: Tuning = TUNING,
+    word_aligned: bool = False,
 ) -> Step:
     """The launch of ``affine_relu`` over an (N, T, C, H, W) clip of ``storage`` values
     stored channel-major ((C, N·T·H·W) rows, a frame H·W values on) or contiguous
     ((N·T·C, H·W) rows, a frame C·H·W values on), reading a per-channel frame shift where
-    ``shifted``."""
+    ``shifted``. bfloat16 values move in pairs where H·W is even and both tensors start
+    on a 4-byte boundary (``word_aligned``) and ``tuning.prologue_pairs`` allows it."""
     n_batch, frames, channels, height, width = shape
     check_channels(channels)
     plane = height * width
@@ -327,10 +333,27 @@ def affine_relu_plan(
     else:
         rows, inner = n_batch * frames * channels, plane
         frame_stride, segment = channels * plane, plane
+    per_thread = prologue_per_thread(storage, tuning)
     threads = tuning.prologue_threads
-    chunks = -(-inner // (threads * prologue_per_thread(storage, tuning)))
+    chunks = -(-inner // (threads * per_thread))
     if rows * chunks >= 2**31 or 2 * frames * frame_stride >= 2**31:  # the kernel's int32s
         raise ValueError(f"rubiks_shift on CUDA: a clip of {tuple(shape)} is too large")
+    paired = (
+        storage == "bfloat16"
+        and tuning.prologue_pairs
+        and word_aligned
+        and plane % 2 == 0
+        and per_thread >= 2
+    )
+    if paired:  # every extent below is even: count words of two values
+        inner, plane, segment, frame_stride = (
+            inner // 2,
+            plane // 2,
+            segment // 2,
+            frame_stride // 2,
+        )
+        per_thread //= 2
+        chunks = -(-inner // (threads * per_thread))
     scalars = AffineReluScalars(
         inner=inner,
         C=channels,
@@ -345,5 +368,6 @@ def affine_relu_plan(
         frames=frames,
         inv_frames=1.0 / frames,
         shifted=int(shifted),
+        paired=int(paired),
     )
     return Step("affine_relu", (rows * chunks, 1, 1), (threads, 1, 1), scalars)

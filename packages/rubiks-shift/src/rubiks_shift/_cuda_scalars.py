@@ -107,18 +107,20 @@ class FinalizeScalars(NamedTuple):
 
 class AffineReluScalars(NamedTuple):
     """``affine_relu``: relu(x * scale[c] + bias[c]) over rows of one channel each, each
-    value read ``shift[c]`` frames later where a frame shift is given."""
+    value read ``shift[c]`` frames later where a frame shift is given. Extents count
+    units: values, or (``paired``) words of two bfloat16 values."""
 
-    inner: int  # elements per row (a row: one channel's values, contiguous)
+    inner: int  # units per row (a row: one channel's values, contiguous)
     C: int  # channels: row r holds channel r % C, starting in frame (r // C) % T
     chunks: int  # blocks per row
     inv_chunks: float  # 1 / chunks (divmod_'s reciprocal)
     inv_C: float  # 1 / C
-    plane: int  # H * W: the values of one frame of a channel, contiguous
-    segment: int  # a row's values repeat their frames every segment values (T·H·W or H·W)
+    plane: int  # H * W: the units of one frame of a channel, contiguous
+    segment: int  # a row's units repeat their frames every segment units (T·H·W or H·W)
     inv_segment: float  # 1 / segment
     segment_step: int  # threads per block % segment: a thread's next value's move in its segment
-    frame_stride: int  # elements from a value to the same one a frame later
+    frame_stride: int  # units from a value to the same one a frame later
     frames: int  # T
     inv_frames: float  # 1 / T
     shifted: int  # 1: read shift[c] (the frame shift), 0: no shift (shift is not read)
+    paired: int  # 1: units are 32-bit words of two bfloat16 values (even H * W, aligned)

@@ -89,6 +89,9 @@ class Tuning:
     prologue_bytes: int = _kernel(32)
     # its threads per block
     prologue_threads: int = 128
+    # bfloat16 values moved as 32-bit pairs where H * W is even and the tensors aligned
+    # (one load instruction per two values; see BENCHMARKS.md, "The bn1 pass")
+    prologue_pairs: bool = True
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -154,6 +157,7 @@ _ALLOWED = {
     "finalize_threads": _TREE,
     "prologue_bytes": (_integer(8, 64), "an integer from 8 to 64 (32 values at most per thread)"),
     "prologue_threads": _THREADS,
+    "prologue_pairs": (lambda v: isinstance(v, bool), "True or False"),
 }
 
 TUNING = Tuning()
