@@ -18,13 +18,13 @@ device synchronised once at the end; the median of ``--repeats`` such loops. Mod
   suffix ``@<pixels>`` sets its ``channel_major_plane`` (``:fused@0``: frame by frame).
 
 Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
-SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_bf16``
-(channels-last model and input, autocast), ``infer_compile_fp32`` / ``_bf16``
+SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_fp32`` /
+``_bf16`` (channels-last model and input), ``infer_compile_fp32`` / ``_bf16``
 (``torch.compile``, ``--compile-mode`` and ``--fullgraph`` as asked; compile time
-reported apart), ``infer_graph_fp32`` /
-``_bf16`` (:class:`rubiks_models.cuda_graphs.GraphedInference`), ``train_fp32``,
-``train_bf16``, ``train_compile_fp32`` / ``_bf16``, ``train_graph_fp32`` / ``_bf16``
-(:class:`rubiks_models.cuda_graphs.GraphedTrainStep`); each train mode also reports the
+reported apart), ``infer_graph_fp32`` / ``_bf16``
+(:class:`rubiks_models.cuda_graphs.GraphedInference`), ``train_fp32``, ``train_bf16``,
+``train_cl_fp32`` / ``_bf16``, ``train_compile_fp32`` / ``_bf16``, ``train_graph_fp32`` /
+``_bf16`` (:class:`rubiks_models.cuda_graphs.GraphedTrainStep`); each train mode also reports the
 peak memory of a step. The table gives each figure's ratio to TSM-R50 in the same mode.
 """
 
@@ -49,6 +49,7 @@ from torch import nn
 MODES = (
     "infer_fp32",
     "infer_bf16",
+    "infer_cl_fp32",
     "infer_cl_bf16",
     "infer_compile_fp32",
     "infer_compile_bf16",
@@ -56,6 +57,8 @@ MODES = (
     "infer_graph_bf16",
     "train_fp32",
     "train_bf16",
+    "train_cl_fp32",
+    "train_cl_bf16",
     "train_compile_fp32",
     "train_compile_bf16",
     "train_graph_fp32",

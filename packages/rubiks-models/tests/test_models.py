@@ -239,3 +239,42 @@ def test_compile_fullgraph(name: str) -> None:
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(clip), model(clip))
+
+
+class _NoKernels(torch.utils._python_dispatch.TorchDispatchMode):
+    """Any dispatch mode turns the fused training batch norm off: torch's own runs."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("arch", ["rubiksnet_tiny", "rubiksnet_tiny_aq"])
+def test_cuda_training_batch_norm_kernels_match_torch(arch: str) -> None:
+    """A training step on CUDA, its batch norm + ReLU pairs in rubiks_shift's kernels,
+    against the same step with torch's batch norm: logits, every gradient and the batch
+    norms' running statistics and counters, to float32 rounding."""
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=7).cuda().train()
+    twin = timm.create_model(arch, num_classes=7).cuda().train()
+    twin.load_state_dict(model.state_dict())
+    clip = torch.randn(2, 8, 3, 64, 64, device="cuda")
+    target = torch.tensor([1, 5], device="cuda")
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(deterministic=True, allow_tf32=False):
+            logits = model(clip)
+            F.cross_entropy(logits, target).backward()
+            with _NoKernels():
+                ref = twin(clip)
+                F.cross_entropy(ref, target).backward()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        scale = q.grad.abs().max().item() or 1.0
+        err = (p.grad - q.grad).abs().max().item() / scale
+        assert err < 2e-3, f"{name}: gradient off by {err:.1e} of its largest"
+    for (name, b), c in zip(model.named_buffers(), twin.buffers(), strict=True):
+        torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-5, msg=name)

@@ -14,6 +14,7 @@ from dataclasses import replace
 assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from rubiks_shift import _cuda, _cuda_launch, _cuda_plan, reference  # noqa: E402
 from rubiks_shift._cuda_tuning import TUNING  # noqa: E402
@@ -161,11 +162,64 @@ def check_prologue() -> int:
     return failures
 
 
+BATCH_NORM_CASES = [  # (B, C, H, W), dtype; two spans per channel, cut mid-row, in the
+    # first two (1280 and 2304 values against 1024 and 2048 per block round)
+    ((5, 2, 16, 16), torch.float64),
+    ((9, 2, 16, 16), torch.float32),
+    ((2, 2, 6, 4), torch.bfloat16),
+    ((7, 2, 1, 1), torch.float64),
+]
+
+
+def check_batch_norm() -> int:
+    """Training batch norm + ReLU (statistics, running statistics, the forward, grad_x,
+    grad_weight, grad_bias) against torch's in float64, and bit for bit again on a second
+    run (fixed-order sums). Returns the failures."""
+    g = torch.Generator().manual_seed(11)
+    previous = _cuda.use_tuning(replace(TUNING, prologue_threads=32, batch_norm_blocks=5))
+    failures = 0
+    try:
+        for shape, dtype in BATCH_NORM_CASES:
+            acc = torch.float64 if dtype == torch.float64 else torch.float32
+            c = shape[1]
+            x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 3).to(dtype)
+            dy = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+            w = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
+            b = torch.randn(c, generator=g, dtype=torch.float64)
+            rm = torch.randn(c, generator=g, dtype=torch.float64)
+            rv = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
+            xr, wr, br = (t.double().requires_grad_() for t in (x, w, b))
+            rm_ref, rv_ref = rm.clone(), rv.clone()
+            y_ref = torch.relu(F.batch_norm(xr, rm_ref, rv_ref, wr, br, True, 0.1, 1e-5))
+            y_ref.backward(dy.double())
+            runs = []
+            for _ in range(2):
+                run_m, run_v = rm.to(acc).clone(), rv.to(acc).clone()
+                y, stats = _cuda.batch_norm_relu_forward(
+                    x, w.to(acc), b.to(acc), run_m, run_v, 0.1, 1e-5
+                )
+                gx, gw, gb = _cuda.batch_norm_relu_backward(dy, x, w.to(acc), stats, 1e-5, 0.1)
+                runs.append((y, run_m, run_v, gx, gw, gb))
+            tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 3e-2}[dtype]
+            expected = (y_ref, rm_ref, rv_ref, xr.grad, wr.grad, br.grad)
+            ok = all(
+                torch.allclose(got.double(), want.detach(), rtol=tol, atol=tol)
+                for got, want in zip(runs[0], expected, strict=True)
+            )
+            ok = ok and all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
+            failures += not ok
+            print(f"{'ok' if ok else 'FAIL'}-batch-norm {shape} {dtype}")
+    finally:
+        _cuda.use_tuning(previous)
+    return failures
+
+
 def main() -> int:
     g = torch.Generator().manual_seed(0)
     failures = 0 if check_bounds() else 1
     failures += not check_output_strides()
     failures += check_prologue()
+    failures += check_batch_norm()
     for index, (shape, stride, padding, quantize, dtype) in enumerate(CASES):
         # both gather task orders on every kind of case (the default picks by dtype and
         # row width, and these rows are all narrower than a warp)

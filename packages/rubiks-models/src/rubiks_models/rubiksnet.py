@@ -36,6 +36,8 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from rubiks_shift import batch_norm
+
 from .archs import TIERS, VARIANTS
 from .checkpoint import CheckpointError, check_state_dict, resolve_checkpoint, strict_pretrained
 from .reference_keys import REFERENCE_KEY_MAP, convert_reference_key, convert_reference_state
@@ -83,6 +85,32 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3))))))
         return x * s[:, :, None, None]
+
+
+def norm_relu(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(norm(x))``. A batch norm in training followed by a ReLU, on a CUDA tensor in
+    plain eager code, runs as :func:`rubiks_shift.batch_norm_relu` (statistics and
+    gradients in deterministic kernels, the normalisation and ReLU one pass, the same
+    module state updates as ``nn.BatchNorm2d``); anything else is the modules' own forward
+    (evaluation, the CPU, compiled or traced code)."""
+    if (
+        type(x) is torch.Tensor
+        and type(norm) is nn.BatchNorm2d
+        and type(act) is nn.ReLU
+        and norm.training
+        and norm.track_running_stats
+        and norm.momentum is not None
+        and norm.num_batches_tracked is not None
+        and batch_norm.uses_kernels(
+            x, norm.running_mean, norm.running_var, norm.weight, norm.bias, True, norm.momentum
+        )
+    ):
+        norm.num_batches_tracked.add_(1)
+        return batch_norm.batch_norm_relu(
+            x, norm.running_mean, norm.running_var, norm.weight, norm.bias, True,
+            norm.momentum, norm.eps,
+        )  # fmt: skip
+    return act(norm(x))
 
 
 class RubiksBlock(nn.Module):
@@ -155,14 +183,22 @@ class RubiksBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t = x.shape[0], x.shape[1]
         f = x.flatten(0, 1)
-        a = self.act1(self.norm1(f))
+        a = self.act1(self.norm1(f)) if torch.jit.is_scripting() else self._norm_relu(f, False)
         skip = self.shortcut(a) if self.has_proj else f
         if self.has_tshift:
             a = self.tshift(a.unflatten(0, [b, t])).flatten(0, 1)
-        h = self.act2(self.norm2(self.conv1(a)))
+        h = self.conv1(a)
+        h = self.act2(self.norm2(h)) if torch.jit.is_scripting() else self._norm_relu(h, True)
         h = self.rubiks(h.unflatten(0, [b, t])).flatten(0, 1) if self.is_3d else self.rubiks(h)
         h = self.conv2(self.se(h))
         return (h + skip).unflatten(0, [b, t])
+
+    @torch.jit.unused
+    def _norm_relu(self, x: torch.Tensor, second: bool) -> torch.Tensor:
+        """relu(norm2(x)) where ``second``, else relu(norm1(x)): :func:`norm_relu`."""
+        if second:
+            return norm_relu(self.norm2, self.act2, x)
+        return norm_relu(self.norm1, self.act1, x)
 
 
 class RubiksStage(nn.Module):
@@ -377,7 +413,14 @@ class RubiksNet(nn.Module):
 
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
         b, t = x.shape[0], x.shape[1]
-        return self.act(self.norm(x.flatten(0, 1))).unflatten(0, [b, t])
+        f = x.flatten(0, 1)
+        f = self.act(self.norm(f)) if torch.jit.is_scripting() else self._norm_relu(f)
+        return f.unflatten(0, [b, t])
+
+    @torch.jit.unused
+    def _norm_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """relu(norm(x)) of the final norm: :func:`norm_relu`."""
+        return norm_relu(self.norm, self.act, x)
 
     def _head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean((-2, -1))  # (B, T, C): per-frame pooled features

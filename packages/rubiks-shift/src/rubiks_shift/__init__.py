@@ -5,6 +5,7 @@ with autograd, fake and autocast rules.
 """
 
 from ._normalize import normalize_shift_grad
+from .batch_norm import batch_norm_relu
 from .functional import check_shift, rubiks_shift2d, rubiks_shift3d
 from .fused import COMPILE_AS_TORCH, affine_relu, affine_relu_shift3d, is_channel_major
 from .init import group_offsets, init_spatial, init_temporal
@@ -19,6 +20,7 @@ __all__ = [
     "__version__",
     "affine_relu",
     "affine_relu_shift3d",
+    "batch_norm_relu",
     "check_shift",
     "group_offsets",
     "init_spatial",

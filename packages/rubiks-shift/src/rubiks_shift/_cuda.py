@@ -20,7 +20,14 @@ import torch
 
 from ._checks import channel_major, empty_channel_major, output_shape, remember
 from ._cuda_launch import KernelSet, kernel_set, run
-from ._cuda_plan import ShiftGradPlan, Step, affine_relu_plan, gather_plan, shift_grad_plan
+from ._cuda_plan import (
+    ShiftGradPlan,
+    Step,
+    affine_relu_plan,
+    batch_norm_plan,
+    gather_plan,
+    shift_grad_plan,
+)
 from ._cuda_tuning import TUNING, Tuning
 
 _STORAGE = {
@@ -65,7 +72,7 @@ def use_tuning(tuning: Tuning) -> Tuning:
         changed = sorted(k for k, v in tuning.kernel_values().items() if v != getattr(TUNING, k))
         raise ValueError(f"use_tuning cannot change the kernels' compile-time values: {changed}")
     previous, _tuning = _tuning, tuning
-    for plans in (_FORWARD_PLANS, _AFFINE_PLANS, _BACKWARD_PLANS, _PROLOGUE_PLANS):
+    for plans in (_FORWARD_PLANS, _AFFINE_PLANS, _BACKWARD_PLANS, _PROLOGUE_PLANS, _BN_PLANS):
         plans.clear()
     return previous
 
@@ -337,3 +344,83 @@ def backward(
         if previous >= 0:
             torch.cuda.set_device(previous)
     return gx, gs
+
+
+# ------------------------------------------------------------- training batch norm
+
+_BN_PLANS: dict = {}  # (shape, dtype, eps, momentum) -> (kernels, BatchNormPlan)
+
+
+def _bn_plan(x: torch.Tensor, eps: float, momentum: float):
+    key = (x.shape, x.dtype, eps, momentum)
+    plan = _BN_PLANS.get(key)
+    if plan is None:
+        kernels = kernel_set(_STORAGE[x.dtype], "float32")
+        batch, channels = x.shape[0], x.shape[1]
+        shape = (batch, channels, x.numel() // max(1, batch * channels))
+        plan = remember(
+            _BN_PLANS,
+            key,
+            (kernels, batch_norm_plan(shape, kernels.storage, eps, momentum, _tuning)),
+        )
+    return plan
+
+
+def batch_norm_relu_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    momentum: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """relu(batch_norm(x)) in training mode over a contiguous (B, C, ...) x: the batch's
+    statistics per channel, the running statistics updated in place. Returns (y, stats),
+    stats the (4, C) mean, 1 / sqrt(var + eps), scale and shift of the affine applied
+    (the backward's input). weight, bias and the running statistics: contiguous, in the
+    accumulation dtype."""
+    kernels, plan = _bn_plan(x, eps, momentum)
+    channels = x.shape[1]
+    acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
+    partial = torch.empty(channels * plan.parts * 2, device=x.device, dtype=acc)
+    stats = torch.empty(4, channels, device=x.device, dtype=acc)
+    index = x.get_device()
+    previous = _make_current(index)
+    try:
+        run(kernels, plan.partial, (x, x, stats, partial), index)
+        args = (x, partial, weight, bias, running_mean, running_var, stats)
+        run(kernels, plan.stats, args, index)
+    finally:
+        if previous >= 0:
+            torch.cuda.set_device(previous)
+    clip = x.view(x.shape[0], 1, channels, x.shape[2] if x.dim() > 2 else 1, -1)
+    y = affine_relu(clip, stats[2], stats[3]).view(x.shape)
+    return y, stats
+
+
+def batch_norm_relu_backward(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stats: torch.Tensor,
+    eps: float,
+    momentum: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_weight, grad_bias) of ``batch_norm_relu_forward``; grad_y and x
+    contiguous, of x's dtype; the parameter gradients in the accumulation dtype."""
+    kernels, plan = _bn_plan(x, eps, momentum)
+    channels = x.shape[1]
+    partial = torch.empty(channels * plan.parts * 2, device=x.device, dtype=stats.dtype)
+    coefficients = torch.empty(5, channels, device=x.device, dtype=stats.dtype)
+    grad_x = torch.empty_like(x, memory_format=_CONTIGUOUS)
+    index = x.get_device()
+    previous = _make_current(index)
+    try:
+        run(kernels, plan.grad_partial, (x, grad_y, stats, partial), index)
+        run(kernels, plan.coefficients, (partial, weight, stats, coefficients), index)
+        run(kernels, plan.grad_input, (x, grad_y, grad_x, stats, coefficients), index)
+    finally:
+        if previous >= 0:
+            torch.cuda.set_device(previous)
+    return grad_x, coefficients[3], coefficients[4]

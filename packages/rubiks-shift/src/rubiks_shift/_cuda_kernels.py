@@ -3,16 +3,26 @@
 ``Kernels`` builds every kernel the op launches as a Numba dispatcher (compiled on first
 use, for its one signature ``<name>_sig``): the gathers of ``_cuda_gather`` (forward and
 grad_x; each also as ``<name>_affine``, the forward with the input prologue), the
-shift-gradient kernels of ``_cuda_shift_grad`` and the prologue alone (``_cuda_prologue``),
-with the compile-time values of a ``Tuning`` (``_cuda_tuning``). The launch path
-(``_cuda_launch.KernelSet``) builds one only where a kernel is not in the on-disk cache;
-the compile workers build one to fill it.
+shift-gradient kernels of ``_cuda_shift_grad``, the prologue alone (``_cuda_prologue``)
+and training batch norm's (``_cuda_batch_norm``), with the compile-time values of a
+``Tuning`` (``_cuda_tuning``). The launch path (``_cuda_launch.KernelSet``) builds one
+only where a kernel is not in the on-disk cache; the compile workers build one to fill it.
 """
 
 from __future__ import annotations
 
 from numba import cuda
 
+from ._cuda_batch_norm import (
+    bn_grad_coefficients_signature,
+    bn_grad_input_signature,
+    bn_partial_signature,
+    bn_stats_signature,
+    build_bn_grad_coefficients,
+    build_bn_grad_input,
+    build_bn_partial,
+    build_bn_stats,
+)
 from ._cuda_gather import build_gather, gather_signature
 from ._cuda_prologue import affine_relu_signature, build_affine_relu
 from ._cuda_shift_grad import build_shift_grad, finalize_signature, grad_shift_signature
@@ -22,8 +32,9 @@ from ._cuda_tuning import TUNING, Tuning, prologue_per_thread
 class Kernels:
     """The compiled-on-demand kernels of one (storage, shift storage) pair, built with
     ``tuning``'s compile-time values: ``gather``, ``gather_narrow``, ``gather_frames``
-    (and each ``*_affine``), ``grad_shift``, ``finalize`` and ``affine_relu`` (the
-    prologue alone), each with its signature ``<name>_sig``."""
+    (and each ``*_affine``), ``grad_shift``, ``finalize``, ``affine_relu`` (the
+    prologue alone) and ``bn_partial``, ``bn_stats``, ``bn_grad_coefficients``,
+    ``bn_grad_input`` (training batch norm), each with its signature ``<name>_sig``."""
 
     def __init__(self, storage: str, shift_storage: str, tuning: Tuning = TUNING) -> None:
         self.storage = storage
@@ -41,6 +52,15 @@ class Kernels:
         self.finalize_sig = finalize_signature(storage, shift_storage)
         self.affine_relu = build_affine_relu(storage, prologue_per_thread(storage, tuning))
         self.affine_relu_sig = affine_relu_signature(storage)
+        per_thread = prologue_per_thread(storage, tuning)
+        self.bn_partial = build_bn_partial(storage, per_thread, tuning.batch_norm_threads)
+        self.bn_partial_sig = bn_partial_signature(storage)
+        self.bn_stats = build_bn_stats(storage)
+        self.bn_stats_sig = bn_stats_signature(storage)
+        self.bn_grad_coefficients = build_bn_grad_coefficients(storage)
+        self.bn_grad_coefficients_sig = bn_grad_coefficients_signature(storage)
+        self.bn_grad_input = build_bn_grad_input(storage, per_thread)
+        self.bn_grad_input_sig = bn_grad_input_signature(storage)
         row_walk = dict(registers=tuning.row_walk_registers, group=tuning.row_walk_group)
         frame_walk = dict(
             registers=tuning.frame_walk_registers, frame_rows=tuning.frame_walk_rows, frames=True

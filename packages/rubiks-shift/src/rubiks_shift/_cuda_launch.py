@@ -316,7 +316,10 @@ class _Launcher:
         if cls.workers is None:
             cls.workers = kc.Workers(count)
         missing = [name]
-        for other in kc.PREFETCH_AFFINE if name in kc.PREFETCH_AFFINE else kc.PREFETCH:
+        group = kc.PREFETCH
+        for prefetch in (kc.PREFETCH_AFFINE, kc.PREFETCH_BATCH_NORM):
+            group = prefetch if name in prefetch else group
+        for other in group:
             key = kc.make_key(kernels.storage, kernels.shift_storage, other, *facts)
             if other != name and not kc.entry_path(directory, key).exists():
                 missing.append(other)

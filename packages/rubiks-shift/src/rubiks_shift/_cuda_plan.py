@@ -15,6 +15,9 @@ from typing import NamedTuple
 
 from ._cuda_scalars import (
     AffineReluScalars,
+    BatchNormGradInputScalars,
+    BatchNormPartialScalars,
+    BatchNormStatsScalars,
     FinalizeScalars,
     GatherFramesScalars,
     GatherScalars,
@@ -371,3 +374,77 @@ def affine_relu_plan(
         paired=int(paired),
     )
     return Step("affine_relu", (rows * chunks, 1, 1), (threads, 1, 1), scalars)
+
+
+class BatchNormPlan(NamedTuple):
+    """The launches of training batch norm over a (B, C, P) tensor: the per-channel sums
+    (``partial``: statistics; ``grad_partial``: the gradient's), the per-channel kernels
+    (``stats``, ``coefficients``) and grad_x's elementwise pass (``grad_input``)."""
+
+    parts: int  # partial sums per channel
+    partial: Step
+    grad_partial: Step
+    stats: Step
+    coefficients: Step
+    grad_input: Step
+
+
+@functools.lru_cache(maxsize=512)
+def batch_norm_plan(
+    shape: tuple[int, int, int],
+    storage: str,
+    eps: float,
+    momentum: float,
+    tuning: Tuning = TUNING,
+) -> BatchNormPlan:
+    """Training batch norm's launches over a (B, C, P) tensor of ``storage`` values."""
+    batch, channels, plane = shape
+    total = batch * plane
+    if total < 2:
+        raise ValueError(
+            f"batch norm in training needs more than one value per channel, got a {shape} tensor"
+        )
+    if batch * channels * plane >= 2**62 or channels >= 65536:
+        raise ValueError(f"rubiks_shift on CUDA: a batch-norm input of {shape} is too large")
+    threads = tuning.batch_norm_threads
+    per_thread = prologue_per_thread(storage, tuning)
+    rounds = -(-total // (threads * per_thread))  # a channel's rounds of one block
+    parts = max(1, min(rounds, -(-tuning.batch_norm_blocks // channels)))
+    span = -(-total // parts)
+    parts = -(-total // span)  # no empty block
+    partial = BatchNormPartialScalars(
+        C=channels,
+        P=plane,
+        inv_P=1.0 / plane,
+        total=total,
+        span=span,
+        parts=parts,
+        step_rows=threads // plane,
+        step_pos=threads % plane,
+        grads=0,
+    )
+    per_channel = BatchNormStatsScalars(
+        C=channels,
+        P=plane,
+        parts=parts,
+        count=float(total),
+        eps=float(eps),
+        momentum=float(momentum),
+        unbias=total / (total - 1),
+    )
+    row_threads = tuning.prologue_threads
+    chunks = -(-plane // (row_threads * per_thread))
+    if batch * channels * chunks >= 2**31:
+        raise ValueError(f"rubiks_shift on CUDA: a batch-norm input of {shape} is too large")
+    elementwise = BatchNormGradInputScalars(
+        inner=plane, C=channels, chunks=chunks, inv_chunks=1.0 / chunks, inv_C=1.0 / channels
+    )
+    one_per_channel = (-(-channels // 128), 1, 1), (128, 1, 1)
+    return BatchNormPlan(
+        parts,
+        Step("bn_partial", (parts, channels, 1), (threads, 1, 1), partial),
+        Step("bn_partial", (parts, channels, 1), (threads, 1, 1), partial._replace(grads=1)),
+        Step("bn_stats", *one_per_channel, per_channel),
+        Step("bn_grad_coefficients", *one_per_channel, per_channel),
+        Step("bn_grad_input", (batch * channels * chunks, 1, 1), (row_threads, 1, 1), elementwise),
+    )

@@ -124,3 +124,41 @@ class AffineReluScalars(NamedTuple):
     inv_frames: float  # 1 / T
     shifted: int  # 1: read shift[c] (the frame shift), 0: no shift (shift is not read)
     paired: int  # 1: units are 32-bit words of two bfloat16 values (even H * W, aligned)
+
+
+class BatchNormPartialScalars(NamedTuple):
+    """``bn_partial``: per-block sums over spans of each channel's values, a channel's
+    values being B rows of P, row b at (b·C + c)·P."""
+
+    C: int
+    P: int  # H * W: the values of one row (one image of the batch, one channel)
+    inv_P: float  # 1 / P (divmod_'s reciprocal)
+    total: int  # B * P: one channel's values
+    span: int  # values per block (the last block's span may be shorter)
+    parts: int  # blocks per channel
+    step_rows: int  # a thread's move to its next value: whole rows ...
+    step_pos: int  # ... and places in a row (threads per block = step_rows·P + step_pos)
+    grads: int  # 0: statistics (Σ v, Σ v²); 1: gradient sums (Σ g, Σ g·(x - mean))
+
+
+class BatchNormStatsScalars(NamedTuple):
+    """``bn_stats`` and ``bn_grad_coefficients``: one thread per channel."""
+
+    C: int
+    P: int
+    parts: int
+    count: float  # B * P, the values per channel
+    eps: float
+    momentum: float
+    unbias: float  # count / (count - 1): the running variance is the unbiased one
+
+
+class BatchNormGradInputScalars(NamedTuple):
+    """``bn_grad_input``: rows of one channel each, (B·C, P), as ``affine_relu`` walks
+    a contiguous clip."""
+
+    inner: int  # P
+    C: int
+    chunks: int  # blocks per row
+    inv_chunks: float
+    inv_C: float

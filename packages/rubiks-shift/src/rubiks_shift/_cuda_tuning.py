@@ -32,7 +32,8 @@ class Tuning:
 
     Row walk: the gathers ``gather`` / ``gather_narrow`` (every stride but temporal and
     row stride 1). Frame walk: ``gather_frames`` (temporal and row stride 1). Shift
-    gradient: ``grad_shift`` and ``finalize``. The prologue alone: ``affine_relu``. Fields
+    gradient: ``grad_shift`` and ``finalize``. The prologue alone: ``affine_relu``. Training
+    batch norm: ``bn_partial`` and its per-channel and elementwise kernels. Fields
     made with ``_kernel`` are compiled into a kernel; the others only shape launches."""
 
     # no spills, 5 blocks of 256 threads per SM; the best of 48 / 64 / 96, within 2 %
@@ -92,6 +93,14 @@ class Tuning:
     # bfloat16 values moved as 32-bit pairs where H * W is even and the tensors aligned
     # (one load instruction per two values; see BENCHMARKS.md, "The bn1 pass")
     prologue_pairs: bool = True
+    # training batch norm: threads per block of the per-channel sums, the width of their
+    # fixed reduction tree (a power of two); each thread loads ``prologue_bytes`` of
+    # values per round, and grad_x's elementwise pass walks rows as ``affine_relu`` does
+    batch_norm_threads: int = _kernel(256)
+    # blocks the per-channel sums aim for in all (a channel's values are cut into
+    # ceil(this / C) spans, at most one round of a block each at the least): about eight
+    # resident blocks of 256 threads on each of an H200's 132 SMs
+    batch_norm_blocks: int = 1056
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -158,6 +167,8 @@ _ALLOWED = {
     "prologue_bytes": (_integer(8, 64), "an integer from 8 to 64 (32 values at most per thread)"),
     "prologue_threads": _THREADS,
     "prologue_pairs": (lambda v: isinstance(v, bool), "True or False"),
+    "batch_norm_threads": _TREE,
+    "batch_norm_blocks": _POSITIVE,
 }
 
 TUNING = Tuning()

@@ -63,12 +63,18 @@ KERNELS = (
     "gather_affine",
     "gather_narrow_affine",
     "affine_relu",
+    "bn_partial",
+    "bn_stats",
+    "bn_grad_coefficients",
+    "bn_grad_input",
 )
 # compiled together on a set's first miss, longest first (the one-column gathers, for
 # sources one pixel wide, only when a launch needs them): training's kernels, and the
-# fused inference form's (``*_affine``) when one of those missed
+# fused inference form's (``*_affine``) when one of those missed, training batch norm's
+# when one of its kernels did
 PREFETCH = ("grad_shift", "gather", "gather_frames", "finalize")
 PREFETCH_AFFINE = ("gather_affine", "gather_frames_affine", "affine_relu")
+PREFETCH_BATCH_NORM = ("bn_partial", "bn_grad_input", "bn_stats", "bn_grad_coefficients")
 # the files that define the kernels' code (the launch-only tuning fields are not part of
 # a kernel, so ``_cuda_tuning.py`` is keyed by its kernel values instead)
 SOURCES = (
@@ -77,6 +83,7 @@ SOURCES = (
     "_cuda_gather.py",
     "_cuda_shift_grad.py",
     "_cuda_prologue.py",
+    "_cuda_batch_norm.py",
     "_cuda_kernels.py",
 )
 # distributions whose versions can change the compiled code

@@ -1,0 +1,112 @@
+"""Training-mode batch norm + ReLU on CUDA in four passes over the tensor.
+
+``batch_norm_relu`` computes ``relu(F.batch_norm(x, ...))``. In training mode on a CUDA
+tensor, in plain eager code (CUDA graphs included), it runs this package's kernels
+(``_cuda_batch_norm``): the batch statistics and the gradient's per-channel sums as
+fixed-order reductions over many blocks per channel (deterministic), the forward's
+normalisation and ReLU as one ``affine_relu`` pass, grad_x as one elementwise pass with
+the ReLU's mask recomputed from x. PyTorch's own kernels for a contiguous (NCHW)
+bfloat16 batch norm in training reduce each channel in one block and were 2.6x slower
+than its channels-last ones on RubiksNet's shapes (``packages/rubiks-models/
+BENCHMARKS.md``). Everywhere else (evaluation, the CPU, compiled or traced code, no
+running statistics) it is ``torch.relu(F.batch_norm(...))`` itself.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._ops import _cuda_backend, _plain_eager
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _BatchNormReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
+        backend = _cuda_backend()
+        x = x.contiguous()
+        y, stats = backend.batch_norm_relu_forward(
+            x, weight.detach(), bias.detach(), running_mean, running_var, momentum, eps
+        )
+        ctx.save_for_backward(x, weight, stats)
+        ctx.config = (momentum, eps)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, weight, stats = ctx.saved_tensors
+        momentum, eps = ctx.config
+        grad_x, grad_weight, grad_bias = _cuda_backend().batch_norm_relu_backward(
+            grad_y.contiguous(), x, weight.detach(), stats, eps, momentum
+        )
+        return (
+            grad_x if ctx.needs_input_grad[0] else None,
+            grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None,
+            grad_bias.to(weight.dtype) if ctx.needs_input_grad[2] else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def uses_kernels(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float | None,
+) -> bool:
+    """Whether ``batch_norm_relu`` with these arguments runs this package's CUDA kernels
+    (else it is torch's batch norm and ReLU)."""
+    if not (training and x.is_cuda and momentum is not None and x.dim() == 4):
+        return False
+    if x.dtype not in _KERNEL_DTYPES or not _plain_eager():
+        return False
+    acc = _acc_dtype(x.dtype)
+    for t in (running_mean, running_var, weight, bias):
+        if t is None or t.dtype != acc or t.device != x.device or not t.is_contiguous():
+            return False
+        if t.shape != (x.shape[1],):
+            return False
+    return not (running_mean.requires_grad or running_var.requires_grad)
+
+
+def batch_norm_relu(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """``relu(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum,
+    eps))``, the arguments as ``F.batch_norm`` takes them. In training mode on a CUDA
+    (B, C, H, W) tensor (any float dtype; weight, bias and running statistics
+    contiguous, in float32, or float64 for float64 x) the batch statistics, the running
+    statistics' update (unbiased variance, as torch) and the gradients come from this
+    package's deterministic kernels, to float32 rounding of torch's; every other call is
+    torch's own."""
+    if uses_kernels(x, running_mean, running_var, weight, bias, training, momentum):
+        if x.numel() // x.shape[1] < 2:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, got input size "
+                f"{tuple(x.shape)}"
+            )
+        return _BatchNormReLU.apply(
+            x, weight, bias, running_mean, running_var, float(momentum), float(eps)
+        )
+    y = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    return torch.relu(y)
