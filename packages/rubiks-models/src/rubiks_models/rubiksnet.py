@@ -88,22 +88,20 @@ class SqueezeExcite(nn.Module):
 
 
 def norm_relu(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``act(norm(x))``. A batch norm in training followed by a ReLU, on a CUDA tensor in
-    plain eager code, runs as :func:`rubiks_shift.batch_norm_relu` (statistics and
-    gradients in deterministic kernels, the normalisation and ReLU one pass, the same
-    module state updates as ``nn.BatchNorm2d``); anything else is the modules' own forward
-    (evaluation, the CPU, compiled or traced code)."""
+    """``act(norm(x))``. A batch norm in training followed by a ReLU on a CUDA tensor runs
+    as :func:`rubiks_shift.batch_norm_relu` (in plain eager code its deterministic kernels:
+    statistics and gradients over many blocks per channel, the normalisation and ReLU one
+    pass), with the module state updates of ``nn.BatchNorm2d``; anything else is the
+    modules' own forward (evaluation, the CPU, traced code)."""
     if (
         type(x) is torch.Tensor
+        and x.is_cuda
         and type(norm) is nn.BatchNorm2d
         and type(act) is nn.ReLU
         and norm.training
         and norm.track_running_stats
         and norm.momentum is not None
         and norm.num_batches_tracked is not None
-        and batch_norm.uses_kernels(
-            x, norm.running_mean, norm.running_var, norm.weight, norm.bias, True, norm.momentum
-        )
     ):
         norm.num_batches_tracked.add_(1)
         return batch_norm.batch_norm_relu(

@@ -14,6 +14,8 @@ running statistics) it is ``torch.relu(F.batch_norm(...))`` itself.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -56,6 +58,25 @@ class _BatchNormReLU(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _unwrapped_apply():
+    """``_BatchNormReLU.apply`` without torch's Python-level wrapper where it has one
+    (``_ops._eager_apply`` says why): x, weight and bias unwrapped directly."""
+    wrapper = inspect.getattr_static(torch.autograd.Function, "apply", None)
+    base = torch._C._FunctionBase.__dict__.get("apply")
+    unwrap = getattr(torch._C._functorch, "unwrap_if_dead", None)
+    if not isinstance(wrapper, classmethod) or base is None or unwrap is None:
+        return _BatchNormReLU.apply
+    bound = base.__get__(None, _BatchNormReLU)
+
+    def apply(x, weight, bias, *rest):
+        return bound(unwrap(x), unwrap(weight), unwrap(bias), *rest)
+
+    return apply
+
+
+_apply = _unwrapped_apply()
 
 
 def uses_kernels(
@@ -105,8 +126,6 @@ def batch_norm_relu(
                 "Expected more than 1 value per channel when training, got input size "
                 f"{tuple(x.shape)}"
             )
-        return _BatchNormReLU.apply(
-            x, weight, bias, running_mean, running_var, float(momentum), float(eps)
-        )
+        return _apply(x, weight, bias, running_mean, running_var, float(momentum), float(eps))
     y = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     return torch.relu(y)
