@@ -46,7 +46,7 @@ def test_compile_ptx_every_dtype(storage):
         names = ("gather", "gather_narrow", "gather_frames", "grad_shift", "finalize")
         if shift_storage == "float32":  # the prologue and batch norm: no shift read
             names += ("affine_relu", "bn_partial", "bn_grad_input")
-            names += ("bn_stats", "bn_grad_coefficients")
+            names += ("bn_stats", "bn_grad_coefficients", "bn_normalize")
         # the fused inference form's prologue kernels: float32 shifts only (it stores
         # its shifts in float32); the one-column variant in one dtype (CI time)
         affine = ("gather_affine", "gather_frames_affine") if shift_storage == "float32" else ()

@@ -348,22 +348,18 @@ def backward(
 
 # ------------------------------------------------------------- training batch norm
 
-_BN_PLANS: dict = {}  # (shape, dtype, eps, momentum, aligned) -> (kernels, plan, normalize)
+_BN_PLANS: dict = {}  # (shape, dtype, eps, momentum) -> (kernels, BatchNormPlan)
 
 
 def _bn_plan(x: torch.Tensor, eps: float, momentum: float):
-    """(kernels, BatchNormPlan, the forward's affine_relu Step) for x's call signature."""
-    aligned = x.data_ptr() % 4 == 0
-    key = (x.shape, x.dtype, eps, momentum, aligned)
+    key = (x.shape, x.dtype, eps, momentum)
     plan = _BN_PLANS.get(key)
     if plan is None:
         kernels = kernel_set(_STORAGE[x.dtype], "float32")
         batch, channels = x.shape[0], x.shape[1]
         plane = x.numel() // max(1, batch * channels)
         steps = batch_norm_plan((batch, channels, plane), kernels.storage, eps, momentum, _tuning)
-        clip = (batch, 1, channels, plane, 1)  # rows of one channel: affine_relu's (N·T·C, H·W)
-        normalize = affine_relu_plan(clip, kernels.storage, False, False, _tuning, aligned)
-        plan = remember(_BN_PLANS, key, (kernels, steps, normalize))
+        plan = remember(_BN_PLANS, key, (kernels, steps))
     return plan
 
 
@@ -381,20 +377,19 @@ def batch_norm_relu_forward(
     stats the (4, C) mean, 1 / sqrt(var + eps), scale and shift of the affine applied
     (the backward's input). weight, bias and the running statistics: contiguous, in the
     accumulation dtype."""
-    kernels, plan, normalize = _bn_plan(x, eps, momentum)
+    kernels, plan = _bn_plan(x, eps, momentum)
     channels = x.shape[1]
     acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
     partial = torch.empty(channels * plan.parts * 2, device=x.device, dtype=acc)
     stats = torch.empty(4, channels, device=x.device, dtype=acc)
     y = torch.empty_like(x, memory_format=_CONTIGUOUS)
-    scale, shift = stats[2], stats[3]
     index = x.get_device()
     previous = _make_current(index)
     try:
         run(kernels, plan.partial, (x, x, stats, partial), index)
         args = (x, partial, weight, bias, running_mean, running_var, stats)
         run(kernels, plan.stats, args, index)
-        run(kernels, normalize, (x, y, scale, shift, scale), index)  # shift pointer unread
+        run(kernels, plan.normalize, (x, x, y, stats, stats), index)  # dy, coefficients unread
     finally:
         if previous >= 0:
             torch.cuda.set_device(previous)
@@ -411,7 +406,7 @@ def batch_norm_relu_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight, grad_bias) of ``batch_norm_relu_forward``; grad_y and x
     contiguous, of x's dtype; the parameter gradients in the accumulation dtype."""
-    kernels, plan, _ = _bn_plan(x, eps, momentum)
+    kernels, plan = _bn_plan(x, eps, momentum)
     channels = x.shape[1]
     partial = torch.empty(channels * plan.parts * 2, device=x.device, dtype=stats.dtype)
     coefficients = torch.empty(5, channels, device=x.device, dtype=stats.dtype)

@@ -6,17 +6,18 @@ holding channel r % C. A channel's B·P values are cut into ``parts`` spans, one
 each (grid (parts, C)); a thread takes ``per_thread`` values one block width apart per
 round, all loaded before any is summed, and the block's sums meet in a shared-memory tree
 of fixed shape, so every run adds in the same order (deterministic, as the shift
-gradient's ``grad_shift`` / ``finalize``). Four kernels:
+gradient's ``grad_shift`` / ``finalize``). The kernels:
 
 * ``bn_partial``: per block, the sums (Σ v, Σ v²) of v = x - x[channel's first value]
   (statistics: the pivot keeps E[v²] - E[v]² away from cancellation), or, for the
   gradient, (Σ g, Σ g·(x - mean)) with g = dy where the forward's ReLU passed it, else 0.
 * ``bn_stats``: one thread per channel: the partial sums in float64 in part order; mean,
-  1 / sqrt(var + eps), the affine (scale, shift) the forward pass applies with
-  ``affine_relu``, and the running statistics' update (momentum, unbiased variance).
+  1 / sqrt(var + eps), the affine (scale, shift) the forward applies, and the running
+  statistics' update (momentum, unbiased variance).
 * ``bn_grad_coefficients``: one thread per channel: grad_weight, grad_bias and the three
   coefficients of grad_x = a·g + b·(x - mean) + c.
-* ``bn_grad_input``: grad_x elementwise, rows as ``affine_relu`` walks them.
+* ``bn_normalize`` / ``bn_grad_input``: y = relu(x·scale + shift) and grad_x, elementwise
+  over the tensor as one flat run.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ from ._cuda_device import (
     scalar_types,
     storage_pointer,
 )
-from ._cuda_scalars import BatchNormGradInputScalars, BatchNormPartialScalars, BatchNormStatsScalars
+from ._cuda_scalars import (
+    BatchNormElementwiseScalars,
+    BatchNormPartialScalars,
+    BatchNormStatsScalars,
+)
 
 
 def _acc_pointer(storage: str):
@@ -66,11 +71,12 @@ def bn_grad_coefficients_signature(storage: str) -> tuple:
     return (acc_ptr, acc_ptr, acc_ptr, acc_ptr, *scalar_types(BatchNormStatsScalars, acc))
 
 
-def bn_grad_input_signature(storage: str) -> tuple:
-    """(x, dy, dx, stats, coefficients, *BatchNormGradInputScalars)."""
+def bn_elementwise_signature(storage: str) -> tuple:
+    """(x, dy, out, stats, coefficients, *BatchNormElementwiseScalars) of ``bn_normalize``
+    (dy and coefficients not read) and ``bn_grad_input``."""
     ptr, acc_ptr = storage_pointer(storage), _acc_pointer(storage)
     acc, *_ = acc_constants(storage)
-    return (ptr, ptr, ptr, acc_ptr, acc_ptr, *scalar_types(BatchNormGradInputScalars, acc))
+    return (ptr, ptr, ptr, acc_ptr, acc_ptr, *scalar_types(BatchNormElementwiseScalars, acc))
 
 
 def build_bn_partial(storage: str, per_thread: int, threads: int):
@@ -95,19 +101,27 @@ def build_bn_partial(storage: str, per_thread: int, threads: int):
         xs = cuda.local.array(per_thread, acc)
         gs = cuda.local.array(per_thread, acc)
         j = start + tid
-        b, pos = divmod_(j, P, inv_P)  # the value's row of the channel and its place
+        b, pos64 = divmod_(j, P, inv_P)  # the value's row of the channel and its place
+        at = (b * C + c) * P + pos64  # its element: stepped on, no multiplies per value
+        pos = nt.int32(pos64)
+        plane, move_pos = nt.int32(P), nt.int32(step_pos)
+        move = step_rows * C * P + step_pos  # elements to the value one block width on
+        skip = (C - 1) * P  # and from a row's end to the channel's next row
         while j < end:
+            full = j + (per_thread - 1) * threads < end
             for k in range(per_thread):  # the round's loads, then its sums
-                at = (b * C + c) * P + pos
-                inside = j + k * threads < end
-                xs[k] = load(x, at) if inside else pivot
-                if grads != 0:
-                    gs[k] = load(dy, at) if inside else zero
-                pos += step_pos
-                b += step_rows
-                if pos >= P:
-                    pos -= P
-                    b += 1
+                if full or j + k * threads < end:
+                    xs[k] = load(x, at)
+                    if grads != 0:
+                        gs[k] = load(dy, at)
+                else:
+                    xs[k] = pivot
+                    gs[k] = zero
+                pos += move_pos
+                at += move
+                if pos >= plane:
+                    pos -= plane
+                    at += skip
             for k in range(per_thread):
                 if grads == 0:
                     v = xs[k] - pivot
@@ -197,41 +211,60 @@ def build_bn_grad_coefficients(storage: str):
     return kernel(bn_grad_coefficients, pointers, BatchNormStatsScalars, None)
 
 
-def build_bn_grad_input(storage: str, per_thread: int):
-    """``bn_grad_input`` for ``storage`` tensors, ``per_thread`` values per thread one
-    block width apart (loads first, then stores)."""
+def build_bn_elementwise(storage: str, per_thread: int, backward: bool):
+    """``bn_normalize`` (``backward`` False: y = relu(x·scale + shift)) or
+    ``bn_grad_input`` (grad_x = a·g + b·(x - mean) + c, g = dy where the forward's ReLU
+    passed it) for ``storage`` tensors: the tensor as one flat run, ``per_thread`` values
+    per thread one block width apart (loads first, then stores), each value's channel
+    stepped on from the first's, so rows shorter than a block cost nothing extra."""
     acc, zero, *_ = acc_constants(storage)
     load, store = load_store(storage)
 
-    def bn_grad_input(x, dy, dx, stats, coefficients, inner, C, chunks, inv_chunks, inv_C):
+    def elementwise(x, dy, out, stats, coefficients, total, C, inv_C, P, inv_P, step_rows,
+                    step_pos):  # fmt: skip
         width = nt.int64(cuda.blockDim.x)
-        row, chunk = divmod_(nt.int64(cuda.blockIdx.x), chunks, inv_chunks)
-        first = chunk * (width * per_thread) + nt.int64(cuda.threadIdx.x)
-        if first >= inner:
+        first = nt.int64(cuda.blockIdx.x) * (width * per_thread) + nt.int64(cuda.threadIdx.x)
+        if first >= total:
             return
-        _, c = divmod_(row, C, inv_C)
-        mean = stats[c]
-        scale = stats[2 * C + c]
-        shift = stats[3 * C + c]
-        a = coefficients[c]
-        b = coefficients[C + c]
-        cc = coefficients[2 * C + c]
-        base = row * inner + first
-        at_x = offset(x, base)
-        at_dy = offset(dy, base)
-        to = offset(dx, base)
+        row, pos64 = divmod_(first, P, inv_P)
+        _, c64 = divmod_(row, C, inv_C)
+        pos, c = nt.int32(pos64), nt.int32(c64)
+        plane, channels = nt.int32(P), nt.int32(C)
+        move_pos, move_rows = nt.int32(step_pos), nt.int32(step_rows)
+        at_x = offset(x, first)
+        at_dy = offset(dy, first)
+        to = offset(out, first)
         xs = cuda.local.array(per_thread, acc)
         gs = cuda.local.array(per_thread, acc)
+        cs = cuda.local.array(per_thread, nt.int32)
         w = nt.int32(width)
         for k in range(per_thread):
-            if first + k * width < inner:
+            if first + k * width < total:
                 xs[k] = load(at_x, k * w)
-                gs[k] = load(at_dy, k * w)
+                if backward:
+                    gs[k] = load(at_dy, k * w)
+            cs[k] = c
+            pos += move_pos
+            c += move_rows
+            if pos >= plane:
+                pos -= plane
+                c += 1
+            while c >= channels:
+                c -= channels
         for k in range(per_thread):
-            if first + k * width < inner:
+            if first + k * width < total:
+                ck = nt.int64(cs[k])
                 v = xs[k]
-                g = gs[k] if cuda.fma(v, scale, shift) > zero else zero
-                store(to, k * w, cuda.fma(a, g, cuda.fma(b, v - mean, cc)))
+                u = cuda.fma(v, ldg(stats, 2 * C + ck), ldg(stats, 3 * C + ck))
+                if backward:
+                    g = gs[k] if u > zero else zero
+                    mean = ldg(stats, ck)
+                    a = ldg(coefficients, ck)
+                    b = ldg(coefficients, C + ck)
+                    cc = ldg(coefficients, 2 * C + ck)
+                    store(to, k * w, cuda.fma(a, g, cuda.fma(b, v - mean, cc)))
+                else:
+                    store(to, k * w, u if u > zero else zero)
 
-    pointers = ("x", "dy", "dx", "stats", "coefficients")
-    return kernel(bn_grad_input, pointers, BatchNormGradInputScalars, None)
+    pointers = ("x", "dy", "out", "stats", "coefficients")
+    return kernel(elementwise, pointers, BatchNormElementwiseScalars, None)

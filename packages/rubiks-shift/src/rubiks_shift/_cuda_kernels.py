@@ -14,12 +14,12 @@ from __future__ import annotations
 from numba import cuda
 
 from ._cuda_batch_norm import (
+    bn_elementwise_signature,
     bn_grad_coefficients_signature,
-    bn_grad_input_signature,
     bn_partial_signature,
     bn_stats_signature,
+    build_bn_elementwise,
     build_bn_grad_coefficients,
-    build_bn_grad_input,
     build_bn_partial,
     build_bn_stats,
 )
@@ -33,8 +33,9 @@ class Kernels:
     """The compiled-on-demand kernels of one (storage, shift storage) pair, built with
     ``tuning``'s compile-time values: ``gather``, ``gather_narrow``, ``gather_frames``
     (and each ``*_affine``), ``grad_shift``, ``finalize``, ``affine_relu`` (the
-    prologue alone) and ``bn_partial``, ``bn_stats``, ``bn_grad_coefficients``,
-    ``bn_grad_input`` (training batch norm), each with its signature ``<name>_sig``."""
+    prologue alone) and ``bn_partial``, ``bn_stats``, ``bn_normalize``,
+    ``bn_grad_coefficients``, ``bn_grad_input`` (training batch norm), each with its
+    signature ``<name>_sig``."""
 
     def __init__(self, storage: str, shift_storage: str, tuning: Tuning = TUNING) -> None:
         self.storage = storage
@@ -59,8 +60,10 @@ class Kernels:
         self.bn_stats_sig = bn_stats_signature(storage)
         self.bn_grad_coefficients = build_bn_grad_coefficients(storage)
         self.bn_grad_coefficients_sig = bn_grad_coefficients_signature(storage)
-        self.bn_grad_input = build_bn_grad_input(storage, per_thread)
-        self.bn_grad_input_sig = bn_grad_input_signature(storage)
+        self.bn_normalize = build_bn_elementwise(storage, per_thread, backward=False)
+        self.bn_normalize_sig = bn_elementwise_signature(storage)
+        self.bn_grad_input = build_bn_elementwise(storage, per_thread, backward=True)
+        self.bn_grad_input_sig = bn_elementwise_signature(storage)
         row_walk = dict(registers=tuning.row_walk_registers, group=tuning.row_walk_group)
         frame_walk = dict(
             registers=tuning.frame_walk_registers, frame_rows=tuning.frame_walk_rows, frames=True

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from ._cuda_scalars import (
     AffineReluScalars,
-    BatchNormGradInputScalars,
+    BatchNormElementwiseScalars,
     BatchNormPartialScalars,
     BatchNormStatsScalars,
     FinalizeScalars,
@@ -379,13 +379,15 @@ def affine_relu_plan(
 class BatchNormPlan(NamedTuple):
     """The launches of training batch norm over a (B, C, P) tensor: the per-channel sums
     (``partial``: statistics; ``grad_partial``: the gradient's), the per-channel kernels
-    (``stats``, ``coefficients``) and grad_x's elementwise pass (``grad_input``)."""
+    (``stats``, ``coefficients``) and the elementwise passes (``normalize``: y;
+    ``grad_input``: grad_x)."""
 
     parts: int  # partial sums per channel
     partial: Step
     grad_partial: Step
     stats: Step
     coefficients: Step
+    normalize: Step
     grad_input: Step
 
 
@@ -433,11 +435,18 @@ def batch_norm_plan(
         unbias=total / (total - 1),
     )
     row_threads = tuning.prologue_threads
-    chunks = -(-plane // (row_threads * per_thread))
-    if batch * channels * chunks >= 2**31:
+    values = batch * channels * plane
+    blocks = -(-values // (row_threads * per_thread))
+    if blocks >= 2**31:
         raise ValueError(f"rubiks_shift on CUDA: a batch-norm input of {shape} is too large")
-    elementwise = BatchNormGradInputScalars(
-        inner=plane, C=channels, chunks=chunks, inv_chunks=1.0 / chunks, inv_C=1.0 / channels
+    elementwise = BatchNormElementwiseScalars(
+        total=values,
+        C=channels,
+        inv_C=1.0 / channels,
+        P=plane,
+        inv_P=1.0 / plane,
+        step_rows=row_threads // plane,
+        step_pos=row_threads % plane,
     )
     one_per_channel = (-(-channels // 128), 1, 1), (128, 1, 1)
     return BatchNormPlan(
@@ -446,5 +455,6 @@ def batch_norm_plan(
         Step("bn_partial", (parts, channels, 1), (threads, 1, 1), partial._replace(grads=1)),
         Step("bn_stats", *one_per_channel, per_channel),
         Step("bn_grad_coefficients", *one_per_channel, per_channel),
-        Step("bn_grad_input", (batch * channels * chunks, 1, 1), (row_threads, 1, 1), elementwise),
+        Step("bn_normalize", (blocks, 1, 1), (row_threads, 1, 1), elementwise),
+        Step("bn_grad_input", (blocks, 1, 1), (row_threads, 1, 1), elementwise),
     )

@@ -153,12 +153,13 @@ class BatchNormStatsScalars(NamedTuple):
     unbias: float  # count / (count - 1): the running variance is the unbiased one
 
 
-class BatchNormGradInputScalars(NamedTuple):
-    """``bn_grad_input``: rows of one channel each, (B·C, P), as ``affine_relu`` walks
-    a contiguous clip."""
+class BatchNormElementwiseScalars(NamedTuple):
+    """``bn_normalize`` and ``bn_grad_input``: the (B, C, P) tensor as one flat run."""
 
-    inner: int  # P
+    total: int  # B * C * P
     C: int
-    chunks: int  # blocks per row
-    inv_chunks: float
     inv_C: float
+    P: int
+    inv_P: float
+    step_rows: int  # a thread's move to its next value (one block width on): rows ...
+    step_pos: int  # ... and places in a row

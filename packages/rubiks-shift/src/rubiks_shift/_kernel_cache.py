@@ -65,6 +65,7 @@ KERNELS = (
     "affine_relu",
     "bn_partial",
     "bn_stats",
+    "bn_normalize",
     "bn_grad_coefficients",
     "bn_grad_input",
 )
@@ -74,7 +75,13 @@ KERNELS = (
 # when one of its kernels did
 PREFETCH = ("grad_shift", "gather", "gather_frames", "finalize")
 PREFETCH_AFFINE = ("gather_affine", "gather_frames_affine", "affine_relu")
-PREFETCH_BATCH_NORM = ("bn_partial", "bn_grad_input", "bn_stats", "bn_grad_coefficients")
+PREFETCH_BATCH_NORM = (
+    "bn_partial",
+    "bn_grad_input",
+    "bn_normalize",
+    "bn_stats",
+    "bn_grad_coefficients",
+)
 # the files that define the kernels' code (the launch-only tuning fields are not part of
 # a kernel, so ``_cuda_tuning.py`` is keyed by its kernel values instead)
 SOURCES = (
