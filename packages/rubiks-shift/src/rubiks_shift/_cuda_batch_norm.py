@@ -234,12 +234,15 @@ def build_bn_elementwise(storage: str, per_thread: int, backward: bool):
         at_x = offset(x, first)
         at_dy = offset(dy, first)
         to = offset(out, first)
+        scales, shifts = offset(stats, 2 * C), offset(stats, 3 * C)  # rows of (4, C)
+        slopes, constants = offset(coefficients, C), offset(coefficients, 2 * C)  # of (5, C)
         xs = cuda.local.array(per_thread, acc)
         gs = cuda.local.array(per_thread, acc)
         cs = cuda.local.array(per_thread, nt.int32)
         w = nt.int32(width)
+        valid = (total - first + width - 1) // width  # values of this thread in the tensor
         for k in range(per_thread):
-            if first + k * width < total:
+            if k < valid:
                 xs[k] = load(at_x, k * w)
                 if backward:
                     gs[k] = load(at_dy, k * w)
@@ -252,17 +255,16 @@ def build_bn_elementwise(storage: str, per_thread: int, backward: bool):
             while c >= channels:
                 c -= channels
         for k in range(per_thread):
-            if first + k * width < total:
-                ck = nt.int64(cs[k])
+            if k < valid:
+                ck = cs[k]
                 v = xs[k]
-                u = cuda.fma(v, ldg(stats, 2 * C + ck), ldg(stats, 3 * C + ck))
+                u = cuda.fma(v, ldg(scales, ck), ldg(shifts, ck))
                 if backward:
                     g = gs[k] if u > zero else zero
                     mean = ldg(stats, ck)
                     a = ldg(coefficients, ck)
-                    b = ldg(coefficients, C + ck)
-                    cc = ldg(coefficients, 2 * C + ck)
-                    store(to, k * w, cuda.fma(a, g, cuda.fma(b, v - mean, cc)))
+                    slope = ldg(slopes, ck)
+                    store(to, k * w, cuda.fma(a, g, cuda.fma(slope, v - mean, ldg(constants, ck))))
                 else:
                     store(to, k * w, u if u > zero else zero)
 
