@@ -169,10 +169,11 @@ def time_loop(fn: Callable[[], object], iters: int, repeats: int) -> float:
 
 
 KERNEL_KINDS = (  # (kind, pattern on the kernel name), first match wins
+    # torch's, cuDNN's and rubiks_shift's (Inductor's fused ones count as Triton)
+    ("batch norm", r"^(?!triton).*(batch_norm|bn_|welford)"),
     ("shift (numba)", r"cudapy|numba|rubiks|gather|shift_grad"),
     ("triton (inductor)", r"^triton"),
     ("gemm / conv", r"gemm|nvjet|conv|cutlass|cudnn|xmma|implicit|dgrad|wgrad|nhwc|nchw|cublas"),
-    ("batch norm", r"batch_norm|bn_|welford"),
     ("reduce", r"reduce"),
     ("copy / cat", r"copy|cat_|CatArray|fill"),
     ("elementwise", r"elementwise|vectorized|unrolled"),
