@@ -174,6 +174,7 @@ def test_tuning_is_validated_and_frozen():
         "grad_shift_threads",
         "finalize_threads",
         "prologue_bytes",
+        "batch_norm_threads",
     }
 
 
