@@ -30,6 +30,7 @@ from numba import types as nt
 from ._cuda_device import (
     acc_constants,
     divmod_,
+    inlined,
     kernel,
     ldg,
     load_store,
@@ -152,6 +153,18 @@ def build_bn_partial(storage: str, per_thread: int, threads: int):
     return kernel(bn_partial, pointers, BatchNormPartialScalars, None)
 
 
+@inlined
+def channel_sums(partial, c, parts):
+    """Channel c's two sums from its ``parts`` partial pairs, in float64, in part order
+    (the same order on every run)."""
+    s1 = nt.float64(0.0)
+    s2 = nt.float64(0.0)
+    for p in range(parts):
+        s1 += nt.float64(partial[(c * parts + p) * 2])
+        s2 += nt.float64(partial[(c * parts + p) * 2 + 1])
+    return s1, s2
+
+
 def build_bn_stats(storage: str):
     """``bn_stats`` for ``storage`` tensors (one thread per channel)."""
     acc, *_ = acc_constants(storage)
@@ -162,11 +175,7 @@ def build_bn_stats(storage: str):
         c = nt.int64(cuda.grid(1))
         if c >= C:
             return
-        s1 = nt.float64(0.0)
-        s2 = nt.float64(0.0)
-        for p in range(parts):
-            s1 += nt.float64(partial[(c * parts + p) * 2])
-            s2 += nt.float64(partial[(c * parts + p) * 2 + 1])
+        s1, s2 = channel_sums(partial, c, parts)
         shifted = s1 / count
         var = max(s2 / count - shifted * shifted, 0.0)
         mean = nt.float64(load(x, c * P)) + shifted
@@ -194,11 +203,7 @@ def build_bn_grad_coefficients(storage: str):
         c = nt.int64(cuda.grid(1))
         if c >= C:
             return
-        s1 = nt.float64(0.0)
-        s2 = nt.float64(0.0)
-        for p in range(parts):
-            s1 += nt.float64(partial[(c * parts + p) * 2])
-            s2 += nt.float64(partial[(c * parts + p) * 2 + 1])
+        s1, s2 = channel_sums(partial, c, parts)
         invstd = nt.float64(stats[C + c])
         w = nt.float64(ldg(weight, c))
         coefficients[c] = acc(w * invstd)

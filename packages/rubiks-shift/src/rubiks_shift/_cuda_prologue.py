@@ -62,25 +62,8 @@ def _walk(load, store, activate, zero, unit, per_thread: int, units: int):
     of zeros. Extents are in units."""
 
     @inlined
-    def walk(
-        src,
-        dst,
-        s,
-        b,
-        d,
-        slab,
-        first,
-        base,
-        width,
-        inner,
-        plane,
-        segment,
-        inv_segment,
-        segment_step,
-        frame_stride,
-        frames,
-        inv_frames,
-    ):
+    def walk(src, dst, s, b, d, slab, first, base, width, inner, plane, segment, inv_segment,
+             segment_step, frame_stride, frames, inv_frames):  # fmt: skip
         values = cuda.local.array(per_thread, unit)
         full = first + (per_thread - 1) * width < inner
         w = nt.int32(width)  # a full run indexes from per-thread pointers, in 32 bits
@@ -187,46 +170,12 @@ def build_affine_relu(storage: str, per_thread: int):
         b = acc(ldg(bias, c))
         d = nt.int64(ldg(shift, c)) if shifted != 0 else nt.int64(0)
         base = row * inner + first
+        args = (src, dst, s, b, d, slab, first, base, width, inner, plane, segment,
+                inv_segment, segment_step, frame_stride, frames, inv_frames)  # fmt: skip
         if pairs:
-            walk_pairs(
-                src,
-                dst,
-                s,
-                b,
-                d,
-                slab,
-                first,
-                base,
-                width,
-                inner,
-                plane,
-                segment,
-                inv_segment,
-                segment_step,
-                frame_stride,
-                frames,
-                inv_frames,
-            )
+            walk_pairs(*args)
         else:
-            walk_values(
-                src,
-                dst,
-                s,
-                b,
-                d,
-                slab,
-                first,
-                base,
-                width,
-                inner,
-                plane,
-                segment,
-                inv_segment,
-                segment_step,
-                frame_stride,
-                frames,
-                inv_frames,
-            )
+            walk_values(*args)
 
     pointers = ("src", "dst", "scale", "bias", "shift")
     return kernel(affine_relu, pointers, AffineReluScalars, None)
