@@ -257,17 +257,26 @@ class EagerShift3d(torch.autograd.Function):
         return _input_grads(ctx, grad_y, ctx.backend.backward)
 
 
-def _eager_apply():
-    """``EagerShift3d.apply`` without torch's Python-level wrapper where it has one (torch
-    <= 2.13: default-argument binding and a pytree pass over the arguments to unwrap dead
-    functorch wrappers, ~10 us per call); the two tensors are unwrapped directly instead.
-    Used only when no functorch transform is active (see ``shift3d_call``)."""
+def unwrapped_apply(function: type[torch.autograd.Function]):
+    """(``function.apply`` below torch's Python-level wrapper, ``unwrap_if_dead``) where
+    torch has that wrapper (torch <= 2.13: default-argument binding and a pytree pass over
+    the arguments to unwrap dead functorch wrappers, ~10 us per call), else None. The
+    caller unwraps its tensors itself; only for calls with no functorch transform
+    active (see ``shift3d_call``)."""
     wrapper = inspect.getattr_static(torch.autograd.Function, "apply", None)
     base = torch._C._FunctionBase.__dict__.get("apply")
     unwrap = getattr(torch._C._functorch, "unwrap_if_dead", None)
     if not isinstance(wrapper, classmethod) or base is None or unwrap is None:
+        return None
+    return base.__get__(None, function), unwrap
+
+
+def _eager_apply():
+    """``EagerShift3d.apply``, the two tensors unwrapped directly (``unwrapped_apply``)."""
+    direct = unwrapped_apply(EagerShift3d)
+    if direct is None:
         return EagerShift3d.apply
-    bound = base.__get__(None, EagerShift3d)
+    bound, unwrap = direct
 
     def apply(x, shift, *config):
         return bound(unwrap(x), unwrap(shift), *config)

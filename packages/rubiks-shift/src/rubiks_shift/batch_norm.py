@@ -14,13 +14,11 @@ running statistics) it is ``torch.relu(F.batch_norm(...))`` itself.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._ops import _cuda_backend, _plain_eager
+from ._ops import _cuda_backend, _plain_eager, unwrapped_apply
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -61,14 +59,12 @@ class _BatchNormReLU(torch.autograd.Function):
 
 
 def _unwrapped_apply():
-    """``_BatchNormReLU.apply`` without torch's Python-level wrapper where it has one
-    (``_ops._eager_apply`` says why): x, weight and bias unwrapped directly."""
-    wrapper = inspect.getattr_static(torch.autograd.Function, "apply", None)
-    base = torch._C._FunctionBase.__dict__.get("apply")
-    unwrap = getattr(torch._C._functorch, "unwrap_if_dead", None)
-    if not isinstance(wrapper, classmethod) or base is None or unwrap is None:
+    """``_BatchNormReLU.apply``, x, weight and bias unwrapped directly
+    (``_ops.unwrapped_apply``)."""
+    direct = unwrapped_apply(_BatchNormReLU)
+    if direct is None:
         return _BatchNormReLU.apply
-    bound = base.__get__(None, _BatchNormReLU)
+    bound, unwrap = direct
 
     def apply(x, weight, bias, *rest):
         return bound(unwrap(x), unwrap(weight), unwrap(bias), *rest)
