@@ -15,7 +15,9 @@ device synchronised once at the end; the median of ``--repeats`` such loops. Mod
 * ``rubiksnet_<tier>_aq`` (soft temporal attention) and ``rubiksnet_<tier>_aq:hard`` (the
   deployment form, integer temporal shifts; ``:hard:fused`` fused as well);
   ``:fused-conv`` / ``:fused-bmm`` force the fused form's 1x1-convolution path, and a
-  suffix ``@<pixels>`` sets its ``channel_major_plane`` (``:fused@0``: frame by frame).
+  suffix ``@<pixels>`` sets its ``channel_major_plane`` (``:fused@0``: frame by frame);
+  on an unfused model (``rubiksnet_large@0``) it sets the channel-major plane of 16-bit
+  training (:meth:`rubiks_models.RubiksNet.set_channel_major_plane`).
 
 Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
 SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_fp32`` /
@@ -132,10 +134,13 @@ def build(name: str, num_classes: int, frames: int) -> tuple[nn.Module, bool]:
     from rubiks_models.fused import fuse_model
 
     arch, *forms = name.split(":")
+    arch, _, train_plane = arch.partition("@")
     unknown = {f for f in forms if not re.fullmatch(r"hard|fused(-conv|-bmm)?(@\d+)?", f)}
-    if unknown:
+    if unknown or (train_plane and not train_plane.isdigit()):
         raise ValueError(f"unknown model form(s) {sorted(unknown)} in {name!r}")
     model = timm.create_model(arch, num_classes=num_classes).cuda()
+    if train_plane:
+        model.set_channel_major_plane(int(train_plane))
     for m in model.modules():  # trained-looking batch norms (the statistics matter to fusion)
         if isinstance(m, nn.BatchNorm2d):
             m.running_var.uniform_(0.5, 1.5)

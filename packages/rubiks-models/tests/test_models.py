@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import rubiks_models
+import rubiks_shift
 from rubiks_models import RubiksNet, TemporalAttentionShift, inflate
 from rubiks_models.optim import (
     aq_budget_penalty,
@@ -278,3 +279,89 @@ def test_cuda_training_batch_norm_kernels_match_torch(arch: str) -> None:
         assert err < 2e-3, f"{name}: gradient off by {err:.1e} of its largest"
     for (name, b), c in zip(model.named_buffers(), twin.buffers(), strict=True):
         torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _block_step(block, x: torch.Tensor, dy: torch.Tensor, channel_major: bool):
+    """A training forward + backward of one block: (output, input gradient, parameter
+    gradients, buffers), the output's layout left as the path gives it."""
+    from rubiks_models.rubiksnet import to_channel_major
+
+    x = (to_channel_major(x) if channel_major else x.clone()).requires_grad_()
+    block.zero_grad()
+    y = block._forward_channel_major(x) if channel_major else block(x)
+    y.backward(dy)
+    grads = [p.grad.clone() for p in block.parameters()]
+    return y.detach(), x.grad, grads, [b.clone() for b in block.buffers()]
+
+
+@pytest.mark.parametrize("stride,cin,cout", [(1, 6, 6), (2, 4, 6)])
+def test_channel_major_block_matches_frames(stride: int, cin: int, cout: int) -> None:
+    """A block's channel-major form (one matrix product per 1x1 convolution over all the
+    clip's points) computes the frames form's output, gradients and running statistics,
+    in float64 on the CPU, and returns a channel-major clip."""
+    from rubiks_models.rubiksnet import RubiksBlock
+
+    torch.manual_seed(3)
+    kw = dict(
+        variant="rubiks3d", se_reduction=0, shift_init="uniform", t_init="uniform",
+        normalize_grad=True, normalize_t_factor=1.0, aq_tau=2.0, deploy=False,
+    )  # fmt: skip
+    block = RubiksBlock(cin, cout, stride, **kw).double().train()
+    twin = RubiksBlock(cin, cout, stride, **kw).double().train()
+    twin.load_state_dict(block.state_dict())
+    x = torch.randn(2, 3, cin, 7, 6, dtype=torch.float64)
+    dy = torch.randn(2, 3, cout, 7 // stride + 7 % stride, 6 // stride, dtype=torch.float64)
+    y, gx, grads, buffers = _block_step(block, x, dy, channel_major=True)
+    y_ref, gx_ref, grads_ref, buffers_ref = _block_step(twin, x, dy, channel_major=False)
+    assert rubiks_shift.is_channel_major(y)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads + buffers, grads_ref + buffers_ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+def test_channel_major_plane_setting() -> None:
+    model = RubiksNet("tiny", 5)
+    blocks = [m for m in model.modules() if isinstance(m, rubiks_models.rubiksnet.RubiksBlock)]
+    assert all(b.channel_major_plane == 28 * 28 for b in blocks)
+    model.set_channel_major_plane(0)
+    assert all(b.channel_major_plane == 0 for b in blocks)
+    with pytest.raises(ValueError, match="channel_major_plane"):
+        model.set_channel_major_plane(-1)
+    aq = RubiksNet("tiny", 5, variant="rubiks3d-aq")
+    assert all(
+        m.channel_major_plane == 0 for m in aq.modules() if hasattr(m, "channel_major_plane")
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("arch", ["rubiksnet_tiny", "rubiksnet_large"])
+def test_cuda_bf16_training_channel_major_matches_frames(arch: str) -> None:
+    """A bf16-autocast training step on CUDA, its small-plane blocks channel-major,
+    against the same step frame by frame (``set_channel_major_plane(0)``): logits and
+    every gradient to bfloat16 rounding, and the small planes really channel-major."""
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=7).cuda().train()
+    twin = timm.create_model(arch, num_classes=7).cuda().train()
+    twin.load_state_dict(model.state_dict())
+    twin.set_channel_major_plane(0)
+    layouts = []
+    last = model.stages[-1].blocks[-1]
+    hook = last.register_forward_hook(
+        lambda m, i, o: layouts.append(rubiks_shift.is_channel_major(o))
+    )
+    clip = torch.randn(2, 8, 3, 224, 224, device="cuda")
+    target = torch.tensor([1, 5], device="cuda")
+    results = []
+    for net in (model, twin):
+        with torch.autocast("cuda", torch.bfloat16):
+            logits = net(clip)
+        F.cross_entropy(logits.float(), target).backward()
+        results.append(logits.float())
+    hook.remove()
+    assert layouts == [True]
+    torch.testing.assert_close(results[0], results[1], rtol=0.05, atol=0.05)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        scale = q.grad.abs().max().item() or 1.0
+        err = (p.grad - q.grad).abs().max().item() / scale
+        assert err < 0.1, f"{name}: gradient off by {err:.1e} of its largest"

@@ -50,7 +50,7 @@ REPS = 20  # graph replays x calls per graph, and eager calls, per sample
 
 def step_name(adjoint: bool, shape, stride, quantize: bool, dtype) -> str:
     """The kernel the current tuning launches for a gather (``_cuda``'s plans)."""
-    key = (torch.Size(shape), dtype, torch.float32, tuple(stride), (0, 0, 0), quantize)
+    key = (torch.Size(shape), dtype, torch.float32, tuple(stride), (0, 0, 0), quantize, False)
     if adjoint:
         return _cuda._backward_plan((*key, True, 0.5, True, False)).gather[0].name
     return _cuda._forward_plan(key).steps[0].name

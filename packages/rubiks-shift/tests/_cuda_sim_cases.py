@@ -262,6 +262,8 @@ def main() -> int:
         )
         if index < FIXED:  # the forward with the input prologue (batch norm + ReLU)
             failures += not check_affine(x, s, y_ref, stride, padding, quantize, dtype, g)
+            args = (stride, padding, quantize, dtype)
+            failures += not check_channel_major(x, s, gy, (y, gx, gs), *args)
         # where the frame walk is the default, the row walk too, and the frame walk with
         # short bands and frame chunks (the small cases: the simulator is slow)
         if _cuda_plan.frames_walk_applies(shape, stride) and x.numel() <= 400:
@@ -295,6 +297,23 @@ def check_affine(x, s, y_ref, stride, padding, quantize, dtype, g) -> bool:
     ok_cm = layout_ok and torch.equal(y_cm, y)
     print(f"{'ok-affine-cm' if ok_cm else 'FAIL-affine-cm'} {tuple(x.shape)} {stride}")
     return ok and ok_cm
+
+
+def check_channel_major(x, s, gy, frames, stride, padding, quantize, dtype) -> bool:
+    """The forward and backward on channel-major clips: the frames' results bit for bit,
+    y and grad_x channel-major."""
+
+    def major(t):
+        return t.to(dtype).permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+
+    xm = major(x)
+    y = _cuda.forward(xm, s, stride, padding, quantize)
+    ok = y.permute(2, 0, 1, 3, 4).is_contiguous()
+    gx, gs = _cuda.backward(major(gy), xm, s, stride, padding, quantize, True, 0.5, True, True)
+    ok = ok and gx.permute(2, 0, 1, 3, 4).is_contiguous()
+    ok = ok and all(torch.equal(a, b) for a, b in zip((y, gx, gs), frames, strict=True))
+    print(f"{'ok-train-cm' if ok else 'FAIL-train-cm'} {tuple(x.shape)} {stride} {padding}")
+    return ok
 
 
 def check_layout(

@@ -138,3 +138,23 @@ def test_cuda_one_value_per_channel_is_refused():
     x, _, (w, b, rm, rv) = _case(0, (1, 3, 1, 1), "cuda", torch.float32)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         batch_norm_relu(x, rm, rv, w, b, True, 0.1, 1e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("shape", [(16, 144, 28, 28), (6, 5, 7, 3)])
+def test_cuda_channel_major_frames(dtype, tol, shape):
+    """Frames of a channel-major clip ((C, B, H, W) storage seen as (B, C, H, W)): read in
+    place, y and grad_x in that layout, the values torch's in float64 (grad_y given in
+    that layout and contiguous)."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x, dy, params = _case(2, shape, "cuda", dtype, acc)
+    want = _step(x.double(), dy.double(), [p.double() for p in params], _torch)
+    major = x.transpose(0, 1).contiguous().transpose(0, 1)
+    for grad in (dy.transpose(0, 1).contiguous().transpose(0, 1), dy):
+        got = _step(major, grad, params, batch_norm_relu)
+        for name, a, b in zip(("y", "rm", "rv", "gx", "gw", "gb"), got, want, strict=True):
+            err = (a.double() - b).abs().max().item() / (b.abs().max().item() or 1.0)
+            assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
+        for t in (got[0], got[3]):  # y and grad_x
+            assert not t.is_contiguous() and t.transpose(0, 1).is_contiguous()

@@ -28,6 +28,7 @@ def test_kernels_in_cuda_simulator():
     assert proc.stdout.count("ok-frames") == 8  # the frame walk in short bands and chunks
     assert proc.stdout.count("ok-affine ") == 13  # the forward with the input prologue
     assert proc.stdout.count("ok-affine-cm") == 13  # ... on channel-major planes
+    assert proc.stdout.count("ok-train-cm") == 13  # forward and backward, channel-major
     # the prologue alone, both layouts, without and with a frame shift; bfloat16 clips
     # with even planes on 4-byte boundaries in pairs (two cases), the others one by one
     assert proc.stdout.count("ok-prologue") == 34

@@ -184,14 +184,15 @@ def test_use_tuning_changes_launches_not_kernels():
     try:
         assert previous == TUNING
         plan = _cuda._forward_plan(
-            (shape, torch.float32, torch.float32, (1, 2, 1), (0, 0, 0), False)
+            (shape, torch.float32, torch.float32, (1, 2, 1), (0, 0, 0), False, False)
         )
         assert plan.steps[0].scalars.frames_inner == 1
         with pytest.raises(ValueError, match="compile-time values: \\['frame_walk_rows'\\]"):
             _cuda.use_tuning(replace(TUNING, frame_walk_rows=4))
     finally:
         _cuda.use_tuning(previous)
-    plan = _cuda._forward_plan((shape, torch.float32, torch.float32, (1, 2, 1), (0, 0, 0), False))
+    key = (shape, torch.float32, torch.float32, (1, 2, 1), (0, 0, 0), False, False)
+    plan = _cuda._forward_plan(key)
     assert plan.steps[0].scalars.frames_inner == 0
 
 

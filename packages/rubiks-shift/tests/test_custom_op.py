@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, channel_major
 
 from rubiks_shift import RubiksShift3d, rubiks_shift3d
 
@@ -30,6 +30,18 @@ def test_opcheck_backward(device):
     torch.library.opcheck(torch.ops.rubiks_shift.shift3d_backward.default, args)
     args = (gy, x.detach(), shift.detach(), stride, padding, quantize, norm, factor, True, False)
     torch.library.opcheck(torch.ops.rubiks_shift.shift3d_backward.default, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_channel_major(device):
+    """A channel-major clip: y and grad_x channel-major, as the fake kernels say."""
+    x, shift, stride, padding, quantize, norm, factor = _args(device)
+    major = channel_major(x.detach()).requires_grad_()
+    args = (major, shift, stride, padding, quantize, norm, factor)
+    torch.library.opcheck(torch.ops.rubiks_shift.shift3d.default, args)
+    gy = channel_major(torch.randn(2, 3, 4, 3, 6, device=device))
+    args = (gy, major.detach(), shift.detach(), stride, padding, quantize, norm, factor)
+    torch.library.opcheck(torch.ops.rubiks_shift.shift3d_backward.default, (*args, True, True))
 
 
 class _Block(torch.nn.Module):

@@ -31,7 +31,14 @@ from torch import nn
 
 from rubiks_shift import affine_relu, affine_relu_shift3d, is_channel_major
 
-from .rubiksnet import RubiksBlock, RubiksNet, as_clip
+from .rubiksnet import (
+    CHANNEL_MAJOR_PLANE,
+    RubiksBlock,
+    RubiksNet,
+    as_clip,
+    clip_points,
+    to_channel_major,
+)
 from .shift_layers import Shift3d, TemporalAttentionShift
 
 __all__ = ["FusedRubiksNet", "fuse_model"]
@@ -124,21 +131,6 @@ def _refresh_frames(module: nn.Module, incompatible_keys: object = None) -> None
     module.tframes = _whole_frames(module.tshift, module.tshift_quantize)
 
 
-def _channel_major(x: torch.Tensor) -> torch.Tensor:
-    """Clip x's values stored channel-major: (C, N, T, H, W) contiguous, seen as x."""
-    return x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
-
-
-def _points(x: torch.Tensor) -> torch.Tensor:
-    """The (C, N * T * H * W) matrix of a clip: a view where x is channel-major."""
-    return x.permute(2, 0, 1, 3, 4).reshape(x.shape[2], -1)
-
-
-# Blocks whose input planes have at most this many pixels run channel-major
-# (FusedRubiksNet.channel_major_plane; see that class).
-CHANNEL_MAJOR_PLANE = 28 * 28
-
-
 class FusedBlock(_GemmWeights):
     """One :class:`RubiksBlock` in fused inference form (see the module docstring)."""
 
@@ -211,7 +203,7 @@ class FusedBlock(_GemmWeights):
         if is_channel_major(x):
             return self._forward_channel_major(x)
         if x.shape[-2] * x.shape[-1] <= self.channel_major_plane:
-            return self._forward_channel_major(_channel_major(x))
+            return self._forward_channel_major(to_channel_major(x))
         return self._forward_frames(x.contiguous())
 
     def _first_pass(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -254,7 +246,7 @@ class FusedBlock(_GemmWeights):
         return torch.mm(weight, m)
 
     def _forward_channel_major(self, x: torch.Tensor) -> torch.Tensor:
-        """The block on a channel-major clip (``_channel_major``), returned channel-major:
+        """The block on a channel-major clip (``to_channel_major``), returned channel-major:
         every 1x1 convolution is one product over all the clip's points, whatever H * W
         (batched per-frame products are slow where it is not a multiple of 8)."""
         b, t, _, height, width = x.shape
@@ -262,12 +254,12 @@ class FusedBlock(_GemmWeights):
         # 1. relu(bn1(x)) (and the AQ temporal shift)
         a, mixed = self._first_pass(x)
         # 2. conv1 (bn2's scale folded in)
-        h = self._product("w1", _points(mixed), conv)
+        h = self._product("w1", clip_points(mixed), conv)
         # 3. relu(. + b2) inside the shift
         h = h.view(self.cout, b, t, height, width).permute(1, 2, 0, 3, 4)
         h = self._shift_pass(h)
         ho, wo = h.shape[-2:]
-        hm = _points(h)
+        hm = clip_points(h)
         if self.has_se:  # conv2(h * gate): the gate per frame and channel
             gate = self._se_gate(hm.view(self.cout, b * t, ho * wo).transpose(0, 1), x.dtype)
             hm = (hm.view(self.cout, b * t, ho * wo) * gate.t()[:, :, None]).view(self.cout, -1)
@@ -276,9 +268,9 @@ class FusedBlock(_GemmWeights):
         if self.has_proj:
             if self.stride != 1:
                 a = a[..., :: self.stride, :: self.stride]
-            skip = self._product("w_proj", _points(a), conv)
+            skip = self._product("w_proj", clip_points(a), conv)
         else:
-            skip = _points(x)
+            skip = clip_points(x)
         if conv:
             skip += self._product("w2", hm, conv)
         else:

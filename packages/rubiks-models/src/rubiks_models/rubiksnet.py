@@ -36,7 +36,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from rubiks_shift import batch_norm
+from rubiks_shift import batch_norm, is_channel_major
 
 from .archs import TIERS, VARIANTS
 from .checkpoint import CheckpointError, check_state_dict, resolve_checkpoint, strict_pretrained
@@ -87,6 +87,23 @@ class SqueezeExcite(nn.Module):
         return x * s[:, :, None, None]
 
 
+# Blocks whose input planes have at most this many pixels run channel-major: in training
+# on CUDA in 16-bit dtypes (RubiksBlock.channel_major_plane), and in the fused inference
+# form (FusedRubiksNet.channel_major_plane). Why: packages/rubiks-models/BENCHMARKS.md.
+CHANNEL_MAJOR_PLANE = 28 * 28
+NARROW_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def to_channel_major(x: torch.Tensor) -> torch.Tensor:
+    """Clip x's values stored channel-major: (C, N, T, H, W) contiguous, seen as x."""
+    return x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+
+
+def clip_points(x: torch.Tensor) -> torch.Tensor:
+    """The (C, N * T * H * W) matrix of a clip: a view where x is channel-major."""
+    return x.permute(2, 0, 1, 3, 4).reshape(x.shape[2], -1)
+
+
 def norm_relu(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``act(norm(x))``. A batch norm in training followed by a ReLU on a CUDA tensor runs
     as :func:`rubiks_shift.batch_norm_relu` (in plain eager code its deterministic kernels:
@@ -119,6 +136,13 @@ class RubiksBlock(nn.Module):
     ``h = rubiks(h)`` (the shift, with the block's spatial stride); optional SE;
     ``return conv2(h) + shortcut``. The keyword options are :class:`RubiksNet`'s (it passes
     them all, so their defaults are set there).
+
+    In eager training on CUDA in bfloat16 or float16 (autocast or a 16-bit model), a
+    rubiks3d block without SE whose input planes have at most ``channel_major_plane``
+    pixels (0: never) runs channel-major: its input is stored (C, N, T, H, W) (copied
+    once, by the first such block), every 1x1 convolution is one matrix product over all
+    the clip's points, and the batch norms and the shift read that layout in place; the
+    output stays channel-major (``_forward_channel_major``).
     """
 
     def __init__(
@@ -177,8 +201,11 @@ class RubiksBlock(nn.Module):
             if self.has_proj
             else nn.Identity()
         )
+        self.channel_major_plane = CHANNEL_MAJOR_PLANE if self.is_3d and not se_reduction else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self._runs_channel_major(x):
+            return self._forward_channel_major(x if is_channel_major(x) else to_channel_major(x))
         b, t = x.shape[0], x.shape[1]
         f = x.flatten(0, 1)
         a = self.act1(self.norm1(f)) if torch.jit.is_scripting() else self._norm_relu(f, False)
@@ -197,6 +224,43 @@ class RubiksBlock(nn.Module):
         if second:
             return norm_relu(self.norm2, self.act2, x)
         return norm_relu(self.norm1, self.act1, x)
+
+    @torch.jit.unused
+    def _runs_channel_major(self, x: torch.Tensor) -> bool:
+        """Whether this call runs channel-major (see the class docstring)."""
+        return (
+            self.channel_major_plane > 0
+            and self.training
+            and type(x) is torch.Tensor
+            and x.is_cuda
+            and x.dtype in NARROW_DTYPES
+            and not torch.compiler.is_compiling()
+            and (x.shape[-2] * x.shape[-1] <= self.channel_major_plane or is_channel_major(x))
+        )
+
+    @torch.jit.unused
+    def _forward_channel_major(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on a channel-major clip (``to_channel_major``), returned channel-major:
+        each 1x1 convolution one product over all the clip's points (an (out, in) weight
+        times an (in, points) matrix, no layout conversions forward or backward), the
+        residual sum folded into conv2's (``addmm``). Any layout gives the same values
+        (slower: the products then copy)."""
+        b, t, _, height, width = x.shape
+        cout = self.conv2.out_channels
+        a = self._norm_relu(x.flatten(0, 1), False).unflatten(0, [b, t])
+        h = torch.mm(self.conv1.weight.flatten(1), clip_points(a))
+        h = h.view(cout, b * t, height, width).transpose(0, 1)
+        h = self._norm_relu(h, True).unflatten(0, [b, t])
+        h = self.rubiks(h)
+        ho, wo = h.shape[-2:]
+        if self.has_proj:
+            stride = self.shortcut.stride[0]
+            frames = a[..., ::stride, ::stride] if stride != 1 else a
+            skip = torch.mm(self.shortcut.weight.flatten(1), clip_points(frames))
+        else:
+            skip = clip_points(x)
+        out = torch.addmm(skip, self.conv2.weight.flatten(1), clip_points(h))
+        return out.view(cout, b, t, ho, wo).permute(1, 2, 0, 3, 4)
 
 
 class RubiksStage(nn.Module):
@@ -373,6 +437,17 @@ class RubiksNet(nn.Module):
             s.grad_checkpointing = enable
 
     @torch.jit.ignore
+    def set_channel_major_plane(self, pixels: int) -> None:
+        """Blocks whose input planes have at most ``pixels`` pixels run channel-major in
+        eager CUDA training in 16-bit dtypes (0: none; default ``CHANNEL_MAJOR_PLANE``,
+        28 x 28; see :class:`RubiksBlock`). Outputs are the same values either way."""
+        if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 0:
+            raise ValueError(f"channel_major_plane must be an int >= 0, got {pixels!r}")
+        for m in self.modules():
+            if isinstance(m, RubiksBlock) and m.is_3d and isinstance(m.se, nn.Identity):
+                m.channel_major_plane = pixels
+
+    @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Shift tensors (the (3, C) / (2, C) shifts and the AQ tap logits): never decayed,
         as in the reference policy (decay would pull every shift towards 0, i.e. towards a
@@ -428,8 +503,9 @@ class RubiksNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unpooled features after the final norm: (B, C, h, w) for images,
-        (B, T, C, h, w) for clips."""
-        return match_layout(self._features(as_clip(x, self.in_chans)), x, self.in_chans)
+        (B, T, C, h, w) for clips (contiguous)."""
+        feat = self._features(as_clip(x, self.in_chans)).contiguous()
+        return match_layout(feat, x, self.in_chans)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool (space, then time), dropout, classifier. Accepts (B, C, h, w) or
@@ -443,7 +519,7 @@ class RubiksNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self._features(as_clip(x, self.in_chans))
         if not self.global_pool:
-            return match_layout(feat, x, self.in_chans)
+            return match_layout(feat.contiguous(), x, self.in_chans)
         return self._head(feat)
 
     def forward_intermediates(
@@ -474,10 +550,10 @@ class RubiksNet(nn.Module):
             h = stage(h)
             if i in take_indices:
                 inter = self._final_norm(h) if norm and i == last else h
-                intermediates.append(match_layout(inter, x, self.in_chans))
+                intermediates.append(match_layout(inter.contiguous(), x, self.in_chans))
         if intermediates_only:
             return intermediates
-        return match_layout(self._final_norm(h), x, self.in_chans), intermediates
+        return match_layout(self._final_norm(h).contiguous(), x, self.in_chans), intermediates
 
     @torch.jit.ignore
     def prune_intermediate_layers(

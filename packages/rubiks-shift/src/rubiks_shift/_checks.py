@@ -79,6 +79,14 @@ def empty_channel_major(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return torch.empty_permuted(tuple(shape), CHANNEL_MAJOR, dtype=x.dtype, device=x.device)
 
 
+def in_layout_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A result ``y`` (N, T, C, H, W) of an op on the clip ``x``, stored as x is:
+    channel-major where x is (``channel_major``), else ``y`` itself."""
+    if not channel_major(x):
+        return y
+    return empty_channel_major(x, y.shape).copy_(y)
+
+
 def empty_like_layout(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """An uninitialised (N, T, C, H, W) tensor of ``shape`` like ``x``: channel-major
     where ``x`` is (``channel_major``), else contiguous."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from . import _normalize
-from ._checks import SHIFT_LIMIT, output_shape
+from ._checks import SHIFT_LIMIT, in_layout_of, output_shape
 from ._compile_notice import compile_notice
 
 try:  # Numba is a hard dependency, but keep the package importable without it.
@@ -65,7 +65,8 @@ def forward(
     padding: Sequence[int],
     quantize: bool,
 ) -> torch.Tensor:
-    """The forward of ``_ops.shift3d`` (its arguments less the gradient settings)."""
+    """The forward of ``_ops.shift3d`` (its arguments less the gradient settings); y in
+    x's layout (channel-major where x is, else contiguous)."""
     threads = _kernels.set_threads(torch.get_num_threads())
     work = x.detach().to(_compute_dtype(x.dtype)).contiguous()
     y = torch.empty(output_shape(x.shape, stride, padding), dtype=work.dtype)
@@ -83,7 +84,7 @@ def forward(
         )
     if bool(nan_channels.any()):
         y[:, :, nan_channels] = float("nan")
-    return y.to(x.dtype)
+    return in_layout_of(y.to(x.dtype), x)
 
 
 def backward(
@@ -98,7 +99,8 @@ def backward(
     need_x: bool,
     need_shift: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_ops.shift3d_backward``: (grad_x, grad_shift), empty where not needed."""
+    """``_ops.shift3d_backward``: (grad_x, grad_shift), empty where not needed; grad_x
+    in x's layout."""
     threads = _kernels.set_threads(torch.get_num_threads())
     dtype = _compute_dtype(x.dtype)
     work_x = x.detach().to(dtype).contiguous()
@@ -126,7 +128,7 @@ def backward(
     if need_x:
         if has_nan:
             grad_x[:, :, nan_channels] = float("nan")
-        grad_x = grad_x.to(x.dtype)
+        grad_x = in_layout_of(grad_x.to(x.dtype), x)
     else:
         grad_x = x.new_empty(0)
     if need_shift:

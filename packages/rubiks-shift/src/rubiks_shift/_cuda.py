@@ -100,19 +100,20 @@ def _shift_for(shift: torch.Tensor) -> torch.Tensor:
 
 
 _CONTIGUOUS = torch.contiguous_format
-_FORWARD_PLANS: dict = {}  # (x shape, x dtype, shift dtype, stride, padding, quantize)
+# (x shape, x dtype, shift dtype, stride, padding, quantize, channel-major)
+_FORWARD_PLANS: dict = {}
 
 
 def _forward_plan(key: tuple) -> ForwardPlan:
-    """The plan of a forward call signature."""
-    shape, dtype, shift_dtype, stride, padding, quantize = key
+    """The plan of a forward call signature, on channel-major planes where the key says
+    so."""
+    shape, dtype, shift_dtype, stride, padding, quantize, major = key
     y_shape = output_shape(shape, stride, padding)
     storage = _STORAGE[dtype]
     kernels = kernel_set(storage, _STORAGE[shift_dtype])
     args = (tuple(shape), y_shape, stride, padding, bool(quantize), False, storage)
-    plan = ForwardPlan(
-        kernels, None if y_shape == tuple(shape) else y_shape, gather_plan(*args, _tuning)
-    )
+    steps = gather_plan(*args, _tuning, channel_major=major)
+    plan = ForwardPlan(kernels, None if y_shape == tuple(shape) else y_shape, steps)
     return remember(_FORWARD_PLANS, key, plan)
 
 
@@ -123,17 +124,25 @@ def forward(
     padding: Sequence[int],
     quantize: bool,
 ) -> torch.Tensor:
-    """The forward of ``_ops.shift3d`` (its arguments less the gradient settings)."""
+    """The forward of ``_ops.shift3d`` (its arguments less the gradient settings). A
+    channel-major ``x`` (``_checks.channel_major``) gives a channel-major result; any
+    other layout is made contiguous and gives a contiguous one."""
+    major = False
     if not x.is_contiguous():
-        x = x.contiguous()
+        x, major = _prologue_layout(x)
     s = _shift_for(shift)
-    key = (x.shape, x.dtype, s.dtype, tuple(stride), tuple(padding), quantize)
+    key = (x.shape, x.dtype, s.dtype, tuple(stride), tuple(padding), quantize, major)
     plan = _FORWARD_PLANS.get(key) or _forward_plan(key)
     kernels, y_shape, steps = plan
     # empty_like where the shapes match: 0.6 us less host time than new_empty on the
     # H200 machine (2026-12-01; 0.9-1.3 us without memory_format, whose strides could
     # differ from new_empty's on size-1 dimensions)
-    y = torch.empty_like(x, memory_format=_CONTIGUOUS) if y_shape is None else x.new_empty(y_shape)
+    if major:
+        y = empty_channel_major(x, y_shape or x.shape)
+    elif y_shape is None:
+        y = torch.empty_like(x, memory_format=_CONTIGUOUS)
+    else:
+        y = x.new_empty(y_shape)
     index = x.get_device()
     previous = _make_current(index)
     try:
@@ -162,22 +171,13 @@ def _per_channel(kernels: KernelSet, t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == acc and t.is_contiguous() else t.to(acc).contiguous()
 
 
-_AFFINE_PLANS: dict = {}  # forward key + (channel-major,) -> the plan with the prologue
+_AFFINE_PLANS: dict = {}  # the forward's key -> the plan with the prologue
 
 
 def _affine_plan(key: tuple) -> ForwardPlan:
     """The plan of an affine forward call signature: the forward's launches with the
     prologue kernels, on channel-major planes where the key says so."""
-    shape, dtype, shift_dtype, stride, padding, quantize, major = key
-    if major:
-        y_shape = output_shape(shape, stride, padding)
-        storage = _STORAGE[dtype]
-        kernels = kernel_set(storage, _STORAGE[shift_dtype])
-        args = (tuple(shape), y_shape, stride, padding, bool(quantize), False, storage)
-        steps = gather_plan(*args, _tuning, channel_major=True)
-        plan = ForwardPlan(kernels, None if y_shape == tuple(shape) else y_shape, steps)
-    else:
-        plan = _FORWARD_PLANS.get(key[:-1]) or _forward_plan(key[:-1])
+    plan = _FORWARD_PLANS.get(key) or _forward_plan(key)
     steps = tuple(step._replace(name=step.name + "_affine") for step in plan.steps)
     return remember(_AFFINE_PLANS, key, plan._replace(steps=steps))
 
@@ -264,24 +264,26 @@ def affine_relu(
     return y
 
 
-_BACKWARD_PLANS: dict = {}  # forward key + (normalize, t_factor, need_x, need_shift)
+# forward key + (normalize, t_factor, need_x, need_shift)
+_BACKWARD_PLANS: dict = {}
 
 
 def _backward_plan(key: tuple) -> BackwardPlan:
     """The plan of a backward call signature. Every launch is a cached object, so each is
     prepared for the driver once (a step rebuilt per call would be prepared on every
     call)."""
-    shape, dtype, shift_dtype, stride, padding, quantize, normalize, t_factor, need_x, need_s = key
+    shape, dtype, shift_dtype, stride, padding, quantize, major, *rest = key
+    normalize, t_factor, need_x, need_s = rest
     kernels = kernel_set(_STORAGE[dtype], _STORAGE[shift_dtype])
     y_shape = output_shape(shape, stride, padding)
     gather = None
     if need_x:
         args = (y_shape, tuple(shape), stride, padding, bool(quantize), True, kernels.storage)
-        gather = gather_plan(*args, _tuning)
+        gather = gather_plan(*args, _tuning, channel_major=major)
     shift_grad = None
     if need_s:
         args = (tuple(shape), y_shape, stride, padding, bool(normalize), float(t_factor))
-        shift_grad = shift_grad_plan(*args, _tuning)
+        shift_grad = shift_grad_plan(*args, _tuning, channel_major=major)
     acc_dtype = _ACC_DTYPE.get(kernels.storage, torch.float32)
     return remember(_BACKWARD_PLANS, key, BackwardPlan(kernels, gather, shift_grad, acc_dtype))
 
@@ -298,13 +300,19 @@ def backward(
     need_x: bool,
     need_shift: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_ops.shift3d_backward``: (grad_x, grad_shift), empty where not needed."""
+    """``_ops.shift3d_backward``: (grad_x, grad_shift), empty where not needed. A
+    channel-major ``x`` is read as it is (grad_y then made channel-major too) and gives a
+    channel-major grad_x; any other layout is made contiguous."""
+    major = False
     if not x.is_contiguous():
-        x = x.contiguous()
+        x, major = _prologue_layout(x)
     gy = grad_y
     if gy.dtype != x.dtype:
         gy = gy.to(x.dtype)
-    if not gy.is_contiguous():
+    if major:
+        if not channel_major(gy):
+            gy = empty_channel_major(gy, gy.shape).copy_(gy)
+    elif not gy.is_contiguous():
         gy = gy.contiguous()
     s = _shift_for(shift)
     key = (
@@ -314,6 +322,7 @@ def backward(
         tuple(stride),
         tuple(padding),
         quantize,
+        major,
         normalize_grad,
         t_factor,
         need_x,
@@ -325,7 +334,11 @@ def backward(
     previous = _make_current(index)
     try:
         if gather is not None:
-            gx = torch.empty_like(x, memory_format=_CONTIGUOUS)
+            gx = (
+                empty_channel_major(x, x.shape)
+                if major
+                else torch.empty_like(x, memory_format=_CONTIGUOUS)
+            )
             for step in gather:
                 run(kernels, step, (gy, s, gx), index)
         else:

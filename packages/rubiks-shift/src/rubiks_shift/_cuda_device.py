@@ -630,6 +630,15 @@ def divmod_(a, b, inv):
     return q, r
 
 
+@inlined
+def plane_index(n, t, c, N, T, C, channel_major):
+    """Index of plane (sample n, frame t, channel c) of a clip with N samples, T frames
+    and C channels: planes in (N, T, C) order, or (C, N, T) where ``channel_major``."""
+    if channel_major != 0:
+        return (c * N + n) * T + t
+    return (n * T + t) * C + c
+
+
 def storage_pointer(storage: str):
     """The Numba type of a pointer to ``storage`` elements (bfloat16: int16 bits)."""
     return nt.CPointer(NUMBA_STORAGE[storage])

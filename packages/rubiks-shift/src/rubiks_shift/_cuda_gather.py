@@ -55,6 +55,7 @@ from ._cuda_device import (
     load_store,
     masked_load,
     offset,
+    plane_index,
     scalar_types,
     storage_pointer,
     warp_all,
@@ -124,15 +125,6 @@ def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> Simp
     def clamp(i, n):
         """i clamped to [0, n - 1], as int32."""
         return i32(min(max(i32(i), i32(0)), i32(n - 1)))
-
-    @inlined
-    def plane_index(n, t, c, N, T, C, channel_major):
-        """Index of plane (sample n, frame t, channel c) of a tensor with N samples, T
-        frames and C channels: planes in (N, T, C) order, or (C, N, T) where
-        ``channel_major``."""
-        if channel_major != 0:
-            return (c * N + n) * T + t
-        return (n * T + t) * C + c
 
     @inlined
     def source(i, m, o, e, d, n):
@@ -229,7 +221,7 @@ def build_gather(
     p = device_parts(storage, shift_storage, narrow)
     acc, load, store, load_if = p.acc, p.load, p.store, p.load_if
     zero, one, nan = p.zero, p.one, p.nan
-    within, clamp, source, plane_index = p.within, p.clamp, p.source, p.plane_index
+    within, clamp, source = p.within, p.clamp, p.source
     column_slots, fill, decode = p.column_slots, p.fill, p.decode
 
     @inlined

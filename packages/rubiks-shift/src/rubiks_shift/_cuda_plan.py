@@ -270,10 +270,12 @@ def shift_grad_plan(
     tuning: Tuning = TUNING,
     rows: int | None = None,
     blocks: int | None = None,
+    channel_major: bool = False,
 ) -> ShiftGradPlan:
     """The shift gradient's launches (``normalize`` and ``t_factor``: see
     ``normalize_shift_grad``); ``rows`` per task and ``blocks`` per channel override the
-    defaults (benchmark sweeps)."""
+    defaults (benchmark sweeps); ``channel_major``: x and grad_y with planes in (C, N, T)
+    order."""
     n_batch, t_in, channels, h_in, w_in = x_shape
     _, t_out, _, h_out, w_out = y_shape
     check_channels(channels)
@@ -304,6 +306,7 @@ def shift_grad_plan(
         inv_plane=1.0 / per_plane,
         inv_w=1.0 / w_out,
         inv_t=1.0 / t_out,
+        channel_major=int(channel_major),
     )
     final = FinalizeScalars(C=channels, parts=blocks, normalize=int(normalize), t_factor=t_factor)
     return ShiftGradPlan(

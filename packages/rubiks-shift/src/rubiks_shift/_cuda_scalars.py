@@ -94,6 +94,7 @@ class GradShiftScalars(NamedTuple):
     inv_plane: float  # float64 reciprocals: tasks per plane, Wo, To
     inv_w: float
     inv_t: float
+    channel_major: int  # 1: both tensors' planes in (C, N, T) order, 0: (N, T, C)
 
 
 class FinalizeScalars(NamedTuple):

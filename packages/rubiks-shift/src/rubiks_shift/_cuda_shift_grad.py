@@ -22,6 +22,7 @@ from ._cuda_device import (
     kernel,
     load_store,
     offset,
+    plane_index,
     scalar_types,
     storage_pointer,
 )
@@ -286,6 +287,7 @@ def build_shift_grad(
     def grad_shift(
         gy, x, shift, partial,  # pointers, then GradShiftScalars' fields
         NT, T, C, H, W, To, Ho, Wo, st, sh, sw, pt, ph, pw, rows, inv_plane, inv_w, inv_t,
+        channel_major,
     ):  # fmt: skip
         """Per-block partial sums of the shift gradient of channel blockIdx.y.
 
@@ -295,7 +297,8 @@ def build_shift_grad(
         eight sums of grad_y times x over the interpolation cell per task (row reuse at
         stride 1 along H), corners outside the clip masked off, the per-channel weights
         applied once per task. Integer shift components (central differences) go through
-        ``column_grad``."""
+        ``column_grad``. Both tensors' planes in (N, T, C) order, or (C, N, T) where
+        ``channel_major``."""
         c = nt.int64(cuda.blockIdx.y)
         tid = nt.int64(cuda.threadIdx.x)
         nthreads = nt.int64(cuda.blockDim.x)
@@ -310,6 +313,7 @@ def build_shift_grad(
         chunks = (Ho + rows - 1) // rows
         per_plane = chunks * Wo
         tasks = NT * per_plane
+        N = NT // To
         acc_t = zero
         acc_h = zero
         acc_w = zero
@@ -330,10 +334,10 @@ def build_shift_grad(
             vm = int_t & inside(bt - 1, T)
             vz = inside(bt, T)
             vp = inside(bt + 1, T)
-            pm = ((n * T + clampi(bt - 1, T)) * C + c) * plane
-            pz = ((n * T + clampi(bt, T)) * C + c) * plane
-            pp = ((n * T + clampi(bt + 1, T)) * C + c) * plane
-            g_base = (slab * C + c) * oplane
+            pm = plane_index(n, clampi(bt - 1, T), c, N, T, C, channel_major) * plane
+            pz = plane_index(n, clampi(bt, T), c, N, T, C, channel_major) * plane
+            pp = plane_index(n, clampi(bt + 1, T), c, N, T, C, channel_major) * plane
+            g_base = plane_index(n, to, c, N, To, C, channel_major) * oplane
             if cell:
                 # column slots c0, c0 + 1 inside the row; corner e (column bw + e) is
                 # slot bw + e - c0 where it is inside. Frames outside the clip are read

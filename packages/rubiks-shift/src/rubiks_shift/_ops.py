@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from . import _cpu, _dispatch, _normalize, reference
-from ._checks import channel_major, empty_channel_major, empty_like_layout, output_shape
+from ._checks import empty_like_layout, in_layout_of, output_shape
 from ._traceable import shift_frames
 
 _cuda = None
@@ -53,12 +53,13 @@ def shift3d(
 ) -> Tensor:
     """Default kernel (devices without a dedicated one): the float64 reference."""
     y = reference.shift3d_forward(x, shift, stride, padding, quantize)
-    return y.to(device=x.device, dtype=x.dtype)
+    return in_layout_of(y.to(device=x.device, dtype=x.dtype), x)
 
 
 def _shift3d_cpu(x, shift, stride, padding, quantize, normalize_grad, normalize_t_factor):
     if not _cpu.available():
-        return reference.shift3d_forward(x, shift, stride, padding, quantize).to(x.dtype)
+        y = reference.shift3d_forward(x, shift, stride, padding, quantize)
+        return in_layout_of(y.to(x.dtype), x)
     return _cpu.forward(x, shift, stride, padding, quantize)
 
 
@@ -68,7 +69,7 @@ def _shift3d_cuda(x, shift, stride, padding, quantize, normalize_grad, normalize
 
 @shift3d.register_fake
 def _shift3d_fake(x, shift, stride, padding, quantize, normalize_grad, normalize_t_factor):
-    return x.new_empty(output_shape(x.shape, stride, padding))
+    return empty_like_layout(x, output_shape(x.shape, stride, padding))
 
 
 # --------------------------------------------------------------------------- backward
@@ -89,7 +90,7 @@ def shift3d_backward(
 ) -> tuple[Tensor, Tensor]:
     """Default kernel: the float64 reference. Unrequested outputs are empty tensors."""
     gx, gs = reference.shift3d_backward(grad_y, x, shift, stride, padding, quantize)
-    gx = gx.to(device=x.device, dtype=x.dtype) if need_x else x.new_empty(0)
+    gx = in_layout_of(gx.to(device=x.device, dtype=x.dtype), x) if need_x else x.new_empty(0)
     if need_shift:
         gs = _normalize.finish(gs, normalize_grad, normalize_t_factor)
         gs = gs.to(device=shift.device, dtype=shift.dtype)
@@ -131,7 +132,7 @@ def _backward_cuda(
 def _backward_fake(
     grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
 ):
-    gx = x.new_empty(x.shape) if need_x else x.new_empty(0)
+    gx = empty_like_layout(x, x.shape) if need_x else x.new_empty(0)
     gs = shift.new_empty(shift.shape) if need_shift else shift.new_empty(0)
     return gx, gs
 
@@ -161,7 +162,7 @@ def _input_grads(ctx, grad_y, backward, first: int = 0):
 
 
 def _backward(ctx, grad_y, first: int = 0):
-    return _input_grads(ctx, grad_y.contiguous(), shift3d_backward, first)
+    return _input_grads(ctx, grad_y, shift3d_backward, first)
 
 
 shift3d.register_autograd(_backward, setup_context=_setup_context)
@@ -352,14 +353,7 @@ def affine_relu_shift3d(
     """Default kernel (devices without a dedicated one): the float64 reference."""
     a = _affine_relu(x, scale, bias)
     y = reference.shift3d_forward(a, shift, stride, padding, quantize)
-    return _in_layout_of(y.to(device=x.device, dtype=x.dtype), x)
-
-
-def _in_layout_of(y: Tensor, x: Tensor) -> Tensor:
-    """The affine op's result ``y`` in its layout: channel-major where x is, else as is."""
-    if not channel_major(x):
-        return y
-    return empty_channel_major(x, y.shape).copy_(y)
+    return in_layout_of(y.to(device=x.device, dtype=x.dtype), x)
 
 
 def _affine_cpu(x, scale, bias, shift, stride, padding, quantize):
@@ -368,7 +362,7 @@ def _affine_cpu(x, scale, bias, shift, stride, padding, quantize):
         y = reference.shift3d_forward(a, shift, stride, padding, quantize)
     else:
         y = _cpu.forward(a, shift, stride, padding, quantize)
-    return _in_layout_of(y.to(x.dtype), x)
+    return in_layout_of(y.to(x.dtype), x)
 
 
 def _affine_cuda(x, scale, bias, shift, stride, padding, quantize):
@@ -405,7 +399,7 @@ def _affine_relu_cpu(x, scale, bias, frame_shift=None):
     y = _affine_relu(x, scale, bias)
     if frame_shift is not None:
         y = shift_frames(y, frame_shift)
-    return _in_layout_of(y.to(x.dtype), x)
+    return in_layout_of(y.to(x.dtype), x)
 
 
 @torch.library.custom_op("rubiks_shift::affine_relu", mutates_args=())

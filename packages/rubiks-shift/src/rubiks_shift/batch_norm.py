@@ -5,7 +5,9 @@ tensor, in plain eager code (CUDA graphs included), it runs this package's kerne
 (``_cuda_batch_norm``): the batch statistics and the gradient's per-channel sums as
 fixed-order reductions over many blocks per channel (deterministic), the forward's
 normalisation and ReLU as one ``affine_relu`` pass, grad_x as one elementwise pass with
-the ReLU's mask recomputed from x. PyTorch's own kernels for a contiguous (NCHW)
+the ReLU's mask recomputed from x. The frames of a channel-major clip (x a (C, B, H, W)
+contiguous tensor seen as (B, C, H, W)) are read in place, each channel one contiguous
+row, and give y and grad_x in that layout. PyTorch's own kernels for a contiguous (NCHW)
 bfloat16 batch norm in training reduce each channel in one block and were 2.6x slower
 than its channels-last ones on RubiksNet's shapes (``packages/rubiks-models/
 BENCHMARKS.md``). Everywhere else (evaluation, the CPU, compiled or traced code, no
@@ -27,26 +29,46 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _channel_major(x: Tensor) -> bool:
+    """Whether the (B, C, H, W) ``x`` is a (C, B, H, W)-contiguous tensor seen through
+    ``transpose(0, 1)`` (the frames of a channel-major clip), and not also contiguous."""
+    return not x.is_contiguous() and x.transpose(0, 1).is_contiguous()
+
+
+def _rows(x: Tensor, major: bool) -> Tensor:
+    """x as the kernels read it: (B, C, H, W) contiguous, or, where ``major``, its
+    channels as the rows of a contiguous (1, C, B·H·W)."""
+    if major:
+        return x.transpose(0, 1).reshape(1, x.shape[1], -1)
+    return x.contiguous()
+
+
 class _BatchNormReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
         backend = _cuda_backend()
-        x = x.contiguous()
+        major = _channel_major(x)
+        rows = _rows(x, major)
         y, stats = backend.batch_norm_relu_forward(
-            x, weight.detach(), bias.detach(), running_mean, running_var, momentum, eps
+            rows, weight.detach(), bias.detach(), running_mean, running_var, momentum, eps
         )
-        ctx.save_for_backward(x, weight, stats)
-        ctx.config = (momentum, eps)
+        ctx.save_for_backward(rows, weight, stats)
+        ctx.config = (momentum, eps, x.shape if major else None)
+        if major:  # in x's layout
+            return y.view(x.shape[1], x.shape[0], *x.shape[2:]).transpose(0, 1)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        x, weight, stats = ctx.saved_tensors
-        momentum, eps = ctx.config
+        rows, weight, stats = ctx.saved_tensors
+        momentum, eps, major_shape = ctx.config
         grad_x, grad_weight, grad_bias = _cuda_backend().batch_norm_relu_backward(
-            grad_y.contiguous(), x, weight.detach(), stats, eps, momentum
+            _rows(grad_y, major_shape is not None), rows, weight.detach(), stats, eps, momentum
         )
+        if major_shape is not None:
+            b, c = major_shape[0], major_shape[1]
+            grad_x = grad_x.view(c, b, *major_shape[2:]).transpose(0, 1)
         return (
             grad_x if ctx.needs_input_grad[0] else None,
             grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None,
@@ -114,8 +136,9 @@ def batch_norm_relu(
     (B, C, H, W) tensor (any float dtype; weight, bias and running statistics
     contiguous, in float32, or float64 for float64 x) the batch statistics, the running
     statistics' update (unbiased variance, as torch) and the gradients come from this
-    package's deterministic kernels, to float32 rounding of torch's; every other call is
-    torch's own."""
+    package's deterministic kernels, to float32 rounding of torch's, with y in x's layout
+    where x is contiguous or (C, B, H, W)-contiguous (else y is contiguous); every other
+    call is torch's own."""
     if uses_kernels(x, running_mean, running_var, weight, bias, training, momentum):
         if x.numel() // x.shape[1] < 2:
             raise ValueError(
