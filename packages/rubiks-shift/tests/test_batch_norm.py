@@ -66,7 +66,8 @@ def test_which_calls_use_the_kernels():
     assert not uses_kernels(x, rm, rv, w, b, True, None)  # cumulative average
     assert not uses_kernels(x, None, None, w, b, True, 0.1)  # no running statistics
     assert not uses_kernels(x, rm, rv, w.double(), b, True, 0.1)  # weight not float32
-    assert not uses_kernels(x.flatten(2), rm, rv, w, b, True, 0.1)  # not (B, C, H, W)
+    assert uses_kernels(x.flatten(2), rm, rv, w, b, True, 0.1)  # (B, C, L)
+    assert not uses_kernels(x.flatten(1), rm, rv, w, b, True, 0.1)  # not (B, C, ...)
 
 
 @requires_cuda
@@ -74,7 +75,9 @@ def test_which_calls_use_the_kernels():
     "dtype,tol",
     [(torch.float64, 1e-11), (torch.float32, 2e-5), (torch.bfloat16, 2e-2), (torch.float16, 4e-3)],
 )
-@pytest.mark.parametrize("shape", [(8, 72, 56, 56), (64, 288, 14, 14), (16, 5, 7, 7), (3, 4, 1, 1)])
+@pytest.mark.parametrize(
+    "shape", [(8, 72, 56, 56), (64, 288, 14, 14), (16, 5, 7, 7), (3, 4, 1, 1), (1, 288, 12544)]
+)
 def test_cuda_matches_torch_in_float64(dtype, tol, shape):
     """The forward, the running statistics and the three gradients against torch's batch
     norm + ReLU in float64 on the same values, within the dtype's rounding."""

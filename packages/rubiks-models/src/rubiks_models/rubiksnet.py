@@ -105,11 +105,12 @@ def clip_points(x: torch.Tensor) -> torch.Tensor:
 
 
 def norm_relu(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``act(norm(x))``. A batch norm in training followed by a ReLU on a CUDA tensor runs
-    as :func:`rubiks_shift.batch_norm_relu` (in plain eager code its deterministic kernels:
-    statistics and gradients over many blocks per channel, the normalisation and ReLU one
-    pass), with the module state updates of ``nn.BatchNorm2d``; anything else is the
-    modules' own forward (evaluation, the CPU, traced code)."""
+    """``act(norm(x))``, x (B, C, H, W) or (B, C, L). A batch norm in training followed by
+    a ReLU on a CUDA tensor runs as :func:`rubiks_shift.batch_norm_relu` (in plain eager
+    code its deterministic kernels: statistics and gradients over many blocks per
+    channel, the normalisation and ReLU one pass), with the module state updates of
+    ``nn.BatchNorm2d``; anything else is the modules' own forward (evaluation, the CPU,
+    traced code)."""
     if (
         type(x) is torch.Tensor
         and x.is_cuda
@@ -125,6 +126,8 @@ def norm_relu(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
             x, norm.running_mean, norm.running_var, norm.weight, norm.bias, True,
             norm.momentum, norm.eps,
         )  # fmt: skip
+    if x.dim() == 3:  # (B, C, L) as the (B, C, L, 1) images nn.BatchNorm2d takes
+        return act(norm(x.unsqueeze(-1))).squeeze(-1)
     return act(norm(x))
 
 
@@ -245,21 +248,23 @@ class RubiksBlock(nn.Module):
         times an (in, points) matrix, no layout conversions forward or backward), the
         residual sum folded into conv2's (``addmm``). Any layout gives the same values
         (slower: the products then copy)."""
-        b, t, _, height, width = x.shape
+        b, t, cin, height, width = x.shape
         cout = self.conv2.out_channels
-        a = self._norm_relu(x.flatten(0, 1), False).unflatten(0, [b, t])
-        h = torch.mm(self.conv1.weight.flatten(1), clip_points(a))
-        h = h.view(cout, b * t, height, width).transpose(0, 1)
-        h = self._norm_relu(h, True).unflatten(0, [b, t])
+        # (1, C, points) matrices: the batch norms' channels are their rows
+        xm = x.permute(2, 0, 1, 3, 4).reshape(1, cin, -1)
+        a = self._norm_relu(xm, False).view(cin, -1)
+        h = torch.mm(self.conv1.weight.view(cout, cin), a).view(1, cout, -1)
+        h = self._norm_relu(h, True).view(cout, b, t, height, width).permute(1, 2, 0, 3, 4)
         h = self.rubiks(h)
         ho, wo = h.shape[-2:]
         if self.has_proj:
             stride = self.shortcut.stride[0]
-            frames = a[..., ::stride, ::stride] if stride != 1 else a
-            skip = torch.mm(self.shortcut.weight.flatten(1), clip_points(frames))
+            frames = a.view(cin, b, t, height, width)[..., ::stride, ::stride]
+            skip = torch.mm(self.shortcut.weight.view(cout, cin), frames.reshape(cin, -1))
         else:
-            skip = clip_points(x)
-        out = torch.addmm(skip, self.conv2.weight.flatten(1), clip_points(h))
+            skip = xm.view(cin, -1)
+        hm = h.permute(2, 0, 1, 3, 4).reshape(cout, -1)
+        out = torch.addmm(skip, self.conv2.weight.view(cout, cout), hm)
         return out.view(cout, b, t, ho, wo).permute(1, 2, 0, 3, 4)
 
 

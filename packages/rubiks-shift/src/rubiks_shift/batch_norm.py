@@ -30,13 +30,13 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _channel_major(x: Tensor) -> bool:
-    """Whether the (B, C, H, W) ``x`` is a (C, B, H, W)-contiguous tensor seen through
+    """Whether the (B, C, ...) ``x`` is a (C, B, ...)-contiguous tensor seen through
     ``transpose(0, 1)`` (the frames of a channel-major clip), and not also contiguous."""
     return not x.is_contiguous() and x.transpose(0, 1).is_contiguous()
 
 
 def _rows(x: Tensor, major: bool) -> Tensor:
-    """x as the kernels read it: (B, C, H, W) contiguous, or, where ``major``, its
+    """x as the kernels read it: (B, C, ...) contiguous, or, where ``major``, its
     channels as the rows of a contiguous (1, C, B·H·W)."""
     if major:
         return x.transpose(0, 1).reshape(1, x.shape[1], -1)
@@ -108,7 +108,7 @@ def uses_kernels(
 ) -> bool:
     """Whether ``batch_norm_relu`` with these arguments runs this package's CUDA kernels
     (else it is torch's batch norm and ReLU)."""
-    if not (training and x.is_cuda and momentum is not None and x.dim() == 4):
+    if not (training and x.is_cuda and momentum is not None and x.dim() in (3, 4)):
         return False
     if x.dtype not in _KERNEL_DTYPES or not _plain_eager():
         return False
@@ -133,11 +133,11 @@ def batch_norm_relu(
 ) -> Tensor:
     """``relu(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum,
     eps))``, the arguments as ``F.batch_norm`` takes them. In training mode on a CUDA
-    (B, C, H, W) tensor (any float dtype; weight, bias and running statistics
+    (B, C, H, W) or (B, C, L) tensor (any float dtype; weight, bias and running statistics
     contiguous, in float32, or float64 for float64 x) the batch statistics, the running
     statistics' update (unbiased variance, as torch) and the gradients come from this
     package's deterministic kernels, to float32 rounding of torch's, with y in x's layout
-    where x is contiguous or (C, B, H, W)-contiguous (else y is contiguous); every other
+    where x is contiguous or (C, B, ...)-contiguous (else y is contiguous); every other
     call is torch's own."""
     if uses_kernels(x, running_mean, running_var, weight, bias, training, momentum):
         if x.numel() // x.shape[1] < 2:
