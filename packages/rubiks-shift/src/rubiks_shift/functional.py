@@ -121,7 +121,8 @@ def rubiks_shift3d(
             freezes spatial shifts; ``"auto"`` uses T / H of ``x``.
 
     Returns:
-        (N, T_out, C, H_out, W_out) tensor of x's dtype. Non-contiguous inputs are copied.
+        (N, T_out, C, H_out, W_out) tensor of x's dtype, channel-major where x is
+        (``is_channel_major``), else contiguous (other layouts are copied).
     """
     stride3, padding3, device_type = _checked_3d(x, shift, stride, padding)
     factor = _t_factor(normalize_t_factor, x)
