@@ -24,16 +24,8 @@ import tempfile
 from pathlib import Path
 
 from rubiks_shift import _cuda_kernels
+from rubiks_shift._kernel_cache import KERNELS  # every kernel the package launches
 
-KERNELS = (
-    "gather",
-    "gather_narrow",
-    "gather_frames",
-    "gather_affine",
-    "gather_frames_affine",
-    "grad_shift",
-    "finalize",
-)
 STORAGE = ("float16", "bfloat16", "float32", "float64")
 
 
@@ -115,7 +107,7 @@ def main() -> int:
         kernels = _cuda_kernels.Kernels(storage, "float32")
         for name in KERNELS:
             if name.endswith("_affine") and storage == "float64":
-                continue  # the fused inference form's kernels: no float64 use
+                continue  # the fused inference form's gathers: no float64 use
             fn = getattr(kernels, name)
             ptx = _cuda_kernels.kernel_ptx(fn, getattr(kernels, name + "_sig"), cc)
             cap = register_cap(fn)
