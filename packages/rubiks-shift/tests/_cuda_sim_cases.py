@@ -115,7 +115,7 @@ PROLOGUE_CASES = [  # (shape, dtype, storage offset: 1 leaves bfloat16 off 4-byt
 
 def _prologue_paired(clip: torch.Tensor, shifted: bool) -> bool:
     """Whether affine_relu's last launch over ``clip`` moved bfloat16 pairs."""
-    x, major = _cuda._prologue_layout(clip)
+    x, major = _cuda._kernel_layout(clip)
     key = (x.shape, x.dtype, major, shifted, x.data_ptr() % 4 == 0)
     return bool(_cuda._PROLOGUE_PLANS[key][1].scalars.paired)
 

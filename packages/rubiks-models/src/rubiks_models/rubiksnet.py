@@ -105,12 +105,11 @@ def clip_points(x: torch.Tensor) -> torch.Tensor:
 
 
 def norm_relu(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``act(norm(x))``, x (B, C, H, W) or (B, C, L). A batch norm in training followed by
-    a ReLU on a CUDA tensor runs as :func:`rubiks_shift.batch_norm_relu` (in plain eager
-    code its deterministic kernels: statistics and gradients over many blocks per
-    channel, the normalisation and ReLU one pass), with the module state updates of
-    ``nn.BatchNorm2d``; anything else is the modules' own forward (evaluation, the CPU,
-    traced code)."""
+    """``act(norm(x))``. A batch norm in training followed by a ReLU on a CUDA tensor runs
+    as :func:`rubiks_shift.batch_norm_relu` (in plain eager code its deterministic kernels:
+    statistics and gradients over many blocks per channel, the normalisation and ReLU one
+    pass), with the module state updates of ``nn.BatchNorm2d``; anything else is the
+    modules' own forward (evaluation, the CPU, traced code)."""
     if (
         type(x) is torch.Tensor
         and x.is_cuda
@@ -126,8 +125,6 @@ def norm_relu(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
             x, norm.running_mean, norm.running_var, norm.weight, norm.bias, True,
             norm.momentum, norm.eps,
         )  # fmt: skip
-    if x.dim() == 3:  # (B, C, L) as the (B, C, L, 1) images nn.BatchNorm2d takes
-        return act(norm(x.unsqueeze(-1))).squeeze(-1)
     return act(norm(x))
 
 
@@ -204,7 +201,9 @@ class RubiksBlock(nn.Module):
             if self.has_proj
             else nn.Identity()
         )
-        self.channel_major_plane = CHANNEL_MAJOR_PLANE if self.is_3d and not se_reduction else 0
+        # the blocks channel-major training can run (set_channel_major_plane)
+        self.has_channel_major = self.is_3d and not se_reduction
+        self.channel_major_plane = CHANNEL_MAJOR_PLANE if self.has_channel_major else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting() and self._runs_channel_major(x):
@@ -250,10 +249,10 @@ class RubiksBlock(nn.Module):
         (slower: the products then copy)."""
         b, t, cin, height, width = x.shape
         cout = self.conv2.out_channels
-        # (1, C, points) matrices: the batch norms' channels are their rows
-        xm = x.permute(2, 0, 1, 3, 4).reshape(1, cin, -1)
+        # (C, points) matrices; the batch norms see them as one (1, C, points, 1) image
+        xm = x.permute(2, 0, 1, 3, 4).reshape(1, cin, -1, 1)
         a = self._norm_relu(xm, False).view(cin, -1)
-        h = torch.mm(self.conv1.weight.view(cout, cin), a).view(1, cout, -1)
+        h = torch.mm(self.conv1.weight.view(cout, cin), a).view(1, cout, -1, 1)
         h = self._norm_relu(h, True).view(cout, b, t, height, width).permute(1, 2, 0, 3, 4)
         h = self.rubiks(h)
         ho, wo = h.shape[-2:]
@@ -449,7 +448,7 @@ class RubiksNet(nn.Module):
         if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 0:
             raise ValueError(f"channel_major_plane must be an int >= 0, got {pixels!r}")
         for m in self.modules():
-            if isinstance(m, RubiksBlock) and m.is_3d and isinstance(m.se, nn.Identity):
+            if isinstance(m, RubiksBlock) and m.has_channel_major:
                 m.channel_major_plane = pixels
 
     @torch.jit.ignore

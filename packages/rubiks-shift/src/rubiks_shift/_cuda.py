@@ -129,20 +129,12 @@ def forward(
     other layout is made contiguous and gives a contiguous one."""
     major = False
     if not x.is_contiguous():
-        x, major = _prologue_layout(x)
+        x, major = _kernel_layout(x)
     s = _shift_for(shift)
     key = (x.shape, x.dtype, s.dtype, tuple(stride), tuple(padding), quantize, major)
     plan = _FORWARD_PLANS.get(key) or _forward_plan(key)
     kernels, y_shape, steps = plan
-    # empty_like where the shapes match: 0.6 us less host time than new_empty on the
-    # H200 machine (2026-12-01; 0.9-1.3 us without memory_format, whose strides could
-    # differ from new_empty's on size-1 dimensions)
-    if major:
-        y = empty_channel_major(x, y_shape or x.shape)
-    elif y_shape is None:
-        y = torch.empty_like(x, memory_format=_CONTIGUOUS)
-    else:
-        y = x.new_empty(y_shape)
+    y = _empty_result(x, y_shape, major)
     index = x.get_device()
     previous = _make_current(index)
     try:
@@ -154,8 +146,21 @@ def forward(
     return y
 
 
-def _prologue_layout(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """(x, whether it is channel-major) for the prologue kernels: a channel-major x as it
+def _empty_result(x: torch.Tensor, shape: tuple | None, major: bool) -> torch.Tensor:
+    """An uninitialised result of a kernel over ``x``, of ``shape`` (None: x's): a
+    channel-major clip where ``major``, else contiguous."""
+    if major:  # (C, N, T, H, W) storage seen as (N, T, C, H, W)
+        return empty_channel_major(x, shape or x.shape)
+    if shape is None:
+        # empty_like where the shapes match: 0.6 us less host time than new_empty on the
+        # H200 machine (2026-12-01; 0.9-1.3 us without memory_format, whose strides could
+        # differ from new_empty's on size-1 dimensions)
+        return torch.empty_like(x, memory_format=_CONTIGUOUS)
+    return x.new_empty(shape)
+
+
+def _kernel_layout(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(x, whether it is channel-major) as the kernels read it: a channel-major x as it
     is, any other layout made contiguous."""
     if x.is_contiguous():
         return x, False
@@ -196,7 +201,7 @@ def forward_affine(
     (C,) in the accumulation dtype (float64 for float64 x, else float32). A channel-major
     ``x`` (``_checks.channel_major``) gives a channel-major result; any other layout is
     made contiguous and gives a contiguous one."""
-    x, major = _prologue_layout(x)
+    x, major = _kernel_layout(x)
     s = _shift_for(shift)
     key = (x.shape, x.dtype, s.dtype, tuple(stride), tuple(padding), quantize, major)
     plan = _AFFINE_PLANS.get(key)
@@ -204,12 +209,7 @@ def forward_affine(
         plan = _affine_plan(key)
     kernels, y_shape, steps = plan
     scale, bias = _per_channel(kernels, scale), _per_channel(kernels, bias)
-    if major:  # (C, N, T, H, W) storage seen as (N, T, C, H, W)
-        y = empty_channel_major(x, y_shape or x.shape)
-    elif y_shape is None:
-        y = torch.empty_like(x, memory_format=_CONTIGUOUS)
-    else:
-        y = x.new_empty(y_shape)
+    y = _empty_result(x, y_shape, major)
     index = x.get_device()
     previous = _make_current(index)
     try:
@@ -236,7 +236,7 @@ def affine_relu(
     accumulation dtype (float64 for float64 x, else float32). ``frame_shift``: None, or
     (C,) int32 on x's device: frame t of channel c then reads frame t + frame_shift[c]
     (0 outside the clip)."""
-    x, major = _prologue_layout(x)
+    x, major = _kernel_layout(x)
     shifted = frame_shift is not None
     aligned = x.data_ptr() % 4 == 0  # the result is a fresh allocation: aligned
     key = (x.shape, x.dtype, major, shifted, aligned)
@@ -251,7 +251,7 @@ def affine_relu(
     scale, bias = _per_channel(kernels, scale), _per_channel(kernels, bias)
     if shifted and (frame_shift.dtype != torch.int32 or not frame_shift.is_contiguous()):
         frame_shift = frame_shift.to(torch.int32).contiguous()
-    y = empty_channel_major(x, x.shape) if major else torch.empty_like(x, memory_format=_CONTIGUOUS)
+    y = _empty_result(x, None, major)
     if y.numel() == 0:
         return y
     index = x.get_device()
@@ -305,7 +305,7 @@ def backward(
     channel-major grad_x; any other layout is made contiguous."""
     major = False
     if not x.is_contiguous():
-        x, major = _prologue_layout(x)
+        x, major = _kernel_layout(x)
     gy = grad_y
     if gy.dtype != x.dtype:
         gy = gy.to(x.dtype)
@@ -334,11 +334,7 @@ def backward(
     previous = _make_current(index)
     try:
         if gather is not None:
-            gx = (
-                empty_channel_major(x, x.shape)
-                if major
-                else torch.empty_like(x, memory_format=_CONTIGUOUS)
-            )
+            gx = _empty_result(x, None, major)
             for step in gather:
                 run(kernels, step, (gy, s, gx), index)
         else:
