@@ -284,9 +284,8 @@ def test_cuda_training_batch_norm_kernels_match_torch(arch: str) -> None:
 def _block_step(block, x: torch.Tensor, dy: torch.Tensor, channel_major: bool):
     """A training forward + backward of one block: (output, input gradient, parameter
     gradients, buffers), the output's layout left as the path gives it."""
-    from rubiks_models.rubiksnet import to_channel_major
-
-    x = (to_channel_major(x) if channel_major else x.clone()).requires_grad_()
+    x = rubiks_models.rubiksnet.to_channel_major(x) if channel_major else x.clone()
+    x.requires_grad_()
     block.zero_grad()
     y = block._forward_channel_major(x) if channel_major else block(x)
     y.backward(dy)
@@ -299,8 +298,7 @@ def test_channel_major_block_matches_frames(stride: int, cin: int, cout: int) ->
     """A block's channel-major form (one matrix product per 1x1 convolution over all the
     clip's points) computes the frames form's output, gradients and running statistics,
     in float64 on the CPU, and returns a channel-major clip."""
-    from rubiks_models.rubiksnet import RubiksBlock
-
+    RubiksBlock = rubiks_models.rubiksnet.RubiksBlock
     torch.manual_seed(3)
     kw = dict(
         variant="rubiks3d", se_reduction=0, shift_init="uniform", t_init="uniform",

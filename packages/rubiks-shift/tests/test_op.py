@@ -8,8 +8,8 @@ from conftest import DEVICES, channel_major, load_op_cases, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rubiks_shift import is_channel_major, rubiks_shift2d, rubiks_shift3d
 from rubiks_shift import reference as R
-from rubiks_shift import rubiks_shift2d, rubiks_shift3d
 
 CASES = list(load_op_cases())
 REFERENCE_INTEGER_RULE = {"integer_shifts", "zero_shift"}
@@ -245,10 +245,6 @@ def test_2d_is_3d_with_one_frame(device):
     assert rel_err(ss.grad, hw / hw.norm(dim=0, keepdim=True)) < 1e-12
 
 
-def _is_channel_major(t: torch.Tensor) -> bool:
-    return t.permute(2, 0, 1, 3, 4).is_contiguous() and not t.is_contiguous()
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("stride", [(1, 1, 1), (1, 2, 2)])
@@ -272,5 +268,5 @@ def test_channel_major_clips(device, dtype, stride, registered):
         y.backward(grad)
         results.append((y.detach(), xg.grad, s.grad))
     (y, gx, gs), (y_cm, gx_cm, gs_cm) = results
-    assert _is_channel_major(y_cm) and _is_channel_major(gx_cm)
+    assert is_channel_major(y_cm) and is_channel_major(gx_cm)
     assert torch.equal(y_cm, y) and torch.equal(gx_cm, gx) and torch.equal(gs_cm, gs)
