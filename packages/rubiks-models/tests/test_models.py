@@ -281,41 +281,90 @@ def test_cuda_training_batch_norm_kernels_match_torch(arch: str) -> None:
         torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def _block_step(block, x: torch.Tensor, dy: torch.Tensor, channel_major: bool):
-    """A training forward + backward of one block: (output, input gradient, parameter
-    gradients, buffers), the output's layout left as the path gives it."""
-    x = rubiks_models.rubiksnet.to_channel_major(x) if channel_major else x.clone()
+def _block_step(block, x: torch.Tensor, dy: torch.Tensor, path: str):
+    """A training forward + backward of one block (``path``: ``frames``, ``one-node``:
+    its channel-major autograd node, ``composed``: channel-major differentiable ops):
+    (output, input gradient, parameter gradients, buffers), the output's layout left as
+    the path gives it."""
+    x = rubiks_models.rubiksnet.to_channel_major(x) if path != "frames" else x.clone()
     x.requires_grad_()
     block.zero_grad()
-    y = block._forward_channel_major(x) if channel_major else block(x)
+    if path == "frames":
+        y = block(x)
+    elif path == "composed":
+        y = block._composed_channel_major(x)
+    else:
+        y = block._forward_channel_major(x)
+        assert type(y.grad_fn).__name__ == "ChannelMajorBlockBackward"
     y.backward(dy)
     grads = [p.grad.clone() for p in block.parameters()]
     return y.detach(), x.grad, grads, [b.clone() for b in block.buffers()]
 
 
+_BLOCK_OPTIONS = dict(
+    variant="rubiks3d", se_reduction=0, shift_init="uniform", t_init="uniform",
+    normalize_grad=True, normalize_t_factor=1.0, aq_tau=2.0, deploy=False,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ["one-node", "composed"])
 @pytest.mark.parametrize("stride,cin,cout", [(1, 6, 6), (2, 4, 6)])
-def test_channel_major_block_matches_frames(stride: int, cin: int, cout: int) -> None:
+def test_channel_major_block_matches_frames(stride: int, cin: int, cout: int, path: str) -> None:
     """A block's channel-major form (one matrix product per 1x1 convolution over all the
-    clip's points) computes the frames form's output, gradients and running statistics,
-    in float64 on the CPU, and returns a channel-major clip."""
+    clip's points), as one autograd node and as composed ops, computes the frames form's
+    output, gradients and running statistics, in float64 on the CPU, and returns a
+    channel-major clip."""
     RubiksBlock = rubiks_models.rubiksnet.RubiksBlock
     torch.manual_seed(3)
-    kw = dict(
-        variant="rubiks3d", se_reduction=0, shift_init="uniform", t_init="uniform",
-        normalize_grad=True, normalize_t_factor=1.0, aq_tau=2.0, deploy=False,
-    )  # fmt: skip
-    block = RubiksBlock(cin, cout, stride, **kw).double().train()
-    twin = RubiksBlock(cin, cout, stride, **kw).double().train()
+    block = RubiksBlock(cin, cout, stride, **_BLOCK_OPTIONS).double().train()
+    twin = RubiksBlock(cin, cout, stride, **_BLOCK_OPTIONS).double().train()
     twin.load_state_dict(block.state_dict())
     x = torch.randn(2, 3, cin, 7, 6, dtype=torch.float64)
     dy = torch.randn(2, 3, cout, 7 // stride + 7 % stride, 6 // stride, dtype=torch.float64)
-    y, gx, grads, buffers = _block_step(block, x, dy, channel_major=True)
-    y_ref, gx_ref, grads_ref, buffers_ref = _block_step(twin, x, dy, channel_major=False)
+    y, gx, grads, buffers = _block_step(block, x, dy, path)
+    y_ref, gx_ref, grads_ref, buffers_ref = _block_step(twin, x, dy, "frames")
     assert rubiks_shift.is_channel_major(y)
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gx, gx_ref, rtol=1e-12, atol=1e-12)
     for g, r in zip(grads + buffers, grads_ref + buffers_ref, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride,cin,cout", [(1, 3, 3), (2, 2, 3)])
+def test_channel_major_block_node_gradcheck(stride: int, cin: int, cout: int) -> None:
+    """The block's autograd node against finite differences in float64 (the shift
+    gradient unnormalised here: normalisation is not a derivative)."""
+    RubiksBlock = rubiks_models.rubiksnet.RubiksBlock
+    torch.manual_seed(5)
+    options = {**_BLOCK_OPTIONS, "normalize_grad": False}
+    block = RubiksBlock(cin, cout, stride, **options).double().train()
+    x = rubiks_models.rubiksnet.to_channel_major(torch.randn(2, 2, cin, 4, 4).double())
+    settings = block._one_node_settings(x)
+    node = rubiks_models.channel_major_block.ChannelMajorBlock
+    proj = block.shortcut.weight if block.has_proj else None
+    params = [block.conv1.weight, block.conv2.weight, proj, block.norm1.weight]
+    params += [block.norm1.bias, block.norm2.weight, block.norm2.bias, block.rubiks.shift]
+
+    def run(x, *values):
+        return node.apply(x, *values, settings)
+
+    inputs = [x.requires_grad_()]
+    inputs += [p if p is None else p.detach().clone().requires_grad_() for p in params]
+    assert type(run(*inputs).grad_fn).__name__ == "ChannelMajorBlockBackward"
+    assert torch.autograd.gradcheck(run, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_channel_major_block_composes_under_a_dispatch_mode() -> None:
+    """Under a dispatch mode (here torch's FLOP counter) the block runs as differentiable
+    ops, which the mode sees, not as one node."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    block = rubiks_models.rubiksnet.RubiksBlock(4, 4, **_BLOCK_OPTIONS).train()
+    x = rubiks_models.rubiksnet.to_channel_major(torch.randn(1, 2, 4, 5, 5))
+    with FlopCounterMode(display=False) as counter:
+        y = block._forward_channel_major(x.requires_grad_())
+    assert type(y.grad_fn).__name__ != "ChannelMajorBlockBackward"
+    assert counter.get_total_flops() == 2 * 2 * (4 * 4 * 50)  # two (4, 4) x (4, 50) products
 
 
 def test_channel_major_plane_setting() -> None:
@@ -390,3 +439,28 @@ def test_cuda_bf16_training_runs_channel_major() -> None:
     assert layouts == [True]
     for a, b in zip(*outs, strict=True):
         assert ((a - b).norm() / b.norm()).item() < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("arch", ["rubiksnet_tiny", "rubiksnet_large"])
+def test_cuda_bf16_block_node_equals_composed_ops(arch: str) -> None:
+    """On CUDA in bf16 autocast the channel-major blocks' single autograd node gives the
+    composed ops' logits, gradients and running statistics bit for bit."""
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=7).cuda().train()
+    twin = timm.create_model(arch, num_classes=7).cuda().train()
+    twin.load_state_dict(model.state_dict())
+    for m in twin.modules():
+        if isinstance(m, rubiks_models.rubiksnet.RubiksBlock):
+            m._one_node_settings = lambda x: None
+    clip = torch.randn(2, 8, 3, 64, 64, device="cuda")
+    target = torch.tensor([1, 5], device="cuda")
+    with torch.backends.cudnn.flags(deterministic=True):
+        for net in (model, twin):
+            with torch.autocast("cuda", torch.bfloat16):
+                loss = F.cross_entropy(net(clip), target)
+            loss.backward()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), name
+    for (name, b), c in zip(model.named_buffers(), twin.buffers(), strict=True):
+        assert torch.equal(b, c), name

@@ -36,9 +36,10 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from rubiks_shift import batch_norm, is_channel_major
+from rubiks_shift import batch_norm, is_channel_major, kernels
 
 from .archs import TIERS, VARIANTS
+from .channel_major_block import BlockSettings, ChannelMajorBlock
 from .checkpoint import CheckpointError, check_state_dict, resolve_checkpoint, strict_pretrained
 from .reference_keys import REFERENCE_KEY_MAP, convert_reference_key, convert_reference_state
 from .shift_layers import Shift2d, Shift3d, TemporalAttentionShift, hard_temporal_shift
@@ -104,22 +105,26 @@ def clip_points(x: torch.Tensor) -> torch.Tensor:
     return x.permute(2, 0, 1, 3, 4).reshape(x.shape[2], -1)
 
 
+def _trains_with_kernels(norm: nn.Module) -> bool:
+    """Whether ``norm`` is a plain batch norm in training mode that updates running
+    statistics: what :func:`rubiks_shift.batch_norm_relu` computes with its kernels."""
+    return (
+        type(norm) is nn.BatchNorm2d
+        and norm.training
+        and norm.track_running_stats
+        and norm.momentum is not None
+        and norm.num_batches_tracked is not None
+    )
+
+
 def norm_relu(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``act(norm(x))``. A batch norm in training followed by a ReLU on a CUDA tensor runs
     as :func:`rubiks_shift.batch_norm_relu` (in plain eager code its deterministic kernels:
     statistics and gradients over many blocks per channel, the normalisation and ReLU one
     pass), with the module state updates of ``nn.BatchNorm2d``; anything else is the
     modules' own forward (evaluation, the CPU, traced code)."""
-    if (
-        type(x) is torch.Tensor
-        and x.is_cuda
-        and type(norm) is nn.BatchNorm2d
-        and type(act) is nn.ReLU
-        and norm.training
-        and norm.track_running_stats
-        and norm.momentum is not None
-        and norm.num_batches_tracked is not None
-    ):
+    cuda = type(x) is torch.Tensor and x.is_cuda
+    if cuda and type(act) is nn.ReLU and _trains_with_kernels(norm):
         norm.num_batches_tracked.add_(1)
         return batch_norm.batch_norm_relu(
             x, norm.running_mean, norm.running_var, norm.weight, norm.bias, True,
@@ -243,10 +248,55 @@ class RubiksBlock(nn.Module):
     @torch.jit.unused
     def _forward_channel_major(self, x: torch.Tensor) -> torch.Tensor:
         """The block on a channel-major clip (``to_channel_major``), returned channel-major:
-        each 1x1 convolution one product over all the clip's points (an (out, in) weight
-        times an (in, points) matrix, no layout conversions forward or backward), the
-        residual sum folded into conv2's (``addmm``). Any layout gives the same values
-        (slower: the products then copy)."""
+        one autograd node (:class:`.ChannelMajorBlock`) in plain eager code with
+        training-mode batch norms, else the same computation composed of differentiable
+        ops (``_composed_channel_major``)."""
+        settings = self._one_node_settings(x)
+        if settings is None:
+            return self._composed_channel_major(x)
+        torch._foreach_add_([self.norm1.num_batches_tracked, self.norm2.num_batches_tracked], 1)
+        proj = self.shortcut.weight if self.has_proj else None
+        return ChannelMajorBlock.apply(
+            x, self.conv1.weight, self.conv2.weight, proj, self.norm1.weight, self.norm1.bias,
+            self.norm2.weight, self.norm2.bias, self.rubiks.shift, settings,
+        )  # fmt: skip
+
+    @torch.jit.unused
+    def _one_node_settings(self, x: torch.Tensor) -> BlockSettings | None:
+        """What :class:`.ChannelMajorBlock` needs, or None where this call cannot run as
+        one node (traced or transformed code, batch norms not in training mode with
+        running statistics or with parameters in another dtype than the kernels
+        accumulate in, a shift layer that is not a plain ``Shift3d``)."""
+        if not (kernels.plain_eager() and type(self.rubiks) is Shift3d):
+            return None
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        norms = []
+        for norm in (self.norm1, self.norm2):
+            if not (_trains_with_kernels(norm) and norm.affine and norm.weight.dtype == acc):
+                return None
+            if norm.running_mean.dtype != acc or norm.running_var.dtype != acc:
+                return None
+            norms.append((norm.running_mean, norm.running_var, norm.momentum, norm.eps))
+        r = self.rubiks
+        t_factor = r.normalize_t_factor
+        if isinstance(t_factor, str):  # "auto": T / H of the shift's input
+            t_factor = x.shape[1] / x.shape[3]
+        autocast = torch.is_autocast_enabled(x.device.type)
+        return BlockSettings(
+            norm1=tuple(norms[0]),
+            norm2=tuple(norms[1]),
+            stride=self.shortcut.stride[0] if self.has_proj else 1,
+            shift=(r.stride, r.padding, r.quantize, r.normalize_grad, float(t_factor)),
+            dtype=torch.get_autocast_dtype(x.device.type) if autocast else None,
+        )
+
+    @torch.jit.unused
+    def _composed_channel_major(self, x: torch.Tensor) -> torch.Tensor:
+        """``_forward_channel_major`` as differentiable ops: each 1x1 convolution one
+        product over all the clip's points (an (out, in) weight times an (in, points)
+        matrix, no layout conversions forward or backward), the residual sum folded into
+        conv2's (``addmm``). Any layout gives the same values (slower: the products then
+        copy)."""
         b, t, cin, height, width = x.shape
         cout = self.conv2.out_channels
         # (C, points) matrices; the batch norms see them as one (1, C, points, 1) image

@@ -20,55 +20,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._ops import _cuda_backend, _plain_eager, unwrapped_apply
+from . import kernels
+from ._ops import _plain_eager, unwrapped_apply
+from .kernels import _acc_dtype
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _channel_major(x: Tensor) -> bool:
-    """Whether the (B, C, ...) ``x`` is a (C, B, ...)-contiguous tensor seen through
-    ``transpose(0, 1)`` (the frames of a channel-major clip), and not also contiguous."""
-    return not x.is_contiguous() and x.transpose(0, 1).is_contiguous()
-
-
-def _rows(x: Tensor, major: bool) -> Tensor:
-    """x as the kernels read it: (B, C, ...) contiguous, or, where ``major``, its
-    channels as the rows of a contiguous (1, C, B·H·W)."""
-    if major:
-        return x.transpose(0, 1).reshape(1, x.shape[1], -1)
-    return x.contiguous()
 
 
 class _BatchNormReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
-        backend = _cuda_backend()
-        major = _channel_major(x)
-        rows = _rows(x, major)
-        y, stats = backend.batch_norm_relu_forward(
-            rows, weight.detach(), bias.detach(), running_mean, running_var, momentum, eps
+        y, stats = kernels.batch_norm_relu_forward(
+            x, weight, bias, running_mean, running_var, momentum, eps
         )
-        ctx.save_for_backward(rows, weight, stats)
-        ctx.config = (momentum, eps, x.shape if major else None)
-        if major:  # in x's layout
-            return y.view(x.shape[1], x.shape[0], *x.shape[2:]).transpose(0, 1)
+        ctx.save_for_backward(x, weight, stats)
+        ctx.config = (momentum, eps)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        rows, weight, stats = ctx.saved_tensors
-        momentum, eps, major_shape = ctx.config
-        grad_x, grad_weight, grad_bias = _cuda_backend().batch_norm_relu_backward(
-            _rows(grad_y, major_shape is not None), rows, weight.detach(), stats, eps, momentum
+        x, weight, stats = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = kernels.batch_norm_relu_backward(
+            grad_y, x, weight, stats, *ctx.config
         )
-        if major_shape is not None:
-            b, c = major_shape[0], major_shape[1]
-            grad_x = grad_x.view(c, b, *major_shape[2:]).transpose(0, 1)
         return (
             grad_x if ctx.needs_input_grad[0] else None,
             grad_weight.to(weight.dtype) if ctx.needs_input_grad[1] else None,

@@ -1,0 +1,147 @@
+"""A channel-major RubiksNet block in training as one autograd node.
+
+:class:`ChannelMajorBlock` computes what ``RubiksBlock._composed_channel_major``
+computes, with the same kernels and products in the same order, but records a single
+autograd node: its backward calls the ops' backward passes (:mod:`rubiks_shift.kernels`)
+and the products' transposes itself. Eager training of the small-plane blocks is bound
+by the host (every op's Python call and autograd node), not by the GPU; one node per
+block instead of ~20 removes most of that (``packages/rubiks-models/BENCHMARKS.md``).
+The gradients equal the composed form's bit for bit on CUDA.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from rubiks_shift import kernels
+
+__all__ = ["BlockSettings", "ChannelMajorBlock"]
+
+
+class BlockSettings(NamedTuple):
+    """What the block's autograd node needs besides its differentiable tensors."""
+
+    norm1: tuple  # (running_mean, running_var, momentum, eps) of norm1
+    norm2: tuple  # the same of norm2
+    stride: int  # the block's spatial stride (its projection's and its shift's)
+    shift: tuple  # (stride, padding, quantize, normalize_grad, normalize_t_factor)
+    dtype: torch.dtype | None  # the weights' dtype in the products (autocast's), or None
+
+
+def _matrix(weight: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """A 1x1 convolution's (out, in, 1, 1) weight as an (out, in) matrix in ``dtype``."""
+    w = weight.detach().view(weight.shape[0], weight.shape[1])
+    return w if dtype is None else w.to(dtype)
+
+
+def _rows(clip: Tensor) -> Tensor:
+    """A channel-major (N, T, C, H, W) clip as the (1, C, points, 1) image the batch
+    norms read (a view; other layouts are copied)."""
+    return clip.permute(2, 0, 1, 3, 4).reshape(1, clip.shape[2], -1, 1)
+
+
+def _clip(m: Tensor, n: int, t: int, h: int, w: int) -> Tensor:
+    """A (C, points) matrix as the channel-major (N, T, C, H, W) clip it stores."""
+    return m.view(-1, n, t, h, w).permute(1, 2, 0, 3, 4)
+
+
+def _strided(a: Tensor, shape: tuple, stride: int) -> Tensor:
+    """The (C, points) matrix ``a`` of a clip of ``shape`` (C, N, T, H, W) at every
+    ``stride``-th pixel (a view)."""
+    return a.view(shape)[..., ::stride, ::stride]
+
+
+class ChannelMajorBlock(torch.autograd.Function):
+    """``forward(x, conv1, conv2, shortcut or None, norm1 weight, norm1 bias, norm2
+    weight, norm2 bias, shift, settings)`` over a channel-major clip x (N, T, C, H, W):
+    relu(norm1) -> conv1 -> relu(norm2) -> shift -> conv2 + shortcut, returned
+    channel-major (``RubiksBlock``). Running statistics are updated in place."""
+
+    @staticmethod
+    def forward(ctx, x, w1, w2, wp, g1, b1, g2, b2, shift, settings: BlockSettings):
+        n, t, cin, height, width = x.shape
+        cout = w1.shape[0]
+        w1m, w2m = _matrix(w1, settings.dtype), _matrix(w2, settings.dtype)
+        xm = _rows(x)
+        a, stats1 = kernels.batch_norm_relu_forward(xm, g1, b1, *settings.norm1)
+        a = a.view(cin, -1)
+        h = torch.mm(w1m, a).view(1, cout, -1, 1)
+        h2, stats2 = kernels.batch_norm_relu_forward(h, g2, b2, *settings.norm2)
+        clip = _clip(h2, n, t, height, width)
+        stride, padding, quantize = settings.shift[:3]
+        shifted = kernels.shift3d_forward(clip, shift, stride, padding, quantize)
+        ho, wo = shifted.shape[-2:]
+        sm = shifted.permute(2, 0, 1, 3, 4).reshape(cout, -1)
+        wpm = None
+        if wp is None:
+            skip = xm.view(cin, -1)
+        else:
+            wpm = _matrix(wp, settings.dtype)
+            frames = _strided(a, (cin, n, t, height, width), settings.stride)
+            skip = torch.mm(wpm, frames.reshape(cin, -1))
+        out = torch.addmm(skip, w2m, sm)
+        ctx.save_for_backward(xm, a, h, h2, sm, stats1, stats2, w1m, w2m, wpm, g1, g2, shift)
+        ctx.settings = settings
+        ctx.shapes = (n, t, cin, height, width, ho, wo)
+        weights = ((1, w1), (2, w2), (3, wp))
+        ctx.weight_meta = {i: (w.shape, w.dtype) for i, w in weights if w is not None}
+        return _clip(out, n, t, ho, wo)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        xm, a, h, h2, sm, stats1, stats2, w1m, w2m, wpm, g1, g2, shift = ctx.saved_tensors
+        settings = ctx.settings
+        n, t, cin, height, width, ho, wo = ctx.shapes
+        cout = w2m.shape[0]
+        need = ctx.needs_input_grad
+        go = grad_out.permute(2, 0, 1, 3, 4).reshape(cout, -1)
+        if go.dtype != sm.dtype:
+            go = go.to(sm.dtype)
+        grad_w2 = torch.mm(go, sm.t())
+        grad_shifted = _clip(torch.mm(w2m.t(), go), n, t, ho, wo)
+        clip = _clip(h2, n, t, height, width)
+        grad_h2, grad_shift = kernels.shift3d_backward(
+            grad_shifted, clip, shift, *settings.shift, need_x=True, need_shift=need[8]
+        )
+        grad_h, grad_g2, grad_b2 = kernels.batch_norm_relu_backward(
+            _rows(grad_h2), h, g2, stats2, *settings.norm2[2:]
+        )
+        grad_h = grad_h.view(cout, -1)
+        grad_w1 = torch.mm(grad_h, a.t())
+        grad_a = torch.mm(w1m.t(), grad_h)
+        grad_wp = None
+        if wpm is not None:
+            frames = _strided(a, (cin, n, t, height, width), settings.stride)
+            grad_wp = torch.mm(go, frames.reshape(cin, -1).t())
+            _strided(grad_a, (cin, n, t, height, width), settings.stride).add_(
+                torch.mm(wpm.t(), go).view(cin, n, t, ho, wo)
+            )
+        grad_x, grad_g1, grad_b1 = kernels.batch_norm_relu_backward(
+            grad_a.view(1, cin, -1, 1), xm, g1, stats1, *settings.norm1[2:]
+        )
+        if wpm is None:
+            grad_x = grad_x.add_(go.view(1, cin, -1, 1))
+        return (
+            _clip(grad_x, n, t, height, width) if need[0] else None,
+            _weight_grad(grad_w1, need[1], ctx, 1),
+            _weight_grad(grad_w2, need[2], ctx, 2),
+            _weight_grad(grad_wp, need[3], ctx, 3),
+            grad_g1.to(g1.dtype) if need[4] else None,
+            grad_b1.to(g1.dtype) if need[5] else None,
+            grad_g2.to(g2.dtype) if need[6] else None,
+            grad_b2.to(g2.dtype) if need[7] else None,
+            grad_shift if need[8] else None,
+            None,
+        )
+
+
+def _weight_grad(grad: Tensor | None, needed: bool, ctx, index: int) -> Tensor | None:
+    """A product's weight gradient as the (out, in, 1, 1) weight in its dtype."""
+    if grad is None or not needed:
+        return None
+    shape, dtype = ctx.weight_meta[index]
+    return grad.view(shape).to(dtype)
