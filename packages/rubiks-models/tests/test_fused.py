@@ -276,12 +276,14 @@ def test_graphed_inference_equals_eager():
 
 
 @requires_cuda
-def test_graphed_train_step_equals_eager(monkeypatch):
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_graphed_train_step_equals_eager(monkeypatch, autocast_dtype):
     """With deterministic cuDNN kernels (its default weight gradients sum with atomics:
     two eager steps differ in the last bits, which five SGD steps amplify past any
     tolerance), without TF32 and without the shift-gradient normalisation (which turns a
     channel's near-zero gradient into a unit vector, so rounding noise there moves a shift
-    by the full learning rate), graph replays and eager steps agree to rounding."""
+    by the full learning rate), graph replays and eager steps agree to rounding; in bf16
+    autocast the small-plane blocks run channel-major, as one autograd node each."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
@@ -293,14 +295,22 @@ def test_graphed_train_step_equals_eager(monkeypatch):
     y = torch.randint(0, 10, (2,), device="cuda")
     opt_e = torch.optim.SGD(eager.parameters(), lr=0.05, momentum=0.9)
     opt_g = torch.optim.SGD(graphed.parameters(), lr=0.05, momentum=0.9)
-    runner = GraphedTrainStep(graphed, opt_g, F.cross_entropy, x, y, warmup=2)
+    runner = GraphedTrainStep(
+        graphed, opt_g, F.cross_entropy, x, y, autocast_dtype=autocast_dtype, warmup=2
+    )
+    amp = torch.autocast("cuda", autocast_dtype or torch.float32, enabled=bool(autocast_dtype))
+
+    def eager_loss():
+        with amp:
+            return F.cross_entropy(eager(x), y)
+
     for _ in range(2):  # the warm-up steps the runner took
         opt_e.zero_grad(set_to_none=False)
-        F.cross_entropy(eager(x), y).backward()
+        eager_loss().backward()
         opt_e.step()
     for _ in range(3):
         opt_e.zero_grad(set_to_none=False)
-        loss_e = F.cross_entropy(eager(x), y)
+        loss_e = eager_loss()
         loss_e.backward()
         opt_e.step()
         loss_g = runner.step(x, y)
