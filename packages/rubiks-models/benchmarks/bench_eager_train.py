@@ -3,12 +3,13 @@ process, and the host time of the calls such a block makes.
 
 Eager steps of RubiksNet are bound by the host (the GPU needs a fraction of the step),
 and the host's pace moves between machines and over minutes, so the forms are compared
-round by round in one process: TSM-R50, then each RubiksNet model with its small-plane
-blocks as one autograd node (``node``, the default), as composed differentiable ops
-(``composed``) and frame by frame (``frames``, ``set_channel_major_plane(0)``), ``--iters``
-steps each per round after two warm-up steps. Then ``--calls`` times, in µs per call, the
-calls one channel-major block of RubiksNet-Large at 14² makes (each one at the host's
-pace: its GPU work is shorter than its host time)::
+round by round in one process, in each of ``--dtypes`` (bf16 autocast, fp32): TSM-R50,
+then each RubiksNet model, in bf16 with its small-plane blocks as one autograd node
+(``node``, the default), as composed differentiable ops (``composed``) and frame by
+frame (``frames``, ``set_channel_major_plane(0)``), ``--iters`` steps each per round
+after two warm-up steps. Then the host time of one channel-major RubiksNet-Large block's
+forward + backward in each form, and of each call such a block makes (µs; their GPU
+work is shorter than their host time)::
 
     python packages/rubiks-models/benchmarks/bench_eager_train.py --rounds 6
 """
@@ -41,8 +42,14 @@ def set_form(model: torch.nn.Module, form: str) -> None:
                 block.channel_major_plane = plane
 
 
+def _forms(name: str, dtype: str) -> tuple:
+    """The block forms worth timing: only 16-bit steps run channel-major."""
+    return (None,) if name == "tsm_r50" or dtype != "bf16" else FORMS
+
+
 def train_steps(models: list[str], args) -> dict:
-    """ms per eager training step (wall, host included) per (model, form), each round."""
+    """ms per eager training step (wall, host included) per (dtype, model, form), each
+    round."""
     clip = torch.randn(args.batch, args.frames, 3, args.size, args.size, device="cuda")
     target = torch.randint(0, args.classes, (args.batch,), device="cuda")
     cases = []
@@ -50,27 +57,51 @@ def train_steps(models: list[str], args) -> dict:
         model, _ = bench_models.build(name, args.classes, args.frames)
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        forms = (None,) if name == "tsm_r50" else FORMS
-        cases += [(name, form, model, opt) for form in forms]
+        for dtype in args.dtypes:
+            cases += [(dtype, name, form, model, opt) for form in _forms(name, dtype)]
 
-    def step(model, opt) -> None:
-        with torch.autocast("cuda", torch.bfloat16, enabled=args.dtype == "bf16"):
+    def step(model, opt, dtype: str) -> None:
+        with torch.autocast("cuda", torch.bfloat16, enabled=dtype == "bf16"):
             loss = F.cross_entropy(model(clip), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    times: dict = {(name, form): [] for name, form, _, _ in cases}
+    times: dict = {case[:3]: [] for case in cases}
     for _ in range(args.rounds):
-        for name, form, model, opt in cases:
-            if form is not None:
-                set_form(model, form)
+        for dtype, name, form, model, opt in cases:
+            if name != "tsm_r50":
+                set_form(model, form or "node")
             for _ in range(2):
-                step(model, opt)
-            times[(name, form)].append(
-                bench_models.time_loop(lambda m=model, o=opt: step(m, o), args.iters, 1)
-            )
+                step(model, opt, dtype)
+            run = lambda m=model, o=opt, d=dtype: step(m, o, d)
+            times[(dtype, name, form)].append(bench_models.time_loop(run, args.iters, 1))
     return times
+
+
+def block_step_host(repeats: int = 7, n: int = 200) -> dict:
+    """µs of host time per bf16 forward + backward of one channel-major RubiksNet-Large
+    block (288 channels, 14², one clip of 2 frames: the GPU work is far shorter than the
+    host's) in each form, the best of ``repeats`` loops of ``n``."""
+    block = rubiksnet.RubiksBlock(
+        288, 288, variant="rubiks3d", se_reduction=0, shift_init="uniform", t_init="uniform",
+        normalize_grad=True, normalize_t_factor=1.0, aq_tau=2.0, deploy=False,
+    ).cuda().train()  # fmt: skip
+    frames = torch.randn(1, 2, 288, 14, 14, device="cuda", dtype=torch.bfloat16)
+    grad = torch.randn_like(frames)
+    results = {}
+    for form in FORMS:  # each form's input in the layout the model hands it
+        x = frames if form == "frames" else rubiksnet.to_channel_major(frames)
+        x = x.detach().requires_grad_()
+
+        def once(x=x) -> None:
+            with torch.autocast("cuda", torch.bfloat16):
+                y = block(x)
+            y.backward(grad)
+
+        set_form(block, form)
+        results[form] = round(_us_per_call(once, n, repeats), 1)
+    return results
 
 
 def _us_per_call(fn, n: int = 300, repeats: int = 5) -> float:
@@ -127,30 +158,36 @@ def block_calls() -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["tsm_r50", "rubiksnet_large", "rubiksnet_tiny"])
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--dtypes", nargs="+", choices=["bf16", "fp32"], default=["bf16", "fp32"])
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--classes", type=int, default=174)
-    p.add_argument("--no-calls", action="store_true", help="skip the per-call host times")
+    p.add_argument("--no-calls", action="store_true", help="skip the host times of one block")
     p.add_argument("--json", help="write the results here (atomically)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU")
     torch.backends.cudnn.benchmark = True
     times = train_steps(args.models, args)
-    base = statistics.median(times[("tsm_r50", None)]) if ("tsm_r50", None) in times else None
-    results: dict = {"device": torch.cuda.get_device_name(), "dtype": args.dtype, "steps": {}}
-    print(f"eager {args.dtype} training step, ms (median of {args.rounds} rounds; every round)")
-    for (name, form), values in times.items():
+    results: dict = {"device": torch.cuda.get_device_name(), "steps": {}}
+    print(f"eager training step, ms (median of {args.rounds} rounds; every round)")
+    for (dtype, name, form), values in times.items():
         median = statistics.median(values)
-        ratio = f" ({median / base:.2f}x)" if base else ""
-        key = name if form is None else f"{name} {form}"
-        print(f"{key:<28} {median:8.2f}{ratio}   " + " ".join(f"{v:.2f}" for v in values))
+        base = times.get((dtype, "tsm_r50", None))
+        ratio = f" ({median / statistics.median(base):.2f}x)" if base else ""
+        key = " ".join(k for k in (dtype, name, form) if k)
+        print(f"{key:<33} {median:8.2f}{ratio}   " + " ".join(f"{v:.2f}" for v in values))
         results["steps"][key] = {"median_ms": median, "rounds_ms": values}
     if not args.no_calls:
+        results["block_us"] = block_step_host()
+        print(
+            "\nhost time of one bf16 Large block's forward + backward (288 ch, 14², 2 frames), µs"
+        )
+        for form, us in results["block_us"].items():
+            print(f"{form:<40} {us:8.1f}")
         results["calls_us"] = block_calls()
         print("\nhost time per call, µs (one bf16 channel-major block of RubiksNet-Large at 14²)")
         for name, us in results["calls_us"].items():
