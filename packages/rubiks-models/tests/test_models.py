@@ -354,6 +354,29 @@ def test_channel_major_block_node_gradcheck(stride: int, cin: int, cout: int) ->
     assert torch.autograd.gradcheck(run, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
+def test_channel_major_block_node_with_frozen_weights() -> None:
+    """Frozen layers (``requires_grad_(False)``) get no gradient from the node, and the
+    others the same gradients as with every layer trained."""
+    RubiksBlock = rubiks_models.rubiksnet.RubiksBlock
+    torch.manual_seed(6)
+    block = RubiksBlock(4, 6, 2, **_BLOCK_OPTIONS).double().train()
+    twin = RubiksBlock(4, 6, 2, **_BLOCK_OPTIONS).double().train()
+    twin.load_state_dict(block.state_dict())
+    for layer in (block.conv1, block.conv2, block.shortcut, block.rubiks):
+        layer.requires_grad_(False)
+    x = torch.randn(2, 3, 4, 6, 6, dtype=torch.float64)
+    dy = torch.randn(2, 3, 6, 3, 3, dtype=torch.float64)
+    _, gx, _, _ = _block_step(twin, x, dy, "one-node")
+    x = rubiks_models.rubiksnet.to_channel_major(x).requires_grad_()
+    block._forward_channel_major(x).backward(dy)
+    torch.testing.assert_close(x.grad, gx, rtol=0, atol=0)
+    for (name, p), q in zip(block.named_parameters(), twin.parameters(), strict=True):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+        else:
+            assert p.grad is None, name
+
+
 def test_channel_major_block_composes_under_a_dispatch_mode() -> None:
     """Under a dispatch mode (here torch's FLOP counter) the block runs as differentiable
     ops, which the mode sees, not as one node."""

@@ -101,7 +101,7 @@ class ChannelMajorBlock(torch.autograd.Function):
         go = grad_out.permute(2, 0, 1, 3, 4).reshape(cout, -1)
         if go.dtype != sm.dtype:
             go = go.to(sm.dtype)
-        grad_w2 = torch.mm(go, sm.t())
+        grad_w2 = torch.mm(go, sm.t()) if need[2] else None
         grad_shifted = _clip(torch.mm(w2m.t(), go), n, t, ho, wo)
         clip = _clip(h2, n, t, height, width)
         grad_h2, grad_shift = kernels.shift3d_backward(
@@ -111,12 +111,12 @@ class ChannelMajorBlock(torch.autograd.Function):
             _rows(grad_h2), h, g2, stats2, *settings.norm2[2:]
         )
         grad_h = grad_h.view(cout, -1)
-        grad_w1 = torch.mm(grad_h, a.t())
+        grad_w1 = torch.mm(grad_h, a.t()) if need[1] else None
         grad_a = torch.mm(w1m.t(), grad_h)
         grad_wp = None
         if wpm is not None:
             frames = _strided(a, (cin, n, t, height, width), settings.stride)
-            grad_wp = torch.mm(go, frames.reshape(cin, -1).t())
+            grad_wp = torch.mm(go, frames.reshape(cin, -1).t()) if need[3] else None
             _strided(grad_a, (cin, n, t, height, width), settings.stride).add_(
                 torch.mm(wpm.t(), go).view(cin, n, t, ho, wo)
             )
@@ -140,7 +140,8 @@ class ChannelMajorBlock(torch.autograd.Function):
 
 
 def _weight_grad(grad: Tensor | None, needed: bool, ctx, index: int) -> Tensor | None:
-    """A product's weight gradient as the (out, in, 1, 1) weight in its dtype."""
+    """A product's weight gradient (None where not computed) as the (out, in, 1, 1)
+    weight in its dtype."""
     if grad is None or not needed:
         return None
     shape, dtype = ctx.weight_meta[index]
