@@ -148,9 +148,9 @@ class RubiksBlock(nn.Module):
     once, by the first such block), every 1x1 convolution is one matrix product over all
     the clip's points, and the batch norms and the shift read that layout in place; the
     output stays channel-major (``_forward_channel_major``). In plain eager code the block
-    then records one autograd node (:class:`.ChannelMajorBlock`) instead of one per op,
-    which is what bounds eager training there; hooks on its layers do not run in that
-    form.
+    then records one autograd node (:class:`.ChannelMajorBlock`) instead of one per op
+    (eager training is bound by the host's work per op); hooks on its layers do not run
+    in that form.
     """
 
     def __init__(
