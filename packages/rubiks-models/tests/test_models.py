@@ -470,7 +470,7 @@ def test_cuda_bf16_training_runs_channel_major() -> None:
 @pytest.mark.parametrize("arch", ["rubiksnet_tiny", "rubiksnet_large"])
 def test_cuda_bf16_block_node_equals_composed_ops(arch: str) -> None:
     """On CUDA in bf16 autocast the channel-major blocks' single autograd node gives the
-    composed ops' logits, gradients and running statistics bit for bit."""
+    composed ops' gradients and running statistics bit for bit."""
     torch.manual_seed(0)
     model = timm.create_model(arch, num_classes=7).cuda().train()
     twin = timm.create_model(arch, num_classes=7).cuda().train()
