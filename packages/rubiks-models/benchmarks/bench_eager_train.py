@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from rubiks_models import rubiksnet
+from rubiks_models.channel_major_block import to_channel_major
 from rubiks_shift import kernels
 
 FORMS = ("node", "composed", "frames")
@@ -91,7 +92,7 @@ def block_step_host(repeats: int = 7, n: int = 200) -> dict:
     grad = torch.randn_like(frames)
     results = {}
     for form in FORMS:  # each form's input in the layout the model hands it
-        x = frames if form == "frames" else rubiksnet.to_channel_major(frames)
+        x = frames if form == "frames" else to_channel_major(frames)
         x = x.detach().requires_grad_()
 
         def once(x=x) -> None:

@@ -286,7 +286,7 @@ def _block_step(block, x: torch.Tensor, dy: torch.Tensor, path: str):
     its channel-major autograd node, ``composed``: channel-major differentiable ops):
     (output, input gradient, parameter gradients, buffers), the output's layout left as
     the path gives it."""
-    x = rubiks_models.rubiksnet.to_channel_major(x) if path != "frames" else x.clone()
+    x = rubiks_models.channel_major_block.to_channel_major(x) if path != "frames" else x.clone()
     x.requires_grad_()
     block.zero_grad()
     if path == "frames":
@@ -338,7 +338,7 @@ def test_channel_major_block_node_gradcheck(stride: int, cin: int, cout: int) ->
     torch.manual_seed(5)
     options = {**_BLOCK_OPTIONS, "normalize_grad": False}
     block = RubiksBlock(cin, cout, stride, **options).double().train()
-    x = rubiks_models.rubiksnet.to_channel_major(torch.randn(2, 2, cin, 4, 4).double())
+    x = rubiks_models.channel_major_block.to_channel_major(torch.randn(2, 2, cin, 4, 4).double())
     settings = block._one_node_settings(x)
     node = rubiks_models.channel_major_block.ChannelMajorBlock
     proj = block.shortcut.weight if block.has_proj else None
@@ -367,7 +367,7 @@ def test_channel_major_block_node_with_frozen_weights() -> None:
     x = torch.randn(2, 3, 4, 6, 6, dtype=torch.float64)
     dy = torch.randn(2, 3, 6, 3, 3, dtype=torch.float64)
     _, gx, _, _ = _block_step(twin, x, dy, "one-node")
-    x = rubiks_models.rubiksnet.to_channel_major(x).requires_grad_()
+    x = rubiks_models.channel_major_block.to_channel_major(x).requires_grad_()
     block._forward_channel_major(x).backward(dy)
     torch.testing.assert_close(x.grad, gx, rtol=0, atol=0)
     for (name, p), q in zip(block.named_parameters(), twin.parameters(), strict=True):
@@ -383,7 +383,7 @@ def test_channel_major_block_composes_under_a_dispatch_mode() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     block = rubiks_models.rubiksnet.RubiksBlock(4, 4, **_BLOCK_OPTIONS).train()
-    x = rubiks_models.rubiksnet.to_channel_major(torch.randn(1, 2, 4, 5, 5))
+    x = rubiks_models.channel_major_block.to_channel_major(torch.randn(1, 2, 4, 5, 5))
     with FlopCounterMode(display=False) as counter:
         y = block._forward_channel_major(x.requires_grad_())
     assert type(y.grad_fn).__name__ != "ChannelMajorBlockBackward"

@@ -1,4 +1,5 @@
-"""A channel-major RubiksNet block in training as one autograd node.
+"""A channel-major RubiksNet block in training as one autograd node, and the layout
+helpers of channel-major clips.
 
 :class:`ChannelMajorBlock` computes what ``RubiksBlock._composed_channel_major``
 computes, with the same kernels and products in the same order, but records a single
@@ -19,7 +20,13 @@ from torch import Tensor
 
 from rubiks_shift import kernels
 
-__all__ = ["BlockSettings", "ChannelMajorBlock"]
+__all__ = [
+    "BlockSettings",
+    "ChannelMajorBlock",
+    "clip_points",
+    "points_clip",
+    "to_channel_major",
+]
 
 
 class BlockSettings(NamedTuple):
@@ -38,15 +45,26 @@ def _matrix(weight: Tensor, dtype: torch.dtype | None) -> Tensor:
     return w if dtype is None else w.to(dtype)
 
 
-def _rows(clip: Tensor) -> Tensor:
-    """A channel-major (N, T, C, H, W) clip as the (1, C, points, 1) image the batch
-    norms read (a view; other layouts are copied)."""
-    return clip.permute(2, 0, 1, 3, 4).reshape(1, clip.shape[2], -1, 1)
+def to_channel_major(x: Tensor) -> Tensor:
+    """Clip x's values stored channel-major: (C, N, T, H, W) contiguous, seen as x."""
+    return x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
 
 
-def _clip(m: Tensor, n: int, t: int, h: int, w: int) -> Tensor:
-    """A (C, points) matrix as the channel-major (N, T, C, H, W) clip it stores."""
+def clip_points(x: Tensor) -> Tensor:
+    """The (C, N * T * H * W) matrix of a clip: a view where x is channel-major."""
+    return x.permute(2, 0, 1, 3, 4).reshape(x.shape[2], -1)
+
+
+def points_clip(m: Tensor, n: int, t: int, h: int, w: int) -> Tensor:
+    """A contiguous (C, points) matrix as the channel-major (N, T, C, H, W) clip it
+    stores (a view; ``clip_points``' inverse)."""
     return m.view(-1, n, t, h, w).permute(1, 2, 0, 3, 4)
+
+
+def _rows(clip: Tensor) -> Tensor:
+    """A clip as the (1, C, points, 1) image the batch norms read (a view where the clip
+    is channel-major)."""
+    return clip_points(clip).view(1, clip.shape[2], -1, 1)
 
 
 def _strided(a: Tensor, shape: tuple, stride: int) -> Tensor:
@@ -71,11 +89,11 @@ class ChannelMajorBlock(torch.autograd.Function):
         a = a.view(cin, -1)
         h = torch.mm(w1m, a).view(1, cout, -1, 1)
         h2, stats2 = kernels.batch_norm_relu_forward(h, g2, b2, *settings.norm2)
-        clip = _clip(h2, n, t, height, width)
+        clip = points_clip(h2, n, t, height, width)
         stride, padding, quantize = settings.shift[:3]
         shifted = kernels.shift3d_forward(clip, shift, stride, padding, quantize)
         ho, wo = shifted.shape[-2:]
-        sm = shifted.permute(2, 0, 1, 3, 4).reshape(cout, -1)
+        sm = clip_points(shifted)
         wpm = None
         if wp is None:
             skip = xm.view(cin, -1)
@@ -89,7 +107,7 @@ class ChannelMajorBlock(torch.autograd.Function):
         ctx.shapes = (n, t, cin, height, width, ho, wo)
         weights = ((1, w1), (2, w2), (3, wp))
         ctx.weight_meta = {i: (w.shape, w.dtype) for i, w in weights if w is not None}
-        return _clip(out, n, t, ho, wo)
+        return points_clip(out, n, t, ho, wo)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -99,12 +117,12 @@ class ChannelMajorBlock(torch.autograd.Function):
         n, t, cin, height, width, ho, wo = ctx.shapes
         cout = w2m.shape[0]
         need = ctx.needs_input_grad
-        go = grad_out.permute(2, 0, 1, 3, 4).reshape(cout, -1)
+        go = clip_points(grad_out)
         if go.dtype != sm.dtype:
             go = go.to(sm.dtype)
         grad_w2 = torch.mm(go, sm.t()) if need[2] else None
-        grad_shifted = _clip(torch.mm(w2m.t(), go), n, t, ho, wo)
-        clip = _clip(h2, n, t, height, width)
+        grad_shifted = points_clip(torch.mm(w2m.t(), go), n, t, ho, wo)
+        clip = points_clip(h2, n, t, height, width)
         grad_h2, grad_shift = kernels.shift3d_backward(
             grad_shifted, clip, shift, *settings.shift, need_x=True, need_shift=need[8]
         )
@@ -127,7 +145,7 @@ class ChannelMajorBlock(torch.autograd.Function):
         if wpm is None:
             grad_x = grad_x.add_(go.view(1, cin, -1, 1))
         return (
-            _clip(grad_x, n, t, height, width) if need[0] else None,
+            points_clip(grad_x, n, t, height, width) if need[0] else None,
             _weight_grad(grad_w1, need[1], ctx, 1),
             _weight_grad(grad_w2, need[2], ctx, 2),
             _weight_grad(grad_wp, need[3], ctx, 3),

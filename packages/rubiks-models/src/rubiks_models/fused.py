@@ -31,14 +31,8 @@ from torch import nn
 
 from rubiks_shift import affine_relu, affine_relu_shift3d, is_channel_major
 
-from .rubiksnet import (
-    CHANNEL_MAJOR_PLANE,
-    RubiksBlock,
-    RubiksNet,
-    as_clip,
-    clip_points,
-    to_channel_major,
-)
+from .channel_major_block import clip_points, points_clip, to_channel_major
+from .rubiksnet import CHANNEL_MAJOR_PLANE, RubiksBlock, RubiksNet, as_clip
 from .shift_layers import Shift3d, TemporalAttentionShift
 
 __all__ = ["FusedRubiksNet", "fuse_model"]
@@ -256,7 +250,7 @@ class FusedBlock(_GemmWeights):
         # 2. conv1 (bn2's scale folded in)
         h = self._product("w1", clip_points(mixed), conv)
         # 3. relu(. + b2) inside the shift
-        h = h.view(self.cout, b, t, height, width).permute(1, 2, 0, 3, 4)
+        h = points_clip(h, b, t, height, width)
         h = self._shift_pass(h)
         ho, wo = h.shape[-2:]
         hm = clip_points(h)
@@ -277,7 +271,7 @@ class FusedBlock(_GemmWeights):
             skip.addmm_(self.gemm_weight("w2", x.dtype), hm)
         if not self.has_proj:
             return x
-        return skip.view(self.cout, b, t, ho, wo).permute(1, 2, 0, 3, 4)
+        return points_clip(skip, b, t, ho, wo)
 
     def _forward_frames(self, x: torch.Tensor) -> torch.Tensor:
         """The block on a contiguous (N, T, C, H, W) clip, products batched per frame."""

@@ -39,7 +39,13 @@ from torch import nn
 from rubiks_shift import batch_norm, is_channel_major, kernels
 
 from .archs import TIERS, VARIANTS
-from .channel_major_block import BlockSettings, ChannelMajorBlock
+from .channel_major_block import (
+    BlockSettings,
+    ChannelMajorBlock,
+    clip_points,
+    points_clip,
+    to_channel_major,
+)
 from .checkpoint import CheckpointError, check_state_dict, resolve_checkpoint, strict_pretrained
 from .reference_keys import REFERENCE_KEY_MAP, convert_reference_key, convert_reference_state
 from .shift_layers import Shift2d, Shift3d, TemporalAttentionShift, hard_temporal_shift
@@ -93,16 +99,6 @@ class SqueezeExcite(nn.Module):
 # form (FusedRubiksNet.channel_major_plane). Why: packages/rubiks-models/BENCHMARKS.md.
 CHANNEL_MAJOR_PLANE = 28 * 28
 NARROW_DTYPES = (torch.bfloat16, torch.float16)
-
-
-def to_channel_major(x: torch.Tensor) -> torch.Tensor:
-    """Clip x's values stored channel-major: (C, N, T, H, W) contiguous, seen as x."""
-    return x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
-
-
-def clip_points(x: torch.Tensor) -> torch.Tensor:
-    """The (C, N * T * H * W) matrix of a clip: a view where x is channel-major."""
-    return x.permute(2, 0, 1, 3, 4).reshape(x.shape[2], -1)
 
 
 def _trains_with_kernels(norm: nn.Module) -> bool:
@@ -303,10 +299,10 @@ class RubiksBlock(nn.Module):
         b, t, cin, height, width = x.shape
         cout = self.conv2.out_channels
         # (C, points) matrices; the batch norms see them as one (1, C, points, 1) image
-        xm = x.permute(2, 0, 1, 3, 4).reshape(1, cin, -1, 1)
+        xm = clip_points(x).view(1, cin, -1, 1)
         a = self._norm_relu(xm, False).view(cin, -1)
         h = torch.mm(self.conv1.weight.view(cout, cin), a).view(1, cout, -1, 1)
-        h = self._norm_relu(h, True).view(cout, b, t, height, width).permute(1, 2, 0, 3, 4)
+        h = points_clip(self._norm_relu(h, True), b, t, height, width)
         h = self.rubiks(h)
         ho, wo = h.shape[-2:]
         if self.has_proj:
@@ -315,9 +311,9 @@ class RubiksBlock(nn.Module):
             skip = torch.mm(self.shortcut.weight.view(cout, cin), frames.reshape(cin, -1))
         else:
             skip = xm.view(cin, -1)
-        hm = h.permute(2, 0, 1, 3, 4).reshape(cout, -1)
+        hm = clip_points(h)
         out = torch.addmm(skip, self.conv2.weight.view(cout, cout), hm)
-        return out.view(cout, b, t, ho, wo).permute(1, 2, 0, 3, 4)
+        return points_clip(out, b, t, ho, wo)
 
 
 class RubiksStage(nn.Module):
