@@ -240,7 +240,6 @@ class RubiksBlock(nn.Module):
             and type(x) is torch.Tensor
             and x.is_cuda
             and x.dtype in NARROW_DTYPES
-            and not torch.compiler.is_compiling()
             and (x.shape[-2] * x.shape[-1] <= self.channel_major_plane or is_channel_major(x))
         )
 
