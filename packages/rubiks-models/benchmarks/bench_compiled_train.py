@@ -1,9 +1,9 @@
 """Compiled training steps, one process per model, and where their host time goes.
 
-Each model runs in a fresh process (``torch.compile``'s CUDA-graph trees share one memory
-pool per process, so models compiled one after another in one process can time each
-other's leftovers): ``torch.compile(model, mode=..., fullgraph=True)``, then forward,
-cross-entropy, backward and an eager SGD step with momentum, as a user writes it. Prints
+Each model runs in a fresh process, so no model's compiled graphs, CUDA-graph memory
+pool or caches are there when the next is timed: ``torch.compile(model, mode=...,
+fullgraph=True)``, then forward, cross-entropy, backward and an eager SGD step with
+momentum, as a user writes it. Prints
 the step time (median of ``--repeats`` loops of ``--iters`` back-to-back steps, host
 included), the optimizer step's share, and torch.profiler's host-side entries per step
 (how many gradient accumulations, graph launches and kernel launches the host makes).

@@ -138,8 +138,8 @@ class RubiksBlock(nn.Module):
     ``return conv2(h) + shortcut``. The keyword options are :class:`RubiksNet`'s (it passes
     them all, so their defaults are set there).
 
-    In eager training on CUDA in bfloat16 or float16 (autocast or a 16-bit model), a
-    rubiks3d block without SE whose input planes have at most ``channel_major_plane``
+    In training on CUDA in bfloat16 or float16 (autocast or a 16-bit model; eager or
+    compiled), a rubiks3d block without SE whose input planes have at most ``channel_major_plane``
     pixels (0: never) runs channel-major: its input is stored (C, N, T, H, W) (copied
     once, by the first such block), every 1x1 convolution is one matrix product over all
     the clip's points, and the batch norms and the shift read that layout in place; the
