@@ -139,14 +139,14 @@ class RubiksBlock(nn.Module):
     them all, so their defaults are set there).
 
     In training on CUDA in bfloat16 or float16 (autocast or a 16-bit model; eager or
-    compiled), a rubiks3d block without SE whose input planes have at most ``channel_major_plane``
-    pixels (0: never) runs channel-major: its input is stored (C, N, T, H, W) (copied
-    once, by the first such block), every 1x1 convolution is one matrix product over all
-    the clip's points, and the batch norms and the shift read that layout in place; the
-    output stays channel-major (``_forward_channel_major``). In plain eager code the block
-    then records one autograd node (:class:`.ChannelMajorBlock`) instead of one per op
-    (eager training is bound by the host's work per op); hooks on its layers do not run
-    in that form.
+    compiled), a rubiks3d block without SE whose input planes have at most
+    ``channel_major_plane`` pixels (0: never) runs channel-major: its input is stored
+    (C, N, T, H, W) (copied once, by the first such block), every 1x1 convolution is one
+    matrix product over all the clip's points, and the batch norms and the shift read
+    that layout in place; the output stays channel-major (``_forward_channel_major``).
+    In plain eager code the block then records one autograd node
+    (:class:`.ChannelMajorBlock`) instead of one per op (eager training is bound by the
+    host's work per op); hooks on its layers do not run in that form.
     """
 
     def __init__(
