@@ -19,7 +19,6 @@ import argparse
 import collections
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,15 +35,6 @@ HOST_ENTRIES = (  # torch.profiler CPU entries counted per step
     "cudaLaunchKernel",
     "Optimizer.step#SGD.step",
 )
-
-
-def _loop_ms(fn, iters: int) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3 / iters
 
 
 def measure(name: str, args) -> dict:
@@ -72,10 +62,8 @@ def measure(name: str, args) -> dict:
         step()
     torch.cuda.synchronize()
     result = {"setup_s": round(time.perf_counter() - start, 1)}
-    loops = [_loop_ms(step, args.iters) for _ in range(args.repeats)]
-    result["ms"] = round(statistics.median(loops), 3)
-    result["loops_ms"] = [round(v, 3) for v in loops]
-    result["optimizer_step_ms"] = round(_loop_ms(opt.step, args.iters), 3)
+    result["ms"] = round(bench_models.time_loop(step, args.iters, args.repeats), 3)
+    result["optimizer_step_ms"] = round(bench_models.time_loop(opt.step, args.iters, 1), 3)
     steps = 3
     with torch.profiler.profile(
         activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -115,23 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["tsm_r50", "rubiksnet_large"])
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
-    p.add_argument(
-        "--compile-mode", default="reduce-overhead",
-        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-    )  # fmt: skip
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--classes", type=int, default=174)
+    p.add_argument("--compile-mode", default="reduce-overhead", choices=bench_models.COMPILE_MODES)
+    bench_models.add_clip_arguments(p)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=300, help="seconds per model's process")
     p.add_argument("--json", help="write the results here (atomically)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this model here
     args = p.parse_args(argv)
-    for n in ("batch", "frames", "size", "classes", "iters", "repeats"):
-        if getattr(args, n) < 1:
-            p.error(f"--{n} must be >= 1")
+    bench_models.check_positive(p, args, (*bench_models.CLIP_ARGUMENTS, "iters", "repeats"))
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU")
     if args.one:
@@ -148,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(info), flush=True)
     forwarded = [
         f"--{k.replace('_', '-')}={getattr(args, k)}"
-        for k in ("dtype", "compile_mode", "batch", "frames", "size", "classes", "iters", "repeats")
+        for k in ("dtype", "compile_mode", *bench_models.CLIP_ARGUMENTS, "iters", "repeats")
     ]
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -162,13 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", nargs="+", choices=["bf16", "fp32"], default=["bf16", "fp32"])
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--classes", type=int, default=174)
+    bench_models.add_clip_arguments(p)
     p.add_argument("--no-calls", action="store_true", help="skip the host times of one block")
     p.add_argument("--json", help="write the results here (atomically)")
     args = p.parse_args(argv)
+    bench_models.check_positive(p, args, (*bench_models.CLIP_ARGUMENTS, "rounds", "iters"))
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU")
     torch.backends.cudnn.benchmark = True

@@ -334,19 +334,35 @@ def write_json(path: str, payload: dict) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-    p.add_argument("--modes", nargs="+", default=[m for m in MODES if "compile" not in m])
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CLIP_ARGUMENTS = ("batch", "frames", "size", "classes")
+
+
+def add_clip_arguments(p: argparse.ArgumentParser) -> None:
+    """The batch every benchmark here runs: ``--batch`` clips of ``--frames`` frames of
+    ``--size``² pixels, ``--classes`` classes (check them with ``check_positive``)."""
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--classes", type=int, default=174)
+
+
+def check_positive(p: argparse.ArgumentParser, args, names: tuple[str, ...]) -> None:
+    """Stop with a usage error unless every option in ``names`` is >= 1."""
+    for n in names:
+        if getattr(args, n) < 1:
+            p.error(f"--{n} must be >= 1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--modes", nargs="+", default=[m for m in MODES if "compile" not in m])
+    add_clip_arguments(p)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
-        "--compile-mode", default=None,
-        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        "--compile-mode", default=None, choices=COMPILE_MODES,
         help="torch.compile mode of the *_compile_* modes (default: torch's default)",
     )  # fmt: skip
     p.add_argument(
@@ -374,9 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in args.modes if m not in MODES]
     if unknown:
         p.error(f"unknown modes {unknown}; choose from {list(MODES)}")
-    for n in ("batch", "frames", "size", "classes", "iters", "repeats"):
-        if getattr(args, n) < 1:
-            p.error(f"--{n} must be >= 1")
+    check_positive(p, args, (*CLIP_ARGUMENTS, "iters", "repeats"))
     if args.json and not Path(args.json).parent.is_dir():
         p.error(f"--json: folder {Path(args.json).parent} does not exist")
     if not torch.cuda.is_available():
