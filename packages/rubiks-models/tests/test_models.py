@@ -415,60 +415,57 @@ def _last_block_layouts(net) -> list[bool]:
     return layouts
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("arch", ["rubiksnet_tiny", "rubiksnet_large"])
-def test_cuda_training_channel_major_matches_frames(arch: str, monkeypatch) -> None:
-    """A CUDA training step with the small-plane blocks channel-major (here in float64:
-    the path the 16-bit dtypes take, made to run on float64, where no value rounds to
-    the other side of a ReLU) against the same step frame by frame
-    (``set_channel_major_plane(0)``): logits, every gradient and the running statistics."""
+def _float64_twins(arch: str, monkeypatch) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(model, twin): one float64 CUDA model in training twice, the twin frame by frame
+    (``set_channel_major_plane(0)``). The channel-major path, which the 16-bit dtypes
+    take, is made to run on float64, where no value rounds to the other side of a ReLU."""
     monkeypatch.setattr(rubiks_models.rubiksnet, "NARROW_DTYPES", (torch.float64,))
     torch.manual_seed(0)
     model = timm.create_model(arch, num_classes=7).cuda().double().train()
     twin = timm.create_model(arch, num_classes=7).cuda().double().train()
     twin.load_state_dict(model.state_dict())
     twin.set_channel_major_plane(0)
-    layouts = _last_block_layouts(model)
+    return model, twin
+
+
+def _assert_same_step(run, model: torch.nn.Module, twin: torch.nn.Module, tol: float) -> None:
+    """One cross-entropy step through ``run`` (``model`` or a compiled form of it) and
+    through ``twin`` on the same float64 clip: logits and running statistics to ``tol``,
+    every gradient to 1e-8 in relative norm."""
     clip = torch.randn(2, 8, 3, 64, 64, device="cuda", dtype=torch.float64)
     target = torch.tensor([1, 5], device="cuda")
-    logits = model(clip)
+    logits = run(clip)
     F.cross_entropy(logits, target).backward()
     ref = twin(clip)
     F.cross_entropy(ref, target).backward()
-    assert layouts == [True]
-    torch.testing.assert_close(logits, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(logits, ref, rtol=tol, atol=tol)
     for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
         err = ((p.grad - q.grad).norm() / q.grad.norm().clamp_min(1e-300)).item()
         assert err < 1e-8, f"{name}: gradient off by {err:.1e} (relative norm)"
     for (name, b), c in zip(model.named_buffers(), twin.buffers(), strict=True):
-        torch.testing.assert_close(b, c, rtol=1e-10, atol=1e-12, msg=name)
+        torch.testing.assert_close(b, c, rtol=tol, atol=1e-12, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("arch", ["rubiksnet_tiny", "rubiksnet_large"])
+def test_cuda_training_channel_major_matches_frames(arch: str, monkeypatch) -> None:
+    """A CUDA training step with the small-plane blocks channel-major (in float64,
+    ``_float64_twins``) against the same step frame by frame: logits, every gradient and
+    the running statistics."""
+    model, twin = _float64_twins(arch, monkeypatch)
+    layouts = _last_block_layouts(model)
+    _assert_same_step(model, model, twin, tol=1e-10)
+    assert layouts == [True]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_compiled_channel_major_training_matches_frames(monkeypatch) -> None:
     """Compiled code (Inductor, fullgraph) trains the small-plane blocks channel-major
-    too: a compiled step (float64 standing in for the 16-bit dtypes, as above) against the
-    eager frame-by-frame step: logits, every gradient and the running statistics."""
-    monkeypatch.setattr(rubiks_models.rubiksnet, "NARROW_DTYPES", (torch.float64,))
+    too: a compiled step (float64, ``_float64_twins``) against the eager frame-by-frame
+    step: logits, every gradient and the running statistics."""
     torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = timm.create_model("rubiksnet_tiny", num_classes=7).cuda().double().train()
-    twin = timm.create_model("rubiksnet_tiny", num_classes=7).cuda().double().train()
-    twin.load_state_dict(model.state_dict())
-    twin.set_channel_major_plane(0)
-    compiled = torch.compile(model, fullgraph=True)
-    clip = torch.randn(2, 8, 3, 64, 64, device="cuda", dtype=torch.float64)
-    target = torch.tensor([1, 5], device="cuda")
-    logits = compiled(clip)
-    F.cross_entropy(logits, target).backward()
-    ref = twin(clip)
-    F.cross_entropy(ref, target).backward()
-    torch.testing.assert_close(logits, ref, rtol=1e-9, atol=1e-9)
-    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
-        err = ((p.grad - q.grad).norm() / q.grad.norm().clamp_min(1e-300)).item()
-        assert err < 1e-8, f"{name}: gradient off by {err:.1e} (relative norm)"
-    for (name, b), c in zip(model.named_buffers(), twin.buffers(), strict=True):
-        torch.testing.assert_close(b, c, rtol=1e-9, atol=1e-12, msg=name)
+    model, twin = _float64_twins("rubiksnet_tiny", monkeypatch)
+    _assert_same_step(torch.compile(model, fullgraph=True), model, twin, tol=1e-9)
     # what Dynamo traced: products over (C, points) matrices, the channel-major form
     graphs = []
 
@@ -477,6 +474,7 @@ def test_cuda_compiled_channel_major_training_matches_frames(monkeypatch) -> Non
         return gm.forward
 
     torch._dynamo.reset()
+    clip = torch.randn(2, 8, 3, 64, 64, device="cuda", dtype=torch.float64)
     torch.compile(model, backend=record, fullgraph=True)(clip)
     targets = {n.target for g in graphs for n in g.graph.nodes}
     assert torch.addmm in targets
