@@ -1,28 +1,37 @@
 """Training batch norm + ReLU on a GPU: ``batch_norm_relu`` against torch's, per shape.
 
     python packages/rubiks-shift/benchmarks/bench_batch_norm.py [--dtypes bfloat16 float32]
-        [--batch 64] [--json OUT.json]
+        [--batch 64] [--layout frames | channel-major] [--json OUT.json]
 
 For every (channels, H = W) at which RubiksNet-Large (8 clips x 8 frames at 224², a batch
 of 64 images to its 2-D batch norms) applies a batch norm followed by a ReLU, with the
 number of such layers, this times one training forward + backward (x, weight and bias
 needing gradients; running statistics updated) of: ``batch_norm_relu`` (this package's
-kernels), torch's ``relu(F.batch_norm(...))`` on the same contiguous (NCHW) tensor, and
-torch's on a channels-last copy, beside a copy of x (two passes over it). Every figure is
-µs per call, CUDA graph replay (``bench_shift._gpu_time``); the totals weigh each shape by
-its layer count: the batch norm + ReLU time of one Large training step. The gradients of
-the two NCHW forms are compared first (relative to their largest value).
+kernels) as its plan picks for the shape (``default``) and in each of its two forms
+(``spans``: every channel cut into spans of several blocks, three launches per
+direction; ``one block``: a block per channel, one launch per direction), torch's
+``relu(F.batch_norm(...))`` on a contiguous (NCHW) tensor, and torch's on a channels-last
+copy, beside a copy of x (two passes over it). ``--layout channel-major`` gives this
+package's forms the frames of a channel-major clip ((C, B, H, W) storage seen as
+(B, C, H, W), what RubiksNet's 16-bit training passes from 28² planes on); torch's take
+NCHW either way. Every figure is µs per call, CUDA graph replay (``bench_shift._gpu_time``),
+and for this package's forms also issued eagerly, back to back (host time included); the
+totals weigh each shape by its layer count: the batch norm + ReLU time of one Large
+training step. The gradients of each of this package's forms are compared with torch's
+first (relative to their largest value).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from bench_shift import _gpu_time, write_gpu_rows  # this folder (a script)
 
-from rubiks_shift import batch_norm_relu
+from rubiks_shift import _cuda, batch_norm_relu
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # (channels, H = W, batch norm + ReLU layers of RubiksNet-Large at this shape)
@@ -43,6 +52,10 @@ def _torch(x, rm, rv, w, b, training, momentum, eps):
     return torch.relu(F.batch_norm(x, rm, rv, w, b, training, momentum, eps))
 
 
+# this package's forms: the channel values up to which a channel is one block
+OURS = {"default": None, "spans": 0, "one block": 2**62}
+
+
 def _step(fn, x, dy, w, b, rm, rv):
     def call():
         xx = x.detach().requires_grad_()
@@ -52,7 +65,27 @@ def _step(fn, x, dy, w, b, rm, rv):
     return call
 
 
-def run_shape(channels: int, side: int, dtype: torch.dtype, batch: int) -> dict:
+@contextlib.contextmanager
+def _channel_values(values: int | None):
+    """``Tuning.batch_norm_channel_values`` set to ``values`` (None: left as it is)."""
+    if values is None:
+        yield
+        return
+    previous = _cuda.use_tuning(replace(_cuda._tuning, batch_norm_channel_values=values))
+    try:
+        yield
+    finally:
+        _cuda.use_tuning(previous)
+
+
+def _relative_errors(ours, theirs) -> list[float]:
+    return [
+        ((a.double() - r.double()).abs().max() / r.double().abs().max().clamp_min(1e-30)).item()
+        for a, r in zip(ours, theirs, strict=True)
+    ]
+
+
+def run_shape(channels: int, side: int, dtype: torch.dtype, batch: int, layout: str) -> dict:
     g = torch.Generator(device="cuda").manual_seed(0)
     shape = (batch, channels, side, side)
     x = (torch.randn(shape, device="cuda", generator=g) * 2 + 0.5).to(dtype)
@@ -62,21 +95,25 @@ def run_shape(channels: int, side: int, dtype: torch.dtype, batch: int) -> dict:
     rm, rv = torch.zeros(channels, device="cuda"), torch.ones(channels, device="cuda")
     x_cl = x.contiguous(memory_format=torch.channels_last)
     dy_cl = dy.contiguous(memory_format=torch.channels_last)
-    forms = {
-        "batch_norm_relu": _step(batch_norm_relu, x, dy, w, b, rm, rv),
-        "torch": _step(_torch, x, dy, w, b, rm, rv),
-        "torch, channels-last": _step(_torch, x_cl, dy_cl, w, b, rm, rv),
-    }
-    ours, theirs = forms["batch_norm_relu"](), forms["torch"]()
-    errors = [
-        ((a.double() - r.double()).abs().max() / r.double().abs().max().clamp_min(1e-30)).item()
-        for a, r in zip(ours, theirs, strict=True)
-    ]
+    x_ours, dy_ours = x, dy
+    if layout == "channel-major":
+        x_ours, dy_ours = (t.transpose(0, 1).contiguous().transpose(0, 1) for t in (x, dy))
+    ours = _step(batch_norm_relu, x_ours, dy_ours, w, b, rm, rv)
+    theirs = _step(_torch, x, dy, w, b, rm, rv)
     row = {"channels": channels, "side": side, "dtype": str(dtype).removeprefix("torch.")}
-    row["grad_errors"] = errors  # (x, weight, bias), relative to the largest
+    row["layout"] = layout
+    row["grad_errors"] = {}  # (x, weight, bias) of each of ours against torch's
     row["copy_us"] = _gpu_time([lambda: x.clone()], REPS)[0] * 1e3
-    for name, fn in forms.items():
-        row[name] = _gpu_time([fn], REPS)[0] * 1e3
+    expected = theirs()
+    for name, values in OURS.items():
+        with _channel_values(values):
+            row["grad_errors"][name] = _relative_errors(ours(), expected)
+            kernels_ms, eager_ms = _gpu_time([ours], REPS)
+        row[name], row[name + ", eager"] = kernels_ms * 1e3, eager_ms * 1e3
+    row["torch"] = _gpu_time([theirs], REPS)[0] * 1e3
+    row["torch, channels-last"] = (
+        _gpu_time([_step(_torch, x_cl, dy_cl, w, b, rm, rv)], REPS)[0] * 1e3
+    )
     return row
 
 
@@ -84,34 +121,39 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=DTYPES)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--layout", choices=("frames", "channel-major"), default="frames")
     p.add_argument("--json")
     args = p.parse_args()
+    if args.batch < 1:
+        p.error(f"--batch must be >= 1, got {args.batch}")
     if not torch.cuda.is_available():
         raise SystemExit("bench_batch_norm.py needs a CUDA GPU")
     torch.backends.cudnn.benchmark = True
     rows = []
-    forms = ("copy_us", "batch_norm_relu", "torch", "torch, channels-last")
+    ours = [*OURS, *(f"{name}, eager" for name in OURS)]
+    forms = ("copy_us", *ours, "torch", "torch, channels-last")
     for dtype in args.dtypes:
         totals = dict.fromkeys(forms, 0.0)
         for channels, side, layers in SHAPES:
-            row = run_shape(channels, side, DTYPES[dtype], args.batch)
+            row = run_shape(channels, side, DTYPES[dtype], args.batch, args.layout)
             row["layers"] = layers
             rows.append(row)
             for f in forms:
                 totals[f] += row[f] * layers / 1e3
-            err = " ".join(f"{e:.1e}" for e in row["grad_errors"])
+            figures = "  ".join(
+                f"{name} {row[name]:6.1f} ({row[name + ', eager']:6.1f} eager)" for name in OURS
+            )
+            err = max(max(e) for e in row["grad_errors"].values())
             print(
                 f"{dtype:9} {channels:4}ch {side:3}² x{layers:<3} copy {row['copy_us']:6.1f}  "
-                f"ours {row['batch_norm_relu']:7.1f}  torch {row['torch']:7.1f}  "
-                f"torch channels-last {row['torch, channels-last']:7.1f} us   "
-                f"grad error x/w/b vs torch {err}"
+                f"{figures}  torch {row['torch']:7.1f}  channels-last "
+                f"{row['torch, channels-last']:7.1f} us  largest grad error {err:.1e}"
             )
         print(
-            f"{dtype:9} one Large step: copies {totals['copy_us']:.2f} ms, ours "
-            f"{totals['batch_norm_relu']:.2f}, torch {totals['torch']:.2f}, torch "
-            f"channels-last {totals['torch, channels-last']:.2f}"
+            f"{dtype:9} one Large step ({args.layout}), ms: "
+            + ", ".join(f"{name} {value:.2f}" for name, value in totals.items())
         )
-        rows.append({"dtype": dtype, "total_ms": totals})
+        rows.append({"dtype": dtype, "layout": args.layout, "total_ms": totals})
     if args.json:
         write_gpu_rows(args.json, rows)
 

@@ -6,6 +6,7 @@ numba is imported). Prints one line per case and exits non-zero on a mismatch.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -174,12 +175,16 @@ BATCH_NORM_CASES = [  # (B, C, H, W), dtype; two spans per channel, cut mid-row,
 def check_batch_norm() -> int:
     """Training batch norm + ReLU (statistics, running statistics, the forward, grad_x,
     grad_weight, grad_bias) against torch's in float64, and bit for bit again on a second
-    run (fixed-order sums). Returns the failures."""
+    run (fixed-order sums), with each channel's values cut into spans of several blocks
+    and as one block per channel. Returns the failures."""
     g = torch.Generator().manual_seed(11)
-    previous = _cuda.use_tuning(replace(TUNING, prologue_threads=32, batch_norm_blocks=5))
+    small = replace(TUNING, prologue_threads=32, batch_norm_blocks=5)
+    previous = _cuda.use_tuning(small)
     failures = 0
     try:
-        for shape, dtype in BATCH_NORM_CASES:
+        for (shape, dtype), one_block in itertools.product(BATCH_NORM_CASES, (False, True)):
+            channel_values = 2**40 if one_block else 0
+            _cuda.use_tuning(replace(small, batch_norm_channel_values=channel_values))
             acc = torch.float64 if dtype == torch.float64 else torch.float32
             c = shape[1]
             x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 3).to(dtype)
@@ -208,7 +213,8 @@ def check_batch_norm() -> int:
             )
             ok = ok and all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
             failures += not ok
-            print(f"{'ok' if ok else 'FAIL'}-batch-norm {shape} {dtype}")
+            form = "one-block" if one_block else "spans"
+            print(f"{'ok' if ok else 'FAIL'}-batch-norm {shape} {dtype} {form}")
     finally:
         _cuda.use_tuning(previous)
     return failures

@@ -3,11 +3,13 @@ equal to torch's in float64 to rounding, deterministic, capturable in a CUDA gra
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import requires_cuda
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rubiks_shift import batch_norm_relu
@@ -44,6 +46,19 @@ def _torch(x, rm, rv, w, b, training, momentum, eps):
     return torch.relu(F.batch_norm(x, rm, rv, w, b, training, momentum, eps))
 
 
+@pytest.fixture(params=["spans", "one block"])
+def channel_form(request):
+    """Every channel's values cut into spans of several blocks (three launches per
+    direction), or one block per channel (one launch), whatever the default picks for
+    the shape."""
+    from rubiks_shift import _cuda
+
+    values = 2**40 if request.param == "one block" else 0
+    previous = _cuda.use_tuning(replace(_cuda._tuning, batch_norm_channel_values=values))
+    yield request.param
+    _cuda.use_tuning(previous)
+
+
 def test_cpu_and_evaluation_are_torch_itself():
     x, dy, params = _case(0, (4, 3, 5, 5), "cpu", torch.float32)
     w, b, rm, rv = params
@@ -78,7 +93,7 @@ def test_which_calls_use_the_kernels():
 @pytest.mark.parametrize(
     "shape", [(8, 72, 56, 56), (64, 288, 14, 14), (16, 5, 7, 7), (3, 4, 1, 1), (1, 288, 12544)]
 )
-def test_cuda_matches_torch_in_float64(dtype, tol, shape):
+def test_cuda_matches_torch_in_float64(dtype, tol, shape, channel_form):
     """The forward, the running statistics and the three gradients against torch's batch
     norm + ReLU in float64 on the same values, within the dtype's rounding."""
     acc = torch.float64 if dtype == torch.float64 else torch.float32
@@ -94,12 +109,14 @@ def test_cuda_matches_torch_in_float64(dtype, tol, shape):
 
 
 @requires_cuda
-@settings(max_examples=15, deadline=None)
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     seed=st.integers(0, 2**16),
     shape=st.tuples(st.integers(1, 9), st.integers(1, 7), st.integers(1, 40), st.integers(1, 40)),
 )
-def test_cuda_random_shapes_float64(seed, shape):
+def test_cuda_random_shapes_float64(seed, shape, channel_form):
     if shape[0] * shape[2] * shape[3] < 2:
         return
     x, dy, params = _case(seed, shape, "cuda", torch.float64, torch.float64)
@@ -110,7 +127,7 @@ def test_cuda_random_shapes_float64(seed, shape):
 
 
 @requires_cuda
-def test_cuda_is_deterministic_and_graph_capturable():
+def test_cuda_is_deterministic_and_graph_capturable(channel_form):
     x, dy, params = _case(2, (16, 144, 28, 28), "cuda", torch.bfloat16)
     first = _step(x, dy, params, batch_norm_relu)
     second = _step(x, dy, params, batch_norm_relu)
@@ -146,7 +163,7 @@ def test_cuda_one_value_per_channel_is_refused():
 @requires_cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("shape", [(16, 144, 28, 28), (6, 5, 7, 3)])
-def test_cuda_channel_major_frames(dtype, tol, shape):
+def test_cuda_channel_major_frames(dtype, tol, shape, channel_form):
     """Frames of a channel-major clip ((C, B, H, W) storage seen as (B, C, H, W)): read in
     place, y and grad_x in that layout, the values torch's in float64 (grad_y given in
     that layout and contiguous)."""

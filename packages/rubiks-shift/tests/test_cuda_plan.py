@@ -259,3 +259,30 @@ def test_affine_relu_plan_pairs_bfloat16_on_even_planes(major):
 def test_prologue_pairs_must_be_a_bool():
     with pytest.raises(ValueError, match="prologue_pairs must be True or False"):
         replace(TUNING, prologue_pairs=1)
+
+
+@pytest.mark.parametrize(
+    "shape,one_block",
+    [
+        ((64, 288, 196), True),  # RubiksNet-Large's 14² planes: 12,544 values per channel
+        ((1, 576, 3136), True),  # 7² planes of a channel-major clip, one row per channel
+        ((64, 144, 784), False),  # 28²: 50,176 values, spans of several blocks
+        ((64, 72, 12544), False),
+    ],
+)
+def test_batch_norm_plan_takes_one_block_per_small_channel(shape, one_block):
+    plan = _cuda_plan.batch_norm_plan(shape, "bfloat16", 1e-5, 0.1)
+    batch, channels, plane = shape
+    assert (plan.channel_forward is not None) == one_block
+    if one_block:
+        assert plan.parts == 0 and plan.partial is None and plan.normalize is None
+        for step in (plan.channel_forward, plan.channel_backward):
+            assert step.grid == (channels, 1, 1)
+            assert step.block == (TUNING.batch_norm_threads, 1, 1)
+            s = step.scalars
+            assert s.total == batch * plane and s.step_rows * plane + s.step_pos == step.block[0]
+    else:
+        assert plan.channel_backward is None and plan.parts >= 1
+        assert plan.parts * plan.partial.scalars.span >= batch * plane
+    never = replace(TUNING, batch_norm_channel_values=0)
+    assert _cuda_plan.batch_norm_plan(shape, "bfloat16", 1e-5, 0.1, never).channel_forward is None

@@ -389,16 +389,20 @@ def batch_norm_relu_forward(
     kernels, plan = _bn_plan(x, eps, momentum)
     channels = x.shape[1]
     acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
-    partial = torch.empty(channels * plan.parts * 2, device=x.device, dtype=acc)
     stats = torch.empty(4, channels, device=x.device, dtype=acc)
     y = torch.empty_like(x, memory_format=_CONTIGUOUS)
     index = x.get_device()
     previous = _make_current(index)
     try:
-        run(kernels, plan.partial, (x, x, stats, partial), index)
-        args = (x, partial, weight, bias, running_mean, running_var, stats)
-        run(kernels, plan.stats, args, index)
-        run(kernels, plan.normalize, (x, x, y, stats, stats), index)  # dy, coefficients unread
+        if plan.channel_forward is not None:
+            args = (x, x, y, weight, bias, running_mean, running_var, stats, weight)
+            run(kernels, plan.channel_forward, args, index)  # dy and grads unread
+        else:
+            partial = torch.empty(channels * plan.parts * 2, device=x.device, dtype=acc)
+            run(kernels, plan.partial, (x, x, stats, partial), index)
+            args = (x, partial, weight, bias, running_mean, running_var, stats)
+            run(kernels, plan.stats, args, index)
+            run(kernels, plan.normalize, (x, x, y, stats, stats), index)  # dy, coefficients unread
     finally:
         if previous >= 0:
             torch.cuda.set_device(previous)
@@ -417,12 +421,17 @@ def batch_norm_relu_backward(
     contiguous, of x's dtype; the parameter gradients in the accumulation dtype."""
     kernels, plan = _bn_plan(x, eps, momentum)
     channels = x.shape[1]
-    partial = torch.empty(channels * plan.parts * 2, device=x.device, dtype=stats.dtype)
-    coefficients = torch.empty(5, channels, device=x.device, dtype=stats.dtype)
     grad_x = torch.empty_like(x, memory_format=_CONTIGUOUS)
     index = x.get_device()
     previous = _make_current(index)
     try:
+        if plan.channel_backward is not None:
+            grads = torch.empty(2, channels, device=x.device, dtype=stats.dtype)
+            args = (x, grad_y, grad_x, weight, weight, stats, stats, stats, grads)
+            run(kernels, plan.channel_backward, args, index)  # bias, running stats unread
+            return grad_x, grads[0], grads[1]
+        partial = torch.empty(channels * plan.parts * 2, device=x.device, dtype=stats.dtype)
+        coefficients = torch.empty(5, channels, device=x.device, dtype=stats.dtype)
         run(kernels, plan.grad_partial, (x, grad_y, stats, partial), index)
         run(kernels, plan.coefficients, (partial, weight, stats, coefficients), index)
         run(kernels, plan.grad_input, (x, grad_y, grad_x, stats, coefficients), index)

@@ -39,6 +39,7 @@ from ._cuda_device import (
     storage_pointer,
 )
 from ._cuda_scalars import (
+    BatchNormChannelScalars,
     BatchNormElementwiseScalars,
     BatchNormPartialScalars,
     BatchNormStatsScalars,
@@ -80,28 +81,32 @@ def bn_elementwise_signature(storage: str) -> tuple:
     return (ptr, ptr, ptr, acc_ptr, acc_ptr, *scalar_types(BatchNormElementwiseScalars, acc))
 
 
-def build_bn_partial(storage: str, per_thread: int, threads: int):
-    """``bn_partial`` for ``storage`` tensors: blocks of ``threads`` (a power of two, the
-    width of the reduction tree), ``per_thread`` values per thread and round."""
+def bn_channel_signature(storage: str) -> tuple:
+    """(x, dy, out, weight, bias, running_mean, running_var, stats, grads,
+    *BatchNormChannelScalars) of ``bn_channel_forward`` (dy and grads not read) and
+    ``bn_channel_backward`` (bias and the running statistics not read)."""
+    ptr, acc_ptr = storage_pointer(storage), _acc_pointer(storage)
+    acc, *_ = acc_constants(storage)
+    pointers = (ptr, ptr, ptr) + (acc_ptr,) * 6
+    return (*pointers, *scalar_types(BatchNormChannelScalars, acc))
+
+
+def _build_span_sums(storage: str, per_thread: int, threads: int):
+    """The device function ``span_sums``: one thread's two sums over values ``start`` to
+    ``end`` of channel c (the thread's own, one block width apart), ``per_thread`` loads
+    per round before any is summed. Statistics (``grads`` 0): Σ v, Σ v² of v = x - pivot;
+    gradient sums: Σ g, Σ g·(x - mean), g = dy where x·scale + shift > 0, else 0."""
     acc, zero, *_ = acc_constants(storage)
     load, _ = load_store(storage)
 
-    def bn_partial(x, dy, stats, partial, C, P, inv_P, total, span, parts, step_rows,
-                   step_pos, grads):  # fmt: skip
-        tid = nt.int64(cuda.threadIdx.x)
-        p = nt.int64(cuda.blockIdx.x)
-        c = nt.int64(cuda.blockIdx.y)
-        start = p * span
-        end = min(start + span, total)
-        pivot = load(x, c * P) if grads == 0 else zero
-        mean = stats[c] if grads != 0 else zero
-        scale = stats[2 * C + c] if grads != 0 else zero
-        shift = stats[3 * C + c] if grads != 0 else zero
+    @inlined
+    def span_sums(x, dy, c, start, end, C, P, inv_P, step_rows, step_pos, grads, pivot,
+                  mean, scale, shift):  # fmt: skip
         s1 = zero
         s2 = zero
         xs = cuda.local.array(per_thread, acc)
         gs = cuda.local.array(per_thread, acc)
-        j = start + tid
+        j = start + nt.int64(cuda.threadIdx.x)
         b, pos64 = divmod_(j, P, inv_P)  # the value's row of the channel and its place
         at = (b * C + c) * P + pos64  # its element: stepped on, no multiplies per value
         pos = nt.int32(pos64)
@@ -133,21 +138,63 @@ def build_bn_partial(storage: str, per_thread: int, threads: int):
                     s1 += g
                     s2 += g * (xs[k] - mean)
             j += per_thread * threads
+        return s1, s2
+
+    return span_sums
+
+
+def _build_block_sums(storage: str, threads: int):
+    """The device function ``block_sums``: the sums of every thread of the block in a
+    shared-memory tree of fixed shape (the same order on every run), seen by every
+    thread."""
+    acc, *_ = acc_constants(storage)
+
+    @inlined
+    def block_sums(s1, s2):
+        tid = cuda.threadIdx.x
         red1 = cuda.shared.array(threads, acc)
         red2 = cuda.shared.array(threads, acc)
         red1[tid] = s1
         red2[tid] = s2
         cuda.syncthreads()
         half = threads // 2
-        while half > 0:  # a fixed tree: the same sums in the same order on every run
+        while half > 0:
             if tid < half:
                 red1[tid] += red1[tid + half]
                 red2[tid] += red2[tid + half]
             cuda.syncthreads()
             half //= 2
-        if tid == 0:
-            partial[(c * parts + p) * 2] = red1[0]
-            partial[(c * parts + p) * 2 + 1] = red2[0]
+        return red1[0], red2[0]
+
+    return block_sums
+
+
+def build_bn_partial(storage: str, per_thread: int, threads: int):
+    """``bn_partial`` for ``storage`` tensors: blocks of ``threads`` (a power of two, the
+    width of the reduction tree), ``per_thread`` values per thread and round."""
+    _, zero, *_ = acc_constants(storage)
+    load, _ = load_store(storage)
+    span_sums = _build_span_sums(storage, per_thread, threads)
+    block_sums = _build_block_sums(storage, threads)
+
+    def bn_partial(x, dy, stats, partial, C, P, inv_P, total, span, parts, step_rows,
+                   step_pos, grads):  # fmt: skip
+        p = nt.int64(cuda.blockIdx.x)
+        c = nt.int64(cuda.blockIdx.y)
+        start = p * span
+        end = min(start + span, total)
+        pivot = load(x, c * P) if grads == 0 else zero
+        mean = stats[c] if grads != 0 else zero
+        scale = stats[2 * C + c] if grads != 0 else zero
+        shift = stats[3 * C + c] if grads != 0 else zero
+        s1, s2 = span_sums(
+            x, dy, c, start, end, C, P, inv_P, step_rows, step_pos, grads, pivot, mean,
+            scale, shift,
+        )  # fmt: skip
+        t1, t2 = block_sums(s1, s2)
+        if cuda.threadIdx.x == 0:
+            partial[(c * parts + p) * 2] = t1
+            partial[(c * parts + p) * 2 + 1] = t2
 
     pointers = ("x", "dy", "stats", "partial")
     return kernel(bn_partial, pointers, BatchNormPartialScalars, None)
@@ -165,10 +212,60 @@ def channel_sums(partial, c, parts):
     return s1, s2
 
 
+def _build_channel_stats(storage: str):
+    """The device function ``channel_stats``: channel c's mean, 1 / sqrt(var + eps) and
+    the affine (scale, shift) of the forward from its two statistics sums (float64), and,
+    where ``write``, those into ``stats`` and the running statistics' update (momentum,
+    unbiased variance). Returns (scale, shift) in the accumulation type."""
+    acc, *_ = acc_constants(storage)
+
+    @inlined
+    def channel_stats(s1, s2, pivot, c, weight, bias, running_mean, running_var, stats, C,
+                      count, eps, momentum, unbias, write):  # fmt: skip
+        shifted = s1 / count
+        var = max(s2 / count - shifted * shifted, 0.0)
+        mean = pivot + shifted
+        invstd = 1.0 / math.sqrt(var + eps)
+        scale = nt.float64(ldg(weight, c)) * invstd
+        shift = nt.float64(ldg(bias, c)) - mean * scale
+        if write:
+            stats[c] = acc(mean)
+            stats[C + c] = acc(invstd)
+            stats[2 * C + c] = acc(scale)
+            stats[3 * C + c] = acc(shift)
+            keep = 1.0 - momentum
+            running_mean[c] = acc(keep * nt.float64(running_mean[c]) + momentum * mean)
+            running_var[c] = acc(keep * nt.float64(running_var[c]) + momentum * var * unbias)
+        return acc(scale), acc(shift)
+
+    return channel_stats
+
+
+def _build_grad_coefficients(storage: str):
+    """The device function ``grad_coefficients``: channel c's (a, b, c) of grad_x =
+    a·g + b·(x - mean) + c from its two gradient sums (float64), and, where ``write``,
+    grad_weight and grad_bias into ``out[grads_at + c]`` and ``out[grads_at + C + c]``.
+    Returns (a, b, c) in the accumulation type."""
+    acc, *_ = acc_constants(storage)
+
+    @inlined
+    def grad_coefficients(s1, s2, c, weight, stats, out, grads_at, C, count, write):
+        invstd = nt.float64(stats[C + c])
+        w = nt.float64(ldg(weight, c))
+        if write:
+            out[grads_at + c] = acc(s2 * invstd)
+            out[grads_at + C + c] = acc(s1)
+        a = acc(w * invstd)
+        slope = acc(-w * invstd * invstd * invstd * s2 / count)
+        return a, slope, acc(-w * invstd * s1 / count)
+
+    return grad_coefficients
+
+
 def build_bn_stats(storage: str):
     """``bn_stats`` for ``storage`` tensors (one thread per channel)."""
-    acc, *_ = acc_constants(storage)
     load, _ = load_store(storage)
+    channel_stats = _build_channel_stats(storage)
 
     def bn_stats(x, partial, weight, bias, running_mean, running_var, stats, C, P, parts,
                  count, eps, momentum, unbias):  # fmt: skip
@@ -176,18 +273,10 @@ def build_bn_stats(storage: str):
         if c >= C:
             return
         s1, s2 = channel_sums(partial, c, parts)
-        shifted = s1 / count
-        var = max(s2 / count - shifted * shifted, 0.0)
-        mean = nt.float64(load(x, c * P)) + shifted
-        invstd = 1.0 / math.sqrt(var + eps)
-        scale = nt.float64(ldg(weight, c)) * invstd
-        stats[c] = acc(mean)
-        stats[C + c] = acc(invstd)
-        stats[2 * C + c] = acc(scale)
-        stats[3 * C + c] = acc(nt.float64(ldg(bias, c)) - mean * scale)
-        keep = 1.0 - momentum
-        running_mean[c] = acc(keep * nt.float64(running_mean[c]) + momentum * mean)
-        running_var[c] = acc(keep * nt.float64(running_var[c]) + momentum * var * unbias)
+        channel_stats(
+            s1, s2, nt.float64(load(x, c * P)), c, weight, bias, running_mean, running_var,
+            stats, C, count, eps, momentum, unbias, True,
+        )  # fmt: skip
 
     pointers = ("x", "partial", "weight", "bias", "running_mean", "running_var", "stats")
     return kernel(bn_stats, pointers, BatchNormStatsScalars, None)
@@ -196,7 +285,7 @@ def build_bn_stats(storage: str):
 def build_bn_grad_coefficients(storage: str):
     """``bn_grad_coefficients`` for ``storage`` tensors (one thread per channel): writes
     (a, b, c, grad_weight, grad_bias) as the rows of a (5, C) buffer."""
-    acc, *_ = acc_constants(storage)
+    grad_coefficients = _build_grad_coefficients(storage)
 
     def bn_grad_coefficients(partial, weight, stats, coefficients, C, P, parts, count, eps,
                              momentum, unbias):  # fmt: skip
@@ -204,16 +293,99 @@ def build_bn_grad_coefficients(storage: str):
         if c >= C:
             return
         s1, s2 = channel_sums(partial, c, parts)
-        invstd = nt.float64(stats[C + c])
-        w = nt.float64(ldg(weight, c))
-        coefficients[c] = acc(w * invstd)
-        coefficients[C + c] = acc(-w * invstd * invstd * invstd * s2 / count)
-        coefficients[2 * C + c] = acc(-w * invstd * s1 / count)
-        coefficients[3 * C + c] = acc(s2 * invstd)
-        coefficients[4 * C + c] = acc(s1)
+        a, slope, constant = grad_coefficients(
+            s1, s2, c, weight, stats, coefficients, 3 * C, C, count, True
+        )
+        coefficients[c] = a
+        coefficients[C + c] = slope
+        coefficients[2 * C + c] = constant
 
     pointers = ("partial", "weight", "stats", "coefficients")
     return kernel(bn_grad_coefficients, pointers, BatchNormStatsScalars, None)
+
+
+def build_bn_channel(storage: str, per_thread: int, threads: int, backward: bool):
+    """``bn_channel_forward`` (``backward`` False) or ``bn_channel_backward``: one block
+    of ``threads`` per channel does a whole pass in one launch, for channels of few values.
+    The forward sums the channel's statistics (``span_sums`` over all of it), meets the
+    sums in the block's tree, writes the stats and the running statistics' update (thread
+    0) and writes y = relu(x·scale + shift) over the channel again (its second read of x
+    comes from the cache); the backward sums the gradient's two sums the same way, writes
+    grad_weight and grad_bias as the rows of the (2, C) ``grads`` and then grad_x. Sums in
+    the same fixed order on every run."""
+    acc, zero, *_ = acc_constants(storage)
+    load, store = load_store(storage)
+    span_sums = _build_span_sums(storage, per_thread, threads)
+    block_sums = _build_block_sums(storage, threads)
+    channel_stats = _build_channel_stats(storage)
+    grad_coefficients = _build_grad_coefficients(storage)
+
+    def bn_channel(x, dy, out, weight, bias, running_mean, running_var, stats, grads, C, P,
+                   inv_P, total, step_rows, step_pos, count, eps, momentum,
+                   unbias):  # fmt: skip
+        c = nt.int64(cuda.blockIdx.x)
+        first = cuda.threadIdx.x == 0
+        if backward:
+            mean = stats[c]
+            scale = stats[2 * C + c]
+            shift = stats[3 * C + c]
+            s1, s2 = span_sums(
+                x, dy, c, 0, total, C, P, inv_P, step_rows, step_pos, 1, zero, mean, scale,
+                shift,
+            )  # fmt: skip
+            t1, t2 = block_sums(s1, s2)
+            a, slope, constant = grad_coefficients(
+                nt.float64(t1), nt.float64(t2), c, weight, stats, grads, 0, C, count, first
+            )
+        else:
+            pivot = load(x, c * P)
+            s1, s2 = span_sums(
+                x, x, c, 0, total, C, P, inv_P, step_rows, step_pos, 0, pivot, zero, zero,
+                zero,
+            )  # fmt: skip
+            t1, t2 = block_sums(s1, s2)
+            mean = a = slope = constant = zero  # (not read by the forward)
+            scale, shift = channel_stats(
+                nt.float64(t1), nt.float64(t2), nt.float64(pivot), c, weight, bias,
+                running_mean, running_var, stats, C, count, eps, momentum, unbias, first,
+            )  # fmt: skip
+        xs = cuda.local.array(per_thread, acc)
+        gs = cuda.local.array(per_thread, acc)
+        ats = cuda.local.array(per_thread, nt.int64)
+        j = nt.int64(cuda.threadIdx.x)
+        b, pos64 = divmod_(j, P, inv_P)
+        at = (b * C + c) * P + pos64
+        pos = nt.int32(pos64)
+        plane, move_pos = nt.int32(P), nt.int32(step_pos)
+        move = step_rows * C * P + step_pos
+        skip = (C - 1) * P
+        while j < total:
+            for k in range(per_thread):  # the round's loads, then its stores
+                if j + k * threads < total:
+                    xs[k] = load(x, at)
+                    if backward:
+                        gs[k] = load(dy, at)
+                ats[k] = at
+                pos += move_pos
+                at += move
+                if pos >= plane:
+                    pos -= plane
+                    at += skip
+            for k in range(per_thread):
+                if j + k * threads < total:
+                    u = cuda.fma(xs[k], scale, shift)
+                    if backward:
+                        g = gs[k] if u > zero else zero
+                        value = cuda.fma(a, g, cuda.fma(slope, xs[k] - mean, constant))
+                    else:
+                        value = u if u > zero else zero
+                    store(out, ats[k], value)
+            j += per_thread * threads
+
+    pointers = (
+        "x", "dy", "out", "weight", "bias", "running_mean", "running_var", "stats", "grads"
+    )  # fmt: skip
+    return kernel(bn_channel, pointers, BatchNormChannelScalars, None)
 
 
 def build_bn_elementwise(storage: str, per_thread: int, backward: bool):

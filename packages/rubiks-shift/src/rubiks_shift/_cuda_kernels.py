@@ -14,10 +14,12 @@ from __future__ import annotations
 from numba import cuda
 
 from ._cuda_batch_norm import (
+    bn_channel_signature,
     bn_elementwise_signature,
     bn_grad_coefficients_signature,
     bn_partial_signature,
     bn_stats_signature,
+    build_bn_channel,
     build_bn_elementwise,
     build_bn_grad_coefficients,
     build_bn_partial,
@@ -34,8 +36,9 @@ class Kernels:
     ``tuning``'s compile-time values: ``gather``, ``gather_narrow``, ``gather_frames``
     (and each ``*_affine``), ``grad_shift``, ``finalize``, ``affine_relu`` (the
     prologue alone) and ``bn_partial``, ``bn_stats``, ``bn_normalize``,
-    ``bn_grad_coefficients``, ``bn_grad_input`` (training batch norm), each with its
-    signature ``<name>_sig``."""
+    ``bn_grad_coefficients``, ``bn_grad_input``, ``bn_channel_forward``,
+    ``bn_channel_backward`` (training batch norm), each with its signature
+    ``<name>_sig``."""
 
     def __init__(self, storage: str, shift_storage: str, tuning: Tuning = TUNING) -> None:
         self.storage = storage
@@ -64,6 +67,10 @@ class Kernels:
         self.bn_normalize_sig = bn_elementwise_signature(storage)
         self.bn_grad_input = build_bn_elementwise(storage, per_thread, backward=True)
         self.bn_grad_input_sig = bn_elementwise_signature(storage)
+        for backward, name in ((False, "bn_channel_forward"), (True, "bn_channel_backward")):
+            threads = tuning.batch_norm_threads
+            setattr(self, name, build_bn_channel(storage, per_thread, threads, backward))
+            setattr(self, name + "_sig", bn_channel_signature(storage))
         row_walk = dict(registers=tuning.row_walk_registers, group=tuning.row_walk_group)
         frame_walk = dict(
             registers=tuning.frame_walk_registers, frame_rows=tuning.frame_walk_rows, frames=True

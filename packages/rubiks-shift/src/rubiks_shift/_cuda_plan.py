@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from ._cuda_scalars import (
     AffineReluScalars,
+    BatchNormChannelScalars,
     BatchNormElementwiseScalars,
     BatchNormPartialScalars,
     BatchNormStatsScalars,
@@ -383,15 +384,20 @@ class BatchNormPlan(NamedTuple):
     """The launches of training batch norm over a (B, C, P) tensor: the per-channel sums
     (``partial``: statistics; ``grad_partial``: the gradient's), the per-channel kernels
     (``stats``, ``coefficients``) and the elementwise passes (``normalize``: y;
-    ``grad_input``: grad_x)."""
+    ``grad_input``: grad_x); or, for channels of at most
+    ``Tuning.batch_norm_channel_values`` values, one launch per direction with a block
+    per channel (``channel_forward``, ``channel_backward``; ``parts`` 0, the others
+    None)."""
 
     parts: int  # partial sums per channel
-    partial: Step
-    grad_partial: Step
-    stats: Step
-    coefficients: Step
-    normalize: Step
-    grad_input: Step
+    partial: Step | None
+    grad_partial: Step | None
+    stats: Step | None
+    coefficients: Step | None
+    normalize: Step | None
+    grad_input: Step | None
+    channel_forward: Step | None = None
+    channel_backward: Step | None = None
 
 
 @functools.lru_cache(maxsize=512)
@@ -412,6 +418,23 @@ def batch_norm_plan(
     if batch * channels * plane >= 2**62 or channels >= 65536:
         raise ValueError(f"rubiks_shift on CUDA: a batch-norm input of {shape} is too large")
     threads = tuning.batch_norm_threads
+    if total <= tuning.batch_norm_channel_values:
+        scalars = BatchNormChannelScalars(
+            C=channels,
+            P=plane,
+            inv_P=1.0 / plane,
+            total=total,
+            step_rows=threads // plane,
+            step_pos=threads % plane,
+            count=float(total),
+            eps=float(eps),
+            momentum=float(momentum),
+            unbias=total / (total - 1),
+        )
+        grid, block = (channels, 1, 1), (threads, 1, 1)
+        forward = Step("bn_channel_forward", grid, block, scalars)
+        backward = Step("bn_channel_backward", grid, block, scalars)
+        return BatchNormPlan(0, None, None, None, None, None, None, forward, backward)
     per_thread = prologue_per_thread(storage, tuning)
     rounds = -(-total // (threads * per_thread))  # a channel's rounds of one block
     parts = max(1, min(rounds, -(-tuning.batch_norm_blocks // channels)))

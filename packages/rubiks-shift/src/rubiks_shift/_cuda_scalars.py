@@ -154,6 +154,22 @@ class BatchNormStatsScalars(NamedTuple):
     unbias: float  # count / (count - 1): the running variance is the unbiased one
 
 
+class BatchNormChannelScalars(NamedTuple):
+    """``bn_channel_forward`` and ``bn_channel_backward``: one block per channel, a
+    channel's values being B rows of P, row b at (b·C + c)·P."""
+
+    C: int
+    P: int
+    inv_P: float
+    total: int  # B * P: one channel's values
+    step_rows: int  # a thread's move to its next value: whole rows ...
+    step_pos: int  # ... and places in a row (threads per block = step_rows·P + step_pos)
+    count: float  # total, as a float
+    eps: float
+    momentum: float
+    unbias: float  # count / (count - 1): the running variance is the unbiased one
+
+
 class BatchNormElementwiseScalars(NamedTuple):
     """``bn_normalize`` and ``bn_grad_input``: the (B, C, P) tensor as one flat run."""
 

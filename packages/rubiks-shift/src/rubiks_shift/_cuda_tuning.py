@@ -101,6 +101,11 @@ class Tuning:
     # ceil(this / C) spans, at most one round of a block each at the least): about eight
     # resident blocks of 256 threads on each of an H200's 132 SMs
     batch_norm_blocks: int = 1056
+    # a channel of at most this many values (B * H * W) is one block of
+    # ``batch_norm_threads`` that does a whole direction in one launch (sums, per-channel
+    # values, then the elementwise pass over the channel again, from the cache): one launch
+    # per direction instead of three
+    batch_norm_channel_values: int = 16384
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -169,6 +174,7 @@ _ALLOWED = {
     "prologue_pairs": (lambda v: isinstance(v, bool), "True or False"),
     "batch_norm_threads": _TREE,
     "batch_norm_blocks": _POSITIVE,
+    "batch_norm_channel_values": (_integer(0), "an integer >= 0 (0: never one block)"),
 }
 
 TUNING = Tuning()

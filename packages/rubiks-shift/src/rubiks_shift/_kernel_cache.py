@@ -68,6 +68,8 @@ KERNELS = (
     "bn_normalize",
     "bn_grad_coefficients",
     "bn_grad_input",
+    "bn_channel_forward",
+    "bn_channel_backward",
 )
 # compiled together on a set's first miss, longest first (the one-column gathers, for
 # sources one pixel wide, only when a launch needs them): training's kernels, and the
@@ -76,6 +78,8 @@ KERNELS = (
 PREFETCH = ("grad_shift", "gather", "gather_frames", "finalize")
 PREFETCH_AFFINE = ("gather_affine", "gather_frames_affine", "affine_relu")
 PREFETCH_BATCH_NORM = (
+    "bn_channel_backward",
+    "bn_channel_forward",
     "bn_partial",
     "bn_grad_input",
     "bn_normalize",
