@@ -250,16 +250,20 @@ class _NoKernels(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("arch", ["rubiksnet_tiny", "rubiksnet_tiny_aq"])
-def test_cuda_training_batch_norm_kernels_match_torch(arch: str) -> None:
+def test_cuda_training_batch_norm_kernels_match_torch(arch: str, dtype: torch.dtype) -> None:
     """A training step on CUDA, its batch norm + ReLU pairs in rubiks_shift's kernels,
-    against the same step with torch's batch norm: logits, every gradient and the batch
-    norms' running statistics and counters, to float32 rounding."""
+    against the same step with torch's batch norm: logits and the batch norms' running
+    statistics and counters to the dtype's rounding, and in float64 every gradient too.
+    (In float32 a value that the two batch norms' roundings put on different sides of
+    the ReLU's kink gets a different gradient, a step that the later layers spread: a
+    random few per step, so float32 gradients are not compared.)"""
     torch.manual_seed(0)
-    model = timm.create_model(arch, num_classes=7).cuda().train()
-    twin = timm.create_model(arch, num_classes=7).cuda().train()
+    model = timm.create_model(arch, num_classes=7).cuda().train().to(dtype)
+    twin = timm.create_model(arch, num_classes=7).cuda().train().to(dtype)
     twin.load_state_dict(model.state_dict())
-    clip = torch.randn(2, 8, 3, 64, 64, device="cuda")
+    clip = torch.randn(2, 8, 3, 64, 64, device="cuda", dtype=dtype)
     target = torch.tensor([1, 5], device="cuda")
     matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -272,13 +276,17 @@ def test_cuda_training_batch_norm_kernels_match_torch(arch: str) -> None:
                 F.cross_entropy(ref, target).backward()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
-    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
-    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
-        scale = q.grad.abs().max().item() or 1.0
-        err = (p.grad - q.grad).abs().max().item() / scale
-        assert err < 2e-3, f"{name}: gradient off by {err:.1e} of its largest"
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits, ref, **tol)
+    if dtype == torch.float64:
+        for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+            scale = q.grad.abs().max().item() or 1.0
+            err = (p.grad - q.grad).abs().max().item() / scale
+            assert err < 1e-9, f"{name}: gradient off by {err:.1e} of its largest"
+    if dtype == torch.float32:
+        tol = dict(rtol=1e-4, atol=1e-5)
     for (name, b), c in zip(model.named_buffers(), twin.buffers(), strict=True):
-        torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(b, c, **tol, msg=name)
 
 
 def _block_step(block, x: torch.Tensor, dy: torch.Tensor, path: str):
