@@ -18,6 +18,13 @@ gradient's ``grad_shift`` / ``finalize``). The kernels:
   coefficients of grad_x = a·g + b·(x - mean) + c.
 * ``bn_normalize`` / ``bn_grad_input``: y = relu(x·scale + shift) and grad_x, elementwise
   over the tensor as one flat run.
+* ``bn_channel_forward`` / ``bn_channel_backward``: for channels of few values, one block
+  per channel (``parts`` = 1) does a direction's three steps in one launch, the
+  elementwise pass re-reading the channel from the cache.
+
+Both forms share their device functions (``span_sums``, ``block_sums``,
+``channel_stats``, ``grad_coefficients``), so both forms compute the same per-channel
+values from their sums.
 """
 
 from __future__ import annotations
