@@ -98,6 +98,36 @@ def bn_channel_signature(storage: str) -> tuple:
     return (*pointers, *scalar_types(BatchNormChannelScalars, acc))
 
 
+@inlined
+def channel_walk(j, c, C, P, inv_P, step_rows, step_pos):
+    """Where value j of channel c lies (rows of P values, row b of the channel at
+    (b·C + c)·P) and how a thread steps from a value to the one a block width on:
+    (element, place in its row, P, the step's places, its elements, the elements from a
+    row's end to the channel's next row), stepped on by ``walk_on``, no multiplies per
+    value."""
+    b, place = divmod_(j, P, inv_P)
+    move = step_rows * C * P + step_pos
+    return (
+        (b * C + c) * P + place,
+        nt.int32(place),
+        nt.int32(P),
+        nt.int32(step_pos),
+        move,
+        (C - 1) * P,
+    )
+
+
+@inlined
+def walk_on(at, pos, plane, move_pos, move, skip):
+    """``channel_walk``'s (element, place) of the value one block width on."""
+    pos += move_pos
+    at += move
+    if pos >= plane:
+        pos -= plane
+        at += skip
+    return at, pos
+
+
 def _build_span_sums(storage: str, per_thread: int, threads: int):
     """The device function ``span_sums``: one thread's two sums over values ``start`` to
     ``end`` of channel c (the thread's own, one block width apart), ``per_thread`` loads
@@ -114,12 +144,7 @@ def _build_span_sums(storage: str, per_thread: int, threads: int):
         xs = cuda.local.array(per_thread, acc)
         gs = cuda.local.array(per_thread, acc)
         j = start + nt.int64(cuda.threadIdx.x)
-        b, pos64 = divmod_(j, P, inv_P)  # the value's row of the channel and its place
-        at = (b * C + c) * P + pos64  # its element: stepped on, no multiplies per value
-        pos = nt.int32(pos64)
-        plane, move_pos = nt.int32(P), nt.int32(step_pos)
-        move = step_rows * C * P + step_pos  # elements to the value one block width on
-        skip = (C - 1) * P  # and from a row's end to the channel's next row
+        at, pos, plane, move_pos, move, skip = channel_walk(j, c, C, P, inv_P, step_rows, step_pos)
         while j < end:
             full = j + (per_thread - 1) * threads < end
             for k in range(per_thread):  # the round's loads, then its sums
@@ -130,11 +155,7 @@ def _build_span_sums(storage: str, per_thread: int, threads: int):
                 else:
                     xs[k] = pivot
                     gs[k] = zero
-                pos += move_pos
-                at += move
-                if pos >= plane:
-                    pos -= plane
-                    at += skip
+                at, pos = walk_on(at, pos, plane, move_pos, move, skip)
             for k in range(per_thread):
                 if grads == 0:
                     v = xs[k] - pivot
@@ -360,12 +381,7 @@ def build_bn_channel(storage: str, per_thread: int, threads: int, backward: bool
         gs = cuda.local.array(per_thread, acc)
         ats = cuda.local.array(per_thread, nt.int64)
         j = nt.int64(cuda.threadIdx.x)
-        b, pos64 = divmod_(j, P, inv_P)
-        at = (b * C + c) * P + pos64
-        pos = nt.int32(pos64)
-        plane, move_pos = nt.int32(P), nt.int32(step_pos)
-        move = step_rows * C * P + step_pos
-        skip = (C - 1) * P
+        at, pos, plane, move_pos, move, skip = channel_walk(j, c, C, P, inv_P, step_rows, step_pos)
         while j < total:
             for k in range(per_thread):  # the round's loads, then its stores
                 if j + k * threads < total:
@@ -373,11 +389,7 @@ def build_bn_channel(storage: str, per_thread: int, threads: int, backward: bool
                     if backward:
                         gs[k] = load(dy, at)
                 ats[k] = at
-                pos += move_pos
-                at += move
-                if pos >= plane:
-                    pos -= plane
-                    at += skip
+                at, pos = walk_on(at, pos, plane, move_pos, move, skip)
             for k in range(per_thread):
                 if j + k * threads < total:
                     u = cuda.fma(xs[k], scale, shift)

@@ -5,14 +5,15 @@ tensor, in plain eager code (CUDA graphs included), it runs this package's kerne
 (``_cuda_batch_norm``): the batch statistics and the gradient's per-channel sums as
 fixed-order reductions (deterministic), the forward's normalisation and ReLU as one
 elementwise pass, grad_x as one elementwise pass with the ReLU's mask recomputed from x;
-a channel of few values is one block that does each direction in one launch, larger
-ones spans of several blocks (three launches per direction). The frames of a channel-major clip (x a (C, B, H, W)
-contiguous tensor seen as (B, C, H, W)) are read in place, each channel one contiguous
-row, and give y and grad_x in that layout. PyTorch's own kernels for a contiguous (NCHW)
-bfloat16 batch norm in training reduce each channel in one block and were 2.6x slower
-than its channels-last ones on RubiksNet's shapes (``packages/rubiks-models/
-BENCHMARKS.md``). Everywhere else (evaluation, the CPU, compiled or traced code, no
-running statistics) it is ``torch.relu(F.batch_norm(...))`` itself.
+a channel of few values is one block that does each direction in one launch, larger ones
+spans of several blocks (three launches per direction). The frames of a channel-major
+clip (x a (C, B, H, W) contiguous tensor seen as (B, C, H, W)) are read in place, each
+channel one contiguous row, and give y and grad_x in that layout. PyTorch's own kernels
+for a contiguous (NCHW) bfloat16 batch norm in training reduce each channel in one block
+and were 2.6x slower than its channels-last ones on RubiksNet's shapes
+(``packages/rubiks-models/BENCHMARKS.md``). Everywhere else (evaluation, the CPU,
+compiled or traced code, no running statistics) it is ``torch.relu(F.batch_norm(...))``
+itself.
 """
 
 from __future__ import annotations
