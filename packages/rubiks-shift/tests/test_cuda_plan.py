@@ -175,6 +175,8 @@ def test_tuning_is_validated_and_frozen():
         "finalize_threads",
         "prologue_bytes",
         "batch_norm_threads",
+        "batch_norm_channel_per_thread",
+        "batch_norm_channel_registers",
     }
 
 

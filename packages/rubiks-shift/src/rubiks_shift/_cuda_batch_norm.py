@@ -332,9 +332,12 @@ def build_bn_grad_coefficients(storage: str):
     return kernel(bn_grad_coefficients, pointers, BatchNormStatsScalars, None)
 
 
-def build_bn_channel(storage: str, per_thread: int, threads: int, backward: bool):
+def build_bn_channel(
+    storage: str, per_thread: int, threads: int, backward: bool, registers: int | None
+):
     """``bn_channel_forward`` (``backward`` False) or ``bn_channel_backward``: one block
-    of ``threads`` per channel does a whole pass in one launch, for channels of few values.
+    of ``threads`` per channel does a whole pass in one launch, for channels of few values
+    (``per_thread`` values per thread and round, ``registers`` the register cap).
     The forward sums the channel's statistics (``span_sums`` over all of it), meets the
     sums in the block's tree, writes the stats and the running statistics' update (thread
     0) and writes y = relu(x·scale + shift) over the channel again (its second read of x
@@ -379,16 +382,15 @@ def build_bn_channel(storage: str, per_thread: int, threads: int, backward: bool
             )  # fmt: skip
         xs = cuda.local.array(per_thread, acc)
         gs = cuda.local.array(per_thread, acc)
-        ats = cuda.local.array(per_thread, nt.int64)
         j = nt.int64(cuda.threadIdx.x)
         at, pos, plane, move_pos, move, skip = channel_walk(j, c, C, P, inv_P, step_rows, step_pos)
         while j < total:
+            round_at, round_pos = at, pos  # the stores walk the round's places again
             for k in range(per_thread):  # the round's loads, then its stores
                 if j + k * threads < total:
                     xs[k] = load(x, at)
                     if backward:
                         gs[k] = load(dy, at)
-                ats[k] = at
                 at, pos = walk_on(at, pos, plane, move_pos, move, skip)
             for k in range(per_thread):
                 if j + k * threads < total:
@@ -398,13 +400,14 @@ def build_bn_channel(storage: str, per_thread: int, threads: int, backward: bool
                         value = cuda.fma(a, g, cuda.fma(slope, xs[k] - mean, constant))
                     else:
                         value = u if u > zero else zero
-                    store(out, ats[k], value)
+                    store(out, round_at, value)
+                round_at, round_pos = walk_on(round_at, round_pos, plane, move_pos, move, skip)
             j += per_thread * threads
 
     pointers = (
         "x", "dy", "out", "weight", "bias", "running_mean", "running_var", "stats", "grads"
     )  # fmt: skip
-    return kernel(bn_channel, pointers, BatchNormChannelScalars, None)
+    return kernel(bn_channel, pointers, BatchNormChannelScalars, registers)
 
 
 def build_bn_elementwise(storage: str, per_thread: int, backward: bool):

@@ -67,9 +67,13 @@ class Kernels:
         self.bn_normalize_sig = bn_elementwise_signature(storage)
         self.bn_grad_input = build_bn_elementwise(storage, per_thread, backward=True)
         self.bn_grad_input_sig = bn_elementwise_signature(storage)
+        channel = dict(
+            per_thread=min(per_thread, tuning.batch_norm_channel_per_thread),
+            threads=tuning.batch_norm_threads,
+            registers=tuning.batch_norm_channel_registers,
+        )
         for backward, name in ((False, "bn_channel_forward"), (True, "bn_channel_backward")):
-            threads = tuning.batch_norm_threads
-            setattr(self, name, build_bn_channel(storage, per_thread, threads, backward))
+            setattr(self, name, build_bn_channel(storage, backward=backward, **channel))
             setattr(self, name + "_sig", bn_channel_signature(storage))
         row_walk = dict(registers=tuning.row_walk_registers, group=tuning.row_walk_group)
         frame_walk = dict(

@@ -106,6 +106,12 @@ class Tuning:
     # values, then the elementwise pass over the channel again, from the cache): one launch
     # per direction instead of three
     batch_norm_channel_values: int = 16384
+    # the one-block kernels' values per thread and round (at most the prologue's) and
+    # register cap: 8 and 64 keep four blocks of 256 threads on an SM without spills
+    # (bfloat16 at 16 values took 111 registers: two blocks per SM, 288 blocks at 14² in
+    # 1.09 waves)
+    batch_norm_channel_per_thread: int = _kernel(8)
+    batch_norm_channel_registers: int | None = _kernel(64)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -175,6 +181,8 @@ _ALLOWED = {
     "batch_norm_threads": _TREE,
     "batch_norm_blocks": _POSITIVE,
     "batch_norm_channel_values": (_integer(0), "an integer >= 0 (0: never one block)"),
+    "batch_norm_channel_per_thread": (_integer(1, 32), "an integer from 1 to 32"),
+    "batch_norm_channel_registers": _REGISTERS,
 }
 
 TUNING = Tuning()
