@@ -62,7 +62,7 @@ def train_steps(models: list[str], args) -> dict:
             cases += [(dtype, name, form, model, opt) for form in _forms(name, dtype)]
 
     def step(model, opt, dtype: str) -> None:
-        with torch.autocast("cuda", torch.bfloat16, enabled=dtype == "bf16"):
+        with bench_models._autocast(dtype):
             loss = F.cross_entropy(model(clip), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
