@@ -50,6 +50,7 @@ from ._cuda_tuning import slab_capacity
 
 i32 = nt.int32
 i64 = nt.int64
+u32 = nt.uint32  # shared-array indices: unsigned, so Numba emits no negative-index wrap
 
 LOADS = 8  # loads each thread issues before it stores any (phase 1)
 
@@ -106,8 +107,8 @@ def build_slab_gather(
         """One source frame's value at a position: the four taps at ``base`` + k[i] (k =
         (k00, k01, k10, k11), row-major corners) blended along W, then H; ``u`` = (uh0,
         uh1, uw0, uw1) the taps' use flags."""
-        above = mix(tile[base + k[0]], tile[base + k[1]], ww0, ww1, u[2], u[3])
-        below = mix(tile[base + k[2]], tile[base + k[3]], ww0, ww1, u[2], u[3])
+        above = mix(tile[u32(base + k[0])], tile[u32(base + k[1])], ww0, ww1, u[2], u[3])
+        below = mix(tile[u32(base + k[2])], tile[u32(base + k[3])], ww0, ww1, u[2], u[3])
         return mix(above, below, wh0, wh1, u[0], u[1])
 
     @inlined
@@ -173,7 +174,7 @@ def build_slab_gather(
                     ff += 1
             for k in range(LOADS):
                 if e + k * threads < total:
-                    tile[e + k * threads] = prologue(buffer[k], sc, bi)
+                    tile[u32(e + k * threads)] = prologue(buffer[k], sc, bi)
             f, pos = ff, pp
             e += i32(LOADS) * threads
         bad, ot, oh, ow, wt0, wt1, wh0, wh1, ww0, ww1 = decode(
@@ -217,7 +218,8 @@ def build_slab_gather(
                     cur = plane_value(tile, s * HW, k, wh0, wh1, ww0, ww1, u)
                 use0 = within(s - 1, T32) & (wt0 != zero)
                 use1 = within(s, T32) & (wt1 != zero)
-                store(q, t * frame, mix(prev, cur, wt0, wt1, use0, use1))
+                store(q, 0, mix(prev, cur, wt0, wt1, use0, use1))
+                q = offset(q, frame)
                 prev = cur
             pos += threads
 
