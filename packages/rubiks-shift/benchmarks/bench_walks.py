@@ -4,8 +4,7 @@
         [--batch 8 --frames 8] [--json OUT.json]
 
 For RubiksNet's shift shapes (its stages at 224 x 224: channels, H = W, stride) this
-times every walk that can run each gather (the slab walk and the frame walk where they
-apply, the row walk;
+times every walk that can run each gather (the frame walk where it applies, the row walk;
 ``_cuda_plan.gather_plan`` with the walk forced through ``Tuning``), in the forms of
 ``forms``: the fused inference form's passes (the shift with its batch norm + ReLU
 prologue, ``affine_relu_shift3d``, on channel-major and (N, T, C) clips; the bn1 pass; a
@@ -45,12 +44,7 @@ SHAPES = [
     (288, 28, 2),
     (576, 14, 2),
 ]
-WALKS = {
-    "default": TUNING,
-    "slab": replace(TUNING, slab_walk_max_plane=784),
-    "frames": replace(TUNING, slab_walk_max_plane=0),
-    "rows": replace(TUNING, slab_walk_max_plane=0, stride_one_walk="rows"),
-}
+WALKS = {"default": TUNING, "rows": replace(TUNING, stride_one_walk="rows")}
 REPS = 20  # graph replays x calls per graph, and eager calls, per sample
 
 

@@ -270,8 +270,6 @@ def main() -> int:
             failures += not check_affine(x, s, y_ref, stride, padding, quantize, dtype, g)
             args = (stride, padding, quantize, dtype)
             failures += not check_channel_major(x, s, gy, (y, gx, gs), *args)
-        if _cuda_plan.slab_walk_applies(shape, y_ref.shape, stride, padding, "float32", SLAB):
-            failures += not check_slab(x, s, gy, (y, gx), stride, quantize, dtype, g)
         # where the frame walk is the default, the row walk too, and the frame walk with
         # short bands and frame chunks (the small cases: the simulator is slow)
         if _cuda_plan.frames_walk_applies(shape, stride) and x.numel() <= 400:
@@ -281,43 +279,6 @@ def main() -> int:
                     x, s, gy, y_ref, gx_ref, stride, padding, quantize, dtype, tuning, rows, frames
                 )
     return 1 if failures else 0
-
-
-SLAB = replace(TUNING, slab_walk_max_plane=4096)  # the slab walk on every plane it can take
-
-
-def check_slab(x, s, gy, frames, stride, quantize, dtype, g) -> bool:
-    """The slab walk against the default walks, in both layouts: the forward and grad_x
-    (``frames``: the default walks' y and grad_x), and the forward with the prologue,
-    equal value for value."""
-    channels = x.shape[2]
-    scale = torch.rand(channels, generator=g, dtype=torch.float64) + 0.5
-    bias = torch.rand(channels, generator=g, dtype=torch.float64) * 2 - 0.5
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    args = (stride, (0, 0, 0), quantize)
-
-    def affine(clip):
-        return _cuda.forward_affine(clip, scale.to(acc), bias.to(acc), s, *args)
-
-    def major(t):
-        return t.to(dtype).permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
-
-    expected = affine(x.to(dtype))
-    previous = _cuda.use_tuning(SLAB)
-    try:
-        (step,) = _cuda._forward_plan(
-            (x.shape, dtype, s.dtype, stride, (0, 0, 0), quantize, False)
-        ).steps
-        ok = step.name == "gather_slab"
-        for clip, grad in ((x.to(dtype), gy.to(dtype)), (major(x), major(gy))):
-            y = _cuda.forward(clip, s, *args)
-            gx, _ = _cuda.backward(grad, clip, s, *args, True, 0.5, True, False)
-            ok = ok and torch.equal(y, frames[0]) and torch.equal(gx, frames[1])
-            ok = ok and torch.equal(affine(clip), expected)
-    finally:
-        _cuda.use_tuning(previous)
-    print(f"{'ok-slab' if ok else 'FAIL-slab'} {tuple(x.shape)} {stride} q={quantize} {dtype}")
-    return ok
 
 
 def check_affine(x, s, y_ref, stride, padding, quantize, dtype, g) -> bool:

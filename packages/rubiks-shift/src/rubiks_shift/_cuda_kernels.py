@@ -28,14 +28,13 @@ from ._cuda_batch_norm import (
 from ._cuda_gather import build_gather, gather_signature
 from ._cuda_prologue import affine_relu_signature, build_affine_relu
 from ._cuda_shift_grad import build_shift_grad, finalize_signature, grad_shift_signature
-from ._cuda_slab import build_slab_gather, slab_signature
 from ._cuda_tuning import TUNING, Tuning, prologue_per_thread
 
 
 class Kernels:
     """The compiled-on-demand kernels of one (storage, shift storage) pair, built with
-    ``tuning``'s compile-time values: ``gather``, ``gather_narrow``, ``gather_frames``,
-    ``gather_slab`` (and each ``*_affine``), ``grad_shift``, ``finalize``, ``affine_relu`` (the
+    ``tuning``'s compile-time values: ``gather``, ``gather_narrow``, ``gather_frames``
+    (and each ``*_affine``), ``grad_shift``, ``finalize``, ``affine_relu`` (the
     prologue alone) and ``bn_partial``, ``bn_stats``, ``bn_normalize``,
     ``bn_grad_coefficients``, ``bn_grad_input``, ``bn_channel_forward``,
     ``bn_channel_backward`` (training batch norm), each with its signature
@@ -93,16 +92,6 @@ class Kernels:
                 setattr(self, name + suffix, dispatcher)
                 sig = gather_signature(storage, shift_storage, affine, frames)
                 setattr(self, f"{name}{suffix}_sig", sig)
-            slab = build_slab_gather(
-                storage,
-                shift_storage,
-                values=tuning.slab_walk_values,
-                affine=affine,
-                registers=tuning.slab_walk_registers,
-            )
-            setattr(self, "gather_slab" + suffix, slab)
-            sig = slab_signature(storage, shift_storage, affine)
-            setattr(self, f"gather_slab{suffix}_sig", sig)
 
 
 def kernel_ptx(dispatcher, signature: tuple, cc: tuple[int, int]) -> str:

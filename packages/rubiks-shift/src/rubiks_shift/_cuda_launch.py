@@ -392,8 +392,7 @@ def run(kernels: KernelSet, step: Step, tensors: Sequence[torch.Tensor], index: 
     if simulator_enabled():
         arrays = [_flat(t.detach()).numpy() for t in tensors]
         grid, block = step.grid, step.block
-        if step.name.startswith("gather") and not step.name.startswith("gather_slab"):
-            # a few threads, each looping over tasks (the slab walk: a block per slab)
+        if step.name.startswith("gather"):  # a few threads, each looping over tasks
             grid, block = (SIM_GATHER_BLOCKS, 1, 1), (1, 1, 1)
         getattr(kernels, step.name)[grid, block](*arrays, *step.scalars)
         return

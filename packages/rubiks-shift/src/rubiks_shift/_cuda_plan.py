@@ -22,10 +22,9 @@ from ._cuda_scalars import (
     FinalizeScalars,
     GatherFramesScalars,
     GatherScalars,
-    GatherSlabScalars,
     GradShiftScalars,
 )
-from ._cuda_tuning import TUNING, Tuning, prologue_per_thread, slab_capacity
+from ._cuda_tuning import TUNING, Tuning, prologue_per_thread
 
 MAX_GRID_YZ = 65535  # grid y limit (channels of the shift-gradient kernel)
 
@@ -154,47 +153,6 @@ def frame_walk_layout(
     return FrameWalkLayout(frames, rows)
 
 
-def slab_walk_applies(
-    src_shape, dst_shape, stride, padding, storage: str, tuning: Tuning = TUNING
-) -> bool:
-    """Whether the slab walk takes this gather: stride 1 and no padding (source and
-    destination of one shape), planes of at most ``tuning.slab_walk_max_plane`` pixels,
-    and a slab (T * H * W values) that fits its shared array."""
-    _, frames, _, height, width = src_shape
-    plane = height * width
-    return (
-        tuple(stride) == (1, 1, 1)
-        and tuple(padding) == (0, 0, 0)
-        and tuple(src_shape) == tuple(dst_shape)
-        and 0 < plane <= tuning.slab_walk_max_plane
-        and frames * plane <= slab_capacity(storage, tuning.slab_walk_values)
-    )
-
-
-def _slab_walk_plan(src_shape, quantize, adjoint, tuning, channel_major) -> tuple[Step, ...]:
-    """The launch of the slab walk (see ``gather_plan``): one block per slab."""
-    n_batch, frames, channels, height, width = src_shape
-    plane = height * width
-    threads = min(tuning.slab_walk_threads, -(-plane // 32) * 32)
-    scalars = GatherSlabScalars(
-        N=n_batch,
-        C=channels,
-        T=frames,
-        H=height,
-        W=width,
-        pt=0,
-        ph=0,
-        pw=0,
-        adjoint=int(adjoint),
-        quantize=int(quantize),
-        channel_major=int(channel_major),
-        step_frames=threads // plane,
-        step_pos=threads % plane,
-    )
-    grid = (n_batch * channels, 1, 1)
-    return (Step("gather_slab", grid, (threads, 1, 1), scalars),)
-
-
 def _gather_fields(src_shape, dst_shape, padding, quantize, adjoint, channel_major) -> dict:
     """The scalars both gathers take alike, by name: samples, channels, source and
     destination sizes, padding and the flags."""
@@ -252,9 +210,8 @@ def gather_plan(
 ) -> tuple[Step, ...]:
     """Launches of the forward (adjoint=False: src = x, dst = y) or of grad_x
     (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors whose planes are in
-    (N, T, C) order, or (C, N, T) order where ``channel_major``: the slab walk on small
-    planes at stride 1 (``slab_walk_applies``), else the frame walk where it applies and
-    ``tuning.stride_one_walk`` is "frames", else the row walk.
+    (N, T, C) order, or (C, N, T) order where ``channel_major``: the frame walk where it
+    applies and ``tuning.stride_one_walk`` is "frames", else the row walk.
     ``rows`` and (frame walk) ``frames`` per task override the layout's (benchmark
     sweeps); a ``tuning`` other than the default with kernel values of its own must be
     launched with kernels built from it (``_cuda_kernels.Kernels``)."""
@@ -264,8 +221,6 @@ def gather_plan(
     for h, w in ((h_src, w_src), (h_dst, w_dst)):
         if h * w >= 2**31:
             raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
-    if slab_walk_applies(src_shape, dst_shape, stride, padding, storage, tuning):
-        return _slab_walk_plan(src_shape, quantize, adjoint, tuning, channel_major)
     if tuning.stride_one_walk == "frames" and frames_walk_applies(src_shape, stride):
         return _frame_walk_plan(
             src_shape,

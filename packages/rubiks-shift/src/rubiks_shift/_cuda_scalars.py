@@ -73,25 +73,6 @@ class GatherFramesScalars(NamedTuple):
     inv_c: float
 
 
-class GatherSlabScalars(NamedTuple):
-    """``gather_slab`` (the slab walk: stride 1, small planes, one block per slab) and its
-    ``_affine`` form; source and destination have the same shape."""
-
-    N: int
-    C: int
-    T: int
-    H: int
-    W: int
-    pt: int  # padding (0 where the slab walk is planned; the adjoint's offsets use it)
-    ph: int
-    pw: int
-    adjoint: int
-    quantize: int
-    channel_major: int
-    step_frames: int  # a thread's move to its next value of the slab: whole frames ...
-    step_pos: int  # ... and places (threads per block = step_frames * H * W + step_pos)
-
-
 class GradShiftScalars(NamedTuple):
     """``grad_shift``: per-block partial sums of the shift gradient."""
 

@@ -72,15 +72,6 @@ class Tuning:
     # fewest tasks before frames, then rows, are split: at (8, 8, 576, 7, 7) 8 frames per
     # task (32k tasks) 0.0112, 4 (65k) 0.0104, 1 (258k) 0.0187
     frame_walk_min_tasks: int = 1 << 15
-    # the slab walk (``gather_slab``): stride-1 gathers whose planes have at most this many
-    # pixels take one block per (sample, channel) slab, the slab in shared memory (0: off)
-    slab_walk_max_plane: int = 0
-    # the slab walk's shared array, in accumulation-type values (a slab's T * H * W must
-    # fit): 8 frames of 28 x 28
-    slab_walk_values: int = _kernel(6272)
-    # its threads per block at most (fewer where a plane has fewer pixels)
-    slab_walk_threads: int = 256
-    slab_walk_registers: int | None = _kernel(48)
     # 50 % occupancy (H100, 2026-11-23): 48 / 56 / 64 / 72 / 80 / 96 registers gave
     # 0.187 / 0.174 / 0.166 / 0.186 / 0.183 / 0.256 ms of shift gradient (another run:
     # 0.171 ms at 64 against 0.267 at 96)
@@ -179,10 +170,6 @@ _ALLOWED = {
     "frame_walk_registers": _REGISTERS,
     "frame_walk_threads": _THREADS,
     "frame_walk_min_tasks": _POSITIVE,
-    "slab_walk_max_plane": (_integer(0), "an integer >= 0 (0: off)"),
-    "slab_walk_values": (_integer(1, 12288), "an integer from 1 to 12288 (48 KiB of float32)"),
-    "slab_walk_threads": _THREADS,
-    "slab_walk_registers": _REGISTERS,
     "grad_shift_registers": _REGISTERS,
     "grad_shift_group": _POSITIVE,
     "grad_shift_threads": _TREE,
@@ -207,9 +194,3 @@ ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 def prologue_per_thread(storage: str, tuning: Tuning = TUNING) -> int:
     """Values each thread of ``affine_relu`` takes for ``storage`` tensors."""
     return max(1, tuning.prologue_bytes // ELEMENT_BYTES[storage])
-
-
-def slab_capacity(storage: str, values: int) -> int:
-    """Elements of the slab walk's shared array for ``storage`` tensors: ``values``
-    (``Tuning.slab_walk_values``) in float32, half as many float64 ones."""
-    return values // 2 if storage == "float64" else values
