@@ -108,6 +108,38 @@ def test_fused_hard_aq_reads_whole_frames_in_the_bn1_pass(plane):
         assert _rel(fused(x), spatial(x)) < FP32_TOL
 
 
+def test_fused_2d_shifts_run_over_one_frame_clips_on_small_planes(monkeypatch):
+    """A 2-D shift runs over one-frame clips where its input planes have at most
+    ONE_FRAME_SHIFT_PLANE pixels (the shift op takes its row walk there), over whole
+    clips elsewhere; the same values either way, in both layouts."""
+    from rubiks_models import fused as fused_module
+
+    seen = []
+    shift = fused_module.affine_relu_shift3d
+
+    def spy(x, *args, **kwargs):
+        seen.append((x.shape[1], x.shape[-2] * x.shape[-1]))
+        return shift(x, *args, **kwargs)
+
+    monkeypatch.setattr(fused_module, "affine_relu_shift3d", spy)
+    model = _trained_looking("rubiksnet_tiny_aq")
+    x = torch.randn(1, 2, 3, 232, 232, generator=torch.Generator().manual_seed(2))
+    for plane in (0, 784):
+        fused = fuse_model(model, "bmm", channel_major_plane=plane)
+        seen.clear()
+        with torch.no_grad():
+            got = fused(x)
+        small = fused_module.ONE_FRAME_SHIFT_PLANE
+        assert {frames for frames, hw in seen if hw <= small} == {1}
+        assert {frames for frames, hw in seen if hw > small} == {2}
+        with monkeypatch.context() as m, torch.no_grad():
+            m.setattr(fused_module, "ONE_FRAME_SHIFT_PLANE", 0)
+            seen.clear()
+            whole = fused(x)
+            assert {frames for frames, _ in seen} == {2}
+        assert torch.equal(got, whole)
+
+
 def test_fused_runs_small_planes_channel_major():
     """Blocks whose input planes are at most channel_major_plane pixels (and all after
     them) return channel-major clips; larger planes stay (N, T, C, H, W)-contiguous."""

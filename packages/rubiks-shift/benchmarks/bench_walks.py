@@ -4,12 +4,12 @@
         [--batch 8 --frames 8] [--json OUT.json]
 
 For RubiksNet's shift shapes (its stages at 224 x 224: channels, H = W, stride) this
-times every walk that can run each gather (the frame walk where it applies, the row walk;
-``_cuda_plan.gather_plan`` with the walk forced through ``Tuning``), in the forms of
-``forms``: the fused inference form's passes (the shift with its batch norm + ReLU
-prologue, ``affine_relu_shift3d``, on channel-major and (N, T, C) clips; the bn1 pass; a
-2-D shift over whole clips and on one-frame clips), the plain forward and the adjoint
-(grad_x). Beside them, a copy of the source tensor (the floor of one pass). Timed as
+times every walk that can run each gather (the default, the frame walk where it applies
+and the row walk, each forced through ``Tuning``; ``_cuda_plan.gather_plan``), in the
+forms of ``forms``: the fused inference form's passes (the shift with its batch norm +
+ReLU prologue, ``affine_relu_shift3d``, on channel-major and (N, T, C) clips; the bn1
+pass; a 2-D shift over whole clips and on one-frame clips), the plain forward and the
+adjoint (grad_x). Beside them, a copy of the source tensor (the floor of one pass). Timed as
 ``bench_shift.py`` times (``_gpu_time``): per call, the median of 5 samples of calls
 captured in a CUDA graph and replayed (host time excluded), and ``eager``: the same
 calls issued back to back from Python (host time included). Every walk's output is
@@ -44,15 +44,23 @@ SHAPES = [
     (288, 28, 2),
     (576, 14, 2),
 ]
-WALKS = {"default": TUNING, "rows": replace(TUNING, stride_one_walk="rows")}
+WALKS = {
+    "default": TUNING,
+    "frames": replace(
+        TUNING, float32_affine_rows=(0, 0), one_frame_affine_rows=False, quantized_affine_rows=0
+    ),
+    "rows": replace(TUNING, stride_one_walk="rows"),
+}
 REPS = 20  # graph replays x calls per graph, and eager calls, per sample
 
 
-def step_name(adjoint: bool, shape, stride, quantize: bool, dtype) -> str:
+def step_name(adjoint: bool, shape, stride, quantize: bool, dtype, affine: bool) -> str:
     """The kernel the current tuning launches for a gather (``_cuda``'s plans)."""
     key = (torch.Size(shape), dtype, torch.float32, tuple(stride), (0, 0, 0), quantize, False)
     if adjoint:
         return _cuda._backward_plan((*key, True, 0.5, True, False)).gather[0].name
+    if affine:
+        return _cuda._affine_plan(key).steps[0].name
     return _cuda._forward_plan(key).steps[0].name
 
 
@@ -64,6 +72,7 @@ class Form(NamedTuple):
     stride: tuple
     quantize: bool
     adjoint: bool
+    affine: bool = True  # with the prologue (the fused form's gathers)
 
 
 def forms(x, x_cm, shift, scale, bias, gy, stride) -> dict[str, Form]:
@@ -95,10 +104,10 @@ def forms(x, x_cm, shift, scale, bias, gy, stride) -> dict[str, Form]:
             lambda: _cuda.forward_affine(flat, scale, bias, spatial, *args),
             tuple(flat.shape), s, False, False,
         ),
-        "forward": Form(lambda: _cuda.forward(x, shift, *args), shape, s, False, False),
+        "forward": Form(lambda: _cuda.forward(x, shift, *args), shape, s, False, False, False),
         "adjoint": Form(
             lambda: _cuda.backward(gy, x, shift, *args, True, 0.5, True, False)[0],
-            shape, s, False, True,
+            shape, s, False, True, False,
         ),
     }  # fmt: skip
 
@@ -123,16 +132,16 @@ def run_shape(channels: int, side: int, s: int, dtype: torch.dtype, args) -> lis
     gy = torch.randn(out, device="cuda", generator=g).to(dtype)
     copy = _gpu_time([lambda: x.clone()], REPS)[0] * 1e3
     rows = []
-    for form, (fn, src_shape, src_stride, quantize, adjoint) in forms(
+    for form, (fn, src_shape, src_stride, quantize, adjoint, affine) in forms(
         x, x_cm, shift, scale, bias, gy, stride
     ).items():
         baseline, timed = None, set()
         for walk, tuning in WALKS.items():
             previous = _cuda.use_tuning(tuning)
             try:
-                name = step_name(adjoint, src_shape, src_stride, quantize, dtype)
+                name = step_name(adjoint, src_shape, src_stride, quantize, dtype, affine)
                 if name in timed:
-                    continue  # the row walk is the default at this stride
+                    continue  # the same kernel as a walk already timed (the default)
                 timed.add(name)
                 result = fn()
                 baseline = result if baseline is None else baseline

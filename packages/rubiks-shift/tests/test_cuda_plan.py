@@ -112,6 +112,42 @@ def test_stride_one_forms_take_the_frame_walk():
     assert _step(one_column, one_column, walk="frames").name == "gather_narrow"
 
 
+@pytest.mark.parametrize(
+    "shape,storage,quantize,walk",
+    [
+        ((8, 8, 144, 28, 28), "float32", False, "gather"),  # float32, 28² to 56²: rows
+        ((8, 8, 72, 56, 56), "float32", False, "gather"),
+        ((8, 8, 72, 112, 112), "float32", False, "gather_frames"),
+        ((8, 8, 288, 14, 14), "float32", False, "gather_frames"),
+        ((8, 8, 144, 28, 28), "bfloat16", False, "gather_frames"),
+        ((64, 1, 288, 14, 14), "bfloat16", False, "gather"),  # one-frame clips: rows
+        ((64, 1, 72, 112, 112), "float32", False, "gather"),
+        ((8, 8, 144, 28, 28), "bfloat16", True, "gather"),  # quantized, up to 28²: rows
+        ((8, 8, 576, 7, 7), "float32", True, "gather"),
+        ((8, 8, 72, 56, 56), "bfloat16", True, "gather_frames"),
+        ((64, 1, 72, 56, 56), "float32", True, "gather_frames"),
+    ],
+)
+def test_affine_gathers_take_the_row_walk_where_it_was_faster(shape, storage, quantize, walk):
+    """The shift with its prologue: the row walk on float32 planes of 28² to 56², on
+    one-frame clips and, quantized, on planes up to 28²; the plain forward and the
+    adjoint keep the frame walk."""
+    args = (shape, shape, (1, 1, 1), (0, 0, 0), quantize)
+    (step,) = _cuda_plan.gather_plan(*args, False, storage, affine=True)
+    assert step.name == walk
+    for adjoint in (False, True):
+        (plain,) = _cuda_plan.gather_plan(*args, adjoint, storage)
+        assert plain.name == "gather_frames"
+    off = replace(
+        TUNING, float32_affine_rows=(0, 0), one_frame_affine_rows=False, quantized_affine_rows=0
+    )
+    (step,) = _cuda_plan.gather_plan(*args, False, storage, off, affine=True)
+    assert step.name == "gather_frames"
+    key = (torch.Size(shape), getattr(torch, storage), torch.float32, (1, 1, 1), (0, 0, 0))
+    (launched,) = _cuda._affine_plan((*key, quantize, False)).steps
+    assert launched.name == walk + "_affine"
+
+
 def test_small_problems_split_frames_then_rows():
     # 8 * 576 * 7 = 32k tasks with every frame, under frame_walk_min_tasks: two chunks of 4
     assert _cuda_plan.frame_walk_layout(8, 576, 8, 7, 7) == (4, 7)
@@ -162,6 +198,8 @@ def test_tuning_is_validated_and_frozen():
         Tuning(frame_walk_registers=0)
     with pytest.raises(ValueError, match=r"Tuning.row_walk_waves must be an integer >= 0"):
         Tuning(row_walk_waves=True)
+    with pytest.raises(ValueError, match=r"Tuning.float32_affine_rows must be a \(smallest"):
+        Tuning(float32_affine_rows=[784, 3136])  # a list: the tuning must stay hashable
     with pytest.raises(AttributeError):
         TUNING.row_walk_waves = 0  # frozen
     assert set(TUNING.kernel_values()) == {

@@ -53,6 +53,17 @@ def _fold_bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 GEMMS = ("auto", "conv", "bmm")
 
+# An interpolated 2-D (spatial) shift whose input planes have at most this many pixels
+# runs over one-frame clips (the clip's frames as samples), where the shift op takes its
+# row walk: no frame is read twice, so walking frames gains nothing. Larger planes run
+# over whole clips with a zero temporal component (the frame walk); quantized shifts over
+# whole clips (the op picks their walk by plane size). H200, 2026-12-04, graph replay,
+# the shift with its prologue on channel-major clips, µs per call, whole clips / one-frame
+# clips: bfloat16 18.8 / 16.5 at 14², 288 channels, 31.1 / 22.4 at 28², 51.8 / 51.4 at
+# 56²; float32 19.6 / 16.2, 47.4 / 30.2, 63.3 / 52.1; at 112², 72 channels, 135.3 / 147.8
+# and 171.5 / 183.9 (packages/rubiks-shift/BENCHMARKS.md, *Affine gathers*).
+ONE_FRAME_SHIFT_PLANE = 56 * 56
+
 
 def _use_conv(gemm: str, dtype: torch.dtype) -> bool:
     """Whether the 1x1 convolutions run as cuDNN convolutions (float32 by default: cuDNN
@@ -146,10 +157,11 @@ class FusedBlock(_GemmWeights):
             self.add_weight("w_proj", _matrix(block.shortcut))
         # the block's shift as a 3-D op: a 2-D shift gets a zero temporal component,
         # which reads each frame alone (temporal weights 1 and 0, the second frame never
-        # read), so the kernel walks the whole clip instead of one-frame clips
+        # read); it runs over one-frame clips on planes up to ONE_FRAME_SHIFT_PLANE
         layer = block.rubiks
         shift = layer.shift.detach().float()
         shift_2d = shift.shape[0] == 2
+        self.shift_2d = shift_2d
         if shift_2d:
             shift = torch.cat([torch.zeros_like(shift[:1]), shift], 0)
         self.register_buffer("shift", shift)
@@ -219,9 +231,16 @@ class FusedBlock(_GemmWeights):
         return a, a if mixed is None else mixed
 
     def _shift_pass(self, h: torch.Tensor) -> torch.Tensor:
-        """The block's shift of conv1's output h, with relu(. + b2) as its prologue."""
-        return affine_relu_shift3d(
-            h,
+        """The block's shift of conv1's output h, with relu(. + b2) as its prologue (a 2-D
+        shift on small planes over one-frame clips: views of h and of the result)."""
+        b, t, c, height, width = h.shape
+        one_frame = (
+            self.shift_2d and t > 1 and not self.quantize
+            and height * width <= ONE_FRAME_SHIFT_PLANE
+        )  # fmt: skip
+        clips = h.view(b * t, 1, c, height, width) if one_frame else h
+        out = affine_relu_shift3d(
+            clips,
             self.ones2,
             self.b2,
             self.shift,
@@ -229,6 +248,7 @@ class FusedBlock(_GemmWeights):
             self.shift_padding,
             quantize=self.quantize,
         )
+        return out.view(b, t, *out.shape[2:]) if one_frame else out
 
     def _product(self, name: str, m: torch.Tensor, conv: bool) -> torch.Tensor:
         """weight ``name`` (out, in) times the (in, points) matrix ``m``: cuDNN's 1x1

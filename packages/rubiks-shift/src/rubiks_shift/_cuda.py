@@ -104,17 +104,17 @@ _CONTIGUOUS = torch.contiguous_format
 _FORWARD_PLANS: dict = {}
 
 
-def _forward_plan(key: tuple) -> ForwardPlan:
+def _forward_plan(key: tuple, affine: bool = False) -> ForwardPlan:
     """The plan of a forward call signature, on channel-major planes where the key says
-    so."""
+    so; ``affine``: the walks of the forward with the prologue (not remembered here)."""
     shape, dtype, shift_dtype, stride, padding, quantize, major = key
     y_shape = output_shape(shape, stride, padding)
     storage = _STORAGE[dtype]
     kernels = kernel_set(storage, _STORAGE[shift_dtype])
     args = (tuple(shape), y_shape, stride, padding, bool(quantize), False, storage)
-    steps = gather_plan(*args, _tuning, channel_major=major)
+    steps = gather_plan(*args, _tuning, channel_major=major, affine=affine)
     plan = ForwardPlan(kernels, None if y_shape == tuple(shape) else y_shape, steps)
-    return remember(_FORWARD_PLANS, key, plan)
+    return plan if affine else remember(_FORWARD_PLANS, key, plan)
 
 
 def forward(
@@ -180,9 +180,10 @@ _AFFINE_PLANS: dict = {}  # the forward's key -> the plan with the prologue
 
 
 def _affine_plan(key: tuple) -> ForwardPlan:
-    """The plan of an affine forward call signature: the forward's launches with the
-    prologue kernels, on channel-major planes where the key says so."""
-    plan = _FORWARD_PLANS.get(key) or _forward_plan(key)
+    """The plan of an affine forward call signature: the forward's launches (with the
+    walks chosen for the prologue form) as the prologue kernels, on channel-major planes
+    where the key says so."""
+    plan = _forward_plan(key, affine=True)
     steps = tuple(step._replace(name=step.name + "_affine") for step in plan.steps)
     return remember(_AFFINE_PLANS, key, plan._replace(steps=steps))
 

@@ -135,6 +135,21 @@ def frames_walk_applies(src_shape, stride) -> bool:
     return stride[0] == 1 and stride[1] == 1 and src_shape[4] > 1
 
 
+def affine_takes_rows(src_shape, storage: str, quantize: bool, tuning: Tuning = TUNING) -> bool:
+    """Whether an affine gather (the shift with its prologue) where the frame walk applies
+    takes the row walk instead: quantized ones on planes of at most
+    ``tuning.quantized_affine_rows`` pixels; interpolated ones over one-frame clips
+    (``tuning.one_frame_affine_rows``) and on float32 planes in
+    ``tuning.float32_affine_rows``."""
+    _, frames, _, height, width = src_shape
+    if quantize:
+        return height * width <= tuning.quantized_affine_rows
+    if frames == 1:
+        return tuning.one_frame_affine_rows
+    smallest, largest = tuning.float32_affine_rows
+    return storage == "float32" and smallest <= height * width <= largest
+
+
 def frame_walk_layout(
     batch: int, channels: int, t_dst: int, h_dst: int, w_dst: int, tuning: Tuning = TUNING
 ) -> FrameWalkLayout:
@@ -207,11 +222,13 @@ def gather_plan(
     rows: int | None = None,
     frames: int | None = None,
     channel_major: bool = False,
+    affine: bool = False,
 ) -> tuple[Step, ...]:
     """Launches of the forward (adjoint=False: src = x, dst = y) or of grad_x
     (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors whose planes are in
     (N, T, C) order, or (C, N, T) order where ``channel_major``: the frame walk where it
-    applies and ``tuning.stride_one_walk`` is "frames", else the row walk.
+    applies and ``tuning.stride_one_walk`` is "frames" (for the ``affine`` forward, with
+    its prologue, not where ``affine_takes_rows``), else the row walk.
     ``rows`` and (frame walk) ``frames`` per task override the layout's (benchmark
     sweeps); a ``tuning`` other than the default with kernel values of its own must be
     launched with kernels built from it (``_cuda_kernels.Kernels``)."""
@@ -221,7 +238,8 @@ def gather_plan(
     for h, w in ((h_src, w_src), (h_dst, w_dst)):
         if h * w >= 2**31:
             raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
-    if tuning.stride_one_walk == "frames" and frames_walk_applies(src_shape, stride):
+    frame_walk = tuning.stride_one_walk == "frames" and frames_walk_applies(src_shape, stride)
+    if frame_walk and not (affine and affine_takes_rows(src_shape, storage, quantize, tuning)):
         return _frame_walk_plan(
             src_shape,
             dst_shape,

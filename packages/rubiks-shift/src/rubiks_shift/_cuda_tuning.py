@@ -72,6 +72,21 @@ class Tuning:
     # fewest tasks before frames, then rows, are split: at (8, 8, 576, 7, 7) 8 frames per
     # task (32k tasks) 0.0112, 4 (65k) 0.0104, 1 (258k) 0.0187
     frame_walk_min_tasks: int = 1 << 15
+    # the fused form's affine gathers (``*_affine``: the shift with its batch norm + ReLU
+    # prologue) over float32 planes of this many pixels (inclusive; (0, 0): none) take the
+    # row walk (H200, 2026-12-04, graph replay, channel-major clips, µs per call, frame /
+    # row walk: 72 channels at 56² 63.8 / 54.1, 144 at 28² 46.5 / 31.6; the frame walk
+    # stays ahead at 112², 165.0 / 189.1, and at 7², 12.8 / 14.0; 14² 20.2 / 20.6)
+    float32_affine_rows: tuple[int, int] = (784, 3136)
+    # affine gathers over one-frame clips (a 2-D shift: no source frame is read twice)
+    # take the row walk, every dtype (same call, bfloat16 at 14², 288 channels: 21.9 /
+    # 16.5; at 112², 72 channels: 241.5 / 147.8); not quantized ones (not measured)
+    one_frame_affine_rows: bool = True
+    # quantized affine gathers (one tap per value: the walks give the same bits) over
+    # planes of at most this many pixels take the row walk (0: none): bfloat16 at 28²,
+    # 144 channels, 31.6 / 22.3, at 14² 18.7 / 16.4, at 7² 12.2 / 9.3; float32 46.2 /
+    # 31.7, 19.8 / 15.9, 11.9 / 10.7; the frame walk stays ahead at 56² (29.8 / 52.0)
+    quantized_affine_rows: int = 784
     # 50 % occupancy (H100, 2026-11-23): 48 / 56 / 64 / 72 / 80 / 96 registers gave
     # 0.187 / 0.174 / 0.166 / 0.186 / 0.183 / 0.256 ms of shift gradient (another run:
     # 0.171 ms at 64 against 0.267 at 96)
@@ -170,6 +185,12 @@ _ALLOWED = {
     "frame_walk_registers": _REGISTERS,
     "frame_walk_threads": _THREADS,
     "frame_walk_min_tasks": _POSITIVE,
+    "float32_affine_rows": (
+        lambda v: isinstance(v, tuple) and len(v) == 2 and all(_integer(0)(i) for i in v),
+        "a (smallest, largest) pair of plane sizes in pixels, each >= 0",
+    ),
+    "one_frame_affine_rows": (lambda v: isinstance(v, bool), "True or False"),
+    "quantized_affine_rows": (_integer(0), "an integer >= 0 (0: none)"),
     "grad_shift_registers": _REGISTERS,
     "grad_shift_group": _POSITIVE,
     "grad_shift_threads": _TREE,
