@@ -173,7 +173,9 @@ def test_compile_fullgraph_matches_eager():
     "shape,stride,quantize",
     [
         ((2, 8, 6, 20, 19), (1, 1, 1), False),  # frame walk: inner and edge passes
-        ((2, 8, 6, 20, 19), (1, 1, 1), True),
+        ((2, 8, 6, 20, 19), (1, 1, 1), True),  # quantized on a small plane: row walk
+        ((1, 3, 4, 30, 29), (1, 1, 1), True),  # quantized above 28²: frame walk
+        ((16, 1, 6, 20, 19), (1, 1, 1), False),  # one-frame clips: row walk
         ((2, 3, 5, 17, 13), (1, 2, 2), False),  # row walk (strided)
         ((1, 4, 7, 9, 1), (1, 1, 1), False),  # one-column source
         ((3, 2, 40, 7, 7), (1, 1, 1), False),  # short bands, many channels
