@@ -71,11 +71,8 @@ def _channel_values(values: int | None):
     if values is None:
         yield
         return
-    previous = _cuda.use_tuning(replace(_cuda._tuning, batch_norm_channel_values=values))
-    try:
+    with _cuda.tuned(replace(_cuda._tuning, batch_norm_channel_values=values)):
         yield
-    finally:
-        _cuda.use_tuning(previous)
 
 
 def _relative_errors(ours, theirs) -> list[float]:

@@ -137,8 +137,7 @@ def run_shape(channels: int, side: int, s: int, dtype: torch.dtype, args) -> lis
     ).items():
         baseline, timed = None, set()
         for walk, tuning in WALKS.items():
-            previous = _cuda.use_tuning(tuning)
-            try:
+            with _cuda.tuned(tuning):
                 name = step_name(adjoint, src_shape, src_stride, quantize, dtype, affine)
                 if name in timed:
                     continue  # the same kernel as a walk already timed (the default)
@@ -146,8 +145,6 @@ def run_shape(channels: int, side: int, s: int, dtype: torch.dtype, args) -> lis
                 result = fn()
                 baseline = result if baseline is None else baseline
                 us, eager_us = (ms * 1e3 for ms in _gpu_time([fn], REPS))
-            finally:
-                _cuda.use_tuning(previous)
             rows.append(
                 dict(
                     channels=channels, side=side, stride=s, dtype=str(dtype).split(".")[-1],

@@ -127,9 +127,8 @@ def check_prologue() -> int:
     rows longer and shorter than a block's span (32 threads here: the simulator runs a
     thread per CUDA thread). Returns the failures."""
     g = torch.Generator().manual_seed(5)
-    previous = _cuda.use_tuning(replace(TUNING, prologue_threads=32))
     failures = 0
-    try:
+    with _cuda.tuned(replace(TUNING, prologue_threads=32)):
         for index, (shape, dtype, start) in enumerate(PROLOGUE_CASES):
             acc = torch.float64 if dtype == torch.float64 else torch.float32
             flat = torch.randn(start + math.prod(shape), generator=g).to(dtype)
@@ -158,8 +157,6 @@ def check_prologue() -> int:
                     paired = _prologue_paired(clip, frame_shift is not None)
                     label = "ok-prologue" if ok else "FAIL-prologue"
                     print(f"{label} {what} {shape} {dtype} {clip.stride()} paired={paired}")
-    finally:
-        _cuda.use_tuning(previous)
     return failures
 
 
@@ -179,9 +176,8 @@ def check_batch_norm() -> int:
     and as one block per channel. Returns the failures."""
     g = torch.Generator().manual_seed(11)
     small = replace(TUNING, prologue_threads=32, batch_norm_blocks=5)
-    previous = _cuda.use_tuning(small)
     failures = 0
-    try:
+    with _cuda.tuned(small):
         for (shape, dtype), one_block in itertools.product(BATCH_NORM_CASES, (False, True)):
             channel_values = 2**40 if one_block else 0
             _cuda.use_tuning(replace(small, batch_norm_channel_values=channel_values))
@@ -215,8 +211,6 @@ def check_batch_norm() -> int:
             failures += not ok
             form = "one-block" if one_block else "spans"
             print(f"{'ok' if ok else 'FAIL'}-batch-norm {shape} {dtype} {form}")
-    finally:
-        _cuda.use_tuning(previous)
     return failures
 
 

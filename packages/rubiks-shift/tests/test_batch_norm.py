@@ -54,9 +54,8 @@ def channel_form(request):
     from rubiks_shift import _cuda
 
     values = 2**40 if request.param == "one block" else 0
-    previous = _cuda.use_tuning(replace(_cuda._tuning, batch_norm_channel_values=values))
-    yield request.param
-    _cuda.use_tuning(previous)
+    with _cuda.tuned(replace(_cuda._tuning, batch_norm_channel_values=values)):
+        yield request.param
 
 
 def test_cpu_and_evaluation_are_torch_itself():

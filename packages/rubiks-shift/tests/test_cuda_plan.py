@@ -220,20 +220,17 @@ def test_tuning_is_validated_and_frozen():
 
 def test_use_tuning_changes_launches_not_kernels():
     shape = (1, 2, 3, 4, 5)
-    previous = _cuda.use_tuning(replace(TUNING, row_walk_order="frames"))
-    try:
+    key = (shape, torch.float32, torch.float32, (1, 2, 1), (0, 0, 0), False, False)
+    frames_inner = replace(TUNING, row_walk_order="frames")
+    with _cuda.tuned(frames_inner) as previous:
         assert previous == TUNING
-        plan = _cuda._forward_plan(
-            (shape, torch.float32, torch.float32, (1, 2, 1), (0, 0, 0), False, False)
-        )
-        assert plan.steps[0].scalars.frames_inner == 1
+        assert _cuda._forward_plan(key).steps[0].scalars.frames_inner == 1
         with pytest.raises(ValueError, match="compile-time values: \\['frame_walk_rows'\\]"):
             _cuda.use_tuning(replace(TUNING, frame_walk_rows=4))
-    finally:
-        _cuda.use_tuning(previous)
-    key = (shape, torch.float32, torch.float32, (1, 2, 1), (0, 0, 0), False, False)
-    plan = _cuda._forward_plan(key)
-    assert plan.steps[0].scalars.frames_inner == 0
+    assert _cuda._forward_plan(key).steps[0].scalars.frames_inner == 0
+    with pytest.raises(KeyError), _cuda.tuned(frames_inner):  # restored after an error too
+        raise KeyError
+    assert _cuda._tuning == TUNING
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,8 @@ unless a test or benchmark chose another launch layout with ``use_tuning``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -75,6 +76,17 @@ def use_tuning(tuning: Tuning) -> Tuning:
     for plans in (_FORWARD_PLANS, _AFFINE_PLANS, _BACKWARD_PLANS, _PROLOGUE_PLANS, _BN_PLANS):
         plans.clear()
     return previous
+
+
+@contextmanager
+def tuned(tuning: Tuning) -> Iterator[Tuning]:
+    """``use_tuning(tuning)`` for the ``with`` block, the tuning before it restored when
+    the block ends, however it ends; yields that previous tuning."""
+    previous = use_tuning(tuning)
+    try:
+        yield previous
+    finally:
+        use_tuning(previous)
 
 
 def _make_current(index: int) -> int:
