@@ -111,7 +111,8 @@ def test_fused_hard_aq_reads_whole_frames_in_the_bn1_pass(plane):
 def test_fused_2d_shifts_run_over_one_frame_clips_on_small_planes(monkeypatch):
     """A 2-D shift runs over one-frame clips where its input planes have at most
     ONE_FRAME_SHIFT_PLANE pixels (the shift op takes its row walk there), over whole
-    clips elsewhere; the same values either way, in both layouts."""
+    clips elsewhere; the same values either way, in both layouts. A hardened model's
+    quantized shifts stay over whole clips."""
     from rubiks_models import fused as fused_module
 
     seen = []
@@ -138,6 +139,11 @@ def test_fused_2d_shifts_run_over_one_frame_clips_on_small_planes(monkeypatch):
             whole = fused(x)
             assert {frames for frames, _ in seen} == {2}
         assert torch.equal(got, whole)
+    hardened = fuse_model(quantize_model(model).eval(), "bmm")  # quantized: whole clips
+    seen.clear()
+    with torch.no_grad():
+        hardened(x)
+    assert seen and {frames for frames, _ in seen} == {2}
 
 
 def test_fused_runs_small_planes_channel_major():
