@@ -41,6 +41,8 @@ CASES = [
     # row taps and, quantized or at an integer row shift, one) and a partial last band
     ((1, 3, 3, 20, 5), (1, 1, 1), (0, 0, 0), False, torch.float64),
     ((1, 3, 2, 20, 5), (1, 1, 1), (0, 1, 0), True, torch.float32),
+    # one-frame clips: the affine form takes the row walk there (a 2-D shift's fused pass)
+    ((3, 1, 2, 5, 4), (1, 1, 1), (0, 0, 0), False, torch.float32),
 ]
 
 

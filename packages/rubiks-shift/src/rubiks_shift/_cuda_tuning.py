@@ -31,7 +31,8 @@ class Tuning:
     """Compile-time values of the CUDA kernels and the layouts of their launches.
 
     Row walk: the gathers ``gather`` / ``gather_narrow`` (every stride but temporal and
-    row stride 1). Frame walk: ``gather_frames`` (temporal and row stride 1). Shift
+    row stride 1). Frame walk: ``gather_frames`` (temporal and row stride 1), except
+    where the fused form's affine gathers take the row walk (``*_affine_rows``). Shift
     gradient: ``grad_shift`` and ``finalize``. The prologue alone: ``affine_relu``. Training
     batch norm: ``bn_partial`` and its per-channel and elementwise kernels. Fields
     made with ``_kernel`` are compiled into a kernel; the others only shape launches."""
