@@ -239,6 +239,8 @@ def main() -> int:
                 shift[:, 0] = torch.tensor([0.3, -0.7, 1.4])  # fractional: the cell path
             if shape[2] > 2:
                 shift[:, 1] = torch.tensor([float("inf"), 0.5, 7.0])  # shifted out entirely
+            if shape[1] == 1:  # one-frame clips: a 2-D shift (any temporal one reads zeros)
+                shift[0] = 0.0
         y_ref = reference.shift3d_forward(x, shift, stride, padding, quantize)
         gy = torch.randn(y_ref.shape, generator=g, dtype=torch.float64)
         gx_ref, gs_ref = reference.shift3d_backward(
