@@ -65,14 +65,12 @@ def _step(fn, x, dy, w, b, rm, rv):
     return call
 
 
-@contextlib.contextmanager
-def _channel_values(values: int | None):
-    """``Tuning.batch_norm_channel_values`` set to ``values`` (None: left as it is)."""
+def _channel_values(values: int | None) -> contextlib.AbstractContextManager:
+    """``Tuning.batch_norm_channel_values`` set to ``values`` for a ``with`` block (None:
+    left as it is)."""
     if values is None:
-        yield
-        return
-    with _cuda.tuned(replace(_cuda._tuning, batch_norm_channel_values=values)):
-        yield
+        return contextlib.nullcontext()
+    return _cuda.tuned(replace(_cuda._tuning, batch_norm_channel_values=values))
 
 
 def _relative_errors(ours, theirs) -> list[float]:
