@@ -7,7 +7,15 @@ from __future__ import annotations
 import torch
 from bench_shift import best_us_per_call  # this folder (run as a script)
 
-from rubiks_shift import _cuda, _cuda_launch, _cuda_plan, rubiks_shift3d
+from rubiks_shift import (
+    _cuda,
+    _cuda_launch,
+    _cuda_plan,
+    affine_relu,
+    affine_relu_shift3d,
+    fused,
+    rubiks_shift3d,
+)
 
 CHAIN = 16  # shift layers per backward call in the chained measurement
 
@@ -91,6 +99,10 @@ def main() -> None:
         with context():
             for name, us in best_us_per_call(_registered_calls(), "cuda", calls=500).items():
                 print(f"{context.__name__:<15} {name:<40} {us:8.1f} us")
+    print("\nThe inference ops, eager (no_grad), bound and through every check:")
+    with torch.no_grad():
+        for name, us in best_us_per_call(_inference_calls(), "cuda", calls=500).items():
+            print(f"{name:<56} {us:8.1f} us")
 
 
 def _registered_calls() -> dict:
@@ -112,6 +124,43 @@ def _registered_calls() -> dict:
         "affine_relu: torch.ops": lambda: ops.affine_relu.default(x, scale, bias),
         "affine_relu: _cuda.affine_relu": lambda: _cuda.affine_relu(x, scale, bias),
         "torch.empty_like (scale)": lambda: torch.empty_like(x),
+    }
+
+
+def _unbound(call):
+    """``call`` with no signature bound: every check and plan lookup at every call."""
+
+    def checked():
+        fused._shift_key, fused._prologue_key = (lambda *a: None), (lambda *a: None)
+        try:
+            return call()
+        finally:
+            fused._shift_key, fused._prologue_key = shift_key, prologue_key
+
+    shift_key, prologue_key = fused._shift_key, fused._prologue_key
+    return checked
+
+
+def _inference_calls() -> dict:
+    """The fused model's two ops on a channel-major bfloat16 clip: the bound call against
+    the checked path (its swap of two module attributes costs well under a µs)."""
+    x = torch.randn(1, 2, 4, 4, 4, device="cuda", dtype=torch.bfloat16)
+    x = x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+    shift = torch.rand(3, 4, device="cuda")
+    scale, bias = torch.rand(4, device="cuda"), torch.rand(4, device="cuda")
+    stride, padding = (1, 1, 1), (0, 0, 0)
+
+    def shifted():
+        return affine_relu_shift3d(x, scale, bias, shift, stride, padding)
+
+    def prologue():
+        return affine_relu(x, scale, bias)
+
+    return {
+        "affine_relu_shift3d, bound": shifted,
+        "affine_relu_shift3d, checked": _unbound(shifted),
+        "affine_relu, bound": prologue,
+        "affine_relu, checked": _unbound(prologue),
     }
 
 

@@ -13,14 +13,15 @@ unless a test or benchmark chose another launch layout with ``use_tuning``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 
-from ._checks import channel_major, empty_channel_major, output_shape, remember
-from ._cuda_launch import KernelSet, kernel_set, run
+from ._checks import CHANNEL_MAJOR, channel_major, empty_channel_major, output_shape, remember
+from ._cuda_launch import KernelSet, bind, kernel_set, run
 from ._cuda_plan import (
     ShiftGradPlan,
     Step,
@@ -75,6 +76,7 @@ def use_tuning(tuning: Tuning) -> Tuning:
     previous, _tuning = _tuning, tuning
     for plans in (_FORWARD_PLANS, _AFFINE_PLANS, _BACKWARD_PLANS, _PROLOGUE_PLANS, _BN_PLANS):
         plans.clear()
+    BOUND.clear()
     return previous
 
 
@@ -275,6 +277,106 @@ def affine_relu(
         if previous >= 0:
             torch.cuda.set_device(previous)
     return y
+
+
+# ------------------------------------------------- the inference ops, bound per signature
+
+# a public call's signature (``rubiks_shift.fused``) -> its bound call, or None where the
+# signature has none (the call then takes the path above every time)
+BOUND: dict = {}
+
+
+def _allocator(x: torch.Tensor, y_shape: tuple | None, major: bool) -> Callable[[], torch.Tensor]:
+    """``_empty_result(x, y_shape, major)`` for any x of this one's metadata, with its
+    arguments converted once."""
+    dtype, device = x.dtype, x.device
+    shape = tuple(x.shape) if y_shape is None else tuple(y_shape)
+    if major:
+        return functools.partial(
+            torch.empty_permuted, shape, CHANNEL_MAJOR, dtype=dtype, device=device
+        )
+    return functools.partial(torch.empty, shape, dtype=dtype, device=device)
+
+
+def _bindable(x: torch.Tensor, acc: torch.dtype, *per_channel: torch.Tensor) -> bool:
+    """Whether x is in a layout the kernels read as it is and every per-channel tensor is
+    contiguous in ``acc``: a call then converts nothing, and its arguments' addresses are
+    all its kernels need."""
+    if not (x.is_contiguous() or channel_major(x)) or x.numel() == 0:
+        return False
+    return all(t.dtype == acc and t.is_contiguous() for t in per_channel)
+
+
+def bind_affine(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    shift: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
+) -> Callable[..., torch.Tensor] | None:
+    """``forward_affine`` for these arguments' signature as one bound call ``f(x, scale,
+    bias, shift) -> y`` (for tensors of the same metadata as these, on this host thread,
+    with x's device current), or None where a call of this signature converts an argument
+    (or runs in the CUDA simulator)."""
+    _, major = _kernel_layout(x)
+    acc = _ACC_DTYPE.get(_STORAGE[x.dtype], torch.float32)
+    if not _bindable(x, acc, scale, bias) or not shift.is_contiguous():
+        return None
+    if shift.dtype not in (torch.float32, torch.float64):
+        return None
+    key = (x.shape, x.dtype, shift.dtype, tuple(stride), tuple(padding), quantize, major)
+    kernels, y_shape, steps = _AFFINE_PLANS.get(key) or _affine_plan(key)
+    launch = bind(kernels, steps, 5, x.get_device())
+    if launch is None:
+        return None
+    empty = _allocator(x, y_shape, major)
+
+    def call(x, scale, bias, shift):
+        y = empty()
+        launch(x.data_ptr(), shift.data_ptr(), y.data_ptr(), scale.data_ptr(), bias.data_ptr())
+        return y
+
+    return call
+
+
+def bind_affine_relu(
+    x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, frame_shift: torch.Tensor | None
+) -> Callable[..., torch.Tensor] | None:
+    """``affine_relu`` for these arguments' signature as one bound call ``f(x, scale,
+    bias, frame_shift) -> y`` (see ``bind_affine``; x's address on a 4-byte boundary
+    where this one's is, which decides whether bfloat16 moves as pairs), or None."""
+    _, major = _kernel_layout(x)
+    acc = _ACC_DTYPE.get(_STORAGE[x.dtype], torch.float32)
+    if not _bindable(x, acc, scale, bias):
+        return None
+    shifted = frame_shift is not None
+    if shifted and (frame_shift.dtype != torch.int32 or not frame_shift.is_contiguous()):
+        return None
+    aligned = x.data_ptr() % 4 == 0
+    key = (x.shape, x.dtype, major, shifted, aligned)
+    plan = _PROLOGUE_PLANS.get(key)
+    if plan is None:
+        kernels = kernel_set(_STORAGE[x.dtype], "float32")
+        step = affine_relu_plan(
+            tuple(x.shape), kernels.storage, major, shifted, _tuning, word_aligned=aligned
+        )
+        plan = remember(_PROLOGUE_PLANS, key, (kernels, step))
+    kernels, step = plan
+    launch = bind(kernels, (step,), 5, x.get_device())
+    if launch is None:
+        return None
+    empty = _allocator(x, None, major)
+
+    def call(x, scale, bias, frame_shift):
+        y = empty()
+        s = scale.data_ptr()  # stands in for a frame shift the kernel does not read
+        f = s if frame_shift is None else frame_shift.data_ptr()
+        launch(x.data_ptr(), y.data_ptr(), s, bias.data_ptr(), f)
+        return y
+
+    return call
 
 
 # forward key + (normalize, t_factor, need_x, need_shift)

@@ -26,7 +26,7 @@ import functools
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
@@ -412,6 +412,35 @@ def run(kernels: KernelSet, step: Step, tensors: Sequence[torch.Tensor], index: 
         result = _Launcher.cu_launch(*entry.head, stream, entry.params, None)
     if result != 0:
         raise RuntimeError(f"rubiks_shift: cuLaunchKernel({step.name}) failed (CUresult {result})")
+
+
+def bind(
+    kernels: KernelSet, steps: Sequence[Step], n_ptrs: int, index: int
+) -> Callable[..., None] | None:
+    """``run`` of each of ``steps`` in turn, made ready once for device ``index`` and this
+    host thread: call the result with the ``n_ptrs`` pointer arguments' addresses (ints)
+    on that thread, with device ``index`` current. None under the CUDA simulator."""
+    if simulator_enabled():
+        return None
+    prepared = tuple(_Launcher.prepare(kernels, step, n_ptrs, index) for step in steps)
+    launch = _Launcher.cu_launch
+    current_stream = torch._C._cuda_getCurrentRawStream
+
+    def bound(*addresses: int) -> None:
+        stream = ctypes.c_void_p(current_stream(index))
+        for entry in prepared:
+            entry.pointers[:] = addresses
+            result = launch(*entry.head, stream, entry.params, None)
+            if result == _CUDA_ERROR_INVALID_CONTEXT:
+                _ensure_context(index)
+                result = launch(*entry.head, stream, entry.params, None)
+            if result != 0:
+                name = entry.step.name
+                raise RuntimeError(
+                    f"rubiks_shift: cuLaunchKernel({name}) failed (CUresult {result})"
+                )
+
+    return bound
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:

@@ -11,12 +11,13 @@ has a gradient.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import torch
 
 from ._checks import SUPPORTED_DTYPES, channel_major, check_affine, remember
-from ._ops import affine_relu_call, affine_shift3d_call
+from ._ops import _cuda_backend, _plain_eager, affine_relu_call, affine_shift3d_call
 from ._traceable import acc_dtype, affine_relu_shift3d_torch, affine_relu_torch
 from .functional import _checked_3d, _validate_values
 
@@ -50,6 +51,85 @@ def _in_acc_dtype(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == acc else t.to(acc)
 
 
+# Bound calls. An eager CUDA call of either op whose signature (every tensor's dtype,
+# shape, strides and device, the other arguments, the host thread) passed the checks once
+# gets a bound call (``_cuda.bind_affine`` / ``bind_affine_relu``): the output allocation
+# and the launches made ready, so a later call of that signature computes its key, checks
+# what can change between calls (gradient mode, compile and dispatch modes, the current
+# device) and launches. Pointers are read at every call; nothing is kept but metadata.
+
+_Tensor = torch.Tensor
+
+
+def _meta(t: torch.Tensor) -> tuple:
+    return (t.dtype, t.shape, t.stride(), t.get_device())
+
+
+def _bound_call(key: tuple | None, x, scale, bias) -> Callable | None:
+    """The bound call of ``key`` (from ``_bound_key``) where this call may take it."""
+    if key is None:
+        return None
+    call = _cuda_backend().BOUND.get(key)
+    if call is None:
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad):
+        return None
+    if not _plain_eager() or torch._C._cuda_getDevice() != key[4]:
+        return None
+    return call
+
+
+def _bind(key: tuple | None, x, scale, bias, make: Callable[[], Callable | None]) -> None:
+    """Remember ``make()`` as ``key``'s bound call after a call of that signature passed
+    the checks in plain eager code (None: the signature has none)."""
+    if key is None or _cuda_backend().BOUND.get(key, False) is not False:
+        return
+    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad):
+        return
+    if _plain_eager():
+        remember(_cuda_backend().BOUND, key, make())
+
+
+def _int_or_triple(v: object) -> bool:
+    """Whether ``v`` is an int or a tuple of three ints (bools are not: they hash and
+    compare as ints, so a key holding one would match an int's)."""
+    if type(v) is int:
+        return True
+    if type(v) is not tuple or len(v) != 3:
+        return False
+    return type(v[0]) is int and type(v[1]) is int and type(v[2]) is int
+
+
+def _shift_key(x, scale, bias, shift, stride, padding, quantize) -> tuple | None:
+    """The signature of an ``affine_relu_shift3d`` call that may have a bound call."""
+    if torch.compiler.is_compiling() or type(x) is not _Tensor or not x.is_cuda:
+        return None
+    if not (_int_or_triple(stride) and _int_or_triple(padding)) or type(quantize) is not bool:
+        return None
+    try:
+        return (
+            _OP, x.shape, x.stride(), x.dtype, x.get_device(), _meta(scale), _meta(bias),
+            _meta(shift), stride, padding, quantize, threading.get_ident(),
+        )  # fmt: skip
+    except AttributeError:  # not tensors: the checks say so
+        return None
+
+
+def _prologue_key(x, scale, bias, frame_shift) -> tuple | None:
+    """The signature of an ``affine_relu`` call that may have a bound call (x's address
+    on a 4-byte boundary or not is part of it: bfloat16 moves as pairs where it is)."""
+    if torch.compiler.is_compiling() or type(x) is not _Tensor or not x.is_cuda:
+        return None
+    try:
+        shifted = None if frame_shift is None else _meta(frame_shift)
+        return (
+            "affine_relu", x.shape, x.stride(), x.dtype, x.get_device(), _meta(scale),
+            _meta(bias), shifted, x.data_ptr() % 4 == 0, threading.get_ident(),
+        )  # fmt: skip
+    except AttributeError:
+        return None
+
+
 _OP = "affine_relu_shift3d"
 
 
@@ -77,6 +157,10 @@ def affine_relu_shift3d(
         ``permute(1, 2, 0, 3, 4)``: each channel's frames side by side, so the 1x1
         convolutions around the shift are single matrix products), else contiguous.
     """
+    key = _shift_key(x, scale, bias, shift, stride, padding, quantize)
+    call = _bound_call(key, x, scale, bias)
+    if call is not None:
+        return call(x, scale, bias, shift)
     stride3, padding3, device_type = _checked_3d(x, shift, stride, padding, (scale, bias))
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad):
         raise RuntimeError(
@@ -87,10 +171,21 @@ def affine_relu_shift3d(
     form = "quantized" if quantize else "interpolated"
     if COMPILE_AS_TORCH[f"affine_relu_shift3d_{form}"] and torch.compiler.is_compiling():
         return affine_relu_shift3d_torch(x, scale, bias, shift, stride3, padding3, bool(quantize))
-    scale, bias = _in_acc_dtype(x, scale), _in_acc_dtype(x, bias)
-    return affine_shift3d_call(
-        x, scale, bias, shift, stride3, padding3, bool(quantize), device_type
+    y = affine_shift3d_call(
+        x,
+        _in_acc_dtype(x, scale),
+        _in_acc_dtype(x, bias),
+        shift,
+        stride3,
+        padding3,
+        bool(quantize),
+        device_type,
     )
+    _bind(
+        key, x, scale, bias,
+        lambda: _cuda_backend().bind_affine(x, scale, bias, shift, stride3, padding3, quantize),
+    )  # fmt: skip
+    return y
 
 
 _CHECKED_PROLOGUE: dict = {}  # signatures that passed affine_relu's checks -> device type
@@ -169,16 +264,25 @@ def affine_relu(
         (frame_shift, 0, 0) (zeros without one). No gradient (inference only). On CUDA
         one elementwise kernel; elsewhere torch.
     """
+    key = _prologue_key(x, scale, bias, frame_shift)
+    call = _bound_call(key, x, scale, bias)
+    if call is not None:
+        return call(x, scale, bias, frame_shift)
     device_type = _checked_prologue(x, scale, bias, frame_shift)
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad):
         raise RuntimeError(
             "affine_relu is for inference and has no gradient; run it under torch.no_grad() "
             "or torch.inference_mode(), or use torch.relu(x * scale + bias) for training"
         )
-    if frame_shift is not None and frame_shift.dtype != torch.int32:
+    frames = frame_shift  # what the call's signature has: bound only where it is int32
+    if frames is not None and frames.dtype != torch.int32:
         # beyond +-T every frame reads outside the clip: clamping keeps the int32 exact
-        frame_shift = frame_shift.clamp(-(2**24), 2**24).to(torch.int32)
+        frames = frames.clamp(-(2**24), 2**24).to(torch.int32)
     if COMPILE_AS_TORCH["affine_relu"] and torch.compiler.is_compiling():
-        return affine_relu_torch(x, scale, bias, frame_shift)
-    scale, bias = _in_acc_dtype(x, scale), _in_acc_dtype(x, bias)
-    return affine_relu_call(x, scale, bias, frame_shift, device_type)
+        return affine_relu_torch(x, scale, bias, frames)
+    y = affine_relu_call(x, _in_acc_dtype(x, scale), _in_acc_dtype(x, bias), frames, device_type)
+    _bind(
+        key, x, scale, bias,
+        lambda: _cuda_backend().bind_affine_relu(x, scale, bias, frame_shift),
+    )  # fmt: skip
+    return y

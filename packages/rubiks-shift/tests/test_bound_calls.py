@@ -1,0 +1,150 @@
+"""Bound calls of the inference ops: an eager CUDA call whose signature passed the checks
+once launches directly afterwards, with the same results as the checked path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import channel_major, requires_cuda
+
+from rubiks_shift import affine_relu, affine_relu_shift3d
+
+pytestmark = requires_cuda
+
+
+@pytest.fixture
+def bound():
+    """The bound calls' table, empty before and after the test."""
+    from rubiks_shift import _cuda
+
+    _cuda.BOUND.clear()
+    yield _cuda.BOUND
+    _cuda.BOUND.clear()
+
+
+def _tensors(seed, shape, dtype, major):
+    g = torch.Generator().manual_seed(seed)
+    c = shape[2]
+    x = torch.randn(shape, generator=g).to("cuda", dtype)
+    x = channel_major(x) if major else x
+    scale = (torch.rand(c, generator=g) + 0.5).cuda()
+    bias = (torch.randn(c, generator=g) * 0.5).cuda()
+    shift = (torch.rand(3, c, generator=g) * 4 - 2).cuda()
+    frames = torch.randint(-2, 3, (c,), generator=g, dtype=torch.int32).cuda()
+    return x, scale, bias, shift, frames
+
+
+def _checked(bound, fn):
+    """fn() through the checked path (no bound call in the table), which then binds."""
+    bound.clear()
+    return fn()
+
+
+CASES = [
+    ((2, 8, 6, 20, 19), torch.float32, False, False),
+    ((2, 8, 6, 14, 14), torch.bfloat16, True, False),
+    ((2, 8, 6, 14, 14), torch.bfloat16, True, True),
+    ((8, 1, 6, 14, 14), torch.float16, True, False),
+    ((2, 3, 5, 7, 7), torch.float64, False, True),
+]
+
+
+@pytest.mark.parametrize("shape,dtype,major,quantize", CASES)
+def test_bound_shift_equals_checked_path(bound, shape, dtype, major, quantize):
+    x, scale, bias, shift, _ = _tensors(0, shape, dtype, major)
+    if dtype == torch.float64:
+        scale, bias = scale.double(), bias.double()
+    with torch.no_grad():
+        _checked(bound, lambda: affine_relu_shift3d(x, scale, bias, shift, quantize=quantize))
+        assert len(bound) == 1 and callable(next(iter(bound.values())))
+        # new values, same signature: the bound call, against the checked path
+        x2, scale2, bias2, shift2, _ = _tensors(1, shape, dtype, major)
+        if dtype == torch.float64:
+            scale2, bias2 = scale2.double(), bias2.double()
+        y = affine_relu_shift3d(x2, scale2, bias2, shift2, quantize=quantize)
+        expected = _checked(
+            bound, lambda: affine_relu_shift3d(x2, scale2, bias2, shift2, quantize=quantize)
+        )
+    assert y.stride() == expected.stride() and torch.equal(y, expected)
+
+
+@pytest.mark.parametrize("shape,dtype,major,_", CASES)
+@pytest.mark.parametrize("shifted", [False, True])
+def test_bound_affine_relu_equals_checked_path(bound, shape, dtype, major, _, shifted):
+    x, scale, bias, _, frames = _tensors(2, shape, dtype, major)
+    if dtype == torch.float64:
+        scale, bias = scale.double(), bias.double()
+    frames = frames if shifted else None
+    with torch.no_grad():
+        _checked(bound, lambda: affine_relu(x, scale, bias, frames))
+        assert len(bound) == 1 and callable(next(iter(bound.values())))
+        scale.mul_(-1)  # values are read at every call
+        y = affine_relu(x, scale, bias, frames)
+        expected = _checked(bound, lambda: affine_relu(x, scale, bias, frames))
+    assert y.stride() == expected.stride() and torch.equal(y, expected)
+
+
+def test_bfloat16_pairs_follow_the_input_address(bound):
+    """A bfloat16 clip at an odd element offset does not take the pairs bound for an
+    aligned one."""
+    x, scale, bias, _, _ = _tensors(3, (1, 2, 3, 4, 6), torch.bfloat16, False)
+    storage = torch.randn(x.numel() + 1, device="cuda").to(torch.bfloat16)
+    odd = storage[1:].view(x.shape)
+    with torch.no_grad():
+        affine_relu(x, scale, bias)
+        y = affine_relu(odd, scale, bias)
+        assert len(bound) == 2
+        expected = _checked(bound, lambda: affine_relu(odd.clone(), scale, bias))
+    assert torch.equal(y, expected)
+
+
+def test_signatures_that_convert_are_not_bound(bound):
+    x, scale, bias, shift, frames = _tensors(4, (1, 3, 4, 5, 6), torch.float32, False)
+    with torch.no_grad():
+        y = affine_relu_shift3d(x, scale.double(), bias, shift)  # scale converted per call
+        y2 = affine_relu(x, scale, bias, frames.long())  # frame shift converted per call
+        again = affine_relu_shift3d(x, scale.double(), bias, shift)
+        y2_again = affine_relu(x, scale, bias, frames.long())
+    assert list(bound.values()) == [None, None]
+    assert torch.equal(y, again) and torch.equal(y2, y2_again)
+
+
+def test_checks_still_apply_after_binding(bound):
+    x, scale, bias, shift, _ = _tensors(5, (1, 3, 4, 5, 6), torch.float32, False)
+    with torch.no_grad():
+        affine_relu_shift3d(x, scale, bias, shift)
+        affine_relu(x, scale, bias)
+    assert len(bound) == 2
+    with pytest.raises(RuntimeError, match="no gradient"):
+        affine_relu_shift3d(x.requires_grad_(), scale, bias, shift)
+    with pytest.raises(RuntimeError, match="no gradient"):
+        affine_relu(x, scale, bias)
+    x.requires_grad_(False)
+    with torch.no_grad(), pytest.raises(TypeError, match="stride"):
+        affine_relu_shift3d(x, scale, bias, shift, stride=(True, 1, 1))
+
+
+def test_bound_calls_in_a_cuda_graph(bound):
+    x, scale, bias, shift, frames = _tensors(6, (2, 8, 6, 14, 14), torch.bfloat16, True)
+    with torch.no_grad():
+        eager_a = affine_relu(x, scale, bias, frames)
+        eager_y = affine_relu_shift3d(eager_a, scale, bias, shift)
+        assert len(bound) == 2
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            a = affine_relu(x, scale, bias, frames)
+            y = affine_relu_shift3d(a, scale, bias, shift)
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, eager_y)
+
+
+def test_a_new_tuning_unbinds(bound):
+    from rubiks_shift import _cuda
+
+    x, scale, bias, shift, _ = _tensors(7, (1, 3, 4, 5, 6), torch.float32, False)
+    with torch.no_grad():
+        affine_relu_shift3d(x, scale, bias, shift)
+    assert bound
+    with _cuda.tuned(_cuda.TUNING):
+        assert not bound
