@@ -9,8 +9,6 @@ from conftest import channel_major, requires_cuda
 
 from rubiks_shift import affine_relu, affine_relu_shift3d
 
-pytestmark = requires_cuda
-
 
 @pytest.fixture
 def bound():
@@ -49,6 +47,7 @@ CASES = [
 ]
 
 
+@requires_cuda
 @pytest.mark.parametrize("shape,dtype,major,quantize", CASES)
 def test_bound_shift_equals_checked_path(bound, shape, dtype, major, quantize):
     x, scale, bias, shift, _ = _tensors(0, shape, dtype, major)
@@ -68,6 +67,7 @@ def test_bound_shift_equals_checked_path(bound, shape, dtype, major, quantize):
     assert y.stride() == expected.stride() and torch.equal(y, expected)
 
 
+@requires_cuda
 @pytest.mark.parametrize("shape,dtype,major,_", CASES)
 @pytest.mark.parametrize("shifted", [False, True])
 def test_bound_affine_relu_equals_checked_path(bound, shape, dtype, major, _, shifted):
@@ -84,6 +84,7 @@ def test_bound_affine_relu_equals_checked_path(bound, shape, dtype, major, _, sh
     assert y.stride() == expected.stride() and torch.equal(y, expected)
 
 
+@requires_cuda
 def test_bfloat16_pairs_follow_the_input_address(bound):
     """A bfloat16 clip at an odd element offset does not take the pairs bound for an
     aligned one."""
@@ -98,6 +99,7 @@ def test_bfloat16_pairs_follow_the_input_address(bound):
     assert torch.equal(y, expected)
 
 
+@requires_cuda
 def test_signatures_that_convert_are_not_bound(bound):
     x, scale, bias, shift, frames = _tensors(4, (1, 3, 4, 5, 6), torch.float32, False)
     with torch.no_grad():
@@ -109,6 +111,7 @@ def test_signatures_that_convert_are_not_bound(bound):
     assert torch.equal(y, again) and torch.equal(y2, y2_again)
 
 
+@requires_cuda
 def test_checks_still_apply_after_binding(bound):
     x, scale, bias, shift, _ = _tensors(5, (1, 3, 4, 5, 6), torch.float32, False)
     with torch.no_grad():
@@ -124,6 +127,7 @@ def test_checks_still_apply_after_binding(bound):
         affine_relu_shift3d(x, scale, bias, shift, stride=(True, 1, 1))
 
 
+@requires_cuda
 def test_bound_calls_in_a_cuda_graph(bound):
     x, scale, bias, shift, frames = _tensors(6, (2, 8, 6, 14, 14), torch.bfloat16, True)
     with torch.no_grad():
@@ -139,6 +143,7 @@ def test_bound_calls_in_a_cuda_graph(bound):
     assert torch.equal(y, eager_y)
 
 
+@requires_cuda
 def test_a_new_tuning_unbinds(bound):
     from rubiks_shift import _cuda
 
@@ -148,3 +153,12 @@ def test_a_new_tuning_unbinds(bound):
     assert bound
     with _cuda.tuned(_cuda.TUNING):
         assert not bound
+
+
+def test_only_plain_int_arguments_make_keys():
+    """Bools compare equal to ints: a key holding one would match an int's signature."""
+    from rubiks_shift.fused import _int_or_triple
+
+    assert _int_or_triple(1) and _int_or_triple((1, 2, 1))
+    for value in (True, (True, 1, 1), (1, 1), [1, 1, 1], (1.0, 1, 1), None):
+        assert not _int_or_triple(value)

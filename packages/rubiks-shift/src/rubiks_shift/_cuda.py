@@ -320,7 +320,7 @@ def bind_affine(
     bias, shift) -> y`` (for tensors of the same metadata as these, on this host thread,
     with x's device current), or None where a call of this signature converts an argument
     (or runs in the CUDA simulator)."""
-    _, major = _kernel_layout(x)
+    major = channel_major(x)
     acc = _ACC_DTYPE.get(_STORAGE[x.dtype], torch.float32)
     if not _bindable(x, acc, scale, bias) or not shift.is_contiguous():
         return None
@@ -347,7 +347,7 @@ def bind_affine_relu(
     """``affine_relu`` for these arguments' signature as one bound call ``f(x, scale,
     bias, frame_shift) -> y`` (see ``bind_affine``; x's address on a 4-byte boundary
     where this one's is, which decides whether bfloat16 moves as pairs), or None."""
-    _, major = _kernel_layout(x)
+    major = channel_major(x)
     acc = _ACC_DTYPE.get(_STORAGE[x.dtype], torch.float32)
     if not _bindable(x, acc, scale, bias):
         return None

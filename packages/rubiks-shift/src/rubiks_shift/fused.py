@@ -66,7 +66,8 @@ def _meta(t: torch.Tensor) -> tuple:
 
 
 def _bound_call(key: tuple | None, x, scale, bias) -> Callable | None:
-    """The bound call of ``key`` (from ``_bound_key``) where this call may take it."""
+    """The bound call of ``key`` (``_shift_key`` / ``_prologue_key``) where this call may
+    take it."""
     if key is None:
         return None
     call = _cuda_backend().BOUND.get(key)
