@@ -239,6 +239,22 @@ def forward_affine(
 _PROLOGUE_PLANS: dict = {}  # (shape, dtype, channel-major, shifted, aligned) -> (kernels, step)
 
 
+def _prologue_plan(x: torch.Tensor, major: bool, shifted: bool) -> tuple[KernelSet, Step]:
+    """(kernels, launch) of ``affine_relu`` over ``x`` as the kernels read it (channel-major
+    where ``major``; with a frame shift where ``shifted``): bfloat16 moves as pairs only
+    where x's address is on a 4-byte boundary (the result, a fresh allocation, is)."""
+    aligned = x.data_ptr() % 4 == 0
+    key = (x.shape, x.dtype, major, shifted, aligned)
+    plan = _PROLOGUE_PLANS.get(key)
+    if plan is None:
+        kernels = kernel_set(_STORAGE[x.dtype], "float32")
+        step = affine_relu_plan(
+            tuple(x.shape), kernels.storage, major, shifted, _tuning, word_aligned=aligned
+        )
+        plan = remember(_PROLOGUE_PLANS, key, (kernels, step))
+    return plan
+
+
 def affine_relu(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -253,16 +269,7 @@ def affine_relu(
     (0 outside the clip)."""
     x, major = _kernel_layout(x)
     shifted = frame_shift is not None
-    aligned = x.data_ptr() % 4 == 0  # the result is a fresh allocation: aligned
-    key = (x.shape, x.dtype, major, shifted, aligned)
-    plan = _PROLOGUE_PLANS.get(key)
-    if plan is None:
-        kernels = kernel_set(_STORAGE[x.dtype], "float32")
-        step = affine_relu_plan(
-            tuple(x.shape), kernels.storage, major, shifted, _tuning, word_aligned=aligned
-        )
-        plan = remember(_PROLOGUE_PLANS, key, (kernels, step))
-    kernels, step = plan
+    kernels, step = _prologue_plan(x, major, shifted)
     scale, bias = _per_channel(kernels, scale), _per_channel(kernels, bias)
     if shifted and (frame_shift.dtype != torch.int32 or not frame_shift.is_contiguous()):
         frame_shift = frame_shift.to(torch.int32).contiguous()
@@ -354,16 +361,7 @@ def bind_affine_relu(
     shifted = frame_shift is not None
     if shifted and (frame_shift.dtype != torch.int32 or not frame_shift.is_contiguous()):
         return None
-    aligned = x.data_ptr() % 4 == 0
-    key = (x.shape, x.dtype, major, shifted, aligned)
-    plan = _PROLOGUE_PLANS.get(key)
-    if plan is None:
-        kernels = kernel_set(_STORAGE[x.dtype], "float32")
-        step = affine_relu_plan(
-            tuple(x.shape), kernels.storage, major, shifted, _tuning, word_aligned=aligned
-        )
-        plan = remember(_PROLOGUE_PLANS, key, (kernels, step))
-    kernels, step = plan
+    kernels, step = _prologue_plan(x, major, shifted)
     launch = bind(kernels, (step,), 5, x.get_device())
     if launch is None:
         return None
