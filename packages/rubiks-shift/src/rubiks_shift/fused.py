@@ -61,6 +61,12 @@ def _in_acc_dtype(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 _Tensor = torch.Tensor
 
 
+def _records_grad(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> bool:
+    """Whether autograd would record this call (the ops refuse it: no gradient)."""
+    needs = x.requires_grad or scale.requires_grad or bias.requires_grad
+    return needs and torch.is_grad_enabled()
+
+
 def _meta(t: torch.Tensor) -> tuple:
     return (t.dtype, t.shape, t.stride(), t.get_device())
 
@@ -73,7 +79,7 @@ def _bound_call(key: tuple | None, x, scale, bias) -> Callable | None:
     call = _cuda_backend().BOUND.get(key)
     if call is None:
         return None
-    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad):
+    if _records_grad(x, scale, bias):
         return None
     if not _plain_eager() or torch._C._cuda_getDevice() != key[4]:
         return None
@@ -85,7 +91,7 @@ def _bind(key: tuple | None, x, scale, bias, make: Callable[[], Callable | None]
     the checks in plain eager code (None: the signature has none)."""
     if key is None or _cuda_backend().BOUND.get(key, False) is not False:
         return
-    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad):
+    if _records_grad(x, scale, bias):
         return
     if _plain_eager():
         remember(_cuda_backend().BOUND, key, make())
@@ -163,7 +169,7 @@ def affine_relu_shift3d(
     if call is not None:
         return call(x, scale, bias, shift)
     stride3, padding3, device_type = _checked_3d(x, shift, stride, padding, (scale, bias))
-    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad):
+    if _records_grad(x, scale, bias):
         raise RuntimeError(
             f"{_OP} is for inference and has no gradient; run it under torch.no_grad() or "
             "torch.inference_mode(), or use rubiks_shift3d(relu(...)) for training"
@@ -270,7 +276,7 @@ def affine_relu(
     if call is not None:
         return call(x, scale, bias, frame_shift)
     device_type = _checked_prologue(x, scale, bias, frame_shift)
-    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or bias.requires_grad):
+    if _records_grad(x, scale, bias):
         raise RuntimeError(
             "affine_relu is for inference and has no gradient; run it under torch.no_grad() "
             "or torch.inference_mode(), or use torch.relu(x * scale + bias) for training"
