@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES, channel_major, requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shift_testing import DEVICES, channel_major, requires_cuda
 
 from rubiks_shift import affine_relu, affine_relu_shift3d, is_channel_major
 

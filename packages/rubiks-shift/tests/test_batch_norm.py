@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import requires_cuda
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from shift_testing import requires_cuda
 
 from rubiks_shift import batch_norm_relu
 from rubiks_shift.batch_norm import uses_kernels

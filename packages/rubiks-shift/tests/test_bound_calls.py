@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import channel_major, requires_cuda
+from shift_testing import channel_major, requires_cuda
 
 from rubiks_shift import affine_relu, affine_relu_shift3d
 

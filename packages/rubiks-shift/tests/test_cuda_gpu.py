@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import rel_err, requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shift_testing import rel_err, requires_cuda
 from test_op import check_against_reference
 
 from rubiks_shift import rubiks_shift3d

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES, channel_major
+from shift_testing import DEVICES, channel_major
 
 from rubiks_shift import RubiksShift3d, rubiks_shift3d
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES
+from shift_testing import DEVICES
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import rubiks_shift  # noqa: F401  (registers the ops)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import requires_cuda
+from shift_testing import requires_cuda
 
 from rubiks_shift import RubiksShift2d, RubiksShift3d, rubiks_shift2d, rubiks_shift3d
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES, channel_major, rel_err, requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shift_testing import DEVICES, channel_major, rel_err, requires_cuda
 
 from rubiks_shift import affine_relu_shift3d, is_channel_major, rubiks_shift3d
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import requires_cuda
+from shift_testing import requires_cuda
 
 from rubiks_shift import _kernel_cache
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shift_testing import requires_cuda
 
 from rubiks_shift import kernels, rubiks_shift3d
 

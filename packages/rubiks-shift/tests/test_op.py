@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES, channel_major, load_op_cases, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shift_testing import DEVICES, channel_major, load_op_cases, rel_err
 
 from rubiks_shift import is_channel_major, rubiks_shift2d, rubiks_shift3d
 from rubiks_shift import reference as R

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_op_cases, rel_err
+from shift_testing import load_op_cases, rel_err
 
 from rubiks_shift import reference as R
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES, channel_major
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shift_testing import DEVICES, channel_major
 
 from rubiks_shift import COMPILE_AS_TORCH, affine_relu, affine_relu_shift3d, is_channel_major
 from rubiks_shift._traceable import affine_relu_shift3d_torch, affine_relu_torch

@@ -1,4 +1,5 @@
-"""Shared test helpers: fixture location, devices, comparison."""
+"""Helpers the tests import: fixture location, devices, comparison. A module of its own
+name (not a conftest), so that several packages' tests can run in one pytest call."""
 
 from __future__ import annotations
 
