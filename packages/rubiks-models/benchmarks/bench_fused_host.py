@@ -26,6 +26,7 @@ import timm
 import torch
 
 import rubiks_models  # noqa: F401  (registers the models)
+from rubiks_models.archs import TIERS
 from rubiks_models.fused import fuse_model
 from rubiks_models.io import atomic_write
 
@@ -59,7 +60,7 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, calls: int, rounds: in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tier", default="large", choices=["tiny", "small", "medium", "large"])
+    parser.add_argument("--tier", default="large", choices=sorted(TIERS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     parser.add_argument("--batch", type=int, default=1)
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         f"per block, {blocks} blocks), wall {result['wall_us']:.1f} µs"
     )
     if args.json:
-        atomic_write(args.json, json.dumps(report, indent=2) + "\n")
+        text = json.dumps(report, indent=2) + "\n"
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
     return 0
 
 
