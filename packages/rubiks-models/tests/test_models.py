@@ -347,7 +347,7 @@ def test_channel_major_block_node_gradcheck(stride: int, cin: int, cout: int) ->
     options = {**_BLOCK_OPTIONS, "normalize_grad": False}
     block = RubiksBlock(cin, cout, stride, **options).double().train()
     x = rubiks_models.channel_major_block.to_channel_major(torch.randn(2, 2, cin, 4, 4).double())
-    settings = block._one_node_settings(x)
+    settings = block._one_node_inputs(x)[1][-1]
     node = rubiks_models.channel_major_block.ChannelMajorBlock
     proj = block.shortcut.weight if block.has_proj else None
     params = [block.conv1.weight, block.conv2.weight, proj, block.norm1.weight]
@@ -360,6 +360,55 @@ def test_channel_major_block_node_gradcheck(stride: int, cin: int, cout: int) ->
     inputs += [p if p is None else p.detach().clone().requires_grad_() for p in params]
     assert type(run(*inputs).grad_fn).__name__ == "ChannelMajorBlockBackward"
     assert torch.autograd.gradcheck(run, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("stride,cin,cout", [(1, 4, 4), (2, 4, 6)])
+def test_channel_major_block_node_inputs_are_the_blocks_own(stride: int, cin: int, cout: int):
+    """The node's inputs, read from the modules' dicts, are the block's own tensors and
+    settings; every state the node cannot serve gives None (the composed ops run)."""
+    block = rubiks_models.rubiksnet.RubiksBlock(cin, cout, stride, **_BLOCK_OPTIONS).train()
+    x = rubiks_models.channel_major_block.to_channel_major(torch.randn(2, 3, cin, 6, 6))
+    counters, inputs = block._one_node_inputs(x)
+    assert counters[0] is block.norm1.num_batches_tracked
+    assert counters[1] is block.norm2.num_batches_tracked
+    proj = block.shortcut.weight if block.has_proj else None
+    expected = (
+        block.conv1.weight, block.conv2.weight, proj, block.norm1.weight, block.norm1.bias,
+        block.norm2.weight, block.norm2.bias, block.rubiks.shift,
+    )  # fmt: skip
+    assert len(inputs) == len(expected) + 1
+    assert all(a is b for a, b in zip(inputs, expected, strict=False))
+    settings = inputs[-1]
+    norm1 = (block.norm1.running_mean, block.norm1.running_var, 0.1, 1e-5)
+    assert all(a is b or a == b for a, b in zip(settings.norm1, norm1, strict=True))
+    assert settings.norm2[0] is block.norm2.running_mean
+    r = block.rubiks
+    assert settings.stride == stride
+    assert settings.shift == (r.stride, r.padding, r.quantize, r.normalize_grad, 1.0)
+    assert settings.dtype is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block._one_node_inputs(x)[1][-1].dtype == torch.bfloat16
+
+    def without(change) -> object:
+        other = rubiks_models.rubiksnet.RubiksBlock(cin, cout, stride, **_BLOCK_OPTIONS)
+        change(other.train())
+        return other._one_node_inputs(x)
+
+    assert without(lambda b: b.norm2.eval()) is None
+    assert without(lambda b: setattr(b.norm1, "momentum", None)) is None
+    assert without(lambda b: None) is not None
+
+    class Subclassed(type(block.rubiks)):
+        pass
+
+    assert without(lambda b: setattr(b.rubiks, "__class__", Subclassed)) is None
+    assert without(lambda b: b.norm2.double()) is None  # parameters not in float32
+    no_stats = torch.nn.BatchNorm2d(cout, track_running_stats=False)
+    assert without(lambda b: setattr(b, "norm2", no_stats)) is None
+    plain = torch.nn.BatchNorm2d(cin, affine=False)
+    assert without(lambda b: setattr(b, "norm1", plain)) is None
+    sync = torch.nn.SyncBatchNorm(cin)
+    assert without(lambda b: setattr(b, "norm1", sync)) is None
 
 
 def test_channel_major_block_node_with_frozen_weights() -> None:
@@ -521,7 +570,7 @@ def test_cuda_bf16_block_node_equals_composed_ops(arch: str) -> None:
     twin.load_state_dict(model.state_dict())
     for m in twin.modules():
         if isinstance(m, rubiks_models.rubiksnet.RubiksBlock):
-            m._one_node_settings = lambda x: None
+            m._one_node_inputs = lambda x: None
     clip = torch.randn(2, 8, 3, 64, 64, device="cuda")
     target = torch.tensor([1, 5], device="cuda")
     with torch.backends.cudnn.flags(deterministic=True):

@@ -249,44 +249,71 @@ class RubiksBlock(nn.Module):
         one autograd node (:class:`.ChannelMajorBlock`) in plain eager code with
         training-mode batch norms, else the same computation composed of differentiable
         ops (``_composed_channel_major``)."""
-        settings = self._one_node_settings(x)
-        if settings is None:
+        node = self._one_node_inputs(x)
+        if node is None:
             return self._composed_channel_major(x)
-        torch._foreach_add_([self.norm1.num_batches_tracked, self.norm2.num_batches_tracked], 1)
-        proj = self.shortcut.weight if self.has_proj else None
-        return ChannelMajorBlock.apply(
-            x, self.conv1.weight, self.conv2.weight, proj, self.norm1.weight, self.norm1.bias,
-            self.norm2.weight, self.norm2.bias, self.rubiks.shift, settings,
-        )  # fmt: skip
+        counters, inputs = node
+        torch._foreach_add_(counters, 1)
+        return ChannelMajorBlock.apply(x, *inputs)
 
     @torch.jit.unused
-    def _one_node_settings(self, x: torch.Tensor) -> BlockSettings | None:
-        """What :class:`.ChannelMajorBlock` needs, or None where this call cannot run as
-        one node (traced or transformed code, batch norms not in training mode with
-        running statistics or with parameters in another dtype than the kernels
-        accumulate in, a shift layer that is not a plain ``Shift3d``)."""
-        if not (kernels.plain_eager() and type(self.rubiks) is Shift3d):
+    def _one_node_inputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple] | None:
+        """(the batch norms' step counters, :class:`.ChannelMajorBlock`'s arguments after
+        x: weights, batch-norm parameters, shift, :class:`.BlockSettings`), or None where
+        this call cannot run as one node (traced or transformed code, batch norms not in
+        training mode with running statistics or with parameters in another dtype than
+        the kernels accumulate in, a shift layer that is not a plain ``Shift3d``).
+
+        Module state is read from the modules' ``_modules``, ``_parameters`` and
+        ``_buffers`` dicts, not as attributes: each such attribute read goes through
+        ``nn.Module.__getattr__`` (about 0.6 µs), and eager training's host time bounds
+        it (``packages/rubiks-models/BENCHMARKS.md``, *Eager training*)."""
+        if not kernels.plain_eager():
+            return None
+        modules = self._modules
+        shift_layer = modules["rubiks"]
+        if type(shift_layer) is not Shift3d:
             return None
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        norms = []
-        for norm in (self.norm1, self.norm2):
-            if not (_trains_with_kernels(norm) and norm.affine and norm.weight.dtype == acc):
+        counters, norms, affine = [], [], []
+        for name in ("norm1", "norm2"):
+            norm = modules[name]
+            if not (type(norm) is nn.BatchNorm2d and norm.training and norm.affine):
                 return None
-            if norm.running_mean.dtype != acc or norm.running_var.dtype != acc:
+            buffers, params = norm._buffers, norm._parameters
+            counter = buffers["num_batches_tracked"]
+            mean, var = buffers["running_mean"], buffers["running_var"]
+            if not norm.track_running_stats or norm.momentum is None or counter is None:
                 return None
-            norms.append((norm.running_mean, norm.running_var, norm.momentum, norm.eps))
-        r = self.rubiks
-        t_factor = r.normalize_t_factor
+            weight, bias = params["weight"], params["bias"]
+            if weight.dtype != acc or mean.dtype != acc or var.dtype != acc:
+                return None
+            counters.append(counter)
+            norms.append((mean, var, norm.momentum, norm.eps))
+            affine += (weight, bias)
+        t_factor = shift_layer.normalize_t_factor
         if isinstance(t_factor, str):  # "auto": T / H of the shift's input
             t_factor = x.shape[1] / x.shape[3]
-        autocast = torch.is_autocast_enabled(x.device.type)
-        return BlockSettings(
-            norm1=tuple(norms[0]),
-            norm2=tuple(norms[1]),
-            stride=self.shortcut.stride[0] if self.has_proj else 1,
-            shift=(r.stride, r.padding, r.quantize, r.normalize_grad, float(t_factor)),
-            dtype=torch.get_autocast_dtype(x.device.type) if autocast else None,
+        device_type = x.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        proj = modules["shortcut"] if self.has_proj else None
+        settings = BlockSettings(
+            norm1=norms[0],
+            norm2=norms[1],
+            stride=1 if proj is None else proj.stride[0],
+            shift=(
+                shift_layer.stride, shift_layer.padding, shift_layer.quantize,
+                shift_layer.normalize_grad, float(t_factor),
+            ),
+            dtype=torch.get_autocast_dtype(device_type) if autocast else None,
+        )  # fmt: skip
+        weights = (
+            modules["conv1"]._parameters["weight"],
+            modules["conv2"]._parameters["weight"],
+            None if proj is None else proj._parameters["weight"],
         )
+        shift = shift_layer._parameters["shift"]
+        return counters, (*weights, *affine, shift, settings)
 
     @torch.jit.unused
     def _composed_channel_major(self, x: torch.Tensor) -> torch.Tensor:
