@@ -35,9 +35,9 @@ def set_form(model: torch.nn.Module, form: str) -> None:
     """Make ``model``'s channel-major blocks run as ``form`` (see the module docstring)."""
     for block in model.modules():
         if isinstance(block, rubiksnet.RubiksBlock):
-            block.__dict__.pop("_one_node_settings", None)
+            block.__dict__.pop("_one_node_inputs", None)
             if form == "composed":
-                block._one_node_settings = lambda x: None
+                block._one_node_inputs = lambda x: None
             if block.has_channel_major:
                 plane = 0 if form == "frames" else rubiksnet.CHANNEL_MAJOR_PLANE
                 block.channel_major_plane = plane
