@@ -266,8 +266,8 @@ class RubiksBlock(nn.Module):
 
         Module state is read from the modules' ``_modules``, ``_parameters`` and
         ``_buffers`` dicts, not as attributes: each such attribute read goes through
-        ``nn.Module.__getattr__`` (about 0.6 µs), and eager training's host time bounds
-        it (``packages/rubiks-models/BENCHMARKS.md``, *Eager training*)."""
+        ``nn.Module.__getattr__`` (about 0.6 µs), and eager training is bound by the
+        host's time (``packages/rubiks-models/BENCHMARKS.md``, *Eager training*)."""
         if not kernels.plain_eager():
             return None
         modules = self._modules
