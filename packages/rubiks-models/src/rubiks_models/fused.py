@@ -100,14 +100,13 @@ class _GemmWeights(nn.Module):
 
     def add_weight(self, name: str, master: torch.Tensor) -> None:
         self.register_buffer(name, master)
-        if not hasattr(self, "_weight_names"):
-            self._weight_names: list[str] = []
+        if not hasattr(self, "_copy_names"):
+            # (master's name, dtype) -> its copy's name, for every weight
             self._copy_names: dict[tuple[str, torch.dtype], str] = {}
             self.register_load_state_dict_post_hook(_refresh_copies)
         for dtype, tag in _HALF.items():
             self.register_buffer(f"{name}_{tag}", master.to(dtype), persistent=False)
             self._copy_names[name, dtype] = f"{name}_{tag}"
-        self._weight_names.append(name)
 
     def gemm_weight(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         """The weight ``name`` in ``dtype``: the master, its stored copy, or a cast."""
@@ -125,10 +124,8 @@ class _GemmWeights(nn.Module):
 
 @torch.no_grad()
 def _refresh_copies(module: nn.Module, incompatible_keys: object = None) -> None:
-    for name in module._weight_names:
-        master = getattr(module, name)
-        for dtype, tag in _HALF.items():
-            setattr(module, f"{name}_{tag}", master.to(dtype))
+    for (name, dtype), copy_name in module._copy_names.items():
+        setattr(module, copy_name, getattr(module, name).to(dtype))
 
 
 @torch.no_grad()
