@@ -109,7 +109,8 @@ def _trains_with_kernels(norm: nn.Module) -> bool:
         and norm.training
         and norm.track_running_stats
         and norm.momentum is not None
-        and norm.num_batches_tracked is not None
+        # a direct read (nn.Module.__getattr__ costs ~0.6 µs: RubiksBlock._one_node_inputs)
+        and norm._buffers["num_batches_tracked"] is not None
     )
 
 
@@ -278,13 +279,11 @@ class RubiksBlock(nn.Module):
         counters, norms, affine = [], [], []
         for name in ("norm1", "norm2"):
             norm = modules[name]
-            if not (type(norm) is nn.BatchNorm2d and norm.training and norm.affine):
+            if not (_trains_with_kernels(norm) and norm.affine):
                 return None
             buffers, params = norm._buffers, norm._parameters
             counter = buffers["num_batches_tracked"]
             mean, var = buffers["running_mean"], buffers["running_var"]
-            if not norm.track_running_stats or norm.momentum is None or counter is None:
-                return None
             weight, bias = params["weight"], params["bias"]
             if weight.dtype != acc or mean.dtype != acc or var.dtype != acc:
                 return None
