@@ -86,12 +86,11 @@ def _bound_call(key: tuple | None, x, scale, bias) -> Callable | None:
     return call
 
 
-def _bind(key: tuple | None, x, scale, bias, make: Callable[[], Callable | None]) -> None:
+def _bind(key: tuple | None, make: Callable[[], Callable | None]) -> None:
     """Remember ``make()`` as ``key``'s bound call after a call of that signature passed
-    the checks in plain eager code (None: the signature has none)."""
+    the checks (a call autograd would record raised before) in plain eager code (None:
+    the signature has none)."""
     if key is None or _cuda_backend().BOUND.get(key, False) is not False:
-        return
-    if _records_grad(x, scale, bias):
         return
     if _plain_eager():
         remember(_cuda_backend().BOUND, key, make())
@@ -189,9 +188,8 @@ def affine_relu_shift3d(
         device_type,
     )
     _bind(
-        key, x, scale, bias,
-        lambda: _cuda_backend().bind_affine(x, scale, bias, shift, stride3, padding3, quantize),
-    )  # fmt: skip
+        key, lambda: _cuda_backend().bind_affine(x, scale, bias, shift, stride3, padding3, quantize)
+    )
     return y
 
 
@@ -288,8 +286,5 @@ def affine_relu(
     if COMPILE_AS_TORCH["affine_relu"] and torch.compiler.is_compiling():
         return affine_relu_torch(x, scale, bias, frames)
     y = affine_relu_call(x, _in_acc_dtype(x, scale), _in_acc_dtype(x, bias), frames, device_type)
-    _bind(
-        key, x, scale, bias,
-        lambda: _cuda_backend().bind_affine_relu(x, scale, bias, frame_shift),
-    )  # fmt: skip
+    _bind(key, lambda: _cuda_backend().bind_affine_relu(x, scale, bias, frame_shift))
     return y
