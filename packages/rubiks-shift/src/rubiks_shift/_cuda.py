@@ -255,6 +255,14 @@ def _prologue_plan(x: torch.Tensor, major: bool, shifted: bool) -> tuple[KernelS
     return plan
 
 
+def _frame_shift_converts(frame_shift: torch.Tensor | None) -> bool:
+    """Whether ``affine_relu`` converts this frame shift (the kernel reads contiguous
+    int32); a signature whose call converts one has no bound call."""
+    if frame_shift is None:
+        return False
+    return frame_shift.dtype != torch.int32 or not frame_shift.is_contiguous()
+
+
 def affine_relu(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -271,7 +279,7 @@ def affine_relu(
     shifted = frame_shift is not None
     kernels, step = _prologue_plan(x, major, shifted)
     scale, bias = _per_channel(kernels, scale), _per_channel(kernels, bias)
-    if shifted and (frame_shift.dtype != torch.int32 or not frame_shift.is_contiguous()):
+    if _frame_shift_converts(frame_shift):
         frame_shift = frame_shift.to(torch.int32).contiguous()
     y = _empty_result(x, None, major)
     if y.numel() == 0:
@@ -358,10 +366,9 @@ def bind_affine_relu(
     acc = _ACC_DTYPE.get(_STORAGE[x.dtype], torch.float32)
     if not _bindable(x, acc, scale, bias):
         return None
-    shifted = frame_shift is not None
-    if shifted and (frame_shift.dtype != torch.int32 or not frame_shift.is_contiguous()):
+    if _frame_shift_converts(frame_shift):
         return None
-    kernels, step = _prologue_plan(x, major, shifted)
+    kernels, step = _prologue_plan(x, major, frame_shift is not None)
     launch = bind(kernels, (step,), 5, x.get_device())
     if launch is None:
         return None
