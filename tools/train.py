@@ -10,8 +10,8 @@ Examples::
     python tools/train.py synthetic --root-path ~/.cache/rubiksnet/synthetic \\
         --arch rubiksnet_tiny --input-size 64 --epochs 12 -b 16 --schedule cosine
     python tools/train.py ssv2 --root-path data/ssv2 --arch rubiksnet_large -b 64 --amp
-    python tools/train.py --train-list train.txt --val-list val.txt --root-path frames/ \\
-        --pretrained kinetics_tiny.safetensors --num-classes 51 --lr 0.001 --epochs 10
+    python tools/train.py hmdb51 --train-list train.txt --val-list val.txt --root-path frames/ \\
+        --pretrained kinetics_tiny.safetensors --lr 0.001 --epochs 10
 """
 
 from __future__ import annotations

@@ -264,3 +264,21 @@ def test_cli_refuses_a_file_as_run_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         config_from_args(["dummy", "--output", str(run_file)])
     assert "is a file; it must be a run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [
+        ("dummy", "--train-list: dataset 'dummy' draws random clips, it reads no list"),
+        ("synthetic", "dataset 'synthetic' reads its folder's JSON annotations"),
+    ],
+)
+def test_cli_refuses_a_list_the_dataset_would_not_read(tmp_path, capsys, dataset, message):
+    listed = tmp_path / "train.txt"
+    listed.write_text("clip0 8 0\n")
+    with pytest.raises(SystemExit) as exc:
+        config_from_args([dataset, "--train-list", str(listed)])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    # a list of frame folders is read where the dataset is named
+    assert config_from_args(["hmdb51", "--train-list", str(listed)]).train_list == str(listed)

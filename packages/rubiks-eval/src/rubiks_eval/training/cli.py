@@ -173,6 +173,16 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     ):
         if path and not Path(path).expanduser().is_file():
             parser.error(f"{flag} {path}: no such file")
+    dataset = args.dataset.lower()
+    for flag, path in (("--train-list", args.train_list), ("--val-list", args.val_list)):
+        if path and dataset in ("dummy", "random"):
+            parser.error(f"{flag}: dataset {args.dataset!r} draws random clips, it reads no list")
+        if path and dataset == "synthetic" and not path.endswith(".json"):
+            parser.error(
+                f"{flag} {path}: dataset 'synthetic' reads its folder's JSON annotations; "
+                "name the dataset a list of frame folders belongs to (ssv1, kinetics, "
+                "ucf101, hmdb51, ssv2)"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
