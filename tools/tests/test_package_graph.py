@@ -67,6 +67,18 @@ def test_declared_internal_dependencies_flow_one_way(name):
     assert deps & set(PACKAGES) == PACKAGES[name]
 
 
+@pytest.mark.parametrize("name", sorted(PACKAGES))
+def test_console_scripts_name_functions_the_package_has(name):
+    """Every ``[project.scripts]`` entry point imports and is callable (the source tree
+    is what the editable install runs)."""
+    import importlib
+
+    for script, target in _project(name)["project"].get("scripts", {}).items():
+        module, _, attr = target.partition(":")
+        assert module.split(".")[0] == _module(name), f"{script} -> {target}"
+        assert callable(getattr(importlib.import_module(module), attr)), f"{script} -> {target}"
+
+
 def test_rubiks_shift_alone_needs_only_torch_and_numba():
     project = _project("rubiks-shift")["project"]
     assert {_requirement_name(d) for d in project["dependencies"]} == {"torch", "numba", "numpy"}
