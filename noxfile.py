@@ -68,8 +68,8 @@ def eval_default(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Every package's suite, each in its own pytest run (their test modules share names),
-    then the smoke tests of the scripts in tools/."""
+    """Every package's suite, each in its own pytest run (a summary per package), then the
+    smoke tests of the scripts in tools/."""
     _install(session, list(PACKAGES))
     for name in PACKAGES:
         _run_tests(session, name)

@@ -79,7 +79,7 @@ def test_console_scripts_name_functions_the_package_has(name):
         assert callable(getattr(importlib.import_module(module), attr)), f"{script} -> {target}"
 
 
-def test_rubiks_shift_alone_needs_only_torch_and_numba():
+def test_rubiks_shift_alone_needs_only_torch_numba_and_numpy():
     project = _project("rubiks-shift")["project"]
     assert {_requirement_name(d) for d in project["dependencies"]} == {"torch", "numba", "numpy"}
     assert {_requirement_name(d) for d in project["optional-dependencies"]["cuda"]} == {
