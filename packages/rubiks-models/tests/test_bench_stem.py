@@ -1,0 +1,42 @@
+"""benchmarks/bench_stem.py: its forms of the stem compute the stem's convolution, and the
+script runs on a CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_stem.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("bench_stem", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_space_to_depth_weight_places_each_tap_once():
+    bench = _script()
+    w = torch.arange(2 * 3 * 9, dtype=torch.float64).view(2, 3, 3, 3) + 1
+    s2d = bench.space_to_depth_weight(w)
+    assert s2d.shape == (2, 12, 2, 2)
+    assert sorted(s2d[s2d != 0].tolist()) == sorted(w.flatten().tolist())
+    x = torch.randn(1, 3, 8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(bench.space_to_depth(x, s2d), F.conv2d(x, w, stride=2, padding=1))
+
+
+def test_script_checks_and_times_every_form_on_cpu(tmp_path):
+    bench = _script()
+    out = tmp_path / "stem.json"
+    argv = ["--tier", "tiny", "--dtypes", "float32", "--batch", "1", "--frames", "1"]
+    assert bench.main([*argv, "--size", "16", "--device", "cpu", "--json", str(out)]) == 0
+    forms = json.loads(out.read_text())["forms"]["float32"]
+    assert set(forms) == {
+        "write", "conv2d", "conv2d channels-last", "unfold + matmul", "space-to-depth 2x2"
+    }  # fmt: skip
+    assert all(v["us"] > 0 for v in forms.values())
