@@ -120,6 +120,7 @@ def test_export_cli_checks_paths_before_work(tiny_checkpoint, tmp_path, capsys) 
         ([str(ckpt), "--output", str(ckpt), "--overwrite"], "would replace an input"),
         ([str(ckpt), "--output", str(taken)], "exists; pass --overwrite"),
         ([str(ckpt), "--output", str(tmp_path)], "would replace an input"),
+        ([str(ckpt), "--output", str(tmp_path / "deployed.pth.tar")], "name a .safetensors"),
         ([str(ckpt), "--input", str(tmp_path / "clip.safetensors")], "no such file"),
         ([str(ckpt), "--frames", "0"], "--frames must be >= 1"),
     ]
@@ -128,6 +129,15 @@ def test_export_cli_checks_paths_before_work(tiny_checkpoint, tmp_path, capsys) 
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
     assert ckpt.read_bytes() == before and taken.read_bytes() == b"keep"
+    # a converted folder as the input: nothing inside it may be the output
+    folder = tmp_path / "converted"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    for inside in ("config.json", "model.safetensors", "new.safetensors"):
+        argv = [str(folder), "--output", str(folder / inside), "--overwrite"]
+        assert _code(export_main, argv) == 2, argv
+        assert "would replace an input of this run" in capsys.readouterr().err
+    assert (folder / "config.json").read_text() == "{}"
     out = tmp_path / "deployed.safetensors"
     argv = [str(ckpt), "--frames", "2", "--size", "32", "--output", str(out)]
     assert export_main(argv) == 0 and out.is_file()

@@ -100,12 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output:
         out = Path(args.output).expanduser()
         inputs = [checkpoint] + ([Path(args.input).expanduser()] if args.input else [])
-        if any(
-            out.resolve() == i.resolve() or out.resolve() in i.resolve().parents for i in inputs
-        ):
-            p.error(f"--output {out} would replace an input of this run")
-        if out.is_dir():
-            p.error(f"--output {out} is a folder; name a .safetensors file")
+
+        def within(path: Path, folder: Path) -> bool:
+            return path == folder or folder in path.parents
+
+        target = out.resolve()
+        if any(within(target, i.resolve()) or within(i.resolve(), target) for i in inputs):
+            p.error(f"--output {out} would replace an input of this run (or a file in one)")
+        if out.is_dir() or out.suffix.lower() != ".safetensors":
+            p.error(f"--output {out}: name a .safetensors file")
         if out.exists() and not args.overwrite:
             p.error(f"--output {out} exists; pass --overwrite to replace it")
     try:
