@@ -174,3 +174,62 @@ def test_timm_adaptations_still_apply(four_class):
     inner = [m for m in features.modules() if isinstance(m, RubiksNet)]
     assert inner and all(m.pretrained_cfg["state_dict"] is None for m in inner)
     assert len(features(torch.randn(1, 2, 3, 32, 32))) == 5
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        dict(in_chans=1),
+        dict(num_classes=0, global_pool=""),
+        dict(normalize_grad=False, normalize_t_factor=0.5, drop_rate=0.25),
+        dict(width=16, repeats=(1, 1, 1, 1), se_reduction=4),
+    ],
+    ids=["in_chans", "unpooled", "gradient_rule", "custom_width"],
+)
+def test_save_weights_then_load_model_rebuilds_the_same_model(tmp_path, build):
+    torch.manual_seed(0)
+    build = dict(build)
+    model = RubiksNet("tiny", build.pop("num_classes", 5), **build).eval()
+    save_weights(model, tmp_path / "m.safetensors")
+    loaded = load_model(tmp_path / "m.safetensors").eval()
+    assert loaded.build_args() == model.build_args()
+    x = torch.randn(1, 2, model.in_chans, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    # an explicit keyword still wins over the file's
+    assert load_model(tmp_path / "m.safetensors", drop_rate=0.5).drop_rate == 0.5
+
+
+def test_model_args_the_model_does_not_take_are_named(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = save_weights(RubiksNet("tiny", 3), tmp_path / "m.safetensors")
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    meta["model_args"] = json.dumps({"in_chans": 3, "depth": 50})
+    save_file(load_file(path), tmp_path / "bad.safetensors", metadata=meta)
+    with pytest.raises(CheckpointError, match=r"bad.safetensors: model_args .* \['depth'\]"):
+        load_model(tmp_path / "bad.safetensors")
+
+
+def test_convert_keeps_a_saved_models_own_architecture_and_deploy_form(tmp_path):
+    from rubiks_models.deploy import quantize_model
+
+    torch.manual_seed(0)
+    models = {
+        "one_channel": RubiksNet("tiny", 5, in_chans=1),
+        "deployed_aq": quantize_model(RubiksNet("tiny", 5, variant="rubiks3d-aq")),
+    }
+    for name, model in models.items():
+        model.eval()
+        save_weights(model, tmp_path / f"{name}.safetensors")
+        assert convert_main([str(tmp_path / f"{name}.safetensors"), str(tmp_path / name)]) == 0
+        x = torch.randn(1, 2, model.in_chans, 32, 32)
+        for loaded in (
+            load_model(tmp_path / name),
+            timm.create_model(f"local-dir:{tmp_path / name}", pretrained=True),
+        ):
+            assert loaded.deploy == model.deploy and loaded.in_chans == model.in_chans, name
+            with torch.no_grad():
+                assert torch.equal(loaded.eval()(x), model(x)), name

@@ -103,8 +103,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return state, meta
 
 
-def infer_arch(state: dict[str, torch.Tensor]) -> tuple[str, str, int]:
-    """(tier, variant, num_classes) from the tensors of a state dict (either layout)."""
+def infer_arch(
+    state: dict[str, torch.Tensor], custom_tier: str | None = None
+) -> tuple[str, str, int]:
+    """(tier, variant, num_classes) from the tensors of a state dict (either layout).
+    ``custom_tier``: the tier a file records for an architecture of its own width, blocks
+    or SE (``RubiksNet(..., width=...)``), used where no tier has the tensors' shape."""
     try:
         ours = convert_reference_state(state) if is_reference_layout(state) else state
     except ValueError as exc:
@@ -121,6 +125,8 @@ def infer_arch(state: dict[str, torch.Tensor]) -> tuple[str, str, int]:
     for name, (w, repeats, se) in TIERS.items():
         if w == width and tuple(counts) == repeats and bool(se) == has_se:
             tier = name
+    if tier is None and custom_tier in TIERS:
+        tier = custom_tier
     if tier is None:
         raise CheckpointError(f"no RubiksNet tier has width {width}, blocks {counts}, SE {has_se}")
     shift = ours.get("stages.0.blocks.0.rubiks.shift")
@@ -201,7 +207,10 @@ def _meta_int(meta: dict[str, Any], key: str) -> int | None:
 
 
 def _resolve(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[str, str, int, int]:
-    tier, variant, classes = infer_arch(state)
+    # a file whose model_args (weights.save_weights) give its own width or blocks names the
+    # tier they modify
+    custom = meta.get("tier") if "model_args" in meta else None
+    tier, variant, classes = infer_arch(state, custom)
     meta_classes, frames = _meta_int(meta, "num_classes"), _meta_int(meta, "num_frames")
     if meta.get("tier") not in (None, tier):
         raise CheckpointError(f"metadata 'tier' is {meta['tier']!r} but the tensors are {tier!r}")

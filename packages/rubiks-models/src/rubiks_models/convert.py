@@ -63,15 +63,18 @@ def convert(src: str | Path, out_dir: str | Path, *, overwrite: bool = False) ->
     """
     import timm
 
-    from .rubiksnet import RubiksNet
+    from .rubiksnet import RubiksNet, saved_build_args
 
     src = Path(src).expanduser()
     out = Path(out_dir).expanduser()
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such checkpoint file")
     check_output_dir(src, out, overwrite)
-    state, _, (tier, variant, classes, frames) = resolve_checkpoint(src)
-    model = RubiksNet(tier, classes, frames, variant)
+    state, meta, (tier, variant, classes, frames) = resolve_checkpoint(src)
+    build = saved_build_args(src, meta)  # a save_weights file's own architecture
+    if meta.get("deploy") in (True, "true"):
+        build["deploy"] = True
+    model = RubiksNet(tier, classes, frames, variant, **build)
     try:
         model.load_state_dict(validate_state_dict(state, model), strict=True)
     except CheckpointError as exc:
@@ -85,7 +88,7 @@ def convert(src: str | Path, out_dir: str | Path, *, overwrite: bool = False) ->
         "num_classes": classes,
         "num_features": model.num_features,
         "pretrained_cfg": cfg,
-        "model_args": {"num_frames": frames},
+        "model_args": {"num_frames": frames, **build},
         "rubiksnet": {"tier": tier, "variant": variant, "num_frames": frames},
     }
     text = json.dumps(config, indent=2, default=list) + "\n"

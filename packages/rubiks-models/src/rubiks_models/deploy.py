@@ -31,11 +31,7 @@ def quantize_model(model: RubiksNet) -> RubiksNet:
         model.num_classes,
         model.num_frames,
         model.variant,
-        in_chans=model.in_chans,
-        global_pool=model.global_pool,
-        width=model.width,
-        repeats=model.repeats,
-        se_reduction=model.se_reduction,
+        **model.build_args(),
         deploy=True,
     ).to(device=ref.device, dtype=ref.dtype)
     state = checkpoint_filter_fn(model.state_dict(), deployed)

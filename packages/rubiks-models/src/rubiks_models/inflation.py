@@ -33,11 +33,8 @@ def inflate(
         classes,
         num_frames,
         variant,
-        in_chans=model2d.in_chans,
+        **model2d.build_args(),
         t_init=t_init,
-        width=model2d.width,
-        repeats=model2d.repeats,
-        se_reduction=model2d.se_reduction,
     ).to(device=ref.device, dtype=ref.dtype)
     state = model2d.state_dict()
     if classes != model2d.num_classes:

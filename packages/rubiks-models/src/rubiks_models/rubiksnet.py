@@ -22,6 +22,7 @@ are converted by :func:`checkpoint_filter_fn` (the mapping: :mod:`.reference_key
 Weight files are found by :mod:`.weight_files`, read and checked by :mod:`.checkpoint`.
 """
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -458,6 +459,7 @@ class RubiksNet(nn.Module):
         self.in_chans = in_chans
         self.global_pool = global_pool
         self.drop_rate = drop_rate
+        self.normalize_grad, self.normalize_t_factor = normalize_grad, normalize_t_factor
         self.grad_checkpointing = False
 
         self.stem = nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False)
@@ -496,6 +498,23 @@ class RubiksNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 _conv_init(m)
+
+    @torch.jit.ignore
+    def build_args(self) -> dict[str, Any]:
+        """The keyword arguments, besides tier, classes, frames, variant and ``deploy``,
+        that rebuild this model's architecture and training behaviour (what
+        :func:`.weights.save_weights` records and ``load_pretrained`` reads back; the
+        initialisations and ``aq_tau``, a buffer, are not among them)."""
+        return dict(
+            in_chans=self.in_chans,
+            global_pool=self.global_pool,
+            drop_rate=self.drop_rate,
+            normalize_grad=self.normalize_grad,
+            normalize_t_factor=self.normalize_t_factor,
+            width=self.width,
+            repeats=list(self.repeats),
+            se_reduction=self.se_reduction,
+        )
 
     # ---------------------------------------------------------------- timm API
 
@@ -665,6 +684,8 @@ class RubiksNet(nn.Module):
         state, meta, (tier, variant, classes, frames) = resolve_checkpoint(path)
         if meta.get("deploy") in (True, "true"):
             kwargs.setdefault("deploy", True)
+        for key, value in saved_build_args(path, meta).items():
+            kwargs.setdefault(key, value)
         model = cls(tier, classes, kwargs.pop("num_frames", frames), variant, **kwargs)
         try:
             converted = check_state_dict(state, model, checkpoint_filter_fn)
@@ -674,6 +695,29 @@ class RubiksNet(nn.Module):
         if num_classes is not None and num_classes != classes:
             model.reset_classifier(num_classes)
         return model
+
+
+_BUILD_ARGS = frozenset(
+    ("in_chans", "global_pool", "drop_rate", "normalize_grad", "normalize_t_factor", "width",
+     "repeats", "se_reduction")
+)  # fmt: skip
+
+
+def saved_build_args(path: str | os.PathLike, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``build_args`` a checkpoint's metadata records (``model_args``, JSON), checked."""
+    text = meta.get("model_args")
+    if text is None:
+        return {}
+    try:
+        saved = json.loads(text) if isinstance(text, str) else text
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{Path(path).expanduser()}: model_args is not JSON ({exc})") from exc
+    if not isinstance(saved, dict) or not set(saved) <= _BUILD_ARGS:
+        unknown = sorted(set(saved) - _BUILD_ARGS) if isinstance(saved, dict) else saved
+        raise CheckpointError(
+            f"{Path(path).expanduser()}: model_args holds what RubiksNet does not take: {unknown}"
+        )
+    return saved
 
 
 # ------------------------------------------------------------------ checkpoint filter

@@ -66,8 +66,9 @@ def save_weights(
     model: RubiksNet, path: str | os.PathLike, metadata: dict[str, Any] | None = None
 ) -> Path:
     """Write ``model``'s state dict as safetensors (atomically) with its architecture in the
-    metadata, so :func:`load_model` and ``timm.create_model(..., pretrained_cfg_overlay=
-    dict(file=path))`` can read it back."""
+    metadata (tier, variant, classes, frames, deploy, and ``model.build_args()`` as
+    ``model_args``), so :func:`load_model` rebuilds the same model and
+    ``timm.create_model(..., pretrained_cfg_overlay=dict(file=path))`` reads the weights."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -79,6 +80,7 @@ def save_weights(
         "variant": model.variant,
         "num_classes": str(model.num_classes),
         "num_frames": str(model.num_frames),
+        "model_args": json.dumps(model.build_args()),
     }
     if getattr(model, "deploy", False):  # quantized form: load_model must rebuild it so
         meta["deploy"] = "true"
