@@ -87,6 +87,17 @@ def test_classifier_api() -> None:
     assert "stem" in model.group_matcher()
 
 
+def test_refused_classifier_settings_change_nothing() -> None:
+    model = timm.create_model("rubiksnet_tiny", num_classes=10)
+    for num_classes, pool in ((7, ""), (-1, None), (2.5, None), (True, None), (3, "max")):
+        with pytest.raises(ValueError, match=r"num_classes must be|global_pool"):
+            model.reset_classifier(num_classes, pool)
+        assert (model.num_classes, model.global_pool, model.fc.out_features) == (10, "avg", 10)
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="num_classes must be an integer >= 0"):
+            timm.create_model("rubiksnet_tiny", num_classes=bad)
+
+
 def test_features_and_intermediates() -> None:
     feat = timm.create_model("rubiksnet_tiny", features_only=True).eval()
     outs = feat(torch.randn(1, 3, 64, 64))

@@ -24,6 +24,7 @@ Weight files are found by :mod:`.weight_files`, read and checked by :mod:`.check
 
 import json
 import math
+import operator
 import os
 from collections.abc import Mapping
 from functools import partial
@@ -445,8 +446,7 @@ class RubiksNet(nn.Module):
             raise ValueError(f"unknown tier {tier!r}; choose from {list(TIERS)}")
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        num_classes = self._check_head(num_classes, global_pool)
         t_width, t_repeats, t_se = TIERS[tier]
         width = width or t_width
         repeats = tuple(repeats or t_repeats)
@@ -494,7 +494,6 @@ class RubiksNet(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
-        self._check_head()
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 _conv_init(m)
@@ -556,12 +555,9 @@ class RubiksNet(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self._check_head()
+        pool = self.global_pool if global_pool is None else global_pool
+        num_classes = self._check_head(num_classes, pool)  # before any change
+        self.num_classes, self.global_pool = num_classes, pool
         ref = self.stem.weight
         self.fc = (
             nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
@@ -569,9 +565,22 @@ class RubiksNet(nn.Module):
             else nn.Identity()
         )
 
-    def _check_head(self) -> None:
-        if not self.global_pool and self.num_classes > 0:
+    @staticmethod
+    def _check_head(num_classes: int, global_pool: str) -> int:
+        """``num_classes`` as an int, after checking it and ``global_pool`` agree."""
+        try:
+            classes = operator.index(num_classes)
+        except TypeError:
+            classes = -1
+        if classes < 0 or isinstance(num_classes, bool):
+            raise ValueError(
+                f"num_classes must be an integer >= 0 (0: no classifier), got {num_classes!r}"
+            )
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        if not global_pool and classes > 0:
             raise ValueError("global_pool='' (unpooled features) needs num_classes=0")
+        return classes
 
     # ------------------------------------------------------------------ forward
 
