@@ -36,6 +36,13 @@ def test_quantized_shift_counts_zero() -> None:
     assert count_macs(model, (1, 2, 3, 64, 64)).shift == 0
 
 
+def test_count_macs_refuses_a_fused_model() -> None:
+    from rubiks_models.fused import fuse_model
+
+    with pytest.raises(TypeError, match="count the RubiksNet it was made from"):
+        count_macs(fuse_model(RubiksNet("tiny", 5).eval()), (1, 2, 3, 64, 64))
+
+
 def test_deploy_integer_shifts_are_exact(tmp_path) -> None:
     model = RubiksNet("tiny", 5).eval()
     with torch.no_grad():

@@ -144,6 +144,11 @@ def test_aq_layer_is_spec_formula() -> None:
 def test_aq_training_helpers() -> None:
     model = RubiksNet("tiny", 4, variant="rubiks3d-aq")
     assert aq_temperature(0, 100) == 2.0 and abs(aq_temperature(100, 100) - 0.01) < 1e-9
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="end must be a finite number > 0"):
+            aq_temperature(5, 10, end=bad)
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            set_aq_temperature(model, bad)
     set_aq_temperature(model, 0.05)
     frac = aq_shifted_fraction(model)
     assert 0 < float(frac.detach()) < 1

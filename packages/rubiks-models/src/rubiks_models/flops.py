@@ -78,7 +78,14 @@ class MacReport:
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 8, 3, 224, 224)) -> MacReport:
-    """Count ``model``'s multiply-adds for one input of ``input_shape`` (eval mode, no grad)."""
+    """Count ``model``'s multiply-adds for one input of ``input_shape`` (eval mode, no grad).
+    ``model``: a :class:`RubiksNet` (count a fused model's source before ``fuse_model``:
+    its fused passes are not the operations this convention counts)."""
+    if not isinstance(model, RubiksNet):
+        raise TypeError(
+            f"count_macs counts a RubiksNet, got {type(model).__name__} "
+            "(a fused model: count the RubiksNet it was made from)"
+        )
     counts = {"batchnorm": 0, "relu": 0, "temporal_attention": 0}
 
     def hook(module: nn.Module, _inp, out: torch.Tensor) -> None:

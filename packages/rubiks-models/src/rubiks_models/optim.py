@@ -77,8 +77,8 @@ def _layers(model: nn.Module) -> list[TemporalAttentionShift]:
 @torch.no_grad()
 def set_aq_temperature(model: nn.Module, tau: float) -> None:
     """Set the temperature of every AQ layer (a buffer; saved with the weights)."""
-    if tau <= 0:
-        raise ValueError(f"temperature must be > 0, got {tau}")
+    if not (tau > 0 and math.isfinite(tau)):
+        raise ValueError(f"temperature must be a finite number > 0, got {tau}")
     for m in _layers(model):
         m.tau.fill_(tau)
 
@@ -88,6 +88,9 @@ def aq_temperature(
 ) -> float:
     """Exponential annealing from ``start`` (released value 2.0) to ``end`` over the steps
     after ``warmup``; near 0 the taps are one-hot (integer shifts)."""
+    for name, tau in (("start", start), ("end", end)):
+        if not (tau > 0 and math.isfinite(tau)):
+            raise ValueError(f"aq_temperature: {name} must be a finite number > 0, got {tau}")
     if step <= warmup or total_steps <= warmup:
         return start
     frac = min(1.0, (step - warmup) / (total_steps - warmup))
