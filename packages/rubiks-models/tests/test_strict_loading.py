@@ -233,3 +233,8 @@ def test_convert_keeps_a_saved_models_own_architecture_and_deploy_form(tmp_path)
             assert loaded.deploy == model.deploy and loaded.in_chans == model.in_chans, name
             with torch.no_grad():
                 assert torch.equal(loaded.eval()(x), model(x)), name
+        # a converted folder converts again (into another folder)
+        assert convert_main([str(tmp_path / name), str(tmp_path / f"{name}_again")]) == 0
+        again = load_model(tmp_path / f"{name}_again").eval()
+        with torch.no_grad():
+            assert torch.equal(again(x), model(x)), name

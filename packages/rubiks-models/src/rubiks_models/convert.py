@@ -92,7 +92,7 @@ def convert(src: str | Path, out_dir: str | Path, *, overwrite: bool = False) ->
         "rubiksnet": {"tier": tier, "variant": variant, "num_frames": frames},
     }
     text = json.dumps(config, indent=2, default=list) + "\n"
-    digest = _sha256(src)
+    digest = _sha256(src / "model.safetensors" if src.is_dir() else src)  # a converted folder
 
     def write(tmp: Path) -> None:
         save_weights(
