@@ -63,6 +63,10 @@ def test_input_layouts(name: str) -> None:
         assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
     with pytest.raises(ValueError, match="3T"):
         model(torch.randn(1, 4, 32, 32))
+    gray = timm.create_model("rubiksnet_tiny", num_classes=7, in_chans=1).eval()
+    with pytest.raises(ValueError, match=r"must be \(B, 1, H, W\), got shape") as exc:
+        gray(torch.randn(1, 3, 32, 32))  # stacking is for 3-channel frames only
+    assert "TSN" not in str(exc.value)
 
 
 def test_consensus_is_mean_of_frame_logits() -> None:

@@ -94,6 +94,12 @@ def test_non_integer_num_classes_metadata_is_a_clear_error(fixtures, tmp_path, c
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
+def test_zero_frames_metadata_is_a_clear_error(fixtures, tmp_path):
+    bad = _edited(fixtures / CKPT, tmp_path / "meta.pth.tar", lambda o: o.update(num_frames=0))
+    with pytest.raises(CheckpointError, match=r"meta\.pth\.tar: metadata 'num_frames' is 0"):
+        load_model(bad)
+
+
 def _exit_code(main, argv) -> int:
     try:
         return main(argv)

@@ -224,6 +224,8 @@ def _resolve(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[str,
         )
     if variant not in VARIANTS:
         raise CheckpointError(f"unknown variant {variant!r}")
+    if frames == 0:
+        raise CheckpointError("metadata 'num_frames' is 0; a clip has at least one frame")
     return tier, variant, classes, frames or 8
 
 

@@ -373,10 +373,11 @@ def as_clip(x: torch.Tensor, in_chans: int) -> torch.Tensor:
             return x.unsqueeze(1)
         if in_chans == 3 and c % 3 == 0:
             return x.reshape(x.shape[0], c // 3, 3, x.shape[2], x.shape[3])
+        stacked = " or TSN-stacked (B, 3T, H, W)" if in_chans == 3 else ""
         raise ValueError(
-            "4-D input must be (B, " + str(in_chans) + ", H, W) or TSN-stacked (B, 3T, H, W), "
-            "got shape " + str(list(x.shape))
-        )
+            "4-D input must be (B, " + str(in_chans) + ", H, W)" + stacked + ", got shape "
+            + str(list(x.shape))
+        )  # fmt: skip
     raise ValueError(
         "input must be (B, T, C, H, W), (B, C, H, W) or (B, 3T, H, W), got shape "
         + str(list(x.shape))
