@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 _lib = torch.library.Library("rubiks_shift", "IMPL")
 
@@ -61,8 +62,18 @@ def register(
         _lib.impl(name, kernel, key)
         direct[getattr(_DispatchKey, key)] = kernel
 
+    label = str(op).removesuffix(".default")
+
     def autograd_kernel(keyset, *args):
+        if _forward_ad._current_level >= 0:
+            refuse_tangents(label, [args[i] for i in tensors])
         if torch.is_grad_enabled() and any(args[i].requires_grad for i in tensors):
+            if torch._C._are_functorch_transforms_active():
+                raise NotImplementedError(
+                    f"{label}: torch.func transforms (grad, vjp, jacrev, vmap, ...) of a call "
+                    "that needs a gradient are not supported; differentiate with "
+                    "torch.autograd (backward() or torch.autograd.grad)"
+                )
             return node(keyset, *args)
         kernel = direct.get((keyset & _BELOW_AUTOGRAD).highestPriorityTypeId())
         if kernel is not None:
@@ -71,6 +82,18 @@ def register(
 
     for device in kernels:
         _lib.impl(name, autograd_kernel, "Autograd" + _BACKEND_KEYS[device], with_keyset=True)
+
+
+def refuse_tangents(label: str, tensors) -> None:
+    """Raise if any of ``tensors`` carries a forward-mode tangent: the ops have no
+    forward-mode formula, and running them on the primal alone would drop it."""
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and _forward_ad.unpack_dual(t).tangent is not None:
+            raise NotImplementedError(
+                f"{label}: forward-mode AD (torch.func.jvp / jacfwd, torch.autograd."
+                "forward_ad) is not supported; differentiate in reverse mode (backward() or "
+                "torch.autograd.grad)"
+            )
 
 
 def no_gradient_node(op: torch._ops.OpOverload) -> Node:

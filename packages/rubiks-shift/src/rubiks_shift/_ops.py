@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad as _forward_ad
 
 from . import _cpu, _dispatch, _normalize, reference
 from ._checks import empty_like_layout, in_layout_of, output_shape
@@ -293,6 +294,7 @@ def _plain_eager() -> bool:
     function mode): the backends may then be called directly, skipping the dispatcher."""
     return (
         not torch.compiler.is_compiling()
+        and _forward_ad._current_level < 0  # no forward-mode AD level open
         and not torch._C._are_functorch_transforms_active()
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
