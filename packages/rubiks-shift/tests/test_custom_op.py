@@ -25,7 +25,7 @@ def test_opcheck_forward(device, quantize):
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_backward(device):
     x, shift, stride, padding, quantize, norm, factor = _args(device)
-    gy = torch.randn(2, 3, 4, 3, 6, device=device)
+    gy = torch.randn(2, 3, 4, 4, 6, device=device)  # the forward output's shape
     args = (gy, x.detach(), shift.detach(), stride, padding, quantize, norm, factor, True, True)
     torch.library.opcheck(torch.ops.rubiks_shift.shift3d_backward.default, args)
     args = (gy, x.detach(), shift.detach(), stride, padding, quantize, norm, factor, True, False)
@@ -39,7 +39,7 @@ def test_opcheck_channel_major(device):
     major = channel_major(x.detach()).requires_grad_()
     args = (major, shift, stride, padding, quantize, norm, factor)
     torch.library.opcheck(torch.ops.rubiks_shift.shift3d.default, args)
-    gy = channel_major(torch.randn(2, 3, 4, 3, 6, device=device))
+    gy = channel_major(torch.randn(2, 3, 4, 4, 6, device=device))
     args = (gy, major.detach(), shift.detach(), stride, padding, quantize, norm, factor)
     torch.library.opcheck(torch.ops.rubiks_shift.shift3d_backward.default, (*args, True, True))
 

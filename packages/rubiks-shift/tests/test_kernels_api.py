@@ -132,7 +132,7 @@ def test_shift3d_checks_its_arguments():
     with pytest.raises(ValueError):
         kernels.shift3d_forward(x, shift[:, :3])
     with pytest.raises(ValueError, match="normalize_t_factor"):
-        kernels.shift3d_backward(dy, x, shift, 1, 0, normalize_t_factor="half")
+        kernels.shift3d_backward(dy, x, shift, (1, 2, 2), 0, normalize_t_factor="half")
 
 
 def test_plain_eager_is_false_under_a_dispatch_mode():
@@ -145,3 +145,20 @@ def test_plain_eager_is_false_under_a_dispatch_mode():
     assert kernels.plain_eager()
     with _Mode():
         assert not kernels.plain_eager()
+
+
+def test_backward_entry_points_refuse_a_grad_y_of_another_shape():
+    """The kernels index grad_y by x's shape: another shape must be an error, not an
+    out-of-bounds read."""
+    x, shift = torch.randn(2, 4, 8, 16, 16), torch.randn(3, 8)
+    for bad in (torch.ones(1, 1, 1, 1, 1), torch.ones(2, 4, 8, 8, 8)):
+        with pytest.raises(ValueError, match="grad_y must have the forward's output shape"):
+            kernels.shift3d_backward(bad, x, shift)
+        with pytest.raises(ValueError, match="grad_y must have the forward's output shape"):
+            torch.ops.rubiks_shift.shift3d_backward(
+                bad, x, shift, [1, 1, 1], [0, 0, 0], False, True, 1.0, True, True
+            )
+    with pytest.raises(ValueError, match="grad_y must be a floating tensor"):
+        kernels.shift3d_backward(torch.ones(2, 4, 8, 16, 16, dtype=torch.int64), x, shift)
+    grad_x, grad_shift = kernels.shift3d_backward(torch.ones(2, 4, 8, 8, 8), x, shift, (1, 2, 2))
+    assert grad_x.shape == x.shape and grad_shift.shape == shift.shape

@@ -173,6 +173,28 @@ def check_affine(
             raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {t.device}")
 
 
+def check_grad_y(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    op: str = "rubiks_shift3d backward",
+) -> None:
+    """Raise unless ``grad_y`` is a floating tensor of the forward's output shape on x's
+    device (the kernels index it by x's shape: another shape would be read out of bounds)."""
+    want = output_shape(x.shape, stride, padding)
+    if tuple(grad_y.shape) != tuple(want):
+        raise ValueError(
+            f"{op}: grad_y must have the forward's output shape {tuple(want)} for x of "
+            f"shape {tuple(x.shape)}, got {tuple(grad_y.shape)}"
+        )
+    if not grad_y.is_floating_point() or grad_y.device != x.device:
+        raise ValueError(
+            f"{op}: grad_y must be a floating tensor on x's device {x.device}, got "
+            f"{grad_y.dtype} on {grad_y.device}"
+        )
+
+
 def check_finite_shift(shift: torch.Tensor, op: str = "rubiks_shift3d") -> None:
     """Raise if ``shift`` holds NaN or +-inf. Synchronises a CUDA device: not for hot paths."""
     finite = torch.isfinite(shift)

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.autograd import forward_ad as _forward_ad
 
 from . import _cpu, _dispatch, _normalize, reference
-from ._checks import empty_like_layout, in_layout_of, output_shape
+from ._checks import check_grad_y, empty_like_layout, in_layout_of, output_shape
 from ._traceable import shift_frames
 
 _cuda = None
@@ -103,6 +103,7 @@ def shift3d_backward(
 def _backward_cpu(
     grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
 ):
+    check_grad_y(grad_y, x, stride, padding, "rubiks_shift.shift3d_backward")
     if not _cpu.available():
         return shift3d_backward._init_fn(
             grad_y,
@@ -124,6 +125,7 @@ def _backward_cpu(
 def _backward_cuda(
     grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
 ):
+    check_grad_y(grad_y, x, stride, padding, "rubiks_shift.shift3d_backward")
     return _cuda_backend().backward(
         grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
     )

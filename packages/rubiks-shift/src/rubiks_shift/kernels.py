@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._checks import check_grad_y
 from ._ops import _cuda_backend, _plain_eager, eager_backend
 from .functional import _checked_3d, _t_factor
 
@@ -74,6 +75,7 @@ def shift3d_backward(
     normalised as :func:`rubiks_shift.rubiks_shift3d` does with these settings; None for
     what is not needed."""
     stride3, padding3, _ = _checked_3d(x, shift, stride, padding)
+    check_grad_y(grad_y, x, stride3, padding3, "kernels.shift3d_backward")
     factor = _t_factor(normalize_t_factor, x)
     if not (need_x or need_shift):
         return None, None
