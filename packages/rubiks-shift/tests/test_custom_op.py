@@ -132,3 +132,41 @@ def test_unwrapped_apply_equals_function_apply(device):
         results.append((y.detach(), xa.grad, sa.grad))
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+class _Ops(torch.nn.Module):
+    """Each public op on the input, for export and dynamic compilation."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = torch.nn.Parameter(torch.rand(3, 4) * 2 - 1)
+        self.register_buffer("scale", torch.rand(4) + 0.5)
+        self.register_buffer("bias", torch.randn(4))
+
+    def forward(self, x):
+        from rubiks_shift import affine_relu, affine_relu_shift3d
+
+        a = affine_relu(x, self.scale, self.bias)
+        b = affine_relu_shift3d(x, self.scale, self.bias, self.shift.detach())
+        return rubiks_shift3d(x, self.shift) + a + b
+
+
+def test_export_with_a_dynamic_batch():
+    torch.manual_seed(0)
+    model = _Ops()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(
+        model, (torch.randn(2, 3, 4, 5, 6),), dynamic_shapes=({0: batch},)
+    )
+    x = torch.randn(3, 3, 4, 5, 6)
+    torch.testing.assert_close(program.module()(x), model(x))
+
+
+def test_compile_dynamic_fullgraph_module():
+    """dynamic=True makes the module's float settings symbolic; the checks still trace."""
+    torch.manual_seed(0)
+    layer = RubiksShift3d(4, normalize_t_factor=0.5)
+    compiled = torch.compile(layer, backend="eager", dynamic=True, fullgraph=True)
+    x = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
+    torch.testing.assert_close(compiled(x), layer(x))
+    compiled(x).sum().backward()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -60,7 +59,10 @@ def _checked_3d(
             else:
                 key = None
         if key is not None:
-            hit = _CHECKED.get(key)
+            try:
+                hit = _CHECKED.get(key)
+            except TypeError:  # symbolic sizes (export, dynamic shapes) are not hashable
+                key = None
     if hit is not None:
         return hit
     stride3 = triple(stride, "stride")
@@ -85,7 +87,8 @@ def check_t_factor(value: float | str) -> None:
         raise TypeError(
             f"normalize_t_factor must be a number or 'auto', got {type(value).__name__}"
         )
-    if not math.isfinite(value):
+    if not value - value == 0:  # NaN or +-inf; unlike math.isfinite, traceable for a
+        # float torch.compile(dynamic=True) makes symbolic
         raise ValueError(f"normalize_t_factor must be finite, got {value!r}")
 
 

@@ -206,7 +206,10 @@ def _checked_prologue(x, scale, bias, frame_shift) -> str:
     key = None
     if all(isinstance(t, torch.Tensor) for t in args):
         key = tuple((type(t), t.shape, t.dtype, t.device) for t in args)
-        hit = _CHECKED_PROLOGUE.get(key)
+        try:
+            hit = _CHECKED_PROLOGUE.get(key)
+        except TypeError:  # symbolic sizes (export, dynamic shapes) are not hashable
+            key = hit = None
         if hit is not None:
             return hit
     if not isinstance(x, torch.Tensor):
