@@ -147,6 +147,19 @@ def test_refuses_bad_input():
         affine_relu(x, scale, bias, frames.to("meta"))
 
 
+def test_every_signed_integer_frame_shift_and_a_strided_clip():
+    x, scale, bias = _case(6, (1, 5, 3, 4, 4), "cpu")
+    expected = affine_relu(x, scale, bias, torch.tensor([1, -1, 7], dtype=torch.int32))
+    for dtype in (torch.int8, torch.int16, torch.int64):
+        frames = torch.tensor([1, -1, 7], dtype=dtype)
+        torch.testing.assert_close(affine_relu(x, scale, bias, frames), expected, rtol=0, atol=0)
+    strided = x.transpose(3, 4)  # the result is contiguous, as the fake kernel says
+    y = affine_relu(strided, scale, bias)
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, torch.relu(strided * scale.view(3, 1, 1) + bias.view(3, 1, 1)))
+    torch.library.opcheck(torch.ops.rubiks_shift.affine_relu.default, (strided, scale, bias))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     x, scale, bias = _case(4, (2, 3, 4, 5, 5), device)

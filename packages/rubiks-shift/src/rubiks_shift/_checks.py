@@ -80,10 +80,11 @@ def empty_channel_major(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 
 def in_layout_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A result ``y`` (N, T, C, H, W) of an op on the clip ``x``, stored as x is:
-    channel-major where x is (``channel_major``), else ``y`` itself."""
+    """A result ``y`` (N, T, C, H, W) of an op on the clip ``x``, stored as the fake
+    kernels say: channel-major where x is (``channel_major``), else contiguous (``y``
+    itself where it is; an elementwise result keeps a strided x's strides)."""
     if not channel_major(x):
-        return y
+        return y.contiguous()
     return empty_channel_major(x, y.shape).copy_(y)
 
 

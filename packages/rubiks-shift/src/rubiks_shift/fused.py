@@ -285,7 +285,10 @@ def affine_relu(
     frames = frame_shift  # what the call's signature has: bound only where it is int32
     if frames is not None and frames.dtype != torch.int32:
         # beyond +-T every frame reads outside the clip: clamping keeps the int32 exact
-        frames = frames.clamp(-(2**24), 2**24).to(torch.int32)
+        # (int8 and int16 are within the bounds already, and cannot hold them)
+        if frames.dtype == torch.int64:
+            frames = frames.clamp(-(2**24), 2**24)
+        frames = frames.to(torch.int32)
     if COMPILE_AS_TORCH["affine_relu"] and torch.compiler.is_compiling():
         return affine_relu_torch(x, scale, bias, frames)
     y = affine_relu_call(x, _in_acc_dtype(x, scale), _in_acc_dtype(x, bias), frames, device_type)
