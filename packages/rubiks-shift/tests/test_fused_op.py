@@ -81,6 +81,8 @@ def test_refuses_gradients_and_bad_affine():
     with pytest.raises(RuntimeError, match="inference"):
         affine_relu_shift3d(x.requires_grad_(), scale, bias, shift)
     x = x.detach()
+    with pytest.raises(RuntimeError, match="inference"):  # the shift's gradient too
+        affine_relu_shift3d(x, scale, bias, torch.nn.Parameter(shift.clone()))
     with pytest.raises(ValueError, match=r"scale must have shape \(C,\) = \(3,\)"):
         affine_relu_shift3d(x, scale[:2], bias, shift)
     with pytest.raises(TypeError, match="bias must be floating point"):

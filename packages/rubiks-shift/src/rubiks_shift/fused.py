@@ -61,17 +61,16 @@ def _in_acc_dtype(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 _Tensor = torch.Tensor
 
 
-def _records_grad(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> bool:
+def _records_grad(*tensors: torch.Tensor) -> bool:
     """Whether autograd would record this call (the ops refuse it: no gradient)."""
-    needs = x.requires_grad or scale.requires_grad or bias.requires_grad
-    return needs and torch.is_grad_enabled()
+    return any(t.requires_grad for t in tensors) and torch.is_grad_enabled()
 
 
 def _meta(t: torch.Tensor) -> tuple:
     return (t.dtype, t.shape, t.stride(), t.get_device())
 
 
-def _bound_call(key: tuple | None, x, scale, bias) -> Callable | None:
+def _bound_call(key: tuple | None, *tensors: torch.Tensor) -> Callable | None:
     """The bound call of ``key`` (``_shift_key`` / ``_prologue_key``) where this call may
     take it."""
     if key is None:
@@ -79,7 +78,7 @@ def _bound_call(key: tuple | None, x, scale, bias) -> Callable | None:
     call = _cuda_backend().BOUND.get(key)
     if call is None:
         return None
-    if _records_grad(x, scale, bias):
+    if _records_grad(*tensors):
         return None
     if not _plain_eager() or torch._C._cuda_getDevice() != key[4]:
         return None
@@ -164,11 +163,11 @@ def affine_relu_shift3d(
         convolutions around the shift are single matrix products), else contiguous.
     """
     key = _shift_key(x, scale, bias, shift, stride, padding, quantize)
-    call = _bound_call(key, x, scale, bias)
+    call = _bound_call(key, x, scale, bias, shift)
     if call is not None:
         return call(x, scale, bias, shift)
     stride3, padding3, device_type = _checked_3d(x, shift, stride, padding, (scale, bias))
-    if _records_grad(x, scale, bias):
+    if _records_grad(x, scale, bias, shift):
         raise RuntimeError(
             f"{_OP} is for inference and has no gradient; run it under torch.no_grad() or "
             "torch.inference_mode(), or use rubiks_shift3d(relu(...)) for training"
