@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rubiks_shift import RubiksShift2d, RubiksShift3d, group_offsets, init_temporal
@@ -61,3 +62,33 @@ def test_state_dict_round_trip():
     a, b = RubiksShift3d(12), RubiksShift3d(12)
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.shift, b.shift)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(channels=4, stride=0), ValueError, "stride must be >= 1"),
+        (dict(channels=4, padding=-1), ValueError, "padding >= 0"),
+        (dict(channels=4, quantize="no"), TypeError, "quantize must be a bool"),
+        (dict(channels=4, normalize_grad=1), TypeError, "normalize_grad must be a bool"),
+        (dict(channels=True), TypeError, "channels must be an int"),
+        (dict(channels=3.5), TypeError, "channels must be an int"),
+        (dict(channels=0), ValueError, "channels must be >= 1"),
+        (dict(channels=4, t_init="tsm-g1e400"), ValueError, "sigma must be finite"),
+    ],
+)
+def test_constructors_refuse_bad_settings(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        RubiksShift3d(**kwargs)
+    if "t_init" not in kwargs:
+        with pytest.raises(error, match=message):
+            RubiksShift2d(**kwargs)
+
+
+def test_numpy_scalars_are_taken_as_python_numbers():
+    import numpy as np
+
+    layer = RubiksShift3d(np.int64(4), stride=np.int64(2), quantize=np.True_)
+    assert layer.channels == 4 and layer.stride == (2, 2, 2) and layer.quantize is True
+    layer = RubiksShift3d(4, normalize_t_factor=np.float32(0.5))
+    assert layer(torch.randn(1, 2, 4, 6, 6)).shape == (1, 2, 4, 6, 6)

@@ -6,8 +6,10 @@ device synchronisation and run on every call.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -21,10 +23,10 @@ MAX_EXTENT = 2**24
 
 def triple(value: int | Sequence[int], name: str, ndims: int = 3) -> tuple[int, ...]:
     """Turn an int or a sequence of ``ndims`` ints into a tuple, refusing anything else."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int or a sequence of {ndims} ints, got a bool")
-    if isinstance(value, int):
-        return (value,) * ndims
+    if isinstance(value, numbers.Integral):  # int, numpy integers
+        return (int(value),) * ndims
     try:
         items = tuple(value)
     except TypeError:
@@ -32,10 +34,10 @@ def triple(value: int | Sequence[int], name: str, ndims: int = 3) -> tuple[int, 
             f"{name} must be an int or a sequence of {ndims} ints, got {type(value).__name__}"
         ) from None
     if len(items) != ndims or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in items
+        isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) for v in items
     ):
         raise TypeError(f"{name} must be an int or a sequence of {ndims} ints, got {value!r}")
-    return items
+    return tuple(int(v) for v in items)
 
 
 def remember(memo: dict, key: tuple, value):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -83,7 +84,7 @@ def check_t_factor(value: float | str) -> None:
         if value != "auto":
             raise ValueError(f"normalize_t_factor must be a number or 'auto', got {value!r}")
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"normalize_t_factor must be a number or 'auto', got {type(value).__name__}"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -35,6 +36,8 @@ def init_temporal(
         values[fold : 2 * fold] = -1
         if match:
             sigma = float(match.group(1))
+            if not math.isfinite(sigma):
+                raise ValueError(f"temporal init mode {mode!r}: sigma must be finite")
             values += sigma * torch.randn(row.shape, generator=generator, dtype=row.dtype)
         row.copy_(values)
         return

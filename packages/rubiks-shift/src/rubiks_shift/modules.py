@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,9 +16,18 @@ from .init import init_spatial, init_temporal
 __all__ = ["RubiksShift2d", "RubiksShift3d"]
 
 
-def _check_channels(channels: int) -> None:
+def _check_channels(channels: int) -> int:
+    if isinstance(channels, bool) or not isinstance(channels, numbers.Integral):
+        raise TypeError(f"channels must be an int, got {channels!r}")
     if channels < 1:
         raise ValueError(f"channels must be >= 1, got {channels}")
+    return int(channels)
+
+
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 class _ShiftLayer(nn.Module):
@@ -26,12 +37,16 @@ class _ShiftLayer(nn.Module):
         self, rows, channels, stride, padding, init, quantize, normalize_grad, device, dtype
     ):
         super().__init__()
-        self.channels = channels
+        self.channels = _check_channels(channels)
         self.stride = triple(stride, "stride", rows)
         self.padding = triple(padding, "padding", rows)
+        if min(self.stride) < 1 or min(self.padding) < 0:
+            raise ValueError(
+                f"stride must be >= 1 and padding >= 0, got {self.stride} and {self.padding}"
+            )
         self.init = init
-        self.quantize = quantize
-        self.normalize_grad = normalize_grad
+        self.quantize = _check_flag("quantize", quantize)
+        self.normalize_grad = _check_flag("normalize_grad", normalize_grad)
         self.shift = nn.Parameter(torch.empty(rows, channels, device=device, dtype=dtype))
 
     def _repr_parts(self) -> list[str]:
@@ -68,7 +83,6 @@ class RubiksShift3d(_ShiftLayer):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        _check_channels(channels)
         check_t_factor(normalize_t_factor)
         super().__init__(
             3, channels, stride, padding, init, quantize, normalize_grad, device, dtype
@@ -136,7 +150,6 @@ class RubiksShift2d(_ShiftLayer):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        _check_channels(channels)
         super().__init__(
             2, channels, stride, padding, init, quantize, normalize_grad, device, dtype
         )
