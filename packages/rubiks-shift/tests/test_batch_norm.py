@@ -177,3 +177,21 @@ def test_cuda_channel_major_frames(dtype, tol, shape, channel_form):
             assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
         for t in (got[0], got[3]):  # y and grad_x
             assert not t.is_contiguous() and t.transpose(0, 1).is_contiguous()
+
+
+def test_kernel_entry_point_checks_before_writing_running_statistics():
+    from rubiks_shift import kernels
+
+    x = torch.randn(4, 3, 5, 5)
+    weight, bias, mean, var = torch.ones(3), torch.zeros(3), torch.zeros(3), torch.ones(3)
+    bad = [
+        ((x, weight, bias, torch.zeros(2), var, 0.1, 1e-5), "must have shape"),
+        ((x, weight[:2], bias, mean, var, 0.1, 1e-5), "must have shape"),
+        ((torch.randn(1, 3, 1, 1), weight, bias, mean, var, 0.1, 1e-5), "more than one value"),
+        ((x, weight, bias, mean, var, None, 1e-5), "momentum must be a number in"),
+    ]
+    for args, message in bad:
+        before = [t.clone() for t in args[3:5]]
+        with pytest.raises(ValueError, match=message):
+            kernels.batch_norm_relu_forward(*args)
+        assert all(torch.equal(a, b) for a, b in zip(before, args[3:5], strict=True))

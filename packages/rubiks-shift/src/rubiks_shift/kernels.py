@@ -122,6 +122,29 @@ def _channel_view(x: Tensor) -> tuple[int, ...]:
     return (1, -1) + (1,) * (x.dim() - 2)
 
 
+def _check_batch_norm(x: Tensor, momentum: float, *per_channel: Tensor) -> None:
+    """Refuse what the kernels would read out of bounds or misuse, before anything is
+    written: (C,) per-channel tensors, more than one value per channel, a momentum in
+    [0, 1]."""
+    channels = x.shape[1] if x.dim() >= 2 else -1
+    for t in per_channel:
+        if t.shape != (channels,):
+            raise ValueError(
+                f"batch_norm_relu: weight, bias and running statistics must have shape "
+                f"(C,) = ({channels},) for x of shape {tuple(x.shape)}, got {tuple(t.shape)}"
+            )
+    if x.numel() // channels < 2:
+        raise ValueError(
+            f"batch_norm_relu: more than one value per channel needed, got {tuple(x.shape)}"
+        )
+    if (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, (int, float))
+        or not 0 <= momentum <= 1
+    ):
+        raise ValueError(f"batch_norm_relu: momentum must be a number in [0, 1], got {momentum!r}")
+
+
 def batch_norm_relu_forward(
     x: Tensor,
     weight: Tensor,
@@ -137,6 +160,7 @@ def batch_norm_relu_forward(
     the (4, C) mean, 1 / sqrt(var + eps), scale and shift of the affine applied, in float32
     (float64 for float64 x). weight, bias and the running statistics: contiguous (C,), in
     that dtype."""
+    _check_batch_norm(x, momentum, weight, bias, running_mean, running_var)
     if x.is_cuda:
         major = _frames_channel_major(x)
         y, stats = _cuda_backend().batch_norm_relu_forward(
