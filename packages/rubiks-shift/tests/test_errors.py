@@ -92,3 +92,17 @@ def test_checks_hold_after_a_valid_call_with_the_same_signature():
         rubiks_shift3d(x, torch.zeros(3, 4), 1, 0)
     with pytest.raises(TypeError, match="tensors"):
         rubiks_shift3d(x.numpy(), shift, 1, 0)
+
+
+def test_check_shift_names_the_non_finite_values():
+    from rubiks_shift import check_shift
+
+    shift = torch.zeros(3, 4)
+    check_shift(shift)  # finite: nothing to say
+    shift[1, 2], shift[0, 3] = float("nan"), float("-inf")
+    with pytest.raises(
+        ValueError, match=r"non-finite values at \(row, channel\) \[\[0, 3\], \[1, 2\]\]"
+    ):
+        check_shift(shift)
+    with pytest.raises(TypeError, match="shift must be a tensor"):
+        check_shift(torch.nn.Linear(2, 2))

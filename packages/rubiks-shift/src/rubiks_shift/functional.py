@@ -171,4 +171,8 @@ def rubiks_shift2d(
 
 def check_shift(shift: torch.Tensor) -> None:
     """Raise ValueError if ``shift`` has NaN or infinite values (syncs a CUDA device)."""
+    if not isinstance(shift, torch.Tensor):
+        raise TypeError(
+            f"check_shift: shift must be a tensor (a layer's .shift), got {type(shift).__name__}"
+        )
     check_finite_shift(shift, "check_shift")
