@@ -85,6 +85,11 @@ def test_constructors_refuse_bad_settings(kwargs, error, message):
             RubiksShift2d(**kwargs)
 
 
+def test_from_2d_keeps_the_spatial_init_mode():
+    inflated = RubiksShift3d.from_2d(RubiksShift2d(18, init="group3"))
+    assert inflated.init == "group3" and inflated.t_init == "tsm"
+
+
 def test_numpy_scalars_are_taken_as_python_numbers():
     import numpy as np
 

@@ -115,6 +115,7 @@ class RubiksShift3d(_ShiftLayer):
         if not isinstance(layer, RubiksShift2d):
             raise TypeError(f"from_2d expects a RubiksShift2d, got {type(layer).__name__}")
         options = dict(
+            init=layer.init,  # how the copied rows began
             stride=(1, *layer.stride),
             padding=(0, *layer.padding),
             quantize=layer.quantize,
