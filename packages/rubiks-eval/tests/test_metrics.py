@@ -67,3 +67,13 @@ def test_running_accuracy():
     assert r.postfix()["top1"] == "-"
     r.update(torch.eye(3), torch.tensor([0, 1, 0]), failed=1)
     assert r.postfix()["top1"] == "50.00"
+
+
+def test_non_finite_scores_are_misses_and_counted():
+    nan, inf = float("nan"), float("inf")
+    scores = torch.tensor([[nan, 0.0, 0.0], [0.0, inf, 0.0], [0.0, 0.0, 1.0]])
+    labels = torch.tensor([0, 1, 2])
+    m = compute_metrics(scores, labels)  # topk ranks NaN first: it would have "hit" class 0
+    assert m.top1 == pytest.approx(100 / 3) and m.top5 == pytest.approx(100 / 3)
+    assert m.num_nonfinite == 2 and m.as_dict()["num_nonfinite"] == 2
+    assert compute_metrics(torch.full((2, 10), nan), torch.tensor([8, 3])).top5 == 0.0

@@ -45,7 +45,8 @@ def aggregate_views(logits: torch.Tensor, num_views: int | None = None) -> torch
 def topk_hits(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict:
     """Boolean hit vectors per k: label among the k highest scores (k clipped to #classes).
 
-    Ties are broken by ``torch.topk`` (deterministic for a given input on CPU).
+    Ties are broken by ``torch.topk`` (deterministic for a given input on CPU). A row with
+    a NaN or infinite score hits nothing (``topk`` would rank a NaN first).
     """
     if scores.dim() != 2 or labels.dim() != 1 or scores.shape[0] != labels.shape[0]:
         raise ValueError(
@@ -58,7 +59,7 @@ def topk_hits(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1
         return {k: torch.zeros(0, dtype=torch.bool) for k in ks}
     maxk = min(max(ks), scores.shape[1])
     top = scores.topk(maxk, dim=1).indices
-    match = top == labels[:, None]
+    match = (top == labels[:, None]) & torch.isfinite(scores).all(dim=1, keepdim=True)
     for k in ks:
         out[k] = match[:, : min(k, maxk)].any(dim=1)
     return out
@@ -106,6 +107,7 @@ class Metrics:
     top5_readable: float
     num_classes: int
     failures: list[dict] = field(default_factory=list)
+    num_nonfinite: int = 0  # evaluated videos with a NaN or infinite score (misses)
 
     @property
     def num_failed(self) -> int:
@@ -122,7 +124,9 @@ class Metrics:
             "top1_readable": self.top1_readable,
             "top5_readable": self.top5_readable,
             "num_classes": self.num_classes,
-            "denominator": "all listed videos; unreadable videos count as misses",
+            "num_nonfinite": self.num_nonfinite,
+            "denominator": "all listed videos; unreadable videos and non-finite scores "
+            "count as misses",
             "failures": self.failures,
         }
 
@@ -167,6 +171,7 @@ def compute_metrics(
         top5_readable=_pct(hits[5], n_eval),
         num_classes=num_classes,
         failures=failures,
+        num_nonfinite=int((~torch.isfinite(scores)).any(dim=1).sum()) if scores.dim() == 2 else 0,
     )
 
 

@@ -31,6 +31,11 @@ def format_summary(result: EvalResult, title: str = "") -> str:
         f"top-5:                {m.top5:.2f} %",
         f"mean class accuracy:  {m.mean_class_accuracy:.2f} %",
     ]
+    if m.num_nonfinite:
+        lines.append(
+            f"non-finite scores:    {m.num_nonfinite} videos with a NaN or infinite score "
+            "(counted as misses: the model's outputs overflowed or diverged)"
+        )
     if m.num_failed:
         lines.append(
             f"top-1 / top-5 over the {m.num_evaluated} readable videos: "
