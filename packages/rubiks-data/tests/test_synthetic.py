@@ -174,3 +174,22 @@ def test_cli_refuses_bad_settings_before_writing(tmp_path, capsys):
     # --overwrite writes into the folder
     assert synth_main([str(victim), "--overwrite", *args]) == 0
     assert (victim / "meta.json").is_file()
+
+
+def test_generate_refuses_a_folder_of_other_files(tmp_path):
+    cfg = SynthConfig(num_train=2, num_val=1, width=16, height=16, num_frames=4,
+                      classes=("up", "down"))  # fmt: skip
+    folder = tmp_path / "mine"
+    (folder / "videos").mkdir(parents=True)
+    (folder / "labels.json").write_text("USER")
+    (folder / "videos" / "1.webm").write_text("USERVIDEO")
+    (folder / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="holds no synthetic dataset"):
+        generate(folder, cfg, progress=False)
+    assert (folder / "labels.json").read_text() == "USER"
+    # overwrite: the files generate writes are replaced, a user's video included
+    generate(folder, cfg, progress=False, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "keep"
+    assert len(read_frames(folder / "videos" / "1.webm", range(4))) == 4
+    with pytest.raises(FileExistsError, match="is not a folder"):
+        generate(folder / "notes.txt", cfg, progress=False)

@@ -166,13 +166,24 @@ def generate(
     """Write the dataset described by ``config`` into ``out_dir``; returns ``out_dir``.
 
     A folder already holding the same dataset (``meta.json``) is left as it is; a partial
-    one with the same settings is completed; one with other settings is an error unless
-    ``overwrite`` (which removes the generated files first).
+    one with the same settings is completed; one with other settings, or a non-empty
+    folder that holds no synthetic dataset, is an error unless ``overwrite`` (which first
+    removes the files this function writes: ``videos/``, ``frames/``, the annotations).
     """
     config = config or SynthConfig()
     out = Path(out_dir)
     wanted = config.to_json()
     meta, cfg_file = out / "meta.json", out / "config.json"
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if out.is_dir() and not cfg_file.is_file() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} is a non-empty folder that holds no synthetic dataset; choose an "
+                "empty or new folder, or overwrite (its videos/, frames/ and annotation "
+                "files are replaced)"
+            )
+        _clean(out)  # a file of the user's must not pass for a generated one
     if cfg_file.is_file():
         existing = json.loads(cfg_file.read_text())
         if existing != wanted:
