@@ -69,6 +69,10 @@ def test_video_lists(tmp_path):
     assert [(r.path, r.label) for r in read_video_list(csv_)] == [("x.mp4", 2), ("y, z.webm", 0)]
     with pytest.raises(ListFileError, match=r"v2.csv:2: expected '<path> <label>'"):
         read_video_list(write(tmp_path, "v2.csv", "x.mp4,1\ny.mp4\n"))
+    # a malformed first row is an error, not a header dropped in silence
+    for first in ("videos/7.webm,two", "videos/7.webm,1.0", "clip7,1.0"):
+        with pytest.raises(ListFileError, match=r"first.csv:1: "):
+            read_video_list(write(tmp_path, "first.csv", f"{first}\nvideos/8.webm,0\n"))
     with pytest.raises(ListFileError, match=r"v3.txt:1: label 5 out of range \[0, 3\)"):
         read_video_list(write(tmp_path, "v3.txt", "x.mp4 5\n"), num_classes=3)
 

@@ -106,7 +106,9 @@ def read_frame_list(path: str | os.PathLike, num_classes: int | None = None) -> 
 def read_video_list(path: str | os.PathLike, num_classes: int | None = None) -> list[VideoRecord]:
     """Parse a list of video files with labels.
 
-    ``.csv``: rows ``path,label`` (a first row whose label is not an integer is a header).
+    ``.csv``: rows ``path,label``; a first row of two names (no file extension in the
+    first cell, no number in the second, e.g. ``path,label``) is a header. Any other
+    malformed row, the first included, is an error naming its line.
     Otherwise whitespace-separated ``<path> <label>`` lines (paths may contain spaces).
     The video id is the path as written; relative paths are resolved by the dataset.
     """
@@ -117,11 +119,8 @@ def read_video_list(path: str | os.PathLike, num_classes: int | None = None) -> 
         for n, row in enumerate(csv.reader(lines), start=1):
             if row and any(cell.strip() for cell in row):
                 rows.append((n, [cell.strip() for cell in row]))
-        if rows and len(rows[0][1]) == 2:
-            try:
-                int(rows[0][1][1])
-            except ValueError:
-                rows = rows[1:]  # header
+        if rows and _is_header(rows[0][1]):
+            rows = rows[1:]
     else:
         for n, raw in enumerate(_read_lines(path), start=1):
             if raw.strip():
@@ -136,6 +135,17 @@ def read_video_list(path: str | os.PathLike, num_classes: int | None = None) -> 
         _check_unique(parts[0], seen, path, n)
         records.append(VideoRecord(parts[0], label, path=parts[0]))
     return _finish(records, path)
+
+
+def _is_header(cells: list[str]) -> bool:
+    """Whether a CSV video list's first row names its columns rather than a video."""
+    if len(cells) != 2 or Path(cells[0]).suffix:
+        return False
+    try:
+        float(cells[1])
+    except ValueError:
+        return True
+    return False
 
 
 def ssv2_class_name(template: str) -> str:
