@@ -140,3 +140,18 @@ def test_crop_larger_than_scaled_short_side_is_refused(protocol):
     with pytest.raises(ValueError, match="crop_size 100 is larger than scale_size 64"):
         get_protocol(protocol, crop_size=100, scale_size=64)
     assert get_protocol(protocol, crop_size=64, scale_size=64).crop_size == 64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(scales=()), "scales must be fractions"),
+        (dict(scales=(1.0, 1.5)), "scales must be fractions"),
+        (dict(max_distort=-1), "max_distort must be >= 0"),
+        (dict(input_size=0), "input_size must be positive"),
+        (dict(scale_size=0), "scale_size must be positive"),
+    ],
+)
+def test_train_transform_refuses_settings_that_fail_every_clip(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainTransform(**kwargs)

@@ -178,6 +178,18 @@ class TrainTransform:
     more_fix_crop: bool = True
     flip: bool = False
 
+    def __post_init__(self) -> None:
+        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int):
+            raise TypeError(f"input_size must be an int, got {self.input_size!r}")
+        if self.input_size < 1:
+            raise ValueError(f"input_size must be positive, got {self.input_size}")
+        if self.scale_size is not None and self.scale_size < 1:
+            raise ValueError(f"scale_size must be positive or None, got {self.scale_size}")
+        if not self.scales or not all(0 < s <= 1 for s in self.scales):
+            raise ValueError(f"scales must be fractions in (0, 1], at least one: {self.scales!r}")
+        if self.max_distort < 0:
+            raise ValueError(f"max_distort must be >= 0, got {self.max_distort}")
+
     @property
     def num_views(self) -> int:
         return 1
