@@ -137,3 +137,9 @@ def test_good_templates(template):
 def test_bad_templates(template, message):
     with pytest.raises(ValueError, match=message):
         check_template(template)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeffa 10 0\nb 12 1\n".encode())
+    assert [r.video_id for r in read_frame_list(path)] == ["a", "b"]

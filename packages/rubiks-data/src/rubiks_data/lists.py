@@ -40,7 +40,7 @@ class VideoRecord:
 
 def _read_lines(path: Path) -> list[str]:
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig").splitlines()  # a leading BOM is not text
     except FileNotFoundError:
         raise FileNotFoundError(f"list file not found: {path}") from None
     except UnicodeDecodeError as err:
