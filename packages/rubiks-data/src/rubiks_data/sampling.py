@@ -32,7 +32,9 @@ def _rng(rng: RngLike) -> np.random.Generator:
 
 
 def test_indices(num_frames: int, num_segments: int, twice: bool = False) -> list[int]:
-    """Test-time indices: segment centres ``floor(tick/2 + tick*i)`` with ``tick = L/n``.
+    """Test-time indices: segment centres ``floor(tick/2 + tick*i)`` with ``tick = L/n``,
+    in double precision as TSM computes them (docs/spec.md §3.2 on where that differs from
+    exact arithmetic).
 
     With ``twice=True`` (the "2-clip" protocol) the segment starts ``floor(tick*i)`` follow
     as a second clip, so 2n indices are returned. Example: L=3, n=8 gives 0,0,0,1,1,2,2,2.
