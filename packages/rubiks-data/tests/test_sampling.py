@@ -97,3 +97,9 @@ def test_train_indices_cover_every_offset():
 def test_bad_arguments(fn, args):
     with pytest.raises(ValueError, match="must be a positive integer"):
         fn(*args)
+
+
+def test_dense_sampling_refuses_more_than_64_frames_per_clip():
+    assert len(dense_indices(300, 64)) == 640
+    with pytest.raises(ValueError, match="at most 64 frames per clip"):
+        dense_indices(300, 65)

@@ -70,6 +70,11 @@ def test_bad_options_are_one_line_errors_before_work(tiny_synthetic, capsys, mon
         _base(data, ckpt, "--crop-size", "100", "--scale-size", "64"),
         "--crop-size 100 is larger than --scale-size 64",
     )
+    _refused(
+        capsys,
+        _base(data, ckpt, "--protocol", "dense", "--num-frames", "65"),
+        "--protocol dense takes at most 64 frames per clip",
+    )
     _refused(capsys, _base(data, ckpt, "--device", "gpu9"), "--device 'gpu9' is not a device")
     if not torch.cuda.is_available():
         _refused(capsys, _base(data, ckpt, "--device", "cuda"), "--device cuda: CUDA is not")

@@ -96,3 +96,8 @@ def test_eval_cli_refuses_an_unlabelled_list_before_reading_videos():
     _check_labels(SimpleNamespace(labels=[0, 3, 1]))
     with pytest.raises(ValueError, match="2 of 3 videos have no label"):
         _check_labels(SimpleNamespace(labels=[0, -1, -1]))
+
+
+def test_aggregate_views_refuses_zero_views():
+    with pytest.raises(ValueError, match="num_views must be >= 1"):
+        aggregate_views(torch.zeros(4, 3), 0)

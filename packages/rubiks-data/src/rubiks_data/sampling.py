@@ -74,6 +74,8 @@ def dense_indices(num_frames: int, num_segments: int, num_clips: int = 10) -> li
     _check(num_frames, num_segments)
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+    if num_segments > 64:  # the stride 64 // n would be 0: every frame of a clip the same
+        raise ValueError(f"dense sampling takes at most 64 frames per clip, got {num_segments}")
     span = max(1, num_frames - 63)
     stride = 64 // num_segments
     starts = np.linspace(0, span - 1, num=num_clips, dtype=int).tolist()

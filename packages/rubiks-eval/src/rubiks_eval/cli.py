@@ -253,6 +253,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     error = crop_error("--crop-size", args.crop_size, args.scale_size)
     if error:
         parser.error(error)
+    if args.protocol == "dense" and args.num_frames > 64:
+        parser.error(f"--protocol dense takes at most 64 frames per clip, got {args.num_frames}")
     for path, flag in ((args.val_list, "--val-list"), (args.labels_file, "--labels-file")):
         if path and not Path(path).expanduser().is_file():
             parser.error(f"{flag} {path}: no such file")

@@ -31,6 +31,8 @@ def aggregate_views(logits: torch.Tensor, num_views: int | None = None) -> torch
     if logits.dim() == 2:
         if num_views is None:
             raise ValueError("aggregate_views: num_views is required for (B*V, K) logits")
+        if num_views < 1:
+            raise ValueError(f"aggregate_views: num_views must be >= 1, got {num_views}")
         if logits.shape[0] % num_views:
             raise ValueError(
                 f"aggregate_views: {logits.shape[0]} rows are not a multiple of "
