@@ -61,16 +61,19 @@ def _in_acc_dtype(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 _Tensor = torch.Tensor
 
 
-def _records_grad(*tensors: torch.Tensor) -> bool:
-    """Whether autograd would record this call (the ops refuse it: no gradient)."""
-    return any(t.requires_grad for t in tensors) and torch.is_grad_enabled()
+def _records_grad(x: _Tensor, scale: _Tensor, bias: _Tensor, shift: _Tensor | None = None) -> bool:
+    """Whether autograd would record this call (the ops refuse it: no gradient). Written
+    out, not as ``any()`` over the tensors: half the host time on the bound-call path."""
+    needs = x.requires_grad or scale.requires_grad or bias.requires_grad
+    needs = needs or (shift is not None and shift.requires_grad)
+    return needs and torch.is_grad_enabled()
 
 
 def _meta(t: torch.Tensor) -> tuple:
     return (t.dtype, t.shape, t.stride(), t.get_device())
 
 
-def _bound_call(key: tuple | None, *tensors: torch.Tensor) -> Callable | None:
+def _bound_call(key: tuple | None, x, scale, bias, shift=None) -> Callable | None:
     """The bound call of ``key`` (``_shift_key`` / ``_prologue_key``) where this call may
     take it."""
     if key is None:
@@ -78,7 +81,7 @@ def _bound_call(key: tuple | None, *tensors: torch.Tensor) -> Callable | None:
     call = _cuda_backend().BOUND.get(key)
     if call is None:
         return None
-    if _records_grad(*tensors):
+    if _records_grad(x, scale, bias, shift):
         return None
     if not _plain_eager() or torch._C._cuda_getDevice() != key[4]:
         return None
