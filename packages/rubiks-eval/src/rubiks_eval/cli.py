@@ -147,21 +147,6 @@ def evaluate_from_args(
     )
 
 
-def _check_labels(dataset: Any) -> None:
-    """Refuse, before any video is read, a list with unlabelled videos (label -1, e.g.
-    SSv2's test split): accuracy cannot be measured on them. (Labels beyond the model's
-    classes are the class-count check's, ``match_classes``.)"""
-    labels = getattr(dataset, "labels", None)
-    if not isinstance(labels, list):
-        return
-    unlabelled = sum(label < 0 for label in labels)
-    if unlabelled:
-        raise ValueError(
-            f"{unlabelled} of {len(labels)} videos have no label (-1; a test split?): "
-            "accuracy cannot be measured on them"
-        )
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as configured by ``args``; returns the results document (on every rank)."""
     from .builders import build_eval_dataset, load_model, match_classes
@@ -175,7 +160,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         notice = match_classes(
             model, info, dataset, allow_mismatch=getattr(args, "allow_class_mismatch", False)
         )
-        _check_labels(dataset)
         if args.limit is not None:
             dataset = _Head(dataset, args.limit)
         model.to(env.device).eval()
