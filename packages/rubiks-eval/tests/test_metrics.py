@@ -82,3 +82,18 @@ def test_non_finite_scores_are_misses_and_counted():
 def test_aggregate_views_refuses_zero_views():
     with pytest.raises(ValueError, match="num_views must be >= 1"):
         aggregate_views(torch.zeros(4, 3), 0)
+
+
+def test_unlabelled_videos_are_outside_the_accuracies():
+    scores = torch.eye(3)
+    m = compute_metrics(scores, torch.tensor([0, 2, -1]))  # the third: no label
+    assert (m.num_videos, m.num_unlabelled) == (3, 1)
+    assert m.top1 == 50.0 and m.mean_class_accuracy == 50.0
+    test_split = compute_metrics(scores, torch.tensor([-1, -1, -1]))
+    assert test_split.num_unlabelled == 3 and math.isnan(test_split.top1)
+    assert math.isnan(test_split.mean_class_accuracy)
+    # a failure of unknown label is outside them too; one of known label is a miss
+    failures = [{"video_id": "a", "reason": "x"}, {"video_id": "b", "reason": "y"}]
+    m = compute_metrics(scores, torch.tensor([0, 1, 2]), torch.tensor([-1, 1]), failures)
+    assert (m.num_videos, m.num_unlabelled, m.num_failed) == (5, 1, 2)
+    assert m.top1 == 75.0 and m.top1_readable == 100.0

@@ -98,7 +98,8 @@ def mean_class_accuracy(correct: torch.Tensor, labels: torch.Tensor) -> float:
 
 @dataclass
 class Metrics:
-    """Summary of one evaluation. Percentages use ``num_videos`` (all listed) as denominator."""
+    """Summary of one evaluation. Percentages use the listed videos with a label (all of
+    ``num_videos`` but ``num_unlabelled``) as denominator."""
 
     num_videos: int
     num_evaluated: int
@@ -110,6 +111,7 @@ class Metrics:
     num_classes: int
     failures: list[dict] = field(default_factory=list)
     num_nonfinite: int = 0  # evaluated videos with a NaN or infinite score (misses)
+    num_unlabelled: int = 0  # listed videos of label -1, outside the accuracies
 
     @property
     def num_failed(self) -> int:
@@ -127,8 +129,9 @@ class Metrics:
             "top5_readable": self.top5_readable,
             "num_classes": self.num_classes,
             "num_nonfinite": self.num_nonfinite,
-            "denominator": "all listed videos; unreadable videos and non-finite scores "
-            "count as misses",
+            "num_unlabelled": self.num_unlabelled,
+            "denominator": "all listed videos with a label; unreadable videos and "
+            "non-finite scores count as misses",
             "failures": self.failures,
         }
 
@@ -146,7 +149,9 @@ def compute_metrics(
     """Metrics over evaluated videos (``scores`` (N, K), ``labels`` (N,)) plus failed ones.
 
     ``failed_labels`` are the labels of unreadable videos (they count as misses);
-    ``failures`` their descriptions (video id, reason) carried into the result.
+    ``failures`` their descriptions (video id, reason) carried into the result. A video
+    whose label is -1 (unknown: an unlabelled test split, or a failure before its label
+    was read) is outside the accuracies, read or not (``num_unlabelled``).
     """
     failures = list(failures or [])
     if failed_labels is None:
@@ -156,23 +161,27 @@ def compute_metrics(
         raise ValueError("compute_metrics: failures and failed_labels differ in length")
     labels = labels.long()
     num_classes = int(scores.shape[1]) if scores.dim() == 2 and scores.shape[1] else 0
-    hits = topk_hits(scores, labels, (1, 5))
     n_eval = int(labels.numel())
-    n_all = n_eval + int(failed_labels.numel())
-    miss = torch.zeros(failed_labels.numel(), dtype=torch.bool)
+    n_listed = n_eval + int(failed_labels.numel())
+    known, failed_known = labels >= 0, failed_labels >= 0
+    num_unlabelled = n_listed - int(known.sum()) - int(failed_known.sum())
+    hits = topk_hits(scores[known] if scores.dim() == 2 else scores, labels[known], (1, 5))
+    miss = torch.zeros(int(failed_known.sum()), dtype=torch.bool)
     top1_all = torch.cat([hits[1], miss])
     top5_all = torch.cat([hits[5], miss])
-    all_labels = torch.cat([labels, failed_labels])
+    all_labels = torch.cat([labels[known], failed_labels[failed_known]])
+    n_scored, n_read = int(all_labels.numel()), int(known.sum())
     return Metrics(
-        num_videos=n_all,
+        num_videos=n_listed,
         num_evaluated=n_eval,
-        top1=_pct(top1_all, n_all),
-        top5=_pct(top5_all, n_all),
+        top1=_pct(top1_all, n_scored),
+        top5=_pct(top5_all, n_scored),
         mean_class_accuracy=mean_class_accuracy(top1_all, all_labels),
-        top1_readable=_pct(hits[1], n_eval),
-        top5_readable=_pct(hits[5], n_eval),
+        top1_readable=_pct(hits[1], n_read),
+        top5_readable=_pct(hits[5], n_read),
         num_classes=num_classes,
         failures=failures,
+        num_unlabelled=num_unlabelled,
         num_nonfinite=int((~torch.isfinite(scores)).any(dim=1).sum()) if scores.dim() == 2 else 0,
     )
 

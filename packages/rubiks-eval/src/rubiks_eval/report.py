@@ -27,10 +27,16 @@ def format_summary(result: EvalResult, title: str = "") -> str:
         f"videos listed:        {m.num_videos}",
         f"videos evaluated:     {m.num_evaluated}  ({result.num_views} {views} each)",
         f"unreadable videos:    {m.num_failed}  (counted as misses)",
-        f"top-1:                {m.top1:.2f} %  (of {m.num_videos} listed videos)",
+        f"top-1:                {m.top1:.2f} %  (of {m.num_videos - m.num_unlabelled} "
+        f"listed videos{' with a label' if m.num_unlabelled else ''})",
         f"top-5:                {m.top5:.2f} %",
         f"mean class accuracy:  {m.mean_class_accuracy:.2f} %",
     ]
+    if m.num_unlabelled:
+        lines.append(
+            f"without a label:      {m.num_unlabelled} videos (label -1: scored, outside the "
+            "accuracies)"
+        )
     if m.num_nonfinite:
         lines.append(
             f"non-finite scores:    {m.num_nonfinite} videos with a NaN or infinite score "
