@@ -37,6 +37,7 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
+from bench_block_parts import time_us as block_parts_time_us  # this folder (a script)
 
 import rubiks_models  # noqa: F401  (registers the models)
 from rubiks_models.archs import TIERS
@@ -101,33 +102,11 @@ def check_forms() -> None:
 
 
 def time_us(fn: Callable[[], object], device: str) -> tuple[float, float | None]:
-    """(graphed, eager) µs per call on a GPU; (median, None) on a CPU."""
+    """(graphed, eager) µs per call on a GPU (graphed: ``bench_block_parts.time_us``);
+    (median, None) on a CPU."""
+    graphed = block_parts_time_us(fn, device)
     if device == "cpu":
-        samples = []
-        for _ in range(5):
-            start = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - start)
-        return statistics.median(samples) * 1e6, None
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(20):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    graphed = start.elapsed_time(end) * 1e3 / 200
+        return graphed, None
     eager = []
     for _ in range(5):
         torch.cuda.synchronize()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_stem.py"
 
 
 def _script():
+    if str(SCRIPT.parent) not in sys.path:  # it imports bench_block_parts beside it
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("bench_stem", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
