@@ -63,7 +63,7 @@ def convert(src: str | Path, out_dir: str | Path, *, overwrite: bool = False) ->
     """
     import timm
 
-    from .rubiksnet import RubiksNet, saved_build_args
+    from .rubiksnet import RubiksNet, saved_model_kwargs
 
     src = Path(src).expanduser()
     out = Path(out_dir).expanduser()
@@ -71,9 +71,7 @@ def convert(src: str | Path, out_dir: str | Path, *, overwrite: bool = False) ->
         raise FileNotFoundError(f"{src}: no such checkpoint file")
     check_output_dir(src, out, overwrite)
     state, meta, (tier, variant, classes, frames) = resolve_checkpoint(src)
-    build = saved_build_args(src, meta)  # a save_weights file's own architecture
-    if meta.get("deploy") in (True, "true"):
-        build["deploy"] = True
+    build = saved_model_kwargs(src, meta)  # a save_weights file's own architecture
     model = RubiksNet(tier, classes, frames, variant, **build)
     try:
         model.load_state_dict(validate_state_dict(state, model), strict=True)

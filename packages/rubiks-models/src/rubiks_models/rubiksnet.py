@@ -692,9 +692,7 @@ class RubiksNet(nn.Module):
         Every error names the file.
         """
         state, meta, (tier, variant, classes, frames) = resolve_checkpoint(path)
-        if meta.get("deploy") in (True, "true"):
-            kwargs.setdefault("deploy", True)
-        for key, value in saved_build_args(path, meta).items():
+        for key, value in saved_model_kwargs(path, meta).items():
             kwargs.setdefault(key, value)
         model = cls(tier, classes, kwargs.pop("num_frames", frames), variant, **kwargs)
         try:
@@ -713,8 +711,16 @@ _BUILD_ARGS = frozenset(
 )  # fmt: skip
 
 
-def saved_build_args(path: str | os.PathLike, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``build_args`` a checkpoint's metadata records (``model_args``, JSON), checked."""
+def saved_model_kwargs(path: str | os.PathLike, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The RubiksNet keywords a checkpoint's metadata records: its ``build_args``
+    (``model_args``, JSON, checked) and ``deploy`` for the deployment form."""
+    kwargs = _saved_build_args(path, meta)
+    if meta.get("deploy") in (True, "true"):
+        kwargs["deploy"] = True
+    return kwargs
+
+
+def _saved_build_args(path: str | os.PathLike, meta: Mapping[str, Any]) -> dict[str, Any]:
     text = meta.get("model_args")
     if text is None:
         return {}
@@ -727,7 +733,7 @@ def saved_build_args(path: str | os.PathLike, meta: Mapping[str, Any]) -> dict[s
         raise CheckpointError(
             f"{Path(path).expanduser()}: model_args holds what RubiksNet does not take: {unknown}"
         )
-    return saved
+    return dict(saved)  # a copy: the caller adds to it
 
 
 # ------------------------------------------------------------------ checkpoint filter
