@@ -198,6 +198,10 @@ def test_training_mode_seeded(synth_webm):
     assert not torch.equal(ds[0].clip, a)
     ds.set_epoch(0)
     assert torch.equal(ds[0].clip, a)
+    assert torch.equal(ds[-24].clip, a) and ds[np.int64(0)].video_id == ds[0].video_id
+    for bad, error in ((24, IndexError), (-25, IndexError), (slice(0, 2), TypeError)):
+        with pytest.raises(error, match=r"out of range|must be an integer"):
+            ds[bad]
     unseeded = build_dataset("synthetic", synth_webm, "train", num_segments=4)
     torch.manual_seed(5)
     b = unseeded[3].clip

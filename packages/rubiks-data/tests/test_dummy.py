@@ -23,5 +23,11 @@ def test_dummy_refuses_bad_input():
         RandomVideoDataset(0)
     with pytest.raises(ValueError, match="does not take"):
         build_dataset("dummy", ".", "train", transform=object())
-    with pytest.raises(IndexError):
-        RandomVideoDataset(3)[3]
+    ds = RandomVideoDataset(3, num_segments=2, crop_size=8)
+    assert torch.equal(ds[-1].clip, ds[2].clip) and ds[-3].video_id == "random00000"
+    for bad in (3, -4):
+        with pytest.raises(IndexError, match=f"index {bad} out of range for 3 videos"):
+            ds[bad]
+    for bad in (slice(0, 2), 1.0, "1"):
+        with pytest.raises(TypeError, match=r"must be an integer.*Subset"):
+            ds[bad]

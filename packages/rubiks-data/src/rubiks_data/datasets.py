@@ -29,7 +29,7 @@ from .lists import (
     read_ssv2_labels,
     read_video_list,
 )
-from .sample import VideoReadError, VideoSample
+from .sample import VideoReadError, VideoSample, item_index
 from .transforms import TestTransform, TrainTransform, get_protocol
 from .video import DecodeError, VideoReader
 
@@ -140,10 +140,9 @@ class ClipDataset(torch.utils.data.Dataset):
         return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
 
     def __getitem__(self, index: int) -> VideoSample:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} videos")
+        index = item_index(index, len(self))
         rec = self.records[index]
-        rng = self._rng(index % len(self)) if self.mode == "train" else None
+        rng = self._rng(index) if self.mode == "train" else None
         try:
             clip = self._load(rec, rng)
         except DecodeError as err:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .sample import VideoSample
+from .sample import VideoSample, item_index
 from .transforms import get_protocol
 
 __all__ = ["RandomVideoDataset"]
@@ -74,8 +74,7 @@ class RandomVideoDataset(torch.utils.data.Dataset):
         return self.num_videos
 
     def __getitem__(self, index: int) -> VideoSample:
-        if not 0 <= index < self.num_videos:
-            raise IndexError(f"index {index} out of range for {self.num_videos} videos")
+        index = item_index(index, self.num_videos)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         shape = (self.num_segments, 3, self.crop_size, self.crop_size)
         clip = torch.randn(shape, generator=g).unsqueeze(0).expand(self.views, *shape)

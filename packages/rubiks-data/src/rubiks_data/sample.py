@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple
 
 import torch
@@ -35,6 +36,22 @@ class Batch(NamedTuple):
     labels: torch.Tensor
     video_ids: list[str]
     failures: list[tuple[str, str]]
+
+
+def item_index(index: object, length: int) -> int:
+    """``index`` as a position in ``range(length)``, negative indices counting from the end
+    as in a list; a non-integer (a slice, a float, a string) is a TypeError and an index
+    out of range an IndexError, each saying so."""
+    try:
+        i = operator.index(index)
+    except TypeError:
+        raise TypeError(
+            f"a dataset index must be an integer, not {type(index).__name__} ({index!r}); "
+            "select several videos with torch.utils.data.Subset"
+        ) from None
+    if not -length <= i < length:
+        raise IndexError(f"index {i} out of range for {length} videos")
+    return i % length
 
 
 class VideoReadError(RuntimeError):
