@@ -220,6 +220,12 @@ def test_build_dataset_errors(synth_webm, tmp_path):
         build_dataset("synthetic", synth_webm, video=False, template="frame.jpg")
     with pytest.raises(FileNotFoundError, match="annotations"):
         build_dataset("ssv2", tmp_path, video=True)
+    for bad in (0, -3, 2.0, True, "10"):
+        with pytest.raises(ValueError, match=r"num_classes must be an integer >= 1"):
+            build_dataset("dummy", ".", num_classes=bad)
+        with pytest.raises(ValueError, match=r"num_classes must be an integer >= 1"):
+            build_dataset("somethingv2", synth_webm, num_classes=bad)
+    assert build_dataset("dummy", ".", num_classes=np.int64(3)).num_classes == 3
     (tmp_path / "val_videofolder.txt").write_text("1 16 0\n2 16 400\n")
     with pytest.raises(
         ValueError, match=r"val_videofolder.txt:2: label 400 out of range \[0, 400\)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,8 @@ def build_dataset(
     """
     if labels_file is None:
         labels_file = kwargs.pop("class_names", None)
+    if num_classes is not None:
+        num_classes = _class_count(num_classes)
     key = ALIASES.get(name.lower(), name.lower())
     root = Path(root)
     split = _split(split)
@@ -165,10 +168,20 @@ def build_dataset(
         root,
         _list_file(root, split, list_file),
         template or info.template,
-        num_classes=num_classes or (None if labels_file else info.num_classes),
+        num_classes=(num_classes if num_classes is not None or labels_file else info.num_classes),
         class_names=labels_file,
         **kwargs,
     )
+
+
+def _class_count(num_classes: object) -> int:
+    try:
+        count = operator.index(num_classes)
+    except TypeError:
+        count = 0
+    if count < 1 or isinstance(num_classes, bool):
+        raise ValueError(f"num_classes must be an integer >= 1 (or None), got {num_classes!r}")
+    return count
 
 
 _DUMMY_KEYS = {"num_videos", "num_segments", "crop_size", "mode", "protocol", "seed"}
@@ -183,7 +196,7 @@ def _dummy(split: str, num_classes: int | None, kwargs: dict) -> RandomVideoData
     args = {k: v for k, v in kwargs.items() if k in _DUMMY_KEYS}
     if args.get("seed") is None:
         args.pop("seed", None)
-    return RandomVideoDataset(num_classes=num_classes or 10, **args)
+    return RandomVideoDataset(num_classes=10 if num_classes is None else num_classes, **args)
 
 
 def _ssv2_videos(root, split, annotations, labels_file, num_classes, kwargs, dirs=None):
