@@ -109,6 +109,10 @@ def test_video_list_csv(synth_webm, tmp_path):
     assert ds[2].label == 2 and ds[2].clip.shape == (1, 8, 3, 224, 224)
     ds2 = build_dataset("video-list", vids, list_file=tmp_path / "list.csv", protocol="2clip")
     assert ds2[0].clip.shape[0] == 6
+    named = video_list_dataset(tmp_path / "list.csv", vids, class_names=["a", "b", "c"])
+    assert named.class_names == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"class names given more than once: \['b'\]"):
+        video_list_dataset(tmp_path / "list.csv", vids, class_names=["b", "a", "b"])
 
 
 @pytest.fixture

@@ -89,6 +89,13 @@ def test_ssv2_json(tmp_path):
     recs = read_ssv2_annotations(ap, lab)
     assert [(r.video_id, r.label) for r in recs] == [("7", 1), ("8", 0)]
     assert read_class_names(lp) == ["Moving something up", "Pushing something from left to right"]
+    names = write(tmp_path, "category.txt", "Holding\n\nPushing\n")
+    assert read_class_names(names) == ["Holding", "Pushing"]
+    twice = write(tmp_path, "twice.txt", "Holding\nPushing\n\n Holding \n")
+    with pytest.raises(
+        ListFileError, match=r"twice.txt:4: class 'Holding' is named again \(first on line 1\)"
+    ):
+        read_class_names(twice)
     assert (
         ssv2_class_name("Putting [something] into [something]")
         == "Putting something into something"

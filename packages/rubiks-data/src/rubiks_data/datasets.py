@@ -102,6 +102,9 @@ class ClipDataset(torch.utils.data.Dataset):
                 transform = get_protocol(protocol, crop_size, scale_size)
         self.transform = transform
         self.class_names = list(class_names) if class_names is not None else None
+        if self.class_names is not None and len(set(self.class_names)) < len(self.class_names):
+            again = [c for c in dict.fromkeys(self.class_names) if self.class_names.count(c) > 1]
+            raise ValueError(f"class names given more than once: {again}")
         if self.class_names is not None and num_classes not in (None, len(self.class_names)):
             raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
         if num_classes is None:

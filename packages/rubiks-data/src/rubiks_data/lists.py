@@ -186,12 +186,24 @@ def read_ssv2_labels(path: str | os.PathLike) -> dict[str, int]:
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
-    """Class names in index order: from an SSv2 labels JSON, or one name per text line."""
+    """Class names in index order: from an SSv2 labels JSON, or one name per text line
+    (blank lines skipped; a name given twice is an error naming both lines)."""
     path = Path(path)
     if path.suffix.lower() == ".json":
         labels = read_ssv2_labels(path)
         return sorted(labels, key=labels.__getitem__)
-    names = [line.strip() for line in _read_lines(path) if line.strip()]
+    names: list[str] = []
+    first_line: dict[str, int] = {}
+    for n, line in enumerate(_read_lines(path), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        if name in first_line:
+            raise ListFileError(
+                path, n, f"class {name!r} is named again (first on line {first_line[name]})"
+            )
+        first_line[name] = n
+        names.append(name)
     if not names:
         raise ListFileError(path, None, "no class names")
     return names
