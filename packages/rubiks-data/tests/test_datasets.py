@@ -184,6 +184,9 @@ def test_dataloader_workers_and_collate(broken):
 
 
 def test_all_failed_batch():
+    mixed = [VideoSample(torch.zeros(v, 2, 3, 4, 4), 0, f"v{v}") for v in (1, 3, 1)]
+    with pytest.raises(ValueError, match=r"v1: \(1, 2, 3, 4, 4\), v3: \(3, 2, 3, 4, 4\)"):
+        collate_samples(mixed)
     batch = collate_samples([VideoSample(None, 1, "a", "zero frames")])
     assert (
         batch.clips is None

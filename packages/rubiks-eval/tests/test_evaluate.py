@@ -52,6 +52,26 @@ def test_exception_in_dataset_is_reported_not_dropped():
     assert "disk on fire" in r.metrics.failures[0]["reason"]
 
 
+class _MixedViews(FakeVideoDataset):
+    """Video 3 has one view fewer than the others: it follows another protocol."""
+
+    def __getitem__(self, i):
+        sample = super().__getitem__(i)
+        return sample if i != 3 else type(sample)(sample.clip[1:], sample.label, "odd")
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_videos_with_other_view_counts_are_refused(batch_size):
+    ds = _MixedViews(n=6, num_classes=7, views=3)
+    match = (
+        r"video 'odd' has 2 views where earlier videos had 3"
+        if batch_size == 1
+        else r"within one batch \(video0000: \(3, 4, 3, 8, 8\), odd: \(2, 4, 3, 8, 8\)\)"
+    )
+    with pytest.raises(ValueError, match=match):
+        evaluate(FakeVideoModel(7), ds, batch_size=batch_size, progress=False)
+
+
 def test_two_processes_equal_one(tmp_path):
     """2 CPU processes (gloo on 127.0.0.1) give exactly the single-process result."""
     one = _single(batch_size=1)

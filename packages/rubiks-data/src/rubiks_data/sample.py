@@ -101,5 +101,14 @@ def collate_samples(samples: list[VideoSample]) -> Batch:
         clips.append(s.clip)
         labels.append(int(s.label))
         ids.append(str(s.video_id))
+    first_of_shape: dict[tuple[int, ...], str] = {}
+    for c, vid in zip(clips, ids, strict=True):
+        first_of_shape.setdefault(tuple(c.shape), vid)
+    if len(first_of_shape) > 1:
+        listed = ", ".join(f"{vid}: {shape}" for shape, vid in first_of_shape.items())
+        raise ValueError(
+            "clips of different shapes (views, T, 3, H, W) cannot be batched together "
+            f"({listed}); use one protocol and frame count for every video"
+        )
     stacked = torch.stack(clips) if clips else None
     return Batch(stacked, torch.tensor(labels, dtype=torch.long), ids, failures)

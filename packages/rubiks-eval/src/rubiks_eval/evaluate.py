@@ -92,6 +92,15 @@ def collate_indexed(items: list[tuple[int, Any]]) -> _Batch:
         clips.append(clip)
         labels.append(_label(sample.label))
         ids.append(str(sample.video_id))
+    shapes: dict[tuple[int, ...], str] = {}  # each shape's first video
+    for c, vid in zip(clips, ids, strict=True):
+        shapes.setdefault(tuple(c.shape), vid)
+    if len(shapes) > 1:
+        listed = ", ".join(f"{vid}: {shape}" for shape, vid in shapes.items())
+        raise ValueError(
+            f"videos' clips differ in shape (views, T, 3, H, W) within one batch ({listed}); "
+            "every video of an evaluation must follow one protocol and frame count"
+        )
     stacked = torch.stack(clips) if clips else None
     return _Batch(indices, stacked, torch.tensor(labels, dtype=torch.long), ids, failures)
 
@@ -184,6 +193,11 @@ def evaluate(
             failures.extend(batch.failures)
             if batch.clips is not None:
                 b, v = batch.clips.shape[:2]
+                if num_views and v != num_views:
+                    raise ValueError(
+                        f"video {batch.video_ids[0]!r} has {v} views where earlier videos had "
+                        f"{num_views}; every video of an evaluation must follow one protocol"
+                    )
                 num_views = v
                 clips = batch.clips.to(device, non_blocking=True).flatten(0, 1)
                 with autocast(device, amp):
