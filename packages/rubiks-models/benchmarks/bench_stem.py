@@ -11,6 +11,9 @@ compute the same values, each from NCHW frames to an NCHW result:
 * ``conv2d``: ``F.conv2d`` on the NCHW frames (what the models run);
 * ``conv2d channels-last``: the frames copied channels-last, ``F.conv2d``, the result
   copied back to NCHW (both copies timed);
+* ``conv2d channels-last, 8 channels``: the same with the frames and weights padded
+  with zero channels to 8, the channel count tensor-core convolutions are made for (the
+  padding copy and the copy back timed);
 * ``unfold + matmul``: the 27 taps of every output pixel gathered (``F.unfold``), then
   one (C, 27) x (27, pixels) product per frame, whose result is NCHW as it comes;
 * ``space-to-depth 2x2``: the frames' 2x2 pixel blocks as 12 channels
@@ -55,6 +58,25 @@ def conv2d_channels_last(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return out.contiguous()
 
 
+def padded_weight(w: torch.Tensor, channels: int = 8) -> torch.Tensor:
+    """``w`` (C, in, 3, 3) with zero input channels appended up to ``channels``,
+    channels-last."""
+    shape = (w.shape[0], channels, 3, 3)
+    out = torch.empty(shape, dtype=w.dtype, device=w.device, memory_format=torch.channels_last)
+    out.zero_()
+    out[:, : w.shape[1]] = w
+    return out
+
+
+def conv2d_padded_channels_last(x: torch.Tensor, w_padded: torch.Tensor) -> torch.Tensor:
+    n, c, height, width = x.shape
+    shape = (n, w_padded.shape[1], height, width)
+    frames = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    frames[:, c:] = 0
+    frames[:, :c] = x
+    return F.conv2d(frames, w_padded, stride=2, padding=1).contiguous()
+
+
 def unfold_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     n, _, height, width = x.shape
     cols = F.unfold(x, 3, padding=1, stride=2)  # (N, 27, pixels)
@@ -93,6 +115,7 @@ def check_forms() -> None:
         expected = conv2d(x, w)
         got = {
             "conv2d channels-last": conv2d_channels_last(x, w),
+            "conv2d channels-last, 8 channels": conv2d_padded_channels_last(x, padded_weight(w)),
             "unfold + matmul": unfold_matmul(x, w),
         }
         if height % 2 == 0 and width % 2 == 0:  # pixel_unshuffle needs even sizes
@@ -123,12 +146,13 @@ def time_forms(width: int, args, device: str, dtype: torch.dtype) -> dict[str, d
     n = args.batch * args.frames
     x = torch.randn(n, 3, args.size, args.size, device=device, dtype=dtype, generator=g)
     w = (torch.randn(width, 3, 3, 3, device=device, generator=g) / 27**0.5).to(dtype)
-    w_s2d = space_to_depth_weight(w)
+    w_s2d, w_padded = space_to_depth_weight(w), padded_weight(w)
     out = torch.empty_like(conv2d(x, w))
     forms = {
         "write": lambda: out.fill_(0),
         "conv2d": lambda: conv2d(x, w),
         "conv2d channels-last": lambda: conv2d_channels_last(x, w),
+        "conv2d channels-last, 8 channels": lambda: conv2d_padded_channels_last(x, w_padded),
         "unfold + matmul": lambda: unfold_matmul(x, w),
     }
     if args.size % 2 == 0:

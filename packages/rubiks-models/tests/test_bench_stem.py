@@ -40,6 +40,7 @@ def test_script_checks_and_times_every_form_on_cpu(tmp_path):
     assert bench.main([*argv, "--size", "16", "--device", "cpu", "--json", str(out)]) == 0
     forms = json.loads(out.read_text())["forms"]["float32"]
     assert set(forms) == {
-        "write", "conv2d", "conv2d channels-last", "unfold + matmul", "space-to-depth 2x2"
+        "write", "conv2d", "conv2d channels-last", "conv2d channels-last, 8 channels",
+        "unfold + matmul", "space-to-depth 2x2",
     }  # fmt: skip
     assert all(v["us"] > 0 for v in forms.values())
