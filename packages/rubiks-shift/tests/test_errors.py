@@ -6,7 +6,13 @@ import pytest
 import torch
 from shift_testing import requires_cuda
 
-from rubiks_shift import RubiksShift2d, RubiksShift3d, rubiks_shift2d, rubiks_shift3d
+from rubiks_shift import (
+    RubiksShift2d,
+    RubiksShift3d,
+    normalize_shift_grad,
+    rubiks_shift2d,
+    rubiks_shift3d,
+)
 
 X = torch.randn(1, 2, 3, 4, 4)
 S = torch.zeros(3, 3)
@@ -106,3 +112,18 @@ def test_check_shift_names_the_non_finite_values():
         check_shift(shift)
     with pytest.raises(TypeError, match="shift must be a tensor"):
         check_shift(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(
+    ("grad", "t_factor", "error", "match"),
+    [
+        (torch.ones(2, 4), 1.0, ValueError, r"\(3, C\) shift gradient .* got \(2, 4\)"),
+        (torch.ones(3), 1.0, ValueError, r"got \(3,\)"),
+        ([[1.0], [2.0], [3.0]], 1.0, ValueError, "got list"),
+        (torch.ones(3, 4, dtype=torch.int64), 1.0, TypeError, "floating-point"),
+        (torch.ones(3, 4), float("nan"), ValueError, "t_factor must be finite"),
+    ],
+)
+def test_normalize_shift_grad_refuses_what_is_not_a_shift_gradient(grad, t_factor, error, match):
+    with pytest.raises(error, match=match):
+        normalize_shift_grad(grad, t_factor)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -12,6 +14,13 @@ def normalize_shift_grad(grad: torch.Tensor, t_factor: float = 1.0) -> torch.Ten
     |v| = 0). ``t_factor < 0``: (sign g_T, 0, 0); spatial shifts are frozen and a zero
     temporal gradient gives (0, 0, 0). Computed in float64, returned in grad's dtype.
     """
+    if not isinstance(grad, torch.Tensor) or grad.dim() != 2 or grad.shape[0] != 3:
+        got = tuple(grad.shape) if isinstance(grad, torch.Tensor) else type(grad).__name__
+        raise ValueError(f"grad must be a (3, C) shift gradient (T, H, W rows), got {got}")
+    if not grad.is_floating_point():
+        raise TypeError(f"grad must be a floating-point tensor, got {grad.dtype}")
+    if not math.isfinite(t_factor):
+        raise ValueError(f"t_factor must be finite, got {t_factor}")
     g = grad.to(torch.float64)
     if t_factor < 0:
         out = torch.zeros_like(g)
