@@ -32,6 +32,7 @@ from torch import nn
 from rubiks_shift import affine_relu, affine_relu_shift3d, is_channel_major
 
 from .channel_major_block import clip_points, points_clip, to_channel_major
+from .pointwise import conv1x1
 from .rubiksnet import CHANNEL_MAJOR_PLANE, RubiksBlock, RubiksNet, as_clip
 from .shift_layers import Shift3d, TemporalAttentionShift
 
@@ -270,7 +271,7 @@ class FusedBlock(_GemmWeights):
         convolution over a (1, in, points, 1) image where ``conv``, else one GEMM."""
         weight = self.gemm_weight(name, m.dtype)
         if conv:
-            out = F.conv2d(m.reshape(1, m.shape[0], -1, 1), _kernel(weight))
+            out = conv1x1(m.reshape(1, m.shape[0], -1, 1), _kernel(weight))
             return out.view(weight.shape[0], -1)
         return torch.mm(weight, m)
 
@@ -319,7 +320,7 @@ class FusedBlock(_GemmWeights):
         conv = _use_conv(self.gemm, dtype)
         if conv:
             frames = mixed.reshape(b * t, self.cin, height, width)
-            h = F.conv2d(frames, _kernel(w1))
+            h = conv1x1(frames, _kernel(w1))
         else:
             h = torch.matmul(w1, mixed.reshape(b * t, self.cin, height * width))
         # 3. relu(. + b2) inside the shift
@@ -333,11 +334,11 @@ class FusedBlock(_GemmWeights):
             frames = h.view(b * t, self.cout, ho, wo)
             if self.has_se:
                 frames = frames * self._se_gate(h, dtype)[:, :, None, None]
-            out = F.conv2d(frames, _kernel(w2))
+            out = conv1x1(frames, _kernel(w2))
             if self.has_proj:
                 a4 = a.reshape(b * t, self.cin, height, width)
                 w_proj = self.gemm_weight("w_proj", dtype)
-                out += F.conv2d(a4, _kernel(w_proj), stride=self.stride)
+                out += conv1x1(a4, _kernel(w_proj), stride=self.stride)
             else:
                 out += x.view(b * t, self.cout, ho, wo)
             return out.view(b, t, self.cout, ho, wo)
