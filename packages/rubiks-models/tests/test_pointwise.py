@@ -75,3 +75,14 @@ def test_other_devices_and_the_unfused_model_keep_2d_convolutions():
     assert _convolutions(fused, x)[:2] == (1 + pointwise_count, 0)  # the CPU: not listed
     assert frozenset({"cuda"}) == pointwise.ONE_D_DEVICES
     assert _convolutions(model, x)[1] == 0  # the unfused model: nn.Conv2d modules
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_compiled_fused_model_runs_1x1_convolutions_as_1d():
+    model, pointwise_count = _tiny()
+    fused = fuse_model(model.cuda(), "conv").eval()
+    x = torch.randn(1, 2, 3, 32, 32, device="cuda")
+    conv2d, conv1d, out = _convolutions(fused, x)
+    assert (conv2d, conv1d) == (1, pointwise_count)
+    with torch.no_grad():
+        torch.testing.assert_close(out, fused(x), rtol=1e-4, atol=1e-4)
