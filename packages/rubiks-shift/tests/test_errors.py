@@ -127,3 +127,51 @@ def test_check_shift_names_the_non_finite_values():
 def test_normalize_shift_grad_refuses_what_is_not_a_shift_gradient(grad, t_factor, error, match):
     with pytest.raises(error, match=match):
         normalize_shift_grad(grad, t_factor)
+
+
+def _registered_calls(device: str):
+    """(label, call) of every registered op with one wrong argument each."""
+    x = torch.randn(1, 2, 4, 5, 5, device=device)
+    gy, ones, zeros = torch.randn_like(x), torch.ones(4, device=device), torch.zeros(4)
+    elsewhere = "cpu" if device == "meta" else "meta"
+    shift, narrow = torch.zeros(3, 4, device=device), torch.zeros(3, 2, device=device)
+    ops = torch.ops.rubiks_shift
+    flags = (False, False, 1.0)
+    return [
+        ("shift3d shift", lambda: ops.shift3d(x, narrow, [1, 1, 1], [0, 0, 0], *flags)),
+        ("shift3d stride", lambda: ops.shift3d(x, shift, [1, 0, 1], [0, 0, 0], *flags)),
+        ("shift3d padding", lambda: ops.shift3d(x, shift, [1, 1], [0, 0], *flags)),
+        ("shift3d rank", lambda: ops.shift3d(x[0], shift, [1, 1, 1], [0, 0, 0], *flags)),
+        (
+            "backward shift",
+            lambda: ops.shift3d_backward(gy, x, narrow, [1, 1, 1], [0, 0, 0], *flags, True, True),
+        ),
+        (
+            "affine shift",
+            lambda: ops.affine_relu_shift3d(x, ones, ones, narrow, [1, 1, 1], [0, 0, 0], False),
+        ),
+        (
+            "affine scale",
+            lambda: ops.affine_relu_shift3d(x, ones[:2], ones, shift, [1, 1, 1], [0, 0, 0], False),
+        ),
+        ("prologue scale", lambda: ops.affine_relu(x, ones[:3], ones)),
+        (
+            "prologue frames",
+            lambda: ops.affine_relu(
+                x, ones, ones, torch.zeros(2, dtype=torch.int32, device=device)
+            ),
+        ),
+        ("prologue device", lambda: ops.affine_relu(x, ones, zeros.to(elsewhere))),
+    ]
+
+
+@pytest.mark.parametrize(
+    "device", ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])
+)
+def test_registered_ops_check_their_own_arguments(device):
+    """torch.ops.rubiks_shift.* called directly (no public function checked first) refuse
+    what their kernels would read wrongly or out of bounds; "meta" runs the fake kernels."""
+    for label, call in _registered_calls(device):
+        with pytest.raises(ValueError, match=r"rubiks_shift::\w+: "):
+            call()
+            pytest.fail(f"{label}: accepted")

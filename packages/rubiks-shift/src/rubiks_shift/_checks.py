@@ -158,6 +158,47 @@ def check_shift3d_args(
             raise ValueError(f"{op}: dimensions larger than {MAX_EXTENT} are not supported")
 
 
+def check_op_call(
+    op: str,
+    x: torch.Tensor,
+    shift: torch.Tensor | None = None,
+    stride: Sequence[int] | None = None,
+    padding: Sequence[int] | None = None,
+    per_channel: tuple[torch.Tensor, ...] = (),
+) -> None:
+    """The registered ops' own check (``torch.ops.rubiks_shift.*`` called directly, where
+    no public function checked first): what the kernels would otherwise read wrongly or
+    out of bounds. x a (N, T, C, H, W) tensor of a supported dtype; shift (3, C) and each
+    of ``per_channel`` (C,), on x's device; three strides >= 1 and paddings >= 0. About
+    half a microsecond: it runs on every call of compiled code."""
+    if x.dim() != 5 or x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"{op}: x must be a (N, T, C, H, W) tensor of {SUPPORTED_DTYPES}, got "
+            f"{tuple(x.shape)} {x.dtype}"
+        )
+    channels, device = x.shape[2], x.device
+    if shift is not None and (
+        shift.shape != (3, channels) or shift.device != device or not shift.is_floating_point()
+    ):
+        raise ValueError(
+            f"{op}: shift must be a floating (3, C) = (3, {channels}) tensor on {device}, got "
+            f"{tuple(shift.shape)} {shift.dtype} on {shift.device}"
+        )
+    for t in per_channel:
+        if t.shape != (channels,) or t.device != device:
+            raise ValueError(
+                f"{op}: scale, bias and frame_shift must be (C,) = ({channels},) tensors on "
+                f"{device}, got {tuple(t.shape)} on {t.device}"
+            )
+    if stride is not None and (
+        len(stride) != 3 or len(padding) != 3 or min(stride) < 1 or min(padding) < 0
+    ):
+        raise ValueError(
+            f"{op}: stride must be three ints >= 1 and padding three ints >= 0, got "
+            f"{list(stride)} and {list(padding)}"
+        )
+
+
 def check_affine(
     x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, op: str = "affine_relu_shift3d"
 ) -> None:

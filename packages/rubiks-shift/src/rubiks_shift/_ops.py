@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.autograd import forward_ad as _forward_ad
 
 from . import _cpu, _dispatch, _normalize, reference
-from ._checks import check_grad_y, empty_like_layout, in_layout_of, output_shape
+from ._checks import check_grad_y, check_op_call, empty_like_layout, in_layout_of, output_shape
 from ._traceable import shift_frames
 
 _cuda = None
@@ -37,6 +37,16 @@ def _cuda_backend():
 
         _cuda = backend
     return _cuda
+
+
+_SHIFT3D = "rubiks_shift::shift3d"
+_BACKWARD = "rubiks_shift::shift3d_backward"
+_AFFINE = "rubiks_shift::affine_relu_shift3d"
+_PROLOGUE = "rubiks_shift::affine_relu"
+
+
+def _per_channel(scale: Tensor, bias: Tensor, frame_shift: Tensor | None) -> tuple:
+    return (scale, bias) if frame_shift is None else (scale, bias, frame_shift)
 
 
 # ---------------------------------------------------------------------------- forward
@@ -53,11 +63,13 @@ def shift3d(
     normalize_t_factor: float,
 ) -> Tensor:
     """Default kernel (devices without a dedicated one): the float64 reference."""
+    check_op_call(_SHIFT3D, x, shift, stride, padding)
     y = reference.shift3d_forward(x, shift, stride, padding, quantize)
     return in_layout_of(y.to(device=x.device, dtype=x.dtype), x)
 
 
 def _shift3d_cpu(x, shift, stride, padding, quantize, normalize_grad, normalize_t_factor):
+    check_op_call(_SHIFT3D, x, shift, stride, padding)
     if not _cpu.available():
         y = reference.shift3d_forward(x, shift, stride, padding, quantize)
         return in_layout_of(y.to(x.dtype), x)
@@ -65,11 +77,13 @@ def _shift3d_cpu(x, shift, stride, padding, quantize, normalize_grad, normalize_
 
 
 def _shift3d_cuda(x, shift, stride, padding, quantize, normalize_grad, normalize_t_factor):
+    check_op_call(_SHIFT3D, x, shift, stride, padding)
     return _cuda_backend().forward(x, shift, stride, padding, quantize)
 
 
 @shift3d.register_fake
 def _shift3d_fake(x, shift, stride, padding, quantize, normalize_grad, normalize_t_factor):
+    check_op_call(_SHIFT3D, x, shift, stride, padding)
     return empty_like_layout(x, output_shape(x.shape, stride, padding))
 
 
@@ -90,6 +104,8 @@ def shift3d_backward(
     need_shift: bool,
 ) -> tuple[Tensor, Tensor]:
     """Default kernel: the float64 reference. Unrequested outputs are empty tensors."""
+    check_op_call(_BACKWARD, x, shift, stride, padding)
+    check_grad_y(grad_y, x, stride, padding, _BACKWARD)
     gx, gs = reference.shift3d_backward(grad_y, x, shift, stride, padding, quantize)
     gx = in_layout_of(gx.to(device=x.device, dtype=x.dtype), x) if need_x else x.new_empty(0)
     if need_shift:
@@ -103,7 +119,8 @@ def shift3d_backward(
 def _backward_cpu(
     grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
 ):
-    check_grad_y(grad_y, x, stride, padding, "rubiks_shift.shift3d_backward")
+    check_op_call(_BACKWARD, x, shift, stride, padding)
+    check_grad_y(grad_y, x, stride, padding, _BACKWARD)
     if not _cpu.available():
         return shift3d_backward._init_fn(
             grad_y,
@@ -125,7 +142,8 @@ def _backward_cpu(
 def _backward_cuda(
     grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
 ):
-    check_grad_y(grad_y, x, stride, padding, "rubiks_shift.shift3d_backward")
+    check_op_call(_BACKWARD, x, shift, stride, padding)
+    check_grad_y(grad_y, x, stride, padding, _BACKWARD)
     return _cuda_backend().backward(
         grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
     )
@@ -135,6 +153,8 @@ def _backward_cuda(
 def _backward_fake(
     grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
 ):
+    check_op_call(_BACKWARD, x, shift, stride, padding)
+    check_grad_y(grad_y, x, stride, padding, _BACKWARD)
     gx = empty_like_layout(x, x.shape) if need_x else x.new_empty(0)
     gs = shift.new_empty(shift.shape) if need_shift else shift.new_empty(0)
     return gx, gs
@@ -355,12 +375,14 @@ def affine_relu_shift3d(
     quantize: bool,
 ) -> Tensor:
     """Default kernel (devices without a dedicated one): the float64 reference."""
+    check_op_call(_AFFINE, x, shift, stride, padding, (scale, bias))
     a = _affine_relu(x, scale, bias)
     y = reference.shift3d_forward(a, shift, stride, padding, quantize)
     return in_layout_of(y.to(device=x.device, dtype=x.dtype), x)
 
 
 def _affine_cpu(x, scale, bias, shift, stride, padding, quantize):
+    check_op_call(_AFFINE, x, shift, stride, padding, (scale, bias))
     a = _affine_relu(x, scale, bias)
     if not _cpu.available():
         y = reference.shift3d_forward(a, shift, stride, padding, quantize)
@@ -370,11 +392,13 @@ def _affine_cpu(x, scale, bias, shift, stride, padding, quantize):
 
 
 def _affine_cuda(x, scale, bias, shift, stride, padding, quantize):
+    check_op_call(_AFFINE, x, shift, stride, padding, (scale, bias))
     return _cuda_backend().forward_affine(x, scale, bias, shift, stride, padding, quantize)
 
 
 @affine_relu_shift3d.register_fake
 def _affine_fake(x, scale, bias, shift, stride, padding, quantize):
+    check_op_call(_AFFINE, x, shift, stride, padding, (scale, bias))
     return empty_like_layout(x, output_shape(x.shape, stride, padding))
 
 
@@ -400,6 +424,7 @@ def affine_shift3d_call(x, scale, bias, shift, stride, padding, quantize, device
 
 
 def _affine_relu_cpu(x, scale, bias, frame_shift=None):
+    check_op_call(_PROLOGUE, x, per_channel=_per_channel(scale, bias, frame_shift))
     y = _affine_relu(x, scale, bias)
     if frame_shift is not None:
         y = shift_frames(y, frame_shift)
@@ -415,11 +440,13 @@ def affine_relu(
 
 
 def _affine_relu_cuda(x, scale, bias, frame_shift=None):
+    check_op_call(_PROLOGUE, x, per_channel=_per_channel(scale, bias, frame_shift))
     return _cuda_backend().affine_relu(x, scale, bias, frame_shift)
 
 
 @affine_relu.register_fake
 def _affine_relu_fake(x, scale, bias, frame_shift=None):
+    check_op_call(_PROLOGUE, x, per_channel=_per_channel(scale, bias, frame_shift))
     return empty_like_layout(x, x.shape)
 
 
