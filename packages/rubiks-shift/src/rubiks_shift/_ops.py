@@ -11,13 +11,13 @@ and two the fused inference form's (``rubiks_shift.fused``), without gradients:
 ``rubiks_shift::affine_relu_shift3d(x, scale, bias, shift, stride, padding, quantize)``
 and ``rubiks_shift::affine_relu(x, scale, bias, frame_shift=None)``.
 
-Each has a CPU kernel (Numba), a CUDA kernel (Numba-CUDA), a default kernel for other
-devices (the float64 reference), a fake kernel for tracing, and the forward has an
-autograd formula and autocast rules. Every kernel checks its tensors' shapes and devices
-first (``_checks.check_op_call``): called directly, an op has no public function in
-front of it. The device kernels sit at the dispatcher's backend
-and autograd keys directly (``_dispatch``), past the custom op's Python wrappers. The 2-D
-op is expressed through the 3-D one.
+Each has a CPU kernel (Numba; torch for ``affine_relu``), a CUDA kernel (Numba-CUDA), a
+default kernel for other devices (the float64 reference) and a fake kernel for tracing;
+``shift3d`` has an autograd formula and autocast rules. Every kernel checks its tensors'
+shapes and devices first (``_checks.check_op_call``): called directly, an op has no
+public function in front of it. The device kernels sit at the dispatcher's backend and
+autograd keys directly (``_dispatch``), past the custom op's Python wrappers. The 2-D op
+is expressed through the 3-D one.
 """
 
 from __future__ import annotations
