@@ -15,7 +15,14 @@ from .datasets import (
 from .dummy import RandomVideoDataset
 from .lists import VideoRecord
 from .registry import DATASETS, build_dataset
-from .sample import Batch, ListFileError, VideoReadError, VideoSample, collate_samples
+from .sample import (
+    Batch,
+    ListFileError,
+    VideoReadError,
+    VideoSample,
+    check_batchable,
+    collate_samples,
+)
 from .transforms import PROTOCOLS, TestTransform, TrainTransform, get_protocol
 from .video import DecodeError, VideoReader
 
@@ -39,6 +46,7 @@ __all__ = [
     "VideoSample",
     "__version__",
     "build_dataset",
+    "check_batchable",
     "collate_samples",
     "get_protocol",
     "ssv2_video_dataset",

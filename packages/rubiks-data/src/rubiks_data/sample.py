@@ -7,7 +7,14 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Batch", "ListFileError", "VideoReadError", "VideoSample", "collate_samples"]
+__all__ = [
+    "Batch",
+    "ListFileError",
+    "VideoReadError",
+    "VideoSample",
+    "check_batchable",
+    "collate_samples",
+]
 
 
 class VideoSample(NamedTuple):
@@ -88,6 +95,20 @@ class ListFileError(ValueError):
         return (type(self), (self.path, self.line, self.detail))
 
 
+def check_batchable(clips: list[torch.Tensor], video_ids: list[str]) -> None:
+    """Raise a ValueError naming the first video of each shape where ``clips`` (one per
+    video id) differ in shape and so cannot be stacked into one batch."""
+    first_of_shape: dict[tuple[int, ...], str] = {}
+    for c, vid in zip(clips, video_ids, strict=True):
+        first_of_shape.setdefault(tuple(c.shape), vid)
+    if len(first_of_shape) > 1:
+        listed = ", ".join(f"{vid}: {shape}" for shape, vid in first_of_shape.items())
+        raise ValueError(
+            f"clips of different shapes (views, T, 3, H, W) within one batch ({listed}); "
+            "every video must follow one protocol and frame count"
+        )
+
+
 def collate_samples(samples: list[VideoSample]) -> Batch:
     """DataLoader ``collate_fn``: stack readable clips, keep failed samples by name.
 
@@ -101,14 +122,6 @@ def collate_samples(samples: list[VideoSample]) -> Batch:
         clips.append(s.clip)
         labels.append(int(s.label))
         ids.append(str(s.video_id))
-    first_of_shape: dict[tuple[int, ...], str] = {}
-    for c, vid in zip(clips, ids, strict=True):
-        first_of_shape.setdefault(tuple(c.shape), vid)
-    if len(first_of_shape) > 1:
-        listed = ", ".join(f"{vid}: {shape}" for shape, vid in first_of_shape.items())
-        raise ValueError(
-            "clips of different shapes (views, T, 3, H, W) cannot be batched together "
-            f"({listed}); use one protocol and frame count for every video"
-        )
+    check_batchable(clips, ids)
     stacked = torch.stack(clips) if clips else None
     return Batch(stacked, torch.tensor(labels, dtype=torch.long), ids, failures)

@@ -92,15 +92,9 @@ def collate_indexed(items: list[tuple[int, Any]]) -> _Batch:
         clips.append(clip)
         labels.append(_label(sample.label))
         ids.append(str(sample.video_id))
-    shapes: dict[tuple[int, ...], str] = {}  # each shape's first video
-    for c, vid in zip(clips, ids, strict=True):
-        shapes.setdefault(tuple(c.shape), vid)
-    if len(shapes) > 1:
-        listed = ", ".join(f"{vid}: {shape}" for shape, vid in shapes.items())
-        raise ValueError(
-            f"videos' clips differ in shape (views, T, 3, H, W) within one batch ({listed}); "
-            "every video of an evaluation must follow one protocol and frame count"
-        )
+    from rubiks_data import check_batchable  # here: rubiks_data imports its video readers
+
+    check_batchable(clips, ids)
     stacked = torch.stack(clips) if clips else None
     return _Batch(indices, stacked, torch.tensor(labels, dtype=torch.long), ids, failures)
 
