@@ -169,8 +169,9 @@ def check_op_call(
     """The registered ops' own check (``torch.ops.rubiks_shift.*`` called directly, where
     no public function checked first): what the kernels would otherwise read wrongly or
     out of bounds. x a (N, T, C, H, W) tensor of a supported dtype; shift (3, C) and each
-    of ``per_channel`` (C,), on x's device; three strides >= 1 and paddings >= 0. About
-    half a microsecond: it runs on every call of compiled code."""
+    of ``per_channel`` (C,), on x's device; three strides >= 1 and paddings >= 0. Kept to
+    these few comparisons (about 1 µs, rubiks-models ``BENCHMARKS.md``): it runs on every
+    registered call of compiled code."""
     if x.dim() != 5 or x.dtype not in SUPPORTED_DTYPES:
         raise ValueError(
             f"{op}: x must be a (N, T, C, H, W) tensor of {SUPPORTED_DTYPES}, got "

@@ -51,6 +51,11 @@ _AFFINE = "rubiks_shift::affine_relu_shift3d"
 _PROLOGUE = "rubiks_shift::affine_relu"
 
 
+def _check_backward(grad_y: Tensor, x: Tensor, shift: Tensor, stride, padding) -> None:
+    check_op_call(_BACKWARD, x, shift, stride, padding)
+    check_grad_y(grad_y, x, stride, padding, _BACKWARD)
+
+
 def _per_channel(scale: Tensor, bias: Tensor, frame_shift: Tensor | None) -> tuple:
     return (scale, bias) if frame_shift is None else (scale, bias, frame_shift)
 
@@ -110,8 +115,7 @@ def shift3d_backward(
     need_shift: bool,
 ) -> tuple[Tensor, Tensor]:
     """Default kernel: the float64 reference. Unrequested outputs are empty tensors."""
-    check_op_call(_BACKWARD, x, shift, stride, padding)
-    check_grad_y(grad_y, x, stride, padding, _BACKWARD)
+    _check_backward(grad_y, x, shift, stride, padding)
     gx, gs = reference.shift3d_backward(grad_y, x, shift, stride, padding, quantize)
     gx = in_layout_of(gx.to(device=x.device, dtype=x.dtype), x) if need_x else x.new_empty(0)
     if need_shift:
@@ -125,8 +129,7 @@ def shift3d_backward(
 def _backward_cpu(
     grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
 ):
-    check_op_call(_BACKWARD, x, shift, stride, padding)
-    check_grad_y(grad_y, x, stride, padding, _BACKWARD)
+    _check_backward(grad_y, x, shift, stride, padding)
     if not _cpu.available():
         return shift3d_backward._init_fn(
             grad_y,
@@ -148,8 +151,7 @@ def _backward_cpu(
 def _backward_cuda(
     grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
 ):
-    check_op_call(_BACKWARD, x, shift, stride, padding)
-    check_grad_y(grad_y, x, stride, padding, _BACKWARD)
+    _check_backward(grad_y, x, shift, stride, padding)
     return _cuda_backend().backward(
         grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
     )
@@ -159,8 +161,7 @@ def _backward_cuda(
 def _backward_fake(
     grad_y, x, shift, stride, padding, quantize, normalize_grad, t_factor, need_x, need_shift
 ):
-    check_op_call(_BACKWARD, x, shift, stride, padding)
-    check_grad_y(grad_y, x, stride, padding, _BACKWARD)
+    _check_backward(grad_y, x, shift, stride, padding)
     gx = empty_like_layout(x, x.shape) if need_x else x.new_empty(0)
     gs = shift.new_empty(shift.shape) if need_shift else shift.new_empty(0)
     return gx, gs
