@@ -17,7 +17,7 @@ assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from rubiks_shift import _cuda, _cuda_launch, _cuda_plan, reference  # noqa: E402
+from rubiks_shift import _cuda, _cuda_kernels, _cuda_launch, _cuda_plan, reference  # noqa: E402
 from rubiks_shift._cuda_tuning import TUNING  # noqa: E402
 from rubiks_shift._normalize import normalize_shift_grad  # noqa: E402
 
@@ -216,12 +216,48 @@ def check_batch_norm() -> int:
     return failures
 
 
+STEM_CASES = [  # (N, H, W, C, dtype): odd and even sizes, one-pixel frames, two groups
+    ((2, 7, 9, 5), torch.float32),
+    ((1, 8, 6, 40), torch.float32),
+    ((3, 1, 1, 3), torch.float64),
+    ((1, 6, 5, 7), torch.float64),
+    ((2, 5, 6, 4), torch.bfloat16),
+    ((1, 4, 7, 6), torch.float16),
+]
+
+
+def check_stem() -> int:
+    """The stem against torch's convolution in float64, with 1 to 3 pixels per thread
+    (each kernel built for its tuning and launched directly). Returns the failures."""
+    g = torch.Generator().manual_seed(13)
+    failures = 0
+    for ((n, h, w, c), dtype), pixels in itertools.product(STEM_CASES, (1, 2, 3)):
+        tuning = replace(TUNING, stem_pixels=pixels, stem_group=32, stem_threads=32)
+        storage = str(dtype).removeprefix("torch.")
+        kernels = _cuda_kernels.Kernels(storage, "float32", tuning)
+        x = torch.randn(n, 3, h, w, generator=g, dtype=torch.float64)
+        weight = torch.randn(c, 3, 3, 3, generator=g, dtype=torch.float64)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        y = torch.full((n, c, (h + 1) // 2, (w + 1) // 2), float("nan"), dtype=dtype)
+        step = _cuda_plan.stem_plan((n, 3, h, w), c, tuning)
+        _cuda_launch.run(kernels, step, (x.to(dtype), weight.to(acc), y), -1)
+        y_ref = F.conv2d(x.to(dtype).double(), weight.to(acc).double(), stride=2, padding=1)
+        tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}
+        tol = tol.get(dtype, 2e-3)
+        err = float((y.double() - y_ref).abs().max() / y_ref.abs().max())
+        ok = err < tol  # NaN (a value never written) fails
+        failures += not ok
+        print(f"{'ok' if ok else 'FAIL'}-stem {(n, h, w, c)} {dtype} pixels={pixels} err={err:.3g}")
+    return failures
+
+
 def main() -> int:
     g = torch.Generator().manual_seed(0)
     failures = 0 if check_bounds() else 1
     failures += not check_output_strides()
     failures += check_prologue()
     failures += check_batch_norm()
+    failures += check_stem()
     for index, (shape, stride, padding, quantize, dtype) in enumerate(CASES):
         # both gather task orders on every kind of case (the default picks by dtype and
         # row width, and these rows are all narrower than a warp)

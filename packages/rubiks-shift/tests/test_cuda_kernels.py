@@ -36,6 +36,8 @@ def test_kernels_in_cuda_simulator():
     # training batch norm + ReLU against torch's in float64, deterministic
     # (each case with spans of several blocks per channel and with one block per channel)
     assert proc.stdout.count("ok-batch-norm") == 8
+    # the stem against torch's convolution in float64, 1 to 3 pixels per thread
+    assert proc.stdout.count("ok-stem") == 18
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16", "float32", "float64"])
@@ -49,7 +51,7 @@ def test_compile_ptx_every_dtype(storage):
         if shift_storage == "float32":  # the prologue and batch norm: no shift read
             names += ("affine_relu", "bn_partial", "bn_grad_input")
             names += ("bn_stats", "bn_grad_coefficients", "bn_normalize")
-            names += ("bn_channel_forward", "bn_channel_backward")
+            names += ("bn_channel_forward", "bn_channel_backward", "stem")
         # the fused inference form's prologue kernels: float32 shifts only (it stores
         # its shifts in float32); the one-column variant in one dtype (CI time)
         affine = ("gather_affine", "gather_frames_affine") if shift_storage == "float32" else ()

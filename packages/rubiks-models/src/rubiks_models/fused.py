@@ -14,7 +14,9 @@ inference (batch norms with their running statistics) as four:
 4. ``conv2`` and the residual sum as one in-place ``baddbmm_`` into the shortcut (the
    squeeze-excitation scale, where present, folded into conv2's weights per sample).
 
-The result equals the unfused eval-mode model up to rounding (float32: about 1e-6
+On CUDA the stem, a 3x3 stride-2 convolution of 3-channel frames, is
+:func:`rubiks_shift.stem_conv`'s kernel (cuDNN's took 6-9x the time of writing its
+result). The result equals the unfused eval-mode model up to rounding (float32: about 1e-6
 relative on the logits; the tests state the tolerances). The fused model is inference
 only: it has no gradient, refuses training mode, and its blocks update their input
 tensors in place (no caller sees them). It computes in the input's dtype, or in the
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rubiks_shift import affine_relu, affine_relu_shift3d, is_channel_major
+from rubiks_shift import affine_relu, affine_relu_shift3d, is_channel_major, stem_conv
 
 from .channel_major_block import clip_points, points_clip, to_channel_major
 from .pointwise import conv1x1
@@ -407,8 +409,13 @@ class FusedRubiksNet(_GemmWeights):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         clip = as_clip(x, self.in_chans)
         b, t = clip.shape[0], clip.shape[1]
-        stem = self.gemm_weight("stem_weight", x.dtype)
-        h = F.conv2d(clip.flatten(0, 1), stem, stride=2, padding=1).unflatten(0, (b, t))
+        frames = clip.flatten(0, 1)
+        if frames.is_cuda:  # rubiks_shift's kernel, over the float32 weights
+            h = stem_conv(frames, self._buffers["stem_weight"])
+        else:
+            stem = self.gemm_weight("stem_weight", x.dtype)
+            h = F.conv2d(frames, stem, stride=2, padding=1)
+        h = h.unflatten(0, (b, t))
         for block in self.blocks:
             h = block(h)
         h = affine_relu(h, self.s_last, self.b_last)

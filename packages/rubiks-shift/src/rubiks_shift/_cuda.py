@@ -29,6 +29,7 @@ from ._cuda_plan import (
     batch_norm_plan,
     gather_plan,
     shift_grad_plan,
+    stem_plan,
 )
 from ._cuda_tuning import TUNING, Tuning
 
@@ -74,7 +75,9 @@ def use_tuning(tuning: Tuning) -> Tuning:
         changed = sorted(k for k, v in tuning.kernel_values().items() if v != getattr(TUNING, k))
         raise ValueError(f"use_tuning cannot change the kernels' compile-time values: {changed}")
     previous, _tuning = _tuning, tuning
-    for plans in (_FORWARD_PLANS, _AFFINE_PLANS, _BACKWARD_PLANS, _PROLOGUE_PLANS, _BN_PLANS):
+    for plans in (
+        _FORWARD_PLANS, _AFFINE_PLANS, _BACKWARD_PLANS, _PROLOGUE_PLANS, _BN_PLANS, _STEM_PLANS
+    ):  # fmt: skip
         plans.clear()
     BOUND.clear()
     return previous
@@ -559,3 +562,34 @@ def batch_norm_relu_backward(
         if previous >= 0:
             torch.cuda.set_device(previous)
     return grad_x, coefficients[3], coefficients[4]
+
+
+# ------------------------------------------------------------------------------ the stem
+
+_STEM_PLANS: dict = {}  # (frames shape, dtype, channels) -> (kernels, step)
+
+
+def stem(frames: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The 3x3 stride-2 convolution with padding 1, no bias, of contiguous (N, 3, H, W)
+    ``frames`` with ``weight`` (C, 3, 3, 3): (N, C, ceil(H/2), ceil(W/2)), contiguous,
+    in the frames' dtype."""
+    n, _, height, width = frames.shape
+    y = frames.new_empty(n, weight.shape[0], (height + 1) // 2, (width + 1) // 2)
+    if y.numel() == 0:
+        return y
+    key = (frames.shape, frames.dtype, weight.shape[0])
+    plan = _STEM_PLANS.get(key)
+    if plan is None:
+        kernels = kernel_set(_STORAGE[frames.dtype], "float32")
+        step = stem_plan(tuple(frames.shape), key[2], _tuning)
+        plan = remember(_STEM_PLANS, key, (kernels, step))
+    kernels, step = plan
+    weight = _per_channel(kernels, weight)
+    index = frames.get_device()
+    previous = _make_current(index)
+    try:
+        run(kernels, step, (frames, weight, y), index)
+    finally:
+        if previous >= 0:
+            torch.cuda.set_device(previous)
+    return y

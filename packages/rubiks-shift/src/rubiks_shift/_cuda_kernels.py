@@ -3,10 +3,11 @@
 ``Kernels`` builds every kernel the op launches as a Numba dispatcher (compiled on first
 use, for its one signature ``<name>_sig``): the gathers of ``_cuda_gather`` (forward and
 grad_x; each also as ``<name>_affine``, the forward with the input prologue), the
-shift-gradient kernels of ``_cuda_shift_grad``, the prologue alone (``_cuda_prologue``)
-and training batch norm's (``_cuda_batch_norm``), with the compile-time values of a
-``Tuning`` (``_cuda_tuning``). The launch path (``_cuda_launch.KernelSet``) builds one
-only where a kernel is not in the on-disk cache; the compile workers build one to fill it.
+shift-gradient kernels of ``_cuda_shift_grad``, the prologue alone (``_cuda_prologue``),
+training batch norm's (``_cuda_batch_norm``) and the stem's (``_cuda_stem``), with the
+compile-time values of a ``Tuning`` (``_cuda_tuning``). The launch path
+(``_cuda_launch.KernelSet``) builds one only where a kernel is not in the on-disk cache;
+the compile workers build one to fill it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ._cuda_batch_norm import (
 from ._cuda_gather import build_gather, gather_signature
 from ._cuda_prologue import affine_relu_signature, build_affine_relu
 from ._cuda_shift_grad import build_shift_grad, finalize_signature, grad_shift_signature
+from ._cuda_stem import build_stem, stem_signature
 from ._cuda_tuning import TUNING, Tuning, prologue_per_thread
 
 
@@ -37,7 +39,8 @@ class Kernels:
     (and each ``*_affine``), ``grad_shift``, ``finalize``, ``affine_relu`` (the
     prologue alone) and ``bn_partial``, ``bn_stats``, ``bn_normalize``,
     ``bn_grad_coefficients``, ``bn_grad_input``, ``bn_channel_forward``,
-    ``bn_channel_backward`` (training batch norm), each with its signature
+    ``bn_channel_backward`` (training batch norm) and ``stem`` (the 3x3 stride-2
+    convolution of 3-channel frames), each with its signature
     ``<name>_sig``."""
 
     def __init__(self, storage: str, shift_storage: str, tuning: Tuning = TUNING) -> None:
@@ -75,6 +78,10 @@ class Kernels:
         for backward, name in ((False, "bn_channel_forward"), (True, "bn_channel_backward")):
             setattr(self, name, build_bn_channel(storage, backward=backward, **channel))
             setattr(self, name + "_sig", bn_channel_signature(storage))
+        self.stem = build_stem(
+            storage, tuning.stem_pixels, tuning.stem_group, tuning.stem_registers
+        )
+        self.stem_sig = stem_signature(storage)
         row_walk = dict(registers=tuning.row_walk_registers, group=tuning.row_walk_group)
         frame_walk = dict(
             registers=tuning.frame_walk_registers, frame_rows=tuning.frame_walk_rows, frames=True

@@ -4,8 +4,8 @@ A plan is a tuple of ``Step`` launches, made once per call signature (the plans 
 cached, here and in ``_cuda``) from the shapes and a ``Tuning`` (``_cuda_tuning``): the
 gathers' (``gather_plan``: the frame walk at temporal and row stride 1, the row walk
 elsewhere, with the layout heuristics ``row_walk_layout`` / ``frame_walk_layout``) and
-the shift gradient's (``shift_grad_plan``), and the prologue alone's
-(``affine_relu_plan``). Imports neither Numba nor torch.
+the shift gradient's (``shift_grad_plan``), the prologue alone's (``affine_relu_plan``),
+training batch norm's and the stem's (``stem_plan``). Imports neither Numba nor torch.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ._cuda_scalars import (
     GatherFramesScalars,
     GatherScalars,
     GradShiftScalars,
+    StemScalars,
 )
 from ._cuda_tuning import TUNING, Tuning, prologue_per_thread
 
@@ -502,3 +503,33 @@ def batch_norm_plan(
         Step("bn_normalize", (blocks, 1, 1), (row_threads, 1, 1), elementwise),
         Step("bn_grad_input", (blocks, 1, 1), (row_threads, 1, 1), elementwise),
     )
+
+
+def stem_plan(frames_shape, channels: int, tuning: Tuning = TUNING) -> Step:
+    """The launch of ``stem`` over (N, 3, H, W) frames into ``channels`` output channels:
+    one thread per run of ``tuning.stem_pixels`` output pixels of a row, the channels in
+    the fewest groups of at most ``tuning.stem_group`` (grid y), of equal size."""
+    n, c_in, height, width = frames_shape
+    if c_in != 3:
+        raise ValueError(f"rubiks_shift on CUDA: the stem reads 3-channel frames, got {c_in}")
+    check_channels(channels)
+    out_h, out_w = (height + 1) // 2, (width + 1) // 2
+    runs = -(-out_w // tuning.stem_pixels)
+    tasks = n * out_h * runs
+    groups = -(-channels // tuning.stem_group)
+    if groups > MAX_GRID_YZ or n * 3 * height * width >= 2**62 or tasks >= 2**31:
+        raise ValueError(f"rubiks_shift on CUDA: frames of {tuple(frames_shape)} are too large")
+    threads = tuning.stem_threads
+    scalars = StemScalars(
+        tasks=tasks,
+        C=channels,
+        H=height,
+        W=width,
+        Ho=out_h,
+        Wo=out_w,
+        runs=runs,
+        inv_runs=1.0 / runs,
+        inv_ho=1.0 / out_h,
+        group=-(-channels // groups),
+    )
+    return Step("stem", (-(-tasks // threads), groups, 1), (threads, 1, 1), scalars)

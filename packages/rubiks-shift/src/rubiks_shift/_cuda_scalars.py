@@ -180,3 +180,19 @@ class BatchNormElementwiseScalars(NamedTuple):
     inv_P: float
     step_rows: int  # a thread's move to its next value (one block width on): rows ...
     step_pos: int  # ... and places in a row
+
+
+class StemScalars(NamedTuple):
+    """``stem``: the 3x3 stride-2 convolution of (N, 3, H, W) frames into (N, C, Ho, Wo);
+    a task is one run of adjacent output pixels of one output row."""
+
+    tasks: int  # N * Ho * runs
+    C: int  # output channels
+    H: int
+    W: int
+    Ho: int  # (H + 1) // 2
+    Wo: int  # (W + 1) // 2
+    runs: int  # runs per output row: ceil(Wo / pixels)
+    inv_runs: float  # float64 reciprocals of runs and Ho
+    inv_ho: float
+    group: int  # output channels per block (blockIdx.y: the group)

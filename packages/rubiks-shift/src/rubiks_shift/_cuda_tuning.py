@@ -34,7 +34,8 @@ class Tuning:
     row stride 1). Frame walk: ``gather_frames`` (temporal and row stride 1), except
     where the fused form's affine gathers take the row walk (``*_affine_rows``). Shift
     gradient: ``grad_shift`` and ``finalize``. The prologue alone: ``affine_relu``. Training
-    batch norm: ``bn_partial`` and its per-channel and elementwise kernels. Fields
+    batch norm: ``bn_partial`` and its per-channel and elementwise kernels. The stem:
+    ``stem``. Fields
     made with ``_kernel`` are compiled into a kernel; the others only shape launches."""
 
     # no spills, 5 blocks of 256 threads per SM; the best of 48 / 64 / 96, within 2 %
@@ -128,6 +129,15 @@ class Tuning:
     # 1.09 waves)
     batch_norm_channel_per_thread: int = _kernel(8)
     batch_norm_channel_registers: int | None = _kernel(64)
+    # the stem (``stem``, a 3x3 stride-2 convolution of 3-channel frames): output pixels
+    # per thread (the loads of adjacent pixels' overlapping inputs shared, one weight
+    # read from shared memory per ``stem_pixels`` multiply-adds); untuned
+    stem_pixels: int = _kernel(2)
+    # output channels a block takes at most (its weights in shared memory); the plan
+    # splits C into the fewest such groups of equal size
+    stem_group: int = _kernel(32)
+    stem_registers: int | None = _kernel(None)
+    stem_threads: int = 128
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -205,6 +215,10 @@ _ALLOWED = {
     "batch_norm_channel_values": (_integer(0), "an integer >= 0 (0: never one block)"),
     "batch_norm_channel_per_thread": (_integer(1, 32), "an integer from 1 to 32"),
     "batch_norm_channel_registers": _REGISTERS,
+    "stem_pixels": (_integer(1, 8), "an integer from 1 to 8"),
+    "stem_group": (_integer(1, 64), "an integer from 1 to 64"),
+    "stem_registers": _REGISTERS,
+    "stem_threads": _THREADS,
 }
 
 TUNING = Tuning()

@@ -70,13 +70,14 @@ KERNELS = (
     "bn_grad_input",
     "bn_channel_forward",
     "bn_channel_backward",
+    "stem",
 )
 # compiled together on a set's first miss, longest first (the one-column gathers, for
 # sources one pixel wide, only when a launch needs them): training's kernels, and the
 # fused inference form's (``*_affine``) when one of those missed, training batch norm's
 # when one of its kernels did
 PREFETCH = ("grad_shift", "gather", "gather_frames", "finalize")
-PREFETCH_AFFINE = ("gather_affine", "gather_frames_affine", "affine_relu")
+PREFETCH_AFFINE = ("gather_affine", "gather_frames_affine", "affine_relu", "stem")
 PREFETCH_BATCH_NORM = (
     "bn_channel_backward",
     "bn_channel_forward",
@@ -95,6 +96,7 @@ SOURCES = (
     "_cuda_shift_grad.py",
     "_cuda_prologue.py",
     "_cuda_batch_norm.py",
+    "_cuda_stem.py",
     "_cuda_kernels.py",
 )
 # distributions whose versions can change the compiled code

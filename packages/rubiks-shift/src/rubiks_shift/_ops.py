@@ -31,7 +31,7 @@ from torch.autograd import forward_ad as _forward_ad
 
 from . import _cpu, _dispatch, _normalize, reference
 from ._checks import check_grad_y, check_op_call, empty_like_layout, in_layout_of, output_shape
-from ._traceable import shift_frames
+from ._traceable import shift_frames, stem_torch
 
 _cuda = None
 
@@ -470,3 +470,33 @@ def affine_relu_call(
     if device_type == "cuda" and type(x) is Tensor and _plain_eager():
         return _cuda_backend().affine_relu(x, scale, bias, frame_shift)
     return torch.ops.rubiks_shift.affine_relu(x, scale, bias, frame_shift)
+
+
+# ------------------------------------------------------------------- the stem (inference)
+
+
+@torch.library.custom_op("rubiks_shift::stem", mutates_args=())
+def stem(frames: Tensor, weight: Tensor) -> Tensor:
+    """Default kernel (devices without a dedicated one): torch's convolution."""
+    return stem_torch(frames, weight)
+
+
+def _stem_cuda(frames, weight):
+    return _cuda_backend().stem(frames.contiguous(), weight)
+
+
+@stem.register_fake
+def _stem_fake(frames, weight):
+    n, _, height, width = frames.shape
+    return frames.new_empty(n, weight.shape[0], (height + 1) // 2, (width + 1) // 2)
+
+
+_dispatch.register(torch.ops.rubiks_shift.stem.default, {"cpu": stem_torch, "cuda": _stem_cuda})
+
+
+def stem_call(frames: Tensor, weight: Tensor) -> Tensor:
+    """Run the stem op: the CUDA backend directly for plain CUDA tensors in eager mode (no
+    dispatcher round trip), the registered op otherwise."""
+    if frames.is_cuda and type(frames) is Tensor and _plain_eager():
+        return _cuda_backend().stem(frames, weight)
+    return torch.ops.rubiks_shift.stem(frames, weight)

@@ -23,7 +23,7 @@ import torch
 
 from ._checks import SHIFT_LIMIT, channel_major, output_length
 
-__all__ = ["affine_relu_shift3d_torch", "affine_relu_torch", "shift_frames"]
+__all__ = ["affine_relu_shift3d_torch", "affine_relu_torch", "shift_frames", "stem_torch"]
 
 
 def acc_dtype(x: torch.Tensor) -> torch.dtype:
@@ -153,3 +153,9 @@ def affine_relu_shift3d_torch(
                 out = term if out is None else out + term
     out = out.to(x.dtype)
     return out.permute(1, 2, 0, 3, 4) if major else out
+
+
+def stem_torch(frames: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The stem's 3x3 stride-2 convolution (padding 1, no bias) as torch's, with the
+    weights in the frames' dtype."""
+    return torch.nn.functional.conv2d(frames, weight.to(frames.dtype), stride=2, padding=1)

@@ -5,8 +5,9 @@ a per-channel scale and bias, :func:`affine_relu_shift3d` applies that affine ma
 ReLU as the CUDA kernel reads each source value, so the activation is never written to
 memory (one pass instead of three). :func:`affine_relu` is the same prologue with
 nothing to shift (a batch norm + ReLU whose result a 1x1 convolution reads): one
-elementwise pass, where a zero shift would take the gathers' walk. Inference only: neither
-has a gradient.
+elementwise pass, where a zero shift would take the gathers' walk. :func:`stem_conv` is
+a RubiksNet's first layer, the 3x3 stride-2 convolution of 3-channel frames, in a kernel
+of its own on CUDA. Inference only: none has a gradient.
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ._checks import SUPPORTED_DTYPES, channel_major, check_affine, remember
-from ._ops import _cuda_backend, _plain_eager, affine_relu_call, affine_shift3d_call
-from ._traceable import acc_dtype, affine_relu_shift3d_torch, affine_relu_torch
+from ._ops import _cuda_backend, _plain_eager, affine_relu_call, affine_shift3d_call, stem_call
+from ._traceable import acc_dtype, affine_relu_shift3d_torch, affine_relu_torch, stem_torch
 from .functional import _checked_3d, _validate_values
 
-__all__ = ["COMPILE_AS_TORCH", "affine_relu", "affine_relu_shift3d", "is_channel_major"]
+__all__ = [
+    "COMPILE_AS_TORCH",
+    "affine_relu",
+    "affine_relu_shift3d",
+    "is_channel_major",
+    "stem_conv",
+]
 
 # Which inference ops torch.compile traces as plain torch (indexing and elementwise ops
 # that Inductor fuses and lays out itself) instead of calling the registered op; eager
@@ -31,6 +38,7 @@ COMPILE_AS_TORCH: dict[str, bool] = {
     "affine_relu": True,  # fused into Inductor's layout copies: less GPU time, one call less
     "affine_relu_shift3d_quantized": False,  # compiling Large-AQ this way took minutes
     "affine_relu_shift3d_interpolated": False,  # Inductor's 8-read gathers: 2-5x slower
+    "stem": False,  # Inductor calls cuDNN's convolution for it (not measured compiled)
 }
 
 
@@ -296,3 +304,43 @@ def affine_relu(
     y = affine_relu_call(x, _in_acc_dtype(x, scale), _in_acc_dtype(x, bias), frames, device_type)
     _bind(key, lambda: _cuda_backend().bind_affine_relu(x, scale, bias, frame_shift))
     return y
+
+
+def stem_conv(frames: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A RubiksNet's stem: the 3x3 convolution of stride 2 and padding 1, without bias,
+    of 3-channel frames.
+
+    Args:
+        frames: (N, 3, H, W); float16, bfloat16, float32 or float64.
+        weight: (C, 3, 3, 3) floating filters on the frames' device.
+
+    Returns:
+        (N, C, ceil(H / 2), ceil(W / 2)), contiguous, of the frames' dtype. On CUDA one
+        kernel whose sums are in float32 (float64 for float64 frames), over the weights
+        in that dtype, each value rounded once; elsewhere ``F.conv2d`` with the weights
+        in the frames' dtype. No gradient (inference only).
+    """
+    if not isinstance(frames, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        bad = frames if not isinstance(frames, torch.Tensor) else weight
+        raise TypeError(f"stem_conv: frames and weight must be tensors, got {type(bad).__name__}")
+    if frames.dim() != 4 or frames.shape[1] != 3:
+        raise ValueError(f"stem_conv: frames must be (N, 3, H, W), got {tuple(frames.shape)}")
+    if frames.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"stem_conv: unsupported dtype {frames.dtype} for frames; use one of {SUPPORTED_DTYPES}"
+        )
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (3, 3, 3) or weight.shape[0] < 1:
+        raise ValueError(f"stem_conv: weight must be (C, 3, 3, 3), got {tuple(weight.shape)}")
+    if not weight.is_floating_point():
+        raise TypeError(f"stem_conv: weight must be floating point, got {weight.dtype}")
+    if weight.device != frames.device:
+        raise ValueError(f"stem_conv: weight is on {weight.device}, frames on {frames.device}")
+    if (frames.requires_grad or weight.requires_grad) and torch.is_grad_enabled():
+        raise RuntimeError(
+            "stem_conv is for inference and has no gradient; run it under torch.no_grad() "
+            "or torch.inference_mode(), or use F.conv2d(frames, weight, stride=2, "
+            "padding=1) for training"
+        )
+    if COMPILE_AS_TORCH["stem"] and torch.compiler.is_compiling():
+        return stem_torch(frames, weight)
+    return stem_call(frames.contiguous(), _in_acc_dtype(frames, weight))
