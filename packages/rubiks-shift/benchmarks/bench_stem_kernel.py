@@ -29,7 +29,7 @@ from rubiks_shift._cuda_tuning import TUNING
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STEMS = {"large": 72, "tiny": 54}  # output channels of each tier's stem
-SWEEP = [(p, g, t) for p in (1, 2, 4) for g in (24, 32) for t in (64, 128, 256)]
+SWEEP = [(p, g, t) for p in (2, 4, 6, 8) for g in (24, 32) for t in (64, 128)]
 REPS = 20
 
 

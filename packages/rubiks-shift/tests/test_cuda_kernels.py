@@ -36,7 +36,7 @@ def test_kernels_in_cuda_simulator():
     # training batch norm + ReLU against torch's in float64, deterministic
     # (each case with spans of several blocks per channel and with one block per channel)
     assert proc.stdout.count("ok-batch-norm") == 8
-    # the stem against torch's convolution in float64, 1 to 3 pixels per thread
+    # the stem against torch's convolution in float64, 1, 3 and 4 pixels per thread
     assert proc.stdout.count("ok-stem") == 18
 
 

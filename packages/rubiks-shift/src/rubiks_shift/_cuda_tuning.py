@@ -130,13 +130,18 @@ class Tuning:
     batch_norm_channel_per_thread: int = _kernel(8)
     batch_norm_channel_registers: int | None = _kernel(64)
     # the stem (``stem``, a 3x3 stride-2 convolution of 3-channel frames): output pixels
-    # per thread (the loads of adjacent pixels' overlapping inputs shared, one weight
-    # read from shared memory per ``stem_pixels`` multiply-adds); untuned
-    stem_pixels: int = _kernel(2)
+    # per thread (adjacent pixels share their overlapping input loads, and each weight
+    # read from shared memory serves ``stem_pixels`` multiply-adds): µs per call for
+    # 64 x 3 x 224² frames, 72 / 54 channels, bf16, graph replay (H200, 2026-12-05,
+    # ``benchmarks/bench_stem_kernel.py --sweep``): 1 pixel 593 / 447, 2 pixels 324 / 242,
+    # 4 pixels 213 / 156, cuDNN's NCHW convolution 305 / 206
+    stem_pixels: int = _kernel(4)
     # output channels a block takes at most (its weights in shared memory); the plan
-    # splits C into the fewest such groups of equal size
+    # splits C into the fewest groups of equal size: 32 against 24 at 4 pixels, Tiny's
+    # 54 channels 156 / 176 µs (2 groups of 27 against 3 of 18), Large's 72 equal
     stem_group: int = _kernel(32)
     stem_registers: int | None = _kernel(None)
+    # threads per block: 128 against 64 / 256 at 4 pixels, 213 against 218 / 257 µs
     stem_threads: int = 128
 
     def __post_init__(self) -> None:
