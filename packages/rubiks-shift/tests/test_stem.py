@@ -89,6 +89,42 @@ def test_refuses_bad_input():
         assert stem_conv(frames, weight).shape == (1, 2, 2, 2)
 
 
+@pytest.mark.parametrize("kernel", ["cpu", "fake", "cuda"])
+def test_registered_op_refuses_bad_input(kernel):
+    """torch.ops.rubiks_shift.stem called directly checks its arguments in every kernel:
+    the CUDA kernel reads the filters as (C, 27) (a (C, 3, 5, 5) weight was read wrongly,
+    a (C, 1, 3, 3) one out of bounds), the fake must not promise a shape the kernels do
+    not give. The CUDA kernel is called here on CPU tensors: it checks before launching."""
+    frames, weight = _case(7, 1, 5, 5, 4)
+    frames, weight = frames.float(), weight.float()
+    cases = [
+        ((frames[0], weight), ValueError, r"frames must be \(N, 3, H, W\), got \(3, 5, 5\)"),
+        (
+            (frames, torch.zeros(4, 3, 5, 5)),
+            ValueError,
+            r"weight must be \(C, 3, 3, 3\), got \(4, 3, 5, 5\)",
+        ),
+        (
+            (frames, torch.zeros(4, 1, 3, 3)),
+            ValueError,
+            r"weight must be \(C, 3, 3, 3\), got \(4, 1, 3, 3\)",
+        ),
+        ((frames.int(), weight.int()), TypeError, "unsupported dtype torch.int32"),
+        ((frames, weight.to(torch.complex64)), TypeError, "weight must be floating point"),
+    ]
+    if kernel == "cpu":
+        run = torch.ops.rubiks_shift.stem
+        cases.append(((frames, weight.to("meta")), ValueError, "weight is on meta, frames on cpu"))
+    elif kernel == "fake":
+        cases = [(tuple(t.to("meta") for t in args), e, m) for args, e, m in cases]
+        run = torch.ops.rubiks_shift.stem
+    else:
+        from rubiks_shift._ops import _stem_cuda as run
+    for args, error, match in cases:
+        with pytest.raises(error, match="rubiks_shift::stem: " + match):
+            run(*args)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     frames, weight = _case(3, 2, 7, 6, 5, device)

@@ -218,6 +218,24 @@ def check_affine(
             raise ValueError(f"{op}: {name} must be on x's device {x.device}, got {t.device}")
 
 
+def check_stem(frames: torch.Tensor, weight: torch.Tensor, op: str = "stem_conv") -> None:
+    """Refuse stem arguments other than floating (N, 3, H, W) frames of a supported dtype
+    and floating (C, 3, 3, 3) filters, C >= 1, on the frames' device (the CUDA kernel
+    indexes the filters as (C, 27): another shape would be read wrongly or out of bounds)."""
+    if frames.dim() != 4 or frames.shape[1] != 3:
+        raise ValueError(f"{op}: frames must be (N, 3, H, W), got {tuple(frames.shape)}")
+    if frames.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{op}: unsupported dtype {frames.dtype} for frames; use one of {SUPPORTED_DTYPES}"
+        )
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (3, 3, 3) or weight.shape[0] < 1:
+        raise ValueError(f"{op}: weight must be (C, 3, 3, 3), got {tuple(weight.shape)}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{op}: weight must be floating point, got {weight.dtype}")
+    if weight.device != frames.device:
+        raise ValueError(f"{op}: weight is on {weight.device}, frames on {frames.device}")
+
+
 def check_grad_y(
     grad_y: torch.Tensor,
     x: torch.Tensor,

@@ -30,7 +30,14 @@ from torch import Tensor
 from torch.autograd import forward_ad as _forward_ad
 
 from . import _cpu, _dispatch, _normalize, reference
-from ._checks import check_grad_y, check_op_call, empty_like_layout, in_layout_of, output_shape
+from ._checks import (
+    check_grad_y,
+    check_op_call,
+    check_stem,
+    empty_like_layout,
+    in_layout_of,
+    output_shape,
+)
 from ._traceable import shift_frames, stem_torch
 
 _cuda = None
@@ -475,23 +482,33 @@ def affine_relu_call(
 # ------------------------------------------------------------------- the stem (inference)
 
 
-@torch.library.custom_op("rubiks_shift::stem", mutates_args=())
-def stem(frames: Tensor, weight: Tensor) -> Tensor:
-    """Default kernel (devices without a dedicated one): torch's convolution."""
+_STEM_OP = "rubiks_shift::stem"
+
+
+def _stem_torch(frames, weight):
+    check_stem(frames, weight, _STEM_OP)
     return stem_torch(frames, weight)
 
 
+@torch.library.custom_op(_STEM_OP, mutates_args=())
+def stem(frames: Tensor, weight: Tensor) -> Tensor:
+    """Default kernel (devices without a dedicated one): torch's convolution."""
+    return _stem_torch(frames, weight)
+
+
 def _stem_cuda(frames, weight):
+    check_stem(frames, weight, _STEM_OP)
     return _cuda_backend().stem(frames.contiguous(), weight)
 
 
 @stem.register_fake
 def _stem_fake(frames, weight):
+    check_stem(frames, weight, _STEM_OP)
     n, _, height, width = frames.shape
     return frames.new_empty(n, weight.shape[0], (height + 1) // 2, (width + 1) // 2)
 
 
-_dispatch.register(torch.ops.rubiks_shift.stem.default, {"cpu": stem_torch, "cuda": _stem_cuda})
+_dispatch.register(torch.ops.rubiks_shift.stem.default, {"cpu": _stem_torch, "cuda": _stem_cuda})
 
 
 def stem_call(frames: Tensor, weight: Tensor) -> Tensor:

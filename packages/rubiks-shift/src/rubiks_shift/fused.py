@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._checks import SUPPORTED_DTYPES, channel_major, check_affine, remember
+from ._checks import SUPPORTED_DTYPES, channel_major, check_affine, check_stem, remember
 from ._ops import _cuda_backend, _plain_eager, affine_relu_call, affine_shift3d_call, stem_call
 from ._traceable import acc_dtype, affine_relu_shift3d_torch, affine_relu_torch, stem_torch
 from .functional import _checked_3d, _validate_values
@@ -323,18 +323,7 @@ def stem_conv(frames: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if not isinstance(frames, torch.Tensor) or not isinstance(weight, torch.Tensor):
         bad = frames if not isinstance(frames, torch.Tensor) else weight
         raise TypeError(f"stem_conv: frames and weight must be tensors, got {type(bad).__name__}")
-    if frames.dim() != 4 or frames.shape[1] != 3:
-        raise ValueError(f"stem_conv: frames must be (N, 3, H, W), got {tuple(frames.shape)}")
-    if frames.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"stem_conv: unsupported dtype {frames.dtype} for frames; use one of {SUPPORTED_DTYPES}"
-        )
-    if weight.dim() != 4 or tuple(weight.shape[1:]) != (3, 3, 3) or weight.shape[0] < 1:
-        raise ValueError(f"stem_conv: weight must be (C, 3, 3, 3), got {tuple(weight.shape)}")
-    if not weight.is_floating_point():
-        raise TypeError(f"stem_conv: weight must be floating point, got {weight.dtype}")
-    if weight.device != frames.device:
-        raise ValueError(f"stem_conv: weight is on {weight.device}, frames on {frames.device}")
+    check_stem(frames, weight)
     if (frames.requires_grad or weight.requires_grad) and torch.is_grad_enabled():
         raise RuntimeError(
             "stem_conv is for inference and has no gradient; run it under torch.no_grad() "
