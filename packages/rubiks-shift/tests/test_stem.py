@@ -125,6 +125,27 @@ def test_registered_op_refuses_bad_input(kernel):
             run(*args)
 
 
+def test_refuses_empty_frames_on_every_path():
+    """0-sized frames (H or W = 0): torch's convolution refuses them; so must the CUDA
+    kernel (which returned an empty result) and the fake (which promised one)."""
+    frames, weight = _case(8, 2, 4, 4, 3)
+    from rubiks_shift._ops import _stem_cuda
+
+    for empty in (frames[:, :, :0], frames[:, :, :, :0]):
+        shape = str(tuple(empty.shape)).replace("(", r"\(").replace(")", r"\)")
+        with pytest.raises(
+            ValueError, match=r"stem_conv: frames must have H, W >= 1, got " + shape
+        ):
+            stem_conv(empty, weight)
+        for run, args in [
+            (torch.ops.rubiks_shift.stem, (empty, weight)),
+            (torch.ops.rubiks_shift.stem, (empty.to("meta"), weight.to("meta"))),
+            (_stem_cuda, (empty, weight)),
+        ]:
+            with pytest.raises(ValueError, match=r"rubiks_shift::stem: frames must have H, W >= 1"):
+                run(*args)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     frames, weight = _case(3, 2, 7, 6, 5, device)

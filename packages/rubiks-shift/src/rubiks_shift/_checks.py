@@ -219,11 +219,13 @@ def check_affine(
 
 
 def check_stem(frames: torch.Tensor, weight: torch.Tensor, op: str = "stem_conv") -> None:
-    """Refuse stem arguments other than floating (N, 3, H, W) frames of a supported dtype
+    """Refuse stem arguments other than (N, 3, H, W) frames, H, W >= 1, of a supported dtype
     and floating (C, 3, 3, 3) filters, C >= 1, on the frames' device (the CUDA kernel
     indexes the filters as (C, 27): another shape would be read wrongly or out of bounds)."""
     if frames.dim() != 4 or frames.shape[1] != 3:
         raise ValueError(f"{op}: frames must be (N, 3, H, W), got {tuple(frames.shape)}")
+    if frames.shape[2] < 1 or frames.shape[3] < 1:  # as F.conv2d: no 0-sized frames
+        raise ValueError(f"{op}: frames must have H, W >= 1, got {tuple(frames.shape)}")
     if frames.dtype not in SUPPORTED_DTYPES:
         raise TypeError(
             f"{op}: unsupported dtype {frames.dtype} for frames; use one of {SUPPORTED_DTYPES}"

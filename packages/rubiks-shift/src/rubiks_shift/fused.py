@@ -311,7 +311,7 @@ def stem_conv(frames: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     of 3-channel frames.
 
     Args:
-        frames: (N, 3, H, W); float16, bfloat16, float32 or float64.
+        frames: (N, 3, H, W), H and W at least 1; float16, bfloat16, float32 or float64.
         weight: (C, 3, 3, 3) floating filters on the frames' device.
 
     Returns:
