@@ -154,6 +154,18 @@ def test_opcheck(device):
     torch.library.opcheck(op, (frames.to(torch.bfloat16), weight.float()))
 
 
+def test_cpu_result_is_contiguous_for_channels_last_inputs():
+    """The result is contiguous, as documented and as the fake says, also where torch's
+    convolution would keep channels-last frames or filters channels-last."""
+    frames, weight = _case(9, 2, 7, 6, 5)
+    cl = torch.channels_last
+    for f, w in [(frames, weight.to(memory_format=cl)), (frames.to(memory_format=cl), weight)]:
+        got = stem_conv(f, w)
+        assert got.is_contiguous()
+        torch.testing.assert_close(got, _expected(frames, weight), rtol=1e-12, atol=1e-12)
+        torch.library.opcheck(torch.ops.rubiks_shift.stem.default, (f.float(), w.float()))
+
+
 def test_compile_fullgraph_matches_eager():
     frames, weight = _case(4, 2, 8, 8, 3)
     frames, weight = frames.float(), weight.float()

@@ -487,7 +487,9 @@ _STEM_OP = "rubiks_shift::stem"
 
 def _stem_torch(frames, weight):
     check_stem(frames, weight, _STEM_OP)
-    return stem_torch(frames, weight)
+    # contiguous as the CUDA kernel's and the fake's (torch's convolution keeps channels-last
+    # frames or filters channels-last)
+    return stem_torch(frames, weight).contiguous()
 
 
 @torch.library.custom_op(_STEM_OP, mutates_args=())
