@@ -166,6 +166,21 @@ def test_cpu_result_is_contiguous_for_channels_last_inputs():
         torch.library.opcheck(torch.ops.rubiks_shift.stem.default, (f.float(), w.float()))
 
 
+def test_cpu_autocast_keeps_the_frames_dtype():
+    """Under autocast the result is in the frames' dtype, as documented, as on CUDA and as
+    the fake (so compiled code) says: torch's convolution ran in bfloat16 here."""
+    frames, weight = _case(10, 2, 7, 6, 5)
+    frames, weight = frames.float(), weight.float()
+    want = F.conv2d(frames, weight, stride=2, padding=1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = stem_conv(frames, weight)
+        op = torch.ops.rubiks_shift.stem(frames, weight)
+        compiled = torch.compile(stem_conv, fullgraph=True, backend="aot_eager")(frames, weight)
+    for got in (eager, op, compiled):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want)
+
+
 def test_compile_fullgraph_matches_eager():
     frames, weight = _case(4, 2, 8, 8, 3)
     frames, weight = frames.float(), weight.float()

@@ -487,9 +487,13 @@ _STEM_OP = "rubiks_shift::stem"
 
 def _stem_torch(frames, weight):
     check_stem(frames, weight, _STEM_OP)
-    # contiguous as the CUDA kernel's and the fake's (torch's convolution keeps channels-last
-    # frames or filters channels-last)
-    return stem_torch(frames, weight).contiguous()
+    # in the frames' dtype under autocast too, and contiguous (torch's convolution keeps
+    # channels-last frames or filters channels-last), as the CUDA kernel's and the fake's
+    device_type = frames.device.type
+    if not torch.amp.is_autocast_available(device_type):
+        return stem_torch(frames, weight).contiguous()
+    with torch.autocast(device_type, enabled=False):
+        return stem_torch(frames, weight).contiguous()
 
 
 @torch.library.custom_op(_STEM_OP, mutates_args=())
