@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shift_testing import DEVICES, channel_major
 
-from rubiks_shift import COMPILE_AS_TORCH, affine_relu, affine_relu_shift3d, is_channel_major
+from rubiks_shift import (
+    COMPILE_AS_TORCH,
+    affine_relu,
+    affine_relu_shift3d,
+    is_channel_major,
+    stem_conv,
+)
 from rubiks_shift._traceable import affine_relu_shift3d_torch, affine_relu_torch
 from rubiks_shift.reference import shift3d_forward
 
@@ -103,6 +109,7 @@ _REGISTERED = {  # setting -> the registered op it replaces
     "affine_relu": "rubiks_shift.affine_relu",
     "affine_relu_shift3d_quantized": "rubiks_shift.affine_relu_shift3d",
     "affine_relu_shift3d_interpolated": "rubiks_shift.affine_relu_shift3d",
+    "stem": "rubiks_shift.stem",
 }
 
 
@@ -114,17 +121,19 @@ def test_compiled_code_traces_the_setting(traced, monkeypatch):
     for op in COMPILE_AS_TORCH:
         monkeypatch.setitem(COMPILE_AS_TORCH, op, op == traced)
     x, scale, bias, shift = _case(9, (1, 4, 3, 6, 6), "cpu", torch.float32)
+    weight = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(9))
 
     def block(x):
         a = affine_relu(x, scale, bias)
         b = affine_relu_shift3d(a, scale, bias, shift, 1, 1)
-        return affine_relu_shift3d(b, scale, bias, shift, 1, 1, quantize=True)
+        c = affine_relu_shift3d(b, scale, bias, shift, 1, 1, quantize=True)
+        return c, stem_conv(x[0], weight)
 
     with torch.no_grad():
         expected = block(x)
     out, targets = _traced_targets(block, x)
     calls = {op: targets.count(op) for op in set(_REGISTERED.values())}
-    expected_calls = {"rubiks_shift.affine_relu": 1}
+    expected_calls = {"rubiks_shift.affine_relu": 1, "rubiks_shift.stem": 1}
     expected_calls["rubiks_shift.affine_relu_shift3d"] = 2
     if traced is not None:
         expected_calls[_REGISTERED[traced]] -= 1
