@@ -215,6 +215,9 @@ def test_tuning_is_validated_and_frozen():
         "batch_norm_threads",
         "batch_norm_channel_per_thread",
         "batch_norm_channel_registers",
+        "stem_pixels",
+        "stem_group",
+        "stem_registers",
     }
 
 
