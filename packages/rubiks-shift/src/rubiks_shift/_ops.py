@@ -7,9 +7,10 @@ Two custom ops carry the shift's computation:
 * ``rubiks_shift::shift3d_backward(grad_y, x, shift, stride, padding, quantize,
   normalize_grad, normalize_t_factor, need_x, need_shift) -> (grad_x, grad_shift)``
 
-and two the fused inference form's (``rubiks_shift.fused``), without gradients:
-``rubiks_shift::affine_relu_shift3d(x, scale, bias, shift, stride, padding, quantize)``
-and ``rubiks_shift::affine_relu(x, scale, bias, frame_shift=None)``.
+and three the fused inference form's (``rubiks_shift.fused``), without gradients:
+``rubiks_shift::affine_relu_shift3d(x, scale, bias, shift, stride, padding, quantize)``,
+``rubiks_shift::affine_relu(x, scale, bias, frame_shift=None)`` and
+``rubiks_shift::stem(frames, weight)`` (torch's convolution off CUDA).
 
 Each has a CPU kernel (Numba; torch for ``affine_relu``), a CUDA kernel (Numba-CUDA), a
 default kernel for other devices (the float64 reference) and a fake kernel for tracing;
