@@ -32,8 +32,8 @@ def test_conv1x1_traced_equals_conv2d(cpu_as_1d, stride):
 
 
 def _convolutions(model, x):
-    """(2-D, 1-D) convolution calls in the graph torch.compile traces of model(x), and
-    the compiled model's output."""
+    """(2-D convolution, 1-D convolution, rubiks_shift stem) calls in the graph
+    torch.compile traces of model(x), and the compiled model's output."""
     graphs = []
 
     def backend(gm, inputs):
@@ -44,7 +44,9 @@ def _convolutions(model, x):
         out = torch.compile(model, backend=backend, fullgraph=True)(x)
     targets = [n.target for n in graphs[0].graph.nodes if n.op == "call_function"]
     conv2d = sum(t in (F.conv2d, torch.conv2d) for t in targets)
-    return conv2d, sum(t in (F.conv1d, torch.conv1d) for t in targets), out
+    conv1d = sum(t in (F.conv1d, torch.conv1d) for t in targets)
+    stems = sum(t is torch.ops.rubiks_shift.stem for t in targets)
+    return conv2d, conv1d, stems, out
 
 
 def _tiny():
@@ -62,8 +64,8 @@ def test_compiled_fused_blocks_run_1x1_convolutions_as_1d(cpu_as_1d, plane):
     model, pointwise_count = _tiny()
     fused = fuse_model(model, "conv", channel_major_plane=plane).eval()
     x = torch.randn(1, 2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    conv2d, conv1d, out = _convolutions(fused, x)
-    assert (conv2d, conv1d) == (1, pointwise_count)
+    conv2d, conv1d, stems, out = _convolutions(fused, x)
+    assert (conv2d, conv1d, stems) == (1, pointwise_count, 0)
     with torch.no_grad():
         torch.testing.assert_close(out, fused(x), rtol=1e-5, atol=1e-5)
 
@@ -72,7 +74,7 @@ def test_other_devices_and_the_unfused_model_keep_2d_convolutions():
     model, pointwise_count = _tiny()
     x = torch.randn(1, 2, 3, 32, 32)
     fused = fuse_model(model, "conv").eval()
-    assert _convolutions(fused, x)[:2] == (1 + pointwise_count, 0)  # the CPU: not listed
+    assert _convolutions(fused, x)[:3] == (1 + pointwise_count, 0, 0)  # the CPU: not listed
     assert frozenset({"cuda"}) == pointwise.ONE_D_DEVICES
     assert _convolutions(model, x)[1] == 0  # the unfused model: nn.Conv2d modules
 
@@ -82,8 +84,9 @@ def test_cuda_compiled_fused_model_runs_1x1_convolutions_as_1d():
     model, pointwise_count = _tiny()
     fused = fuse_model(model.cuda(), "conv").eval()
     x = torch.randn(1, 2, 3, 32, 32, device="cuda")
-    conv2d, conv1d, out = _convolutions(fused, x)
-    assert (conv2d, conv1d) == (1, pointwise_count)
+    conv2d, conv1d, stems, out = _convolutions(fused, x)
+    # the stem is rubiks_shift's own kernel on CUDA: no 2-D convolution is left
+    assert (conv2d, conv1d, stems) == (0, pointwise_count, 1)
     with torch.no_grad():
         expected = fused(x)
     # the same products up to the convolution algorithms (TF32) cuDNN picks for each form
