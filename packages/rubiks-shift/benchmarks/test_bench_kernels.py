@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rubiks_shift import rubiks_shift3d
+from rubiks_shift import rubiks_shift3d, stem_conv
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SHAPES = {
@@ -95,3 +95,18 @@ def test_host_overhead_tiny(benchmark, device):
 
     benchmark(run)
     _sync(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stem(benchmark, device):
+    """RubiksNet-Large's stem over 8 frames of 224² (the CUDA kernel; torch's
+    convolution on the CPU)."""
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randn(8, 3, 224, 224, generator=g).to(device)
+    weight = torch.randn(72, 3, 3, 3, generator=g).to(device)
+
+    def run():
+        stem_conv(frames, weight)
+        _sync(device)
+
+    benchmark(run)
