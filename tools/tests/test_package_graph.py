@@ -116,3 +116,18 @@ def test_tools_use_only_public_modules():
             if top.startswith("rubiks_") and any(part.startswith("_") for part in rest):
                 bad.append(f"{path.relative_to(ROOT)}: imports private {module}")
     assert not bad, "\n".join(bad)
+
+
+def test_test_modules_have_unique_names_across_packages():
+    """The test folders are not packages, so pytest imports their modules by file name:
+    ``python -m pytest packages/*/tests tools/tests`` (every suite in one call) stops at
+    collection when two test files share a name."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted([*ROOT.glob("packages/*/tests/test_*.py"), *ROOT.glob("tools/tests/*.py")]):
+        if path.name == "conftest.py":
+            continue
+        if path.name in seen:
+            clashes.append(f"{path.relative_to(ROOT)} and {seen[path.name].relative_to(ROOT)}")
+        seen[path.name] = path
+    assert not clashes, "\n".join(clashes)
