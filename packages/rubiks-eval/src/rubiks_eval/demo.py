@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="bundled by default")
     p.add_argument(
         "--cache-dir",
-        help="where the generated videos are kept (default $RUBIKSNET_CACHE or ~/.cache/rubiksnet)",
+        help="where the generated videos are kept (default $RUBIKSNET_CACHE, else "
+        "$XDG_CACHE_HOME/rubiksnet or ~/.cache/rubiksnet)",
     )
     p.add_argument("--regenerate", action="store_true", help="rebuild the cached data set")
     p.add_argument("--num-val", type=int, help="validation videos (default: as trained)")
