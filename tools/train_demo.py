@@ -46,7 +46,12 @@ DEFAULTS = [
 
 
 def main() -> int:
-    pre = argparse.ArgumentParser(prog="train_demo.py", add_help=False)
+    pre = argparse.ArgumentParser(
+        prog="train_demo.py",
+        description="Train the bundled demo checkpoint (RubiksNet-Tiny, synthetic data).",
+        epilog="Every other option goes to tools/train.py's parser (python tools/train.py "
+        "--help); the demo's defaults: " + " ".join(DEFAULTS[1:]),
+    )
     pre.add_argument("--export", help="write the best weights (+ demo metadata) here")
     pre.add_argument("--data", help="synthetic data folder (default: cache)")
     pre.add_argument("--classes", nargs="+", help="subset of the synthetic classes")

@@ -102,3 +102,12 @@ def test_shift_ablation_checks_settings_and_an_earlier_run_first(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
     assert (tmp_path / "results.json").read_text() == "{}"
+
+
+def test_train_demo_help_lists_its_own_options():
+    proc = _run(str(TOOLS / "train_demo.py"), "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: train_demo.py")
+    for flag in ("--export", "--data", "--classes", "--num-train", "--num-val", "--overwrite"):
+        assert flag in proc.stdout
+    assert "tools/train.py" in proc.stdout and "--lr 0.02" in proc.stdout
