@@ -30,6 +30,14 @@ def test_flops_cli(capsys: pytest.CaptureFixture) -> None:
     assert "rubiksnet_tiny" in out and "1,898,760" in out
 
 
+def test_flops_help_states_the_convention(capsys: pytest.CaptureFixture) -> None:
+    """The table's header sends readers to ``--help`` for the counting convention."""
+    assert _code(main, ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Convention" in out and "8 for the interpolated 3-D shift" in out
+    assert "not counted: residual additions" in out
+
+
 def test_quantized_shift_counts_zero() -> None:
     with torch.device("meta"):
         model = RubiksNet("tiny", 174, deploy=True)

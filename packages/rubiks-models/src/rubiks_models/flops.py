@@ -127,7 +127,12 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 8, 3, 224, 224
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``rubiks-flops [NAME ...] [--frames 8] [--size 224] [--num-classes 174]``."""
-    p = argparse.ArgumentParser(prog="rubiks-flops", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="rubiks-flops",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__[__doc__.index("Convention") :],  # what the table's header points to
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("names", nargs="*", default=list(README_GMACS), help="timm model names")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--size", type=int, default=224)
