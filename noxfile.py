@@ -124,8 +124,8 @@ def _train_dtypes(args: list[str]) -> list[str]:
 
 @nox.session
 def train(session: nox.Session) -> None:
-    """tools/train.py; first the kernel cache is warmed for the GPU (skipped quietly
-    without one), so the ranks start from cached kernels instead of each compiling."""
+    """tools/train.py; first the kernel cache is warmed for the GPU (skipped with one
+    line without one), so the ranks start from cached kernels instead of each compiling."""
     _install(session, DEPENDS["eval"], extras=False)
     dtypes = _train_dtypes(list(session.posargs))
     session.run("python", "-m", "rubiks_shift.warmup", "--if-available", "--dtypes", *dtypes)

@@ -75,7 +75,8 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--if-available", action="store_true",
-        help="exit quietly (status 0) where there is no GPU, no numba-cuda or no cache",
+        help="where there is no GPU, no numba-cuda or no cache: say so in one line and "
+        "exit with status 0",
     )  # fmt: skip
     p.add_argument(
         "--clear", action="store_true",
