@@ -91,6 +91,31 @@ def test_refuses_gradients_and_bad_affine():
         affine_relu_shift3d(x, scale, bias, shift[:2])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channel-major"])
+def test_cpu_kernel_equals_affine_relu_then_shift(dtype, layout):
+    """On the CPU the affine map runs inside the shift kernel, rounded once as
+    ``affine_relu`` (``torch.addcmul``) rounds it: bit for bit the two ops in a row, for
+    fractional, integer and out-of-clip shifts, NaN inputs propagated, in x's layout."""
+    from rubiks_shift import affine_relu
+
+    x, scale, bias, shift = _case(9, (2, 4, 6, 7, 9), "cpu", dtype, spread=6.0)
+    shift[:, 0] = torch.tensor([1.0, -2.0, 0.0])
+    shift[:, 1] = torch.tensor([9.0, 0.5, -12.0])  # reads outside the clip
+    x[0, 1, 2, 3, 4] = float("nan")
+    x = channel_major(x) if layout == "channel-major" else x
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    scale, bias = scale.to(acc), bias.to(acc)
+    for stride, quantize in (((1, 1, 1), False), ((1, 2, 2), False), ((1, 1, 1), True)):
+        with torch.no_grad():
+            y = affine_relu_shift3d(x, scale, bias, shift, stride, quantize=quantize)
+            a = affine_relu(x.to(acc), scale, bias)
+            expected = rubiks_shift3d(a, shift.to(acc), stride, quantize=quantize).to(dtype)
+        assert y.dtype == dtype and is_channel_major(y) == (layout == "channel-major")
+        assert torch.equal(y.isnan(), expected.isnan()) and y.isnan().any()
+        assert torch.equal(y.nan_to_num(), expected.nan_to_num())
+
+
 def _is_channel_major(y) -> bool:
     return y.permute(2, 0, 1, 3, 4).is_contiguous() and not y.is_contiguous()
 

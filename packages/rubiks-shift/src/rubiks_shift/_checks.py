@@ -82,11 +82,15 @@ def empty_channel_major(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 
 def in_layout_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A result ``y`` (N, T, C, H, W) of an op on the clip ``x``, stored as the fake
-    kernels say: channel-major where x is (``channel_major``), else contiguous (``y``
-    itself where it is; an elementwise result keeps a strided x's strides)."""
+    """A fresh result ``y`` (N, T, C, H, W) of an op on the clip ``x``, stored as the
+    fake kernels say: channel-major where x is (``channel_major``), else contiguous
+    (``y`` itself where it is so already; an elementwise result keeps a strided x's
+    strides)."""
     if not channel_major(x):
         return y.contiguous()
+    n, t, _, h, w = y.shape
+    if y.stride() == (t * h * w, h * w, n * t * h * w, w, 1):  # empty_channel_major's
+        return y
     return empty_channel_major(x, y.shape).copy_(y)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from . import _normalize
-from ._checks import SHIFT_LIMIT, in_layout_of, output_shape
+from ._checks import SHIFT_LIMIT, channel_major, empty_channel_major, in_layout_of, output_shape
 from ._compile_notice import compile_notice
 
 try:  # Numba is a hard dependency, but keep the package importable without it.
@@ -64,23 +64,40 @@ def forward(
     stride: Sequence[int],
     padding: Sequence[int],
     quantize: bool,
+    scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The forward of ``_ops.shift3d`` (its arguments less the gradient settings); y in
-    x's layout (channel-major where x is, else contiguous)."""
+    x's layout (channel-major where x is, read and written in place, else contiguous).
+    With ``scale`` and ``bias`` (C,), the shift of relu(x * scale[c] + bias[c]), the
+    affine map applied as each column is read; all of it in scale's dtype then."""
     threads = _kernels.set_threads(torch.get_num_threads())
-    work = x.detach().to(_compute_dtype(x.dtype)).contiguous()
-    y = torch.empty(output_shape(x.shape, stride, padding), dtype=work.dtype)
+    dtype = _compute_dtype(x.dtype if scale is None else scale.dtype)
+    major = channel_major(x)
+    work = x.detach().to(dtype)
+    shape = output_shape(x.shape, stride, padding)
+    if major:  # the (C, N, T, H, W) tensors behind the channel-major clips
+        y = empty_channel_major(work, shape)
+        x_mem, y_mem = work.permute(2, 0, 1, 3, 4), y.permute(2, 0, 1, 3, 4)
+    else:
+        y = torch.empty(shape, dtype=dtype)
+        x_mem, y_mem = work.contiguous(), y
+    if scale is None or bias is None:
+        scale = bias = torch.empty(0, dtype=dtype)  # no affine map
     params, nan_channels = _shift_params(shift)
-    ints, weights = _tables(params, quantize, work.dtype)
-    with compile_notice(_what("forward", work.dtype), ("forward", work.dtype), _WHEN):
+    ints, weights = _tables(params, quantize, dtype)
+    with compile_notice(_what("forward", dtype), ("forward", dtype), _WHEN):
         _kernels.forward(
-            work.numpy(),
-            y.numpy(),
+            x_mem.numpy(),
+            y_mem.numpy(),
             ints,
             weights,
             np.asarray(stride, np.int64),
             np.asarray(padding, np.int64),
             _kernels.blocks(x.shape[0] * x.shape[2], threads),
+            major,
+            scale.detach().to(dtype).contiguous().numpy(),
+            bias.detach().to(dtype).contiguous().numpy(),
         )
     if bool(nan_channels.any()):
         y[:, :, nan_channels] = float("nan")

@@ -1,6 +1,7 @@
 """Numba CPU kernels of the RubiksShift op (docs/spec.md §1), parallel over (n, c) columns.
 
-Layout (N, T, C, H, W), C-contiguous, used as flat arrays. Per channel the shift is a
+Layout (N, T, C, H, W), C-contiguous (the forward also reads and writes channel-major
+clips), used as flat arrays. Per channel the shift is a
 tensor product of three 1-D two-tap resamplings, so every kernel is a short chain of
 1-D passes over one (n, c) column (its T planes stay in L2 between passes):
 
@@ -27,7 +28,8 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 U = np.uint64  # index type without wrap-around handling
 BLOCK = 256  # shift-gradient products summed in the data dtype, then added in float64
@@ -657,26 +659,77 @@ def _forward_column(xf, yf, x0, y0, scratch, z, ints, weights, c, dims, stride, 
     _rgather(yf, y0, pitch_out, z, I0, p_out, p_out, t_out, t_in, st, ot, gt, t0, t1, YES)
 
 
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c rounded once (LLVM's ``llvm.fma``), as ``torch.addcmul`` computes it on
+    CPUs with FMA and as the CUDA prologue does."""
+    if not (a == b == c and isinstance(a, types.Float)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return a(a, b, c), codegen
+
+
+@njit(cache=True)
+def _affine_relu_column(dst, xf, x0, pitch, planes, plane, scale, bias):
+    """dst[t * plane + k] = relu(x * scale + bias) of the column's ``planes`` planes
+    (x planes at x0 + t * pitch), the product and sum rounded once; NaN stays NaN, as in
+    ``torch.relu``."""
+    zero = scale - scale
+    for t in range(planes):
+        s0, d0 = x0 + t * pitch, t * plane
+        for k in range(plane):
+            v = _fma(xf[U(s0 + k)], scale, bias)
+            dst[U(d0 + k)] = zero if v < zero else v
+
+
 @njit(parallel=True, cache=True)
-def forward(x, y, ints, weights, stride, padding, blocks):
+def forward(x, y, ints, weights, stride, padding, blocks, major, scale, bias):
     """y = the (possibly quantized) shift of x, taps from ``tables``; the (n, c) columns
-    run in ``blocks`` contiguous parallel blocks (scratch allocated once per block)."""
-    n_batch, t_in, channels, h_in, w_in = x.shape
-    _, t_out, _, h_out, w_out = y.shape
+    run in ``blocks`` contiguous parallel blocks (scratch allocated once per block).
+
+    x and y are (N, T, C, H, W) arrays in memory order: C-contiguous, or with ``major``
+    (C, N, T, H, W) arrays holding channel-major clips. Where ``scale`` has C values,
+    each column is read as relu(x * scale[c] + bias[c]) (into a per-block buffer)."""
+    I0 = _int(0)
+    if major:
+        channels, n_batch, t_in, h_in, w_in = x.shape
+        t_out, h_out, w_out = y.shape[2], y.shape[3], y.shape[4]
+    else:
+        n_batch, t_in, channels, h_in, w_in = x.shape
+        t_out, h_out, w_out = y.shape[1], y.shape[3], y.shape[4]
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
     p_in, p_out = h_in * w_in, h_out * w_out
-    dims = (t_in, h_in, w_in, t_out, h_out, w_out, channels * p_in, channels * p_out)
+    pitch_in = p_in if major else channels * p_in  # from one frame of a column to the next
+    pitch_out = p_out if major else channels * p_out
+    dims = (t_in, h_in, w_in, t_out, h_out, w_out, pitch_in, pitch_out)
+    dims_affine = (t_in, h_in, w_in, t_out, h_out, w_out, p_in, pitch_out)
+    affine = scale.size > 0
     tasks = n_batch * channels
     chunks = max(1, min(tasks, blocks))
     for chunk in prange(chunks):
         scratch = np.empty(h_in * w_out, x.dtype)
         z = np.empty(t_in * p_out, x.dtype)
+        column = np.empty(t_in * p_in if affine else 0, x.dtype)
         for task in range(chunk * tasks // chunks, (chunk + 1) * tasks // chunks):
-            n, c = task // channels, task % channels
-            x0 = (n * t_in * channels + c) * p_in
-            y0 = (n * t_out * channels + c) * p_out
-            _forward_column(xf, yf, x0, y0, scratch, z, ints, weights, c, dims, stride, padding)
+            if major:  # tasks in memory order: channel by channel
+                c, n = task // n_batch, task % n_batch
+                x0 = (c * n_batch + n) * t_in * p_in
+                y0 = (c * n_batch + n) * t_out * p_out
+            else:
+                n, c = task // channels, task % channels
+                x0 = (n * t_in * channels + c) * p_in
+                y0 = (n * t_out * channels + c) * p_out
+            if affine:
+                _affine_relu_column(column, xf, x0, pitch_in, t_in, p_in, scale[c], bias[c])
+                _forward_column(
+                    column, yf, I0, y0, scratch, z, ints, weights, c, dims_affine, stride, padding
+                )
+            else:
+                _forward_column(xf, yf, x0, y0, scratch, z, ints, weights, c, dims, stride, padding)
 
 
 @njit(cache=True)

@@ -376,7 +376,7 @@ def _affine_relu(x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
     """relu(x * scale[c] + bias[c]) of a (N, T, C, H, W) clip, in scale's dtype (the
     precision the CUDA prologue computes in)."""
     view = (1, 1, -1, 1, 1)
-    return torch.relu(torch.addcmul(bias.view(view), x.to(scale.dtype), scale.view(view)))
+    return torch.addcmul(bias.view(view), x.to(scale.dtype), scale.view(view)).relu_()
 
 
 @torch.library.custom_op("rubiks_shift::affine_relu_shift3d", mutates_args=())
@@ -398,11 +398,10 @@ def affine_relu_shift3d(
 
 def _affine_cpu(x, scale, bias, shift, stride, padding, quantize):
     check_op_call(_AFFINE, x, shift, stride, padding, (scale, bias))
+    if _cpu.available():  # the affine map inside the kernel, in x's layout
+        return _cpu.forward(x, shift, stride, padding, quantize, scale, bias)
     a = _affine_relu(x, scale, bias)
-    if not _cpu.available():
-        y = reference.shift3d_forward(a, shift, stride, padding, quantize)
-    else:
-        y = _cpu.forward(a, shift, stride, padding, quantize)
+    y = reference.shift3d_forward(a, shift, stride, padding, quantize)
     return in_layout_of(y.to(x.dtype), x)
 
 
