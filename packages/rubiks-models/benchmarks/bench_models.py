@@ -123,10 +123,10 @@ class TSMResNet50(nn.Module):
 # ---------------------------------------------------------------------------- models
 
 
-def build(name: str, num_classes: int, frames: int) -> tuple[nn.Module, bool]:
-    """(model on the GPU, whether it can train)."""
+def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tuple[nn.Module, bool]:
+    """(model on ``device``, whether it can train)."""
     if name == "tsm_r50":
-        return TSMResNet50(num_classes, frames).cuda(), True
+        return TSMResNet50(num_classes, frames).to(device), True
     import timm
 
     import rubiks_models  # noqa: F401  (registers the models)
@@ -138,7 +138,7 @@ def build(name: str, num_classes: int, frames: int) -> tuple[nn.Module, bool]:
     unknown = {f for f in forms if not re.fullmatch(r"hard|fused(-conv|-bmm)?(@\d+)?", f)}
     if unknown or (train_plane and not train_plane.isdigit()):
         raise ValueError(f"unknown model form(s) {sorted(unknown)} in {name!r}")
-    model = timm.create_model(arch, num_classes=num_classes).cuda()
+    model = timm.create_model(arch, num_classes=num_classes).to(device)
     if train_plane:
         model.set_channel_major_plane(int(train_plane))
     for m in model.modules():  # trained-looking batch norms (the statistics matter to fusion)

@@ -163,6 +163,29 @@ def test_fused_runs_small_planes_channel_major():
     assert all(major == (hw <= 130) for hw, major in layouts)
 
 
+@pytest.mark.parametrize("gemm,convolutions", [("auto", 1), ("bmm", 1), ("conv", None)])
+def test_fused_cpu_runs_1x1_convolutions_as_products_by_default(gemm, convolutions):
+    """On the CPU "auto" takes matrix products for every 1x1 convolution (faster there
+    than oneDNN's convolutions): the stem is the forward's one convolution."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountConvolutions(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution.default:
+                CountConvolutions.count += 1
+            return func(*args, **(kwargs or {}))
+
+    fused = fuse_model(_trained_looking("rubiksnet_tiny"), gemm, channel_major_plane=130)
+    with torch.no_grad(), CountConvolutions():
+        fused(torch.randn(1, 2, 3, 48, 40))
+    if convolutions is None:  # forced: every 1x1 convolution as one, besides the stem
+        assert CountConvolutions.count > 1
+    else:
+        assert CountConvolutions.count == convolutions
+
+
 def test_fuse_model_checks_channel_major_plane():
     model = _trained_looking("rubiksnet_tiny")
     with pytest.raises(ValueError, match="channel_major_plane must be >= 0"):

@@ -68,12 +68,13 @@ GEMMS = ("auto", "conv", "bmm")
 ONE_FRAME_SHIFT_PLANE = 56 * 56
 
 
-def _use_conv(gemm: str, dtype: torch.dtype) -> bool:
-    """Whether the 1x1 convolutions run as cuDNN convolutions (float32 by default: cuDNN
-    may use TF32 there, as the unfused model does) or as batched matrix products with the
-    residual sum fused in (``baddbmm_``; narrower dtypes by default)."""
+def _use_conv(gemm: str, x: torch.Tensor) -> bool:
+    """Whether the 1x1 convolutions on ``x`` run as convolutions (by default float32 on
+    CUDA: cuDNN may use TF32 there, as the unfused model does) or as matrix products with
+    the residual sum fused in (by default narrower dtypes on CUDA, and the CPU, where
+    they were 1.1-1.4x faster than oneDNN's convolutions: ``BENCHMARKS.md``, *CPU*)."""
     if gemm == "auto":
-        return dtype == torch.float32
+        return x.dtype == torch.float32 and x.device.type == "cuda"
     return gemm == "conv"
 
 
@@ -282,7 +283,7 @@ class FusedBlock(_GemmWeights):
         every 1x1 convolution is one product over all the clip's points, whatever H * W
         (batched per-frame products are slow where it is not a multiple of 8)."""
         b, t, _, height, width = x.shape
-        conv = _use_conv(self.gemm, x.dtype)
+        conv = _use_conv(self.gemm, x)
         # 1. relu(bn1(x)) (and the AQ temporal shift)
         a, mixed = self._first_pass(x)
         # 2. conv1 (bn2's scale folded in)
@@ -319,7 +320,7 @@ class FusedBlock(_GemmWeights):
         a, mixed = self._first_pass(x)
         # 2. conv1 (bn2's scale folded in)
         w1 = self.gemm_weight("w1", dtype)
-        conv = _use_conv(self.gemm, dtype)
+        conv = _use_conv(self.gemm, x)
         if conv:
             frames = mixed.reshape(b * t, self.cin, height, width)
             h = conv1x1(frames, _kernel(w1))
@@ -435,7 +436,7 @@ def fuse_model(
     ``model`` is left as it is). Batch norms contribute their running statistics, as in
     ``model.eval()``. ``gemm``: how the 1x1 convolutions run: "conv" (cuDNN, then the
     residual sum), "bmm" (matrix products, residual sum fused) or "auto" (conv for
-    float32, bmm otherwise). ``channel_major_plane``: blocks whose input planes have at
+    float32 on CUDA, bmm otherwise). ``channel_major_plane``: blocks whose input planes have at
     most this many pixels (and every block after them) run on channel-major clips, each
     1x1 convolution one product over all points; larger planes run frame by frame; 0:
     never channel-major."""
