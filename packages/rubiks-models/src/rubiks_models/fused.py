@@ -72,7 +72,7 @@ def _use_conv(gemm: str, x: torch.Tensor) -> bool:
     """Whether the 1x1 convolutions on ``x`` run as convolutions (by default float32 on
     CUDA: cuDNN may use TF32 there, as the unfused model does) or as matrix products with
     the residual sum fused in (by default narrower dtypes on CUDA, and the CPU, where
-    they were 1.1-1.4x faster than oneDNN's convolutions: ``BENCHMARKS.md``, *CPU*)."""
+    they were 1.2-1.4x faster than oneDNN's convolutions: ``BENCHMARKS.md``, *CPU*)."""
     if gemm == "auto":
         return x.dtype == torch.float32 and x.device.type == "cuda"
     return gemm == "conv"
