@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rubiks_shift import rubiks_shift3d, stem_conv
+from rubiks_shift import affine_relu_shift3d, rubiks_shift3d, stem_conv
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SHAPES = {
@@ -81,6 +81,28 @@ def test_copy_floor(benchmark, device, name, direction):
 
     def run():
         dst.copy_(src)
+        _sync(device)
+
+    benchmark(run)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["stage1", "stage4"])
+@pytest.mark.parametrize("layout", ["contiguous", "channel-major"])
+def test_affine_forward(benchmark, device, name, layout):
+    """The fused inference form's shift (batch norm + ReLU applied as it reads x), on
+    (N, T, C, H, W) and on channel-major clips (read and written in place)."""
+    shape, stride = SHAPES[name]
+    x, shift = _inputs(shape, device)
+    if layout == "channel-major":
+        x = x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+    g = torch.Generator().manual_seed(1)
+    scale = (torch.rand(shape[2], generator=g) + 0.5).to(device)
+    bias = (torch.randn(shape[2], generator=g) * 0.5).to(device)
+
+    def run():
+        with torch.no_grad():
+            affine_relu_shift3d(x, scale, bias, shift, stride)
         _sync(device)
 
     benchmark(run)
