@@ -32,6 +32,8 @@ from torch.autograd import forward_ad as _forward_ad
 
 from . import _cpu, _dispatch, _normalize, reference
 from ._checks import (
+    CHANNEL_MAJOR,
+    channel_major,
     check_grad_y,
     check_op_call,
     check_stem,
@@ -374,9 +376,12 @@ def shift3d_call(
 
 def _affine_relu(x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
     """relu(x * scale[c] + bias[c]) of a (N, T, C, H, W) clip, in scale's dtype (the
-    precision the CUDA prologue computes in)."""
+    precision the CUDA prologue computes in), written in the layout the ops return for x
+    (channel-major where x is, else contiguous)."""
     view = (1, 1, -1, 1, 1)
-    return torch.addcmul(bias.view(view), x.to(scale.dtype), scale.view(view)).relu_()
+    order = CHANNEL_MAJOR if channel_major(x) else (0, 1, 2, 3, 4)
+    out = torch.empty_permuted(x.shape, order, dtype=scale.dtype, device=x.device)
+    return torch.addcmul(bias.view(view), x.to(scale.dtype), scale.view(view), out=out).relu_()
 
 
 @torch.library.custom_op("rubiks_shift::affine_relu_shift3d", mutates_args=())
