@@ -7,7 +7,7 @@
     nox -s bench         pytest-benchmark regressions of the CPU kernels + the op benchmark
     nox -s bench-models  the whole-model GPU benchmark against TSM-ResNet50 (arguments after --)
     nox -s train         tools/train.py (arguments after --), after warming the kernel cache
-    nox -s warmup        compile the CUDA kernels into the on-disk cache (arguments after --)
+    nox -s warmup        compile the CUDA kernels into the on-disk cache (-- --cpu: the CPU ones)
     nox -s check         the installation check
 
 Every session installs torch from constraints.txt first (the pair that works on these
@@ -111,7 +111,8 @@ def bench_models(session: nox.Session) -> None:
 @nox.session
 def warmup(session: nox.Session) -> None:
     """Compile the CUDA kernels into the on-disk kernel cache for this machine's GPU
-    (default float32 and bfloat16; e.g. ``nox -s warmup -- --dtypes float16``)."""
+    (default float32 and bfloat16; e.g. ``nox -s warmup -- --dtypes float16``), or with
+    ``-- --cpu`` the CPU kernels into Numba's cache."""
     _install(session, ["shift"])
     session.run("python", "-m", "rubiks_shift.warmup", *session.posargs)
 

@@ -1,6 +1,7 @@
 """Compile the CUDA kernels into the on-disk kernel cache ahead of time.
 
     python -m rubiks_shift.warmup [--dtypes float32 bfloat16 ...] [--device 0] [--jobs N]
+    python -m rubiks_shift.warmup --cpu [--dtypes float32 float64] [--jobs N]
 
 Every kernel the op launches (the gathers, the shift gradient and its finalize) for each
 storage dtype asked, for the GPU ``--device`` (its architecture and driver are part of
@@ -8,6 +9,9 @@ the cache key), in parallel worker processes (Numba compiles one kernel at a tim
 core, holding the GIL). Kernels already cached are only checked. Afterwards every process
 on this machine (DDP ranks, evaluation workers) loads them in milliseconds. The cache
 folder is ``$RUBIKS_SHIFT_CACHE_DIR``, else ``~/.cache/rubiks-shift/kernels``.
+
+With ``--cpu``, the CPU kernels instead (forward and backward per compute dtype: float64
+for float64, float32 for the rest), into Numba's own disk cache, in parallel workers too.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import shutil
 import sys
 import time
 
+from . import _cpu_warmup
 from . import _kernel_cache as kc
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -64,14 +69,20 @@ def parser() -> argparse.ArgumentParser:
         help=f"storage dtypes to compile for ({', '.join(DTYPES)}; default: "
         f"{' '.join(DEFAULT_DTYPES)})",
     )  # fmt: skip
-    p.add_argument("--device", type=_device, default=0, help="CUDA device index (default 0)")
+    p.add_argument(
+        "--cpu", action="store_true",
+        help="compile the CPU kernels (Numba's cache) instead of the CUDA kernels",
+    )  # fmt: skip
+    p.add_argument(
+        "--device", type=_device, default=None, help="CUDA device index (default 0)"
+    )  # fmt: skip
     p.add_argument(
         "--jobs", type=_jobs, default=None,
         help="worker processes at once (default: the CPUs, at most 8; 0: this process)",
     )  # fmt: skip
     p.add_argument(
-        "--kernels", nargs="+", choices=kc.KERNELS, default=list(kc.KERNELS), metavar="KERNEL",
-        help=f"kernels to compile (default all: {', '.join(kc.KERNELS)})",
+        "--kernels", nargs="+", choices=kc.KERNELS, default=None, metavar="KERNEL",
+        help=f"CUDA kernels to compile (default all: {', '.join(kc.KERNELS)})",
     )  # fmt: skip
     p.add_argument(
         "--if-available", action="store_true",
@@ -102,9 +113,51 @@ def _unavailable(args) -> str | None:
     return None
 
 
+def _warm_cpu(args) -> int:
+    dtypes = _cpu_warmup.compute_dtypes(args.dtypes)
+    jobs = kc.worker_count() if args.jobs is None else args.jobs
+    total = len(dtypes) * len(_cpu_warmup.KERNELS)
+    start = time.perf_counter()
+    print(
+        f"rubiks-shift warmup: {total} CPU kernels ({', '.join(dtypes)}) into Numba's "
+        f"cache, {jobs or 'no'} worker processes",
+        flush=True,
+    )
+    counts = {"cached": 0, "compiled": 0, "failed": 0}
+
+    def report(kernel: str, dtype: str, state: str, seconds: float) -> None:
+        key = state if state in counts else "failed"
+        counts[key] += 1
+        took = f" in {seconds:.1f} s" if key == "compiled" else ""
+        print(
+            f"[{sum(counts.values())}/{total}] {time.perf_counter() - start:6.1f} s  "
+            f"{dtype:<8} {kernel:<9} {key}{took}",
+            flush=True,
+        )
+        if key == "failed":
+            print(f"  {state.removeprefix('failed: ')}", file=sys.stderr)
+
+    _cpu_warmup.run(args.dtypes, jobs, report)
+    print(
+        f"rubiks-shift warmup: {counts['compiled']} compiled, {counts['cached']} already "
+        f"cached, {counts['failed']} failed, in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
+    return 1 if counts["failed"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    if args.cpu:
+        cuda_only = (("--device", args.device), ("--kernels", args.kernels))
+        given = [option for option, value in cuda_only if value is not None]
+        given += ["--clear"] if args.clear else []
+        if given:
+            p.error(f"{' and '.join(given)} apply to the CUDA kernels, not with --cpu")
+        return _warm_cpu(args)
+    args.device = 0 if args.device is None else args.device
+    args.kernels = list(kc.KERNELS) if args.kernels is None else args.kernels
     reason = _unavailable(args)
     if reason is not None:
         if args.if_available:
