@@ -1,0 +1,45 @@
+"""benchmarks/bench_cpu.py runs every model form it names on a small clip and reports
+each against TSM-R50."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cpu.py"
+
+
+def _script():
+    if str(SCRIPT.parent) not in sys.path:  # it imports bench_models beside it
+        sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("bench_cpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_times_models_round_by_round(tmp_path, capsys):
+    bench = _script()
+    out = tmp_path / "cpu.json"
+    models = ["tsm_r50", "rubiksnet_tiny", "rubiksnet_tiny:fused"]
+    argv = ["--models", *models, "--frames", "2", "--size", "32", "--rounds", "2", "--iters", "1"]
+    assert bench.main([*argv, "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| rubiksnet_tiny:fused |" in table and "x |" in table
+    result = json.loads(out.read_text())
+    assert result["clip"] == [1, 2, 3, 32, 32] and list(result["ms"]) == models
+    assert all(len(times) == 2 for times in result["ms"].values())
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [(["--models", "rubiksnet_tiny:fast"], "unknown model form"), (["--rounds", "0"], ">= 1")],
+)
+def test_script_refuses_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _script().main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
