@@ -38,18 +38,23 @@ def compile_one(kernel: str, dtype: str) -> tuple[str, float]:
 
     if not _cpu.available():
         raise RuntimeError("the CPU kernels need numba, which is not importable here")
-    # a kernel still running after a few seconds logs a notice; this job reports itself
-    logging.getLogger("rubiks_shift").setLevel(logging.ERROR)
     t = getattr(torch, dtype)
     x = torch.zeros(1, 2, 1, 3, 3, dtype=t)
     shift = torch.zeros(3, 1, dtype=t)
     misses = getattr(_cpu._kernels, kernel).stats.cache_misses
     before = sum(misses.values())
+    # a kernel still running after a few seconds logs a notice; this job reports itself
+    log = logging.getLogger("rubiks_shift")
+    level = log.level
+    log.setLevel(logging.ERROR)
     start = time.perf_counter()
-    if kernel == "forward":
-        _cpu.forward(x, shift, (1, 1, 1), (0, 0, 0), False)
-    else:
-        _cpu.backward(x, x, shift, (1, 1, 1), (0, 0, 0), False, True, 1.0, True, True)
+    try:
+        if kernel == "forward":
+            _cpu.forward(x, shift, (1, 1, 1), (0, 0, 0), False)
+        else:
+            _cpu.backward(x, x, shift, (1, 1, 1), (0, 0, 0), False, True, 1.0, True, True)
+    finally:
+        log.setLevel(level)
     seconds = time.perf_counter() - start
     return ("compiled" if sum(misses.values()) > before else "cached"), seconds
 
