@@ -69,8 +69,11 @@ def eval_default(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Every package's suite, each in its own pytest run (a summary per package), then the
-    smoke tests of the scripts in tools/."""
+    smoke tests of the scripts in tools/. The CPU kernels the suites run (float32 and
+    float64) are compiled first, in parallel (``warmup --cpu``), not one by one on first
+    use."""
     _install(session, list(PACKAGES))
+    session.run("python", "-m", "rubiks_shift.warmup", "--cpu", "--dtypes", "float32", "float64")
     for name in PACKAGES:
         _run_tests(session, name)
     _pytest(session, "tools/tests")
