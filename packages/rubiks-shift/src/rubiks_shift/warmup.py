@@ -113,37 +113,52 @@ def _unavailable(args) -> str | None:
     return None
 
 
+class _Progress:
+    """A line per kernel as it finishes (count, elapsed time, what, state), the counts,
+    and the closing summary; the exit status is 1 where one failed."""
+
+    def __init__(self, total: int, width: int) -> None:
+        self.total, self.width = total, width
+        self.counts = {"cached": 0, "compiled": 0, "failed": 0}
+        self.start = time.perf_counter()
+
+    def report(self, what: str, state: str, seconds: float) -> None:
+        key = state if state in self.counts else "failed"
+        self.counts[key] += 1
+        elapsed = time.perf_counter() - self.start
+        took = f" in {seconds:.1f} s" if key == "compiled" else ""
+        done = sum(self.counts.values())
+        print(
+            f"[{done:>{self.width}}/{self.total}] {elapsed:6.1f} s  {what} {key}{took}", flush=True
+        )
+
+    def finish(self) -> int:
+        c = self.counts
+        print(
+            f"rubiks-shift warmup: {c['compiled']} compiled, {c['cached']} already cached, "
+            f"{c['failed']} failed, in {time.perf_counter() - self.start:.1f} s",
+            flush=True,
+        )
+        return 1 if c["failed"] else 0
+
+
 def _warm_cpu(args) -> int:
     dtypes = _cpu_warmup.compute_dtypes(args.dtypes)
     jobs = kc.worker_count() if args.jobs is None else args.jobs
-    total = len(dtypes) * len(_cpu_warmup.KERNELS)
-    start = time.perf_counter()
+    progress = _Progress(len(dtypes) * len(_cpu_warmup.KERNELS), width=1)
     print(
-        f"rubiks-shift warmup: {total} CPU kernels ({', '.join(dtypes)}) into Numba's "
-        f"cache, {jobs or 'no'} worker processes",
+        f"rubiks-shift warmup: {progress.total} CPU kernels ({', '.join(dtypes)}) into "
+        f"Numba's cache, {jobs or 'no'} worker processes",
         flush=True,
     )
-    counts = {"cached": 0, "compiled": 0, "failed": 0}
 
     def report(kernel: str, dtype: str, state: str, seconds: float) -> None:
-        key = state if state in counts else "failed"
-        counts[key] += 1
-        took = f" in {seconds:.1f} s" if key == "compiled" else ""
-        print(
-            f"[{sum(counts.values())}/{total}] {time.perf_counter() - start:6.1f} s  "
-            f"{dtype:<8} {kernel:<9} {key}{took}",
-            flush=True,
-        )
-        if key == "failed":
+        progress.report(f"{dtype:<8} {kernel:<9}", state, seconds)
+        if state.startswith("failed: "):
             print(f"  {state.removeprefix('failed: ')}", file=sys.stderr)
 
     _cpu_warmup.run(args.dtypes, jobs, report)
-    print(
-        f"rubiks-shift warmup: {counts['compiled']} compiled, {counts['cached']} already "
-        f"cached, {counts['failed']} failed, in {time.perf_counter() - start:.1f} s",
-        flush=True,
-    )
-    return 1 if counts["failed"] else 0
+    return progress.finish()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,24 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     cc, driver = kc.device_facts(args.device)
     todo = [(s, t, k) for s, t in kernel_sets(args.dtypes) for k in args.kernels]
     jobs = kc.worker_count() if args.jobs is None else args.jobs
-    start = time.perf_counter()
+    progress = _Progress(len(todo), width=2)
     print(
         f"rubiks-shift warmup: {len(todo)} kernels for device {args.device} (compute "
         f"capability {cc[0]}.{cc[1]}, driver {driver}) into {directory}, "
         f"{jobs or 'no'} worker processes",
         flush=True,
     )
-    counts = {"cached": 0, "compiled": 0, "failed": 0}
 
     def report(storage: str, shift: str, kernel: str, state: str, seconds: float) -> None:
-        counts[state if state in counts else "failed"] += 1
-        elapsed = time.perf_counter() - start
-        took = f" in {seconds:.1f} s" if state == "compiled" else ""
-        print(
-            f"[{sum(counts.values()):>2}/{len(todo)}] {elapsed:6.1f} s  {storage:<8} "
-            f"(shift {shift:<7}) {kernel:<20} {state}{took}",
-            flush=True,
-        )
+        progress.report(f"{storage:<8} (shift {shift:<7}) {kernel:<20}", state, seconds)
 
     missing = []
     for storage, shift, kernel in todo:
@@ -219,13 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                        job.state if ok else "failed", job.seconds)  # fmt: skip
                 if not ok:
                     print(job.output.strip()[-4000:], file=sys.stderr)
-    total = time.perf_counter() - start
-    print(
-        f"rubiks-shift warmup: {counts['compiled']} compiled, {counts['cached']} already "
-        f"cached, {counts['failed']} failed, in {total:.1f} s",
-        flush=True,
-    )
-    return 1 if counts["failed"] else 0
+    return progress.finish()
 
 
 if __name__ == "__main__":
