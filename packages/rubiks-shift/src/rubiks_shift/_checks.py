@@ -75,10 +75,13 @@ def channel_major(x: torch.Tensor) -> bool:
     return True
 
 
-def empty_channel_major(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """An uninitialised channel-major (N, T, C, H, W) tensor of ``shape``, x's dtype and
-    device."""
-    return torch.empty_permuted(tuple(shape), CHANNEL_MAJOR, dtype=x.dtype, device=x.device)
+def empty_channel_major(
+    x: torch.Tensor, shape: Sequence[int], dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """An uninitialised channel-major (N, T, C, H, W) tensor of ``shape``, x's device and
+    ``dtype`` (default x's)."""
+    dtype = x.dtype if dtype is None else dtype
+    return torch.empty_permuted(tuple(shape), CHANNEL_MAJOR, dtype=dtype, device=x.device)
 
 
 def in_layout_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -94,12 +97,14 @@ def in_layout_of(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return empty_channel_major(x, y.shape).copy_(y)
 
 
-def empty_like_layout(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+def empty_like_layout(
+    x: torch.Tensor, shape: Sequence[int], dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """An uninitialised (N, T, C, H, W) tensor of ``shape`` like ``x``: channel-major
-    where ``x`` is (``channel_major``), else contiguous."""
+    where ``x`` is (``channel_major``), else contiguous; ``dtype`` default x's."""
     if channel_major(x):
-        return empty_channel_major(x, shape)
-    return x.new_empty(tuple(shape))
+        return empty_channel_major(x, shape, dtype)
+    return x.new_empty(tuple(shape), dtype=dtype)
 
 
 def output_shape(

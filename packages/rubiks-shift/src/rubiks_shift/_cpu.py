@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from . import _normalize
-from ._checks import SHIFT_LIMIT, channel_major, empty_channel_major, in_layout_of, output_shape
+from ._checks import SHIFT_LIMIT, channel_major, empty_like_layout, in_layout_of, output_shape
 from ._compile_notice import compile_notice
 
 try:  # Numba is a hard dependency, but keep the package importable without it.
@@ -75,12 +75,10 @@ def forward(
     dtype = _compute_dtype(x.dtype if scale is None else scale.dtype)
     major = channel_major(x)
     work = x.detach().to(dtype)
-    shape = output_shape(x.shape, stride, padding)
+    y = empty_like_layout(x, output_shape(x.shape, stride, padding), dtype)
     if major:  # the (C, N, T, H, W) tensors behind the channel-major clips
-        y = empty_channel_major(work, shape)
         x_mem, y_mem = work.permute(2, 0, 1, 3, 4), y.permute(2, 0, 1, 3, 4)
     else:
-        y = torch.empty(shape, dtype=dtype)
         x_mem, y_mem = work.contiguous(), y
     if scale is None or bias is None:
         scale = bias = torch.empty(0, dtype=dtype)  # no affine map

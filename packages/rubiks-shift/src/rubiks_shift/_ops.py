@@ -32,8 +32,6 @@ from torch.autograd import forward_ad as _forward_ad
 
 from . import _cpu, _dispatch, _normalize, reference
 from ._checks import (
-    CHANNEL_MAJOR,
-    channel_major,
     check_grad_y,
     check_op_call,
     check_stem,
@@ -379,8 +377,7 @@ def _affine_relu(x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
     precision the CUDA prologue computes in), written in the layout the ops return for x
     (channel-major where x is, else contiguous)."""
     view = (1, 1, -1, 1, 1)
-    order = CHANNEL_MAJOR if channel_major(x) else (0, 1, 2, 3, 4)
-    out = torch.empty_permuted(x.shape, order, dtype=scale.dtype, device=x.device)
+    out = empty_like_layout(x, x.shape, scale.dtype)
     return torch.addcmul(bias.view(view), x.to(scale.dtype), scale.view(view), out=out).relu_()
 
 
