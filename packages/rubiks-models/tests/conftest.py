@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -32,6 +35,23 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "m.safetensors"
     save_weights(RubiksNet("tiny", 3), path)
     return path
+
+
+@pytest.fixture
+def benchmark_script():
+    """``load(name)``: the script ``benchmarks/<name>.py`` as a module (its folder put on
+    ``sys.path`` first: the scripts import the ones beside them)."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str) -> ModuleType:
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(autouse=True)

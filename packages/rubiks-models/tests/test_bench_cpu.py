@@ -3,27 +3,13 @@ each against TSM-R50."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cpu.py"
 
-
-def _script():
-    if str(SCRIPT.parent) not in sys.path:  # it imports bench_models beside it
-        sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("bench_cpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_script_times_models_round_by_round(tmp_path, capsys):
-    bench = _script()
+def test_script_times_models_round_by_round(benchmark_script, tmp_path, capsys):
+    bench = benchmark_script("bench_cpu")
     out = tmp_path / "cpu.json"
     models = ["tsm_r50", "rubiksnet_tiny", "rubiksnet_tiny:fused"]
     argv = ["--models", *models, "--frames", "2", "--size", "32", "--rounds", "2", "--iters", "1"]
@@ -39,7 +25,7 @@ def test_script_times_models_round_by_round(tmp_path, capsys):
     "argv,message",
     [(["--models", "rubiksnet_tiny:fast"], "unknown model form"), (["--rounds", "0"], ">= 1")],
 )
-def test_script_refuses_bad_arguments(argv, message, capsys):
+def test_script_refuses_bad_arguments(benchmark_script, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
-        _script().main(argv)
+        benchmark_script("bench_cpu").main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -3,28 +3,14 @@ script runs on a CPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_stem.py"
 
-
-def _script():
-    if str(SCRIPT.parent) not in sys.path:  # it imports bench_block_parts beside it
-        sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("bench_stem", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_space_to_depth_weight_places_each_tap_once():
-    bench = _script()
+def test_space_to_depth_weight_places_each_tap_once(benchmark_script):
+    bench = benchmark_script("bench_stem")
     w = torch.arange(2 * 3 * 9, dtype=torch.float64).view(2, 3, 3, 3) + 1
     s2d = bench.space_to_depth_weight(w)
     assert s2d.shape == (2, 12, 2, 2)
@@ -33,8 +19,8 @@ def test_space_to_depth_weight_places_each_tap_once():
     torch.testing.assert_close(bench.space_to_depth(x, s2d), F.conv2d(x, w, stride=2, padding=1))
 
 
-def test_script_checks_and_times_every_form_on_cpu(tmp_path):
-    bench = _script()
+def test_script_checks_and_times_every_form_on_cpu(benchmark_script, tmp_path):
+    bench = benchmark_script("bench_stem")
     out = tmp_path / "stem.json"
     argv = ["--tier", "tiny", "--dtypes", "float32", "--batch", "1", "--frames", "1"]
     assert bench.main([*argv, "--size", "16", "--device", "cpu", "--json", str(out)]) == 0
