@@ -231,7 +231,9 @@ def _autocast(dtype: str):
     return contextlib.nullcontext()
 
 
-def run_mode(name: str, mode: str, args) -> dict:
+def run_mode(name: str, mode: str, args, profile: int = 0) -> dict:
+    """Build ``name``, set it up for ``mode`` and time it (``profile`` > 0: profile that
+    many calls instead)."""
     from rubiks_models.cuda_graphs import GraphedInference, GraphedTrainStep
 
     kind, *rest = mode.split("_")
@@ -269,10 +271,7 @@ def run_mode(name: str, mode: str, args) -> dict:
                 fn()
             torch.cuda.synchronize()
             result["setup_s"] = round(time.perf_counter() - start, 2)
-        result["ms"] = time_loop(fn, args.iters, args.repeats)
-        if args.profile:
-            result["profile"] = profile_kernels(fn, args.profile)
-        return result
+        return _measure(fn, args, profile, result)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     if variant == "graph":
@@ -295,11 +294,19 @@ def run_mode(name: str, mode: str, args) -> dict:
             fn()
         torch.cuda.synchronize()
         result["setup_s"] = round(time.perf_counter() - start, 2)
-    torch.cuda.reset_peak_memory_stats()
-    result["ms"] = time_loop(fn, args.iters, args.repeats)
-    result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    if args.profile:
-        result["profile"] = profile_kernels(fn, args.profile)
+    if not profile:
+        torch.cuda.reset_peak_memory_stats()
+    result = _measure(fn, args, profile, result)
+    if not profile:
+        result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return result
+
+
+def _measure(fn: Callable[[], object], args, profile: int, result: dict) -> dict:
+    if profile:
+        result["profile"] = profile_kernels(fn, profile)
+    else:
+        result["ms"] = time_loop(fn, args.iters, args.repeats)
     return result
 
 
@@ -371,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument(
         "--profile", type=int, default=0, metavar="N",
-        help="also profile N calls of each run: GPU time per kind of kernel",
+        help="also profile N calls of each run, after all timings: GPU time per kind of "
+        "kernel",
     )  # fmt: skip
     p.add_argument(
         "--inductor", action="append", default=[], metavar="KEY=VALUE",
@@ -426,25 +434,36 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(info), flush=True)
     results: dict = {}
     started = time.perf_counter()
-    for mode in args.modes:
-        for name in args.models:
-            if args.budget and time.perf_counter() - started > args.budget:
-                results.setdefault(name, {})[mode] = {"skipped": "budget"}
-                continue
-            try:
-                r = run_mode(name, mode, args)
-            except Exception as exc:  # one failing run must not lose the others
-                r = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-            results.setdefault(name, {})[mode] = r
-            torch.cuda.empty_cache()
-            torch._dynamo.reset()
-            prof = r.pop("profile", None)
-            print(f"{mode:<20} {name:<32} {r}", flush=True)
-            if prof is not None:
-                r["profile"] = prof
-                print(json.dumps(prof, indent=1), flush=True)
-            if args.json:  # after every run: a call cut short keeps what it measured
-                write_json(args.json, {"info": info, "results": results})
+    # Every timing runs before any profile: once torch.profiler has traced CUDA, the
+    # process keeps CUPTI attached and its kernel launches cost more host time
+    # (BENCHMARKS.md, *Method*), which would slow every host-bound figure after it.
+    passes = [0, args.profile] if args.profile else [0]
+    for profile in passes:
+        for mode in args.modes:
+            for name in args.models:
+                if profile and "ms" not in results.get(name, {}).get(mode, {}):
+                    continue  # skipped or failed when timed
+                if args.budget and time.perf_counter() - started > args.budget:
+                    if profile:
+                        results[name][mode]["profile"] = {"skipped": "budget"}
+                    else:
+                        results.setdefault(name, {})[mode] = {"skipped": "budget"}
+                    continue
+                try:
+                    r = run_mode(name, mode, args, profile)
+                except Exception as exc:  # one failing run must not lose the others
+                    r = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+                torch.cuda.empty_cache()
+                torch._dynamo.reset()
+                if profile:
+                    results[name][mode]["profile"] = r.get("profile", r)
+                    print(f"{mode:<20} {name:<32} profile", flush=True)
+                    print(json.dumps(r.get("profile", r), indent=1), flush=True)
+                else:
+                    results.setdefault(name, {})[mode] = r
+                    print(f"{mode:<20} {name:<32} {r}", flush=True)
+                if args.json:  # after every run: a call cut short keeps what it measured
+                    write_json(args.json, {"info": info, "results": results})
     print(table(results, args.models, args.modes))
     if args.json:
         write_json(args.json, {"info": info, "results": results})

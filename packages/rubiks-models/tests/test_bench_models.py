@@ -1,0 +1,47 @@
+"""benchmarks/bench_models.py: with --profile every timing runs before any profile (a
+trace slows the host-bound timings after it), and the profiles land beside the times."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_profiles_run_after_every_timing(benchmark_script, monkeypatch, tmp_path):
+    bench = benchmark_script("bench_models")
+    calls = []
+
+    def fake_run_mode(name, mode, args, profile=0):
+        calls.append((name, mode, profile))
+        if name == "broken":
+            raise RuntimeError("no such model")
+        return {"profile": {"gpu_ms_per_call": 1.0}} if profile else {"ms": 2.0}
+
+    monkeypatch.setattr(bench, "run_mode", fake_run_mode)
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda *a: "test device")
+    out = tmp_path / "r.json"
+    models = ["tsm_r50", "rubiksnet_tiny", "broken"]
+    argv = ["--models", *models, "--modes", "infer_fp32", "infer_bf16", "--profile", "2"]
+    assert bench.main([*argv, "--json", str(out)]) == 0
+    timed = [c for c in calls if c[2] == 0]
+    profiled = [c for c in calls if c[2] == 2]
+    assert len(timed) == 6 and calls[:6] == timed
+    assert {c[:2] for c in profiled} == {c[:2] for c in timed if c[0] != "broken"}
+    results = json.loads(out.read_text())["results"]
+    assert results["rubiksnet_tiny"]["infer_bf16"] == {
+        "ms": 2.0, "profile": {"gpu_ms_per_call": 1.0}
+    }  # fmt: skip
+    assert "error" in results["broken"]["infer_fp32"]
+    assert "profile" not in results["broken"]["infer_fp32"]
+
+
+def test_without_profile_each_run_is_timed_once(benchmark_script, monkeypatch):
+    bench = benchmark_script("bench_models")
+    calls = []
+    monkeypatch.setattr(
+        bench, "run_mode", lambda name, mode, args, profile=0: calls.append(profile) or {"ms": 1}
+    )
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda *a: "test device")
+    assert bench.main(["--models", "tsm_r50", "--modes", "infer_fp32", "train_fp32"]) == 0
+    assert calls == [0, 0]
