@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_profiles_run_after_every_timing(benchmark_script, monkeypatch, tmp_path):
     bench = benchmark_script("bench_models")
@@ -45,3 +47,31 @@ def test_without_profile_each_run_is_timed_once(benchmark_script, monkeypatch):
     monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda *a: "test device")
     assert bench.main(["--models", "tsm_r50", "--modes", "infer_fp32", "train_fp32"]) == 0
     assert calls == [0, 0]
+
+
+def test_profiler_cost_times_every_run_before_and_after_one_trace(
+    benchmark_script, monkeypatch, capsys
+):
+    bench = benchmark_script("bench_profiler_cost")
+    calls = []
+
+    def fake_run_mode(name, mode, args, profile=0):
+        calls.append((name, mode, profile))
+        return {"profile": {}} if profile else {"ms": 2.0 if calls[-1] in calls[:-1] else 1.0}
+
+    monkeypatch.setattr(bench.bench_models, "run_mode", fake_run_mode)
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda *a: "test device")
+    assert bench.main(["--models", "a", "b", "--modes", "infer_fp32"]) == 0
+    assert calls == [
+        ("a", "infer_fp32", 0), ("b", "infer_fp32", 0), ("a", "infer_fp32", 2),
+        ("a", "infer_fp32", 0), ("b", "infer_fp32", 0),
+    ]  # fmt: skip
+    assert "| infer_fp32 b | 1.00 | 2.00 | 2.00x |" in capsys.readouterr().out
+
+
+def test_profiler_cost_refuses_compiled_modes(benchmark_script, monkeypatch):
+    bench = benchmark_script("bench_profiler_cost")
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    with pytest.raises(SystemExit):
+        bench.main(["--modes", "infer_compile_bf16"])
