@@ -5,7 +5,9 @@
 
 Every figure is the time per batch (8 clips x 8 frames x 224², 174 classes by default) as
 a user meets it: ``--iters`` calls back to back with the host's issuing included, the
-device synchronised once at the end; the median of ``--repeats`` such loops. Models:
+device synchronised once at the end; the median of ``--repeats`` such loops. Beside it,
+``host``: the median time the host takes to issue one call with the device idle; where
+it nears the time per batch, the host sets the pace. Models:
 
 * ``tsm_r50``: torchvision's ResNet-50 with TSM's temporal shift (1/8 of the channels one
   frame forward, 1/8 one frame back, in the residual branch before conv1 of every
@@ -173,6 +175,21 @@ def time_loop(fn: Callable[[], object], iters: int, repeats: int) -> float:
     return statistics.median(results)
 
 
+def issue_time(fn: Callable[[], object], calls: int) -> float:
+    """Median host time of one call issued with the device idle (synchronised before
+    each call), in ms: the host's part of a call. Near the wall time of ``time_loop``,
+    the run is bound by the host. (A call of more than ~1,000 kernels may also wait for
+    room in the launch queue.)"""
+    times = []
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
 KERNEL_KINDS = (  # (kind, pattern on the kernel name), first match wins
     # torch's, cuDNN's and rubiks_shift's (Inductor's fused ones count as Triton)
     ("batch norm", r"^(?!triton).*(batch_norm|bn_|welford)"),
@@ -307,6 +324,7 @@ def _measure(fn: Callable[[], object], args, profile: int, result: dict) -> dict
         result["profile"] = profile_kernels(fn, profile)
     else:
         result["ms"] = time_loop(fn, args.iters, args.repeats)
+        result["host_ms"] = round(issue_time(fn, args.iters), 3)
     return result
 
 
@@ -324,6 +342,8 @@ def table(results: dict, models: list[str], modes: list[str]) -> str:
                 cell = f"{r['ms']:.2f}"
                 if base and name != "tsm_r50":
                     cell += f" ({r['ms'] / base:.2f}x)"
+                if "host_ms" in r:
+                    cell += f", host {r['host_ms']:.2f}"
                 if "peak_gib" in r:
                     cell += f", {r['peak_gib']} GiB"
             elif "error" in r:

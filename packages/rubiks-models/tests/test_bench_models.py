@@ -75,3 +75,26 @@ def test_profiler_cost_refuses_compiled_modes(benchmark_script, monkeypatch):
     monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
     with pytest.raises(SystemExit):
         bench.main(["--modes", "infer_compile_bf16"])
+
+
+def test_issue_time_is_the_median_host_time_of_one_call(benchmark_script, monkeypatch):
+    bench = benchmark_script("bench_models")
+    syncs = []
+    monkeypatch.setattr(bench.torch.cuda, "synchronize", lambda: syncs.append(1))
+    clock = iter([0.0, 0.001, 1.0, 1.005, 2.0, 2.002])  # calls of 1, 5 and 2 ms
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    assert bench.issue_time(lambda: None, 3) == pytest.approx(2.0)
+    assert len(syncs) == 4  # before each call, and once after
+
+
+def test_table_gives_ratio_host_time_and_memory(benchmark_script):
+    bench = benchmark_script("bench_models")
+    results = {
+        "tsm_r50": {"train_fp32": {"ms": 40.0, "host_ms": 12.0, "peak_gib": 7.2}},
+        "rubiksnet_large": {"train_fp32": {"ms": 20.0, "host_ms": 18.5, "peak_gib": 7.0}},
+        "rubiksnet_tiny": {"train_fp32": {"error": "RuntimeError: x"}},
+    }
+    lines = bench.table(results, list(results), ["train_fp32"]).splitlines()
+    assert lines[-1] == (
+        "| train_fp32 | 40.00, host 12.00, 7.2 GiB | 20.00 (0.50x), host 18.50, 7.0 GiB | error |"
+    )
