@@ -170,3 +170,30 @@ def test_compile_dynamic_fullgraph_module():
     x = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
     torch.testing.assert_close(compiled(x), layer(x))
     compiled(x).sum().backward()
+
+
+def test_compiled_ops_compile_once_whatever_runs_eagerly_later():
+    """The public ops remember the signatures whose checks passed (eager host time); in
+    compiled code they check at trace time instead, so a later eager call of a new
+    signature does not invalidate the compiled graph (a guard on that memory would)."""
+    from torch._dynamo.testing import CompileCounter
+
+    from rubiks_shift import affine_relu, affine_relu_shift3d
+
+    torch.manual_seed(0)
+    model = _Ops()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    x = torch.randn(2, 3, 4, 5, 6)
+    with torch.no_grad():
+        expected = model(x)
+        for _ in range(2):
+            torch.testing.assert_close(compiled(x), expected)
+        for channels in (5, 6):  # new signatures, checked eagerly and remembered
+            y = torch.randn(1, 2, channels, 3, 3)
+            scale, bias = torch.rand(channels) + 0.5, torch.randn(channels)
+            affine_relu(y, scale, bias)
+            affine_relu_shift3d(y, scale, bias, torch.zeros(3, channels))
+            rubiks_shift3d(y, torch.zeros(3, channels))
+        torch.testing.assert_close(compiled(x), expected)
+    assert counter.frame_count == 1

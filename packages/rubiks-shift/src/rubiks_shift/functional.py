@@ -37,7 +37,13 @@ def _checked_3d(
     both tensors; ``affine``: the (scale, bias) of ``affine_relu_shift3d``, checked too.
     The checks depend only on metadata: a signature seen before skips them (a few µs of
     the host time per call)."""
-    cacheable = isinstance(x, torch.Tensor) and isinstance(shift, torch.Tensor)
+    # compiled code checks once per trace: a memo read there would become a guard on the
+    # memo, and every signature added later (by any call) a recompile
+    cacheable = (
+        isinstance(x, torch.Tensor)
+        and isinstance(shift, torch.Tensor)
+        and not torch.compiler.is_compiling()
+    )
     key = hit = None  # bools/floats compare equal to ints: only exact ints are cached
     if cacheable and _plain_ints(stride) and _plain_ints(padding):
         key = (

@@ -214,7 +214,9 @@ def _checked_prologue(x, scale, bias, frame_shift) -> str:
     seen before skips them)."""
     args = (x, scale, bias) if frame_shift is None else (x, scale, bias, frame_shift)
     key = None
-    if all(isinstance(t, torch.Tensor) for t in args):
+    # not in compiled code, which checks once per trace (a memo read there would become a
+    # guard on the memo, and every signature added later a recompile)
+    if all(isinstance(t, torch.Tensor) for t in args) and not torch.compiler.is_compiling():
         key = tuple((type(t), t.shape, t.dtype, t.device) for t in args)
         try:
             hit = _CHECKED_PROLOGUE.get(key)
