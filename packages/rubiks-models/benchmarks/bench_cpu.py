@@ -25,14 +25,6 @@ import time
 import bench_models  # this folder (run as a script): TSM-R50 and the model builder
 import torch
 
-DEFAULT_MODELS = (
-    "tsm_r50",
-    "rubiksnet_tiny",
-    "rubiksnet_tiny:fused",
-    "rubiksnet_large",
-    "rubiksnet_large:fused",
-)
-
 
 def time_forwards(model: torch.nn.Module, clip: torch.Tensor, iters: int) -> float:
     """Wall time per forward of ``iters`` back-to-back forwards, in ms."""
@@ -45,7 +37,7 @@ def time_forwards(model: torch.nn.Module, clip: torch.Tensor, iters: int) -> flo
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--models", nargs="+", default=list(bench_models.TIER_MODELS))
     bench_models.add_clip_arguments(p)
     p.set_defaults(batch=1)
     p.add_argument("--iters", type=int, default=2, help="forwards per model and round")

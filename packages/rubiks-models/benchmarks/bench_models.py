@@ -68,15 +68,14 @@ MODES = (
     "train_graph_fp32",
     "train_graph_bf16",
 )
-DEFAULT_MODELS = (
+TIER_MODELS = (  # TSM-R50 and the smallest and largest tiers, as built and fused
     "tsm_r50",
     "rubiksnet_tiny",
     "rubiksnet_tiny:fused",
     "rubiksnet_large",
     "rubiksnet_large:fused",
-    "rubiksnet_large_aq",
-    "rubiksnet_large_aq:hard:fused",
 )
+DEFAULT_MODELS = (*TIER_MODELS, "rubiksnet_large_aq", "rubiksnet_large_aq:hard:fused")
 
 
 # ------------------------------------------------------------------------- TSM-R50
