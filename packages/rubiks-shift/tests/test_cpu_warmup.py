@@ -8,30 +8,12 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from rubiks_shift import _cpu_warmup, warmup
 
 
 def test_compute_dtypes():
     assert _cpu_warmup.compute_dtypes(["float32", "bfloat16", "float16"]) == ["float32"]
     assert _cpu_warmup.compute_dtypes(["float64", "bfloat16"]) == ["float64", "float32"]
-
-
-@pytest.mark.parametrize(
-    "argv,message",
-    [
-        (["--cpu", "--device", "0"], "--device apply to the CUDA kernels"),
-        (["--cpu", "--kernels", "gather"], "--kernels apply to the CUDA kernels"),
-        (["--cpu", "--clear"], "--clear apply to the CUDA kernels"),
-        (["--cpu", "--jobs", "-1"], "expected 0 (in this process) or more"),
-    ],
-)
-def test_cpu_warmup_argument_errors(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        warmup.main(argv)
-    assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
 
 
 def test_cpu_warmup_progress_counts_and_failures(monkeypatch, capsys):

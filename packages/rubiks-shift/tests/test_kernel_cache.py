@@ -414,6 +414,10 @@ def test_worker_runs_without_torch_and_reports_errors(cache):
         (["--jobs", "-2"], "expected 0 (in this process) or more"),
         (["--jobs", "many"], "expected an integer"),
         (["--kernels", "gatherer"], "invalid choice: 'gatherer'"),
+        (["--cpu", "--device", "0"], "--device apply to the CUDA kernels"),
+        (["--cpu", "--kernels", "gather"], "--kernels apply to the CUDA kernels"),
+        (["--cpu", "--clear"], "--clear apply to the CUDA kernels"),
+        (["--cpu", "--jobs", "-1"], "expected 0 (in this process) or more"),
     ],
 )
 def test_warmup_argument_errors(argv, message, capsys):
