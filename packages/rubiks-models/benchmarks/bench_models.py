@@ -1,7 +1,7 @@
 """RubiksNet against TSM-ResNet50 on one GPU, side by side, in the modes people run.
 
     python packages/rubiks-models/benchmarks/bench_models.py [--models ...] [--modes ...]
-        [--batch 8 --frames 8 --size 224] [--json OUT.json]
+        [--batch 8 --frames 8 --size 224] [--matmul-precision high] [--json OUT.json]
 
 Every figure is the time per batch (8 clips x 8 frames x 224², 174 classes by default) as
 a user meets it: ``--iters`` calls back to back with the host's issuing included, the
@@ -411,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
         "rubiks_shift.COMPILE_AS_TORCH as it is (the default), 'registered' calls every "
         "registered op, 'all-torch' traces every op as plain torch",
     )  # fmt: skip
+    p.add_argument(
+        "--matmul-precision", choices=("highest", "high", "medium"), default=None,
+        help="torch.set_float32_matmul_precision for every run ('high': float32 matrix "
+        "products may use TF32, as cuDNN's convolutions do by default)",
+    )  # fmt: skip
     p.add_argument("--budget", type=float, default=0, help="stop starting new runs after S s")
     p.add_argument("--json", help="write the results here (atomically)")
     args = p.parse_args(argv)
@@ -423,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU")
     torch.backends.cudnn.benchmark = True
+    if args.matmul_precision:
+        torch.set_float32_matmul_precision(args.matmul_precision)
     inductor = {}
     for item in args.inductor:
         key, sep, value = item.partition("=")
@@ -449,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             "ops": args.compile_ops,
         },
         "shape": [args.batch, args.frames, 3, args.size, args.size],
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
     print(json.dumps(info), flush=True)
     results: dict = {}

@@ -49,6 +49,30 @@ def test_without_profile_each_run_is_timed_once(benchmark_script, monkeypatch):
     assert calls == [0, 0]
 
 
+def test_matmul_precision_holds_for_every_run_and_is_recorded(
+    benchmark_script, monkeypatch, tmp_path
+):
+    bench = benchmark_script("bench_models")
+    seen = []
+
+    def fake_run_mode(name, mode, args, profile=0):
+        seen.append(bench.torch.get_float32_matmul_precision())
+        return {"ms": 1.0}
+
+    monkeypatch.setattr(bench, "run_mode", fake_run_mode)
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda *a: "test device")
+    before = bench.torch.get_float32_matmul_precision()
+    out = tmp_path / "r.json"
+    argv = ["--models", "tsm_r50", "rubiksnet_tiny", "--modes", "infer_fp32"]
+    try:
+        assert bench.main([*argv, "--matmul-precision", "high", "--json", str(out)]) == 0
+    finally:
+        bench.torch.set_float32_matmul_precision(before)
+    assert seen == ["high", "high"]
+    assert json.loads(out.read_text())["info"]["float32_matmul_precision"] == "high"
+
+
 def test_profiler_cost_times_every_run_before_and_after_one_trace(
     benchmark_script, monkeypatch, capsys
 ):
