@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import timm
 import torch
@@ -163,10 +165,19 @@ def test_fused_runs_small_planes_channel_major():
     assert all(major == (hw <= 130) for hw, major in layouts)
 
 
-@pytest.mark.parametrize("gemm,convolutions", [("auto", 1), ("bmm", 1), ("conv", None)])
-def test_fused_cpu_runs_1x1_convolutions_as_products_by_default(gemm, convolutions):
-    """On the CPU "auto" takes matrix products for every 1x1 convolution (faster there
-    than oneDNN's convolutions): the stem is the forward's one convolution."""
+@contextlib.contextmanager
+def _matmul_tf32(allowed: bool):
+    """torch.backends.cuda.matmul.allow_tf32 set for the block, then restored."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _convolutions(fused, x: torch.Tensor) -> int:
+    """How many aten convolutions one forward of ``fused`` on ``x`` runs."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class CountConvolutions(TorchDispatchMode):
@@ -177,13 +188,47 @@ def test_fused_cpu_runs_1x1_convolutions_as_products_by_default(gemm, convolutio
                 CountConvolutions.count += 1
             return func(*args, **(kwargs or {}))
 
-    fused = fuse_model(_trained_looking("rubiksnet_tiny"), gemm, channel_major_plane=130)
     with torch.no_grad(), CountConvolutions():
-        fused(torch.randn(1, 2, 3, 48, 40))
+        fused(x)
+    return CountConvolutions.count
+
+
+@pytest.mark.parametrize("gemm,convolutions", [("auto", 1), ("bmm", 1), ("conv", None)])
+def test_fused_cpu_runs_1x1_convolutions_as_products_by_default(gemm, convolutions):
+    """On the CPU "auto" takes matrix products for every 1x1 convolution (faster there
+    than oneDNN's convolutions): the stem is the forward's one convolution."""
+    fused = fuse_model(_trained_looking("rubiksnet_tiny"), gemm, channel_major_plane=130)
+    count = _convolutions(fused, torch.randn(1, 2, 3, 48, 40))
     if convolutions is None:  # forced: every 1x1 convolution as one, besides the stem
-        assert CountConvolutions.count > 1
+        assert count > 1
     else:
-        assert CountConvolutions.count == convolutions
+        assert count == convolutions
+
+
+@pytest.mark.parametrize(
+    "dtype,device,tf32,conv",
+    [
+        (torch.float32, "cuda", False, True),
+        (torch.float32, "cuda", True, False),
+        (torch.bfloat16, "cuda", False, False),
+        (torch.float16, "cuda", False, False),
+        (torch.float32, "cpu", False, False),
+        (torch.float64, "cuda", False, False),
+    ],
+)
+def test_auto_gemm_takes_convolutions_only_for_float32_cuda_without_tf32_products(
+    dtype, device, tf32, conv
+):
+    """cuDNN's float32 convolutions may use TF32; full-precision float32 products would
+    be several times slower, so "auto" takes them only once matmul TF32 is allowed."""
+    from types import SimpleNamespace
+
+    from rubiks_models.fused import _use_conv
+
+    x = SimpleNamespace(dtype=dtype, device=torch.device(device))  # no GPU needed
+    with _matmul_tf32(tf32):
+        assert _use_conv("auto", x) is conv
+    assert _use_conv("conv", x) is True and _use_conv("bmm", x) is False
 
 
 def test_fuse_model_checks_channel_major_plane():
@@ -303,6 +348,25 @@ def test_fused_equals_eval_model_cuda(name, hard, dtype, tol, gemm, plane):
         with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
             got = fused(x)
     assert _rel(got, expected) < tol
+
+
+@requires_cuda
+@pytest.mark.parametrize("precision,convolutions", [("highest", True), ("high", False)])
+def test_float32_auto_gemm_follows_matmul_precision_cuda(precision, convolutions):
+    """Float32 on CUDA: 1x1 convolutions by default, matrix products once
+    ``torch.set_float32_matmul_precision("high")`` lets them use TF32 (the stem is its
+    own kernel there, so products leave no convolution); equal to the eval model either
+    way (TF32 tolerance)."""
+    model = _trained_looking("rubiksnet_small", "cuda")
+    fused = fuse_model(model, channel_major_plane=784)
+    x = torch.randn(2, 8, 3, 64, 64, device="cuda")
+    with _matmul_tf32(precision == "high"):
+        assert (_convolutions(fused, x) > 0) is convolutions
+        with torch.no_grad():
+            got = fused(x)
+    with torch.no_grad():
+        expected = model.double()(x.double()).float()
+    assert _rel(got, expected) < 2e-3
 
 
 @requires_cuda

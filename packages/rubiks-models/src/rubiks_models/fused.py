@@ -69,12 +69,17 @@ ONE_FRAME_SHIFT_PLANE = 56 * 56
 
 
 def _use_conv(gemm: str, x: torch.Tensor) -> bool:
-    """Whether the 1x1 convolutions on ``x`` run as convolutions (by default float32 on
-    CUDA: cuDNN may use TF32 there, as the unfused model does) or as matrix products with
-    the residual sum fused in (by default narrower dtypes on CUDA, and the CPU, where
-    they were 1.2-1.4x faster than oneDNN's convolutions: ``BENCHMARKS.md``, *CPU*)."""
+    """Whether the 1x1 convolutions on ``x`` run as convolutions or as matrix products
+    with the residual sum fused in. By default: convolutions for float32 on CUDA while
+    float32 matrix products may not use TF32 (cuDNN's convolutions may, as the unfused
+    model's do, and full-precision products take several times as long); products
+    otherwise: narrower dtypes, float32 once ``torch.set_float32_matmul_precision("high")``
+    allows TF32 (fewer launches and less host time per block), and the CPU, where they
+    were 1.2-1.4x faster than oneDNN's convolutions (``BENCHMARKS.md``, *CPU*)."""
     if gemm == "auto":
-        return x.dtype == torch.float32 and x.device.type == "cuda"
+        if x.dtype != torch.float32 or x.device.type != "cuda":
+            return False
+        return not torch.backends.cuda.matmul.allow_tf32  # read in compiled code: guarded
     return gemm == "conv"
 
 
@@ -436,7 +441,8 @@ def fuse_model(
     ``model`` is left as it is). Batch norms contribute their running statistics, as in
     ``model.eval()``. ``gemm``: how the 1x1 convolutions run: "conv" (cuDNN, then the
     residual sum), "bmm" (matrix products, residual sum fused) or "auto" (conv for
-    float32 on CUDA, bmm otherwise). ``channel_major_plane``: blocks whose input planes have at
+    float32 on CUDA unless float32 matrix products may use TF32, bmm otherwise; read at
+    every call). ``channel_major_plane``: blocks whose input planes have at
     most this many pixels (and every block after them) run on channel-major clips, each
     1x1 convolution one product over all points; larger planes run frame by frame; 0:
     never channel-major."""
