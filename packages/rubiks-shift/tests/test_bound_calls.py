@@ -162,3 +162,27 @@ def test_only_plain_int_arguments_make_keys():
     assert _int_or_triple(1) and _int_or_triple((1, 2, 1))
     for value in (True, (True, 1, 1), (1, 1), [1, 1, 1], (1.0, 1, 1), None):
         assert not _int_or_triple(value)
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape,dtype,major,quantize", CASES[:3])
+def test_registered_calls_bind_like_eager_ones(bound, shape, dtype, major, quantize):
+    """The registered op (what compiled code calls) binds a signature that passed its
+    check, in the same table; a later call of it equals the checked path."""
+    op = torch.ops.rubiks_shift.affine_relu_shift3d
+
+    def call(x, scale, bias, shift):
+        return op(x, scale, bias, shift, [1, 1, 1], [0, 0, 0], quantize)
+
+    x, scale, bias, shift, _ = _tensors(8, shape, dtype, major)
+    with torch.no_grad():
+        _checked(bound, lambda: call(x, scale, bias, shift))
+        assert len(bound) == 1 and callable(next(iter(bound.values())))
+        x2, scale2, bias2, shift2, _ = _tensors(9, shape, dtype, major)
+        y = call(x2, scale2, bias2, shift2)
+        expected = _checked(bound, lambda: call(x2, scale2, bias2, shift2))
+        eager = affine_relu_shift3d(x2, scale2, bias2, shift2, quantize=quantize)
+        with pytest.raises(ValueError, match="shift must be a floating"):
+            call(x2, scale2, bias2, shift2[:2])  # another signature: checked again
+    assert y.stride() == expected.stride() and torch.equal(y, expected)
+    assert torch.equal(y, eager)

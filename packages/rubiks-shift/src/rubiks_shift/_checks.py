@@ -50,6 +50,11 @@ def remember(memo: dict, key: tuple, value):
     return value
 
 
+def tensor_meta(t: torch.Tensor) -> tuple:
+    """(dtype, shape, strides, device index) of ``t``: its part of a call's signature."""
+    return (t.dtype, t.shape, t.stride(), t.get_device())
+
+
 def output_length(length: int, stride: int, padding: int) -> int:
     """Output size of a size-1 convolution: ``floor((L + 2p - 1) / stride) + 1``."""
     return (length + 2 * padding - 1) // stride + 1

@@ -24,6 +24,7 @@ is expressed through the 3-D one.
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -38,6 +39,8 @@ from ._checks import (
     empty_like_layout,
     in_layout_of,
     output_shape,
+    remember,
+    tensor_meta,
 )
 from ._traceable import shift_frames, stem_torch
 
@@ -407,9 +410,31 @@ def _affine_cpu(x, scale, bias, shift, stride, padding, quantize):
     return in_layout_of(y.to(x.dtype), x)
 
 
+def _registered_affine_key(x, scale, bias, shift, stride, padding, quantize) -> tuple:
+    """The signature of a registered CUDA ``affine_relu_shift3d`` call: everything its
+    check and its launches depend on (the dispatcher has checked the argument types)."""
+    return (
+        _AFFINE, x.shape, x.stride(), x.dtype, x.get_device(), tensor_meta(scale),
+        tensor_meta(bias), tensor_meta(shift), tuple(stride), tuple(padding), quantize,
+        threading.get_ident(),
+    )  # fmt: skip
+
+
 def _affine_cuda(x, scale, bias, shift, stride, padding, quantize):
+    # What compiled code calls, once per block and forward: a signature that passed the
+    # check once launches through a bound call (``_cuda.bind_affine``), as eager calls do
+    # (``rubiks_shift.fused``), in the same table, so a new tuning unbinds both.
+    bound = _cuda_backend().BOUND
+    key = _registered_affine_key(x, scale, bias, shift, stride, padding, quantize)
+    call = bound.get(key)
+    if call is not None and torch._C._cuda_getDevice() == key[4]:
+        return call(x, scale, bias, shift)
     check_op_call(_AFFINE, x, shift, stride, padding, (scale, bias))
-    return _cuda_backend().forward_affine(x, scale, bias, shift, stride, padding, quantize)
+    y = _cuda_backend().forward_affine(x, scale, bias, shift, stride, padding, quantize)
+    if bound.get(key, False) is False:
+        bind = _cuda_backend().bind_affine
+        remember(bound, key, bind(x, scale, bias, shift, stride, padding, quantize))
+    return y
 
 
 @affine_relu_shift3d.register_fake

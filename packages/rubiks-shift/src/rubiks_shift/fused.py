@@ -17,7 +17,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._checks import SUPPORTED_DTYPES, channel_major, check_affine, check_stem, remember
+from ._checks import (
+    SUPPORTED_DTYPES,
+    channel_major,
+    check_affine,
+    check_stem,
+    remember,
+    tensor_meta,
+)
 from ._ops import _cuda_backend, _plain_eager, affine_relu_call, affine_shift3d_call, stem_call
 from ._traceable import acc_dtype, affine_relu_shift3d_torch, affine_relu_torch, stem_torch
 from .functional import _checked_3d, _validate_values
@@ -77,10 +84,6 @@ def _records_grad(x: _Tensor, scale: _Tensor, bias: _Tensor, shift: _Tensor | No
     return needs and torch.is_grad_enabled()
 
 
-def _meta(t: torch.Tensor) -> tuple:
-    return (t.dtype, t.shape, t.stride(), t.get_device())
-
-
 def _bound_call(key: tuple | None, x, scale, bias, shift=None) -> Callable | None:
     """The bound call of ``key`` (``_shift_key`` / ``_prologue_key``) where this call may
     take it."""
@@ -124,8 +127,9 @@ def _shift_key(x, scale, bias, shift, stride, padding, quantize) -> tuple | None
         return None
     try:
         return (
-            _OP, x.shape, x.stride(), x.dtype, x.get_device(), _meta(scale), _meta(bias),
-            _meta(shift), stride, padding, quantize, threading.get_ident(),
+            _OP, x.shape, x.stride(), x.dtype, x.get_device(), tensor_meta(scale),
+            tensor_meta(bias), tensor_meta(shift), stride, padding, quantize,
+            threading.get_ident(),
         )  # fmt: skip
     except AttributeError:  # not tensors: the checks say so
         return None
@@ -137,10 +141,10 @@ def _prologue_key(x, scale, bias, frame_shift) -> tuple | None:
     if torch.compiler.is_compiling() or type(x) is not _Tensor or not x.is_cuda:
         return None
     try:
-        shifted = None if frame_shift is None else _meta(frame_shift)
+        shifted = None if frame_shift is None else tensor_meta(frame_shift)
         return (
-            "affine_relu", x.shape, x.stride(), x.dtype, x.get_device(), _meta(scale),
-            _meta(bias), shifted, x.data_ptr() % 4 == 0, threading.get_ident(),
+            "affine_relu", x.shape, x.stride(), x.dtype, x.get_device(), tensor_meta(scale),
+            tensor_meta(bias), shifted, x.data_ptr() % 4 == 0, threading.get_ident(),
         )  # fmt: skip
     except AttributeError:
         return None
