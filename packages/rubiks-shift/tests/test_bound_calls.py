@@ -186,3 +186,37 @@ def test_registered_calls_bind_like_eager_ones(bound, shape, dtype, major, quant
             call(x2, scale2, bias2, shift2[:2])  # another signature: checked again
     assert y.stride() == expected.stride() and torch.equal(y, expected)
     assert torch.equal(y, eager)
+
+
+def test_registered_call_memo_checks_once_per_signature(monkeypatch):
+    """Without a GPU, against a stand-in backend: a registered CUDA call checks and runs
+    the checked path once per signature, then takes its bound call while x's device is
+    current; another signature, or a signature without a bound call, is checked again."""
+    from types import SimpleNamespace
+
+    from rubiks_shift import _ops
+
+    log = []
+    backend = SimpleNamespace(
+        BOUND={},
+        forward_affine=lambda x, *a: log.append("checked path") or x.clone(),
+        bind_affine=lambda x, *a: lambda x, *b: log.append("bound") or x.clone(),
+    )
+    monkeypatch.setattr(_ops, "_cuda_backend", lambda: backend)
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: -1)  # CPU tensors: device -1
+    x, scale, bias = torch.randn(1, 2, 3, 4, 4), torch.ones(3), torch.zeros(3)
+    shift = torch.zeros(3, 3)
+    args = ([1, 1, 1], [0, 0, 0], False)
+    for _ in range(3):
+        _ops._affine_cuda(x, scale, bias, shift, *args)
+    assert log == ["checked path", "bound", "bound"] and len(backend.BOUND) == 1
+    with pytest.raises(ValueError, match="shift must be a floating"):
+        _ops._affine_cuda(x, scale, bias, shift[:2], *args)
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0)  # another device current
+    _ops._affine_cuda(x, scale, bias, shift, *args)
+    assert log[-1] == "checked path"
+    backend.bind_affine = lambda *a: None  # a signature that converts: never bound
+    log.clear()
+    for _ in range(2):
+        _ops._affine_cuda(x, scale, bias, shift, [2, 1, 1], [0, 0, 0], False)
+    assert log == ["checked path", "checked path"]
