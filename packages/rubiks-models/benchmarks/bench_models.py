@@ -30,6 +30,10 @@ reported apart), ``infer_graph_fp32`` / ``_bf16``
 ``train_cl_fp32`` / ``_bf16``, ``train_compile_fp32`` / ``_bf16``, ``train_graph_fp32`` /
 ``_bf16`` (:class:`rubiks_models.cuda_graphs.GraphedTrainStep`); each train mode also reports the
 peak memory of a step. The table gives each figure's ratio to TSM-R50 in the same mode.
+
+``--profile N`` profiles N calls of each run after every run is timed: GPU time per kind
+of kernel (torch.profiler), or with ``--profile-host`` the host's Python functions with
+the most time of their own (cProfile).
 """
 
 from __future__ import annotations
@@ -241,6 +245,38 @@ def profile_kernels(fn: Callable[[], object], iters: int) -> dict:
     }
 
 
+def profile_host(fn: Callable[[], object], iters: int) -> dict:
+    """Where the host's time goes (cProfile over ``iters`` calls, the device synchronised
+    once at the end): the functions with the most time of their own, per call. cProfile's
+    own cost per Python call is included, so the times read high; compare within a run."""
+    import cProfile
+    import pstats
+
+    torch.cuda.synchronize()
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    profiler.disable()
+    wall = time.perf_counter() - start
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (cc, calls, tt, ct, callers)
+    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:15]
+    return {
+        "profiled_ms_per_call": round(wall / iters * 1e3, 3),
+        "top_functions": [
+            {
+                "function": f"{Path(file).name}:{line}({name})",
+                "calls": round(calls / iters, 1),
+                "own_us_per_call": round(own / calls * 1e6, 2),
+                "with_callees_us_per_call": round(cum / calls * 1e6, 2),
+            }
+            for (file, line, name), (_, calls, own, cum, _) in top
+        ],
+    }
+
+
 def _autocast(dtype: str):
     if dtype == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -320,7 +356,8 @@ def run_mode(name: str, mode: str, args, profile: int = 0) -> dict:
 
 def _measure(fn: Callable[[], object], args, profile: int, result: dict) -> dict:
     if profile:
-        result["profile"] = profile_kernels(fn, profile)
+        by = profile_host if getattr(args, "profile_host", False) else profile_kernels
+        result["profile"] = by(fn, profile)
     else:
         result["ms"] = time_loop(fn, args.iters, args.repeats)
         result["host_ms"] = round(issue_time(fn, args.iters), 3)
@@ -401,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
         "kernel",
     )  # fmt: skip
     p.add_argument(
+        "--profile-host", action="store_true",
+        help="with --profile N: profile the host instead (cProfile over N calls: the "
+        "Python functions with the most time of their own, per call)",
+    )  # fmt: skip
+    p.add_argument(
         "--inductor", action="append", default=[], metavar="KEY=VALUE",
         help="set torch._inductor.config.KEY (a Python literal) for every compiled run, "
         "e.g. layout_optimization=False; repeatable",
@@ -423,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown modes {unknown}; choose from {list(MODES)}")
     check_positive(p, args, (*CLIP_ARGUMENTS, "iters", "repeats"))
+    if args.profile_host and not args.profile:
+        p.error("--profile-host needs --profile N (the calls to profile)")
     if args.json and not Path(args.json).parent.is_dir():
         p.error(f"--json: folder {Path(args.json).parent} does not exist")
     if not torch.cuda.is_available():

@@ -4,6 +4,7 @@ trace slows the host-bound timings after it), and the profiles land beside the t
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -122,3 +123,30 @@ def test_table_gives_ratio_host_time_and_memory(benchmark_script):
     assert lines[-1] == (
         "| train_fp32 | 40.00, host 12.00, 7.2 GiB | 20.00 (0.50x), host 18.50, 7.0 GiB | error |"
     )
+
+
+def test_host_profile_names_the_functions_that_take_the_time(benchmark_script, monkeypatch):
+    bench = benchmark_script("bench_models")
+    monkeypatch.setattr(bench.torch.cuda, "synchronize", lambda *a: None)
+
+    def busy_block():
+        return sum(i * i for i in range(20000))
+
+    def forward():
+        for _ in range(3):
+            busy_block()
+
+    args = SimpleNamespace(profile_host=True)
+    out = bench._measure(forward, args, 4, {})["profile"]
+    assert out["profiled_ms_per_call"] > 0
+    rows = {r["function"].split("(")[-1].rstrip(")"): r for r in out["top_functions"]}
+    assert rows["busy_block"]["calls"] == 3.0  # per profiled call
+    assert rows["busy_block"]["with_callees_us_per_call"] >= rows["busy_block"]["own_us_per_call"]
+
+
+def test_host_profile_needs_profile(benchmark_script, monkeypatch, capsys):
+    bench = benchmark_script("bench_models")
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "tsm_r50", "--profile-host"])
+    assert "--profile-host needs --profile N" in capsys.readouterr().err
