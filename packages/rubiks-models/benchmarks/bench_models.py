@@ -7,7 +7,9 @@ Every figure is the time per batch (8 clips x 8 frames x 224², 174 classes by d
 a user meets it: ``--iters`` calls back to back with the host's issuing included, the
 device synchronised once at the end; the median of ``--repeats`` such loops. Beside it,
 ``host``: the median time the host takes to issue one call with the device idle; where
-it nears the time per batch, the host sets the pace. Models:
+it nears the time per batch, the host sets the pace. With ``--rounds N`` every (model,
+mode) is built and timed once per round, round after round, and reported as the median
+of its rounds with their range. Models:
 
 * ``tsm_r50``: torchvision's ResNet-50 with TSM's temporal shift (1/8 of the channels one
   frame forward, 1/8 one frame back, in the residual branch before conv1 of every
@@ -367,6 +369,31 @@ def _measure(fn: Callable[[], object], args, profile: int, result: dict) -> dict
 # ---------------------------------------------------------------------------- report
 
 
+def add_round(model_results: dict, mode: str, r: dict) -> None:
+    """Record one round's result ``r`` of ``mode``: the first as it is; a later timed one
+    adds its figures to ``rounds`` / ``host_rounds`` (which start with the first round's),
+    ``ms`` and ``host_ms`` becoming their medians (``peak_gib`` the largest); a later
+    failed or skipped one is kept under ``round_errors`` beside the earlier figures."""
+    entry = model_results.get(mode)
+    if entry is None:
+        model_results[mode] = dict(r)
+        return
+    if "ms" not in r:
+        entry.setdefault("round_errors", []).append(r.get("error") or r.get("skipped"))
+        return
+    if "ms" not in entry:  # the first timed round, after failed or skipped ones
+        errors = [*entry.get("round_errors", ()), entry.get("error") or entry.get("skipped")]
+        model_results[mode] = dict(r, round_errors=errors)
+        return
+    entry.setdefault("rounds", [entry["ms"]]).append(r["ms"])
+    entry["ms"] = statistics.median(entry["rounds"])
+    if "host_ms" in r and "host_ms" in entry:
+        entry.setdefault("host_rounds", [entry["host_ms"]]).append(r["host_ms"])
+        entry["host_ms"] = statistics.median(entry["host_rounds"])
+    if "peak_gib" in r:
+        entry["peak_gib"] = max(entry.get("peak_gib", 0), r["peak_gib"])
+
+
 def table(results: dict, models: list[str], modes: list[str]) -> str:
     lines = ["| mode | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     for mode in modes:
@@ -376,6 +403,8 @@ def table(results: dict, models: list[str], modes: list[str]) -> str:
             r = results.get(name, {}).get(mode, {})
             if "ms" in r:
                 cell = f"{r['ms']:.2f}"
+                if len(r.get("rounds", ())) > 1:
+                    cell += f" [{min(r['rounds']):.2f}-{max(r['rounds']):.2f}]"
                 if base and name != "tsm_r50":
                     cell += f" ({r['ms'] / base:.2f}x)"
                 if "host_ms" in r:
@@ -425,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
+        "--rounds", type=int, default=1,
+        help="time every (model, mode) once per round, round after round; report the "
+        "median of the rounds and their range",
+    )  # fmt: skip
+    p.add_argument(
         "--compile-mode", default=None, choices=COMPILE_MODES,
         help="torch.compile mode of the *_compile_* modes (default: torch's default)",
     )  # fmt: skip
@@ -464,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in args.modes if m not in MODES]
     if unknown:
         p.error(f"unknown modes {unknown}; choose from {list(MODES)}")
-    check_positive(p, args, (*CLIP_ARGUMENTS, "iters", "repeats"))
+    check_positive(p, args, (*CLIP_ARGUMENTS, "iters", "repeats", "rounds"))
     if args.profile_host and not args.profile:
         p.error("--profile-host needs --profile N (the calls to profile)")
     if args.json and not Path(args.json).parent.is_dir():
@@ -508,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     # Every timing runs before any profile: once torch.profiler has traced CUDA, the
     # process keeps CUPTI attached and its kernel launches cost more host time
     # (BENCHMARKS.md, *Method*), which would slow every host-bound figure after it.
-    passes = [0, args.profile] if args.profile else [0]
+    # --rounds > 1: every (model, mode) is built and timed once per round, round after
+    # round, so that a drift of the host's speed spreads over all of them alike
+    passes = [0] * args.rounds + ([args.profile] if args.profile else [])
     for profile in passes:
         for mode in args.modes:
             for name in args.models:
@@ -518,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                     if profile:
                         results[name][mode]["profile"] = {"skipped": "budget"}
                     else:
-                        results.setdefault(name, {})[mode] = {"skipped": "budget"}
+                        add_round(results.setdefault(name, {}), mode, {"skipped": "budget"})
                     continue
                 try:
                     r = run_mode(name, mode, args, profile)
@@ -531,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{mode:<20} {name:<32} profile", flush=True)
                     print(json.dumps(r.get("profile", r), indent=1), flush=True)
                 else:
-                    results.setdefault(name, {})[mode] = r
+                    add_round(results.setdefault(name, {}), mode, r)
                     print(f"{mode:<20} {name:<32} {r}", flush=True)
                 if args.json:  # after every run: a call cut short keeps what it measured
                     write_json(args.json, {"info": info, "results": results})

@@ -150,3 +150,41 @@ def test_host_profile_needs_profile(benchmark_script, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--models", "tsm_r50", "--profile-host"])
     assert "--profile-host needs --profile N" in capsys.readouterr().err
+
+
+def test_rounds_time_every_run_once_per_round_and_report_the_median(
+    benchmark_script, monkeypatch, tmp_path
+):
+    bench = benchmark_script("bench_models")
+    calls = []
+    times = {"tsm_r50": iter([10.0, 12.0, 11.0]), "rubiksnet_tiny": iter([3.0, 9.0, 4.0])}
+    flaky = iter(
+        [{"error": "RuntimeError: once"}, {"ms": 5.0, "host_ms": 1.0}, {"skipped": "budget"}]
+    )
+
+    def fake_run_mode(name, mode, args, profile=0):
+        calls.append(name)
+        if name == "flaky":
+            return next(flaky)
+        ms = next(times[name])
+        return {"ms": ms, "host_ms": ms / 2, "peak_gib": ms / 10}
+
+    monkeypatch.setattr(bench, "run_mode", fake_run_mode)
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda *a: "test device")
+    out = tmp_path / "r.json"
+    argv = ["--models", "tsm_r50", "rubiksnet_tiny", "flaky", "--modes", "train_fp32"]
+    assert bench.main([*argv, "--rounds", "3", "--json", str(out)]) == 0
+    assert calls == ["tsm_r50", "rubiksnet_tiny", "flaky"] * 3  # round after round
+    results = json.loads(out.read_text())["results"]
+    tiny = results["rubiksnet_tiny"]["train_fp32"]
+    assert tiny["rounds"] == [3.0, 9.0, 4.0] and tiny["ms"] == 4.0
+    assert tiny["host_rounds"] == [1.5, 4.5, 2.0] and tiny["host_ms"] == 2.0
+    assert tiny["peak_gib"] == 0.9
+    flaky_entry = results["flaky"]["train_fp32"]
+    assert flaky_entry["ms"] == 5.0
+    assert flaky_entry["round_errors"] == ["RuntimeError: once", "budget"]
+    row = bench.table(results, ["tsm_r50", "rubiksnet_tiny"], ["train_fp32"]).splitlines()[-1]
+    assert row.startswith(
+        "| train_fp32 | 11.00 [10.00-12.00], host 5.50, 1.2 GiB | 4.00 [3.00-9.00] (0.36x)"
+    )
