@@ -157,7 +157,7 @@ def test_a_new_tuning_unbinds(bound):
 
 def test_only_plain_int_arguments_make_keys():
     """Bools compare equal to ints: a key holding one would match an int's signature."""
-    from rubiks_shift.fused import _int_or_triple
+    from rubiks_shift._ops import _int_or_triple
 
     assert _int_or_triple(1) and _int_or_triple((1, 2, 1))
     for value in (True, (True, 1, 1), (1, 1), [1, 1, 1], (1.0, 1, 1), None):

@@ -410,28 +410,44 @@ def _affine_cpu(x, scale, bias, shift, stride, padding, quantize):
     return in_layout_of(y.to(x.dtype), x)
 
 
-def _registered_affine_key(x, scale, bias, shift, stride, padding, quantize) -> tuple:
-    """The signature of a registered CUDA ``affine_relu_shift3d`` call: everything its
-    check and its launches depend on (the dispatcher has checked the argument types)."""
-    return (
-        _AFFINE, x.shape, x.stride(), x.dtype, x.get_device(), tensor_meta(scale),
-        tensor_meta(bias), tensor_meta(shift), tuple(stride), tuple(padding), quantize,
-        threading.get_ident(),
-    )  # fmt: skip
+def _int_or_triple(v: object) -> bool:
+    """Whether ``v`` is an int or a tuple of three ints (bools are not: they hash and
+    compare as ints, so a key holding one would match an int's)."""
+    if type(v) is int:
+        return True
+    if type(v) is not tuple or len(v) != 3:
+        return False
+    return type(v[0]) is int and type(v[1]) is int and type(v[2]) is int
+
+
+def affine_shift_key(x, scale, bias, shift, stride, padding, quantize) -> tuple | None:
+    """The signature of an ``affine_relu_shift3d`` call (public or registered): everything
+    its checks and its launches depend on; the key of its bound call in
+    ``_cuda.BOUND``. None where an argument is not of a kind a key holds."""
+    if not (_int_or_triple(stride) and _int_or_triple(padding)) or type(quantize) is not bool:
+        return None
+    try:
+        return (
+            _AFFINE, x.shape, x.stride(), x.dtype, x.get_device(), tensor_meta(scale),
+            tensor_meta(bias), tensor_meta(shift), stride, padding, quantize,
+            threading.get_ident(),
+        )  # fmt: skip
+    except AttributeError:  # not tensors: the checks say so
+        return None
 
 
 def _affine_cuda(x, scale, bias, shift, stride, padding, quantize):
     # What compiled code calls, once per block and forward: a signature that passed the
-    # check once launches through a bound call (``_cuda.bind_affine``), as eager calls do
-    # (``rubiks_shift.fused``), in the same table, so a new tuning unbinds both.
+    # check once launches through a bound call (``_cuda.bind_affine``), under the same key
+    # as eager calls (``rubiks_shift.fused``), so a new tuning unbinds both.
     bound = _cuda_backend().BOUND
-    key = _registered_affine_key(x, scale, bias, shift, stride, padding, quantize)
+    key = affine_shift_key(x, scale, bias, shift, tuple(stride), tuple(padding), quantize)
     call = bound.get(key)
     if call is not None and torch._C._cuda_getDevice() == key[4]:
         return call(x, scale, bias, shift)
     check_op_call(_AFFINE, x, shift, stride, padding, (scale, bias))
     y = _cuda_backend().forward_affine(x, scale, bias, shift, stride, padding, quantize)
-    if bound.get(key, False) is False:
+    if key is not None and bound.get(key, False) is False:
         bind = _cuda_backend().bind_affine
         remember(bound, key, bind(x, scale, bias, shift, stride, padding, quantize))
     return y

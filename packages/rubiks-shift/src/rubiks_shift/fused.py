@@ -25,7 +25,14 @@ from ._checks import (
     remember,
     tensor_meta,
 )
-from ._ops import _cuda_backend, _plain_eager, affine_relu_call, affine_shift3d_call, stem_call
+from ._ops import (
+    _cuda_backend,
+    _plain_eager,
+    affine_relu_call,
+    affine_shift3d_call,
+    affine_shift_key,
+    stem_call,
+)
 from ._traceable import acc_dtype, affine_relu_shift3d_torch, affine_relu_torch, stem_torch
 from .functional import _checked_3d, _validate_values
 
@@ -109,30 +116,12 @@ def _bind(key: tuple | None, make: Callable[[], Callable | None]) -> None:
         remember(_cuda_backend().BOUND, key, make())
 
 
-def _int_or_triple(v: object) -> bool:
-    """Whether ``v`` is an int or a tuple of three ints (bools are not: they hash and
-    compare as ints, so a key holding one would match an int's)."""
-    if type(v) is int:
-        return True
-    if type(v) is not tuple or len(v) != 3:
-        return False
-    return type(v[0]) is int and type(v[1]) is int and type(v[2]) is int
-
-
 def _shift_key(x, scale, bias, shift, stride, padding, quantize) -> tuple | None:
-    """The signature of an ``affine_relu_shift3d`` call that may have a bound call."""
+    """The signature of an eager ``affine_relu_shift3d`` call that may have a bound call
+    (``_ops.affine_shift_key``, the registered op's too)."""
     if torch.compiler.is_compiling() or type(x) is not _Tensor or not x.is_cuda:
         return None
-    if not (_int_or_triple(stride) and _int_or_triple(padding)) or type(quantize) is not bool:
-        return None
-    try:
-        return (
-            _OP, x.shape, x.stride(), x.dtype, x.get_device(), tensor_meta(scale),
-            tensor_meta(bias), tensor_meta(shift), stride, padding, quantize,
-            threading.get_ident(),
-        )  # fmt: skip
-    except AttributeError:  # not tensors: the checks say so
-        return None
+    return affine_shift_key(x, scale, bias, shift, stride, padding, quantize)
 
 
 def _prologue_key(x, scale, bias, frame_shift) -> tuple | None:
