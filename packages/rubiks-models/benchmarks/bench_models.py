@@ -539,9 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(info), flush=True)
     results: dict = {}
     started = time.perf_counter()
-    # Every timing runs before any profile: once torch.profiler has traced CUDA, the
-    # process keeps CUPTI attached and its kernel launches cost more host time
-    # (BENCHMARKS.md, *Method*), which would slow every host-bound figure after it.
+    # Every timing runs before any profile: once torch.profiler has traced CUDA, Kineto
+    # may keep CUPTI attached and the process's kernel launches cost more host time
+    # (BENCHMARKS.md, *Method*), which would slow the host-bound figures after it.
     # --rounds > 1: every (model, mode) is built and timed once per round, round after
     # round, so that a drift of the host's speed spreads over all of them alike
     passes = [0] * args.rounds + ([args.profile] if args.profile else [])
