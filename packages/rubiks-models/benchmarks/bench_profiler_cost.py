@@ -5,8 +5,9 @@
 
 Times every (model, mode) of ``bench_models.py`` eager, traces a few calls of one of them
 with ``torch.profiler`` (CUDA activity, as ``bench_models.py --profile`` does), then times
-every (model, mode) again: ms per batch before and after. Host-bound runs (hundreds of
-small kernels per batch) show the profiler's after-effect; GPU-bound ones should not move.
+every (model, mode) again: ms per batch before and after. An after-effect would show in
+host-bound runs (hundreds of small kernels per batch), not in GPU-bound ones; host-bound
+runs also drift without any trace (BENCHMARKS.md, *Method*), so compare several calls.
 ``TEARDOWN_CUPTI=1`` in the environment asks Kineto to detach CUPTI when a trace ends.
 """
 
