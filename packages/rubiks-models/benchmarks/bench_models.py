@@ -21,7 +21,9 @@ of its rounds with their range. Models:
   ``:fused-conv`` / ``:fused-bmm`` force the fused form's 1x1-convolution path, and a
   suffix ``@<pixels>`` sets its ``channel_major_plane`` (``:fused@0``: frame by frame);
   on an unfused model (``rubiksnet_large@0``) it sets the channel-major plane of 16-bit
-  training (:meth:`rubiks_models.RubiksNet.set_channel_major_plane`).
+  training (:meth:`rubiks_models.RubiksNet.set_channel_major_plane`). ``:traced`` after
+  ``:fused`` has torch.compile trace the fused blocks for Inductor (``compile_as="traced"``)
+  instead of calling the eager forward as one op, the default on CUDA.
 
 Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
 SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_fp32`` /
@@ -142,7 +144,9 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
 
     arch, *forms = name.split(":")
     arch, _, train_plane = arch.partition("@")
-    unknown = {f for f in forms if not re.fullmatch(r"hard|fused(-conv|-bmm)?(@\d+)?", f)}
+    unknown = {f for f in forms if not re.fullmatch(r"hard|traced|fused(-conv|-bmm)?(@\d+)?", f)}
+    if "traced" in forms and not any(f.startswith("fused") for f in forms):
+        raise ValueError(f"'traced' is a form of fused models, in {name!r}")
     if unknown or (train_plane and not train_plane.isdigit()):
         raise ValueError(f"unknown model form(s) {sorted(unknown)} in {name!r}")
     model = timm.create_model(arch, num_classes=num_classes).to(device)
@@ -159,6 +163,8 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
         form, _, plane = fused[0].partition("@")
         gemm = form.removeprefix("fused").removeprefix("-") or "auto"
         kwargs = {"channel_major_plane": int(plane)} if plane else {}
+        if "traced" in forms:
+            kwargs["compile_as"] = "traced"
         return fuse_model(model.eval(), gemm, **kwargs), False
     return model, True
 
@@ -483,9 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument(
         "--compile-ops", choices=("default", "registered", "all-torch"), default="default",
-        help="how compiled code runs the fused model's inference ops: 'default' keeps "
-        "rubiks_shift.COMPILE_AS_TORCH as it is (the default), 'registered' calls every "
-        "registered op, 'all-torch' traces every op as plain torch",
+        help="how compiled code runs the inference ops of a ':fused:traced' model: "
+        "'default' keeps rubiks_shift.COMPILE_AS_TORCH as it is (the default), "
+        "'registered' calls every registered op, 'all-torch' traces every op as plain torch",
     )  # fmt: skip
     p.add_argument(
         "--matmul-precision", choices=("highest", "high", "medium"), default=None,

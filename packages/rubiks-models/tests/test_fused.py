@@ -277,6 +277,74 @@ def test_fused_compiles_fullgraph(hard_aq):
         torch.testing.assert_close(compiled(x), fused(x))
 
 
+def _graph_ops(compiled_model: torch.nn.Module, x: torch.Tensor, **ctx) -> list[str]:
+    """The ops of the graph torch.compile traces from ``compiled_model(x)``."""
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(compiled_model, backend=backend, fullgraph=True)
+    compiled(x)
+    return [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_compiles_as_one_op(autocast):
+    """compile_as="one_op": compiled code calls the eager forward as one op, with the
+    same values, under autocast too (the clip cast to the autocast dtype first)."""
+    fused = fuse_model(_trained_looking("rubiksnet_tiny"), compile_as="one_op")
+    x = torch.randn(2, 2, 3, 32, 32)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
+    with torch.no_grad(), ctx:
+        ops = _graph_ops(fused, x)
+        compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+        got, expected = compiled(x), fused(x)
+    assert sum("fused_forward" in op for op in ops) == 1, ops
+    assert not any("rubiks_shift" in op for op in ops), ops
+    assert got.dtype == expected.dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert torch.equal(got, expected)
+
+
+def test_fused_one_op_checks_input_and_follows_copies():
+    """The one-op form rejects bad input while tracing, as eager does; a deep copy gets a
+    handle of its own (its compiled code computes with its own weights), and headless
+    models return pooled features."""
+    import copy
+
+    torch._dynamo.reset()  # static shapes: earlier tests' recompiles leave sizes dynamic
+    fused = fuse_model(_trained_looking("rubiksnet_tiny"), compile_as="one_op")
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    with torch.no_grad(), pytest.raises(Exception, match="C = 3"):
+        compiled(torch.randn(1, 2, 4, 32, 32))
+    twin = copy.deepcopy(fused)
+    assert twin._op_handle != fused._op_handle
+    twin.blocks[0].w1.mul_(2.0)
+    x = torch.randn(1, 2, 3, 32, 32)
+    with torch.no_grad():
+        got = torch.compile(twin, fullgraph=True, backend="aot_eager")(x)
+        torch.testing.assert_close(got, twin(x))
+        assert not torch.allclose(got, fused(x))
+    model = timm.create_model("rubiksnet_tiny", num_classes=0).eval()
+    headless = fuse_model(model, compile_as="one_op")
+    with torch.no_grad():
+        pooled = torch.compile(headless, fullgraph=True, backend="aot_eager")(x)
+        torch.testing.assert_close(pooled, headless(x))
+    assert pooled.shape == (1, headless.out_width)
+    with pytest.raises(ValueError, match="compile_as must be one of"):
+        fuse_model(_trained_looking("rubiksnet_tiny"), compile_as="opaque")
+
+
+def test_fused_compile_as_auto_traces_blocks_off_cuda():
+    """compile_as="auto" traces the blocks off CUDA (here: on the CPU)."""
+    fused = fuse_model(_trained_looking("rubiksnet_tiny"))
+    with torch.no_grad():
+        ops = _graph_ops(fused, torch.randn(1, 2, 3, 32, 32))
+    assert not any("fused_forward" in op for op in ops)
+    assert fused._compiles_as_one_op("cuda") and not fused._compiles_as_one_op("cpu")
+
+
 def test_fused_half_weights_are_stored_not_cast_per_call():
     fused = fuse_model(_trained_looking("rubiksnet_tiny"), "bmm")
     block = fused.blocks[0]
@@ -372,16 +440,33 @@ def test_float32_auto_gemm_follows_matmul_precision_cuda(precision, convolutions
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_inductor_compiled_equals_eager_cuda(dtype):
-    """Inductor's compiled code calls the shift ops through the dispatcher (the eager
-    model calls the kernels directly): the same kernels, so the same values up to the
-    convolution algorithms (TF32) and fusions Inductor picks around them."""
-    model = fuse_model(_trained_looking("rubiksnet_tiny", "cuda"))
+    """Traced for Inductor, compiled code calls the shift ops through the dispatcher (the
+    eager model calls the kernels directly): the same kernels, so the same values up to
+    the convolution algorithms (TF32) and fusions Inductor picks around them."""
+    model = fuse_model(_trained_looking("rubiksnet_tiny", "cuda"), compile_as="traced")
     x = torch.randn(2, 4, 3, 64, 64, device="cuda")
     compiled = torch.compile(model, fullgraph=True)
     half = dtype != torch.float32
     with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=half):
         expected, got = model(x), compiled(x)
     assert _rel(got.float(), expected.float()) < (5e-2 if half else 2e-3)
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_one_op_equals_eager_cuda(dtype, mode):
+    """On CUDA compiled code calls the eager forward as one op by default: the same
+    values bit for bit, in CUDA graphs (``reduce-overhead``) too."""
+    model = fuse_model(_trained_looking("rubiksnet_tiny", "cuda"))
+    x = torch.randn(2, 4, 3, 64, 64, device="cuda")
+    compiled = torch.compile(model, fullgraph=True, mode=mode)
+    half = dtype != torch.float32
+    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=half):
+        expected = model(x)
+        for _ in range(3):  # reduce-overhead: warm-up, recording, replay
+            got = compiled(x)
+            assert torch.equal(got, expected)
 
 
 @requires_cuda

@@ -34,6 +34,7 @@ from torch import nn
 from rubiks_shift import affine_relu, affine_relu_shift3d, is_channel_major, stem_conv
 
 from .channel_major_block import clip_points, points_clip, to_channel_major
+from .fused_op import fused_forward, register
 from .pointwise import conv1x1
 from .rubiksnet import CHANNEL_MAJOR_PLANE, RubiksBlock, RubiksNet, as_clip
 from .shift_layers import Shift3d, TemporalAttentionShift
@@ -55,6 +56,7 @@ def _fold_bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 GEMMS = ("auto", "conv", "bmm")
+COMPILE_FORMS = ("auto", "one_op", "traced")
 
 # An interpolated 2-D (spatial) shift whose input planes have at most this many pixels
 # runs over one-frame clips (the clip's frames as samples), where the shift op takes its
@@ -372,11 +374,17 @@ class FusedRubiksNet(_GemmWeights):
     """
 
     def __init__(
-        self, model: RubiksNet, gemm: str = "auto", channel_major_plane: int = CHANNEL_MAJOR_PLANE
+        self,
+        model: RubiksNet,
+        gemm: str = "auto",
+        channel_major_plane: int = CHANNEL_MAJOR_PLANE,
+        compile_as: str = "auto",
     ) -> None:
         super().__init__()
         if gemm not in GEMMS:
             raise ValueError(f"gemm must be one of {GEMMS}, got {gemm!r}")
+        if compile_as not in COMPILE_FORMS:
+            raise ValueError(f"compile_as must be one of {COMPILE_FORMS}, got {compile_as!r}")
         if isinstance(channel_major_plane, bool) or not isinstance(channel_major_plane, int):
             raise TypeError(f"channel_major_plane must be an int, got {channel_major_plane!r}")
         if channel_major_plane < 0:
@@ -400,7 +408,22 @@ class FusedRubiksNet(_GemmWeights):
         for block in self.blocks:
             block.gemm = gemm
             block.channel_major_plane = channel_major_plane
+        self.compile_as = compile_as
+        # the width of the result: logits, or the pooled features of a headless model
+        self.out_width = self.num_classes if self.has_head else s.numel()
+        self._op_handle = register(self)
         self.eval()
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._op_handle = register(self)  # a copy: its own handle, not the original's
+
+    def _compiles_as_one_op(self, device_type: str) -> bool:
+        """Whether compiled code calls the whole forward as one op (``compile_as``;
+        "auto": on CUDA, where traced code issues the same kernels at more host time)."""
+        if self.compile_as == "auto":
+            return device_type == "cuda"
+        return self.compile_as == "one_op"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -410,7 +433,11 @@ class FusedRubiksNet(_GemmWeights):
         if torch.is_autocast_enabled(device_type):
             dtype = torch.get_autocast_dtype(device_type)
         with torch.autocast(device_type, enabled=False):
-            return self._forward(x.to(dtype))
+            x = x.to(dtype)
+            if torch.compiler.is_compiling() and self._compiles_as_one_op(device_type):
+                clip = as_clip(x, self.in_chans)
+                return fused_forward(clip, self._op_handle, self.out_width)
+            return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         clip = as_clip(x, self.in_chans)
@@ -435,7 +462,10 @@ class FusedRubiksNet(_GemmWeights):
 
 @torch.no_grad()
 def fuse_model(
-    model: RubiksNet, gemm: str = "auto", channel_major_plane: int = CHANNEL_MAJOR_PLANE
+    model: RubiksNet,
+    gemm: str = "auto",
+    channel_major_plane: int = CHANNEL_MAJOR_PLANE,
+    compile_as: str = "auto",
 ) -> FusedRubiksNet:
     """The fused inference form of ``model`` (a new module on the model's device;
     ``model`` is left as it is). Batch norms contribute their running statistics, as in
@@ -445,8 +475,12 @@ def fuse_model(
     every call). ``channel_major_plane``: blocks whose input planes have at
     most this many pixels (and every block after them) run on channel-major clips, each
     1x1 convolution one product over all points; larger planes run frame by frame; 0:
-    never channel-major."""
+    never channel-major. ``compile_as``: what torch.compile makes of the fused model:
+    "one_op" calls its eager forward as one op (:mod:`rubiks_models.fused_op`),
+    "traced" traces its blocks for Inductor, "auto" (the default) is "one_op" on CUDA,
+    where the traced blocks run the same kernels at more host time, and "traced"
+    elsewhere."""
     if not isinstance(model, RubiksNet):
         raise TypeError(f"fuse_model expects a RubiksNet, got {type(model).__name__}")
-    fused = FusedRubiksNet(model, gemm, channel_major_plane)
+    fused = FusedRubiksNet(model, gemm, channel_major_plane, compile_as)
     return fused.to(model.stem.weight.device)
