@@ -336,6 +336,24 @@ def test_fused_one_op_checks_input_and_follows_copies():
         fuse_model(_trained_looking("rubiksnet_tiny"), compile_as="opaque")
 
 
+def test_fused_export_traces_blocks_even_as_one_op():
+    """torch.export never records the one op (its handle is valid in this process only)."""
+    fused = fuse_model(_trained_looking("rubiksnet_tiny"), compile_as="one_op")
+    x = torch.randn(1, 2, 3, 32, 32)
+    program = torch.export.export(fused, (x,))
+    ops = [
+        str(n.target)
+        for m in program.graph_module.modules()
+        if isinstance(m, torch.fx.GraphModule)
+        for n in m.graph.nodes
+        if n.op == "call_function"
+    ]
+    assert not any("fused_forward" in op for op in ops), ops
+    assert any("rubiks_shift" in op for op in ops), ops
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), fused(x))
+
+
 def test_fused_compile_as_auto_traces_blocks_off_cuda():
     """compile_as="auto" traces the blocks off CUDA (here: on the CPU)."""
     fused = fuse_model(_trained_looking("rubiksnet_tiny"))

@@ -420,7 +420,9 @@ class FusedRubiksNet(_GemmWeights):
 
     def _compiles_as_one_op(self, device_type: str) -> bool:
         """Whether compiled code calls the whole forward as one op (``compile_as``;
-        "auto": on CUDA, where traced code issues the same kernels at more host time)."""
+        "auto": on CUDA, where traced code issues the same kernels at more host time).
+        torch.export traces the blocks whatever this says: the op finds its model through
+        a handle of this process."""
         if self.compile_as == "auto":
             return device_type == "cuda"
         return self.compile_as == "one_op"
@@ -434,7 +436,11 @@ class FusedRubiksNet(_GemmWeights):
             dtype = torch.get_autocast_dtype(device_type)
         with torch.autocast(device_type, enabled=False):
             x = x.to(dtype)
-            if torch.compiler.is_compiling() and self._compiles_as_one_op(device_type):
+            if (
+                torch.compiler.is_compiling()
+                and not torch.compiler.is_exporting()  # an exported program outlives us
+                and self._compiles_as_one_op(device_type)
+            ):
                 clip = as_clip(x, self.in_chans)
                 return fused_forward(clip, self._op_handle, self.out_width)
             return self._forward(x)
