@@ -10,7 +10,8 @@ eager forward as one opaque op instead; CUDA graphs (``mode="reduce-overhead"``)
 it as they capture the eager model.
 
 The op finds its model through a handle that stays valid while the model lives (the
-compiled module holds it); copies and unpickled models get handles of their own.
+compiled module holds it); copies and unpickled models get handles of their own. A
+handle means nothing in another process, so ``torch.export`` traces the blocks instead.
 """
 
 from __future__ import annotations
