@@ -366,6 +366,12 @@ class FusedBlock(_GemmWeights):
         return skip.baddbmm_(w2, h).view(b, t, self.cout, ho, wo)
 
 
+def _exporting() -> bool:
+    """Whether torch.export is tracing. The flag it sets is read directly:
+    ``torch.compiler.is_exporting()`` was True under torch.compile too in torch 2.11."""
+    return bool(getattr(torch.compiler, "_is_exporting_flag", False))
+
+
 class FusedRubiksNet(_GemmWeights):
     """A RubiksNet in fused inference form; built by :func:`fuse_model`.
 
@@ -438,7 +444,7 @@ class FusedRubiksNet(_GemmWeights):
             x = x.to(dtype)
             if (
                 torch.compiler.is_compiling()
-                and not torch.compiler.is_exporting()  # an exported program outlives us
+                and not _exporting()  # an exported program outlives this process
                 and self._compiles_as_one_op(device_type)
             ):
                 clip = as_clip(x, self.in_chans)
