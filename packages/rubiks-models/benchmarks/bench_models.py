@@ -21,9 +21,9 @@ of its rounds with their range. Models:
   ``:fused-conv`` / ``:fused-bmm`` force the fused form's 1x1-convolution path, and a
   suffix ``@<pixels>`` sets its ``channel_major_plane`` (``:fused@0``: frame by frame);
   on an unfused model (``rubiksnet_large@0``) it sets the channel-major plane of 16-bit
-  training (:meth:`rubiks_models.RubiksNet.set_channel_major_plane`). ``:traced`` after
-  ``:fused`` has torch.compile trace the fused blocks for Inductor (``compile_as="traced"``)
-  instead of calling the eager forward as one op, the default on CUDA.
+  training (:meth:`rubiks_models.RubiksNet.set_channel_major_plane`). ``:traced`` or
+  ``:one_op`` after ``:fused`` sets what torch.compile makes of it (``compile_as``: the
+  blocks traced for Inductor, or the eager forward called as one op, CUDA's default).
 
 Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
 SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_fp32`` /
@@ -144,9 +144,11 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
 
     arch, *forms = name.split(":")
     arch, _, train_plane = arch.partition("@")
-    unknown = {f for f in forms if not re.fullmatch(r"hard|traced|fused(-conv|-bmm)?(@\d+)?", f)}
-    if "traced" in forms and not any(f.startswith("fused") for f in forms):
-        raise ValueError(f"'traced' is a form of fused models, in {name!r}")
+    form = re.compile(r"hard|traced|one_op|fused(-conv|-bmm)?(@\d+)?")
+    unknown = {f for f in forms if not form.fullmatch(f)}
+    compile_as = [f for f in forms if f in ("traced", "one_op")]
+    if len(compile_as) > 1 or (compile_as and not any(f.startswith("fused") for f in forms)):
+        raise ValueError(f"':traced' or ':one_op' is one form of a fused model, in {name!r}")
     if unknown or (train_plane and not train_plane.isdigit()):
         raise ValueError(f"unknown model form(s) {sorted(unknown)} in {name!r}")
     model = timm.create_model(arch, num_classes=num_classes).to(device)
@@ -163,8 +165,8 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
         form, _, plane = fused[0].partition("@")
         gemm = form.removeprefix("fused").removeprefix("-") or "auto"
         kwargs = {"channel_major_plane": int(plane)} if plane else {}
-        if "traced" in forms:
-            kwargs["compile_as"] = "traced"
+        if compile_as:
+            kwargs["compile_as"] = compile_as[0]
         return fuse_model(model.eval(), gemm, **kwargs), False
     return model, True
 

@@ -188,3 +188,13 @@ def test_rounds_time_every_run_once_per_round_and_report_the_median(
     assert row.startswith(
         "| train_fp32 | 11.00 [10.00-12.00], host 5.50, 1.2 GiB | 4.00 [3.00-9.00] (0.36x)"
     )
+
+
+def test_fused_compile_forms_are_built_and_checked(benchmark_script):
+    bench = benchmark_script("bench_models")
+    for suffix, expected in (("", "auto"), (":traced", "traced"), (":one_op", "one_op")):
+        model, trains = bench.build(f"rubiksnet_tiny:fused{suffix}", 5, 2, device="cpu")
+        assert model.compile_as == expected and not trains
+    for name in ("rubiksnet_tiny:traced", "rubiksnet_tiny:fused:traced:one_op"):
+        with pytest.raises(ValueError, match="one form of a fused model"):
+            bench.build(name, 5, 2, device="cpu")
