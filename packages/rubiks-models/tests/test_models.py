@@ -69,6 +69,17 @@ def test_input_layouts(name: str) -> None:
     assert "TSN" not in str(exc.value)
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compiled_model_quotes_the_input_error(dynamic: bool) -> None:
+    """torch.compile reports a bad input with the model's own message, also where dynamic
+    shapes make the sizes symbolic (the message is an f-string it can format)."""
+    torch._dynamo.reset()
+    model = timm.create_model("rubiksnet_tiny", num_classes=7).eval()
+    compiled = torch.compile(model, fullgraph=True, backend="eager", dynamic=dynamic)
+    with torch.no_grad(), pytest.raises(Exception, match=r"with C = 3, got shape \["):
+        compiled(torch.randn(1, 2, 4, 32, 32))
+
+
 def test_consensus_is_mean_of_frame_logits() -> None:
     model = RubiksNet("tiny", 5, variant="rubiks2d").eval()  # frames independent
     clip = torch.randn(*CLIP)

@@ -358,13 +358,12 @@ class RubiksStage(nn.Module):
 @register_notrace_function
 def as_clip(x: torch.Tensor, in_chans: int) -> torch.Tensor:
     """(B, T, C, H, W) from a clip, an image (B, C, H, W) or TSN-stacked frames (B, 3T, H, W)."""
+    # f-strings, which torch.compile can format where dynamic shapes make sizes symbolic
+    # (str() of a symbolic size it cannot): its error then quotes the message
     if x.dim() == 5:
         if x.shape[2] != in_chans:
             raise ValueError(
-                "clip must be (B, T, C, H, W) with C = "
-                + str(in_chans)
-                + ", got shape "
-                + str(list(x.shape))
+                f"clip must be (B, T, C, H, W) with C = {in_chans}, got shape {list(x.shape)}"
             )
         return x
     if x.dim() == 4:
@@ -375,13 +374,10 @@ def as_clip(x: torch.Tensor, in_chans: int) -> torch.Tensor:
             return x.reshape(x.shape[0], c // 3, 3, x.shape[2], x.shape[3])
         stacked = " or TSN-stacked (B, 3T, H, W)" if in_chans == 3 else ""
         raise ValueError(
-            "4-D input must be (B, " + str(in_chans) + ", H, W)" + stacked + ", got shape "
-            + str(list(x.shape))
-        )  # fmt: skip
-    raise ValueError(
-        "input must be (B, T, C, H, W), (B, C, H, W) or (B, 3T, H, W), got shape "
-        + str(list(x.shape))
-    )
+            f"4-D input must be (B, {in_chans}, H, W){stacked}, got shape {list(x.shape)}"
+        )
+    forms = "(B, T, C, H, W), (B, C, H, W) or (B, 3T, H, W)"
+    raise ValueError(f"input must be {forms}, got shape {list(x.shape)}")
 
 
 @register_notrace_function
