@@ -277,7 +277,7 @@ def test_fused_compiles_fullgraph(hard_aq):
         torch.testing.assert_close(compiled(x), fused(x))
 
 
-def _graph_ops(compiled_model: torch.nn.Module, x: torch.Tensor, **ctx) -> list[str]:
+def _graph_ops(compiled_model: torch.nn.Module, x: torch.Tensor) -> list[str]:
     """The ops of the graph torch.compile traces from ``compiled_model(x)``."""
     graphs = []
 
@@ -481,6 +481,9 @@ def test_compiled_one_op_equals_eager_cuda(dtype, mode):
     compiled = torch.compile(model, fullgraph=True, mode=mode)
     half = dtype != torch.float32
     with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=half):
+        ops = _graph_ops(model, x)
+        rubiks_ops = [op for op in ops if "rubiks" in op]
+        assert len(rubiks_ops) == 1 and "fused_forward" in rubiks_ops[0], ops
         expected = model(x)
         for _ in range(3):  # reduce-overhead: warm-up, recording, replay
             got = compiled(x)
