@@ -46,6 +46,8 @@ import argparse
 import ast
 import contextlib
 import json
+import os
+import platform
 import re
 import statistics
 import sys
@@ -377,6 +379,22 @@ def _measure(fn: Callable[[], object], args, profile: int, result: dict) -> dict
 # ---------------------------------------------------------------------------- report
 
 
+def host_info() -> dict:
+    """The host the figures ran on: its CPU, the CPUs this process may use, and the load
+    averages (1, 5, 15 min) at the start (host-bound figures follow the host)."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "load_start": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
 def add_round(model_results: dict, mode: str, r: dict) -> None:
     """Record one round's result ``r`` of ``mode``: the first as it is; a later timed one
     adds its figures to ``rounds`` / ``host_rounds`` (which start with the first round's),
@@ -543,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "shape": [args.batch, args.frames, 3, args.size, args.size],
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "host": host_info(),
     }
     print(json.dumps(info), flush=True)
     results: dict = {}
@@ -580,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
                 if args.json:  # after every run: a call cut short keeps what it measured
                     write_json(args.json, {"info": info, "results": results})
     print(table(results, args.models, args.modes))
+    # the host's load at the end beside the start's: host-bound figures follow it
+    info["host"]["load_end"] = [round(v, 2) for v in os.getloadavg()]
+    print(json.dumps({"host": info["host"]}), flush=True)
     if args.json:
         write_json(args.json, {"info": info, "results": results})
     return 0

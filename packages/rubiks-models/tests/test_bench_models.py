@@ -30,7 +30,11 @@ def test_profiles_run_after_every_timing(benchmark_script, monkeypatch, tmp_path
     profiled = [c for c in calls if c[2] == 2]
     assert len(timed) == 6 and calls[:6] == timed
     assert {c[:2] for c in profiled} == {c[:2] for c in timed if c[0] != "broken"}
-    results = json.loads(out.read_text())["results"]
+    saved = json.loads(out.read_text())
+    host = saved["info"]["host"]  # the host's CPU and load, at the start and the end
+    assert host["cpus_usable"] >= 1 and host["cpu"]
+    assert len(host["load_start"]) == len(host["load_end"]) == 3
+    results = saved["results"]
     assert results["rubiksnet_tiny"]["infer_bf16"] == {
         "ms": 2.0, "profile": {"gpu_ms_per_call": 1.0}
     }  # fmt: skip
