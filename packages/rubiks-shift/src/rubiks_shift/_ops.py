@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -436,20 +436,39 @@ def affine_shift_key(x, scale, bias, shift, stride, padding, quantize) -> tuple 
         return None
 
 
+def bound_call(key: tuple | None) -> Callable | None:
+    """The bound call of a signature ``key`` (``affine_shift_key`` or ``rubiks_shift.fused``'s
+    prologue key: x's device index at position 4) in ``_cuda.BOUND``, where the current
+    CUDA device is the key's; else None."""
+    if key is None:
+        return None
+    call = _cuda_backend().BOUND.get(key)
+    if call is None or torch._C._cuda_getDevice() != key[4]:
+        return None
+    return call
+
+
+def bind_once(key: tuple | None, make: Callable[[], Callable | None]) -> None:
+    """Remember ``make()`` as ``key``'s bound call (None: the signature has none) unless
+    ``key`` already has an entry; call it after a call of that signature passed the checks."""
+    bound = _cuda_backend().BOUND
+    if key is not None and bound.get(key, False) is False:
+        remember(bound, key, make())
+
+
 def _affine_cuda(x, scale, bias, shift, stride, padding, quantize):
     # What compiled code calls, once per block and forward: a signature that passed the
     # check once launches through a bound call (``_cuda.bind_affine``), under the same key
     # as eager calls (``rubiks_shift.fused``), so a new tuning unbinds both.
-    bound = _cuda_backend().BOUND
     key = affine_shift_key(x, scale, bias, shift, tuple(stride), tuple(padding), quantize)
-    call = bound.get(key)
-    if call is not None and torch._C._cuda_getDevice() == key[4]:
+    call = bound_call(key)
+    if call is not None:
         return call(x, scale, bias, shift)
     check_op_call(_AFFINE, x, shift, stride, padding, (scale, bias))
     y = _cuda_backend().forward_affine(x, scale, bias, shift, stride, padding, quantize)
-    if key is not None and bound.get(key, False) is False:
-        bind = _cuda_backend().bind_affine
-        remember(bound, key, bind(x, scale, bias, shift, stride, padding, quantize))
+    bind_once(
+        key, lambda: _cuda_backend().bind_affine(x, scale, bias, shift, stride, padding, quantize)
+    )
     return y
 
 

@@ -31,6 +31,8 @@ from ._ops import (
     affine_relu_call,
     affine_shift3d_call,
     affine_shift_key,
+    bind_once,
+    bound_call,
     stem_call,
 )
 from ._traceable import acc_dtype, affine_relu_shift3d_torch, affine_relu_torch, stem_torch
@@ -93,27 +95,19 @@ def _records_grad(x: _Tensor, scale: _Tensor, bias: _Tensor, shift: _Tensor | No
 
 def _bound_call(key: tuple | None, x, scale, bias, shift=None) -> Callable | None:
     """The bound call of ``key`` (``_shift_key`` / ``_prologue_key``) where this call may
-    take it."""
-    if key is None:
-        return None
-    call = _cuda_backend().BOUND.get(key)
-    if call is None:
-        return None
-    if _records_grad(x, scale, bias, shift):
-        return None
-    if not _plain_eager() or torch._C._cuda_getDevice() != key[4]:
+    take it: no gradient to record, plain eager code (``_ops.bound_call`` checks the
+    device)."""
+    call = bound_call(key)
+    if call is None or _records_grad(x, scale, bias, shift) or not _plain_eager():
         return None
     return call
 
 
 def _bind(key: tuple | None, make: Callable[[], Callable | None]) -> None:
     """Remember ``make()`` as ``key``'s bound call after a call of that signature passed
-    the checks (a call autograd would record raised before) in plain eager code (None:
-    the signature has none)."""
-    if key is None or _cuda_backend().BOUND.get(key, False) is not False:
-        return
-    if _plain_eager():
-        remember(_cuda_backend().BOUND, key, make())
+    the checks (a call autograd would record raised before) in plain eager code."""
+    if key is not None and _plain_eager():
+        bind_once(key, make)
 
 
 def _shift_key(x, scale, bias, shift, stride, padding, quantize) -> tuple | None:
