@@ -146,10 +146,11 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
 
     arch, *forms = name.split(":")
     arch, _, train_plane = arch.partition("@")
-    form = re.compile(r"hard|traced|one_op|fused(-conv|-bmm)?(@\d+)?")
-    unknown = {f for f in forms if not form.fullmatch(f)}
+    known_form = re.compile(r"hard|traced|one_op|fused(-conv|-bmm)?(@\d+)?")
+    unknown = {f for f in forms if not known_form.fullmatch(f)}
+    fused = [f for f in forms if f.startswith("fused")]
     compile_as = [f for f in forms if f in ("traced", "one_op")]
-    if len(compile_as) > 1 or (compile_as and not any(f.startswith("fused") for f in forms)):
+    if len(compile_as) > 1 or (compile_as and not fused):
         raise ValueError(f"':traced' or ':one_op' is one form of a fused model, in {name!r}")
     if unknown or (train_plane and not train_plane.isdigit()):
         raise ValueError(f"unknown model form(s) {sorted(unknown)} in {name!r}")
@@ -162,7 +163,6 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
             m.running_mean.uniform_(-0.1, 0.1)
     if "hard" in forms:
         model = quantize_model(model.eval())
-    fused = [f for f in forms if f.startswith("fused")]
     if fused:
         form, _, plane = fused[0].partition("@")
         gemm = form.removeprefix("fused").removeprefix("-") or "auto"
@@ -391,8 +391,12 @@ def host_info() -> dict:
     return {
         "cpu": cpu,
         "cpus_usable": len(os.sched_getaffinity(0)),
-        "load_start": [round(v, 2) for v in os.getloadavg()],
+        "load_start": _load_averages(),
     }
+
+
+def _load_averages() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 def add_round(model_results: dict, mode: str, r: dict) -> None:
@@ -600,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                     write_json(args.json, {"info": info, "results": results})
     print(table(results, args.models, args.modes))
     # the host's load at the end beside the start's: host-bound figures follow it
-    info["host"]["load_end"] = [round(v, 2) for v in os.getloadavg()]
+    info["host"]["load_end"] = _load_averages()
     print(json.dumps({"host": info["host"]}), flush=True)
     if args.json:
         write_json(args.json, {"info": info, "results": results})
