@@ -6,6 +6,7 @@ numba is imported). Prints one line per case and exits non-zero on a mismatch.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -303,6 +304,8 @@ def main() -> int:
         )
         if index < FIXED:  # the forward with the input prologue (batch norm + ReLU)
             failures += not check_affine(x, s, y_ref, stride, padding, quantize, dtype, g)
+            if _cuda_plan.affine_takes_pixels(shape, stride, quantize):
+                failures += not check_pixel_walk(x, s, stride, padding, dtype, g)
             args = (stride, padding, quantize, dtype)
             failures += not check_channel_major(x, s, gy, (y, gx, gs), *args)
         # where the frame walk is the default, the row walk too, and the frame walk with
@@ -338,6 +341,52 @@ def check_affine(x, s, y_ref, stride, padding, quantize, dtype, g) -> bool:
     ok_cm = layout_ok and torch.equal(y_cm, y)
     print(f"{'ok-affine-cm' if ok_cm else 'FAIL-affine-cm'} {tuple(x.shape)} {stride}")
     return ok and ok_cm
+
+
+PIXEL_TASKS = replace(TUNING, pixel_walk_rows=1, pixel_walk_frames=3)  # one row, chunks
+
+
+@functools.cache
+def _pixel_task_kernels(storage: str, shift_storage: str) -> _cuda_kernels.Kernels:
+    return _cuda_kernels.Kernels(storage, shift_storage, PIXEL_TASKS)
+
+
+def check_pixel_walk(x, s, stride, padding, dtype, g) -> bool:
+    """The pixel walk (the default's tasks and one-row, three-frame ones) bit for bit
+    against the frame walk, with the prologue, both layouts."""
+    storage, shift_storage = _cuda._STORAGE[dtype], _cuda._STORAGE[s.dtype]
+    channels = x.shape[2]
+    scale = torch.rand(channels, generator=g, dtype=torch.float64) + 0.5
+    bias = torch.rand(channels, generator=g, dtype=torch.float64) * 2 - 0.5
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    scale, bias = scale.to(acc), bias.to(acc)
+    xs = x.to(dtype)
+    ok = True
+    for major in (False, True):
+        src = xs.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4) if major else xs
+        args = (tuple(src.shape), stride, padding, False, False, storage)
+        outputs = []
+        for tuning in (replace(TUNING, pixel_walk_affine_plane=0), TUNING, PIXEL_TASKS):
+            kernels = _cuda_launch.kernel_set(storage, shift_storage)
+            if tuning is PIXEL_TASKS:
+                kernels = _pixel_task_kernels(storage, shift_storage)
+            shape = tuple(src.shape)
+            y_shape = _cuda.output_shape(shape, stride, padding)
+            (step,) = _cuda_plan.gather_plan(
+                shape, y_shape, *args[1:], tuning, channel_major=major, affine=True
+            )
+            step = step._replace(name=step.name + "_affine")
+            y = torch.full(y_shape, float("nan"), dtype=dtype)
+            if major:
+                y = y.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+            _cuda_launch.run(kernels, step, (src, s, y, scale, bias), -1)
+            outputs.append((step.name, y))
+        (frames_name, want), *pixels = outputs
+        ok &= frames_name == "gather_frames_affine"
+        for name, got in pixels:
+            ok &= name == "gather_pixels_affine" and torch.equal(got, want)
+    print(f"{'ok-pixels' if ok else 'FAIL-pixels'} {tuple(x.shape)} {stride} {padding}")
+    return ok
 
 
 def check_channel_major(x, s, gy, frames, stride, padding, quantize, dtype) -> bool:

@@ -28,6 +28,8 @@ def test_kernels_in_cuda_simulator():
     assert proc.stdout.count("ok-frames") == 9  # the frame walk in short bands and chunks
     assert proc.stdout.count("ok-affine ") == 14  # the forward with the input prologue
     assert proc.stdout.count("ok-affine-cm") == 14  # ... on channel-major planes
+    # the pixel walk (small planes, the fused form's shift) against the frame walk
+    assert proc.stdout.count("ok-pixels") == 6
     assert proc.stdout.count("ok-train-cm") == 14  # forward and backward, channel-major
     # the prologue alone, both layouts, without and with a frame shift; bfloat16 clips
     # with even planes on 4-byte boundaries in pairs (two cases), the others one by one
@@ -54,7 +56,8 @@ def test_compile_ptx_every_dtype(storage):
             names += ("bn_channel_forward", "bn_channel_backward", "stem")
         # the fused inference form's prologue kernels: float32 shifts only (it stores
         # its shifts in float32); the one-column variant in one dtype (CI time)
-        affine = ("gather_affine", "gather_frames_affine") if shift_storage == "float32" else ()
+        affine = ("gather_affine", "gather_frames_affine", "gather_pixels_affine")
+        affine = affine if shift_storage == "float32" else ()
         if affine and storage == "float32":
             affine += ("gather_narrow_affine",)
         for name in names + affine:

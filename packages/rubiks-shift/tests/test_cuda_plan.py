@@ -118,7 +118,8 @@ def test_stride_one_forms_take_the_frame_walk():
         ((8, 8, 144, 28, 28), "float32", False, "gather"),  # float32, 28² to 56²: rows
         ((8, 8, 72, 56, 56), "float32", False, "gather"),
         ((8, 8, 72, 112, 112), "float32", False, "gather_frames"),
-        ((8, 8, 288, 14, 14), "float32", False, "gather_frames"),
+        ((8, 8, 288, 14, 14), "float32", False, "gather_pixels"),  # up to 14²: pixels
+        ((8, 8, 576, 7, 7), "bfloat16", False, "gather_pixels"),
         ((8, 8, 144, 28, 28), "bfloat16", False, "gather_frames"),
         ((64, 1, 288, 14, 14), "bfloat16", False, "gather"),  # one-frame clips: rows
         ((64, 1, 72, 112, 112), "float32", False, "gather"),
@@ -128,10 +129,11 @@ def test_stride_one_forms_take_the_frame_walk():
         ((64, 1, 72, 56, 56), "float32", True, "gather_frames"),
     ],
 )
-def test_affine_gathers_take_the_row_walk_where_it_was_faster(shape, storage, quantize, walk):
-    """The shift with its prologue: the row walk on float32 planes of 28² to 56², on
-    one-frame clips and, quantized, on planes up to 28²; the plain forward and the
-    adjoint keep the frame walk."""
+def test_affine_gathers_take_the_walk_that_was_faster(shape, storage, quantize, walk):
+    """The shift with its prologue: the pixel walk on multi-frame planes up to 14²
+    (interpolated), the row walk on float32 planes of 28² to 56², on one-frame clips and,
+    quantized, on planes up to 28²; the plain forward and the adjoint keep the frame
+    walk."""
     args = (shape, shape, (1, 1, 1), (0, 0, 0), quantize)
     (step,) = _cuda_plan.gather_plan(*args, False, storage, affine=True)
     assert step.name == walk
@@ -139,7 +141,11 @@ def test_affine_gathers_take_the_row_walk_where_it_was_faster(shape, storage, qu
         (plain,) = _cuda_plan.gather_plan(*args, adjoint, storage)
         assert plain.name == "gather_frames"
     off = replace(
-        TUNING, float32_affine_rows=(0, 0), one_frame_affine_rows=False, quantized_affine_rows=0
+        TUNING,
+        float32_affine_rows=(0, 0),
+        one_frame_affine_rows=False,
+        quantized_affine_rows=0,
+        pixel_walk_affine_plane=0,
     )
     (step,) = _cuda_plan.gather_plan(*args, False, storage, off, affine=True)
     assert step.name == "gather_frames"
@@ -200,6 +206,8 @@ def test_tuning_is_validated_and_frozen():
         Tuning(row_walk_waves=True)
     with pytest.raises(ValueError, match=r"Tuning.float32_affine_rows must be a \(smallest"):
         Tuning(float32_affine_rows=[784, 3136])  # a list: the tuning must stay hashable
+    with pytest.raises(ValueError, match=r"Tuning.pixel_walk_rows must be 1 or 2"):
+        Tuning(pixel_walk_rows=3)
     with pytest.raises(AttributeError):
         TUNING.row_walk_waves = 0  # frozen
     assert set(TUNING.kernel_values()) == {
@@ -207,6 +215,9 @@ def test_tuning_is_validated_and_frozen():
         "row_walk_group",
         "frame_walk_rows",
         "frame_walk_registers",
+        "pixel_walk_rows",
+        "pixel_walk_frames",
+        "pixel_walk_registers",
         "grad_shift_registers",
         "grad_shift_group",
         "grad_shift_threads",

@@ -219,3 +219,48 @@ def test_cuda_matches_composition(dtype, shape, stride, quantize):
     tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6, torch.float64: 1e-13}
     assert rel_err(y, expected) < tol[dtype]
     assert _is_channel_major(y_cm) and torch.equal(y_cm, y)  # the same arithmetic
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (8, 8, 288, 14, 14),  # RubiksNet-Large's 14² and 7² stages
+        (8, 8, 576, 7, 7),
+        (2, 5, 33, 13, 11),  # odd sizes, many tasks per warp straddling planes
+        (1, 12, 3, 4, 14),  # more frames than a task takes: two frame chunks
+    ],
+)
+def test_cuda_pixel_walk_equals_the_frame_walk(dtype, shape):
+    """Small planes take the pixel walk: the frame walk's values bit for bit, in both
+    layouts, with infinities in x, a NaN shift, shifts out of the clip and integer
+    shifts."""
+    from dataclasses import replace
+
+    from rubiks_shift import _cuda, _cuda_plan
+    from rubiks_shift._cuda_tuning import TUNING
+
+    x, scale, bias, shift = _case(11, shape, "cuda", dtype, spread=6.0)
+    x.view(-1)[::97] = float("inf")
+    x.view(-1)[5::101] = -float("inf")
+    shift[:, 0] = torch.tensor([1.0, -1.0, 0.0])
+    shift[:, 1] = torch.tensor([float("nan"), 0.5, 0.5])
+    shift[:, 2] = torch.tensor([0.25, 30.0, -0.5])
+
+    def both_layouts():
+        with torch.no_grad():
+            return (
+                affine_relu_shift3d(x, scale, bias, shift),
+                affine_relu_shift3d(channel_major(x), scale, bias, shift),
+            )
+
+    steps = _cuda_plan.gather_plan(shape, shape, (1, 1, 1), (0, 0, 0), False, False, affine=True)
+    assert [s.name for s in steps] == ["gather_pixels"]
+    pixels = both_layouts()
+    with _cuda.tuned(replace(TUNING, pixel_walk_affine_plane=0)):
+        frames = both_layouts()
+    assert pixels[0][:, :, 1].isnan().all()
+    for got, want in zip(pixels, frames, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert _is_channel_major(pixels[1])

@@ -2,7 +2,8 @@
 
 ``Kernels`` builds every kernel the op launches as a Numba dispatcher (compiled on first
 use, for its one signature ``<name>_sig``): the gathers of ``_cuda_gather`` (forward and
-grad_x; each also as ``<name>_affine``, the forward with the input prologue), the
+grad_x; each also as ``<name>_affine``, the forward with the input prologue) and the
+pixel walk's (``_cuda_pixel_walk``, its affine form only), the
 shift-gradient kernels of ``_cuda_shift_grad``, the prologue alone (``_cuda_prologue``),
 training batch norm's (``_cuda_batch_norm``) and the stem's (``_cuda_stem``), with the
 compile-time values of a ``Tuning`` (``_cuda_tuning``). The launch path
@@ -27,6 +28,7 @@ from ._cuda_batch_norm import (
     build_bn_stats,
 )
 from ._cuda_gather import build_gather, gather_signature
+from ._cuda_pixel_walk import build_gather_pixels, gather_pixels_signature
 from ._cuda_prologue import affine_relu_signature, build_affine_relu
 from ._cuda_shift_grad import build_shift_grad, finalize_signature, grad_shift_signature
 from ._cuda_stem import build_stem, stem_signature
@@ -36,9 +38,9 @@ from ._cuda_tuning import TUNING, Tuning, prologue_per_thread
 class Kernels:
     """The compiled-on-demand kernels of one (storage, shift storage) pair, built with
     ``tuning``'s compile-time values: ``gather``, ``gather_narrow``, ``gather_frames``
-    (and each ``*_affine``), ``grad_shift``, ``finalize``, ``affine_relu`` (the
-    prologue alone) and ``bn_partial``, ``bn_stats``, ``bn_normalize``,
-    ``bn_grad_coefficients``, ``bn_grad_input``, ``bn_channel_forward``,
+    (and each ``*_affine``), ``gather_pixels_affine`` (the pixel walk), ``grad_shift``,
+    ``finalize``, ``affine_relu`` (the prologue alone) and ``bn_partial``, ``bn_stats``,
+    ``bn_normalize``, ``bn_grad_coefficients``, ``bn_grad_input``, ``bn_channel_forward``,
     ``bn_channel_backward`` (training batch norm) and ``stem`` (the 3x3 stride-2
     convolution of 3-channel frames), each with its signature
     ``<name>_sig``."""
@@ -99,6 +101,15 @@ class Kernels:
                 setattr(self, name + suffix, dispatcher)
                 sig = gather_signature(storage, shift_storage, affine, frames)
                 setattr(self, f"{name}{suffix}_sig", sig)
+        self.gather_pixels_affine = build_gather_pixels(
+            storage,
+            shift_storage,
+            frames=tuning.pixel_walk_frames,
+            rows=tuning.pixel_walk_rows,
+            affine=True,
+            registers=tuning.pixel_walk_registers,
+        )
+        self.gather_pixels_affine_sig = gather_pixels_signature(storage, shift_storage, True)
 
 
 def kernel_ptx(dispatcher, signature: tuple, cc: tuple[int, int]) -> str:

@@ -2,10 +2,11 @@
 
 A plan is a tuple of ``Step`` launches, made once per call signature (the plans are
 cached, here and in ``_cuda``) from the shapes and a ``Tuning`` (``_cuda_tuning``): the
-gathers' (``gather_plan``: the frame walk at temporal and row stride 1, the row walk
-elsewhere, with the layout heuristics ``row_walk_layout`` / ``frame_walk_layout``) and
-the shift gradient's (``shift_grad_plan``), the prologue alone's (``affine_relu_plan``),
-training batch norm's and the stem's (``stem_plan``). Imports neither Numba nor torch.
+gathers' (``gather_plan``: the frame walk at temporal and row stride 1, the pixel walk
+for the fused form's shift on small planes, the row walk elsewhere, with the layout
+heuristics ``row_walk_layout`` / ``frame_walk_layout``) and the shift gradient's
+(``shift_grad_plan``), the prologue alone's (``affine_relu_plan``), training batch
+norm's and the stem's (``stem_plan``). Imports neither Numba nor torch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ._cuda_scalars import (
     BatchNormStatsScalars,
     FinalizeScalars,
     GatherFramesScalars,
+    GatherPixelsScalars,
     GatherScalars,
     GradShiftScalars,
     StemScalars,
@@ -151,6 +153,36 @@ def affine_takes_rows(src_shape, storage: str, quantize: bool, tuning: Tuning = 
     return storage == "float32" and smallest <= height * width <= largest
 
 
+def affine_takes_pixels(src_shape, stride, quantize: bool, tuning: Tuning = TUNING) -> bool:
+    """Whether an affine gather takes the pixel walk: interpolated, stride 1 on every
+    axis, more than one frame, planes of at most ``tuning.pixel_walk_affine_plane``
+    pixels."""
+    _, frames, _, height, width = src_shape
+    small = height * width <= tuning.pixel_walk_affine_plane
+    return tuple(stride) == (1, 1, 1) and not quantize and frames > 1 and small
+
+
+def _pixel_walk_plan(src_shape, dst_shape, padding, tuning, channel_major) -> tuple[Step, ...]:
+    """The launch of the pixel walk (see ``gather_plan``): tasks of
+    ``tuning.pixel_walk_rows`` rows x ``tuning.pixel_walk_frames`` frames."""
+    n_batch, _, channels, _, _ = src_shape
+    _, t_dst, _, h_dst, w_dst = dst_shape
+    chunks = -(-t_dst // tuning.pixel_walk_frames)
+    bands = -(-h_dst // tuning.pixel_walk_rows)
+    tasks = n_batch * channels * chunks * bands * w_dst
+    scalars = GatherPixelsScalars(
+        tasks=tasks,
+        **_gather_fields(src_shape, dst_shape, padding, False, False, channel_major),
+        chunks=chunks,
+        inv_pixels=1.0 / (bands * w_dst),
+        inv_w=1.0 / w_dst,
+        inv_chunks=1.0 / chunks,
+        inv_c=1.0 / channels,
+    )
+    threads = tuning.pixel_walk_threads
+    return (Step("gather_pixels", (-(-tasks // threads), 1, 1), (threads, 1, 1), scalars),)
+
+
 def frame_walk_layout(
     batch: int, channels: int, t_dst: int, h_dst: int, w_dst: int, tuning: Tuning = TUNING
 ) -> FrameWalkLayout:
@@ -229,7 +261,8 @@ def gather_plan(
     (adjoint=True: src = grad_y, dst = grad_x) for ``storage`` tensors whose planes are in
     (N, T, C) order, or (C, N, T) order where ``channel_major``: the frame walk where it
     applies and ``tuning.stride_one_walk`` is "frames" (for the ``affine`` forward, with
-    its prologue, not where ``affine_takes_rows``), else the row walk.
+    its prologue, not where ``affine_takes_rows``, and the pixel walk, ``gather_pixels``,
+    where ``affine_takes_pixels``), else the row walk.
     ``rows`` and (frame walk) ``frames`` per task override the layout's (benchmark
     sweeps); a ``tuning`` other than the default with kernel values of its own must be
     launched with kernels built from it (``_cuda_kernels.Kernels``)."""
@@ -241,6 +274,8 @@ def gather_plan(
             raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
     frame_walk = tuning.stride_one_walk == "frames" and frames_walk_applies(src_shape, stride)
     if frame_walk and not (affine and affine_takes_rows(src_shape, storage, quantize, tuning)):
+        if affine and not adjoint and affine_takes_pixels(src_shape, stride, quantize, tuning):
+            return _pixel_walk_plan(src_shape, dst_shape, padding, tuning, channel_major)
         return _frame_walk_plan(
             src_shape,
             dst_shape,

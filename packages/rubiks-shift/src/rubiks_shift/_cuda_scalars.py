@@ -196,3 +196,30 @@ class StemScalars(NamedTuple):
     inv_runs: float  # float64 reciprocals of runs and Ho
     inv_ho: float
     group: int  # output channels per block (blockIdx.y: the group)
+
+
+class GatherPixelsScalars(NamedTuple):
+    """``gather_pixels`` (the pixel walk: stride 1 on every axis) and its ``_affine``
+    form."""
+
+    tasks: int  # (sample, channel, frame chunk, row band, column) tasks
+    N: int
+    C: int
+    Ts: int
+    Hs: int
+    Ws: int
+    Td: int
+    Hd: int
+    Wd: int
+    pt: int
+    ph: int
+    pw: int
+    adjoint: int
+    quantize: int
+    channel_major: int
+    chunks: int  # frame chunks per (sample, channel), of the kernel's compile-time frames
+    inv_pixels: float  # float64 reciprocals: tasks per plane (row bands x Wd), Wd, frame
+    # chunks, C
+    inv_w: float
+    inv_chunks: float
+    inv_c: float

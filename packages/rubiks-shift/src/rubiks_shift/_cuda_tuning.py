@@ -32,7 +32,8 @@ class Tuning:
 
     Row walk: the gathers ``gather`` / ``gather_narrow`` (every stride but temporal and
     row stride 1). Frame walk: ``gather_frames`` (temporal and row stride 1), except
-    where the fused form's affine gathers take the row walk (``*_affine_rows``). Shift
+    where the fused form's affine gathers take the row walk (``*_affine_rows``) or the
+    pixel walk (``gather_pixels_affine``, ``pixel_walk_*``). Shift
     gradient: ``grad_shift`` and ``finalize``. The prologue alone: ``affine_relu``. Training
     batch norm: ``bn_partial`` and its per-channel and elementwise kernels. The stem:
     ``stem``. Fields
@@ -89,6 +90,22 @@ class Tuning:
     # 144 channels, 31.6 / 22.3, at 14² 18.7 / 16.4, at 7² 12.2 / 9.3; float32 46.2 /
     # 31.7, 19.8 / 15.9, 11.9 / 10.7; the frame walk stays ahead at 56² (29.8 / 52.0)
     quantized_affine_rows: int = 784
+    # the fused form's interpolated affine gathers at stride 1 over clips of more than one
+    # frame and planes of at most this many pixels take the pixel walk (0: none), which
+    # gives the frame walk's values bit for bit (H200, 2026-12-05, one row x 8 frames per
+    # task, bf16 / fp32, channel-major, graph replay, µs per call, frame / pixel walk: 288
+    # channels at 14² 20.0 / 16.5 and 20.1 / 16.3, 576 at 7² 12.6 / 9.5 and 12.9 / 9.5; at
+    # 28² 31.5 / 30.9, a tie, and 56² 50.4 / 60.2, slower)
+    pixel_walk_affine_plane: int = 196
+    # destination rows and frames per pixel-walk task (each task's loads, (rows + 1) x 2
+    # taps per source frame of its frames + 1, all issued before any is used): rows x
+    # frames 2 x 4 / 1 x 8 / 2 x 8 / 1 x 4 at 14², bf16 17.3 / 18.9 / 19.1 / 22.8, fp32
+    # 17.3 / 20.7 / 19.6 / 24.1; at 7² bf16 11.0 / 11.2 / 12.2 / 12.4 (H100, 2026-12-05)
+    pixel_walk_rows: int = _kernel(2)
+    pixel_walk_frames: int = _kernel(4)
+    pixel_walk_registers: int | None = _kernel(None)
+    # threads per block: 128 against 256, 16.5 against 17.3 µs at 14² (bf16, 1 x 8, H200)
+    pixel_walk_threads: int = 128
     # 50 % occupancy (H100, 2026-11-23): 48 / 56 / 64 / 72 / 80 / 96 registers gave
     # 0.187 / 0.174 / 0.166 / 0.186 / 0.183 / 0.256 ms of shift gradient (another run:
     # 0.171 ms at 64 against 0.267 at 96)
@@ -207,6 +224,11 @@ _ALLOWED = {
     ),
     "one_frame_affine_rows": (lambda v: isinstance(v, bool), "True or False"),
     "quantized_affine_rows": (_integer(0), "an integer >= 0 (0: none)"),
+    "pixel_walk_affine_plane": (_integer(0), "an integer >= 0 (0: none)"),
+    "pixel_walk_rows": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2"),
+    "pixel_walk_frames": (_integer(1, 16), "an integer from 1 to 16"),
+    "pixel_walk_registers": _REGISTERS,
+    "pixel_walk_threads": _THREADS,
     "grad_shift_registers": _REGISTERS,
     "grad_shift_group": _POSITIVE,
     "grad_shift_threads": _TREE,

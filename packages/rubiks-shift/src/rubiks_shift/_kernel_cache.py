@@ -60,6 +60,7 @@ KERNELS = (
     "finalize",
     "gather_narrow",
     "gather_frames_affine",
+    "gather_pixels_affine",
     "gather_affine",
     "gather_narrow_affine",
     "affine_relu",
@@ -77,7 +78,13 @@ KERNELS = (
 # fused inference form's (``*_affine``) when one of those missed, training batch norm's
 # when one of its kernels did
 PREFETCH = ("grad_shift", "gather", "gather_frames", "finalize")
-PREFETCH_AFFINE = ("gather_affine", "gather_frames_affine", "affine_relu", "stem")
+PREFETCH_AFFINE = (
+    "gather_affine",
+    "gather_frames_affine",
+    "gather_pixels_affine",
+    "affine_relu",
+    "stem",
+)
 PREFETCH_BATCH_NORM = (
     "bn_channel_backward",
     "bn_channel_forward",
@@ -93,6 +100,7 @@ SOURCES = (
     "_cuda_device.py",
     "_cuda_scalars.py",
     "_cuda_gather.py",
+    "_cuda_pixel_walk.py",
     "_cuda_shift_grad.py",
     "_cuda_prologue.py",
     "_cuda_batch_norm.py",

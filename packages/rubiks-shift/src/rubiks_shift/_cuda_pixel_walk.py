@@ -1,0 +1,226 @@
+"""The pixel walk: the stride-1 gather on small planes, a thread per few destination pixels.
+
+A task is (sample, channel, frame chunk, row band, column), column fastest: ``rows``
+(1 or 2) vertically adjacent destination pixels through ``frames`` destination frames
+(both compile-time counts, ``Tuning.pixel_walk_*``). The lanes of a warp hold
+consecutive columns of one plane (or of adjacent planes), so every load and store of
+the warp reads or writes consecutive addresses. A task decodes its channel's shift once,
+finds its taps (``rows + 1`` source rows x 2 columns, each inside the source or selected
+away) and issues the loads of all ``frames + 1`` source frames its destination frames
+read before it uses any, so a thread has its whole chunk's loads in flight at once; each
+source frame is interpolated along W and H once and blended into the two destination
+frames it feeds. Neighbouring lanes' taps overlap, so most loads are served by L1.
+
+Against the frame walk (``_cuda_gather``), which keeps one column's band of 8 rows per
+task and walks the frames one pass after another, this trades loads per output (3.75 at
+2 rows x 4 frames, against about 2.25) for parallelism: on a 14 x 14 plane the frame
+walk has one task per 28 to 64 outputs, whose passes wait on their loads one after
+another, the pixel walk one task per 8 outputs and one round of loads.
+
+Bounds and rounding are the frame walk's: every address is clamped inside the source, a
+tap outside it (or of zero weight) is selected away, never multiplied, and the same
+fused multiply-adds run in the same order (W, then H, then T), so its values are the
+frame walk's bit for bit. A NaN shift makes its channel NaN.
+"""
+
+from __future__ import annotations
+
+from numba import cuda
+from numba import types as nt
+
+from ._cuda_device import (
+    divmod_,
+    inlined,
+    kernel,
+    ldg,
+    offset,
+    plane_index,
+    scalar_types,
+    storage_pointer,
+)
+from ._cuda_gather import device_parts
+from ._cuda_scalars import GatherPixelsScalars
+
+i32 = nt.int32
+i64 = nt.int64
+
+
+def gather_pixels_signature(storage: str, shift_storage: str, affine: bool = False) -> tuple:
+    """(src, shift, dst[, scale, bias], *GatherPixelsScalars)."""
+    p = device_parts(storage, shift_storage)
+    ptr = storage_pointer(storage)
+    affine_ptrs = (nt.CPointer(p.acc),) * 2 if affine else ()
+    pointers = (ptr, storage_pointer(shift_storage), ptr, *affine_ptrs)
+    return pointers + scalar_types(GatherPixelsScalars, p.acc)
+
+
+def build_gather_pixels(
+    storage: str,
+    shift_storage: str,
+    *,
+    frames: int,
+    rows: int = 1,
+    affine: bool = False,
+    registers: int | None = None,
+):
+    """The pixel-walk gather for one (storage, shift storage) pair: ``frames``
+    destination frames and ``rows`` (1 or 2) vertically adjacent destination pixels per
+    task (compile-time counts), ``affine`` with the input prologue (scale and bias
+    pointers after dst, each source value read as relu(value * scale[c] + bias[c])),
+    ``registers`` the register cap."""
+    if frames < 1 or rows not in (1, 2):
+        raise ValueError(f"the pixel walk takes frames >= 1 and rows 1 or 2, got {frames}, {rows}")
+    p = device_parts(storage, shift_storage)
+    acc, load, store = p.acc, p.load, p.store
+    zero, one, nan = p.zero, p.one, p.nan
+    within, clamp, decode = p.within, p.clamp, p.decode
+    F = frames
+    F1 = frames + 1
+    R1 = rows + 1  # source rows per task
+    TAPS = 2 * R1 * F1
+
+    @inlined
+    def activate(v, s, b, ok):
+        """A loaded tap as the walk uses it: relu(v * s + b) in the affine kernel (NaN
+        stays NaN), 0 where ``ok`` is False (outside the source, or of zero weight)."""
+        if affine:
+            u = cuda.fma(v, s, b)
+            return zero if (u <= zero) | (not ok) else u
+        return v if ok else zero
+
+    @inlined
+    def rows_blend(above, below, wh0, wh1, use0, use1):
+        """The H interpolation of two W-interpolated rows (a row of zero weight selected
+        away, never multiplied)."""
+        x = wh0 * above if use0 else zero
+        return cuda.fma(wh1, below, x) if use1 else x
+
+    @inlined
+    def frames_blend(prev, cur, wt0, wt1, a_ok, b_ok):
+        """The T interpolation of two frames' values (an unused frame selected away)."""
+        x = wt0 * prev if a_ok else zero
+        return cuda.fma(wt1, cur, x) if b_ok else x
+
+    def pixels_body(
+        src,
+        shift,
+        dst,
+        scale,
+        bias,
+        tasks,
+        N,
+        C,
+        Ts,
+        Hs,
+        Ws,
+        Td,
+        Hd,
+        Wd,
+        pt,
+        ph,
+        pw,
+        adjoint,
+        quantize,
+        channel_major,
+        chunks,
+        inv_pixels,
+        inv_w,
+        inv_chunks,
+        inv_c,
+    ):
+        g = i64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
+        grid_stride = i64(cuda.gridDim.x) * cuda.blockDim.x
+        pixels = Hd * Wd
+        bands = (Hd + rows - 1) // rows  # task rows per plane
+        Ts32 = i32(Ts)
+        Hs32 = i32(Hs)
+        Ws32 = i32(Ws)
+        Wd32 = i32(Wd)
+        frame_s = Hs * Ws if channel_major != 0 else C * Hs * Ws
+        frame_d = pixels if channel_major != 0 else C * pixels
+        raw = cuda.local.array(TAPS, acc)
+        while g < tasks:
+            r, pix = divmod_(g, bands * Wd, inv_pixels)
+            r, chunk = divmod_(r, chunks, inv_chunks)
+            n, c = divmod_(r, C, inv_c)
+            g += grid_stride
+            band, wd = divmod_(pix, Wd, inv_w)
+            hd = i32(band * rows)
+            second = hd + 1 < Hd  # the task's second destination row exists (rows == 2)
+            t0 = i32(chunk * F)
+            count = i32(min(i64(F), Td - t0))  # destination frames of this task
+            d0 = plane_index(n, t0, c, N, Td, C, channel_major) * pixels + hd * Wd + wd
+            bad, ot, oh, ow, wt0, wt1, wh0, wh1, ww0, ww1 = decode(
+                shift, c, C, adjoint, quantize, pt, ph, pw
+            )
+            if bad:
+                for k in range(F):
+                    if k < count:
+                        store(offset(dst, d0), i32(k * frame_d), nan)
+                        if rows == 2 and second:
+                            store(offset(dst, d0), i32(k * frame_d + Wd32), nan)
+                continue
+            if affine:
+                s_c = acc(ldg(scale, c))
+                b_c = acc(ldg(bias, c))
+            else:
+                s_c = one
+                b_c = zero
+            hs0 = i32(hd + oh)
+            ws0 = i32(wd + ow)
+            c0 = within(ws0, Ws32) & (ww0 != zero)
+            c1 = within(ws0 + 1, Ws32) & (ww1 != zero)
+            col0 = clamp(ws0, Ws32)
+            col1 = clamp(ws0 + 1, Ws32)
+            use0 = wh0 != zero
+            use1 = wh1 != zero
+            use_t0 = wt0 != zero  # a zero temporal weight: that frame is selected away
+            use_t1 = wt1 != zero
+            base = offset(src, plane_index(n, 0, c, N, Ts, C, channel_major) * Hs * Ws)
+            s_first = i32(t0 + ot)  # source frame of step j: s_first + j
+            # every source frame's taps, loaded before any is used (clamped addresses)
+            for j in range(F1):
+                f = offset(base, i64(clamp(s_first + j, Ts32)) * frame_s)
+                for k in range(R1):
+                    row = clamp(hs0 + k, Hs32) * Ws32
+                    raw[2 * (R1 * j + k)] = load(f, i32(row + col0))
+                    raw[2 * (R1 * j + k) + 1] = load(f, i32(row + col1))
+            q = offset(dst, d0)
+            prev0 = zero
+            prev1 = zero
+            prev_ok = False
+            for j in range(F1):
+                cur_ok = within(s_first + j, Ts32)
+                above = zero
+                cur0 = zero
+                cur1 = zero
+                for k in range(R1):
+                    inside = within(hs0 + k, Hs32)
+                    a = activate(raw[2 * (R1 * j + k)], s_c, b_c, inside & c0)
+                    b = activate(raw[2 * (R1 * j + k) + 1], s_c, b_c, inside & c1)
+                    below = cuda.fma(ww1, b, ww0 * a)
+                    if k == 1:
+                        cur0 = rows_blend(above, below, wh0, wh1, use0, use1)
+                    elif k == 2:
+                        cur1 = rows_blend(above, below, wh0, wh1, use0, use1)
+                    above = below
+                if j > 0 and j - 1 < count:
+                    a_ok = prev_ok & use_t0
+                    b_ok = cur_ok & use_t1
+                    at = i32((j - 1) * frame_d)
+                    store(q, at, frames_blend(prev0, cur0, wt0, wt1, a_ok, b_ok))
+                    if rows == 2 and second:
+                        store(q, at + Wd32, frames_blend(prev1, cur1, wt0, wt1, a_ok, b_ok))
+                prev0 = cur0
+                prev1 = cur1
+                prev_ok = cur_ok
+
+    head = "src, shift, dst, scale, bias" if affine else "src, shift, dst"
+    slots = "scale, bias" if affine else "src, src"
+    fields = ", ".join(GatherPixelsScalars._fields)
+    source = f"def gather_pixels({head}, {fields}):\n    body(src, shift, dst, {slots}, {fields})\n"
+    body = inlined(pixels_body)
+    namespace = {"body": body, "__name__": __name__}
+    exec(source, namespace)
+    pointers = ("src", "shift", "dst", "scale", "bias") if affine else ("src", "shift", "dst")
+    return kernel(namespace["gather_pixels"], pointers, GatherPixelsScalars, registers)
