@@ -202,3 +202,31 @@ def test_fused_compile_forms_are_built_and_checked(benchmark_script):
     for name in ("rubiksnet_tiny:traced", "rubiksnet_tiny:fused:traced:one_op"):
         with pytest.raises(ValueError, match="one form of a fused model"):
             bench.build(name, 5, 2, device="cpu")
+
+
+def test_bench_tuning_alternates_default_and_changed_tuning(benchmark_script, monkeypatch, capsys):
+    """bench_tuning.py: each (model, mode) runs under the default tuning, then the changed
+    one, round after round; a kernel-defining field or an unknown one is refused before
+    any model is built."""
+    from rubiks_shift import _cuda
+    from rubiks_shift._cuda_tuning import TUNING
+
+    bench = benchmark_script("bench_tuning")
+    seen = []
+
+    def fake_run_mode(name, mode, args):
+        seen.append((name, mode, _cuda._tuning.pixel_walk_affine_plane))
+        return {"ms": 2.0 if _cuda._tuning == TUNING else 3.0}
+
+    monkeypatch.setattr(bench, "run_mode", fake_run_mode)
+    argv = ["--set", "pixel_walk_affine_plane=0", "--models", "m", "--modes", "a", "b"]
+    assert bench.main([*argv, "--rounds", "2"]) == 0
+    plane = TUNING.pixel_walk_affine_plane
+    assert seen == [("m", "a", plane), ("m", "a", 0), ("m", "b", plane), ("m", "b", 0)] * 2
+    assert "| m | a | 2.00 / 2.00 | 3.00 / 3.00 (1.500x) |" in capsys.readouterr().out
+    assert _cuda._tuning == TUNING  # restored
+    with pytest.raises(ValueError, match="compile-time values"):
+        bench.main(["--set", "pixel_walk_rows=1", "--models", "m"])
+    with pytest.raises(SystemExit):
+        bench.main(["--set", "no_such_field=1"])
+    assert len(seen) == 8
