@@ -337,3 +337,17 @@ def test_batch_norm_plan_takes_one_block_per_small_channel(shape, one_block):
         assert plan.parts * plan.partial.scalars.span >= batch * plane
     never = replace(TUNING, batch_norm_channel_values=0)
     assert _cuda_plan.batch_norm_plan(shape, "bfloat16", 1e-5, 0.1, never).channel_forward is None
+
+
+def test_task_overrides_ask_for_the_frame_walk_not_the_pixel_walk():
+    """A sweep's rows or frames per task are the frame walk's; the pixel walk's tasks are
+    compile-time values, so an override never lands on it unnoticed."""
+    shape = (8, 8, 288, 14, 14)
+    args = (shape, shape, (1, 1, 1), (0, 0, 0), False, False, "bfloat16")
+    (default,) = _cuda_plan.gather_plan(*args, affine=True)
+    assert default.name == "gather_pixels"
+    assert default.scalars.tasks == 8 * 288 * 2 * 7 * 14  # 4 frames x 2 rows per task
+    (swept,) = _cuda_plan.gather_plan(*args, rows=4, affine=True)
+    assert swept.name == "gather_frames" and swept.scalars.rows == 4
+    (swept,) = _cuda_plan.gather_plan(*args, frames=2, affine=True)
+    assert swept.name == "gather_frames" and swept.scalars.frames_per_task == 2

@@ -264,8 +264,10 @@ def gather_plan(
     its prologue, not where ``affine_takes_rows``, and the pixel walk, ``gather_pixels``,
     where ``affine_takes_pixels``), else the row walk.
     ``rows`` and (frame walk) ``frames`` per task override the layout's (benchmark
-    sweeps); a ``tuning`` other than the default with kernel values of its own must be
-    launched with kernels built from it (``_cuda_kernels.Kernels``)."""
+    sweeps; given, they ask for the frame or row walk, never the pixel walk, whose
+    tasks are compile-time ``Tuning`` values); a ``tuning`` other than the default with
+    kernel values of its own must be launched with kernels built from it
+    (``_cuda_kernels.Kernels``)."""
     n_batch, _, channels, h_src, w_src = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
     check_channels(channels)
@@ -274,7 +276,8 @@ def gather_plan(
             raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
     frame_walk = tuning.stride_one_walk == "frames" and frames_walk_applies(src_shape, stride)
     if frame_walk and not (affine and affine_takes_rows(src_shape, storage, quantize, tuning)):
-        if affine and not adjoint and affine_takes_pixels(src_shape, stride, quantize, tuning):
+        pixels = affine and not adjoint and rows is None and frames is None
+        if pixels and affine_takes_pixels(src_shape, stride, quantize, tuning):
             return _pixel_walk_plan(src_shape, dst_shape, padding, tuning, channel_major)
         return _frame_walk_plan(
             src_shape,
