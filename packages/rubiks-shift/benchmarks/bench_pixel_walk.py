@@ -27,8 +27,7 @@ from bench_shift import _gpu_time, write_gpu_rows  # this folder (a script)
 
 from rubiks_shift import _cuda, _cuda_launch, affine_relu_shift3d
 from rubiks_shift._cuda_pixel_walk import build_gather_pixels, gather_pixels_signature
-from rubiks_shift._cuda_plan import Step, gather_plan
-from rubiks_shift._cuda_scalars import GatherPixelsScalars
+from rubiks_shift._cuda_plan import Step, _pixel_walk_plan, gather_plan
 from rubiks_shift._cuda_tuning import TUNING
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -54,21 +53,19 @@ class PixelKernels:
             setattr(self, name + "_sig", gather_pixels_signature(storage, "float32", affine))
 
 
-def pixel_step(shape, kernels: PixelKernels, threads: int, *, affine: bool, adjoint: bool,
+def pixel_step(shape, kernels: PixelKernels, threads: int, *, affine: bool,
                channel_major: bool) -> Step:  # fmt: skip
-    """The launch of ``kernels``' pixel walk over (N, T, C, H, W) ``shape`` (stride 1,
-    padding 0)."""
-    n, t, c, h, w = shape
-    chunks = -(-t // kernels.frames)
-    bands = -(-h // kernels.rows)
-    tasks = n * c * chunks * bands * w
-    scalars = GatherPixelsScalars(
-        tasks=tasks, N=n, C=c, Ts=t, Hs=h, Ws=w, Td=t, Hd=h, Wd=w, pt=0, ph=0, pw=0,
-        adjoint=int(adjoint), quantize=0, channel_major=int(channel_major), chunks=chunks,
-        inv_pixels=1.0 / (bands * w), inv_w=1.0 / w, inv_chunks=1.0 / chunks, inv_c=1.0 / c,
-    )  # fmt: skip
-    name = "gather_pixels_affine" if affine else "gather_pixels"
-    return Step(name, (-(-tasks // threads), 1, 1), (threads, 1, 1), scalars)
+    """The op's plan of the pixel walk (``_cuda_plan._pixel_walk_plan``) over (N, T, C,
+    H, W) ``shape`` (stride 1, padding 0) for ``kernels``' tasks and ``threads`` per
+    block; ``affine``: the launch of the form with the prologue."""
+    tuning = replace(
+        TUNING,
+        pixel_walk_rows=kernels.rows,
+        pixel_walk_frames=kernels.frames,
+        pixel_walk_threads=threads,
+    )
+    (step,) = _pixel_walk_plan(shape, shape, (0, 0, 0), tuning, channel_major)
+    return step._replace(name=step.name + "_affine") if affine else step
 
 
 def clip(shape, dtype, channel_major: bool, device) -> torch.Tensor:
@@ -130,15 +127,13 @@ def time_shape(shape, dtype, variants: dict, threads_list, index: int) -> dict:
     for tag, kernels in variants.items():
         for threads in threads_list:
             name = f"{tag}_t{threads}"
-            step = pixel_step(shape, kernels, threads, affine=True, adjoint=False,
-                              channel_major=major)  # fmt: skip
+            step = pixel_step(shape, kernels, threads, affine=True, channel_major=major)
             out = torch.empty_like(x)
             call = launcher(kernels, step, (x, shift, out, scale, bias), index)
             call()
             row[f"affine_diff_{name}"] = compare(f"affine {name}", out, want)
             row[f"affine_us_{name}"] = _gpu_time([call], REPS)[0] * 1e3
-            step = pixel_step(shape, kernels, threads, affine=False, adjoint=False,
-                              channel_major=False)  # fmt: skip
+            step = pixel_step(shape, kernels, threads, affine=False, channel_major=False)
             out = torch.empty_like(plain_x)
             call = launcher(kernels, step, (plain_x, shift, out), index)
             call()

@@ -31,14 +31,13 @@ from numba import types as nt
 from ._cuda_device import (
     divmod_,
     inlined,
-    kernel,
     ldg,
     offset,
     plane_index,
     scalar_types,
     storage_pointer,
 )
-from ._cuda_gather import device_parts
+from ._cuda_gather import _entry, device_parts
 from ._cuda_scalars import GatherPixelsScalars
 
 i32 = nt.int32
@@ -89,17 +88,11 @@ def build_gather_pixels(
         return v if ok else zero
 
     @inlined
-    def rows_blend(above, below, wh0, wh1, use0, use1):
-        """The H interpolation of two W-interpolated rows (a row of zero weight selected
-        away, never multiplied)."""
-        x = wh0 * above if use0 else zero
-        return cuda.fma(wh1, below, x) if use1 else x
-
-    @inlined
-    def frames_blend(prev, cur, wt0, wt1, a_ok, b_ok):
-        """The T interpolation of two frames' values (an unused frame selected away)."""
-        x = wt0 * prev if a_ok else zero
-        return cuda.fma(wt1, cur, x) if b_ok else x
+    def blend(first, second, w0, w1, use0, use1):
+        """The interpolation of two values along H or T (a row or frame of zero weight,
+        or not read, selected away, never multiplied: it may be inf)."""
+        x = w0 * first if use0 else zero
+        return cuda.fma(w1, second, x) if use1 else x
 
     def pixels_body(
         src,
@@ -200,27 +193,19 @@ def build_gather_pixels(
                     b = activate(raw[2 * (R1 * j + k) + 1], s_c, b_c, inside & c1)
                     below = cuda.fma(ww1, b, ww0 * a)
                     if k == 1:
-                        cur0 = rows_blend(above, below, wh0, wh1, use0, use1)
+                        cur0 = blend(above, below, wh0, wh1, use0, use1)
                     elif k == 2:
-                        cur1 = rows_blend(above, below, wh0, wh1, use0, use1)
+                        cur1 = blend(above, below, wh0, wh1, use0, use1)
                     above = below
                 if j > 0 and j - 1 < count:
                     a_ok = prev_ok & use_t0
                     b_ok = cur_ok & use_t1
                     at = i32((j - 1) * frame_d)
-                    store(q, at, frames_blend(prev0, cur0, wt0, wt1, a_ok, b_ok))
+                    store(q, at, blend(prev0, cur0, wt0, wt1, a_ok, b_ok))
                     if rows == 2 and second:
-                        store(q, at + Wd32, frames_blend(prev1, cur1, wt0, wt1, a_ok, b_ok))
+                        store(q, at + Wd32, blend(prev1, cur1, wt0, wt1, a_ok, b_ok))
                 prev0 = cur0
                 prev1 = cur1
                 prev_ok = cur_ok
 
-    head = "src, shift, dst, scale, bias" if affine else "src, shift, dst"
-    slots = "scale, bias" if affine else "src, src"
-    fields = ", ".join(GatherPixelsScalars._fields)
-    source = f"def gather_pixels({head}, {fields}):\n    body(src, shift, dst, {slots}, {fields})\n"
-    body = inlined(pixels_body)
-    namespace = {"body": body, "__name__": __name__}
-    exec(source, namespace)
-    pointers = ("src", "shift", "dst", "scale", "bias") if affine else ("src", "shift", "dst")
-    return kernel(namespace["gather_pixels"], pointers, GatherPixelsScalars, registers)
+    return _entry("gather_pixels", inlined(pixels_body), GatherPixelsScalars, affine, registers)
