@@ -11,7 +11,8 @@ clip (``copy_us``), the fused form's shift (``affine_relu_shift3d``) as the op p
 (``other_us``, ``other_walk``), then each pixel-walk variant's affine form
 (``affine_us_<variant>``); and the plain forward on contiguous clips, as the op runs it
 (``plain_op_us``) and as each variant's plain form (``plain_us_<variant>``). A variant
-is ROWSxFRAMES destination rows and frames per task, with rREGISTERS a register cap.
+is ROWSxFRAMES destination rows and frames per task, cCOLUMNS its columns (1 or 2) and
+rREGISTERS a register cap.
 Every variant's output is checked against the op's before it is timed (``*_diff_*``,
 0.0: bit for bit). Times as ``bench_shift.py`` (``_gpu_time``): µs per call, 20 calls
 in a CUDA graph replayed (``op_eager_us``: the op issued back to back from Python).
@@ -20,6 +21,7 @@ in a CUDA graph replayed (``op_eager_us``: the op issued back to back from Pytho
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import replace
 
 import torch
@@ -28,10 +30,10 @@ from bench_shift import _gpu_time, write_gpu_rows  # this folder (a script)
 from rubiks_shift import _cuda, _cuda_launch, affine_relu_shift3d
 from rubiks_shift._cuda_pixel_walk import build_gather_pixels, gather_pixels_signature
 from rubiks_shift._cuda_plan import Step, _pixel_walk_plan, gather_plan
-from rubiks_shift._cuda_tuning import TUNING
+from rubiks_shift._cuda_tuning import ELEMENT_BYTES, TUNING
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-STORAGE = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STORAGE = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 SHAPES = [(72, 56), (144, 28), (288, 14), (576, 7)]
 CHANNEL_MAJOR_PLANE = 28 * 28
 REPS = 20
@@ -39,16 +41,19 @@ REPS = 20
 
 class PixelKernels:
     """The pixel-walk kernels of one storage and layout, built in this process (not
-    cached): ``rows`` x ``frames`` destination values per task."""
+    cached): ``rows`` x ``cols`` x ``frames`` destination values per task."""
 
-    def __init__(self, storage: str, rows: int, frames: int, registers: int | None) -> None:
+    def __init__(
+        self, storage: str, rows: int, frames: int, cols: int, registers: int | None
+    ) -> None:
         self.storage = storage
         self.shift_storage = "float32"
-        self.rows, self.frames = rows, frames
+        self.rows, self.frames, self.cols = rows, frames, cols
         for affine, name in ((False, "gather_pixels"), (True, "gather_pixels_affine")):
             kernel = build_gather_pixels(
-                storage, "float32", frames=frames, rows=rows, affine=affine, registers=registers
-            )
+                storage, "float32", frames=frames, rows=rows, cols=cols, affine=affine,
+                registers=registers,
+            )  # fmt: skip
             setattr(self, name, kernel)
             setattr(self, name + "_sig", gather_pixels_signature(storage, "float32", affine))
 
@@ -58,13 +63,16 @@ def pixel_step(shape, kernels: PixelKernels, threads: int, *, affine: bool,
     """The op's plan of the pixel walk (``_cuda_plan._pixel_walk_plan``) over (N, T, C,
     H, W) ``shape`` (stride 1, padding 0) for ``kernels``' tasks and ``threads`` per
     block; ``affine``: the launch of the form with the prologue."""
+    cols = "pixel_walk_cols_16bit" if ELEMENT_BYTES[kernels.storage] == 2 else "pixel_walk_cols"
     tuning = replace(
         TUNING,
         pixel_walk_rows=kernels.rows,
         pixel_walk_frames=kernels.frames,
         pixel_walk_threads=threads,
+        **{cols: kernels.cols},
     )
-    (step,) = _pixel_walk_plan(shape, shape, (0, 0, 0), tuning, channel_major)
+    args = (shape, shape, (0, 0, 0), kernels.storage, tuning, channel_major)
+    (step,) = _pixel_walk_plan(*args)
     return step._replace(name=step.name + "_affine") if affine else step
 
 
@@ -113,7 +121,7 @@ def time_shape(shape, dtype, variants: dict, threads_list, index: int) -> dict:
         want = affine_relu_shift3d(x, scale, bias, shift)
         op_ms, op_eager = _gpu_time([lambda: affine_relu_shift3d(x, scale, bias, shift)], REPS)
     row["op_us"], row["op_eager_us"] = op_ms * 1e3, op_eager * 1e3
-    without = replace(TUNING, pixel_walk_affine_plane=0)
+    without = replace(TUNING, pixel_walk_affine_plane=0, pixel_walk_affine_plane_16bit=0)
     plan = gather_plan(shape, shape, (1, 1, 1), (0, 0, 0), False, False, storage, without,
                        channel_major=major, affine=True)  # fmt: skip
     row["other_walk"] = plan[0].name  # the walk the op takes without the pixel walk
@@ -148,7 +156,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--variants", nargs="+", default=["1x8", "2x8"],
-                    help="pixel-walk tasks as ROWSxFRAMES[rREGISTERS]")  # fmt: skip
+                    help="pixel-walk tasks as ROWSxFRAMES[cCOLUMNS][rREGISTERS]")  # fmt: skip
     ap.add_argument("--threads", nargs="+", type=int, default=[128])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -158,11 +166,14 @@ def main() -> None:
         dtype = DTYPES[dtype_name]
         variants = {}
         for tag in args.variants:
-            layout, _, registers = tag.partition("r")
-            task_rows, task_frames = (int(v) for v in layout.split("x"))
+            match = re.fullmatch(r"(\d)x(\d+)(?:c(\d))?(?:r(\d+))?", tag)
+            if match is None:
+                ap.error(f"--variants: {tag!r} is not ROWSxFRAMES[cCOLUMNS][rREGISTERS]")
+            task_rows, task_frames, cols, registers = match.groups()
             variants[tag] = PixelKernels(
-                STORAGE[dtype], task_rows, task_frames, int(registers) if registers else None
-            )
+                STORAGE[dtype], int(task_rows), int(task_frames), int(cols or 1),
+                int(registers) if registers else None,
+            )  # fmt: skip
         for channels, size in SHAPES:
             shape = (args.batch, args.frames, channels, size, size)
             row = time_shape(shape, dtype, variants, args.threads, index)

@@ -304,7 +304,8 @@ def main() -> int:
         )
         if index < FIXED:  # the forward with the input prologue (batch norm + ReLU)
             failures += not check_affine(x, s, y_ref, stride, padding, quantize, dtype, g)
-            if _cuda_plan.affine_takes_pixels(shape, stride, quantize):
+            storage = _cuda._STORAGE[dtype]
+            if _cuda_plan.affine_takes_pixels(shape, stride, quantize, storage):
                 failures += not check_pixel_walk(x, s, stride, padding, dtype, g)
             args = (stride, padding, quantize, dtype)
             failures += not check_channel_major(x, s, gy, (y, gx, gs), *args)
@@ -343,7 +344,11 @@ def check_affine(x, s, y_ref, stride, padding, quantize, dtype, g) -> bool:
     return ok and ok_cm
 
 
-PIXEL_TASKS = replace(TUNING, pixel_walk_rows=1, pixel_walk_frames=3)  # one row, chunks
+# one-row, three-frame tasks, each storage width with the columns its default lacks
+PIXEL_TASKS = replace(
+    TUNING, pixel_walk_rows=1, pixel_walk_frames=3, pixel_walk_cols=2, pixel_walk_cols_16bit=1
+)
+NO_PIXEL_WALK = replace(TUNING, pixel_walk_affine_plane=0, pixel_walk_affine_plane_16bit=0)
 
 
 @functools.cache
@@ -352,8 +357,8 @@ def _pixel_task_kernels(storage: str, shift_storage: str) -> _cuda_kernels.Kerne
 
 
 def check_pixel_walk(x, s, stride, padding, dtype, g) -> bool:
-    """The pixel walk (the default's tasks and one-row, three-frame ones) bit for bit
-    against the frame walk, with the prologue, both layouts."""
+    """The pixel walk (the default's tasks and 1-row, 3-frame ones with the other column
+    count) bit for bit against the frame walk, with the prologue, both layouts."""
     storage, shift_storage = _cuda._STORAGE[dtype], _cuda._STORAGE[s.dtype]
     channels = x.shape[2]
     scale = torch.rand(channels, generator=g, dtype=torch.float64) + 0.5
@@ -366,7 +371,7 @@ def check_pixel_walk(x, s, stride, padding, dtype, g) -> bool:
         src = xs.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4) if major else xs
         args = (tuple(src.shape), stride, padding, False, False, storage)
         outputs = []
-        for tuning in (replace(TUNING, pixel_walk_affine_plane=0), TUNING, PIXEL_TASKS):
+        for tuning in (NO_PIXEL_WALK, TUNING, PIXEL_TASKS):
             kernels = _cuda_launch.kernel_set(storage, shift_storage)
             if tuning is PIXEL_TASKS:
                 kernels = _pixel_task_kernels(storage, shift_storage)

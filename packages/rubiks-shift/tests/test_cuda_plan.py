@@ -119,8 +119,11 @@ def test_stride_one_forms_take_the_frame_walk():
         ((8, 8, 72, 56, 56), "float32", False, "gather"),
         ((8, 8, 72, 112, 112), "float32", False, "gather_frames"),
         ((8, 8, 288, 14, 14), "float32", False, "gather_pixels"),  # up to 14²: pixels
-        ((8, 8, 576, 7, 7), "bfloat16", False, "gather_pixels"),
-        ((8, 8, 144, 28, 28), "bfloat16", False, "gather_frames"),
+        ((8, 8, 576, 7, 7), "float32", False, "gather_pixels"),
+        ((8, 8, 576, 7, 7), "bfloat16", False, "gather_pixels"),  # 16-bit, up to 56²
+        ((8, 8, 144, 28, 28), "bfloat16", False, "gather_pixels"),
+        ((8, 8, 72, 56, 56), "float16", False, "gather_pixels"),
+        ((8, 8, 72, 112, 112), "bfloat16", False, "gather_frames"),
         ((64, 1, 288, 14, 14), "bfloat16", False, "gather"),  # one-frame clips: rows
         ((64, 1, 72, 112, 112), "float32", False, "gather"),
         ((8, 8, 144, 28, 28), "bfloat16", True, "gather"),  # quantized, up to 28²: rows
@@ -130,10 +133,10 @@ def test_stride_one_forms_take_the_frame_walk():
     ],
 )
 def test_affine_gathers_take_the_walk_that_was_faster(shape, storage, quantize, walk):
-    """The shift with its prologue: the pixel walk on multi-frame planes up to 14²
-    (interpolated), the row walk on float32 planes of 28² to 56², on one-frame clips and,
-    quantized, on planes up to 28²; the plain forward and the adjoint keep the frame
-    walk."""
+    """The shift with its prologue: the pixel walk on multi-frame planes up to 14² (56²
+    in 16-bit storage; interpolated), the row walk on float32 planes of 28² to 56², on
+    one-frame clips and, quantized, on planes up to 28²; the plain forward and the
+    adjoint keep the frame walk."""
     args = (shape, shape, (1, 1, 1), (0, 0, 0), quantize)
     (step,) = _cuda_plan.gather_plan(*args, False, storage, affine=True)
     assert step.name == walk
@@ -146,6 +149,7 @@ def test_affine_gathers_take_the_walk_that_was_faster(shape, storage, quantize, 
         one_frame_affine_rows=False,
         quantized_affine_rows=0,
         pixel_walk_affine_plane=0,
+        pixel_walk_affine_plane_16bit=0,
     )
     (step,) = _cuda_plan.gather_plan(*args, False, storage, off, affine=True)
     assert step.name == "gather_frames"
@@ -217,7 +221,10 @@ def test_tuning_is_validated_and_frozen():
         "frame_walk_registers",
         "pixel_walk_rows",
         "pixel_walk_frames",
+        "pixel_walk_cols",
         "pixel_walk_registers",
+        "pixel_walk_cols_16bit",
+        "pixel_walk_registers_16bit",
         "grad_shift_registers",
         "grad_shift_group",
         "grad_shift_threads",
@@ -346,7 +353,7 @@ def test_task_overrides_ask_for_the_frame_walk_not_the_pixel_walk():
     args = (shape, shape, (1, 1, 1), (0, 0, 0), False, False, "bfloat16")
     (default,) = _cuda_plan.gather_plan(*args, affine=True)
     assert default.name == "gather_pixels"
-    assert default.scalars.tasks == 8 * 288 * 2 * 7 * 14  # 4 frames x 2 rows per task
+    assert default.scalars.tasks == 8 * 288 * 2 * 7 * 7  # 4 frames x 2 rows x 2 columns
     (swept,) = _cuda_plan.gather_plan(*args, rows=4, affine=True)
     assert swept.name == "gather_frames" and swept.scalars.rows == 4
     (swept,) = _cuda_plan.gather_plan(*args, frames=2, affine=True)

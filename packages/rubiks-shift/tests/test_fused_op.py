@@ -221,17 +221,26 @@ def test_cuda_matches_composition(dtype, shape, stride, quantize):
     assert _is_channel_major(y_cm) and torch.equal(y_cm, y)  # the same arithmetic
 
 
-@requires_cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-@pytest.mark.parametrize(
-    "shape",
-    [
-        (8, 8, 288, 14, 14),  # RubiksNet-Large's 14² and 7² stages
-        (8, 8, 576, 7, 7),
-        (2, 5, 33, 13, 11),  # odd sizes, many tasks per warp straddling planes
-        (1, 12, 3, 4, 14),  # more frames than a task takes: two frame chunks
-    ],
+_ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_PIXEL_SHAPES = (
+    (8, 8, 288, 14, 14),  # RubiksNet-Large's 14² and 7² stages
+    (8, 8, 576, 7, 7),
+    (2, 5, 33, 13, 11),  # odd sizes, many tasks per warp straddling planes
+    (1, 12, 3, 4, 14),  # more frames than a task takes: two frame chunks
 )
+_PIXEL_SHAPES_16BIT = (  # 16-bit storage takes the pixel walk up to 56²
+    (2, 8, 144, 28, 28),
+    (1, 8, 72, 56, 56),
+    (1, 3, 5, 27, 53),  # odd widths: a task's second column outside the plane
+)
+
+
+@pytest.mark.parametrize(
+    "dtype,shape",
+    [(d, s) for d in _ALL_DTYPES for s in _PIXEL_SHAPES]
+    + [(d, s) for d in (torch.float16, torch.bfloat16) for s in _PIXEL_SHAPES_16BIT],
+)
+@requires_cuda
 def test_cuda_pixel_walk_equals_the_frame_walk(dtype, shape):
     """Small planes take the pixel walk: the frame walk's values bit for bit, in both
     layouts, with infinities in x, a NaN shift, shifts out of the clip and integer
@@ -255,10 +264,13 @@ def test_cuda_pixel_walk_equals_the_frame_walk(dtype, shape):
                 affine_relu_shift3d(channel_major(x), scale, bias, shift),
             )
 
-    steps = _cuda_plan.gather_plan(shape, shape, (1, 1, 1), (0, 0, 0), False, False, affine=True)
+    storage = _cuda._STORAGE[dtype]
+    args = (shape, shape, (1, 1, 1), (0, 0, 0), False, False, storage)
+    steps = _cuda_plan.gather_plan(*args, affine=True)
     assert [s.name for s in steps] == ["gather_pixels"]
     pixels = both_layouts()
-    with _cuda.tuned(replace(TUNING, pixel_walk_affine_plane=0)):
+    no_pixel_walk = replace(TUNING, pixel_walk_affine_plane=0, pixel_walk_affine_plane_16bit=0)
+    with _cuda.tuned(no_pixel_walk):
         frames = both_layouts()
     assert pixels[0][:, :, 1].isnan().all()
     for got, want in zip(pixels, frames, strict=True):

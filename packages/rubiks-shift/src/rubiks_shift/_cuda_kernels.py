@@ -32,7 +32,7 @@ from ._cuda_pixel_walk import build_gather_pixels, gather_pixels_signature
 from ._cuda_prologue import affine_relu_signature, build_affine_relu
 from ._cuda_shift_grad import build_shift_grad, finalize_signature, grad_shift_signature
 from ._cuda_stem import build_stem, stem_signature
-from ._cuda_tuning import TUNING, Tuning, prologue_per_thread
+from ._cuda_tuning import TUNING, Tuning, pixel_walk, prologue_per_thread
 
 
 class Kernels:
@@ -101,13 +101,15 @@ class Kernels:
                 setattr(self, name + suffix, dispatcher)
                 sig = gather_signature(storage, shift_storage, affine, frames)
                 setattr(self, f"{name}{suffix}_sig", sig)
+        pixels = pixel_walk(storage, tuning)
         self.gather_pixels_affine = build_gather_pixels(
             storage,
             shift_storage,
-            frames=tuning.pixel_walk_frames,
-            rows=tuning.pixel_walk_rows,
+            frames=pixels.frames,
+            rows=pixels.rows,
+            cols=pixels.cols,
             affine=True,
-            registers=tuning.pixel_walk_registers,
+            registers=pixels.registers,
         )
         self.gather_pixels_affine_sig = gather_pixels_signature(storage, shift_storage, True)
 

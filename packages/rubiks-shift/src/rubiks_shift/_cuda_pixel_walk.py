@@ -59,29 +59,36 @@ def build_gather_pixels(
     *,
     frames: int,
     rows: int = 1,
+    cols: int = 1,
     affine: bool = False,
     registers: int | None = None,
 ):
     """The pixel-walk gather for one (storage, shift storage) pair: ``frames``
-    destination frames and ``rows`` (1 or 2) vertically adjacent destination pixels per
-    task (compile-time counts), ``affine`` with the input prologue (scale and bias
+    destination frames of ``rows`` x ``cols`` (each 1 or 2) adjacent destination pixels
+    per task (compile-time counts), ``affine`` with the input prologue (scale and bias
     pointers after dst, each source value read as relu(value * scale[c] + bias[c])),
     ``registers`` the register cap."""
-    if frames < 1 or rows not in (1, 2):
-        raise ValueError(f"the pixel walk takes frames >= 1 and rows 1 or 2, got {frames}, {rows}")
+    if frames < 1 or rows not in (1, 2) or cols not in (1, 2):
+        raise ValueError(
+            f"the pixel walk takes frames >= 1 and rows and cols 1 or 2, got {frames}, "
+            f"{rows}, {cols}"
+        )
     p = device_parts(storage, shift_storage)
     acc, load, store = p.acc, p.load, p.store
     zero, one, nan = p.zero, p.one, p.nan
     within, clamp, decode = p.within, p.clamp, p.decode
     F = frames
     F1 = frames + 1
-    R1 = rows + 1  # source rows per task
-    TAPS = 2 * R1 * F1
+    R1 = rows + 1  # source rows and columns per task
+    C1 = cols + 1
+    TAPS = R1 * C1 * F1
+    OUT = rows * cols  # destination pixels per task and frame
+    ACROSS = R1 * cols  # a source frame interpolated along W, per source row
 
     @inlined
     def activate(v, s, b, ok):
         """A loaded tap as the walk uses it: relu(v * s + b) in the affine kernel (NaN
-        stays NaN), 0 where ``ok`` is False (outside the source, or of zero weight)."""
+        stays NaN), 0 where ``ok`` is False (outside the source)."""
         if affine:
             u = cuda.fma(v, s, b)
             return zero if (u <= zero) | (not ok) else u
@@ -89,8 +96,8 @@ def build_gather_pixels(
 
     @inlined
     def blend(first, second, w0, w1, use0, use1):
-        """The interpolation of two values along H or T (a row or frame of zero weight,
-        or not read, selected away, never multiplied: it may be inf)."""
+        """The interpolation of two taps along one axis (a tap of zero weight selected
+        away, never multiplied: it may be inf)."""
         x = w0 * first if use0 else zero
         return cuda.fma(w1, second, x) if use1 else x
 
@@ -124,22 +131,27 @@ def build_gather_pixels(
         g = i64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
         grid_stride = i64(cuda.gridDim.x) * cuda.blockDim.x
         pixels = Hd * Wd
-        bands = (Hd + rows - 1) // rows  # task rows per plane
+        bands = (Hd + rows - 1) // rows  # tasks down and across a plane
+        groups = (Wd + cols - 1) // cols
         Ts32 = i32(Ts)
         Hs32 = i32(Hs)
         Ws32 = i32(Ws)
         Wd32 = i32(Wd)
+        Hd32 = i32(Hd)
         frame_s = Hs * Ws if channel_major != 0 else C * Hs * Ws
         frame_d = pixels if channel_major != 0 else C * pixels
         raw = cuda.local.array(TAPS, acc)
+        across = cuda.local.array(ACROSS, acc)
+        prev = cuda.local.array(OUT, acc)
+        cur = cuda.local.array(OUT, acc)
         while g < tasks:
-            r, pix = divmod_(g, bands * Wd, inv_pixels)
+            r, pix = divmod_(g, bands * groups, inv_pixels)
             r, chunk = divmod_(r, chunks, inv_chunks)
             n, c = divmod_(r, C, inv_c)
             g += grid_stride
-            band, wd = divmod_(pix, Wd, inv_w)
+            band, group = divmod_(pix, groups, inv_w)
             hd = i32(band * rows)
-            second = hd + 1 < Hd  # the task's second destination row exists (rows == 2)
+            wd = i32(group * cols)
             t0 = i32(chunk * F)
             count = i32(min(i64(F), Td - t0))  # destination frames of this task
             d0 = plane_index(n, t0, c, N, Td, C, channel_major) * pixels + hd * Wd + wd
@@ -148,10 +160,10 @@ def build_gather_pixels(
             )
             if bad:
                 for k in range(F):
-                    if k < count:
-                        store(offset(dst, d0), i32(k * frame_d), nan)
-                        if rows == 2 and second:
-                            store(offset(dst, d0), i32(k * frame_d + Wd32), nan)
+                    for y in range(rows):
+                        for x in range(cols):
+                            if k < count and hd + y < Hd32 and wd + x < Wd32:
+                                store(offset(dst, d0), i32(k * frame_d + y * Wd32 + x), nan)
                 continue
             if affine:
                 s_c = acc(ldg(scale, c))
@@ -161,13 +173,11 @@ def build_gather_pixels(
                 b_c = zero
             hs0 = i32(hd + oh)
             ws0 = i32(wd + ow)
-            c0 = within(ws0, Ws32) & (ww0 != zero)
-            c1 = within(ws0 + 1, Ws32) & (ww1 != zero)
-            col0 = clamp(ws0, Ws32)
-            col1 = clamp(ws0 + 1, Ws32)
-            use0 = wh0 != zero
-            use1 = wh1 != zero
-            use_t0 = wt0 != zero  # a zero temporal weight: that frame is selected away
+            use_w0 = ww0 != zero  # a zero weight: that corner is selected away
+            use_w1 = ww1 != zero
+            use_h0 = wh0 != zero
+            use_h1 = wh1 != zero
+            use_t0 = wt0 != zero
             use_t1 = wt1 != zero
             base = offset(src, plane_index(n, 0, c, N, Ts, C, channel_major) * Hs * Ws)
             s_first = i32(t0 + ot)  # source frame of step j: s_first + j
@@ -176,36 +186,36 @@ def build_gather_pixels(
                 f = offset(base, i64(clamp(s_first + j, Ts32)) * frame_s)
                 for k in range(R1):
                     row = clamp(hs0 + k, Hs32) * Ws32
-                    raw[2 * (R1 * j + k)] = load(f, i32(row + col0))
-                    raw[2 * (R1 * j + k) + 1] = load(f, i32(row + col1))
+                    for m in range(C1):
+                        raw[(j * R1 + k) * C1 + m] = load(f, i32(row + clamp(ws0 + m, Ws32)))
             q = offset(dst, d0)
-            prev0 = zero
-            prev1 = zero
             prev_ok = False
             for j in range(F1):
                 cur_ok = within(s_first + j, Ts32)
-                above = zero
-                cur0 = zero
-                cur1 = zero
                 for k in range(R1):
-                    inside = within(hs0 + k, Hs32)
-                    a = activate(raw[2 * (R1 * j + k)], s_c, b_c, inside & c0)
-                    b = activate(raw[2 * (R1 * j + k) + 1], s_c, b_c, inside & c1)
-                    below = cuda.fma(ww1, b, ww0 * a)
-                    if k == 1:
-                        cur0 = blend(above, below, wh0, wh1, use0, use1)
-                    elif k == 2:
-                        cur1 = blend(above, below, wh0, wh1, use0, use1)
-                    above = below
+                    row_in = within(hs0 + k, Hs32)
+                    left = activate(raw[(j * R1 + k) * C1], s_c, b_c, row_in & within(ws0, Ws32))
+                    for m in range(cols):
+                        inside = row_in & within(ws0 + m + 1, Ws32)
+                        right = activate(raw[(j * R1 + k) * C1 + m + 1], s_c, b_c, inside)
+                        across[k * cols + m] = blend(left, right, ww0, ww1, use_w0, use_w1)
+                        left = right
+                for y in range(rows):
+                    for x in range(cols):
+                        above = across[y * cols + x]
+                        below = across[(y + 1) * cols + x]
+                        cur[y * cols + x] = blend(above, below, wh0, wh1, use_h0, use_h1)
                 if j > 0 and j - 1 < count:
                     a_ok = prev_ok & use_t0
                     b_ok = cur_ok & use_t1
-                    at = i32((j - 1) * frame_d)
-                    store(q, at, blend(prev0, cur0, wt0, wt1, a_ok, b_ok))
-                    if rows == 2 and second:
-                        store(q, at + Wd32, blend(prev1, cur1, wt0, wt1, a_ok, b_ok))
-                prev0 = cur0
-                prev1 = cur1
+                    for y in range(rows):
+                        for x in range(cols):
+                            if (y == 0 or hd + y < Hd32) and (x == 0 or wd + x < Wd32):
+                                out = blend(prev[y * cols + x], cur[y * cols + x], wt0, wt1,
+                                            a_ok, b_ok)  # fmt: skip
+                                store(q, i32((j - 1) * frame_d + y * Wd32 + x), out)
+                for i in range(OUT):
+                    prev[i] = cur[i]
                 prev_ok = cur_ok
 
     return _entry("gather_pixels", inlined(pixels_body), GatherPixelsScalars, affine, registers)

@@ -27,7 +27,7 @@ from ._cuda_scalars import (
     GradShiftScalars,
     StemScalars,
 )
-from ._cuda_tuning import TUNING, Tuning, prologue_per_thread
+from ._cuda_tuning import TUNING, Tuning, pixel_walk, prologue_per_thread
 
 MAX_GRID_YZ = 65535  # grid y limit (channels of the shift-gradient kernel)
 
@@ -153,29 +153,35 @@ def affine_takes_rows(src_shape, storage: str, quantize: bool, tuning: Tuning = 
     return storage == "float32" and smallest <= height * width <= largest
 
 
-def affine_takes_pixels(src_shape, stride, quantize: bool, tuning: Tuning = TUNING) -> bool:
-    """Whether an affine gather takes the pixel walk: interpolated, stride 1 on every
-    axis, more than one frame, planes of at most ``tuning.pixel_walk_affine_plane``
-    pixels."""
+def affine_takes_pixels(
+    src_shape, stride, quantize: bool, storage: str, tuning: Tuning = TUNING
+) -> bool:
+    """Whether an affine gather of ``storage`` tensors takes the pixel walk:
+    interpolated, stride 1 on every axis, more than one frame, planes of at most
+    ``pixel_walk(storage, tuning).plane`` pixels."""
     _, frames, _, height, width = src_shape
-    small = height * width <= tuning.pixel_walk_affine_plane
+    small = height * width <= pixel_walk(storage, tuning).plane
     return tuple(stride) == (1, 1, 1) and not quantize and frames > 1 and small
 
 
-def _pixel_walk_plan(src_shape, dst_shape, padding, tuning, channel_major) -> tuple[Step, ...]:
-    """The launch of the pixel walk (see ``gather_plan``): tasks of
-    ``tuning.pixel_walk_rows`` rows x ``tuning.pixel_walk_frames`` frames."""
+def _pixel_walk_plan(
+    src_shape, dst_shape, padding, storage: str, tuning: Tuning, channel_major: bool
+) -> tuple[Step, ...]:
+    """The launch of the pixel walk (see ``gather_plan``): tasks of the rows, columns
+    and frames of ``pixel_walk(storage, tuning)``."""
     n_batch, _, channels, _, _ = src_shape
     _, t_dst, _, h_dst, w_dst = dst_shape
-    chunks = -(-t_dst // tuning.pixel_walk_frames)
-    bands = -(-h_dst // tuning.pixel_walk_rows)
-    tasks = n_batch * channels * chunks * bands * w_dst
+    walk = pixel_walk(storage, tuning)
+    chunks = -(-t_dst // walk.frames)
+    bands = -(-h_dst // walk.rows)
+    groups = -(-w_dst // walk.cols)
+    tasks = n_batch * channels * chunks * bands * groups
     scalars = GatherPixelsScalars(
         tasks=tasks,
         **_gather_fields(src_shape, dst_shape, padding, False, False, channel_major),
         chunks=chunks,
-        inv_pixels=1.0 / (bands * w_dst),
-        inv_w=1.0 / w_dst,
+        inv_pixels=1.0 / (bands * groups),
+        inv_w=1.0 / groups,
         inv_chunks=1.0 / chunks,
         inv_c=1.0 / channels,
     )
@@ -277,8 +283,8 @@ def gather_plan(
     frame_walk = tuning.stride_one_walk == "frames" and frames_walk_applies(src_shape, stride)
     if frame_walk and not (affine and affine_takes_rows(src_shape, storage, quantize, tuning)):
         pixels = affine and not adjoint and rows is None and frames is None
-        if pixels and affine_takes_pixels(src_shape, stride, quantize, tuning):
-            return _pixel_walk_plan(src_shape, dst_shape, padding, tuning, channel_major)
+        if pixels and affine_takes_pixels(src_shape, stride, quantize, storage, tuning):
+            return _pixel_walk_plan(src_shape, dst_shape, padding, storage, tuning, channel_major)
         return _frame_walk_plan(
             src_shape,
             dst_shape,

@@ -49,7 +49,7 @@ class GatherFramesScalars(NamedTuple):
     """``gather_frames`` (the frame walk, temporal and row stride 1) and its ``_affine``
     form."""
 
-    tasks: int  # (sample, channel, frame chunk, row band, column) tasks
+    tasks: int  # (sample, channel, frame chunk, row band, column group) tasks
     N: int
     C: int
     Ts: int
@@ -218,8 +218,8 @@ class GatherPixelsScalars(NamedTuple):
     quantize: int
     channel_major: int
     chunks: int  # frame chunks per (sample, channel), of the kernel's compile-time frames
-    inv_pixels: float  # float64 reciprocals: tasks per plane (row bands x Wd), Wd, frame
-    # chunks, C
+    inv_pixels: float  # float64 reciprocals: tasks per plane (row bands x column groups),
+    # column groups per row, frame chunks, C
     inv_w: float
     inv_chunks: float
     inv_c: float

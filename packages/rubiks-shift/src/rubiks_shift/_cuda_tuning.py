@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 _KERNEL = {"kernel": True}  # field metadata: the value is compiled into a kernel
 
@@ -92,18 +93,36 @@ class Tuning:
     quantized_affine_rows: int = 784
     # the fused form's interpolated affine gathers at stride 1 over clips of more than one
     # frame and planes of at most this many pixels take the pixel walk (0: none), which
-    # gives the frame walk's values bit for bit (H200, 2026-12-05, one row x 8 frames per
-    # task, bf16 / fp32, channel-major, graph replay, µs per call, frame / pixel walk: 288
-    # channels at 14² 20.0 / 16.5 and 20.1 / 16.3, 576 at 7² 12.6 / 9.5 and 12.9 / 9.5; at
-    # 28² 31.5 / 30.9, a tie, and 56² 50.4 / 60.2, slower)
+    # gives the frame walk's values bit for bit; float32 and float64 storage here, 16-bit
+    # storage below (H200, 2026-12-05, one row x 8 frames per task, bf16 / fp32,
+    # channel-major, graph replay, µs per call, frame / pixel walk: 288 channels at 14²
+    # 20.0 / 16.5 and 20.1 / 16.3, 576 at 7² 12.6 / 9.5 and 12.9 / 9.5; at 28² 31.5 /
+    # 30.9, a tie, and 56² 50.4 / 60.2, slower)
     pixel_walk_affine_plane: int = 196
-    # destination rows and frames per pixel-walk task (each task's loads, (rows + 1) x 2
-    # taps per source frame of its frames + 1, all issued before any is used): rows x
-    # frames 2 x 4 / 1 x 8 / 2 x 8 / 1 x 4 at 14², bf16 17.3 / 18.9 / 19.1 / 22.8, fp32
-    # 17.3 / 20.7 / 19.6 / 24.1; at 7² bf16 11.0 / 11.2 / 12.2 / 12.4 (H100, 2026-12-05)
+    # the same for 16-bit storage (bfloat16, float16), whose tasks take two columns: up to
+    # 56² (H100, 2026-12-05, bf16, µs per call, the walk taken before / the pixel walk of
+    # 2 x 4 x 2 tasks at 80 registers: 72 channels at 56² 53.5 / 50.8, 144 at 28² 32.7 /
+    # 25.5, 288 at 14² 18.0 / 16.8 (2 x 4 x 1), 576 at 7² 11.5 / 11.5)
+    pixel_walk_affine_plane_16bit: int = 3136
+    # destination rows and frames per pixel-walk task (each task's loads, (rows + 1) x
+    # (cols + 1) taps per source frame of its frames + 1, all issued before any is used):
+    # rows x frames 2 x 4 / 1 x 8 / 2 x 8 / 1 x 4 at 14², bf16 17.3 / 18.9 / 19.1 / 22.8,
+    # fp32 17.3 / 20.7 / 19.6 / 24.1; at 7² bf16 11.0 / 11.2 / 12.2 / 12.4 (H100,
+    # 2026-12-05)
     pixel_walk_rows: int = _kernel(2)
     pixel_walk_frames: int = _kernel(4)
+    # destination columns per task (1 or 2: two share their middle column's taps) and the
+    # register cap, float32 and float64 storage: one column, no cap (56 registers); two
+    # columns took 93 registers and were slower (H100, 2026-12-05, fp32, µs per call, 1 /
+    # 2 columns / 2 columns at 80 registers: 17.7 / 18.3 / 20.3 at 14², 11.1 / 12.2 / 14.1
+    # at 7²)
+    pixel_walk_cols: int = _kernel(1)
     pixel_walk_registers: int | None = _kernel(None)
+    # 16-bit storage: two columns at 80 registers (117 uncapped); bf16 at 14² / 28² / 56²,
+    # one column 18.0 / 33.2 / 67.5, two columns 17.9 / 29.0 / 67.5, two at 80 registers
+    # 16.8 / 25.5 / 50.8 (the same call)
+    pixel_walk_cols_16bit: int = _kernel(2)
+    pixel_walk_registers_16bit: int | None = _kernel(80)
     # threads per block: 128 against 256, 16.5 against 17.3 µs at 14² (bf16, 1 x 8, H200)
     pixel_walk_threads: int = 128
     # 50 % occupancy (H100, 2026-11-23): 48 / 56 / 64 / 72 / 80 / 96 registers gave
@@ -225,9 +244,13 @@ _ALLOWED = {
     "one_frame_affine_rows": (lambda v: isinstance(v, bool), "True or False"),
     "quantized_affine_rows": (_integer(0), "an integer >= 0 (0: none)"),
     "pixel_walk_affine_plane": (_integer(0), "an integer >= 0 (0: none)"),
+    "pixel_walk_affine_plane_16bit": (_integer(0), "an integer >= 0 (0: none)"),
     "pixel_walk_rows": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2"),
     "pixel_walk_frames": (_integer(1, 16), "an integer from 1 to 16"),
+    "pixel_walk_cols": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2"),
     "pixel_walk_registers": _REGISTERS,
+    "pixel_walk_cols_16bit": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2"),
+    "pixel_walk_registers_16bit": _REGISTERS,
     "pixel_walk_threads": _THREADS,
     "grad_shift_registers": _REGISTERS,
     "grad_shift_group": _POSITIVE,
@@ -252,6 +275,29 @@ TUNING = Tuning()
 
 
 ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+class PixelWalk(NamedTuple):
+    """The pixel walk for one storage: the largest plane it takes (pixels), and its
+    tasks' destination rows, frames and columns and its register cap."""
+
+    plane: int
+    rows: int
+    frames: int
+    cols: int
+    registers: int | None
+
+
+def pixel_walk(storage: str, tuning: Tuning = TUNING) -> PixelWalk:
+    """The pixel walk of ``storage`` tensors under ``tuning``: 16-bit storage takes the
+    ``pixel_walk_*_16bit`` fields, wider storage the others."""
+    if ELEMENT_BYTES[storage] == 2:
+        plane = tuning.pixel_walk_affine_plane_16bit
+        cols, registers = tuning.pixel_walk_cols_16bit, tuning.pixel_walk_registers_16bit
+    else:
+        plane = tuning.pixel_walk_affine_plane
+        cols, registers = tuning.pixel_walk_cols, tuning.pixel_walk_registers
+    return PixelWalk(plane, tuning.pixel_walk_rows, tuning.pixel_walk_frames, cols, registers)
 
 
 def prologue_per_thread(storage: str, tuning: Tuning = TUNING) -> int:
