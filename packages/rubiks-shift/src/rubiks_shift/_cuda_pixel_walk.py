@@ -1,21 +1,23 @@
 """The pixel walk: the stride-1 gather on small planes, a thread per few destination pixels.
 
-A task is (sample, channel, frame chunk, row band, column), column fastest: ``rows``
-(1 or 2) vertically adjacent destination pixels through ``frames`` destination frames
-(both compile-time counts, ``Tuning.pixel_walk_*``). The lanes of a warp hold
-consecutive columns of one plane (or of adjacent planes), so every load and store of
-the warp reads or writes consecutive addresses. A task decodes its channel's shift once,
-finds its taps (``rows + 1`` source rows x 2 columns, each inside the source or selected
-away) and issues the loads of all ``frames + 1`` source frames its destination frames
-read before it uses any, so a thread has its whole chunk's loads in flight at once; each
-source frame is interpolated along W and H once and blended into the two destination
-frames it feeds. Neighbouring lanes' taps overlap, so most loads are served by L1.
+A task is (sample, channel, frame chunk, row band, column group), column group fastest:
+``rows`` x ``cols`` (each 1 or 2) adjacent destination pixels through ``frames``
+destination frames (compile-time counts, ``_cuda_tuning.pixel_walk``: 2 x 1 x 4 for
+float32 and float64 storage, 2 x 2 x 4 for 16-bit storage). The lanes of a warp hold
+consecutive column groups of one plane (or of adjacent planes), so every load and store
+of the warp reads or writes nearby addresses. A task decodes its channel's shift once,
+finds its taps (``rows + 1`` source rows x ``cols + 1`` columns, each inside the source
+or selected away) and issues the loads of all ``frames + 1`` source frames its
+destination frames read before it uses any, so a thread has its whole chunk's loads in
+flight at once; each source frame is interpolated along W and H once and blended into
+the two destination frames it feeds. Neighbouring lanes' taps overlap, so most loads are
+served by L1.
 
 Against the frame walk (``_cuda_gather``), which keeps one column's band of 8 rows per
 task and walks the frames one pass after another, this trades loads per output (3.75 at
-2 rows x 4 frames, against about 2.25) for parallelism: on a 14 x 14 plane the frame
-walk has one task per 28 to 64 outputs, whose passes wait on their loads one after
-another, the pixel walk one task per 8 outputs and one round of loads.
+2 x 1 x 4, 2.81 at 2 x 2 x 4, against about 2.25) for parallelism: on a 14 x 14 plane
+the frame walk has one task per 28 to 64 outputs, whose passes wait on their loads one
+after another, the pixel walk one task per 8 or 16 outputs and one round of loads.
 
 Bounds and rounding are the frame walk's: every address is clamped inside the source, a
 tap outside it (or of zero weight) is selected away, never multiplied, and the same
