@@ -30,7 +30,7 @@ from bench_shift import _gpu_time, write_gpu_rows  # this folder (a script)
 from rubiks_shift import _cuda, _cuda_launch, affine_relu_shift3d
 from rubiks_shift._cuda_pixel_walk import build_gather_pixels, gather_pixels_signature
 from rubiks_shift._cuda_plan import Step, _pixel_walk_plan, gather_plan
-from rubiks_shift._cuda_tuning import ELEMENT_BYTES, TUNING
+from rubiks_shift._cuda_tuning import TUNING
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STORAGE = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -63,13 +63,13 @@ def pixel_step(shape, kernels: PixelKernels, threads: int, *, affine: bool,
     """The op's plan of the pixel walk (``_cuda_plan._pixel_walk_plan``) over (N, T, C,
     H, W) ``shape`` (stride 1, padding 0) for ``kernels``' tasks and ``threads`` per
     block; ``affine``: the launch of the form with the prologue."""
-    cols = "pixel_walk_cols_16bit" if ELEMENT_BYTES[kernels.storage] == 2 else "pixel_walk_cols"
     tuning = replace(
         TUNING,
         pixel_walk_rows=kernels.rows,
         pixel_walk_frames=kernels.frames,
+        pixel_walk_cols=kernels.cols,  # both widths' fields: the plan reads its storage's
+        pixel_walk_cols_16bit=kernels.cols,
         pixel_walk_threads=threads,
-        **{cols: kernels.cols},
     )
     args = (shape, shape, (0, 0, 0), kernels.storage, tuning, channel_major)
     (step,) = _pixel_walk_plan(*args)

@@ -49,7 +49,7 @@ class GatherFramesScalars(NamedTuple):
     """``gather_frames`` (the frame walk, temporal and row stride 1) and its ``_affine``
     form."""
 
-    tasks: int  # (sample, channel, frame chunk, row band, column group) tasks
+    tasks: int  # (sample, channel, frame chunk, row band, column) tasks
     N: int
     C: int
     Ts: int
@@ -202,7 +202,7 @@ class GatherPixelsScalars(NamedTuple):
     """``gather_pixels`` (the pixel walk: stride 1 on every axis) and its ``_affine``
     form."""
 
-    tasks: int  # (sample, channel, frame chunk, row band, column) tasks
+    tasks: int  # (sample, channel, frame chunk, row band, column group) tasks
     N: int
     C: int
     Ts: int

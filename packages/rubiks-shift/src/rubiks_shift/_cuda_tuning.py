@@ -101,8 +101,9 @@ class Tuning:
     pixel_walk_affine_plane: int = 196
     # the same for 16-bit storage (bfloat16, float16), whose tasks take two columns: up to
     # 56² (H100, 2026-12-05, bf16, µs per call, the walk taken before / the pixel walk of
-    # 2 x 4 x 2 tasks at 80 registers: 72 channels at 56² 53.5 / 50.8, 144 at 28² 32.7 /
-    # 25.5, 288 at 14² 18.0 / 16.8 (2 x 4 x 1), 576 at 7² 11.5 / 11.5)
+    # 2 x 2 x 4 tasks (rows x columns x frames) at 80 registers: 72 channels at 56² 53.5 /
+    # 50.8, 144 at 28² 32.7 / 25.5, 288 at 14² 18.0 (2 x 1 x 4) / 16.8, 576 at 7² 11.5 /
+    # 11.5)
     pixel_walk_affine_plane_16bit: int = 3136
     # destination rows and frames per pixel-walk task (each task's loads, (rows + 1) x
     # (cols + 1) taps per source frame of its frames + 1, all issued before any is used):
