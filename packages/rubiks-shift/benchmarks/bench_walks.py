@@ -1,20 +1,22 @@
 """The gather's walks side by side on a GPU: which one each plane size should take.
 
     python packages/rubiks-shift/benchmarks/bench_walks.py [--dtypes bfloat16 float32]
-        [--batch 8 --frames 8] [--json OUT.json]
+        [--batch 8 --frames 8] [--forms FORM ...] [--sides SIDE ...] [--json OUT.json]
 
 For RubiksNet's shift shapes (its stages at 224 x 224: channels, H = W, stride) this
-times every walk that can run each gather (the default, the frame walk where it applies
-and the row walk, each forced through ``Tuning``; ``_cuda_plan.gather_plan``), in the
-forms of ``forms``: the fused inference form's passes (the shift with its batch norm +
-ReLU prologue, ``affine_relu_shift3d``, on channel-major and (N, T, C) clips; the bn1
-pass; a 2-D shift over whole clips and on one-frame clips), the plain forward and the
-adjoint (grad_x). Beside them, a copy of the source tensor (the floor of one pass). Timed as
-``bench_shift.py`` times (``_gpu_time``): per call, the median of 5 samples of calls
-captured in a CUDA graph and replayed (host time excluded), and ``eager``: the same
-calls issued back to back from Python (host time included). Every walk's output is
-compared with the default walk's (``same``: bit-equal; else the largest difference
-relative to the output's largest value).
+times every walk that can run each gather (the default, the frame walk where it applies,
+the row walk, and the gather a quantized shift at stride 1 takes without its elementwise
+pass, each forced through ``Tuning``; ``_cuda_plan.gather_plan``), in the forms of
+``forms``: the fused inference form's passes (the shift with its batch norm + ReLU
+prologue, ``affine_relu_shift3d``, on channel-major and (N, T, C) clips; the bn1 pass; a
+2-D shift over whole clips and on one-frame clips; the hardened AQ's quantized 2-D
+shift), the plain forward (interpolated and quantized) and the adjoint (grad_x). Beside
+them, a copy of the source tensor (the floor of one pass). Timed as ``bench_shift.py``
+times (``_gpu_time``): per call, the median of 5 samples of calls captured in a CUDA
+graph and replayed (host time excluded), and ``eager``: the same calls issued back to
+back from Python (host time included). Every walk's output is compared with the default
+walk's (``same``: bit-equal; else the largest difference relative to the output's
+largest value).
 """
 
 from __future__ import annotations
@@ -44,12 +46,17 @@ SHAPES = [
     (288, 28, 2),
     (576, 14, 2),
 ]
-WALKS = {
+WALKS = {  # the forced walks without the quantized shift's elementwise pass
     "default": TUNING,
     "frames": replace(
-        TUNING, float32_affine_rows=(0, 0), one_frame_affine_rows=False, quantized_affine_rows=0
+        TUNING,
+        float32_affine_rows=(0, 0),
+        one_frame_affine_rows=False,
+        quantized_affine_rows=0,
+        integer_shift=False,
     ),
-    "rows": replace(TUNING, stride_one_walk="rows"),
+    "rows": replace(TUNING, stride_one_walk="rows", integer_shift=False),
+    "gather": replace(TUNING, integer_shift=False),  # the walk a quantized shift took before
 }
 REPS = 20  # graph replays x calls per graph, and eager calls, per sample
 
@@ -79,7 +86,8 @@ def forms(x, x_cm, shift, scale, bias, gy, stride) -> dict[str, Form]:
     """The gathers timed, by name: the fused form's shift with its prologue (channel-major
     and (N, T, C) clips), its bn1 pass (a zero shift, quantized), a 2-D shift as the
     AQ tiers have it (a zero temporal component) over the whole clip and on one-frame
-    clips, the plain forward and the adjoint."""
+    clips and quantized (the hardened AQ's), the plain forward (interpolated and
+    quantized) and the adjoint."""
     args = (stride, (0, 0, 0), False)
     shape, s = tuple(x.shape), tuple(stride)
     zero = torch.zeros_like(shift)
@@ -104,7 +112,18 @@ def forms(x, x_cm, shift, scale, bias, gy, stride) -> dict[str, Form]:
             lambda: _cuda.forward_affine(flat, scale, bias, spatial, *args),
             tuple(flat.shape), s, False, False,
         ),
+        "quantized 2-D affine, channel-major": Form(
+            lambda: _cuda.forward_affine(x_cm, scale, bias, spatial, stride, (0, 0, 0), True),
+            shape, s, True, False,
+        ),
+        "quantized 2-D affine": Form(
+            lambda: _cuda.forward_affine(x, scale, bias, spatial, stride, (0, 0, 0), True),
+            shape, s, True, False,
+        ),
         "forward": Form(lambda: _cuda.forward(x, shift, *args), shape, s, False, False, False),
+        "quantized forward": Form(
+            lambda: _cuda.forward(x, shift, stride, (0, 0, 0), True), shape, s, True, False, False
+        ),
         "adjoint": Form(
             lambda: _cuda.backward(gy, x, shift, *args, True, 0.5, True, False)[0],
             shape, s, False, True, False,
@@ -135,6 +154,8 @@ def run_shape(channels: int, side: int, s: int, dtype: torch.dtype, args) -> lis
     for form, (fn, src_shape, src_stride, quantize, adjoint, affine) in forms(
         x, x_cm, shift, scale, bias, gy, stride
     ).items():
+        if args.forms and not any(f == form for f in args.forms):
+            continue
         baseline, timed = None, set()
         for walk, tuning in WALKS.items():
             with _cuda.tuned(tuning):
@@ -167,6 +188,8 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=DTYPES)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--forms", nargs="+", help="only these forms (names as printed)")
+    parser.add_argument("--sides", nargs="+", type=int, help="only these source sides")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -174,6 +197,8 @@ def main() -> None:
     rows = []
     for dtype in args.dtypes:
         for channels, side, s in SHAPES:
+            if args.sides and side not in args.sides:
+                continue
             rows += run_shape(channels, side, s, DTYPES[dtype], args)
     if args.json:
         write_gpu_rows(args.json, rows)

@@ -163,6 +163,76 @@ def check_prologue() -> int:
     return failures
 
 
+INTEGER_SHIFT_CASES = [  # (shape, dtype): tasks of whole and short slab groups (a task
+    # takes 4 float64, 8 float32 or 16 16-bit values, one slab apart)
+    ((2, 3, 5, 3, 5), torch.float64),  # 6 slabs: 4 + 2
+    ((3, 6, 4, 3, 7), torch.float32),  # 18 slabs: 8 + 8 + 2
+    ((2, 9, 5, 2, 3), torch.bfloat16),  # 18 slabs: 16 + 2
+    ((1, 3, 4, 1, 6), torch.float16),  # one row, 3 slabs
+]
+
+
+def check_integer_shift() -> int:
+    """The quantized shift at stride 1 (``shift_integer``: forward, affine form, grad_x)
+    bit for bit against the gathers it replaces (``integer_shift`` off) and against the
+    reference, contiguous and channel-major, with shifts beyond the clip and a NaN one.
+    Returns the failures."""
+    g = torch.Generator().manual_seed(11)
+    failures = 0
+    off = replace(TUNING, prologue_threads=32, integer_shift=False)
+    on = replace(TUNING, prologue_threads=32)
+    for shape, dtype in INTEGER_SHIFT_CASES:
+        channels = shape[2]
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        x = torch.randn(shape, generator=g).to(dtype)
+        shift = (torch.rand(3, channels, generator=g) * 7 - 3.5).to(acc)
+        shift[:, 0] = torch.tensor([0.5, -0.5, -1.5])  # ties round up
+        shift[:, -1] = torch.tensor([-40.0, float("inf"), 2.0])  # beyond the clip
+        scale = (torch.rand(channels, generator=g) + 0.5).to(acc)
+        bias = (torch.rand(channels, generator=g) * 2 - 0.5).to(acc)
+        view = (1, 1, -1, 1, 1)
+        a = torch.relu(x.double() * scale.double().view(view) + bias.double().view(view))
+        s64 = shift.double().clamp(-1e6, 1e6)
+        y_ref = reference.shift3d_forward(x.double(), s64, (1, 1, 1), (0, 0, 0), True)
+        a_ref = reference.shift3d_forward(a, s64, (1, 1, 1), (0, 0, 0), True)
+        gx_ref, _ = reference.shift3d_backward(
+            x.double(), x.double(), s64, (1, 1, 1), (0, 0, 0), True
+        )
+        for major in (False, True):
+            clip = x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4) if major else x
+            results = {}
+            for name, tuning in (("gather", off), ("integer", on)):
+                with _cuda.tuned(tuning):
+                    y = _cuda.forward(clip, shift, (1, 1, 1), (0, 0, 0), True)
+                    z = _cuda.forward_affine(clip, scale, bias, shift, (1, 1, 1), (0, 0, 0), True)
+                    gx, _ = _cuda.backward(
+                        clip, clip, shift, (1, 1, 1), (0, 0, 0), True, True, 1.0, True, False
+                    )
+                results[name] = (y, z, gx)
+            steps = _cuda._forward_plan(
+                (clip.shape, dtype, shift.dtype, (1, 1, 1), (0, 0, 0), True, major)
+            ).steps
+            ok = [step.name for step in steps] == ["shift_integer"]
+            ok &= all(
+                torch.equal(p, q) and p.stride() == q.stride()
+                for p, q in zip(results["gather"], results["integer"], strict=True)
+            )
+            y, z, gx = results["integer"]
+            ok &= torch.allclose(y.double(), y_ref, rtol=0, atol=0)
+            ok &= torch.allclose(z.double(), a_ref, rtol=1e-2 if dtype != acc else 1e-6, atol=1e-2)
+            ok &= torch.allclose(gx.double(), gx_ref, rtol=0, atol=0)
+            failures += not ok
+            print(f"{'ok-integer' if ok else 'FAIL-integer'} {shape} {dtype} major={major}")
+        nan = shift.clone()
+        nan[1, 1] = float("nan")
+        with _cuda.tuned(on):
+            y = _cuda.forward(x, nan, (1, 1, 1), (0, 0, 0), True)
+        ok = bool(y[:, :, 1].isnan().all()) and not bool(y[:, :, 0].isnan().any())
+        failures += not ok
+        print(f"{'ok-integer-nan' if ok else 'FAIL-integer-nan'} {shape} {dtype}")
+    return failures
+
+
 BATCH_NORM_CASES = [  # (B, C, H, W), dtype; two spans per channel, cut mid-row, in the
     # first two (1280 and 2304 values against 1024 and 2048 per block round)
     ((5, 2, 16, 16), torch.float64),
@@ -258,6 +328,7 @@ def main() -> int:
     failures = 0 if check_bounds() else 1
     failures += not check_output_strides()
     failures += check_prologue()
+    failures += check_integer_shift()
     failures += check_batch_norm()
     failures += check_stem()
     for index, (shape, stride, padding, quantize, dtype) in enumerate(CASES):
@@ -313,7 +384,9 @@ def main() -> int:
         # short bands and frame chunks (the small cases: the simulator is slow)
         if _cuda_plan.frames_walk_applies(shape, stride) and x.numel() <= 400:
             for walk, rows, frames in (("rows", None, None), ("frames", 3, 2)):
-                tuning = replace(TUNING, row_walk_order=order, stride_one_walk=walk)
+                tuning = replace(
+                    TUNING, row_walk_order=order, stride_one_walk=walk, integer_shift=False
+                )
                 failures += not check_layout(
                     x, s, gy, y_ref, gx_ref, stride, padding, quantize, dtype, tuning, rows, frames
                 )

@@ -34,6 +34,10 @@ def test_kernels_in_cuda_simulator():
     # the prologue alone, both layouts, without and with a frame shift; bfloat16 clips
     # with even planes on 4-byte boundaries in pairs (two cases), the others one by one
     assert proc.stdout.count("ok-prologue") == 34
+    # quantized shifts at stride 1 as one elementwise pass: forward, affine form and
+    # grad_x bit for bit against the gathers, both layouts; a NaN shift's channel NaN
+    assert proc.stdout.count("ok-integer ") == 8
+    assert proc.stdout.count("ok-integer-nan") == 4
     assert proc.stdout.count("paired=True") == 8
     # training batch norm + ReLU against torch's in float64, deterministic
     # (each case with spans of several blocks per channel and with one block per channel)
@@ -56,7 +60,9 @@ def test_compile_ptx_every_dtype(storage):
             names += ("bn_channel_forward", "bn_channel_backward", "stem")
         # the fused inference form's prologue kernels: float32 shifts only (it stores
         # its shifts in float32); the one-column variant in one dtype (CI time)
+        names += ("shift_integer",)
         affine = ("gather_affine", "gather_frames_affine", "gather_pixels_affine")
+        affine += ("shift_integer_affine",)
         affine = affine if shift_storage == "float32" else ()
         if affine and storage == "float32":
             affine += ("gather_narrow_affine",)

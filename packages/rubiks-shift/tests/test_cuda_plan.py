@@ -22,7 +22,7 @@ def _step(
     src, dst, stride=(1, 1, 1), quantize=False, adjoint=False, storage="float32", walk="rows"
 ):
     """The gather launch; the row walk unless ``walk`` says otherwise."""
-    tuning = replace(TUNING, stride_one_walk=walk)
+    tuning = replace(TUNING, stride_one_walk=walk, integer_shift=False)
     (step,) = _cuda_plan.gather_plan(
         src, dst, stride, (0, 0, 0), quantize, adjoint, storage, tuning
     )
@@ -126,28 +126,29 @@ def test_stride_one_forms_take_the_frame_walk():
         ((8, 8, 72, 112, 112), "bfloat16", False, "gather_frames"),
         ((64, 1, 288, 14, 14), "bfloat16", False, "gather"),  # one-frame clips: rows
         ((64, 1, 72, 112, 112), "float32", False, "gather"),
-        ((8, 8, 144, 28, 28), "bfloat16", True, "gather"),  # quantized, up to 28²: rows
-        ((8, 8, 576, 7, 7), "float32", True, "gather"),
-        ((8, 8, 72, 56, 56), "bfloat16", True, "gather_frames"),
-        ((64, 1, 72, 56, 56), "float32", True, "gather_frames"),
+        ((8, 8, 144, 28, 28), "bfloat16", True, "shift_integer"),  # quantized: one pass
+        ((8, 8, 576, 7, 7), "float32", True, "shift_integer"),
+        ((8, 8, 72, 56, 56), "bfloat16", True, "shift_integer"),
+        ((64, 1, 72, 56, 56), "float32", True, "shift_integer"),
     ],
 )
 def test_affine_gathers_take_the_walk_that_was_faster(shape, storage, quantize, walk):
     """The shift with its prologue: the pixel walk on multi-frame planes up to 14² (56²
-    in 16-bit storage; interpolated), the row walk on float32 planes of 28² to 56², on
-    one-frame clips and, quantized, on planes up to 28²; the plain forward and the
-    adjoint keep the frame walk."""
+    in 16-bit storage; interpolated), the row walk on float32 planes of 28² to 56² and on
+    one-frame clips, the elementwise pass where quantized; the plain forward and the
+    adjoint keep the frame walk where interpolated."""
     args = (shape, shape, (1, 1, 1), (0, 0, 0), quantize)
     (step,) = _cuda_plan.gather_plan(*args, False, storage, affine=True)
     assert step.name == walk
     for adjoint in (False, True):
         (plain,) = _cuda_plan.gather_plan(*args, adjoint, storage)
-        assert plain.name == "gather_frames"
+        assert plain.name == ("shift_integer" if quantize else "gather_frames")
     off = replace(
         TUNING,
         float32_affine_rows=(0, 0),
         one_frame_affine_rows=False,
         quantized_affine_rows=0,
+        integer_shift=False,
         pixel_walk_affine_plane=0,
         pixel_walk_affine_plane_16bit=0,
     )
@@ -156,6 +157,43 @@ def test_affine_gathers_take_the_walk_that_was_faster(shape, storage, quantize, 
     key = (torch.Size(shape), getattr(torch, storage), torch.float32, (1, 1, 1), (0, 0, 0))
     (launched,) = _cuda._affine_plan((*key, quantize, False)).steps
     assert launched.name == walk + "_affine"
+
+
+@pytest.mark.parametrize(
+    "shape,walk",
+    [((8, 8, 144, 28, 28), "gather"), ((8, 8, 72, 56, 56), "gather_frames")],
+)
+def test_quantized_gathers_without_the_elementwise_pass(shape, walk):
+    """With ``integer_shift`` off a quantized affine gather takes the row walk on planes
+    up to 28², the frame walk above; strided or padded, quantized shifts always gather."""
+    args = (shape, shape, (1, 1, 1), (0, 0, 0), True, False, "bfloat16")
+    off = replace(TUNING, integer_shift=False)
+    assert _cuda_plan.gather_plan(*args, off, affine=True)[0].name == walk
+    strided = (shape[0], shape[1], shape[2], shape[3] // 2, shape[4] // 2)
+    (step,) = _cuda_plan.gather_plan(shape, strided, (1, 2, 2), (0, 0, 0), True, False)
+    assert step.name == "gather"
+    padded = (shape[0], shape[1] + 2, *shape[2:])
+    (step,) = _cuda_plan.gather_plan(shape, padded, (1, 1, 1), (1, 0, 0), True, False)
+    assert step.name != "shift_integer"
+
+
+@pytest.mark.parametrize("channel_major", [False, True])
+def test_integer_shift_tasks_are_pixels_through_groups_of_slabs(channel_major):
+    """A task is one pixel of one channel through ``prologue_per_thread`` slabs (the last
+    group short): every (channel, group, pixel) once, a thread each; slabs one plane
+    apart channel-major, C planes contiguous. Clips whose offsets pass int32 gather."""
+    shape = (2, 9, 5, 7, 9)  # 18 slabs: groups of 8, 8 and 2 in float32
+    step = _cuda_plan.integer_shift_plan(shape, "float32", False, channel_major)
+    sc = step.scalars
+    assert _cuda_plan.prologue_per_thread("float32") == 8
+    assert (sc.per_channel, sc.tasks, sc.S) == (3 * 63, 5 * 3 * 63, 18)
+    assert step.grid[0] * step.block[0] >= sc.tasks > (step.grid[0] - 1) * step.block[0]
+    strides = (18 * 63, 63) if channel_major else (63, 5 * 63)
+    assert (sc.chan_stride, sc.slab_stride) == strides
+    big = (1, 4, 1, 2**15, 2**14)
+    assert not _cuda_plan.integer_shift_applies(big, (1, 1, 1), (0, 0, 0), "float32")
+    (step,) = _cuda_plan.gather_plan(big, big, (1, 1, 1), (0, 0, 0), True, False)
+    assert step.name == "gather_frames"
 
 
 def test_small_problems_split_frames_then_rows():

@@ -200,8 +200,8 @@ def test_compile_fullgraph_matches_eager():
     "shape,stride,quantize",
     [
         ((2, 8, 6, 20, 19), (1, 1, 1), False),  # frame walk: inner and edge passes
-        ((2, 8, 6, 20, 19), (1, 1, 1), True),  # quantized on a small plane: row walk
-        ((1, 3, 4, 30, 29), (1, 1, 1), True),  # quantized above 28²: frame walk
+        ((2, 8, 6, 20, 19), (1, 1, 1), True),  # quantized: the elementwise pass
+        ((1, 3, 4, 30, 29), (1, 2, 2), True),  # quantized, strided: row walk
         ((16, 1, 6, 20, 19), (1, 1, 1), False),  # one-frame clips: row walk
         ((2, 3, 5, 17, 13), (1, 2, 2), False),  # row walk (strided)
         ((1, 4, 7, 9, 1), (1, 1, 1), False),  # one-column source
@@ -276,3 +276,56 @@ def test_cuda_pixel_walk_equals_the_frame_walk(dtype, shape):
     for got, want in zip(pixels, frames, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
     assert _is_channel_major(pixels[1])
+
+
+_INTEGER_SHAPES = (
+    (8, 8, 288, 14, 14),  # RubiksNet-Large's 14², 7² and 56² stages
+    (8, 8, 576, 7, 7),
+    (2, 8, 72, 56, 56),
+    (2, 5, 33, 13, 11),  # odd sizes: a block's values straddle rows, frames and planes
+    (3, 1, 6, 9, 40),  # one-frame clips
+)
+
+
+@pytest.mark.parametrize("dtype,shape", [(d, s) for d in _ALL_DTYPES for s in _INTEGER_SHAPES])
+@requires_cuda
+def test_cuda_integer_shift_equals_the_gathers(dtype, shape):
+    """Quantized shifts at stride 1 run as one elementwise pass (``shift_integer``): the
+    gathers' values bit for bit for the forward, its affine form (3-D and 2-D shifts) and
+    grad_x, in both layouts, with infinities in x, a NaN shift and shifts out of the
+    clip."""
+    from dataclasses import replace
+
+    from rubiks_shift import _cuda, _cuda_plan
+    from rubiks_shift._cuda_tuning import TUNING
+
+    x, scale, bias, shift = _case(13, shape, "cuda", dtype, spread=6.0)
+    x.view(-1)[::97] = float("inf")
+    x.view(-1)[5::101] = -float("inf")
+    shift[:, 0] = torch.tensor([0.5, -0.5, -1.5])  # ties round half up
+    shift[:, 1] = torch.tensor([float("nan"), 0.5, 0.5])
+    shift[:, 2] = torch.tensor([0.25, 30.0, -9.0])
+    spatial = torch.cat([torch.zeros_like(shift[:1]), shift[1:]])  # a 2-D shift
+    gy = torch.randn(shape, generator=torch.Generator().manual_seed(3)).to("cuda", dtype)
+    args = ((1, 1, 1), (0, 0, 0), True)
+
+    def every_form():
+        out = []
+        for clip in (x, channel_major(x)):
+            for s in (shift, spatial):
+                out.append(_cuda.forward_affine(clip, scale, bias, s, *args))
+            out.append(_cuda.forward(clip, shift, *args))
+            out.append(_cuda.backward(gy, clip, shift, *args, True, 1.0, True, False)[0])
+        return out
+
+    storage = _cuda._STORAGE[dtype]
+    for adjoint in (False, True):
+        plan = (shape, shape, *args, adjoint, storage)
+        assert [s.name for s in _cuda_plan.gather_plan(*plan)] == ["shift_integer"]
+    integer = every_form()
+    with _cuda.tuned(replace(TUNING, integer_shift=False)):
+        gathers = every_form()
+    assert integer[0][:, :, 1].isnan().all()
+    for got, want in zip(integer, gathers, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert _is_channel_major(integer[4]) and _is_channel_major(integer[7])

@@ -3,7 +3,8 @@
 ``Kernels`` builds every kernel the op launches as a Numba dispatcher (compiled on first
 use, for its one signature ``<name>_sig``): the gathers of ``_cuda_gather`` (forward and
 grad_x; each also as ``<name>_affine``, the forward with the input prologue) and the
-pixel walk's (``_cuda_pixel_walk``, its affine form only), the
+pixel walk's (``_cuda_pixel_walk``, its affine form only), the quantized shift's
+elementwise pass (``_cuda_integer_shift``, plain and affine), the
 shift-gradient kernels of ``_cuda_shift_grad``, the prologue alone (``_cuda_prologue``),
 training batch norm's (``_cuda_batch_norm``) and the stem's (``_cuda_stem``), with the
 compile-time values of a ``Tuning`` (``_cuda_tuning``). The launch path
@@ -28,6 +29,7 @@ from ._cuda_batch_norm import (
     build_bn_stats,
 )
 from ._cuda_gather import build_gather, gather_signature
+from ._cuda_integer_shift import build_shift_integer, shift_integer_signature
 from ._cuda_pixel_walk import build_gather_pixels, gather_pixels_signature
 from ._cuda_prologue import affine_relu_signature, build_affine_relu
 from ._cuda_shift_grad import build_shift_grad, finalize_signature, grad_shift_signature
@@ -38,7 +40,8 @@ from ._cuda_tuning import TUNING, Tuning, pixel_walk, prologue_per_thread
 class Kernels:
     """The compiled-on-demand kernels of one (storage, shift storage) pair, built with
     ``tuning``'s compile-time values: ``gather``, ``gather_narrow``, ``gather_frames``
-    (and each ``*_affine``), ``gather_pixels_affine`` (the pixel walk), ``grad_shift``,
+    (and each ``*_affine``), ``gather_pixels_affine`` (the pixel walk),
+    ``shift_integer`` and ``shift_integer_affine`` (quantized, stride 1), ``grad_shift``,
     ``finalize``, ``affine_relu`` (the prologue alone) and ``bn_partial``, ``bn_stats``,
     ``bn_normalize``, ``bn_grad_coefficients``, ``bn_grad_input``, ``bn_channel_forward``,
     ``bn_channel_backward`` (training batch norm) and ``stem`` (the 3x3 stride-2
@@ -101,6 +104,10 @@ class Kernels:
                 setattr(self, name + suffix, dispatcher)
                 sig = gather_signature(storage, shift_storage, affine, frames)
                 setattr(self, f"{name}{suffix}_sig", sig)
+        for affine, name in ((False, "shift_integer"), (True, "shift_integer_affine")):
+            dispatcher = build_shift_integer(storage, shift_storage, per_thread, affine)
+            setattr(self, name, dispatcher)
+            setattr(self, name + "_sig", shift_integer_signature(storage, shift_storage, affine))
         pixels = pixel_walk(storage, tuning)
         self.gather_pixels_affine = build_gather_pixels(
             storage,

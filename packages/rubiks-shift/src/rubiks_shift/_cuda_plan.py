@@ -25,6 +25,7 @@ from ._cuda_scalars import (
     GatherPixelsScalars,
     GatherScalars,
     GradShiftScalars,
+    IntegerShiftScalars,
     StemScalars,
 )
 from ._cuda_tuning import TUNING, Tuning, pixel_walk, prologue_per_thread
@@ -280,6 +281,10 @@ def gather_plan(
     for h, w in ((h_src, w_src), (h_dst, w_dst)):
         if h * w >= 2**31:
             raise ValueError(f"rubiks_shift on CUDA: planes of {h}x{w} are too large (>= 2^31)")
+    given = rows is not None or frames is not None
+    integer = quantize and tuning.integer_shift and not given
+    if integer and integer_shift_applies(src_shape, stride, padding, storage, tuning):
+        return (integer_shift_plan(src_shape, storage, adjoint, channel_major, tuning),)
     frame_walk = tuning.stride_one_walk == "frames" and frames_walk_applies(src_shape, stride)
     if frame_walk and not (affine and affine_takes_rows(src_shape, storage, quantize, tuning)):
         pixels = affine and not adjoint and rows is None and frames is None
@@ -321,6 +326,56 @@ def gather_plan(
     grid = (-(-tasks // threads), 1, 1)
     name = "gather_narrow" if w_src == 1 else "gather"  # a one-column source: one slot
     return (Step(name, grid, (threads, 1, 1), scalars, layout.waves),)
+
+
+def integer_shift_applies(
+    src_shape, stride, padding, storage: str, tuning: Tuning = TUNING
+) -> bool:
+    """Whether a quantized shift is the elementwise pass ``shift_integer``: stride 1 and
+    no padding in every dimension (each output value one input value, same shapes), on
+    clips whose offsets fit the kernel's int32s (a source up to T frames on, a task's
+    values up to ``prologue_per_thread`` slabs on)."""
+    if tuple(stride) != (1, 1, 1) or tuple(padding) != (0, 0, 0):
+        return False
+    n_batch, frames, channels, height, width = src_shape
+    values = n_batch * frames * channels * height * width
+    return values + prologue_per_thread(storage, tuning) * channels * height * width < 2**31
+
+
+def integer_shift_plan(
+    shape, storage: str, adjoint: bool, channel_major: bool, tuning: Tuning = TUNING
+) -> Step:
+    """The launch of ``shift_integer`` over an (N, T, C, H, W) clip of ``storage`` values,
+    channel-major or contiguous: the forward, or with ``adjoint`` grad_x from grad_y.
+    A task takes ``prologue_per_thread`` slabs of one pixel, a thread per task."""
+    n_batch, frames, channels, height, width = shape
+    check_channels(channels)
+    plane, slabs = height * width, n_batch * frames
+    groups = -(-slabs // prologue_per_thread(storage, tuning))
+    per_channel = groups * plane
+    tasks = channels * per_channel
+    chan_stride, slab_stride = (
+        (slabs * plane, plane) if channel_major else (plane, channels * plane)
+    )
+    scalars = IntegerShiftScalars(
+        tasks=tasks,
+        C=channels,
+        per_channel=per_channel,
+        inv_per_channel=1.0 / per_channel,
+        plane=plane,
+        inv_plane=1.0 / plane,
+        W=width,
+        inv_W=1.0 / width,
+        H=height,
+        T=frames,
+        inv_T=1.0 / frames,
+        S=slabs,
+        chan_stride=chan_stride,
+        slab_stride=slab_stride,
+        adjoint=int(adjoint),
+    )
+    threads = tuning.prologue_threads
+    return Step("shift_integer", (-(-tasks // threads), 1, 1), (threads, 1, 1), scalars)
 
 
 @functools.lru_cache(maxsize=512)

@@ -127,6 +127,31 @@ class AffineReluScalars(NamedTuple):
     paired: int  # 1: units are 32-bit words of two bfloat16 values (even H * W, aligned)
 
 
+class IntegerShiftScalars(NamedTuple):
+    """``shift_integer`` and ``shift_integer_affine``: a quantized shift of stride 1
+    without padding, each value read from ``q = floor(shift + 1/2)`` further on per
+    channel (``adjoint``: from ``-q``), zero where that leaves the clip. A task is one
+    pixel of one channel through a group of consecutive slabs (a slab: one sample's
+    frame, N·T of them), the kernel's compile-time count of them or the last group's
+    rest; consecutive tasks are consecutive pixels."""
+
+    tasks: int  # C * groups * plane
+    C: int
+    per_channel: int  # groups * plane: one channel's tasks
+    inv_per_channel: float
+    plane: int  # H * W
+    inv_plane: float
+    W: int
+    inv_W: float
+    H: int
+    T: int  # frames: slab s is frame s % T
+    inv_T: float
+    S: int  # slabs: N * T
+    chan_stride: int  # values from channel c to c + 1 (same slab and pixel)
+    slab_stride: int  # values from slab s to s + 1 (same channel and pixel)
+    adjoint: int  # 1: read from -q (grad_x of the quantized forward)
+
+
 class BatchNormPartialScalars(NamedTuple):
     """``bn_partial``: per-block sums over spans of each channel's values, a channel's
     values being B rows of P, row b at (b·C + c)·P."""

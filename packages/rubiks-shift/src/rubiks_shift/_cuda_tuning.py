@@ -91,6 +91,9 @@ class Tuning:
     # 144 channels, 31.6 / 22.3, at 14² 18.7 / 16.4, at 7² 12.2 / 9.3; float32 46.2 /
     # 31.7, 19.8 / 15.9, 11.9 / 10.7; the frame walk stays ahead at 56² (29.8 / 52.0)
     quantized_affine_rows: int = 784
+    # quantized shifts at stride 1 without padding (forward, its affine form and grad_x)
+    # run as the elementwise pass ``shift_integer`` (one read per value), not as a gather
+    integer_shift: bool = True
     # the fused form's interpolated affine gathers at stride 1 over clips of more than one
     # frame and planes of at most this many pixels take the pixel walk (0: none), which
     # gives the frame walk's values bit for bit; float32 and float64 storage here, 16-bit
@@ -244,6 +247,7 @@ _ALLOWED = {
     ),
     "one_frame_affine_rows": (lambda v: isinstance(v, bool), "True or False"),
     "quantized_affine_rows": (_integer(0), "an integer >= 0 (0: none)"),
+    "integer_shift": (lambda v: isinstance(v, bool), "True or False"),
     "pixel_walk_affine_plane": (_integer(0), "an integer >= 0 (0: none)"),
     "pixel_walk_affine_plane_16bit": (_integer(0), "an integer >= 0 (0: none)"),
     "pixel_walk_rows": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2"),
