@@ -62,7 +62,7 @@ COMPILE_FORMS = ("auto", "one_op", "traced")
 # runs over one-frame clips (the clip's frames as samples), where the shift op takes its
 # row walk: no frame is read twice, so walking frames gains nothing. Larger planes run
 # over whole clips with a zero temporal component (the frame walk); quantized shifts over
-# whole clips (the op picks their walk by plane size). H200, 2026-12-04, graph replay,
+# whole clips (the op's elementwise pass, one read per value). H200, 2026-12-04, graph replay,
 # the shift with its prologue on channel-major clips, µs per call, whole clips / one-frame
 # clips: bfloat16 18.8 / 16.5 at 14², 288 channels, 31.1 / 22.4 at 28², 51.8 / 51.4 at
 # 56²; float32 19.6 / 16.2, 47.4 / 30.2, 63.3 / 52.1; at 112², 72 channels, 135.3 / 147.8

@@ -4,7 +4,8 @@ A plan is a tuple of ``Step`` launches, made once per call signature (the plans 
 cached, here and in ``_cuda``) from the shapes and a ``Tuning`` (``_cuda_tuning``): the
 gathers' (``gather_plan``: the frame walk at temporal and row stride 1, the pixel walk
 for the fused form's shift on small planes, the row walk elsewhere, with the layout
-heuristics ``row_walk_layout`` / ``frame_walk_layout``) and the shift gradient's
+heuristics ``row_walk_layout`` / ``frame_walk_layout``; quantized shifts at stride 1
+without padding as the elementwise pass ``integer_shift_plan``) and the shift gradient's
 (``shift_grad_plan``), the prologue alone's (``affine_relu_plan``), training batch
 norm's and the stem's (``stem_plan``). Imports neither Numba nor torch.
 """
@@ -141,8 +142,9 @@ def frames_walk_applies(src_shape, stride) -> bool:
 
 def affine_takes_rows(src_shape, storage: str, quantize: bool, tuning: Tuning = TUNING) -> bool:
     """Whether an affine gather (the shift with its prologue) where the frame walk applies
-    takes the row walk instead: quantized ones on planes of at most
-    ``tuning.quantized_affine_rows`` pixels; interpolated ones over one-frame clips
+    takes the row walk instead: quantized ones (those the elementwise pass does not
+    take) on planes of at most ``tuning.quantized_affine_rows`` pixels; interpolated ones
+    over one-frame clips
     (``tuning.one_frame_affine_rows``) and on float32 planes in
     ``tuning.float32_affine_rows``."""
     _, frames, _, height, width = src_shape

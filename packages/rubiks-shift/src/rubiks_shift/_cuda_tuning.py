@@ -86,13 +86,18 @@ class Tuning:
     # take the row walk, every dtype (same call, bfloat16 at 14², 288 channels: 21.9 /
     # 16.5; at 112², 72 channels: 241.5 / 147.8); not quantized ones (not measured)
     one_frame_affine_rows: bool = True
-    # quantized affine gathers (one tap per value: the walks give the same bits) over
-    # planes of at most this many pixels take the row walk (0: none): bfloat16 at 28²,
+    # quantized affine gathers that the elementwise pass below does not take (padded, or a
+    # column stride) over planes of at most this many pixels take the row walk (0: none;
+    # one tap per value: the walks give the same bits). Measured at stride 1: bfloat16 at 28²,
     # 144 channels, 31.6 / 22.3, at 14² 18.7 / 16.4, at 7² 12.2 / 9.3; float32 46.2 /
     # 31.7, 19.8 / 15.9, 11.9 / 10.7; the frame walk stays ahead at 56² (29.8 / 52.0)
     quantized_affine_rows: int = 784
     # quantized shifts at stride 1 without padding (forward, its affine form and grad_x)
-    # run as the elementwise pass ``shift_integer`` (one read per value), not as a gather
+    # run as the elementwise pass ``shift_integer`` (one read per value), not as a gather:
+    # H100, 2026-12-05, graph replay, 8 clips x 8 frames, the hardened AQ's 2-D shift with
+    # its prologue, channel-major, µs per call, the pass / the walk taken before: bfloat16
+    # 28.3 / 54.8 at 56², 72 channels, 15.1 / 24.3 at 28², 8.5 / 16.6 at 14², 5.4 / 9.9 at
+    # 7²; float32 41.7 / 70.4, 22.3 / 36.0, 9.0 / 16.8, 6.0 / 11.7
     integer_shift: bool = True
     # the fused form's interpolated affine gathers at stride 1 over clips of more than one
     # frame and planes of at most this many pixels take the pixel walk (0: none), which
