@@ -8,8 +8,9 @@ the fused form stores them in (channel-major from 28 x 28, else (N, T, C, H, W))
 times: a copy of the clip (the floor of one pass), ``affine_relu`` (the batch norm + ReLU
 before conv1), ``affine_relu`` with a frame shift (a hardened AQ block: each channel
 moved -1, 0 or +1 frames, two thirds of them moved, as in an AQ model hardened from
-random taps) and the same shifted pass as the quantized gather (``affine_relu_shift3d``
-with that temporal shift), which the frame shift replaces. Timed as ``bench_shift.py``
+random taps) and the same shifted pass as ``affine_relu_shift3d`` with that temporal
+shift, quantized: the quantized pass it runs as, and the gather it took before
+(``Tuning.integer_shift=False``). Timed as ``bench_shift.py``
 times (``_gpu_time``): per call, the median of 5 samples of calls captured in a CUDA
 graph and replayed (host time excluded), and ``eager``: the same calls issued back to
 back from Python. bfloat16 clips with even planes, which the default moves as 32-bit
@@ -29,7 +30,7 @@ from bench_shift import _gpu_time, write_gpu_rows  # this folder (a script)
 
 from rubiks_shift import _cuda, _cuda_launch, affine_relu
 from rubiks_shift._cuda_kernels import Kernels
-from rubiks_shift._cuda_plan import affine_relu_plan
+from rubiks_shift._cuda_plan import affine_relu_plan, gather_plan
 from rubiks_shift._cuda_tuning import TUNING
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,6 +40,29 @@ SHAPES = [(72, 112), (72, 56), (144, 28), (288, 14), (576, 7)]
 CHANNEL_MAJOR_PLANE = 28 * 28  # the fused form's default layout switch
 SWEEP = [(size, threads) for size in (16, 32, 64) for threads in (64, 128, 256)]
 REPS = 20
+
+GATHERS = replace(TUNING, integer_shift=False)  # a quantized shift as a gather
+
+
+def _gather_call(x, scale, bias, shift):
+    """``_cuda.forward_affine(x, scale, bias, shift, quantize=True)`` at stride 1 as the
+    gather it took before the quantized pass, launched with its own plan."""
+    storage = STORAGE[x.dtype]
+    major = not x.is_contiguous()
+    shape = tuple(x.shape)
+    (step,) = gather_plan(
+        shape, shape, (1, 1, 1), (0, 0, 0), True, False, storage, GATHERS,
+        channel_major=major, affine=True,
+    )  # fmt: skip
+    step = step._replace(name=step.name + "_affine")
+    kernels = _cuda_launch.kernel_set(storage, "float32")
+
+    def call():
+        y = _cuda._empty_result(x, None, major)
+        _cuda_launch.run(kernels, step, (x, shift, y, scale, bias), x.get_device())
+        return y
+
+    return call
 
 
 def _variant_call(
@@ -80,15 +104,16 @@ def run_shape(channels: int, side: int, dtype: torch.dtype, args, kernels: dict)
         "copy": lambda: x.clone(),
         "affine_relu": lambda: affine_relu(x, scale, bias),
         "affine_relu, frame shift": lambda: affine_relu(x, scale, bias, frames),
-        "quantized gather, temporal shift": lambda: _cuda.forward_affine(
+        "quantized pass, temporal shift": lambda: _cuda.forward_affine(
             x, scale, bias, temporal, (1, 1, 1), (0, 0, 0), True
         ),
+        "quantized gather, temporal shift": _gather_call(x, scale, bias, temporal),
     }
     with torch.no_grad():
-        if not torch.equal(
-            calls["affine_relu, frame shift"](), calls["quantized gather, temporal shift"]()
-        ):
-            raise AssertionError(f"frame shift differs from the gather at {row}")
+        shifted = calls["affine_relu, frame shift"]()
+        for form in ("quantized pass, temporal shift", "quantized gather, temporal shift"):
+            if not torch.equal(shifted, calls[form]()):
+                raise AssertionError(f"frame shift differs from the {form} at {row}")
         rows = []
         for name, fn in calls.items():
             kernel_ms, eager_ms = _gpu_time([fn], REPS)

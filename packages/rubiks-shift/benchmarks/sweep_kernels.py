@@ -89,7 +89,10 @@ FRAME_VARIANTS = [(8, 56), (8, 64), (12, 72), (16, 80)]
 # and the frame walk at another block size than the default (its kernel as built with the
 # cap, the launch only): (register cap, threads per block)
 FRAME_BLOCKS = [(72, 256), (64, 256)]
-ROWS = replace(TUNING, stride_one_walk="rows")  # the row walk at every stride
+# the gathers' walks (a quantized shift at stride 1 would otherwise take the quantized
+# pass, which is not a gather)
+GATHERS = replace(TUNING, integer_shift=False)
+ROWS = replace(GATHERS, stride_one_walk="rows")  # the row walk at every stride
 
 
 def load_baseline(path: str):
@@ -113,16 +116,16 @@ def gather_variants(quick: bool, storage: str = "float32", baseline=None):
         for order, waves in itertools.product(("frames", "planes"), (0, 1)):
             tuning = replace(ROWS, row_walk_order=order, row_walk_waves=waves)
             yield f"rows-{order}-w{waves}", kernels_for(storage, tuning), tuning, "rows", None
-    yield "frames-auto", kernels_for(storage), TUNING, None, None
+    yield "frames-auto", kernels_for(storage), GATHERS, None, None
     if baseline is not None:
-        yield "baseline-frames-auto", baseline_set(storage, baseline), TUNING, None, None
+        yield "baseline-frames-auto", baseline_set(storage, baseline), GATHERS, None, None
     for split in (2,) if quick else (2, 3):
-        yield f"frames-auto-f/{split}", kernels_for(storage), TUNING, None, split
+        yield f"frames-auto-f/{split}", kernels_for(storage), GATHERS, None, split
     for bound, reg in FRAME_VARIANTS:
-        tuning = replace(TUNING, frame_walk_rows=bound, frame_walk_registers=reg)
+        tuning = replace(GATHERS, frame_walk_rows=bound, frame_walk_registers=reg)
         yield f"frames-R{bound}r{reg}", kernels_for(storage, tuning), tuning, (bound,), None
     for reg, threads in FRAME_BLOCKS:
-        tuning = replace(TUNING, frame_walk_registers=reg, frame_walk_threads=threads)
+        tuning = replace(GATHERS, frame_walk_registers=reg, frame_walk_threads=threads)
         yield f"frames-r{reg}-b{threads}", kernels_for(storage, tuning), tuning, None, None
 
 
