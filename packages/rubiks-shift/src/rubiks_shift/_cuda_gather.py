@@ -66,17 +66,26 @@ i32 = nt.int32
 i64 = nt.int64
 
 
-def gather_signature(
-    storage: str, shift_storage: str, affine: bool = False, frames: bool = False
-) -> tuple:
-    """The signature of a gather kernel: (src, shift, dst[, scale, bias], *scalars), the
-    scalars a ``GatherScalars`` block (the row walk) or, with ``frames``, a
-    ``GatherFramesScalars`` one (the frame walk); ``affine``: with the input prologue."""
+def shift_signature(storage: str, shift_storage: str, affine: bool, scalars) -> tuple:
+    """The signature of a kernel that shifts ``storage`` tensors by ``shift_storage``
+    shifts (the gathers, the pixel walk, the quantized pass): (src, shift, dst[, scale,
+    bias], *scalars), the scalars the fields of the ``_cuda_scalars`` block ``scalars``;
+    ``affine``: with the input prologue's scale and bias."""
     acc = accumulator(storage)
     ptr = storage_pointer(storage)
     affine_ptrs = (nt.CPointer(acc),) * 2 if affine else ()
     pointers = (ptr, storage_pointer(shift_storage), ptr, *affine_ptrs)
-    return pointers + scalar_types(GatherFramesScalars if frames else GatherScalars, acc)
+    return pointers + scalar_types(scalars, acc)
+
+
+def gather_signature(
+    storage: str, shift_storage: str, affine: bool = False, frames: bool = False
+) -> tuple:
+    """The signature of a gather kernel (``shift_signature``): its scalars a
+    ``GatherScalars`` block (the row walk) or, with ``frames``, a ``GatherFramesScalars``
+    one (the frame walk); ``affine``: with the input prologue."""
+    scalars = GatherFramesScalars if frames else GatherScalars
+    return shift_signature(storage, shift_storage, affine, scalars)
 
 
 def _entry(name: str, body, scalars, affine: bool, registers: int | None):

@@ -36,10 +36,8 @@ from ._cuda_device import (
     ldg,
     offset,
     plane_index,
-    scalar_types,
-    storage_pointer,
 )
-from ._cuda_gather import _entry, device_parts
+from ._cuda_gather import _entry, device_parts, shift_signature
 from ._cuda_scalars import GatherPixelsScalars
 
 i32 = nt.int32
@@ -48,11 +46,7 @@ i64 = nt.int64
 
 def gather_pixels_signature(storage: str, shift_storage: str, affine: bool = False) -> tuple:
     """(src, shift, dst[, scale, bias], *GatherPixelsScalars)."""
-    p = device_parts(storage, shift_storage)
-    ptr = storage_pointer(storage)
-    affine_ptrs = (nt.CPointer(p.acc),) * 2 if affine else ()
-    pointers = (ptr, storage_pointer(shift_storage), ptr, *affine_ptrs)
-    return pointers + scalar_types(GatherPixelsScalars, p.acc)
+    return shift_signature(storage, shift_storage, affine, GatherPixelsScalars)
 
 
 def build_gather_pixels(

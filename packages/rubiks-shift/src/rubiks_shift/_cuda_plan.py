@@ -144,8 +144,7 @@ def affine_takes_rows(src_shape, storage: str, quantize: bool, tuning: Tuning = 
     """Whether an affine gather (the shift with its prologue) where the frame walk applies
     takes the row walk instead: quantized ones (those the elementwise pass does not
     take) on planes of at most ``tuning.quantized_affine_rows`` pixels; interpolated ones
-    over one-frame clips
-    (``tuning.one_frame_affine_rows``) and on float32 planes in
+    over one-frame clips (``tuning.one_frame_affine_rows``) and on float32 planes in
     ``tuning.float32_affine_rows``."""
     _, frames, _, height, width = src_shape
     if quantize:
@@ -289,7 +288,7 @@ def gather_plan(
         return (integer_shift_plan(src_shape, storage, adjoint, channel_major, tuning),)
     frame_walk = tuning.stride_one_walk == "frames" and frames_walk_applies(src_shape, stride)
     if frame_walk and not (affine and affine_takes_rows(src_shape, storage, quantize, tuning)):
-        pixels = affine and not adjoint and rows is None and frames is None
+        pixels = affine and not adjoint and not given
         if pixels and affine_takes_pixels(src_shape, stride, quantize, storage, tuning):
             return _pixel_walk_plan(src_shape, dst_shape, padding, storage, tuning, channel_major)
         return _frame_walk_plan(
