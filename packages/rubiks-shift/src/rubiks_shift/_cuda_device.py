@@ -79,6 +79,20 @@ def acc_constants(storage: str) -> AccConstants:
     return AccConstants(acc, acc(0.0), acc(1.0), acc(0.5), acc(SHIFT_LIMIT), acc(math.nan))
 
 
+def relu_fma(storage: str):
+    """The fused kernels' input prologue for ``storage`` tensors: ``relu_fma(v, s, b,
+    drop)`` = relu(v * s + b) in the accumulation type, rounded once (a NaN stays NaN, as
+    in torch.relu), and 0 where ``drop`` (a compile-time False drops nothing)."""
+    zero = acc_constants(storage).zero
+
+    @inlined
+    def relu_fma(v, s, b, drop):
+        u = cuda.fma(v, s, b)
+        return zero if (u <= zero) | drop else u
+
+    return relu_fma
+
+
 def load_store(storage: str):
     """(load, store) of one element of ``storage`` at ``a[i]``, converted to and from the
     accumulation type. Loads are read-only loads (``ld.global.nc``): every tensor a kernel

@@ -56,6 +56,7 @@ from ._cuda_device import (
     masked_load,
     offset,
     plane_index,
+    relu_fma,
     scalar_types,
     storage_pointer,
     warp_all,
@@ -112,6 +113,7 @@ def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> Simp
     load, store = load_store(storage)
     load_if = masked_load(storage)
     sload, _ = load_store(shift_storage)
+    prologue = relu_fma(storage)
 
     @inlined
     def axis(s, quantize):
@@ -232,6 +234,7 @@ def build_gather(
     zero, one, nan = p.zero, p.one, p.nan
     within, clamp, source = p.within, p.clamp, p.source
     column_slots, fill, decode = p.column_slots, p.fill, p.decode
+    prologue = p.prologue
 
     @inlined
     def channel_affine(scale, bias, c):
@@ -242,19 +245,17 @@ def build_gather(
 
     @inlined
     def activate(v, af):
-        """A loaded source value as the walk uses it: relu(v * scale + bias) with ``af`` =
-        (scale, bias) in the affine kernels (NaN stays NaN, as in torch.relu), else v."""
+        """A loaded source value as the walk uses it: ``relu_fma`` with ``af`` = (scale,
+        bias) in the affine kernels, else v."""
         if affine:
-            u = cuda.fma(v, af[0], af[1])
-            return zero if u <= zero else u
+            return prologue(v, af[0], af[1], False)
         return v
 
     @inlined
     def activate_if(v, bits, mask, af):
         """``activate`` of a masked load: 0 where nothing was read (``bits & mask`` == 0)."""
         if affine:
-            u = cuda.fma(v, af[0], af[1])
-            return zero if (u <= zero) | ((bits & mask) == 0) else u
+            return prologue(v, af[0], af[1], (bits & mask) == 0)
         return v
 
     @inlined

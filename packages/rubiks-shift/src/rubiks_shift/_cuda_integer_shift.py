@@ -41,7 +41,7 @@ def build_shift_integer(storage: str, shift_storage: str, per_thread: int, affin
     gives NaN over its channel, as the gathers do."""
     p = device_parts(storage, shift_storage)
     acc, zero, nan, load, store = p.acc, p.zero, p.nan, p.load, p.store
-    half, limit, within = p.half, p.limit, p.within
+    half, limit, within, prologue = p.half, p.limit, p.within, p.prologue
     sload, _ = load_store(shift_storage)
 
     @inlined
@@ -56,8 +56,7 @@ def build_shift_integer(storage: str, shift_storage: str, per_thread: int, affin
     @inlined
     def activate(v, s, b):
         if affine:
-            u = cuda.fma(v, s, b)
-            return zero if u <= zero else u
+            return prologue(v, s, b, False)
         return v
 
     @inlined

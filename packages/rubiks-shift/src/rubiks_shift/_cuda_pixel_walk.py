@@ -72,7 +72,7 @@ def build_gather_pixels(
     p = device_parts(storage, shift_storage)
     acc, load, store = p.acc, p.load, p.store
     zero, one, nan = p.zero, p.one, p.nan
-    within, clamp, decode = p.within, p.clamp, p.decode
+    within, clamp, decode, prologue = p.within, p.clamp, p.decode, p.prologue
     F = frames
     F1 = frames + 1
     R1 = rows + 1  # source rows and columns per task
@@ -86,8 +86,7 @@ def build_gather_pixels(
         """A loaded tap as the walk uses it: relu(v * s + b) in the affine kernel (NaN
         stays NaN), 0 where ``ok`` is False (outside the source)."""
         if affine:
-            u = cuda.fma(v, s, b)
-            return zero if (u <= zero) | (not ok) else u
+            return prologue(v, s, b, not ok)
         return v if ok else zero
 
     @inlined

@@ -38,6 +38,7 @@ from ._cuda_device import (
     ldg,
     load_store,
     offset,
+    relu_fma,
     scalar_types,
     storage_pointer,
 )
@@ -119,10 +120,11 @@ def build_affine_relu(storage: str, per_thread: int):
     acc, zero, *_ = acc_constants(storage)
     load, store = load_store(storage)
 
+    relu = relu_fma(storage)
+
     @inlined
     def activate(v, s, b):
-        u = cuda.fma(v, s, b)
-        return zero if u <= zero else u
+        return relu(v, s, b, False)
 
     walk_values = _walk(load, store, activate, zero, acc, per_thread, 1)
     can_pair = storage == "bfloat16" and per_thread >= 2  # else ``paired`` is not read
