@@ -14,11 +14,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rubiks_shift import affine_relu_shift3d, rubiks_shift3d, stem_conv
+from rubiks_shift import affine_relu, affine_relu_shift3d, rubiks_shift3d, stem_conv
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SHAPES = {
     "stage1": ((2, 8, 72, 56, 56), (1, 1, 1)),
+    "stage3": ((2, 8, 288, 14, 14), (1, 1, 1)),
     "stage4": ((2, 8, 576, 7, 7), (1, 1, 1)),
     "stride2": ((2, 8, 72, 112, 112), (1, 2, 2)),
 }
@@ -86,23 +87,63 @@ def test_copy_floor(benchmark, device, name, direction):
     benchmark(run)
 
 
+def _channel_major(x):
+    """x (N, T, C, H, W) stored in (C, N, T, H, W) order, as the fused models keep it."""
+    return x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
+
+
+def _affine(channels, device):
+    g = torch.Generator().manual_seed(1)
+    scale = (torch.rand(channels, generator=g) + 0.5).to(device)
+    bias = (torch.randn(channels, generator=g) * 0.5).to(device)
+    return scale, bias
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", ["stage1", "stage4"])
+@pytest.mark.parametrize("name", ["stage1", "stage3", "stage4"])
 @pytest.mark.parametrize("layout", ["contiguous", "channel-major"])
-def test_affine_forward(benchmark, device, name, layout):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("quantize", [False, True], ids=["interp", "quantize"])
+def test_affine_forward(benchmark, device, name, layout, dtype, quantize):
     """The fused inference form's shift (batch norm + ReLU applied as it reads x), on
-    (N, T, C, H, W) and on channel-major clips (read and written in place)."""
+    (N, T, C, H, W) and on channel-major clips (read and written in place); quantized,
+    the hardened AQ block's spatial shift."""
     shape, stride = SHAPES[name]
     x, shift = _inputs(shape, device)
+    x = x.to(dtype)
     if layout == "channel-major":
-        x = x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
-    g = torch.Generator().manual_seed(1)
-    scale = (torch.rand(shape[2], generator=g) + 0.5).to(device)
-    bias = (torch.randn(shape[2], generator=g) * 0.5).to(device)
+        x = _channel_major(x)
+    if quantize:
+        shift[0] = 0  # a hardened AQ block's shift is spatial only
+    scale, bias = _affine(shape[2], device)
 
     def run():
         with torch.no_grad():
-            affine_relu_shift3d(x, scale, bias, shift, stride)
+            affine_relu_shift3d(x, scale, bias, shift, stride, quantize=quantize)
+        _sync(device)
+
+    benchmark(run)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["stage1", "stage3", "stage4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("frames", [False, True], ids=["plain", "frame_shift"])
+def test_affine_relu(benchmark, device, name, dtype, frames):
+    """The fused block's batch norm + ReLU pass over a channel-major clip: plain (a
+    rubiks3d block's bn1) or with a whole-frame shift per channel (a hardened AQ
+    block's)."""
+    shape, _ = SHAPES[name]
+    x = _channel_major(_inputs(shape, device)[0].to(dtype))
+    scale, bias = _affine(shape[2], device)
+    frame_shift = None
+    if frames:
+        g = torch.Generator().manual_seed(2)
+        frame_shift = torch.randint(-1, 2, (shape[2],), generator=g).to(device)
+
+    def run():
+        with torch.no_grad():
+            affine_relu(x, scale, bias, frame_shift)
         _sync(device)
 
     benchmark(run)
