@@ -6,23 +6,24 @@
 
 A channel-major fused block runs four passes: relu(bn1(x)) (with a hardened AQ block's
 whole-frame temporal shift), conv1 as one product, the shift with relu(. + b2) as its
-prologue, conv2 as one product into the residual. Every pass before a product reads one
-value per output, moved by a whole number of frames, rows and columns per channel (the
-quantized shifts of a hardened AQ block; no move at all for a rubiks3d block's bn1), so
-the product can read it itself: this script's Triton kernel computes ``y = w @ B (+ r)``
-with ``B[k, p] = relu(x[k, p + q_k] * scale[k] + bias[k])``, 0 where ``p + q_k`` leaves
-the clip, on a (K, points) channel-major clip. A block then moves its tensor through
-memory 2.5 times instead of 4.5.
+prologue, conv2 as one product into the residual. The passes before the products can be
+read by the products themselves. ``gather_gemm_kernel`` computes ``y = w @ B (+ r)`` with
+``B[k, p] = relu(x[k, p + q_k] * scale[k] + bias[k])``, 0 where ``p + q_k`` leaves the
+clip: the hardened AQ block's quantized shifts (whole frames before conv1, whole rows
+and columns before conv2) and a rubiks3d block's bn1 (no move). ``interp_gemm_kernel``
+reads B through a rubiks3d block's trilinear shift (eight taps per value, blended as the
+shift kernels blend them). A block then moves its tensor through memory 2.5 times
+instead of 4.5.
 
 It times, per stage (channels x side), on one GPU in a CUDA graph (``bench_block_parts``'
-``time_us``): a hardened AQ identity block as the fused model runs it (``affine_relu``
-with its frame shift, conv1's product, ``affine_relu_shift3d`` quantized, conv2's
-product into the residual) against
-two kernel calls; a rubiks3d block's bn1 pass + conv1 against one (the composed forms'
-products as the fused model computes them: ``product``). Each form is checked
-against float64 arithmetic with the same rounding points first (max error relative to
-the largest reference value). ``--check`` runs the kernel alone against float64 on tiny
-float32 clips (any device, the Triton interpreter on the CPU) and exits 1 above 1e-5.
+``time_us``), identity blocks as the fused model runs them (``affine_relu``, conv1's
+product, ``affine_relu_shift3d``, conv2's product into the residual; the products as
+the fused model computes them: ``product``) against two kernel calls: a hardened AQ
+block, a rubiks3d block, and a rubiks3d block's bn1 pass + conv1 alone. Each form is
+checked against float64 arithmetic with the same rounding points first (max error
+relative to the largest reference value). ``--check`` runs the kernels and the
+gathered forms against float64 on tiny float32 clips (any device; the Triton interpreter
+on the CPU) and exits 1 above 1e-5.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from bench_block_parts import time_us
 from rubiks_models.channel_major_block import clip_points, points_clip
 from rubiks_models.io import atomic_write
 from rubiks_shift import affine_relu, affine_relu_shift3d
+from rubiks_shift.reference import shift3d_forward
 
 
 @triton.jit
@@ -101,6 +103,8 @@ def gather_gemm_kernel(
     tl.store(y_ptr + at, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+SHIFT_LIMIT = float(2**24)  # the shift kernels clamp each component to this first
+
 # tiles without register spills for the bfloat16 kernel that moves rows and columns
 # (ptxas 13.0 for sm_90a: 0-4 bytes), from large to small
 CONFIGS = [
@@ -150,6 +154,143 @@ def gather_gemm(
     return y
 
 
+@triton.jit
+def _blend(first, second, w0, w1, use0, use1):
+    """w0 * first + w1 * second as the shift kernels round it, a tap of zero weight
+    selected away (never multiplied: it may be inf)."""
+    x = tl.where(use0, w0 * first, 0.0)
+    return tl.where(use1, tl.fma(w1, second, x), x)
+
+
+@triton.jit
+def _tap(h_ptr, rows, k_ok, n_ok, t, hh, ww, T, H, W, s, b, P):
+    """relu(h * s + b) at (frame t, row hh, column ww) of each (channel row, point) pair,
+    0 outside the clip."""
+    ok = k_ok[:, None] & n_ok[None, :]
+    ok = ok & (t.to(tl.uint32) < T.to(tl.uint32)) & (hh.to(tl.uint32) < H.to(tl.uint32))
+    ok = ok & (ww.to(tl.uint32) < W.to(tl.uint32))
+    v = tl.load(h_ptr + rows + ((t * H + hh) * W + ww), mask=ok, other=0.0).to(tl.float32)
+    u = tl.fma(v, s, b)
+    return tl.where((u <= 0.0) | (~ok), 0.0, u)
+
+
+@triton.jit
+def _plane(t, hh, ww, h_ptr, rows, k_ok, n_ok, T, H, W, s, b, P, ww0, ww1, wh0, wh1):
+    """One source frame's taps at rows hh, hh + 1 and columns ww, ww + 1, blended along
+    W, then H."""
+    top = _blend(_tap(h_ptr, rows, k_ok, n_ok, t, hh, ww, T, H, W, s, b, P),
+                 _tap(h_ptr, rows, k_ok, n_ok, t, hh, ww + 1, T, H, W, s, b, P),
+                 ww0, ww1, ww0 != 0.0, ww1 != 0.0)  # fmt: skip
+    bottom = _blend(_tap(h_ptr, rows, k_ok, n_ok, t, hh + 1, ww, T, H, W, s, b, P),
+                    _tap(h_ptr, rows, k_ok, n_ok, t, hh + 1, ww + 1, T, H, W, s, b, P),
+                    ww0, ww1, ww0 != 0.0, ww1 != 0.0)  # fmt: skip
+    return _blend(top, bottom, wh0, wh1, wh0 != 0.0, wh1 != 0.0)
+
+
+@triton.jit
+def interp_gemm_kernel(
+    w_ptr, h_ptr, scale_ptr, bias_ptr, base_ptr, wts_ptr, r_ptr, y_ptr,
+    M, K, P, T, H, W,
+    RESIDUAL: tl.constexpr, IEEE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    """y = w @ B (+ r) with B the trilinear shift of relu(h * scale + bias) (a rubiks3d
+    block's shift with its prologue, stride 1, no padding): ``base`` (3, K) int32 the
+    floor of each channel's (t, h, w) shift, ``wts`` (6, K) its corner weights (t0, t1,
+    h0, h1, w0, w1); blended along W, then H, then T, as the shift kernels do."""
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    rm = tl.program_id(1) * BM + tl.arange(0, BM)
+    m_ok = rm < M
+    n_ok = rn < P
+    col = rn % W
+    row = (rn // W) % H
+    frame = (rn // (H * W)) % T
+    clip_base = rn - (frame * H + row) * W - col  # the point of (frame 0, row 0, column 0)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        rk = k0 + tl.arange(0, BK)
+        k_ok = rk < K
+        a = tl.load(w_ptr + rm[:, None] * K + rk[None, :], mask=m_ok[:, None] & k_ok[None, :],
+                    other=0.0)  # fmt: skip
+        s = tl.load(scale_ptr + rk, mask=k_ok, other=0.0)[:, None]
+        b = tl.load(bias_ptr + rk, mask=k_ok, other=0.0)[:, None]
+        ft = tl.load(base_ptr + rk, mask=k_ok, other=0)[:, None]
+        fh = tl.load(base_ptr + K + rk, mask=k_ok, other=0)[:, None]
+        fw = tl.load(base_ptr + 2 * K + rk, mask=k_ok, other=0)[:, None]
+        wt0 = tl.load(wts_ptr + rk, mask=k_ok, other=0.0)[:, None]
+        wt1 = tl.load(wts_ptr + K + rk, mask=k_ok, other=0.0)[:, None]
+        wh0 = tl.load(wts_ptr + 2 * K + rk, mask=k_ok, other=0.0)[:, None]
+        wh1 = tl.load(wts_ptr + 3 * K + rk, mask=k_ok, other=0.0)[:, None]
+        ww0 = tl.load(wts_ptr + 4 * K + rk, mask=k_ok, other=0.0)[:, None]
+        ww1 = tl.load(wts_ptr + 5 * K + rk, mask=k_ok, other=0.0)[:, None]
+        rows = rk[:, None].to(tl.int64) * P + clip_base[None, :]
+        t = frame[None, :] + ft
+        hh = row[None, :] + fh
+        ww = col[None, :] + fw
+        args = (h_ptr, rows, k_ok, n_ok, T, H, W, s, b, P, ww0, ww1, wh0, wh1)
+        first = _plane(t, hh, ww, *args)
+        second = _plane(t + 1, hh, ww, *args)
+        u = _blend(first, second, wt0, wt1, wt0 != 0.0, wt1 != 0.0)
+        if IEEE:
+            acc = tl.dot(a, u.to(a.dtype), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, u.to(a.dtype), acc)
+    at = rm[:, None].to(tl.int64) * P + rn[None, :]
+    mask = m_ok[:, None] & n_ok[None, :]
+    if RESIDUAL:
+        acc += tl.load(r_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + at, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# the interpolating kernel holds eight taps per operand value: tiles without spills in
+# both dtypes (ptxas 13.0, sm_90a)
+INTERP_CONFIGS = [
+    triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=warps, num_stages=stages)
+    for bm, bn, bk, warps, stages in (
+        (128, 128, 16, 8, 3),
+        (64, 128, 16, 8, 3),
+        (128, 64, 32, 8, 2),
+        (128, 64, 16, 8, 3),
+        (64, 64, 32, 8, 3),
+        (128, 32, 32, 8, 3),
+        (64, 64, 16, 4, 3),
+    )
+]
+tuned_interp_kernel = triton.autotune(INTERP_CONFIGS, key=["M", "K", "P", "RESIDUAL"])(
+    interp_gemm_kernel
+)
+
+
+def corners(shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base, weights) of a (3, C) shift for ``interp_gemm``: floor of each clamped
+    component (int32 (3, C)) and the corner weights (1 - r, r) per axis (float32 (6, C)),
+    as the shift kernels compute them (clamp, floor, remainder in float32)."""
+    s = shift.float().clamp(-SHIFT_LIMIT, SHIFT_LIMIT)
+    f = torch.floor(s)
+    r = s - f
+    weights = torch.stack([1 - r[0], r[0], 1 - r[1], r[1], 1 - r[2], r[2]])
+    return f.to(torch.int32).contiguous(), weights.contiguous()
+
+
+def interp_gemm(w, h, scale, bias, base, weights, clip, residual=None, config=None, exact=False):
+    """``w @ shift(relu(h * scale + bias)) (+ residual)`` (``interp_gemm_kernel``): h (K,
+    P) contiguous, ``base`` and ``weights`` from ``corners``, ``clip`` = (T, H, W)."""
+    m, k = w.shape
+    p = h.shape[1]
+    y = torch.empty(m, p, dtype=h.dtype, device=h.device)
+    args = (w, h, scale, bias, base, weights, residual if residual is not None else y, y,
+            m, k, p, *clip)  # fmt: skip
+    flags = dict(RESIDUAL=residual is not None, IEEE=exact and h.dtype == torch.float32)
+    if config is None:
+        grid = lambda meta: (triton.cdiv(p, meta["BN"]), triton.cdiv(m, meta["BM"]))
+        tuned_interp_kernel[grid](*args, **flags)
+    else:
+        bm, bn, bk = config
+        grid = (triton.cdiv(p, bn), triton.cdiv(m, bm))
+        interp_gemm_kernel[grid](*args, **flags, BM=bm, BN=bn, BK=bk)
+    return y
+
+
 # ------------------------------------------------------------------ float64 arithmetic
 
 
@@ -182,13 +323,28 @@ def reference(w, x, scale, bias, q, dims, residual=None, round_to=None):
     return y if residual is None else y + residual.double()
 
 
+def interp_reference(w, h, scale, bias, shift, dims, residual=None, round_to=None):
+    """``interp_gemm`` in float64 (rubiks_shift's float64 shift of the activated clip)."""
+    k = h.shape[0]
+    n, t, height, width = dims
+    a = torch.relu(h.double() * scale.double()[:, None] + bias.double()[:, None]).cpu()
+    clip = a.view(k, n, t, height, width).permute(1, 2, 0, 3, 4)
+    moved_clip = shift3d_forward(clip, shift.double().cpu())
+    b = moved_clip.permute(2, 0, 1, 3, 4).reshape(k, -1).to(w.device)
+    if round_to is not None:
+        b = b.to(round_to).double()
+    y = w.double() @ b
+    return y if residual is None else y + residual.double()
+
+
 def error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30))
 
 
 def check(device: str) -> int:
-    """The kernel against float64 on small float32 clips, with and without moves and a
-    residual; prints each case's error, 1 if any exceeds 1e-5."""
+    """The kernels against float64 on small float32 clips, with and without moves and a
+    residual, then the gathered block forms; prints each case's error, 1 if any exceeds
+    1e-5."""
     g = torch.Generator().manual_seed(0)
     worst = 0.0
     for k, m, dims in ((8, 12, (1, 3, 5, 5)), (20, 17, (2, 4, 3, 6)), (40, 40, (1, 2, 7, 7))):
@@ -207,6 +363,25 @@ def check(device: str) -> int:
             worst = max(worst, e)
             print(f"K={k} M={m} clip {dims}: move={move is not None} residual="
                   f"{res is not None}: error {e:.2e}")  # fmt: skip
+        shift = (torch.rand(3, k, generator=g) - 0.5) * 5
+        shift[:, ::3] = torch.round(shift[:, ::3])  # whole moves: a corner of weight 0
+        shift[0, 1::4] = 0
+        base, weights = corners(shift)
+        for res in (None, r):
+            args = [t.to(device) for t in (w, x, scale, bias, base, weights)]
+            rd = None if res is None else res.to(device)
+            got = interp_gemm(*args, dims[1:], rd, config=(16, 16, 16), exact=True)
+            e = error(got.cpu(), interp_reference(w, x, scale, bias, shift, dims, res))
+            worst = max(worst, e)
+            print(f"K={k} M={m} clip {dims}: interpolated, residual={res is not None}: "
+                  f"error {e:.2e}")  # fmt: skip
+    d = stage_inputs(16, 6, argparse.Namespace(batch=2, frames=4), torch.float32, device)
+    d["config"], d["exact"] = (16, 16, 16), True
+    for name, form, want in forms(d, torch.float32):
+        if name.endswith("_gathered"):
+            e = error(form(d), want)
+            worst = max(worst, e)
+            print(f"{name}, 16 channels, clip (2, 4, 6, 6): error {e:.2e}")
     print(f"worst {worst:.2e}")
     return 0 if worst <= 1e-5 else 1
 
@@ -242,6 +417,8 @@ def stage_inputs(c: int, side: int, args, dtype: torch.dtype, device: str = "cud
     d["q1"] = torch.stack([frames, torch.zeros_like(frames), torch.zeros_like(frames)]).to(device)
     d["q2"] = whole.to(device)
     d["moves1"], d["moves2"] = (True, False), (False, True)
+    d["shift3d"] = ((torch.rand(3, c, generator=g) - 0.5) * 3).to(device)  # a rubiks3d block's
+    d["base"], d["weights"] = corners(d["shift3d"])
     d["dims"] = (n, t, side, side)
     return d
 
@@ -268,11 +445,11 @@ def aq_block_composed(d: dict) -> torch.Tensor:
 
 def aq_block_gathered(d: dict) -> torch.Tensor:
     clip = d["dims"][1:]
-    cfg = d.get("config")  # None: autotuned
-    hid = gather_gemm(d["w1"], d["x"], d["s1"], d["b1"], d["q1"], clip, config=cfg,
-                      moves=d["moves1"])  # fmt: skip
-    return gather_gemm(d["w2"], hid, d["ones"], d["b2"], d["q2"], clip, d["x"], config=cfg,
-                       moves=d["moves2"])  # fmt: skip
+    opts = dict(config=d.get("config"), exact=d.get("exact", False))  # default: autotuned
+    hid = gather_gemm(d["w1"], d["x"], d["s1"], d["b1"], d["q1"], clip, moves=d["moves1"],
+                      **opts)  # fmt: skip
+    return gather_gemm(d["w2"], hid, d["ones"], d["b2"], d["q2"], clip, d["x"],
+                       moves=d["moves2"], **opts)  # fmt: skip
 
 
 def conv1_composed(d: dict) -> torch.Tensor:
@@ -283,13 +460,52 @@ def conv1_composed(d: dict) -> torch.Tensor:
 
 def conv1_gathered(d: dict) -> torch.Tensor:
     return gather_gemm(d["w1"], d["x"], d["s1"], d["b1"], None, d["dims"][1:],
-                       config=d.get("config"))  # fmt: skip
+                       config=d.get("config"), exact=d.get("exact", False))  # fmt: skip
+
+
+def rubiks3d_block_composed(d: dict) -> torch.Tensor:
+    n, t, h, w = d["dims"]
+    hid = conv1_composed(d)
+    out = affine_relu_shift3d(points_clip(hid, n, t, h, w), d["ones"], d["b2"], d["shift3d"])
+    return product(d["w2"], clip_points(out), d["x"])
+
+
+def rubiks3d_block_gathered(d: dict) -> torch.Tensor:
+    hid = conv1_gathered(d)
+    return interp_gemm(d["w2"], hid, d["ones"], d["b2"], d["base"], d["weights"],
+                       d["dims"][1:], d["x"], config=d.get("config"),
+                       exact=d.get("exact", False))  # fmt: skip
+
+
+def rubiks3d_block_reference(d: dict, dtype: torch.dtype) -> torch.Tensor:
+    dims = d["dims"]
+    hid = reference(d["w1"], d["x"], d["s1"], d["b1"], None, dims, round_to=dtype)
+    return interp_reference(d["w2"], hid.to(dtype), d["ones"], d["b2"], d["shift3d"], dims,
+                            d["x"], dtype)  # fmt: skip
 
 
 def aq_block_reference(d: dict, dtype: torch.dtype) -> torch.Tensor:
     dims = d["dims"]
     hid = reference(d["w1"], d["x"], d["s1"], d["b1"], d["q1"], dims, round_to=dtype)
     return reference(d["w2"], hid.to(dtype), d["ones"], d["b2"], d["q2"], dims, d["x"], dtype)
+
+
+KINDS = ("aq_block", "rubiks3d_block", "conv1")  # each timed composed and gathered
+
+
+def forms(d: dict, dtype: torch.dtype) -> list[tuple[str, object, torch.Tensor]]:
+    """(name, form, its float64 reference) of every timed form."""
+    conv1 = reference(d["w1"], d["x"], d["s1"], d["b1"], None, d["dims"], round_to=dtype)
+    aq = aq_block_reference(d, dtype)
+    r3d = rubiks3d_block_reference(d, dtype)
+    return [
+        ("aq_block_composed", aq_block_composed, aq),
+        ("aq_block_gathered", aq_block_gathered, aq),
+        ("rubiks3d_block_composed", rubiks3d_block_composed, r3d),
+        ("rubiks3d_block_gathered", rubiks3d_block_gathered, r3d),
+        ("conv1_composed", conv1_composed, conv1),
+        ("conv1_gathered", conv1_gathered, conv1),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,32 +529,25 @@ def main(argv: list[str] | None = None) -> int:
         for stage in args.stages:
             c, side = (int(v) for v in stage.split("x"))
             d = stage_inputs(c, side, args, dtype)
-            want = aq_block_reference(d, dtype)
-            want1 = reference(d["w1"], d["x"], d["s1"], d["b1"], None, d["dims"], round_to=dtype)
             row = dict(dtype=name, channels=c, side=side)
-            for form, fn, ref in (
-                ("aq_block_composed", aq_block_composed, want),
-                ("aq_block_gathered", aq_block_gathered, want),
-                ("conv1_composed", conv1_composed, want1),
-                ("conv1_gathered", conv1_gathered, want1),
-            ):
+            for form, fn, ref in forms(d, dtype):
                 row[form + "_error"] = error(fn(d), ref)
                 row[form + "_us"] = time_us(lambda fn=fn, d=d: fn(d), "cuda")
             copy_src = d["x"].clone()
             row["copy_us"] = time_us(lambda s=copy_src, x=d["x"]: x.copy_(s), "cuda")
             rows.append(row)
-            print(f"{name} {c}x{side}²: AQ block {row['aq_block_composed_us']:.1f} -> "
-                  f"{row['aq_block_gathered_us']:.1f} µs (errors "
-                  f"{row['aq_block_composed_error']:.1e} / {row['aq_block_gathered_error']:.1e}); "
-                  f"bn1 + conv1 {row['conv1_composed_us']:.1f} -> "
-                  f"{row['conv1_gathered_us']:.1f} µs; copy {row['copy_us']:.1f} µs",
-                  flush=True)  # fmt: skip
-    print("\n| dtype | stage | copy | AQ block: 4 passes / 2 products | bn1 + conv1 / 1 product |")
-    print("|---|---|---|---|---|")
+            print(f"{name} {c}x{side}²: " + "; ".join(
+                f"{kind} {row[kind + '_composed_us']:.1f} -> {row[kind + '_gathered_us']:.1f} µs "
+                f"(errors {row[kind + '_composed_error']:.1e} / "
+                f"{row[kind + '_gathered_error']:.1e})" for kind in KINDS
+            ) + f"; copy {row['copy_us']:.1f} µs", flush=True)  # fmt: skip
+    print("\nµs per call, composed passes / gathered products")
+    print("| dtype | stage | copy | " + " | ".join(KINDS) + " |")
+    print("|---|---|---|" + "---|" * len(KINDS))
     for r in rows:
-        print(f"| {r['dtype']} | {r['channels']} x {r['side']}² | {r['copy_us']:.1f} | "
-              f"{r['aq_block_composed_us']:.1f} / {r['aq_block_gathered_us']:.1f} | "
-              f"{r['conv1_composed_us']:.1f} / {r['conv1_gathered_us']:.1f} |")  # fmt: skip
+        cells = " | ".join(f"{r[k + '_composed_us']:.1f} / {r[k + '_gathered_us']:.1f}"
+                           for k in KINDS)  # fmt: skip
+        print(f"| {r['dtype']} | {r['channels']} x {r['side']}² | {r['copy_us']:.1f} | {cells} |")
     if args.json:
         meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                     triton=triton.__version__)  # fmt: skip
