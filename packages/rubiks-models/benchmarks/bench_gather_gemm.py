@@ -48,6 +48,24 @@ from rubiks_shift.reference import shift3d_forward
 
 
 @triton.jit
+def _accumulate(acc, a, u, IEEE: tl.constexpr):
+    """acc + a @ u, the operand u rounded to a's dtype (float32: TF32 unless ``IEEE``)."""
+    if IEEE:
+        return tl.dot(a, u.to(a.dtype), acc, input_precision="ieee")
+    return tl.dot(a, u.to(a.dtype), acc)
+
+
+@triton.jit
+def _finish(acc, r_ptr, y_ptr, rm, rn, M, P, RESIDUAL: tl.constexpr):
+    """Store the (BM, BN) tile acc (+ the residual's) at rows rm, points rn of y."""
+    at = rm[:, None].to(tl.int64) * P + rn[None, :]
+    mask = (rm < M)[:, None] & (rn < P)[None, :]
+    if RESIDUAL:
+        acc += tl.load(r_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + at, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def gather_gemm_kernel(
     w_ptr, x_ptr, scale_ptr, bias_ptr, q_ptr, r_ptr, y_ptr,
     M, K, P, T, H, W,
@@ -92,24 +110,25 @@ def gather_gemm_kernel(
         v = tl.load(x_ptr + at, mask=ok, other=0.0)
         u = v.to(tl.float32) * s[:, None] + b[:, None]
         u = tl.where((u <= 0.0) | (~ok), 0.0, u)  # relu keeping NaN; 0 outside the clip
-        if IEEE:
-            acc = tl.dot(a, u.to(a.dtype), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, u.to(a.dtype), acc)
-    at = rm[:, None].to(tl.int64) * P + rn[None, :]
-    mask = m_ok[:, None] & n_ok[None, :]
-    if RESIDUAL:
-        acc += tl.load(r_ptr + at, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + at, acc.to(y_ptr.dtype.element_ty), mask=mask)
+        acc = _accumulate(acc, a, u, IEEE)
+    _finish(acc, r_ptr, y_ptr, rm, rn, M, P, RESIDUAL)
 
 
 SHIFT_LIMIT = float(2**24)  # the shift kernels clamp each component to this first
 
+
 # tiles without register spills for the bfloat16 kernel that moves rows and columns
 # (ptxas 13.0 for sm_90a: 0-4 bytes), from large to small
-CONFIGS = [
-    triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=warps, num_stages=stages)
-    for bm, bn, bk, warps, stages in (
+def configs(tiles) -> list:
+    """Triton configs of (BM, BN, BK, warps, stages) tiles."""
+    return [
+        triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=warps, num_stages=stages)
+        for bm, bn, bk, warps, stages in tiles
+    ]
+
+
+CONFIGS = configs(
+    (
         (128, 128, 32, 8, 3),
         (128, 128, 32, 8, 2),
         (64, 128, 32, 8, 3),
@@ -119,10 +138,21 @@ CONFIGS = [
         (64, 64, 32, 4, 4),
         (32, 64, 32, 4, 3),
     )
-]
+)
 tuned_kernel = triton.autotune(CONFIGS, key=["M", "K", "P", "FRAMES", "PIXELS", "RESIDUAL"])(
     gather_gemm_kernel
 )
+
+
+def launch(kernel, tuned, args, flags: dict, size: tuple[int, int], config) -> None:
+    """``kernel`` over an (M, P) result of ``size``: with the (BM, BN, BK) tile ``config``,
+    else ``tuned`` (its autotuned form)."""
+    m, p = size
+    if config is None:
+        tuned[lambda meta: (triton.cdiv(p, meta["BN"]), triton.cdiv(m, meta["BM"]))](*args, **flags)
+        return
+    bm, bn, bk = config
+    kernel[(triton.cdiv(p, bn), triton.cdiv(m, bm))](*args, **flags, BM=bm, BN=bn, BK=bk)
 
 
 def gather_gemm(
@@ -144,13 +174,7 @@ def gather_gemm(
                  IEEE=exact and x.dtype == torch.float32)  # fmt: skip
     args = (w, x, scale, bias, q if q is not None else scale,
             residual if residual is not None else y, y, m, k, p, *clip)  # fmt: skip
-    if config is None:
-        grid = lambda meta: (triton.cdiv(p, meta["BN"]), triton.cdiv(m, meta["BM"]))
-        tuned_kernel[grid](*args, **flags)
-    else:
-        bm, bn, bk = config
-        grid = (triton.cdiv(p, bn), triton.cdiv(m, bm))
-        gather_gemm_kernel[grid](*args, **flags, BM=bm, BN=bn, BK=bk)
+    launch(gather_gemm_kernel, tuned_kernel, args, flags, (m, p), config)
     return y
 
 
@@ -231,22 +255,14 @@ def interp_gemm_kernel(
         first = _plane(t, hh, ww, *args)
         second = _plane(t + 1, hh, ww, *args)
         u = _blend(first, second, wt0, wt1, wt0 != 0.0, wt1 != 0.0)
-        if IEEE:
-            acc = tl.dot(a, u.to(a.dtype), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, u.to(a.dtype), acc)
-    at = rm[:, None].to(tl.int64) * P + rn[None, :]
-    mask = m_ok[:, None] & n_ok[None, :]
-    if RESIDUAL:
-        acc += tl.load(r_ptr + at, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + at, acc.to(y_ptr.dtype.element_ty), mask=mask)
+        acc = _accumulate(acc, a, u, IEEE)
+    _finish(acc, r_ptr, y_ptr, rm, rn, M, P, RESIDUAL)
 
 
 # the interpolating kernel holds eight taps per operand value: tiles without spills in
 # both dtypes (ptxas 13.0, sm_90a)
-INTERP_CONFIGS = [
-    triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=warps, num_stages=stages)
-    for bm, bn, bk, warps, stages in (
+INTERP_CONFIGS = configs(
+    (
         (128, 128, 16, 8, 3),
         (64, 128, 16, 8, 3),
         (128, 64, 32, 8, 2),
@@ -255,7 +271,7 @@ INTERP_CONFIGS = [
         (128, 32, 32, 8, 3),
         (64, 64, 16, 4, 3),
     )
-]
+)
 tuned_interp_kernel = triton.autotune(INTERP_CONFIGS, key=["M", "K", "P", "RESIDUAL"])(
     interp_gemm_kernel
 )
@@ -281,13 +297,7 @@ def interp_gemm(w, h, scale, bias, base, weights, clip, residual=None, config=No
     args = (w, h, scale, bias, base, weights, residual if residual is not None else y, y,
             m, k, p, *clip)  # fmt: skip
     flags = dict(RESIDUAL=residual is not None, IEEE=exact and h.dtype == torch.float32)
-    if config is None:
-        grid = lambda meta: (triton.cdiv(p, meta["BN"]), triton.cdiv(m, meta["BM"]))
-        tuned_interp_kernel[grid](*args, **flags)
-    else:
-        bm, bn, bk = config
-        grid = (triton.cdiv(p, bn), triton.cdiv(m, bm))
-        interp_gemm_kernel[grid](*args, **flags, BM=bm, BN=bn, BK=bk)
+    launch(interp_gemm_kernel, tuned_interp_kernel, args, flags, (m, p), config)
     return y
 
 
