@@ -1,7 +1,7 @@
 """A fused block's shift and batch norm + ReLU read inside its 1x1 convolution's product.
 
     python packages/rubiks-models/benchmarks/bench_gather_gemm.py [--dtypes bfloat16 float32]
-        [--stages 144x28 288x14 576x7] [--batch 8 --frames 8] [--json OUT.json]
+        [--stages 72x56 144x28 288x14 576x7] [--batch 8 --frames 8] [--json OUT.json]
     TRITON_INTERPRET=1 python packages/rubiks-models/benchmarks/bench_gather_gemm.py --check
 
 A channel-major fused block runs four passes: relu(bn1(x)) (with a hardened AQ block's
@@ -522,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="the kernel against float64, exit")
     ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
-    ap.add_argument("--stages", nargs="+", default=["144x28", "288x14", "576x7"],
-                    help="CHANNELSxSIDE")  # fmt: skip
+    ap.add_argument("--stages", nargs="+", default=["72x56", "144x28", "288x14", "576x7"],
+                    help="CHANNELSxSIDE (the fused model runs 56² frame by frame: its row "
+                         "says whether gathered products would take that stage too)")  # fmt: skip
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--json", type=Path)
