@@ -175,14 +175,17 @@ def device_parts(storage: str, shift_storage: str, narrow: bool = False) -> Simp
             store(dcol, i32(h * Wd), value)
 
     @inlined
+    def channel_shift(shift, c, C):
+        """(t, h, w) components of channel c's shift in the accumulation type."""
+        return acc(sload(shift, c)), acc(sload(shift, C + c)), acc(sload(shift, 2 * C + c))
+
+    @inlined
     def decode(shift, c, C, adjoint, quantize, pt, ph, pw):
         """(bad, ot, oh, ow, wt0, wt1, wh0, wh1, ww0, ww1) of channel c: ``bad`` for a NaN
         shift; per axis the source offset of corner 0 and the corner weights, for the
         forward (offset floor(shift) - padding) or the adjoint (padding - floor(shift) -
         1, corner weights swapped)."""
-        s_t = acc(sload(shift, c))
-        s_h = acc(sload(shift, C + c))
-        s_w = acc(sload(shift, 2 * C + c))
+        s_t, s_h, s_w = channel_shift(shift, c, C)
         bad = s_t != s_t or s_h != s_h or s_w != s_w
         ft, wt0, wt1 = axis(s_t, quantize)
         fh, wh0, wh1 = axis(s_h, quantize)

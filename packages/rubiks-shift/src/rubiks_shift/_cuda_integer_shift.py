@@ -23,7 +23,7 @@ import math
 from numba import cuda
 from numba import types as nt
 
-from ._cuda_device import divmod_, inlined, ldg, load_store, offset
+from ._cuda_device import divmod_, inlined, ldg, offset
 from ._cuda_gather import _entry, device_parts, shift_signature
 from ._cuda_scalars import IntegerShiftScalars
 
@@ -42,7 +42,7 @@ def build_shift_integer(storage: str, shift_storage: str, per_thread: int, affin
     p = device_parts(storage, shift_storage)
     acc, zero, nan, load, store = p.acc, p.zero, p.nan, p.load, p.store
     half, limit, within, prologue = p.half, p.limit, p.within, p.prologue
-    sload, _ = load_store(shift_storage)
+    channel_shift = p.channel_shift
 
     @inlined
     def whole(s, n):
@@ -77,9 +77,7 @@ def build_shift_integer(storage: str, shift_storage: str, per_thread: int, affin
         step = i32(slab_stride)
         # the NaN test before any rounding (the gathers' ``decode`` rounds first, which
         # the simulator refuses for NaN)
-        s_t = acc(sload(shift, c))
-        s_h = acc(sload(shift, C + c))
-        s_w = acc(sload(shift, 2 * C + c))
+        s_t, s_h, s_w = channel_shift(shift, c, C)
         if s_t != s_t or s_h != s_h or s_w != s_w:
             for k in range(per_thread):
                 if k < count:

@@ -97,7 +97,7 @@ class Tuning:
     # H100, 2026-12-05, graph replay, 8 clips x 8 frames, the hardened AQ's 2-D shift with
     # its prologue, channel-major, µs per call, the pass / the walk taken before: bfloat16
     # 28.3 / 54.8 at 56², 72 channels, 15.1 / 24.3 at 28², 8.5 / 16.6 at 14², 5.4 / 9.9 at
-    # 7²; float32 41.7 / 70.4, 22.3 / 36.0, 9.0 / 16.8, 6.0 / 11.7
+    # 7²; float32 41.7 / 70.4, 22.3 / 36.0, 9.0 / 16.8, 6.1 / 11.7
     integer_shift: bool = True
     # the fused form's interpolated affine gathers at stride 1 over clips of more than one
     # frame and planes of at most this many pixels take the pixel walk (0: none), which
