@@ -154,7 +154,7 @@ def run_shape(channels: int, side: int, s: int, dtype: torch.dtype, args) -> lis
     for form, (fn, src_shape, src_stride, quantize, adjoint, affine) in forms(
         x, x_cm, shift, scale, bias, gy, stride
     ).items():
-        if args.forms and not any(f == form for f in args.forms):
+        if args.forms and form not in args.forms:
             continue
         baseline, timed = None, set()
         for walk, tuning in WALKS.items():
