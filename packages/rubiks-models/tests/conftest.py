@@ -57,3 +57,13 @@ def benchmark_script():
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_compile_caches():
+    """Each test starts from empty torch.compile caches. Dynamo caches compiled code per
+    code object (``FusedRubiksNet.forward``, ``RubiksNet.forward``): every model instance,
+    backend and mode an earlier test compiled counts toward its recompile limit (8), and
+    past it a ``fullgraph=True`` compile fails."""
+    yield
+    torch._dynamo.reset()
