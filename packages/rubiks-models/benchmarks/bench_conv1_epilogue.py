@@ -6,9 +6,9 @@ the fused block's product then the shift with bias + ReLU as its prologue.
 bfloat16, channel-major clips of 8 x 8 frames at each RubiksNet-Large stage, the shift
 drawn from U[-2, 2]. The bias goes in as an extra input row of ones (K + 8 columns, one
 of them the bias): cuBLASLt's bias epilogue (``torch._addmm_activation``) adds a bias
-per column of the (C, points) result, not per channel. Every figure is µs per call,
-the median of 10 replays of 20 calls in one CUDA graph; ``err_*``: the largest
-difference from float64 relative to the largest value.
+per column of the (C, points) result, not per channel. Every figure is µs per call, 20
+calls in one CUDA graph replayed 10 times (``bench_block_parts.time_us``); ``err_*``:
+the largest difference from float64 relative to the largest value.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import torch
+from bench_block_parts import time_us
 
 from rubiks_models.io import atomic_write
 from rubiks_shift import rubiks_shift3d
@@ -27,27 +28,8 @@ STAGES = ((72, 56), (144, 28), (288, 14), (576, 7))
 N, T = 8, 8
 
 
-def timed(fn, calls: int = 20, replays: int = 10) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return sorted(times)[len(times) // 2]
+def timed(fn) -> float:
+    return time_us(fn, "cuda")
 
 
 def clip(m: torch.Tensor, size: int) -> torch.Tensor:
