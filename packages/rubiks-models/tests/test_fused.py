@@ -313,7 +313,6 @@ def test_fused_one_op_checks_input_and_follows_copies():
     models return pooled features."""
     import copy
 
-    torch._dynamo.reset()  # static shapes: earlier tests' recompiles leave sizes dynamic
     fused = fuse_model(_trained_looking("rubiksnet_tiny"), compile_as="one_op")
     compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
     with torch.no_grad(), pytest.raises(Exception, match="C = 3"):

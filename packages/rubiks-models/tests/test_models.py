@@ -73,7 +73,6 @@ def test_input_layouts(name: str) -> None:
 def test_compiled_model_quotes_the_input_error(dynamic: bool) -> None:
     """torch.compile reports a bad input with the model's own message, also where dynamic
     shapes make the sizes symbolic (the message is an f-string it can format)."""
-    torch._dynamo.reset()
     model = timm.create_model("rubiksnet_tiny", num_classes=7).eval()
     compiled = torch.compile(model, fullgraph=True, backend="eager", dynamic=dynamic)
     with torch.no_grad(), pytest.raises(Exception, match=r"with C = 3, got shape \["):
@@ -261,7 +260,6 @@ def test_bf16_autocast_and_channels_last() -> None:
 def test_compile_fullgraph(name: str) -> None:
     """Every variant compiles without a graph break, trains and infers (the tiers differ
     from Tiny only in widths and depths)."""
-    torch._dynamo.reset()
     model = timm.create_model(name, num_classes=5).train()
     clip = torch.randn(*CLIP)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
@@ -551,7 +549,6 @@ def test_cuda_compiled_channel_major_training_matches_frames(monkeypatch) -> Non
     """Compiled code (Inductor, fullgraph) trains the small-plane blocks channel-major
     too: a compiled step (float64, ``_float64_twins``) against the eager frame-by-frame
     step: logits, every gradient and the running statistics."""
-    torch._dynamo.reset()
     model, twin = _float64_twins("rubiksnet_tiny", monkeypatch)
     _assert_same_step(torch.compile(model, fullgraph=True), model, twin, tol=1e-9)
     # what Dynamo traced: products over (C, points) matrices, the channel-major form
