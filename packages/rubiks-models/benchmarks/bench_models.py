@@ -23,7 +23,9 @@ of its rounds with their range. Models:
   on an unfused model (``rubiksnet_large@0``) it sets the channel-major plane of 16-bit
   training (:meth:`rubiks_models.RubiksNet.set_channel_major_plane`). ``:traced`` or
   ``:one_op`` after ``:fused`` sets what torch.compile makes of it (``compile_as``: the
-  blocks traced for Inductor, or the eager forward called as one op, CUDA's default).
+  blocks traced for Inductor, or the eager forward called as one op, CUDA's default);
+  ``:epilogue-on`` / ``:epilogue-off`` after ``:fused`` set its ``conv1_epilogue`` (bn2's
+  bias and ReLU in conv1's product; default "auto").
 
 Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
 SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_fp32`` /
@@ -146,12 +148,15 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
 
     arch, *forms = name.split(":")
     arch, _, train_plane = arch.partition("@")
-    known_form = re.compile(r"hard|traced|one_op|fused(-conv|-bmm)?(@\d+)?")
+    known_form = re.compile(r"hard|traced|one_op|epilogue-(on|off)|fused(-conv|-bmm)?(@\d+)?")
     unknown = {f for f in forms if not known_form.fullmatch(f)}
     fused = [f for f in forms if f.startswith("fused")]
     compile_as = [f for f in forms if f in ("traced", "one_op")]
     if len(compile_as) > 1 or (compile_as and not fused):
         raise ValueError(f"':traced' or ':one_op' is one form of a fused model, in {name!r}")
+    epilogue = [f.removeprefix("epilogue-") for f in forms if f.startswith("epilogue-")]
+    if len(epilogue) > 1 or (epilogue and not fused):
+        raise ValueError(f"':epilogue-on' or '-off' is one form of a fused model, in {name!r}")
     if unknown or (train_plane and not train_plane.isdigit()):
         raise ValueError(f"unknown model form(s) {sorted(unknown)} in {name!r}")
     model = timm.create_model(arch, num_classes=num_classes).to(device)
@@ -169,6 +174,8 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
         kwargs = {"channel_major_plane": int(plane)} if plane else {}
         if compile_as:
             kwargs["compile_as"] = compile_as[0]
+        if epilogue:
+            kwargs["conv1_epilogue"] = epilogue[0]
         return fuse_model(model.eval(), gemm, **kwargs), False
     return model, True
 

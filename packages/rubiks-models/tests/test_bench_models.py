@@ -204,6 +204,16 @@ def test_fused_compile_forms_are_built_and_checked(benchmark_script):
             bench.build(name, 5, 2, device="cpu")
 
 
+def test_fused_epilogue_forms_are_built_and_checked(benchmark_script):
+    bench = benchmark_script("bench_models")
+    for suffix, expected in (("", "auto"), (":epilogue-on", "on"), (":epilogue-off", "off")):
+        model, _ = bench.build(f"rubiksnet_tiny:fused{suffix}", 5, 2, device="cpu")
+        assert {block.conv1_epilogue for block in model.blocks} == {expected}
+    for name in ("rubiksnet_tiny:epilogue-on", "rubiksnet_tiny:fused:epilogue-on:epilogue-off"):
+        with pytest.raises(ValueError, match="one form of a fused model"):
+            bench.build(name, 5, 2, device="cpu")
+
+
 def test_bench_tuning_alternates_default_and_changed_tuning(benchmark_script, monkeypatch, capsys):
     """bench_tuning.py: each (model, mode) runs under the default tuning, then the changed
     one, round after round; a kernel-defining field or an unknown one is refused before

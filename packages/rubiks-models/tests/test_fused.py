@@ -71,6 +71,118 @@ def test_fused_equals_eval_model_cpu(name, hard, gemm, plane):
     assert _rel(got, expected) < FP32_TOL
 
 
+EPILOGUE_MODELS = [
+    ("rubiksnet_tiny", False),
+    ("rubiksnet_small", False),  # squeeze-excitation: no epilogue
+    ("rubiksnet_tiny_aq", False),
+    ("rubiksnet_tiny_aq", True),
+    ("rubiksnet2d_tiny", False),
+]
+
+
+def _epilogue_products(fused, x: torch.Tensor) -> int:
+    """How many products a forward of ``fused`` on x ran with the bias + ReLU epilogue."""
+    count = 0
+    original = torch._addmm_activation
+
+    def counting(*args, **kwargs):
+        nonlocal count
+        count += 1
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, torch.no_grad():
+        patch.setattr(torch, "_addmm_activation", counting)
+        fused(x)
+    return count
+
+
+@pytest.mark.parametrize("name,hard", EPILOGUE_MODELS)
+@pytest.mark.parametrize("plane", [130, 10_000])  # channel-major from the middle, everywhere
+def test_fused_conv1_epilogue_equals_eval_model_cpu(name, hard, plane):
+    """conv1 with bn2's bias and ReLU in its epilogue (the trunk carrying the bias rows,
+    to the end where every block is channel-major): the eval model's logits, and in
+    float64 the prologue form's within 1e-12."""
+    model = _trained_looking(name)
+    if hard:
+        model = quantize_model(model).eval()
+    on = fuse_model(model, "bmm", channel_major_plane=plane, conv1_epilogue="on")
+    off = fuse_model(model, "bmm", channel_major_plane=plane, conv1_epilogue="off")
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 3, 48, 40) if name.startswith("rubiksnet2d") else (2, 4, 3, 48, 40)
+    x = torch.randn(shape, generator=g)
+    with torch.no_grad():
+        expected = model(x)
+        got = on(x)
+        assert _rel(on.double()(x.double()), off.double()(x.double())) < 1e-12
+    assert got.shape == expected.shape
+    assert _rel(got, expected) < FP32_TOL
+    takes = any(block.takes_epilogue for block in on.blocks)
+    assert takes == (name == "rubiksnet_tiny")  # interpolated 3-D shifts, no gate
+    assert (_epilogue_products(on, x.double()) > 0) == takes
+    assert _epilogue_products(off, x.double()) == 0
+
+
+def test_fused_conv1_epilogue_auto_is_for_bfloat16_cuda_only():
+    fused = fuse_model(_trained_looking("rubiksnet_tiny"), "bmm", channel_major_plane=10_000)
+    x = torch.randn(1, 2, 3, 56, 56)  # planes 28², 14², 7², 4²
+    assert _epilogue_products(fused, x) == 0
+    assert _epilogue_products(fused, x.bfloat16()) == 0
+    block = fused.blocks[1]
+    cuda_bf16 = torch.empty(0, dtype=torch.bfloat16, device="meta")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.Tensor, "is_cuda", property(lambda t: True))
+        assert block.carries_bias_rows(cuda_bf16, 14 * 14)
+        assert block.carries_bias_rows(cuda_bf16, 28 * 28)
+        assert not block.carries_bias_rows(cuda_bf16, 7 * 7)
+        assert not block.carries_bias_rows(cuda_bf16.float(), 14 * 14)
+        block.conv1_epilogue = "off"
+        assert not block.carries_bias_rows(cuda_bf16, 14 * 14)
+
+
+def test_fused_conv1_epilogue_bias_columns_keep_the_bias():
+    """bn2's bias enters conv1's 16-bit weights as its rounded value and the remainder:
+    their float32 sum is the float32 bias to about 2^-16 of it, not one 16-bit rounding."""
+    block = fuse_model(_trained_looking("rubiksnet_tiny"), "bmm").blocks[0]
+    cin = block.cin
+    for dtype in (torch.bfloat16, torch.float16):
+        w = block._bias_weight(dtype)
+        assert w.dtype == dtype and w.shape == (block.cout, cin + 8)
+        assert torch.equal(w[:, :cin], block.w1.to(dtype))
+        total = w[:, cin].float() + w[:, cin + 1].float()
+        assert ((total - block.b2).abs() <= block.b2.abs() * 2.0**-15).all()
+        assert not w[:, cin + 2 :].any()
+        assert ((w[:, cin].float() - block.b2).abs() > 0).any()  # the remainder matters
+    assert torch.equal(block.s1_rows[cin:], torch.zeros(8))
+    assert torch.equal(block.b1_rows[cin:], torch.tensor([1.0, 1, 0, 0, 0, 0, 0, 0]))
+
+
+def test_fused_conv1_epilogue_follows_state_dict():
+    fused = fuse_model(_trained_looking("rubiksnet_tiny"), "bmm", conv1_epilogue="on")
+    state = fused.state_dict()
+    state["blocks.1.b2"] = state["blocks.1.b2"] + 0.25
+    state["blocks.1.w1"] = state["blocks.1.w1"] * 2
+    fused.load_state_dict(state)
+    block = fused.blocks[1]
+    assert torch.equal(block.w1_bias[:, : block.cin], state["blocks.1.w1"])
+    assert torch.equal(block.w1_bias[:, block.cin], state["blocks.1.b2"])
+    off = fuse_model(_trained_looking("rubiksnet_tiny"), "bmm", conv1_epilogue="off")
+    off.load_state_dict(state)
+    x = torch.randn(1, 2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert _rel(fused.double()(x), off.double()(x)) < 1e-12
+
+
+def test_fused_conv1_epilogue_compiles_fullgraph():
+    fused = fuse_model(
+        _trained_looking("rubiksnet_tiny"), "bmm", channel_major_plane=10_000,
+        conv1_epilogue="on", compile_as="traced",
+    )  # fmt: skip
+    x = torch.randn(1, 2, 3, 32, 32)
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), fused(x))
+
+
 def _with_temporal_shifts(model: torch.nn.Module, spatial: bool = False) -> torch.nn.Module:
     """A hardened AQ model whose temporal shifts are -1, 0 or +1 frames per channel (and,
     where ``spatial``, a non-zero spatial part, which only the gather can apply)."""
@@ -261,6 +373,8 @@ def test_fused_refuses_training_and_non_rubiksnet():
         fuse_model(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="gemm must be one of"):
         fuse_model(_trained_looking("rubiksnet_tiny"), "cublas")
+    with pytest.raises(ValueError, match="conv1_epilogue must be one of"):
+        fuse_model(_trained_looking("rubiksnet_tiny"), conv1_epilogue="yes")
 
 
 @pytest.mark.parametrize("hard_aq", [False, True])
@@ -433,6 +547,23 @@ def test_fused_equals_eval_model_cuda(name, hard, dtype, tol, gemm, plane):
         with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
             got = fused(x)
     assert _rel(got, expected) < tol
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("epilogue", ["auto", "on"])
+def test_fused_conv1_epilogue_equals_eval_model_cuda(dtype, tol, epilogue):
+    """cuBLASLt's bias + ReLU epilogue and the plain shift kernel: the eval model's
+    logits; "auto" takes the epilogue in bfloat16 (planes of 16² here)."""
+    model = _trained_looking("rubiksnet_tiny", "cuda")
+    fused = fuse_model(model, "bmm", conv1_epilogue=epilogue)
+    x = torch.randn(2, 8, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        expected = model.double()(x.double()).float()
+        got = fused(x.to(dtype))
+    assert _rel(got, expected) < tol
+    takes = epilogue == "on" or dtype == torch.bfloat16
+    assert (_epilogue_products(fused, x.to(dtype)) > 0) == takes
 
 
 @requires_cuda

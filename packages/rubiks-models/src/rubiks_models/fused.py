@@ -14,6 +14,12 @@ inference (batch norms with their running statistics) as four:
 4. ``conv2`` and the residual sum as one in-place ``baddbmm_`` into the shortcut (the
    squeeze-excitation scale, where present, folded into conv2's weights per sample).
 
+Where ``conv1_epilogue`` says so, a channel-major block moves step 3's ``relu(. + b2)``
+into conv1's product instead: cuBLASLt applies a ReLU as it writes the product, and
+``b2`` enters as extra columns of conv1's weights that multiply constant rows of ones.
+The trunk then carries :data:`BIAS_ROWS` rows below its channels (zeros; the bn1 pass
+maps them to ones and zeros), and the shift runs without its prologue.
+
 On CUDA the stem, a 3x3 stride-2 convolution of 3-channel frames, is
 :func:`rubiks_shift.stem_conv`'s kernel (cuDNN's took 6-9x the time of writing its
 result). The result equals the unfused eval-mode model up to rounding (float32: about 1e-6
@@ -31,7 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rubiks_shift import affine_relu, affine_relu_shift3d, is_channel_major, stem_conv
+from rubiks_shift import (
+    affine_relu,
+    affine_relu_shift3d,
+    is_channel_major,
+    rubiks_shift3d,
+    stem_conv,
+)
 
 from .channel_major_block import clip_points, points_clip, to_channel_major
 from .fused_op import fused_forward, register
@@ -57,6 +69,21 @@ def _fold_bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 GEMMS = ("auto", "conv", "bmm")
 COMPILE_FORMS = ("auto", "one_op", "traced")
+CONV1_EPILOGUES = ("auto", "on", "off")
+
+# Rows a trunk carries below its channels where conv1 takes bn2's bias and ReLU in its
+# epilogue: the bn1 pass maps them to two rows of ones (bn2's bias, split into a 16-bit
+# value and its remainder, enters conv1's weights as two columns that multiply them) and
+# six of zeros (one is the zero bias vector cuBLASLt's epilogue adds per point); eight
+# keeps the product's inner dimension a multiple of 8.
+BIAS_ROWS = 8
+
+# conv1_epilogue="auto": channel-major bfloat16 blocks on CUDA whose planes have this many
+# pixels. NVIDIA H100, 2026-12-05, bfloat16, 8 clips x 8 frames, graph replay, µs of
+# conv1 + the shift per block, with the shift's prologue / with conv1's epilogue: 37.8 /
+# 35.3 at 28² (144 channels), 24.3 / 20.5 at 14² (288), 19.0 / 20.7 at 7² (576)
+# (BENCHMARKS.md, *Where the time goes*).
+EPILOGUE_PLANES = (14 * 14, 28 * 28)
 
 # An interpolated 2-D (spatial) shift whose input planes have at most this many pixels
 # runs over one-frame clips (the clip's frames as samples), where the shift op takes its
@@ -139,6 +166,39 @@ def _refresh_copies(module: nn.Module, incompatible_keys: object = None) -> None
         setattr(module, copy_name, getattr(module, name).to(dtype))
 
 
+# conv1's weights with bn2's bias columns (BIAS_ROWS), per dtype the product runs in
+_BIAS_WEIGHTS = {
+    torch.float32: "w1_bias",
+    torch.bfloat16: "w1_bias_bf16",
+    torch.float16: "w1_bias_f16",
+}
+
+
+def _bias_columns(w1: torch.Tensor, b2: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """conv1's float32 (out, in) weights in ``dtype`` with BIAS_ROWS more columns: b2 in
+    ``dtype``, then what that rounding left (the product adds both in its float32
+    accumulation), then zeros."""
+    head = b2.to(dtype).float()
+    columns = w1.new_zeros(w1.shape[0], BIAS_ROWS)
+    columns[:, 0] = head
+    columns[:, 1] = b2 - head
+    return torch.cat([w1, columns], 1).to(dtype)
+
+
+@torch.no_grad()
+def _refresh_epilogue(module: nn.Module, incompatible_keys: object = None) -> None:
+    module.set_epilogue_buffers()
+
+
+def _with_bias_rows(x: torch.Tensor) -> torch.Tensor:
+    """Clip x stored channel-major with BIAS_ROWS channels of zeros after its own."""
+    n, t, c, height, width = x.shape
+    out = x.new_empty((c + BIAS_ROWS, n, t, height, width))
+    out[:c].copy_(x.permute(2, 0, 1, 3, 4))
+    out[c:].zero_()
+    return out.permute(1, 2, 0, 3, 4)
+
+
 @torch.no_grad()
 def _whole_frames(shift: torch.Tensor, quantize: bool) -> torch.Tensor | None:
     """A (3, C) shift as whole frames per channel, int32 (C,), where it moves whole
@@ -210,6 +270,47 @@ class FusedBlock(_GemmWeights):
         self.cin, self.cout = cin, cout
         self.gemm = "auto"
         self.channel_major_plane = CHANNEL_MAJOR_PLANE
+        # conv1 can take bn2's bias and ReLU where the shift is an interpolated 3-D one
+        # read straight after them (no temporal mixing or gate between)
+        self.takes_epilogue = (
+            self.tshift_kind == "none" and not self.has_se and not shift_2d and not self.quantize
+        )
+        self.conv1_epilogue = "auto"
+        if self.takes_epilogue:
+            self.set_epilogue_buffers()
+            self.register_load_state_dict_post_hook(_refresh_epilogue)
+
+    @torch.no_grad()
+    def set_epilogue_buffers(self) -> None:
+        """(Re)compute what conv1's epilogue reads from the block's folded weights: bn1's
+        map over the bias rows (scale 0; bias 1 on the first two, 0 on the rest) and
+        conv1's weights with bn2's bias columns in each dtype (non-persistent buffers)."""
+        buffers = self._buffers
+        s1, b1, w1, b2 = buffers["s1"], buffers["b1"], buffers["w1"], buffers["b2"]
+        ones = s1.new_zeros(BIAS_ROWS)
+        ones[:2] = 1
+        self.register_buffer("s1_rows", torch.cat([s1, torch.zeros_like(ones)]), False)
+        self.register_buffer("b1_rows", torch.cat([b1, ones]), False)
+        for dtype, name in _BIAS_WEIGHTS.items():
+            self.register_buffer(name, _bias_columns(w1.float(), b2.float(), dtype), False)
+
+    def carries_bias_rows(self, x: torch.Tensor, plane: int) -> bool:
+        """Whether this block gives a channel-major trunk like x with ``plane`` pixels
+        per frame BIAS_ROWS, where it makes one (a block of its kind takes the epilogue;
+        ``conv1_epilogue``: "on" wherever the products are matrix products, "auto" in
+        bfloat16 on CUDA on the planes of EPILOGUE_PLANES, "off" nowhere)."""
+        mode = self.conv1_epilogue
+        if mode == "off" or not self.takes_epilogue or _use_conv(self.gemm, x):
+            return False
+        if mode == "on":
+            return True
+        low, high = EPILOGUE_PLANES
+        return x.is_cuda and x.dtype == torch.bfloat16 and low <= plane <= high
+
+    def _bias_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        buffers = self._buffers
+        weight = buffers[_BIAS_WEIGHTS.get(dtype, "w1_bias")]
+        return weight if weight.dtype == dtype else buffers["w1_bias"].to(dtype)
 
     def _soft_tshift(self, a: torch.Tensor) -> torch.Tensor:
         t = a.shape[1]
@@ -230,7 +331,10 @@ class FusedBlock(_GemmWeights):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if is_channel_major(x):
             return self._forward_channel_major(x)
-        if x.shape[-2] * x.shape[-1] <= self.channel_major_plane:
+        plane = x.shape[-2] * x.shape[-1]
+        if plane <= self.channel_major_plane:
+            if self.carries_bias_rows(x, plane):
+                return self._forward_channel_major(_with_bias_rows(x))
             return self._forward_channel_major(to_channel_major(x))
         return self._forward_frames(x.contiguous())
 
@@ -289,15 +393,30 @@ class FusedBlock(_GemmWeights):
         """The block on a channel-major clip (``to_channel_major``), returned channel-major:
         every 1x1 convolution is one product over all the clip's points, whatever H * W
         (batched per-frame products are slow where it is not a multiple of 8)."""
-        b, t, _, height, width = x.shape
+        b, t, channels, height, width = x.shape
         conv = _use_conv(self.gemm, x)
-        # 1. relu(bn1(x)) (and the AQ temporal shift)
-        a, mixed = self._first_pass(x)
-        # 2. conv1 (bn2's scale folded in)
-        h = self._product("w1", clip_points(mixed), conv)
-        # 3. relu(. + b2) inside the shift
-        h = points_clip(h, b, t, height, width)
-        h = self._shift_pass(h)
+        carried = channels == self.cin + BIAS_ROWS  # x carries the bias rows
+        epilogue = carried and self.takes_epilogue and not conv
+        if carried and not epilogue:
+            x = x[:, :, : self.cin]
+        buffers = self._buffers  # direct reads: see the note above _GemmWeights
+        if epilogue:
+            # 1. relu(bn1(x)), the bias rows mapped to ones and zeros
+            a = affine_relu(x, buffers["s1_rows"], buffers["b1_rows"])
+            # 2-3. relu(conv1 + b2) in one product (the bias from the rows of ones; the
+            # epilogue's own bias, per point, a row of zeros), then the plain shift
+            m = clip_points(a)
+            h = torch._addmm_activation(m[self.cin + 2], self._bias_weight(x.dtype), m)
+            h = points_clip(h, b, t, height, width)
+            h = rubiks_shift3d(h, buffers["shift"], self.shift_stride, self.shift_padding)
+        else:
+            # 1. relu(bn1(x)) (and the AQ temporal shift)
+            a, mixed = self._first_pass(x)
+            # 2. conv1 (bn2's scale folded in)
+            h = self._product("w1", clip_points(mixed), conv)
+            # 3. relu(. + b2) inside the shift
+            h = points_clip(h, b, t, height, width)
+            h = self._shift_pass(h)
         ho, wo = h.shape[-2:]
         hm = clip_points(h)
         if self.has_se:  # conv2(h * gate): the gate per frame and channel
@@ -305,19 +424,28 @@ class FusedBlock(_GemmWeights):
             hm = (hm.view(self.cout, b * t, ho * wo) * gate.t()[:, :, None]).view(self.cout, -1)
         # 4. conv2 and the residual sum, into the shortcut (x itself where it is the
         # identity: the result is then x, updated in place)
+        out = None  # a projection's result, the bias rows below its channels where carried
         if self.has_proj:
             if self.stride != 1:
                 a = a[..., :: self.stride, :: self.stride]
-            skip = self._product("w_proj", clip_points(a), conv)
+            if epilogue:
+                a = a[:, :, : self.cin]
+            m = clip_points(a)
+            if self.carries_bias_rows(x, ho * wo):
+                out = m.new_empty((self.cout + BIAS_ROWS, m.shape[1]))
+                out[self.cout :].zero_()
+                skip = torch.mm(self.gemm_weight("w_proj", m.dtype), m, out=out[: self.cout])
+            else:
+                skip = self._product("w_proj", m, conv)
         else:
-            skip = clip_points(x)
+            skip = clip_points(x)[: self.cout]
         if conv:
             skip += self._product("w2", hm, conv)
         else:
             skip.addmm_(self.gemm_weight("w2", x.dtype), hm)
         if not self.has_proj:
             return x
-        return points_clip(skip, b, t, ho, wo)
+        return points_clip(skip if out is None else out, b, t, ho, wo)
 
     def _forward_frames(self, x: torch.Tensor) -> torch.Tensor:
         """The block on a contiguous (N, T, C, H, W) clip, products batched per frame."""
@@ -385,12 +513,17 @@ class FusedRubiksNet(_GemmWeights):
         gemm: str = "auto",
         channel_major_plane: int = CHANNEL_MAJOR_PLANE,
         compile_as: str = "auto",
+        conv1_epilogue: str = "auto",
     ) -> None:
         super().__init__()
         if gemm not in GEMMS:
             raise ValueError(f"gemm must be one of {GEMMS}, got {gemm!r}")
         if compile_as not in COMPILE_FORMS:
             raise ValueError(f"compile_as must be one of {COMPILE_FORMS}, got {compile_as!r}")
+        if conv1_epilogue not in CONV1_EPILOGUES:
+            raise ValueError(
+                f"conv1_epilogue must be one of {CONV1_EPILOGUES}, got {conv1_epilogue!r}"
+            )
         if isinstance(channel_major_plane, bool) or not isinstance(channel_major_plane, int):
             raise TypeError(f"channel_major_plane must be an int, got {channel_major_plane!r}")
         if channel_major_plane < 0:
@@ -414,6 +547,7 @@ class FusedRubiksNet(_GemmWeights):
         for block in self.blocks:
             block.gemm = gemm
             block.channel_major_plane = channel_major_plane
+            block.conv1_epilogue = conv1_epilogue
         self.compile_as = compile_as
         # the width of the result: logits, or the pooled features of a headless model
         self.out_width = self.num_classes if self.has_head else s.numel()
@@ -463,6 +597,9 @@ class FusedRubiksNet(_GemmWeights):
         h = h.unflatten(0, (b, t))
         for block in self.blocks:
             h = block(h)
+        channels = self.s_last.shape[0]
+        if h.shape[2] != channels:  # the trunk carried the bias rows to the end
+            h = h[:, :, :channels]
         h = affine_relu(h, self.s_last, self.b_last)
         pooled = h.mean((1, 3, 4))  # space and time: the frame logits' mean (linear head)
         if not self.has_head:
@@ -478,6 +615,7 @@ def fuse_model(
     gemm: str = "auto",
     channel_major_plane: int = CHANNEL_MAJOR_PLANE,
     compile_as: str = "auto",
+    conv1_epilogue: str = "auto",
 ) -> FusedRubiksNet:
     """The fused inference form of ``model`` (a new module on the model's device;
     ``model`` is left as it is). Batch norms contribute their running statistics, as in
@@ -491,8 +629,12 @@ def fuse_model(
     "one_op" calls its eager forward as one op (:mod:`rubiks_models.fused_op`),
     "traced" traces its blocks for Inductor, "auto" (the default) is "one_op" on CUDA,
     where the traced blocks run the same kernels at more host time, and "traced"
-    elsewhere."""
+    elsewhere. ``conv1_epilogue``: where conv1 applies bn2's bias and ReLU as it writes
+    its product, so that the shift runs without them (channel-major blocks of
+    interpolated 3-D shifts with matrix products): "on" everywhere it can, "off"
+    nowhere, "auto" (the default) in bfloat16 on CUDA on the planes of
+    :data:`EPILOGUE_PLANES`, where it was measured faster; read at every call."""
     if not isinstance(model, RubiksNet):
         raise TypeError(f"fuse_model expects a RubiksNet, got {type(model).__name__}")
-    fused = FusedRubiksNet(model, gemm, channel_major_plane, compile_as)
+    fused = FusedRubiksNet(model, gemm, channel_major_plane, compile_as, conv1_epilogue)
     return fused.to(model.stem.weight.device)
