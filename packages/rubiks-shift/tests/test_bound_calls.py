@@ -7,7 +7,7 @@ import pytest
 import torch
 from shift_testing import channel_major, requires_cuda
 
-from rubiks_shift import affine_relu, affine_relu_shift3d
+from rubiks_shift import affine_relu, affine_relu_shift3d, rubiks_shift3d
 
 
 @pytest.fixture
@@ -65,6 +65,45 @@ def test_bound_shift_equals_checked_path(bound, shape, dtype, major, quantize):
             bound, lambda: affine_relu_shift3d(x2, scale2, bias2, shift2, quantize=quantize)
         )
     assert y.stride() == expected.stride() and torch.equal(y, expected)
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape,dtype,major,quantize", CASES)
+@pytest.mark.parametrize("stride,padding", [(1, 0), ((1, 2, 2), (0, 1, 1))])
+def test_bound_plain_forward_equals_checked_path(
+    bound, shape, dtype, major, quantize, stride, padding
+):
+    """rubiks_shift3d with nothing to record (inference) binds its signature too."""
+    x, _, _, shift, _ = _tensors(10, shape, dtype, major)
+
+    def call(x, shift):
+        return rubiks_shift3d(x, shift, stride, padding, quantize=quantize)
+
+    with torch.inference_mode():
+        _checked(bound, lambda: call(x, shift))
+        assert len(bound) == 1 and callable(next(iter(bound.values())))
+        x2, _, _, shift2, _ = _tensors(11, shape, dtype, major)
+        y = call(x2, shift2)
+        expected = _checked(bound, lambda: call(x2, shift2))
+    assert y.stride() == expected.stride() and torch.equal(y, expected)
+
+
+@requires_cuda
+def test_plain_forward_binds_only_calls_with_nothing_to_record(bound):
+    x, _, _, shift, _ = _tensors(12, (1, 3, 4, 5, 6), torch.float32, False)
+    shift.requires_grad_()
+    y = rubiks_shift3d(x, shift)  # autograd records it: no key, no bound call
+    assert y.requires_grad and not bound
+    with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
+        assert rubiks_shift3d(x, shift).dtype == torch.bfloat16  # autocast: checked path
+    assert not bound
+    with torch.no_grad():
+        rubiks_shift3d(x, shift)
+        assert len(bound) == 1
+        assert not rubiks_shift3d(x, shift).requires_grad  # the bound call
+    y = rubiks_shift3d(x, shift)  # grad enabled again: recorded, whatever is bound
+    y.sum().backward()
+    assert shift.grad is not None
 
 
 @requires_cuda
@@ -133,14 +172,16 @@ def test_bound_calls_in_a_cuda_graph(bound):
     with torch.no_grad():
         eager_a = affine_relu(x, scale, bias, frames)
         eager_y = affine_relu_shift3d(eager_a, scale, bias, shift)
-        assert len(bound) == 2
+        eager_z = rubiks_shift3d(eager_y, shift)
+        assert len(bound) == 3
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             a = affine_relu(x, scale, bias, frames)
             y = affine_relu_shift3d(a, scale, bias, shift)
+            z = rubiks_shift3d(y, shift)
         graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(y, eager_y)
+    assert torch.equal(y, eager_y) and torch.equal(z, eager_z)
 
 
 @requires_cuda
@@ -220,3 +261,42 @@ def test_registered_call_memo_checks_once_per_signature(monkeypatch):
     for _ in range(2):
         _ops._affine_cuda(x, scale, bias, shift, [2, 1, 1], [0, 0, 0], False)
     assert log == ["checked path", "checked path"]
+
+
+def test_plain_forward_memo_binds_once_per_signature(monkeypatch):
+    """Without a GPU, against a stand-in backend: an eager rubiks_shift3d call with
+    nothing to record runs the checked path once per signature, then its bound call;
+    calls autograd records, other arguments and another current device do not take it."""
+    from types import SimpleNamespace
+
+    from rubiks_shift import _ops, functional
+
+    log = []
+    backend = SimpleNamespace(
+        BOUND={}, bind_forward=lambda *a: lambda x, s: log.append("bound") or x.clone()
+    )
+    monkeypatch.setattr(_ops, "_cuda_backend", lambda: backend)
+    monkeypatch.setattr(functional, "_cuda_backend", lambda: backend)
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: -1)  # CPU tensors: device -1
+    x, shift = torch.randn(1, 2, 3, 4, 4), torch.rand(3, 3) - 0.5
+    expected = rubiks_shift3d(x, shift)  # a CPU tensor: never a key
+    assert not backend.BOUND
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda t: True))
+    with torch.no_grad():
+        assert torch.equal(rubiks_shift3d(x, shift), expected)  # checked path, binds
+        assert len(backend.BOUND) == 1 and log == []
+        rubiks_shift3d(x, shift)
+        assert log == ["bound"]
+        rubiks_shift3d(x, shift, normalize_t_factor=2.0)  # another signature
+        assert len(backend.BOUND) == 2 and log == ["bound"]
+        with pytest.raises(TypeError, match="stride"):
+            rubiks_shift3d(x, shift, stride=(True, 1, 1))  # no key: checked
+        with pytest.raises(ValueError, match="normalize_t_factor"):
+            rubiks_shift3d(x, shift, normalize_t_factor=float("nan"))
+        monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 0)  # another device current
+        rubiks_shift3d(x, shift)
+        assert log == ["bound"]
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: -1)
+    shift.requires_grad_()
+    y = rubiks_shift3d(x, shift)  # recorded: the checked path
+    assert y.requires_grad and log == ["bound"]

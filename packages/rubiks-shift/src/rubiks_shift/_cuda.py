@@ -359,6 +359,36 @@ def bind_affine(
     return call
 
 
+def bind_forward(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
+) -> Callable[..., torch.Tensor] | None:
+    """``forward`` for these arguments' signature as one bound call ``f(x, shift) -> y``
+    (see ``bind_affine``), or None where a call of this signature converts an argument
+    (or runs in the CUDA simulator)."""
+    major = not x.is_contiguous()
+    if (major and not channel_major(x)) or x.numel() == 0:
+        return None
+    if shift.dtype not in (torch.float32, torch.float64) or not shift.is_contiguous():
+        return None
+    key = (x.shape, x.dtype, shift.dtype, tuple(stride), tuple(padding), quantize, major)
+    kernels, y_shape, steps = _FORWARD_PLANS.get(key) or _forward_plan(key)
+    launch = bind(kernels, steps, 3, x.get_device())
+    if launch is None:
+        return None
+    empty = _allocator(x, y_shape, major)
+
+    def call(x, shift):
+        y = empty()
+        launch(x.data_ptr(), shift.data_ptr(), y.data_ptr())
+        return y
+
+    return call
+
+
 def bind_affine_relu(
     x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, frame_shift: torch.Tensor | None
 ) -> Callable[..., torch.Tensor] | None:

@@ -436,6 +436,32 @@ def affine_shift_key(x, scale, bias, shift, stride, padding, quantize) -> tuple 
         return None
 
 
+def forward_key(x, shift, stride, padding, quantize, normalize_grad, t_factor) -> tuple | None:
+    """The signature of an eager ``rubiks_shift3d`` call that may take a bound call (CUDA,
+    plain eager code, nothing for autograd to record, autocast off): everything its checks
+    and its launches depend on; the key of its bound call in ``_cuda.BOUND``. None where
+    the call may not take one or an argument is not of a kind a key holds."""
+    if type(x) is not Tensor or not x.is_cuda:
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or shift.requires_grad):
+        return None
+    if torch.is_autocast_enabled("cuda") or not _plain_eager():
+        return None
+    if not (_int_or_triple(stride) and _int_or_triple(padding)):
+        return None
+    if type(quantize) is not bool or type(normalize_grad) is not bool:
+        return None
+    if type(t_factor) is not float and type(t_factor) is not int and type(t_factor) is not str:
+        return None
+    try:
+        return (
+            _SHIFT3D, x.shape, x.stride(), x.dtype, x.get_device(), tensor_meta(shift), stride,
+            padding, quantize, normalize_grad, t_factor, threading.get_ident(),
+        )  # fmt: skip
+    except AttributeError:  # shift is not a tensor: the checks say so
+        return None
+
+
 def bound_call(key: tuple | None) -> Callable | None:
     """The bound call of a signature ``key`` (``affine_shift_key`` or ``rubiks_shift.fused``'s
     prologue key: x's device index at position 4) in ``_cuda.BOUND``, where the current
