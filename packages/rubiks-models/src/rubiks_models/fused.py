@@ -298,14 +298,20 @@ class FusedBlock(_GemmWeights):
         """Whether this block gives a channel-major trunk like x with ``plane`` pixels
         per frame BIAS_ROWS, where it makes one (a block of its kind takes the epilogue;
         ``conv1_epilogue``: "on" wherever the products are matrix products, "auto" in
-        bfloat16 on CUDA on the planes of EPILOGUE_PLANES, "off" nowhere)."""
+        bfloat16 on CUDA on the planes of EPILOGUE_PLANES while a CUDA graph is being
+        captured, "off" nowhere)."""
         mode = self.conv1_epilogue
         if mode == "off" or not self.takes_epilogue or _use_conv(self.gemm, x):
             return False
         if mode == "on":
             return True
         low, high = EPILOGUE_PLANES
-        return x.is_cuda and x.dtype == torch.bfloat16 and low <= plane <= high
+        return (
+            x.is_cuda
+            and x.dtype == torch.bfloat16
+            and low <= plane <= high
+            and torch.cuda.is_current_stream_capturing()
+        )
 
     def _bias_weight(self, dtype: torch.dtype) -> torch.Tensor:
         buffers = self._buffers
