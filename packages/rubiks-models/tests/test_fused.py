@@ -39,6 +39,17 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
+def _model_and_clip(name: str, hard: bool) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A trained-looking model (hardened where ``hard``) and a seeded input for it
+    (frames for the 2-D backbone, clips otherwise)."""
+    model = _trained_looking(name)
+    if hard:
+        model = quantize_model(model).eval()
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 3, 48, 40) if name.startswith("rubiksnet2d") else (2, 4, 3, 48, 40)
+    return model, torch.randn(shape, generator=g)
+
+
 # Float32 on the CPU: the fused form rounds differently (batch norm folded into the conv
 # weights, conv2 and the residual sum in one product), so logits agree to ~1e-6 relative.
 FP32_TOL = 1e-5
@@ -57,13 +68,8 @@ FP32_TOL = 1e-5
 @pytest.mark.parametrize("gemm", ["conv", "bmm"])
 @pytest.mark.parametrize("plane", [0, 130, 10_000])  # frames, mixed, channel-major
 def test_fused_equals_eval_model_cpu(name, hard, gemm, plane):
-    model = _trained_looking(name)
-    if hard:
-        model = quantize_model(model).eval()
+    model, x = _model_and_clip(name, hard)
     fused = fuse_model(model, gemm, channel_major_plane=plane)
-    g = torch.Generator().manual_seed(0)
-    shape = (2, 3, 48, 40) if name.startswith("rubiksnet2d") else (2, 4, 3, 48, 40)
-    x = torch.randn(shape, generator=g)
     with torch.no_grad():
         expected = model(x)
         got = fused(x)
@@ -102,14 +108,9 @@ def test_fused_conv1_epilogue_equals_eval_model_cpu(name, hard, plane):
     """conv1 with bn2's bias and ReLU in its epilogue (the trunk carrying the bias rows,
     to the end where every block is channel-major): the eval model's logits, and in
     float64 the prologue form's within 1e-12."""
-    model = _trained_looking(name)
-    if hard:
-        model = quantize_model(model).eval()
+    model, x = _model_and_clip(name, hard)
     on = fuse_model(model, "bmm", channel_major_plane=plane, conv1_epilogue="on")
     off = fuse_model(model, "bmm", channel_major_plane=plane, conv1_epilogue="off")
-    g = torch.Generator().manual_seed(0)
-    shape = (2, 3, 48, 40) if name.startswith("rubiksnet2d") else (2, 4, 3, 48, 40)
-    x = torch.randn(shape, generator=g)
     with torch.no_grad():
         expected = model(x)
         got = on(x)

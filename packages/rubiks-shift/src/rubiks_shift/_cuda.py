@@ -325,6 +325,31 @@ def _bindable(x: torch.Tensor, acc: torch.dtype, *per_channel: torch.Tensor) -> 
     return all(t.dtype == acc and t.is_contiguous() for t in per_channel)
 
 
+def _bound_launch(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    quantize: bool,
+    affine: bool,
+) -> tuple[Callable[..., None], Callable[[], torch.Tensor]] | None:
+    """(launch, allocate the result) of a forward signature over an x the kernels read
+    as it is (with the prologue where ``affine``), or None where the call converts its
+    shift or runs in the CUDA simulator."""
+    if shift.dtype not in (torch.float32, torch.float64) or not shift.is_contiguous():
+        return None
+    major = not x.is_contiguous()
+    key = (x.shape, x.dtype, shift.dtype, tuple(stride), tuple(padding), quantize, major)
+    if affine:
+        kernels, y_shape, steps = _AFFINE_PLANS.get(key) or _affine_plan(key)
+    else:
+        kernels, y_shape, steps = _FORWARD_PLANS.get(key) or _forward_plan(key)
+    launch = bind(kernels, steps, 5 if affine else 3, x.get_device())
+    if launch is None:
+        return None
+    return launch, _allocator(x, y_shape, major)
+
+
 def bind_affine(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -338,18 +363,13 @@ def bind_affine(
     bias, shift) -> y`` (for tensors of the same metadata as these, on this host thread,
     with x's device current), or None where a call of this signature converts an argument
     (or runs in the CUDA simulator)."""
-    major = channel_major(x)
     acc = _ACC_DTYPE.get(_STORAGE[x.dtype], torch.float32)
-    if not _bindable(x, acc, scale, bias) or not shift.is_contiguous():
+    if not _bindable(x, acc, scale, bias):
         return None
-    if shift.dtype not in (torch.float32, torch.float64):
+    ready = _bound_launch(x, shift, stride, padding, quantize, affine=True)
+    if ready is None:
         return None
-    key = (x.shape, x.dtype, shift.dtype, tuple(stride), tuple(padding), quantize, major)
-    kernels, y_shape, steps = _AFFINE_PLANS.get(key) or _affine_plan(key)
-    launch = bind(kernels, steps, 5, x.get_device())
-    if launch is None:
-        return None
-    empty = _allocator(x, y_shape, major)
+    launch, empty = ready
 
     def call(x, scale, bias, shift):
         y = empty()
@@ -369,17 +389,12 @@ def bind_forward(
     """``forward`` for these arguments' signature as one bound call ``f(x, shift) -> y``
     (see ``bind_affine``), or None where a call of this signature converts an argument
     (or runs in the CUDA simulator)."""
-    major = not x.is_contiguous()
-    if (major and not channel_major(x)) or x.numel() == 0:
+    if not (x.is_contiguous() or channel_major(x)) or x.numel() == 0:
         return None
-    if shift.dtype not in (torch.float32, torch.float64) or not shift.is_contiguous():
+    ready = _bound_launch(x, shift, stride, padding, quantize, affine=False)
+    if ready is None:
         return None
-    key = (x.shape, x.dtype, shift.dtype, tuple(stride), tuple(padding), quantize, major)
-    kernels, y_shape, steps = _FORWARD_PLANS.get(key) or _forward_plan(key)
-    launch = bind(kernels, steps, 3, x.get_device())
-    if launch is None:
-        return None
-    empty = _allocator(x, y_shape, major)
+    launch, empty = ready
 
     def call(x, shift):
         y = empty()
