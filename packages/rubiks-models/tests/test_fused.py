@@ -557,8 +557,9 @@ def test_fused_equals_eval_model_cuda(name, hard, dtype, tol, gemm, plane):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
 def test_fused_conv1_epilogue_equals_eval_model_cuda(dtype, tol):
     """cuBLASLt's bias + ReLU epilogue and the plain shift kernel: the eval model's
-    logits, eager and in a CUDA graph (where "auto" takes it in bfloat16, on the 16²
-    planes here), the graph's bit for bit the eager "on" form's."""
+    logits, eager ("on": every channel-major block) and in a CUDA graph, where "auto"
+    takes it in bfloat16 (on the 16² planes here): the graph's values are then an eager
+    call's that sees a capture, bit for bit."""
     model = _trained_looking("rubiksnet_tiny", "cuda")
     on = fuse_model(model, "bmm", conv1_epilogue="on")
     auto = fuse_model(model, "bmm")
@@ -567,11 +568,16 @@ def test_fused_conv1_epilogue_equals_eval_model_cuda(dtype, tol):
         expected = model.double()(x.double()).float()
         got = on(x)
         assert _epilogue_products(on, x) > 0 and _epilogue_products(auto, x) == 0
-        graphed = GraphedInference(auto, x)
-        replayed = graphed(x)
-    assert _rel(got, expected) < tol
-    assert torch.equal(replayed, got) == (dtype == torch.bfloat16)
-    assert _rel(replayed, expected) < tol
+        replayed = GraphedInference(auto, x)(x)
+        eager = auto(x)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+            as_captured = auto(x)
+            takes = _epilogue_products(auto, x) > 0
+    assert _rel(got, expected) < tol and _rel(replayed, expected) < tol
+    assert takes == (dtype == torch.bfloat16)
+    assert torch.equal(replayed, as_captured)
+    assert torch.equal(replayed, eager) == (dtype == torch.float32)
 
 
 @requires_cuda
