@@ -79,9 +79,10 @@ CONV1_EPILOGUES = ("auto", "on", "off")
 BIAS_ROWS = 8
 
 # conv1_epilogue="auto": channel-major bfloat16 blocks on CUDA whose planes have this many
-# pixels. NVIDIA H100, 2026-12-05, bfloat16, 8 clips x 8 frames, graph replay, µs of
-# conv1 + the shift per block, with the shift's prologue / with conv1's epilogue: 37.8 /
-# 35.3 at 28² (144 channels), 24.3 / 20.5 at 14² (288), 19.0 / 20.7 at 7² (576)
+# pixels, while a CUDA graph is being captured. NVIDIA H200, 2026-12-06, bfloat16, 8 clips
+# x 8 frames, graph replay, µs of conv1 + the shift per block, with the shift's prologue /
+# with conv1's epilogue: 34.4 / 32.6 at 28² (144 channels), 22.4 / 20.0 at 14² (288),
+# 17.3 / 18.1 at 7² (576); the fused Large graphed 3.24 / 3.13 ms, but eager 4.78 / 5.58
 # (BENCHMARKS.md, *Where the time goes*).
 EPILOGUE_PLANES = (14 * 14, 28 * 28)
 
