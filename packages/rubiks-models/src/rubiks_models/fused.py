@@ -288,10 +288,10 @@ class FusedBlock(_GemmWeights):
         conv1's weights with bn2's bias columns in each dtype (non-persistent buffers)."""
         buffers = self._buffers
         s1, b1, w1, b2 = buffers["s1"], buffers["b1"], buffers["w1"], buffers["b2"]
-        ones = s1.new_zeros(BIAS_ROWS)
-        ones[:2] = 1
-        self.register_buffer("s1_rows", torch.cat([s1, torch.zeros_like(ones)]), False)
-        self.register_buffer("b1_rows", torch.cat([b1, ones]), False)
+        row_values = s1.new_zeros(BIAS_ROWS)  # relu(0 * x + b) of each bias row
+        row_values[:2] = 1
+        self.register_buffer("s1_rows", torch.cat([s1, torch.zeros_like(row_values)]), False)
+        self.register_buffer("b1_rows", torch.cat([b1, row_values]), False)
         for dtype, name in _BIAS_WEIGHTS.items():
             self.register_buffer(name, _bias_columns(w1.float(), b2.float(), dtype), False)
 
@@ -640,7 +640,8 @@ def fuse_model(
     its product, so that the shift runs without them (channel-major blocks of
     interpolated 3-D shifts with matrix products): "on" everywhere it can, "off"
     nowhere, "auto" (the default) in bfloat16 on CUDA on the planes of
-    :data:`EPILOGUE_PLANES`, where it was measured faster; read at every call."""
+    :data:`EPILOGUE_PLANES` while a CUDA graph is being captured, where it was measured
+    faster (eager calls were slower with it); read at every call."""
     if not isinstance(model, RubiksNet):
         raise TypeError(f"fuse_model expects a RubiksNet, got {type(model).__name__}")
     fused = FusedRubiksNet(model, gemm, channel_major_plane, compile_as, conv1_epilogue)
