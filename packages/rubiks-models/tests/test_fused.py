@@ -139,6 +139,10 @@ def test_fused_conv1_epilogue_auto_is_for_captured_bfloat16_cuda_only():
         assert block.carries_bias_rows(cuda_bf16, 28 * 28)
         assert not block.carries_bias_rows(cuda_bf16, 7 * 7)
         assert not block.carries_bias_rows(cuda_bf16.float(), 14 * 14)
+        # traced for torch.compile: no capture to ask about (Dynamo cannot trace the query)
+        patch.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert not block.carries_bias_rows(cuda_bf16, 14 * 14)
+        patch.setattr(torch.compiler, "is_compiling", lambda: False)
         block.conv1_epilogue = "off"
         assert not block.carries_bias_rows(cuda_bf16, 14 * 14)
 

@@ -299,8 +299,9 @@ class FusedBlock(_GemmWeights):
         """Whether this block gives a channel-major trunk like x with ``plane`` pixels
         per frame BIAS_ROWS, where it makes one (a block of its kind takes the epilogue;
         ``conv1_epilogue``: "on" wherever the products are matrix products, "auto" in
-        bfloat16 on CUDA on the planes of EPILOGUE_PLANES while a CUDA graph is being
-        captured, "off" nowhere)."""
+        bfloat16 on CUDA on the planes of EPILOGUE_PLANES while eager code is being
+        captured into a CUDA graph, never in code traced for torch.compile; "off"
+        nowhere)."""
         mode = self.conv1_epilogue
         if mode == "off" or not self.takes_epilogue or _use_conv(self.gemm, x):
             return False
@@ -311,6 +312,9 @@ class FusedBlock(_GemmWeights):
             x.is_cuda
             and x.dtype == torch.bfloat16
             and low <= plane <= high
+            # traced code has no capture to ask about (Dynamo cannot trace the query);
+            # the one-op compiled form asks it when its eager forward runs
+            and not torch.compiler.is_compiling()
             and torch.cuda.is_current_stream_capturing()
         )
 
@@ -640,8 +644,10 @@ def fuse_model(
     its product, so that the shift runs without them (channel-major blocks of
     interpolated 3-D shifts with matrix products): "on" everywhere it can, "off"
     nowhere, "auto" (the default) in bfloat16 on CUDA on the planes of
-    :data:`EPILOGUE_PLANES` while a CUDA graph is being captured, where it was measured
-    faster (eager calls were slower with it); read at every call."""
+    :data:`EPILOGUE_PLANES` while eager code is being captured into a CUDA graph
+    (``GraphedInference``; the one-op compiled form with ``mode="reduce-overhead"``),
+    where it was measured faster (eager calls were slower with it), and never in blocks
+    traced for torch.compile; read at every call."""
     if not isinstance(model, RubiksNet):
         raise TypeError(f"fuse_model expects a RubiksNet, got {type(model).__name__}")
     fused = FusedRubiksNet(model, gemm, channel_major_plane, compile_as, conv1_epilogue)
