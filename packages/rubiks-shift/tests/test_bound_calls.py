@@ -334,6 +334,7 @@ def test_call_and_bind_returns_the_bound_call(monkeypatch):
     log = []
     backend = SimpleNamespace(
         BOUND={},
+        bound_generation=0,
         bind_affine=lambda *a: lambda x, s, b, sh: log.append(("bound", x)) or x + 1,
     )
     for module in (_ops, fused, functional):
@@ -353,7 +354,10 @@ def test_call_and_bind_returns_the_bound_call(monkeypatch):
         monkeypatch.setattr(torch.cuda, "device", lambda i: devices.append(i) or nullcontext())
         again(x2, scale, bias, shift)
         assert devices == [-1] and len(log) == 2
-    current[0] = -1
+        current[0] = -1
+        backend.BOUND.clear()  # a new tuning (use_tuning): the op's own call from now on
+        backend.bound_generation += 1
+        assert torch.equal(again(x2, scale, bias, shift), x2.relu()) and len(log) == 2
     with torch.inference_mode(False):
         _, none = call_and_bind(rubiks_shift3d, x, shift.clone().requires_grad_())
     assert none is None  # autograd records it: no bound form

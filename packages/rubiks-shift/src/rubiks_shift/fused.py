@@ -341,11 +341,19 @@ def _bound_key(op: Callable, args: tuple, kwargs: dict) -> tuple | None:
     return forward_key(*(a[k] for k in keyed))
 
 
-def _on_device(call: Callable[..., torch.Tensor], index: int) -> Callable[..., torch.Tensor]:
-    """``call`` with device ``index`` made current for it where another is."""
+def _again(
+    call: Callable[..., torch.Tensor], index: int, op: Callable, args: tuple, kwargs: dict
+) -> Callable[..., torch.Tensor]:
+    """``call`` with device ``index`` made current for it where another is; ``op`` itself
+    (the tensors passed, the rest of ``args`` and ``kwargs``) once a new tuning has
+    emptied the bound calls (``_cuda.use_tuning``)."""
     current = torch._C._cuda_getDevice
+    backend = _cuda_backend()
+    generation = backend.bound_generation
 
     def again(*tensors: torch.Tensor) -> torch.Tensor:
+        if backend.bound_generation != generation:
+            return op(*tensors, *args[len(tensors) :], **kwargs)
         if current() == index:
             return call(*tensors)
         with torch.cuda.device(index):
@@ -386,4 +394,4 @@ def call_and_bind(
         return y, None
     key = _bound_key(op, args, kwargs)
     call = None if key is None else _cuda_backend().BOUND.get(key)
-    return y, None if call is None else _on_device(call, key[4])
+    return y, None if call is None else _again(call, key[4], op, args, kwargs)
