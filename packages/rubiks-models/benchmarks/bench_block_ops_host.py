@@ -12,25 +12,12 @@ and after), the median of ``--rounds`` rounds, µs per call.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from bench_models import host_us_per_call  # this folder (run as a script)
 
 from rubiks_shift import rubiks_shift3d
 from rubiks_shift.fused import affine_relu, affine_relu_shift3d
-
-
-def host_us(fn, calls: int, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) * 1e6 / calls)
-        torch.cuda.synchronize()
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -66,7 +53,8 @@ def main() -> None:
         for name, fn in calls.items():
             fn()
             fn()  # bound calls are made on the second call of a signature
-            print(f"{host_us(fn, args.calls, args.rounds):7.1f} µs  {name}")
+            us = host_us_per_call(fn, args.calls, args.rounds)  # the median of the rounds
+            print(f"{us:7.1f} µs  {name}")
 
 
 if __name__ == "__main__":

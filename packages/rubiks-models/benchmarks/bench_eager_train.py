@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import bench_models  # this folder (run as a script): TSM-R50 and the model builder
 import torch
@@ -106,17 +105,10 @@ def block_step_host(repeats: int = 7, n: int = 200) -> dict:
 
 
 def _us_per_call(fn, n: int = 300, repeats: int = 5) -> float:
+    """Host µs per call after 20 warm-up calls, the best of ``repeats`` rounds."""
     for _ in range(20):
         fn()
-    best = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best.append((time.perf_counter() - start) / n * 1e6)
-        torch.cuda.synchronize()
-    return min(best)
+    return bench_models.host_us_per_call(fn, n, repeats, min)
 
 
 def block_calls() -> dict:

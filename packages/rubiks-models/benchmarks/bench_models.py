@@ -197,6 +197,26 @@ def time_loop(fn: Callable[[], object], iters: int, repeats: int) -> float:
     return statistics.median(results)
 
 
+def host_us_per_call(
+    fn: Callable[[], object],
+    calls: int,
+    rounds: int,
+    statistic: Callable[[list[float]], float] = statistics.median,
+) -> float:
+    """Host time per call of ``calls`` back-to-back calls, in µs: each of ``rounds``
+    rounds starts with the device idle and stops the clock before waiting for it; the
+    rounds reduced by ``statistic``. For calls whose GPU work is small (the host's pace)."""
+    times = []
+    for _ in range(rounds):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) * 1e6 / calls)
+        torch.cuda.synchronize()
+    return statistic(times)
+
+
 def issue_time(fn: Callable[[], object], calls: int) -> float:
     """Median host time of one call issued with the device idle (synchronised before
     each call), in ms: the host's part of a call. Near the wall time of ``time_loop``,
