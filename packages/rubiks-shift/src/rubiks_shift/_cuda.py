@@ -316,13 +316,17 @@ def _allocator(x: torch.Tensor, y_shape: tuple | None, major: bool) -> Callable[
     return functools.partial(torch.empty, shape, dtype=dtype, device=device)
 
 
+def _reads_as_is(x: torch.Tensor) -> bool:
+    """Whether x is a non-empty tensor in a layout the kernels read as it is (contiguous
+    or channel-major)."""
+    return (x.is_contiguous() or channel_major(x)) and x.numel() > 0
+
+
 def _bindable(x: torch.Tensor, acc: torch.dtype, *per_channel: torch.Tensor) -> bool:
-    """Whether x is in a layout the kernels read as it is and every per-channel tensor is
-    contiguous in ``acc``: a call then converts nothing, and its arguments' addresses are
-    all its kernels need."""
-    if not (x.is_contiguous() or channel_major(x)) or x.numel() == 0:
-        return False
-    return all(t.dtype == acc and t.is_contiguous() for t in per_channel)
+    """Whether the kernels read x as it is and every per-channel tensor is contiguous in
+    ``acc``: a call then converts nothing, and its arguments' addresses are all its
+    kernels need."""
+    return _reads_as_is(x) and all(t.dtype == acc and t.is_contiguous() for t in per_channel)
 
 
 def _bound_launch(
@@ -389,7 +393,7 @@ def bind_forward(
     """``forward`` for these arguments' signature as one bound call ``f(x, shift) -> y``
     (see ``bind_affine``), or None where a call of this signature converts an argument
     (or runs in the CUDA simulator)."""
-    if not (x.is_contiguous() or channel_major(x)) or x.numel() == 0:
+    if not _reads_as_is(x):
         return None
     ready = _bound_launch(x, shift, stride, padding, quantize, affine=False)
     if ready is None:
