@@ -25,7 +25,9 @@ of its rounds with their range. Models:
   ``:one_op`` after ``:fused`` sets what torch.compile makes of it (``compile_as``: the
   blocks traced for Inductor, or the eager forward called as one op, CUDA's default);
   ``:epilogue-on`` / ``:epilogue-off`` after ``:fused`` set its ``conv1_epilogue`` (bn2's
-  bias and ReLU in conv1's product; default "auto").
+  bias and ReLU in conv1's product; default "auto"); ``:replay-off`` after ``:fused``
+  makes its identity blocks take the checked op calls at every eager call instead of
+  replaying their bound ones (``FusedBlock.replays_forward``).
 
 Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
 SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_fp32`` /
@@ -148,7 +150,9 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
 
     arch, *forms = name.split(":")
     arch, _, train_plane = arch.partition("@")
-    known_form = re.compile(r"hard|traced|one_op|epilogue-(on|off)|fused(-conv|-bmm)?(@\d+)?")
+    known_form = re.compile(
+        r"hard|traced|one_op|epilogue-(on|off)|replay-off|fused(-conv|-bmm)?(@\d+)?"
+    )
     unknown = {f for f in forms if not known_form.fullmatch(f)}
     fused = [f for f in forms if f.startswith("fused")]
     compile_as = [f for f in forms if f in ("traced", "one_op")]
@@ -157,6 +161,8 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
     epilogue = [f.removeprefix("epilogue-") for f in forms if f.startswith("epilogue-")]
     if len(epilogue) > 1 or (epilogue and not fused):
         raise ValueError(f"':epilogue-on' or '-off' is one form of a fused model, in {name!r}")
+    if "replay-off" in forms and not fused:
+        raise ValueError(f"':replay-off' is one form of a fused model, in {name!r}")
     if unknown or (train_plane and not train_plane.isdigit()):
         raise ValueError(f"unknown model form(s) {sorted(unknown)} in {name!r}")
     model = timm.create_model(arch, num_classes=num_classes).to(device)
@@ -176,7 +182,10 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
             kwargs["compile_as"] = compile_as[0]
         if epilogue:
             kwargs["conv1_epilogue"] = epilogue[0]
-        return fuse_model(model.eval(), gemm, **kwargs), False
+        fused_model = fuse_model(model.eval(), gemm, **kwargs)
+        for block in fused_model.blocks:
+            block.replays_forward = block.replays_forward and "replay-off" not in forms
+        return fused_model, False
     return model, True
 
 

@@ -214,6 +214,16 @@ def test_fused_epilogue_forms_are_built_and_checked(benchmark_script):
             bench.build(name, 5, 2, device="cpu")
 
 
+def test_fused_replay_off_form_is_built_and_checked(benchmark_script):
+    bench = benchmark_script("bench_models")
+    model, _ = bench.build("rubiksnet_tiny:fused", 5, 2, device="cpu")
+    assert any(block.replays_forward for block in model.blocks)
+    model, _ = bench.build("rubiksnet_tiny:fused:replay-off", 5, 2, device="cpu")
+    assert not any(block.replays_forward for block in model.blocks)
+    with pytest.raises(ValueError, match="one form of a fused model"):
+        bench.build("rubiksnet_tiny:replay-off", 5, 2, device="cpu")
+
+
 def test_bench_tuning_alternates_default_and_changed_tuning(benchmark_script, monkeypatch, capsys):
     """bench_tuning.py: each (model, mode) runs under the default tuning, then the changed
     one, round after round; a kernel-defining field or an unknown one is refused before

@@ -3,11 +3,13 @@ once launches directly afterwards, with the same results as the checked path."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from shift_testing import channel_major, requires_cuda
 
-from rubiks_shift import affine_relu, affine_relu_shift3d, rubiks_shift3d
+from rubiks_shift import affine_relu, affine_relu_shift3d, call_and_bind, rubiks_shift3d
 
 
 @pytest.fixture
@@ -300,3 +302,90 @@ def test_plain_forward_memo_binds_once_per_signature(monkeypatch):
     shift.requires_grad_()
     y = rubiks_shift3d(x, shift)  # recorded: the checked path
     assert y.requires_grad and log == ["bound"]
+
+
+def test_call_and_bind_refuses_other_ops():
+    with pytest.raises(TypeError, match="call_and_bind: op must be one of"):
+        call_and_bind(torch.relu, torch.zeros(1))
+
+
+def test_call_and_bind_has_no_bound_form_off_cuda():
+    """On the CPU (no bound launches) it is the op's call and None."""
+    x, shift = torch.randn(1, 2, 3, 4, 4), torch.rand(3, 3) - 0.5
+    scale, bias = torch.rand(3) + 0.5, torch.randn(3)
+    with torch.no_grad():
+        for op, args in (
+            (rubiks_shift3d, (x, shift)),
+            (affine_relu_shift3d, (x, scale, bias, shift)),
+            (affine_relu, (x, scale, bias)),
+        ):
+            y, again = call_and_bind(op, *args)
+            assert again is None and torch.equal(y, op(*args))
+
+
+def test_call_and_bind_returns_the_bound_call(monkeypatch):
+    """Without a GPU, against a stand-in backend: the call binds its signature as a
+    plain call does and returns that bound call, which later calls with other tensors
+    of the signature launch; another current device is made current around it."""
+    from types import SimpleNamespace
+
+    from rubiks_shift import _ops, functional, fused
+
+    log = []
+    backend = SimpleNamespace(
+        BOUND={},
+        bound_generation=0,
+        bind_affine=lambda *a: lambda x, s, b, sh: log.append(("bound", x)) or x + 1,
+    )
+    for module in (_ops, fused, functional):
+        monkeypatch.setattr(module, "_cuda_backend", lambda: backend)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda t: True))
+    devices, current = [], [-1]  # CPU tensors: device -1
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: current[0])
+    x, scale, bias = torch.randn(1, 2, 3, 4, 4), torch.ones(3), torch.zeros(3)
+    shift = torch.zeros(3, 3)
+    with torch.no_grad():
+        y, again = call_and_bind(affine_relu_shift3d, x, scale, bias, shift, stride=1)
+        # the op's call (on the CPU kernels: x's device type), which binds its signature
+        assert torch.equal(y, x.relu()) and len(backend.BOUND) == 1 and log == []
+        x2 = torch.randn(1, 2, 3, 4, 4)
+        assert torch.equal(again(x2, scale, bias, shift), x2 + 1) and log[-1][1] is x2
+        current[0] = 1  # another device current
+        monkeypatch.setattr(torch.cuda, "device", lambda i: devices.append(i) or nullcontext())
+        again(x2, scale, bias, shift)
+        assert devices == [-1] and len(log) == 2
+        current[0] = -1
+        backend.BOUND.clear()  # a new tuning (use_tuning): the op's own call from now on
+        backend.bound_generation += 1
+        assert torch.equal(again(x2, scale, bias, shift), x2.relu()) and len(log) == 2
+    with torch.inference_mode(False):
+        _, none = call_and_bind(rubiks_shift3d, x, shift.clone().requires_grad_())
+    assert none is None  # autograd records it: no bound form
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape,dtype,major,quantize", CASES)
+def test_call_and_bind_repeats_the_op(bound, shape, dtype, major, quantize):
+    """On the GPU: each op's bound call on new tensors of the signature equals the op."""
+    x, scale, bias, shift, frames = _tensors(20, shape, dtype, major)
+    if dtype == torch.float64:
+        scale, bias = scale.double(), bias.double()
+    x2, scale2, bias2, shift2, frames2 = _tensors(21, shape, dtype, major)
+    if dtype == torch.float64:
+        scale2, bias2 = scale2.double(), bias2.double()
+    calls = [
+        (rubiks_shift3d, (x, shift), (x2, shift2), {"quantize": quantize}),
+        (affine_relu_shift3d, (x, scale, bias, shift), (x2, scale2, bias2, shift2),
+         {"quantize": quantize}),
+        (affine_relu, (x, scale, bias, frames), (x2, scale2, bias2, frames2), {}),
+        (affine_relu, (x, scale, bias, None), (x2, scale2, bias2, None), {}),
+    ]  # fmt: skip
+    with torch.no_grad():
+        for op, args, args2, kwargs in calls:
+            bound.clear()
+            y, again = call_and_bind(op, *args, **kwargs)
+            assert again is not None and torch.equal(y, op(*args, **kwargs))
+            bound.clear()  # the op's checked path below
+            expected = op(*args2, **kwargs)
+            got = again(*args2)
+            assert got.stride() == expected.stride() and torch.equal(got, expected)

@@ -80,6 +80,8 @@ def use_tuning(tuning: Tuning) -> Tuning:
     ):  # fmt: skip
         plans.clear()
     BOUND.clear()
+    global bound_generation
+    bound_generation += 1  # bound calls handed out before (``fused.call_and_bind``) are stale
     return previous
 
 
@@ -302,6 +304,7 @@ def affine_relu(
 # a public call's signature (``rubiks_shift.fused``) -> its bound call, or None where the
 # signature has none (the call then takes the path above every time)
 BOUND: dict = {}
+bound_generation = 0  # how many times BOUND was emptied for a new tuning
 
 
 def _allocator(x: torch.Tensor, y_shape: tuple | None, major: bool) -> Callable[[], torch.Tensor]:

@@ -12,6 +12,7 @@ of its own on CUDA. Inference only: none has a gradient.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Sequence
 
@@ -33,15 +34,17 @@ from ._ops import (
     affine_shift_key,
     bind_once,
     bound_call,
+    forward_key,
     stem_call,
 )
 from ._traceable import acc_dtype, affine_relu_shift3d_torch, affine_relu_torch, stem_torch
-from .functional import _checked_3d, _validate_values
+from .functional import _checked_3d, _validate_values, rubiks_shift3d
 
 __all__ = [
     "COMPILE_AS_TORCH",
     "affine_relu",
     "affine_relu_shift3d",
+    "call_and_bind",
     "is_channel_major",
     "stem_conv",
 ]
@@ -322,3 +325,73 @@ def stem_conv(frames: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if COMPILE_AS_TORCH["stem"] and torch.compiler.is_compiling():
         return stem_torch(frames, weight)
     return stem_call(frames.contiguous(), _in_acc_dtype(frames, weight))
+
+
+def _bound_key(op: Callable, args: tuple, kwargs: dict) -> tuple | None:
+    """The bound-call key of ``op(*args, **kwargs)`` (the key the op itself computes)."""
+    bound = inspect.signature(op).bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    if op is affine_relu:
+        return _prologue_key(a["x"], a["scale"], a["bias"], a["frame_shift"])
+    if op is affine_relu_shift3d:
+        keyed = ("x", "scale", "bias", "shift", "stride", "padding", "quantize")
+        return _shift_key(*(a[k] for k in keyed))
+    keyed = ("x", "shift", "stride", "padding", "quantize", "normalize_grad", "normalize_t_factor")
+    return forward_key(*(a[k] for k in keyed))
+
+
+def _again(
+    call: Callable[..., torch.Tensor], index: int, op: Callable, args: tuple, kwargs: dict
+) -> Callable[..., torch.Tensor]:
+    """``call`` with device ``index`` made current for it where another is; ``op`` itself
+    (the tensors passed, the rest of ``args`` and ``kwargs``) once a new tuning has
+    emptied the bound calls (``_cuda.use_tuning``)."""
+    current = torch._C._cuda_getDevice
+    backend = _cuda_backend()
+    generation = backend.bound_generation
+
+    def again(*tensors: torch.Tensor) -> torch.Tensor:
+        if backend.bound_generation != generation:
+            return op(*tensors, *args[len(tensors) :], **kwargs)
+        if current() == index:
+            return call(*tensors)
+        with torch.cuda.device(index):
+            return call(*tensors)
+
+    return again
+
+
+_BINDABLE = ("affine_relu", "affine_relu_shift3d", "rubiks_shift3d")
+
+
+def call_and_bind(
+    op: Callable[..., torch.Tensor], *args: object, **kwargs: object
+) -> tuple[torch.Tensor, Callable[..., torch.Tensor] | None]:
+    """``op(*args, **kwargs)``, and that call made ready to repeat without its checks.
+
+    For callers that make the same call at every step with new tensors (a model's block):
+    ``op`` is :func:`affine_relu`, :func:`affine_relu_shift3d` or
+    :func:`rubiks_shift3d`. Returns ``(y, again)``: y as ``op`` returns it, and ``again``
+    the op's launch for tensors like these, ``again(x, scale, bias, frame_shift)``,
+    ``again(x, scale, bias, shift)`` or ``again(x, shift)`` (the other arguments are
+    these), which skips the checks and the signature lookup of a call (a few µs of host
+    time each). ``again`` is None where the call has no bound form: not an eager CUDA
+    call with nothing for autograd to record, the CUDA simulator, or an argument the op
+    converts.
+
+    ``again`` checks nothing, so the caller keeps to what it was made for: tensors of the
+    same dtypes, shapes, strides and devices as these (for ``affine_relu``, x on a 4-byte
+    boundary where this x is), the same host thread, plain eager code (not compiled or
+    transformed) with no gradient to record. It makes x's device current for its launch
+    where another device is.
+    """
+    if op not in (affine_relu, affine_relu_shift3d, rubiks_shift3d):
+        name = getattr(op, "__name__", type(op).__name__)
+        raise TypeError(f"call_and_bind: op must be one of {_BINDABLE}, got {name}")
+    y = op(*args, **kwargs)
+    if not _plain_eager():
+        return y, None
+    key = _bound_key(op, args, kwargs)
+    call = None if key is None else _cuda_backend().BOUND.get(key)
+    return y, None if call is None else _again(call, key[4], op, args, kwargs)
