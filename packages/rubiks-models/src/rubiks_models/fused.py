@@ -29,6 +29,13 @@ tensors in place (no caller sees them). It computes in the input's dtype, or in 
 autocast dtype where autocast is on; its GEMM weights are kept in float32 with bfloat16
 and float16 copies beside them, so neither autocast nor a compiled model casts weights
 on every call.
+
+Eager on CUDA the forward runs at the pace its host issues kernels, so an identity block
+(``FusedBlock.replays_forward``) keeps, per input signature, its two ops' bound launches
+(:func:`rubiks_shift.call_and_bind`) and its matrices' views, and replays them on the
+signature's next call: the same launches, without the ops' checks and lookups. A
+replaced buffer, ``.to()``, a new tuning, a tensor needing gradients or a transform
+sends the block back to its checked calls.
 """
 
 from __future__ import annotations
