@@ -27,8 +27,9 @@ def _tensors(seed, shape, dtype, major):
     c = shape[2]
     x = torch.randn(shape, generator=g).to("cuda", dtype)
     x = channel_major(x) if major else x
-    scale = (torch.rand(c, generator=g) + 0.5).cuda()
-    bias = (torch.randn(c, generator=g) * 0.5).cuda()
+    acc = torch.float64 if dtype == torch.float64 else torch.float32  # the per-channel dtype
+    scale = (torch.rand(c, generator=g) + 0.5).to("cuda", acc)
+    bias = (torch.randn(c, generator=g) * 0.5).to("cuda", acc)
     shift = (torch.rand(3, c, generator=g) * 4 - 2).cuda()
     frames = torch.randint(-2, 3, (c,), generator=g, dtype=torch.int32).cuda()
     return x, scale, bias, shift, frames
@@ -53,15 +54,11 @@ CASES = [
 @pytest.mark.parametrize("shape,dtype,major,quantize", CASES)
 def test_bound_shift_equals_checked_path(bound, shape, dtype, major, quantize):
     x, scale, bias, shift, _ = _tensors(0, shape, dtype, major)
-    if dtype == torch.float64:
-        scale, bias = scale.double(), bias.double()
     with torch.no_grad():
         _checked(bound, lambda: affine_relu_shift3d(x, scale, bias, shift, quantize=quantize))
         assert len(bound) == 1 and callable(next(iter(bound.values())))
         # new values, same signature: the bound call, against the checked path
         x2, scale2, bias2, shift2, _ = _tensors(1, shape, dtype, major)
-        if dtype == torch.float64:
-            scale2, bias2 = scale2.double(), bias2.double()
         y = affine_relu_shift3d(x2, scale2, bias2, shift2, quantize=quantize)
         expected = _checked(
             bound, lambda: affine_relu_shift3d(x2, scale2, bias2, shift2, quantize=quantize)
@@ -113,8 +110,6 @@ def test_plain_forward_binds_only_calls_with_nothing_to_record(bound):
 @pytest.mark.parametrize("shifted", [False, True])
 def test_bound_affine_relu_equals_checked_path(bound, shape, dtype, major, _, shifted):
     x, scale, bias, _, frames = _tensors(2, shape, dtype, major)
-    if dtype == torch.float64:
-        scale, bias = scale.double(), bias.double()
     frames = frames if shifted else None
     with torch.no_grad():
         _checked(bound, lambda: affine_relu(x, scale, bias, frames))
@@ -368,11 +363,7 @@ def test_call_and_bind_returns_the_bound_call(monkeypatch):
 def test_call_and_bind_repeats_the_op(bound, shape, dtype, major, quantize):
     """On the GPU: each op's bound call on new tensors of the signature equals the op."""
     x, scale, bias, shift, frames = _tensors(20, shape, dtype, major)
-    if dtype == torch.float64:
-        scale, bias = scale.double(), bias.double()
     x2, scale2, bias2, shift2, frames2 = _tensors(21, shape, dtype, major)
-    if dtype == torch.float64:
-        scale2, bias2 = scale2.double(), bias2.double()
     calls = [
         (rubiks_shift3d, (x, shift), (x2, shift2), {"quantize": quantize}),
         (affine_relu_shift3d, (x, scale, bias, shift), (x2, scale2, bias2, shift2),

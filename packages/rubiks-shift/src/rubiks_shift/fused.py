@@ -362,7 +362,7 @@ def _again(
     return again
 
 
-_BINDABLE = ("affine_relu", "affine_relu_shift3d", "rubiks_shift3d")
+_BINDABLE = (affine_relu, affine_relu_shift3d, rubiks_shift3d)  # call_and_bind's ops
 
 
 def call_and_bind(
@@ -386,9 +386,10 @@ def call_and_bind(
     transformed) with no gradient to record. It makes x's device current for its launch
     where another device is.
     """
-    if op not in (affine_relu, affine_relu_shift3d, rubiks_shift3d):
+    if op not in _BINDABLE:
         name = getattr(op, "__name__", type(op).__name__)
-        raise TypeError(f"call_and_bind: op must be one of {_BINDABLE}, got {name}")
+        names = tuple(f.__name__ for f in _BINDABLE)
+        raise TypeError(f"call_and_bind: op must be one of {names}, got {name}")
     y = op(*args, **kwargs)
     if not _plain_eager():
         return y, None
