@@ -192,18 +192,27 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
 # ---------------------------------------------------------------------------- timing
 
 
+def _seconds_per_call(fn: Callable[[], object], calls: int, rounds: int, wait: bool) -> list[float]:
+    """Seconds per call of ``calls`` back-to-back calls in each of ``rounds`` rounds, each
+    started with the device idle; the clock stops after the device is done where ``wait``
+    (the wall time), before waiting for it otherwise (the host's time to issue them)."""
+    times = []
+    for _ in range(rounds):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        if wait:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) / calls)
+        torch.cuda.synchronize()
+    return times
+
+
 def time_loop(fn: Callable[[], object], iters: int, repeats: int) -> float:
     """Median over ``repeats`` of the wall time per call of ``iters`` back-to-back calls
     (host issuing included), in ms."""
-    results = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-        results.append((time.perf_counter() - start) * 1e3 / iters)
-    return statistics.median(results)
+    return statistics.median(_seconds_per_call(fn, iters, repeats, wait=True)) * 1e3
 
 
 def host_us_per_call(
@@ -215,15 +224,7 @@ def host_us_per_call(
     """Host time per call of ``calls`` back-to-back calls, in µs: each of ``rounds``
     rounds starts with the device idle and stops the clock before waiting for it; the
     rounds reduced by ``statistic``. For calls whose GPU work is small (the host's pace)."""
-    times = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) * 1e6 / calls)
-        torch.cuda.synchronize()
-    return statistic(times)
+    return statistic(_seconds_per_call(fn, calls, rounds, wait=False)) * 1e6
 
 
 def issue_time(fn: Callable[[], object], calls: int) -> float:
