@@ -1,13 +1,15 @@
-"""Eager training steps on one GPU, the forms of a channel-major block side by side in one
-process, and the host time of the calls such a block makes.
+"""Eager training steps on one GPU, the forms of a RubiksNet stage and block side by side
+in one process, and the host time of the calls such a block makes.
 
-Eager steps of RubiksNet are bound by the host (the GPU needs a fraction of the step),
-and the host's pace moves between machines and over minutes, so the forms are compared
-round by round in one process, in each of ``--dtypes`` (bf16 autocast, fp32): TSM-R50,
-then each RubiksNet model, in bf16 with its small-plane blocks as one autograd node
-(``node``, the default), as composed differentiable ops (``composed``) and frame by
-frame (``frames``, ``set_channel_major_plane(0)``), ``--iters`` steps each per round
-after two warm-up steps. Then the host time of one channel-major RubiksNet-Large block's
+The host's pace moves between machines and over minutes, so the forms are compared round
+by round in one process, in each of ``--dtypes`` (bf16 autocast, fp32): TSM-R50, then each
+RubiksNet model with its stages replayed as CUDA graphs (``graphs``, the default:
+:mod:`rubiks_models.stage_graphs`) and with the stages running their blocks directly:
+in bf16 with the small-plane blocks as one autograd node each (``node``), as composed
+differentiable ops (``composed``) and frame by frame (``frames``,
+``set_channel_major_plane(0)``); in fp32 (which trains frame by frame) ``eager``.
+``--iters`` steps each per round after two warm-up steps (the second one captures the
+graphs). Then the host time of one channel-major RubiksNet-Large block's
 forward + backward in each form, and of each call such a block makes (µs; their GPU
 work is shorter than their host time)::
 
@@ -27,11 +29,12 @@ from rubiks_models import rubiksnet
 from rubiks_models.channel_major_block import to_channel_major
 from rubiks_shift import kernels
 
-FORMS = ("node", "composed", "frames")
+FORMS = {"bf16": ("graphs", "node", "composed", "frames"), "fp32": ("graphs", "eager")}
 
 
 def set_form(model: torch.nn.Module, form: str) -> None:
-    """Make ``model``'s channel-major blocks run as ``form`` (see the module docstring)."""
+    """Make ``model``'s stages and channel-major blocks run as ``form`` (see the module
+    docstring)."""
     for block in model.modules():
         if isinstance(block, rubiksnet.RubiksBlock):
             block.__dict__.pop("_one_node_inputs", None)
@@ -40,11 +43,14 @@ def set_form(model: torch.nn.Module, form: str) -> None:
             if block.has_channel_major:
                 plane = 0 if form == "frames" else rubiksnet.CHANNEL_MAJOR_PLANE
                 block.channel_major_plane = plane
+        if isinstance(block, rubiksnet.RubiksStage):
+            block.eager_graphs = form == "graphs"
+            block.reset_graphs()
 
 
 def _forms(name: str, dtype: str) -> tuple:
-    """The block forms worth timing: only 16-bit steps run channel-major."""
-    return (None,) if name == "tsm_r50" or dtype != "bf16" else FORMS
+    """The forms worth timing: only 16-bit steps run channel-major."""
+    return (None,) if name == "tsm_r50" else FORMS[dtype]
 
 
 def train_steps(models: list[str], args) -> dict:
@@ -71,7 +77,7 @@ def train_steps(models: list[str], args) -> dict:
     for _ in range(args.rounds):
         for dtype, name, form, model, opt in cases:
             if name != "tsm_r50":
-                set_form(model, form or "node")
+                set_form(model, form)
             for _ in range(2):
                 step(model, opt, dtype)
             run = lambda m=model, o=opt, d=dtype: step(m, o, d)
@@ -82,15 +88,18 @@ def train_steps(models: list[str], args) -> dict:
 def block_step_host(repeats: int = 7, n: int = 200) -> dict:
     """µs of host time per bf16 forward + backward of one channel-major RubiksNet-Large
     block (288 channels, 14², one clip of 2 frames: the GPU work is far shorter than the
-    host's) in each form, the best of ``repeats`` loops of ``n``."""
-    block = rubiksnet.RubiksBlock(
-        288, 288, variant="rubiks3d", se_reduction=0, shift_init="uniform", t_init="uniform",
-        normalize_grad=True, normalize_t_factor=1.0, aq_tau=2.0, deploy=False,
-    ).cuda().train()  # fmt: skip
+    host's), a stage of its own, in each form, the best of ``repeats`` loops of ``n``."""
+    block = rubiksnet.RubiksStage([
+        rubiksnet.RubiksBlock(
+            288, 288, variant="rubiks3d", se_reduction=0, shift_init="uniform",
+            t_init="uniform", normalize_grad=True, normalize_t_factor=1.0, aq_tau=2.0,
+            deploy=False,
+        )
+    ]).cuda().train()  # fmt: skip
     frames = torch.randn(1, 2, 288, 14, 14, device="cuda", dtype=torch.bfloat16)
     grad = torch.randn_like(frames)
     results = {}
-    for form in FORMS:  # each form's input in the layout the model hands it
+    for form in FORMS["bf16"]:  # each form's input in the layout the model hands it
         x = frames if form == "frames" else to_channel_major(frames)
         x = x.detach().requires_grad_()
 

@@ -27,7 +27,9 @@ of its rounds with their range. Models:
   ``:epilogue-on`` / ``:epilogue-off`` after ``:fused`` set its ``conv1_epilogue`` (bn2's
   bias and ReLU in conv1's product; default "auto"); ``:replay-off`` after ``:fused``
   makes its identity blocks take the checked op calls at every eager call instead of
-  replaying their bound ones (``FusedBlock.replays_forward``).
+  replaying their bound ones (``FusedBlock.replays_forward``); ``:graphs-off`` on an
+  unfused model makes its stages run their blocks directly in eager training instead of
+  replaying them as CUDA graphs (:meth:`rubiks_models.RubiksNet.set_eager_graphs`).
 
 Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
 SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_fp32`` /
@@ -151,7 +153,7 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
     arch, *forms = name.split(":")
     arch, _, train_plane = arch.partition("@")
     known_form = re.compile(
-        r"hard|traced|one_op|epilogue-(on|off)|replay-off|fused(-conv|-bmm)?(@\d+)?"
+        r"hard|traced|one_op|epilogue-(on|off)|replay-off|graphs-off|fused(-conv|-bmm)?(@\d+)?"
     )
     unknown = {f for f in forms if not known_form.fullmatch(f)}
     fused = [f for f in forms if f.startswith("fused")]
@@ -163,11 +165,15 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
         raise ValueError(f"':epilogue-on' or '-off' is one form of a fused model, in {name!r}")
     if "replay-off" in forms and not fused:
         raise ValueError(f"':replay-off' is one form of a fused model, in {name!r}")
+    if "graphs-off" in forms and fused:
+        raise ValueError(f"':graphs-off' is a form of an unfused model (training), in {name!r}")
     if unknown or (train_plane and not train_plane.isdigit()):
         raise ValueError(f"unknown model form(s) {sorted(unknown)} in {name!r}")
     model = timm.create_model(arch, num_classes=num_classes).to(device)
     if train_plane:
         model.set_channel_major_plane(int(train_plane))
+    if "graphs-off" in forms:
+        model.set_eager_graphs(False)
     for m in model.modules():  # trained-looking batch norms (the statistics matter to fusion)
         if isinstance(m, nn.BatchNorm2d):
             m.running_var.uniform_(0.5, 1.5)

@@ -224,6 +224,16 @@ def test_fused_replay_off_form_is_built_and_checked(benchmark_script):
         bench.build("rubiksnet_tiny:replay-off", 5, 2, device="cpu")
 
 
+def test_graphs_off_form_is_built_and_checked(benchmark_script):
+    bench = benchmark_script("bench_models")
+    model, _ = bench.build("rubiksnet_tiny", 5, 2, device="cpu")
+    assert all(stage.eager_graphs for stage in model.stages)
+    model, _ = bench.build("rubiksnet_tiny:graphs-off", 5, 2, device="cpu")
+    assert not any(stage.eager_graphs for stage in model.stages)
+    with pytest.raises(ValueError, match="form of an unfused model"):
+        bench.build("rubiksnet_tiny:fused:graphs-off", 5, 2, device="cpu")
+
+
 def test_bench_tuning_alternates_default_and_changed_tuning(benchmark_script, monkeypatch, capsys):
     """bench_tuning.py: each (model, mode) runs under the default tuning, then the changed
     one, round after round; a kernel-defining field or an unknown one is refused before

@@ -20,6 +20,8 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from . import stage_graphs
+
 __all__ = ["GraphedInference", "GraphedTrainStep"]
 
 
@@ -132,12 +134,13 @@ class GraphedTrainStep:
         device = example.device
         stream = torch.cuda.Stream(device=device)
         stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
+        # the step is one graph: the stages do not capture their own (stage_graphs)
+        with torch.cuda.stream(stream), stage_graphs.paused():
             for _ in range(warmup):
                 self._step()
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph), stage_graphs.paused():
             self.static_loss = self._step()
 
     def _step(self) -> torch.Tensor:

@@ -51,6 +51,7 @@ from .channel_major_block import (
 from .checkpoint import CheckpointError, check_state_dict, resolve_checkpoint, strict_pretrained
 from .reference_keys import REFERENCE_KEY_MAP, convert_reference_key, convert_reference_state
 from .shift_layers import Shift2d, Shift3d, TemporalAttentionShift, hard_temporal_shift
+from .stage_graphs import StageGraphs
 from .weight_files import (
     RELEASED_FILES,
     local_weight_file,
@@ -343,16 +344,50 @@ class RubiksBlock(nn.Module):
         return points_clip(out, b, t, ho, wo)
 
 
+# the module types a stage replays as CUDA graphs (stage_graphs): the blocks' own
+GRAPHED_MODULES = frozenset(
+    {
+        nn.Sequential, RubiksBlock, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.Identity,
+        nn.Linear, Shift3d, Shift2d, TemporalAttentionShift, SqueezeExcite,
+    }
+)  # fmt: skip
+
+
 class RubiksStage(nn.Module):
+    """A sequence of blocks. In eager CUDA training it replays its blocks' forward and
+    backward as CUDA graphs once a signature repeats (:mod:`.stage_graphs`; off with
+    ``eager_graphs = False`` or ``RubiksNet.set_eager_graphs(False)``)."""
+
     def __init__(self, blocks: list[RubiksBlock]) -> None:
         super().__init__()
         self.grad_checkpointing = False
+        self.eager_graphs = True
         self.blocks = nn.Sequential(*blocks)
+        self._graphs = StageGraphs(GRAPHED_MODULES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
+        if self.training and self.eager_graphs and not torch.jit.is_scripting():
+            out = self._replayed(x)
+            if out is not None:
+                return out
         return self.blocks(x)
+
+    @torch.jit.unused
+    def _replayed(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The blocks' output by replaying their graphs, or None (:meth:`StageGraphs.run`)."""
+        if torch.compiler.is_compiling():
+            return None
+        return self._graphs.run(self.blocks, x)
+
+    def reset_graphs(self) -> None:
+        """Drop the captured graphs and their memory; a later signature captures anew."""
+        self._graphs.reset()
+
+    def _apply(self, fn, recurse: bool = True):
+        self._graphs.reset()  # new storage (another device or dtype): capture again
+        return super()._apply(fn, recurse)
 
 
 @register_notrace_function
@@ -528,6 +563,19 @@ class RubiksNet(nn.Module):
         self.grad_checkpointing = enable
         for s in self.stages:
             s.grad_checkpointing = enable
+            s.reset_graphs()
+
+    @torch.jit.ignore
+    def set_eager_graphs(self, enable: bool = True) -> None:
+        """Whether the stages replay their blocks as CUDA graphs in eager CUDA training
+        (default on; :mod:`rubiks_models.stage_graphs`). Either way the graphs captured so
+        far are dropped: call it after changing a setting the blocks read when called
+        (a batch norm's momentum, a shift layer's options) in place."""
+        if not isinstance(enable, bool):
+            raise TypeError(f"enable must be a bool, got {type(enable).__name__}")
+        for s in self.stages:
+            s.eager_graphs = enable
+            s.reset_graphs()
 
     @torch.jit.ignore
     def set_channel_major_plane(self, pixels: int) -> None:
@@ -539,6 +587,8 @@ class RubiksNet(nn.Module):
         for m in self.modules():
             if isinstance(m, RubiksBlock) and m.has_channel_major:
                 m.channel_major_plane = pixels
+        for s in self.stages:
+            s.reset_graphs()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -1,0 +1,313 @@
+"""Eager training of a RubiksNet stage as two CUDA-graph replays.
+
+Eager RubiksNet training is bound by the host: a Large step issues about two thousand
+kernels from Python, and issuing them takes longer than the GPU takes to run them
+(``packages/rubiks-models/BENCHMARKS.md``, *Eager training*). In training on CUDA a
+:class:`~rubiks_models.rubiksnet.RubiksStage` therefore records its blocks' forward and
+backward as two CUDA graphs, on the second consecutive call with the same signature, and
+from then on runs as one autograd node whose forward replays the first graph and whose
+backward replays the second: the same kernels in the same order, without the host's work
+per kernel. Gradients reach the parameters through autograd as before (hooks on them,
+gradient accumulation and DDP work as in eager code); batch-norm statistics are updated
+in place once per forward.
+
+A stage runs its blocks directly instead (plain eager) in evaluation mode; without
+gradient recording; on the CPU; in compiled, traced or transformed code; inside another
+CUDA-graph capture (:class:`~rubiks_models.cuda_graphs.GraphedTrainStep`) or a backward
+pass; under saved-tensor hooks (activation checkpointing, offloading); with hooks on any
+of its modules; with a module type other than the blocks' own; with a batch norm whose
+``momentum`` is None; on a signature's first call; and while the forward of its last
+replay has not been backpropagated and can still be (two forwards before one backward).
+
+A signature is the input's shape, strides, dtype, device and ``requires_grad``; the
+autocast state and the TF32 switches; and every module, parameter and buffer of the stage:
+which objects, their storage, ``requires_grad``, training mode, and each batch norm's
+``momentum`` and ``eps``. Anything else a module reads when called is fixed at capture:
+call ``RubiksNet.set_eager_graphs`` after changing such a setting in place.
+
+The graphs keep the stage's activations in their own memory between steps (about what
+an eager step holds at its peak). A stage keeps one signature's graphs: a new signature
+seen on two consecutive calls replaces them, at most ``MAX_CAPTURES`` times per stage.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules import module as _module
+
+from rubiks_shift import kernels
+
+__all__ = ["MAX_CAPTURES", "StageGraphs", "paused"]
+
+# a stage whose signature keeps changing (many input sizes) stops capturing after this
+MAX_CAPTURES = 8
+
+_pause_depth = 0
+_GRAPH_DEVICES = ("cuda",)  # where stages capture (tests add the CPU, with a stand-in)
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """Stages run their blocks directly inside this context (used while a whole step is
+    warmed up and captured as one graph)."""
+    global _pause_depth
+    _pause_depth += 1
+    try:
+        yield
+    finally:
+        _pause_depth -= 1
+
+
+def _global_hooks() -> bool:
+    return bool(
+        _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+        or _module._global_backward_hooks
+        or _module._global_backward_pre_hooks
+    )
+
+
+def _may_graph(x: Tensor) -> bool:
+    """Whether this call's context allows replays (see the module docstring)."""
+    return (
+        _pause_depth == 0
+        and type(x) is Tensor
+        and x.device.type in _GRAPH_DEVICES
+        and torch.is_grad_enabled()
+        and kernels.plain_eager()
+        and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+        and torch._C._current_graph_task_id() == -1  # not inside a backward pass
+        and torch._C._autograd._top_saved_tensors_default_hooks(True) is None
+        and not _global_hooks()
+    )
+
+
+def _walk(blocks: nn.Module, allowed: frozenset) -> tuple[tuple, list, list] | None:
+    """(the signature's part from ``blocks`` and every module under it, their parameters,
+    their buffers), or None where a module is not of an ``allowed`` type, has hooks or is a
+    batch norm without momentum. Module state is read from the modules' dicts (each
+    attribute read through ``nn.Module.__getattr__`` costs about 0.6 µs)."""
+    modules = []
+    stack = [blocks]
+    while stack:
+        m = stack.pop()
+        if (
+            type(m) not in allowed
+            or m._forward_hooks
+            or m._forward_pre_hooks
+            or m._backward_hooks
+            or m._backward_pre_hooks
+        ):
+            return None
+        modules.append(m)
+        stack.extend(c for c in m._modules.values() if c is not None)
+    states = [m.__dict__ for m in modules]
+    norms = [s for m, s in zip(modules, states, strict=True) if type(m) is nn.BatchNorm2d]
+    if any(s["momentum"] is None for s in norms):
+        return None
+    params = [p for s in states for p in s["_parameters"].values() if p is not None]
+    buffers = [b for s in states for b in s["_buffers"].values() if b is not None]
+    key = (
+        tuple(map(id, modules)),
+        tuple(s["training"] for s in states),
+        tuple((s["momentum"], s["eps"]) for s in norms),
+        tuple(map(id, params)),
+        tuple(map(Tensor.data_ptr, params)),
+        tuple(p.requires_grad for p in params),
+        tuple(map(id, buffers)),
+        tuple(map(Tensor.data_ptr, buffers)),
+    )
+    return key, params, buffers
+
+
+def _signature(x: Tensor, stage_key: tuple) -> tuple:
+    return (
+        x.shape,
+        x.stride(),
+        x.dtype,
+        x.device,
+        x.requires_grad,
+        torch.is_autocast_enabled("cuda"),
+        torch.get_autocast_dtype("cuda"),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        stage_key,
+    )
+
+
+def _uncached_autocast():
+    """The caller's CUDA autocast without its cast cache: a cached cast made while warming
+    up would be read, not recomputed, by the captured graph."""
+    if torch.is_autocast_enabled("cuda"):
+        return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+    return nullcontext()
+
+
+class CapturedStage:
+    """One signature's forward and backward graphs and their static tensors.
+
+    ``forward(x)`` copies x into the graphs' input, replays the forward and returns a
+    copy of the output (the graph's own output is overwritten by the next replay);
+    ``backward(grad)`` replays the backward and returns (x's gradient or None, the
+    gradients of ``params``, None for the ones the blocks do not use). The backward
+    graph is captured keeping the forward's saved values, so one forward may be
+    backpropagated more than once (``retain_graph=True``) until the next forward.
+    """
+
+    def __init__(self, blocks: nn.Module, x: Tensor, params: list, buffers: list) -> None:
+        device = x.device
+        self.params = params
+        self.x_needs_grad = x.requires_grad
+        self.static_x = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=device)
+        self.static_x.copy_(x.detach())
+        self.static_x.requires_grad_(x.requires_grad)
+        targets = ([self.static_x] if x.requires_grad else []) + params
+        stream = torch.cuda.Stream(device)
+        # warm up once on the capture's stream (lazy per-stream state); the blocks' state
+        # (batch-norm statistics and counters) is put back after it
+        saved = [b.clone() for b in buffers]
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            try:
+                with _uncached_autocast():
+                    out = blocks(self.static_x)
+                torch.autograd.grad(out, targets, torch.zeros_like(out), allow_unused=True)
+                del out
+            finally:
+                with torch.no_grad():
+                    for buffer, value in zip(buffers, saved, strict=True):
+                        buffer.copy_(value)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        del saved
+        pool = torch.cuda.graph_pool_handle()
+        self.forward_graph = torch.cuda.CUDAGraph()
+        self.backward_graph = torch.cuda.CUDAGraph()
+        graph_args = {"pool": pool, "stream": stream, "capture_error_mode": "thread_local"}
+        with torch.cuda.graph(self.forward_graph, **graph_args), _uncached_autocast():
+            out = blocks(self.static_x)
+        self.static_grad = torch.empty_like(out)
+        with torch.cuda.graph(self.backward_graph, **graph_args):
+            grads = torch.autograd.grad(
+                out, targets, self.static_grad, retain_graph=True, allow_unused=True
+            )
+        self.static_out = out.detach()
+        del out  # the forward's autograd graph: its saved values stay in the pool
+        grads = list(grads)
+        self.grad_x = grads.pop(0) if x.requires_grad else None
+        self.param_grads = grads
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.static_x.copy_(x)
+        self.forward_graph.replay()
+        return self.static_out.clone()
+
+    def backward(self, grad: Tensor) -> tuple:
+        self.static_grad.copy_(grad)
+        self.backward_graph.replay()
+        return self.grad_x, self.param_grads
+
+
+class _Replay(torch.autograd.Function):
+    """``forward(graphs, run, x, *params)``: the captured stage's output; its backward
+    replays the captured backward (``run``: which forward this node recorded)."""
+
+    @staticmethod
+    def forward(ctx, graphs: StageGraphs, run: int, x: Tensor, *params: Tensor) -> Tensor:
+        ctx.graphs, ctx.captured, ctx.run = graphs, graphs.captured, run
+        return graphs.captured.forward(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple:
+        graphs = ctx.graphs
+        if ctx.captured is not graphs.captured or ctx.run != graphs.runs:
+            raise RuntimeError(
+                "this forward's saved values are gone: its stage replayed its CUDA graphs "
+                "again (or dropped them) before this backward. Backpropagate each forward "
+                "before the next one, or turn the replays off with "
+                "RubiksNet.set_eager_graphs(False)"
+            )
+        graphs.pending = None
+        grad_x, param_grads = ctx.captured.backward(grad)
+        return (None, None, grad_x if ctx.needs_input_grad[2] else None, *param_grads)
+
+
+class StageGraphs:
+    """A stage's captured graphs and the signatures it has seen (process-local: copies
+    and pickles of the model start without them). ``capture(blocks, x, params,
+    buffers)`` makes the :class:`CapturedStage` of a signature."""
+
+    def __init__(self, allowed: frozenset, capture: Callable = CapturedStage) -> None:
+        self.allowed = allowed
+        self.capture = capture
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop the captured graphs (and their memory) and the signatures seen."""
+        self._drop()
+        self.last_key: tuple | None = None
+        self.captures = 0
+        self.runs = 0
+
+    def _drop(self) -> None:
+        self.captured = None
+        self.key: tuple | None = None
+        self.pending: weakref.ref | None = None
+
+    def __deepcopy__(self, memo: dict) -> StageGraphs:
+        return StageGraphs(self.allowed, self.capture)
+
+    def __getstate__(self) -> dict:
+        return {"allowed": self.allowed, "capture": self.capture}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["allowed"], state["capture"])
+
+    def _busy(self) -> bool:
+        """Whether the last replay's forward may still be backpropagated."""
+        return self.pending is not None and self.pending() is not None
+
+    def run(self, blocks: nn.Module, x: Tensor) -> Tensor | None:
+        """``blocks(x)`` (``blocks``: the stage's sequence of blocks) by replaying,
+        capturing first where this is the signature's second consecutive call; None
+        where the caller runs the blocks itself."""
+        if not _may_graph(x):
+            return None
+        walked = _walk(blocks, self.allowed)
+        if walked is None:
+            return None
+        stage_key, params, buffers = walked
+        trainable = [p for p in params if p.requires_grad]
+        if not (x.requires_grad or trainable):
+            return None
+        key = _signature(x, stage_key)
+        last, self.last_key = self.last_key, key
+        if self._busy():
+            return None
+        if key != self.key:
+            if key != last or self.captures >= MAX_CAPTURES:
+                return None
+            self._drop()
+            self.captures += 1
+            try:
+                self.captured = self.capture(blocks, x, trainable, buffers)
+            except Exception as err:  # any failure: this stage runs its blocks from now on
+                self.captures = MAX_CAPTURES
+                warnings.warn(
+                    f"a RubiksNet stage could not be captured as CUDA graphs ({err!r}); it "
+                    "runs its blocks directly from now on",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return None
+            self.key = key
+        self.runs += 1
+        out = _Replay.apply(self, self.runs, x, *trainable)
+        self.pending = weakref.ref(out.grad_fn)
+        return out

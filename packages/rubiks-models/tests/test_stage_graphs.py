@@ -1,0 +1,325 @@
+"""A stage's eager training replays: from a signature's second call the stage runs as one
+autograd node that replays its captured forward and backward, trains exactly as the
+blocks run directly, and steps aside wherever a replay could differ.
+
+On the CPU a stand-in takes the place of the CUDA graphs (``StandIn``: its "replays" run
+the blocks with autograd), so the bookkeeping around them is tested everywhere; the real
+graphs are tested on a GPU (``requires_cuda``)."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from typing import ClassVar
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import rubiks_models  # noqa: F401  (registers the models)
+from rubiks_models import stage_graphs
+from rubiks_models.cuda_graphs import GraphedTrainStep
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+class StandIn:
+    """A captured stage whose replays run its blocks with autograd (CPU tests)."""
+
+    log: ClassVar[list[str]] = []
+    fail = False
+
+    def __init__(self, blocks, x, params, buffers) -> None:
+        if StandIn.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        StandIn.log.append("capture")
+        self.blocks, self.params, self.x_needs_grad = blocks, params, x.requires_grad
+
+    def forward(self, x):
+        StandIn.log.append("forward")
+        self.x = x.detach().requires_grad_(self.x_needs_grad)
+        with torch.enable_grad():
+            self.out = self.blocks(self.x)
+        return self.out.detach().clone()
+
+    def backward(self, grad):
+        StandIn.log.append("backward")
+        targets = ([self.x] if self.x_needs_grad else []) + self.params
+        grads = list(
+            torch.autograd.grad(self.out, targets, grad, retain_graph=True, allow_unused=True)
+        )
+        return (grads.pop(0) if self.x_needs_grad else None), grads
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    StandIn.log, StandIn.fail = [], False
+    monkeypatch.setattr(stage_graphs, "_GRAPH_DEVICES", ("cuda", "cpu"))
+    return StandIn.log
+
+
+def _model(name="rubiksnet_tiny", device="cpu", dtype=torch.float64, capture=StandIn):
+    model = timm.create_model(name, num_classes=5).to(device, dtype).train()
+    for stage in model.stages:
+        stage._graphs.capture = capture
+    return model
+
+
+def _pair(name="rubiksnet_tiny", device="cpu", dtype=torch.float64, capture=StandIn):
+    """(a model whose stages replay, a copy of it that runs its blocks directly)."""
+    model = _model(name, device, dtype, capture)
+    twin = copy.deepcopy(model)
+    twin.set_eager_graphs(False)
+    return model, twin
+
+
+def _clip(seed: int, device="cpu", dtype=torch.float64, size=32, batch=2, frames=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, frames, 3, size, size, generator=g, dtype=dtype).to(device)
+
+
+def _target(seed: int, device="cpu", batch=2):
+    return torch.randint(0, 5, (batch,), generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def _assert_same_state(model, twin, **tolerance) -> None:
+    kwargs = tolerance or {"rtol": 0, "atol": 0}
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, **kwargs, msg=lambda m, n=name: f"{n}: {m}")
+        if p.grad is None or q.grad is None:
+            assert p.grad is None and q.grad is None, name
+        else:
+            torch.testing.assert_close(p.grad, q.grad, **kwargs, msg=lambda m, n=name: f"{n}: {m}")
+    for (name, b), c in zip(model.named_buffers(), twin.buffers(), strict=True):
+        torch.testing.assert_close(b, c, **kwargs, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def _train(model, steps, device="cpu", dtype=torch.float64, autocast=None, lr=0.05):
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    losses = []
+    for step in steps:
+        opt.zero_grad(set_to_none=True)
+        ctx = torch.autocast("cuda", autocast) if autocast else torch.autocast("cpu", enabled=False)
+        with ctx:
+            loss = F.cross_entropy(model(_clip(step, device, dtype)), _target(step, device))
+        loss.backward()
+        losses.append(loss.detach())
+        opt.step()
+    return losses
+
+
+def _counts(log) -> dict:
+    return {k: log.count(k) for k in ("capture", "forward", "backward")}
+
+
+# ----------------------------------------------------------------------------- CPU
+
+
+def test_replays_from_the_second_call_and_trains_like_the_blocks(stand_in):
+    model, twin = _pair()
+    stages = len(model.stages)
+    assert _train(model, [0]) == _train(twin, [0])
+    assert stand_in == []  # a signature's first call runs the blocks
+    for steps in ([1], [2, 3]):
+        assert _train(model, steps) == _train(twin, steps)
+        _assert_same_state(model, twin)
+    assert _counts(stand_in) == {"capture": stages, "forward": 3 * stages, "backward": 3 * stages}
+
+
+@pytest.mark.parametrize(
+    "setup",
+    ["eval", "no_grad", "hook", "momentum_none", "saved_hooks", "checkpointing", "paused", "off"],
+)
+def test_stage_runs_its_blocks_where_a_replay_could_differ(stand_in, setup):
+    model, twin = _pair()
+    calls = []
+    if setup == "eval":
+        model.eval(), twin.eval()
+    for stage in (*model.stages, *twin.stages):  # one module in each stage
+        if setup == "hook":
+            stage.blocks[-1].conv1.register_forward_hook(lambda *a: calls.append(1))
+        if setup == "momentum_none":
+            stage.blocks[-1].norm2.momentum = None
+    if setup == "checkpointing":
+        model.set_grad_checkpointing(), twin.set_grad_checkpointing()
+    if setup == "off":
+        model.set_eager_graphs(False)
+    for step in range(3):
+        outs = []
+        for m in (model, twin):
+            x = _clip(step)
+            if setup == "no_grad":
+                with torch.no_grad():
+                    outs.append(m(x))
+            elif setup == "saved_hooks":
+                with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+                    outs.append(m(x))
+            elif setup == "paused":
+                with stage_graphs.paused():
+                    outs.append(m(x))
+            else:
+                outs.append(m(x))
+        torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    assert stand_in == []
+    if setup == "hook":
+        assert len(calls) == 6 * len(model.stages)
+
+
+def test_two_forwards_before_one_backward(stand_in):
+    """The second forward runs the blocks: a replay would overwrite the first one's
+    saved values before its backward."""
+    model, twin = _pair()
+    _train(model, [0, 1]), _train(twin, [0, 1])
+    stand_in.clear()
+    for m in (model, twin):
+        loss = F.cross_entropy(m(_clip(2)), _target(2)) + F.cross_entropy(m(_clip(3)), _target(3))
+        loss.backward()
+    _assert_same_state(model, twin)
+    stages = len(model.stages)
+    assert _counts(stand_in) == {"capture": 0, "forward": stages, "backward": stages}
+    assert _train(model, [4]) == _train(twin, [4])  # replays again after the backward
+    assert _counts(stand_in)["forward"] == 2 * stages
+
+
+def test_a_forward_dropped_without_backward_frees_the_replays(stand_in):
+    model, _ = _pair()
+    _train(model, [0, 1])
+    stand_in.clear()
+    model(_clip(2))  # its graph is dropped at once
+    _train(model, [3])
+    assert _counts(stand_in)["forward"] == 2 * len(model.stages)
+
+
+def test_retain_graph_and_a_backward_after_the_next_replay(stand_in):
+    model, twin = _pair()
+    _train(model, [0, 1]), _train(twin, [0, 1])
+    for m in (model, twin):
+        m.zero_grad()
+        loss = F.cross_entropy(m(_clip(2)), _target(2))
+        loss.backward(retain_graph=True)
+        loss.backward()
+    _assert_same_state(model, twin)
+    loss = F.cross_entropy(model(_clip(3)), _target(3))
+    loss.backward(retain_graph=True)
+    F.cross_entropy(model(_clip(4)), _target(4)).backward()  # replays again
+    with pytest.raises(RuntimeError, match="saved values are gone"):
+        loss.backward()
+
+
+def test_signatures(stand_in):
+    """A signature is captured on its second consecutive call; one that alternates with
+    the captured one runs the blocks; changed parameter storage is a new signature."""
+    model, _ = _pair()
+    stage = model.stages[0]
+
+    def call(size: int) -> None:
+        F.cross_entropy(model(_clip(0, size=size)), _target(0)).backward()
+
+    for size in (32, 32, 64, 32, 64, 32):
+        call(size)
+    assert stand_in.count("capture") == len(model.stages)
+    first = stage._graphs.captured
+    call(64), call(64)
+    assert stage._graphs.captured is not first  # the new size, repeated, replaces it
+    with torch.no_grad():
+        conv = model.stages[0].blocks[0].conv1
+        conv.weight.data = conv.weight.data.clone()
+    stand_in.clear()
+    call(64)  # stage 0 runs its blocks, the others replay
+    n = len(model.stages)
+    assert _counts(stand_in) == {"capture": 0, "forward": n - 1, "backward": n - 1}
+    stand_in.clear()
+    call(64)
+    assert _counts(stand_in) == {"capture": 1, "forward": n, "backward": n}
+
+
+def test_captures_are_limited_per_stage(stand_in):
+    model, _ = _pair()
+    for size in range(16, 16 + 4 * (stage_graphs.MAX_CAPTURES + 2), 4):
+        for _ in range(2):
+            F.cross_entropy(model(_clip(0, size=size)), _target(0)).backward()
+    graphs = model.stages[0]._graphs
+    assert graphs.captures == stage_graphs.MAX_CAPTURES
+    last = 16 + 4 * (stage_graphs.MAX_CAPTURES - 1)  # the last size captured
+    assert graphs.key[0][-1] == last // 2  # stage 0's input: the stem halves the plane
+
+
+def test_a_failed_capture_warns_and_the_blocks_run(stand_in):
+    model, twin = _pair()
+    StandIn.fail = True
+    with pytest.warns(RuntimeWarning, match="could not be captured"):
+        _train(model, [0, 1])
+    StandIn.fail = False
+    _train(model, [2, 3]), _train(twin, [0, 1]), _train(twin, [2, 3])
+    _assert_same_state(model, twin)
+    assert stand_in == []
+
+
+def test_copies_start_without_graphs_and_settings_drop_them(stand_in):
+    model, _ = _pair()
+    _train(model, [0, 1])
+    assert all(s._graphs.captured is not None for s in model.stages)
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert all(s._graphs.captured is None and s._graphs.last_key is None for s in other.stages)
+        assert all(s._graphs.capture is StandIn for s in other.stages)
+    model.set_channel_major_plane(0)
+    assert all(s._graphs.captured is None for s in model.stages)
+    _train(model, [0, 1])
+    model.set_eager_graphs(True)
+    assert all(s._graphs.captured is None and s.eager_graphs for s in model.stages)
+    with pytest.raises(TypeError, match="must be a bool"):
+        model.set_eager_graphs(1)
+
+
+# ----------------------------------------------------------------------------- GPU
+
+CUDA_CASES = [
+    ("rubiksnet_tiny", torch.bfloat16),
+    ("rubiksnet_tiny", None),
+    ("rubiksnet_large", torch.bfloat16),
+    ("rubiksnet_large", None),
+    ("rubiksnet_tiny_aq", torch.bfloat16),
+]
+
+
+@requires_cuda
+@pytest.mark.parametrize(("name", "autocast"), CUDA_CASES)
+def test_graphed_stages_train_like_the_blocks_cuda(name, autocast):
+    """Three SGD steps: the replayed stages against the blocks run directly (same kernels;
+    cuBLAS and cuDNN may sum in another order between the two, so not bit for bit)."""
+    model, twin = _pair(name, "cuda", torch.float32, stage_graphs.CapturedStage)
+    kw = {"device": "cuda", "dtype": torch.float32, "autocast": autocast, "lr": 0.01}
+    steps = [[0], [1], [2, 3]]
+    tol = {"rtol": 2e-2, "atol": 2e-3} if autocast else {"rtol": 1e-4, "atol": 1e-5}
+    for chunk in steps:
+        a, b = _train(model, chunk, **kw), _train(twin, chunk, **kw)
+        torch.testing.assert_close(torch.stack(a), torch.stack(b), **tol)
+        _assert_same_state(model, twin, **tol)
+    assert all(s._graphs.captured is not None and s._graphs.runs == 3 for s in model.stages)
+
+
+@requires_cuda
+def test_two_forwards_and_retained_graphs_cuda():
+    model, twin = _pair("rubiksnet_tiny", "cuda", torch.float32, stage_graphs.CapturedStage)
+    kw = {"device": "cuda", "dtype": torch.float32, "autocast": torch.bfloat16}
+    _train(model, [0, 1], **kw), _train(twin, [0, 1], **kw)
+    for m in (model, twin):
+        m.zero_grad()
+        with torch.autocast("cuda", torch.bfloat16):
+            y1, y2 = m(_clip(2, "cuda", torch.float32)), m(_clip(3, "cuda", torch.float32))
+        loss = F.cross_entropy(y1, _target(2, "cuda")) + F.cross_entropy(y2, _target(3, "cuda"))
+        loss.backward(retain_graph=True)
+        loss.backward()
+    _assert_same_state(model, twin, rtol=2e-2, atol=2e-3)
+    assert all(s._graphs.runs == 3 for s in model.stages)  # the second forward ran directly
+
+
+@requires_cuda
+def test_graphed_train_step_captures_no_stage_graphs_cuda():
+    model = _model("rubiksnet_tiny", "cuda", torch.float32, stage_graphs.CapturedStage)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, target = _clip(0, "cuda", torch.float32), _target(0, "cuda")
+    step = GraphedTrainStep(model, opt, F.cross_entropy, x, target)
+    assert torch.isfinite(step.step(x, target))
+    assert all(s._graphs.captured is None for s in model.stages)
