@@ -406,6 +406,8 @@ def run_mode(name: str, mode: str, args, profile: int = 0) -> dict:
     result = _measure(fn, args, profile, result)
     if not profile:
         result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        # what the allocator holds: CUDA graphs keep memory that is free between replays
+        result["reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
     return result
 
 
@@ -445,7 +447,8 @@ def _load_averages() -> list[float]:
 def add_round(model_results: dict, mode: str, r: dict) -> None:
     """Record one round's result ``r`` of ``mode``: the first as it is; a later timed one
     adds its figures to ``rounds`` / ``host_rounds`` (which start with the first round's),
-    ``ms`` and ``host_ms`` becoming their medians (``peak_gib`` the largest); a later
+    ``ms`` and ``host_ms`` becoming their medians (``peak_gib`` and ``reserved_gib`` the
+    largest); a later
     failed or skipped one is kept under ``round_errors`` beside the earlier figures."""
     entry = model_results.get(mode)
     if entry is None:
@@ -463,8 +466,9 @@ def add_round(model_results: dict, mode: str, r: dict) -> None:
     if "host_ms" in r and "host_ms" in entry:
         entry.setdefault("host_rounds", [entry["host_ms"]]).append(r["host_ms"])
         entry["host_ms"] = statistics.median(entry["host_rounds"])
-    if "peak_gib" in r:
-        entry["peak_gib"] = max(entry.get("peak_gib", 0), r["peak_gib"])
+    for key in ("peak_gib", "reserved_gib"):
+        if key in r:
+            entry[key] = max(entry.get(key, 0), r[key])
 
 
 def table(results: dict, models: list[str], modes: list[str]) -> str:
@@ -484,6 +488,8 @@ def table(results: dict, models: list[str], modes: list[str]) -> str:
                     cell += f", host {r['host_ms']:.2f}"
                 if "peak_gib" in r:
                     cell += f", {r['peak_gib']} GiB"
+                if "reserved_gib" in r:
+                    cell += f" (reserved {r['reserved_gib']})"
             elif "error" in r:
                 cell = "error"
             else:

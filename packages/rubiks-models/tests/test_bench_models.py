@@ -120,12 +120,15 @@ def test_table_gives_ratio_host_time_and_memory(benchmark_script):
     bench = benchmark_script("bench_models")
     results = {
         "tsm_r50": {"train_fp32": {"ms": 40.0, "host_ms": 12.0, "peak_gib": 7.2}},
-        "rubiksnet_large": {"train_fp32": {"ms": 20.0, "host_ms": 18.5, "peak_gib": 7.0}},
+        "rubiksnet_large": {
+            "train_fp32": {"ms": 20.0, "host_ms": 18.5, "peak_gib": 7.0, "reserved_gib": 7.5}
+        },
         "rubiksnet_tiny": {"train_fp32": {"error": "RuntimeError: x"}},
     }
     lines = bench.table(results, list(results), ["train_fp32"]).splitlines()
     assert lines[-1] == (
-        "| train_fp32 | 40.00, host 12.00, 7.2 GiB | 20.00 (0.50x), host 18.50, 7.0 GiB | error |"
+        "| train_fp32 | 40.00, host 12.00, 7.2 GiB "
+        "| 20.00 (0.50x), host 18.50, 7.0 GiB (reserved 7.5) | error |"
     )
 
 
@@ -171,7 +174,7 @@ def test_rounds_time_every_run_once_per_round_and_report_the_median(
         if name == "flaky":
             return next(flaky)
         ms = next(times[name])
-        return {"ms": ms, "host_ms": ms / 2, "peak_gib": ms / 10}
+        return {"ms": ms, "host_ms": ms / 2, "peak_gib": ms / 10, "reserved_gib": ms / 5}
 
     monkeypatch.setattr(bench, "run_mode", fake_run_mode)
     monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
@@ -184,13 +187,14 @@ def test_rounds_time_every_run_once_per_round_and_report_the_median(
     tiny = results["rubiksnet_tiny"]["train_fp32"]
     assert tiny["rounds"] == [3.0, 9.0, 4.0] and tiny["ms"] == 4.0
     assert tiny["host_rounds"] == [1.5, 4.5, 2.0] and tiny["host_ms"] == 2.0
-    assert tiny["peak_gib"] == 0.9
+    assert tiny["peak_gib"] == 0.9 and tiny["reserved_gib"] == 1.8
     flaky_entry = results["flaky"]["train_fp32"]
     assert flaky_entry["ms"] == 5.0
     assert flaky_entry["round_errors"] == ["RuntimeError: once", "budget"]
     row = bench.table(results, ["tsm_r50", "rubiksnet_tiny"], ["train_fp32"]).splitlines()[-1]
     assert row.startswith(
-        "| train_fp32 | 11.00 [10.00-12.00], host 5.50, 1.2 GiB | 4.00 [3.00-9.00] (0.36x)"
+        "| train_fp32 | 11.00 [10.00-12.00], host 5.50, 1.2 GiB (reserved 2.4) "
+        "| 4.00 [3.00-9.00] (0.36x)"
     )
 
 

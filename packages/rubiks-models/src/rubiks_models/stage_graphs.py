@@ -149,6 +149,28 @@ def _uncached_autocast():
     return nullcontext()
 
 
+@contextmanager
+def _aliased(blocks: nn.Module, params: list[Tensor]) -> Iterator[list[Tensor]]:
+    """``params`` replaced, in every module under ``blocks``, by fresh parameters on the
+    same storage (yielded in the same order). Gradients are taken with respect to these:
+    autograd would otherwise synchronise the capture with the stream on which the real
+    parameters' gradient accumulators were made (by an earlier eager step whose graph the
+    caller may still hold), which invalidates a capture."""
+    aliases = {id(p): nn.Parameter(p.detach(), requires_grad=True) for p in params}
+    swapped = []
+    for m in blocks.modules():
+        table = m._parameters
+        for name, p in table.items():
+            if p is not None and id(p) in aliases:
+                swapped.append((table, name, p))
+                table[name] = aliases[id(p)]
+    try:
+        yield [aliases[id(p)] for p in params]
+    finally:
+        for table, name, p in swapped:
+            table[name] = p
+
+
 class CapturedStage:
     """One signature's forward and backward graphs and their static tensors.
 
@@ -161,9 +183,11 @@ class CapturedStage:
     """
 
     def __init__(self, blocks: nn.Module, x: Tensor, params: list, buffers: list) -> None:
+        with _aliased(blocks, params) as aliases:
+            self._capture(blocks, x, aliases, buffers)
+
+    def _capture(self, blocks: nn.Module, x: Tensor, params: list, buffers: list) -> None:
         device = x.device
-        self.params = params
-        self.x_needs_grad = x.requires_grad
         self.static_x = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=device)
         self.static_x.copy_(x.detach())
         self.static_x.requires_grad_(x.requires_grad)
