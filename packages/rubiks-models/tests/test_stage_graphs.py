@@ -191,20 +191,20 @@ def test_a_forward_dropped_without_backward_frees_the_replays(stand_in):
     assert _counts(stand_in)["forward"] == 2 * len(model.stages)
 
 
-def test_retain_graph_and_a_backward_after_the_next_replay(stand_in):
-    model, twin = _pair()
-    _train(model, [0, 1]), _train(twin, [0, 1])
-    for m in (model, twin):
-        m.zero_grad()
-        loss = F.cross_entropy(m(_clip(2)), _target(2))
-        loss.backward(retain_graph=True)
-        loss.backward()
-    _assert_same_state(model, twin)
-    loss = F.cross_entropy(model(_clip(3)), _target(3))
+def test_a_second_backward_of_a_replayed_forward_is_refused(stand_in):
+    """The replayed backward frees the forward's saved values (retain_graph=False) and the
+    next replay overwrites them: a second backward of the same forward, or one after the
+    next forward, is an error rather than wrong gradients."""
+    model, _ = _pair()
+    _train(model, [0, 1])
+    loss = F.cross_entropy(model(_clip(2)), _target(2))
     loss.backward(retain_graph=True)
-    F.cross_entropy(model(_clip(4)), _target(4)).backward()  # replays again
     with pytest.raises(RuntimeError, match="saved values are gone"):
         loss.backward()
+    model.set_eager_graphs(False)
+    loss = F.cross_entropy(model(_clip(3)), _target(3))
+    loss.backward(retain_graph=True)
+    loss.backward()  # the blocks run directly: retain_graph works as everywhere
 
 
 def test_signatures(stand_in):
@@ -305,19 +305,22 @@ def test_graphed_stages_train_like_the_blocks_cuda(name, autocast, deterministic
 
 
 @requires_cuda
-def test_two_forwards_and_retained_graphs_cuda(deterministic_cudnn):
+def test_two_forwards_before_one_backward_cuda(deterministic_cudnn):
     model, twin = _pair("rubiksnet_tiny", "cuda", torch.float32, stage_graphs.CapturedStage)
     kw = {"device": "cuda", "dtype": torch.float32, "autocast": torch.bfloat16}
     _train(model, [0, 1], **kw), _train(twin, [0, 1], **kw)
+    losses = []
     for m in (model, twin):
         m.zero_grad()
         with torch.autocast("cuda", torch.bfloat16):
             y1, y2 = m(_clip(2, "cuda", torch.float32)), m(_clip(3, "cuda", torch.float32))
         loss = F.cross_entropy(y1, _target(2, "cuda")) + F.cross_entropy(y2, _target(3, "cuda"))
         loss.backward(retain_graph=True)
-        loss.backward()
+        losses.append(loss)
     _assert_same_state(model, twin)
     assert all(s._graphs.runs == 2 for s in model.stages)  # the second forward ran directly
+    with pytest.raises(RuntimeError, match="saved values are gone"):
+        losses[0].backward()
 
 
 @requires_cuda

@@ -177,9 +177,9 @@ class CapturedStage:
     ``forward(x)`` copies x into the graphs' input, replays the forward and returns a
     copy of the output (the graph's own output is overwritten by the next replay);
     ``backward(grad)`` replays the backward and returns (x's gradient or None, the
-    gradients of ``params``, None for the ones the blocks do not use). The backward
-    graph is captured keeping the forward's saved values, so one forward may be
-    backpropagated more than once (``retain_graph=True``) until the next forward.
+    gradients of ``params``, None for the ones the blocks do not use). As in an eager
+    backward without ``retain_graph``, the backward frees the forward's saved values as
+    it goes (its own buffers reuse their memory), so each forward is backpropagated once.
     """
 
     def __init__(self, blocks: nn.Module, x: Tensor, params: list, buffers: list) -> None:
@@ -217,11 +217,9 @@ class CapturedStage:
             out = blocks(self.static_x)
         self.static_grad = torch.empty_like(out)
         with torch.cuda.graph(self.backward_graph, **graph_args):
-            grads = torch.autograd.grad(
-                out, targets, self.static_grad, retain_graph=True, allow_unused=True
-            )
+            grads = torch.autograd.grad(out, targets, self.static_grad, allow_unused=True)
         self.static_out = out.detach()
-        del out  # the forward's autograd graph: its saved values stay in the pool
+        del out
         grads = list(grads)
         self.grad_x = grads.pop(0) if x.requires_grad else None
         self.param_grads = grads
@@ -250,14 +248,14 @@ class _Replay(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple:
         graphs = ctx.graphs
-        if ctx.captured is not graphs.captured or ctx.run != graphs.runs:
+        if ctx.captured is not graphs.captured or ctx.run != graphs.runs or graphs.done == ctx.run:
             raise RuntimeError(
-                "this forward's saved values are gone: its stage replayed its CUDA graphs "
-                "again (or dropped them) before this backward. Backpropagate each forward "
-                "before the next one, or turn the replays off with "
-                "RubiksNet.set_eager_graphs(False)"
+                "this forward's saved values are gone: a stage replaying CUDA graphs frees "
+                "them in its backward (as retain_graph=False does), and its next replay "
+                "overwrites them. Backpropagate each forward once, before the stage's next "
+                "forward, or turn the replays off with RubiksNet.set_eager_graphs(False)"
             )
-        graphs.pending = None
+        graphs.pending, graphs.done = None, ctx.run
         grad_x, param_grads = ctx.captured.backward(grad)
         return (None, None, grad_x if ctx.needs_input_grad[2] else None, *param_grads)
 
@@ -283,6 +281,7 @@ class StageGraphs:
         self.captured = None
         self.key: tuple | None = None
         self.pending: weakref.ref | None = None
+        self.done = 0  # the last run backpropagated
 
     def __deepcopy__(self, memo: dict) -> StageGraphs:
         return StageGraphs(self.allowed, self.capture)
