@@ -1,7 +1,7 @@
 """Eager training of a RubiksNet stage as two CUDA-graph replays.
 
-Eager RubiksNet training is bound by the host: a Large step issues about two thousand
-kernels from Python, and issuing them takes longer than the GPU takes to run them
+Eager RubiksNet training is bound by the host: a step issues every block's kernels from
+Python, and issuing them takes longer than the GPU takes to run them
 (``packages/rubiks-models/BENCHMARKS.md``, *Eager training*). In training on CUDA a
 :class:`~rubiks_models.rubiksnet.RubiksStage` therefore records its blocks' forward and
 backward as two CUDA graphs, on the second consecutive call with the same signature, and
@@ -25,9 +25,12 @@ which objects, their storage, ``requires_grad``, training mode, and each batch n
 ``momentum`` and ``eps``. Anything else a module reads when called is fixed at capture:
 call ``RubiksNet.set_eager_graphs`` after changing such a setting in place.
 
-The graphs keep the stage's activations in their own memory between steps (about what
-an eager step holds at its peak). A stage keeps one signature's graphs: a new signature
-seen on two consecutive calls replaces them, at most ``MAX_CAPTURES`` times per stage.
+Each forward is backpropagated once: the replayed backward frees the forward's saved
+values as it goes (as ``retain_graph=False`` does), so a second backward of a replayed
+forward raises. The graphs keep the stage's activations in a memory pool of their own
+between steps (what that costs: ``packages/rubiks-models/BENCHMARKS.md``, *Eager
+training*). A stage keeps one signature's graphs: a new signature seen on two
+consecutive calls replaces them, at most ``MAX_CAPTURES`` times per stage.
 """
 
 from __future__ import annotations
