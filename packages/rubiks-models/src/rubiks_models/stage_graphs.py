@@ -268,6 +268,11 @@ class StageGraphs:
     and pickles of the model start without them). ``capture(blocks, x, params,
     buffers)`` makes the :class:`CapturedStage` of a signature."""
 
+    captured: CapturedStage | None
+    key: tuple | None  # the captured signature
+    last_key: tuple | None  # the signature of the last call
+    pending: weakref.ref | None  # the last replay's autograd node, until its backward
+
     def __init__(self, allowed: frozenset, capture: Callable = CapturedStage) -> None:
         self.allowed = allowed
         self.capture = capture
@@ -276,14 +281,14 @@ class StageGraphs:
     def reset(self) -> None:
         """Drop the captured graphs (and their memory) and the signatures seen."""
         self._drop()
-        self.last_key: tuple | None = None
+        self.last_key = None
         self.captures = 0
         self.runs = 0
 
     def _drop(self) -> None:
         self.captured = None
-        self.key: tuple | None = None
-        self.pending: weakref.ref | None = None
+        self.key = None
+        self.pending = None
         self.done = 0  # the last run backpropagated
 
     def __deepcopy__(self, memo: dict) -> StageGraphs:
