@@ -129,7 +129,17 @@ def test_replays_from_the_second_call_and_trains_like_the_blocks(stand_in):
 
 @pytest.mark.parametrize(
     "setup",
-    ["eval", "no_grad", "hook", "momentum_none", "saved_hooks", "checkpointing", "paused", "off"],
+    [
+        "eval",
+        "no_grad",
+        "hook",
+        "momentum_none",
+        "saved_hooks",
+        "checkpointing",
+        "paused",
+        "off",
+        "replica",
+    ],
 )
 def test_stage_runs_its_blocks_where_a_replay_could_differ(stand_in, setup):
     model, twin = _pair()
@@ -145,6 +155,9 @@ def test_stage_runs_its_blocks_where_a_replay_could_differ(stand_in, setup):
         model.set_grad_checkpointing(), twin.set_grad_checkpointing()
     if setup == "off":
         model.set_eager_graphs(False)
+    if setup == "replica":  # what nn.DataParallel's replicate marks its copies with
+        for stage in model.stages:
+            stage._is_replica = True
     for step in range(3):
         outs = []
         for m in (model, twin):

@@ -377,8 +377,8 @@ class RubiksStage(nn.Module):
     @torch.jit.unused
     def _replayed(self, x: torch.Tensor) -> torch.Tensor | None:
         """The blocks' output by replaying their graphs, or None (:meth:`StageGraphs.run`)."""
-        if torch.compiler.is_compiling():
-            return None
+        if torch.compiler.is_compiling() or self.__dict__.get("_is_replica", False):
+            return None  # compiled, or a DataParallel replica (its threads share the state)
         return self._graphs.run(self.blocks, x)
 
     def reset_graphs(self) -> None:

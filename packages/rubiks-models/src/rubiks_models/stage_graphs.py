@@ -12,7 +12,8 @@ gradient accumulation and DDP work as in eager code); batch-norm statistics are 
 in place once per forward.
 
 A stage runs its blocks directly instead (plain eager) in evaluation mode; without
-gradient recording; on the CPU; in compiled, traced or transformed code; inside another
+gradient recording; on the CPU; in compiled, traced or transformed code; as a
+``nn.DataParallel`` replica (use DistributedDataParallel); inside another
 CUDA-graph capture (:class:`~rubiks_models.cuda_graphs.GraphedTrainStep`) or a backward
 pass; under saved-tensor hooks (activation checkpointing, offloading); with hooks on any
 of its modules; with a module type other than the blocks' own; with a batch norm whose
