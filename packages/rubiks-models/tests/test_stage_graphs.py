@@ -44,11 +44,17 @@ class StandIn:
         return self.out.detach().clone()
 
     def backward(self, grad):
+        """The gradients in buffers of its own that each backward overwrites, as the
+        graphs' are."""
         StandIn.log.append("backward")
         targets = ([self.x] if self.x_needs_grad else []) + self.params
-        grads = list(
-            torch.autograd.grad(self.out, targets, grad, retain_graph=True, allow_unused=True)
-        )
+        grads = torch.autograd.grad(self.out, targets, grad, retain_graph=True, allow_unused=True)
+        if not hasattr(self, "grads"):
+            self.grads = [None if g is None else torch.empty_like(g) for g in grads]
+        for static, g in zip(self.grads, grads, strict=True):
+            if static is not None:
+                static.copy_(g)
+        grads = list(self.grads)
         return (grads.pop(0) if self.x_needs_grad else None), grads
 
 
@@ -193,6 +199,19 @@ def test_two_forwards_before_one_backward(stand_in):
     assert _counts(stand_in) == {"capture": 0, "forward": stages, "backward": stages}
     assert _train(model, [4]) == _train(twin, [4])  # replays again after the backward
     assert _counts(stand_in)["forward"] == 2 * stages
+
+
+def test_gradients_accumulate_over_backward_calls(stand_in):
+    """Parameters' gradients are copies of the replay's buffers: two backward calls
+    without zeroing add up, as in eager code."""
+    model, twin = _pair()
+    _train(model, [0, 1]), _train(twin, [0, 1])
+    for m in (model, twin):
+        m.zero_grad(set_to_none=True)
+        for step in (2, 3):
+            F.cross_entropy(m(_clip(step)), _target(step)).backward()
+    _assert_same_state(model, twin)
+    assert stand_in.count("backward") == 3 * len(model.stages)
 
 
 def test_a_forward_dropped_without_backward_frees_the_replays(stand_in):

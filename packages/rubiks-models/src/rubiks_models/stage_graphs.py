@@ -7,13 +7,13 @@ Python, and issuing them takes longer than the GPU takes to run them
 backward as two CUDA graphs, on the second consecutive call with the same signature, and
 from then on runs as one autograd node whose forward replays the first graph and whose
 backward replays the second: the same kernels in the same order, without the host's work
-per kernel. Gradients reach the parameters through autograd as before (hooks on them,
-gradient accumulation and DDP work as in eager code); batch-norm statistics are updated
-in place once per forward.
+per kernel. Gradients reach the parameters through their autograd accumulators as
+before, copied out of the graphs' buffers (they add up over backward calls); batch-norm
+statistics are updated in place once per forward.
 
 A stage runs its blocks directly instead (plain eager) in evaluation mode; without
 gradient recording; on the CPU; in compiled, traced or transformed code; as a
-``nn.DataParallel`` replica (use DistributedDataParallel); inside another
+``nn.DataParallel`` replica; inside another
 CUDA-graph capture (:class:`~rubiks_models.cuda_graphs.GraphedTrainStep`) or a backward
 pass; under saved-tensor hooks (activation checkpointing, offloading); with hooks on any
 of its modules; with a module type other than the blocks' own; with a batch norm whose
