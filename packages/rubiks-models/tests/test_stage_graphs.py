@@ -363,3 +363,41 @@ def test_graphed_train_step_captures_no_stage_graphs_cuda():
     step = GraphedTrainStep(model, opt, F.cross_entropy, x, target)
     assert torch.isfinite(step.step(x, target))
     assert all(s._graphs.captured is None for s in model.stages)
+
+
+@requires_cuda
+def test_gradients_accumulate_over_backward_calls_cuda(deterministic_cudnn):
+    model, twin = _pair("rubiksnet_tiny", "cuda", torch.float32, stage_graphs.CapturedStage)
+    kw = {"device": "cuda", "dtype": torch.float32, "autocast": torch.bfloat16}
+    _train(model, [0, 1], **kw), _train(twin, [0, 1], **kw)
+    for m in (model, twin):
+        m.zero_grad(set_to_none=True)
+        for step in (2, 3):
+            with torch.autocast("cuda", torch.bfloat16):
+                loss = F.cross_entropy(m(_clip(step, "cuda", torch.float32)), _target(step, "cuda"))
+            loss.backward()
+    _assert_same_state(model, twin)
+    assert all(s._graphs.runs == 3 for s in model.stages)
+
+
+@requires_cuda
+def test_distributed_data_parallel_of_one_cuda(deterministic_cudnn, tmp_path):
+    """DistributedDataParallel (one rank) over a model whose stages replay trains as over
+    one whose stages run their blocks."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group(
+        "nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        model, twin = _pair("rubiksnet_tiny", "cuda", torch.float32, stage_graphs.CapturedStage)
+        wrapped = [DistributedDataParallel(m, device_ids=[0]) for m in (model, twin)]
+        kw = {"device": "cuda", "dtype": torch.float32, "autocast": torch.bfloat16}
+        for chunk in ([0, 1], [2, 3]):
+            losses = [torch.stack(_train(m, chunk, **kw)) for m in wrapped]
+            assert torch.equal(*losses)
+            _assert_same_state(model, twin)
+        assert all(s._graphs.captured is not None and s._graphs.runs == 3 for s in model.stages)
+    finally:
+        dist.destroy_process_group()
