@@ -260,8 +260,8 @@ class _Replay(torch.autograd.Function):
                 "forward, or turn the replays off with RubiksNet.set_eager_graphs(False)"
             )
         graphs.pending, graphs.done = None, ctx.run
-        grad_x, param_grads = ctx.captured.backward(grad)
-        return (None, None, grad_x if ctx.needs_input_grad[2] else None, *param_grads)
+        grad_x, param_grads = ctx.captured.backward(grad)  # grad_x: None where x needs none
+        return (None, None, grad_x, *param_grads)
 
 
 class StageGraphs:
