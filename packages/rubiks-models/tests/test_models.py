@@ -79,13 +79,8 @@ def test_compiled_model_quotes_the_input_error(dynamic: bool) -> None:
         compiled(torch.randn(1, 2, 4, 32, 32))
     # Dynamo's error quotes the message; torch 2.11's quotes it in pieces where the sizes
     # are symbolic, the pinned release (2.14) whole
-    if not dynamic or _torch_release() >= (2, 14):
+    if not dynamic or torch.__version__ >= (2, 14):
         assert "with C = 3, got shape [" in str(exc.value)
-
-
-def _torch_release() -> tuple[int, int]:
-    major, minor = torch.__version__.split(".")[:2]
-    return int(major), int(minor)
 
 
 def test_consensus_is_mean_of_frame_logits() -> None:
