@@ -29,7 +29,10 @@ of its rounds with their range. Models:
   makes its identity blocks take the checked op calls at every eager call instead of
   replaying their bound ones (``FusedBlock.replays_forward``); ``:graphs-off`` on an
   unfused model makes its stages run their blocks directly in eager training instead of
-  replaying them as CUDA graphs (:meth:`rubiks_models.RubiksNet.set_eager_graphs`).
+  replaying them as CUDA graphs (:meth:`rubiks_models.RubiksNet.set_eager_graphs`);
+  ``:compiled-replays`` on an unfused model makes torch.compile call its training stages
+  as ops that replay their graphs instead of tracing them
+  (:meth:`rubiks_models.RubiksNet.set_compiled_replays`).
 
 Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
 SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_fp32`` /
@@ -153,7 +156,8 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
     arch, *forms = name.split(":")
     arch, _, train_plane = arch.partition("@")
     known_form = re.compile(
-        r"hard|traced|one_op|epilogue-(on|off)|replay-off|graphs-off|fused(-conv|-bmm)?(@\d+)?"
+        r"hard|traced|one_op|epilogue-(on|off)|replay-off|graphs-off|compiled-replays"
+        r"|fused(-conv|-bmm)?(@\d+)?"
     )
     unknown = {f for f in forms if not known_form.fullmatch(f)}
     fused = [f for f in forms if f.startswith("fused")]
@@ -165,8 +169,9 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
         raise ValueError(f"':epilogue-on' or '-off' is one form of a fused model, in {name!r}")
     if "replay-off" in forms and not fused:
         raise ValueError(f"':replay-off' is one form of a fused model, in {name!r}")
-    if "graphs-off" in forms and fused:
-        raise ValueError(f"':graphs-off' is a form of an unfused model (training), in {name!r}")
+    for form in ("graphs-off", "compiled-replays"):
+        if form in forms and fused:
+            raise ValueError(f"':{form}' is a form of an unfused model (training), in {name!r}")
     if unknown or (train_plane and not train_plane.isdigit()):
         raise ValueError(f"unknown model form(s) {sorted(unknown)} in {name!r}")
     model = timm.create_model(arch, num_classes=num_classes).to(device)
@@ -174,6 +179,8 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
         model.set_channel_major_plane(int(train_plane))
     if "graphs-off" in forms:
         model.set_eager_graphs(False)
+    if "compiled-replays" in forms:
+        model.set_compiled_replays(True)
     for m in model.modules():  # trained-looking batch norms (the statistics matter to fusion)
         if isinstance(m, nn.BatchNorm2d):
             m.running_var.uniform_(0.5, 1.5)

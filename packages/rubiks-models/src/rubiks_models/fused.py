@@ -63,6 +63,7 @@ from .fused_op import fused_forward, register
 from .pointwise import conv1x1
 from .rubiksnet import CHANNEL_MAJOR_PLANE, RubiksBlock, RubiksNet, as_clip
 from .shift_layers import Shift3d, TemporalAttentionShift
+from .tracing import exporting
 
 __all__ = ["FusedRubiksNet", "fuse_model"]
 
@@ -631,12 +632,6 @@ class FusedBlock(_GemmWeights):
         return skip.baddbmm_(w2, h).view(b, t, self.cout, ho, wo)
 
 
-def _exporting() -> bool:
-    """Whether torch.export is tracing. The flag it sets is read directly:
-    ``torch.compiler.is_exporting()`` was True under torch.compile too in torch 2.11."""
-    return bool(getattr(torch.compiler, "_is_exporting_flag", False))
-
-
 class FusedRubiksNet(_GemmWeights):
     """A RubiksNet in fused inference form; built by :func:`fuse_model`.
 
@@ -715,7 +710,7 @@ class FusedRubiksNet(_GemmWeights):
             x = x.to(dtype)
             if (
                 torch.compiler.is_compiling()
-                and not _exporting()  # an exported program outlives this process
+                and not exporting()  # an exported program outlives this process
                 and self._compiles_as_one_op(device_type)
             ):
                 clip = as_clip(x, self.in_chans)

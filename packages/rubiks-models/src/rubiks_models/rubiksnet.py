@@ -37,6 +37,7 @@ from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from rubiks_shift import batch_norm, is_channel_major, kernels
 
@@ -52,6 +53,7 @@ from .checkpoint import CheckpointError, check_state_dict, resolve_checkpoint, s
 from .reference_keys import REFERENCE_KEY_MAP, convert_reference_key, convert_reference_state
 from .shift_layers import Shift2d, Shift3d, TemporalAttentionShift, hard_temporal_shift
 from .stage_graphs import StageGraphs
+from .stage_op import call_stage_op, op_applies, register_stage, trainable_params
 from .weight_files import (
     RELEASED_FILES,
     local_weight_file,
@@ -241,7 +243,7 @@ class RubiksBlock(nn.Module):
         return (
             self.channel_major_plane > 0
             and self.training
-            and type(x) is torch.Tensor
+            and (type(x) is torch.Tensor or type(x) is FakeTensor)  # fake: stage_op's
             and x.is_cuda
             and x.dtype in NARROW_DTYPES
             and (x.shape[-2] * x.shape[-1] <= self.channel_major_plane or is_channel_major(x))
@@ -354,16 +356,24 @@ GRAPHED_MODULES = frozenset(
 
 
 class RubiksStage(nn.Module):
-    """A sequence of blocks. In eager CUDA training it replays its blocks' forward and
-    backward as CUDA graphs once a signature repeats (:mod:`.stage_graphs`; off with
-    ``eager_graphs = False`` or ``RubiksNet.set_eager_graphs(False)``)."""
+    """A sequence of blocks. In CUDA training it replays its blocks' forward and backward
+    as CUDA graphs once a signature repeats (:mod:`.stage_graphs`; off with
+    ``eager_graphs = False`` or ``RubiksNet.set_eager_graphs(False)``). Under torch.compile
+    it is traced for the compiler, or with ``RubiksNet.set_compiled_replays()`` runs as one
+    op that replays those graphs (:mod:`.stage_op`)."""
 
     def __init__(self, blocks: list[RubiksBlock]) -> None:
         super().__init__()
         self.grad_checkpointing = False
         self.eager_graphs = True
+        self.compiled_replays = False
         self.blocks = nn.Sequential(*blocks)
         self._graphs = StageGraphs(GRAPHED_MODULES)
+        self._op_handle = register_stage(self)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._op_handle = register_stage(self)  # a copy: its own handle
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -376,9 +386,17 @@ class RubiksStage(nn.Module):
 
     @torch.jit.unused
     def _replayed(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The blocks' output by replaying their graphs, or None (:meth:`StageGraphs.run`)."""
-        if torch.compiler.is_compiling() or self.__dict__.get("_is_replica", False):
-            return None  # compiled, or a DataParallel replica (its threads share the state)
+        """The blocks' output by replaying their graphs (:meth:`StageGraphs.run`; compiled:
+        through :mod:`.stage_op`), or None where the caller runs the blocks."""
+        if self.__dict__.get("_is_replica", False):
+            return None  # a DataParallel replica: its threads share the state
+        if torch.compiler.is_compiling():
+            if not self.compiled_replays:
+                return None
+            params = trainable_params(self)
+            if not op_applies(x, params):
+                return None
+            return call_stage_op(self._op_handle, x, params)
         return self._graphs.run(self.blocks, x)
 
     def reset_graphs(self) -> None:
@@ -576,6 +594,17 @@ class RubiksNet(nn.Module):
         for s in self.stages:
             s.eager_graphs = enable
             s.reset_graphs()
+
+    def set_compiled_replays(self, enable: bool = True) -> None:
+        """Whether, under torch.compile in torch's default mode, training stages run as
+        ops that replay their CUDA graphs (:mod:`rubiks_models.stage_op`) instead of being
+        traced for the compiler (default off). Not with ``mode="reduce-overhead"``:
+        Inductor's CUDA graphs around the ops failed with an illegal memory access.
+        Recompile after changing it."""
+        if not isinstance(enable, bool):
+            raise TypeError(f"enable must be a bool, got {type(enable).__name__}")
+        for s in self.stages:
+            s.compiled_replays = enable
 
     @torch.jit.ignore
     def set_channel_major_plane(self, pixels: int) -> None:

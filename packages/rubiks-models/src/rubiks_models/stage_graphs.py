@@ -47,7 +47,7 @@ from torch.nn.modules import module as _module
 
 from rubiks_shift import kernels
 
-__all__ = ["MAX_CAPTURES", "StageGraphs", "paused"]
+__all__ = ["MAX_CAPTURES", "CapturedStage", "StageGraphs", "graph_device", "paused"]
 
 # a stage whose signature keeps changing (many input sizes) stops capturing after this
 MAX_CAPTURES = 8
@@ -68,6 +68,11 @@ def paused() -> Iterator[None]:
         _pause_depth -= 1
 
 
+def graph_device(device_type: str) -> bool:
+    """Whether stages replay graphs on devices of this type."""
+    return device_type in _GRAPH_DEVICES
+
+
 def _global_hooks() -> bool:
     return bool(
         _module._global_forward_hooks
@@ -82,7 +87,7 @@ def _may_graph(x: Tensor) -> bool:
     return (
         _pause_depth == 0
         and type(x) is Tensor
-        and x.device.type in _GRAPH_DEVICES
+        and graph_device(x.device.type)
         and torch.is_grad_enabled()
         and kernels.plain_eager()
         and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
@@ -110,7 +115,8 @@ def _walk(blocks: nn.Module, allowed: frozenset) -> tuple[tuple, list, list] | N
         ):
             return None
         modules.append(m)
-        stack.extend(c for c in m._modules.values() if c is not None)
+        # children pushed last-first: modules (and so parameters) in nn.Module's order
+        stack.extend(reversed([c for c in m._modules.values() if c is not None]))
     states = [m.__dict__ for m in modules]
     norms = [s for m, s in zip(modules, states, strict=True) if type(m) is nn.BatchNorm2d]
     if any(s["momentum"] is None for s in norms):
@@ -251,15 +257,7 @@ class _Replay(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple:
-        graphs = ctx.graphs
-        if ctx.captured is not graphs.captured or ctx.run != graphs.runs or graphs.done == ctx.run:
-            raise RuntimeError(
-                "this forward's saved values are gone: a stage replaying CUDA graphs frees "
-                "them in its backward (as retain_graph=False does), and its next replay "
-                "overwrites them. Backpropagate each forward once, before the stage's next "
-                "forward, or turn the replays off with RubiksNet.set_eager_graphs(False)"
-            )
-        graphs.pending, graphs.done = None, ctx.run
+        ctx.graphs.claim(ctx.captured, ctx.run)
         grad_x, param_grads = ctx.captured.backward(grad)  # grad_x: None where x needs none
         return (None, None, grad_x, *param_grads)
 
@@ -272,7 +270,7 @@ class StageGraphs:
     captured: CapturedStage | None
     key: tuple | None  # the captured signature
     last_key: tuple | None  # the signature of the last call
-    pending: weakref.ref | None  # the last replay's autograd node, until its backward
+    pending: weakref.ref | None  # what the last replay's backward needs, until it runs
 
     def __init__(self, allowed: frozenset, capture: Callable = CapturedStage) -> None:
         self.allowed = allowed
@@ -301,6 +299,18 @@ class StageGraphs:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["allowed"], state["capture"])
 
+    def claim(self, captured: CapturedStage, run: int) -> None:
+        """Mark forward ``run`` of ``captured`` as backpropagated; raise where its saved
+        values are gone (backpropagated already, or overwritten by a later replay)."""
+        if captured is not self.captured or run != self.runs or self.done == run:
+            raise RuntimeError(
+                "this forward's saved values are gone: a stage replaying CUDA graphs frees "
+                "them in its backward (as retain_graph=False does), and its next replay "
+                "overwrites them. Backpropagate each forward once, before the stage's next "
+                "forward, or turn the replays off with RubiksNet.set_eager_graphs(False)"
+            )
+        self.pending, self.done = None, run
+
     def _busy(self) -> bool:
         """Whether the last replay's forward may still be backpropagated."""
         return self.pending is not None and self.pending() is not None
@@ -309,6 +319,20 @@ class StageGraphs:
         """``blocks(x)`` (``blocks``: the stage's sequence of blocks) by replaying,
         capturing first where this is the signature's second consecutive call; None
         where the caller runs the blocks itself."""
+        got = self.replayable(blocks, x)
+        if got is None:
+            return None
+        _, trainable = got
+        self.runs += 1
+        out = _Replay.apply(self, self.runs, x, *trainable)
+        self.pending = weakref.ref(out.grad_fn)
+        return out
+
+    def replayable(self, blocks: nn.Module, x: Tensor) -> tuple[CapturedStage, list] | None:
+        """(the captured graphs that replay ``blocks(x)``, capturing them first where this
+        is the signature's second consecutive call; the trainable parameters, in
+        ``blocks.parameters()``'s order), or None where the caller runs the blocks itself.
+        The caller counts the run (``runs``) and sets ``pending``."""
         if not _may_graph(x):
             return None
         walked = _walk(blocks, self.allowed)
@@ -339,7 +363,4 @@ class StageGraphs:
                 )
                 return None
             self.key = key
-        self.runs += 1
-        out = _Replay.apply(self, self.runs, x, *trainable)
-        self.pending = weakref.ref(out.grad_fn)
-        return out
+        return self.captured, trainable

@@ -6,6 +6,7 @@ import numbers
 from collections.abc import Sequence
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from ._checks import check_affine, check_finite_shift, check_shift3d_args, remember, triple
 from ._ops import _cuda_backend, bind_once, bound_call, forward_key, shift3d_call
@@ -17,9 +18,14 @@ def _validate_values(shift: torch.Tensor, op: str, device_type: str | None = Non
     # A per-call finiteness check is free on the CPU; on an accelerator it would sync the
     # device (and break CUDA-graph capture), so there non-finite shifts are handled by
     # the kernels (NaN -> NaN output for that channel, +-inf -> shifted out, zeros) and
-    # reported by rubiks_shift.check_shift / module loading instead. ``device_type``:
-    # shift's, where the caller knows it.
-    if (device_type or shift.device.type) == "cpu" and not torch.compiler.is_compiling():
+    # reported by rubiks_shift.check_shift / module loading instead; fake tensors (shape
+    # propagation) have no values to check. ``device_type``: shift's, where the caller
+    # knows it.
+    if (
+        (device_type or shift.device.type) == "cpu"
+        and not torch.compiler.is_compiling()
+        and not is_fake(shift)
+    ):
         check_finite_shift(shift, op)
 
 
