@@ -323,14 +323,22 @@ def check_stem() -> int:
     return failures
 
 
-def main() -> int:
-    g = torch.Generator().manual_seed(0)
+def run_checks() -> int:
+    """The checks of single kernels and settings; the number that failed."""
     failures = 0 if check_bounds() else 1
     failures += not check_output_strides()
     failures += check_prologue()
     failures += check_integer_shift()
     failures += check_batch_norm()
     failures += check_stem()
+    return failures
+
+
+def run_cases() -> int:
+    """Forward and backward of every case against the float64 reference, and the
+    variants of each; the number that failed."""
+    g = torch.Generator().manual_seed(0)
+    failures = 0
     for index, (shape, stride, padding, quantize, dtype) in enumerate(CASES):
         # both gather task orders on every kind of case (the default picks by dtype and
         # row width, and these rows are all narrower than a warp)
@@ -390,7 +398,19 @@ def main() -> int:
                 failures += not check_layout(
                     x, s, gy, y_ref, gx_ref, stride, padding, quantize, dtype, tuning, rows, frames
                 )
-    return 1 if failures else 0
+    return failures
+
+
+PARTS = {"checks": run_checks, "cases": run_cases}
+
+
+def main(parts: list[str]) -> int:
+    """Run the named parts (all of them where none is named); 1 if anything failed."""
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        print(f"unknown parts {unknown}; choose from {sorted(PARTS)}")
+        return 2
+    return 1 if sum(PARTS[p]() for p in parts or PARTS) else 0
 
 
 def check_affine(x, s, y_ref, stride, padding, quantize, dtype, g) -> bool:
@@ -509,4 +529,4 @@ def check_layout(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

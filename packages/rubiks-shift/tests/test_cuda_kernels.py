@@ -13,37 +13,53 @@ import pytest
 numba_cuda = pytest.importorskip("numba.cuda", reason="numba-cuda (the 'cuda' extra) not installed")
 
 
-def test_kernels_in_cuda_simulator():
+def test_kernels_in_cuda_simulator(tmp_path):
+    """The simulator's two parts (``_cuda_sim_cases.py``) in two processes at once: the
+    simulator runs every thread in Python, and CI has two cores. Their output goes to
+    files, so neither waits for the other to read a pipe."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     script = Path(__file__).with_name("_cuda_sim_cases.py")
-    proc = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
-    )
-    print(proc.stdout)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("ok  ") == 28
-    assert "ok-bounds" in proc.stdout  # the simulator's pointers check every access
-    assert "ok-strides" in proc.stdout  # a same-shape output gets canonical strides
-    assert proc.stdout.count("ok-rows") == 9  # the row walk where the frame walk is the default
-    assert proc.stdout.count("ok-frames") == 9  # the frame walk in short bands and chunks
-    assert proc.stdout.count("ok-affine ") == 14  # the forward with the input prologue
-    assert proc.stdout.count("ok-affine-cm") == 14  # ... on channel-major planes
+    parts = ("checks", "cases")
+    logs = [(tmp_path / f"{part}.out", tmp_path / f"{part}.err") for part in parts]
+    procs = []
+    try:
+        for part, (out, err) in zip(parts, logs, strict=True):
+            with out.open("w") as stdout, err.open("w") as stderr:
+                cmd = [sys.executable, str(script), part]
+                procs.append(subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr))
+        codes = [proc.wait(timeout=600) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    outputs = [(out.read_text(), err.read_text()) for out, err in logs]
+    stdout = "".join(out for out, _ in outputs)
+    print(stdout)
+    for part, code, (out, err) in zip(parts, codes, outputs, strict=True):
+        assert code == 0, f"{part}: {out}{err}"
+    assert stdout.count("ok  ") == 28
+    assert "ok-bounds" in stdout  # the simulator's pointers check every access
+    assert "ok-strides" in stdout  # a same-shape output gets canonical strides
+    assert stdout.count("ok-rows") == 9  # the row walk where the frame walk is the default
+    assert stdout.count("ok-frames") == 9  # the frame walk in short bands and chunks
+    assert stdout.count("ok-affine ") == 14  # the forward with the input prologue
+    assert stdout.count("ok-affine-cm") == 14  # ... on channel-major planes
     # the pixel walk (small planes, the fused form's shift) against the frame walk
-    assert proc.stdout.count("ok-pixels") == 6
-    assert proc.stdout.count("ok-train-cm") == 14  # forward and backward, channel-major
+    assert stdout.count("ok-pixels") == 6
+    assert stdout.count("ok-train-cm") == 14  # forward and backward, channel-major
     # the prologue alone, both layouts, without and with a frame shift; bfloat16 clips
     # with even planes on 4-byte boundaries in pairs (two cases), the others one by one
-    assert proc.stdout.count("ok-prologue") == 34
+    assert stdout.count("ok-prologue") == 34
     # quantized shifts at stride 1 as one elementwise pass: forward, affine form and
     # grad_x bit for bit against the gathers, both layouts; a NaN shift's channel NaN
-    assert proc.stdout.count("ok-integer ") == 8
-    assert proc.stdout.count("ok-integer-nan") == 4
-    assert proc.stdout.count("paired=True") == 8
+    assert stdout.count("ok-integer ") == 8
+    assert stdout.count("ok-integer-nan") == 4
+    assert stdout.count("paired=True") == 8
     # training batch norm + ReLU against torch's in float64, deterministic
     # (each case with spans of several blocks per channel and with one block per channel)
-    assert proc.stdout.count("ok-batch-norm") == 8
+    assert stdout.count("ok-batch-norm") == 8
     # the stem against torch's convolution in float64, 1, 3 and 4 pixels per thread
-    assert proc.stdout.count("ok-stem") == 18
+    assert stdout.count("ok-stem") == 18
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16", "float32", "float64"])
