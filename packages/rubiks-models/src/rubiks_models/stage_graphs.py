@@ -47,7 +47,14 @@ from torch.nn.modules import module as _module
 
 from rubiks_shift import kernels
 
-__all__ = ["MAX_CAPTURES", "CapturedStage", "StageGraphs", "graph_device", "paused"]
+__all__ = [
+    "MAX_CAPTURES",
+    "CapturedStage",
+    "StageGraphs",
+    "graph_device",
+    "paused",
+    "swapped",
+]
 
 # a stage whose signature keeps changing (many input sizes) stops capturing after this
 MAX_CAPTURES = 8
@@ -160,6 +167,24 @@ def _uncached_autocast():
 
 
 @contextmanager
+def swapped(blocks: nn.Module, tensors: dict[int, Tensor]) -> Iterator[None]:
+    """Every parameter and buffer under ``blocks`` whose id is a key of ``tensors``
+    replaced, in its module, by that key's value, and put back on exit."""
+    replaced = []
+    for m in blocks.modules():
+        for table in (m._parameters, m._buffers):
+            for name, t in table.items():
+                if t is not None and id(t) in tensors:
+                    replaced.append((table, name, t))
+                    table[name] = tensors[id(t)]
+    try:
+        yield
+    finally:
+        for table, name, t in replaced:
+            table[name] = t
+
+
+@contextmanager
 def _aliased(blocks: nn.Module, params: list[Tensor]) -> Iterator[list[Tensor]]:
     """``params`` replaced, in every module under ``blocks``, by fresh parameters on the
     same storage (yielded in the same order). Gradients are taken with respect to these:
@@ -167,18 +192,8 @@ def _aliased(blocks: nn.Module, params: list[Tensor]) -> Iterator[list[Tensor]]:
     parameters' gradient accumulators were made (by an earlier eager step whose graph the
     caller may still hold), which invalidates a capture."""
     aliases = {id(p): nn.Parameter(p.detach(), requires_grad=True) for p in params}
-    swapped = []
-    for m in blocks.modules():
-        table = m._parameters
-        for name, p in table.items():
-            if p is not None and id(p) in aliases:
-                swapped.append((table, name, p))
-                table[name] = aliases[id(p)]
-    try:
+    with swapped(blocks, aliases):
         yield [aliases[id(p)] for p in params]
-    finally:
-        for table, name, p in swapped:
-            table[name] = p
 
 
 class CapturedStage:

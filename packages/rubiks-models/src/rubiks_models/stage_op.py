@@ -35,7 +35,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor, nn
 
-from .stage_graphs import CapturedStage, StageGraphs, graph_device
+from .stage_graphs import CapturedStage, StageGraphs, graph_device, swapped
 from .tracing import exporting
 
 __all__ = [
@@ -62,7 +62,7 @@ class _Run(NamedTuple):
     run: int
     out: Tensor | None  # the blocks' output, with the recorded graph
     leaf: Tensor | None  # the forward's input, as a leaf of that graph
-    params: list[Tensor]  # the stage's trainable parameters, in the ops' order
+    params: list[Tensor]  # the recorded graph's trainable parameters, in the ops' order
 
 
 _STAGES: weakref.WeakValueDictionary[int, _Stage] = weakref.WeakValueDictionary()
@@ -137,24 +137,6 @@ def _recording(device_type: str, autocast_dtype: torch.dtype | None) -> Iterator
         yield
 
 
-@contextmanager
-def _swapped(blocks: nn.Module, tensors: dict[int, Tensor]) -> Iterator[None]:
-    """Every parameter and buffer under ``blocks`` whose id is a key of ``tensors``
-    replaced by its value (the fake implementation's stand-ins)."""
-    swapped = []
-    for m in blocks.modules():
-        for table in (m._parameters, m._buffers):
-            for name, t in table.items():
-                if t is not None and id(t) in tensors:
-                    swapped.append((table, name, t))
-                    table[name] = tensors[id(t)]
-    try:
-        yield
-    finally:
-        for table, name, t in swapped:
-            table[name] = t
-
-
 # the ops replay CUDA graphs of their own and keep state between calls: Inductor's CUDA
 # graphs (mode="reduce-overhead") must not record them
 _TAGS = (torch.Tag.cudagraph_unsafe,)
@@ -176,9 +158,9 @@ def stage_forward(
     with _recording(x.device.type, autocast_dtype):
         got = graphs.replayable(stage.blocks, x.detach().requires_grad_(x_needs_grad))
         if got is not None:
-            captured, params = got
+            captured, _ = got  # its backward gives the gradients in the ops' order
             graphs.runs += 1
-            run = _Run(graphs, captured, graphs.runs, None, None, params)
+            run = _Run(graphs, captured, graphs.runs, None, None, [])
             with torch.no_grad():  # the graphs' input is a leaf that requires grad
                 returned = captured.forward(x)  # a copy: the graphs' output is theirs
         else:
@@ -208,7 +190,7 @@ def _(x, params, handle, x_needs_grad, autocast_dtype):
         id(t): mode.from_tensor(t, static_shapes=True)
         for t in itertools.chain(stage.blocks.parameters(), stage.blocks.buffers())
     }
-    with _swapped(stage.blocks, stand_ins), _autocast(x.device.type, autocast_dtype):
+    with swapped(stage.blocks, stand_ins), _autocast(x.device.type, autocast_dtype):
         out = stage.blocks(x)
     return torch.empty_strided(out.shape, out.stride(), dtype=out.dtype, device=out.device), (
         torch.empty((), dtype=torch.int64)
@@ -244,17 +226,17 @@ def stage_backward(
     metas = ([(x_size, x_stride, x_dtype)] if x_needs_grad else []) + [
         (p.shape, p.stride(), p.dtype) for p in params
     ]
-    # the graphs' buffers are overwritten by the next replay; a recorded graph may pass
-    # the incoming gradient through, and an op's outputs may not alias its inputs
-    taken = set() if run.captured is None else None
-    if taken is not None:
-        taken.add(grad.untyped_storage().data_ptr())
+    # copied: the graphs' buffers, which the next replay overwrites, and any gradient
+    # on the storage of the incoming one or of another (a recorded graph may pass a
+    # gradient through; an op's outputs may not alias its inputs or one another)
+    replayed = run.captured is not None
+    taken = {grad.untyped_storage().data_ptr()}
     result = []
     for g, (size, stride, dtype) in zip(grads, metas, strict=True):
-        copy = taken is None
-        if g is not None and taken is not None:
+        copy = replayed
+        if g is not None:
             storage = g.untyped_storage().data_ptr()
-            copy = storage in taken
+            copy = copy or storage in taken
             taken.add(storage)
         result.append(_laid_out(g, size, stride, dtype, grad.device, copy))
     return result
