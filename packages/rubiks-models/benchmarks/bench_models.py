@@ -30,9 +30,9 @@ of its rounds with their range. Models:
   replaying their bound ones (``FusedBlock.replays_forward``); ``:graphs-off`` on an
   unfused model makes its stages run their blocks directly in eager training instead of
   replaying them as CUDA graphs (:meth:`rubiks_models.RubiksNet.set_eager_graphs`);
-  ``:compiled-replays`` on an unfused model makes torch.compile call its training stages
-  as ops that replay their graphs instead of tracing them
-  (:meth:`rubiks_models.RubiksNet.set_compiled_replays`).
+  ``:compiled-replays`` / ``:traced-stages`` on an unfused model make torch.compile call
+  its training stages as ops that replay their graphs, or trace them
+  (:meth:`rubiks_models.RubiksNet.set_compiled_replays` on or off).
 
 Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
 SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_fp32`` /
@@ -157,6 +157,7 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
     arch, _, train_plane = arch.partition("@")
     known_form = re.compile(
         r"hard|traced|one_op|epilogue-(on|off)|replay-off|graphs-off|compiled-replays"
+        r"|traced-stages"
         r"|fused(-conv|-bmm)?(@\d+)?"
     )
     unknown = {f for f in forms if not known_form.fullmatch(f)}
@@ -169,7 +170,9 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
         raise ValueError(f"':epilogue-on' or '-off' is one form of a fused model, in {name!r}")
     if "replay-off" in forms and not fused:
         raise ValueError(f"':replay-off' is one form of a fused model, in {name!r}")
-    for form in ("graphs-off", "compiled-replays"):
+    if "compiled-replays" in forms and "traced-stages" in forms:
+        raise ValueError(f"':compiled-replays' and ':traced-stages' exclude each other: {name!r}")
+    for form in ("graphs-off", "compiled-replays", "traced-stages"):
         if form in forms and fused:
             raise ValueError(f"':{form}' is a form of an unfused model (training), in {name!r}")
     if unknown or (train_plane and not train_plane.isdigit()):
@@ -179,8 +182,8 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
         model.set_channel_major_plane(int(train_plane))
     if "graphs-off" in forms:
         model.set_eager_graphs(False)
-    if "compiled-replays" in forms:
-        model.set_compiled_replays(True)
+    if "compiled-replays" in forms or "traced-stages" in forms:
+        model.set_compiled_replays("compiled-replays" in forms)
     for m in model.modules():  # trained-looking batch norms (the statistics matter to fusion)
         if isinstance(m, nn.BatchNorm2d):
             m.running_var.uniform_(0.5, 1.5)

@@ -229,17 +229,23 @@ def test_fused_replay_off_form_is_built_and_checked(benchmark_script):
 
 
 @pytest.mark.parametrize(
-    ("form", "setting", "default"),
-    [("graphs-off", "eager_graphs", True), ("compiled-replays", "compiled_replays", False)],
+    ("form", "setting", "value"),
+    [
+        ("graphs-off", "eager_graphs", False),
+        ("compiled-replays", "compiled_replays", True),
+        ("traced-stages", "compiled_replays", False),
+    ],
 )
-def test_unfused_training_forms_are_built_and_checked(benchmark_script, form, setting, default):
+def test_unfused_training_forms_are_built_and_checked(benchmark_script, form, setting, value):
+    """Each form sets its setting (the two stage-op forms set opposite values, so one of
+    them differs from the default)."""
     bench = benchmark_script("bench_models")
-    model, _ = bench.build("rubiksnet_tiny", 5, 2, device="cpu")
-    assert all(getattr(stage, setting) is default for stage in model.stages)
     model, _ = bench.build(f"rubiksnet_tiny:{form}", 5, 2, device="cpu")
-    assert all(getattr(stage, setting) is not default for stage in model.stages)
+    assert all(getattr(stage, setting) is value for stage in model.stages)
     with pytest.raises(ValueError, match="form of an unfused model"):
         bench.build(f"rubiksnet_tiny:fused:{form}", 5, 2, device="cpu")
+    with pytest.raises(ValueError, match="exclude each other"):
+        bench.build("rubiksnet_tiny:compiled-replays:traced-stages", 5, 2, device="cpu")
 
 
 def test_bench_tuning_alternates_default_and_changed_tuning(benchmark_script, monkeypatch, capsys):

@@ -337,6 +337,25 @@ def test_graphed_stages_train_like_the_blocks_cuda(name, autocast, deterministic
 
 
 @requires_cuda
+def test_replays_outlive_cleared_cublas_workspaces_cuda(deterministic_cudnn):
+    """cuBLAS's workspaces cleared and the cache emptied after the capture (as
+    torch.compile's CUDA graphs do around theirs): the bf16 stages, whose small-plane
+    blocks are matrix products, replay on memory of their own and still train as the
+    blocks do."""
+    model, twin = _pair("rubiksnet_tiny", "cuda", torch.float32, stage_graphs.CapturedStage)
+    kw = {"device": "cuda", "dtype": torch.float32, "autocast": torch.bfloat16, "lr": 0.01}
+    losses = [torch.stack(_train(m, [0, 1], **kw)) for m in (model, twin)]
+    assert all(s._graphs.captured is not None for s in model.stages)
+    torch._C._cuda_clearCublasWorkspaces()
+    torch.cuda.empty_cache()
+    losses += [torch.stack(_train(m, [2, 3], **kw)) for m in (model, twin)]
+    torch.cuda.synchronize()
+    assert torch.equal(losses[0], losses[1]) and torch.equal(losses[2], losses[3])
+    _assert_same_state(model, twin)
+    assert all(s._graphs.runs == 3 for s in model.stages)
+
+
+@requires_cuda
 def test_two_forwards_before_one_backward_cuda(deterministic_cudnn):
     model, twin = _pair("rubiksnet_tiny", "cuda", torch.float32, stage_graphs.CapturedStage)
     kw = {"device": "cuda", "dtype": torch.float32, "autocast": torch.bfloat16}

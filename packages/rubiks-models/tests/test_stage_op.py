@@ -232,6 +232,20 @@ def test_compiled_bf16_training_replays_cuda():
 
 
 @requires_cuda
+def test_compiled_training_under_inductor_cuda_graphs_replays_cuda():
+    """``mode="reduce-overhead"``: Inductor's CUDA graphs record the stem and the head
+    around the ops (clearing cuBLAS's workspaces as they record), the ops replay the
+    stages' graphs, and bf16 training follows the blocks to bf16 rounding."""
+    model, twin = _pair("rubiksnet_tiny", "cuda", torch.float32, stage_graphs.CapturedStage)
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    kw = {"device": "cuda", "dtype": torch.float32, "autocast": torch.bfloat16, "lr": 0.01}
+    losses = [torch.stack(_train(m, range(4), **kw)) for m in (compiled, twin)]
+    torch.testing.assert_close(*losses, rtol=2e-2, atol=0)
+    assert all(s._graphs.captured is not None and s._graphs.runs == 3 for s in model.stages)
+    assert stage_op._RUNS == {}
+
+
+@requires_cuda
 @pytest.mark.parametrize("autocast", [None, torch.bfloat16])
 def test_stage_forward_op_checks_cuda(autocast):
     """The fake implementation's strides are the real ones, channel-major stages (bf16)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import stage_graphs
+from .graph_capture import own_cublas_workspaces
 
 __all__ = ["GraphedInference", "GraphedTrainStep"]
 
@@ -84,7 +85,12 @@ class GraphedInference:
                 model(self.static_input)
         torch.cuda.current_stream(example.device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad(), _autocast(autocast_dtype):
+        with (
+            own_cublas_workspaces(),
+            torch.cuda.graph(self.graph),
+            torch.no_grad(),
+            _autocast(autocast_dtype),
+        ):
             self.static_output = model(self.static_input)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,7 +146,7 @@ class GraphedTrainStep:
                 self._step()
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), stage_graphs.paused():
+        with own_cublas_workspaces(), torch.cuda.graph(self.graph), stage_graphs.paused():
             self.static_loss = self._step()
 
     def _step(self) -> torch.Tensor:

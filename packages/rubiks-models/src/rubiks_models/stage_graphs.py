@@ -47,6 +47,8 @@ from torch.nn.modules import module as _module
 
 from rubiks_shift import kernels
 
+from .graph_capture import own_cublas_workspaces
+
 __all__ = [
     "MAX_CAPTURES",
     "CapturedStage",
@@ -238,11 +240,12 @@ class CapturedStage:
         self.forward_graph = torch.cuda.CUDAGraph()
         self.backward_graph = torch.cuda.CUDAGraph()
         graph_args = {"pool": pool, "stream": stream, "capture_error_mode": "thread_local"}
-        with torch.cuda.graph(self.forward_graph, **graph_args), _uncached_autocast():
-            out = blocks(self.static_x)
-        self.static_grad = torch.empty_like(out)
-        with torch.cuda.graph(self.backward_graph, **graph_args):
-            grads = torch.autograd.grad(out, targets, self.static_grad, allow_unused=True)
+        with own_cublas_workspaces():
+            with torch.cuda.graph(self.forward_graph, **graph_args), _uncached_autocast():
+                out = blocks(self.static_x)
+            self.static_grad = torch.empty_like(out)
+            with torch.cuda.graph(self.backward_graph, **graph_args):
+                grads = torch.autograd.grad(out, targets, self.static_grad, allow_unused=True)
         self.static_out = out.detach()
         del out
         grads = list(grads)
