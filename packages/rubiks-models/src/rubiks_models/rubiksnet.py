@@ -359,14 +359,14 @@ class RubiksStage(nn.Module):
     """A sequence of blocks. In CUDA training it replays its blocks' forward and backward
     as CUDA graphs once a signature repeats (:mod:`.stage_graphs`; off with
     ``eager_graphs = False`` or ``RubiksNet.set_eager_graphs(False)``). Under torch.compile
-    it is traced for the compiler, or with ``RubiksNet.set_compiled_replays()`` runs as one
-    op that replays those graphs (:mod:`.stage_op`)."""
+    its training on CUDA runs as one op that replays those graphs (:mod:`.stage_op`), or
+    with ``RubiksNet.set_compiled_replays(False)`` is traced for the compiler."""
 
     def __init__(self, blocks: list[RubiksBlock]) -> None:
         super().__init__()
         self.grad_checkpointing = False
         self.eager_graphs = True
-        self.compiled_replays = False
+        self.compiled_replays = True
         self.blocks = nn.Sequential(*blocks)
         self._graphs = StageGraphs(GRAPHED_MODULES)
         self._op_handle = register_stage(self)
@@ -596,11 +596,11 @@ class RubiksNet(nn.Module):
             s.reset_graphs()
 
     def set_compiled_replays(self, enable: bool = True) -> None:
-        """Whether, under torch.compile in torch's default mode, training stages run as
-        ops that replay their CUDA graphs (:mod:`rubiks_models.stage_op`) instead of being
-        traced for the compiler (default off). Not with ``mode="reduce-overhead"``:
-        Inductor's CUDA graphs around the ops failed with an illegal memory access.
-        Recompile after changing it."""
+        """Whether, under torch.compile, CUDA training stages run as ops that replay their
+        CUDA graphs (:mod:`rubiks_models.stage_op`; default on) or are traced for the
+        compiler. On suits torch's default mode, whose traced step is bound by the host;
+        off suits ``mode="reduce-overhead"``, whose own CUDA graphs then hold the whole
+        step (``BENCHMARKS.md``, *torch.compile*). Recompile after changing it."""
         if not isinstance(enable, bool):
             raise TypeError(f"enable must be a bool, got {type(enable).__name__}")
         for s in self.stages:

@@ -3,17 +3,19 @@ stage's CUDA graphs as eager training does.
 
 Traced through its blocks, a RubiksNet training step compiled in torch's default mode
 issues Inductor's kernels one by one from the host, and the host takes longer than the
-GPU (``packages/rubiks-models/BENCHMARKS.md``, *torch.compile*). With
-``RubiksNet.set_compiled_replays()`` a training :class:`~rubiks_models.rubiksnet.RubiksStage`
-on CUDA calls ``rubiks_models::stage_forward`` under torch.compile instead: an op whose
+GPU (``packages/rubiks-models/BENCHMARKS.md``, *torch.compile*). A training
+:class:`~rubiks_models.rubiksnet.RubiksStage` on CUDA therefore calls
+``rubiks_models::stage_forward`` under torch.compile (unless
+``RubiksNet.set_compiled_replays(False)``): an op whose
 implementation is the stage's eager forward, which replays the stage's graphs from a
 signature's second call (:mod:`.stage_graphs`). Its autograd formula is a second op,
 ``rubiks_models::stage_backward``, which backpropagates that forward. The batch norms'
 running statistics are updated inside the forward, as in eager training, and hidden from
 the compiler: an op that declares mutated arguments cannot have an autograd formula, and
-nothing else in the compiled graph reads them. The ops are for torch's default mode: they
-are tagged unsafe for Inductor's CUDA graphs, and ``mode="reduce-overhead"`` around them
-failed with an illegal memory access (H100, torch 2.11), so that mode traces the stages.
+nothing else in the compiled graph reads them. The ops are tagged unsafe for Inductor's
+CUDA graphs: with ``mode="reduce-overhead"`` those record the stem and the head, and the
+ops replay the stages between them (slower than the stages traced into Inductor's graphs;
+``set_compiled_replays(False)`` suits that mode).
 
 The forward returns, beside the stage's output, a token (a CPU int64 scalar) that names
 the autograd graph the forward recorded; the backward frees it, and so does the token's
