@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import rubiks_models  # noqa: F401  (registers the models)
-from rubiks_models import stage_graphs
+from rubiks_models import graph_capture, stage_graphs
 from rubiks_models.cuda_graphs import GraphedTrainStep
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -286,6 +286,17 @@ def test_a_failed_capture_warns_and_the_blocks_run(stand_in):
     _train(model, [2, 3]), _train(twin, [0, 1]), _train(twin, [2, 3])
     _assert_same_state(model, twin)
     assert stand_in == []
+
+
+def test_captures_drop_cublas_workspaces_before_and_after(monkeypatch):
+    """A capture makes its cuBLAS workspace in its own pool, and leaves none behind for
+    later work on its stream, a failed capture too."""
+    calls = []
+    monkeypatch.setattr(graph_capture, "_clear", lambda: calls.append("clear"))
+    with pytest.raises(RuntimeError, match="capture failed"), graph_capture.own_cublas_workspaces():
+        calls.append("capture")
+        raise RuntimeError("capture failed")
+    assert calls == ["clear", "capture", "clear"]
 
 
 def test_copies_start_without_graphs_and_settings_drop_them(stand_in):
