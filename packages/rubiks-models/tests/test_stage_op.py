@@ -198,13 +198,21 @@ def test_handles_follow_the_stages(stand_in):
 
 
 @requires_cuda
-@pytest.mark.parametrize("name", ["rubiksnet_tiny", "rubiksnet_tiny_aq"])
-def test_compiled_training_replays_and_trains_like_the_blocks_cuda(name):
-    """Inductor's default mode, the stages' CUDA graphs replayed inside the ops: four SGD
-    steps in float64 as with the blocks run directly (Inductor's stem and head round
-    differently)."""
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        ("rubiksnet_tiny", "default"),
+        ("rubiksnet_tiny_aq", "default"),
+        ("rubiksnet_tiny", "reduce-overhead"),
+    ],
+)
+def test_compiled_training_replays_and_trains_like_the_blocks_cuda(name, mode):
+    """The stages' CUDA graphs replayed inside the ops, in Inductor's default mode and
+    with ``reduce-overhead`` (whose CUDA graphs record the stem and the head around the
+    ops, clearing cuBLAS's workspaces as they record): four SGD steps in float64 as with
+    the blocks run directly (Inductor's stem and head round differently)."""
     model, twin = _pair(name, "cuda", torch.float64, stage_graphs.CapturedStage)
-    compiled = torch.compile(model, fullgraph=True)
+    compiled = torch.compile(model, mode=mode, fullgraph=True)
     kw = {"device": "cuda", "dtype": torch.float64, "lr": 0.01}
     losses = [torch.stack(_train(m, range(4), **kw)) for m in (compiled, twin)]
     torch.testing.assert_close(*losses, rtol=1e-7, atol=0)
@@ -216,48 +224,24 @@ def test_compiled_training_replays_and_trains_like_the_blocks_cuda(name):
 
 
 @requires_cuda
-def test_compiled_bf16_training_replays_cuda():
-    """bf16 autocast, the small-plane stages channel-major: the ops replay, and the first
-    step's loss is the blocks' to bf16 rounding (the fake implementation's layouts are
-    checked against the real ones below)."""
-    model, twin = _pair("rubiksnet_large", "cuda", torch.float32, stage_graphs.CapturedStage)
+@pytest.mark.parametrize(
+    ("name", "mode", "steps"),
+    [("rubiksnet_large", "default", 3), ("rubiksnet_tiny", "reduce-overhead", 4)],
+)
+def test_compiled_bf16_training_replays_cuda(name, mode, steps):
+    """bf16 autocast, the small-plane stages channel-major (matrix products, whose cuBLAS
+    workspace ``reduce-overhead``'s CUDA graphs clear as they record): the ops replay,
+    and the first step's loss is the blocks' to bf16 rounding (the shift-gradient
+    normalisation turns rounding into whole steps later on: float64 checks the values
+    above; the fake implementation's layouts are checked against the real ones below)."""
+    model, twin = _pair(name, "cuda", torch.float32, stage_graphs.CapturedStage)
+    compiled = torch.compile(model, mode=mode, fullgraph=True)
     kw = {"device": "cuda", "dtype": torch.float32, "autocast": torch.bfloat16, "lr": 0.01}
-    losses = [torch.stack(_train(m, range(3), **kw)) for m in (torch.compile(model), twin)]
+    losses = [torch.stack(_train(m, range(steps), **kw)) for m in (compiled, twin)]
     torch.testing.assert_close(losses[0][0], losses[1][0], rtol=2e-2, atol=0)
     assert torch.isfinite(losses[0]).all()
-    assert all(s._graphs.captured is not None and s._graphs.runs == 2 for s in model.stages)
-    assert stage_op._RUNS == {}
-
-
-@requires_cuda
-def test_compiled_training_under_inductor_cuda_graphs_replays_cuda():
-    """``mode="reduce-overhead"``: Inductor's CUDA graphs record the stem and the head
-    around the ops (clearing cuBLAS's workspaces as they record), the ops replay the
-    stages' graphs, and four SGD steps in float64 train as the blocks do."""
-    model, twin = _pair("rubiksnet_tiny", "cuda", torch.float64, stage_graphs.CapturedStage)
-    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
-    kw = {"device": "cuda", "dtype": torch.float64, "lr": 0.01}
-    losses = [torch.stack(_train(m, range(4), **kw)) for m in (compiled, twin)]
-    torch.testing.assert_close(*losses, rtol=1e-7, atol=0)
-    _assert_same_state(model, twin, rtol=1e-4, atol=1e-6)
-    assert all(s._graphs.captured is not None and s._graphs.runs == 3 for s in model.stages)
-    assert stage_op._RUNS == {}
-
-
-@requires_cuda
-def test_compiled_bf16_training_under_inductor_cuda_graphs_cuda():
-    """bf16, the small-plane blocks channel-major (matrix products, whose cuBLAS
-    workspace Inductor's CUDA graphs clear as they record): ``mode="reduce-overhead"``
-    replays the stages, and the first step's loss is the blocks' to bf16 rounding (the
-    shift-gradient normalisation turns rounding into whole steps later on; float64
-    checks the values above)."""
-    model, twin = _pair("rubiksnet_tiny", "cuda", torch.float32, stage_graphs.CapturedStage)
-    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
-    kw = {"device": "cuda", "dtype": torch.float32, "autocast": torch.bfloat16, "lr": 0.01}
-    losses = [torch.stack(_train(m, range(4), **kw)) for m in (compiled, twin)]
-    torch.testing.assert_close(losses[0][0], losses[1][0], rtol=2e-2, atol=0)
-    assert torch.isfinite(losses[0]).all()
-    assert all(s._graphs.captured is not None and s._graphs.runs == 3 for s in model.stages)
+    runs = steps - 1  # the first step runs the blocks
+    assert all(s._graphs.captured is not None and s._graphs.runs == runs for s in model.stages)
     assert stage_op._RUNS == {}
 
 

@@ -12,9 +12,8 @@ before, copied out of the graphs' buffers (they add up over backward calls); bat
 statistics are updated in place once per forward.
 
 A stage runs its blocks directly instead (plain eager) in evaluation mode; without
-gradient recording; on the CPU; in traced or transformed code (compiled code calls
-the replays through :mod:`.stage_op`); as a
-``nn.DataParallel`` replica; inside another
+gradient recording; on the CPU; in traced or transformed code (compiled code calls the
+replays through :mod:`.stage_op`); as a ``nn.DataParallel`` replica; inside another
 CUDA-graph capture (:class:`~rubiks_models.cuda_graphs.GraphedTrainStep`) or a backward
 pass; under saved-tensor hooks (activation checkpointing, offloading); with hooks on any
 of its modules; with a module type other than the blocks' own; with a batch norm whose
