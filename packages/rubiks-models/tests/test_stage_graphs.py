@@ -266,6 +266,30 @@ def test_signatures(stand_in):
     assert _counts(stand_in) == {"capture": 1, "forward": n, "backward": n}
 
 
+def test_replayed_gradients_leave_the_buffers_in_one_copy_per_stage(stand_in):
+    """A replayed backward copies its parameter gradients out of the graphs' buffers with
+    one foreach call per stage, and autograd keeps those copies as ``.grad`` (instead of
+    copying each one itself)."""
+    model, twin = _pair()
+    _train(model, [0, 1]), _train(twin, [0, 1])
+    model.zero_grad(set_to_none=True), twin.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(_clip(2)), _target(2))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        loss.backward()
+    F.cross_entropy(twin(_clip(2)), _target(2)).backward()
+    _assert_same_state(model, twin)
+    events = prof.events()
+    assert sum(e.name == "aten::_foreach_copy_" for e in events) == len(model.stages)
+    accumulated = [
+        e for e in events if e.cpu_parent and e.cpu_parent.name.endswith("AccumulateGrad")
+    ]
+    assert accumulated and not any("copy" in e.name or "empty" in e.name for e in accumulated)
+    buffers = {
+        g.data_ptr() for s in model.stages for g in s._graphs.captured.grads if g is not None
+    }
+    assert not buffers & {p.grad.data_ptr() for p in model.parameters()}
+
+
 def test_captures_are_limited_per_stage(stand_in):
     model, _ = _pair()
     for size in range(16, 16 + 4 * (stage_graphs.MAX_CAPTURES + 2), 4):

@@ -53,6 +53,7 @@ __all__ = [
     "MAX_CAPTURES",
     "CapturedStage",
     "StageGraphs",
+    "copied",
     "graph_device",
     "paused",
     "swapped",
@@ -263,6 +264,24 @@ class CapturedStage:
         return self.grad_x, self.param_grads
 
 
+def copied(tensors: list[Tensor], layouts: list[tuple] | None = None) -> list[Tensor]:
+    """Copies of ``tensors`` in memory of their own, each laid out as its ``layouts``
+    entry (size, strides, dtype) or as itself, all copied by one foreach call: a stage's
+    hundreds of parameter gradients cost one batch of launches instead of one clone each
+    (autograd keeps a fresh gradient as ``.grad`` without cloning it)."""
+    if layouts is None:
+        out = [torch.empty_like(t) for t in tensors]
+    else:
+        device = tensors[0].device if tensors else None
+        out = [
+            torch.empty_strided(size, stride, dtype=dtype, device=device)
+            for size, stride, dtype in layouts
+        ]
+    if out:
+        torch._foreach_copy_(out, tensors)
+    return out
+
+
 class _Replay(torch.autograd.Function):
     """``forward(graphs, run, x, *params)``: the captured stage's output; its backward
     replays the captured backward (``run``: which forward this node recorded)."""
@@ -277,7 +296,11 @@ class _Replay(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple:
         ctx.graphs.claim(ctx.captured, ctx.run)
         grad_x, param_grads = ctx.captured.backward(grad)  # grad_x: None where x needs none
-        return (None, None, grad_x, *param_grads)
+        # the graphs' buffers, which the next replay overwrites: autograd would clone each
+        # gradient it keeps (grad_x goes on to the previous node, which reads it at once)
+        used = [g for g in param_grads if g is not None]
+        fresh = iter(copied(used))
+        return (None, None, grad_x, *(None if g is None else next(fresh) for g in param_grads))
 
 
 class StageGraphs:

@@ -37,7 +37,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor, nn
 
-from .stage_graphs import CapturedStage, StageGraphs, graph_device, swapped
+from .stage_graphs import CapturedStage, StageGraphs, copied, graph_device, swapped
 from .tracing import exporting
 
 __all__ = [
@@ -228,17 +228,23 @@ def stage_backward(
     metas = ([(x_size, x_stride, x_dtype)] if x_needs_grad else []) + [
         (p.shape, p.stride(), p.dtype) for p in params
     ]
-    # copied: the graphs' buffers, which the next replay overwrites, and any gradient
-    # on the storage of the incoming one or of another (a recorded graph may pass a
-    # gradient through; an op's outputs may not alias its inputs or one another)
-    replayed = run.captured is not None
+    if run.captured is not None:  # the graphs' buffers, which the next replay overwrites
+        used = [(g, meta) for g, meta in zip(grads, metas, strict=True) if g is not None]
+        fresh = iter(copied([g for g, _ in used], [meta for _, meta in used]))
+        return [
+            _laid_out(None, *meta, grad.device, True) if g is None else next(fresh)
+            for g, meta in zip(grads, metas, strict=True)
+        ]
+    # copied: any gradient on the storage of the incoming one or of another (a recorded
+    # graph may pass a gradient through; an op's outputs may not alias its inputs or one
+    # another)
     taken = {grad.untyped_storage().data_ptr()}
     result = []
     for g, (size, stride, dtype) in zip(grads, metas, strict=True):
-        copy = replayed
+        copy = False
         if g is not None:
             storage = g.untyped_storage().data_ptr()
-            copy = copy or storage in taken
+            copy = storage in taken
             taken.add(storage)
         result.append(_laid_out(g, size, stride, dtype, grad.device, copy))
     return result
@@ -254,7 +260,7 @@ def _laid_out(
     g: Tensor | None, size, stride, dtype: torch.dtype, device: torch.device, copy: bool
 ) -> Tensor:
     """``g`` with the given size, strides and dtype (zeros for None); a copy where
-    ``copy`` (a buffer the next replay overwrites) or where it is laid out otherwise."""
+    ``copy`` (its storage taken by another output) or where it is laid out otherwise."""
     if g is None:
         return torch.empty_strided(size, stride, dtype=dtype, device=device).zero_()
     if not copy and tuple(g.stride()) == tuple(stride) and g.dtype == dtype:
