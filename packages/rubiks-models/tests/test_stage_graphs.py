@@ -139,6 +139,9 @@ def test_replays_from_the_second_call_and_trains_like_the_blocks(stand_in):
         "eval",
         "no_grad",
         "hook",
+        "pre_hook",
+        "backward_hook",
+        "backward_pre_hook",
         "momentum_none",
         "saved_hooks",
         "checkpointing",
@@ -155,6 +158,12 @@ def test_stage_runs_its_blocks_where_a_replay_could_differ(stand_in, setup):
     for stage in (*model.stages, *twin.stages):  # one module in each stage
         if setup == "hook":
             stage.blocks[-1].conv1.register_forward_hook(lambda *a: calls.append(1))
+        if setup == "pre_hook":
+            stage.blocks[-1].norm1.register_forward_pre_hook(lambda *a: None)
+        if setup == "backward_hook":
+            stage.blocks[-1].conv2.register_full_backward_hook(lambda *a: None)
+        if setup == "backward_pre_hook":
+            stage.blocks[-1].conv2.register_full_backward_pre_hook(lambda *a: None)
         if setup == "momentum_none":
             stage.blocks[-1].norm2.momentum = None
     if setup == "checkpointing":

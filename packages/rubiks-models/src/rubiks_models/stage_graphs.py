@@ -112,27 +112,31 @@ def _walk(blocks: nn.Module, allowed: frozenset) -> tuple[tuple, list, list] | N
     their buffers), or None where a module is not of an ``allowed`` type, has hooks or is a
     batch norm without momentum. Module state is read from the modules' dicts (each
     attribute read through ``nn.Module.__getattr__`` costs about 0.6 µs)."""
-    modules = []
+    modules, states = [], []
     stack = [blocks]
     while stack:
         m = stack.pop()
+        state = m.__dict__
         if (
             type(m) not in allowed
-            or m._forward_hooks
-            or m._forward_pre_hooks
-            or m._backward_hooks
-            or m._backward_pre_hooks
+            or state["_forward_hooks"]
+            or state["_forward_pre_hooks"]
+            or state["_backward_hooks"]
+            or state["_backward_pre_hooks"]
         ):
             return None
         modules.append(m)
-        # children pushed last-first: modules (and so parameters) in nn.Module's order
-        stack.extend(reversed([c for c in m._modules.values() if c is not None]))
-    states = [m.__dict__ for m in modules]
+        states.append(state)
+        children = state["_modules"]
+        if children:  # pushed last-first: modules (and so parameters) in nn.Module's order
+            stack.extend([c for c in reversed(children.values()) if c is not None])
     norms = [s for m, s in zip(modules, states, strict=True) if type(m) is nn.BatchNorm2d]
     if any(s["momentum"] is None for s in norms):
         return None
-    params = [p for s in states for p in s["_parameters"].values() if p is not None]
-    buffers = [b for s in states for b in s["_buffers"].values() if b is not None]
+    params = [
+        p for s in states if s["_parameters"] for p in s["_parameters"].values() if p is not None
+    ]
+    buffers = [b for s in states if s["_buffers"] for b in s["_buffers"].values() if b is not None]
     key = (
         tuple(map(id, modules)),
         tuple(s["training"] for s in states),
