@@ -268,21 +268,21 @@ class CapturedStage:
         return self.grad_x, self.param_grads
 
 
-def copied(tensors: list[Tensor], layouts: list[tuple] | None = None) -> list[Tensor]:
-    """Copies of ``tensors`` in memory of their own, each laid out as its ``layouts``
-    entry (size, strides, dtype) or as itself, all copied by one foreach call: a stage's
-    hundreds of parameter gradients cost one batch of launches instead of one clone each
-    (autograd keeps a fresh gradient as ``.grad`` without cloning it)."""
+def copied(tensors: list[Tensor | None], layouts: list[tuple] | None = None) -> list:
+    """Copies of ``tensors`` in memory of their own (None stays None), each laid out as
+    its ``layouts`` entry (size, strides, dtype) or as itself, all copied by one foreach
+    call: a stage's hundreds of parameter gradients cost one batch of launches instead of
+    one clone each (autograd keeps a fresh gradient as ``.grad`` without cloning it)."""
     if layouts is None:
-        out = [torch.empty_like(t) for t in tensors]
+        out = [None if t is None else torch.empty_like(t) for t in tensors]
     else:
-        device = tensors[0].device if tensors else None
         out = [
-            torch.empty_strided(size, stride, dtype=dtype, device=device)
-            for size, stride, dtype in layouts
+            None if t is None else torch.empty_strided(size, stride, dtype=dtype, device=t.device)
+            for t, (size, stride, dtype) in zip(tensors, layouts, strict=True)
         ]
-    if out:
-        torch._foreach_copy_(out, tensors)
+    pairs = [(o, t) for o, t in zip(out, tensors, strict=True) if t is not None]
+    if pairs:
+        torch._foreach_copy_([o for o, _ in pairs], [t for _, t in pairs])
     return out
 
 
@@ -302,9 +302,7 @@ class _Replay(torch.autograd.Function):
         grad_x, param_grads = ctx.captured.backward(grad)  # grad_x: None where x needs none
         # the graphs' buffers, which the next replay overwrites: autograd would clone each
         # gradient it keeps (grad_x goes on to the previous node, which reads it at once)
-        used = [g for g in param_grads if g is not None]
-        fresh = iter(copied(used))
-        return (None, None, grad_x, *(None if g is None else next(fresh) for g in param_grads))
+        return (None, None, grad_x, *copied(param_grads))
 
 
 class StageGraphs:

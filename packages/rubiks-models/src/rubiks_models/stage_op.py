@@ -229,11 +229,9 @@ def stage_backward(
         (p.shape, p.stride(), p.dtype) for p in params
     ]
     if run.captured is not None:  # the graphs' buffers, which the next replay overwrites
-        used = [(g, meta) for g, meta in zip(grads, metas, strict=True) if g is not None]
-        fresh = iter(copied([g for g, _ in used], [meta for _, meta in used]))
         return [
-            _laid_out(None, *meta, grad.device, True) if g is None else next(fresh)
-            for g, meta in zip(grads, metas, strict=True)
+            _laid_out(None, *meta, grad.device, False) if c is None else c
+            for c, meta in zip(copied(grads, metas), metas, strict=True)
         ]
     # copied: any gradient on the storage of the incoming one or of another (a recorded
     # graph may pass a gradient through; an op's outputs may not alias its inputs or one
