@@ -299,6 +299,68 @@ def test_replayed_gradients_leave_the_buffers_in_one_copy_per_stage(stand_in):
     assert not buffers & {p.grad.data_ptr() for p in model.parameters()}
 
 
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill its memory without gaps or overlaps, in any order."""
+    expected = 1
+    dims = zip(t.stride(), t.shape, strict=True)
+    for stride, size in sorted((st, sz) for st, sz in dims if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _fused_route(dsts: list, srcs: list) -> bool:
+    """Whether CUDA's ``_foreach_copy_`` copies these lists by its multi-tensor kernels
+    rather than one copy per pair: one dtype and device throughout, every tensor
+    non-overlapping and dense, each pair of equal size and strides."""
+    first = srcs[0]
+    return all(
+        t.dtype == first.dtype and t.device == first.device and _dense(t) for t in (*dsts, *srcs)
+    ) and all(
+        d.shape == s.shape and d.stride() == s.stride() for d, s in zip(dsts, srcs, strict=True)
+    )
+
+
+def test_copied_gives_fresh_copies_in_the_fused_route(monkeypatch):
+    """``copied`` keeps None, lays each copy out as asked, and copies by foreach calls
+    that CUDA runs fused: one per pair of dtypes (a bfloat16 input gradient beside float32
+    parameter gradients), with strides that differ only where a size is 1 (a 1x1
+    convolution's weight against its gradient) flattened away, and a change of layout
+    apart from the rest."""
+    calls = []
+    foreach_copy = torch._foreach_copy_
+    monkeypatch.setattr(
+        torch, "_foreach_copy_", lambda d, s: calls.append((d, s)) or foreach_copy(d, s)
+    )
+    g = torch.Generator().manual_seed(0)
+    grad_x = torch.randn(2, 8, 4, 3, 3, generator=g).to(torch.bfloat16)
+    weight = torch.randn(8, 6, 1, 1, generator=g).contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(8, generator=g)
+    plane = torch.randn(2, 3, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
+    tensors = [grad_x, None, weight, bias, plane]
+    layouts = [
+        (grad_x.shape, grad_x.stride(), grad_x.dtype),
+        ((4,), (1,), torch.float32),
+        (weight.shape, (6, 1, 1, 1), weight.dtype),  # its parameter's (contiguous) strides
+        (bias.shape, bias.stride(), bias.dtype),
+        (plane.shape, plane.contiguous().stride(), plane.dtype),  # a real change of layout
+    ]
+    out = stage_graphs.copied(tensors, layouts)
+    assert out[1] is None
+    for o, t, (size, stride, dtype) in zip(out, tensors, layouts, strict=True):
+        if t is not None:
+            assert (o.shape, o.stride(), o.dtype) == (size, stride, dtype)
+            assert torch.equal(o, t) and o.data_ptr() != t.data_ptr()
+    fused = [c for c in calls if _fused_route(*c)]
+    assert len(calls) == 3 and len(fused) == 2  # bfloat16; float32; the relayout
+    assert sorted(len(d) for d, _ in fused) == [1, 2]
+    calls.clear()
+    again = stage_graphs.copied(tensors)
+    assert [c is None for c in again] == [t is None for t in tensors]
+    assert len(calls) == 2 and all(_fused_route(*c) for c in calls)
+
+
 def test_captures_are_limited_per_stage(stand_in):
     model, _ = _pair()
     for size in range(16, 16 + 4 * (stage_graphs.MAX_CAPTURES + 2), 4):

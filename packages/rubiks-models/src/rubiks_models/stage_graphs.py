@@ -270,9 +270,10 @@ class CapturedStage:
 
 def copied(tensors: list[Tensor | None], layouts: list[tuple] | None = None) -> list:
     """Copies of ``tensors`` in memory of their own (None stays None), each laid out as
-    its ``layouts`` entry (size, strides, dtype) or as itself, all copied by one foreach
-    call: a stage's hundreds of parameter gradients cost one batch of launches instead of
-    one clone each (autograd keeps a fresh gradient as ``.grad`` without cloning it)."""
+    its ``layouts`` entry (size, strides, dtype) or as itself, copied by a foreach call
+    per pair of dtypes: a stage's hundreds of parameter gradients cost a few launches
+    instead of one copy each (autograd keeps a fresh gradient as ``.grad`` without
+    cloning it)."""
     if layouts is None:
         out = [None if t is None else torch.empty_like(t) for t in tensors]
     else:
@@ -280,9 +281,22 @@ def copied(tensors: list[Tensor | None], layouts: list[tuple] | None = None) -> 
             None if t is None else torch.empty_strided(size, stride, dtype=dtype, device=t.device)
             for t, (size, stride, dtype) in zip(tensors, layouts, strict=True)
         ]
-    pairs = [(o, t) for o, t in zip(out, tensors, strict=True) if t is not None]
-    if pairs:
-        torch._foreach_copy_([o for o, _ in pairs], [t for _, t in pairs])
+    # CUDA's foreach copy runs fused (multi-tensor kernels, not a copy per pair) only on
+    # lists of one dtype whose pairs have equal strides: the pairs are grouped so, and
+    # contiguous pairs copied as flat views, since strides may differ where a size is 1
+    # (a 1x1 convolution's weight and its gradient)
+    groups: dict[tuple, tuple[list, list]] = {}
+    for o, t in zip(out, tensors, strict=True):
+        if t is None:
+            continue
+        if o.is_contiguous() and t.is_contiguous():
+            o, t = o.view(-1), t.view(-1)
+        key = (o.dtype, t.dtype, t.device, o.stride() == t.stride())
+        dsts, srcs = groups.setdefault(key, ([], []))
+        dsts.append(o)
+        srcs.append(t)
+    for dsts, srcs in groups.values():
+        torch._foreach_copy_(dsts, srcs)
     return out
 
 
