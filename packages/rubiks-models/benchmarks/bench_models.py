@@ -418,7 +418,29 @@ def run_mode(name: str, mode: str, args, profile: int = 0) -> dict:
         result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         # what the allocator holds: CUDA graphs keep memory that is free between replays
         result["reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+        result["reserved_by_pool"] = reserved_by_pool(
+            torch.cuda.memory_snapshot(), torch.cuda.current_stream().cuda_stream
+        )
     return result
+
+
+def reserved_by_pool(segments: list[dict], stream: int) -> dict:
+    """What the allocator holds after a run, by where it can be reused: the default pool
+    on the timed loop's ``stream``, the default pool on other streams (reused only by
+    work on those), and CUDA graphs' private pools. GiB reserved and allocated in each,
+    from ``torch.cuda.memory_snapshot()``'s segments."""
+    held: dict[str, dict[str, float]] = {}
+    for seg in segments:
+        if tuple(seg.get("segment_pool_id", (0, 0))) != (0, 0):
+            where = "CUDA graph pools"
+        elif seg["stream"] == stream:
+            where = "default pool, this stream"
+        else:
+            where = "default pool, other streams"
+        entry = held.setdefault(where, {"reserved_gib": 0.0, "allocated_gib": 0.0})
+        entry["reserved_gib"] += seg["total_size"] / 2**30
+        entry["allocated_gib"] += seg["allocated_size"] / 2**30
+    return {w: {k: round(v, 3) for k, v in e.items()} for w, e in sorted(held.items())}
 
 
 def _measure(fn: Callable[[], object], args, profile: int, result: dict) -> dict:
@@ -458,8 +480,8 @@ def add_round(model_results: dict, mode: str, r: dict) -> None:
     """Record one round's result ``r`` of ``mode``: the first as it is; a later timed one
     adds its figures to ``rounds`` / ``host_rounds`` (which start with the first round's),
     ``ms`` and ``host_ms`` becoming their medians (``peak_gib`` and ``reserved_gib`` the
-    largest); a later
-    failed or skipped one is kept under ``round_errors`` beside the earlier figures."""
+    largest, ``reserved_by_pool`` the first round's); a later failed or skipped one is
+    kept under ``round_errors`` beside the earlier figures."""
     entry = model_results.get(mode)
     if entry is None:
         model_results[mode] = dict(r)

@@ -274,3 +274,21 @@ def test_bench_tuning_alternates_default_and_changed_tuning(benchmark_script, mo
     with pytest.raises(SystemExit):
         bench.main(["--set", "no_such_field=1"])
     assert len(seen) == 8
+
+
+def test_reserved_memory_is_split_by_where_it_can_be_reused(benchmark_script):
+    bench = benchmark_script("bench_models")
+    gib = 2**30
+    segments = [
+        {"stream": 7, "segment_pool_id": (0, 0), "total_size": 2 * gib, "allocated_size": gib},
+        {"stream": 7, "segment_pool_id": (0, 0), "total_size": gib, "allocated_size": 0},
+        {"stream": 9, "segment_pool_id": (0, 0), "total_size": gib // 2, "allocated_size": 0},
+        {"stream": 9, "segment_pool_id": (1, 3), "total_size": gib, "allocated_size": gib // 4},
+        {"stream": 7, "segment_pool_id": (2, 1), "total_size": gib, "allocated_size": 0},
+    ]
+    assert bench.reserved_by_pool(segments, stream=7) == {
+        "CUDA graph pools": {"reserved_gib": 2.0, "allocated_gib": 0.25},
+        "default pool, other streams": {"reserved_gib": 0.5, "allocated_gib": 0.0},
+        "default pool, this stream": {"reserved_gib": 3.0, "allocated_gib": 1.0},
+    }
+    assert bench.reserved_by_pool([], stream=7) == {}
