@@ -282,17 +282,17 @@ def copied(tensors: list[Tensor | None], layouts: list[tuple] | None = None) -> 
             for t, (size, stride, dtype) in zip(tensors, layouts, strict=True)
         ]
     # CUDA's foreach copy runs fused (multi-tensor kernels, not a copy per pair) only on
-    # lists of one dtype whose pairs have equal strides: the pairs are grouped so, and
-    # contiguous pairs copied as flat views, since strides may differ where a size is 1
-    # (a 1x1 convolution's weight and its gradient)
+    # lists of one dtype whose pairs have equal strides: the pairs are grouped so, and a
+    # contiguous pair whose strides differ where a size is 1 (a 1x1 convolution's weight
+    # and its gradient) is copied as flat views
     groups: dict[tuple, tuple[list, list]] = {}
     for o, t in zip(out, tensors, strict=True):
         if t is None:
             continue
-        if o.is_contiguous() and t.is_contiguous():
-            o, t = o.view(-1), t.view(-1)
-        key = (o.dtype, t.dtype, t.device, o.stride() == t.stride())
-        dsts, srcs = groups.setdefault(key, ([], []))
+        same = o.stride() == t.stride()
+        if not same and o.is_contiguous() and t.is_contiguous():
+            o, t, same = o.view(-1), t.view(-1), True
+        dsts, srcs = groups.setdefault((o.dtype, t.dtype, same), ([], []))
         dsts.append(o)
         srcs.append(t)
     for dsts, srcs in groups.values():
