@@ -167,6 +167,42 @@ def test_stage_ops_called_eagerly_give_the_blocks_gradients(stand_in):
     assert stage_op._RUNS == {}
 
 
+def test_replayed_backward_passes_the_input_gradient_on(stand_in):
+    """A replayed backward gives x's gradient as the graphs' own buffer where it is laid
+    out as x (as the eager replay does: the ops before the stage read it in the same
+    backward), a copy laid out as x otherwise, and the parameters' gradients as copies."""
+    model = _model()
+    stage = model.stages[0]
+    params = stage_op.trainable_params(stage)
+    shape = (2, 2, stage.blocks[0].conv1.in_channels, 8, 8)
+    for seed in range(2):  # the blocks run, then (the second call) capture and replay
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        args = (x.requires_grad_(), params, stage._op_handle, True, None)
+        out, token = torch.ops.rubiks_models.stage_forward(*args)
+    assert _counts(stand_in) == {"capture": 1, "forward": 1, "backward": 0}
+
+    def backward(out, token, stride):
+        grad = torch.ones_like(out)
+        return torch.ops.rubiks_models.stage_backward(
+            grad, token, params, list(shape), list(stride), x.dtype, True
+        )
+
+    grads = backward(out, token, x.stride())
+    buffers = stage._graphs.captured.grads
+    assert grads[0].data_ptr() == buffers[0].data_ptr()
+    assert not {g.data_ptr() for g in grads[1:]} & {b.data_ptr() for b in buffers}
+    expected = [g.clone() for g in grads]
+
+    out, token = torch.ops.rubiks_models.stage_forward(*args)
+    other = torch.empty(shape, dtype=x.dtype).permute(0, 1, 3, 4, 2).contiguous()
+    other = other.permute(0, 1, 4, 2, 3)  # x's size, the channels innermost
+    grads = backward(out, token, other.stride())
+    assert grads[0].stride() == other.stride()
+    assert grads[0].data_ptr() != buffers[0].data_ptr()
+    for g, e in zip(grads, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
 def test_stage_forward_op_checks(stand_in):
     """torch.library.opcheck: schema, autograd registration, and a fake implementation
     that gives the real output's shape, dtype and strides (AOT dispatch is tested by the

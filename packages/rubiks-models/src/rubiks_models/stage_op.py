@@ -217,22 +217,24 @@ def stage_backward(
             "this compiled RubiksNet stage's forward was backpropagated already (or its "
             "saved state is gone): backpropagate each forward once"
         )
+    param_metas = [(p.shape, p.stride(), p.dtype) for p in params]
     if run.captured is not None:
         run.graphs.claim(run.captured, run.run)
-        grad_x, grads = run.captured.backward(grad)  # the graphs' buffers: copied below
-        grads = [grad_x, *grads] if x_needs_grad else list(grads)
-    else:
-        targets = ([run.leaf] if x_needs_grad else []) + run.params
-        with _recording(grad.device.type, None):
-            grads = list(torch.autograd.grad(run.out, targets, grad, allow_unused=True))
-    metas = ([(x_size, x_stride, x_dtype)] if x_needs_grad else []) + [
-        (p.shape, p.stride(), p.dtype) for p in params
-    ]
-    if run.captured is not None:  # the graphs' buffers, which the next replay overwrites
-        return [
+        grad_x, grads = run.captured.backward(grad)
+        # the graphs' buffers, which the next replay overwrites: the parameters' gradients
+        # are copied (autograd keeps them as .grad); x's goes on as it is where laid out as
+        # x, as the eager replay's does (the ops before the stage read it in this backward)
+        result = [
             _laid_out(None, *meta, grad.device, False) if c is None else c
-            for c, meta in zip(copied(grads, metas), metas, strict=True)
+            for c, meta in zip(copied(grads, param_metas), param_metas, strict=True)
         ]
+        if x_needs_grad:
+            result.insert(0, _laid_out(grad_x, x_size, x_stride, x_dtype, grad.device, False))
+        return result
+    targets = ([run.leaf] if x_needs_grad else []) + run.params
+    with _recording(grad.device.type, None):
+        grads = list(torch.autograd.grad(run.out, targets, grad, allow_unused=True))
+    metas = ([(x_size, x_stride, x_dtype)] if x_needs_grad else []) + param_metas
     # copied: any gradient on the storage of the incoming one or of another (a recorded
     # graph may pass a gradient through; an op's outputs may not alias its inputs or one
     # another)
