@@ -221,16 +221,15 @@ def stage_backward(
     if run.captured is not None:
         run.graphs.claim(run.captured, run.run)
         grad_x, grads = run.captured.backward(grad)
-        # the graphs' buffers, which the next replay overwrites: the parameters' gradients
-        # are copied (autograd keeps them as .grad); x's goes on as it is where laid out as
-        # x, as the eager replay's does (the ops before the stage read it in this backward)
-        result = [
+        # the graphs' buffers, which the next replay overwrites: all copied, x's gradient
+        # too (unlike the eager replay's): Inductor may reuse an op's returned buffer for a
+        # later result, one the backward returns (a parameter's gradient) among them
+        grads = [grad_x, *grads] if x_needs_grad else list(grads)
+        metas = ([(x_size, x_stride, x_dtype)] if x_needs_grad else []) + param_metas
+        return [
             _laid_out(None, *meta, grad.device, False) if c is None else c
-            for c, meta in zip(copied(grads, param_metas), param_metas, strict=True)
+            for c, meta in zip(copied(grads, metas), metas, strict=True)
         ]
-        if x_needs_grad:
-            result.insert(0, _laid_out(grad_x, x_size, x_stride, x_dtype, grad.device, False))
-        return result
     targets = ([run.leaf] if x_needs_grad else []) + run.params
     with _recording(grad.device.type, None):
         grads = list(torch.autograd.grad(run.out, targets, grad, allow_unused=True))
