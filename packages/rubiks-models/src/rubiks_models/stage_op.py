@@ -217,23 +217,26 @@ def stage_backward(
             "this compiled RubiksNet stage's forward was backpropagated already (or its "
             "saved state is gone): backpropagate each forward once"
         )
-    param_metas = [(p.shape, p.stride(), p.dtype) for p in params]
     if run.captured is not None:
         run.graphs.claim(run.captured, run.run)
+        # the graphs' buffers, which the next replay overwrites: all copied below, x's
+        # gradient too (unlike the eager replay's): Inductor may reuse an op's returned
+        # buffer for a later result, one the backward returns (a parameter's gradient)
+        # among them
         grad_x, grads = run.captured.backward(grad)
-        # the graphs' buffers, which the next replay overwrites: all copied, x's gradient
-        # too (unlike the eager replay's): Inductor may reuse an op's returned buffer for a
-        # later result, one the backward returns (a parameter's gradient) among them
         grads = [grad_x, *grads] if x_needs_grad else list(grads)
-        metas = ([(x_size, x_stride, x_dtype)] if x_needs_grad else []) + param_metas
+    else:
+        targets = ([run.leaf] if x_needs_grad else []) + run.params
+        with _recording(grad.device.type, None):
+            grads = list(torch.autograd.grad(run.out, targets, grad, allow_unused=True))
+    metas = ([(x_size, x_stride, x_dtype)] if x_needs_grad else []) + [
+        (p.shape, p.stride(), p.dtype) for p in params
+    ]
+    if run.captured is not None:  # the graphs' buffers, which the next replay overwrites
         return [
             _laid_out(None, *meta, grad.device, False) if c is None else c
             for c, meta in zip(copied(grads, metas), metas, strict=True)
         ]
-    targets = ([run.leaf] if x_needs_grad else []) + run.params
-    with _recording(grad.device.type, None):
-        grads = list(torch.autograd.grad(run.out, targets, grad, allow_unused=True))
-    metas = ([(x_size, x_stride, x_dtype)] if x_needs_grad else []) + param_metas
     # copied: any gradient on the storage of the incoming one or of another (a recorded
     # graph may pass a gradient through; an op's outputs may not alias its inputs or one
     # another)
