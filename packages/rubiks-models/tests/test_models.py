@@ -549,13 +549,17 @@ def test_cuda_training_channel_major_matches_frames(arch: str, monkeypatch) -> N
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_compiled_channel_major_training_matches_frames(monkeypatch) -> None:
+@pytest.mark.parametrize("replays", [True, False], ids=["stage-ops", "traced"])
+def test_cuda_compiled_channel_major_training_matches_frames(replays: bool, monkeypatch) -> None:
     """Compiled code (Inductor, fullgraph) trains the small-plane blocks channel-major
-    too: a compiled step (float64, ``_float64_twins``) against the eager frame-by-frame
-    step: logits, every gradient and the running statistics."""
+    too, the stages as ops (``set_compiled_replays``, the default) or traced: a compiled
+    step (float64, ``_float64_twins``) against the eager frame-by-frame step: logits,
+    every gradient and the running statistics."""
     model, twin = _float64_twins("rubiksnet_tiny", monkeypatch)
+    model.set_compiled_replays(replays)
     _assert_same_step(torch.compile(model, fullgraph=True), model, twin, tol=1e-9)
-    # what Dynamo traced: products over (C, points) matrices, the channel-major form
+    # what Dynamo traced: the stages' op, or products over (C, points) matrices (the
+    # channel-major form)
     graphs = []
 
     def record(gm, example_inputs):
@@ -566,7 +570,9 @@ def test_cuda_compiled_channel_major_training_matches_frames(monkeypatch) -> Non
     clip = torch.randn(2, 8, 3, 64, 64, device="cuda", dtype=torch.float64)
     torch.compile(model, backend=record, fullgraph=True)(clip)
     targets = {n.target for g in graphs for n in g.graph.nodes}
-    assert torch.addmm in targets
+    stage_op = torch.ops.rubiks_models.stage_forward.default
+    assert (stage_op in targets or torch.ops.rubiks_models.stage_forward in targets) == replays
+    assert (torch.addmm in targets) != replays
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
