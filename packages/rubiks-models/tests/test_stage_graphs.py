@@ -28,12 +28,14 @@ class StandIn:
     """A captured stage whose replays run its blocks with autograd (CPU tests)."""
 
     log: ClassVar[list[str]] = []
+    pools: ClassVar[list] = []  # the pool of each capture
     fail = False
 
-    def __init__(self, blocks, x, params, buffers) -> None:
+    def __init__(self, blocks, x, params, buffers, pool) -> None:
         if StandIn.fail:
             raise RuntimeError("operation not permitted when stream is capturing")
         StandIn.log.append("capture")
+        StandIn.pools.append(pool)
         self.blocks, self.params, self.x_needs_grad = blocks, params, x.requires_grad
 
     def forward(self, x):
@@ -60,7 +62,7 @@ class StandIn:
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    StandIn.log, StandIn.fail = [], False
+    StandIn.log, StandIn.pools, StandIn.fail = [], [], False
     monkeypatch.setattr(stage_graphs, "_GRAPH_DEVICES", ("cuda", "cpu"))
     return StandIn.log
 
@@ -210,6 +212,77 @@ def test_two_forwards_before_one_backward(stand_in):
     assert _counts(stand_in)["forward"] == 2 * stages
 
 
+def test_stages_capture_into_one_pool_in_forward_order(stand_in):
+    """A model's stages capture into one pool, in their forward order; a stage capturing
+    again starts a new one, and copies of the model share pools of their own."""
+    model, _ = _pair()
+    stages = len(model.stages)
+    _train(model, [0, 1])
+    first = StandIn.pools[0]
+    assert StandIn.pools == [first] * stages
+    assert [ref() for ref in first.members] == [s._graphs for s in model.stages]
+    assert [s._graphs.position for s in model.stages] == list(range(stages))
+    assert all(s._graphs.pool is first for s in model.stages)
+    for step in (2, 3):
+        F.cross_entropy(model(_clip(step, size=64)), _target(step)).backward()
+    second = StandIn.pools[stages]
+    assert second is not first and StandIn.pools[stages:] == [second] * stages
+    model.stages[1].reset_graphs()
+    for step in (4, 5):  # a lone stage capturing again: a pool of its own
+        F.cross_entropy(model(_clip(step, size=64)), _target(step)).backward()
+    assert StandIn.pools[-1] not in (first, second)
+    assert model.stages[1]._graphs.pool is StandIn.pools[-1]
+    assert all(model.stages[i]._graphs.pool is second for i in range(stages) if i != 1)
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        sharing = {id(s._graphs.sharing) for s in other.stages}
+        assert len(sharing) == 1 and id(model.stages[0]._graphs.sharing) not in sharing
+        assert [s._graphs.position for s in other.stages] == list(range(stages))
+    with pytest.raises(ValueError, match="position must be an int >= 0"):
+        model.stages[0]._graphs.share(stage_graphs.PoolSharing(), -1)
+
+
+def test_a_stage_runs_its_blocks_while_a_later_one_holds_a_forward(stand_in):
+    """A replay may overwrite the saved values of the stages captured after it into its
+    pool: while one of those holds a forward that can still be backpropagated, the stage
+    runs its blocks. (Stage 0's output detached by a hook: its replay's node is gone at
+    once while the later stages' are kept by the loss.)"""
+    model, twin = _pair()
+    for m in (model, twin):
+        m.stages[0].register_forward_hook(lambda module, args, out: out.detach())
+    _train(model, [0, 1]), _train(twin, [0, 1])
+    stand_in.clear()
+    losses = []
+    for m in (model, twin):
+        m.zero_grad(set_to_none=True)
+        first = F.cross_entropy(m(_clip(2)), _target(2))
+        forwards = stand_in.count("forward")
+        second = F.cross_entropy(m(_clip(3)), _target(3))
+        assert stand_in.count("forward") == forwards  # stage 0 as well as the busy ones
+        losses.append(first + second)
+        losses[-1].backward()
+    _assert_same_state(model, twin)
+    assert _counts(stand_in)["forward"] == len(model.stages)
+
+
+def test_a_backward_replay_makes_later_pending_forwards_unusable(stand_in):
+    """Backpropagating an earlier stage first (a loss on its output) may overwrite the
+    saved values of the later stages' forwards: their backward then raises before
+    replaying, rather than giving wrong gradients."""
+    model, _ = _pair()
+    features = []
+    model.stages[1].register_forward_hook(lambda module, args, out: features.append(out))
+    _train(model, [0, 1])
+    stand_in.clear()
+    loss = F.cross_entropy(model(_clip(2)), _target(2))
+    features[-1].square().mean().backward(retain_graph=True)  # stages 1 and 0
+    assert stand_in.count("backward") == 2
+    with pytest.raises(RuntimeError, match="saved values are gone"):
+        loss.backward()
+    assert stand_in.count("backward") == 2  # the last stage raised before replaying
+    _train(model, [3])  # and the next step replays again
+    assert _counts(stand_in)["forward"] == 2 * len(model.stages)
+
+
 def test_gradients_accumulate_over_backward_calls(stand_in):
     """Parameters' gradients are copies of the replay's buffers: two backward calls
     without zeroing add up, as in eager code."""
@@ -233,9 +306,9 @@ def test_a_forward_dropped_without_backward_frees_the_replays(stand_in):
 
 
 def test_a_second_backward_of_a_replayed_forward_is_refused(stand_in):
-    """The replayed backward frees the forward's saved values (retain_graph=False) and the
-    next replay overwrites them: a second backward of the same forward, or one after the
-    next forward, is an error rather than wrong gradients."""
+    """A replayed forward is backpropagated once (as without retain_graph) and the next
+    replay overwrites its saved values: a second backward of the same forward, or one
+    after the next forward, is an error rather than wrong gradients."""
     model, _ = _pair()
     _train(model, [0, 1])
     loss = F.cross_entropy(model(_clip(2)), _target(2))

@@ -52,7 +52,7 @@ from .channel_major_block import (
 from .checkpoint import CheckpointError, check_state_dict, resolve_checkpoint, strict_pretrained
 from .reference_keys import REFERENCE_KEY_MAP, convert_reference_key, convert_reference_state
 from .shift_layers import Shift2d, Shift3d, TemporalAttentionShift, hard_temporal_shift
-from .stage_graphs import StageGraphs
+from .stage_graphs import PoolSharing, StageGraphs
 from .stage_op import call_stage_op, op_applies, register_stage, trainable_params
 from .weight_files import (
     RELEASED_FILES,
@@ -538,6 +538,9 @@ class RubiksNet(nn.Module):
             stages.append(RubiksStage(blocks))
             self.feature_info.append(dict(num_chs=cout, reduction=reduction, module=f"stages.{i}"))
             cin = cout
+        sharing = PoolSharing()  # the stages' CUDA graphs share one memory pool
+        for i, stage in enumerate(stages):
+            stage._graphs.share(sharing, i)
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = cin
         self.norm = nn.BatchNorm2d(cin)

@@ -26,16 +26,23 @@ which objects, their storage, ``requires_grad``, training mode, and each batch n
 ``momentum`` and ``eps``. Anything else a module reads when called is fixed at capture:
 call ``RubiksNet.set_eager_graphs`` after changing such a setting in place.
 
-Each forward is backpropagated once: the replayed backward frees the forward's saved
-values as it goes (as ``retain_graph=False`` does), so a second backward of a replayed
-forward raises. The graphs keep the stage's activations in a memory pool of their own
-between steps (what that costs: ``packages/rubiks-models/BENCHMARKS.md``, *Eager
-training*). A stage keeps one signature's graphs: a new signature seen on two
-consecutive calls replaces them, at most ``MAX_CAPTURES`` times per stage.
+Each forward is backpropagated once (as without ``retain_graph``): a second backward of a
+replayed forward raises. A model's stages capture into one memory pool
+(:class:`PoolSharing`), in their forward order: each graph keeps only its saved values
+and its static tensors between replays, and what one graph uses while it runs is used by
+the others too (what that costs: ``packages/rubiks-models/BENCHMARKS.md``, *Eager
+training*). A graph may therefore overwrite the saved values of a stage captured after it,
+so a stage runs its blocks directly while a stage captured after it in the same pool
+holds a forward that can still be backpropagated, and a backward replay makes the
+pending forwards of the stages captured after it in its pool unusable (their backward
+raises). A stage keeps one signature's graphs: a new signature seen on two consecutive
+calls replaces them, at most ``MAX_CAPTURES`` times per stage, and a stage that captures
+again starts a new pool.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -52,6 +59,8 @@ from .graph_capture import own_cublas_workspaces
 __all__ = [
     "MAX_CAPTURES",
     "CapturedStage",
+    "PoolSharing",
+    "SharedPool",
     "StageGraphs",
     "copied",
     "graph_device",
@@ -203,28 +212,103 @@ def _aliased(blocks: nn.Module, params: list[Tensor]) -> Iterator[list[Tensor]]:
         yield [aliases[id(p)] for p in params]
 
 
+class SharedPool:
+    """A CUDA-graph memory pool and the stream its captures run on, shared by the graphs
+    of stages that capture into it in their forward order (``members``, weakly held)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.members: list[weakref.ref[StageGraphs]] = []
+        self.last = -1  # the position of the last stage that captured into it
+        self._cuda: tuple | None = None
+
+    @property
+    def handle(self) -> tuple:
+        """The pool's handle for ``torch.cuda.graph``."""
+        return self._cuda_state()[0]
+
+    @property
+    def stream(self) -> torch.cuda.Stream:
+        """The stream every capture into the pool runs on: the caching allocator reuses
+        a block only on the stream that freed it."""
+        return self._cuda_state()[1]
+
+    def _cuda_state(self) -> tuple:
+        if self._cuda is None:
+            self._cuda = (torch.cuda.graph_pool_handle(), torch.cuda.Stream(self.device))
+        return self._cuda
+
+    def later_busy(self, graphs: StageGraphs) -> list[StageGraphs]:
+        """The members captured after ``graphs`` whose graphs are still this pool's and
+        whose last replay's forward may still be backpropagated: data that a replay of
+        ``graphs`` may overwrite."""
+        found, busy = False, []
+        for ref in self.members:
+            member = ref()
+            if member is graphs:
+                found = True
+            elif found and member is not None and member.pool is self and member._busy():
+                busy.append(member)
+        return busy
+
+
+class PoolSharing:
+    """Hands the stages of one model the :class:`SharedPool` they capture into: the
+    current one while captures come in forward order (rising ``position``) on one device,
+    a new one otherwise (a stage capturing again, another device). Copies and pickles
+    start with no pool."""
+
+    def __init__(self) -> None:
+        self.current: SharedPool | None = None
+
+    def pool_for(self, graphs: StageGraphs, position: int, device: torch.device) -> SharedPool:
+        """The pool the stage at ``position`` captures into now, with it as the latest
+        member."""
+        pool = self.current
+        if pool is None or pool.last >= position or pool.device != device:
+            pool = self.current = SharedPool(device)
+        pool.last = position
+        pool.members.append(weakref.ref(graphs))
+        return pool
+
+    def __deepcopy__(self, memo: dict) -> PoolSharing:
+        return PoolSharing()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+
 class CapturedStage:
-    """One signature's forward and backward graphs and their static tensors.
+    """One signature's forward and backward graphs and their static tensors, captured
+    into ``pool``.
 
     ``forward(x)`` copies x into the graphs' input, replays the forward and returns a
     copy of the output (the graph's own output is overwritten by the next replay);
     ``backward(grad)`` replays the backward and returns (x's gradient or None, the
-    gradients of ``params``, None for the ones the blocks do not use). As in an eager
-    backward without ``retain_graph``, the backward frees the forward's saved values as
-    it goes (its own buffers reuse their memory), so each forward is backpropagated once.
+    gradients of ``params``, None for the ones the blocks do not use), in the graphs'
+    buffers. The forward's saved values are held between replays, so that the graphs
+    captured after these into the pool cannot take their memory; the blocks' temporary
+    memory goes back to the pool after each capture, for the pool's other graphs.
     """
 
-    def __init__(self, blocks: nn.Module, x: Tensor, params: list, buffers: list) -> None:
+    def __init__(
+        self, blocks: nn.Module, x: Tensor, params: list, buffers: list, pool: SharedPool
+    ) -> None:
         with _aliased(blocks, params) as aliases:
-            self._capture(blocks, x, aliases, buffers)
+            self._capture(blocks, x, aliases, buffers, pool)
 
-    def _capture(self, blocks: nn.Module, x: Tensor, params: list, buffers: list) -> None:
+    def _capture(
+        self, blocks: nn.Module, x: Tensor, params: list, buffers: list, pool: SharedPool
+    ) -> None:
         device = x.device
         self.static_x = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=device)
         self.static_x.copy_(x.detach())
         self.static_x.requires_grad_(x.requires_grad)
         targets = ([self.static_x] if x.requires_grad else []) + params
-        stream = torch.cuda.Stream(device)
+        stream = pool.stream
         # warm up once on the capture's stream (lazy per-stream state); the blocks' state
         # (batch-norm statistics and counters) is put back after it
         saved = [b.clone() for b in buffers]
@@ -241,17 +325,19 @@ class CapturedStage:
                         buffer.copy_(value)
         torch.cuda.current_stream(device).wait_stream(stream)
         del saved
-        pool = torch.cuda.graph_pool_handle()
         self.forward_graph = torch.cuda.CUDAGraph()
         self.backward_graph = torch.cuda.CUDAGraph()
-        graph_args = {"pool": pool, "stream": stream, "capture_error_mode": "thread_local"}
+        graph_args = {"pool": pool.handle, "stream": stream, "capture_error_mode": "thread_local"}
         with own_cublas_workspaces():
             with torch.cuda.graph(self.forward_graph, **graph_args), _uncached_autocast():
                 out = blocks(self.static_x)
             self.static_grad = torch.empty_like(out)
             with torch.cuda.graph(self.backward_graph, **graph_args):
-                grads = torch.autograd.grad(out, targets, self.static_grad, allow_unused=True)
+                grads = torch.autograd.grad(
+                    out, targets, self.static_grad, retain_graph=True, allow_unused=True
+                )
         self.static_out = out.detach()
+        self._recorded = out  # holds the forward's saved values (see the class docstring)
         del out
         grads = list(grads)
         self.grad_x = grads.pop(0) if x.requires_grad else None
@@ -314,25 +400,42 @@ class _Replay(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple:
         ctx.graphs.claim(ctx.captured, ctx.run)
         grad_x, param_grads = ctx.captured.backward(grad)  # grad_x: None where x needs none
-        # the graphs' buffers, which the next replay overwrites: autograd would clone each
-        # gradient it keeps (grad_x goes on to the previous node, which reads it at once)
-        return (None, None, grad_x, *copied(param_grads))
+        # the graphs' buffers, which the pool's next replays overwrite (those of earlier
+        # stages, in this backward, among them): autograd would clone each gradient it keeps
+        return (None, None, *copied([grad_x, *param_grads]))
 
 
 class StageGraphs:
     """A stage's captured graphs and the signatures it has seen (process-local: copies
-    and pickles of the model start without them). ``capture(blocks, x, params,
-    buffers)`` makes the :class:`CapturedStage` of a signature."""
+    and pickles of the model start without them). ``capture(blocks, x, params, buffers,
+    pool)`` makes the :class:`CapturedStage` of a signature; ``sharing`` hands it the
+    pool, ``position`` is the stage's place in its model's forward order."""
 
     captured: CapturedStage | None
+    pool: SharedPool | None  # the pool ``captured`` was captured into
     key: tuple | None  # the captured signature
     last_key: tuple | None  # the signature of the last call
     pending: weakref.ref | None  # what the last replay's backward needs, until it runs
 
-    def __init__(self, allowed: frozenset, capture: Callable = CapturedStage) -> None:
+    def __init__(
+        self,
+        allowed: frozenset,
+        capture: Callable = CapturedStage,
+        sharing: PoolSharing | None = None,
+        position: int = 0,
+    ) -> None:
         self.allowed = allowed
         self.capture = capture
+        self.share(PoolSharing() if sharing is None else sharing, position)
         self.reset()
+
+    def share(self, sharing: PoolSharing, position: int) -> None:
+        """Capture into ``sharing``'s pools, as the stage at ``position`` (from 0) of its
+        model's forward; drops the graphs captured so far."""
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise ValueError(f"position must be an int >= 0, got {position!r}")
+        self.sharing, self.position = sharing, position
+        self._drop()
 
     def reset(self) -> None:
         """Drop the captured graphs (and their memory) and the signatures seen."""
@@ -343,30 +446,43 @@ class StageGraphs:
 
     def _drop(self) -> None:
         self.captured = None
+        self.pool = None
         self.key = None
         self.pending = None
         self.done = 0  # the last run backpropagated
 
     def __deepcopy__(self, memo: dict) -> StageGraphs:
-        return StageGraphs(self.allowed, self.capture)
+        sharing = copy.deepcopy(self.sharing, memo)  # one new sharing per copied model
+        return StageGraphs(self.allowed, self.capture, sharing, self.position)
 
     def __getstate__(self) -> dict:
-        return {"allowed": self.allowed, "capture": self.capture}
+        return {
+            "allowed": self.allowed,
+            "capture": self.capture,
+            "sharing": self.sharing,
+            "position": self.position,
+        }
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["allowed"], state["capture"])
+        self.__init__(state["allowed"], state["capture"], state["sharing"], state["position"])
 
     def claim(self, captured: CapturedStage, run: int) -> None:
         """Mark forward ``run`` of ``captured`` as backpropagated; raise where its saved
-        values are gone (backpropagated already, or overwritten by a later replay)."""
+        values are gone (backpropagated already, or overwritten by a later replay). The
+        pending forwards of the stages captured after this one into its pool become
+        unusable: this backward's replay may overwrite their saved values."""
         if captured is not self.captured or run != self.runs or self.done == run:
             raise RuntimeError(
-                "this forward's saved values are gone: a stage replaying CUDA graphs frees "
-                "them in its backward (as retain_graph=False does), and its next replay "
-                "overwrites them. Backpropagate each forward once, before the stage's next "
-                "forward, or turn the replays off with RubiksNet.set_eager_graphs(False)"
+                "this forward's saved values are gone: a stage replaying CUDA graphs "
+                "backpropagates each forward once, its next replay overwrites them, and "
+                "so may the backward of an earlier stage of the same model. Backpropagate "
+                "each forward once, through the whole model, before its next forward, or "
+                "turn the replays off with RubiksNet.set_eager_graphs(False)"
             )
         self.pending, self.done = None, run
+        if self.pool is not None:
+            for member in self.pool.later_busy(self):
+                member.pending, member.done = None, member.runs
 
     def _busy(self) -> bool:
         """Whether the last replay's forward may still be backpropagated."""
@@ -408,8 +524,10 @@ class StageGraphs:
                 return None
             self._drop()
             self.captures += 1
+            pool = self.sharing.pool_for(self, self.position, x.device)
             try:
-                self.captured = self.capture(blocks, x, trainable, buffers)
+                self.captured = self.capture(blocks, x, trainable, buffers, pool)
+                self.pool = pool
             except Exception as err:  # any failure: this stage runs its blocks from now on
                 self.captures = MAX_CAPTURES
                 warnings.warn(
@@ -420,4 +538,6 @@ class StageGraphs:
                 )
                 return None
             self.key = key
+        elif self.pool is not None and self.pool.later_busy(self):
+            return None  # a replay could overwrite their saved values
         return self.captured, trainable
