@@ -32,7 +32,9 @@ of its rounds with their range. Models:
   replaying them as CUDA graphs (:meth:`rubiks_models.RubiksNet.set_eager_graphs`);
   ``:compiled-replays`` / ``:traced-stages`` on an unfused model make torch.compile call
   its training stages as ops that replay their graphs, or trace them
-  (:meth:`rubiks_models.RubiksNet.set_compiled_replays` on or off).
+  (:meth:`rubiks_models.RubiksNet.set_compiled_replays` on or off); ``:keep-activations``
+  on an unfused model makes its blocks keep every activation for the backward instead of
+  recomputing the cheap ones (:meth:`rubiks_models.RubiksNet.set_activation_recompute`).
 
 Modes (inference under ``torch.inference_mode``; train = forward, cross-entropy, backward,
 SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_fp32`` /
@@ -157,7 +159,7 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
     arch, _, train_plane = arch.partition("@")
     known_form = re.compile(
         r"hard|traced|one_op|epilogue-(on|off)|replay-off|graphs-off|compiled-replays"
-        r"|traced-stages"
+        r"|traced-stages|keep-activations"
         r"|fused(-conv|-bmm)?(@\d+)?"
     )
     unknown = {f for f in forms if not known_form.fullmatch(f)}
@@ -172,7 +174,7 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
         raise ValueError(f"':replay-off' is one form of a fused model, in {name!r}")
     if "compiled-replays" in forms and "traced-stages" in forms:
         raise ValueError(f"':compiled-replays' and ':traced-stages' exclude each other: {name!r}")
-    for form in ("graphs-off", "compiled-replays", "traced-stages"):
+    for form in ("graphs-off", "compiled-replays", "traced-stages", "keep-activations"):
         if form in forms and fused:
             raise ValueError(f"':{form}' is a form of an unfused model (training), in {name!r}")
     if unknown or (train_plane and not train_plane.isdigit()):
@@ -182,6 +184,8 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
         model.set_channel_major_plane(int(train_plane))
     if "graphs-off" in forms:
         model.set_eager_graphs(False)
+    if "keep-activations" in forms:
+        model.set_activation_recompute(False)
     if "compiled-replays" in forms or "traced-stages" in forms:
         model.set_compiled_replays("compiled-replays" in forms)
     for m in model.modules():  # trained-looking batch norms (the statistics matter to fusion)

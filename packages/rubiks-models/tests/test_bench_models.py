@@ -248,6 +248,18 @@ def test_unfused_training_forms_are_built_and_checked(benchmark_script, form, se
         bench.build("rubiksnet_tiny:compiled-replays:traced-stages", 5, 2, device="cpu")
 
 
+def test_keep_activations_form_turns_recomputation_off(benchmark_script):
+    bench = benchmark_script("bench_models")
+    model, _ = bench.build("rubiksnet_tiny", 5, 2, device="cpu")
+    blocks = [m for m in model.modules() if hasattr(m, "recompute_activations")]
+    assert blocks and all(b.recompute_activations for b in blocks)
+    model, _ = bench.build("rubiksnet_tiny:keep-activations", 5, 2, device="cpu")
+    blocks = [m for m in model.modules() if hasattr(m, "recompute_activations")]
+    assert blocks and not any(b.recompute_activations for b in blocks)
+    with pytest.raises(ValueError, match="form of an unfused model"):
+        bench.build("rubiksnet_tiny:fused:keep-activations", 5, 2, device="cpu")
+
+
 def test_bench_tuning_alternates_default_and_changed_tuning(benchmark_script, monkeypatch, capsys):
     """bench_tuning.py: each (model, mode) runs under the default tuning, then the changed
     one, round after round; a kernel-defining field or an unknown one is refused before

@@ -245,8 +245,9 @@ BATCH_NORM_CASES = [  # (B, C, H, W), dtype; two spans per channel, cut mid-row,
 def check_batch_norm() -> int:
     """Training batch norm + ReLU (statistics, running statistics, the forward, grad_x,
     grad_weight, grad_bias) against torch's in float64, and bit for bit again on a second
-    run (fixed-order sums), with each channel's values cut into spans of several blocks
-    and as one block per channel. Returns the failures."""
+    run (fixed-order sums) and from ``batch_norm_relu_apply`` (y), with each channel's
+    values cut into spans of several blocks and as one block per channel. Returns the
+    failures."""
     g = torch.Generator().manual_seed(11)
     small = replace(TUNING, prologue_threads=32, batch_norm_blocks=5)
     failures = 0
@@ -274,6 +275,8 @@ def check_batch_norm() -> int:
                 )
                 gx, gw, gb = _cuda.batch_norm_relu_backward(dy, x, w.to(acc), stats, 1e-5, 0.1)
                 runs.append((y, run_m, run_v, gx, gw, gb))
+                again = _cuda.batch_norm_relu_apply(x, stats)  # y recomputed: bit for bit
+                failures += not torch.equal(again, y)
             tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 3e-2}[dtype]
             expected = (y_ref, rm_ref, rv_ref, xr.grad, wr.grad, br.grad)
             ok = all(

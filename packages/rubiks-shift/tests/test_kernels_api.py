@@ -89,6 +89,53 @@ def test_cuda_batch_norm_relu_matches_torch(major, dtype, tol):
         assert y.transpose(0, 1).is_contiguous() and gx.transpose(0, 1).is_contiguous()
 
 
+def _apply_case(x, w, b):
+    """(y of the forward, y recomputed by batch_norm_relu_apply from x and the stats)."""
+    rm, rv = torch.zeros_like(w), torch.ones_like(w)
+    y, stats = kernels.batch_norm_relu_forward(x, w, b, rm, rv, 0.1, 1e-5)
+    before = (rm.clone(), rv.clone())
+    again = kernels.batch_norm_relu_apply(x, stats)
+    assert torch.equal(rm, before[0]) and torch.equal(rv, before[1])  # nothing updated
+    return y, again
+
+
+@pytest.mark.parametrize("major", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_cpu_batch_norm_relu_apply_recomputes_y_bit_for_bit(major, dtype):
+    x, _, w, b = _bn_case(4, (4, 3, 5, 6), "cpu", dtype)
+    if major:
+        x = _frames_channel_major(x)
+    y, again = _apply_case(x, w, b)
+    assert again.dtype == x.dtype and again.stride() == y.stride()
+    assert torch.equal(again, y)
+
+
+@requires_cuda
+@pytest.mark.parametrize("major", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(8, 16, 14, 14), (64, 72, 56, 56), (2, 5, 3, 3)])
+def test_cuda_batch_norm_relu_apply_recomputes_y_bit_for_bit(major, dtype, shape):
+    """Both forms of the forward (a block per channel for few values, spans of several
+    blocks for many) give the y that the one elementwise pass recomputes."""
+    x, _, w, b = _bn_case(5, shape, "cuda", dtype)
+    if major:
+        x = _frames_channel_major(x)
+    y, again = _apply_case(x, w, b)
+    assert again.stride() == y.stride()
+    assert torch.equal(again, y)
+
+
+def test_batch_norm_relu_apply_refuses_stats_of_another_shape_or_dtype():
+    x, _, w, b = _bn_case(6, (4, 3, 5, 5), "cpu", torch.float32)
+    _, stats = kernels.batch_norm_relu_forward(
+        x, w, b, torch.zeros_like(w), torch.ones_like(w), 0.1, 1e-5
+    )
+    with pytest.raises(ValueError, match=r"stats must be the forward's \(4, 3\)"):
+        kernels.batch_norm_relu_apply(x, stats[:, :2])
+    with pytest.raises(ValueError, match=r"torch\.float32"):
+        kernels.batch_norm_relu_apply(x, stats.double())
+
+
 def _shift_case(seed: int, device: str, dtype: torch.dtype, channel_major: bool):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 3, 4, 6, 5, generator=g, dtype=torch.float64)

@@ -9,6 +9,12 @@ by the host (every op's Python call and autograd node), not by the GPU; one node
 block instead of ~20 took 12 % off one Large block's host time and 3-15 % off eager
 Large steps (``packages/rubiks-models/BENCHMARKS.md``, *Eager training*). The gradients
 equal the composed form's bit for bit on CUDA.
+
+By default (``BlockSettings.recompute``) the node keeps the block's input, conv1's output
+and the shifted clip for its backward, not ``relu(norm1(x))`` nor ``relu(norm2(h))``: the
+backward recomputes those from the batch norms' inputs and statistics
+(:func:`rubiks_shift.kernels.batch_norm_relu_apply`, bit for bit), three clip-sized
+tensors kept instead of five.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class BlockSettings(NamedTuple):
     stride: int  # the block's spatial stride (its projection's and its shift's)
     shift: tuple  # (stride, padding, quantize, normalize_grad, normalize_t_factor)
     dtype: torch.dtype | None  # the weights' dtype in the products (autocast's), or None
+    recompute: bool = True  # recompute relu(norm1(x)) and relu(norm2(h)) in the backward
 
 
 def _matrix(weight: Tensor, dtype: torch.dtype | None) -> Tensor:
@@ -102,6 +109,8 @@ class ChannelMajorBlock(torch.autograd.Function):
             frames = _strided(a, (cin, n, t, height, width), settings.stride)
             skip = torch.mm(wpm, frames.reshape(cin, -1))
         out = torch.addmm(skip, w2m, sm)
+        if settings.recompute:  # the backward recomputes a and h2 from xm and h
+            a = h2 = None
         ctx.save_for_backward(xm, a, h, h2, sm, stats1, stats2, w1m, w2m, wpm, g1, g2, shift)
         ctx.settings = settings
         ctx.shapes = (n, t, cin, height, width, ho, wo)
@@ -122,20 +131,26 @@ class ChannelMajorBlock(torch.autograd.Function):
             go = go.to(sm.dtype)
         grad_w2 = torch.mm(go, sm.t()) if need[2] else None
         grad_shifted = points_clip(torch.mm(w2m.t(), go), n, t, ho, wo)
+        if h2 is None:
+            h2 = kernels.batch_norm_relu_apply(h, stats2)
         clip = points_clip(h2, n, t, height, width)
         grad_h2, grad_shift = kernels.shift3d_backward(
             grad_shifted, clip, shift, *settings.shift, need_x=True, need_shift=need[8]
         )
+        del clip, h2
         grad_h, grad_g2, grad_b2 = kernels.batch_norm_relu_backward(
             _rows(grad_h2), h, g2, stats2, *settings.norm2[2:]
         )
         grad_h = grad_h.view(cout, -1)
+        if a is None and (need[1] or (wpm is not None and need[3])):
+            a = kernels.batch_norm_relu_apply(xm, stats1).view(cin, -1)
         grad_w1 = torch.mm(grad_h, a.t()) if need[1] else None
         grad_a = torch.mm(w1m.t(), grad_h)
         grad_wp = None
         if wpm is not None:
-            frames = _strided(a, (cin, n, t, height, width), settings.stride)
-            grad_wp = torch.mm(go, frames.reshape(cin, -1).t()) if need[3] else None
+            if need[3]:
+                frames = _strided(a, (cin, n, t, height, width), settings.stride)
+                grad_wp = torch.mm(go, frames.reshape(cin, -1).t())
             _strided(grad_a, (cin, n, t, height, width), settings.stride).add_(
                 torch.mm(wpm.t(), go).view(cin, n, t, ho, wo)
             )

@@ -50,6 +50,7 @@ from .channel_major_block import (
     to_channel_major,
 )
 from .checkpoint import CheckpointError, check_state_dict, resolve_checkpoint, strict_pretrained
+from .norm_relu_shift import NormReluShift, NormShiftSettings
 from .reference_keys import REFERENCE_KEY_MAP, convert_reference_key, convert_reference_state
 from .shift_layers import Shift2d, Shift3d, TemporalAttentionShift, hard_temporal_shift
 from .stage_graphs import PoolSharing, StageGraphs
@@ -214,6 +215,11 @@ class RubiksBlock(nn.Module):
         # the blocks channel-major training can run (set_channel_major_plane)
         self.has_channel_major = self.is_3d and not se_reduction
         self.channel_major_plane = CHANNEL_MAJOR_PLANE if self.has_channel_major else 0
+        self.recompute_activations = True  # RubiksNet.set_activation_recompute
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("recompute_activations", True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting() and self._runs_channel_major(x):
@@ -225,10 +231,69 @@ class RubiksBlock(nn.Module):
         if self.has_tshift:
             a = self.tshift(a.unflatten(0, [b, t])).flatten(0, 1)
         h = self.conv1(a)
-        h = self.act2(self.norm2(h)) if torch.jit.is_scripting() else self._norm_relu(h, True)
-        h = self.rubiks(h.unflatten(0, [b, t])).flatten(0, 1) if self.is_3d else self.rubiks(h)
+        if torch.jit.is_scripting():
+            h = self.act2(self.norm2(h))
+            h = self.rubiks(h.unflatten(0, [b, t])).flatten(0, 1) if self.is_3d else self.rubiks(h)
+        elif self.is_3d:
+            h = self._norm_relu_shift(h, t).flatten(0, 1)
+        else:
+            h = self.rubiks(self._norm_relu(h, True))
         h = self.conv2(self.se(h))
         return (h + skip).unflatten(0, [b, t])
+
+    @torch.jit.unused
+    def _norm_relu_shift(self, h: torch.Tensor, frames: int) -> torch.Tensor:
+        """``rubiks(relu(norm2(h)))`` of conv1's frames h (B·T, C, H, W), as a clip. In
+        plain eager CUDA training with the batch norm's kernels one autograd node
+        (:class:`.NormReluShift`: it keeps h, not the shift's input, for the backward;
+        hooks on norm2, act2 and rubiks do not run in that form), else the modules."""
+        node = self._norm_shift_inputs(h, frames)
+        if node is None:
+            return self.rubiks(self._norm_relu(h, True).unflatten(0, [-1, frames]))
+        self.norm2._buffers["num_batches_tracked"].add_(1)
+        return NormReluShift.apply(h, *node, frames, self._norm_shift_settings(h, frames))
+
+    @torch.jit.unused
+    def _norm_shift_inputs(self, h: torch.Tensor, frames: int) -> tuple | None:
+        """(norm2's weight and bias, the shift) for :class:`.NormReluShift`, or None where
+        the modules run instead (not a CUDA tensor in plain eager code, a batch norm that
+        does not train with the kernels, a shift layer that is not a plain ``Shift3d``,
+        an autocast dtype the shift would cast h to)."""
+        if not (type(h) is torch.Tensor and h.is_cuda and self.recompute_activations):
+            return None
+        if not kernels.plain_eager():
+            return None
+        modules = self._modules
+        norm, act = modules["norm2"], modules["act2"]
+        if type(act) is not nn.ReLU or type(modules["rubiks"]) is not Shift3d:
+            return None
+        if not (_trains_with_kernels(norm) and norm.affine):
+            return None
+        params, buffers = norm._parameters, norm._buffers
+        weight, bias = params["weight"], params["bias"]
+        acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+        stats = (weight, bias, buffers["running_mean"], buffers["running_var"])
+        if any(p.dtype != acc or not p.is_contiguous() for p in stats):
+            return None
+        autocast = h.dtype != torch.float64 and torch.is_autocast_enabled("cuda")
+        if autocast and h.dtype != torch.get_autocast_dtype("cuda"):
+            return None
+        return weight, bias, modules["rubiks"]._parameters["shift"]
+
+    @torch.jit.unused
+    def _norm_shift_settings(self, h: torch.Tensor, frames: int) -> NormShiftSettings:
+        norm, layer = self._modules["norm2"], self._modules["rubiks"]
+        buffers = norm._buffers
+        t_factor = layer.normalize_t_factor
+        if isinstance(t_factor, str):  # "auto": T / H of the shift's input
+            t_factor = frames / h.shape[2]
+        return NormShiftSettings(
+            norm=(buffers["running_mean"], buffers["running_var"], norm.momentum, norm.eps),
+            shift=(
+                layer.stride, layer.padding, layer.quantize, layer.normalize_grad,
+                float(t_factor),
+            ),
+        )  # fmt: skip
 
     @torch.jit.unused
     def _norm_relu(self, x: torch.Tensor, second: bool) -> torch.Tensor:
@@ -310,6 +375,7 @@ class RubiksBlock(nn.Module):
                 shift_layer.normalize_grad, float(t_factor),
             ),
             dtype=torch.get_autocast_dtype(device_type) if autocast else None,
+            recompute=self.recompute_activations,
         )  # fmt: skip
         weights = (
             modules["conv1"]._parameters["weight"],
@@ -608,6 +674,22 @@ class RubiksNet(nn.Module):
             raise TypeError(f"enable must be a bool, got {type(enable).__name__}")
         for s in self.stages:
             s.compiled_replays = enable
+
+    @torch.jit.ignore
+    def set_activation_recompute(self, enable: bool = True) -> None:
+        """Whether eager CUDA training keeps fewer activations per block for the backward
+        and recomputes them there (default on): each block's ``relu(norm2(.))`` (the
+        shift's input), and in the channel-major blocks ``relu(norm1(x))`` too, come back
+        from the batch norms' inputs in one elementwise pass each, bit for bit. On, a
+        Large step holds less memory than TSM-ResNet50's; off, it is a few percent faster
+        (``BENCHMARKS.md``, *Eager training*). Gradients are the same either way."""
+        if not isinstance(enable, bool):
+            raise TypeError(f"enable must be a bool, got {type(enable).__name__}")
+        for m in self.modules():
+            if isinstance(m, RubiksBlock):
+                m.recompute_activations = enable
+        for s in self.stages:
+            s.reset_graphs()
 
     @torch.jit.ignore
     def set_channel_major_plane(self, pixels: int) -> None:

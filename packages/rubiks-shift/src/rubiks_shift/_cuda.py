@@ -26,6 +26,7 @@ from ._cuda_plan import (
     ShiftGradPlan,
     Step,
     affine_relu_plan,
+    batch_norm_normalize_step,
     batch_norm_plan,
     gather_plan,
     shift_grad_plan,
@@ -614,6 +615,24 @@ def batch_norm_relu_backward(
         if previous >= 0:
             torch.cuda.set_device(previous)
     return grad_x, coefficients[3], coefficients[4]
+
+
+def batch_norm_relu_apply(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """``batch_norm_relu_forward``'s y again from its contiguous (B, C, ...) x and its
+    stats (the same pass, bit for bit), the statistics left as they are."""
+    kernels = kernel_set(_STORAGE[x.dtype], "float32")
+    batch, channels = x.shape[0], x.shape[1]
+    plane = x.numel() // max(1, batch * channels)
+    step = batch_norm_normalize_step((batch, channels, plane), kernels.storage, _tuning)
+    y = torch.empty_like(x, memory_format=_CONTIGUOUS)
+    index = x.get_device()
+    previous = _make_current(index)
+    try:
+        run(kernels, step, (x, x, y, stats, stats), index)  # dy, coefficients unread
+    finally:
+        if previous >= 0:
+            torch.cuda.set_device(previous)
+    return y
 
 
 # ------------------------------------------------------------------------------ the stem

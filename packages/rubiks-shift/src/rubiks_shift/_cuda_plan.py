@@ -579,10 +579,32 @@ def batch_norm_plan(
         momentum=float(momentum),
         unbias=total / (total - 1),
     )
+    one_per_channel = (-(-channels // 128), 1, 1), (128, 1, 1)
+    normalize = batch_norm_normalize_step(shape, storage, tuning)
+    return BatchNormPlan(
+        parts,
+        Step("bn_partial", (parts, channels, 1), (threads, 1, 1), partial),
+        Step("bn_partial", (parts, channels, 1), (threads, 1, 1), partial._replace(grads=1)),
+        Step("bn_stats", *one_per_channel, per_channel),
+        Step("bn_grad_coefficients", *one_per_channel, per_channel),
+        normalize,
+        normalize._replace(name="bn_grad_input"),
+    )
+
+
+@functools.lru_cache(maxsize=512)
+def batch_norm_normalize_step(
+    shape: tuple[int, int, int], storage: str, tuning: Tuning = TUNING
+) -> Step:
+    """The elementwise pass y = relu(x·scale + shift) of training batch norm over a
+    (B, C, P) tensor of ``storage`` values (``bn_normalize``; ``bn_grad_input`` takes the
+    same launch)."""
+    batch, channels, plane = shape
+    per_thread = prologue_per_thread(storage, tuning)
     row_threads = tuning.prologue_threads
     values = batch * channels * plane
     blocks = -(-values // (row_threads * per_thread))
-    if blocks >= 2**31:
+    if blocks >= 2**31 or channels >= 65536:
         raise ValueError(f"rubiks_shift on CUDA: a batch-norm input of {shape} is too large")
     elementwise = BatchNormElementwiseScalars(
         total=values,
@@ -593,16 +615,7 @@ def batch_norm_plan(
         step_rows=row_threads // plane,
         step_pos=row_threads % plane,
     )
-    one_per_channel = (-(-channels // 128), 1, 1), (128, 1, 1)
-    return BatchNormPlan(
-        parts,
-        Step("bn_partial", (parts, channels, 1), (threads, 1, 1), partial),
-        Step("bn_partial", (parts, channels, 1), (threads, 1, 1), partial._replace(grads=1)),
-        Step("bn_stats", *one_per_channel, per_channel),
-        Step("bn_grad_coefficients", *one_per_channel, per_channel),
-        Step("bn_normalize", (blocks, 1, 1), (row_threads, 1, 1), elementwise),
-        Step("bn_grad_input", (blocks, 1, 1), (row_threads, 1, 1), elementwise),
-    )
+    return Step("bn_normalize", (blocks, 1, 1), (row_threads, 1, 1), elementwise)
 
 
 def stem_plan(frames_shape, channels: int, tuning: Tuning = TUNING) -> Step:

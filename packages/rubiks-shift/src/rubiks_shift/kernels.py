@@ -23,6 +23,7 @@ from ._ops import _cuda_backend, _plain_eager, eager_backend
 from .functional import _checked_3d, _t_factor
 
 __all__ = [
+    "batch_norm_relu_apply",
     "batch_norm_relu_backward",
     "batch_norm_relu_forward",
     "plain_eager",
@@ -183,6 +184,27 @@ def batch_norm_relu_forward(
         unbiased = var * (count / max(count - 1, 1))
         running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
     return y, torch.stack([mean, invstd, scale, shift])
+
+
+def batch_norm_relu_apply(x: Tensor, stats: Tensor) -> Tensor:
+    """:func:`batch_norm_relu_forward`'s y again, bit for bit, from its x and stats,
+    updating nothing: a block that saves x and the stats for its backward need not also
+    save y (one pass over x recomputes it)."""
+    channels = x.shape[1] if x.dim() >= 2 else -1
+    acc = _acc_dtype(x.dtype)
+    if stats.shape != (4, channels) or stats.dtype != acc or stats.device != x.device:
+        raise ValueError(
+            f"batch_norm_relu_apply: stats must be the forward's ({4}, {channels}) {acc} "
+            f"tensor on {x.device} for x of shape {tuple(x.shape)}, got a "
+            f"{tuple(stats.shape)} {stats.dtype} tensor on {stats.device}"
+        )
+    if x.is_cuda:
+        major = _frames_channel_major(x)
+        y = _cuda_backend().batch_norm_relu_apply(_rows(x, major), stats.contiguous())
+        return _in_layout(y, x, major)
+    view = _channel_view(x)
+    scale, shift = stats[2].view(view), stats[3].view(view)
+    return torch.relu(x.detach().to(acc) * scale + shift).to(x.dtype)
 
 
 def batch_norm_relu_backward(
