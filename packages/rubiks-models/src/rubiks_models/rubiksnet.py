@@ -154,6 +154,11 @@ class RubiksBlock(nn.Module):
     In plain eager code the block then records one autograd node
     (:class:`.ChannelMajorBlock`) instead of one per op (eager training is bound by the
     host's work per op); hooks on its layers do not run in that form.
+
+    In eager CUDA training a block keeps fewer activations for its backward
+    (``recompute_activations``, :meth:`RubiksNet.set_activation_recompute`): norm2, act2
+    and the shift run as one node (:class:`.NormReluShift`) that recomputes the shift's
+    input, and the channel-major node recomputes ``relu(norm1(x))`` as well.
     """
 
     def __init__(
