@@ -29,10 +29,10 @@ class NormShiftSettings(NamedTuple):
 
 
 class NormReluShift(torch.autograd.Function):
-    """``forward(h, weight, bias, shift, settings)``: ``shift3d(relu(batch_norm(h)))``
-    over the frames ``h`` (B·T, C, H, W) of a clip of T = ``shift_frames`` frames, in
-    training mode (running statistics updated in place), returned as the shifted clip
-    (B, T, C, H', W') in h's dtype."""
+    """``forward(h, weight, bias, shift, frames, settings)``:
+    ``shift3d(relu(batch_norm(h)))`` over the frames ``h`` (B·T, C, H, W) of clips of
+    T = ``frames`` frames, in training mode (running statistics updated in place),
+    returned as the shifted clips (B, T, C, H', W') in h's dtype."""
 
     @staticmethod
     def forward(ctx, h, weight, bias, shift, frames: int, settings: NormShiftSettings):

@@ -194,7 +194,7 @@ def batch_norm_relu_apply(x: Tensor, stats: Tensor) -> Tensor:
     acc = _acc_dtype(x.dtype)
     if stats.shape != (4, channels) or stats.dtype != acc or stats.device != x.device:
         raise ValueError(
-            f"batch_norm_relu_apply: stats must be the forward's ({4}, {channels}) {acc} "
+            f"batch_norm_relu_apply: stats must be the forward's (4, {channels}) {acc} "
             f"tensor on {x.device} for x of shape {tuple(x.shape)}, got a "
             f"{tuple(stats.shape)} {stats.dtype} tensor on {stats.device}"
         )
