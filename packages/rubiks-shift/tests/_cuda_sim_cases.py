@@ -284,6 +284,21 @@ def check_batch_norm() -> int:
                 for got, want in zip(runs[0], expected, strict=True)
             )
             ok = ok and all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
+            if dtype == torch.float64:  # a NaN input: NaN where torch's gives NaN, as torch
+                xn = x.detach().clone()
+                xn.view(-1)[0] = float("nan")
+                yn, sn = _cuda.batch_norm_relu_forward(
+                    xn, w.to(acc), b.to(acc), rm.to(acc).clone(), rv.to(acc).clone(), 0.1, 1e-5
+                )
+                gn = _cuda.batch_norm_relu_backward(dy, xn, w.to(acc), sn, 1e-5, 0.1)[0]
+                xr = xn.clone().requires_grad_()
+                yr = torch.relu(F.batch_norm(xr, rm.clone(), rv.clone(), w, b, True, 0.1, 1e-5))
+                yr.backward(dy)
+                ok = (
+                    ok
+                    and torch.equal(yn.isnan(), yr.isnan())
+                    and torch.equal(gn.isnan(), xr.grad.isnan())
+                )
             failures += not ok
             form = "one-block" if one_block else "spans"
             print(f"{'ok' if ok else 'FAIL'}-batch-norm {shape} {dtype} {form}")

@@ -125,6 +125,44 @@ def test_cuda_batch_norm_relu_apply_recomputes_y_bit_for_bit(major, dtype, shape
     assert torch.equal(again, y)
 
 
+def _check_nan_like_torch(device: str, shape: tuple) -> None:
+    """A NaN in one channel's input: y, running statistics and gradients NaN where torch's
+    relu(batch_norm) gives NaN and equal (to float64 rounding) elsewhere."""
+    x, dy, w, b = _bn_case(7, shape, device, torch.float64)
+    x[0, 1].view(-1)[0] = float("nan")
+    got = _bn_kernels(x, dy, w, b)
+    want = _bn_torch(x, dy, w, b)
+    assert bool(got[0][:, 1].isnan().all()) and not bool(got[0][:, 0].isnan().any())
+    for name, g, r in zip(
+        ("y", "mean", "var", "grad_x", "grad_w", "grad_b"), got, want, strict=True
+    ):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10, equal_nan=True, msg=name)
+    y, stats = kernels.batch_norm_relu_forward(
+        x, w, b, torch.zeros_like(w), torch.ones_like(w), 0.1, 1e-5
+    )
+    torch.testing.assert_close(
+        kernels.batch_norm_relu_apply(x, stats), y, rtol=0, atol=0, equal_nan=True
+    )
+
+
+def test_cpu_batch_norm_relu_keeps_nan_as_torch():
+    _check_nan_like_torch("cpu", (4, 3, 5, 5))
+
+
+@requires_cuda
+@pytest.mark.parametrize("one_block", [False, True], ids=["spans", "one-block"])
+def test_cuda_batch_norm_relu_keeps_nan_as_torch(one_block):
+    """Both kernel forms (spans of several blocks; one block per channel)."""
+    from dataclasses import replace
+
+    from rubiks_shift import _cuda
+    from rubiks_shift._cuda_tuning import TUNING
+
+    values = 2**40 if one_block else 0
+    with _cuda.tuned(replace(TUNING, batch_norm_channel_values=values)):
+        _check_nan_like_torch("cuda", (8, 16, 14, 14))
+
+
 def test_batch_norm_relu_apply_refuses_stats_of_another_shape_or_dtype():
     x, _, w, b = _bn_case(6, (4, 3, 5, 5), "cpu", torch.float32)
     _, stats = kernels.batch_norm_relu_forward(

@@ -18,6 +18,9 @@ gradient's ``grad_shift`` / ``finalize``). The kernels:
   coefficients of grad_x = a·g + b·(x - mean) + c.
 * ``bn_normalize`` / ``bn_grad_input``: y = relu(x·scale + shift) and grad_x, elementwise
   over the tensor as one flat run.
+
+The ReLU is torch's on NaN: relu(NaN) is NaN, and its backward passes the gradient where
+the output is NaN (only values <= 0 are cut).
 * ``bn_channel_forward`` / ``bn_channel_backward``: for channels of few values, one block
   per channel (``parts`` = 1) does a direction's three steps in one launch, the
   elementwise pass re-reading the channel from the cache.
@@ -162,7 +165,7 @@ def _build_span_sums(storage: str, per_thread: int, threads: int):
                     s1 += v
                     s2 += v * v
                 else:
-                    g = gs[k] if cuda.fma(xs[k], scale, shift) > zero else zero
+                    g = zero if cuda.fma(xs[k], scale, shift) <= zero else gs[k]
                     s1 += g
                     s2 += g * (xs[k] - mean)
             j += per_thread * threads
@@ -251,7 +254,8 @@ def _build_channel_stats(storage: str):
     def channel_stats(s1, s2, pivot, c, weight, bias, running_mean, running_var, stats, C,
                       count, eps, momentum, unbias, write):  # fmt: skip
         shifted = s1 / count
-        var = max(s2 / count - shifted * shifted, 0.0)
+        spread = s2 / count - shifted * shifted
+        var = 0.0 if spread < 0.0 else spread  # rounding below 0 cut; a NaN kept, as torch
         mean = pivot + shifted
         invstd = 1.0 / math.sqrt(var + eps)
         scale = nt.float64(ldg(weight, c)) * invstd
@@ -396,10 +400,10 @@ def build_bn_channel(
                 if j + k * threads < total:
                     u = cuda.fma(xs[k], scale, shift)
                     if backward:
-                        g = gs[k] if u > zero else zero
+                        g = zero if u <= zero else gs[k]
                         value = cuda.fma(a, g, cuda.fma(slope, xs[k] - mean, constant))
                     else:
-                        value = u if u > zero else zero
+                        value = zero if u <= zero else u
                     store(out, round_at, value)
                 round_at, round_pos = walk_on(round_at, round_pos, plane, move_pos, move, skip)
             j += per_thread * threads
@@ -459,13 +463,13 @@ def build_bn_elementwise(storage: str, per_thread: int, backward: bool):
                 v = xs[k]
                 u = cuda.fma(v, ldg(scales, ck), ldg(shifts, ck))
                 if backward:
-                    g = gs[k] if u > zero else zero
+                    g = zero if u <= zero else gs[k]
                     mean = ldg(stats, ck)
                     a = ldg(coefficients, ck)
                     slope = ldg(slopes, ck)
                     store(to, k * w, cuda.fma(a, g, cuda.fma(slope, v - mean, ldg(constants, ck))))
                 else:
-                    store(to, k * w, u if u > zero else zero)
+                    store(to, k * w, zero if u <= zero else u)
 
     pointers = ("x", "dy", "out", "stats", "coefficients")
     return kernel(elementwise, pointers, BatchNormElementwiseScalars, None)

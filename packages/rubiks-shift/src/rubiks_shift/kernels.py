@@ -226,7 +226,7 @@ def batch_norm_relu_backward(
     mean, invstd, scale, shift = (s.view(view) for s in stats)
     xf = x.detach().to(stats.dtype)
     xhat = (xf - mean) * invstd
-    g = grad_y.to(stats.dtype) * (xf * scale + shift > 0)
+    g = torch.where(xf * scale + shift <= 0, 0.0, grad_y.to(stats.dtype))  # torch's ReLU on NaN
     dims = [0, *range(2, x.dim())]
     count = x.numel() // x.shape[1]
     grad_bias = g.sum(dims)
