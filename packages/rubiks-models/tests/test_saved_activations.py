@@ -135,13 +135,16 @@ def test_block_takes_the_node_only_on_cuda_in_plain_eager_training() -> None:
     block = RubiksBlock(4, 4, 1, **_BLOCK_OPTIONS).train()
     h = torch.randn(2 * 3, 4, 5, 5)
     assert block._norm_shift_inputs(h, 3) is None
-    settings = block._norm_shift_settings(h, 3)
+    weight, bias, shift, frames, settings = block._norm_shift_args(h, 3)
+    assert weight is block.norm2.weight and bias is block.norm2.bias
+    assert shift is block.rubiks.shift and frames == 3
     assert settings.norm[0] is block.norm2.running_mean
     assert settings.norm[2:] == (block.norm2.momentum, block.norm2.eps)
     r = block.rubiks
     assert settings.shift == (r.stride, r.padding, r.quantize, r.normalize_grad, 1.0)
     block.rubiks.normalize_t_factor = "auto"
-    assert block._norm_shift_settings(h, 3).shift[-1] == 3 / 5
+    assert block._norm_shift_args(h, 3)[-1].shift[-1] == 3 / 5
+    assert block.eval()._norm_shift_args(h, 3) is None
 
 
 def _twins(arch: str, dtype: torch.dtype):

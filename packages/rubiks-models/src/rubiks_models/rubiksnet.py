@@ -120,6 +120,31 @@ def _trains_with_kernels(norm: nn.Module) -> bool:
     )
 
 
+def _kernel_norm(norm: nn.Module, dtype: torch.dtype) -> tuple | None:
+    """(weight, bias, (running_mean, running_var, momentum, eps)) of a batch norm that the
+    training kernels run on ``dtype`` values (``_trains_with_kernels``, affine, its
+    parameters and running statistics contiguous in the dtype the kernels accumulate
+    in), read from the module's dicts (``RubiksBlock._one_node_inputs``); else None."""
+    if not (_trains_with_kernels(norm) and norm.affine):
+        return None
+    params, buffers = norm._parameters, norm._buffers
+    weight, bias = params["weight"], params["bias"]
+    mean, var = buffers["running_mean"], buffers["running_var"]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    if any(t.dtype != acc or not t.is_contiguous() for t in (weight, bias, mean, var)):
+        return None
+    return weight, bias, (mean, var, norm.momentum, norm.eps)
+
+
+def _shift_settings(layer: nn.Module, frames: int, height: int) -> tuple:
+    """(stride, padding, quantize, normalize_grad, normalize_t_factor) of a ``Shift3d``
+    reading clips of ``frames`` frames of ``height`` rows ("auto": frames / height)."""
+    t_factor = layer.normalize_t_factor
+    if isinstance(t_factor, str):  # "auto": T / H of the shift's input
+        t_factor = frames / height
+    return layer.stride, layer.padding, layer.quantize, layer.normalize_grad, float(t_factor)
+
+
 def norm_relu(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``act(norm(x))``. A batch norm in training followed by a ReLU on a CUDA tensor runs
     as :func:`rubiks_shift.batch_norm_relu` (in plain eager code its deterministic kernels:
@@ -256,49 +281,37 @@ class RubiksBlock(nn.Module):
         if node is None:
             return self.rubiks(self._norm_relu(h, True).unflatten(0, [-1, frames]))
         self.norm2._buffers["num_batches_tracked"].add_(1)
-        return NormReluShift.apply(h, *node, frames, self._norm_shift_settings(h, frames))
+        return NormReluShift.apply(h, *node)
 
     @torch.jit.unused
     def _norm_shift_inputs(self, h: torch.Tensor, frames: int) -> tuple | None:
-        """(norm2's weight and bias, the shift) for :class:`.NormReluShift`, or None where
-        the modules run instead (not a CUDA tensor in plain eager code, a batch norm that
-        does not train with the kernels, a shift layer that is not a plain ``Shift3d``,
-        an autocast dtype the shift would cast h to)."""
+        """:class:`.NormReluShift`'s arguments after h, or None where the modules run
+        instead (not a CUDA tensor in plain eager code, recomputation off, an autocast
+        dtype the shift would cast h to, or what :meth:`_norm_shift_args` refuses)."""
         if not (type(h) is torch.Tensor and h.is_cuda and self.recompute_activations):
             return None
         if not kernels.plain_eager():
             return None
-        modules = self._modules
-        norm, act = modules["norm2"], modules["act2"]
-        if type(act) is not nn.ReLU or type(modules["rubiks"]) is not Shift3d:
-            return None
-        if not (_trains_with_kernels(norm) and norm.affine):
-            return None
-        params, buffers = norm._parameters, norm._buffers
-        weight, bias = params["weight"], params["bias"]
-        acc = torch.float64 if h.dtype == torch.float64 else torch.float32
-        stats = (weight, bias, buffers["running_mean"], buffers["running_var"])
-        if any(p.dtype != acc or not p.is_contiguous() for p in stats):
-            return None
         autocast = h.dtype != torch.float64 and torch.is_autocast_enabled("cuda")
         if autocast and h.dtype != torch.get_autocast_dtype("cuda"):
             return None
-        return weight, bias, modules["rubiks"]._parameters["shift"]
+        return self._norm_shift_args(h, frames)
 
     @torch.jit.unused
-    def _norm_shift_settings(self, h: torch.Tensor, frames: int) -> NormShiftSettings:
-        norm, layer = self._modules["norm2"], self._modules["rubiks"]
-        buffers = norm._buffers
-        t_factor = layer.normalize_t_factor
-        if isinstance(t_factor, str):  # "auto": T / H of the shift's input
-            t_factor = frames / h.shape[2]
-        return NormShiftSettings(
-            norm=(buffers["running_mean"], buffers["running_var"], norm.momentum, norm.eps),
-            shift=(
-                layer.stride, layer.padding, layer.quantize, layer.normalize_grad,
-                float(t_factor),
-            ),
-        )  # fmt: skip
+    def _norm_shift_args(self, h: torch.Tensor, frames: int) -> tuple | None:
+        """(norm2's weight and bias, the shift, ``frames``, :class:`.NormShiftSettings`)
+        from the modules, or None where act2 is not a ReLU, the shift layer not a plain
+        ``Shift3d`` or norm2 not a batch norm the kernels train (``_kernel_norm``)."""
+        modules = self._modules
+        layer = modules["rubiks"]
+        if type(modules["act2"]) is not nn.ReLU or type(layer) is not Shift3d:
+            return None
+        norm = _kernel_norm(modules["norm2"], h.dtype)
+        if norm is None:
+            return None
+        weight, bias, statistics = norm
+        settings = NormShiftSettings(statistics, _shift_settings(layer, frames, h.shape[2]))
+        return weight, bias, layer._parameters["shift"], frames, settings
 
     @torch.jit.unused
     def _norm_relu(self, x: torch.Tensor, second: bool) -> torch.Tensor:
@@ -350,24 +363,14 @@ class RubiksBlock(nn.Module):
         shift_layer = modules["rubiks"]
         if type(shift_layer) is not Shift3d:
             return None
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         counters, norms, affine = [], [], []
         for name in ("norm1", "norm2"):
-            norm = modules[name]
-            if not (_trains_with_kernels(norm) and norm.affine):
+            norm = _kernel_norm(modules[name], x.dtype)
+            if norm is None:
                 return None
-            buffers, params = norm._buffers, norm._parameters
-            counter = buffers["num_batches_tracked"]
-            mean, var = buffers["running_mean"], buffers["running_var"]
-            weight, bias = params["weight"], params["bias"]
-            if weight.dtype != acc or mean.dtype != acc or var.dtype != acc:
-                return None
-            counters.append(counter)
-            norms.append((mean, var, norm.momentum, norm.eps))
-            affine += (weight, bias)
-        t_factor = shift_layer.normalize_t_factor
-        if isinstance(t_factor, str):  # "auto": T / H of the shift's input
-            t_factor = x.shape[1] / x.shape[3]
+            counters.append(modules[name]._buffers["num_batches_tracked"])
+            norms.append(norm[2])
+            affine += norm[:2]
         device_type = x.device.type
         autocast = torch.is_autocast_enabled(device_type)
         proj = modules["shortcut"] if self.has_proj else None
@@ -375,10 +378,7 @@ class RubiksBlock(nn.Module):
             norm1=norms[0],
             norm2=norms[1],
             stride=1 if proj is None else proj.stride[0],
-            shift=(
-                shift_layer.stride, shift_layer.padding, shift_layer.quantize,
-                shift_layer.normalize_grad, float(t_factor),
-            ),
+            shift=_shift_settings(shift_layer, x.shape[1], x.shape[3]),
             dtype=torch.get_autocast_dtype(device_type) if autocast else None,
             recompute=self.recompute_activations,
         )  # fmt: skip
