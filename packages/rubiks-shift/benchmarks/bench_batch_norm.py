@@ -9,16 +9,17 @@ number of such layers, this times one training forward + backward (x, weight and
 needing gradients; running statistics updated) of: ``batch_norm_relu`` (this package's
 kernels) as its plan picks for the shape (``default``) and in each of its two forms
 (``spans``: every channel cut into spans of several blocks, three launches per
-direction; ``one block``: a block per channel, one launch per direction), torch's
-``relu(F.batch_norm(...))`` on a contiguous (NCHW) tensor, and torch's on a channels-last
-copy, beside a copy of x (two passes over it). ``--layout channel-major`` gives this
-package's forms the frames of a channel-major clip ((C, B, H, W) storage seen as
-(B, C, H, W), what RubiksNet's 16-bit training passes from 28² planes on); torch's take
-NCHW either way. Every figure is µs per call, CUDA graph replay (``bench_shift._gpu_time``),
-and for this package's forms also issued eagerly, back to back (host time included); the
-totals weigh each shape by its layer count: the batch norm + ReLU time of one Large
-training step. The gradients of each of this package's forms are compared with torch's
-first (relative to their largest value).
+direction; ``one block``: a block per channel, one launch per direction), the spans form
+with its elementwise passes moving one bfloat16 value at a time instead of 32-bit pairs
+(``spans, single values``), torch's ``relu(F.batch_norm(...))`` on a contiguous (NCHW)
+tensor, and torch's on a channels-last copy, beside a copy of x (two passes over it).
+``--layout channel-major`` gives this package's forms the frames of a channel-major clip
+((C, B, H, W) storage seen as (B, C, H, W), what RubiksNet's 16-bit training passes from
+28² planes on); torch's take NCHW either way. Every figure is µs per call, CUDA graph
+replay (``bench_shift._gpu_time``), and for this package's forms also issued eagerly,
+back to back (host time included); the totals weigh each shape by its layer count: the
+batch norm + ReLU time of one Large training step. The gradients of each of this
+package's forms are compared with torch's first (relative to their largest value).
 """
 
 from __future__ import annotations
@@ -52,8 +53,15 @@ def _torch(x, rm, rv, w, b, training, momentum, eps):
     return torch.relu(F.batch_norm(x, rm, rv, w, b, training, momentum, eps))
 
 
-# this package's forms: the channel values up to which a channel is one block
-OURS = {"default": None, "spans": 0, "one block": 2**62}
+# this package's forms, as the tuning they run with: the channel values up to which a
+# channel is one block, and (``spans, single values``) the elementwise passes moving one
+# bfloat16 value at a time instead of 32-bit pairs
+OURS = {
+    "default": {},
+    "spans": {"batch_norm_channel_values": 0},
+    "one block": {"batch_norm_channel_values": 2**62},
+    "spans, single values": {"batch_norm_channel_values": 0, "batch_norm_pairs": False},
+}
 
 
 def _step(fn, x, dy, w, b, rm, rv):
@@ -65,12 +73,11 @@ def _step(fn, x, dy, w, b, rm, rv):
     return call
 
 
-def _channel_values(values: int | None) -> contextlib.AbstractContextManager:
-    """``Tuning.batch_norm_channel_values`` set to ``values`` for a ``with`` block (None:
-    left as it is)."""
-    if values is None:
+def _form(changes: dict) -> contextlib.AbstractContextManager:
+    """The tuning with ``changes`` for a ``with`` block (none: left as it is)."""
+    if not changes:
         return contextlib.nullcontext()
-    return _cuda.tuned(replace(_cuda._tuning, batch_norm_channel_values=values))
+    return _cuda.tuned(replace(_cuda._tuning, **changes))
 
 
 def _relative_errors(ours, theirs) -> list[float]:
@@ -100,8 +107,8 @@ def run_shape(channels: int, side: int, dtype: torch.dtype, batch: int, layout: 
     row["grad_errors"] = {}  # (x, weight, bias) of each of ours against torch's
     row["copy_us"] = _gpu_time([lambda: x.clone()], REPS)[0] * 1e3
     expected = theirs()
-    for name, values in OURS.items():
-        with _channel_values(values):
+    for name, changes in OURS.items():
+        with _form(changes):
             row["grad_errors"][name] = _relative_errors(ours(), expected)
             kernels_ms, eager_ms = _gpu_time([ours], REPS)
         row[name], row[name + ", eager"] = kernels_ms * 1e3, eager_ms * 1e3

@@ -242,6 +242,12 @@ BATCH_NORM_CASES = [  # (B, C, H, W), dtype; two spans per channel, cut mid-row,
 ]
 
 
+def _bn_paired(x: torch.Tensor) -> bool:
+    """Whether the batch-norm plan last made for ``x`` moves its values in pairs."""
+    key = (x.shape, x.dtype, 1e-5, 0.1, x.data_ptr() % 4 == 0)
+    return bool(_cuda._BN_PLANS[key][1].normalize.scalars.paired)
+
+
 def check_batch_norm() -> int:
     """Training batch norm + ReLU (statistics, running statistics, the forward, grad_x,
     grad_weight, grad_bias) against torch's in float64, and bit for bit again on a second
@@ -284,6 +290,19 @@ def check_batch_norm() -> int:
                 for got, want in zip(runs[0], expected, strict=True)
             )
             ok = ok and all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
+            if dtype == torch.bfloat16 and not one_block:  # pairs against single values
+                paired = _bn_paired(x)
+                single = replace(small, batch_norm_channel_values=0, batch_norm_pairs=False)
+                with _cuda.tuned(single):
+                    y1, s1 = _cuda.batch_norm_relu_forward(
+                        x, w.to(acc), b.to(acc), rm.to(acc).clone(), rv.to(acc).clone(), 0.1, 1e-5
+                    )
+                    g1 = _cuda.batch_norm_relu_backward(dy, x, w.to(acc), s1, 1e-5, 0.1)[0]
+                    a1 = _cuda.batch_norm_relu_apply(x, s1)
+                    paired = paired and not _bn_paired(x)
+                y0, g0 = runs[0][0], runs[0][3]
+                ok = ok and paired and all(map(torch.equal, (y1, g1, a1), (y0, g0, y0)))
+                print(f"bn paired={paired}")
             if dtype == torch.float64:  # a NaN input: NaN where torch's gives NaN, as torch
                 xn = x.detach().clone()
                 xn.view(-1)[0] = float("nan")

@@ -152,6 +152,45 @@ def test_cuda_is_deterministic_and_graph_capturable(channel_form):
     assert torch.equal(rm, first[1]) and torch.equal(rv, first[2])
 
 
+def _kernel_calls(x, dy, params):
+    """y, the running statistics, stats, grad_x, the parameter gradients and y recomputed,
+    from ``rubiks_shift.kernels`` called directly (x and dy as given, not copied)."""
+    from rubiks_shift import kernels
+
+    w, b, rm, rv = (p.clone() for p in params)
+    y, stats = kernels.batch_norm_relu_forward(x, w, b, rm, rv, 0.1, 1e-5)
+    grads = kernels.batch_norm_relu_backward(dy, x, w, stats, 0.1, 1e-5)
+    return y, rm, rv, stats, *grads, kernels.batch_norm_relu_apply(x, stats)
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape", [(16, 144, 28, 28), (8, 72, 56, 56), (6, 5, 7, 3)])
+def test_cuda_bfloat16_pairs_are_single_values_bit_for_bit(shape):
+    """The elementwise passes moving bfloat16 as 32-bit pairs (even planes, aligned
+    tensors) give the values of the single-value passes bit for bit; x or grad_y off a
+    4-byte boundary takes single values."""
+    from rubiks_shift import _cuda
+
+    x, dy, params = _case(3, shape, "cuda", torch.bfloat16)
+    spans = replace(_cuda._tuning, batch_norm_channel_values=0)
+    with _cuda.tuned(spans):
+        paired = _kernel_calls(x, dy, params)
+        plan = _cuda._BN_PLANS[(x.shape, x.dtype, 1e-5, 0.1, True)][1]
+        assert plan.normalize.scalars.paired == (shape[2] * shape[3] % 2 == 0)
+        for moved in ("x", "dy"):
+            off = torch.empty(x.numel() + 1, device="cuda", dtype=x.dtype)[1:].view(shape)
+            off.copy_(x if moved == "x" else dy)
+            assert off.data_ptr() % 4 == 2
+            got = _kernel_calls(off, dy, params) if moved == "x" else _kernel_calls(x, off, params)
+            assert all(torch.equal(a, b) for a, b in zip(got, paired, strict=True)), moved
+        unaligned = _cuda._BN_PLANS[(x.shape, x.dtype, 1e-5, 0.1, False)][1]
+        assert unaligned.normalize.scalars.paired == 0
+    with _cuda.tuned(replace(spans, batch_norm_pairs=False)):
+        single = _kernel_calls(x, dy, params)
+    assert all(torch.equal(a, b) for a, b in zip(single, paired, strict=True))
+    assert torch.equal(paired[0], paired[-1])  # y recomputed
+
+
 @requires_cuda
 def test_cuda_one_value_per_channel_is_refused():
     x, _, (w, b, rm, rv) = _case(0, (1, 3, 1, 1), "cuda", torch.float32)

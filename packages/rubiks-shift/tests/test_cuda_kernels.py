@@ -58,6 +58,7 @@ def test_kernels_in_cuda_simulator(tmp_path):
     # training batch norm + ReLU against torch's in float64, deterministic
     # (each case with spans of several blocks per channel and with one block per channel)
     assert stdout.count("ok-batch-norm") == 8
+    assert stdout.count("bn paired=True") == 1  # bfloat16 pairs bit for bit as single values
     # the stem against torch's convolution in float64, 1, 3 and 4 pixels per thread
     assert stdout.count("ok-stem") == 18
 

@@ -352,6 +352,44 @@ def test_affine_relu_plan_pairs_bfloat16_on_even_planes(major):
     assert [step.scalars.paired for step in unpaired] == [0, 0, 0, 0]
 
 
+def test_batch_norm_elementwise_pairs_bfloat16_on_even_planes():
+    """Training batch norm's elementwise passes move bfloat16 as words of two values where
+    the plane is even and the tensors aligned: the extents halve, each block covers the
+    same bytes; odd planes, unaligned tensors, other dtypes and ``batch_norm_pairs=False``
+    take single values. The statistics' launches do not change."""
+    from rubiks_shift._cuda_plan import batch_norm_normalize_step, batch_norm_plan
+
+    tuning = replace(TUNING, prologue_threads=32)
+    shape = (5, 3, 14)
+    values = batch_norm_normalize_step(shape, "bfloat16", tuning, word_aligned=False)
+    pairs = batch_norm_normalize_step(shape, "bfloat16", tuning, word_aligned=True)
+    assert (values.scalars.paired, pairs.scalars.paired) == (0, 1)
+    assert (pairs.scalars.total * 2, pairs.scalars.P * 2) == (values.scalars.total, 14)
+    assert (pairs.scalars.inv_P, pairs.scalars.step_rows, pairs.scalars.step_pos) == (1 / 7, 4, 4)
+    words = 32 * TUNING.prologue_bytes // 4  # words per block
+    assert pairs.grid == (-(-5 * 3 * 7 // words), 1, 1)
+    unpaired = [
+        batch_norm_normalize_step((5, 3, 15), "bfloat16", tuning, word_aligned=True),
+        batch_norm_normalize_step(shape, "float16", tuning, word_aligned=True),
+        batch_norm_normalize_step(shape, "float32", tuning, word_aligned=True),
+        batch_norm_normalize_step(
+            shape, "bfloat16", replace(tuning, batch_norm_pairs=False), word_aligned=True
+        ),
+    ]
+    assert [step.scalars.paired for step in unpaired] == [0, 0, 0, 0]
+    spans = replace(tuning, batch_norm_channel_values=0)
+    plain = batch_norm_plan(shape, "bfloat16", 1e-5, 0.1, spans)
+    paired = batch_norm_plan(shape, "bfloat16", 1e-5, 0.1, spans, word_aligned=True)
+    assert (paired.normalize, paired.grad_input.name) == (pairs, "bn_grad_input")
+    assert paired.grad_input.scalars == pairs.scalars
+    assert (paired.partial, paired.stats) == (plain.partial, plain.stats)
+
+
+def test_batch_norm_pairs_must_be_a_bool():
+    with pytest.raises(ValueError, match="batch_norm_pairs must be True or False"):
+        replace(TUNING, batch_norm_pairs=1)
+
+
 def test_prologue_pairs_must_be_a_bool():
     with pytest.raises(ValueError, match="prologue_pairs must be True or False"):
         replace(TUNING, prologue_pairs=1)

@@ -533,17 +533,21 @@ def backward(
 
 # ------------------------------------------------------------- training batch norm
 
-_BN_PLANS: dict = {}  # (shape, dtype, eps, momentum) -> (kernels, BatchNormPlan)
+_BN_PLANS: dict = {}  # (shape, dtype, eps, momentum, aligned) -> (kernels, BatchNormPlan)
 
 
-def _bn_plan(x: torch.Tensor, eps: float, momentum: float):
-    key = (x.shape, x.dtype, eps, momentum)
+def _bn_plan(x: torch.Tensor, eps: float, momentum: float, aligned: bool):
+    """(kernels, launches) of training batch norm over ``x``: the elementwise passes move
+    bfloat16 in pairs only where ``aligned`` (every tensor they read on a 4-byte boundary;
+    the ones they write, fresh allocations, are)."""
+    key = (x.shape, x.dtype, eps, momentum, aligned)
     plan = _BN_PLANS.get(key)
     if plan is None:
         kernels = kernel_set(_STORAGE[x.dtype], "float32")
         batch, channels = x.shape[0], x.shape[1]
         plane = x.numel() // max(1, batch * channels)
-        steps = batch_norm_plan((batch, channels, plane), kernels.storage, eps, momentum, _tuning)
+        shape = (batch, channels, plane)
+        steps = batch_norm_plan(shape, kernels.storage, eps, momentum, _tuning, aligned)
         plan = remember(_BN_PLANS, key, (kernels, steps))
     return plan
 
@@ -562,7 +566,7 @@ def batch_norm_relu_forward(
     stats the (4, C) mean, 1 / sqrt(var + eps), scale and shift of the affine applied
     (the backward's input). weight, bias and the running statistics: contiguous, in the
     accumulation dtype."""
-    kernels, plan = _bn_plan(x, eps, momentum)
+    kernels, plan = _bn_plan(x, eps, momentum, x.data_ptr() % 4 == 0)
     channels = x.shape[1]
     acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
     stats = torch.empty(4, channels, device=x.device, dtype=acc)
@@ -595,7 +599,8 @@ def batch_norm_relu_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight, grad_bias) of ``batch_norm_relu_forward``; grad_y and x
     contiguous, of x's dtype; the parameter gradients in the accumulation dtype."""
-    kernels, plan = _bn_plan(x, eps, momentum)
+    aligned = x.data_ptr() % 4 == 0 and grad_y.data_ptr() % 4 == 0
+    kernels, plan = _bn_plan(x, eps, momentum, aligned)
     channels = x.shape[1]
     grad_x = torch.empty_like(x, memory_format=_CONTIGUOUS)
     index = x.get_device()
@@ -623,7 +628,8 @@ def batch_norm_relu_apply(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     kernels = kernel_set(_STORAGE[x.dtype], "float32")
     batch, channels = x.shape[0], x.shape[1]
     plane = x.numel() // max(1, batch * channels)
-    step = batch_norm_normalize_step((batch, channels, plane), kernels.storage, _tuning)
+    shape, aligned = (batch, channels, plane), x.data_ptr() % 4 == 0
+    step = batch_norm_normalize_step(shape, kernels.storage, _tuning, aligned)
     y = torch.empty_like(x, memory_format=_CONTIGUOUS)
     index = x.get_device()
     previous = _make_current(index)

@@ -39,6 +39,11 @@ from numba import types as nt
 
 from ._cuda_device import (
     acc_constants,
+    bf16_high,
+    bf16_low,
+    bf16x2_bits,
+    bf16x2_load,
+    bf16x2_store,
     divmod_,
     inlined,
     kernel,
@@ -414,36 +419,31 @@ def build_bn_channel(
     return kernel(bn_channel, pointers, BatchNormChannelScalars, registers)
 
 
-def build_bn_elementwise(storage: str, per_thread: int, backward: bool):
-    """``bn_normalize`` (``backward`` False: y = relu(x·scale + shift)) or
-    ``bn_grad_input`` (grad_x = a·g + b·(x - mean) + c, g = dy where the forward's ReLU
-    passed it) for ``storage`` tensors: the tensor as one flat run, ``per_thread`` values
-    per thread one block width apart (loads first, then stores), each value's channel
-    stepped on from the first's, so rows shorter than a block cost nothing extra."""
-    acc, zero, *_ = acc_constants(storage)
-    load, store = load_store(storage)
+def _elementwise_walk(load, store, apply, unit, per_thread: int, units: int, backward: bool):
+    """One thread's ``per_thread`` units of the flat elementwise pass (a unit: one value,
+    or a word of two bfloat16 values, ``units`` storage elements, which share a channel
+    because the plane is even): ``load(p, i)`` reads unit i after p into a ``unit`` (a
+    Numba type), ``apply(x, g, channel's values...)`` gives the unit to store, and
+    ``store(p, i, v)`` writes it. Extents are in units."""
 
-    def elementwise(x, dy, out, stats, coefficients, total, C, inv_C, P, inv_P, step_rows,
-                    step_pos):  # fmt: skip
-        width = nt.int64(cuda.blockDim.x)
-        first = nt.int64(cuda.blockIdx.x) * (width * per_thread) + nt.int64(cuda.threadIdx.x)
-        if first >= total:
-            return
+    @inlined
+    def walk(x, dy, out, stats, coefficients, first, width, total, C, inv_C, P, inv_P,
+             step_rows, step_pos):  # fmt: skip
         row, pos64 = divmod_(first, P, inv_P)
         _, c64 = divmod_(row, C, inv_C)
         pos, c = nt.int32(pos64), nt.int32(c64)
         plane, channels = nt.int32(P), nt.int32(C)
         move_pos, move_rows = nt.int32(step_pos), nt.int32(step_rows)
-        at_x = offset(x, first)
-        at_dy = offset(dy, first)
-        to = offset(out, first)
+        at_x = offset(x, first * units)
+        at_dy = offset(dy, first * units)
+        to = offset(out, first * units)
         scales, shifts = offset(stats, 2 * C), offset(stats, 3 * C)  # rows of (4, C)
         slopes, constants = offset(coefficients, C), offset(coefficients, 2 * C)  # of (5, C)
-        xs = cuda.local.array(per_thread, acc)
-        gs = cuda.local.array(per_thread, acc)
+        xs = cuda.local.array(per_thread, unit)
+        gs = cuda.local.array(per_thread, unit)
         cs = cuda.local.array(per_thread, nt.int32)
         w = nt.int32(width)
-        valid = (total - first + width - 1) // width  # values of this thread in the tensor
+        valid = (total - first + width - 1) // width  # units of this thread in the tensor
         for k in range(per_thread):
             if k < valid:
                 xs[k] = load(at_x, k * w)
@@ -460,16 +460,65 @@ def build_bn_elementwise(storage: str, per_thread: int, backward: bool):
         for k in range(per_thread):
             if k < valid:
                 ck = cs[k]
-                v = xs[k]
-                u = cuda.fma(v, ldg(scales, ck), ldg(shifts, ck))
+                scale, shift = ldg(scales, ck), ldg(shifts, ck)
                 if backward:
-                    g = zero if u <= zero else gs[k]
-                    mean = ldg(stats, ck)
-                    a = ldg(coefficients, ck)
-                    slope = ldg(slopes, ck)
-                    store(to, k * w, cuda.fma(a, g, cuda.fma(slope, v - mean, ldg(constants, ck))))
+                    mean, a = ldg(stats, ck), ldg(coefficients, ck)
+                    slope, constant = ldg(slopes, ck), ldg(constants, ck)
+                    store(to, k * w, apply(xs[k], gs[k], scale, shift, mean, a, slope, constant))
                 else:
-                    store(to, k * w, zero if u <= zero else u)
+                    store(to, k * w, apply(xs[k], xs[k], scale, shift, scale, scale, scale, scale))
+
+    return walk
+
+
+def build_bn_elementwise(storage: str, per_thread: int, backward: bool):
+    """``bn_normalize`` (``backward`` False: y = relu(x·scale + shift)) or
+    ``bn_grad_input`` (grad_x = a·g + b·(x - mean) + c, g = dy where the forward's ReLU
+    passed it) for ``storage`` tensors: the tensor as one flat run, ``per_thread`` values
+    per thread one block width apart (loads first, then stores), each value's channel
+    stepped on from the first's, so rows shorter than a block cost nothing extra. For
+    bfloat16 the kernel also walks words of two values, ``per_thread // 2`` per thread,
+    where ``paired`` (the extents then in words)."""
+    acc, zero, *_ = acc_constants(storage)
+    load, store = load_store(storage)
+
+    @inlined
+    def one(v, g, scale, shift, mean, a, slope, constant):
+        u = cuda.fma(v, scale, shift)
+        if backward:
+            kept = zero if u <= zero else g
+            return cuda.fma(a, kept, cuda.fma(slope, v - mean, constant))
+        return zero if u <= zero else u
+
+    walk_values = _elementwise_walk(load, store, one, acc, per_thread, 1, backward)
+    can_pair = storage == "bfloat16" and per_thread >= 2  # else ``paired`` is not read
+    walk_pairs = walk_values
+    if can_pair:
+
+        @inlined
+        def pair(xw, gw, scale, shift, mean, a, slope, constant):
+            first = one(bf16_low(xw), bf16_low(gw), scale, shift, mean, a, slope, constant)
+            second = one(bf16_high(xw), bf16_high(gw), scale, shift, mean, a, slope, constant)
+            return bf16x2_bits(first, second)
+
+        walk_pairs = _elementwise_walk(
+            bf16x2_load, bf16x2_store, pair, nt.int32, per_thread // 2, 2, backward
+        )
+
+    def elementwise(x, dy, out, stats, coefficients, total, C, inv_C, P, inv_P, step_rows,
+                    step_pos, paired):  # fmt: skip
+        width = nt.int64(cuda.blockDim.x)
+        pairs = can_pair and paired != 0
+        units = per_thread // 2 if pairs else per_thread
+        first = nt.int64(cuda.blockIdx.x) * (width * units) + nt.int64(cuda.threadIdx.x)
+        if first >= total:
+            return
+        args = (x, dy, out, stats, coefficients, first, width, total, C, inv_C, P, inv_P,
+                step_rows, step_pos)  # fmt: skip
+        if pairs:
+            walk_pairs(*args)
+        else:
+            walk_values(*args)
 
     pointers = ("x", "dy", "out", "stats", "coefficients")
     return kernel(elementwise, pointers, BatchNormElementwiseScalars, None)

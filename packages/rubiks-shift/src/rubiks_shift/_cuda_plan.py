@@ -526,8 +526,11 @@ def batch_norm_plan(
     eps: float,
     momentum: float,
     tuning: Tuning = TUNING,
+    word_aligned: bool = False,
 ) -> BatchNormPlan:
-    """Training batch norm's launches over a (B, C, P) tensor of ``storage`` values."""
+    """Training batch norm's launches over a (B, C, P) tensor of ``storage`` values, the
+    elementwise passes in bfloat16 pairs where the tensors they touch are ``word_aligned``
+    (``batch_norm_normalize_step``)."""
     batch, channels, plane = shape
     total = batch * plane
     if total < 2:
@@ -580,7 +583,7 @@ def batch_norm_plan(
         unbias=total / (total - 1),
     )
     one_per_channel = (-(-channels // 128), 1, 1), (128, 1, 1)
-    normalize = batch_norm_normalize_step(shape, storage, tuning)
+    normalize = batch_norm_normalize_step(shape, storage, tuning, word_aligned)
     return BatchNormPlan(
         parts,
         Step("bn_partial", (parts, channels, 1), (threads, 1, 1), partial),
@@ -594,11 +597,16 @@ def batch_norm_plan(
 
 @functools.lru_cache(maxsize=512)
 def batch_norm_normalize_step(
-    shape: tuple[int, int, int], storage: str, tuning: Tuning = TUNING
+    shape: tuple[int, int, int],
+    storage: str,
+    tuning: Tuning = TUNING,
+    word_aligned: bool = False,
 ) -> Step:
     """The elementwise pass y = relu(x·scale + shift) of training batch norm over a
     (B, C, P) tensor of ``storage`` values (``bn_normalize``; ``bn_grad_input`` takes the
-    same launch)."""
+    same launch). bfloat16 values move in pairs where P is even, every tensor the pass
+    reads or writes starts on a 4-byte boundary (``word_aligned``) and
+    ``tuning.batch_norm_pairs`` allows it."""
     batch, channels, plane = shape
     per_thread = prologue_per_thread(storage, tuning)
     row_threads = tuning.prologue_threads
@@ -606,6 +614,16 @@ def batch_norm_normalize_step(
     blocks = -(-values // (row_threads * per_thread))
     if blocks >= 2**31 or channels >= 65536:
         raise ValueError(f"rubiks_shift on CUDA: a batch-norm input of {shape} is too large")
+    paired = (
+        storage == "bfloat16"
+        and tuning.batch_norm_pairs
+        and word_aligned
+        and plane % 2 == 0
+        and per_thread >= 2
+    )
+    if paired:  # every row starts on a word: count words of two values
+        values, plane, per_thread = values // 2, plane // 2, per_thread // 2
+        blocks = -(-values // (row_threads * per_thread))
     elementwise = BatchNormElementwiseScalars(
         total=values,
         C=channels,
@@ -614,6 +632,7 @@ def batch_norm_normalize_step(
         inv_P=1.0 / plane,
         step_rows=row_threads // plane,
         step_pos=row_threads % plane,
+        paired=int(paired),
     )
     return Step("bn_normalize", (blocks, 1, 1), (row_threads, 1, 1), elementwise)
 

@@ -196,15 +196,17 @@ class BatchNormChannelScalars(NamedTuple):
 
 
 class BatchNormElementwiseScalars(NamedTuple):
-    """``bn_normalize`` and ``bn_grad_input``: the (B, C, P) tensor as one flat run."""
+    """``bn_normalize`` and ``bn_grad_input``: the (B, C, P) tensor as one flat run;
+    extents in units: values, or (``paired``) words of two bfloat16 values."""
 
-    total: int  # B * C * P
+    total: int  # B * C * P units
     C: int
     inv_C: float
-    P: int
+    P: int  # units per row
     inv_P: float
-    step_rows: int  # a thread's move to its next value (one block width on): rows ...
+    step_rows: int  # a thread's move to its next unit (one block width on): rows ...
     step_pos: int  # ... and places in a row
+    paired: int  # 1: units are 32-bit words of two bfloat16 values (even P, aligned)
 
 
 class StemScalars(NamedTuple):

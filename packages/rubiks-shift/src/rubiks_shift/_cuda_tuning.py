@@ -174,6 +174,10 @@ class Tuning:
     # 1.09 waves)
     batch_norm_channel_per_thread: int = _kernel(8)
     batch_norm_channel_registers: int | None = _kernel(64)
+    # the flat elementwise passes (``bn_normalize``, ``bn_grad_input``) move bfloat16
+    # values as 32-bit pairs where H * W is even and the tensors aligned, as
+    # ``prologue_pairs`` does for ``affine_relu``
+    batch_norm_pairs: bool = True
     # the stem (``stem``, a 3x3 stride-2 convolution of 3-channel frames): output pixels
     # per thread (adjacent pixels share their overlapping input loads, and each weight
     # read from shared memory serves ``stem_pixels`` multiply-adds): µs per call for
@@ -275,6 +279,7 @@ _ALLOWED = {
     "batch_norm_channel_values": (_integer(0), "an integer >= 0 (0: never one block)"),
     "batch_norm_channel_per_thread": (_integer(1, 32), "an integer from 1 to 32"),
     "batch_norm_channel_registers": _REGISTERS,
+    "batch_norm_pairs": (lambda v: isinstance(v, bool), "True or False"),
     "stem_pixels": (_integer(1, 8), "an integer from 1 to 8"),
     "stem_group": (_integer(1, 64), "an integer from 1 to 64"),
     "stem_registers": _REGISTERS,
