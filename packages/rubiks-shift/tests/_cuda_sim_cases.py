@@ -239,13 +239,25 @@ BATCH_NORM_CASES = [  # (B, C, H, W), dtype; two spans per channel, cut mid-row,
     ((9, 2, 16, 16), torch.float32),
     ((2, 2, 6, 4), torch.bfloat16),
     ((7, 2, 1, 1), torch.float64),
+    # bfloat16 pairs in two spans per channel, cut mid-row (4500 values against 4096 per
+    # block round; 1125 words a span, rows of 450)
+    ((5, 2, 30, 30), torch.bfloat16),
 ]
 
 
-def _bn_paired(x: torch.Tensor) -> bool:
-    """Whether the batch-norm plan last made for ``x`` moves its values in pairs."""
+def _bn_paired(x: torch.Tensor, one_block: bool) -> bool:
+    """Whether the batch-norm plan last made for ``x`` moves its values in pairs (every
+    launch of the form)."""
     key = (x.shape, x.dtype, 1e-5, 0.1, x.data_ptr() % 4 == 0)
-    return bool(_cuda._BN_PLANS[key][1].normalize.scalars.paired)
+    plan = _cuda._BN_PLANS[key][1]
+    if one_block:
+        steps = (plan.channel_forward, plan.channel_backward)
+    else:
+        steps = (plan.partial, plan.grad_partial, plan.normalize, plan.grad_input)
+    flags = {step.scalars.paired for step in steps}
+    if len(flags) != 1:
+        raise AssertionError(f"a plan pairs some launches, not all: {plan}")
+    return bool(flags.pop())
 
 
 def check_batch_norm() -> int:
@@ -281,6 +293,7 @@ def check_batch_norm() -> int:
                 )
                 gx, gw, gb = _cuda.batch_norm_relu_backward(dy, x, w.to(acc), stats, 1e-5, 0.1)
                 runs.append((y, run_m, run_v, gx, gw, gb))
+                stats_of_run = stats
                 again = _cuda.batch_norm_relu_apply(x, stats)  # y recomputed: bit for bit
                 failures += not torch.equal(again, y)
             tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 3e-2}[dtype]
@@ -290,18 +303,22 @@ def check_batch_norm() -> int:
                 for got, want in zip(runs[0], expected, strict=True)
             )
             ok = ok and all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
-            if dtype == torch.bfloat16 and not one_block:  # pairs against single values
-                paired = _bn_paired(x)
-                single = replace(small, batch_norm_channel_values=0, batch_norm_pairs=False)
-                with _cuda.tuned(single):
+            if dtype == torch.bfloat16:  # the pairs' form against single values
+                paired = _bn_paired(x, one_block)
+                single = replace(small, batch_norm_channel_values=channel_values)
+                with _cuda.tuned(replace(single, batch_norm_pairs=False)):
                     y1, s1 = _cuda.batch_norm_relu_forward(
                         x, w.to(acc), b.to(acc), rm.to(acc).clone(), rv.to(acc).clone(), 0.1, 1e-5
                     )
                     g1 = _cuda.batch_norm_relu_backward(dy, x, w.to(acc), s1, 1e-5, 0.1)[0]
-                    a1 = _cuda.batch_norm_relu_apply(x, s1)
-                    paired = paired and not _bn_paired(x)
-                y0, g0 = runs[0][0], runs[0][3]
-                ok = ok and paired and all(map(torch.equal, (y1, g1, a1), (y0, g0, y0)))
+                    # the same stats give the same y, a value at a time or in pairs
+                    again = _cuda.batch_norm_relu_apply(x, stats_of_run)
+                    paired = paired and not _bn_paired(x, one_block)
+                ok = ok and paired and torch.equal(again, runs[1][0])
+                ok = ok and all(
+                    torch.allclose(got.double(), want.detach(), rtol=tol, atol=tol)
+                    for got, want in ((y1, y_ref), (g1, xr.grad))
+                )
                 print(f"bn paired={paired}")
             if dtype == torch.float64:  # a NaN input: NaN where torch's gives NaN, as torch
                 xn = x.detach().clone()

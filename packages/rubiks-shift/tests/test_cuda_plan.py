@@ -352,11 +352,12 @@ def test_affine_relu_plan_pairs_bfloat16_on_even_planes(major):
     assert [step.scalars.paired for step in unpaired] == [0, 0, 0, 0]
 
 
-def test_batch_norm_elementwise_pairs_bfloat16_on_even_planes():
-    """Training batch norm's elementwise passes move bfloat16 as words of two values where
-    the plane is even and the tensors aligned: the extents halve, each block covers the
-    same bytes; odd planes, unaligned tensors, other dtypes and ``batch_norm_pairs=False``
-    take single values. The statistics' launches do not change."""
+def test_batch_norm_pairs_bfloat16_on_even_planes():
+    """Training batch norm's kernels move bfloat16 as words of two values where the plane
+    is even and the tensors aligned: every extent of the elementwise pass, the spans' sums
+    and the one-block form halves (each block and round covers the same bytes), the
+    per-channel kernels keep counting values; odd planes, unaligned tensors, other dtypes
+    and ``batch_norm_pairs=False`` take single values."""
     from rubiks_shift._cuda_plan import batch_norm_normalize_step, batch_norm_plan
 
     tuning = replace(TUNING, prologue_threads=32)
@@ -377,12 +378,28 @@ def test_batch_norm_elementwise_pairs_bfloat16_on_even_planes():
         ),
     ]
     assert [step.scalars.paired for step in unpaired] == [0, 0, 0, 0]
-    spans = replace(tuning, batch_norm_channel_values=0)
-    plain = batch_norm_plan(shape, "bfloat16", 1e-5, 0.1, spans)
-    paired = batch_norm_plan(shape, "bfloat16", 1e-5, 0.1, spans, word_aligned=True)
-    assert (paired.normalize, paired.grad_input.name) == (pairs, "bn_grad_input")
-    assert paired.grad_input.scalars == pairs.scalars
-    assert (paired.partial, paired.stats) == (plain.partial, plain.stats)
+
+    spans = replace(tuning, batch_norm_channel_values=0, batch_norm_threads=32)
+    plain = batch_norm_plan((50, 3, 14), "bfloat16", 1e-5, 0.1, spans)
+    paired = batch_norm_plan((50, 3, 14), "bfloat16", 1e-5, 0.1, spans, word_aligned=True)
+    assert (paired.normalize.scalars.paired, paired.grad_input.name) == (1, "bn_grad_input")
+    assert paired.grad_input.scalars == paired.normalize.scalars
+    ours, theirs = paired.partial.scalars, plain.partial.scalars
+    assert (ours.paired, theirs.paired, ours.grads) == (1, 0, 0)
+    assert (ours.P, ours.total, ours.step_rows, ours.step_pos) == (7, 350, 4, 4)
+    assert ours.span * (ours.parts - 1) < ours.total <= ours.span * ours.parts
+    assert paired.parts == ours.parts and paired.grad_partial.scalars.grads == 1
+    assert paired.stats.scalars == plain.stats.scalars._replace(parts=ours.parts)
+    assert paired.stats.scalars.count == 700.0
+
+    one_block = replace(tuning, batch_norm_channel_values=2**40)
+    plain = batch_norm_plan(shape, "bfloat16", 1e-5, 0.1, one_block).channel_forward.scalars
+    ours = batch_norm_plan(shape, "bfloat16", 1e-5, 0.1, one_block, True).channel_backward.scalars
+    assert (ours.paired, plain.paired) == (1, 0)
+    assert (ours.P, ours.total, ours.step_rows, ours.step_pos) == (7, 35, 36, 4)
+    assert (ours.count, ours.unbias) == (plain.count, plain.unbias) == (70.0, 70 / 69)
+    odd = batch_norm_plan((5, 3, 15), "bfloat16", 1e-5, 0.1, one_block, True)
+    assert odd.channel_forward.scalars.paired == 0
 
 
 def test_batch_norm_pairs_must_be_a_bool():

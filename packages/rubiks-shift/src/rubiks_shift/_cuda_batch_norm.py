@@ -33,6 +33,7 @@ values from their sums.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from numba import cuda
 from numba import types as nt
@@ -136,21 +137,94 @@ def walk_on(at, pos, plane, move_pos, move, skip):
     return at, pos
 
 
-def _build_span_sums(storage: str, per_thread: int, threads: int):
-    """The device function ``span_sums``: one thread's two sums over values ``start`` to
+class _Units(NamedTuple):
+    """How a kernel walks its tensors: a unit is one value, or (``width`` 2) a 32-bit word
+    of two bfloat16 values, which share a channel because rows have an even length.
+    ``load(p, i)`` / ``store(p, i, u)`` read and write unit i after pointer p (a ``kind``,
+    a Numba type); ``pad(pivot)`` is a unit of the pivot, summed as nothing;
+    ``accumulate(s1, s2, xu, gu, grads, pivot, mean, scale, shift)`` adds a unit's values
+    to the two sums of ``span_sums``; ``apply(xu, gu, scale, shift, mean, a, slope,
+    constant)`` is the unit to store, y = relu(x·scale + shift) or grad_x =
+    a·g + b·(x - mean) + c with g = dy where the forward's ReLU passed it (``backward``)."""
+
+    load: object
+    store: object
+    kind: object
+    width: int
+    pad: object
+    accumulate: object
+    apply: object
+
+
+def _units(storage: str, backward: bool, paired: bool) -> _Units:
+    """The single values of ``storage`` tensors, or (``paired``) bfloat16 pairs."""
+    acc, zero, *_ = acc_constants(storage)
+    load, store = load_store(storage)
+
+    @inlined
+    def add(s1, s2, v, g, grads, pivot, mean, scale, shift):
+        if grads == 0:
+            d = v - pivot
+            return s1 + d, s2 + d * d
+        kept = zero if cuda.fma(v, scale, shift) <= zero else g
+        return s1 + kept, s2 + kept * (v - mean)
+
+    @inlined
+    def one(v, g, scale, shift, mean, a, slope, constant):
+        u = cuda.fma(v, scale, shift)
+        if backward:
+            kept = zero if u <= zero else g
+            return cuda.fma(a, kept, cuda.fma(slope, v - mean, constant))
+        return zero if u <= zero else u
+
+    if not paired:
+
+        @inlined
+        def pad(pivot):
+            return pivot
+
+        return _Units(load, store, acc, 1, pad, add, one)
+
+    @inlined
+    def pad_pair(pivot):
+        return bf16x2_bits(pivot, pivot)  # exact: the pivot is a bfloat16 value
+
+    @inlined
+    def add_pair(s1, s2, xw, gw, grads, pivot, mean, scale, shift):
+        s1, s2 = add(s1, s2, bf16_low(xw), bf16_low(gw), grads, pivot, mean, scale, shift)
+        return add(s1, s2, bf16_high(xw), bf16_high(gw), grads, pivot, mean, scale, shift)
+
+    @inlined
+    def pair(xw, gw, scale, shift, mean, a, slope, constant):
+        first = one(bf16_low(xw), bf16_low(gw), scale, shift, mean, a, slope, constant)
+        second = one(bf16_high(xw), bf16_high(gw), scale, shift, mean, a, slope, constant)
+        return bf16x2_bits(first, second)
+
+    return _Units(bf16x2_load, bf16x2_store, nt.int32, 2, pad_pair, add_pair, pair)
+
+
+def _can_pair(storage: str, per_thread: int) -> bool:
+    """Whether kernels for ``storage`` with ``per_thread`` values per round also walk
+    bfloat16 pairs (else their ``paired`` scalar is not read)."""
+    return storage == "bfloat16" and per_thread >= 2
+
+
+def _build_span_sums(units: _Units, per_thread: int, threads: int, zero):
+    """The device function ``span_sums``: one thread's two sums over units ``start`` to
     ``end`` of channel c (the thread's own, one block width apart), ``per_thread`` loads
     per round before any is summed. Statistics (``grads`` 0): Σ v, Σ v² of v = x - pivot;
     gradient sums: Σ g, Σ g·(x - mean), g = dy where x·scale + shift > 0, else 0."""
-    acc, zero, *_ = acc_constants(storage)
-    load, _ = load_store(storage)
+    load, kind = units.load, units.kind
+    pad, accumulate = units.pad, units.accumulate
 
     @inlined
     def span_sums(x, dy, c, start, end, C, P, inv_P, step_rows, step_pos, grads, pivot,
                   mean, scale, shift):  # fmt: skip
         s1 = zero
         s2 = zero
-        xs = cuda.local.array(per_thread, acc)
-        gs = cuda.local.array(per_thread, acc)
+        xs = cuda.local.array(per_thread, kind)
+        gs = cuda.local.array(per_thread, kind)
+        nothing = pad(pivot)
         j = start + nt.int64(cuda.threadIdx.x)
         at, pos, plane, move_pos, move, skip = channel_walk(j, c, C, P, inv_P, step_rows, step_pos)
         while j < end:
@@ -160,19 +234,12 @@ def _build_span_sums(storage: str, per_thread: int, threads: int):
                     xs[k] = load(x, at)
                     if grads != 0:
                         gs[k] = load(dy, at)
-                else:
-                    xs[k] = pivot
-                    gs[k] = zero
+                else:  # summed as nothing: v = 0 for the statistics, g = 0 for gradients
+                    xs[k] = nothing
+                    gs[k] = kind(0)
                 at, pos = walk_on(at, pos, plane, move_pos, move, skip)
             for k in range(per_thread):
-                if grads == 0:
-                    v = xs[k] - pivot
-                    s1 += v
-                    s2 += v * v
-                else:
-                    g = zero if cuda.fma(xs[k], scale, shift) <= zero else gs[k]
-                    s1 += g
-                    s2 += g * (xs[k] - mean)
+                s1, s2 = accumulate(s1, s2, xs[k], gs[k], grads, pivot, mean, scale, shift)
             j += per_thread * threads
         return s1, s2
 
@@ -207,26 +274,36 @@ def _build_block_sums(storage: str, threads: int):
 
 def build_bn_partial(storage: str, per_thread: int, threads: int):
     """``bn_partial`` for ``storage`` tensors: blocks of ``threads`` (a power of two, the
-    width of the reduction tree), ``per_thread`` values per thread and round."""
+    width of the reduction tree), ``per_thread`` values per thread and round (half as
+    many words where ``paired``)."""
     _, zero, *_ = acc_constants(storage)
     load, _ = load_store(storage)
-    span_sums = _build_span_sums(storage, per_thread, threads)
+    sums_values = _build_span_sums(_units(storage, False, False), per_thread, threads, zero)
+    can_pair = _can_pair(storage, per_thread)
+    sums_pairs = sums_values
+    if can_pair:
+        pairs = _units(storage, False, True)
+        sums_pairs = _build_span_sums(pairs, per_thread // 2, threads, zero)
     block_sums = _build_block_sums(storage, threads)
 
     def bn_partial(x, dy, stats, partial, C, P, inv_P, total, span, parts, step_rows,
-                   step_pos, grads):  # fmt: skip
+                   step_pos, grads, paired):  # fmt: skip
         p = nt.int64(cuda.blockIdx.x)
         c = nt.int64(cuda.blockIdx.y)
         start = p * span
         end = min(start + span, total)
-        pivot = load(x, c * P) if grads == 0 else zero
+        in_pairs = can_pair and paired != 0
+        values_per_row = 2 * P if in_pairs else P
+        pivot = load(x, c * values_per_row) if grads == 0 else zero
         mean = stats[c] if grads != 0 else zero
         scale = stats[2 * C + c] if grads != 0 else zero
         shift = stats[3 * C + c] if grads != 0 else zero
-        s1, s2 = span_sums(
-            x, dy, c, start, end, C, P, inv_P, step_rows, step_pos, grads, pivot, mean,
-            scale, shift,
-        )  # fmt: skip
+        args = (x, dy, c, start, end, C, P, inv_P, step_rows, step_pos, grads, pivot, mean,
+                scale, shift)  # fmt: skip
+        if in_pairs:
+            s1, s2 = sums_pairs(*args)
+        else:
+            s1, s2 = sums_values(*args)
         t1, t2 = block_sums(s1, s2)
         if cuda.threadIdx.x == 0:
             partial[(c * parts + p) * 2] = t1
@@ -341,56 +418,17 @@ def build_bn_grad_coefficients(storage: str):
     return kernel(bn_grad_coefficients, pointers, BatchNormStatsScalars, None)
 
 
-def build_bn_channel(
-    storage: str, per_thread: int, threads: int, backward: bool, registers: int | None
-):
-    """``bn_channel_forward`` (``backward`` False) or ``bn_channel_backward``: one block
-    of ``threads`` per channel does a whole pass in one launch, for channels of few values
-    (``per_thread`` values per thread and round, ``registers`` the register cap).
-    The forward sums the channel's statistics (``span_sums`` over all of it), meets the
-    sums in the block's tree, writes the stats and the running statistics' update (thread
-    0) and writes y = relu(x·scale + shift) over the channel again (its second read of x
-    comes from the cache); the backward sums the gradient's two sums the same way, writes
-    grad_weight and grad_bias as the rows of the (2, C) ``grads`` and then grad_x. Sums in
-    the same fixed order on every run."""
-    acc, zero, *_ = acc_constants(storage)
-    load, store = load_store(storage)
-    span_sums = _build_span_sums(storage, per_thread, threads)
-    block_sums = _build_block_sums(storage, threads)
-    channel_stats = _build_channel_stats(storage)
-    grad_coefficients = _build_grad_coefficients(storage)
+def _build_channel_pass(units: _Units, per_thread: int, threads: int, backward: bool):
+    """The device function ``channel_pass``: a thread's part of a channel's elementwise
+    pass in ``bn_channel`` (its units one block width apart, ``per_thread`` loads per
+    round, then the round's stores)."""
+    load, store, kind, apply = units.load, units.store, units.kind, units.apply
 
-    def bn_channel(x, dy, out, weight, bias, running_mean, running_var, stats, grads, C, P,
-                   inv_P, total, step_rows, step_pos, count, eps, momentum,
-                   unbias):  # fmt: skip
-        c = nt.int64(cuda.blockIdx.x)
-        first = cuda.threadIdx.x == 0
-        if backward:
-            mean = stats[c]
-            scale = stats[2 * C + c]
-            shift = stats[3 * C + c]
-            s1, s2 = span_sums(
-                x, dy, c, 0, total, C, P, inv_P, step_rows, step_pos, 1, zero, mean, scale,
-                shift,
-            )  # fmt: skip
-            t1, t2 = block_sums(s1, s2)
-            a, slope, constant = grad_coefficients(
-                nt.float64(t1), nt.float64(t2), c, weight, stats, grads, 0, C, count, first
-            )
-        else:
-            pivot = load(x, c * P)
-            s1, s2 = span_sums(
-                x, x, c, 0, total, C, P, inv_P, step_rows, step_pos, 0, pivot, zero, zero,
-                zero,
-            )  # fmt: skip
-            t1, t2 = block_sums(s1, s2)
-            mean = a = slope = constant = zero  # (not read by the forward)
-            scale, shift = channel_stats(
-                nt.float64(t1), nt.float64(t2), nt.float64(pivot), c, weight, bias,
-                running_mean, running_var, stats, C, count, eps, momentum, unbias, first,
-            )  # fmt: skip
-        xs = cuda.local.array(per_thread, acc)
-        gs = cuda.local.array(per_thread, acc)
+    @inlined
+    def channel_pass(x, dy, out, c, C, P, inv_P, total, step_rows, step_pos, scale, shift,
+                     mean, a, slope, constant):  # fmt: skip
+        xs = cuda.local.array(per_thread, kind)
+        gs = cuda.local.array(per_thread, kind)
         j = nt.int64(cuda.threadIdx.x)
         at, pos, plane, move_pos, move, skip = channel_walk(j, c, C, P, inv_P, step_rows, step_pos)
         while j < total:
@@ -403,15 +441,81 @@ def build_bn_channel(
                 at, pos = walk_on(at, pos, plane, move_pos, move, skip)
             for k in range(per_thread):
                 if j + k * threads < total:
-                    u = cuda.fma(xs[k], scale, shift)
-                    if backward:
-                        g = zero if u <= zero else gs[k]
-                        value = cuda.fma(a, g, cuda.fma(slope, xs[k] - mean, constant))
-                    else:
-                        value = zero if u <= zero else u
+                    value = apply(xs[k], gs[k], scale, shift, mean, a, slope, constant)
                     store(out, round_at, value)
                 round_at, round_pos = walk_on(round_at, round_pos, plane, move_pos, move, skip)
             j += per_thread * threads
+
+    return channel_pass
+
+
+def build_bn_channel(
+    storage: str, per_thread: int, threads: int, backward: bool, registers: int | None
+):
+    """``bn_channel_forward`` (``backward`` False) or ``bn_channel_backward``: one block
+    of ``threads`` per channel does a whole pass in one launch, for channels of few values
+    (``per_thread`` values per thread and round, half as many words where ``paired``;
+    ``registers`` the register cap). The forward sums the channel's statistics
+    (``span_sums`` over all of it), meets the sums in the block's tree, writes the stats
+    and the running statistics' update (thread 0) and writes y = relu(x·scale + shift)
+    over the channel again (its second read of x comes from the cache); the backward sums
+    the gradient's two sums the same way, writes grad_weight and grad_bias as the rows of
+    the (2, C) ``grads`` and then grad_x. Sums in the same fixed order on every run."""
+    _, zero, *_ = acc_constants(storage)
+    load, _ = load_store(storage)
+    values = _units(storage, backward, False)
+    sums_values = _build_span_sums(values, per_thread, threads, zero)
+    pass_values = _build_channel_pass(values, per_thread, threads, backward)
+    can_pair = _can_pair(storage, per_thread)
+    sums_pairs, pass_pairs = sums_values, pass_values
+    if can_pair:
+        pairs = _units(storage, backward, True)
+        sums_pairs = _build_span_sums(pairs, per_thread // 2, threads, zero)
+        pass_pairs = _build_channel_pass(pairs, per_thread // 2, threads, backward)
+    block_sums = _build_block_sums(storage, threads)
+    channel_stats = _build_channel_stats(storage)
+    grad_coefficients = _build_grad_coefficients(storage)
+
+    def bn_channel(x, dy, out, weight, bias, running_mean, running_var, stats, grads, C, P,
+                   inv_P, total, step_rows, step_pos, count, eps, momentum, unbias,
+                   paired):  # fmt: skip
+        c = nt.int64(cuda.blockIdx.x)
+        first = cuda.threadIdx.x == 0
+        in_pairs = can_pair and paired != 0
+        if backward:
+            mean = stats[c]
+            scale = stats[2 * C + c]
+            shift = stats[3 * C + c]
+            args = (x, dy, c, 0, total, C, P, inv_P, step_rows, step_pos, 1, zero, mean,
+                    scale, shift)  # fmt: skip
+            if in_pairs:
+                s1, s2 = sums_pairs(*args)
+            else:
+                s1, s2 = sums_values(*args)
+            t1, t2 = block_sums(s1, s2)
+            a, slope, constant = grad_coefficients(
+                nt.float64(t1), nt.float64(t2), c, weight, stats, grads, 0, C, count, first
+            )
+        else:
+            pivot = load(x, c * (2 * P if in_pairs else P))
+            args = (x, x, c, 0, total, C, P, inv_P, step_rows, step_pos, 0, pivot, zero,
+                    zero, zero)  # fmt: skip
+            if in_pairs:
+                s1, s2 = sums_pairs(*args)
+            else:
+                s1, s2 = sums_values(*args)
+            t1, t2 = block_sums(s1, s2)
+            mean = a = slope = constant = zero  # (not read by the forward)
+            scale, shift = channel_stats(
+                nt.float64(t1), nt.float64(t2), nt.float64(pivot), c, weight, bias,
+                running_mean, running_var, stats, C, count, eps, momentum, unbias, first,
+            )  # fmt: skip
+        args = (x, dy, out, c, C, P, inv_P, total, step_rows, step_pos, scale, shift, mean, a,
+                slope, constant)  # fmt: skip
+        if in_pairs:
+            pass_pairs(*args)
+        else:
+            pass_values(*args)
 
     pointers = (
         "x", "dy", "out", "weight", "bias", "running_mean", "running_var", "stats", "grads"
@@ -419,12 +523,13 @@ def build_bn_channel(
     return kernel(bn_channel, pointers, BatchNormChannelScalars, registers)
 
 
-def _elementwise_walk(load, store, apply, unit, per_thread: int, units: int, backward: bool):
-    """One thread's ``per_thread`` units of the flat elementwise pass (a unit: one value,
-    or a word of two bfloat16 values, ``units`` storage elements, which share a channel
-    because the plane is even): ``load(p, i)`` reads unit i after p into a ``unit`` (a
-    Numba type), ``apply(x, g, channel's values...)`` gives the unit to store, and
-    ``store(p, i, v)`` writes it. Extents are in units."""
+def _elementwise_walk(units: _Units, per_thread: int, backward: bool):
+    """One thread's ``per_thread`` units of the flat elementwise pass, one block width
+    apart (loads first, then stores), each unit's channel stepped on from the first's.
+    Extents are in units."""
+    load, store, kind, apply, width_of = (
+        units.load, units.store, units.kind, units.apply, units.width
+    )  # fmt: skip
 
     @inlined
     def walk(x, dy, out, stats, coefficients, first, width, total, C, inv_C, P, inv_P,
@@ -434,13 +539,13 @@ def _elementwise_walk(load, store, apply, unit, per_thread: int, units: int, bac
         pos, c = nt.int32(pos64), nt.int32(c64)
         plane, channels = nt.int32(P), nt.int32(C)
         move_pos, move_rows = nt.int32(step_pos), nt.int32(step_rows)
-        at_x = offset(x, first * units)
-        at_dy = offset(dy, first * units)
-        to = offset(out, first * units)
+        at_x = offset(x, first * width_of)
+        at_dy = offset(dy, first * width_of)
+        to = offset(out, first * width_of)
         scales, shifts = offset(stats, 2 * C), offset(stats, 3 * C)  # rows of (4, C)
         slopes, constants = offset(coefficients, C), offset(coefficients, 2 * C)  # of (5, C)
-        xs = cuda.local.array(per_thread, unit)
-        gs = cuda.local.array(per_thread, unit)
+        xs = cuda.local.array(per_thread, kind)
+        gs = cuda.local.array(per_thread, kind)
         cs = cuda.local.array(per_thread, nt.int32)
         w = nt.int32(width)
         valid = (total - first + width - 1) // width  # units of this thread in the tensor
@@ -479,31 +584,11 @@ def build_bn_elementwise(storage: str, per_thread: int, backward: bool):
     stepped on from the first's, so rows shorter than a block cost nothing extra. For
     bfloat16 the kernel also walks words of two values, ``per_thread // 2`` per thread,
     where ``paired`` (the extents then in words)."""
-    acc, zero, *_ = acc_constants(storage)
-    load, store = load_store(storage)
-
-    @inlined
-    def one(v, g, scale, shift, mean, a, slope, constant):
-        u = cuda.fma(v, scale, shift)
-        if backward:
-            kept = zero if u <= zero else g
-            return cuda.fma(a, kept, cuda.fma(slope, v - mean, constant))
-        return zero if u <= zero else u
-
-    walk_values = _elementwise_walk(load, store, one, acc, per_thread, 1, backward)
-    can_pair = storage == "bfloat16" and per_thread >= 2  # else ``paired`` is not read
+    walk_values = _elementwise_walk(_units(storage, backward, False), per_thread, backward)
+    can_pair = _can_pair(storage, per_thread)
     walk_pairs = walk_values
     if can_pair:
-
-        @inlined
-        def pair(xw, gw, scale, shift, mean, a, slope, constant):
-            first = one(bf16_low(xw), bf16_low(gw), scale, shift, mean, a, slope, constant)
-            second = one(bf16_high(xw), bf16_high(gw), scale, shift, mean, a, slope, constant)
-            return bf16x2_bits(first, second)
-
-        walk_pairs = _elementwise_walk(
-            bf16x2_load, bf16x2_store, pair, nt.int32, per_thread // 2, 2, backward
-        )
+        walk_pairs = _elementwise_walk(_units(storage, backward, True), per_thread // 2, backward)
 
     def elementwise(x, dy, out, stats, coefficients, total, C, inv_C, P, inv_P, step_rows,
                     step_pos, paired):  # fmt: skip

@@ -519,6 +519,21 @@ class BatchNormPlan(NamedTuple):
     channel_backward: Step | None = None
 
 
+def _batch_norm_pairs(
+    storage: str, plane: int, per_thread: int, tuning: Tuning, word_aligned: bool
+) -> bool:
+    """Whether training batch norm's kernels move bfloat16 as 32-bit pairs: rows of an
+    even length (every row starts on a word), tensors on 4-byte boundaries, at least two
+    values per thread and round, and ``tuning.batch_norm_pairs``."""
+    return (
+        storage == "bfloat16"
+        and tuning.batch_norm_pairs
+        and word_aligned
+        and plane % 2 == 0
+        and per_thread >= 2
+    )
+
+
 @functools.lru_cache(maxsize=512)
 def batch_norm_plan(
     shape: tuple[int, int, int],
@@ -528,9 +543,9 @@ def batch_norm_plan(
     tuning: Tuning = TUNING,
     word_aligned: bool = False,
 ) -> BatchNormPlan:
-    """Training batch norm's launches over a (B, C, P) tensor of ``storage`` values, the
-    elementwise passes in bfloat16 pairs where the tensors they touch are ``word_aligned``
-    (``batch_norm_normalize_step``)."""
+    """Training batch norm's launches over a (B, C, P) tensor of ``storage`` values;
+    bfloat16 moves as 32-bit pairs where every tensor the kernels read is
+    ``word_aligned`` (``_batch_norm_pairs``)."""
     batch, channels, plane = shape
     total = batch * plane
     if total < 2:
@@ -540,38 +555,46 @@ def batch_norm_plan(
     if batch * channels * plane >= 2**62 or channels >= 65536:
         raise ValueError(f"rubiks_shift on CUDA: a batch-norm input of {shape} is too large")
     threads = tuning.batch_norm_threads
+    per_thread = prologue_per_thread(storage, tuning)
     if total <= tuning.batch_norm_channel_values:
+        channel_per_thread = min(per_thread, tuning.batch_norm_channel_per_thread)
+        paired = _batch_norm_pairs(storage, plane, channel_per_thread, tuning, word_aligned)
+        row = plane // 2 if paired else plane  # units: values or words
         scalars = BatchNormChannelScalars(
             C=channels,
-            P=plane,
-            inv_P=1.0 / plane,
-            total=total,
-            step_rows=threads // plane,
-            step_pos=threads % plane,
+            P=row,
+            inv_P=1.0 / row,
+            total=batch * row,
+            step_rows=threads // row,
+            step_pos=threads % row,
             count=float(total),
             eps=float(eps),
             momentum=float(momentum),
             unbias=total / (total - 1),
+            paired=int(paired),
         )
         grid, block = (channels, 1, 1), (threads, 1, 1)
         forward = Step("bn_channel_forward", grid, block, scalars)
         backward = Step("bn_channel_backward", grid, block, scalars)
         return BatchNormPlan(0, None, None, None, None, None, None, forward, backward)
-    per_thread = prologue_per_thread(storage, tuning)
     rounds = -(-total // (threads * per_thread))  # a channel's rounds of one block
     parts = max(1, min(rounds, -(-tuning.batch_norm_blocks // channels)))
-    span = -(-total // parts)
-    parts = -(-total // span)  # no empty block
+    paired = _batch_norm_pairs(storage, plane, per_thread, tuning, word_aligned)
+    row = plane // 2 if paired else plane  # units: values or words
+    units = batch * row
+    span = -(-units // parts)
+    parts = -(-units // span)  # no empty block
     partial = BatchNormPartialScalars(
         C=channels,
-        P=plane,
-        inv_P=1.0 / plane,
-        total=total,
+        P=row,
+        inv_P=1.0 / row,
+        total=units,
         span=span,
         parts=parts,
-        step_rows=threads // plane,
-        step_pos=threads % plane,
+        step_rows=threads // row,
+        step_pos=threads % row,
         grads=0,
+        paired=int(paired),
     )
     per_channel = BatchNormStatsScalars(
         C=channels,
@@ -614,13 +637,7 @@ def batch_norm_normalize_step(
     blocks = -(-values // (row_threads * per_thread))
     if blocks >= 2**31 or channels >= 65536:
         raise ValueError(f"rubiks_shift on CUDA: a batch-norm input of {shape} is too large")
-    paired = (
-        storage == "bfloat16"
-        and tuning.batch_norm_pairs
-        and word_aligned
-        and plane % 2 == 0
-        and per_thread >= 2
-    )
+    paired = _batch_norm_pairs(storage, plane, per_thread, tuning, word_aligned)
     if paired:  # every row starts on a word: count words of two values
         values, plane, per_thread = values // 2, plane // 2, per_thread // 2
         blocks = -(-values // (row_threads * per_thread))

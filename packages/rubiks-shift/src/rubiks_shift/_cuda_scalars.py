@@ -154,17 +154,19 @@ class IntegerShiftScalars(NamedTuple):
 
 class BatchNormPartialScalars(NamedTuple):
     """``bn_partial``: per-block sums over spans of each channel's values, a channel's
-    values being B rows of P, row b at (b·C + c)·P."""
+    values being B rows of P, row b at (b·C + c)·P; extents in units: values, or
+    (``paired``) words of two bfloat16 values."""
 
     C: int
-    P: int  # H * W: the values of one row (one image of the batch, one channel)
+    P: int  # H * W: the units of one row (one image of the batch, one channel)
     inv_P: float  # 1 / P (divmod_'s reciprocal)
-    total: int  # B * P: one channel's values
-    span: int  # values per block (the last block's span may be shorter)
+    total: int  # B * P: one channel's units
+    span: int  # units per block (the last block's span may be shorter)
     parts: int  # blocks per channel
-    step_rows: int  # a thread's move to its next value: whole rows ...
+    step_rows: int  # a thread's move to its next unit: whole rows ...
     step_pos: int  # ... and places in a row (threads per block = step_rows·P + step_pos)
     grads: int  # 0: statistics (Σ v, Σ v²); 1: gradient sums (Σ g, Σ g·(x - mean))
+    paired: int  # 1: units are 32-bit words of two bfloat16 values (even P, aligned)
 
 
 class BatchNormStatsScalars(NamedTuple):
@@ -181,18 +183,20 @@ class BatchNormStatsScalars(NamedTuple):
 
 class BatchNormChannelScalars(NamedTuple):
     """``bn_channel_forward`` and ``bn_channel_backward``: one block per channel, a
-    channel's values being B rows of P, row b at (b·C + c)·P."""
+    channel's values being B rows of P, row b at (b·C + c)·P; extents in units: values,
+    or (``paired``) words of two bfloat16 values."""
 
     C: int
-    P: int
+    P: int  # units per row
     inv_P: float
-    total: int  # B * P: one channel's values
-    step_rows: int  # a thread's move to its next value: whole rows ...
+    total: int  # B * P: one channel's units
+    step_rows: int  # a thread's move to its next unit: whole rows ...
     step_pos: int  # ... and places in a row (threads per block = step_rows·P + step_pos)
-    count: float  # total, as a float
+    count: float  # the channel's values, as a float
     eps: float
     momentum: float
     unbias: float  # count / (count - 1): the running variance is the unbiased one
+    paired: int  # 1: units are 32-bit words of two bfloat16 values (even P, aligned)
 
 
 class BatchNormElementwiseScalars(NamedTuple):
