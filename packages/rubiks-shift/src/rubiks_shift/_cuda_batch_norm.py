@@ -18,9 +18,6 @@ gradient's ``grad_shift`` / ``finalize``). The kernels:
   coefficients of grad_x = a·g + b·(x - mean) + c.
 * ``bn_normalize`` / ``bn_grad_input``: y = relu(x·scale + shift) and grad_x, elementwise
   over the tensor as one flat run.
-
-The ReLU is torch's on NaN: relu(NaN) is NaN, and its backward passes the gradient where
-the output is NaN (only values <= 0 are cut).
 * ``bn_channel_forward`` / ``bn_channel_backward``: for channels of few values, one block
   per channel (``parts`` = 1) does a direction's three steps in one launch, the
   elementwise pass re-reading the channel from the cache.
@@ -28,6 +25,14 @@ the output is NaN (only values <= 0 are cut).
 Both forms share their device functions (``span_sums``, ``block_sums``,
 ``channel_stats``, ``grad_coefficients``), so both forms compute the same per-channel
 values from their sums.
+
+The ReLU is torch's on NaN: relu(NaN) is NaN, and its backward passes the gradient where
+the output is NaN (only values <= 0 are cut).
+
+bfloat16 tensors whose rows have an even length and that lie on 4-byte boundaries move
+as 32-bit words of two values (the ``paired`` scalar of each kernel; ``_units``): the
+extents are then in words, a word's two values share their channel, the sums add them
+in turn and the elementwise passes compute each as a single value would be.
 """
 
 from __future__ import annotations
