@@ -319,7 +319,7 @@ def check_batch_norm() -> int:
                     torch.allclose(got.double(), want.detach(), rtol=tol, atol=tol)
                     for got, want in ((y1, y_ref), (g1, xr.grad))
                 )
-                print(f"bn paired={paired}")
+                print(f"bn pairs={paired}")
             if dtype == torch.float64:  # a NaN input: NaN where torch's gives NaN, as torch
                 xn = x.detach().clone()
                 xn.view(-1)[0] = float("nan")
