@@ -537,9 +537,9 @@ _BN_PLANS: dict = {}  # (shape, dtype, eps, momentum, aligned) -> (kernels, Batc
 
 
 def _bn_plan(x: torch.Tensor, eps: float, momentum: float, aligned: bool):
-    """(kernels, launches) of training batch norm over ``x``: the elementwise passes move
-    bfloat16 in pairs only where ``aligned`` (every tensor they read on a 4-byte boundary;
-    the ones they write, fresh allocations, are)."""
+    """(kernels, launches) of training batch norm over ``x``: the kernels move bfloat16
+    in pairs only where ``aligned`` (every tensor they read on a 4-byte boundary; the ones
+    they write, fresh allocations, are)."""
     key = (x.shape, x.dtype, eps, momentum, aligned)
     plan = _BN_PLANS.get(key)
     if plan is None:

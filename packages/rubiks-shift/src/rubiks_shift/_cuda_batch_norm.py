@@ -487,30 +487,27 @@ def build_bn_channel(
         c = nt.int64(cuda.blockIdx.x)
         first = cuda.threadIdx.x == 0
         in_pairs = can_pair and paired != 0
-        if backward:
+        if backward:  # the gradient's sums: Σ g, Σ g·(x - mean)
+            pivot = zero
             mean = stats[c]
             scale = stats[2 * C + c]
             shift = stats[3 * C + c]
-            args = (x, dy, c, 0, total, C, P, inv_P, step_rows, step_pos, 1, zero, mean,
-                    scale, shift)  # fmt: skip
-            if in_pairs:
-                s1, s2 = sums_pairs(*args)
-            else:
-                s1, s2 = sums_values(*args)
-            t1, t2 = block_sums(s1, s2)
+        else:  # the statistics' sums: Σ v, Σ v² of v = x - pivot
+            pivot = load(x, c * (2 * P if in_pairs else P))
+            mean = scale = shift = zero
+        args = (x, dy if backward else x, c, 0, total, C, P, inv_P, step_rows, step_pos,
+                1 if backward else 0, pivot, mean, scale, shift)  # fmt: skip
+        if in_pairs:
+            s1, s2 = sums_pairs(*args)
+        else:
+            s1, s2 = sums_values(*args)
+        t1, t2 = block_sums(s1, s2)
+        if backward:
             a, slope, constant = grad_coefficients(
                 nt.float64(t1), nt.float64(t2), c, weight, stats, grads, 0, C, count, first
             )
         else:
-            pivot = load(x, c * (2 * P if in_pairs else P))
-            args = (x, x, c, 0, total, C, P, inv_P, step_rows, step_pos, 0, pivot, zero,
-                    zero, zero)  # fmt: skip
-            if in_pairs:
-                s1, s2 = sums_pairs(*args)
-            else:
-                s1, s2 = sums_values(*args)
-            t1, t2 = block_sums(s1, s2)
-            mean = a = slope = constant = zero  # (not read by the forward)
+            a = slope = constant = zero  # (not read by the forward)
             scale, shift = channel_stats(
                 nt.float64(t1), nt.float64(t2), nt.float64(pivot), c, weight, bias,
                 running_mean, running_var, stats, C, count, eps, momentum, unbias, first,
