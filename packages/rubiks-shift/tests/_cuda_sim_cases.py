@@ -248,7 +248,7 @@ BATCH_NORM_CASES = [  # (B, C, H, W), dtype; two spans per channel, cut mid-row,
 def _bn_paired(x: torch.Tensor, one_block: bool) -> bool:
     """Whether the batch-norm plan last made for ``x`` moves its values in pairs (every
     launch of the form)."""
-    key = (x.shape, x.dtype, 1e-5, 0.1, x.data_ptr() % 4 == 0)
+    key = (x.shape, x.dtype, 1e-5, 0.1, _cuda._word_aligned(x))
     plan = _cuda._BN_PLANS[key][1]
     if one_block:
         steps = (plan.channel_forward, plan.channel_backward)
@@ -303,7 +303,7 @@ def check_batch_norm() -> int:
                 for got, want in zip(runs[0], expected, strict=True)
             )
             ok = ok and all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
-            if dtype == torch.bfloat16:  # the pairs' form against single values
+            if dtype in (torch.bfloat16, torch.float32):  # pairs against single values
                 paired = _bn_paired(x, one_block)
                 single = replace(small, batch_norm_channel_values=channel_values)
                 with _cuda.tuned(replace(single, batch_norm_pairs=False)):

@@ -352,36 +352,38 @@ def test_affine_relu_plan_pairs_bfloat16_on_even_planes(major):
     assert [step.scalars.paired for step in unpaired] == [0, 0, 0, 0]
 
 
-def test_batch_norm_pairs_bfloat16_on_even_planes():
-    """Training batch norm's kernels move bfloat16 as words of two values where the plane
-    is even and the tensors aligned: every extent of the elementwise pass, the spans' sums
-    and the one-block form halves (each block and round covers the same bytes), the
-    per-channel kernels keep counting values; odd planes, unaligned tensors, other dtypes
-    and ``batch_norm_pairs=False`` take single values."""
+@pytest.mark.parametrize("storage", ["bfloat16", "float32"])
+def test_batch_norm_pairs_on_even_planes(storage):
+    """Training batch norm's kernels move bfloat16 and float32 as words of two values
+    where the plane is even and the tensors aligned: every extent of the elementwise
+    pass, the spans' sums and the one-block form halves (each block and round covers the
+    same bytes), the per-channel kernels keep counting values; odd planes, unaligned
+    tensors, other dtypes and ``batch_norm_pairs=False`` take single values."""
     from rubiks_shift._cuda_plan import batch_norm_normalize_step, batch_norm_plan
 
     tuning = replace(TUNING, prologue_threads=32)
     shape = (5, 3, 14)
-    values = batch_norm_normalize_step(shape, "bfloat16", tuning, word_aligned=False)
-    pairs = batch_norm_normalize_step(shape, "bfloat16", tuning, word_aligned=True)
+    values = batch_norm_normalize_step(shape, storage, tuning, word_aligned=False)
+    pairs = batch_norm_normalize_step(shape, storage, tuning, word_aligned=True)
     assert (values.scalars.paired, pairs.scalars.paired) == (0, 1)
     assert (pairs.scalars.total * 2, pairs.scalars.P * 2) == (values.scalars.total, 14)
     assert (pairs.scalars.inv_P, pairs.scalars.step_rows, pairs.scalars.step_pos) == (1 / 7, 4, 4)
-    words = 32 * TUNING.prologue_bytes // 4  # words per block
+    value_bytes = 2 if storage == "bfloat16" else 4
+    words = 32 * TUNING.prologue_bytes // (2 * value_bytes)  # words per block
     assert pairs.grid == (-(-5 * 3 * 7 // words), 1, 1)
     unpaired = [
-        batch_norm_normalize_step((5, 3, 15), "bfloat16", tuning, word_aligned=True),
+        batch_norm_normalize_step((5, 3, 15), storage, tuning, word_aligned=True),
         batch_norm_normalize_step(shape, "float16", tuning, word_aligned=True),
-        batch_norm_normalize_step(shape, "float32", tuning, word_aligned=True),
+        batch_norm_normalize_step(shape, "float64", tuning, word_aligned=True),
         batch_norm_normalize_step(
-            shape, "bfloat16", replace(tuning, batch_norm_pairs=False), word_aligned=True
+            shape, storage, replace(tuning, batch_norm_pairs=False), word_aligned=True
         ),
     ]
     assert [step.scalars.paired for step in unpaired] == [0, 0, 0, 0]
 
     spans = replace(tuning, batch_norm_channel_values=0, batch_norm_threads=32)
-    plain = batch_norm_plan((50, 3, 14), "bfloat16", 1e-5, 0.1, spans)
-    paired = batch_norm_plan((50, 3, 14), "bfloat16", 1e-5, 0.1, spans, word_aligned=True)
+    plain = batch_norm_plan((50, 3, 14), storage, 1e-5, 0.1, spans)
+    paired = batch_norm_plan((50, 3, 14), storage, 1e-5, 0.1, spans, word_aligned=True)
     assert (paired.normalize.scalars.paired, paired.grad_input.name) == (1, "bn_grad_input")
     assert paired.grad_input.scalars == paired.normalize.scalars
     ours, theirs = paired.partial.scalars, plain.partial.scalars
@@ -393,12 +395,12 @@ def test_batch_norm_pairs_bfloat16_on_even_planes():
     assert paired.stats.scalars.count == 700.0
 
     one_block = replace(tuning, batch_norm_channel_values=2**40)
-    plain = batch_norm_plan(shape, "bfloat16", 1e-5, 0.1, one_block).channel_forward.scalars
-    ours = batch_norm_plan(shape, "bfloat16", 1e-5, 0.1, one_block, True).channel_backward.scalars
+    plain = batch_norm_plan(shape, storage, 1e-5, 0.1, one_block).channel_forward.scalars
+    ours = batch_norm_plan(shape, storage, 1e-5, 0.1, one_block, True).channel_backward.scalars
     assert (ours.paired, plain.paired) == (1, 0)
     assert (ours.P, ours.total, ours.step_rows, ours.step_pos) == (7, 35, 36, 4)
     assert (ours.count, ours.unbias) == (plain.count, plain.unbias) == (70.0, 70 / 69)
-    odd = batch_norm_plan((5, 3, 15), "bfloat16", 1e-5, 0.1, one_block, True)
+    odd = batch_norm_plan((5, 3, 15), storage, 1e-5, 0.1, one_block, True)
     assert odd.channel_forward.scalars.paired == 0
 
 

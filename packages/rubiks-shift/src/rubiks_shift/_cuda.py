@@ -536,10 +536,17 @@ def backward(
 _BN_PLANS: dict = {}  # (shape, dtype, eps, momentum, aligned) -> (kernels, BatchNormPlan)
 
 
+def _word_aligned(*tensors: torch.Tensor) -> bool:
+    """Whether every one of ``tensors`` starts on the boundary of a word of two values
+    (4 bytes for bfloat16, 8 for float32), where the batch norm's kernels may move
+    words."""
+    return all(t.data_ptr() % (2 * t.element_size()) == 0 for t in tensors)
+
+
 def _bn_plan(x: torch.Tensor, eps: float, momentum: float, aligned: bool):
     """(kernels, launches) of training batch norm over ``x``: the kernels move bfloat16
-    in pairs only where ``aligned`` (every tensor they read on a 4-byte boundary; the ones
-    they write, fresh allocations, are)."""
+    and float32 in pairs only where ``aligned`` (every tensor they read on a word's
+    boundary, ``_word_aligned``; the ones they write, fresh allocations, are)."""
     key = (x.shape, x.dtype, eps, momentum, aligned)
     plan = _BN_PLANS.get(key)
     if plan is None:
@@ -566,7 +573,7 @@ def batch_norm_relu_forward(
     stats the (4, C) mean, 1 / sqrt(var + eps), scale and shift of the affine applied
     (the backward's input). weight, bias and the running statistics: contiguous, in the
     accumulation dtype."""
-    kernels, plan = _bn_plan(x, eps, momentum, x.data_ptr() % 4 == 0)
+    kernels, plan = _bn_plan(x, eps, momentum, _word_aligned(x))
     channels = x.shape[1]
     acc = _ACC_DTYPE.get(kernels.storage, torch.float32)
     stats = torch.empty(4, channels, device=x.device, dtype=acc)
@@ -599,8 +606,7 @@ def batch_norm_relu_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight, grad_bias) of ``batch_norm_relu_forward``; grad_y and x
     contiguous, of x's dtype; the parameter gradients in the accumulation dtype."""
-    aligned = x.data_ptr() % 4 == 0 and grad_y.data_ptr() % 4 == 0
-    kernels, plan = _bn_plan(x, eps, momentum, aligned)
+    kernels, plan = _bn_plan(x, eps, momentum, _word_aligned(x, grad_y))
     channels = x.shape[1]
     grad_x = torch.empty_like(x, memory_format=_CONTIGUOUS)
     index = x.get_device()
@@ -628,8 +634,8 @@ def batch_norm_relu_apply(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     kernels = kernel_set(_STORAGE[x.dtype], "float32")
     batch, channels = x.shape[0], x.shape[1]
     plane = x.numel() // max(1, batch * channels)
-    shape, aligned = (batch, channels, plane), x.data_ptr() % 4 == 0
-    step = batch_norm_normalize_step(shape, kernels.storage, _tuning, aligned)
+    shape = (batch, channels, plane)
+    step = batch_norm_normalize_step(shape, kernels.storage, _tuning, _word_aligned(x))
     y = torch.empty_like(x, memory_format=_CONTIGUOUS)
     index = x.get_device()
     previous = _make_current(index)

@@ -29,10 +29,11 @@ values from their sums.
 The ReLU is torch's on NaN: relu(NaN) is NaN, and its backward passes the gradient where
 the output is NaN (only values <= 0 are cut).
 
-bfloat16 tensors whose rows have an even length and that lie on 4-byte boundaries move
-as 32-bit words of two values (the ``paired`` scalar of each kernel; ``_units``): the
-extents are then in words, a word's two values share their channel, the sums add them
-in turn and the elementwise passes compute each as a single value would be.
+bfloat16 and float32 tensors whose rows have an even length and that lie on the
+boundaries of two values (4 and 8 bytes) move as words of two values (the ``paired``
+scalar of each kernel; ``_units``): the extents are then in words, a word's two values
+share their channel, the sums add them in turn and the elementwise passes compute each
+as a single value would be.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ from ._cuda_device import (
     bf16x2_load,
     bf16x2_store,
     divmod_,
+    f32_high,
+    f32_low,
+    f32x2_bits,
+    f32x2_load,
+    f32x2_store,
     inlined,
     kernel,
     ldg,
@@ -142,9 +148,30 @@ def walk_on(at, pos, plane, move_pos, move, skip):
     return at, pos
 
 
+class _Pairs(NamedTuple):
+    """The intrinsics of a storage's words of two values (``_cuda_device``): load and
+    store a word, the word's Numba type, its first and second value, two values as a
+    word."""
+
+    load: object
+    store: object
+    kind: object
+    low: object
+    high: object
+    bits: object
+
+
+# the storages whose kernels also walk words of two values: bfloat16 as 32-bit words,
+# float32 as 64-bit ones
+_PAIRS = {
+    "bfloat16": _Pairs(bf16x2_load, bf16x2_store, nt.int32, bf16_low, bf16_high, bf16x2_bits),
+    "float32": _Pairs(f32x2_load, f32x2_store, nt.int64, f32_low, f32_high, f32x2_bits),
+}
+
+
 class _Units(NamedTuple):
-    """How a kernel walks its tensors: a unit is one value, or (``width`` 2) a 32-bit word
-    of two bfloat16 values, which share a channel because rows have an even length.
+    """How a kernel walks its tensors: a unit is one value, or (``width`` 2) a word of two
+    values (``_PAIRS``), which share a channel because rows have an even length.
     ``load(p, i)`` / ``store(p, i, u)`` read and write unit i after pointer p (a ``kind``,
     a Numba type); ``pad(pivot)`` is a unit of the pivot, summed as nothing;
     ``accumulate(s1, s2, xu, gu, grads, pivot, mean, scale, shift)`` adds a unit's values
@@ -162,7 +189,7 @@ class _Units(NamedTuple):
 
 
 def _units(storage: str, backward: bool, paired: bool) -> _Units:
-    """The single values of ``storage`` tensors, or (``paired``) bfloat16 pairs."""
+    """The single values of ``storage`` tensors, or (``paired``) their words of two."""
     acc, zero, *_ = acc_constants(storage)
     load, store = load_store(storage)
 
@@ -190,28 +217,31 @@ def _units(storage: str, backward: bool, paired: bool) -> _Units:
 
         return _Units(load, store, acc, 1, pad, add, one)
 
+    words = _PAIRS[storage]
+    low, high, bits = words.low, words.high, words.bits
+
     @inlined
     def pad_pair(pivot):
-        return bf16x2_bits(pivot, pivot)  # exact: the pivot is a bfloat16 value
+        return bits(pivot, pivot)  # exact: the pivot is a value of the storage
 
     @inlined
     def add_pair(s1, s2, xw, gw, grads, pivot, mean, scale, shift):
-        s1, s2 = add(s1, s2, bf16_low(xw), bf16_low(gw), grads, pivot, mean, scale, shift)
-        return add(s1, s2, bf16_high(xw), bf16_high(gw), grads, pivot, mean, scale, shift)
+        s1, s2 = add(s1, s2, low(xw), low(gw), grads, pivot, mean, scale, shift)
+        return add(s1, s2, high(xw), high(gw), grads, pivot, mean, scale, shift)
 
     @inlined
     def pair(xw, gw, scale, shift, mean, a, slope, constant):
-        first = one(bf16_low(xw), bf16_low(gw), scale, shift, mean, a, slope, constant)
-        second = one(bf16_high(xw), bf16_high(gw), scale, shift, mean, a, slope, constant)
-        return bf16x2_bits(first, second)
+        first = one(low(xw), low(gw), scale, shift, mean, a, slope, constant)
+        second = one(high(xw), high(gw), scale, shift, mean, a, slope, constant)
+        return bits(first, second)
 
-    return _Units(bf16x2_load, bf16x2_store, nt.int32, 2, pad_pair, add_pair, pair)
+    return _Units(words.load, words.store, words.kind, 2, pad_pair, add_pair, pair)
 
 
 def _can_pair(storage: str, per_thread: int) -> bool:
     """Whether kernels for ``storage`` with ``per_thread`` values per round also walk
-    bfloat16 pairs (else their ``paired`` scalar is not read)."""
-    return storage == "bfloat16" and per_thread >= 2
+    words of two values (else their ``paired`` scalar is not read)."""
+    return storage in _PAIRS and per_thread >= 2
 
 
 def _build_span_sums(units: _Units, per_thread: int, threads: int, zero):
@@ -584,8 +614,8 @@ def build_bn_elementwise(storage: str, per_thread: int, backward: bool):
     passed it) for ``storage`` tensors: the tensor as one flat run, ``per_thread`` values
     per thread one block width apart (loads first, then stores), each value's channel
     stepped on from the first's, so rows shorter than a block cost nothing extra. For
-    bfloat16 the kernel also walks words of two values, ``per_thread // 2`` per thread,
-    where ``paired`` (the extents then in words)."""
+    bfloat16 and float32 the kernel also walks words of two values, ``per_thread // 2``
+    per thread, where ``paired`` (the extents then in words)."""
     walk_values = _elementwise_walk(_units(storage, backward, False), per_thread, backward)
     can_pair = _can_pair(storage, per_thread)
     walk_pairs = walk_values

@@ -9,12 +9,13 @@ inner loops index with 32-bit offsets instead of Numba's 64-bit index arithmetic
 
 Here: ``inlined`` (device functions NVVM inlines), the per-dtype ``load_store`` and
 ``masked_load``, the intrinsics (``ldg`` read-only loads, ``ldg_if`` predicated ones,
-bfloat16 conversion of one value or of a 32-bit pair, ``offset``, ``fresh``,
-``warp_all``), ``divmod_`` by a float64 reciprocal, and how a kernel is declared:
-pointer types, scalar types from its ``_cuda_scalars`` block, its parameter list checked
-against that block (``check_parameters``, ``kernel``) and its register cap
-(``kernel_decorator``). Each intrinsic has a simulator form (``NUMBA_ENABLE_CUDASIM=1``:
-the kernels run as Python on flat arrays, bit casts through numpy views).
+bfloat16 conversion of one value or of a 32-bit pair, float32 pairs as 64-bit words,
+``offset``, ``fresh``, ``warp_all``), ``divmod_`` by a float64 reciprocal, and how a
+kernel is declared: pointer types, scalar types from its ``_cuda_scalars`` block, its
+parameter list checked against that block (``check_parameters``, ``kernel``) and its
+register cap (``kernel_decorator``). Each intrinsic has a simulator form
+(``NUMBA_ENABLE_CUDASIM=1``: the kernels run as Python on flat arrays, bit casts through
+numpy views).
 """
 
 from __future__ import annotations
@@ -370,6 +371,123 @@ def _make_bf16_pairs():
 
 
 bf16x2_load, bf16x2_store, bf16_low, bf16_high, bf16x2_bits = _make_bf16_pairs()
+
+
+def _sim_int64(bits: int):
+    """The low 64 bits of ``bits`` as the simulator's int64 (a word of two float32)."""
+    return np.array([bits & 0xFFFFFFFFFFFFFFFF], np.uint64).view(np.int64)[0]
+
+
+def _sim_bits32(value) -> int:
+    """A float32 value as its 32 bits (0 to 0xFFFFFFFF)."""
+    return int(np.array([value], np.float32).view(np.uint32)[0])
+
+
+def _make_f32_pairs():
+    """Two adjacent float32 values as one 64-bit word: (f32x2_load, f32x2_store,
+    f32_low, f32_high, f32x2_bits), as ``_make_bf16_pairs`` gives for bfloat16.
+    ``f32x2_load(a, i)`` reads word ``i`` of a float32 pointer (elements 2i and 2i + 1,
+    8-byte aligned) through the read-only path (``ld.global.nc.u64``); ``f32x2_store(a,
+    i, w)`` writes it; ``f32_low`` / ``f32_high`` give its first / second value;
+    ``f32x2_bits(first, second)`` packs two values into one word (bit casts: exact)."""
+    from numba import config
+
+    if config.ENABLE_CUDASIM:
+
+        def f32x2_load(a, i):
+            return _sim_int64(_sim_bits32(a[2 * i]) | (_sim_bits32(a[2 * i + 1]) << 32))
+
+        def f32_low(w):
+            return _sim_float(int(w))
+
+        def f32_high(w):
+            return _sim_float(int(w) >> 32)
+
+        def f32x2_store(a, i, w):
+            a[2 * i] = f32_low(w)
+            a[2 * i + 1] = f32_high(w)
+
+        def f32x2_bits(first, second):
+            return _sim_int64(_sim_bits32(first) | (_sim_bits32(second) << 32))
+
+        return f32x2_load, f32x2_store, f32_low, f32_high, f32x2_bits
+    from numba.cuda.extending import intrinsic
+
+    def word_address(builder, ptr, index):
+        from llvmlite import ir
+
+        words = builder.bitcast(ptr, ir.IntType(64).as_pointer())
+        return builder.gep(words, [index])
+
+    def float_pointer(ptr, index) -> bool:
+        return (
+            isinstance(ptr, nt.CPointer)
+            and ptr.dtype == nt.float32
+            and isinstance(index, nt.Integer)
+        )
+
+    @intrinsic
+    def f32x2_load(typingctx, ptr, index):
+        if not float_pointer(ptr, index):
+            return None
+
+        def codegen(context, builder, sig, args):
+            from llvmlite import ir
+
+            i64t = ir.IntType(64)
+            address = builder.ptrtoint(word_address(builder, args[0], args[1]), i64t)
+            fn = ir.FunctionType(i64t, [i64t])
+            text = "ld.global.nc.u64 $0, [$1];"
+            return builder.asm(fn, text, "=l,l", [address], side_effect=False)
+
+        return nt.int64(ptr, index), codegen
+
+    @intrinsic
+    def f32x2_store(typingctx, ptr, index, word):
+        if not float_pointer(ptr, index) or word != nt.int64:
+            return None
+
+        def codegen(context, builder, sig, args):
+            builder.store(args[2], word_address(builder, args[0], args[1]), align=8)
+            return context.get_dummy_value()
+
+        return nt.void(ptr, index, word), codegen
+
+    def half_as_float(high: bool):
+        def typer(typingctx, word):
+            if word != nt.int64:
+                return None
+
+            def codegen(context, builder, sig, args):
+                from llvmlite import ir
+
+                bits = args[0]
+                if high:
+                    bits = builder.lshr(bits, ir.Constant(ir.IntType(64), 32))
+                return builder.bitcast(builder.trunc(bits, ir.IntType(32)), ir.FloatType())
+
+            return nt.float32(word), codegen
+
+        return intrinsic(typer)
+
+    @intrinsic
+    def f32x2_bits(typingctx, first, second):
+        if first != nt.float32 or second != nt.float32:
+            return None
+
+        def codegen(context, builder, sig, args):
+            from llvmlite import ir
+
+            i32t, i64t = ir.IntType(32), ir.IntType(64)
+            low, high = (builder.zext(builder.bitcast(a, i32t), i64t) for a in args)
+            return builder.or_(low, builder.shl(high, ir.Constant(i64t, 32)))
+
+        return nt.int64(first, second), codegen
+
+    return f32x2_load, f32x2_store, half_as_float(False), half_as_float(True), f32x2_bits
+
+
+f32x2_load, f32x2_store, f32_low, f32_high, f32x2_bits = _make_f32_pairs()
 
 
 # zero of each element type in PTX, for the masked load's "not loaded" value

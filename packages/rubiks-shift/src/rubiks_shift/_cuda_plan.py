@@ -519,14 +519,19 @@ class BatchNormPlan(NamedTuple):
     channel_backward: Step | None = None
 
 
+# the storages whose training batch-norm kernels move words of two values
+BATCH_NORM_PAIRED = ("bfloat16", "float32")
+
+
 def _batch_norm_pairs(
     storage: str, plane: int, per_thread: int, tuning: Tuning, word_aligned: bool
 ) -> bool:
-    """Whether training batch norm's kernels move bfloat16 as 32-bit pairs: rows of an
-    even length (every row starts on a word), tensors on 4-byte boundaries, at least two
-    values per thread and round, and ``tuning.batch_norm_pairs``."""
+    """Whether training batch norm's kernels move words of two values (bfloat16 and
+    float32): rows of an even length (every row starts on a word), tensors on a word's
+    boundary (4 or 8 bytes), at least two values per thread and round, and
+    ``tuning.batch_norm_pairs``."""
     return (
-        storage == "bfloat16"
+        storage in BATCH_NORM_PAIRED
         and tuning.batch_norm_pairs
         and word_aligned
         and plane % 2 == 0
@@ -544,8 +549,8 @@ def batch_norm_plan(
     word_aligned: bool = False,
 ) -> BatchNormPlan:
     """Training batch norm's launches over a (B, C, P) tensor of ``storage`` values;
-    bfloat16 moves as 32-bit pairs where every tensor the kernels read is
-    ``word_aligned`` (``_batch_norm_pairs``)."""
+    bfloat16 and float32 move as words of two values where every tensor the kernels read
+    is ``word_aligned`` (``_batch_norm_pairs``)."""
     batch, channels, plane = shape
     total = batch * plane
     if total < 2:
@@ -627,9 +632,9 @@ def batch_norm_normalize_step(
 ) -> Step:
     """The elementwise pass y = relu(x·scale + shift) of training batch norm over a
     (B, C, P) tensor of ``storage`` values (``bn_normalize``; ``bn_grad_input`` takes the
-    same launch). bfloat16 values move in pairs where P is even, every tensor the pass
-    reads or writes starts on a 4-byte boundary (``word_aligned``) and
-    ``tuning.batch_norm_pairs`` allows it."""
+    same launch). bfloat16 and float32 values move in pairs where P is even, every
+    tensor the pass reads or writes starts on a word's boundary (``word_aligned``: 4 or 8
+    bytes) and ``tuning.batch_norm_pairs`` allows it."""
     batch, channels, plane = shape
     per_thread = prologue_per_thread(storage, tuning)
     row_threads = tuning.prologue_threads

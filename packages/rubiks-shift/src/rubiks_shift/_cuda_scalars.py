@@ -155,7 +155,7 @@ class IntegerShiftScalars(NamedTuple):
 class BatchNormPartialScalars(NamedTuple):
     """``bn_partial``: per-block sums over spans of each channel's values, a channel's
     values being B rows of P, row b at (b·C + c)·P; extents in units: values, or
-    (``paired``) words of two bfloat16 values."""
+    (``paired``) words of two values."""
 
     C: int
     P: int  # H * W: the units of one row (one image of the batch, one channel)
@@ -166,7 +166,7 @@ class BatchNormPartialScalars(NamedTuple):
     step_rows: int  # a thread's move to its next unit: whole rows ...
     step_pos: int  # ... and places in a row (threads per block = step_rows·P + step_pos)
     grads: int  # 0: statistics (Σ v, Σ v²); 1: gradient sums (Σ g, Σ g·(x - mean))
-    paired: int  # 1: units are 32-bit words of two bfloat16 values (even P, aligned)
+    paired: int  # 1: units are words of two values, bfloat16 or float32 (even P, aligned)
 
 
 class BatchNormStatsScalars(NamedTuple):
@@ -184,7 +184,7 @@ class BatchNormStatsScalars(NamedTuple):
 class BatchNormChannelScalars(NamedTuple):
     """``bn_channel_forward`` and ``bn_channel_backward``: one block per channel, a
     channel's values being B rows of P, row b at (b·C + c)·P; extents in units: values,
-    or (``paired``) words of two bfloat16 values."""
+    or (``paired``) words of two values."""
 
     C: int
     P: int  # units per row
@@ -196,12 +196,12 @@ class BatchNormChannelScalars(NamedTuple):
     eps: float
     momentum: float
     unbias: float  # count / (count - 1): the running variance is the unbiased one
-    paired: int  # 1: units are 32-bit words of two bfloat16 values (even P, aligned)
+    paired: int  # 1: units are words of two values, bfloat16 or float32 (even P, aligned)
 
 
 class BatchNormElementwiseScalars(NamedTuple):
     """``bn_normalize`` and ``bn_grad_input``: the (B, C, P) tensor as one flat run;
-    extents in units: values, or (``paired``) words of two bfloat16 values."""
+    extents in units: values, or (``paired``) words of two values."""
 
     total: int  # B * C * P units
     C: int
@@ -210,7 +210,7 @@ class BatchNormElementwiseScalars(NamedTuple):
     inv_P: float
     step_rows: int  # a thread's move to its next unit (one block width on): rows ...
     step_pos: int  # ... and places in a row
-    paired: int  # 1: units are 32-bit words of two bfloat16 values (even P, aligned)
+    paired: int  # 1: units are words of two values, bfloat16 or float32 (even P, aligned)
 
 
 class StemScalars(NamedTuple):

@@ -174,9 +174,10 @@ class Tuning:
     # 1.09 waves)
     batch_norm_channel_per_thread: int = _kernel(8)
     batch_norm_channel_registers: int | None = _kernel(64)
-    # the flat elementwise passes (``bn_normalize``, ``bn_grad_input``) move bfloat16
-    # values as 32-bit pairs where H * W is even and the tensors aligned, as
-    # ``prologue_pairs`` does for ``affine_relu``
+    # every training batch-norm kernel moves bfloat16 values as 32-bit words of two and
+    # float32 values as 64-bit ones where H * W is even and the tensors aligned (one load
+    # instruction and half the index arithmetic per two values), as ``prologue_pairs``
+    # does for ``affine_relu``
     batch_norm_pairs: bool = True
     # the stem (``stem``, a 3x3 stride-2 convolution of 3-channel frames): output pixels
     # per thread (adjacent pixels share their overlapping input loads, and each weight
