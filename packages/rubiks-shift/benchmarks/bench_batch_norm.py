@@ -9,10 +9,11 @@ number of such layers, this times one training forward + backward (x, weight and
 needing gradients; running statistics updated) of: ``batch_norm_relu`` (this package's
 kernels) as its plan picks for the shape (``default``) and in each of its two forms
 (``spans``: every channel cut into spans of several blocks, three launches per
-direction; ``one block``: a block per channel, one launch per direction), the spans form
-with its elementwise passes moving one bfloat16 value at a time instead of 32-bit pairs
-(``spans, single values``), torch's ``relu(F.batch_norm(...))`` on a contiguous (NCHW)
-tensor, and torch's on a channels-last copy, beside a copy of x (two passes over it).
+direction; ``one block``: a block per channel, one launch per direction), both forms
+with every kernel moving one value at a time instead of words of two (``spans, single
+values``, ``one block, single values``; bfloat16 and float32), torch's
+``relu(F.batch_norm(...))`` on a contiguous (NCHW) tensor, and torch's on a
+channels-last copy, beside a copy of x (two passes over it).
 ``--layout channel-major`` gives this package's forms the frames of a channel-major clip
 ((C, B, H, W) storage seen as (B, C, H, W), what RubiksNet's 16-bit training passes from
 28² planes on); torch's take NCHW either way. Every figure is µs per call, CUDA graph
