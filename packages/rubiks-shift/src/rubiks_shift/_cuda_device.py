@@ -263,6 +263,58 @@ def _make_bf16():
 bf16_load, bf16_bits = _make_bf16()
 
 
+def _word_access(element, word):
+    """(load, store) intrinsics of words of two ``element`` values (Numba types; ``word``
+    the word's integer type, int32 or int64): ``load(a, i)`` reads word ``i`` after
+    pointer ``a`` (elements 2i and 2i + 1, aligned to the word) through the read-only path
+    (``ld.global.nc``), ``store(a, i, w)`` writes it. GPU only: the simulator forms index
+    the elements."""
+    from numba.cuda.extending import intrinsic
+
+    bits = word.bitwidth
+    text = f"ld.global.nc.u{bits} $0, [$1];"
+    constraint = {32: "=r,l", 64: "=l,l"}[bits]
+
+    def word_address(builder, ptr, index):
+        from llvmlite import ir
+
+        words = builder.bitcast(ptr, ir.IntType(bits).as_pointer())
+        return builder.gep(words, [index])
+
+    def of_elements(ptr, index) -> bool:
+        return (
+            isinstance(ptr, nt.CPointer) and ptr.dtype == element and isinstance(index, nt.Integer)
+        )
+
+    @intrinsic
+    def load_word(typingctx, ptr, index):
+        if not of_elements(ptr, index):
+            return None
+
+        def codegen(context, builder, sig, args):
+            from llvmlite import ir
+
+            i64t = ir.IntType(64)
+            address = builder.ptrtoint(word_address(builder, args[0], args[1]), i64t)
+            fn = ir.FunctionType(ir.IntType(bits), [i64t])
+            return builder.asm(fn, text, constraint, [address], side_effect=False)
+
+        return word(ptr, index), codegen
+
+    @intrinsic
+    def store_word(typingctx, ptr, index, value):
+        if not of_elements(ptr, index) or value != word:
+            return None
+
+        def codegen(context, builder, sig, args):
+            builder.store(args[2], word_address(builder, args[0], args[1]), align=bits // 8)
+            return context.get_dummy_value()
+
+        return nt.void(ptr, index, value), codegen
+
+    return load_word, store_word
+
+
 def _make_bf16_pairs():
     """Two adjacent bfloat16 values as one 32-bit word: (bf16x2_load, bf16x2_store,
     bf16_low, bf16_high, bf16x2_bits). ``bf16x2_load(a, i)`` reads word ``i`` of an int16
@@ -296,42 +348,7 @@ def _make_bf16_pairs():
         return bf16x2_load, bf16x2_store, bf16_low, bf16_high, bf16x2_bits
     from numba.cuda.extending import intrinsic
 
-    def word_address(builder, ptr, index):
-        from llvmlite import ir
-
-        words = builder.bitcast(ptr, ir.IntType(32).as_pointer())
-        return builder.gep(words, [index])
-
-    @intrinsic
-    def bf16x2_load(typingctx, ptr, index):
-        if not isinstance(ptr, nt.CPointer) or ptr.dtype != nt.int16:
-            return None
-        if not isinstance(index, nt.Integer):
-            return None
-
-        def codegen(context, builder, sig, args):
-            from llvmlite import ir
-
-            i64t = ir.IntType(64)
-            address = builder.ptrtoint(word_address(builder, args[0], args[1]), i64t)
-            fn = ir.FunctionType(ir.IntType(32), [i64t])
-            text = "ld.global.nc.u32 $0, [$1];"
-            return builder.asm(fn, text, "=r,l", [address], side_effect=False)
-
-        return nt.int32(ptr, index), codegen
-
-    @intrinsic
-    def bf16x2_store(typingctx, ptr, index, word):
-        if not isinstance(ptr, nt.CPointer) or ptr.dtype != nt.int16 or word != nt.int32:
-            return None
-        if not isinstance(index, nt.Integer):
-            return None
-
-        def codegen(context, builder, sig, args):
-            builder.store(args[2], word_address(builder, args[0], args[1]), align=4)
-            return context.get_dummy_value()
-
-        return nt.void(ptr, index, word), codegen
+    bf16x2_load, bf16x2_store = _word_access(nt.int16, nt.int32)
 
     def half_as_float(shifted: bool):
         def typer(typingctx, word):
@@ -413,45 +430,7 @@ def _make_f32_pairs():
         return f32x2_load, f32x2_store, f32_low, f32_high, f32x2_bits
     from numba.cuda.extending import intrinsic
 
-    def word_address(builder, ptr, index):
-        from llvmlite import ir
-
-        words = builder.bitcast(ptr, ir.IntType(64).as_pointer())
-        return builder.gep(words, [index])
-
-    def float_pointer(ptr, index) -> bool:
-        return (
-            isinstance(ptr, nt.CPointer)
-            and ptr.dtype == nt.float32
-            and isinstance(index, nt.Integer)
-        )
-
-    @intrinsic
-    def f32x2_load(typingctx, ptr, index):
-        if not float_pointer(ptr, index):
-            return None
-
-        def codegen(context, builder, sig, args):
-            from llvmlite import ir
-
-            i64t = ir.IntType(64)
-            address = builder.ptrtoint(word_address(builder, args[0], args[1]), i64t)
-            fn = ir.FunctionType(i64t, [i64t])
-            text = "ld.global.nc.u64 $0, [$1];"
-            return builder.asm(fn, text, "=l,l", [address], side_effect=False)
-
-        return nt.int64(ptr, index), codegen
-
-    @intrinsic
-    def f32x2_store(typingctx, ptr, index, word):
-        if not float_pointer(ptr, index) or word != nt.int64:
-            return None
-
-        def codegen(context, builder, sig, args):
-            builder.store(args[2], word_address(builder, args[0], args[1]), align=8)
-            return context.get_dummy_value()
-
-        return nt.void(ptr, index, word), codegen
+    f32x2_load, f32x2_store = _word_access(nt.float32, nt.int64)
 
     def half_as_float(high: bool):
         def typer(typingctx, word):
