@@ -536,6 +536,12 @@ def backward(
 _BN_PLANS: dict = {}  # (shape, dtype, eps, momentum, aligned) -> (kernels, BatchNormPlan)
 
 
+def _bn_shape(x: torch.Tensor) -> tuple[int, int, int]:
+    """(B, C, P) of a (B, C, ...) batch-norm input: P the values per image and channel."""
+    batch, channels = x.shape[0], x.shape[1]
+    return batch, channels, x.numel() // max(1, batch * channels)
+
+
 def _word_aligned(*tensors: torch.Tensor) -> bool:
     """Whether every one of ``tensors`` starts on the boundary of a word of two values
     (4 bytes for bfloat16, 8 for float32), where the batch norm's kernels may move
@@ -551,10 +557,7 @@ def _bn_plan(x: torch.Tensor, eps: float, momentum: float, aligned: bool):
     plan = _BN_PLANS.get(key)
     if plan is None:
         kernels = kernel_set(_STORAGE[x.dtype], "float32")
-        batch, channels = x.shape[0], x.shape[1]
-        plane = x.numel() // max(1, batch * channels)
-        shape = (batch, channels, plane)
-        steps = batch_norm_plan(shape, kernels.storage, eps, momentum, _tuning, aligned)
+        steps = batch_norm_plan(_bn_shape(x), kernels.storage, eps, momentum, _tuning, aligned)
         plan = remember(_BN_PLANS, key, (kernels, steps))
     return plan
 
@@ -632,10 +635,7 @@ def batch_norm_relu_apply(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     """``batch_norm_relu_forward``'s y again from its contiguous (B, C, ...) x and its
     stats (the same pass, bit for bit), the statistics left as they are."""
     kernels = kernel_set(_STORAGE[x.dtype], "float32")
-    batch, channels = x.shape[0], x.shape[1]
-    plane = x.numel() // max(1, batch * channels)
-    shape = (batch, channels, plane)
-    step = batch_norm_normalize_step(shape, kernels.storage, _tuning, _word_aligned(x))
+    step = batch_norm_normalize_step(_bn_shape(x), kernels.storage, _tuning, _word_aligned(x))
     y = torch.empty_like(x, memory_format=_CONTIGUOUS)
     index = x.get_device()
     previous = _make_current(index)
