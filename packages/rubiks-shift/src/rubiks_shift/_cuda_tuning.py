@@ -141,8 +141,12 @@ class Tuning:
     # rows per unrolled row group of the cell path: the best in its sweep at 64 registers
     grad_shift_group: int = _kernel(4)
     # threads per block, the width of the fixed shared-memory reduction tree (a power of
-    # two): the same tree on every run, bit-identical shift gradients
-    grad_shift_threads: int = _kernel(256)
+    # two): the same tree on every run, bit-identical shift gradients. 128: eight blocks
+    # per SM at 64 registers, twice 256's blocks per channel, the grid of Large's 14² and
+    # 28² layers 1,152 and 1,008 blocks instead of 576 (1.09 waves of 256 on 132 SMs);
+    # bf16 channel-major 21.2 against 23.6 µs at 288 x 14², 29.1 against 35.0 at 144 x
+    # 28² (H100, 2026-12-07, benchmarks/sweep_shift_grad.py)
+    grad_shift_threads: int = _kernel(128)
     # whole-column tasks, two per thread: the best of its sweep (shift gradient 0.0589 ms)
     grad_shift_tasks_per_thread: int = 2
     # threads per block of the fixed-order cross-block sum (a power of two)
