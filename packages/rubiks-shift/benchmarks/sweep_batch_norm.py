@@ -113,8 +113,8 @@ def main() -> None:
     bad = [t for t in args.threads if t < 32 or t > 1024 or t & (t - 1)]
     if bad:
         p.error(f"--threads takes powers of two from 32 to 1024, got {bad}")
-    if args.threads[0] != TUNING.batch_norm_threads:
-        args.threads.insert(0, TUNING.batch_norm_threads)  # the reference comes first
+    # the default block size first (its one-block form is every variant's reference)
+    args.threads = list(dict.fromkeys([TUNING.batch_norm_threads, *args.threads]))
     if not torch.cuda.is_available():
         raise SystemExit("sweep_batch_norm.py needs a CUDA GPU")
     rows = []
