@@ -140,6 +140,16 @@ def write_gpu_rows(path: str, rows: list[dict]) -> None:
     write_json(path, {"meta": meta, "rows": rows}, indent=1)
 
 
+def block_sizes(parser: argparse.ArgumentParser, threads: list[int], first: int) -> list[int]:
+    """A sweep's ``--threads``, each a power of two from 32 to 1024 (else
+    ``parser.error``), with ``first`` (the default block size, every variant's reference)
+    first and each size once."""
+    bad = [t for t in threads if t < 32 or t > 1024 or t & (t - 1)]
+    if bad:
+        parser.error(f"--threads takes powers of two from 32 to 1024, got {bad}")
+    return list(dict.fromkeys([first, *threads]))
+
+
 def same_size_bandwidth(device: str, timer, reps: int, nbytes: int) -> float:
     """Bytes read + written per second of a device-to-device copy of ``nbytes`` (rotated
     over three buffers, as the op's inputs are): the floor at this size, where a copy's

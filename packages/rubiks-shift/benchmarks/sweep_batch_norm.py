@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import torch
 from bench_batch_norm import DTYPES, REPS, SHAPES  # this folder (a script)
-from bench_shift import _gpu_time, write_gpu_rows
+from bench_shift import _gpu_time, block_sizes, write_gpu_rows
 
 from rubiks_shift import _cuda_launch
 from rubiks_shift._cuda_kernels import Kernels
@@ -110,11 +110,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--json")
     args = p.parse_args()
-    bad = [t for t in args.threads if t < 32 or t > 1024 or t & (t - 1)]
-    if bad:
-        p.error(f"--threads takes powers of two from 32 to 1024, got {bad}")
-    # the default block size first (its one-block form is every variant's reference)
-    args.threads = list(dict.fromkeys([TUNING.batch_norm_threads, *args.threads]))
+    args.threads = block_sizes(p, args.threads, TUNING.batch_norm_threads)
     if not torch.cuda.is_available():
         raise SystemExit("sweep_batch_norm.py needs a CUDA GPU")
     rows = []

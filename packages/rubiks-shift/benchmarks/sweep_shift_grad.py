@@ -22,7 +22,7 @@ import argparse
 from dataclasses import replace
 
 import torch
-from bench_shift import _gpu_time, write_gpu_rows  # this folder (a script)
+from bench_shift import _gpu_time, block_sizes, write_gpu_rows  # this folder (a script)
 
 from rubiks_shift import _cuda_launch
 from rubiks_shift._checks import empty_channel_major, output_shape
@@ -111,11 +111,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--json")
     args = p.parse_args()
-    bad = [t for t in args.threads if t < 32 or t > 1024 or t & (t - 1)]
-    if bad:
-        p.error(f"--threads takes powers of two from 32 to 1024, got {bad}")
-    # the plan's own block size first (its layout is every variant's reference)
-    args.threads = list(dict.fromkeys([TUNING.grad_shift_threads, *args.threads]))
+    args.threads = block_sizes(p, args.threads, TUNING.grad_shift_threads)
     if not torch.cuda.is_available():
         raise SystemExit("sweep_shift_grad.py needs a CUDA GPU")
     everything = []
