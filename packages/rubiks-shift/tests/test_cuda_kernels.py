@@ -122,3 +122,13 @@ def test_kernel_parameters_are_checked_against_their_scalar_block():
     check_parameters(finalize, pointers, FinalizeScalars)
     with pytest.raises(TypeError, match="FinalizeScalars says"):
         check_parameters(swapped, pointers, FinalizeScalars)
+
+
+def test_batch_norm_plan_pairs_exactly_the_storages_whose_kernels_walk_words():
+    """The plan (numba-free) and the kernels each name the storages that move words of
+    two values; a storage the plan pairs but the kernels do not would read words as
+    values."""
+    from rubiks_shift._cuda_batch_norm import _PAIRS
+    from rubiks_shift._cuda_plan import BATCH_NORM_PAIRED
+
+    assert set(_PAIRS) == set(BATCH_NORM_PAIRED)
