@@ -140,13 +140,15 @@ def write_gpu_rows(path: str, rows: list[dict]) -> None:
     write_json(path, {"meta": meta, "rows": rows}, indent=1)
 
 
-def block_sizes(parser: argparse.ArgumentParser, threads: list[int], first: int) -> list[int]:
-    """A sweep's ``--threads``, each a power of two from 32 to 1024 (else
+def block_sizes(
+    parser: argparse.ArgumentParser, threads: list[int], first: int, least: int = 32
+) -> list[int]:
+    """A sweep's ``--threads``, each a power of two from ``least`` to 1024 (else
     ``parser.error``), with ``first`` (the default block size, every variant's reference)
     first and each size once."""
-    bad = [t for t in threads if t < 32 or t > 1024 or t & (t - 1)]
+    bad = [t for t in threads if t < least or t > 1024 or t & (t - 1)]
     if bad:
-        parser.error(f"--threads takes powers of two from 32 to 1024, got {bad}")
+        parser.error(f"--threads takes powers of two from {least} to 1024, got {bad}")
     return list(dict.fromkeys([first, *threads]))
 
 

@@ -5,13 +5,14 @@
 
 For every (channels, H = W) of ``bench_batch_norm.SHAPES`` this times one forward and one
 backward of training batch norm + ReLU, launched directly (``_cuda_launch.run``, no
-autograd), in both forms (``one block``: a block per channel, one launch per direction;
-``spans``: three launches per direction) at the default block size, and the one-block
-form built for each other block size of ``--threads`` (``Tuning.batch_norm_threads``:
-compiled in this process, not cached).
+autograd): the spans (three launches per direction) and one block per channel (one
+launch per direction) for each block size of ``--threads`` (at least
+``Tuning.batch_norm_threads``), the one-block kernels reading their block's width at run
+time (the package's own kernels up to ``Tuning.batch_norm_wide_threads``, wider ones
+built for the widest: compiled in this process, not cached).
 bfloat16 runs on the frames of a channel-major clip (a channel's B·H·W values one row),
 float32 on NCHW frames, as RubiksNet's training passes them. Each variant's y and grad_x
-are checked against the default block size's one-block form first (to 1e-4 of the
+are checked against the narrow block's one-block form first (to 1e-4 of the
 largest value in float32, 2e-2 in bfloat16: the sums meet in trees of other shapes).
 """
 
@@ -84,12 +85,19 @@ def run_shape(channels: int, side: int, dtype: str, batch: int, threads: list[in
     ]
     row = {"channels": channels, "side": side, "dtype": dtype, "batch": batch}
     reference = None
+    own = _cuda_launch.kernel_set(storage, "float32")
     for t in threads:
-        tuning = replace(TUNING, batch_norm_threads=t)
-        if t == TUNING.batch_norm_threads:  # the package's own kernels, from the cache
-            kernels, forms = _cuda_launch.kernel_set(storage, "float32"), FORMS
-        else:  # the one-block form alone (the sums' kernel has no register cap for 1024)
-            kernels, forms = Kernels(storage, "float32", tuning), {"one block": 2**62}
+        narrow = t == TUNING.batch_norm_threads
+        widest = max(t, TUNING.batch_norm_wide_threads)
+        tuning = replace(
+            TUNING,
+            batch_norm_narrow_values=2**62 if narrow else 0,
+            batch_norm_wide_threads=TUNING.batch_norm_wide_threads if narrow else t,
+        )
+        kernels = own
+        if widest != TUNING.batch_norm_wide_threads:  # kernels built for a wider block
+            kernels = Kernels(storage, "float32", replace(tuning, batch_norm_wide_threads=widest))
+        forms = FORMS if narrow else {"one block": FORMS["one block"]}
         for form, values in forms.items():
             form_tuning = replace(tuning, batch_norm_channel_values=values)
             plan = batch_norm_plan(plane, storage, 1e-5, 0.1, form_tuning, True)
@@ -110,7 +118,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--json")
     args = p.parse_args()
-    args.threads = block_sizes(p, args.threads, TUNING.batch_norm_threads)
+    least = TUNING.batch_norm_threads  # the narrowest block the one-block kernels take
+    args.threads = block_sizes(p, args.threads, least, least=least)
     if not torch.cuda.is_available():
         raise SystemExit("sweep_batch_norm.py needs a CUDA GPU")
     rows = []

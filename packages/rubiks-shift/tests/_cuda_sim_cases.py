@@ -260,19 +260,32 @@ def _bn_paired(x: torch.Tensor, one_block: bool) -> bool:
     return bool(flags.pop())
 
 
+# one block of 512 threads is slow in the simulator: one channel, in pairs, several rounds
+WIDE_CASE = ((3, 1, 30, 30), torch.bfloat16)
+BATCH_NORM_FORMS = {  # Tuning values of each form
+    "spans": dict(batch_norm_channel_values=0),
+    # one block per channel of batch_norm_threads (256), the kernels built for up to 512
+    "one-block": dict(batch_norm_channel_values=2**40),
+    # one block per channel of batch_norm_wide_threads (512), the widest it is built for
+    "wide-one-block": dict(batch_norm_channel_values=2**40, batch_norm_narrow_values=0),
+}
+
+
 def check_batch_norm() -> int:
     """Training batch norm + ReLU (statistics, running statistics, the forward, grad_x,
     grad_weight, grad_bias) against torch's in float64, and bit for bit again on a second
     run (fixed-order sums) and from ``batch_norm_relu_apply`` (y), with each channel's
-    values cut into spans of several blocks and as one block per channel. Returns the
-    failures."""
+    values cut into spans of several blocks and as one block per channel, narrow and wide.
+    Returns the failures."""
     g = torch.Generator().manual_seed(11)
     small = replace(TUNING, prologue_threads=32, batch_norm_blocks=5)
     failures = 0
     with _cuda.tuned(small):
-        for (shape, dtype), one_block in itertools.product(BATCH_NORM_CASES, (False, True)):
-            channel_values = 2**40 if one_block else 0
-            _cuda.use_tuning(replace(small, batch_norm_channel_values=channel_values))
+        narrow = itertools.product(BATCH_NORM_CASES, ("spans", "one-block"))
+        for (shape, dtype), form in [*narrow, (WIDE_CASE, "wide-one-block")]:
+            one_block = form != "spans"
+            form_tuning = replace(small, **BATCH_NORM_FORMS[form])
+            _cuda.use_tuning(form_tuning)
             acc = torch.float64 if dtype == torch.float64 else torch.float32
             c = shape[1]
             x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 3).to(dtype)
@@ -305,8 +318,7 @@ def check_batch_norm() -> int:
             ok = ok and all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
             if dtype in (torch.bfloat16, torch.float32):  # pairs against single values
                 paired = _bn_paired(x, one_block)
-                single = replace(small, batch_norm_channel_values=channel_values)
-                with _cuda.tuned(replace(single, batch_norm_pairs=False)):
+                with _cuda.tuned(replace(form_tuning, batch_norm_pairs=False)):
                     y1, s1 = _cuda.batch_norm_relu_forward(
                         x, w.to(acc), b.to(acc), rm.to(acc).clone(), rv.to(acc).clone(), 0.1, 1e-5
                     )
@@ -336,7 +348,6 @@ def check_batch_norm() -> int:
                     and torch.equal(gn.isnan(), xr.grad.isnan())
                 )
             failures += not ok
-            form = "one-block" if one_block else "spans"
             print(f"{'ok' if ok else 'FAIL'}-batch-norm {shape} {dtype} {form}")
     return failures
 

@@ -250,6 +250,8 @@ def test_tuning_is_validated_and_frozen():
         Tuning(float32_affine_rows=[784, 3136])  # a list: the tuning must stay hashable
     with pytest.raises(ValueError, match=r"Tuning.pixel_walk_rows must be 1 or 2"):
         Tuning(pixel_walk_rows=3)
+    with pytest.raises(ValueError, match=r"batch_norm_wide_threads must be at least"):
+        Tuning(batch_norm_threads=512, batch_norm_wide_threads=256)
     with pytest.raises(AttributeError):
         TUNING.row_walk_waves = 0  # frozen
     assert set(TUNING.kernel_values()) == {
@@ -269,6 +271,7 @@ def test_tuning_is_validated_and_frozen():
         "finalize_threads",
         "prologue_bytes",
         "batch_norm_threads",
+        "batch_norm_wide_threads",
         "batch_norm_channel_per_thread",
         "batch_norm_channel_registers",
         "stem_pixels",
@@ -415,23 +418,23 @@ def test_prologue_pairs_must_be_a_bool():
 
 
 @pytest.mark.parametrize(
-    "shape,one_block",
+    "shape,threads",
     [
-        ((64, 288, 196), True),  # RubiksNet-Large's 14² planes: 12,544 values per channel
-        ((1, 576, 3136), True),  # 7² planes of a channel-major clip, one row per channel
-        ((64, 144, 784), False),  # 28²: 50,176 values, spans of several blocks
-        ((64, 72, 12544), False),
+        ((64, 288, 196), TUNING.batch_norm_threads),  # Large's 14²: 12,544 values a channel
+        ((1, 576, 3136), TUNING.batch_norm_threads),  # 7², a channel-major clip's rows
+        ((64, 144, 784), TUNING.batch_norm_wide_threads),  # 28²: 50,176 values
+        ((64, 72, 3136), None),  # 56²: 200,704 values, spans of several blocks
     ],
 )
-def test_batch_norm_plan_takes_one_block_per_small_channel(shape, one_block):
+def test_batch_norm_plan_takes_one_block_per_small_channel(shape, threads):
     plan = _cuda_plan.batch_norm_plan(shape, "bfloat16", 1e-5, 0.1)
     batch, channels, plane = shape
-    assert (plan.channel_forward is not None) == one_block
-    if one_block:
+    assert (plan.channel_forward is not None) == (threads is not None)
+    if threads is not None:
         assert plan.parts == 0 and plan.partial is None and plan.normalize is None
         for step in (plan.channel_forward, plan.channel_backward):
             assert step.grid == (channels, 1, 1)
-            assert step.block == (TUNING.batch_norm_threads, 1, 1)
+            assert step.block == (threads, 1, 1)
             s = step.scalars
             assert s.total == batch * plane and s.step_rows * plane + s.step_pos == step.block[0]
     else:

@@ -246,8 +246,9 @@ def _can_pair(storage: str, per_thread: int) -> bool:
 
 def _build_span_sums(units: _Units, per_thread: int, threads: int, zero):
     """The device function ``span_sums``: one thread's two sums over units ``start`` to
-    ``end`` of channel c (the thread's own, one block width apart), ``per_thread`` loads
-    per round before any is summed. Statistics (``grads`` 0): Σ v, Σ v² of v = x - pivot;
+    ``end`` of channel c (the thread's own, one block width apart: ``threads``, or the
+    block's width read at run time where ``threads`` is 0), ``per_thread`` loads per round
+    before any is summed. Statistics (``grads`` 0): Σ v, Σ v² of v = x - pivot;
     gradient sums: Σ g, Σ g·(x - mean), g = dy where x·scale + shift > 0, else 0."""
     load, kind = units.load, units.kind
     pad, accumulate = units.pad, units.accumulate
@@ -260,12 +261,13 @@ def _build_span_sums(units: _Units, per_thread: int, threads: int, zero):
         xs = cuda.local.array(per_thread, kind)
         gs = cuda.local.array(per_thread, kind)
         nothing = pad(pivot)
+        width = nt.int64(cuda.blockDim.x) if threads == 0 else nt.int64(threads)
         j = start + nt.int64(cuda.threadIdx.x)
         at, pos, plane, move_pos, move, skip = channel_walk(j, c, C, P, inv_P, step_rows, step_pos)
         while j < end:
-            full = j + (per_thread - 1) * threads < end
+            full = j + (per_thread - 1) * width < end
             for k in range(per_thread):  # the round's loads, then its sums
-                if full or j + k * threads < end:
+                if full or j + k * width < end:
                     xs[k] = load(x, at)
                     if grads != 0:
                         gs[k] = load(dy, at)
@@ -275,27 +277,30 @@ def _build_span_sums(units: _Units, per_thread: int, threads: int, zero):
                 at, pos = walk_on(at, pos, plane, move_pos, move, skip)
             for k in range(per_thread):
                 s1, s2 = accumulate(s1, s2, xs[k], gs[k], grads, pivot, mean, scale, shift)
-            j += per_thread * threads
+            j += per_thread * width
         return s1, s2
 
     return span_sums
 
 
-def _build_block_sums(storage: str, threads: int):
+def _build_block_sums(storage: str, threads: int, widest: int = 0):
     """The device function ``block_sums``: the sums of every thread of the block in a
-    shared-memory tree of fixed shape (the same order on every run), seen by every
-    thread."""
+    shared-memory tree of fixed shape for the block's width (the same order on every run),
+    seen by every thread. ``threads`` is that width, or 0 for blocks of any power of two
+    up to ``widest`` threads, the width read at run time."""
     acc, *_ = acc_constants(storage)
+    size = threads or widest
 
     @inlined
     def block_sums(s1, s2):
         tid = cuda.threadIdx.x
-        red1 = cuda.shared.array(threads, acc)
-        red2 = cuda.shared.array(threads, acc)
+        width = nt.int64(cuda.blockDim.x) if threads == 0 else nt.int64(threads)
+        red1 = cuda.shared.array(size, acc)
+        red2 = cuda.shared.array(size, acc)
         red1[tid] = s1
         red2[tid] = s2
         cuda.syncthreads()
-        half = threads // 2
+        half = width // 2
         while half > 0:
             if tid < half:
                 red1[tid] += red1[tid + half]
@@ -455,8 +460,9 @@ def build_bn_grad_coefficients(storage: str):
 
 def _build_channel_pass(units: _Units, per_thread: int, threads: int, backward: bool):
     """The device function ``channel_pass``: a thread's part of a channel's elementwise
-    pass in ``bn_channel`` (its units one block width apart, ``per_thread`` loads per
-    round, then the round's stores)."""
+    pass in ``bn_channel`` (its units one block width apart, ``threads`` or, where 0, the
+    block's width read at run time; ``per_thread`` loads per round, then the round's
+    stores)."""
     load, store, kind, apply = units.load, units.store, units.kind, units.apply
 
     @inlined
@@ -464,33 +470,35 @@ def _build_channel_pass(units: _Units, per_thread: int, threads: int, backward: 
                      mean, a, slope, constant):  # fmt: skip
         xs = cuda.local.array(per_thread, kind)
         gs = cuda.local.array(per_thread, kind)
+        width = nt.int64(cuda.blockDim.x) if threads == 0 else nt.int64(threads)
         j = nt.int64(cuda.threadIdx.x)
         at, pos, plane, move_pos, move, skip = channel_walk(j, c, C, P, inv_P, step_rows, step_pos)
         while j < total:
             round_at, round_pos = at, pos  # the stores walk the round's places again
             for k in range(per_thread):  # the round's loads, then its stores
-                if j + k * threads < total:
+                if j + k * width < total:
                     xs[k] = load(x, at)
                     if backward:
                         gs[k] = load(dy, at)
                 at, pos = walk_on(at, pos, plane, move_pos, move, skip)
             for k in range(per_thread):
-                if j + k * threads < total:
+                if j + k * width < total:
                     value = apply(xs[k], gs[k], scale, shift, mean, a, slope, constant)
                     store(out, round_at, value)
                 round_at, round_pos = walk_on(round_at, round_pos, plane, move_pos, move, skip)
-            j += per_thread * threads
+            j += per_thread * width
 
     return channel_pass
 
 
 def build_bn_channel(
-    storage: str, per_thread: int, threads: int, backward: bool, registers: int | None
+    storage: str, per_thread: int, widest: int, backward: bool, registers: int | None
 ):
     """``bn_channel_forward`` (``backward`` False) or ``bn_channel_backward``: one block
-    of ``threads`` per channel does a whole pass in one launch, for channels of few values
-    (``per_thread`` values per thread and round, half as many words where ``paired``;
-    ``registers`` the register cap). The forward sums the channel's statistics
+    per channel does a whole pass in one launch, for channels of few values (blocks of
+    any power of two up to ``widest`` threads, the width read at run time; ``per_thread``
+    values per thread and round, half as many words where ``paired``; ``registers`` the
+    register cap). The forward sums the channel's statistics
     (``span_sums`` over all of it), meets the sums in the block's tree, writes the stats
     and the running statistics' update (thread 0) and writes y = relu(x·scale + shift)
     over the channel again (its second read of x comes from the cache); the backward sums
@@ -499,15 +507,15 @@ def build_bn_channel(
     _, zero, *_ = acc_constants(storage)
     load, _ = load_store(storage)
     values = _units(storage, backward, False)
-    sums_values = _build_span_sums(values, per_thread, threads, zero)
-    pass_values = _build_channel_pass(values, per_thread, threads, backward)
+    sums_values = _build_span_sums(values, per_thread, 0, zero)
+    pass_values = _build_channel_pass(values, per_thread, 0, backward)
     can_pair = _can_pair(storage, per_thread)
     sums_pairs, pass_pairs = sums_values, pass_values
     if can_pair:
         pairs = _units(storage, backward, True)
-        sums_pairs = _build_span_sums(pairs, per_thread // 2, threads, zero)
-        pass_pairs = _build_channel_pass(pairs, per_thread // 2, threads, backward)
-    block_sums = _build_block_sums(storage, threads)
+        sums_pairs = _build_span_sums(pairs, per_thread // 2, 0, zero)
+        pass_pairs = _build_channel_pass(pairs, per_thread // 2, 0, backward)
+    block_sums = _build_block_sums(storage, 0, widest)
     channel_stats = _build_channel_stats(storage)
     grad_coefficients = _build_grad_coefficients(storage)
 

@@ -77,7 +77,7 @@ class Kernels:
         self.bn_grad_input_sig = bn_elementwise_signature(storage)
         channel = dict(
             per_thread=min(per_thread, tuning.batch_norm_channel_per_thread),
-            threads=tuning.batch_norm_threads,
+            widest=tuning.batch_norm_wide_threads,
             registers=tuning.batch_norm_channel_registers,
         )
         for backward, name in ((False, "bn_channel_forward"), (True, "bn_channel_backward")):

@@ -506,7 +506,8 @@ class BatchNormPlan(NamedTuple):
     ``grad_input``: grad_x); or, for channels of at most
     ``Tuning.batch_norm_channel_values`` values, one launch per direction with a block
     per channel (``channel_forward``, ``channel_backward``; ``parts`` 0, the others
-    None)."""
+    None), of ``batch_norm_threads`` up to ``batch_norm_narrow_values`` values and of
+    ``batch_norm_wide_threads`` above."""
 
     parts: int  # partial sums per channel
     partial: Step | None
@@ -562,6 +563,8 @@ def batch_norm_plan(
     threads = tuning.batch_norm_threads
     per_thread = prologue_per_thread(storage, tuning)
     if total <= tuning.batch_norm_channel_values:
+        if total > tuning.batch_norm_narrow_values:
+            threads = tuning.batch_norm_wide_threads
         channel_per_thread = min(per_thread, tuning.batch_norm_channel_per_thread)
         paired = _batch_norm_pairs(storage, plane, channel_per_thread, tuning, word_aligned)
         row = plane // 2 if paired else plane  # units: values or words

@@ -167,11 +167,18 @@ class Tuning:
     # ceil(this / C) spans, at most one round of a block each at the least): about eight
     # resident blocks of 256 threads on each of an H200's 132 SMs
     batch_norm_blocks: int = 1056
-    # a channel of at most this many values (B * H * W) is one block of
-    # ``batch_norm_threads`` that does a whole direction in one launch (sums, per-channel
-    # values, then the elementwise pass over the channel again, from the cache): one launch
-    # per direction instead of three
-    batch_norm_channel_values: int = 16384
+    # a channel of at most this many values (B * H * W) is one block that does a whole
+    # direction in one launch (sums, per-channel values, then the elementwise pass over
+    # the channel again, from the cache): one launch per direction instead of three
+    batch_norm_channel_values: int = 65536
+    # such a block has ``batch_norm_threads`` where the channel has at most this many
+    # values, else ``batch_norm_wide_threads``: at 64 images, 256 threads at 14² and 7²
+    # (12,544 and 3,136 values), 512 at 28² (50,176: 57.4 against 66.2 µs for the spans
+    # in bf16, 88.6 against 92.1 in fp32; H100, 2026-12-07, benchmarks/sweep_batch_norm.py)
+    batch_norm_narrow_values: int = 16384
+    # the one-block kernels' widest block, the size of their shared reduction arrays: they
+    # read their block's width at run time, so one kernel serves both widths
+    batch_norm_wide_threads: int = _kernel(512)
     # the one-block kernels' values per thread and round (at most the prologue's) and
     # register cap: 8 and 64 keep four blocks of 256 threads on an SM without spills
     # (bfloat16 at 16 values took 111 registers: two blocks per SM, 288 blocks at 14² in
@@ -204,6 +211,11 @@ class Tuning:
             allowed = _ALLOWED[f.name]
             if not allowed[0](value):
                 raise ValueError(f"Tuning.{f.name} must be {allowed[1]}, got {value!r}")
+        if self.batch_norm_wide_threads < self.batch_norm_threads:
+            raise ValueError(
+                "Tuning.batch_norm_wide_threads must be at least batch_norm_threads, got "
+                f"{self.batch_norm_wide_threads} < {self.batch_norm_threads}"
+            )
 
     def kernel_values(self) -> dict[str, object]:
         """The fields compiled into a kernel, by name (part of the kernel cache's key)."""
@@ -282,6 +294,8 @@ _ALLOWED = {
     "batch_norm_threads": _TREE,
     "batch_norm_blocks": _POSITIVE,
     "batch_norm_channel_values": (_integer(0), "an integer >= 0 (0: never one block)"),
+    "batch_norm_narrow_values": (_integer(0), "an integer >= 0"),
+    "batch_norm_wide_threads": _TREE,
     "batch_norm_channel_per_thread": (_integer(1, 32), "an integer from 1 to 32"),
     "batch_norm_channel_registers": _REGISTERS,
     "batch_norm_pairs": (lambda v: isinstance(v, bool), "True or False"),
