@@ -88,15 +88,14 @@ def run_shape(channels: int, side: int, dtype: str, batch: int, threads: list[in
     own = _cuda_launch.kernel_set(storage, "float32")
     for t in threads:
         narrow = t == TUNING.batch_norm_threads
-        widest = max(t, TUNING.batch_norm_wide_threads)
         tuning = replace(
             TUNING,
             batch_norm_narrow_values=2**62 if narrow else 0,
             batch_norm_wide_threads=TUNING.batch_norm_wide_threads if narrow else t,
         )
         kernels = own
-        if widest != TUNING.batch_norm_wide_threads:  # kernels built for a wider block
-            kernels = Kernels(storage, "float32", replace(tuning, batch_norm_wide_threads=widest))
+        if t > TUNING.batch_norm_wide_threads:  # kernels built for a wider block
+            kernels = Kernels(storage, "float32", tuning)
         forms = FORMS if narrow else {"one block": FORMS["one block"]}
         for form, values in forms.items():
             form_tuning = replace(tuning, batch_norm_channel_values=values)
