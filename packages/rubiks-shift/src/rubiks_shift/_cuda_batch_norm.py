@@ -635,7 +635,10 @@ def build_bn_elementwise(storage: str, per_thread: int, backward: bool):
         width = nt.int64(cuda.blockDim.x)
         pairs = can_pair and paired != 0
         units = per_thread // 2 if pairs else per_thread
-        first = nt.int64(cuda.blockIdx.x) * (width * units) + nt.int64(cuda.threadIdx.x)
+        # the last block first: the sums' pass (``bn_partial``) has just read the tensor's
+        # end, which is then still in L2
+        block = nt.int64(cuda.gridDim.x) - 1 - nt.int64(cuda.blockIdx.x)
+        first = block * (width * units) + nt.int64(cuda.threadIdx.x)
         if first >= total:
             return
         args = (x, dy, out, stats, coefficients, first, width, total, C, inv_C, P, inv_P,
