@@ -20,6 +20,15 @@ compute the same values, each from NCHW frames to an NCHW result:
   (``F.pixel_unshuffle``), then a 2x2 stride-1 convolution of those, whose weights are the
   3x3 ones rearranged (no stride, four times the input channels).
 
+In training (``training`` in the report; the frames need no gradient, as a clip's) it
+times the weight's gradient and a forward + backward:
+
+* ``weight grad, cuDNN``: ``convolution_backward`` for the weight alone (what autograd
+  runs for ``F.conv2d``);
+* ``weight grad, unfold + bmm``: ``rubiks_models.training_stem.stem_weight_grad``;
+* ``step, conv2d``: ``F.conv2d`` and autograd's weight gradient (what the models ran);
+* ``step, node``: ``TrainingStem`` (the models' stem in training on CUDA).
+
 Before timing, every form is checked against ``F.conv2d`` in float64 on a small input.
 ``write`` is the floor of any form: writing the result once (``fill_``). On a GPU a
 figure is the time per call of 20 calls captured in one CUDA graph and replayed 10 times
@@ -45,6 +54,7 @@ from bench_block_parts import time_us as block_parts_time_us  # this folder (a s
 import rubiks_models  # noqa: F401  (registers the models)
 from rubiks_models.archs import TIERS
 from rubiks_models.io import atomic_write
+from rubiks_models.training_stem import TrainingStem, stem_weight_grad
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -167,6 +177,49 @@ def time_forms(width: int, args, device: str, dtype: torch.dtype) -> dict[str, d
     return results
 
 
+def time_training(width: int, args, device: str, dtype: torch.dtype) -> dict[str, dict]:
+    """The training forms (module docstring), µs per call; the weight-gradient forms
+    checked against each other first (to the dtype's rounding)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    n = args.batch * args.frames
+    x = torch.randn(n, 3, args.size, args.size, device=device, dtype=dtype, generator=g)
+    w = (torch.randn(width, 3, 3, 3, device=device, generator=g) / 27**0.5).to(dtype)
+    grad_out = torch.randn_like(conv2d(x, w))
+    weight = w.detach().float().requires_grad_()
+
+    def cudnn_weight_grad():
+        mask = [False, True, False]
+        return torch.ops.aten.convolution_backward(
+            grad_out, x, w, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 1, mask
+        )[1]
+
+    want, got = cudnn_weight_grad().double(), stem_weight_grad(x, grad_out).double()
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    scale = want.abs().max().item()
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale)
+
+    def conv_step():
+        out = F.conv2d(x, weight.to(dtype), stride=2, padding=1)
+        return torch.autograd.grad(out, weight, grad_out)
+
+    def node_step():
+        return torch.autograd.grad(TrainingStem.apply(x, weight, dtype), weight, grad_out)
+
+    forms = {
+        "weight grad, cuDNN": cudnn_weight_grad,
+        "weight grad, unfold + bmm": lambda: stem_weight_grad(x, grad_out),
+        "step, conv2d": conv_step,
+        "step, node": node_step,
+    }
+    results = {}
+    for name, fn in forms.items():
+        graphed, eager = time_us(fn, device)
+        results[name] = {"us": round(graphed, 1)}
+        if eager is not None:
+            results[name]["eager_us"] = round(eager, 1)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tier", default="large", choices=sorted(TIERS))
@@ -192,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__,
         "forms": {name: time_forms(width, args, device, DTYPES[name]) for name in args.dtypes},
+        "training": {
+            name: time_training(width, args, device, DTYPES[name]) for name in args.dtypes
+        },
     }
     text = json.dumps(report, indent=1)
     print(text)
