@@ -25,7 +25,8 @@ times the weight's gradient and a forward + backward:
 
 * ``weight grad, cuDNN``: ``convolution_backward`` for the weight alone (what autograd
   runs for ``F.conv2d``);
-* ``weight grad, unfold + bmm``: ``rubiks_models.training_stem.stem_weight_grad``;
+* ``weight grad, unfold + bmm``: one product per frame of the output's gradient with the
+  frames' unfolded taps (``F.unfold``), summed over the frames in float32;
 * ``step, conv2d``: ``F.conv2d`` and autograd's weight gradient (what the models ran);
 * ``step, node``: ``TrainingStem`` (the models' stem in training on CUDA).
 
@@ -54,7 +55,7 @@ from bench_block_parts import time_us as block_parts_time_us  # this folder (a s
 import rubiks_models  # noqa: F401  (registers the models)
 from rubiks_models.archs import TIERS
 from rubiks_models.io import atomic_write
-from rubiks_models.training_stem import TrainingStem, stem_weight_grad
+from rubiks_models.training_stem import TrainingStem
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -116,6 +117,22 @@ def space_to_depth(x: torch.Tensor, w_s2d: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(blocks, (1, 0, 1, 0)), w_s2d)
 
 
+def unfold_bmm_weight_grad(frames: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """The stem weight's (C, 3, 3, 3) gradient: per frame, the output gradient's
+    (C, pixels) matrix times the frames' (pixels, 27) taps, summed over the frames (in
+    float32 for 16-bit inputs, written so by cuBLAS where torch can)."""
+    n, channels = grad_out.shape[:2]
+    taps = F.unfold(frames, 3, padding=1, stride=2).transpose(1, 2)  # (N, pixels, 27)
+    grad = grad_out.reshape(n, channels, -1)
+    narrow = grad.dtype in (torch.bfloat16, torch.float16)
+    if narrow and grad.is_cuda and hasattr(torch.ops.aten.bmm, "dtype"):
+        per_frame = torch.bmm(grad, taps, out_dtype=torch.float32)
+    else:
+        per_frame = torch.bmm(grad, taps)
+        per_frame = per_frame.float() if narrow else per_frame
+    return per_frame.sum(0).view(channels, 3, 3, 3)
+
+
 def check_forms() -> None:
     """Every form against F.conv2d in float64 (odd and even sizes); raises on a mismatch."""
     g = torch.Generator().manual_seed(0)
@@ -132,6 +149,10 @@ def check_forms() -> None:
             got["space-to-depth 2x2"] = space_to_depth(x, space_to_depth_weight(w))
         for name, out in got.items():
             torch.testing.assert_close(out, expected, msg=lambda m, name=name: f"{name}: {m}")
+        weight = w.clone().requires_grad_()
+        grad_out = torch.randn(expected.shape, dtype=torch.float64, generator=g)
+        (want,) = torch.autograd.grad(conv2d(x, weight), weight, grad_out)
+        torch.testing.assert_close(unfold_bmm_weight_grad(x, grad_out), want)
 
 
 def time_us(fn: Callable[[], object], device: str) -> tuple[float, float | None]:
@@ -193,7 +214,8 @@ def time_training(width: int, args, device: str, dtype: torch.dtype) -> dict[str
             grad_out, x, w, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 1, mask
         )[1]
 
-    want, got = cudnn_weight_grad().double(), stem_weight_grad(x, grad_out).double()
+    want = cudnn_weight_grad().double()
+    got = unfold_bmm_weight_grad(x, grad_out).double()
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     scale = want.abs().max().item()
     torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale)
@@ -207,7 +229,7 @@ def time_training(width: int, args, device: str, dtype: torch.dtype) -> dict[str
 
     forms = {
         "weight grad, cuDNN": cudnn_weight_grad,
-        "weight grad, unfold + bmm": lambda: stem_weight_grad(x, grad_out),
+        "weight grad, unfold + bmm": lambda: unfold_bmm_weight_grad(x, grad_out),
         "step, conv2d": conv_step,
         "step, node": node_step,
     }

@@ -1,48 +1,24 @@
 """A RubiksNet's stem, the 3x3 stride-2 convolution of 3-channel frames, and its
 training form on CUDA as one autograd node.
 
-cuDNN takes Large's stem (64 frames of 3 x 224² into 72 x 112²) at 6-9x the time of
-writing its output (``packages/rubiks-models/BENCHMARKS.md``, *Where the time goes*),
-and its weight gradient longer still. :class:`TrainingStem` computes the same
-convolution: the forward is :func:`rubiks_shift.stem_conv`'s kernel, the weight's
-gradient one product per frame of the output's gradient with the frames' 27 taps
-(``F.unfold``), summed over the frames in float32 in frame order (deterministic); the
-frames' gradient, where one is asked for, is torch's (``conv2d_input``).
-:class:`StemConv` is the models' stem: an ``nn.Conv2d`` that trains through it.
+cuDNN's forward takes Large's stem (64 frames of 3 x 224² into 72 x 112²) at 6-9x the
+time of writing its output; :func:`rubiks_shift.stem_conv`'s kernel takes 0.7x of
+cuDNN's time (``packages/rubiks-models/BENCHMARKS.md``, *Where the time goes*).
+:class:`TrainingStem` is the convolution with that kernel's forward and cuDNN's
+backward (``convolution_backward``: the weight's gradient, and the frames' where one is
+asked for). :class:`StemConv` is the models' stem: an ``nn.Conv2d`` that trains through
+it.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
 from rubiks_shift import kernels, stem_conv
 
-__all__ = ["StemConv", "TrainingStem", "stem_weight_grad"]
-
-# torch >= 2.8 has cuBLAS write a batched product of 16-bit matrices as float32
-_BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")
-_NARROW = (torch.bfloat16, torch.float16)
-
-
-def stem_weight_grad(frames: Tensor, grad_out: Tensor) -> Tensor:
-    """The stem weight's gradient, (C, 3, 3, 3), from its (N, 3, H, W) ``frames`` and
-    its output's (N, C, ceil(H / 2), ceil(W / 2)) gradient: per frame, the gradient's
-    (C, pixels) matrix times the frames' (pixels, 27) taps, then the frames' sum. In
-    float32 for 16-bit inputs (cuBLAS's float32 sums, unrounded where torch can write
-    them so), else in the inputs' dtype."""
-    n, channels = grad_out.shape[:2]
-    taps = F.unfold(frames, 3, padding=1, stride=2)  # (N, 27, pixels)
-    grad = grad_out.reshape(n, channels, -1)
-    narrow = grad.dtype in _NARROW
-    if narrow and grad.is_cuda and _BMM_OUT_DTYPE:
-        per_frame = torch.bmm(grad, taps.transpose(1, 2), out_dtype=torch.float32)
-    else:
-        per_frame = torch.bmm(grad, taps.transpose(1, 2))
-        per_frame = per_frame.float() if narrow else per_frame
-    return per_frame.sum(0).view(channels, 3, 3, 3)
+__all__ = ["StemConv", "TrainingStem"]
 
 
 class TrainingStem(torch.autograd.Function):
@@ -54,7 +30,7 @@ class TrainingStem(torch.autograd.Function):
     @staticmethod
     def forward(ctx, frames: Tensor, weight: Tensor, dtype: torch.dtype) -> Tensor:
         x, w = frames.to(dtype), weight.to(dtype)
-        ctx.save_for_backward(x, w if ctx.needs_input_grad[0] else None)
+        ctx.save_for_backward(x, w)
         ctx.dtypes = (frames.dtype, weight.dtype)
         return stem_conv(x, w)
 
@@ -63,12 +39,15 @@ class TrainingStem(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple:
         x, w = ctx.saved_tensors
         frames_dtype, weight_dtype = ctx.dtypes
-        grad_frames = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_frames = torch.nn.grad.conv2d_input(x.shape, w, grad, stride=2, padding=1)
+        need_frames, need_weight = ctx.needs_input_grad[:2]
+        grad_frames, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad, x, w, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 1,
+            [need_frames, need_weight, False],
+        )  # fmt: skip
+        if grad_frames is not None:
             grad_frames = grad_frames.to(frames_dtype)
-        if ctx.needs_input_grad[1]:
-            grad_weight = stem_weight_grad(x, grad).to(weight_dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight_dtype)
         return grad_frames, grad_weight, None
 
 
