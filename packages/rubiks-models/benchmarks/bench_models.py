@@ -47,8 +47,9 @@ reported apart), ``infer_graph_fp32`` / ``_bf16``
 peak memory of a step. The table gives each figure's ratio to TSM-R50 in the same mode.
 
 ``--profile N`` profiles N calls of each run after every run is timed: GPU time per kind
-of kernel (torch.profiler), or with ``--profile-host`` the host's Python functions with
-the most time of their own (cProfile).
+of kernel and the ``--profile-kernels`` kernels with the most time (torch.profiler), or
+with ``--profile-host`` the host's Python functions with the most time of their own
+(cProfile).
 """
 
 from __future__ import annotations
@@ -274,9 +275,10 @@ KERNEL_KINDS = (  # (kind, pattern on the kernel name), first match wins
 )
 
 
-def profile_kernels(fn: Callable[[], object], iters: int) -> dict:
+def profile_kernels(fn: Callable[[], object], iters: int, top: int = 12) -> dict:
     """GPU kernel time per call by kind of kernel (torch.profiler over ``iters`` calls):
-    where the device time goes, and how many kernels a call issues."""
+    where the device time goes, how many kernels a call issues, and the ``top`` kernels
+    by time (0: every kernel)."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
@@ -300,7 +302,8 @@ def profile_kernels(fn: Callable[[], object], iters: int) -> dict:
         entry[1] += 1
         count += 1
     total = sum(kinds.values())
-    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:12]
+    ranked = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])
+    ranked = ranked[:top] if top else ranked
     return {
         "kernels_per_call": round(count / iters, 1),
         "gpu_ms_per_call": round(total / iters / 1e3, 3),
@@ -309,7 +312,7 @@ def profile_kernels(fn: Callable[[], object], iters: int) -> dict:
         },
         "top_kernels": [
             {"name": n, "ms": round(t / iters / 1e3, 3), "calls": round(c / iters, 1)}
-            for n, (t, c) in top
+            for n, (t, c) in ranked
         ],
     }
 
@@ -449,8 +452,10 @@ def reserved_by_pool(segments: list[dict], stream: int) -> dict:
 
 def _measure(fn: Callable[[], object], args, profile: int, result: dict) -> dict:
     if profile:
-        by = profile_host if getattr(args, "profile_host", False) else profile_kernels
-        result["profile"] = by(fn, profile)
+        if getattr(args, "profile_host", False):
+            result["profile"] = profile_host(fn, profile)
+        else:
+            result["profile"] = profile_kernels(fn, profile, getattr(args, "profile_kernels", 12))
     else:
         result["ms"] = time_loop(fn, args.iters, args.repeats)
         result["host_ms"] = round(issue_time(fn, args.iters), 3)
@@ -587,6 +592,10 @@ def main(argv: list[str] | None = None) -> int:
         "kernel",
     )  # fmt: skip
     p.add_argument(
+        "--profile-kernels", type=int, default=12, metavar="K",
+        help="with --profile N: keep the K kernels with the most time (0: every kernel)",
+    )  # fmt: skip
+    p.add_argument(
         "--profile-host", action="store_true",
         help="with --profile N: profile the host instead (cProfile over N calls: the "
         "Python functions with the most time of their own, per call)",
@@ -616,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     check_positive(p, args, (*CLIP_ARGUMENTS, "iters", "repeats", "rounds"))
     if args.profile_host and not args.profile:
         p.error("--profile-host needs --profile N (the calls to profile)")
+    if args.profile_kernels < 0:
+        p.error("--profile-kernels must be >= 0 (0: every kernel)")
     if args.json and not Path(args.json).parent.is_dir():
         p.error(f"--json: folder {Path(args.json).parent} does not exist")
     if not torch.cuda.is_available():

@@ -304,3 +304,16 @@ def test_reserved_memory_is_split_by_where_it_can_be_reused(benchmark_script):
         "default pool, this stream": {"reserved_gib": 3.0, "allocated_gib": 1.0},
     }
     assert bench.reserved_by_pool([], stream=7) == {}
+
+
+def test_profile_keeps_the_kernels_asked_for(benchmark_script, monkeypatch):
+    """``--profile-kernels K`` reaches the kernel profile (0: every kernel); a negative
+    K is a usage error."""
+    bench = benchmark_script("bench_models")
+    seen = []
+    fake = lambda fn, iters, top=12: seen.append((iters, top)) or {"top_kernels": []}
+    monkeypatch.setattr(bench, "profile_kernels", fake)
+    result = bench._measure(lambda: None, SimpleNamespace(profile_kernels=0), 3, {})
+    assert seen == [(3, 0)] and result == {"profile": {"top_kernels": []}}
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "tsm_r50", "--modes", "infer_fp32", "--profile-kernels", "-1"])
