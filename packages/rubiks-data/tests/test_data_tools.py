@@ -81,3 +81,13 @@ def test_tool_argument_errors(tmp_path, capsys):
     assert a_file.read_text() == "x"
     assert lists_main([str(tmp_path), str(tmp_path)]) == 2
     assert "no SSv2 train annotations" in capsys.readouterr().err
+
+
+def test_tool_workers_are_spawned_not_forked():
+    """The tools' worker processes start fresh: a forked child of a threaded process can
+    hang on a lock held at the fork."""
+    from rubiks_data.process_pool import process_pool
+
+    with process_pool(1) as pool:
+        assert pool._mp_context.get_start_method() == "spawn"
+        assert pool.submit(sum, [1, 2]).result(timeout=60) == 3

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from PIL import Image
 
 from ..fileio import atomic_write_json, atomic_write_text, replace_dir, temp_dir_for
 from ..lists import ssv2_class_name
+from ..process_pool import process_pool
 from .encode import FORMATS, encode_video
 from .render import CLASSES, ClipSpec, make_spec, render_clip
 
@@ -223,7 +223,7 @@ def _run(jobs: Sequence[tuple], workers: int, progress: bool) -> list[dict]:
     results: list[dict] = []
     try:
         if workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            with process_pool(workers) as pool:
                 for r in pool.map(_job, jobs, chunksize=8):
                     results.append(r)
                     bar.update()

@@ -14,11 +14,11 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ..datasets import _format, check_template
 from ..fileio import atomic_write_text, replace_dir, temp_dir_for
+from ..process_pool import process_pool
 from ..transforms import resize_frame
 from ..video import DecodeError, VideoReader
 
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[tuple[str, str]] = []
     bar = tqdm(total=len(jobs), unit="video", desc="extract", disable=not args.progress)
     if args.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(args.workers) as pool:
+        with process_pool(args.workers) as pool:
             results = pool.map(_job, jobs, chunksize=4)
             for video, _, err in results:
                 if err:
