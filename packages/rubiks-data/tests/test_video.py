@@ -107,3 +107,29 @@ def test_decode_order_fallback_without_timestamps(keyint_videos, fmt):
     assert all(
         np.array_equal(np.asarray(g), ref[i]) for g, i in zip(got, [5, 1, 29, 5], strict=True)
     )
+
+
+def _read_in_child(path, queue) -> None:
+    queue.put(np.asarray(read_frames(path, [0, 5])[1]).sum())
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),
+                    reason="needs fork")  # fmt: skip
+def test_decodes_in_a_forked_child_after_the_parent_did(keyint_videos):
+    """A forked child (a DataLoader worker) converts frames with a scaler of its own: with
+    the parent's, inherited with slice threads the child does not have, it hung."""
+    import multiprocessing
+
+    path = keyint_videos["webm"]
+    want = np.asarray(read_frames(path, [0, 5])[1]).sum()  # the parent's scaler exists now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(path, queue))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("a forked child hung converting frames")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == want

@@ -11,10 +11,12 @@ truncated, corrupt).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import av
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 __all__ = ["DecodeError", "VideoReader", "count_frames", "read_frames"]
@@ -27,6 +29,34 @@ class DecodeError(Exception):
 def _ffmpeg_message(err: Exception) -> str:
     msg = getattr(err, "strerror", None) or str(err)
     return str(msg).split(":")[0].strip() or type(err).__name__
+
+
+class _Reformatters(threading.local):
+    """A frame converter per thread and process. PyAV's own is per thread only: a forked
+    child (a DataLoader worker) inherits its parent's, whose scaler then waits forever for
+    slice threads that exist only in the parent."""
+
+    pid = -1
+    reformatter: VideoReformatter | None = None
+    inherited: list  # converters made before a fork: kept, since freeing one would join
+    # threads this process does not have
+
+    def __init__(self) -> None:
+        self.inherited = []
+
+
+_REFORMATTERS = _Reformatters()
+
+
+def _rgb_image(frame: av.VideoFrame) -> Image.Image:
+    """A decoded frame as a PIL RGB image, converted by this process's own scaler."""
+    local, pid = _REFORMATTERS, os.getpid()
+    if local.pid != pid:
+        if local.reformatter is not None:
+            local.inherited.append(local.reformatter)
+        local.pid, local.reformatter = pid, VideoReformatter()
+    # an rgb24 frame's to_image() converts nothing (PyAV returns it as it is)
+    return local.reformatter.reformat(frame, format="rgb24").to_image()
 
 
 class VideoReader:
@@ -132,7 +162,7 @@ class VideoReader:
         def take(frames) -> None:
             for f in frames:
                 if f.pts in wanted and f.pts not in got:
-                    got[f.pts] = f.to_image()
+                    got[f.pts] = _rgb_image(f)
 
         try:
             for p in self._packets[start:]:
@@ -156,7 +186,7 @@ class VideoReader:
             for p in [*self._packets, None]:
                 for f in codec.decode(p):
                     if n in wanted:
-                        got[n] = f.to_image()
+                        got[n] = _rgb_image(f)
                     n += 1
                 if n > last:
                     break
@@ -177,7 +207,7 @@ class VideoReader:
             for p in [*self._packets, None]:
                 for f in codec.decode(p):  # decoders emit presentation order
                     n += 1
-                    yield f.to_image()
+                    yield _rgb_image(f)
         except (av.FFmpegError, OSError) as err:
             raise DecodeError(
                 f"corrupt (decoding failed after {n} frames: {_ffmpeg_message(err)})"
