@@ -275,7 +275,10 @@ KERNEL_KINDS = (  # (kind, pattern on the kernel name), first match wins
 )
 
 
-def profile_kernels(fn: Callable[[], object], iters: int, top: int = 12) -> dict:
+PROFILE_KERNELS = 12  # the kernels a profile keeps by default (--profile-kernels)
+
+
+def profile_kernels(fn: Callable[[], object], iters: int, top: int = PROFILE_KERNELS) -> dict:
     """GPU kernel time per call by kind of kernel (torch.profiler over ``iters`` calls):
     where the device time goes, how many kernels a call issues, and the ``top`` kernels
     by time (0: every kernel)."""
@@ -455,7 +458,8 @@ def _measure(fn: Callable[[], object], args, profile: int, result: dict) -> dict
         if getattr(args, "profile_host", False):
             result["profile"] = profile_host(fn, profile)
         else:
-            result["profile"] = profile_kernels(fn, profile, getattr(args, "profile_kernels", 12))
+            top = getattr(args, "profile_kernels", PROFILE_KERNELS)
+            result["profile"] = profile_kernels(fn, profile, top)
     else:
         result["ms"] = time_loop(fn, args.iters, args.repeats)
         result["host_ms"] = round(issue_time(fn, args.iters), 3)
@@ -592,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         "kernel",
     )  # fmt: skip
     p.add_argument(
-        "--profile-kernels", type=int, default=12, metavar="K",
+        "--profile-kernels", type=int, default=PROFILE_KERNELS, metavar="K",
         help="with --profile N: keep the K kernels with the most time (0: every kernel)",
     )  # fmt: skip
     p.add_argument(
