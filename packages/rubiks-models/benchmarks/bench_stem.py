@@ -20,6 +20,16 @@ compute the same values, each from NCHW frames to an NCHW result:
   (``F.pixel_unshuffle``), then a 2x2 stride-1 convolution of those, whose weights are the
   3x3 ones rearranged (no stride, four times the input channels).
 
+In training (``training`` in the report; the frames need no gradient, as a clip's) it
+times the weight's gradient and a forward + backward:
+
+* ``weight grad, cuDNN``: ``convolution_backward`` for the weight alone (what autograd
+  runs for ``F.conv2d``);
+* ``weight grad, unfold + bmm``: one product per frame of the output's gradient with the
+  frames' unfolded taps (``F.unfold``), summed over the frames in float32;
+* ``step, conv2d``: ``F.conv2d`` and autograd's weight gradient (what the models ran);
+* ``step, node``: ``TrainingStem`` (the models' stem in training on CUDA).
+
 Before timing, every form is checked against ``F.conv2d`` in float64 on a small input.
 ``write`` is the floor of any form: writing the result once (``fill_``). On a GPU a
 figure is the time per call of 20 calls captured in one CUDA graph and replayed 10 times
@@ -45,6 +55,7 @@ from bench_block_parts import time_us as block_parts_time_us  # this folder (a s
 import rubiks_models  # noqa: F401  (registers the models)
 from rubiks_models.archs import TIERS
 from rubiks_models.io import atomic_write
+from rubiks_models.training_stem import TrainingStem
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -106,6 +117,22 @@ def space_to_depth(x: torch.Tensor, w_s2d: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(blocks, (1, 0, 1, 0)), w_s2d)
 
 
+def unfold_bmm_weight_grad(frames: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """The stem weight's (C, 3, 3, 3) gradient: per frame, the output gradient's
+    (C, pixels) matrix times the frames' (pixels, 27) taps, summed over the frames (in
+    float32 for 16-bit inputs, written so by cuBLAS where torch can)."""
+    n, channels = grad_out.shape[:2]
+    taps = F.unfold(frames, 3, padding=1, stride=2).transpose(1, 2)  # (N, pixels, 27)
+    grad = grad_out.reshape(n, channels, -1)
+    narrow = grad.dtype in (torch.bfloat16, torch.float16)
+    if narrow and grad.is_cuda and hasattr(torch.ops.aten.bmm, "dtype"):
+        per_frame = torch.bmm(grad, taps, out_dtype=torch.float32)
+    else:
+        per_frame = torch.bmm(grad, taps)
+        per_frame = per_frame.float() if narrow else per_frame
+    return per_frame.sum(0).view(channels, 3, 3, 3)
+
+
 def check_forms() -> None:
     """Every form against F.conv2d in float64 (odd and even sizes); raises on a mismatch."""
     g = torch.Generator().manual_seed(0)
@@ -122,6 +149,10 @@ def check_forms() -> None:
             got["space-to-depth 2x2"] = space_to_depth(x, space_to_depth_weight(w))
         for name, out in got.items():
             torch.testing.assert_close(out, expected, msg=lambda m, name=name: f"{name}: {m}")
+        weight = w.clone().requires_grad_()
+        grad_out = torch.randn(expected.shape, dtype=torch.float64, generator=g)
+        (want,) = torch.autograd.grad(conv2d(x, weight), weight, grad_out)
+        torch.testing.assert_close(unfold_bmm_weight_grad(x, grad_out), want)
 
 
 def time_us(fn: Callable[[], object], device: str) -> tuple[float, float | None]:
@@ -167,6 +198,50 @@ def time_forms(width: int, args, device: str, dtype: torch.dtype) -> dict[str, d
     return results
 
 
+def time_training(width: int, args, device: str, dtype: torch.dtype) -> dict[str, dict]:
+    """The training forms (module docstring), µs per call; the weight-gradient forms
+    checked against each other first (to the dtype's rounding)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    n = args.batch * args.frames
+    x = torch.randn(n, 3, args.size, args.size, device=device, dtype=dtype, generator=g)
+    w = (torch.randn(width, 3, 3, 3, device=device, generator=g) / 27**0.5).to(dtype)
+    grad_out = torch.randn_like(conv2d(x, w))
+    weight = w.detach().float().requires_grad_()
+
+    def cudnn_weight_grad():
+        mask = [False, True, False]
+        return torch.ops.aten.convolution_backward(
+            grad_out, x, w, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 1, mask
+        )[1]
+
+    want = cudnn_weight_grad().double()
+    got = unfold_bmm_weight_grad(x, grad_out).double()
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    scale = want.abs().max().item()
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale)
+
+    def conv_step():
+        out = F.conv2d(x, weight.to(dtype), stride=2, padding=1)
+        return torch.autograd.grad(out, weight, grad_out)
+
+    def node_step():
+        return torch.autograd.grad(TrainingStem.apply(x, weight, dtype), weight, grad_out)
+
+    forms = {
+        "weight grad, cuDNN": cudnn_weight_grad,
+        "weight grad, unfold + bmm": lambda: unfold_bmm_weight_grad(x, grad_out),
+        "step, conv2d": conv_step,
+        "step, node": node_step,
+    }
+    results = {}
+    for name, fn in forms.items():
+        graphed, eager = time_us(fn, device)
+        results[name] = {"us": round(graphed, 1)}
+        if eager is not None:
+            results[name]["eager_us"] = round(eager, 1)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tier", default="large", choices=sorted(TIERS))
@@ -192,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__,
         "forms": {name: time_forms(width, args, device, DTYPES[name]) for name in args.dtypes},
+        "training": {
+            name: time_training(width, args, device, DTYPES[name]) for name in args.dtypes
+        },
     }
     text = json.dumps(report, indent=1)
     print(text)

@@ -30,3 +30,8 @@ def test_script_checks_and_times_every_form_on_cpu(benchmark_script, tmp_path):
         "unfold + matmul", "space-to-depth 2x2",
     }  # fmt: skip
     assert all(v["us"] > 0 for v in forms.values())
+    training = json.loads(out.read_text())["training"]["float32"]
+    assert set(training) == {
+        "weight grad, cuDNN", "weight grad, unfold + bmm", "step, conv2d", "step, node",
+    }  # fmt: skip
+    assert all(v["us"] > 0 for v in training.values())

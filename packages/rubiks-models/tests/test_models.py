@@ -601,7 +601,10 @@ def test_cuda_bf16_training_runs_channel_major() -> None:
 @pytest.mark.parametrize("arch", ["rubiksnet_tiny", "rubiksnet_large"])
 def test_cuda_bf16_block_node_equals_composed_ops(arch: str) -> None:
     """On CUDA in bf16 autocast the channel-major blocks' single autograd node gives the
-    composed ops' gradients and running statistics bit for bit."""
+    composed ops' gradients and running statistics bit for bit, but for the 1x1
+    convolutions' weight gradients: the node's are cuBLAS's float32 sums (torch >= 2.8),
+    the composed ops' bf16 results of another product kernel, so they agree to bf16's
+    rounding in norm (single sums that cancel may differ more)."""
     torch.manual_seed(0)
     model = timm.create_model(arch, num_classes=7).cuda().train()
     twin = timm.create_model(arch, num_classes=7).cuda().train()
@@ -616,7 +619,17 @@ def test_cuda_bf16_block_node_equals_composed_ops(arch: str) -> None:
             with torch.autocast("cuda", torch.bfloat16):
                 loss = F.cross_entropy(net(clip), target)
             loss.backward()
+    unrounded = 0
     for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
-        assert torch.equal(p.grad, q.grad), name
+        if name.endswith(("conv1.weight", "conv2.weight", "shortcut.weight")):
+            diff = (p.grad - q.grad).abs()
+            err = (diff.norm() / q.grad.norm()).item()
+            worst = (diff.max() / q.grad.abs().max()).item()
+            assert err < 2**-7, f"{name}: {err:.1e} in norm, {worst:.1e} of the largest"
+            unrounded += int(not torch.equal(p.grad, p.grad.bfloat16().float()))
+        else:
+            assert torch.equal(p.grad, q.grad), name
     for (name, b), c in zip(model.named_buffers(), twin.buffers(), strict=True):
         assert torch.equal(b, c), name
+    # the node's weight gradients come from cuBLAS in float32 where torch can write so
+    assert (unrounded > 0) == rubiks_models.channel_major_block._MM_OUT_DTYPE

@@ -8,7 +8,9 @@ and the products' transposes itself. Eager training of the small-plane blocks is
 by the host (every op's Python call and autograd node), not by the GPU; one node per
 block instead of ~20 took 12 % off one Large block's host time and 3-15 % off eager
 Large steps (``packages/rubiks-models/BENCHMARKS.md``, *Eager training*). The gradients
-equal the composed form's bit for bit on CUDA.
+equal the composed form's bit for bit on CUDA, but under autocast the products' weight
+gradients: cuBLAS writes those in float32 from its float32 sums (torch >= 2.8), where the
+composed form's are rounded to 16 bits first.
 
 By default (``BlockSettings.recompute``) the node keeps the block's input, conv1's output
 and the shifted clip for its backward, not ``relu(norm1(x))`` nor ``relu(norm2(h))``: the
@@ -129,7 +131,7 @@ class ChannelMajorBlock(torch.autograd.Function):
         go = clip_points(grad_out)
         if go.dtype != sm.dtype:
             go = go.to(sm.dtype)
-        grad_w2 = torch.mm(go, sm.t()) if need[2] else None
+        grad_w2 = _weight_product(go, sm.t(), ctx, 2) if need[2] else None
         grad_shifted = points_clip(torch.mm(w2m.t(), go), n, t, ho, wo)
         if h2 is None:
             h2 = kernels.batch_norm_relu_apply(h, stats2)
@@ -144,13 +146,13 @@ class ChannelMajorBlock(torch.autograd.Function):
         grad_h = grad_h.view(cout, -1)
         if a is None and (need[1] or (wpm is not None and need[3])):
             a = kernels.batch_norm_relu_apply(xm, stats1).view(cin, -1)
-        grad_w1 = torch.mm(grad_h, a.t()) if need[1] else None
+        grad_w1 = _weight_product(grad_h, a.t(), ctx, 1) if need[1] else None
         grad_a = torch.mm(w1m.t(), grad_h)
         grad_wp = None
         if wpm is not None:
             if need[3]:
                 frames = _strided(a, (cin, n, t, height, width), settings.stride)
-                grad_wp = torch.mm(go, frames.reshape(cin, -1).t())
+                grad_wp = _weight_product(go, frames.reshape(cin, -1).t(), ctx, 3)
             _strided(grad_a, (cin, n, t, height, width), settings.stride).add_(
                 torch.mm(wpm.t(), go).view(cin, n, t, ho, wo)
             )
@@ -173,10 +175,32 @@ class ChannelMajorBlock(torch.autograd.Function):
         )
 
 
+# torch >= 2.8 has cuBLAS write a product of 16-bit matrices as float32 (``mm.dtype``)
+_MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")
+
+
+def _weight_product(grad: Tensor, inputs: Tensor, ctx, index: int) -> Tensor:
+    """``grad @ inputs``: the gradient of product ``index``'s weight as an (out, in)
+    matrix in the weight's dtype. Under autocast on CUDA (16-bit factors, a float32
+    weight) cuBLAS writes it in float32 from its float32 sums, with no rounding to 16
+    bits and no cast kernel after it; elsewhere, and while Dynamo traces, the product is
+    cast."""
+    dtype = ctx.weight_meta[index][1]
+    narrow = grad.dtype in (torch.bfloat16, torch.float16)
+    if (
+        narrow
+        and dtype == torch.float32
+        and grad.is_cuda
+        and _MM_OUT_DTYPE
+        and not torch.compiler.is_compiling()
+    ):
+        return torch.mm(grad, inputs, out_dtype=dtype)
+    return torch.mm(grad, inputs).to(dtype)
+
+
 def _weight_grad(grad: Tensor | None, needed: bool, ctx, index: int) -> Tensor | None:
     """A product's weight gradient (None where not computed) as the (out, in, 1, 1)
-    weight in its dtype."""
+    weight."""
     if grad is None or not needed:
         return None
-    shape, dtype = ctx.weight_meta[index]
-    return grad.view(shape).to(dtype)
+    return grad.view(ctx.weight_meta[index][0])

@@ -55,6 +55,7 @@ from .reference_keys import REFERENCE_KEY_MAP, convert_reference_key, convert_re
 from .shift_layers import Shift2d, Shift3d, TemporalAttentionShift, hard_temporal_shift
 from .stage_graphs import PoolSharing, StageGraphs
 from .stage_op import call_stage_op, op_applies, register_stage, trainable_params
+from .training_stem import StemConv
 from .weight_files import (
     RELEASED_FILES,
     local_weight_file,
@@ -583,7 +584,7 @@ class RubiksNet(nn.Module):
         self.normalize_grad, self.normalize_t_factor = normalize_grad, normalize_t_factor
         self.grad_checkpointing = False
 
-        self.stem = nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False)
+        self.stem = StemConv(in_chans, width)
         block_args: dict[str, Any] = dict(
             variant=variant,
             se_reduction=se_reduction,
