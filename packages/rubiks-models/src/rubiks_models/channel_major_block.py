@@ -46,6 +46,8 @@ class BlockSettings(NamedTuple):
     shift: tuple  # (stride, padding, quantize, normalize_grad, normalize_t_factor)
     dtype: torch.dtype | None  # the weights' dtype in the products (autocast's), or None
     recompute: bool = True  # recompute relu(norm1(x)) and relu(norm2(h)) in the backward
+    # the weights already cast to ``dtype`` as (out, in) matrices (``weight_casts``), or None
+    matrices: tuple | None = None
 
 
 def _matrix(weight: Tensor, dtype: torch.dtype | None) -> Tensor:
@@ -92,7 +94,12 @@ class ChannelMajorBlock(torch.autograd.Function):
     def forward(ctx, x, w1, w2, wp, g1, b1, g2, b2, shift, settings: BlockSettings):
         n, t, cin, height, width = x.shape
         cout = w1.shape[0]
-        w1m, w2m = _matrix(w1, settings.dtype), _matrix(w2, settings.dtype)
+        cast = settings.matrices
+        if cast is None:
+            w1m, w2m = _matrix(w1, settings.dtype), _matrix(w2, settings.dtype)
+        else:
+            w1m, w2m = cast[0], cast[1]
+            settings = settings._replace(matrices=None)  # kept by the saved tensors alone
         xm = _rows(x)
         a, stats1 = kernels.batch_norm_relu_forward(xm, g1, b1, *settings.norm1)
         a = a.view(cin, -1)
@@ -107,7 +114,7 @@ class ChannelMajorBlock(torch.autograd.Function):
         if wp is None:
             skip = xm.view(cin, -1)
         else:
-            wpm = _matrix(wp, settings.dtype)
+            wpm = _matrix(wp, settings.dtype) if cast is None else cast[2]
             frames = _strided(a, (cin, n, t, height, width), settings.stride)
             skip = torch.mm(wpm, frames.reshape(cin, -1))
         out = torch.addmm(skip, w2m, sm)

@@ -56,6 +56,7 @@ from .shift_layers import Shift2d, Shift3d, TemporalAttentionShift, hard_tempora
 from .stage_graphs import PoolSharing, StageGraphs
 from .stage_op import call_stage_op, op_applies, register_stage, trainable_params
 from .training_stem import StemConv
+from .weight_casts import RubiksBlocks, current_casts
 from .weight_files import (
     RELEASED_FILES,
     local_weight_file,
@@ -388,8 +389,23 @@ class RubiksBlock(nn.Module):
             modules["conv2"]._parameters["weight"],
             None if proj is None else proj._parameters["weight"],
         )
+        casts = current_casts()
+        if casts is not None and settings.dtype is not None:
+            settings = settings._replace(matrices=casts.matrices(self, weights, settings.dtype))
         shift = shift_layer._parameters["shift"]
         return counters, (*weights, *affine, shift, settings)
+
+    @torch.jit.unused
+    def product_weights(self) -> tuple:
+        """The weights the channel-major node multiplies as (out, in) matrices: conv1's,
+        conv2's and the projection's (None without one)."""
+        modules = self._modules
+        proj = modules["shortcut"]._parameters["weight"] if self.has_proj else None
+        return (
+            modules["conv1"]._parameters["weight"],
+            modules["conv2"]._parameters["weight"],
+            proj,
+        )
 
     @torch.jit.unused
     def _composed_channel_major(self, x: torch.Tensor) -> torch.Tensor:
@@ -421,7 +437,7 @@ class RubiksBlock(nn.Module):
 # the module types a stage replays as CUDA graphs (stage_graphs): the blocks' own
 GRAPHED_MODULES = frozenset(
     {
-        nn.Sequential, RubiksBlock, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.Identity,
+        nn.Sequential, RubiksBlocks, RubiksBlock, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.Identity,
         nn.Linear, Shift3d, Shift2d, TemporalAttentionShift, SqueezeExcite,
     }
 )  # fmt: skip
@@ -439,7 +455,7 @@ class RubiksStage(nn.Module):
         self.grad_checkpointing = False
         self.eager_graphs = True
         self.compiled_replays = True
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = RubiksBlocks(*blocks)
         self._graphs = StageGraphs(GRAPHED_MODULES)
         self._op_handle = register_stage(self)
 
