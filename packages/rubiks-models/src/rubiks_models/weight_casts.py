@@ -13,16 +13,13 @@ calls are cast again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
 
 __all__ = ["RubiksBlocks", "StageCasts", "current_casts"]
-
-# a block's weights that are cast as (out, in) matrices: a tuple with None where absent
-ProductWeights = Callable[[], tuple]
 
 _CURRENT: ContextVar[StageCasts | None] = ContextVar("rubiks_stage_casts", default=None)
 
@@ -46,9 +43,8 @@ class StageCasts:
         matrices, or None where they were not cast together (another dtype asked for, a
         weight not float32, a block not among the blocks)."""
         if self._dtype is None:
-            if not self._cast_from(block, dtype):
-                return None
-        elif dtype != self._dtype:
+            self._cast_from(block, dtype)
+        if dtype != self._dtype:
             return None
         out = []
         for w in weights:
@@ -61,15 +57,17 @@ class StageCasts:
             out.append(m)
         return tuple(out)
 
-    def _cast_from(self, block: nn.Module, dtype: torch.dtype) -> bool:
-        """Cast the weights of ``block`` and of every block after it, in one buffer."""
+    def _cast_from(self, block: nn.Module, dtype: torch.dtype) -> None:
+        """Cast the float32 weights of ``block`` and of every block after it, in one
+        buffer; ``dtype`` is then the casts' dtype, whatever was cast (nothing where
+        ``block`` is not among the blocks)."""
         blocks = list(self._blocks)
         at = next((i for i, b in enumerate(blocks) if b is block), None)
         if at is None:
-            return False
-        later = blocks[at:]
+            return
+        self._dtype = dtype
         weights = []
-        for b in later:
+        for b in blocks[at:]:
             product_weights = getattr(b, "product_weights", None)
             if product_weights is None:
                 continue
@@ -77,14 +75,12 @@ class StageCasts:
                 if w is not None and w.dtype == torch.float32 and w.dim() >= 2:
                     weights.append(w)
         if not weights:
-            return False
+            return
         sizes = [w.numel() for w in weights]
         flat = torch.empty(sum(sizes), dtype=dtype, device=weights[0].device)
         parts = flat.split(sizes)
         torch._foreach_copy_(list(parts), [w.detach().reshape(-1) for w in weights])
         self._cast = {id(w): p.view(w.shape[0], -1) for w, p in zip(weights, parts, strict=True)}
-        self._dtype = dtype
-        return True
 
 
 class RubiksBlocks(nn.Sequential):
@@ -101,13 +97,9 @@ class RubiksBlocks(nn.Sequential):
     @torch.jit.unused
     def _forward_sharing_casts(self, x: Tensor) -> Tensor:
         if torch.compiler.is_compiling():
-            for block in self:
-                x = block(x)
-            return x
+            return super().forward(x)
         token = _CURRENT.set(StageCasts(self))
         try:
-            for block in self:
-                x = block(x)
+            return super().forward(x)
         finally:
             _CURRENT.reset(token)
-        return x
