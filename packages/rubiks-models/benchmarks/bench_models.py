@@ -27,9 +27,11 @@ of its rounds with their range. Models:
   ``:epilogue-on`` / ``:epilogue-off`` after ``:fused`` set its ``conv1_epilogue`` (bn2's
   bias and ReLU in conv1's product; default "auto"); ``:replay-off`` after ``:fused``
   makes its identity blocks take the checked op calls at every eager call instead of
-  replaying their bound ones (``FusedBlock.replays_forward``); ``:graphs-off`` on an
-  unfused model makes its stages run their blocks directly in eager training instead of
-  replaying them as CUDA graphs (:meth:`rubiks_models.RubiksNet.set_eager_graphs`);
+  replaying their bound ones (``FusedBlock.replays_forward``); ``:graphs-off`` makes an
+  unfused model's stages run their blocks directly in eager training instead of
+  replaying them as CUDA graphs (:meth:`rubiks_models.RubiksNet.set_eager_graphs`), and a
+  fused model's eager forward run its blocks instead of replaying a CUDA graph of itself
+  (:meth:`rubiks_models.fused.FusedRubiksNet.set_eager_graphs`);
   ``:compiled-replays`` / ``:traced-stages`` on an unfused model make torch.compile call
   its training stages as ops that replay their graphs, or trace them
   (:meth:`rubiks_models.RubiksNet.set_compiled_replays` on or off); ``:keep-activations``
@@ -175,7 +177,7 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
         raise ValueError(f"':replay-off' is one form of a fused model, in {name!r}")
     if "compiled-replays" in forms and "traced-stages" in forms:
         raise ValueError(f"':compiled-replays' and ':traced-stages' exclude each other: {name!r}")
-    for form in ("graphs-off", "compiled-replays", "traced-stages", "keep-activations"):
+    for form in ("compiled-replays", "traced-stages", "keep-activations"):
         if form in forms and fused:
             raise ValueError(f"':{form}' is a form of an unfused model (training), in {name!r}")
     if unknown or (train_plane and not train_plane.isdigit()):
@@ -183,7 +185,7 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
     model = timm.create_model(arch, num_classes=num_classes).to(device)
     if train_plane:
         model.set_channel_major_plane(int(train_plane))
-    if "graphs-off" in forms:
+    if "graphs-off" in forms and not fused:
         model.set_eager_graphs(False)
     if "keep-activations" in forms:
         model.set_activation_recompute(False)
@@ -206,6 +208,8 @@ def build(name: str, num_classes: int, frames: int, device: str = "cuda") -> tup
         fused_model = fuse_model(model.eval(), gemm, **kwargs)
         for block in fused_model.blocks:
             block.replays_forward = block.replays_forward and "replay-off" not in forms
+        if "graphs-off" in forms:
+            fused_model.set_eager_graphs(False)
         return fused_model, False
     return model, True
 

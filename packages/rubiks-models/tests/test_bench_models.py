@@ -228,10 +228,19 @@ def test_fused_replay_off_form_is_built_and_checked(benchmark_script):
         bench.build("rubiksnet_tiny:replay-off", 5, 2, device="cpu")
 
 
+def test_graphs_off_form_turns_either_models_graphs_off(benchmark_script):
+    bench = benchmark_script("bench_models")
+    model, _ = bench.build("rubiksnet_tiny:graphs-off", 5, 2, device="cpu")
+    assert not any(stage.eager_graphs for stage in model.stages)
+    model, _ = bench.build("rubiksnet_tiny:fused", 5, 2, device="cpu")
+    assert model.eager_graphs
+    model, _ = bench.build("rubiksnet_tiny:fused:graphs-off", 5, 2, device="cpu")
+    assert not model.eager_graphs
+
+
 @pytest.mark.parametrize(
     ("form", "setting", "value"),
     [
-        ("graphs-off", "eager_graphs", False),
         ("compiled-replays", "compiled_replays", True),
         ("traced-stages", "compiled_replays", False),
     ],

@@ -20,7 +20,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from . import stage_graphs
+from . import inference_graphs, stage_graphs
 from .graph_capture import own_cublas_workspaces
 
 __all__ = ["GraphedInference", "GraphedTrainStep"]
@@ -80,7 +80,13 @@ class GraphedInference:
         self.static_input = example.detach().clone()
         stream = torch.cuda.Stream(device=example.device)
         stream.wait_stream(torch.cuda.current_stream(example.device))
-        with torch.cuda.stream(stream), torch.no_grad(), _autocast(autocast_dtype):
+        # the forward is one graph: a fused model does not capture its own (inference_graphs)
+        with (
+            torch.cuda.stream(stream),
+            torch.no_grad(),
+            _autocast(autocast_dtype),
+            inference_graphs.paused(),
+        ):
             for _ in range(warmup):
                 model(self.static_input)
         torch.cuda.current_stream(example.device).wait_stream(stream)

@@ -60,6 +60,7 @@ from rubiks_shift import (
 
 from .channel_major_block import clip_points, points_clip, to_channel_major
 from .fused_op import fused_forward, register
+from .inference_graphs import ForwardGraphs
 from .pointwise import conv1x1
 from .rubiksnet import CHANNEL_MAJOR_PLANE, RubiksBlock, RubiksNet, as_clip
 from .shift_layers import Shift3d, TemporalAttentionShift
@@ -684,11 +685,30 @@ class FusedRubiksNet(_GemmWeights):
         # the width of the result: logits, or the pooled features of a headless model
         self.out_width = self.num_classes if self.has_head else s.numel()
         self._op_handle = register(self)
+        self.eager_graphs = True
+        self._graphs = ForwardGraphs(frozenset({FusedRubiksNet, FusedBlock, nn.ModuleList}))
         self.eval()
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self._op_handle = register(self)  # a copy: its own handle, not the original's
+        if "_graphs" not in self.__dict__:  # pickled before models kept forward graphs
+            self.eager_graphs = True
+            self._graphs = ForwardGraphs(frozenset({FusedRubiksNet, FusedBlock, nn.ModuleList}))
+
+    def _apply(self, fn, recurse: bool = True):
+        self._graphs.reset()  # new buffers (another device or dtype): the graph's memory goes
+        return super()._apply(fn, recurse)
+
+    def set_eager_graphs(self, enable: bool = True) -> None:
+        """Whether the eager CUDA forward replays a CUDA graph of itself from a signature's
+        second call (default on; :mod:`rubiks_models.inference_graphs`). Either way the
+        graph captured so far is dropped: call it after changing a setting the blocks read
+        when called (``gemm``, ``conv1_epilogue``, the kernels' tuning) in place."""
+        if not isinstance(enable, bool):
+            raise TypeError(f"enable must be a bool, got {type(enable).__name__}")
+        self.eager_graphs = enable
+        self._graphs.reset()
 
     def _compiles_as_one_op(self, device_type: str) -> bool:
         """Whether compiled code calls the whole forward as one op (``compile_as``;
@@ -707,17 +727,27 @@ class FusedRubiksNet(_GemmWeights):
         if torch.is_autocast_enabled(device_type):
             dtype = torch.get_autocast_dtype(device_type)
         with torch.autocast(device_type, enabled=False):
-            x = x.to(dtype)
             if (
                 torch.compiler.is_compiling()
                 and not exporting()  # an exported program outlives this process
                 and self._compiles_as_one_op(device_type)
             ):
-                clip = as_clip(x, self.in_chans)
+                clip = as_clip(x.to(dtype), self.in_chans)
                 return fused_forward(clip, self._op_handle, self.out_width)
-            return self._forward(x)
+            return self._forward(x, dtype)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The eager forward on x cast to ``dtype`` (None: x's): a replay of its CUDA graph
+        where :mod:`.inference_graphs` allows, else the blocks run one by one."""
+        dtype = x.dtype if dtype is None else dtype
+        if not torch.compiler.is_compiling() and self.eager_graphs:
+            y = self._graphs.run(self, self._compute, x, dtype)
+            if y is not None:
+                return y
+        return self._compute(x, dtype)
+
+    def _compute(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        x = x.to(dtype)
         clip = as_clip(x, self.in_chans)
         b, t = clip.shape[0], clip.shape[1]
         frames = clip.flatten(0, 1)

@@ -92,7 +92,8 @@ def graph_device(device_type: str) -> bool:
     return device_type in _GRAPH_DEVICES
 
 
-def _global_hooks() -> bool:
+def global_hooks() -> bool:
+    """Whether hooks are registered for every module (``nn.modules.module``'s globals)."""
     return bool(
         _module._global_forward_hooks
         or _module._global_forward_pre_hooks
@@ -112,11 +113,11 @@ def _may_graph(x: Tensor) -> bool:
         and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
         and torch._C._current_graph_task_id() == -1  # not inside a backward pass
         and torch._C._autograd._top_saved_tensors_default_hooks(True) is None
-        and not _global_hooks()
+        and not global_hooks()
     )
 
 
-def _walk(blocks: nn.Module, allowed: frozenset) -> tuple[tuple, list, list] | None:
+def walk(blocks: nn.Module, allowed: frozenset) -> tuple[tuple, list, list] | None:
     """(the signature's part from ``blocks`` and every module under it, their parameters,
     their buffers), or None where a module is not of an ``allowed`` type, has hooks or is a
     batch norm without momentum. Module state is read from the modules' dicts (each
@@ -508,7 +509,7 @@ class StageGraphs:
         The caller counts the run (``runs``) and sets ``pending``."""
         if not _may_graph(x):
             return None
-        walked = _walk(blocks, self.allowed)
+        walked = walk(blocks, self.allowed)
         if walked is None:
             return None
         stage_key, params, buffers = walked
