@@ -30,11 +30,11 @@ class StandIn:
     log: ClassVar[list[str]] = []
     fail = False
 
-    def __init__(self, forward, x) -> None:
+    def __init__(self, forward, x, dtype) -> None:
         if StandIn.fail:
             raise RuntimeError("operation not permitted when stream is capturing")
         StandIn.log.append("capture")
-        self.forward, self.static_x = forward, x.clone()
+        self.forward, self.static_x = forward, x.to(dtype, copy=True)
 
     def __call__(self, x):
         StandIn.log.append("replay")

@@ -35,7 +35,10 @@ Eager on CUDA the forward runs at the pace its host issues kernels, so an identi
 (:func:`rubiks_shift.call_and_bind`) and its matrices' views, and replays them on the
 signature's next call: the same launches, without the ops' checks and lookups. A
 replaced buffer, ``.to()``, a new tuning, a tensor needing gradients or a transform
-sends the block back to its checked calls.
+sends the block back to its checked calls. Above the blocks, the whole eager CUDA
+forward is captured as one CUDA graph on a signature's second consecutive call and
+replayed from then on (:mod:`.inference_graphs`; ``set_eager_graphs(False)`` turns it
+off), so that only the first calls of a signature run at the host's pace.
 """
 
 from __future__ import annotations

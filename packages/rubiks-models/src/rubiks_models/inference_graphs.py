@@ -103,12 +103,13 @@ def _signature(x: Tensor, dtype: torch.dtype, model_key: tuple) -> tuple:
 
 
 class CapturedForward:
-    """``forward(x)`` captured as one CUDA graph for x's signature; calling it copies a
-    new x into the graph's input, replays, and returns a copy of the output."""
+    """``forward(x)`` captured as one CUDA graph for x's signature, its input x cast to
+    ``dtype``; calling it copies a new x into the graph's input (the cast and the copy one
+    kernel), replays, and returns a copy of the output."""
 
-    def __init__(self, forward: Callable[[Tensor], Tensor], x: Tensor) -> None:
+    def __init__(self, forward: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype) -> None:
         device = x.device
-        self.static_x = torch.empty_like(x).copy_(x)  # x's strides where x is dense
+        self.static_x = torch.empty_like(x, dtype=dtype).copy_(x)  # x's strides where dense
         stream = torch.cuda.Stream(device)
         current = torch.cuda.current_stream(device)
         stream.wait_stream(current)
@@ -130,7 +131,8 @@ class ForwardGraphs:
     """A model's captured forward and the signatures it has seen (one per model).
 
     ``allowed``: the module types a captured model may hold; ``capture``: what records a
-    forward (:class:`CapturedForward`; tests pass a stand-in)."""
+    forward (:class:`CapturedForward`; tests pass a stand-in). The forward is called
+    with its input in the dtype it computes in."""
 
     def __init__(self, allowed: frozenset, capture: Callable = CapturedForward) -> None:
         self.allowed = allowed
@@ -176,7 +178,7 @@ class ForwardGraphs:
             self.captured = self.key = None  # the old graph's memory goes first
             self.captures += 1
             try:
-                self.captured = self.capture(lambda inp: compute(inp, dtype), x)
+                self.captured = self.capture(lambda inp: compute(inp, dtype), x, dtype)
             except Exception as err:  # any failure: the model runs its blocks from now on
                 self.captures = MAX_CAPTURES
                 warnings.warn(
