@@ -563,10 +563,12 @@ def test_fused_conv1_epilogue_equals_eval_model_cuda(dtype, tol):
     """cuBLASLt's bias + ReLU epilogue and the plain shift kernel: the eval model's
     logits, eager ("on": every channel-major block) and in a CUDA graph, where "auto"
     takes it in bfloat16 (on the 16² planes here): the graph's values are then an eager
-    call's that sees a capture, bit for bit."""
+    call's that sees a capture, bit for bit, and differ from the blocks run one by one
+    (the model's own graph replays turned off here)."""
     model = _trained_looking("rubiksnet_tiny", "cuda")
     on = fuse_model(model, "bmm", conv1_epilogue="on")
     auto = fuse_model(model, "bmm")
+    auto.set_eager_graphs(False)
     x = torch.randn(2, 8, 3, 64, 64, device="cuda").to(dtype)
     with torch.no_grad():
         expected = model.double()(x.double()).float()
