@@ -134,7 +134,15 @@ def test_the_compute_dtype_and_inference_mode_are_part_of_the_signature(stand_in
 
 @pytest.mark.parametrize(
     "setup",
-    ["grad_input", "module_hook", "global_hook", "paused", "graphs_off", "foreign_module"],
+    [
+        "grad_input",
+        "module_hook",
+        "global_hook",
+        "paused",
+        "graphs_off",
+        "foreign_module",
+        "replica",
+    ],
 )
 def test_the_model_runs_its_blocks_where_a_replay_could_differ(stand_in, setup):
     model, twin = _pair()
@@ -148,6 +156,8 @@ def test_the_model_runs_its_blocks_where_a_replay_could_differ(stand_in, setup):
         model.set_eager_graphs(False)
     elif setup == "foreign_module":
         model.blocks.append(torch.nn.Identity())
+    elif setup == "replica":  # as nn.DataParallel marks the copies its threads run
+        model = model._replicate_for_data_parallel()
     context = {"paused": inference_graphs.paused(), "grad_input": torch.enable_grad()}.get(
         setup, torch.no_grad()
     )
@@ -190,7 +200,7 @@ def test_copies_and_pickles_start_without_graphs(stand_in):
         model(x), model(x)
     for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert other._graphs is not model._graphs
-        assert other._graphs.captured is None and other._graphs.last_key is None
+        assert other._graphs.entry is None and other._graphs.last_key is None
         assert other._graphs.capture is StandIn and other.eager_graphs
     assert model._graphs.captured is not None
 

@@ -743,7 +743,11 @@ class FusedRubiksNet(_GemmWeights):
         """The eager forward on x cast to ``dtype`` (None: x's): a replay of its CUDA graph
         where :mod:`.inference_graphs` allows, else the blocks run one by one."""
         dtype = x.dtype if dtype is None else dtype
-        if not torch.compiler.is_compiling() and self.eager_graphs:
+        if (
+            not torch.compiler.is_compiling()
+            and self.eager_graphs
+            and not self.__dict__.get("_is_replica", False)  # DataParallel's threads share it
+        ):
             y = self._graphs.run(self, self._compute, x, dtype)
             if y is not None:
                 return y

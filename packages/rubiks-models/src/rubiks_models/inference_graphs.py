@@ -13,8 +13,8 @@ A forward runs its blocks directly instead on the CPU; on a signature's first ca
 the input needs a gradient; in traced or transformed code; inside another CUDA-graph
 capture (:class:`~rubiks_models.cuda_graphs.GraphedInference`, torch.compile's
 ``mode="reduce-overhead"``) or :func:`paused`; with hooks on any of its modules or
-global module hooks; with a module type other than the model's own; and after
-``FusedRubiksNet.set_eager_graphs(False)``.
+global module hooks; with a module type other than the model's own; as a
+``nn.DataParallel`` replica; and after ``FusedRubiksNet.set_eager_graphs(False)``.
 
 A signature is the input's shape, strides, dtype and device and the dtype the forward
 computes in; inference mode; the TF32 and reduced-precision switches of the products and
@@ -141,10 +141,17 @@ class ForwardGraphs:
 
     def reset(self) -> None:
         """Drop the captured graph (and its memory) and the signatures seen."""
-        self.captured = None
-        self.key = None
+        # (signature, captured forward), replaced as a whole: a thread that read it
+        # replays the graph of the signature it compared (signatures name the thread)
+        self.entry: tuple | None = None
         self.last_key = None
         self.captures = 0
+
+    @property
+    def captured(self) -> Callable[[Tensor], Tensor] | None:
+        """The captured forward, or None."""
+        entry = self.entry
+        return None if entry is None else entry[1]
 
     def __deepcopy__(self, memo: dict) -> ForwardGraphs:
         return ForwardGraphs(self.allowed, self.capture)  # graphs are this model's
@@ -172,13 +179,14 @@ class ForwardGraphs:
             return None
         key = _signature(x, dtype, walked[0])
         last, self.last_key = self.last_key, key
-        if key != self.key:
+        entry = self.entry
+        if entry is None or key != entry[0]:
             if key != last or self.captures >= MAX_CAPTURES:
                 return None
-            self.captured = self.key = None  # the old graph's memory goes first
+            self.entry = entry = None  # the old graph's memory goes first
             self.captures += 1
             try:
-                self.captured = self.capture(lambda inp: compute(inp, dtype), x, dtype)
+                captured = self.capture(lambda inp: compute(inp, dtype), x, dtype)
             except Exception as err:  # any failure: the model runs its blocks from now on
                 self.captures = MAX_CAPTURES
                 warnings.warn(
@@ -188,5 +196,5 @@ class ForwardGraphs:
                     stacklevel=4,
                 )
                 return None
-            self.key = key
-        return self.captured(x)
+            self.entry = entry = (key, captured)
+        return entry[1](x)
