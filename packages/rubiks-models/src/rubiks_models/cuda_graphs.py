@@ -20,8 +20,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from . import inference_graphs, stage_graphs
-from .graph_capture import own_cublas_workspaces
+from .graph_capture import own_cublas_workspaces, paused
 
 __all__ = ["GraphedInference", "GraphedTrainStep"]
 
@@ -80,12 +79,12 @@ class GraphedInference:
         self.static_input = example.detach().clone()
         stream = torch.cuda.Stream(device=example.device)
         stream.wait_stream(torch.cuda.current_stream(example.device))
-        # the forward is one graph: a fused model does not capture its own (inference_graphs)
+        # the forward is one graph: a fused model does not capture its own
         with (
             torch.cuda.stream(stream),
             torch.no_grad(),
             _autocast(autocast_dtype),
-            inference_graphs.paused(),
+            paused(),
         ):
             for _ in range(warmup):
                 model(self.static_input)
@@ -146,13 +145,13 @@ class GraphedTrainStep:
         device = example.device
         stream = torch.cuda.Stream(device=device)
         stream.wait_stream(torch.cuda.current_stream(device))
-        # the step is one graph: the stages do not capture their own (stage_graphs)
-        with torch.cuda.stream(stream), stage_graphs.paused():
+        # the step is one graph: the stages do not capture their own
+        with torch.cuda.stream(stream), paused():
             for _ in range(warmup):
                 self._step()
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with own_cublas_workspaces(), torch.cuda.graph(self.graph), stage_graphs.paused():
+        with own_cublas_workspaces(), torch.cuda.graph(self.graph), paused():
             self.static_loss = self._step()
 
     def _step(self) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""What every CUDA-graph capture of this package shares: cuBLAS workspaces of its own.
+"""What every CUDA-graph capture of this package shares: cuBLAS workspaces of its own,
+and a pause of the models' own graphs while a runner captures them whole.
 
 cuBLAS keeps one workspace per (handle, stream), made by the first matrix product on that
 stream. A capture on a stream that already has one records the graph against it: memory
@@ -18,7 +19,9 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["own_cublas_workspaces"]
+__all__ = ["own_cublas_workspaces", "paused", "pausing"]
+
+_pause_depth = 0
 
 
 def _clear() -> None:
@@ -34,3 +37,21 @@ def own_cublas_workspaces() -> Iterator[None]:
         yield
     finally:
         _clear()
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """Models run their layers directly inside this context, without capturing or
+    replaying graphs of their own (training stages, a fused forward): used while a
+    runner warms up a model and captures it whole."""
+    global _pause_depth
+    _pause_depth += 1
+    try:
+        yield
+    finally:
+        _pause_depth -= 1
+
+
+def pausing() -> bool:
+    """Whether a :func:`paused` context is open."""
+    return _pause_depth > 0

@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from rubiks_shift import kernels
 
-from .graph_capture import own_cublas_workspaces
+from .graph_capture import own_cublas_workspaces, paused, pausing
 from .stage_graphs import global_hooks, walk
 
 __all__ = ["MAX_CAPTURES", "CapturedForward", "ForwardGraphs", "paused"]
@@ -48,26 +47,13 @@ __all__ = ["MAX_CAPTURES", "CapturedForward", "ForwardGraphs", "paused"]
 # a model whose signature keeps changing (many input sizes) stops capturing after this
 MAX_CAPTURES = 8
 
-_pause_depth = 0
 _GRAPH_DEVICES = ("cuda",)  # where forwards capture (tests add the CPU, with a stand-in)
-
-
-@contextmanager
-def paused() -> Iterator[None]:
-    """Fused models run their blocks directly inside this context (used while another
-    runner warms up the model and captures it whole)."""
-    global _pause_depth
-    _pause_depth += 1
-    try:
-        yield
-    finally:
-        _pause_depth -= 1
 
 
 def _may_graph(x: Tensor) -> bool:
     """Whether this call's context allows a replay (see the module docstring)."""
     return (
-        _pause_depth == 0
+        not pausing()
         and type(x) is Tensor
         and x.device.type in _GRAPH_DEVICES
         and not (x.requires_grad and torch.is_grad_enabled())

@@ -54,7 +54,7 @@ from torch.nn.modules import module as _module
 
 from rubiks_shift import kernels
 
-from .graph_capture import own_cublas_workspaces
+from .graph_capture import own_cublas_workspaces, paused, pausing
 
 __all__ = [
     "MAX_CAPTURES",
@@ -71,20 +71,7 @@ __all__ = [
 # a stage whose signature keeps changing (many input sizes) stops capturing after this
 MAX_CAPTURES = 8
 
-_pause_depth = 0
 _GRAPH_DEVICES = ("cuda",)  # where stages capture (tests add the CPU, with a stand-in)
-
-
-@contextmanager
-def paused() -> Iterator[None]:
-    """Stages run their blocks directly inside this context (used while a whole step is
-    warmed up and captured as one graph)."""
-    global _pause_depth
-    _pause_depth += 1
-    try:
-        yield
-    finally:
-        _pause_depth -= 1
 
 
 def graph_device(device_type: str) -> bool:
@@ -105,7 +92,7 @@ def global_hooks() -> bool:
 def _may_graph(x: Tensor) -> bool:
     """Whether this call's context allows replays (see the module docstring)."""
     return (
-        _pause_depth == 0
+        not pausing()
         and type(x) is Tensor
         and graph_device(x.device.type)
         and torch.is_grad_enabled()
