@@ -688,16 +688,19 @@ class FusedRubiksNet(_GemmWeights):
         # the width of the result: logits, or the pooled features of a headless model
         self.out_width = self.num_classes if self.has_head else s.numel()
         self._op_handle = register(self)
-        self.eager_graphs = True
-        self._graphs = ForwardGraphs(frozenset({FusedRubiksNet, FusedBlock, nn.ModuleList}))
+        self._start_graphs()
         self.eval()
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self._op_handle = register(self)  # a copy: its own handle, not the original's
         if "_graphs" not in self.__dict__:  # pickled before models kept forward graphs
-            self.eager_graphs = True
-            self._graphs = ForwardGraphs(frozenset({FusedRubiksNet, FusedBlock, nn.ModuleList}))
+            self._start_graphs()
+
+    def _start_graphs(self) -> None:
+        """The eager forward's graph replays on, none captured yet (inference_graphs)."""
+        self.eager_graphs = True
+        self._graphs = ForwardGraphs(frozenset({FusedRubiksNet, FusedBlock, nn.ModuleList}))
 
     def _apply(self, fn, recurse: bool = True):
         self._graphs.reset()  # new buffers (another device or dtype): the graph's memory goes
