@@ -45,8 +45,9 @@ SGD step with momentum): ``infer_fp32``, ``infer_bf16`` (autocast), ``infer_cl_f
 reported apart), ``infer_graph_fp32`` / ``_bf16``
 (:class:`rubiks_models.cuda_graphs.GraphedInference`), ``train_fp32``, ``train_bf16``,
 ``train_cl_fp32`` / ``_bf16``, ``train_compile_fp32`` / ``_bf16``, ``train_graph_fp32`` /
-``_bf16`` (:class:`rubiks_models.cuda_graphs.GraphedTrainStep`); each train mode also reports the
-peak memory of a step. The table gives each figure's ratio to TSM-R50 in the same mode.
+``_bf16`` (:class:`rubiks_models.cuda_graphs.GraphedTrainStep`); every mode also reports the
+peak memory of its timed calls (allocated, and reserved by the allocator). The table gives
+each figure's ratio to TSM-R50 in the same mode.
 
 ``--profile N`` profiles N calls of each run after every run is timed: GPU time per kind
 of kernel and the ``--profile-kernels`` kernels with the most time (torch.profiler), or
@@ -402,7 +403,7 @@ def run_mode(name: str, mode: str, args, profile: int = 0) -> dict:
                 fn()
             torch.cuda.synchronize()
             result["setup_s"] = round(time.perf_counter() - start, 2)
-        return _measure(fn, args, profile, result)
+        return _measure_with_memory(fn, args, profile, result)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     if variant == "graph":
@@ -425,6 +426,12 @@ def run_mode(name: str, mode: str, args, profile: int = 0) -> dict:
             fn()
         torch.cuda.synchronize()
         result["setup_s"] = round(time.perf_counter() - start, 2)
+    return _measure_with_memory(fn, args, profile, result)
+
+
+def _measure_with_memory(fn, args, profile: int, result: dict) -> dict:
+    """``_measure``, and where not profiling the peak memory of the timed calls (set-up
+    and warm-up done): allocated, reserved, and reserved by pool."""
     if not profile:
         torch.cuda.reset_peak_memory_stats()
     result = _measure(fn, args, profile, result)
