@@ -694,7 +694,7 @@ class FusedRubiksNet(_GemmWeights):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self._op_handle = register(self)  # a copy: its own handle, not the original's
-        if "_graphs" not in self.__dict__:  # pickled before models kept forward graphs
+        if "_graphs" not in self.__dict__:  # a pickle that holds no graph state
             self._start_graphs()
 
     def _start_graphs(self) -> None:
