@@ -6,6 +6,7 @@ call on a tiny tensor. On a CUDA machine it times the GPU kernels with CUDA even
 CPU-only machine it times the Numba CPU kernels against a same-size memcpy.
 
     python benchmarks/bench_shift.py [--device cuda|cpu] [--json out.json] [--quick]
+        [--host-only]
 """
 
 from __future__ import annotations
@@ -191,19 +192,60 @@ def best_us_per_call(
     return best
 
 
+CHAIN = 16  # shift layers per backward call in the chained host measurement
+
+
+class EmptyFunction(torch.autograd.Function):
+    """The floor of any Python-level autograd op: saves its inputs, allocates its outputs
+    and computes nothing."""
+
+    @staticmethod
+    def forward(ctx, x, shift):
+        ctx.save_for_backward(x, shift)
+        return torch.empty_like(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, shift = ctx.saved_tensors
+        return torch.empty_like(x), torch.empty_like(shift)
+
+
 def host_overhead_us(device: str) -> dict[str, float]:
-    """Host microseconds per eager call on a tiny tensor (GPU work is negligible), best
-    of 5 interleaved rounds (``best_us_per_call``)."""
+    """Host microseconds per eager call on a tiny tensor (the kernels' work is negligible),
+    best of 5 interleaved rounds (``best_us_per_call``): the forward, and forward +
+    backward per layer of a chain of ``CHAIN`` layers with one backward call (as in a
+    model), beside an empty autograd.Function in the same chain."""
     x = torch.randn(1, 2, 4, 4, 4, device=device)
     shift = torch.rand(3, 4, device=device)
+    xg = x.clone().requires_grad_()
+    gy = torch.ones_like(x)
+    shifts = [torch.nn.Parameter(torch.rand(3, 4, device=device)) for _ in range(CHAIN)]
+
+    def chain(layer) -> None:
+        y = xg
+        for s in shifts:
+            y = layer(y, s)
+        y.backward(gy)
+        for s in shifts:
+            s.grad = None
+        xg.grad = None
+
+    chained = {
+        f"rubiks_shift3d forward + backward, per layer of {CHAIN}": lambda: chain(rubiks_shift3d),
+        f"floor: empty autograd.Function, per layer of {CHAIN}": lambda: chain(EmptyFunction.apply),
+    }
     items = {
-        "rubiks_shift3d": lambda: rubiks_shift3d(x, shift),
-        "torch.ops.rubiks_shift.shift3d": lambda: torch.ops.rubiks_shift.shift3d(
+        "rubiks_shift3d forward": lambda: rubiks_shift3d(x, shift),
+        "torch.ops.rubiks_shift.shift3d forward": lambda: torch.ops.rubiks_shift.shift3d(
             x, shift, [1, 1, 1], [0, 0, 0], False, True, 1.0
         ),
         "torch.clone (scale)": lambda: x.clone(),
     }
-    return best_us_per_call(items, device)
+    best = best_us_per_call(items, device)
+    for name, us in best_us_per_call(chained, device, calls=200, warmup=10).items():
+        best[name] = us / CHAIN
+    return best
 
 
 def bench_case(device, shape, stride, dtype, timer, reps, bandwidth, quantize=False):
@@ -256,8 +298,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write all figures to this file")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument(
+        "--host-only", action="store_true", help="only the host time per call (tiny tensors)"
+    )
     args = parser.parse_args()
     device = args.device
+    if args.host_only:
+        for k, v in host_overhead_us(device).items():
+            print(f"{k:<52} {v:8.1f} us")
+        return
     cuda = device == "cuda"
     timer = _gpu_time if cuda else _cpu_time
     reps = (20 if args.quick else 100) if cuda else (3 if args.quick else 7)
@@ -318,7 +367,7 @@ def main() -> None:
             f"{r['same_size_floor_ms']:15.4f} | {same:10.1f}% | {ref:>7} | {speed:>6} |"
         )
     for k, v in overhead.items():
-        print(f"# host time per eager forward call, tiny tensor, {k}: {v:.1f} us (best of 5)")
+        print(f"# host time per eager call, tiny tensor, {k}: {v:.1f} us (best of 5)")
     if args.json:
         write_json(
             args.json,

@@ -5,7 +5,7 @@ negligible and the loop runs at the host's pace)."""
 from __future__ import annotations
 
 import torch
-from bench_shift import best_us_per_call  # this folder (run as a script)
+from bench_shift import CHAIN, EmptyFunction, best_us_per_call  # this folder (a script)
 
 from rubiks_shift import (
     _cuda,
@@ -16,24 +16,6 @@ from rubiks_shift import (
     fused,
     rubiks_shift3d,
 )
-
-CHAIN = 16  # shift layers per backward call in the chained measurement
-
-
-class EmptyFunction(torch.autograd.Function):
-    """The floor of any Python-level autograd op: saves its inputs, allocates its outputs
-    and launches nothing (the op's own Function does the same plus its kernels)."""
-
-    @staticmethod
-    def forward(ctx, x, shift):
-        ctx.save_for_backward(x, shift)
-        return torch.empty_like(x)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y):
-        x, shift = ctx.saved_tensors
-        return torch.empty_like(x), torch.empty_like(shift)
 
 
 def main() -> None:

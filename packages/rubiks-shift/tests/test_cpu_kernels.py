@@ -9,12 +9,13 @@ them through ``rubiks_shift._cpu`` directly and compare with ``rubiks_shift.refe
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rubiks_shift import _cpu
+from rubiks_shift import _cpu, normalize_shift_grad
 from rubiks_shift import reference as R
 from rubiks_shift._checks import SHIFT_LIMIT
 
@@ -182,3 +183,51 @@ def test_bits_do_not_depend_on_threads():
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "shift_dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("quantize", [False, True])
+def test_tables_clamp_and_mark_nan_channels(shift_dtype, dtype, quantize):
+    """``_cpu._tables`` reads the shift as float64, NaN as 0 and clamped to the limit,
+    and marks the NaN channels: the tables of the shift prepared that way in torch."""
+    g = torch.Generator().manual_seed(5)
+    shift = (torch.rand(3, 7, generator=g, dtype=torch.float64) * 8 - 4).to(shift_dtype)
+    shift[0, 1], shift[2, 2], shift[1, 3] = float("nan"), float("inf"), -float("inf")
+    shift[1, 4] = torch.finfo(shift_dtype).max
+    ints, weights, nan = _cpu._tables(shift.t().contiguous().t(), quantize, dtype)
+    expected = shift.to(torch.float64).nan_to_num(0.0).clamp(-SHIFT_LIMIT, SHIFT_LIMIT)
+    ints_ref, weights_ref = np.empty_like(ints), np.empty_like(weights)
+    _cpu._kernels.tables(expected.numpy(), quantize, ints_ref, weights_ref)
+    assert (ints == ints_ref).all() and (weights == weights_ref).all()
+    assert nan.tolist() == [False, True] + [False] * 5
+    assert _cpu._tables(shift.nan_to_num(0.0), quantize, dtype)[2] is None
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    batch=st.integers(1, 5),
+    channels=st.integers(1, 6),
+    t_factor=st.sampled_from([1.0, 0.5, 0.0, 2.0, -1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_finish_shift_grad_matches_the_torch_normalisation(batch, channels, t_factor, seed):
+    """The CPU backward's last step (sum over the batch in float64, then the per-channel
+    normalisation) against ``normalize_shift_grad`` of the summed partials; zero
+    gradients stay zero, NaN channels are NaN in all three rows."""
+    g = torch.Generator().manual_seed(seed)
+    partial = torch.randn(batch, 3, channels, generator=g, dtype=torch.float64)
+    partial[:, :, 0] = 0.0  # a channel with no gradient
+    nan = torch.zeros(channels, dtype=torch.bool)
+    nan[channels - 1] = channels > 1
+    raw = partial.sum(dim=0)
+    for normalize in (False, True):
+        out = np.empty((3, channels))
+        _cpu._kernels.finish_shift_grad(partial.numpy(), nan.numpy(), normalize, t_factor, out)
+        got = torch.from_numpy(out)
+        expected = normalize_shift_grad(raw, t_factor) if normalize else raw.clone()
+        expected[:, nan] = float("nan")
+        torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-15, equal_nan=True)
+        assert torch.equal(got[:, 0], torch.zeros(3, dtype=torch.float64))

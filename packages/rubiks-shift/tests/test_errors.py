@@ -114,6 +114,21 @@ def test_check_shift_names_the_non_finite_values():
         check_shift(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_finite_shifts_whose_sum_overflows_pass_the_check(dtype):
+    """The check sums the shift first; a sum that overflows has its values looked at."""
+    from rubiks_shift import check_shift
+
+    big = torch.finfo(dtype).max
+    shift = torch.full((3, 4), big, dtype=dtype)
+    assert not torch.isfinite(shift.sum())
+    check_shift(shift)
+    rubiks_shift3d(torch.randn(1, 2, 4, 3, 3, dtype=dtype), shift)
+    shift[2, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"non-finite values at \(row, channel\) \[\[2, 1\]\]"):
+        check_shift(shift)
+
+
 @pytest.mark.parametrize(
     ("grad", "t_factor", "error", "match"),
     [

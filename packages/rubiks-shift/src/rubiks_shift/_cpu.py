@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import _normalize
 from ._checks import SHIFT_LIMIT, channel_major, empty_like_layout, in_layout_of, output_shape
 from ._compile_notice import compile_notice
 
@@ -40,22 +39,27 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in _NATIVE else torch.float32
 
 
-def _shift_params(shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clamped float64 shift for the kernels, and the mask of NaN channels."""
-    s = shift.detach().to(torch.float64)
-    nan_channels = torch.isnan(s).any(dim=0)
-    s = torch.nan_to_num(s, nan=0.0).clamp(-SHIFT_LIMIT, SHIFT_LIMIT)
-    return s.contiguous(), nan_channels
+_EMPTY = {dtype: np.empty(0, numpy) for dtype, numpy in _NUMPY.items()}  # no affine map
 
 
-def _tables(s: torch.Tensor, quantize: bool, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+def _tables(
+    shift: torch.Tensor, quantize: bool, dtype: torch.dtype
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Per dimension and channel: tap offsets (3, C, 4) int64 and weights (3, C, 7) in the
-    compute dtype (forward, interpolation and derivative taps; see ``_kernels.tables``)."""
+    compute dtype (forward, interpolation and derivative taps; see ``_kernels.tables``)
+    of the shift clamped to +-SHIFT_LIMIT, a NaN read as 0; and the (C,) mask of the
+    channels with a NaN shift, None where there is none."""
+    s = shift.detach()
+    if s.dtype not in _NATIVE:
+        s = s.to(torch.float32)  # float16 and bfloat16 values are float32 values
     channels = s.shape[1]
     ints = np.empty((3, channels, 4), np.int64)
     weights = np.empty((3, channels, 7), _NUMPY[dtype])
-    _kernels.tables(s.numpy(), quantize, ints, weights)
-    return ints, weights
+    nan = np.empty(channels, np.bool_)
+    found = _kernels.prepare(
+        s.contiguous().numpy(), bool(quantize), SHIFT_LIMIT, ints, weights, nan
+    )
+    return ints, weights, (nan if found else None)
 
 
 def forward(
@@ -81,10 +85,12 @@ def forward(
     else:
         x_mem, y_mem = work.contiguous(), y
     if scale is None or bias is None:
-        scale = bias = torch.empty(0, dtype=dtype)  # no affine map
-    params, nan_channels = _shift_params(shift)
-    ints, weights = _tables(params, quantize, dtype)
+        scale_np = bias_np = _EMPTY[dtype]
+    else:
+        scale_np = scale.detach().to(dtype).contiguous().numpy()
+        bias_np = bias.detach().to(dtype).contiguous().numpy()
     with compile_notice(_what("forward", dtype), ("forward", dtype), _WHEN):
+        ints, weights, nan_channels = _tables(shift, quantize, dtype)
         _kernels.forward(
             x_mem.numpy(),
             y_mem.numpy(),
@@ -94,11 +100,11 @@ def forward(
             np.asarray(padding, np.int64),
             _kernels.blocks(x.shape[0] * x.shape[2], threads),
             major,
-            scale.detach().to(dtype).contiguous().numpy(),
-            bias.detach().to(dtype).contiguous().numpy(),
+            scale_np,
+            bias_np,
         )
-    if bool(nan_channels.any()):
-        y[:, :, nan_channels] = float("nan")
+    if nan_channels is not None:
+        y[:, :, torch.from_numpy(nan_channels)] = float("nan")
     return in_layout_of(y.to(x.dtype), x)
 
 
@@ -123,9 +129,8 @@ def backward(
     grad_x = torch.empty(work_x.shape if need_x else (0,) * 5, dtype=dtype)
     n_batch, channels = x.shape[0], x.shape[2]
     partial = np.zeros((n_batch, 3, channels) if need_shift else (0, 3, 0), np.float64)
-    params, nan_channels = _shift_params(shift)
-    ints, weights = _tables(params, quantize, dtype)
     with compile_notice(_what("backward", dtype), ("backward", dtype), _WHEN):
+        ints, weights, nan_channels = _tables(shift, quantize, dtype)
         _kernels.backward(
             work_gy.numpy(),
             work_x.numpy(),
@@ -139,18 +144,17 @@ def backward(
             need_shift,
             _kernels.blocks(n_batch * channels, threads),
         )
-    has_nan = bool(nan_channels.any())
     if need_x:
-        if has_nan:
-            grad_x[:, :, nan_channels] = float("nan")
+        if nan_channels is not None:
+            grad_x[:, :, torch.from_numpy(nan_channels)] = float("nan")
         grad_x = in_layout_of(grad_x.to(x.dtype), x)
     else:
         grad_x = x.new_empty(0)
     if need_shift:
-        raw = torch.from_numpy(partial).sum(dim=0)
-        if has_nan:
-            raw[:, nan_channels] = float("nan")
-        grad_shift = _normalize.finish(raw, normalize_grad, t_factor).to(shift.dtype)
+        finished = np.empty((3, channels))
+        nan = np.zeros(channels, np.bool_) if nan_channels is None else nan_channels
+        _kernels.finish_shift_grad(partial, nan, bool(normalize_grad), float(t_factor), finished)
+        grad_shift = torch.from_numpy(finished).to(shift.dtype)
     else:
         grad_shift = shift.new_empty(0)
     return grad_x, grad_shift

@@ -74,6 +74,58 @@ def tables(shift, quantize, ints, weights):
             weights[d, c, 6] = 1.0
 
 
+@njit(cache=True)
+def prepare(shift, quantize, limit, ints, weights, nan):
+    """``tables`` of the (3, C) ``shift``, each value in float64, a NaN read as 0 and
+    clamped to +-``limit``; ``nan[c]`` marks the channels holding a NaN. Returns whether
+    any does. (One call in place of the half-dozen tensor ops it replaces: the per-call
+    host time of a small clip is mostly such calls.)"""
+    rows, channels = shift.shape
+    clamped = np.empty((rows, channels))
+    found = False
+    for c in range(channels):
+        nan[c] = False
+        for d in range(rows):
+            v = np.float64(shift[d, c])
+            if v != v:
+                nan[c] = True
+                found = True
+                v = 0.0
+            clamped[d, c] = min(max(v, -limit), limit)
+    tables(clamped, quantize, ints, weights)
+    return found
+
+
+@njit(cache=True)
+def finish_shift_grad(partial, nan, normalize, t_factor, out):
+    """out[d, c] = the shift gradient from the per-(n, c) sums ``partial[n, d, c]``, added
+    over n in order (float64): NaN in the channels ``nan`` marks, else normalised as
+    docs/spec.md §1.5 says where ``normalize`` (as the CUDA backend's finalize kernel)."""
+    n_batch, _, channels = partial.shape
+    for c in range(channels):
+        g_t = g_h = g_w = 0.0
+        for n in range(n_batch):
+            g_t += partial[n, 0, c]
+            g_h += partial[n, 1, c]
+            g_w += partial[n, 2, c]
+        if nan[c]:
+            g_t = g_h = g_w = np.nan
+        elif normalize:
+            if t_factor < 0.0:
+                g_t = 1.0 if g_t > 0.0 else (-1.0 if g_t < 0.0 else 0.0)
+                g_h = g_w = 0.0
+            else:
+                g_t *= t_factor
+                norm = math.sqrt(g_t * g_t + g_h * g_h + g_w * g_w)
+                if norm > 0.0:
+                    g_t /= norm
+                    g_h /= norm
+                    g_w /= norm
+        out[0, c] = g_t
+        out[1, c] = g_h
+        out[2, c] = g_w
+
+
 # ------------------------------------------------------------------------- primitives
 
 
@@ -854,8 +906,10 @@ def backward(
 
 def set_threads(count: int) -> int:
     """Use ``count`` threads (capped at numba's pool); returns the number in use."""
-    numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
-    return numba.get_num_threads()
+    count = max(1, min(count, numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != count:  # reading is a third of the cost of setting
+        numba.set_num_threads(count)
+    return count
 
 
 def blocks(tasks: int, threads: int) -> int:

@@ -14,6 +14,9 @@ from ._ops import _cuda_backend, bind_once, bound_call, forward_key, shift3d_cal
 __all__ = ["rubiks_shift2d", "rubiks_shift3d"]
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # never fake tensors: no need to ask ``is_fake``
+
+
 def _validate_values(shift: torch.Tensor, op: str, device_type: str | None = None) -> None:
     # A per-call finiteness check is free on the CPU; on an accelerator it would sync the
     # device (and break CUDA-graph capture), so there non-finite shifts are handled by
@@ -24,7 +27,7 @@ def _validate_values(shift: torch.Tensor, op: str, device_type: str | None = Non
     if (
         (device_type or shift.device.type) == "cpu"
         and not torch.compiler.is_compiling()
-        and not is_fake(shift)
+        and (type(shift) in _PLAIN or not is_fake(shift))
     ):
         check_finite_shift(shift, op)
 
