@@ -6,7 +6,8 @@
 The shapes are the CPU rows of BENCHMARKS.md. ``test_copy_floor`` times a copy that reads
 and writes as many bytes as the forward (``fwd``) or the forward plus backward
 (``fwd_bwd``) of each shape, so a regression can be read against the memory floor
-measured in the same run. Timings are for regression tracking, never asserted.
+measured in the same run; ``test_host_time`` times the calls on a tiny clip. Timings are
+for regression tracking, never asserted.
 """
 
 from __future__ import annotations
@@ -65,6 +66,23 @@ def test_forward_backward(benchmark, device, name):
         _sync(device)
 
     benchmark(run)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("direction", ["fwd", "fwd_bwd"])
+def test_host_time(benchmark, device, direction):
+    """A (1, 2, 4, 4, 4) clip, whose kernels take a few µs: the host time of a call
+    (BENCHMARKS.md, *Host time per call on the CPU*)."""
+    x, shift = _inputs((1, 2, 4, 4, 4), device)
+    if direction == "fwd":
+        benchmark(lambda: (rubiks_shift3d(x, shift), _sync(device)))
+        return
+    x.requires_grad_()
+    shift = torch.nn.Parameter(shift)
+    gy = torch.ones_like(x)
+    benchmark(
+        lambda: (torch.autograd.grad(rubiks_shift3d(x, shift), (x, shift), gy), _sync(device))
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
