@@ -197,13 +197,14 @@ def test_tables_clamp_and_mark_nan_channels(shift_dtype, dtype, quantize):
     shift = (torch.rand(3, 7, generator=g, dtype=torch.float64) * 8 - 4).to(shift_dtype)
     shift[0, 1], shift[2, 2], shift[1, 3] = float("nan"), float("inf"), -float("inf")
     shift[1, 4] = torch.finfo(shift_dtype).max
-    ints, weights, nan = _cpu._tables(shift.t().contiguous().t(), quantize, dtype)
+    ints, weights, nan, has_nan = _cpu._tables(shift.t().contiguous().t(), quantize, dtype)
     expected = shift.to(torch.float64).nan_to_num(0.0).clamp(-SHIFT_LIMIT, SHIFT_LIMIT)
     ints_ref, weights_ref = np.empty_like(ints), np.empty_like(weights)
     _cpu._kernels.tables(expected.numpy(), quantize, ints_ref, weights_ref)
     assert (ints == ints_ref).all() and (weights == weights_ref).all()
-    assert nan.tolist() == [False, True] + [False] * 5
-    assert _cpu._tables(shift.nan_to_num(0.0), quantize, dtype)[2] is None
+    assert nan.tolist() == [False, True] + [False] * 5 and has_nan
+    _, _, nan, has_nan = _cpu._tables(shift.nan_to_num(0.0), quantize, dtype)
+    assert not nan.any() and not has_nan
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)

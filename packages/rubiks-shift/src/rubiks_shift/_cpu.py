@@ -44,11 +44,11 @@ _EMPTY = {dtype: np.empty(0, numpy) for dtype, numpy in _NUMPY.items()}  # no af
 
 def _tables(
     shift: torch.Tensor, quantize: bool, dtype: torch.dtype
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """Per dimension and channel: tap offsets (3, C, 4) int64 and weights (3, C, 7) in the
     compute dtype (forward, interpolation and derivative taps; see ``_kernels.tables``)
-    of the shift clamped to +-SHIFT_LIMIT, a NaN read as 0; and the (C,) mask of the
-    channels with a NaN shift, None where there is none."""
+    of the shift clamped to +-SHIFT_LIMIT, a NaN read as 0; the (C,) mask of the channels
+    with a NaN shift, and whether any has one."""
     s = shift.detach()
     if s.dtype not in _NATIVE:
         s = s.to(torch.float32)  # float16 and bfloat16 values are float32 values
@@ -59,7 +59,7 @@ def _tables(
     found = _kernels.prepare(
         s.contiguous().numpy(), bool(quantize), SHIFT_LIMIT, ints, weights, nan
     )
-    return ints, weights, (nan if found else None)
+    return ints, weights, nan, found
 
 
 def forward(
@@ -90,7 +90,7 @@ def forward(
         scale_np = scale.detach().to(dtype).contiguous().numpy()
         bias_np = bias.detach().to(dtype).contiguous().numpy()
     with compile_notice(_what("forward", dtype), ("forward", dtype), _WHEN):
-        ints, weights, nan_channels = _tables(shift, quantize, dtype)
+        ints, weights, nan_channels, has_nan = _tables(shift, quantize, dtype)
         _kernels.forward(
             x_mem.numpy(),
             y_mem.numpy(),
@@ -103,7 +103,7 @@ def forward(
             scale_np,
             bias_np,
         )
-    if nan_channels is not None:
+    if has_nan:
         y[:, :, torch.from_numpy(nan_channels)] = float("nan")
     return in_layout_of(y.to(x.dtype), x)
 
@@ -130,7 +130,7 @@ def backward(
     n_batch, channels = x.shape[0], x.shape[2]
     partial = np.zeros((n_batch, 3, channels) if need_shift else (0, 3, 0), np.float64)
     with compile_notice(_what("backward", dtype), ("backward", dtype), _WHEN):
-        ints, weights, nan_channels = _tables(shift, quantize, dtype)
+        ints, weights, nan_channels, has_nan = _tables(shift, quantize, dtype)
         _kernels.backward(
             work_gy.numpy(),
             work_x.numpy(),
@@ -145,15 +145,16 @@ def backward(
             _kernels.blocks(n_batch * channels, threads),
         )
     if need_x:
-        if nan_channels is not None:
+        if has_nan:
             grad_x[:, :, torch.from_numpy(nan_channels)] = float("nan")
         grad_x = in_layout_of(grad_x.to(x.dtype), x)
     else:
         grad_x = x.new_empty(0)
     if need_shift:
         finished = np.empty((3, channels))
-        nan = np.zeros(channels, np.bool_) if nan_channels is None else nan_channels
-        _kernels.finish_shift_grad(partial, nan, bool(normalize_grad), float(t_factor), finished)
+        _kernels.finish_shift_grad(
+            partial, nan_channels, bool(normalize_grad), float(t_factor), finished
+        )
         grad_shift = torch.from_numpy(finished).to(shift.dtype)
     else:
         grad_shift = shift.new_empty(0)
