@@ -211,6 +211,19 @@ class EmptyFunction(torch.autograd.Function):
         return torch.empty_like(x), torch.empty_like(shift)
 
 
+def chain_backward(x: torch.Tensor, shifts: list, grad_y: torch.Tensor, layer) -> None:
+    """``layer`` once per shift of ``shifts`` in a chain from ``x``, one backward: the
+    engine's fixed cost of a backward call is shared by the layers (as in a model);
+    gradients are set to None afterwards, as a training step's ``zero_grad`` does."""
+    y = x
+    for s in shifts:
+        y = layer(y, s)
+    y.backward(grad_y)
+    for s in shifts:
+        s.grad = None
+    x.grad = None
+
+
 def host_overhead_us(device: str) -> dict[str, float]:
     """Host microseconds per eager call on a tiny tensor (the kernels' work is negligible),
     best of 5 interleaved rounds (``best_us_per_call``): the forward, and forward +
@@ -222,18 +235,13 @@ def host_overhead_us(device: str) -> dict[str, float]:
     gy = torch.ones_like(x)
     shifts = [torch.nn.Parameter(torch.rand(3, 4, device=device)) for _ in range(CHAIN)]
 
-    def chain(layer) -> None:
-        y = xg
-        for s in shifts:
-            y = layer(y, s)
-        y.backward(gy)
-        for s in shifts:
-            s.grad = None
-        xg.grad = None
-
     chained = {
-        f"rubiks_shift3d forward + backward, per layer of {CHAIN}": lambda: chain(rubiks_shift3d),
-        f"floor: empty autograd.Function, per layer of {CHAIN}": lambda: chain(EmptyFunction.apply),
+        f"rubiks_shift3d forward + backward, per layer of {CHAIN}": lambda: chain_backward(
+            xg, shifts, gy, rubiks_shift3d
+        ),
+        f"floor: empty autograd.Function, per layer of {CHAIN}": lambda: chain_backward(
+            xg, shifts, gy, EmptyFunction.apply
+        ),
     }
     items = {
         "rubiks_shift3d forward": lambda: rubiks_shift3d(x, shift),

@@ -5,7 +5,12 @@ negligible and the loop runs at the host's pace)."""
 from __future__ import annotations
 
 import torch
-from bench_shift import CHAIN, EmptyFunction, best_us_per_call  # this folder (a script)
+from bench_shift import (  # this folder (run as a script)
+    CHAIN,
+    EmptyFunction,
+    best_us_per_call,
+    chain_backward,
+)
 
 from rubiks_shift import (
     _cuda,
@@ -33,16 +38,7 @@ def main() -> None:
     x4 = xg.flatten(0, 1)
 
     def fwd_bwd(layers: int, layer=rubiks_shift3d) -> None:
-        """``layers`` shift layers in a chain, one backward: the engine's fixed cost of a
-        backward call is shared by the layers (as in a model); gradients are set to None
-        afterwards, as a training step's ``zero_grad`` does."""
-        y = xg
-        for s in shifts[:layers]:
-            y = layer(y, s)
-        y.backward(gy)
-        for s in shifts[:layers]:
-            s.grad = None
-        xg.grad = None
+        chain_backward(xg, shifts[:layers], gy, layer)
 
     def conv_fwd_bwd() -> None:
         torch.nn.functional.conv2d(x4, conv_w).backward(gy.flatten(0, 1))
