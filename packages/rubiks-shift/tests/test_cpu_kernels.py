@@ -9,13 +9,16 @@ them through ``rubiks_shift._cpu`` directly and compare with ``rubiks_shift.refe
 
 from __future__ import annotations
 
+import threading
+
+import numba
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rubiks_shift import _cpu, normalize_shift_grad
+from rubiks_shift import _cpu, _cpu_kernels, normalize_shift_grad
 from rubiks_shift import reference as R
 from rubiks_shift._checks import SHIFT_LIMIT
 
@@ -183,6 +186,27 @@ def test_bits_do_not_depend_on_threads():
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert torch.equal(a, b)
+
+
+def test_set_threads_follows_torch_count_per_thread():
+    """The count set is numba's for the calling thread, set again only when the asked
+    count changes; another thread starts from numba's own count."""
+    pool = numba.config.NUMBA_NUM_THREADS
+    before = numba.get_num_threads()
+    try:
+        assert _cpu_kernels.set_threads(1) == 1 and numba.get_num_threads() == 1
+        assert _cpu_kernels.set_threads(pool + 5) == pool and numba.get_num_threads() == pool
+        assert _cpu_kernels.set_threads(0) == 1 and numba.get_num_threads() == 1
+        seen = []
+        worker = threading.Thread(
+            target=lambda: seen.append((_cpu_kernels.set_threads(pool), numba.get_num_threads()))
+        )
+        worker.start()
+        worker.join()
+        assert seen == [(pool, pool)] and numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
+        _cpu_kernels.set_threads(before)
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,19 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in _NATIVE else torch.float32
 
 
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``: ``t`` itself where it is already (a no-op ``to`` still costs
+    a microsecond or two of host time)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+@functools.cache
+def _int64s(values: tuple[int, ...]) -> np.ndarray:
+    """``values`` as an int64 array, built once per stride or padding (the kernels only
+    read it)."""
+    return np.asarray(values, np.int64)
+
+
 _EMPTY = {dtype: np.empty(0, numpy) for dtype, numpy in _NUMPY.items()}  # no affine map
 
 
@@ -78,7 +91,7 @@ def forward(
     threads = _kernels.set_threads(torch.get_num_threads())
     dtype = _compute_dtype(x.dtype if scale is None else scale.dtype)
     major = channel_major(x)
-    work = x.detach().to(dtype)
+    work = _cast(x.detach(), dtype)
     y = empty_like_layout(x, output_shape(x.shape, stride, padding), dtype)
     if major:  # the (C, N, T, H, W) tensors behind the channel-major clips
         x_mem, y_mem = work.permute(2, 0, 1, 3, 4), y.permute(2, 0, 1, 3, 4)
@@ -87,8 +100,8 @@ def forward(
     if scale is None or bias is None:
         scale_np = bias_np = _EMPTY[dtype]
     else:
-        scale_np = scale.detach().to(dtype).contiguous().numpy()
-        bias_np = bias.detach().to(dtype).contiguous().numpy()
+        scale_np = _cast(scale.detach(), dtype).contiguous().numpy()
+        bias_np = _cast(bias.detach(), dtype).contiguous().numpy()
     with compile_notice(_what("forward", dtype), ("forward", dtype), _WHEN):
         ints, weights, nan_channels, has_nan = _tables(shift, quantize, dtype)
         _kernels.forward(
@@ -96,8 +109,8 @@ def forward(
             y_mem.numpy(),
             ints,
             weights,
-            np.asarray(stride, np.int64),
-            np.asarray(padding, np.int64),
+            _int64s(tuple(stride)),
+            _int64s(tuple(padding)),
             _kernels.blocks(x.shape[0] * x.shape[2], threads),
             major,
             scale_np,
@@ -105,7 +118,7 @@ def forward(
         )
     if has_nan:
         y[:, :, torch.from_numpy(nan_channels)] = float("nan")
-    return in_layout_of(y.to(x.dtype), x)
+    return in_layout_of(_cast(y, x.dtype), x)
 
 
 def backward(
@@ -124,8 +137,8 @@ def backward(
     in x's layout."""
     threads = _kernels.set_threads(torch.get_num_threads())
     dtype = _compute_dtype(x.dtype)
-    work_x = x.detach().to(dtype).contiguous()
-    work_gy = grad_y.detach().to(dtype).contiguous()
+    work_x = _cast(x.detach(), dtype).contiguous()
+    work_gy = _cast(grad_y.detach(), dtype).contiguous()
     grad_x = torch.empty(work_x.shape if need_x else (0,) * 5, dtype=dtype)
     n_batch, channels = x.shape[0], x.shape[2]
     partial = np.zeros((n_batch, 3, channels) if need_shift else (0, 3, 0), np.float64)
@@ -138,8 +151,8 @@ def backward(
             partial,
             ints,
             weights,
-            np.asarray(stride, np.int64),
-            np.asarray(padding, np.int64),
+            _int64s(tuple(stride)),
+            _int64s(tuple(padding)),
             need_x,
             need_shift,
             _kernels.blocks(n_batch * channels, threads),
@@ -147,7 +160,7 @@ def backward(
     if need_x:
         if has_nan:
             grad_x[:, :, torch.from_numpy(nan_channels)] = float("nan")
-        grad_x = in_layout_of(grad_x.to(x.dtype), x)
+        grad_x = in_layout_of(_cast(grad_x, x.dtype), x)
     else:
         grad_x = x.new_empty(0)
     if need_shift:
@@ -155,7 +168,7 @@ def backward(
         _kernels.finish_shift_grad(
             partial, nan_channels, bool(normalize_grad), float(t_factor), finished
         )
-        grad_shift = torch.from_numpy(finished).to(shift.dtype)
+        grad_shift = _cast(torch.from_numpy(finished), shift.dtype)
     else:
         grad_shift = shift.new_empty(0)
     return grad_x, grad_shift

@@ -25,6 +25,7 @@ Per-channel taps come from :func:`tables`. Shifts arrive finite and clamped to
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
@@ -904,12 +905,19 @@ def backward(
                 partial[n, 2, c] = acc[2]
 
 
+_THREADS = threading.local()  # numba's thread count is per calling thread, like torch's
+
+
 def set_threads(count: int) -> int:
-    """Use ``count`` threads (capped at numba's pool); returns the number in use."""
-    count = max(1, min(count, numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != count:  # reading is a third of the cost of setting
-        numba.set_num_threads(count)
-    return count
+    """Use ``count`` threads (capped at numba's pool); returns the number in use. A count
+    this thread set before is not set again, nor read back from numba (a few µs)."""
+    if getattr(_THREADS, "asked", None) == count:
+        return _THREADS.used
+    used = max(1, min(count, numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != used:  # reading is a third of the cost of setting
+        numba.set_num_threads(used)
+    _THREADS.asked, _THREADS.used = count, used
+    return used
 
 
 def blocks(tasks: int, threads: int) -> int:
