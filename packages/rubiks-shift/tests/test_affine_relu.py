@@ -120,6 +120,36 @@ def test_nan_stays_nan_and_negatives_are_zero(device):
     assert y.flatten()[1:].tolist() == [0.0, 2.0, float("inf")]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7, 7), (1, 8, 40, 4, 4), (3, 2, 1, 1, 33)])
+def test_cpu_kernel_equals_torch_addcmul(dtype, shape):
+    """On the CPU the pass is a Numba kernel over rows of the clip's memory: bit for bit
+    torch's ``addcmul`` + ReLU in the accumulation dtype (one fma, rounded once, then to
+    x's dtype), NaN and infinities included, in both layouts, for one thread and more."""
+    from rubiks_shift._ops import _affine_relu
+
+    x, scale, bias = _case(11, shape, "cpu", dtype)
+    flat = x.view(-1)
+    flat[::7] = float("nan")
+    flat[3::11] = float("inf")
+    flat[5::13] = -float("inf")
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    scale, bias = scale.to(acc), bias.to(acc)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, max(2, threads)):
+            torch.set_num_threads(count)
+            for clip in (x, channel_major(x)):
+                with torch.no_grad():
+                    y = affine_relu(clip, scale, bias)
+                expected = _affine_relu(clip, scale, bias).to(dtype)
+                assert y.dtype == dtype and is_channel_major(y) == is_channel_major(clip)
+                assert torch.equal(y.isnan(), expected.isnan())
+                assert torch.equal(y.nan_to_num(), expected.nan_to_num())
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_refuses_bad_input():
     x, scale, bias = _case(3, (1, 2, 3, 4, 4), "cpu")
     affine_relu(x, scale, bias)  # a signature that passed stays checked:

@@ -121,6 +121,36 @@ def forward(
     return in_layout_of(_cast(y, x.dtype), x)
 
 
+def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """relu(x * scale[c] + bias[c]) of a (N, T, C, H, W) clip in one pass, computed in
+    scale's dtype (float32 or float64) with the shift kernel's prologue arithmetic (one
+    fma, rounded once), then rounded to x's dtype; channel-major where x is, else
+    contiguous."""
+    threads = _kernels.set_threads(torch.get_num_threads())
+    dtype = scale.dtype
+    if dtype not in _NATIVE:
+        raise TypeError(f"affine_relu computes in float32 or float64, got scale of {dtype}")
+    n, t, c, h, w = x.shape
+    major = channel_major(x)
+    work = _cast(x.detach(), dtype)
+    y = empty_like_layout(x, x.shape, dtype)
+    if major:  # rows c of the (C, N, T, H, W) memory
+        x_rows = work.permute(2, 0, 1, 3, 4).reshape(c, n * t * h * w).contiguous()
+        y_rows = y.permute(2, 0, 1, 3, 4).view(c, n * t * h * w)
+    else:  # rows (n, t, c) of planes
+        x_rows = work.contiguous().view(n * t * c, h * w)
+        y_rows = y.view(n * t * c, h * w)
+    with compile_notice(_what("affine_relu", dtype), ("affine_relu", dtype), _WHEN):
+        _kernels.affine_relu(
+            x_rows.numpy(),
+            y_rows.numpy(),
+            scale.detach().contiguous().numpy(),
+            _cast(bias.detach(), dtype).contiguous().numpy(),
+            _kernels.blocks(x_rows.shape[0], threads),
+        )
+    return in_layout_of(_cast(y, x.dtype), x)
+
+
 def backward(
     grad_y: torch.Tensor,
     x: torch.Tensor,

@@ -739,6 +739,28 @@ def _affine_relu_column(dst, xf, x0, pitch, planes, plane, scale, bias):
 
 
 @njit(parallel=True, cache=True)
+def affine_relu(x, y, scale, bias, blocks):
+    """y = relu(x * scale[c] + bias[c]), each product and sum rounded once; x and y
+    (rows, run) arrays of the same shape whose row r holds ``run`` values of channel
+    ``r % C`` (a C-contiguous clip: rows (n, t, c), runs of a plane; a channel-major
+    one: rows c, runs of N*T planes), in ``blocks`` contiguous parallel blocks of rows."""
+    rows, run = x.shape
+    if rows == 0 or run == 0:
+        return
+    channels = scale.size
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    zero = scale[0] - scale[0]
+    chunks = max(1, min(rows, blocks))
+    for chunk in prange(chunks):
+        for r in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
+            s, b, r0 = scale[r % channels], bias[r % channels], r * run
+            for k in range(run):
+                v = _fma(xf[U(r0 + k)], s, b)
+                yf[U(r0 + k)] = zero if v < zero else v
+
+
+@njit(parallel=True, cache=True)
 def forward(x, y, ints, weights, stride, padding, blocks, major, scale, bias):
     """y = the (possibly quantized) shift of x, taps from ``tables``; the (n, c) columns
     run in ``blocks`` contiguous parallel blocks (scratch allocated once per block).

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-KERNELS = ("forward", "backward")
+KERNELS = ("forward", "backward", "affine_relu")
 
 
 def compute_dtypes(dtypes: Iterable[str]) -> list[str]:
@@ -51,6 +51,8 @@ def compile_one(kernel: str, dtype: str) -> tuple[str, float]:
     try:
         if kernel == "forward":
             _cpu.forward(x, shift, (1, 1, 1), (0, 0, 0), False)
+        elif kernel == "affine_relu":
+            _cpu.affine_relu(x, shift[0], shift[1])
         else:
             _cpu.backward(x, x, shift, (1, 1, 1), (0, 0, 0), False, True, 1.0, True, True)
     finally:
@@ -60,7 +62,7 @@ def compile_one(kernel: str, dtype: str) -> tuple[str, float]:
 
 
 def run(dtypes: Iterable[str], jobs: int, report: Callable[[str, str, str, float], None]) -> None:
-    """Compile forward and backward for every compute dtype of ``dtypes`` in ``jobs``
+    """Compile every kernel of ``KERNELS`` for every compute dtype of ``dtypes`` in ``jobs``
     worker processes (0: in this process); ``report(kernel, dtype, state, seconds)`` per
     kernel as it finishes, state "failed: <error>" where it failed (the others still
     compile)."""

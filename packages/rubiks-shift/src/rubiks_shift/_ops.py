@@ -533,6 +533,14 @@ def _affine_relu_cpu(x, scale, bias, frame_shift=None):
         shift = torch.zeros(3, x.shape[2], dtype=torch.float64)
         shift[0] = frame_shift.to(torch.float64)
         return _cpu.forward(x, shift, (1, 1, 1), (0, 0, 0), True, scale, bias)
+    if (
+        frame_shift is None
+        and x.device.type == "cpu"
+        and _cpu.available()
+        and scale.dtype in (torch.float32, torch.float64)
+        and bias.dtype == scale.dtype
+    ):
+        return _cpu.affine_relu(x, scale, bias)  # one pass, in x's layout
     y = _affine_relu(x, scale, bias)
     if frame_shift is not None:
         y = shift_frames(y, frame_shift)
