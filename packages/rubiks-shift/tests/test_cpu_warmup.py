@@ -30,16 +30,15 @@ def test_cpu_warmup_progress_counts_and_failures(monkeypatch, capsys):
     monkeypatch.setattr(_cpu_warmup, "compile_one", compile_one)
     assert warmup.main(["--cpu", "--dtypes", "bfloat16", "float64", "--jobs", "0"]) == 1
     out = capsys.readouterr()
-    assert seen == [("forward", "float32"), ("backward", "float32"), ("affine_relu", "float32"),
-                    ("forward", "float64"), ("backward", "float64"),
-                    ("affine_relu", "float64")]  # fmt: skip
-    assert "6 CPU kernels (float32, float64)" in out.out
-    assert "2 compiled, 3 already cached, 1 failed" in out.out
-    assert out.out.count("compiled in 1.5 s") == 2 and "[6/6]" in out.out
+    kernels = ["forward", "backward", "affine_relu", "affine_relu_frames"]
+    assert seen == [(k, d) for d in ("float32", "float64") for k in kernels]
+    assert "8 CPU kernels (float32, float64)" in out.out
+    assert "3 compiled, 4 already cached, 1 failed" in out.out
+    assert out.out.count("compiled in 1.5 s") == 3 and "[8/8]" in out.out
     assert "RuntimeError: no luck" in out.err
     monkeypatch.setattr(_cpu_warmup, "compile_one", lambda kernel, dtype: ("cached", 0.1))
     assert warmup.main(["--cpu", "--jobs", "0"]) == 0
-    assert "0 compiled, 3 already cached, 0 failed" in capsys.readouterr().out
+    assert "0 compiled, 4 already cached, 0 failed" in capsys.readouterr().out
 
 
 _LATER_CALL = textwrap.dedent(

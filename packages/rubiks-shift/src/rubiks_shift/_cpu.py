@@ -121,33 +121,58 @@ def forward(
     return in_layout_of(_cast(y, x.dtype), x)
 
 
-def affine_relu(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def affine_relu(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    frame_shift: torch.Tensor | None = None,
+) -> torch.Tensor:
     """relu(x * scale[c] + bias[c]) of a (N, T, C, H, W) clip in one pass, computed in
     scale's dtype (float32 or float64) with the shift kernel's prologue arithmetic (one
-    fma, rounded once), then rounded to x's dtype; channel-major where x is, else
-    contiguous."""
+    fma, rounded once), then rounded to x's dtype; with ``frame_shift`` (C,) integers,
+    frame t of channel c from frame t + frame_shift[c] (zeros outside the clip). The
+    result is channel-major where x is, else contiguous."""
     threads = _kernels.set_threads(torch.get_num_threads())
     dtype = scale.dtype
-    if dtype not in _NATIVE:
-        raise TypeError(f"affine_relu computes in float32 or float64, got scale of {dtype}")
+    if dtype not in _NATIVE or bias.dtype != dtype:
+        raise TypeError(
+            f"affine_relu computes in float32 or float64: scale and bias of one of them, "
+            f"got {scale.dtype} and {bias.dtype}"
+        )
     n, t, c, h, w = x.shape
     major = channel_major(x)
     work = _cast(x.detach(), dtype)
     y = empty_like_layout(x, x.shape, dtype)
-    if major:  # rows c of the (C, N, T, H, W) memory
-        x_rows = work.permute(2, 0, 1, 3, 4).reshape(c, n * t * h * w).contiguous()
-        y_rows = y.permute(2, 0, 1, 3, 4).view(c, n * t * h * w)
-    else:  # rows (n, t, c) of planes
-        x_rows = work.contiguous().view(n * t * c, h * w)
-        y_rows = y.view(n * t * c, h * w)
-    with compile_notice(_what("affine_relu", dtype), ("affine_relu", dtype), _WHEN):
-        _kernels.affine_relu(
-            x_rows.numpy(),
-            y_rows.numpy(),
-            scale.detach().contiguous().numpy(),
-            _cast(bias.detach(), dtype).contiguous().numpy(),
-            _kernels.blocks(x_rows.shape[0], threads),
-        )
+    if major:  # the (C, N, T, H, W) memory
+        x_mem = work.permute(2, 0, 1, 3, 4).contiguous()
+        y_mem = y.permute(2, 0, 1, 3, 4)
+    else:
+        x_mem, y_mem = work.contiguous(), y
+    scale_np, bias_np = scale.detach().contiguous().numpy(), bias.detach().contiguous().numpy()
+    if frame_shift is None:  # rows c (channel-major) or (n, t, c) (contiguous)
+        rows = c if major else n * t * c
+        with compile_notice(_what("affine_relu", dtype), ("affine_relu", dtype), _WHEN):
+            _kernels.affine_relu(
+                x_mem.view(rows, -1).numpy(),
+                y_mem.view(rows, -1).numpy(),
+                scale_np,
+                bias_np,
+                _kernels.blocks(rows, threads),
+            )
+    else:
+        frames = frame_shift.detach().to(torch.int64).contiguous().numpy()
+        planes = (c, n, t) if major else (n, t, c)
+        what = _what("affine_relu_frames", dtype)
+        with compile_notice(what, ("affine_relu_frames", dtype), _WHEN):
+            _kernels.affine_relu_frames(
+                x_mem.view(*planes, h * w).numpy(),
+                y_mem.view(*planes, h * w).numpy(),
+                scale_np,
+                bias_np,
+                frames,
+                major,
+                _kernels.blocks(n * t * c, threads),
+            )
     return in_layout_of(_cast(y, x.dtype), x)
 
 

@@ -725,39 +725,69 @@ def _fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
+@njit(inline="always", cache=True)
+def _affine_relu_run(dst, d0, src, s0, n, scale, bias):
+    """dst[d0 + k] = relu(src[s0 + k] * scale + bias) for k < n, the product and sum
+    rounded once; NaN stays NaN, as in ``torch.relu``."""
+    zero = scale - scale
+    for k in range(n):
+        v = _fma(src[U(s0 + k)], scale, bias)
+        dst[U(d0 + k)] = zero if v < zero else v
+
+
 @njit(cache=True)
 def _affine_relu_column(dst, xf, x0, pitch, planes, plane, scale, bias):
     """dst[t * plane + k] = relu(x * scale + bias) of the column's ``planes`` planes
-    (x planes at x0 + t * pitch), the product and sum rounded once; NaN stays NaN, as in
-    ``torch.relu``."""
-    zero = scale - scale
+    (x planes at x0 + t * pitch)."""
     for t in range(planes):
-        s0, d0 = x0 + t * pitch, t * plane
-        for k in range(plane):
-            v = _fma(xf[U(s0 + k)], scale, bias)
-            dst[U(d0 + k)] = zero if v < zero else v
+        _affine_relu_run(dst, t * plane, xf, x0 + t * pitch, plane, scale, bias)
 
 
 @njit(parallel=True, cache=True)
 def affine_relu(x, y, scale, bias, blocks):
-    """y = relu(x * scale[c] + bias[c]), each product and sum rounded once; x and y
-    (rows, run) arrays of the same shape whose row r holds ``run`` values of channel
-    ``r % C`` (a C-contiguous clip: rows (n, t, c), runs of a plane; a channel-major
-    one: rows c, runs of N*T planes), in ``blocks`` contiguous parallel blocks of rows."""
+    """y = relu(x * scale[c] + bias[c]) (``_affine_relu_run``); x and y (rows, run)
+    arrays of the same shape whose row r holds ``run`` values of channel ``r % C`` (a
+    C-contiguous clip: rows (n, t, c), runs of a plane; a channel-major one: rows c, runs
+    of N*T planes), in ``blocks`` contiguous parallel blocks of rows."""
     rows, run = x.shape
-    if rows == 0 or run == 0:
-        return
     channels = scale.size
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
-    zero = scale[0] - scale[0]
     chunks = max(1, min(rows, blocks))
     for chunk in prange(chunks):
         for r in range(chunk * rows // chunks, (chunk + 1) * rows // chunks):
-            s, b, r0 = scale[r % channels], bias[r % channels], r * run
-            for k in range(run):
-                v = _fma(xf[U(r0 + k)], s, b)
-                yf[U(r0 + k)] = zero if v < zero else v
+            c = r % channels
+            _affine_relu_run(yf, r * run, xf, r * run, run, scale[c], bias[c])
+
+
+@njit(parallel=True, cache=True)
+def affine_relu_frames(x, y, scale, bias, frames, major, blocks):
+    """``affine_relu`` with whole-frame temporal shifts: frame t of channel c from frame
+    t + frames[c] of x, zeros where that frame is outside the clip. x and y (N, T, C,
+    P) arrays, or with ``major`` (C, N, T, P) ones (P: a plane's H*W values); the planes
+    in memory order in ``blocks`` contiguous parallel blocks."""
+    if major:
+        channels, n_batch, t_len, plane = x.shape
+        frame_pitch = plane
+    else:
+        n_batch, t_len, channels, plane = x.shape
+        frame_pitch = channels * plane
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    planes = channels * n_batch * t_len
+    chunks = max(1, min(planes, blocks))
+    for chunk in prange(chunks):
+        for task in range(chunk * planes // chunks, (chunk + 1) * planes // chunks):
+            if major:
+                c, t = task // (n_batch * t_len), task % t_len
+            else:
+                c, t = task % channels, (task // channels) % t_len
+            d0, d = task * plane, frames[c]
+            if 0 <= t + d < t_len:
+                s0 = d0 + d * frame_pitch
+                _affine_relu_run(yf, d0, xf, s0, plane, scale[c], bias[c])
+            else:
+                _fill0(yf, d0, plane)
 
 
 @njit(parallel=True, cache=True)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-KERNELS = ("forward", "backward", "affine_relu")
+KERNELS = ("forward", "backward", "affine_relu", "affine_relu_frames")
 
 
 def compute_dtypes(dtypes: Iterable[str]) -> list[str]:
@@ -53,6 +53,8 @@ def compile_one(kernel: str, dtype: str) -> tuple[str, float]:
             _cpu.forward(x, shift, (1, 1, 1), (0, 0, 0), False)
         elif kernel == "affine_relu":
             _cpu.affine_relu(x, shift[0], shift[1])
+        elif kernel == "affine_relu_frames":
+            _cpu.affine_relu(x, shift[0], shift[1], torch.zeros(1, dtype=torch.int32))
         else:
             _cpu.backward(x, x, shift, (1, 1, 1), (0, 0, 0), False, True, 1.0, True, True)
     finally:

@@ -527,20 +527,13 @@ def affine_shift3d_call(x, scale, bias, shift, stride, padding, quantize, device
 
 def _affine_relu_cpu(x, scale, bias, frame_shift=None):
     check_op_call(_PROLOGUE, x, per_channel=_per_channel(scale, bias, frame_shift))
-    if frame_shift is not None and x.device.type == "cpu" and _cpu.available():
-        # the shift kernel with its affine prologue, moving whole frames (quantized: one
-        # tap of weight 1), in x's layout
-        shift = torch.zeros(3, x.shape[2], dtype=torch.float64)
-        shift[0] = frame_shift.to(torch.float64)
-        return _cpu.forward(x, shift, (1, 1, 1), (0, 0, 0), True, scale, bias)
     if (
-        frame_shift is None
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and _cpu.available()
         and scale.dtype in (torch.float32, torch.float64)
         and bias.dtype == scale.dtype
     ):
-        return _cpu.affine_relu(x, scale, bias)  # one pass, in x's layout
+        return _cpu.affine_relu(x, scale, bias, frame_shift)  # one pass, in x's layout
     y = _affine_relu(x, scale, bias)
     if frame_shift is not None:
         y = shift_frames(y, frame_shift)

@@ -272,7 +272,7 @@ def affine_relu(
         :func:`affine_relu_shift3d`), else contiguous; equal to
         ``affine_relu_shift3d(x, scale, bias, shift, quantize=True)`` with ``shift`` =
         (frame_shift, 0, 0) (zeros without one). No gradient (inference only). On CUDA
-        one elementwise kernel; elsewhere torch.
+        one elementwise kernel, on the CPU a Numba one; elsewhere torch.
     """
     key = _prologue_key(x, scale, bias, frame_shift)
     call = _bound_call(key, x, scale, bias)

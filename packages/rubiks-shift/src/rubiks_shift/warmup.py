@@ -153,7 +153,7 @@ def _warm_cpu(args) -> int:
     )
 
     def report(kernel: str, dtype: str, state: str, seconds: float) -> None:
-        progress.report(f"{dtype:<8} {kernel:<11}", state, seconds)
+        progress.report(f"{dtype:<8} {kernel:<18}", state, seconds)
         if state.startswith("failed: "):
             print(f"  {state.removeprefix('failed: ')}", file=sys.stderr)
 
