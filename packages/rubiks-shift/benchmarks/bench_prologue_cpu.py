@@ -1,5 +1,7 @@
 """The bn1 pass on the CPU: ``affine_relu`` (its Numba kernel) against torch's
-``addcmul`` + ReLU, which computes the same values, and a copy of the clip.
+``addcmul`` + ReLU, which computes the same values, and a copy of the clip; with a frame
+shift (a hardened AQ block's: each channel moved -1, 0 or +1 frames), against the same
+values from ``affine_relu_shift3d`` with that temporal shift, quantized.
 
     python packages/rubiks-shift/benchmarks/bench_prologue_cpu.py [--batch 1 --frames 8]
         [--sizes 224 112] [--rounds 5] [--json OUT.json]
@@ -21,7 +23,7 @@ from collections.abc import Callable
 import torch
 from bench_shift import write_json  # this folder (a script)
 
-from rubiks_shift import affine_relu
+from rubiks_shift import affine_relu, affine_relu_shift3d
 
 # (channels, stride of the input's side): the planes RubiksNet-Large's blocks read
 STAGES = [(72, 4), (144, 8), (288, 16), (576, 32)]
@@ -54,9 +56,14 @@ def _forms(x: torch.Tensor) -> dict[str, Callable[[], object]]:
         out = torch.empty_like(x)  # keeps x's layout
         return torch.addcmul(bias.view(view), x, scale.view(view), out=out).relu_()
 
+    frames = torch.arange(c, dtype=torch.int32) % 3 - 1
+    temporal = torch.zeros(3, c)
+    temporal[0] = frames.float()
     return {
         "affine_relu": lambda: affine_relu(x, scale, bias),
         "addcmul + relu_": torch_form,
+        "framed": lambda: affine_relu(x, scale, bias, frames),
+        "framed as shift3d": lambda: affine_relu_shift3d(x, scale, bias, temporal, quantize=True),
         "copy": x.clone,
     }
 
@@ -90,7 +97,8 @@ def main() -> None:
                 print(
                     f"{size}: {tuple(x.shape)} {layout:<13} "
                     + "  ".join(f"{name} {v:8.1f}" for name, v in us.items())
-                    + f"  ({us['addcmul + relu_'] / us['affine_relu']:.2f}x)"
+                    + f"  ({us['addcmul + relu_'] / us['affine_relu']:.2f}x,"
+                    + f" framed {us['framed as shift3d'] / us['framed']:.2f}x)"
                 )
     if args.json:
         write_json(args.json, {"threads": torch.get_num_threads(), "rows": rows})
