@@ -30,9 +30,24 @@ import threading
 import numba
 import numpy as np
 from numba import njit, prange, types
+from numba.core.cpu import CPUTargetOptions
 from numba.extending import intrinsic
 
 U = np.uint64  # index type without wrap-around handling
+
+# The helpers a kernel calls per column only index arrays their caller holds: compiled
+# without NRT reference counting (numba's ``_nrt`` target option) a call skips the
+# atomic increments and decrements of every array it is passed, otherwise most of a
+# column's fixed cost on small planes. Plain ``njit`` where numba has no such option.
+_NO_REFCOUNTS = {"_nrt": False} if hasattr(CPUTargetOptions, "_nrt") else {}
+
+
+def _borrowing(**options):
+    """``njit(cache=True, **options)`` for a helper that allocates nothing and returns
+    no array (so it needs no reference counts)."""
+    return njit(cache=True, **_NO_REFCOUNTS, **options)
+
+
 BLOCK = 256  # shift-gradient products summed in the data dtype, then added in float64
 
 # Column layout of the tables built by ``tables`` (per dimension d and channel c).
@@ -259,7 +274,7 @@ def _wedge(dst, d0, dp, src, s0, sp, rows, a, b, alo, ahi, n_in, stride, off, ga
                 dst[U(d0 + r * dp + i)] = 0
 
 
-@njit(cache=True)
+@_borrowing()
 def _wgather(dst, d0, dp, src, s0, sp, rows, n_out, n_in, stride, off, gap, w0, w1, two):
     """W pass over ``rows`` rows (dst row r at d0 + r*dp, src row r at s0 + r*sp):
     dst[i] = w0 * src[i*stride + off] + w1 * src[i*stride + off + gap], second tap only
@@ -305,7 +320,7 @@ def _wloop_pair(da, db, d0, src, s0, n, stride, a0, a1, b0, b1):
             db[U(d0 + k)] = b0 * u + b1 * v
 
 
-@njit(cache=True)
+@_borrowing()
 def _wgather_pair(da, db, src, s0, sp, rows, n_out, n_in, stride, off, a0, a1, b0, b1):
     """Two W passes with the same taps (off, off + 1), different weights, in one sweep
     over src: dense dst rows of n_out values in ``da`` and ``db``."""
@@ -330,7 +345,7 @@ def _wgather_pair(da, db, src, s0, sp, rows, n_out, n_in, stride, off, a0, a1, b
         )
 
 
-@njit(cache=True)
+@_borrowing()
 def _wspread(dst, d0, dp, src, s0, sp, rows, n_dst, n_src, stride, off, gap, w0, w1, two):
     """Adjoint of a W pass with stride >= 2: each dst row (n_dst columns) is zeroed, then
     dst[i*stride + off] += w0 * src[i] and dst[i*stride + off + gap] += w1 * src[i]."""
@@ -369,7 +384,7 @@ def _wspread(dst, d0, dp, src, s0, sp, rows, n_dst, n_src, stride, off, gap, w0,
             dst[U(rd + i * stride + off + gap)] += w1 * src[U(rs + i)]
 
 
-@njit(cache=True)
+@_borrowing()
 def _rgather(dst, d0, dp, src, s0, sp, width, n_out, n_in, stride, off, gap, w0, w1, two):
     """Row (or plane) pass: dst row i = w0 * src row (i*stride + off) + w1 * src row
     (i*stride + off + gap), rows of ``width`` contiguous elements, rows outside
@@ -403,7 +418,7 @@ def _rgather(dst, d0, dp, src, s0, sp, width, n_out, n_in, stride, off, gap, w0,
         _blend(dst, d0 + i * dp, src, s0 + j * sp, w0, s0 + (j + gap) * sp, w1, width, two)
 
 
-@njit(cache=True)
+@_borrowing()
 def _rspread(dst, d0, dp, src, s0, sp, width, n_dst, n_src, stride, off, gap, w0, w1, two):
     """Adjoint of a row pass: dst rows zeroed, then dst row (i*stride + off) += w0 * src
     row i and dst row (i*stride + off + gap) += w1 * src row i."""
@@ -448,7 +463,7 @@ def _wadjoint(dst, d0, dp, src, s0, sp, rows, n_dst, n_src, stride, off, gap, w0
         _wspread(dst, d0, dp, src, s0, sp, rows, n_dst, n_src, stride, off, gap, w0, w1, two)
 
 
-@njit(fastmath={"reassoc", "contract"}, cache=True)
+@_borrowing(fastmath={"reassoc", "contract"})
 def _dot1_block(g, g0, gp, src, a0, b0, sp, rows, n, wa, wb, two):
     """Over ``rows`` rows of n (g rows at g0 + r*gp, src rows at a0/b0 + r*sp): the sum of
     g[k] * (wa * src[a0 + k] + wb * src[b0 + k]) (second term only with ``two``) in the
@@ -465,7 +480,7 @@ def _dot1_block(g, g0, gp, src, a0, b0, sp, rows, n, wa, wb, two):
     return s
 
 
-@njit(cache=True)
+@_borrowing()
 def _dot_blend(acc, i, g, g0, gp, src, a0, wa, b0, wb, sp, rows, n, two):
     """acc[i] += the sum of ``_dot1_block``, in blocks of about BLOCK products (whole rows,
     or pieces of one long row) summed in the data dtype and added in float64 in a fixed
@@ -487,7 +502,7 @@ def _dot_blend(acc, i, g, g0, gp, src, a0, wa, b0, wb, sp, rows, n, two):
     acc[i] += total
 
 
-@njit(cache=True)
+@_borrowing()
 def _rdot(acc, idx, g, g0, src, s0, width, n_out, n_in, stride, off, gap, w0, w1, two):
     """acc[idx] += <g rows, row pass of src>: the ``_rgather`` of src (dense rows of
     ``width``) dotted with the n_out dense rows of g at g0, without storing the pass."""
@@ -520,7 +535,7 @@ def _rdot(acc, idx, g, g0, src, s0, width, n_out, n_in, stride, off, gap, w0, w1
     _dot_blend(acc, idx, g, gr, width, src, a0, w0, b0, w1, stride * width, hi - lo, width, two)
 
 
-@njit(fastmath={"reassoc", "contract"}, cache=True)
+@_borrowing(fastmath={"reassoc", "contract"})
 def _dot3_block(gd, gi, g0, gp, a, b, r0, r1, sp, rows, n, i0, i1, d0, d1):
     """Over ``rows`` rows of n (g rows at g0 + r*gp, src rows at r_e + r*sp), with
     a_e = a[r_e + k], b_e = b[r_e + k]: the sums of gd (i0 a_0 + i1 a_1),
@@ -544,7 +559,7 @@ def _dot3_block(gd, gi, g0, gp, a, b, r0, r1, sp, rows, n, i0, i1, d0, d1):
     return st, sh, sw
 
 
-@njit(cache=True)
+@_borrowing()
 def _dot3(acc, gd, gi, g0, gp, a, b, r0, r1, sp, rows, n, i0, i1, d0, d1):
     """acc[0:3] += the three sums of ``_dot3_block``, in blocks of about BLOCK products
     (whole rows, or pieces of one long row) added in float64 in a fixed order."""
@@ -574,7 +589,7 @@ def _dot3(acc, gd, gi, g0, gp, a, b, r0, r1, sp, rows, n, i0, i1, d0, d1):
     acc[2] += sw
 
 
-@njit(cache=True)
+@_borrowing()
 def _rdot3(acc, gd, gi, g0, a, b, width, n_out, n_in, stride, off, ws):
     """The three dot products of ``_grad_shift_column`` for one plane in one sweep, when
     the H interpolation and derivative taps coincide (rows off, off + 1, fractional)."""
@@ -684,7 +699,7 @@ def _dtaps(ints, weights, d, c, pad):
 # ------------------------------------------------------------------------------ kernels
 
 
-@njit(cache=True)
+@_borrowing()
 def _forward_column(xf, yf, x0, y0, scratch, z, ints, weights, c, dims, stride, padding):
     """Forward of one (n, c) column: x planes at x0 + t*pitch_in, y planes likewise."""
     I0, YES = _int(0), _flag(True)
@@ -735,7 +750,7 @@ def _affine_relu_run(dst, d0, src, s0, n, scale, bias):
         dst[U(d0 + k)] = zero if v < zero else v
 
 
-@njit(cache=True)
+@_borrowing()
 def _affine_relu_column(dst, xf, x0, pitch, planes, plane, scale, bias):
     """dst[t * plane + k] = relu(x * scale + bias) of the column's ``planes`` planes
     (x planes at x0 + t * pitch)."""
@@ -837,7 +852,7 @@ def forward(x, y, ints, weights, stride, padding, blocks, major, scale, bias):
                 _forward_column(xf, yf, x0, y0, scratch, z, ints, weights, c, dims, stride, padding)
 
 
-@njit(cache=True)
+@_borrowing()
 def _grad_x_column(gyf, gxf, g0, x0, g_fwd, scratch, ints, weights, c, dims, stride, padding):
     """grad_x of one (n, c) column; leaves the T adjoint of grad_y in ``g_fwd``."""
     I0 = _int(0)
@@ -858,7 +873,7 @@ def _grad_x_column(gyf, gxf, g0, x0, g_fwd, scratch, ints, weights, c, dims, str
             _fill0(gxf, d0, p_in)
 
 
-@njit(cache=True)
+@_borrowing()
 def _grad_shift_column(
     gyf, xf, g0, x0, g_int, have_int, g_der, a, b, acc, ints, weights, c, dims, stride, padding
 ):
