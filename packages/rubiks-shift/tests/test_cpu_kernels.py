@@ -256,3 +256,20 @@ def test_finish_shift_grad_matches_the_torch_normalisation(batch, channels, t_fa
         expected[:, nan] = float("nan")
         torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-15, equal_nan=True)
         assert torch.equal(got[:, 0], torch.zeros(3, dtype=torch.float64))
+
+
+def test_column_helpers_take_no_reference_counts():
+    """The helpers each kernel calls per column are compiled without NRT reference counts
+    where numba has the option, and the kernels that allocate keep them."""
+    from numba.core.cpu import CPUTargetOptions
+
+    helpers = [
+        _cpu_kernels._forward_column, _cpu_kernels._affine_relu_column,
+        _cpu_kernels._grad_x_column, _cpu_kernels._grad_shift_column,
+        _cpu_kernels._wgather, _cpu_kernels._rgather, _cpu_kernels._dot3,
+    ]  # fmt: skip
+    expected = False if hasattr(CPUTargetOptions, "_nrt") else None
+    for helper in helpers:
+        assert helper.targetoptions.get("_nrt") is expected, helper.py_func.__name__
+    for kernel in (_cpu_kernels.forward, _cpu_kernels.backward, _cpu_kernels.prepare):
+        assert "_nrt" not in kernel.targetoptions
