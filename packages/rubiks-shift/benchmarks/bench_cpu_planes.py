@@ -16,12 +16,10 @@ and the shift gradient) over a contiguous one, each through the backend's entry 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
-from bench_shift import write_json  # this folder (a script)
+from bench_shift import single_call_us, write_json  # this folder (a script)
 
 from rubiks_shift import _cpu
 
@@ -30,14 +28,8 @@ FRAMES = 8
 CALLS = 40
 
 
-def _quartile_call_us(fn: Callable[[], object]) -> float:
-    times = []
-    for _ in range(CALLS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 4] * 1e6
+def _first_quartile(times: list[float]) -> float:
+    return sorted(times)[len(times) // 4]
 
 
 def _forms(channels: int, side: int) -> dict[str, Callable[[], object]]:
@@ -67,11 +59,7 @@ def main() -> None:
             forms = _forms(channels, side)
             for fn in forms.values():  # compiles or loads the kernels; warms the caches
                 fn()
-            samples: dict[str, list[float]] = {name: [] for name in forms}
-            for _ in range(args.rounds):
-                for name, fn in forms.items():
-                    samples[name].append(_quartile_call_us(fn))
-            us = {name: statistics.median(v) for name, v in samples.items()}
+            us = single_call_us(forms, args.rounds, CALLS, _first_quartile)
             rows.append({"threads": threads, "channels": channels, "side": side, "us": us})
             print(
                 f"{threads} thread(s), {channels:4d} x {side}²: "

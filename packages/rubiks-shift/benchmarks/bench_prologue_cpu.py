@@ -16,12 +16,10 @@ round's median call.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
-from bench_shift import write_json  # this folder (a script)
+from bench_shift import single_call_us, write_json  # this folder (a script)
 
 from rubiks_shift import affine_relu, affine_relu_shift3d
 
@@ -36,15 +34,6 @@ def _clip(batch: int, frames: int, channels: int, side: int) -> torch.Tensor:
     if side * side > CHANNEL_MAJOR_PLANE:
         return x
     return x.permute(2, 0, 1, 3, 4).contiguous().permute(1, 2, 0, 3, 4)
-
-
-def _median_call_us(fn: Callable[[], object]) -> float:
-    times = []
-    for _ in range(CALLS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
 
 
 def _forms(x: torch.Tensor) -> dict[str, Callable[[], object]]:
@@ -86,11 +75,7 @@ def main() -> None:
                 forms = _forms(x)
                 for fn in forms.values():  # compiles or loads the kernel; warms the caches
                     fn()
-                samples: dict[str, list[float]] = {name: [] for name in forms}
-                for _ in range(args.rounds):
-                    for name, fn in forms.items():
-                        samples[name].append(_median_call_us(fn))
-                us = {name: statistics.median(v) for name, v in samples.items()}
+                us = single_call_us(forms, args.rounds, CALLS)
                 layout = "channel-major" if side * side <= CHANNEL_MAJOR_PLANE else "contiguous"
                 row = {"size": size, "shape": list(x.shape), "layout": layout, "us": us}
                 rows.append(row)

@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -163,6 +164,27 @@ def same_size_bandwidth(device: str, timer, reps: int, nbytes: int) -> float:
     dst = torch.empty_like(srcs[0])
     kernel_ms, eager_ms = timer([lambda s=s: dst.copy_(s) for s in srcs], reps)
     return 2 * numel * 4 / (min(kernel_ms, eager_ms) * 1e-3)
+
+
+def single_call_us(
+    forms: dict[str, Callable[[], object]],
+    rounds: int,
+    calls: int,
+    pick: Callable[[list[float]], float] = statistics.median,
+) -> dict[str, float]:
+    """Microseconds of one call of each of ``forms`` (name -> function), each call timed
+    alone (CPU calls, nothing to synchronise): per round, ``pick`` of the times of
+    ``calls`` calls; the median over ``rounds`` rounds interleaving the forms."""
+    samples: dict[str, list[float]] = {name: [] for name in forms}
+    for _ in range(rounds):
+        for name, fn in forms.items():
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            samples[name].append(pick(times) * 1e6)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def best_us_per_call(
