@@ -45,6 +45,16 @@ def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def _in_memory_order(
+    work: torch.Tensor, y: torch.Tensor, major: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clip ``work`` and the fresh result ``y`` as the kernels walk them: with
+    ``major`` the (C, N, T, H, W) tensors behind channel-major clips, else contiguous."""
+    if major:
+        return work.permute(2, 0, 1, 3, 4).contiguous(), y.permute(2, 0, 1, 3, 4)
+    return work.contiguous(), y
+
+
 @functools.cache
 def _int64s(values: tuple[int, ...]) -> np.ndarray:
     """``values`` as an int64 array, built once per stride or padding (the kernels only
@@ -93,10 +103,7 @@ def forward(
     major = channel_major(x)
     work = _cast(x.detach(), dtype)
     y = empty_like_layout(x, output_shape(x.shape, stride, padding), dtype)
-    if major:  # the (C, N, T, H, W) tensors behind the channel-major clips
-        x_mem, y_mem = work.permute(2, 0, 1, 3, 4), y.permute(2, 0, 1, 3, 4)
-    else:
-        x_mem, y_mem = work.contiguous(), y
+    x_mem, y_mem = _in_memory_order(work, y, major)
     if scale is None or bias is None:
         scale_np = bias_np = _EMPTY[dtype]
     else:
@@ -143,11 +150,7 @@ def affine_relu(
     major = channel_major(x)
     work = _cast(x.detach(), dtype)
     y = empty_like_layout(x, x.shape, dtype)
-    if major:  # the (C, N, T, H, W) memory
-        x_mem = work.permute(2, 0, 1, 3, 4).contiguous()
-        y_mem = y.permute(2, 0, 1, 3, 4)
-    else:
-        x_mem, y_mem = work.contiguous(), y
+    x_mem, y_mem = _in_memory_order(work, y, major)
     scale_np, bias_np = scale.detach().contiguous().numpy(), bias.detach().contiguous().numpy()
     if frame_shift is None:  # rows c (channel-major) or (n, t, c) (contiguous)
         rows = c if major else n * t * c
