@@ -128,6 +128,11 @@ def forward(
     return in_layout_of(_cast(y, x.dtype), x)
 
 
+def computes_affine_in(scale: torch.Tensor, bias: torch.Tensor) -> bool:
+    """Whether ``affine_relu`` takes this (scale, bias): both float32 or both float64."""
+    return scale.dtype in _NATIVE and bias.dtype == scale.dtype
+
+
 def affine_relu(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -139,13 +144,13 @@ def affine_relu(
     fma, rounded once), then rounded to x's dtype; with ``frame_shift`` (C,) integers,
     frame t of channel c from frame t + frame_shift[c] (zeros outside the clip). The
     result is channel-major where x is, else contiguous."""
-    threads = _kernels.set_threads(torch.get_num_threads())
-    dtype = scale.dtype
-    if dtype not in _NATIVE or bias.dtype != dtype:
+    if not computes_affine_in(scale, bias):
         raise TypeError(
             f"affine_relu computes in float32 or float64: scale and bias of one of them, "
             f"got {scale.dtype} and {bias.dtype}"
         )
+    threads = _kernels.set_threads(torch.get_num_threads())
+    dtype = scale.dtype
     n, t, c, h, w = x.shape
     major = channel_major(x)
     work = _cast(x.detach(), dtype)

@@ -527,12 +527,7 @@ def affine_shift3d_call(x, scale, bias, shift, stride, padding, quantize, device
 
 def _affine_relu_cpu(x, scale, bias, frame_shift=None):
     check_op_call(_PROLOGUE, x, per_channel=_per_channel(scale, bias, frame_shift))
-    if (
-        x.device.type == "cpu"
-        and _cpu.available()
-        and scale.dtype in (torch.float32, torch.float64)
-        and bias.dtype == scale.dtype
-    ):
+    if x.device.type == "cpu" and _cpu.available() and _cpu.computes_affine_in(scale, bias):
         return _cpu.affine_relu(x, scale, bias, frame_shift)  # one pass, in x's layout
     y = _affine_relu(x, scale, bias)
     if frame_shift is not None:
